@@ -1,0 +1,75 @@
+"""One frozen settings object, built at the edge (CLI) from flags and CRM_LEDGER_* variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from crm_ledger.errors import ConfigurationError
+
+ENV_PREFIX = "CRM_LEDGER_"
+EVENTS_TOPIC = "crm.ledger.events"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the ledger, the projections and the broker are."""
+
+    store: str = ".crm-ledger/ledger.sqlite"
+    projections_db: Path = Path(".crm-ledger/projections.duckdb")
+    bootstrap: str = "127.0.0.1:9092"
+    events_topic: str = EVENTS_TOPIC
+    partitions: int = 6
+    transactional_id: str = "crm-ledger-relay"
+    schema_registry_url: str | None = None
+    kafka_data: Path = Path(".kafka/data")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from `CRM_LEDGER_*` variables, then explicit (non-None) overrides."""
+        values: dict[str, Any] = {}
+        table = {
+            "STORE": ("store", str),
+            "DB": ("projections_db", Path),
+            "BOOTSTRAP": ("bootstrap", str),
+            "TOPIC": ("events_topic", str),
+            "PARTITIONS": ("partitions", int),
+            "TRANSACTIONAL_ID": ("transactional_id", str),
+            "SCHEMA_REGISTRY_URL": ("schema_registry_url", str),
+            "KAFKA_DATA": ("kafka_data", Path),
+        }
+        for suffix, (name, convert) in table.items():
+            raw = environ.get(ENV_PREFIX + suffix)
+            if raw:
+                try:
+                    values[name] = convert(raw)
+                except ValueError:
+                    raise ConfigurationError(f"{ENV_PREFIX}{suffix}={raw!r} is not valid") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """The eventsourcing persistence settings for the configured event store.
+
+        A path means eventsourcing's SQLite module; a postgresql:// URL its PostgreSQL module.
+        """
+        if self.store.startswith(("postgresql://", "postgres://")):
+            url = urlparse(self.store)
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_DBNAME": url.path.lstrip("/"),
+                "POSTGRES_HOST": url.hostname or "127.0.0.1",
+                "POSTGRES_PORT": str(url.port or 5432),
+                "POSTGRES_USER": unquote(url.username or ""),
+                "POSTGRES_PASSWORD": unquote(url.password or ""),
+            }
+        path = Path(self.store)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(path),
+            "SQLITE_LOCK_TIMEOUT": "30",
+        }

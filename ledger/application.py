@@ -1,0 +1,322 @@
+"""The ledger application: the only way facts enter the system.
+
+`record()` takes a batch of checked facts, validates each against the aggregates it
+touches (lifecycle rules, references, who was active when), skips facts whose event id
+the ledger already holds, and saves everything valid in one store transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import Environment, get_topic
+
+from ledger.domain import (
+    EVENT_OWNERS,
+    Article,
+    Case,
+    Customer,
+    Employee,
+    LedgerAggregate,
+    Occurrence,
+    aggregate_id,
+)
+from ledger.errors import ValidationError
+from ledger.existence import existing_ids
+from ledger.mapper import AvroMapper
+from ledger.records import Fact
+from schemas.codec import AvroCodec
+from schemas.registry import SchemaRegistry
+
+Status = Literal["accepted", "duplicate", "rejected"]
+
+#: Which field holds the key of the aggregate that owns each kind of event.
+_KEY_FIELD: dict[type[LedgerAggregate], str] = {
+    Customer: "customer_id",
+    Employee: "employee_id",
+    Case: "case_id",
+    Article: "article_id",
+    Occurrence: "event_id",
+}
+#: Facts that may name an employee who has since left (they describe the past).
+_ABOUT_PAST_WORK = frozenset({"SurveyAnswered", "ComplimentReceived"})
+_OCCURRENCE_TOPIC = get_topic(Occurrence)
+_REFERENCE_KINDS: tuple[tuple[str, str], ...] = (
+    ("customer_id", Customer.KIND),
+    ("employee_id", Employee.KIND),
+    ("to_employee_id", Employee.KIND),
+    ("case_id", Case.KIND),
+    ("source_case_id", Case.KIND),
+    ("article_id", Article.KIND),
+    ("interaction_id", Occurrence.KIND),
+)
+
+
+def _references(fact: Fact) -> list[tuple[str, str]]:
+    """(aggregate kind, key) of every aggregate a fact may read or write."""
+    refs = [(Occurrence.KIND, fact.event_id)]
+    data = fact.data
+    for field, kind in _REFERENCE_KINDS:
+        value = data.get(field)
+        if value:
+            refs.append((kind, value))
+    refs.extend((Article.KIND, a) for a in data.get("article_ids") or ())
+    return refs
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one fact of a batch."""
+
+    status: Status
+    error: ValidationError | None = None
+
+
+class _UnitOfWork:
+    """Aggregates touched by one batch, looked up once each.
+
+    Ids the store does not hold are found with one query per batch (`prefetch`), so new
+    facts, the bulk of any import, cost no read at all.
+    """
+
+    def __init__(self, app: LedgerApplication, recorded_at: datetime) -> None:
+        self._app = app
+        self.recorded_at = recorded_at
+        self.touched: dict[UUID, LedgerAggregate] = {}
+        #: One-off facts are only events: no aggregate object is kept for them.
+        self.new_occurrences: dict[UUID, LedgerAggregate.Started] = {}
+        self._absent: set[UUID] = set()
+        self._present: set[UUID] = set()
+
+    def prefetch(self, ids: set[UUID]) -> None:
+        cache = self._app.repository.cache
+        unknown = set()
+        for agg_id in ids:
+            try:
+                if cache is None:
+                    raise KeyError(agg_id)
+                cache.get(agg_id)
+            except KeyError:
+                unknown.add(agg_id)
+        self._present = existing_ids(self._app.recorder, unknown)
+        self._absent = unknown - self._present
+
+    def exists(self, cls: type[LedgerAggregate], key: str) -> bool:
+        """Whether the aggregate exists, without loading it when the store already said so."""
+        agg_id = aggregate_id(cls.KIND, key)
+        if agg_id in self._present or agg_id in self.new_occurrences:
+            return True
+        return self.get(cls, key) is not None
+
+    def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
+        agg_id = aggregate_id(cls.KIND, key)
+        aggregate = self.touched.get(agg_id)
+        if aggregate is not None:
+            return aggregate if isinstance(aggregate, cls) else None
+        started = self.new_occurrences.get(agg_id)
+        if started is not None:
+            aggregate = started.mutate(None)
+        elif agg_id in self._absent:
+            return None
+        else:
+            try:
+                aggregate = self._app.repository.get(agg_id)
+            except AggregateNotFoundError:
+                self._absent.add(agg_id)
+                return None
+        if not isinstance(aggregate, cls):
+            return None
+        if cls is not Occurrence:
+            self.touched[agg_id] = aggregate
+        return aggregate
+
+    def start(self, cls: type[LedgerAggregate], fact: Fact, key: str) -> None:
+        agg_id = aggregate_id(cls.KIND, key)
+        if cls is Occurrence:
+            self.new_occurrences[agg_id] = cls.Started(  # type: ignore[call-arg]
+                originator_id=agg_id,
+                originator_version=1,
+                timestamp=self.recorded_at,
+                originator_topic=_OCCURRENCE_TOPIC,
+                event_type=fact.event_type,
+                event_id=fact.event_id,
+                occurred_at=fact.occurred_at,
+                data=fact.data,
+            )
+        else:
+            self.touched[agg_id] = cls.start(fact, key, self.recorded_at)
+        self._absent.discard(agg_id)
+
+    def pending_events(self) -> list[Any]:
+        events: list[Any] = list(self.new_occurrences.values())
+        for aggregate in self.touched.values():
+            events.extend(aggregate.collect_events())
+        return events
+
+
+class LedgerApplication(Application[UUID]):
+    """eventsourcing Application recording ledger facts as Avro-encoded events."""
+
+    name = "CrmLedger"
+    env = {
+        "AGGREGATE_CACHE_MAXSIZE": "200000",
+        # One writer process at a time; a concurrent writer is detected as an
+        # IntegrityError on save and the batch is re-run on fresh state.
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+    }
+
+    def __init__(self, persistence: Mapping[str, str], registry: SchemaRegistry | None = None) -> None:
+        self.registry = registry or SchemaRegistry.load()
+        self.codec = AvroCodec(self.registry, epoch_millis=True)
+        super().__init__(env=dict(persistence))
+
+    def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
+        # Library code does not read os.environ: settings are built at the edge.
+        merged = dict(type(self).env)
+        merged.update(env or {})
+        return Environment(name, merged)
+
+    def construct_mapper(self) -> AvroMapper:  # type: ignore[override]
+        return AvroMapper(self.codec)
+
+    def record(self, facts: Sequence[Fact]) -> list[Outcome]:
+        """Validate and save a batch: valid facts land together, the rest are reported."""
+        try:
+            return self._record_once(facts)
+        except IntegrityError:
+            # Another writer got in between: drop cached state and decide again.
+            self._repository = self.construct_repository()
+            return self._record_once(facts)
+
+    def _record_once(self, facts: Sequence[Fact]) -> list[Outcome]:
+        work = _UnitOfWork(self, datetime.now(tz=UTC))
+        work.prefetch({aggregate_id(kind, key) for fact in facts for kind, key in _references(fact)})
+        outcomes = [self._decide(fact, work) for fact in facts]
+        events = work.pending_events()
+        if events:
+            processing = ProcessingEvent[UUID]()
+            processing.events.extend(events)
+            processing.aggregates.update(work.touched)
+            try:
+                # eventsourcing's own recording step, given events directly: its save()
+                # would re-discover them from each aggregate through slow protocol checks.
+                self._record(processing)
+            except Exception:
+                self._repository = self.construct_repository()
+                raise
+        return outcomes
+
+    def _decide(self, fact: Fact, work: _UnitOfWork) -> Outcome:
+        owner, starts = EVENT_OWNERS[fact.event_type]
+        key = fact.event_id if owner is Occurrence else fact.data[_KEY_FIELD[owner]]
+        try:
+            if owner is Occurrence and work.exists(owner, key):
+                return Outcome("duplicate")
+            aggregate = work.get(owner, key)
+            if aggregate is not None and fact.event_id in aggregate.event_ids:
+                return Outcome("duplicate")
+            fact = self._check_references(fact, work)
+            if aggregate is None:
+                if not starts:
+                    raise ValidationError(_KEY_FIELD[owner], f"unknown {owner.KIND} {key!r}")
+                work.start(owner, fact, key)
+            else:
+                aggregate.check(fact)  # type: ignore[attr-defined]
+                aggregate.record(fact, work.recorded_at)
+        except ValidationError as error:
+            return Outcome("rejected", error)
+        return Outcome("accepted")
+
+    def _check_references(self, fact: Fact, work: _UnitOfWork) -> Fact:
+        """Referenced entities exist (and were active); fill fields the ledger knows."""
+        event_type = fact.event_type
+        data: dict[str, Any] = dict(fact.data)
+        at = fact.occurred_at
+
+        employee_id = data.get("employee_id")
+        if employee_id and not event_type.startswith("Employee"):
+            employee = self._employee(work, employee_id, "employee_id")
+            if event_type in _ABOUT_PAST_WORK:
+                employee.check_known("employee_id", at)
+            else:
+                employee.check_active("employee_id", at)
+        customer_id = data.get("customer_id")
+        if customer_id and not event_type.startswith("Customer"):
+            if work.get(Customer, customer_id) is None:
+                raise ValidationError("customer_id", f"unknown customer {customer_id!r}")
+
+        if event_type.startswith("Case") and event_type != "CaseOpened":
+            case = work.get(Case, data["case_id"])
+            if isinstance(case, Case):
+                data["customer_id"] = case.customer_id
+        if event_type == "CaseEscalated" and data.get("to_employee_id"):
+            self._employee(work, data["to_employee_id"], "to_employee_id").check_active(
+                "to_employee_id", at
+            )
+        if event_type == "CaseResolved":
+            for article_id in data["article_ids"]:
+                self._article(work, article_id, "article_ids").check_usable("article_ids", at)
+        if event_type == "ArticleCreated" and data.get("source_case_id"):
+            self._case(work, data["source_case_id"], "source_case_id")
+        if event_type == "ArticleLinked":
+            case = self._case(work, data["case_id"], "case_id")
+            data["customer_id"] = case.customer_id
+            article = work.get(Article, data["article_id"])
+            if isinstance(article, Article):
+                data["author_id"] = data.get("author_id") or article.author_id
+        if event_type == "KnowledgeShared" and data.get("article_id"):
+            self._article(work, data["article_id"], "article_id").check_usable("article_id", at)
+        if event_type == "SurveyAnswered":
+            data["employee_id"] = self._survey_employee(work, data)
+            if all(data.get(k) is None for k in ("csat", "nps", "ces")):
+                raise ValidationError("csat", "a survey answer needs at least one of csat, nps, ces")
+        return replace(fact, data=data)
+
+    def _survey_employee(self, work: _UnitOfWork, data: Mapping[str, Any]) -> str | None:
+        case_id, interaction_id = data.get("case_id"), data.get("interaction_id")
+        if not case_id and not interaction_id:
+            raise ValidationError("case_id", "a survey answer must name a case_id or interaction_id")
+        handler: str | None = None
+        if interaction_id:
+            interaction = work.get(Occurrence, interaction_id)
+            if not isinstance(interaction, Occurrence) or interaction.event_type != "InteractionRecorded":
+                raise ValidationError("interaction_id", f"unknown interaction {interaction_id!r}")
+            handler = interaction.employee_id
+        if case_id:
+            case = self._case(work, case_id, "case_id")
+            handler = case.resolver_id or case.owner_id or handler
+        given: str | None = data.get("employee_id")
+        return given or handler
+
+    def _employee(self, work: _UnitOfWork, employee_id: str, field: str) -> Employee:
+        employee = work.get(Employee, employee_id)
+        if not isinstance(employee, Employee):
+            raise ValidationError(field, f"unknown employee {employee_id!r}")
+        return employee
+
+    def _case(self, work: _UnitOfWork, case_id: str, field: str) -> Case:
+        case = work.get(Case, case_id)
+        if not isinstance(case, Case):
+            raise ValidationError(field, f"unknown case {case_id!r}")
+        return case
+
+    def _article(self, work: _UnitOfWork, article_id: str, field: str) -> Article:
+        article = work.get(Article, article_id)
+        if not isinstance(article, Article):
+            raise ValidationError(field, f"unknown article {article_id!r}")
+        return article
+
+    def max_position(self) -> int:
+        """The highest notification id in the store (0 when empty)."""
+        return int(self.recorder.max_notification_id() or 0)
+
+    def read_notifications(self, start: int, limit: int, stop: int | None = None) -> Iterable[Any]:
+        """Stored notifications from `start` (inclusive), in order."""
+        return self.recorder.select_notifications(start=start, limit=limit, stop=stop)

@@ -1,0 +1,345 @@
+"""The write model: eventsourcing aggregates that validate each fact before it is recorded.
+
+Every aggregate records its facts as one generic pair of events (`Started`, `Recorded`)
+carrying the ledger event type and its fields; the fields' shape is owned by the Avro
+schemas in `schemas/` and checked by `ledger.records`, so the classes here hold only the
+state each lifecycle rule needs. Each aggregate remembers which client event ids it has
+applied: that is what makes ingest idempotent.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from datetime import datetime
+from collections.abc import Mapping
+from typing import Any, cast
+
+from eventsourcing.domain import Aggregate
+
+from ledger.errors import IllegalTransitionError, ValidationError
+from ledger.records import Fact, format_timestamp
+
+#: Fixed namespace: aggregate ids are derived from business keys, so they are stable.
+_ID_NAMESPACE = uuid.UUID("6f1d9c5e-3b0a-4d52-9a61-1c2e6b7d8f90")
+
+
+@functools.lru_cache(maxsize=65536)
+def aggregate_id(kind: str, key: str) -> uuid.UUID:
+    """The aggregate id of a business key, e.g. ('case', 'C-17')."""
+    return uuid.uuid5(_ID_NAMESPACE, f"{kind}:{key}")
+
+
+class LedgerAggregate(Aggregate):
+    """Common base: records facts and remembers their event ids."""
+
+    KIND = ""
+    #: The event types this aggregate records; the first starts it.
+    EVENT_TYPES = cast("tuple[str, ...]", ())
+
+    class Started(Aggregate.Created):
+        event_type: str
+        event_id: str
+        occurred_at: int
+        data: Mapping[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, LedgerAggregate)
+            aggregate._apply_fact(self.event_type, self.event_id, self.occurred_at, self.data)
+
+    class Recorded(Aggregate.Event):
+        event_type: str
+        event_id: str
+        occurred_at: int
+        data: Mapping[str, Any]
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, LedgerAggregate)
+            aggregate._apply_fact(self.event_type, self.event_id, self.occurred_at, self.data)
+
+    def __init__(self) -> None:
+        self.event_ids: set[str] = set()
+
+    @classmethod
+    def start(cls, fact: Fact, key: str, recorded_at: datetime | None = None) -> LedgerAggregate:
+        """A new aggregate whose first event is `fact` (already checked by the caller)."""
+        return cls._create(
+            cls.Started,
+            id=aggregate_id(cls.KIND, key),
+            timestamp=recorded_at,
+            event_type=fact.event_type,
+            event_id=fact.event_id,
+            occurred_at=fact.occurred_at,
+            data=dict(fact.data),
+        )
+
+    def record(self, fact: Fact, recorded_at: datetime | None = None) -> None:
+        """Append a checked fact to this aggregate."""
+        self.trigger_event(
+            self.Recorded,
+            timestamp=recorded_at,
+            event_type=fact.event_type,
+            event_id=fact.event_id,
+            occurred_at=fact.occurred_at,
+            data=dict(fact.data),
+        )
+
+    def _apply_fact(
+        self, event_type: str, event_id: str, occurred_at: int, data: Mapping[str, Any]
+    ) -> None:
+        self.event_ids.add(event_id)
+        self.when(event_type, occurred_at, data)
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        """Evolve state by one fact; subclasses override."""
+
+
+class Customer(LedgerAggregate):
+    KIND = "customer"
+    EVENT_TYPES = ("CustomerRegistered", "CustomerDetailsChanged", "CustomerForgotten")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.customer_id: str = ""
+        self.registered_at: int = 0
+        self.forgotten: bool = False
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if event_type == "CustomerRegistered":
+            self.customer_id = data["customer_id"]
+            self.registered_at = occurred_at
+            self.forgotten = False
+        elif event_type == "CustomerForgotten":
+            self.forgotten = True
+
+    def check(self, fact: Fact) -> None:
+        """Rules for a fact about this customer."""
+        if fact.event_type == "CustomerRegistered":
+            raise ValidationError("customer_id", f"customer {self.customer_id!r} is already registered")
+        if self.forgotten and fact.event_type == "CustomerDetailsChanged":
+            raise ValidationError("customer_id", f"customer {self.customer_id!r} was forgotten")
+        if fact.event_type == "CustomerForgotten" and self.forgotten:
+            raise ValidationError("customer_id", f"customer {self.customer_id!r} is already forgotten")
+
+
+class Employee(LedgerAggregate):
+    KIND = "employee"
+    EVENT_TYPES = ("EmployeeJoined", "EmployeeMovedTeam", "EmployeeLeft")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.employee_id: str = ""
+        self.team_id: str = ""
+        self.joined_at: int = 0
+        self.left_at: int | None = None
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if event_type == "EmployeeJoined":
+            self.employee_id = data["employee_id"]
+            self.team_id = data["team_id"]
+            self.joined_at = occurred_at
+            self.left_at = None
+        elif event_type == "EmployeeMovedTeam":
+            self.team_id = data["team_id"]
+        elif event_type == "EmployeeLeft":
+            self.left_at = occurred_at
+
+    def check(self, fact: Fact) -> None:
+        """Rules for a fact about this employee's own membership."""
+        if fact.event_type == "EmployeeJoined":
+            raise ValidationError("employee_id", f"employee {self.employee_id!r} already joined")
+        if self.left_at is not None:
+            raise ValidationError("employee_id", f"employee {self.employee_id!r} has left")
+        if fact.occurred_at < self.joined_at:
+            raise ValidationError("occurred_at", "is before the employee joined")
+
+    def check_active(self, field: str, occurred_at: int) -> None:
+        """The employee must have joined, and not yet left, at `occurred_at`."""
+        if occurred_at < self.joined_at:
+            raise ValidationError(
+                field,
+                f"employee {self.employee_id!r} had not joined yet at "
+                f"{format_timestamp(occurred_at)}",
+            )
+        if self.left_at is not None and occurred_at >= self.left_at:
+            raise ValidationError(
+                field, f"employee {self.employee_id!r} had left at {format_timestamp(self.left_at)}"
+            )
+
+    def check_known(self, field: str, occurred_at: int) -> None:
+        """The employee must have joined by `occurred_at` (leaving later is fine)."""
+        if occurred_at < self.joined_at:
+            raise ValidationError(
+                field,
+                f"employee {self.employee_id!r} had not joined yet at "
+                f"{format_timestamp(occurred_at)}",
+            )
+
+
+#: Case lifecycle: which states each step may follow.
+CASE_TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "CaseAccepted": (frozenset({"opened", "escalated", "reopened"}), "accepted"),
+    "CaseEscalated": (frozenset({"accepted", "escalated", "reopened"}), "escalated"),
+    "CaseResolved": (frozenset({"accepted", "escalated", "reopened"}), "resolved"),
+    "CaseReopened": (frozenset({"resolved"}), "reopened"),
+    "CaseClosed": (frozenset({"resolved"}), "closed"),
+}
+
+
+class Case(LedgerAggregate):
+    KIND = "case"
+    EVENT_TYPES = ("CaseOpened", *CASE_TRANSITIONS)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.case_id: str = ""
+        self.customer_id: str = ""
+        self.opened_at: int = 0
+        self.state: str = ""
+        self.owner_id: str | None = None
+        self.resolver_id: str | None = None
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if event_type == "CaseOpened":
+            self.case_id = data["case_id"]
+            self.customer_id = data["customer_id"]
+            self.opened_at = occurred_at
+            self.state = "opened"
+            self.owner_id = data.get("employee_id")
+            self.resolver_id = None
+            return
+        self.state = CASE_TRANSITIONS[event_type][1]
+        if event_type == "CaseAccepted":
+            self.owner_id = data["employee_id"]
+        elif event_type == "CaseEscalated" and data.get("to_employee_id"):
+            self.owner_id = data["to_employee_id"]
+        elif event_type == "CaseResolved":
+            self.resolver_id = data["employee_id"]
+
+    def check(self, fact: Fact) -> None:
+        """The state machine: an illegal step is an error, never an event."""
+        if fact.event_type == "CaseOpened":
+            raise ValidationError("case_id", f"case {self.case_id!r} is already open")
+        allowed, _ = CASE_TRANSITIONS[fact.event_type]
+        if self.state not in allowed:
+            step = fact.event_type.removeprefix("Case").lower()
+            raise IllegalTransitionError(
+                "case_id",
+                f"case {self.case_id!r} is {self.state}: it cannot be {step} "
+                f"(allowed from: {', '.join(sorted(allowed))})",
+            )
+        if fact.occurred_at < self.opened_at:
+            raise ValidationError(
+                "occurred_at", f"is before case {self.case_id!r} was opened"
+            )
+        given = fact.get("customer_id")
+        if given and given != self.customer_id:
+            raise ValidationError(
+                "customer_id", f"case {self.case_id!r} belongs to customer {self.customer_id!r}"
+            )
+
+
+class Article(LedgerAggregate):
+    KIND = "article"
+    EVENT_TYPES = (
+        "ArticleCreated",
+        "ArticlePublished",
+        "ArticleImproved",
+        "ArticleLinked",
+        "ArticleFlagged",
+        "ArticleRetired",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.article_id: str = ""
+        self.author_id: str = ""
+        self.created_at: int = 0
+        self.published: bool = False
+        self.retired: bool = False
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if event_type == "ArticleCreated":
+            self.article_id = data["article_id"]
+            self.author_id = data["employee_id"]
+            self.created_at = occurred_at
+            self.published = False
+            self.retired = False
+        elif event_type == "ArticlePublished":
+            self.published = True
+        elif event_type == "ArticleRetired":
+            self.retired = True
+
+    def check(self, fact: Fact) -> None:
+        """Article lifecycle: a retired article is read-only history."""
+        if fact.event_type == "ArticleCreated":
+            raise ValidationError("article_id", f"article {self.article_id!r} already exists")
+        self.check_usable("article_id", fact.occurred_at)
+        if fact.event_type == "ArticlePublished" and self.published:
+            raise IllegalTransitionError("article_id", f"article {self.article_id!r} is already published")
+        given = fact.get("author_id")
+        if given and given != self.author_id:
+            raise ValidationError("author_id", f"article {self.article_id!r} was written by {self.author_id!r}")
+
+    def check_usable(self, field: str, occurred_at: int) -> None:
+        """The article exists at `occurred_at` and is not retired."""
+        if self.retired:
+            raise IllegalTransitionError(field, f"article {self.article_id!r} is retired")
+        if occurred_at < self.created_at:
+            raise ValidationError("occurred_at", f"is before article {self.article_id!r} was created")
+
+
+class Occurrence(LedgerAggregate):
+    """A one-off fact (an interaction, survey answer, compliment...): keyed by its event id."""
+
+    KIND = "occurrence"
+    EVENT_TYPES = (
+        "InteractionRecorded",
+        "RelationshipAttemptMade",
+        "ComplimentReceived",
+        "SurveyAnswered",
+        "KnowledgeShared",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event_type: str = ""
+        self.employee_id: str | None = None
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        self.event_type = event_type
+        self.employee_id = data.get("employee_id")
+
+
+class RewardPeriod(LedgerAggregate):
+    """A closed reward month: its statements and adjustments."""
+
+    KIND = "period"
+    EVENT_TYPES = ("RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.period: str = ""
+        self.ledger_position: int = 0
+        self.version: str = ""
+        self.told: dict[str, float] = {}  # employee id -> score last told
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if event_type == "RewardPeriodClosed":
+            self.period = data["period"]
+            self.ledger_position = data["ledger_position"]
+            self.version = data["version"]
+            self.told = {}
+        elif event_type == "RewardStatementIssued":
+            self.told[data["employee_id"]] = data["score"]
+        elif event_type == "RewardAdjustmentIssued":
+            self.told[data["employee_id"]] = data["new_score"]
+
+
+AGGREGATES: tuple[type[LedgerAggregate], ...] = (Customer, Employee, Case, Article, Occurrence, RewardPeriod)
+#: event type -> (aggregate class, whether the event starts the aggregate)
+EVENT_OWNERS: dict[str, tuple[type[LedgerAggregate], bool]] = {
+    event_type: (aggregate, event_type == aggregate.EVENT_TYPES[0] or aggregate is Occurrence)
+    for aggregate in AGGREGATES
+    for event_type in aggregate.EVENT_TYPES
+}

@@ -1,0 +1,24 @@
+"""Errors of the write model: every rejection names the record and the field."""
+
+from __future__ import annotations
+
+from crm_ledger.errors import CrmLedgerError
+
+
+class ValidationError(CrmLedgerError):
+    """A record or command was refused. Nothing was written for it."""
+
+    def __init__(self, field: str, reason: str, *, record: str | None = None) -> None:
+        self.field = field
+        self.reason = reason
+        self.record = record
+        where = f"{record}: " if record else ""
+        super().__init__(f"{where}field {field!r}: {reason}")
+
+    def for_record(self, record: str) -> ValidationError:
+        """The same error, located at a record (e.g. 'events.jsonl:17')."""
+        return ValidationError(self.field, self.reason, record=record)
+
+
+class IllegalTransitionError(ValidationError):
+    """A lifecycle step that the aggregate's state machine does not allow."""

@@ -1,0 +1,59 @@
+"""Which aggregate ids a store already holds, asked once per batch instead of once per fact.
+
+eventsourcing's recorders answer one originator at a time; bulk ingest needs the answer
+for a few thousand ids at once, so this asks the recorder's own table directly for the
+two persistence modules the project supports, and falls back to the portable per-id
+query for any other recorder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from uuid import UUID
+
+from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.sqlite import SQLiteAggregateRecorder
+
+_SQLITE_CHUNK = 900
+
+
+def existing_ids(recorder: ApplicationRecorder, ids: Collection[UUID]) -> set[UUID]:
+    """The subset of `ids` that have at least one stored event."""
+    if not ids:
+        return set()
+    if isinstance(recorder, SQLiteAggregateRecorder):
+        return _sqlite_existing(recorder, list(ids))
+    try:
+        from eventsourcing.postgres import PostgresAggregateRecorder
+    except ImportError:  # psycopg not installed: PostgreSQL is not in use
+        PostgresAggregateRecorder = None  # type: ignore[assignment,misc]  # noqa: N806
+    if PostgresAggregateRecorder is not None and isinstance(recorder, PostgresAggregateRecorder):
+        return _postgres_existing(recorder, list(ids))
+    return {i for i in ids if recorder.select_events(i, limit=1)}
+
+
+def _sqlite_existing(recorder: SQLiteAggregateRecorder, ids: list[UUID]) -> set[UUID]:
+    found: set[UUID] = set()
+    by_hex = {i.hex: i for i in ids}
+    keys = list(by_hex)
+    with recorder.datastore.transaction(commit=False) as cursor:
+        for start in range(0, len(keys), _SQLITE_CHUNK):
+            chunk = keys[start : start + _SQLITE_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cursor.execute(
+                f"SELECT DISTINCT originator_id FROM {recorder.events_table_name} "  # noqa: S608
+                f"WHERE originator_id IN ({marks})",
+                chunk,
+            )
+            found.update(by_hex[row[0]] for row in cursor.fetchall())
+    return found
+
+
+def _postgres_existing(recorder: object, ids: list[UUID]) -> set[UUID]:
+    table = recorder.events_table_name  # type: ignore[attr-defined]
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        cursor.execute(
+            f"SELECT DISTINCT originator_id FROM {table} WHERE originator_id = ANY(%s)",  # noqa: S608
+            (ids,),
+        )
+        return {UUID(str(row["originator_id"])) for row in cursor.fetchall()}

@@ -1,0 +1,269 @@
+"""Raw records (a JSONL object, a CSV row, a Python dict) into checked ledger facts.
+
+The Avro schemas define the fields; this module adds the rules a schema cannot say
+(allowed channels, survey scales, UUID event ids, UTC timestamps) and coerces text
+from CSV into the schema's types. Everything that fails is a `ValidationError` naming
+the field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.errors import ValidationError
+from schemas.registry import SchemaRegistry
+
+CHANNELS = frozenset({"phone", "email", "chat", "web", "field", "social", "post", "referral", "fax", "other"})
+DIRECTIONS = frozenset({"inbound", "outbound"})
+CASE_KINDS = frozenset({"complaint", "incident", "request"})
+RECIPIENT_KINDS = frozenset({"colleague", "customer", "partner"})
+SYSTEM_FIELDS = frozenset({"recorded_at"})
+#: Event types that only the ledger itself writes (reward periods), never an import.
+INTERNAL_TYPES = frozenset({"RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued"})
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One checked event, ready for the write model: type, id, time and its fields."""
+
+    event_type: str
+    event_id: str
+    occurred_at: int
+    data: Mapping[str, Any]
+
+    def get(self, name: str) -> Any:
+        return self.data.get(name)
+
+
+def parse_timestamp(value: Any, field: str = "occurred_at") -> int:
+    """UTC epoch milliseconds from ISO-8601 text (naive means UTC) or epoch milliseconds."""
+    if isinstance(value, bool):
+        raise ValidationError(field, f"expected a timestamp, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValidationError(field, f"not an ISO-8601 timestamp: {value!r}") from None
+    else:
+        raise ValidationError(field, f"expected a timestamp, got {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def format_timestamp(epoch_ms: int) -> str:
+    """ISO-8601 UTC text with milliseconds, the form every output uses."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def _text(value: Any, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValidationError(field, f"expected text, got {type(value).__name__}")
+
+
+def _integer(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise ValidationError(field, f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValidationError(field, f"expected an integer, got {value!r}")
+
+
+def _double(value: Any, field: str) -> float:
+    if isinstance(value, bool):
+        raise ValidationError(field, f"expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(field, f"expected a number, got {value!r}") from None
+
+
+_TRUE = frozenset({"true", "1", "yes", "y", "t"})
+_FALSE = frozenset({"false", "0", "no", "n", "f", ""})
+
+
+def _boolean(value: Any, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValidationError(field, f"expected true or false, got {value!r}")
+
+
+def _string_list(value: Any, field: str) -> list[str]:
+    if isinstance(value, list):
+        return [_text(item, field) for item in value]
+    if isinstance(value, str):
+        # CSV cells carry lists as ';' or '|' separated text.
+        parts = value.replace("|", ";").split(";")
+        return [part.strip() for part in parts if part.strip()]
+    raise ValidationError(field, f"expected a list of ids, got {type(value).__name__}")
+
+
+_COERCE: dict[str, Callable[[Any, str], Any]] = {
+    "string": _text,
+    "int": _integer,
+    "long": _integer,
+    "double": _double,
+    "boolean": _boolean,
+}
+
+
+@dataclass(frozen=True)
+class _FieldRule:
+    name: str
+    coerce: Callable[[Any, str], Any]
+    required: bool
+    default: Any
+
+
+def _rules_for(event_type: str, fields: list[dict[str, Any]]) -> list[_FieldRule]:
+    rules = []
+    for field in fields:
+        name = field["name"]
+        if name in {"event_id", "occurred_at", "recorded_at"}:
+            continue
+        avro_type = field["type"]
+        nullable = isinstance(avro_type, list) and "null" in avro_type
+        if isinstance(avro_type, list):
+            avro_type = next(t for t in avro_type if t != "null")
+        if isinstance(avro_type, dict) and avro_type.get("type") == "array":
+            coerce: Callable[[Any, str], Any] = _string_list
+        elif isinstance(avro_type, dict):
+            coerce = _COERCE[avro_type["type"]]
+        else:
+            coerce = _COERCE[avro_type]
+        has_default = "default" in field
+        optional = nullable or has_default or (event_type, name) in ENRICHED_FIELDS
+        rules.append(_FieldRule(name, coerce, not optional, field.get("default")))
+    return rules
+
+
+def _one_of(allowed: frozenset[str]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value not in allowed:
+            return f"must be one of {', '.join(sorted(allowed))}, got {value!r}"
+        return None
+
+    return check
+
+
+def _in_range(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not low <= value <= high:
+            return f"must be between {low} and {high}, got {value}"
+        return None
+
+    return check
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must not be negative, got {value}"
+
+
+def _non_blank(value: Any) -> str | None:
+    return None if value.strip() else "must not be blank"
+
+
+#: Rules a schema cannot express, per (event type or "*", field).
+_DOMAIN_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    ("*", "channel"): _one_of(CHANNELS),
+    ("InteractionRecorded", "direction"): _one_of(DIRECTIONS),
+    ("CaseOpened", "kind"): _one_of(CASE_KINDS),
+    ("KnowledgeShared", "recipient_kind"): _one_of(RECIPIENT_KINDS),
+    ("SurveyAnswered", "csat"): _in_range(1, 5),
+    ("SurveyAnswered", "nps"): _in_range(0, 10),
+    ("SurveyAnswered", "ces"): _in_range(1, 7),
+    ("InteractionRecorded", "duration_s"): _non_negative,
+    ("CaseEscalated", "level"): _in_range(1, 99),
+}
+_ID_FIELDS = ("customer_id", "employee_id", "case_id", "article_id", "team_id")
+#: Fields the ledger fills in from its own state, so a client may leave them out.
+ENRICHED_FIELDS = frozenset(
+    {(t, "customer_id") for t in ("CaseAccepted", "CaseEscalated", "CaseResolved", "CaseReopened", "CaseClosed")}
+    | {("ArticleLinked", "author_id")}
+)
+
+
+class RecordParser:
+    """Turns raw mappings into `Fact`s, checked against the newest schema of their type."""
+
+    def __init__(self, registry: SchemaRegistry, *, allow_internal: bool = False) -> None:
+        self._rules = {
+            t: _rules_for(t, list(registry.latest(t).raw["fields"]))
+            for t in registry.event_types
+            if allow_internal or t not in INTERNAL_TYPES
+        }
+
+    @property
+    def event_types(self) -> list[str]:
+        return sorted(self._rules)
+
+    def parse(self, raw: Mapping[str, Any]) -> Fact:
+        """A checked `Fact`, or a `ValidationError` naming the first bad field."""
+        event_type = raw.get("type") or raw.get("event_type")
+        if not event_type:
+            raise ValidationError("type", "is missing")
+        rules = self._rules.get(str(event_type))
+        if rules is None:
+            raise ValidationError("type", f"unknown event type {event_type!r}")
+        event_id = self._event_id(raw.get("event_id"))
+        if _blank(raw.get("occurred_at")):
+            raise ValidationError("occurred_at", "is missing")
+        occurred_at = parse_timestamp(raw["occurred_at"])
+        data: dict[str, Any] = {}
+        for rule in rules:
+            value = raw.get(rule.name)
+            if _blank(value):
+                if rule.required:
+                    raise ValidationError(rule.name, "is required")
+                data[rule.name] = rule.default
+                continue
+            value = rule.coerce(value, rule.name)
+            if isinstance(value, str):
+                value = value.strip()
+            check = _DOMAIN_RULES.get((event_type, rule.name)) or _DOMAIN_RULES.get(("*", rule.name))
+            problem = check(value) if check else None
+            if problem is None and rule.name in _ID_FIELDS and isinstance(value, str):
+                problem = _non_blank(value)
+            if problem:
+                raise ValidationError(rule.name, problem)
+            data[rule.name] = value
+        return Fact(str(event_type), event_id, occurred_at, data)
+
+    @staticmethod
+    def _event_id(value: Any) -> str:
+        if _blank(value):
+            raise ValidationError("event_id", "is missing")
+        try:
+            return str(uuid.UUID(str(value).strip()))
+        except ValueError:
+            raise ValidationError("event_id", f"not a UUID: {value!r}") from None
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())

@@ -1,0 +1,23 @@
+"""Errors of the schema registry and the wire-format codec."""
+
+from __future__ import annotations
+
+from crm_ledger.errors import CrmLedgerError
+
+
+class SchemaError(CrmLedgerError):
+    """A schema file, the lock file or a compatibility rule is broken."""
+
+
+class DecodeError(CrmLedgerError):
+    """Bytes are not a valid Confluent-framed Avro record of a known schema."""
+
+
+class EncodeError(CrmLedgerError):
+    """A record does not fit its schema; names the event type and field."""
+
+    def __init__(self, event_type: str, field: str, reason: str) -> None:
+        super().__init__(f"{event_type}: field {field!r}: {reason}")
+        self.event_type = event_type
+        self.field = field
+        self.reason = reason
