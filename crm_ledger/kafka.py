@@ -1,0 +1,82 @@
+"""Small helpers around confluent-kafka: client configs, topic creation, error translation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from crm_ledger.errors import CrmLedgerError, TransientError
+
+
+class KafkaUnavailableError(TransientError):
+    """The broker did not answer."""
+
+
+def admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+
+
+def ensure_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    config: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> bool:
+    """Create the topic if absent; True when it was created now."""
+    client = admin(bootstrap)
+    try:
+        metadata = client.list_topics(timeout=timeout_s)
+    except KafkaException as error:
+        raise KafkaUnavailableError(f"Kafka at {bootstrap} did not answer: {error}") from error
+    if topic in metadata.topics:
+        return False
+    futures = client.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=dict(config or {}))],
+        operation_timeout=timeout_s,
+    )
+    try:
+        futures[topic].result(timeout=timeout_s)
+    except KafkaException as error:
+        if error.args and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise CrmLedgerError(f"creating topic {topic!r} failed: {error}") from error
+    return True
+
+
+def delete_topics(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> None:
+    """Delete topics (tests and resets); missing ones are ignored."""
+    client = admin(bootstrap)
+    futures = client.delete_topics(topics, operation_timeout=timeout_s)
+    for future in futures.values():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+
+
+def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, Any]:
+    """A read_committed consumer with manual offset handling."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": True,
+        "fetch.max.bytes": 52_428_800,
+        "max.partition.fetch.bytes": 10_485_760,
+        "queued.max.messages.kbytes": 262_144,
+        "log_level": 3,
+    }
+    config.update(extra)
+    return config
+
+
+INFINITE_RETENTION = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}

@@ -1,0 +1,237 @@
+"""Relay: the ledger's notification log to Kafka, exactly once and in order.
+
+A transactional producer with a fixed `transactional.id` publishes each batch of
+notifications in one transaction; restarting fences any zombie and aborts its open
+transaction. The position is recovered from Kafka itself: the highest `notification_id`
+header among committed records (read_committed), with the chain value stored beside it.
+Command code never writes to Kafka; only this relay does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from crm_ledger.errors import CrmLedgerError
+from crm_ledger.kafka import INFINITE_RETENTION, KafkaUnavailableError, consumer_config, ensure_topic
+from crm_ledger.progress import Reporter, SilentReporter
+from ledger.application import LedgerApplication
+from ledger.chain import GENESIS, next_link
+from schemas.codec import AvroCodec
+
+KEY_FIELDS = ("customer_id", "employee_id", "article_id", "period")
+
+
+@dataclass(frozen=True)
+class RelayPosition:
+    """The last notification id committed to Kafka and the chain value after it."""
+
+    notification_id: int
+    chain: bytes
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    bootstrap: str
+    topic: str
+    partitions: int = 6
+    transactional_id: str = "crm-ledger-relay"
+    batch_size: int = 5000
+
+
+def headers_of(message: Any) -> dict[str, bytes]:
+    return {k: v for k, v in (message.headers() or [])}
+
+
+def recover_position(config: RelayConfig, timeout_s: float = 30.0) -> RelayPosition:
+    """Highest committed notification id in the topic (0 and genesis when empty).
+
+    Reads the tail of every partition with a read_committed consumer; a partition whose
+    tail holds only aborted data or control records is searched further back.
+    """
+    consumer = Consumer(consumer_config(config.bootstrap, f"{config.transactional_id}-position"))
+    try:
+        metadata = consumer.list_topics(config.topic, timeout=timeout_s)
+        if config.topic not in metadata.topics or metadata.topics[config.topic].error:
+            return RelayPosition(0, GENESIS)
+        ranges: dict[int, tuple[int, int]] = {}
+        for partition in metadata.topics[config.topic].partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(config.topic, partition), timeout=timeout_s
+            )
+            if high > low:
+                ranges[partition] = (low, high)
+        best = RelayPosition(0, GENESIS)
+        window = 64
+        while ranges:
+            starts = {p: max(low, high - window) for p, (low, high) in ranges.items()}
+            found = _read_tails(consumer, config.topic, starts, timeout_s)
+            for partition, position in found.items():
+                if position.notification_id > best.notification_id:
+                    best = position
+            ranges = {
+                p: r for p, r in ranges.items() if p not in found and starts[p] > r[0]
+            }
+            window *= 8
+        return best
+    except KafkaException as error:
+        raise KafkaUnavailableError(f"reading the relay position failed: {error}") from error
+    finally:
+        consumer.close()
+
+
+def _read_tails(
+    consumer: Consumer, topic: str, starts: dict[int, int], timeout_s: float
+) -> dict[int, RelayPosition]:
+    """Per partition, the record with the highest notification id from `starts` to the end."""
+    consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
+    best: dict[int, RelayPosition] = {}
+    pending = set(starts)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        for message in consumer.consume(1000, timeout=0.05):
+            if message.error():
+                # Partition EOF: everything up to the last stable offset was read.
+                pending.discard(message.partition())
+                continue
+            headers = headers_of(message)
+            nid = int(headers["notification_id"])
+            current = best.get(message.partition())
+            if current is None or nid > current.notification_id:
+                best[message.partition()] = RelayPosition(nid, bytes.fromhex(headers["chain"].decode()))
+    consumer.unassign()
+    if pending:
+        raise KafkaUnavailableError(f"timed out reading the tail of {topic!r} partitions {sorted(pending)}")
+    return best
+
+
+def message_key(record: dict[str, Any]) -> bytes | None:
+    """Customer id, else employee id, else article id, else period: ordering per customer."""
+    for name in KEY_FIELDS:
+        value = record.get(name)
+        if value:
+            return str(value).encode()
+    return None
+
+
+class Relay:
+    """Publishes the ledger's notifications to Kafka; one transaction per batch."""
+
+    def __init__(self, app: LedgerApplication, config: RelayConfig) -> None:
+        self.app = app
+        self.config = config
+        self.codec: AvroCodec = app.codec
+        self._producer: Producer | None = None
+        self._versions = {
+            v.schema_id.to_bytes(4, "big"): str(v.version).encode()
+            for v in self.codec.registry.all_versions()
+        }
+
+    def _start_producer(self) -> Producer:
+        ensure_topic(self.config.bootstrap, self.config.topic, self.config.partitions, INFINITE_RETENTION)
+        producer = Producer(
+            {
+                "bootstrap.servers": self.config.bootstrap,
+                "transactional.id": self.config.transactional_id,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "batch.num.messages": 10000,
+                "compression.type": "lz4",
+                "transaction.timeout.ms": 60000,
+                "log_level": 3,
+            }
+        )
+        try:
+            # Fences an earlier instance and aborts whatever it left open.
+            producer.init_transactions(30)
+        except KafkaException as error:
+            raise KafkaUnavailableError(f"initialising the transactional producer failed: {error}") from error
+        return producer
+
+    def run(
+        self,
+        *,
+        follow: bool = False,
+        reporter: Reporter | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        idle_wait_s: float = 0.5,
+        max_batches: int | None = None,
+    ) -> int:
+        """Publish everything after the recovered position; returns how many were sent."""
+        reporter = reporter or SilentReporter()
+        producer = self._producer = self._start_producer()
+        position = recover_position(self.config)
+        sent = 0
+        batches = 0
+        reporter.total(max(self.app.max_position() - position.notification_id, 0))
+        while not should_stop():
+            notifications = list(
+                self.app.read_notifications(position.notification_id + 1, self.config.batch_size)
+            )
+            if not notifications:
+                if not follow:
+                    break
+                time.sleep(idle_wait_s)
+                reporter.total(max(self.app.max_position() - position.notification_id, 0) + sent)
+                continue
+            position = self._publish(producer, notifications, position)
+            sent += len(notifications)
+            batches += 1
+            reporter.advance(len(notifications), events=len(notifications))
+            if max_batches is not None and batches >= max_batches:
+                break
+        return sent
+
+    def _publish(self, producer: Producer, notifications: list[Any], position: RelayPosition) -> RelayPosition:
+        producer.begin_transaction()
+        chain = position.chain
+        expected = position.notification_id + 1
+        decoded = self.codec.decode_many([n.state for n in notifications])
+        try:
+            for notification, result in zip(notifications, decoded, strict=True):
+                if isinstance(result, Exception):
+                    raise CrmLedgerError(
+                        f"notification {notification.id} in the ledger store cannot be decoded: {result}"
+                    )
+                if notification.id != expected:
+                    # SQLite rowids can skip after a rolled-back insert; the chain covers
+                    # whatever ids exist, in order, so a gap is recorded, not an error.
+                    expected = notification.id
+                state: bytes = notification.state
+                event_type, record = result
+                schema = self._versions.get(state[1:5])
+                chain = next_link(chain, state)
+                self._produce(
+                    producer,
+                    key=message_key(record),
+                    value=state,
+                    headers=[
+                        ("event_id", record["event_id"].encode()),
+                        ("event_type", event_type.encode()),
+                        ("notification_id", str(notification.id).encode()),
+                        ("schema_version", schema or b"0"),
+                        ("chain", chain.hex().encode()),
+                    ],
+                )
+                expected += 1
+            producer.commit_transaction(60)
+        except KafkaException as error:
+            try:
+                producer.abort_transaction(30)
+            except KafkaException:
+                pass
+            raise CrmLedgerError(f"publishing to {self.config.topic!r} failed: {error}") from error
+        return RelayPosition(notifications[-1].id, chain)
+
+    def _produce(self, producer: Producer, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                producer.produce(self.config.topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:
+                producer.poll(0.05)
+

@@ -1,0 +1,192 @@
+"""The projection engine: log batches into a version's tables, exactly once.
+
+`apply` decodes a whole batch, appends it to the version's `events` with one Arrow insert,
+routes undecodable records to `dead_letters`, and records the source positions, all in
+one DuckDB transaction: a crash at any point leaves either all of the batch or none of
+it. `refresh` rebuilds the read models from `events` in one transaction. Because the
+models are a pure function of the events, a rebuilt or replayed version is identical.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from crm_ledger.progress import Reporter, SilentReporter
+from projections.columns import events_table
+from projections.models import all_model_sql, scores_only_sql
+from projections.sources import LogSource, RawBatch
+from projections.store import ProjectionDB, VersionInfo, _now
+from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+
+
+@dataclass
+class ProjectStats:
+    """What one run did."""
+
+    applied: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    refreshed: bool = False
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.applied / self.seconds if self.seconds > 0 else 0.0
+
+
+class Projector:
+    """Applies a log source to one version of the read models."""
+
+    def __init__(self, db: ProjectionDB, version: VersionInfo, source: LogSource, codec: AvroCodec) -> None:
+        self.db = db
+        self.version = version
+        self.source = source
+        self.codec = codec
+        self.tracking = db.tracking(version)
+        self._as_of_ms = int(version.as_of.timestamp() * 1000) if version.as_of else None
+        self._schema_versions = {v.schema_id: v.version for v in codec.registry.all_versions()}
+        self.spec = version.spec()
+
+    def apply(self, batch: RawBatch) -> tuple[int, int]:
+        """Append one batch and its positions in one transaction; (applied, dead letters)."""
+        decoded = self.codec.decode_many(batch.values)
+        good: list[int] = []
+        dead: list[tuple[Any, ...]] = []
+        records: list[tuple[str, dict[str, Any]]] = []
+        for index, result in enumerate(decoded):
+            if isinstance(result, DecodeError):
+                dead.append((batch.sources[index], batch.partitions[index], batch.offsets[index],
+                             batch.notification_ids[index], str(result), batch.values[index], _now()))
+                continue
+            if self._as_of_ms is not None and result[1]["occurred_at"] > self._as_of_ms:
+                continue
+            good.append(index)
+            records.append(result)
+        con = self.db.connection
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if good:
+                table = events_table(
+                    records,
+                    [self._schema_versions.get(int.from_bytes(batch.values[i][1:5], "big"), 0) for i in good],
+                    [batch.values[i] for i in good],
+                    [batch.notification_ids[i] for i in good],
+                    [batch.sources[i] for i in good],
+                    [batch.partitions[i] for i in good],
+                    [batch.offsets[i] for i in good],
+                    [batch.chains[i] for i in good],
+                )
+                self._insert_arrow(table)
+            if dead:
+                con.executemany(
+                    f"INSERT INTO {self.version.schema}.dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)", dead
+                )
+            self.tracking.record_positions(batch.positions.values())
+            con.execute(
+                "UPDATE main.crm_versions SET state = 'building' WHERE version = ?", [self.version.version]
+            )
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return len(good), len(dead)
+
+    def _insert_arrow(self, table: pa.Table) -> None:
+        con = self.db.connection
+        con.register("incoming_events", table)
+        try:
+            con.execute(f"INSERT INTO {self.version.schema}.events SELECT * FROM incoming_events")
+        finally:
+            con.unregister("incoming_events")
+
+    def refresh(self, *, scores_only: bool = False) -> None:
+        """Rebuild the read models (or just the scores) in one transaction."""
+        schema = self.version.schema
+        statements = (
+            scores_only_sql(schema, self.spec, self.version.version)
+            if scores_only
+            else all_model_sql(schema, self.spec, self.version.version)
+        )
+        con = self.db.connection
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                con.execute(statement)
+            self.db.mark_built(self.version)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def needs_refresh(self) -> bool:
+        row = self.db.connection.execute(
+            "SELECT state FROM main.crm_versions WHERE version = ?", [self.version.version]
+        ).fetchone()
+        return row is None or row[0] != "ready"
+
+    def run(
+        self,
+        *,
+        follow: bool = False,
+        reporter: Reporter | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        refresh_interval_s: float = 5.0,
+        on_refresh: Callable[[], None] | None = None,
+        stop_after_batches: int | None = None,
+    ) -> ProjectStats:
+        """Catch up with the source (and keep following it when `follow`)."""
+        reporter = reporter or SilentReporter()
+        stats = ProjectStats()
+        started = time.monotonic()
+        last_refresh = time.monotonic()
+        dirty = self.needs_refresh()
+        positions = self.tracking.positions()
+        reporter.total(self.source.lag(positions))
+        for batch in self.source.batches(positions, follow=follow):
+            if should_stop():
+                break
+            if len(batch):
+                applied, dead = self.apply(batch)
+                stats.applied += applied
+                stats.dead_letters += dead
+                stats.batches += 1
+                dirty = True
+                reporter.advance(len(batch), events=len(batch), note=f"{stats.dead_letters} dead letters" if stats.dead_letters else "")
+                if stop_after_batches is not None and stats.batches >= stop_after_batches:
+                    break
+            caught_up = not len(batch)
+            if follow and dirty and (caught_up or time.monotonic() - last_refresh >= refresh_interval_s):
+                self.refresh()
+                stats.refreshed = True
+                dirty = False
+                last_refresh = time.monotonic()
+                if on_refresh is not None:
+                    on_refresh()
+                if caught_up:
+                    reporter.total(None)
+        if dirty and not should_stop() and stop_after_batches is None:
+            self.refresh()
+            stats.refreshed = True
+            if on_refresh is not None:
+                on_refresh()
+        stats.seconds = time.monotonic() - started
+        return stats
+
+
+def parse_as_of(text: str | None) -> datetime | None:
+    """An --as-of value: ISO date or timestamp, UTC when no zone is given."""
+    if text is None:
+        return None
+    from ledger.records import parse_timestamp
+
+    from datetime import UTC
+
+    millis = parse_timestamp(text, "as_of")
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)

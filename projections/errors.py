@@ -1,0 +1,21 @@
+"""Errors of the read side."""
+
+from __future__ import annotations
+
+from crm_ledger.errors import CrmLedgerError
+
+
+class SpecError(CrmLedgerError):
+    """A metric spec is invalid; names the file, line and key."""
+
+    def __init__(self, path: str, key: str, reason: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key}: {reason}")
+        self.path = path
+        self.key = key
+        self.line = line
+        self.reason = reason
+
+
+class ProjectionError(CrmLedgerError):
+    """A projection database problem a user can act on (locked, unknown version...)."""

@@ -1,0 +1,349 @@
+"""The read models, as set-based SQL over a version's `events` table.
+
+Everything here is a pure function of the events and the metric spec, rebuilt in one
+transaction, with a fixed row order: replaying the same log gives identical tables.
+Definitions follow "Metric definitions v1" in the design; see the README for each column.
+"""
+
+from __future__ import annotations
+
+from projections.spec import Component, MetricSpec
+
+PROFILE_CHANNELS = ("phone", "email", "chat", "web", "field", "social")
+PERIODS = {
+    "month": "strftime(occurred_at, '%Y-%m')",
+    "week": "strftime(occurred_at, '%G-W%V')",
+    "day": "strftime(occurred_at, '%Y-%m-%d')",
+}
+MODEL_TABLES = (
+    "team_history",
+    "measures",
+    "kpi_employee_month",
+    "kpi_team_month",
+    "kpi_employee_week",
+    "kpi_team_week",
+    "kpi_employee_day",
+    "kpi_team_day",
+    "reward_components",
+    "reward_score",
+    "customer_profile",
+)
+#: The views every version exposes and `promote` points the stable names at.
+STABLE_VIEWS = (
+    "customer_profile",
+    "kpi_employee_month",
+    "kpi_team_month",
+    "kpi_employee_week",
+    "kpi_team_week",
+    "kpi_employee_day",
+    "kpi_team_day",
+    "reward_score",
+    "reward_components",
+    "ledger_events",
+    "dead_letters",
+)
+
+
+def team_history_sql(v: str) -> str:
+    return f"""
+CREATE OR REPLACE TABLE {v}.team_history AS
+SELECT employee_id, team_id, occurred_at AS valid_from
+FROM {v}.events
+WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam')
+QUALIFY row_number() OVER (
+    PARTITION BY employee_id, occurred_at ORDER BY notification_id DESC NULLS LAST) = 1
+ORDER BY employee_id, valid_from"""
+
+
+def measures_sql(v: str) -> str:
+    """One row per measured act, attributed to an employee and their team at that time."""
+    return f"""
+CREATE OR REPLACE TABLE {v}.measures AS
+WITH ev AS (SELECT * FROM {v}.events),
+first_res AS (
+    SELECT * FROM ev WHERE event_type = 'CaseResolved'
+    QUALIFY row_number() OVER (PARTITION BY case_id ORDER BY occurred_at, notification_id) = 1
+),
+opened AS (
+    SELECT case_id, min(occurred_at) AS opened_at FROM ev WHERE event_type = 'CaseOpened' GROUP BY case_id
+),
+reopened AS (
+    SELECT DISTINCT r.case_id FROM first_res r
+    JOIN ev e ON e.case_id = r.case_id AND e.event_type = 'CaseReopened' AND e.occurred_at > r.occurred_at
+),
+knowledge AS (
+    SELECT case_id FROM ev WHERE event_type = 'ArticleLinked'
+    UNION SELECT source_case_id FROM ev WHERE event_type = 'ArticleCreated' AND source_case_id IS NOT NULL
+    UNION SELECT case_id FROM first_res WHERE len(article_ids) > 0
+),
+cited AS (
+    SELECT * FROM ev
+    WHERE event_type = 'ArticleLinked' AND author_id IS NOT NULL AND employee_id <> author_id
+    QUALIFY row_number() OVER (PARTITION BY article_id, case_id ORDER BY occurred_at, notification_id) = 1
+),
+raw AS (
+    SELECT employee_id, occurred_at, 'csat' AS measure, csat::DOUBLE AS value,
+           NULL::BOOLEAN AS fcr, NULL::BOOLEAN AS reopened, NULL::BOOLEAN AS knowledge,
+           coalesce(case_id, interaction_id) AS ref, event_id
+    FROM ev WHERE event_type = 'SurveyAnswered' AND csat IS NOT NULL AND employee_id IS NOT NULL
+    UNION ALL
+    SELECT employee_id, occurred_at, 'nps', nps::DOUBLE, NULL, NULL, NULL,
+           coalesce(case_id, interaction_id), event_id
+    FROM ev WHERE event_type = 'SurveyAnswered' AND nps IS NOT NULL AND employee_id IS NOT NULL
+    UNION ALL
+    SELECT r.employee_id, r.occurred_at, 'solved',
+           epoch(r.occurred_at - o.opened_at) / 3600.0,
+           coalesce(r.first_contact, false), ro.case_id IS NOT NULL, k.case_id IS NOT NULL,
+           r.case_id, r.event_id
+    FROM first_res r
+    LEFT JOIN opened o ON o.case_id = r.case_id
+    LEFT JOIN reopened ro ON ro.case_id = r.case_id
+    LEFT JOIN (SELECT DISTINCT case_id FROM knowledge) k ON k.case_id = r.case_id
+    UNION ALL
+    SELECT employee_id, occurred_at, 'escalation', 1, NULL, NULL, NULL, case_id, event_id
+    FROM ev WHERE event_type = 'CaseEscalated'
+    UNION ALL
+    SELECT employee_id, occurred_at, 'handled', 1, NULL, NULL, NULL, case_id, event_id
+    FROM ev WHERE event_type IN ('CaseAccepted', 'CaseEscalated', 'CaseResolved') AND employee_id IS NOT NULL
+    UNION ALL
+    SELECT employee_id, occurred_at, 'relationship', 1, NULL, NULL, NULL, customer_id, event_id
+    FROM ev WHERE event_type = 'RelationshipAttemptMade'
+    UNION ALL
+    SELECT employee_id, occurred_at, 'compliment', 1, NULL, NULL, NULL, customer_id, event_id
+    FROM ev WHERE event_type = 'ComplimentReceived'
+    UNION ALL
+    SELECT employee_id, occurred_at, 'article', 1, NULL, NULL, NULL, article_id, event_id
+    FROM ev WHERE event_type = 'ArticleCreated'
+    UNION ALL
+    SELECT author_id, occurred_at, 'citation', 1, NULL, NULL, NULL, article_id || ' @ ' || case_id, event_id
+    FROM cited
+    UNION ALL
+    SELECT employee_id, occurred_at, 'link', 1, NULL, NULL, NULL, article_id || ' @ ' || case_id, event_id
+    FROM ev WHERE event_type = 'ArticleLinked'
+    UNION ALL
+    SELECT employee_id, occurred_at, 'share', 1, NULL, NULL, NULL, article_id, event_id
+    FROM ev WHERE event_type = 'KnowledgeShared'
+)
+SELECT raw.employee_id, coalesce(th.team_id, '(none)') AS team_id, raw.occurred_at,
+       raw.measure, raw.value, raw.fcr, raw.reopened, raw.knowledge, raw.ref, raw.event_id
+FROM raw
+ASOF LEFT JOIN {v}.team_history th
+    ON raw.employee_id = th.employee_id AND raw.occurred_at >= th.valid_from
+ORDER BY raw.employee_id, raw.occurred_at, raw.measure, raw.event_id"""
+
+
+def _kpi_select(v: str, spec: MetricSpec, keys: str, period: str) -> str:
+    sat = spec.kpis["csat_satisfied_min"]
+    promoter = spec.kpis["nps_promoter_min"]
+    detractor = spec.kpis["nps_detractor_max"]
+    return f"""
+WITH counts AS (
+    SELECT {keys}, {period} AS period,
+        count(*) FILTER (WHERE measure = 'csat') AS csat_n,
+        count(*) FILTER (WHERE measure = 'csat' AND value >= {sat}) AS csat_satisfied,
+        count(*) FILTER (WHERE measure = 'nps') AS nps_n,
+        count(*) FILTER (WHERE measure = 'nps' AND value >= {promoter}) AS nps_promoters,
+        count(*) FILTER (WHERE measure = 'nps' AND value <= {detractor}) AS nps_detractors,
+        count(*) FILTER (WHERE measure = 'solved') AS problems_solved,
+        count(*) FILTER (WHERE measure = 'solved' AND fcr) AS fcr_n,
+        quantile_cont(value, 0.5) FILTER (WHERE measure = 'solved') AS ttr_median_h,
+        quantile_cont(value, 0.9) FILTER (WHERE measure = 'solved') AS ttr_p90_h,
+        count(*) FILTER (WHERE measure = 'escalation') AS escalations,
+        count(DISTINCT ref) FILTER (WHERE measure = 'handled') AS cases_handled,
+        count(*) FILTER (WHERE measure = 'solved' AND reopened) AS reopened,
+        count(*) FILTER (WHERE measure = 'relationship') AS relationship_attempts,
+        count(*) FILTER (WHERE measure = 'compliment') AS compliments,
+        count(*) FILTER (WHERE measure = 'article') AS articles_created,
+        count(*) FILTER (WHERE measure = 'citation') AS citations,
+        count(*) FILTER (WHERE measure = 'link') AS links_made,
+        count(*) FILTER (WHERE measure = 'share') AS shares,
+        count(*) FILTER (WHERE measure = 'solved' AND knowledge) AS participation_n,
+        max(occurred_at) AS last_activity_at
+    FROM {v}.measures
+    GROUP BY ALL
+)
+SELECT {keys}, period,
+    csat_n, csat_satisfied, 100.0 * csat_satisfied / nullif(csat_n, 0) AS csat_pct,
+    nps_n, nps_promoters, nps_detractors,
+    100.0 * (nps_promoters - nps_detractors) / nullif(nps_n, 0) AS nps,
+    problems_solved, fcr_n, fcr_n / nullif(problems_solved, 0) AS fcr_rate,
+    ttr_median_h, ttr_p90_h,
+    escalations, cases_handled, escalations / nullif(cases_handled, 0) AS escalation_rate,
+    reopened, reopened / nullif(problems_solved, 0) AS reopen_rate,
+    relationship_attempts, compliments, articles_created, citations, links_made, shares,
+    participation_n, participation_n / nullif(problems_solved, 0) AS participation_rate,
+    last_activity_at
+FROM counts
+ORDER BY {keys}, period"""
+
+
+def kpi_sql(v: str, spec: MetricSpec) -> list[str]:
+    statements = []
+    for grain, period in PERIODS.items():
+        statements.append(
+            f"CREATE OR REPLACE TABLE {v}.kpi_employee_{grain} AS "
+            + _kpi_select(v, spec, "employee_id, team_id", period)
+        )
+        statements.append(
+            f"CREATE OR REPLACE TABLE {v}.kpi_team_{grain} AS " + _kpi_select(v, spec, "team_id", period)
+        )
+    return statements
+
+
+_RATE_PARTS = {
+    "fcr_rate": ("fcr_n", "problems_solved"),
+    "participation_rate": ("participation_n", "problems_solved"),
+    "reopen_rate": ("reopened", "problems_solved"),
+    "csat_pct": ("csat_satisfied", "csat_n"),
+}
+
+
+def _component_sql(c: Component) -> str:
+    """SELECT of one component: kpi_value, sample_n and value in [0, 1] per employee-month."""
+    name, weight = c.name, repr(c.weight)
+    if c.kind == "count":
+        kpi_value = f"e.{c.kpi}::DOUBLE"
+        value = f"least(e.{c.kpi} / {c.cap!r}, 1.0)"
+        sample = f"e.{c.kpi}"
+        cap = repr(c.cap)
+    elif c.kind == "bayesian":
+        # (C*m + satisfied) / (C + n): small samples are pulled toward the team's rate m.
+        prior = repr(c.prior_strength)
+        team_rate = "coalesce(t.csat_satisfied / nullif(t.csat_n, 0), o.csat_rate, 0.0)"
+        kpi_value = "e.csat_satisfied / nullif(e.csat_n, 0)"
+        value = (
+            f"coalesce(({prior} * {team_rate} + e.csat_satisfied) / nullif({prior} + e.csat_n, 0), "
+            f"{team_rate})"
+        )
+        sample = "e.csat_n"
+        cap = "NULL"
+    else:
+        numerator, denominator = _RATE_PARTS[c.kpi]
+        own = f"e.{numerator} / nullif(e.{denominator}, 0)"
+        team = f"coalesce(t.{numerator} / nullif(t.{denominator}, 0), 0.0)"
+        rate = f"CASE WHEN e.{denominator} >= {c.min_sample} AND e.{denominator} > 0 THEN {own} ELSE {team} END"
+        value = f"(1.0 - {rate})" if c.invert else rate
+        kpi_value = own
+        sample = f"e.{denominator}"
+        cap = "NULL"
+    return f"""
+    SELECT e.employee_id, e.period, e.team_id, '{name}' AS component, '{c.kind}' AS kind,
+           '{c.kpi}' AS kpi, {kpi_value} AS kpi_value, {sample}::BIGINT AS sample_n,
+           {weight} AS weight, {cap}::DOUBLE AS cap, {value} AS value
+    FROM emp e
+    LEFT JOIN {{v}}.kpi_team_month t ON t.team_id = e.team_id AND t.period = e.period
+    LEFT JOIN org o ON o.period = e.period"""
+
+
+def reward_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
+    """reward_components (long, explainable) and reward_score (one row per employee-month)."""
+    parts = "\n    UNION ALL".join(_component_sql(c) for c in spec.components).replace("{v}", v)
+    components = f"""
+CREATE OR REPLACE TABLE {v}.reward_components AS
+WITH emp AS (
+    SELECT employee_id, period,
+        arg_max(team_id, last_activity_at) AS team_id,
+        sum(csat_n) AS csat_n, sum(csat_satisfied) AS csat_satisfied,
+        sum(problems_solved) AS problems_solved, sum(fcr_n) AS fcr_n,
+        sum(reopened) AS reopened, sum(participation_n) AS participation_n,
+        sum(citations) AS citations, sum(relationship_attempts) AS relationship_attempts,
+        sum(compliments) AS compliments, sum(shares) AS shares, sum(links_made) AS links_made,
+        sum(articles_created) AS articles_created, sum(escalations) AS escalations
+    FROM {v}.kpi_employee_month GROUP BY employee_id, period
+),
+org AS (
+    SELECT period, sum(csat_satisfied) / nullif(sum(csat_n), 0) AS csat_rate
+    FROM {v}.kpi_team_month GROUP BY period
+),
+parts AS ({parts}
+)
+SELECT *, weight * value AS weighted FROM parts
+ORDER BY employee_id, period, component"""
+    pivot = ",\n    ".join(
+        f"max(value) FILTER (WHERE component = '{c.name}') AS {c.name}" for c in spec.components
+    )
+    score = f"""
+CREATE OR REPLACE TABLE {v}.reward_score AS
+SELECT employee_id, period, any_value(team_id) AS team_id,
+    100.0 * sum(weighted) AS score,
+    '{version}' AS spec_version, '{spec.name.replace("'", "''")}' AS spec_name,
+    {pivot}
+FROM {v}.reward_components
+GROUP BY employee_id, period
+ORDER BY employee_id, period"""
+    return [components, score]
+
+
+def customer_profile_sql(v: str) -> str:
+    by_channel = ",\n    ".join(
+        f"count(*) FILTER (WHERE event_type = 'InteractionRecorded' AND channel = '{c}') AS interactions_{c}"
+        for c in PROFILE_CHANNELS
+    )
+    return f"""
+CREATE OR REPLACE TABLE {v}.customer_profile AS
+WITH ev AS (SELECT * FROM {v}.events WHERE customer_id IS NOT NULL),
+case_state AS (
+    SELECT case_id, customer_id, arg_max(event_type, (occurred_at, notification_id)) AS last_step,
+           any_value(kind) FILTER (WHERE event_type = 'CaseOpened') AS kind
+    FROM ev WHERE event_type LIKE 'Case%' AND case_id IS NOT NULL
+    GROUP BY case_id, customer_id
+),
+cases AS (
+    SELECT customer_id, count(*) AS cases_total,
+           count(*) FILTER (WHERE last_step NOT IN ('CaseResolved', 'CaseClosed')) AS open_cases,
+           count(*) FILTER (WHERE kind = 'complaint') AS complaints
+    FROM case_state GROUP BY customer_id
+),
+surveys AS (
+    SELECT customer_id,
+        arg_max(csat, (occurred_at, notification_id)) FILTER (WHERE csat IS NOT NULL) AS csat_latest,
+        avg(csat) AS csat_avg,
+        regr_slope(csat, epoch(occurred_at) / 2592000.0) AS csat_trend,
+        arg_max(nps, (occurred_at, notification_id)) FILTER (WHERE nps IS NOT NULL) AS nps_latest,
+        avg(nps) AS nps_avg,
+        regr_slope(nps, epoch(occurred_at) / 2592000.0) AS nps_trend,
+        count(*) AS surveys
+    FROM ev WHERE event_type = 'SurveyAnswered' GROUP BY customer_id
+),
+activity AS (
+    SELECT customer_id,
+    count(*) FILTER (WHERE event_type = 'InteractionRecorded') AS interactions_total,
+    {by_channel},
+    min(occurred_at) FILTER (WHERE event_type IN ('InteractionRecorded', 'CaseOpened', 'RelationshipAttemptMade', 'SurveyAnswered', 'ComplimentReceived')) AS first_contact_at,
+    max(occurred_at) FILTER (WHERE event_type IN ('InteractionRecorded', 'CaseOpened', 'RelationshipAttemptMade', 'SurveyAnswered', 'ComplimentReceived')) AS last_contact_at,
+    count(*) FILTER (WHERE event_type = 'RelationshipAttemptMade') AS relationship_attempts,
+    count(*) FILTER (WHERE event_type = 'ComplimentReceived') AS compliments,
+    arg_max(segment, (occurred_at, notification_id)) FILTER (WHERE event_type IN ('CustomerRegistered', 'CustomerDetailsChanged') AND segment IS NOT NULL) AS segment,
+    arg_max(region, (occurred_at, notification_id)) FILTER (WHERE event_type IN ('CustomerRegistered', 'CustomerDetailsChanged') AND region IS NOT NULL) AS region,
+    min(occurred_at) FILTER (WHERE event_type = 'CustomerRegistered') AS registered_at,
+    bool_or(event_type = 'CustomerForgotten') AS forgotten
+    FROM ev GROUP BY customer_id
+)
+SELECT a.customer_id, a.segment, a.region, a.registered_at, coalesce(a.forgotten, false) AS forgotten,
+    a.interactions_total, {", ".join(f"a.interactions_{c}" for c in PROFILE_CHANNELS)},
+    a.first_contact_at, a.last_contact_at,
+    coalesce(c.cases_total, 0) AS cases_total, coalesce(c.open_cases, 0) AS open_cases,
+    coalesce(c.complaints, 0) AS complaints,
+    s.csat_latest, s.csat_avg, s.csat_trend, s.nps_latest, s.nps_avg, s.nps_trend,
+    coalesce(s.surveys, 0) AS surveys,
+    a.relationship_attempts, a.compliments
+FROM activity a
+LEFT JOIN cases c ON c.customer_id = a.customer_id
+LEFT JOIN surveys s ON s.customer_id = a.customer_id
+ORDER BY a.customer_id"""
+
+
+def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
+    """Every statement that rebuilds a version's read models, in dependency order."""
+    return [
+        team_history_sql(v),
+        measures_sql(v),
+        *kpi_sql(v, spec),
+        *reward_sql(v, spec, version),
+        customer_profile_sql(v),
+    ]
+
+
+def scores_only_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
+    """Recompute only the scores from existing KPI tables (weights, caps, smoothing changed)."""
+    return reward_sql(v, spec, version)

@@ -1,0 +1,187 @@
+"""Log sources: where projections read the ledger from.
+
+Both sources yield `RawBatch`es of still-encoded messages with their positions, so the
+projection engine decodes them in bulk. `LedgerSource` reads the ledger's own
+notification log (the embedded default: no broker needed) and computes the hash chain
+as it goes; `KafkaSource` reads `crm.ledger.events` with a read_committed consumer, taking
+positions from the projection database, never from consumer-group offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from crm_ledger.kafka import KafkaUnavailableError, consumer_config
+from ledger.application import LedgerApplication
+from ledger.chain import GENESIS, next_link
+
+LEDGER_STREAM = "ledger"
+
+
+@dataclass(frozen=True)
+class Position:
+    """How far one stream (the ledger, or one Kafka partition) has been read."""
+
+    stream: str
+    offset: int
+    chain: str | None = None
+
+
+@dataclass
+class RawBatch:
+    """Encoded messages and where they came from; columns of equal length."""
+
+    values: list[bytes] = field(default_factory=list)
+    notification_ids: list[int | None] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    partitions: list[int | None] = field(default_factory=list)
+    offsets: list[int | None] = field(default_factory=list)
+    chains: list[str | None] = field(default_factory=list)
+    #: the position of each stream after this batch
+    positions: dict[str, Position] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class LogSource(Protocol):
+    """Yields batches after the given positions; stops at the end unless following."""
+
+    name: str
+
+    def batches(self, positions: Mapping[str, Position], *, follow: bool) -> Iterator[RawBatch]:
+        """Batches in order; an empty batch means 'caught up, nothing new yet'."""
+
+    def lag(self, positions: Mapping[str, Position]) -> int:
+        """How many messages are still to be read (best effort)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class LedgerSource:
+    """The ledger's notification log, read directly from the event store."""
+
+    name = LEDGER_STREAM
+
+    def __init__(self, app: LedgerApplication, batch_size: int = 20_000, idle_wait_s: float = 0.5) -> None:
+        self.app = app
+        self.batch_size = batch_size
+        self.idle_wait_s = idle_wait_s
+
+    def batches(self, positions: Mapping[str, Position], *, follow: bool) -> Iterator[RawBatch]:
+        start = positions.get(LEDGER_STREAM)
+        last = start.offset if start else 0
+        chain = bytes.fromhex(start.chain) if start and start.chain else GENESIS
+        while True:
+            notifications = list(self.app.read_notifications(last + 1, self.batch_size))
+            if not notifications:
+                if not follow:
+                    return
+                yield RawBatch(positions={})
+                time.sleep(self.idle_wait_s)
+                continue
+            batch = RawBatch()
+            for notification in notifications:
+                chain = next_link(chain, notification.state)
+                batch.values.append(notification.state)
+                batch.notification_ids.append(notification.id)
+                batch.sources.append(LEDGER_STREAM)
+                batch.partitions.append(None)
+                batch.offsets.append(None)
+                batch.chains.append(chain.hex())
+            last = notifications[-1].id
+            batch.positions[LEDGER_STREAM] = Position(LEDGER_STREAM, last, chain.hex())
+            yield batch
+
+    def lag(self, positions: Mapping[str, Position]) -> int:
+        start = positions.get(LEDGER_STREAM)
+        return max(0, self.app.max_position() - (start.offset if start else 0))
+
+    def close(self) -> None:
+        return None
+
+
+def kafka_stream(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+class KafkaSource:
+    """`crm.ledger.events` through a read_committed consumer, no auto-commit."""
+
+    def __init__(self, bootstrap: str, topic: str, group_id: str = "crm-ledger-projector",
+                 batch_size: int = 20_000, timeout_s: float = 30.0) -> None:
+        self.name = topic
+        self.topic = topic
+        self.bootstrap = bootstrap
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self._consumer = Consumer(consumer_config(bootstrap, group_id))
+
+    def _partitions(self) -> list[int]:
+        try:
+            metadata = self._consumer.list_topics(self.topic, timeout=self.timeout_s)
+        except KafkaException as error:
+            raise KafkaUnavailableError(f"Kafka at {self.bootstrap} did not answer: {error}") from error
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            raise KafkaUnavailableError(f"topic {self.topic!r} does not exist (run `crm-ledger relay` first)")
+        return sorted(topic.partitions)
+
+    def batches(self, positions: Mapping[str, Position], *, follow: bool) -> Iterator[RawBatch]:
+        partitions = self._partitions()
+        assignments = []
+        for partition in partitions:
+            known = positions.get(kafka_stream(self.topic, partition))
+            # Positions hold the last offset applied; resume at the next one.
+            offset = known.offset + 1 if known else 0
+            assignments.append(TopicPartition(self.topic, partition, offset))
+        self._consumer.assign(assignments)
+        at_end: set[int] = set()
+        while True:
+            messages = self._consumer.consume(self.batch_size, timeout=0.5)
+            batch = RawBatch()
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(message.partition())
+                        continue
+                    raise KafkaUnavailableError(f"consuming {self.topic!r} failed: {error}")
+                at_end.discard(message.partition())
+                headers = dict(message.headers() or [])
+                nid = headers.get("notification_id")
+                chain = headers.get("chain")
+                value = message.value() or b""
+                batch.values.append(value)
+                batch.notification_ids.append(int(nid) if nid is not None else None)
+                batch.sources.append(self.topic)
+                batch.partitions.append(message.partition())
+                batch.offsets.append(message.offset())
+                batch.chains.append(chain.decode() if chain else None)
+                stream = kafka_stream(self.topic, message.partition())
+                batch.positions[stream] = Position(stream, message.offset())
+            if len(batch):
+                yield batch
+            elif len(at_end) == len(partitions):
+                if not follow:
+                    return
+                yield batch
+
+    def lag(self, positions: Mapping[str, Position]) -> int:
+        total = 0
+        for partition in self._partitions():
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=self.timeout_s, cached=False
+            )
+            known = positions.get(kafka_stream(self.topic, partition))
+            total += max(0, high - (known.offset + 1 if known else 0))
+        return total
+
+    def close(self) -> None:
+        self._consumer.close()

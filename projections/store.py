@@ -1,0 +1,245 @@
+"""The projection database: versions side by side, one schema each, stable views on top.
+
+Layout of the DuckDB file:
+- `main.crm_versions`: one row per version (name, spec hash, as-of, source, state).
+- `main.crm_promoted`: which version the stable views point at.
+- `v_<hash>` schemas: a version's `events` (its copy of the log, with positions and
+  chain), `tracking`, `dead_letters`, and the read models.
+- stable views in `main` (`reward_score`, `kpi_*`, `customer_profile`, `ledger_events`,
+  ...) select from the promoted version and are switched in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from projections.columns import EVENTS_DDL
+from projections.errors import ProjectionError
+from projections.models import STABLE_VIEWS
+from projections.spec import MetricSpec, parse_spec
+from projections.tracking import DuckDBTrackingRecorder
+
+CATALOG_DDL = [
+    """CREATE TABLE IF NOT EXISTS main.crm_versions (
+        version VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL,
+        spec_hash VARCHAR NOT NULL,
+        kpi_hash VARCHAR NOT NULL,
+        spec_json VARCHAR NOT NULL,
+        spec_text VARCHAR NOT NULL,
+        as_of TIMESTAMP,
+        source VARCHAR NOT NULL,
+        state VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        built_at TIMESTAMP,
+        events BIGINT NOT NULL DEFAULT 0,
+        position VARCHAR,
+        built_from VARCHAR
+    )""",
+    """CREATE TABLE IF NOT EXISTS main.crm_promoted (
+        id INTEGER PRIMARY KEY, version VARCHAR NOT NULL, promoted_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS main.crm_promotions (
+        version VARCHAR NOT NULL, promoted_at TIMESTAMP NOT NULL)""",
+]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One row of the version catalog."""
+
+    version: str
+    name: str
+    spec_hash: str
+    kpi_hash: str
+    spec_text: str
+    as_of: datetime | None
+    source: str
+    state: str
+    created_at: datetime
+    built_at: datetime | None
+    events: int
+    position: str | None
+    built_from: str | None
+    promoted: bool = False
+
+    @property
+    def schema(self) -> str:
+        return self.version
+
+    def spec(self) -> MetricSpec:
+        return parse_spec(self.spec_text, f"<spec of {self.version}>")
+
+
+def version_id(spec: MetricSpec, as_of: datetime | None) -> str:
+    """`v_` + 12 hex digits of the spec's content hash (and the as-of moment, if any)."""
+    basis = spec.content_hash + (f"@{as_of.isoformat()}" if as_of else "")
+    return "v_" + hashlib.sha256(basis.encode()).hexdigest()[:12]
+
+
+def is_lock_error(error: Exception) -> bool:
+    text = str(error)
+    return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
+
+
+def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the projection database with a clear error when another process writes it."""
+    if read_only and not path.exists():
+        raise ProjectionError(f"{path}: no projection database yet (run `crm-ledger project`)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as error:
+        if is_lock_error(error):
+            raise ProjectionError(
+                f"{path} is open for writing by another process (a running `project --follow`?): "
+                "DuckDB allows one writer per file; stop it first, or read the published snapshot "
+                "with `crm-ledger query`"
+            ) from error
+        raise
+
+
+class ProjectionDB:
+    """A writer's handle on the projection database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.connection = connect(path)
+        for statement in CATALOG_DDL:
+            self.connection.execute(statement)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> ProjectionDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- versions -----------------------------------------------------------------------
+    def versions(self) -> list[VersionInfo]:
+        promoted = self.promoted_version()
+        rows = self.connection.execute(
+            "SELECT version, name, spec_hash, kpi_hash, spec_text, as_of, source, state, created_at, "
+            "built_at, events, position, built_from FROM main.crm_versions ORDER BY created_at, version"
+        ).fetchall()
+        return [VersionInfo(*row, promoted=row[0] == promoted) for row in rows]
+
+    def find_version(self, reference: str) -> VersionInfo:
+        """A version by id, unique id prefix, or name (the newest of that name)."""
+        versions = self.versions()
+        exact = [v for v in versions if v.version == reference or v.version == f"v_{reference}"]
+        if exact:
+            return exact[0]
+        by_prefix = [v for v in versions if v.version.removeprefix("v_").startswith(reference.removeprefix("v_"))]
+        if len(by_prefix) == 1:
+            return by_prefix[0]
+        by_name = [v for v in versions if v.name == reference]
+        if by_name:
+            return by_name[-1]
+        known = ", ".join(f"{v.version} ({v.name})" for v in versions) or "none"
+        raise ProjectionError(f"unknown version {reference!r}; known versions: {known}")
+
+    def promoted_version(self) -> str | None:
+        row = self.connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
+        return None if row is None else str(row[0])
+
+    def ensure_version(
+        self, spec: MetricSpec, spec_text: str, source: str, *, as_of: datetime | None = None,
+        name: str | None = None, built_from: str | None = None,
+    ) -> VersionInfo:
+        """The version for this spec (and as-of), created empty when new."""
+        version = version_id(spec, as_of)
+        exists = self.connection.execute(
+            "SELECT 1 FROM main.crm_versions WHERE version = ?", [version]
+        ).fetchone()
+        if exists is None:
+            self.connection.execute("BEGIN TRANSACTION")
+            self.connection.execute(f"CREATE SCHEMA IF NOT EXISTS {version}")
+            self.connection.execute(EVENTS_DDL.replace("{v}", version))
+            self.connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {version}.dead_letters (source VARCHAR, \"partition\" INTEGER, "
+                "\"offset\" BIGINT, notification_id BIGINT, error VARCHAR, value BLOB, seen_at TIMESTAMP)"
+            )
+            DuckDBTrackingRecorder(self.connection, version)
+            self.connection.execute(
+                "INSERT INTO main.crm_versions (version, name, spec_hash, kpi_hash, spec_json, spec_text, "
+                "as_of, source, state, created_at, built_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'building', ?, ?)",
+                [version, name or spec.name, spec.content_hash, spec.kpi_hash, spec.to_toml_json(),
+                 spec_text, as_of.replace(tzinfo=None) if as_of else None, source, _now(), built_from],
+            )
+            self.connection.execute("COMMIT")
+        return self.find_version(version)
+
+    def tracking(self, version: VersionInfo) -> DuckDBTrackingRecorder:
+        return DuckDBTrackingRecorder(self.connection, version.schema)
+
+    def mark_built(self, version: VersionInfo) -> None:
+        """Record that the version's read models are current (inside the caller's transaction)."""
+        events = self.connection.execute(f"SELECT count(*) FROM {version.schema}.events").fetchone()
+        positions = self.tracking(version).positions()
+        position = json.dumps({k: p.offset for k, p in sorted(positions.items())})
+        self.connection.execute(
+            "UPDATE main.crm_versions SET state = 'ready', built_at = ?, events = ?, position = ? "
+            "WHERE version = ?",
+            [_now(), int(events[0]) if events else 0, position, version.version],
+        )
+
+    def promote(self, version: VersionInfo) -> None:
+        """Point every stable view at `version`, in one transaction."""
+        if version.state != "ready":
+            raise ProjectionError(f"version {version.version} is still building: finish its replay first")
+        con = self.connection
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for view in STABLE_VIEWS:
+                source = "events" if view == "ledger_events" else view
+                con.execute(f"CREATE OR REPLACE VIEW main.{view} AS SELECT * FROM {version.schema}.{source}")
+            for view, sql in extra_views(version.schema).items():
+                con.execute(f"CREATE OR REPLACE VIEW main.{view} AS {sql}")
+            con.execute("INSERT OR REPLACE INTO main.crm_promoted VALUES (1, ?, ?)", [version.version, _now()])
+            con.execute("INSERT INTO main.crm_promotions VALUES (?, ?)", [version.version, _now()])
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def drop(self, version: VersionInfo) -> None:
+        if version.version == self.promoted_version():
+            raise ProjectionError(
+                f"version {version.version} is promoted: promote another version before dropping it"
+            )
+        con = self.connection
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f"DROP SCHEMA IF EXISTS {version.schema} CASCADE")
+        con.execute("DELETE FROM main.crm_versions WHERE version = ?", [version.version])
+        con.execute("COMMIT")
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        row = self.connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def extra_views(schema: str) -> dict[str, str]:
+    """Stable views added by later features; each maps to SQL over the version schema."""
+    del schema
+    return {}
+
+
+def _now() -> datetime:
+    return datetime.now(tz=UTC).replace(tzinfo=None)
+
+
+def rows_as_dicts(cursor: Any) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
