@@ -51,6 +51,11 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
+    @property
+    def rejects_file(self) -> Path:
+        """Where ingest writes rejected records by default: beside the projection DB."""
+        return self.projections_db.parent / "rejects.jsonl"
+
     def eventsourcing_env(self) -> dict[str, str]:
         """The eventsourcing persistence settings for the configured event store.
 

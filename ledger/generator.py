@@ -82,6 +82,8 @@ class HistoryGenerator:
     def __init__(self, config: GeneratorConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
+        # Corruption draws from its own stream, so the valid history is the same at any rate.
+        self._bad_rng = random.Random(config.seed * 7919 + 1)
         self._seq = 0
         self._queue: list[_Scheduled] = []
         self.start_ms = _month_start(config.start, 0)
@@ -403,13 +405,14 @@ class HistoryGenerator:
     _CORRUPTIONS = ("csat", "channel", "occurred_at", "event_id", "employee", "missing")
 
     def _maybe_corrupt(self, event: dict[str, Any]) -> dict[str, Any]:
-        if self.config.invalid_rate <= 0 or self.rng.random() >= self.config.invalid_rate:
+        if self.config.invalid_rate <= 0 or self._bad_rng.random() >= self.config.invalid_rate:
             return event
         # The corrupted copy gets a fresh id so that the valid original stays unaffected.
-        bad = dict(event, event_id=self._uuid())
-        kind = self.rng.choice(self._CORRUPTIONS)
+        bad = dict(event, event_id=str(uuid.UUID(int=self._bad_rng.getrandbits(128), version=4)))
+        kind = self._bad_rng.choice(self._CORRUPTIONS)
         if kind == "csat":
-            bad = self._event("SurveyAnswered", self.start_ms, customer_id="cust-000001", case_id="case-none", csat=9)
+            bad = {"type": "SurveyAnswered", "event_id": bad["event_id"], "occurred_at": event["occurred_at"],
+                   "customer_id": "cust-000001", "case_id": "case-none", "csat": 9}
         elif kind == "channel":
             bad["channel"] = "pigeon"
         elif kind == "occurred_at":

@@ -103,7 +103,6 @@ def csv_records(
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         return
-    position = handle.tell() if handle.seekable() else 0
     for row in reader:
         line = reader.line_num
         location = f"{name}:{line}"
@@ -121,7 +120,6 @@ def csv_records(
             yield SourceRecord(location, raw_text, parse(raw), None, size)
         except ValidationError as error:
             yield SourceRecord(location, raw_text, None, error, size)
-    del position
 
 
 def read_file(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:

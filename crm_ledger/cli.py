@@ -1,0 +1,278 @@
+"""The `crm-ledger` command line: one entry point, a subcommand per job.
+
+Exit codes: 0 ok, 1 user error (a one-line message, no traceback), 2 usage, 3 internal.
+Settings come from flags and CRM_LEDGER_* variables, read here and passed down.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from crm_ledger import broker
+from crm_ledger.errors import CrmLedgerError
+from crm_ledger.progress import progress_bar
+from crm_ledger.runtime import graceful_stop, open_ledger, open_source
+from crm_ledger.settings import Settings
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--store", help="Event store: a SQLite file path or a postgresql:// URL. [env CRM_LEDGER_STORE]")
+@click.option("--db", "db", type=click.Path(path_type=Path), help="Projection DuckDB file. [env CRM_LEDGER_DB]")
+@click.option("--bootstrap", help="Kafka bootstrap servers. [env CRM_LEDGER_BOOTSTRAP]")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None, db: Path | None, bootstrap: str | None) -> None:
+    """crm-ledger: an event-sourced ledger for customer-relationship work."""
+    ctx.obj = Settings.from_env(os.environ, store=store, projections_db=db, bootstrap=bootstrap)
+
+
+# -- kafka ---------------------------------------------------------------------------------
+@cli.group()
+def kafka() -> None:
+    """Run a local single-node Apache Kafka broker (KRaft) for development."""
+
+
+def _broker_config(data: Path, port: int) -> broker.BrokerConfig:
+    return broker.BrokerConfig(data_dir=data.resolve(), port=port, controller_port=port + 1)
+
+
+_data_option = click.option(
+    "--data", type=click.Path(path_type=Path), default=Path(".kafka/data"), show_default=True,
+    help="Folder for the broker's logs and settings.",
+)
+_port_option = click.option("--port", type=int, default=9092, show_default=True, help="Client port on 127.0.0.1 (controller: port+1).")
+
+
+@kafka.command("up")
+@_data_option
+@_port_option
+def kafka_up(data: Path, port: int) -> None:
+    """Start the broker in the background and wait until it answers."""
+    config = _broker_config(data, port)
+    broker.start(config)
+    out.print(f"Kafka is up at {config.bootstrap} (data in {config.data_dir})")
+
+
+@kafka.command("down")
+@_data_option
+@_port_option
+def kafka_down(data: Path, port: int) -> None:
+    """Stop the broker started with `kafka up`."""
+    config = _broker_config(data, port)
+    out.print("Kafka stopped" if broker.stop(config) else "Kafka was not running")
+
+
+@kafka.command("status")
+@_data_option
+@_port_option
+def kafka_status(data: Path, port: int) -> None:
+    """Say whether the broker is running (exit 1 when it is not)."""
+    config = _broker_config(data, port)
+    if broker.is_running(config):
+        out.print(f"Kafka is running at {config.bootstrap}")
+    else:
+        out.print("Kafka is not running")
+        raise SystemExit(1)
+
+
+# -- schemas -------------------------------------------------------------------------------
+@cli.group()
+def schemas() -> None:
+    """The Avro schema registry in schemas/."""
+
+
+_schema_dir_option = click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False), default=None, help="Schema folder (default: the package's schemas/).")
+
+
+@schemas.command("check")
+@_schema_dir_option
+def schemas_check(folder: Path | None) -> None:
+    """Prove every version reads all older data and the lock file matches (exit 1 if not)."""
+    from schemas.compat import check_folder
+    from schemas.registry import SCHEMA_DIR
+
+    problems = check_folder(folder or SCHEMA_DIR)
+    for problem in problems:
+        err.print(f"[red]incompatible[/red] {problem}", highlight=False)
+    if problems:
+        raise SystemExit(1)
+    out.print("schemas check: all versions compatible, lock file matches")
+
+
+@schemas.command("lock")
+@_schema_dir_option
+def schemas_lock(folder: Path | None) -> None:
+    """Give new schema versions the next free id in schemas.lock.json (ids never change)."""
+    from schemas.registry import SCHEMA_DIR, assign_ids
+
+    lock = assign_ids(folder or SCHEMA_DIR)
+    out.print(f"{sum(len(v) for v in lock.values())} schema versions locked")
+
+
+# -- ledger --------------------------------------------------------------------------------
+@cli.command()
+@click.option("--customers", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--employees", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--months", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--start", default="2025-01", show_default=True, help="First month, YYYY-MM.")
+@click.option("--invalid-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of deliberately invalid records.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), required=True, help="JSONL file to write ('-' for stdout).")
+def generate(customers: int, employees: int, months: int, seed: int, start: str, invalid_rate: float, out_path: Path) -> None:
+    """Write a realistic, deterministic history (same seed = same bytes) as JSONL."""
+    from ledger.generator import GeneratorConfig, write_history
+
+    if not _valid_month(start):
+        raise click.BadParameter("must be YYYY-MM", param_hint="--start")
+    config = GeneratorConfig(customers, employees, months, seed, start, invalid_rate)
+    if str(out_path) == "-":
+        count = write_history(config, sys.stdout)
+    else:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with out_path.open("w", encoding="utf-8") as handle:
+            count = write_history(config, handle)
+    err.print(f"generated {count} records into {out_path}")
+
+
+def _valid_month(text: str) -> bool:
+    parts = text.split("-")
+    return len(parts) == 2 and all(p.isdigit() for p in parts) and 1 <= int(parts[1]) <= 12
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--rejects", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@click.pass_context
+def ingest(ctx: click.Context, files: tuple[Path, ...], rejects: Path | None, batch_size: int) -> None:
+    """Record JSONL or CSV files in the ledger, idempotently (exit 1 if any record was rejected)."""
+    from ledger.ingest import IngestSummary, RejectSink, ingest_records, read_file
+    from ledger.records import RecordParser
+
+    settings = _settings(ctx)
+    app = open_ledger(settings)
+    parser = RecordParser(app.registry)
+    sink = RejectSink(rejects or settings.rejects_file)
+    total = IngestSummary()
+    try:
+        for path in files:
+            records = read_file(path, parser)
+            with progress_bar(f"ingest {path.name}", path.stat().st_size) as reporter:
+                total.add(ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter))
+    finally:
+        sink.close()
+    click.echo(total.line())
+    if total.rejected:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.option("--follow", is_flag=True, help="Keep publishing new events until Ctrl-C.")
+@click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="Partitions when creating the topic (default 6).")
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5000, show_default=True, help="Events per Kafka transaction.")
+@click.pass_context
+def relay(ctx: click.Context, follow: bool, partitions: int | None, batch_size: int) -> None:
+    """Publish the ledger to Kafka exactly once, in order (position recovered from Kafka)."""
+    from ledger.relay import Relay, RelayConfig
+
+    settings = _settings(ctx)
+    app = open_ledger(settings)
+    config = RelayConfig(
+        bootstrap=settings.bootstrap, topic=settings.events_topic,
+        partitions=partitions or settings.partitions, transactional_id=settings.transactional_id,
+        batch_size=batch_size,
+    )
+    with graceful_stop() as stop, progress_bar("relay", None) as reporter:
+        sent = Relay(app, config).run(follow=follow, reporter=reporter, should_stop=stop)
+    click.echo(f"relayed {sent} events to {config.topic}")
+
+
+# -- projections ---------------------------------------------------------------------------
+_source_option = click.option("--source", type=click.Choice(["ledger", "kafka"]), default="ledger", show_default=True, help="Read the embedded notification log or the Kafka topic.")
+
+
+@cli.command()
+@_source_option
+@click.option("--follow", is_flag=True, help="Keep following the log until Ctrl-C.")
+@click.option("--metrics", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, help="Metric spec for a first build (default: projections/metrics/default.toml).")
+@click.option("--refresh-interval", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds between read-model refreshes when following.")
+@click.pass_context
+def project(ctx: click.Context, source: str, follow: bool, metrics: Path | None, refresh_interval: float) -> None:
+    """Build (and follow) the promoted version of the read models in DuckDB."""
+    from projections.service import project_promoted
+
+    settings = _settings(ctx)
+    with graceful_stop() as stop, progress_bar(f"project from {source}", None) as reporter:
+        result = project_promoted(settings, source, metrics, follow=follow, reporter=reporter, should_stop=stop, refresh_interval_s=refresh_interval)
+    click.echo(result)
+
+
+@cli.command()
+@click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False), default=Path(".crm-ledger/demo"), show_default=True, help="Demo folder (recreated).")
+@click.option("--customers", type=click.IntRange(1), default=800, show_default=True)
+@click.option("--employees", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--months", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+def demo(folder: Path, customers: int, employees: int, months: int, seed: int) -> None:
+    """The main job on the embedded default: generate, ingest, project, show the read models."""
+    from crm_ledger.demo import run_demo
+    from ledger.generator import GeneratorConfig
+
+    settings = run_demo(folder, GeneratorConfig(customers, employees, months, seed), click.echo)
+    click.echo(
+        f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "
+        "query \"SELECT * FROM reward_score ORDER BY score DESC LIMIT 10\""
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and map outcomes to exit codes."""
+    try:
+        cli.main(args=argv, prog_name="crm-ledger", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code or 0)
+    except click.UsageError as error:
+        error.show()
+        return 2
+    except click.ClickException as error:
+        error.show()
+        return 1
+    except click.Abort:
+        err.print("aborted")
+        return 130
+    except CrmLedgerError as error:
+        err.print(f"error: {error}", highlight=False, markup=False)
+        return 1
+    except SystemExit as done:
+        return int(done.code or 0) if not isinstance(done.code, str) else 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception:  # noqa: BLE001 - the last line of defence prints the traceback
+        traceback.print_exc()
+        return 3
+    return 0
+
+
+def _run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _run()
+
+__all__: list[Any] = ["cli", "main"]

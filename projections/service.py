@@ -1,0 +1,77 @@
+"""Use cases of the read side that the CLI calls: build and follow the promoted version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from crm_ledger.progress import Reporter
+from crm_ledger.runtime import open_ledger, open_source
+from crm_ledger.settings import Settings
+from projections.engine import Projector
+from projections.errors import ProjectionError
+from projections.spec import DEFAULT_SPEC, load_spec
+from projections.store import ProjectionDB, VersionInfo
+
+
+def source_label(settings: Settings, source: str) -> str:
+    return "ledger" if source == "ledger" else f"kafka:{settings.events_topic}"
+
+
+def project_promoted(
+    settings: Settings,
+    source: str,
+    metrics: Path | None,
+    *,
+    follow: bool,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    refresh_interval_s: float = 5.0,
+    on_refresh: Callable[[ProjectionDB], None] | None = None,
+) -> str:
+    """Bring the promoted version up to date (creating and promoting one on first use)."""
+    app = open_ledger(settings)
+    label = source_label(settings, source)
+    with ProjectionDB(settings.projections_db) as db:
+        promoted = db.promoted_version()
+        if promoted is None:
+            spec_path = metrics or DEFAULT_SPEC
+            spec = load_spec(spec_path)
+            version = db.ensure_version(spec, spec_path.read_text(encoding="utf-8"), label)
+        else:
+            version = db.find_version(promoted)
+            _check_can_follow(version, label, metrics)
+        projector = Projector(db, version, open_source(settings, source, app), app.codec)
+        try:
+            stats = projector.run(
+                follow=follow, reporter=reporter, should_stop=should_stop,
+                refresh_interval_s=refresh_interval_s,
+                on_refresh=(lambda: on_refresh(db)) if on_refresh else None,
+            )
+        finally:
+            projector.source.close()
+        if promoted is None and not projector.needs_refresh():
+            db.promote(db.find_version(version.version))
+        return (
+            f"{version.version} ({version.name}): applied {stats.applied} events"
+            f" in {stats.seconds:.1f}s ({stats.rate:,.0f} ev/s), {stats.dead_letters} dead letters"
+        )
+
+
+def _check_can_follow(version: VersionInfo, label: str, metrics: Path | None) -> None:
+    if version.source != label:
+        raise ProjectionError(
+            f"the promoted version {version.version} reads from {version.source!r}, not {label!r}; "
+            f"build a version from {label!r} with `crm-ledger replay` and promote it first"
+        )
+    if version.as_of is not None:
+        raise ProjectionError(
+            f"the promoted version {version.version} is frozen as of {version.as_of}; promote a live version"
+        )
+    if metrics is not None:
+        spec = load_spec(metrics)
+        if spec.content_hash != version.spec_hash:
+            raise ProjectionError(
+                f"version {version.version} is promoted with other metrics; "
+                "use `crm-ledger replay --metrics` to build and compare a new version"
+            )

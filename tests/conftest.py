@@ -1,0 +1,86 @@
+"""Shared fixtures: a real Kafka broker for the session, fresh topics, ledgers and DBs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crm_ledger import broker
+from crm_ledger.settings import Settings
+from ledger.application import LedgerApplication
+from ledger.records import RecordParser
+from schemas.registry import SchemaRegistry
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+        if port > 65000:
+            continue
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return int(port)
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real single-node KRaft broker, started once, waited for, always stopped."""
+    existing = os.environ.get("CRM_LEDGER_TEST_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    port = _free_port_pair()
+    config = broker.BrokerConfig(
+        data_dir=tmp_path_factory.mktemp("kafka"), port=port, controller_port=port + 1
+    )
+    broker.start(config, timeout_s=120)
+    try:
+        yield config.bootstrap
+    finally:
+        broker.stop(config)
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str) -> Iterator[str]:
+    """A fresh topic name per test (created by whoever uses it), deleted afterwards."""
+    from crm_ledger.kafka import delete_topics
+
+    name = f"test.{uuid.uuid4().hex[:10]}"
+    yield name
+    try:
+        delete_topics(kafka_bootstrap, [name])
+    except Exception:  # noqa: BLE001 - best-effort cleanup
+        pass
+
+
+@pytest.fixture(scope="session")
+def registry() -> SchemaRegistry:
+    return SchemaRegistry.load()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(store=str(tmp_path / "ledger.sqlite"), projections_db=tmp_path / "projections.duckdb")
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[LedgerApplication]:
+    application = LedgerApplication(settings.eventsourcing_env())
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def parser(registry: SchemaRegistry) -> RecordParser:
+    return RecordParser(registry)

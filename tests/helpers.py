@@ -1,0 +1,71 @@
+"""Test helpers that run the real CLI in a subprocess and read stores directly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ledger.application import LedgerApplication
+
+CLI = [sys.executable, "-m", "crm_ledger.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    merged = {**os.environ, **(env or {})}
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, env=merged, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    merged = {**os.environ, **(env or {})}
+    return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=merged)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
+    """Poll until `condition()` holds (tests never sleep a fixed time instead)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_hard(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def stored_rows(path: Path) -> int:
+    """Rows in a SQLite event store, read without taking part in its transactions."""
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as con:
+            return int(con.execute("SELECT count(*) FROM stored_events").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def ledger_content(app: LedgerApplication) -> list[tuple[str, dict[str, Any]]]:
+    """Every stored event in notification order, without the recorded_at stamp."""
+    content = []
+    start = 1
+    while True:
+        batch = list(app.read_notifications(start, 5000))
+        if not batch:
+            return content
+        for notification in batch:
+            event_type, record = app.codec.decode(notification.state)
+            record.pop("recorded_at")
+            content.append((event_type, record))
+        start = batch[-1].id + 1

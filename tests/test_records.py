@@ -1,0 +1,64 @@
+"""Raw records into facts: coercion from CSV text, domain rules, named fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.errors import ValidationError
+from ledger.records import RecordParser, format_timestamp, parse_timestamp
+from tests.factory import rec
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"type": None}, "type"),
+        ({"type": "Nope"}, "type"),
+        ({"event_id": "x"}, "event_id"),
+        ({"event_id": ""}, "event_id"),
+        ({"occurred_at": "soon"}, "occurred_at"),
+        ({"occurred_at": None}, "occurred_at"),
+        ({"csat": 6}, "csat"),
+        ({"csat": "abc"}, "csat"),
+        ({"nps": 11}, "nps"),
+        ({"ces": 0}, "ces"),
+        ({"customer_id": ""}, "customer_id"),
+        ({"customer_id": "  "}, "customer_id"),
+    ],
+)
+def test_bad_fields_are_named(parser: RecordParser, changes: dict[str, object], field: str) -> None:
+    raw = rec("SurveyAnswered", customer_id="c1", case_id="k1", csat=4)
+    raw.update(changes)
+    with pytest.raises(ValidationError) as caught:
+        parser.parse(raw)
+    assert caught.value.field == field
+
+
+def test_csv_text_is_coerced(parser: RecordParser) -> None:
+    fact = parser.parse(
+        rec("CaseResolved", case_id="k", employee_id="e", resolution_code="fixed", first_contact="yes", article_ids="a1; a2|a3")
+        | {"customer_id": ""}
+    )
+    assert fact.data["first_contact"] is True
+    assert fact.data["article_ids"] == ["a1", "a2", "a3"]
+    assert fact.data["customer_id"] is None
+
+
+def test_channel_and_kind_rules(parser: RecordParser) -> None:
+    with pytest.raises(ValidationError, match="channel"):
+        parser.parse(rec("CaseOpened", case_id="k", customer_id="c", kind="complaint", channel="pigeon"))
+    with pytest.raises(ValidationError, match="kind"):
+        parser.parse(rec("CaseOpened", case_id="k", customer_id="c", kind="rant", channel="web"))
+
+
+def test_internal_event_types_are_not_importable(parser: RecordParser) -> None:
+    with pytest.raises(ValidationError, match="unknown event type"):
+        parser.parse(rec("RewardStatementIssued", period="2026-01", employee_id="e", score=1.0, components="{}", version="v", spec_name="s"))
+
+
+def test_timestamps() -> None:
+    assert parse_timestamp("2026-01-02T03:04:05Z") == parse_timestamp("2026-01-02T03:04:05+00:00")
+    assert parse_timestamp("2026-01-02T03:04:05") == parse_timestamp("2026-01-02T03:04:05Z")
+    assert parse_timestamp("2026-01-02T04:04:05+01:00") == parse_timestamp("2026-01-02T03:04:05Z")
+    assert format_timestamp(parse_timestamp("2026-01-02T03:04:05.123Z")) == "2026-01-02T03:04:05.123Z"
+    assert parse_timestamp("1700000000000") == 1_700_000_000_000
