@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from confluent_kafka.admin import AdminClient
+
 from crm_ledger.errors import ConfigurationError, CrmLedgerError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -61,8 +63,7 @@ def server_properties(config: BrokerConfig) -> str:
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{config.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{config.port},"
-            f"CONTROLLER://127.0.0.1:{config.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{config.port},CONTROLLER://127.0.0.1:{config.controller_port}",
             f"advertised.listeners=PLAINTEXT://127.0.0.1:{config.port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
@@ -87,9 +88,7 @@ def server_properties(config: BrokerConfig) -> str:
 def _require_java() -> str:
     java = shutil.which("java")
     if java is None:
-        raise ConfigurationError(
-            "java was not found on PATH: the Kafka broker needs Java 17 or newer"
-        )
+        raise ConfigurationError("java was not found on PATH: the Kafka broker needs Java 17 or newer")
     return java
 
 
@@ -188,16 +187,12 @@ def wait_until_ready(
     bootstrap: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Poll the broker with metadata requests until it answers (never a blind sleep)."""
-    from confluent_kafka.admin import AdminClient
-
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise BrokerError(
-                f"the Kafka broker exited with code {process.returncode} while starting"
-            )
+            raise BrokerError(f"the Kafka broker exited with code {process.returncode} while starting")
         try:
             metadata = admin.list_topics(timeout=2)
             if metadata.brokers:

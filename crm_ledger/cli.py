@@ -18,7 +18,7 @@ from rich.console import Console
 from crm_ledger import broker
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import progress_bar
-from crm_ledger.runtime import graceful_stop, open_ledger, open_source
+from crm_ledger.runtime import graceful_stop, open_ledger
 from crm_ledger.settings import Settings
 
 err = Console(stderr=True)
@@ -31,8 +31,15 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--store", help="Event store: a SQLite file path or a postgresql:// URL. [env CRM_LEDGER_STORE]")
-@click.option("--db", "db", type=click.Path(path_type=Path), help="Projection DuckDB file. [env CRM_LEDGER_DB]")
+@click.option(
+    "--store", help="Event store: a SQLite file path or a postgresql:// URL. [env CRM_LEDGER_STORE]"
+)
+@click.option(
+    "--db",
+    "db",
+    type=click.Path(path_type=Path),
+    help="Projection DuckDB file. [env CRM_LEDGER_DB]",
+)
 @click.option("--bootstrap", help="Kafka bootstrap servers. [env CRM_LEDGER_BOOTSTRAP]")
 @click.pass_context
 def cli(ctx: click.Context, store: str | None, db: Path | None, bootstrap: str | None) -> None:
@@ -51,10 +58,19 @@ def _broker_config(data: Path, port: int) -> broker.BrokerConfig:
 
 
 _data_option = click.option(
-    "--data", type=click.Path(path_type=Path), default=Path(".kafka/data"), show_default=True,
+    "--data",
+    type=click.Path(path_type=Path),
+    default=Path(".kafka/data"),
+    show_default=True,
     help="Folder for the broker's logs and settings.",
 )
-_port_option = click.option("--port", type=int, default=9092, show_default=True, help="Client port on 127.0.0.1 (controller: port+1).")
+_port_option = click.option(
+    "--port",
+    type=int,
+    default=9092,
+    show_default=True,
+    help="Client port on 127.0.0.1 (controller: port+1).",
+)
 
 
 @kafka.command("up")
@@ -95,7 +111,13 @@ def schemas() -> None:
     """The Avro schema registry in schemas/."""
 
 
-_schema_dir_option = click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False), default=None, help="Schema folder (default: the package's schemas/).")
+_schema_dir_option = click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Schema folder (default: the package's schemas/).",
+)
 
 
 @schemas.command("check")
@@ -130,9 +152,30 @@ def schemas_lock(folder: Path | None) -> None:
 @click.option("--months", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--start", default="2025-01", show_default=True, help="First month, YYYY-MM.")
-@click.option("--invalid-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of deliberately invalid records.")
-@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), required=True, help="JSONL file to write ('-' for stdout).")
-def generate(customers: int, employees: int, months: int, seed: int, start: str, invalid_rate: float, out_path: Path) -> None:
+@click.option(
+    "--invalid-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of deliberately invalid records.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="JSONL file to write ('-' for stdout).",
+)
+def generate(
+    *,
+    customers: int,
+    employees: int,
+    months: int,
+    seed: int,
+    start: str,
+    invalid_rate: float,
+    out_path: Path,
+) -> None:
     """Write a realistic, deterministic history (same seed = same bytes) as JSONL."""
     from ledger.generator import GeneratorConfig, write_history
 
@@ -155,7 +198,12 @@ def _valid_month(text: str) -> bool:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--rejects", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl")
+@click.option(
+    "--rejects",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl",
+)
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
 @click.pass_context
 def ingest(ctx: click.Context, files: tuple[Path, ...], rejects: Path | None, batch_size: int) -> None:
@@ -182,8 +230,19 @@ def ingest(ctx: click.Context, files: tuple[Path, ...], rejects: Path | None, ba
 
 @cli.command()
 @click.option("--follow", is_flag=True, help="Keep publishing new events until Ctrl-C.")
-@click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="Partitions when creating the topic (default 6).")
-@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5000, show_default=True, help="Events per Kafka transaction.")
+@click.option(
+    "--partitions",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Partitions when creating the topic (default 6).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 1_000_000),
+    default=5000,
+    show_default=True,
+    help="Events per Kafka transaction.",
+)
 @click.pass_context
 def relay(ctx: click.Context, follow: bool, partitions: int | None, batch_size: int) -> None:
     """Publish the ledger to Kafka exactly once, in order (position recovered from Kafka)."""
@@ -192,8 +251,10 @@ def relay(ctx: click.Context, follow: bool, partitions: int | None, batch_size: 
     settings = _settings(ctx)
     app = open_ledger(settings)
     config = RelayConfig(
-        bootstrap=settings.bootstrap, topic=settings.events_topic,
-        partitions=partitions or settings.partitions, transactional_id=settings.transactional_id,
+        bootstrap=settings.bootstrap,
+        topic=settings.events_topic,
+        partitions=partitions or settings.partitions,
+        transactional_id=settings.transactional_id,
         batch_size=batch_size,
     )
     with graceful_stop() as stop, progress_bar("relay", None) as reporter:
@@ -202,27 +263,61 @@ def relay(ctx: click.Context, follow: bool, partitions: int | None, batch_size: 
 
 
 # -- projections ---------------------------------------------------------------------------
-_source_option = click.option("--source", type=click.Choice(["ledger", "kafka"]), default="ledger", show_default=True, help="Read the embedded notification log or the Kafka topic.")
+_source_option = click.option(
+    "--source",
+    type=click.Choice(["ledger", "kafka"]),
+    default="ledger",
+    show_default=True,
+    help="Read the embedded notification log or the Kafka topic.",
+)
 
 
 @cli.command()
 @_source_option
 @click.option("--follow", is_flag=True, help="Keep following the log until Ctrl-C.")
-@click.option("--metrics", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, help="Metric spec for a first build (default: projections/metrics/default.toml).")
-@click.option("--refresh-interval", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds between read-model refreshes when following.")
+@click.option(
+    "--metrics",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Metric spec for a first build (default: projections/metrics/default.toml).",
+)
+@click.option(
+    "--refresh-interval",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between read-model refreshes when following.",
+)
 @click.pass_context
-def project(ctx: click.Context, source: str, follow: bool, metrics: Path | None, refresh_interval: float) -> None:
+def project(
+    ctx: click.Context, source: str, follow: bool, metrics: Path | None, refresh_interval: float
+) -> None:
     """Build (and follow) the promoted version of the read models in DuckDB."""
     from projections.service import project_promoted
 
     settings = _settings(ctx)
     with graceful_stop() as stop, progress_bar(f"project from {source}", None) as reporter:
-        result = project_promoted(settings, source, metrics, follow=follow, reporter=reporter, should_stop=stop, refresh_interval_s=refresh_interval)
+        result = project_promoted(
+            settings,
+            source,
+            metrics,
+            follow=follow,
+            reporter=reporter,
+            should_stop=stop,
+            refresh_interval_s=refresh_interval,
+        )
     click.echo(result)
 
 
 @cli.command()
-@click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False), default=Path(".crm-ledger/demo"), show_default=True, help="Demo folder (recreated).")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".crm-ledger/demo"),
+    show_default=True,
+    help="Demo folder (recreated).",
+)
 @click.option("--customers", type=click.IntRange(1), default=800, show_default=True)
 @click.option("--employees", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--months", type=click.IntRange(1), default=3, show_default=True)
@@ -235,7 +330,7 @@ def demo(folder: Path, customers: int, employees: int, months: int, seed: int) -
     settings = run_demo(folder, GeneratorConfig(customers, employees, months, seed), click.echo)
     click.echo(
         f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "
-        "query \"SELECT * FROM reward_score ORDER BY score DESC LIMIT 10\""
+        'query "SELECT * FROM reward_score ORDER BY score DESC LIMIT 10"'
     )
 
 

@@ -19,12 +19,69 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.service import project_promoted
 
-SHOWCASE = (
-    ("customer_profile", "SELECT customer_id, segment, interactions_total, open_cases, complaints, csat_latest, last_contact_at FROM customer_profile ORDER BY interactions_total DESC, customer_id LIMIT 5"),
-    ("kpi_employee_month", "SELECT employee_id, team_id, period, csat_n, round(csat_pct, 1) AS csat_pct, problems_solved, round(fcr_rate, 2) AS fcr_rate, round(ttr_median_h, 1) AS ttr_median_h, citations FROM kpi_employee_month ORDER BY period DESC, problems_solved DESC, employee_id LIMIT 5"),
-    ("kpi_team_month", "SELECT team_id, period, csat_n, round(csat_pct, 1) AS csat_pct, round(nps, 1) AS nps, problems_solved, round(reopen_rate, 3) AS reopen_rate, citations, shares FROM kpi_team_month ORDER BY period DESC, team_id LIMIT 5"),
-    ("reward_score", "SELECT employee_id, period, round(score, 2) AS score, round(csat, 3) AS csat, round(problems_solved, 3) AS problems_solved, round(citations, 3) AS citations, spec_name FROM reward_score ORDER BY period DESC, score DESC, employee_id LIMIT 5"),
-    ("ledger_events", "SELECT notification_id, event_type, event_id, occurred_at, left(chain, 16) AS chain FROM ledger_events ORDER BY notification_id DESC LIMIT 5"),
+#: (read model, columns, order) of the rows the demo shows.
+SHOWCASE: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "customer_profile",
+        (
+            "customer_id",
+            "segment",
+            "interactions_total",
+            "open_cases",
+            "complaints",
+            "csat_latest",
+            "last_contact_at",
+        ),
+        "interactions_total DESC, customer_id",
+    ),
+    (
+        "kpi_employee_month",
+        (
+            "employee_id",
+            "team_id",
+            "period",
+            "csat_n",
+            "round(csat_pct, 1) AS csat_pct",
+            "problems_solved",
+            "round(fcr_rate, 2) AS fcr_rate",
+            "round(ttr_median_h, 1) AS ttr_median_h",
+            "citations",
+        ),
+        "period DESC, problems_solved DESC, employee_id",
+    ),
+    (
+        "kpi_team_month",
+        (
+            "team_id",
+            "period",
+            "csat_n",
+            "round(csat_pct, 1) AS csat_pct",
+            "round(nps, 1) AS nps",
+            "problems_solved",
+            "round(reopen_rate, 3) AS reopen_rate",
+            "citations",
+            "shares",
+        ),
+        "period DESC, team_id",
+    ),
+    (
+        "reward_score",
+        (
+            "employee_id",
+            "period",
+            "round(score, 2) AS score",
+            "round(csat, 3) AS csat",
+            "round(problems_solved, 3) AS problems_solved",
+            "round(citations, 3) AS citations",
+            "spec_name",
+        ),
+        "period DESC, score DESC, employee_id",
+    ),
+    (
+        "ledger_events",
+        ("notification_id", "event_type", "event_id", "occurred_at", "left(chain, 16) AS chain"),
+        "notification_id DESC",
+    ),
 )
 
 
@@ -37,7 +94,8 @@ def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None])
     history = folder / "history.jsonl"
     with history.open("w", encoding="utf-8") as handle:
         count = write_history(config, handle)
-    echo(f"1/3 generated {count} records ({config.customers} customers, {config.employees} employees, {config.months} months) -> {history}")
+    shape = f"{config.customers} customers, {config.employees} employees, {config.months} months"
+    echo(f"1/3 generated {count} records ({shape}) -> {history}")
 
     app = open_ledger(settings)
     sink = RejectSink(folder / "rejects.jsonl", echo=None)
@@ -51,7 +109,7 @@ def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None])
     echo(f"3/3 projected into {settings.projections_db}: {result}")
 
     with duckdb.connect(str(settings.projections_db), read_only=True) as con:
-        for title, sql in SHOWCASE:
-            echo(f"\n== {title}")
-            echo(str(con.sql(sql)))
+        for table, columns, order in SHOWCASE:
+            echo(f"\n== {table}")
+            echo(str(con.sql(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order} LIMIT 5")))
     return settings

@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -39,7 +40,7 @@ class SilentReporter:
 
 
 class _RichReporter:
-    def __init__(self, progress: Progress, task: int) -> None:
+    def __init__(self, progress: Progress, task: TaskID) -> None:
         self._progress = progress
         self._task = task
         self._events = 0
@@ -49,9 +50,7 @@ class _RichReporter:
         task = self._progress.tasks[self._task]
         elapsed = task.elapsed or 0.0
         rate = self._events / elapsed if elapsed > 0 else 0.0
-        self._progress.update(
-            self._task, advance=done, rate=f"{rate:,.0f} ev/s", note=note
-        )
+        self._progress.update(self._task, advance=done, rate=f"{rate:,.0f} ev/s", note=note)
 
     def total(self, total: float | None) -> None:
         self._progress.update(self._task, total=total)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -164,7 +164,7 @@ class LedgerApplication(Application[UUID]):
     """eventsourcing Application recording ledger facts as Avro-encoded events."""
 
     name = "CrmLedger"
-    env = {
+    env: ClassVar[dict[str, str]] = {
         "AGGREGATE_CACHE_MAXSIZE": "200000",
         # One writer process at a time; a concurrent writer is detected as an
         # IntegrityError on save and the batch is re-run on fresh state.
@@ -183,7 +183,7 @@ class LedgerApplication(Application[UUID]):
         merged.update(env or {})
         return Environment(name, merged)
 
-    def construct_mapper(self) -> AvroMapper:  # type: ignore[override]
+    def construct_mapper(self) -> AvroMapper:
         return AvroMapper(self.codec)
 
     def record(self, facts: Sequence[Fact]) -> list[Outcome]:
@@ -248,18 +248,15 @@ class LedgerApplication(Application[UUID]):
             else:
                 employee.check_active("employee_id", at)
         customer_id = data.get("customer_id")
-        if customer_id and not event_type.startswith("Customer"):
-            if work.get(Customer, customer_id) is None:
-                raise ValidationError("customer_id", f"unknown customer {customer_id!r}")
+        if customer_id and not event_type.startswith("Customer") and work.get(Customer, customer_id) is None:
+            raise ValidationError("customer_id", f"unknown customer {customer_id!r}")
 
         if event_type.startswith("Case") and event_type != "CaseOpened":
             case = work.get(Case, data["case_id"])
             if isinstance(case, Case):
                 data["customer_id"] = case.customer_id
         if event_type == "CaseEscalated" and data.get("to_employee_id"):
-            self._employee(work, data["to_employee_id"], "to_employee_id").check_active(
-                "to_employee_id", at
-            )
+            self._employee(work, data["to_employee_id"], "to_employee_id").check_active("to_employee_id", at)
         if event_type == "CaseResolved":
             for article_id in data["article_ids"]:
                 self._article(work, article_id, "article_ids").check_usable("article_ids", at)

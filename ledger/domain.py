@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import datetime
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, cast
 
 from eventsourcing.domain import Aggregate
@@ -84,9 +84,7 @@ class LedgerAggregate(Aggregate):
             data=dict(fact.data),
         )
 
-    def _apply_fact(
-        self, event_type: str, event_id: str, occurred_at: int, data: Mapping[str, Any]
-    ) -> None:
+    def _apply_fact(self, event_type: str, event_id: str, occurred_at: int, data: Mapping[str, Any]) -> None:
         self.event_ids.add(event_id)
         self.when(event_type, occurred_at, data)
 
@@ -158,8 +156,7 @@ class Employee(LedgerAggregate):
         if occurred_at < self.joined_at:
             raise ValidationError(
                 field,
-                f"employee {self.employee_id!r} had not joined yet at "
-                f"{format_timestamp(occurred_at)}",
+                f"employee {self.employee_id!r} had not joined yet at {format_timestamp(occurred_at)}",
             )
         if self.left_at is not None and occurred_at >= self.left_at:
             raise ValidationError(
@@ -171,8 +168,7 @@ class Employee(LedgerAggregate):
         if occurred_at < self.joined_at:
             raise ValidationError(
                 field,
-                f"employee {self.employee_id!r} had not joined yet at "
-                f"{format_timestamp(occurred_at)}",
+                f"employee {self.employee_id!r} had not joined yet at {format_timestamp(occurred_at)}",
             )
 
 
@@ -229,9 +225,7 @@ class Case(LedgerAggregate):
                 f"(allowed from: {', '.join(sorted(allowed))})",
             )
         if fact.occurred_at < self.opened_at:
-            raise ValidationError(
-                "occurred_at", f"is before case {self.case_id!r} was opened"
-            )
+            raise ValidationError("occurred_at", f"is before case {self.case_id!r} was opened")
         given = fact.get("customer_id")
         if given and given != self.customer_id:
             raise ValidationError(
@@ -279,7 +273,9 @@ class Article(LedgerAggregate):
             raise IllegalTransitionError("article_id", f"article {self.article_id!r} is already published")
         given = fact.get("author_id")
         if given and given != self.author_id:
-            raise ValidationError("author_id", f"article {self.article_id!r} was written by {self.author_id!r}")
+            raise ValidationError(
+                "author_id", f"article {self.article_id!r} was written by {self.author_id!r}"
+            )
 
     def check_usable(self, field: str, occurred_at: int) -> None:
         """The article exists at `occurred_at` and is not retired."""
@@ -321,14 +317,14 @@ class RewardPeriod(LedgerAggregate):
         super().__init__()
         self.period: str = ""
         self.ledger_position: int = 0
-        self.version: str = ""
+        self.projection_version: str = ""
         self.told: dict[str, float] = {}  # employee id -> score last told
 
     def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
         if event_type == "RewardPeriodClosed":
             self.period = data["period"]
             self.ledger_position = data["ledger_position"]
-            self.version = data["version"]
+            self.projection_version = data["version"]
             self.told = {}
         elif event_type == "RewardStatementIssued":
             self.told[data["employee_id"]] = data["score"]
@@ -336,7 +332,14 @@ class RewardPeriod(LedgerAggregate):
             self.told[data["employee_id"]] = data["new_score"]
 
 
-AGGREGATES: tuple[type[LedgerAggregate], ...] = (Customer, Employee, Case, Article, Occurrence, RewardPeriod)
+AGGREGATES: tuple[type[LedgerAggregate], ...] = (
+    Customer,
+    Employee,
+    Case,
+    Article,
+    Occurrence,
+    RewardPeriod,
+)
 #: event type -> (aggregate class, whether the event starts the aggregate)
 EVENT_OWNERS: dict[str, tuple[type[LedgerAggregate], bool]] = {
     event_type: (aggregate, event_type == aggregate.EVENT_TYPES[0] or aggregate is Occurrence)

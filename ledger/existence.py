@@ -24,7 +24,7 @@ def existing_ids(recorder: ApplicationRecorder, ids: Collection[UUID]) -> set[UU
     if isinstance(recorder, SQLiteAggregateRecorder):
         return _sqlite_existing(recorder, list(ids))
     try:
-        from eventsourcing.postgres import PostgresAggregateRecorder
+        from eventsourcing.postgres import PostgresAggregateRecorder  # noqa: PLC0415 - psycopg is optional
     except ImportError:  # psycopg not installed: PostgreSQL is not in use
         PostgresAggregateRecorder = None  # type: ignore[assignment,misc]  # noqa: N806
     if PostgresAggregateRecorder is not None and isinstance(recorder, PostgresAggregateRecorder):
@@ -41,7 +41,7 @@ def _sqlite_existing(recorder: SQLiteAggregateRecorder, ids: list[UUID]) -> set[
             chunk = keys[start : start + _SQLITE_CHUNK]
             marks = ",".join("?" * len(chunk))
             cursor.execute(
-                f"SELECT DISTINCT originator_id FROM {recorder.events_table_name} "  # noqa: S608
+                f"SELECT DISTINCT originator_id FROM {recorder.events_table_name} "
                 f"WHERE originator_id IN ({marks})",
                 chunk,
             )
@@ -53,7 +53,7 @@ def _postgres_existing(recorder: object, ids: list[UUID]) -> set[UUID]:
     table = recorder.events_table_name  # type: ignore[attr-defined]
     with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
         cursor.execute(
-            f"SELECT DISTINCT originator_id FROM {table} WHERE originator_id = ANY(%s)",  # noqa: S608
+            f"SELECT DISTINCT originator_id FROM {table} WHERE originator_id = ANY(%s)",
             (ids,),
         )
         return {UUID(str(row["originator_id"])) for row in cursor.fetchall()}

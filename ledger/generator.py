@@ -26,7 +26,14 @@ DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 SEGMENTS = (("consumer", 0.6), ("smb", 0.3), ("enterprise", 0.1))
 REGIONS = ("north", "south", "east", "west")
-CHANNELS = (("phone", 0.35), ("email", 0.25), ("chat", 0.2), ("web", 0.12), ("social", 0.05), ("field", 0.03))
+CHANNELS = (
+    ("phone", 0.35),
+    ("email", 0.25),
+    ("chat", 0.2),
+    ("web", 0.12),
+    ("social", 0.05),
+    ("field", 0.03),
+)
 TOPICS = ("billing", "delivery", "login", "outage", "contract", "product", "refund", "setup")
 ROLES = ("agent", "agent", "agent", "specialist", "lead")
 RESOLUTIONS = ("fixed", "explained", "refund", "replacement", "workaround")
@@ -84,6 +91,7 @@ class HistoryGenerator:
         self.rng = random.Random(config.seed)
         # Corruption draws from its own stream, so the valid history is the same at any rate.
         self._bad_rng = random.Random(config.seed * 7919 + 1)
+        self._pending_bad: dict[str, Any] | None = None
         self._seq = 0
         self._queue: list[_Scheduled] = []
         self.start_ms = _month_start(config.start, 0)
@@ -107,7 +115,12 @@ class HistoryGenerator:
         return weighted[-1][0]
 
     def _event(self, event_type: str, at: int, **fields: Any) -> dict[str, Any]:
-        return {"type": event_type, "event_id": self._uuid(), "occurred_at": format_timestamp(at), **fields}
+        return {
+            "type": event_type,
+            "event_id": self._uuid(),
+            "occurred_at": format_timestamp(at),
+            **fields,
+        }
 
     def _schedule(self, at: int, action: str, **payload: Any) -> None:
         self._seq += 1
@@ -161,13 +174,19 @@ class HistoryGenerator:
             )
             self.employees.append(employee)
             yield self._event(
-                "EmployeeJoined", before + index * 60_000, employee_id=employee.employee_id,
-                team_id=employee.team_id, role=self.rng.choice(ROLES), name=f"Employee {index + 1}",
+                "EmployeeJoined",
+                before + index * 60_000,
+                employee_id=employee.employee_id,
+                team_id=employee.team_id,
+                role=self.rng.choice(ROLES),
+                name=f"Employee {index + 1}",
             )
         initial = max(1, int(self.config.customers * 0.7))
         for index in range(self.config.customers):
-            at = before + HOUR_MS + index * 1000 if index < initial else self.rng.randrange(
-                self.start_ms, self.end_ms
+            at = (
+                before + HOUR_MS + index * 1000
+                if index < initial
+                else self.rng.randrange(self.start_ms, self.end_ms)
             )
             if index < initial:
                 yield from self._register(index, at)
@@ -186,9 +205,13 @@ class HistoryGenerator:
         customer_id = f"cust-{index + 1:06d}"
         self.customers.append(customer_id)
         yield self._event(
-            "CustomerRegistered", at, customer_id=customer_id,
-            segment=self._pick(SEGMENTS), region=self.rng.choice(REGIONS),
-            name=f"Customer {index + 1}", email=f"customer{index + 1}@example.com",
+            "CustomerRegistered",
+            at,
+            customer_id=customer_id,
+            segment=self._pick(SEGMENTS),
+            region=self.rng.choice(REGIONS),
+            name=f"Customer {index + 1}",
+            email=f"customer{index + 1}@example.com",
         )
 
     def _plan_day(self, day: int) -> None:
@@ -242,7 +265,9 @@ class HistoryGenerator:
     def _on_details(self, at: int, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
         customer = self._customer()
         if customer:
-            yield self._event("CustomerDetailsChanged", at, customer_id=customer, region=self.rng.choice(REGIONS))
+            yield self._event(
+                "CustomerDetailsChanged", at, customer_id=customer, region=self.rng.choice(REGIONS)
+            )
 
     def _on_forget(self, at: int, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
         customer = self._customer()
@@ -256,16 +281,25 @@ class HistoryGenerator:
             return
         employee = self._staff(at)
         event = self._event(
-            "InteractionRecorded", at, customer_id=customer, employee_id=employee.employee_id,
-            channel=self._pick(CHANNELS), direction="inbound" if self.rng.random() < 0.8 else "outbound",
-            topic=self.rng.choice(TOPICS), duration_s=int(self.rng.expovariate(1 / 420)) + 20,
+            "InteractionRecorded",
+            at,
+            customer_id=customer,
+            employee_id=employee.employee_id,
+            channel=self._pick(CHANNELS),
+            direction="inbound" if self.rng.random() < 0.8 else "outbound",
+            topic=self.rng.choice(TOPICS),
+            duration_s=int(self.rng.expovariate(1 / 420)) + 20,
         )
         yield event
         if self.rng.random() < 0.08:
             csat = self._csat(employee.skill)
             self._schedule(
-                at + self.rng.randrange(HOUR_MS, 3 * DAY_MS), "survey", customer_id=customer,
-                interaction_id=event["event_id"], employee_id=employee.employee_id, csat=csat,
+                at + self.rng.randrange(HOUR_MS, 3 * DAY_MS),
+                "survey",
+                customer_id=customer,
+                interaction_id=event["event_id"],
+                employee_id=employee.employee_id,
+                csat=csat,
             )
 
     def _csat(self, quality: float) -> int:
@@ -277,8 +311,12 @@ class HistoryGenerator:
             return
         employee = self._staff(at)
         yield self._event(
-            "RelationshipAttemptMade", at, customer_id=customer, employee_id=employee.employee_id,
-            channel=self._pick(CHANNELS), purpose=self.rng.choice(("check-in", "renewal", "feedback", "onboarding")),
+            "RelationshipAttemptMade",
+            at,
+            customer_id=customer,
+            employee_id=employee.employee_id,
+            channel=self._pick(CHANNELS),
+            purpose=self.rng.choice(("check-in", "renewal", "feedback", "onboarding")),
         )
 
     def _on_share(self, at: int, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -286,7 +324,11 @@ class HistoryGenerator:
         kind = self.rng.choice(("colleague", "colleague", "customer", "partner"))
         usable = [a for a in self.articles[-200:] if not a.retired]
         article = self.rng.choice(usable).article_id if usable and self.rng.random() < 0.7 else None
-        fields: dict[str, Any] = {"employee_id": employee.employee_id, "recipient_kind": kind, "article_id": article}
+        fields: dict[str, Any] = {
+            "employee_id": employee.employee_id,
+            "recipient_kind": kind,
+            "article_id": article,
+        }
         if kind == "customer":
             fields["customer_id"] = self._customer()
         elif kind == "colleague":
@@ -302,13 +344,26 @@ class HistoryGenerator:
         case_id = f"case-{self._uuid()[:13]}"
         kind = self._pick((("complaint", 0.35), ("incident", 0.35), ("request", 0.3)))
         yield self._event(
-            "CaseOpened", at, case_id=case_id, customer_id=customer, kind=kind,
+            "CaseOpened",
+            at,
+            case_id=case_id,
+            customer_id=customer,
+            kind=kind,
             severity=self._pick((("low", 0.5), ("medium", 0.35), ("high", 0.15))),
-            channel=self._pick(CHANNELS), topic=self.rng.choice(TOPICS),
+            channel=self._pick(CHANNELS),
+            topic=self.rng.choice(TOPICS),
             summary=f"{kind} about {self.rng.choice(TOPICS)}",
         )
         owner = self._staff(at)
-        self._schedule(at + self.rng.randrange(60_000, 4 * HOUR_MS), "accept", case_id=case_id, customer_id=customer, employee_id=owner.employee_id, opened_at=at, escalations=0)
+        self._schedule(
+            at + self.rng.randrange(60_000, 4 * HOUR_MS),
+            "accept",
+            case_id=case_id,
+            customer_id=customer,
+            employee_id=owner.employee_id,
+            opened_at=at,
+            escalations=0,
+        )
 
     def _on_accept(self, at: int, p: dict[str, Any]) -> Iterator[dict[str, Any]]:
         owner = self._still_active(p["employee_id"], at)
@@ -325,10 +380,18 @@ class HistoryGenerator:
 
     def _on_escalate(self, at: int, p: dict[str, Any]) -> Iterator[dict[str, Any]]:
         owner = self._still_active(p["employee_id"], at)
-        target = max(self.rng.sample(self._active(at), k=min(3, len(self._active(at)))), key=lambda e: e.skill)
+        target = max(
+            self.rng.sample(self._active(at), k=min(3, len(self._active(at)))),
+            key=lambda e: e.skill,
+        )
         yield self._event(
-            "CaseEscalated", at, case_id=p["case_id"], employee_id=owner.employee_id,
-            level=p["escalations"] + 1, to_employee_id=target.employee_id, reason="needs expertise",
+            "CaseEscalated",
+            at,
+            case_id=p["case_id"],
+            employee_id=owner.employee_id,
+            level=p["escalations"] + 1,
+            to_employee_id=target.employee_id,
+            reason="needs expertise",
         )
         self._work_on(at, {**p, "employee_id": target.employee_id, "escalations": p["escalations"] + 1})
 
@@ -339,28 +402,69 @@ class HistoryGenerator:
         if usable and self.rng.random() < 0.15 + 0.35 * resolver.skill:
             article = self.rng.choices(usable, weights=[a.quality for a in usable])[0]
             linked.append(article.article_id)
-            yield self._event("ArticleLinked", at - 30_000, article_id=article.article_id, case_id=p["case_id"], employee_id=resolver.employee_id)
+            yield self._event(
+                "ArticleLinked",
+                at - 30_000,
+                article_id=article.article_id,
+                case_id=p["case_id"],
+                employee_id=resolver.employee_id,
+            )
         first_contact = p["escalations"] == 0 and self.rng.random() < 0.35 + 0.5 * resolver.skill
         yield self._event(
-            "CaseResolved", at, case_id=p["case_id"], employee_id=resolver.employee_id,
-            resolution_code=self.rng.choice(RESOLUTIONS), first_contact=first_contact, article_ids=linked,
+            "CaseResolved",
+            at,
+            case_id=p["case_id"],
+            employee_id=resolver.employee_id,
+            resolution_code=self.rng.choice(RESOLUTIONS),
+            first_contact=first_contact,
+            article_ids=linked,
         )
         if not linked and self.rng.random() < 0.06 + 0.12 * resolver.skill:
-            self._schedule(at + self.rng.randrange(HOUR_MS, 3 * DAY_MS), "write_article", case_id=p["case_id"], employee_id=resolver.employee_id)
+            self._schedule(
+                at + self.rng.randrange(HOUR_MS, 3 * DAY_MS),
+                "write_article",
+                case_id=p["case_id"],
+                employee_id=resolver.employee_id,
+            )
         quality = resolver.skill * (0.9 if p["escalations"] else 1.0)
         if self.rng.random() < 0.3:
-            self._schedule(at + self.rng.randrange(HOUR_MS, 4 * DAY_MS), "survey", customer_id=p["customer_id"], case_id=p["case_id"], employee_id=resolver.employee_id, csat=self._csat(quality))
+            self._schedule(
+                at + self.rng.randrange(HOUR_MS, 4 * DAY_MS),
+                "survey",
+                customer_id=p["customer_id"],
+                case_id=p["case_id"],
+                employee_id=resolver.employee_id,
+                csat=self._csat(quality),
+            )
         if self.rng.random() < 0.02 + 0.05 * quality:
-            self._schedule(at + self.rng.randrange(HOUR_MS, 5 * DAY_MS), "compliment", customer_id=p["customer_id"], employee_id=resolver.employee_id)
+            self._schedule(
+                at + self.rng.randrange(HOUR_MS, 5 * DAY_MS),
+                "compliment",
+                customer_id=p["customer_id"],
+                employee_id=resolver.employee_id,
+            )
         if self.rng.random() < 0.14 * (1.15 - resolver.skill):
-            self._schedule(at + self.rng.randrange(DAY_MS, 10 * DAY_MS), "reopen", **{**p, "employee_id": resolver.employee_id})
+            self._schedule(
+                at + self.rng.randrange(DAY_MS, 10 * DAY_MS),
+                "reopen",
+                **{**p, "employee_id": resolver.employee_id},
+            )
         else:
-            self._schedule(at + self.rng.randrange(2 * DAY_MS, 8 * DAY_MS), "close", case_id=p["case_id"], employee_id=resolver.employee_id)
+            self._schedule(
+                at + self.rng.randrange(2 * DAY_MS, 8 * DAY_MS),
+                "close",
+                case_id=p["case_id"],
+                employee_id=resolver.employee_id,
+            )
 
     def _on_reopen(self, at: int, p: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield self._event("CaseReopened", at, case_id=p["case_id"], reason="problem came back")
         owner = self._still_active(p["employee_id"], at)
-        self._schedule(at + self.rng.randrange(60_000, 6 * HOUR_MS), "accept", **{**p, "employee_id": owner.employee_id})
+        self._schedule(
+            at + self.rng.randrange(60_000, 6 * HOUR_MS),
+            "accept",
+            **{**p, "employee_id": owner.employee_id},
+        )
 
     def _on_close(self, at: int, p: dict[str, Any]) -> Iterator[dict[str, Any]]:
         closer = self._still_active(p["employee_id"], at)
@@ -370,19 +474,44 @@ class HistoryGenerator:
         author = self._still_active(p["employee_id"], at)
         article = _Article(f"kb-{len(self.articles) + 1:05d}", author.employee_id, 0.2 + author.skill)
         self.articles.append(article)
-        yield self._event("ArticleCreated", at, article_id=article.article_id, employee_id=author.employee_id, title=f"How to handle {self.rng.choice(TOPICS)} issues", source_case_id=p["case_id"])
-        yield self._event("ArticlePublished", at + 3_600_000, article_id=article.article_id, employee_id=author.employee_id)
+        yield self._event(
+            "ArticleCreated",
+            at,
+            article_id=article.article_id,
+            employee_id=author.employee_id,
+            title=f"How to handle {self.rng.choice(TOPICS)} issues",
+            source_case_id=p["case_id"],
+        )
+        yield self._event(
+            "ArticlePublished",
+            at + 3_600_000,
+            article_id=article.article_id,
+            employee_id=author.employee_id,
+        )
         if self.rng.random() < 0.2:
-            self._schedule(at + self.rng.randrange(DAY_MS, 30 * DAY_MS), "improve", article_id=article.article_id)
+            self._schedule(
+                at + self.rng.randrange(DAY_MS, 30 * DAY_MS),
+                "improve",
+                article_id=article.article_id,
+            )
         if self.rng.random() < 0.05:
-            self._schedule(at + self.rng.randrange(10 * DAY_MS, 60 * DAY_MS), "retire", article_id=article.article_id)
+            self._schedule(
+                at + self.rng.randrange(10 * DAY_MS, 60 * DAY_MS),
+                "retire",
+                article_id=article.article_id,
+            )
 
     def _article(self, article_id: str) -> _Article:
         return next(a for a in reversed(self.articles) if a.article_id == article_id)
 
     def _on_improve(self, at: int, p: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if not self._article(p["article_id"]).retired:
-            yield self._event("ArticleImproved", at, article_id=p["article_id"], employee_id=self._staff(at).employee_id)
+            yield self._event(
+                "ArticleImproved",
+                at,
+                article_id=p["article_id"],
+                employee_id=self._staff(at).employee_id,
+            )
 
     def _on_retire(self, at: int, p: dict[str, Any]) -> Iterator[dict[str, Any]]:
         article = self._article(p["article_id"])
@@ -395,12 +524,26 @@ class HistoryGenerator:
         csat = p.pop("csat")
         nps = max(0, min(10, round(csat * 2 + self.rng.gauss(0, 1.5))))
         fields = {k: v for k, v in p.items() if k != "employee_id"}
-        yield self._event("SurveyAnswered", at, **fields, csat=csat if self.rng.random() < 0.95 else None, nps=nps, ces=self.rng.randint(1, 7) if self.rng.random() < 0.5 else None)
+        yield self._event(
+            "SurveyAnswered",
+            at,
+            **fields,
+            csat=csat if self.rng.random() < 0.95 else None,
+            nps=nps,
+            ces=self.rng.randint(1, 7) if self.rng.random() < 0.5 else None,
+        )
 
     def _on_compliment(self, at: int, p: dict[str, Any]) -> Iterator[dict[str, Any]]:
         employee = next(e for e in self.employees if e.employee_id == p["employee_id"])
         if employee.left_at is None or employee.left_at > at:
-            yield self._event("ComplimentReceived", at, customer_id=p["customer_id"], employee_id=employee.employee_id, channel=self._pick(CHANNELS), note="thank you!")
+            yield self._event(
+                "ComplimentReceived",
+                at,
+                customer_id=p["customer_id"],
+                employee_id=employee.employee_id,
+                channel=self._pick(CHANNELS),
+                note="thank you!",
+            )
 
     _CORRUPTIONS = ("csat", "channel", "occurred_at", "event_id", "employee", "missing")
 
@@ -411,8 +554,14 @@ class HistoryGenerator:
         bad = dict(event, event_id=str(uuid.UUID(int=self._bad_rng.getrandbits(128), version=4)))
         kind = self._bad_rng.choice(self._CORRUPTIONS)
         if kind == "csat":
-            bad = {"type": "SurveyAnswered", "event_id": bad["event_id"], "occurred_at": event["occurred_at"],
-                   "customer_id": "cust-000001", "case_id": "case-none", "csat": 9}
+            bad = {
+                "type": "SurveyAnswered",
+                "event_id": bad["event_id"],
+                "occurred_at": event["occurred_at"],
+                "customer_id": "cust-000001",
+                "case_id": "case-none",
+                "csat": 9,
+            }
         elif kind == "channel":
             bad["channel"] = "pigeon"
         elif kind == "occurred_at":
@@ -430,7 +579,7 @@ class HistoryGenerator:
 
     def stream(self) -> Iterator[dict[str, Any]]:
         """Events plus, at the configured rate, deliberately invalid records after them."""
-        self._pending_bad: dict[str, Any] | None = None
+        self._pending_bad = None
         for event in self.events():
             yield event
             if self._pending_bad is not None:

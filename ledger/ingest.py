@@ -44,10 +44,7 @@ class IngestSummary:
     rejected: int = 0
 
     def line(self) -> str:
-        return (
-            f"accepted {self.accepted}, duplicates skipped {self.duplicates}, "
-            f"rejected {self.rejected}"
-        )
+        return f"accepted {self.accepted}, duplicates skipped {self.duplicates}, rejected {self.rejected}"
 
     def add(self, other: IngestSummary) -> None:
         self.accepted += other.accepted
@@ -80,7 +77,11 @@ def read_jsonl(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
                 yield SourceRecord(location, text, parser.parse(raw), None, size)
             except json.JSONDecodeError as error:
                 yield SourceRecord(
-                    location, text, None, ValidationError("(record)", f"invalid JSON: {error.msg}"), size
+                    location,
+                    text,
+                    None,
+                    ValidationError("(record)", f"invalid JSON: {error.msg}"),
+                    size,
                 )
             except ValidationError as error:
                 yield SourceRecord(location, text, None, error, size)

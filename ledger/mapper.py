@@ -61,8 +61,7 @@ class AvroMapper(Mapper[UUID]):
             event_type, record = self.codec.decode(stored_event.state)
         except DecodeError as error:
             raise MapperDeserialisationError(
-                f"stored event {stored_event.originator_id} v{stored_event.originator_version}: "
-                f"{error}"
+                f"stored event {stored_event.originator_id} v{stored_event.originator_version}: {error}"
             ) from error
         aggregate_topic, event_class = self._topics[event_type]
         state: dict[str, Any] = {
@@ -80,4 +79,4 @@ class AvroMapper(Mapper[UUID]):
             state["originator_topic"] = aggregate_topic
         domain_event = object.__new__(event_class)
         object.__setattr__(domain_event, "__dict__", state)
-        return domain_event  # type: ignore[no-any-return]
+        return domain_event

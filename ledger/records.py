@@ -204,7 +204,10 @@ _DOMAIN_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
 _ID_FIELDS = ("customer_id", "employee_id", "case_id", "article_id", "team_id")
 #: Fields the ledger fills in from its own state, so a client may leave them out.
 ENRICHED_FIELDS = frozenset(
-    {(t, "customer_id") for t in ("CaseAccepted", "CaseEscalated", "CaseResolved", "CaseReopened", "CaseClosed")}
+    {
+        (t, "customer_id")
+        for t in ("CaseAccepted", "CaseEscalated", "CaseResolved", "CaseReopened", "CaseClosed")
+    }
     | {("ArticleLinked", "author_id")}
 )
 

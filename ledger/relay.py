@@ -9,6 +9,7 @@ Command code never writes to Kafka; only this relay does.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from crm_ledger.errors import CrmLedgerError
-from crm_ledger.kafka import INFINITE_RETENTION, KafkaUnavailableError, consumer_config, ensure_topic
+from crm_ledger.kafka import (
+    INFINITE_RETENTION,
+    KafkaUnavailableError,
+    consumer_config,
+    ensure_topic,
+)
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
@@ -44,7 +50,7 @@ class RelayConfig:
 
 
 def headers_of(message: Any) -> dict[str, bytes]:
-    return {k: v for k, v in (message.headers() or [])}
+    return dict(message.headers() or [])
 
 
 def recover_position(config: RelayConfig, timeout_s: float = 30.0) -> RelayPosition:
@@ -70,12 +76,10 @@ def recover_position(config: RelayConfig, timeout_s: float = 30.0) -> RelayPosit
         while ranges:
             starts = {p: max(low, high - window) for p, (low, high) in ranges.items()}
             found = _read_tails(consumer, config.topic, starts, timeout_s)
-            for partition, position in found.items():
+            for position in found.values():
                 if position.notification_id > best.notification_id:
                     best = position
-            ranges = {
-                p: r for p, r in ranges.items() if p not in found and starts[p] > r[0]
-            }
+            ranges = {p: r for p, r in ranges.items() if p not in found and starts[p] > r[0]}
             window *= 8
         return best
     except KafkaException as error:
@@ -94,15 +98,16 @@ def _read_tails(
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         for message in consumer.consume(1000, timeout=0.05):
+            partition = int(message.partition() or 0)
             if message.error():
                 # Partition EOF: everything up to the last stable offset was read.
-                pending.discard(message.partition())
+                pending.discard(partition)
                 continue
             headers = headers_of(message)
             nid = int(headers["notification_id"])
-            current = best.get(message.partition())
+            current = best.get(partition)
             if current is None or nid > current.notification_id:
-                best[message.partition()] = RelayPosition(nid, bytes.fromhex(headers["chain"].decode()))
+                best[partition] = RelayPosition(nid, bytes.fromhex(headers["chain"].decode()))
     consumer.unassign()
     if pending:
         raise KafkaUnavailableError(f"timed out reading the tail of {topic!r} partitions {sorted(pending)}")
@@ -186,7 +191,9 @@ class Relay:
                 break
         return sent
 
-    def _publish(self, producer: Producer, notifications: list[Any], position: RelayPosition) -> RelayPosition:
+    def _publish(
+        self, producer: Producer, notifications: list[Any], position: RelayPosition
+    ) -> RelayPosition:
         producer.begin_transaction()
         chain = position.chain
         expected = position.notification_id + 1
@@ -220,18 +227,22 @@ class Relay:
                 expected += 1
             producer.commit_transaction(60)
         except KafkaException as error:
-            try:
+            with contextlib.suppress(KafkaException):
                 producer.abort_transaction(30)
-            except KafkaException:
-                pass
             raise CrmLedgerError(f"publishing to {self.config.topic!r} failed: {error}") from error
         return RelayPosition(notifications[-1].id, chain)
 
-    def _produce(self, producer: Producer, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    def _produce(
+        self,
+        producer: Producer,
+        *,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+    ) -> None:
         while True:
             try:
                 producer.produce(self.config.topic, value=value, key=key, headers=headers)
                 return
             except BufferError:
                 producer.poll(0.05)
-

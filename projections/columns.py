@@ -12,6 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from projections.sources import RawBatch
+
 #: (column, DuckDB type, Arrow type) of fields copied from the decoded record.
 RECORD_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("customer_id", "VARCHAR", pa.string()),
@@ -56,9 +58,7 @@ CREATE TABLE IF NOT EXISTS {v}.events (
     payload JSON,
     value BLOB,
     chain VARCHAR
-)""".replace(
-    "{record_columns}", ",\n    ".join(f"{name} {sql}" for name, sql, _ in RECORD_COLUMNS)
-)
+)""".replace("{record_columns}", ",\n    ".join(f"{name} {sql}" for name, sql, _ in RECORD_COLUMNS))
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -85,22 +85,18 @@ def _json_default(value: Any) -> Any:
 
 
 def events_table(
+    batch: RawBatch,
+    chosen: Sequence[int],
     records: Sequence[tuple[str, dict[str, Any]]],
     schema_versions: Sequence[int],
-    values: Sequence[bytes],
-    notification_ids: Sequence[int | None],
-    sources: Sequence[str],
-    partitions: Sequence[int | None],
-    offsets: Sequence[int | None],
-    chains: Sequence[str | None],
 ) -> pa.Table:
-    """An Arrow table of decoded events, column by column (no per-row SQL)."""
+    """An Arrow table of the `chosen` messages of a batch and their decoded records."""
     dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=_json_default).encode
     columns: dict[str, list[Any]] = {
-        "notification_id": list(notification_ids),
-        "source": list(sources),
-        "partition": list(partitions),
-        "offset": list(offsets),
+        "notification_id": [batch.notification_ids[i] for i in chosen],
+        "source": [batch.sources[i] for i in chosen],
+        "partition": [batch.partitions[i] for i in chosen],
+        "offset": [batch.offsets[i] for i in chosen],
         "event_type": [t for t, _ in records],
         "event_id": [r["event_id"] for _, r in records],
         "schema_version": list(schema_versions),
@@ -110,6 +106,6 @@ def events_table(
     for name, _, _ in RECORD_COLUMNS:
         columns[name] = [r.get(name) for _, r in records]
     columns["payload"] = [dumps(r) for _, r in records]
-    columns["value"] = list(values)
-    columns["chain"] = list(chains)
+    columns["value"] = [batch.values[i] for i in chosen]
+    columns["chain"] = [batch.chains[i] for i in chosen]
     return pa.table(columns, schema=EVENT_SCHEMA)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
 from crm_ledger.progress import Reporter, SilentReporter
+from ledger.records import parse_timestamp
 from projections.columns import events_table
 from projections.models import all_model_sql, scores_only_sql
 from projections.sources import LogSource, RawBatch
@@ -62,8 +63,17 @@ class Projector:
         records: list[tuple[str, dict[str, Any]]] = []
         for index, result in enumerate(decoded):
             if isinstance(result, DecodeError):
-                dead.append((batch.sources[index], batch.partitions[index], batch.offsets[index],
-                             batch.notification_ids[index], str(result), batch.values[index], _now()))
+                dead.append(
+                    (
+                        batch.sources[index],
+                        batch.partitions[index],
+                        batch.offsets[index],
+                        batch.notification_ids[index],
+                        str(result),
+                        batch.values[index],
+                        _now(),
+                    )
+                )
                 continue
             if self._as_of_ms is not None and result[1]["occurred_at"] > self._as_of_ms:
                 continue
@@ -74,23 +84,21 @@ class Projector:
         try:
             if good:
                 table = events_table(
+                    batch,
+                    good,
                     records,
                     [self._schema_versions.get(int.from_bytes(batch.values[i][1:5], "big"), 0) for i in good],
-                    [batch.values[i] for i in good],
-                    [batch.notification_ids[i] for i in good],
-                    [batch.sources[i] for i in good],
-                    [batch.partitions[i] for i in good],
-                    [batch.offsets[i] for i in good],
-                    [batch.chains[i] for i in good],
                 )
                 self._insert_arrow(table)
             if dead:
                 con.executemany(
-                    f"INSERT INTO {self.version.schema}.dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)", dead
+                    f"INSERT INTO {self.version.schema}.dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    dead,
                 )
             self.tracking.record_positions(batch.positions.values())
             con.execute(
-                "UPDATE main.crm_versions SET state = 'building' WHERE version = ?", [self.version.version]
+                "UPDATE main.crm_versions SET state = 'building' WHERE version = ?",
+                [self.version.version],
             )
         except BaseException:
             con.execute("ROLLBACK")
@@ -158,7 +166,11 @@ class Projector:
                 stats.dead_letters += dead
                 stats.batches += 1
                 dirty = True
-                reporter.advance(len(batch), events=len(batch), note=f"{stats.dead_letters} dead letters" if stats.dead_letters else "")
+                reporter.advance(
+                    len(batch),
+                    events=len(batch),
+                    note=f"{stats.dead_letters} dead letters" if stats.dead_letters else "",
+                )
                 if stop_after_batches is not None and stats.batches >= stop_after_batches:
                     break
             caught_up = not len(batch)
@@ -184,9 +196,5 @@ def parse_as_of(text: str | None) -> datetime | None:
     """An --as-of value: ISO date or timestamp, UTC when no zone is given."""
     if text is None:
         return None
-    from ledger.records import parse_timestamp
-
-    from datetime import UTC
-
     millis = parse_timestamp(text, "as_of")
     return datetime.fromtimestamp(millis / 1000, tz=UTC)

@@ -221,7 +221,9 @@ def _component_sql(c: Component) -> str:
         numerator, denominator = _RATE_PARTS[c.kpi]
         own = f"e.{numerator} / nullif(e.{denominator}, 0)"
         team = f"coalesce(t.{numerator} / nullif(t.{denominator}, 0), 0.0)"
-        rate = f"CASE WHEN e.{denominator} >= {c.min_sample} AND e.{denominator} > 0 THEN {own} ELSE {team} END"
+        rate = (
+            f"CASE WHEN e.{denominator} >= {c.min_sample} AND e.{denominator} > 0 THEN {own} ELSE {team} END"
+        )
         value = f"(1.0 - {rate})" if c.invert else rate
         kpi_value = own
         sample = f"e.{denominator}"
@@ -262,16 +264,47 @@ ORDER BY employee_id, period, component"""
     pivot = ",\n    ".join(
         f"max(value) FILTER (WHERE component = '{c.name}') AS {c.name}" for c in spec.components
     )
+    # Summed in spec order by one expression: a float SUM() would depend on row order.
+    total = " + ".join(f"{c.weight!r} * {c.name}" for c in spec.components)
     score = f"""
 CREATE OR REPLACE TABLE {v}.reward_score AS
-SELECT employee_id, period, any_value(team_id) AS team_id,
-    100.0 * sum(weighted) AS score,
+WITH pivoted AS (
+    SELECT employee_id, period, any_value(team_id) AS team_id,
+        {pivot}
+    FROM {v}.reward_components
+    GROUP BY employee_id, period
+)
+SELECT employee_id, period, team_id, 100.0 * ({total}) AS score,
     '{version}' AS spec_version, '{spec.name.replace("'", "''")}' AS spec_name,
-    {pivot}
-FROM {v}.reward_components
-GROUP BY employee_id, period
+    {", ".join(c.name for c in spec.components)}
+FROM pivoted
 ORDER BY employee_id, period"""
     return [components, score]
+
+
+_CONTACTS = (
+    "'InteractionRecorded', 'CaseOpened', 'RelationshipAttemptMade', 'SurveyAnswered', 'ComplimentReceived'"
+)
+_DETAILS = "'CustomerRegistered', 'CustomerDetailsChanged'"
+
+
+def _slope(column: str) -> str:
+    """Least-squares slope of `column` per 30 days, from exact integer sums.
+
+    DuckDB's regr_slope accumulates floats in whatever order rows arrive, which differs
+    between sources and runs; integer sums make the trend reproducible to the bit.
+    """
+    x = "(epoch_ms(occurred_at) // 1000)::HUGEINT"
+    y = f"{column}::HUGEINT"
+    n = f"count({column})::HUGEINT"
+    sxy = f"sum({x} * {y}) FILTER (WHERE {column} IS NOT NULL)"
+    sx = f"sum({x}) FILTER (WHERE {column} IS NOT NULL)"
+    sy = f"sum({y})"
+    sxx = f"sum({x} * {x}) FILTER (WHERE {column} IS NOT NULL)"
+    return (
+        f"CASE WHEN count({column}) > 1 AND ({n} * {sxx} - {sx} * {sx}) <> 0 THEN "
+        f"(({n} * {sxy} - {sx} * {sy})::DOUBLE / ({n} * {sxx} - {sx} * {sx})::DOUBLE) * 2592000.0 END"
+    )
 
 
 def customer_profile_sql(v: str) -> str:
@@ -298,10 +331,10 @@ surveys AS (
     SELECT customer_id,
         arg_max(csat, (occurred_at, notification_id)) FILTER (WHERE csat IS NOT NULL) AS csat_latest,
         avg(csat) AS csat_avg,
-        regr_slope(csat, epoch(occurred_at) / 2592000.0) AS csat_trend,
+        {_slope("csat")} AS csat_trend,
         arg_max(nps, (occurred_at, notification_id)) FILTER (WHERE nps IS NOT NULL) AS nps_latest,
         avg(nps) AS nps_avg,
-        regr_slope(nps, epoch(occurred_at) / 2592000.0) AS nps_trend,
+        {_slope("nps")} AS nps_trend,
         count(*) AS surveys
     FROM ev WHERE event_type = 'SurveyAnswered' GROUP BY customer_id
 ),
@@ -309,12 +342,14 @@ activity AS (
     SELECT customer_id,
     count(*) FILTER (WHERE event_type = 'InteractionRecorded') AS interactions_total,
     {by_channel},
-    min(occurred_at) FILTER (WHERE event_type IN ('InteractionRecorded', 'CaseOpened', 'RelationshipAttemptMade', 'SurveyAnswered', 'ComplimentReceived')) AS first_contact_at,
-    max(occurred_at) FILTER (WHERE event_type IN ('InteractionRecorded', 'CaseOpened', 'RelationshipAttemptMade', 'SurveyAnswered', 'ComplimentReceived')) AS last_contact_at,
+    min(occurred_at) FILTER (WHERE event_type IN ({_CONTACTS})) AS first_contact_at,
+    max(occurred_at) FILTER (WHERE event_type IN ({_CONTACTS})) AS last_contact_at,
     count(*) FILTER (WHERE event_type = 'RelationshipAttemptMade') AS relationship_attempts,
     count(*) FILTER (WHERE event_type = 'ComplimentReceived') AS compliments,
-    arg_max(segment, (occurred_at, notification_id)) FILTER (WHERE event_type IN ('CustomerRegistered', 'CustomerDetailsChanged') AND segment IS NOT NULL) AS segment,
-    arg_max(region, (occurred_at, notification_id)) FILTER (WHERE event_type IN ('CustomerRegistered', 'CustomerDetailsChanged') AND region IS NOT NULL) AS region,
+    arg_max(segment, (occurred_at, notification_id))
+        FILTER (WHERE event_type IN ({_DETAILS}) AND segment IS NOT NULL) AS segment,
+    arg_max(region, (occurred_at, notification_id))
+        FILTER (WHERE event_type IN ({_DETAILS}) AND region IS NOT NULL) AS region,
     min(occurred_at) FILTER (WHERE event_type = 'CustomerRegistered') AS registered_at,
     bool_or(event_type = 'CustomerForgotten') AS forgotten
     FROM ev GROUP BY customer_id

@@ -44,7 +44,9 @@ def project_promoted(
         projector = Projector(db, version, open_source(settings, source, app), app.codec)
         try:
             stats = projector.run(
-                follow=follow, reporter=reporter, should_stop=should_stop,
+                follow=follow,
+                reporter=reporter,
+                should_stop=should_stop,
                 refresh_interval_s=refresh_interval_s,
                 on_refresh=(lambda: on_refresh(db)) if on_refresh else None,
             )

@@ -114,8 +114,14 @@ def kafka_stream(topic: str, partition: int) -> str:
 class KafkaSource:
     """`crm.ledger.events` through a read_committed consumer, no auto-commit."""
 
-    def __init__(self, bootstrap: str, topic: str, group_id: str = "crm-ledger-projector",
-                 batch_size: int = 20_000, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group_id: str = "crm-ledger-projector",
+        batch_size: int = 20_000,
+        timeout_s: float = 30.0,
+    ) -> None:
         self.name = topic
         self.topic = topic
         self.bootstrap = bootstrap
@@ -148,12 +154,14 @@ class KafkaSource:
             batch = RawBatch()
             for message in messages:
                 error = message.error()
+                partition = int(message.partition() or 0)
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(message.partition())
+                        at_end.add(partition)
                         continue
                     raise KafkaUnavailableError(f"consuming {self.topic!r} failed: {error}")
-                at_end.discard(message.partition())
+                at_end.discard(partition)
+                offset = int(message.offset() or 0)
                 headers = dict(message.headers() or [])
                 nid = headers.get("notification_id")
                 chain = headers.get("chain")
@@ -161,11 +169,11 @@ class KafkaSource:
                 batch.values.append(value)
                 batch.notification_ids.append(int(nid) if nid is not None else None)
                 batch.sources.append(self.topic)
-                batch.partitions.append(message.partition())
-                batch.offsets.append(message.offset())
-                batch.chains.append(chain.decode() if chain else None)
-                stream = kafka_stream(self.topic, message.partition())
-                batch.positions[stream] = Position(stream, message.offset())
+                batch.partitions.append(partition)
+                batch.offsets.append(offset)
+                batch.chains.append(chain.decode() if isinstance(chain, bytes) else chain)
+                stream = kafka_stream(self.topic, partition)
+                batch.positions[stream] = Position(stream, offset)
             if len(batch):
                 yield batch
             elif len(at_end) == len(partitions):

@@ -169,7 +169,8 @@ def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
     total = sum(c.weight for c in components)
     if not math.isclose(total, 1.0, abs_tol=1e-9):
         raise fail(
-            f"components.{components[-1].name}", "weight",
+            f"components.{components[-1].name}",
+            "weight",
             f"weights must sum to 1, they sum to {total:.6g}",
         )
     return MetricSpec(
@@ -192,7 +193,11 @@ def _component(component_name: str, body: dict[str, Any], section: str, fail: An
     kpi = body.get("kpi", component_name)
     valid = {"count": COUNT_KPIS, "rate": RATE_KPIS, "bayesian": BAYESIAN_KPIS}[kind]
     if kpi not in valid:
-        raise fail(section, "kpi", f"unknown KPI {kpi!r} for kind {kind!r} (known: {', '.join(sorted(valid))})")
+        raise fail(
+            section,
+            "kpi",
+            f"unknown KPI {kpi!r} for kind {kind!r} (known: {', '.join(sorted(valid))})",
+        )
     weight = body.get("weight")
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
         raise fail(section, "weight", f"must be a number, got {weight!r}")
@@ -214,7 +219,12 @@ def _component(component_name: str, body: dict[str, Any], section: str, fail: An
     if not isinstance(invert, bool):
         raise fail(section, "invert", f"must be true or false, got {invert!r}")
     return Component(
-        name=component_name, kind=kind, kpi=kpi, weight=float(weight),
-        cap=float(cap) if cap is not None else None, min_sample=min_sample,
-        prior_strength=float(prior), invert=invert,
+        name=component_name,
+        kind=kind,
+        kpi=kpi,
+        weight=float(weight),
+        cap=float(cap) if cap is not None else None,
+        min_sample=min_sample,
+        prior_strength=float(prior),
+        invert=invert,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -130,15 +130,20 @@ class ProjectionDB:
             "SELECT version, name, spec_hash, kpi_hash, spec_text, as_of, source, state, created_at, "
             "built_at, events, position, built_from FROM main.crm_versions ORDER BY created_at, version"
         ).fetchall()
-        return [VersionInfo(*row, promoted=row[0] == promoted) for row in rows]
+        names = [f.name for f in fields(VersionInfo) if f.name != "promoted"]
+        return [
+            VersionInfo(**dict(zip(names, row, strict=True)), promoted=row[0] == promoted) for row in rows
+        ]
 
     def find_version(self, reference: str) -> VersionInfo:
         """A version by id, unique id prefix, or name (the newest of that name)."""
         versions = self.versions()
-        exact = [v for v in versions if v.version == reference or v.version == f"v_{reference}"]
+        exact = [v for v in versions if v.version in {reference, f"v_{reference}"}]
         if exact:
             return exact[0]
-        by_prefix = [v for v in versions if v.version.removeprefix("v_").startswith(reference.removeprefix("v_"))]
+        by_prefix = [
+            v for v in versions if v.version.removeprefix("v_").startswith(reference.removeprefix("v_"))
+        ]
         if len(by_prefix) == 1:
             return by_prefix[0]
         by_name = [v for v in versions if v.name == reference]
@@ -152,8 +157,14 @@ class ProjectionDB:
         return None if row is None else str(row[0])
 
     def ensure_version(
-        self, spec: MetricSpec, spec_text: str, source: str, *, as_of: datetime | None = None,
-        name: str | None = None, built_from: str | None = None,
+        self,
+        spec: MetricSpec,
+        spec_text: str,
+        source: str,
+        *,
+        as_of: datetime | None = None,
+        name: str | None = None,
+        built_from: str | None = None,
     ) -> VersionInfo:
         """The version for this spec (and as-of), created empty when new."""
         version = version_id(spec, as_of)
@@ -165,15 +176,26 @@ class ProjectionDB:
             self.connection.execute(f"CREATE SCHEMA IF NOT EXISTS {version}")
             self.connection.execute(EVENTS_DDL.replace("{v}", version))
             self.connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {version}.dead_letters (source VARCHAR, \"partition\" INTEGER, "
-                "\"offset\" BIGINT, notification_id BIGINT, error VARCHAR, value BLOB, seen_at TIMESTAMP)"
+                f'CREATE TABLE IF NOT EXISTS {version}.dead_letters (source VARCHAR, "partition" INTEGER, '
+                '"offset" BIGINT, notification_id BIGINT, error VARCHAR, value BLOB, seen_at TIMESTAMP)'
             )
             DuckDBTrackingRecorder(self.connection, version)
             self.connection.execute(
-                "INSERT INTO main.crm_versions (version, name, spec_hash, kpi_hash, spec_json, spec_text, "
-                "as_of, source, state, created_at, built_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'building', ?, ?)",
-                [version, name or spec.name, spec.content_hash, spec.kpi_hash, spec.to_toml_json(),
-                 spec_text, as_of.replace(tzinfo=None) if as_of else None, source, _now(), built_from],
+                "INSERT INTO main.crm_versions (version, name, spec_hash, kpi_hash, spec_json, "
+                "spec_text, as_of, source, state, created_at, built_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'building', ?, ?)",
+                [
+                    version,
+                    name or spec.name,
+                    spec.content_hash,
+                    spec.kpi_hash,
+                    spec.to_toml_json(),
+                    spec_text,
+                    as_of.replace(tzinfo=None) if as_of else None,
+                    source,
+                    _now(),
+                    built_from,
+                ],
             )
             self.connection.execute("COMMIT")
         return self.find_version(version)
@@ -204,7 +226,10 @@ class ProjectionDB:
                 con.execute(f"CREATE OR REPLACE VIEW main.{view} AS SELECT * FROM {version.schema}.{source}")
             for view, sql in extra_views(version.schema).items():
                 con.execute(f"CREATE OR REPLACE VIEW main.{view} AS {sql}")
-            con.execute("INSERT OR REPLACE INTO main.crm_promoted VALUES (1, ?, ?)", [version.version, _now()])
+            con.execute(
+                "INSERT OR REPLACE INTO main.crm_promoted VALUES (1, ?, ?)",
+                [version.version, _now()],
+            )
             con.execute("INSERT INTO main.crm_promotions VALUES (?, ?)", [version.version, _now()])
         except BaseException:
             con.execute("ROLLBACK")

@@ -49,8 +49,8 @@ class AvroCodec:
         for version in registry.all_versions():
             writer_raw = self._reader_form(version, epoch_millis)
             latest = registry.latest(version.event_type)
-            reader_raw = None if latest.schema_id == version.schema_id else self._reader_form(
-                latest, epoch_millis
+            reader_raw = (
+                None if latest.schema_id == version.schema_id else self._reader_form(latest, epoch_millis)
             )
             self._readers[version.schema_id] = (
                 version.event_type,
@@ -67,7 +67,7 @@ class AvroCodec:
     @staticmethod
     def _reader_form(version: SchemaVersion, epoch_millis: bool) -> dict[str, Any]:
         raw = copy.deepcopy(dict(version.raw))
-        return _strip_timestamp_logical_types(raw) if epoch_millis else raw  # type: ignore[no-any-return]
+        return _strip_timestamp_logical_types(raw) if epoch_millis else raw
 
     def encode(self, event_type: str, record: Mapping[str, Any]) -> bytes:
         """Frame and encode a record with the newest schema version of its type."""

@@ -76,30 +76,40 @@ def check_folder(folder: Path) -> list[Problem]:
         problems.append(Problem(LOCK_FILE_NAME, str(error)))
         lock = {}
     seen_ids: dict[int, str] = {}
-    for subject, versions in lock.items():
-        for version, schema_id in versions.items():
-            label = f"{subject} v{version}"
+    for subject, locked in lock.items():
+        for locked_version, schema_id in locked.items():
+            label = f"{subject} v{locked_version}"
             if schema_id in seen_ids:
-                problems.append(Problem(LOCK_FILE_NAME, f"id {schema_id} used by both {seen_ids[schema_id]} and {label}"))
+                problems.append(
+                    Problem(
+                        LOCK_FILE_NAME,
+                        f"id {schema_id} used by both {seen_ids[schema_id]} and {label}",
+                    )
+                )
             seen_ids[schema_id] = label
             event_type = subject.removeprefix(f"{NAMESPACE}.")
-            if not any(t == event_type and v == int(version) for t, v, _ in files):
+            if not any(t == event_type and v == int(locked_version) for t, v, _ in files):
                 problems.append(Problem(LOCK_FILE_NAME, f"{label} has no schema file"))
     for event_type, version, path in files:
         if str(version) not in lock.get(f"{NAMESPACE}.{event_type}", {}):
             problems.append(Problem(path.name, f"not in {LOCK_FILE_NAME}: run `crm-ledger schemas lock`"))
 
-    for event_type, versions in sorted(parsed.items()):
-        ordered = sorted(versions)
+    for event_type, by_version in sorted(parsed.items()):
+        ordered = sorted(by_version)
         for i, newer in enumerate(ordered):
             for older in ordered[:i]:
-                problems.extend(_pair_problems(event_type, versions[older], older, versions[newer], newer))
+                problems.extend(
+                    _pair_problems(event_type, by_version[older], older, by_version[newer], newer)
+                )
     return problems
 
 
 def _pair_problems(
-    event_type: str, writer: tuple[Path, dict[str, Any], Any], writer_version: int,
-    reader: tuple[Path, dict[str, Any], Any], reader_version: int,
+    event_type: str,
+    writer: tuple[Path, dict[str, Any], Any],
+    writer_version: int,
+    reader: tuple[Path, dict[str, Any], Any],
+    reader_version: int,
 ) -> list[Problem]:
     where = f"{reader[0].name}"
     prefix = f"{event_type} v{reader_version} cannot read v{writer_version} data"

@@ -65,9 +65,7 @@ def load_schema_file(path: Path, event_type: str) -> tuple[dict[str, Any], Schem
     if not isinstance(raw, dict) or raw.get("type") != "record":
         raise SchemaError(f"{path.name}: top level must be an Avro record")
     if raw.get("name") != event_type or raw.get("namespace") != NAMESPACE:
-        raise SchemaError(
-            f"{path.name}: record must be named {event_type!r} in namespace {NAMESPACE!r}"
-        )
+        raise SchemaError(f"{path.name}: record must be named {event_type!r} in namespace {NAMESPACE!r}")
     if not raw.get("doc"):
         raise SchemaError(f"{path.name}: record needs a 'doc'")
     try:
@@ -127,9 +125,7 @@ class SchemaRegistry:
             subject = f"{NAMESPACE}.{event_type}"
             schema_id = lock.get(subject, {}).get(str(version))
             if schema_id is None:
-                raise SchemaError(
-                    f"{path.name}: no id in {LOCK_FILE_NAME}; run `crm-ledger schemas lock`"
-                )
+                raise SchemaError(f"{path.name}: no id in {LOCK_FILE_NAME}; run `crm-ledger schemas lock`")
             raw, parsed = load_schema_file(path, event_type)
             versions.append(SchemaVersion(event_type, version, schema_id, path, raw, parsed))
         return cls(versions)
@@ -158,7 +154,6 @@ class SchemaRegistry:
     def with_ids(self, ids: Mapping[tuple[str, int], int]) -> SchemaRegistry:
         """The same schemas under other ids (e.g. those a remote registry assigned)."""
         return SchemaRegistry(
-            SchemaVersion(v.event_type, v.version, ids[(v.event_type, v.version)], v.path,
-                          v.raw, v.parsed)
+            SchemaVersion(v.event_type, v.version, ids[(v.event_type, v.version)], v.path, v.raw, v.parsed)
             for v in self.all_versions()
         )

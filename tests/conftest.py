@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -58,10 +59,8 @@ def topic(kafka_bootstrap: str) -> Iterator[str]:
 
     name = f"test.{uuid.uuid4().hex[:10]}"
     yield name
-    try:
+    with contextlib.suppress(Exception):  # best-effort cleanup
         delete_topics(kafka_bootstrap, [name])
-    except Exception:  # noqa: BLE001 - best-effort cleanup
-        pass
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,9 @@ from ledger.application import LedgerApplication
 CLI = [sys.executable, "-m", "crm_ledger.cli"]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     merged = {**os.environ, **(env or {})}
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, env=merged, check=False)
     if check and result.returncode != 0:
@@ -27,7 +29,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) 
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     merged = {**os.environ, **(env or {})}
-    return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=merged)
+    return subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=merged
+    )
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:

@@ -57,13 +57,21 @@ def test_round_trip_every_event_type(event_type: str, data: st.DataObject) -> No
 
 def test_datetime_mode_returns_aware_datetimes() -> None:
     codec = AvroCodec(REGISTRY)
-    record = {"event_id": "x", "occurred_at": 1_700_000_000_000, "recorded_at": 1_700_000_000_000, "customer_id": "c"}
+    record = {
+        "event_id": "x",
+        "occurred_at": 1_700_000_000_000,
+        "recorded_at": 1_700_000_000_000,
+        "customer_id": "c",
+    }
     _, decoded = codec.decode(codec.encode("CustomerForgotten", record))
     assert decoded["occurred_at"].tzinfo is not None
 
 
 def _sample() -> bytes:
-    return CODEC.encode("CustomerForgotten", {"event_id": "e", "occurred_at": 1, "recorded_at": 2, "customer_id": "c"})
+    return CODEC.encode(
+        "CustomerForgotten",
+        {"event_id": "e", "occurred_at": 1, "recorded_at": 2, "customer_id": "c"},
+    )
 
 
 def test_wrong_magic_byte() -> None:
@@ -99,14 +107,27 @@ def test_decode_many_isolates_bad_messages() -> None:
 
 def test_encode_error_names_the_field() -> None:
     with pytest.raises(EncodeError, match="'customer_id'"):
-        CODEC.encode("CustomerForgotten", {"event_id": "e", "occurred_at": 1, "recorded_at": 2, "customer_id": 5})
+        CODEC.encode(
+            "CustomerForgotten",
+            {"event_id": "e", "occurred_at": 1, "recorded_at": 2, "customer_id": 5},
+        )
 
 
 def test_v1_survey_is_read_as_v2_with_defaults() -> None:
     v1 = REGISTRY.versions("SurveyAnswered")[0]
     assert v1.version == 1
-    record = {"event_id": "e", "occurred_at": 1, "recorded_at": 2, "customer_id": "c", "case_id": "k",
-              "interaction_id": None, "employee_id": "e1", "csat": 5, "nps": None, "ces": None}
+    record = {
+        "event_id": "e",
+        "occurred_at": 1,
+        "recorded_at": 2,
+        "customer_id": "c",
+        "case_id": "k",
+        "interaction_id": None,
+        "employee_id": "e1",
+        "csat": 5,
+        "nps": None,
+        "ces": None,
+    }
     buffer = io.BytesIO()
     buffer.write(HEADER.pack(0, v1.schema_id))
     fastavro.schemaless_writer(buffer, v1.parsed, record)

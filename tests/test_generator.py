@@ -16,15 +16,36 @@ def _generate(**kwargs: object) -> str:
 
 
 def test_same_seed_same_bytes() -> None:
-    assert _generate(customers=150, employees=12, months=2, seed=5) == _generate(customers=150, employees=12, months=2, seed=5)
-    assert _generate(customers=150, employees=12, months=2, seed=5) != _generate(customers=150, employees=12, months=2, seed=6)
+    assert _generate(customers=150, employees=12, months=2, seed=5) == _generate(
+        customers=150, employees=12, months=2, seed=5
+    )
+    assert _generate(customers=150, employees=12, months=2, seed=5) != _generate(
+        customers=150, employees=12, months=2, seed=6
+    )
 
 
 def test_history_has_every_kind_of_fact() -> None:
-    types = Counter(json.loads(line)["type"] for line in _generate(customers=600, employees=20, months=3, seed=2).splitlines())
-    for expected in ("CustomerRegistered", "EmployeeJoined", "InteractionRecorded", "CaseOpened", "CaseAccepted",
-                     "CaseEscalated", "CaseResolved", "CaseReopened", "CaseClosed", "SurveyAnswered",
-                     "ArticleCreated", "ArticleLinked", "KnowledgeShared", "RelationshipAttemptMade", "ComplimentReceived"):
+    types = Counter(
+        json.loads(line)["type"]
+        for line in _generate(customers=600, employees=20, months=3, seed=2).splitlines()
+    )
+    for expected in (
+        "CustomerRegistered",
+        "EmployeeJoined",
+        "InteractionRecorded",
+        "CaseOpened",
+        "CaseAccepted",
+        "CaseEscalated",
+        "CaseResolved",
+        "CaseReopened",
+        "CaseClosed",
+        "SurveyAnswered",
+        "ArticleCreated",
+        "ArticleLinked",
+        "KnowledgeShared",
+        "RelationshipAttemptMade",
+        "ComplimentReceived",
+    ):
         assert types[expected] > 0, expected
 
 

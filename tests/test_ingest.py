@@ -24,7 +24,13 @@ def write_jsonl(path: Path, records: list[dict[str, Any]], extra_lines: list[str
     return path
 
 
-def ingest(app: LedgerApplication, parser: RecordParser, path: Path, rejects: Path | None = None, batch_size: int = 3) -> Any:
+def ingest(
+    app: LedgerApplication,
+    parser: RecordParser,
+    path: Path,
+    rejects: Path | None = None,
+    batch_size: int = 3,
+) -> Any:
     sink = RejectSink(rejects, echo=None)
     try:
         return ingest_records(app, read_file(path, parser), sink, batch_size=batch_size)
@@ -33,7 +39,16 @@ def ingest(app: LedgerApplication, parser: RecordParser, path: Path, rejects: Pa
 
 
 def test_mixed_file_exact_counts(app: LedgerApplication, parser: RecordParser, tmp_path: Path) -> None:
-    good = [*basics(), rec("InteractionRecorded", customer_id="c1", employee_id="e1", channel="chat", direction="inbound")]
+    good = [
+        *basics(),
+        rec(
+            "InteractionRecorded",
+            customer_id="c1",
+            employee_id="e1",
+            channel="chat",
+            direction="inbound",
+        ),
+    ]
     duplicate = dict(good[-1])
     bad = [
         rec("SurveyAnswered", customer_id="c1", case_id="k", csat=9),
@@ -50,8 +65,22 @@ def test_mixed_file_exact_counts(app: LedgerApplication, parser: RecordParser, t
     assert app.max_position() == 6
 
 
-def test_reimport_and_overlap_are_idempotent(app: LedgerApplication, parser: RecordParser, tmp_path: Path) -> None:
-    records = [*basics(), *[rec("InteractionRecorded", customer_id="c2", employee_id="e2", channel="web", direction="outbound") for _ in range(7)]]
+def test_reimport_and_overlap_are_idempotent(
+    app: LedgerApplication, parser: RecordParser, tmp_path: Path
+) -> None:
+    records = [
+        *basics(),
+        *[
+            rec(
+                "InteractionRecorded",
+                customer_id="c2",
+                employee_id="e2",
+                channel="web",
+                direction="outbound",
+            )
+            for _ in range(7)
+        ],
+    ]
     first = write_jsonl(tmp_path / "a.jsonl", records[:8])
     overlap = write_jsonl(tmp_path / "b.jsonl", records[4:])
     assert ingest(app, parser, first).accepted == 8
@@ -64,7 +93,17 @@ def test_reimport_and_overlap_are_idempotent(app: LedgerApplication, parser: Rec
 
 def test_csv_input(app: LedgerApplication, parser: RecordParser, tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
-    rows = [*basics(), rec("CaseOpened", case_id="k1", customer_id="c1", kind="complaint", channel="email", summary="late, again")]
+    rows = [
+        *basics(),
+        rec(
+            "CaseOpened",
+            case_id="k1",
+            customer_id="c1",
+            kind="complaint",
+            channel="email",
+            summary="late, again",
+        ),
+    ]
     columns = sorted({k for r in rows for k in r})
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -77,7 +116,9 @@ def test_csv_input(app: LedgerApplication, parser: RecordParser, tmp_path: Path)
     assert opened["summary"] == "late, again"
 
 
-def test_generated_history_lands_completely(app: LedgerApplication, parser: RecordParser, tmp_path: Path) -> None:
+def test_generated_history_lands_completely(
+    app: LedgerApplication, parser: RecordParser, tmp_path: Path
+) -> None:
     path = tmp_path / "h.jsonl"
     with path.open("w") as handle:
         written = write_history(GeneratorConfig(customers=120, employees=10, months=2, seed=3), handle)
@@ -90,7 +131,10 @@ def test_generated_history_lands_completely(app: LedgerApplication, parser: Reco
 def test_kill_and_resume_import_equals_uninterrupted(tmp_path: Path, parser: RecordParser) -> None:
     history = tmp_path / "h.jsonl"
     with history.open("w") as handle:
-        write_history(GeneratorConfig(customers=3000, employees=30, months=3, seed=11, invalid_rate=0.002), handle)
+        write_history(
+            GeneratorConfig(customers=3000, employees=30, months=3, seed=11, invalid_rate=0.002),
+            handle,
+        )
     killed_store = tmp_path / "killed.sqlite"
     env = {"CRM_LEDGER_STORE": str(killed_store), "CRM_LEDGER_DB": str(tmp_path / "k.duckdb")}
     process = start_cli("ingest", "--batch-size", "500", str(history), env=env)

@@ -36,7 +36,14 @@ def test_bad_fields_are_named(parser: RecordParser, changes: dict[str, object], 
 
 def test_csv_text_is_coerced(parser: RecordParser) -> None:
     fact = parser.parse(
-        rec("CaseResolved", case_id="k", employee_id="e", resolution_code="fixed", first_contact="yes", article_ids="a1; a2|a3")
+        rec(
+            "CaseResolved",
+            case_id="k",
+            employee_id="e",
+            resolution_code="fixed",
+            first_contact="yes",
+            article_ids="a1; a2|a3",
+        )
         | {"customer_id": ""}
     )
     assert fact.data["first_contact"] is True
@@ -53,7 +60,17 @@ def test_channel_and_kind_rules(parser: RecordParser) -> None:
 
 def test_internal_event_types_are_not_importable(parser: RecordParser) -> None:
     with pytest.raises(ValidationError, match="unknown event type"):
-        parser.parse(rec("RewardStatementIssued", period="2026-01", employee_id="e", score=1.0, components="{}", version="v", spec_name="s"))
+        parser.parse(
+            rec(
+                "RewardStatementIssued",
+                period="2026-01",
+                employee_id="e",
+                score=1.0,
+                components="{}",
+                version="v",
+                spec_name="s",
+            )
+        )
 
 
 def test_timestamps() -> None:

@@ -49,7 +49,9 @@ def test_type_change_fails(tmp_path: Path) -> None:
 
 
 def test_invalid_avro_names_the_file(tmp_path: Path) -> None:
-    (tmp_path / "Broken.v1.avsc").write_text('{"type": "record", "name": "Broken", "namespace": "crm.ledger", "doc": "x", "fields": [{"name": "a", "type": "nope"}]}')
+    (tmp_path / "Broken.v1.avsc").write_text(
+        '{"type": "record", "name": "Broken", "namespace": "crm.ledger", "doc": "x", "fields": [{"name": "a", "type": "nope"}]}'
+    )
     assign_ids(tmp_path)
     problems = check_folder(tmp_path)
     assert [p.where for p in problems] == ["Broken.v1.avsc"]
