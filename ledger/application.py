@@ -82,65 +82,59 @@ class _UnitOfWork:
     """Aggregates touched by one batch, looked up once each.
 
     Ids the store does not hold are found with one query per batch (`prefetch`), so new
-    facts, the bulk of any import, cost no read at all.
+    facts, the bulk of any import, cost no read at all. Internally aggregates are keyed
+    by (kind, business key) tuples, which hash far faster than UUIDs.
     """
 
     def __init__(self, app: LedgerApplication, recorded_at: datetime) -> None:
         self._app = app
         self.recorded_at = recorded_at
-        self.touched: dict[UUID, LedgerAggregate] = {}
+        self.touched: dict[tuple[str, str], LedgerAggregate] = {}
         #: One-off facts are only events: no aggregate object is kept for them.
-        self.new_occurrences: dict[UUID, LedgerAggregate.Started] = {}
-        self._absent: set[UUID] = set()
-        self._present: set[UUID] = set()
+        self.new_occurrences: dict[tuple[str, str], LedgerAggregate.Started] = {}
+        self._absent: set[tuple[str, str]] = set()
+        self._present: set[tuple[str, str]] = set()
 
-    def prefetch(self, ids: set[UUID]) -> None:
-        cache = self._app.repository.cache
-        unknown = set()
-        for agg_id in ids:
-            try:
-                if cache is None:
-                    raise KeyError(agg_id)
-                cache.get(agg_id)
-            except KeyError:
-                unknown.add(agg_id)
-        self._present = existing_ids(self._app.recorder, unknown)
-        self._absent = unknown - self._present
+    def prefetch(self, refs: set[tuple[str, str]]) -> None:
+        by_id = {aggregate_id(kind, key): (kind, key) for kind, key in refs}
+        found = existing_ids(self._app.recorder, by_id)
+        self._present = {by_id[agg_id] for agg_id in found}
+        self._absent = refs - self._present
 
     def exists(self, cls: type[LedgerAggregate], key: str) -> bool:
         """Whether the aggregate exists, without loading it when the store already said so."""
-        agg_id = aggregate_id(cls.KIND, key)
-        if agg_id in self._present or agg_id in self.new_occurrences:
+        ref = (cls.KIND, key)
+        if ref in self._present or ref in self.new_occurrences:
             return True
         return self.get(cls, key) is not None
 
     def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
-        agg_id = aggregate_id(cls.KIND, key)
-        aggregate = self.touched.get(agg_id)
+        ref = (cls.KIND, key)
+        aggregate = self.touched.get(ref)
         if aggregate is not None:
             return aggregate if isinstance(aggregate, cls) else None
-        started = self.new_occurrences.get(agg_id)
+        started = self.new_occurrences.get(ref)
         if started is not None:
             aggregate = started.mutate(None)
-        elif agg_id in self._absent:
+        elif ref in self._absent:
             return None
         else:
             try:
-                aggregate = self._app.repository.get(agg_id)
+                aggregate = self._app.repository.get(aggregate_id(cls.KIND, key))
             except AggregateNotFoundError:
-                self._absent.add(agg_id)
+                self._absent.add(ref)
                 return None
         if not isinstance(aggregate, cls):
             return None
         if cls is not Occurrence:
-            self.touched[agg_id] = aggregate
+            self.touched[ref] = aggregate
         return aggregate
 
     def start(self, cls: type[LedgerAggregate], fact: Fact, key: str) -> None:
-        agg_id = aggregate_id(cls.KIND, key)
+        ref = (cls.KIND, key)
         if cls is Occurrence:
-            self.new_occurrences[agg_id] = cls.Started(  # type: ignore[call-arg]
-                originator_id=agg_id,
+            self.new_occurrences[ref] = cls.Started(  # type: ignore[call-arg]
+                originator_id=aggregate_id(cls.KIND, key),
                 originator_version=1,
                 timestamp=self.recorded_at,
                 originator_topic=_OCCURRENCE_TOPIC,
@@ -150,14 +144,17 @@ class _UnitOfWork:
                 data=fact.data,
             )
         else:
-            self.touched[agg_id] = cls.start(fact, key, self.recorded_at)
-        self._absent.discard(agg_id)
+            self.touched[ref] = cls.start(fact, key, self.recorded_at)
+        self._absent.discard(ref)
 
     def pending_events(self) -> list[Any]:
         events: list[Any] = list(self.new_occurrences.values())
         for aggregate in self.touched.values():
             events.extend(aggregate.collect_events())
         return events
+
+    def aggregates_by_id(self) -> dict[UUID, LedgerAggregate]:
+        return {aggregate.id: aggregate for aggregate in self.touched.values()}
 
 
 class LedgerApplication(Application[UUID]):
@@ -197,13 +194,13 @@ class LedgerApplication(Application[UUID]):
 
     def _record_once(self, facts: Sequence[Fact]) -> list[Outcome]:
         work = _UnitOfWork(self, datetime.now(tz=UTC))
-        work.prefetch({aggregate_id(kind, key) for fact in facts for kind, key in _references(fact)})
+        work.prefetch({ref for fact in facts for ref in _references(fact)})
         outcomes = [self._decide(fact, work) for fact in facts]
         events = work.pending_events()
         if events:
             processing = ProcessingEvent[UUID]()
             processing.events.extend(events)
-            processing.aggregates.update(work.touched)
+            processing.aggregates.update(work.aggregates_by_id())
             try:
                 # eventsourcing's own recording step, given events directly: its save()
                 # would re-discover them from each aggregate through slow protocol checks.

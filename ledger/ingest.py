@@ -60,31 +60,30 @@ def _raise_csv_field_limit() -> None:
         _csv_limit_raised = True
 
 
+def parse_json_line(name: str, number: int, line: bytes, parser: RecordParser) -> SourceRecord:
+    """One JSONL line into a SourceRecord (blank lines carry neither fact nor error)."""
+    size = len(line)
+    text = line.decode("utf-8", errors="replace").strip()
+    location = f"{name}:{number}"
+    if not text:
+        return SourceRecord(location, "", None, None, size)
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValidationError("(record)", "each line must be a JSON object")
+        return SourceRecord(location, text, parser.parse(raw), None, size)
+    except json.JSONDecodeError as error:
+        invalid = ValidationError("(record)", f"invalid JSON: {error.msg}")
+        return SourceRecord(location, text, None, invalid, size)
+    except ValidationError as error:
+        return SourceRecord(location, text, None, error, size)
+
+
 def read_jsonl(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
-    """Parse a JSON-lines file record by record; blank lines are skipped."""
+    """Parse a JSON-lines file record by record, in this process."""
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
-            size = len(line)
-            text = line.decode("utf-8", errors="replace").strip()
-            if not text:
-                yield SourceRecord(f"{path.name}:{number}", "", None, None, size)
-                continue
-            location = f"{path.name}:{number}"
-            try:
-                raw = json.loads(text)
-                if not isinstance(raw, dict):
-                    raise ValidationError("(record)", "each line must be a JSON object")
-                yield SourceRecord(location, text, parser.parse(raw), None, size)
-            except json.JSONDecodeError as error:
-                yield SourceRecord(
-                    location,
-                    text,
-                    None,
-                    ValidationError("(record)", f"invalid JSON: {error.msg}"),
-                    size,
-                )
-            except ValidationError as error:
-                yield SourceRecord(location, text, None, error, size)
+            yield parse_json_line(path.name, number, line, parser)
 
 
 def read_csv(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:

@@ -6,13 +6,15 @@ JSON in `payload`, and the exact bytes in `value`, so the hash chain can be reco
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from projections.sources import RawBatch
+from schemas.codec import DecodedGroup
+from schemas.registry import SchemaRegistry
 
 #: (column, DuckDB type, Arrow type) of fields copied from the decoded record.
 RECORD_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
@@ -60,52 +62,93 @@ CREATE TABLE IF NOT EXISTS {v}.events (
     chain VARCHAR
 )""".replace("{record_columns}", ",\n    ".join(f"{name} {sql}" for name, sql, _ in RECORD_COLUMNS))
 
-EVENT_SCHEMA = pa.schema(
-    [
-        ("notification_id", pa.int64()),
-        ("source", pa.string()),
-        ("partition", pa.int32()),
-        ("offset", pa.int64()),
-        ("event_type", pa.string()),
-        ("event_id", pa.string()),
-        ("schema_version", pa.int32()),
-        ("occurred_at", pa.timestamp("ms")),
-        ("recorded_at", pa.timestamp("ms")),
-        *[(name, arrow) for name, _, arrow in RECORD_COLUMNS],
-        ("payload", pa.string()),
-        ("value", pa.binary()),
-        ("chain", pa.string()),
-    ]
-)
-_ENVELOPE = ("event_id", "occurred_at", "recorded_at")
+_ENVELOPE_COLUMNS = ("notification_id", "source", "partition", "offset", "schema_version", "value", "chain")
+_ENVELOPE_TYPES = (pa.int64(), pa.string(), pa.int32(), pa.int64(), pa.int32(), pa.binary(), pa.string())
+_AVRO_TO_ARROW: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int32(),
+    "long": pa.int64(),
+    "boolean": pa.bool_(),
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "bytes": pa.binary(),
+}
 
 
-def _json_default(value: Any) -> Any:
-    return str(value)
+def _arrow_type(avro_type: Any) -> pa.DataType:
+    if isinstance(avro_type, list):
+        return _arrow_type(next(t for t in avro_type if t != "null"))
+    if isinstance(avro_type, dict):
+        if avro_type.get("type") == "array":
+            return pa.list_(_arrow_type(avro_type["items"]))
+        return _arrow_type(avro_type["type"])
+    return _AVRO_TO_ARROW[avro_type]
 
 
-def events_table(
-    batch: RawBatch,
-    chosen: Sequence[int],
-    records: Sequence[tuple[str, dict[str, Any]]],
-    schema_versions: Sequence[int],
-) -> pa.Table:
-    """An Arrow table of the `chosen` messages of a batch and their decoded records."""
-    dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=_json_default).encode
-    columns: dict[str, list[Any]] = {
-        "notification_id": [batch.notification_ids[i] for i in chosen],
-        "source": [batch.sources[i] for i in chosen],
-        "partition": [batch.partitions[i] for i in chosen],
-        "offset": [batch.offsets[i] for i in chosen],
-        "event_type": [t for t, _ in records],
-        "event_id": [r["event_id"] for _, r in records],
-        "schema_version": list(schema_versions),
-        "occurred_at": [r["occurred_at"] for _, r in records],
-        "recorded_at": [r.get("recorded_at") for _, r in records],
-    }
-    for name, _, _ in RECORD_COLUMNS:
-        columns[name] = [r.get(name) for _, r in records]
-    columns["payload"] = [dumps(r) for _, r in records]
-    columns["value"] = [batch.values[i] for i in chosen]
-    columns["chain"] = [batch.chains[i] for i in chosen]
-    return pa.table(columns, schema=EVENT_SCHEMA)
+def record_struct(fields: Sequence[Mapping[str, Any]]) -> pa.StructType:
+    """The Arrow struct of an Avro record (timestamps as epoch milliseconds)."""
+    return pa.struct([pa.field(f["name"], _arrow_type(f["type"])) for f in fields])
+
+
+class EventsWriter:
+    """Appends decoded events to a version's `events` table, one Arrow insert per event type.
+
+    Records become one Arrow struct column per event type (a single C++ pass over the
+    dicts); DuckDB then extracts the columns and writes the JSON payload itself, so no
+    per-event Python work remains beyond decoding.
+    """
+
+    def __init__(self, registry: SchemaRegistry) -> None:
+        self._versions = {v.schema_id: v.version for v in registry.all_versions()}
+        self._structs: dict[str, pa.StructType] = {}
+        self._selects: dict[str, str] = {}
+        for event_type in registry.event_types:
+            fields = list(registry.latest(event_type).raw["fields"])
+            names = {f["name"] for f in fields}
+            self._structs[event_type] = record_struct(fields)
+            columns = [
+                f"rec.{name}::{sql}" if name in names else f"NULL::{sql}" for name, sql, _ in RECORD_COLUMNS
+            ]
+            recorded = "epoch_ms(rec.recorded_at)" if "recorded_at" in names else "NULL"
+            self._selects[event_type] = (
+                'SELECT notification_id, source, "partition", "offset", '
+                f"'{event_type}', rec.event_id, schema_version, epoch_ms(rec.occurred_at), {recorded}, "
+                + ", ".join(columns)
+                + ", to_json(rec), value, chain FROM incoming_events"
+            )
+
+    def insert(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        schema: str,
+        batch: RawBatch,
+        groups: Sequence[DecodedGroup],
+        *,
+        as_of_ms: int | None = None,
+    ) -> int:
+        """Insert decoded groups (events after `as_of_ms` are left out); returns rows inserted."""
+        inserted = 0
+        for group in groups:
+            indexes = group.indexes
+            envelope = [
+                [batch.notification_ids[i] for i in indexes],
+                [batch.sources[i] for i in indexes],
+                [batch.partitions[i] for i in indexes],
+                [batch.offsets[i] for i in indexes],
+                [self._versions[group.schema_id]] * len(indexes),
+                [batch.values[i] for i in indexes],
+                [batch.chains[i] for i in indexes],
+            ]
+            arrays = [pa.array(v, type=t) for v, t in zip(envelope, _ENVELOPE_TYPES, strict=True)]
+            arrays.append(pa.array(group.records, type=self._structs[group.event_type]))
+            table = pa.Table.from_arrays(arrays, names=[*_ENVELOPE_COLUMNS, "rec"])
+            where = "" if as_of_ms is None else f" WHERE rec.occurred_at <= {int(as_of_ms)}"
+            connection.register("incoming_events", table)
+            try:
+                result = connection.execute(
+                    f"INSERT INTO {schema}.events {self._selects[group.event_type]}{where}"
+                ).fetchone()
+            finally:
+                connection.unregister("incoming_events")
+            inserted += int(result[0]) if result else 0
+        return inserted

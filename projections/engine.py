@@ -13,18 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-import pyarrow as pa
 
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.records import parse_timestamp
-from projections.columns import events_table
+from projections.columns import EventsWriter
 from projections.models import all_model_sql, scores_only_sql
 from projections.sources import LogSource, RawBatch
 from projections.store import ProjectionDB, VersionInfo, _now
 from schemas.codec import AvroCodec
-from schemas.errors import DecodeError
 
 
 @dataclass
@@ -52,44 +48,28 @@ class Projector:
         self.codec = codec
         self.tracking = db.tracking(version)
         self._as_of_ms = int(version.as_of.timestamp() * 1000) if version.as_of else None
-        self._schema_versions = {v.schema_id: v.version for v in codec.registry.all_versions()}
         self.spec = version.spec()
+        self.writer = EventsWriter(codec.registry)
 
     def apply(self, batch: RawBatch) -> tuple[int, int]:
         """Append one batch and its positions in one transaction; (applied, dead letters)."""
-        decoded = self.codec.decode_many(batch.values)
-        good: list[int] = []
-        dead: list[tuple[Any, ...]] = []
-        records: list[tuple[str, dict[str, Any]]] = []
-        for index, result in enumerate(decoded):
-            if isinstance(result, DecodeError):
-                dead.append(
-                    (
-                        batch.sources[index],
-                        batch.partitions[index],
-                        batch.offsets[index],
-                        batch.notification_ids[index],
-                        str(result),
-                        batch.values[index],
-                        _now(),
-                    )
-                )
-                continue
-            if self._as_of_ms is not None and result[1]["occurred_at"] > self._as_of_ms:
-                continue
-            good.append(index)
-            records.append(result)
+        groups, errors = self.codec.decode_groups(batch.values)
+        dead = [
+            (
+                batch.sources[i],
+                batch.partitions[i],
+                batch.offsets[i],
+                batch.notification_ids[i],
+                str(error),
+                batch.values[i],
+                _now(),
+            )
+            for i, error in errors
+        ]
         con = self.db.connection
         con.execute("BEGIN TRANSACTION")
         try:
-            if good:
-                table = events_table(
-                    batch,
-                    good,
-                    records,
-                    [self._schema_versions.get(int.from_bytes(batch.values[i][1:5], "big"), 0) for i in good],
-                )
-                self._insert_arrow(table)
+            applied = self.writer.insert(con, self.version.schema, batch, groups, as_of_ms=self._as_of_ms)
             if dead:
                 con.executemany(
                     f"INSERT INTO {self.version.schema}.dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -104,15 +84,7 @@ class Projector:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
-        return len(good), len(dead)
-
-    def _insert_arrow(self, table: pa.Table) -> None:
-        con = self.db.connection
-        con.register("incoming_events", table)
-        try:
-            con.execute(f"INSERT INTO {self.version.schema}.events SELECT * FROM incoming_events")
-        finally:
-            con.unregister("incoming_events")
+        return applied, len(dead)
 
     def refresh(self, *, scores_only: bool = False) -> None:
         """Rebuild the read models (or just the scores) in one transaction."""

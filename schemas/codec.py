@@ -10,6 +10,7 @@ import copy
 import io
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fastavro
@@ -32,6 +33,16 @@ def _strip_timestamp_logical_types(raw: Any) -> Any:
     if isinstance(raw, list):
         return [_strip_timestamp_logical_types(v) for v in raw]
     return raw
+
+
+@dataclass(frozen=True)
+class DecodedGroup:
+    """Records of one schema version from a batch, with their positions in the batch."""
+
+    schema_id: int
+    event_type: str
+    indexes: list[int]
+    records: list[dict[str, Any]]
 
 
 class AvroCodec:
@@ -130,38 +141,54 @@ class AvroCodec:
             raise DecodeError(f"{event_type} (schema id {schema_id}): not a record")
         return event_type, record
 
-    def decode_many(self, messages: Sequence[bytes]) -> list[tuple[str, dict[str, Any]] | DecodeError]:
-        """Decode a batch: per message a (type, record) or the DecodeError it raised.
+    def decode_groups(
+        self, messages: Sequence[bytes]
+    ) -> tuple[list[DecodedGroup], list[tuple[int, DecodeError]]]:
+        """Decode a batch into groups of one schema each, plus (index, error) per bad message.
 
         Bodies sharing a schema id are decoded in one call, framed as one Avro array:
         the per-call overhead of fastavro, not the bytes, dominates for small records.
         Should a group fail, its messages are decoded one by one so that only the bad
         ones are reported.
         """
-        results: list[tuple[str, dict[str, Any]] | DecodeError | None] = [None] * len(messages)
-        groups: dict[int, list[int]] = {}
+        errors: list[tuple[int, DecodeError]] = []
+        by_schema: dict[int, list[int]] = {}
         for index, message in enumerate(messages):
             try:
                 schema_id = self.schema_id(message)
             except DecodeError as error:
-                results[index] = error
+                errors.append((index, error))
                 continue
             if schema_id not in self._readers:
-                results[index] = DecodeError(f"unknown schema id {schema_id}")
+                errors.append((index, DecodeError(f"unknown schema id {schema_id}")))
                 continue
-            groups.setdefault(schema_id, []).append(index)
-        for schema_id, indexes in groups.items():
-            records = self._decode_group(schema_id, [messages[i] for i in indexes])
+            by_schema.setdefault(schema_id, []).append(index)
+        groups = []
+        for schema_id, indexes in by_schema.items():
             event_type = self._readers[schema_id][0]
+            records = self._decode_group(schema_id, [messages[i] for i in indexes])
+            kept = indexes
             if records is None:
+                kept, records = [], []
                 for index in indexes:
                     try:
-                        results[index] = self.decode(messages[index])
+                        records.append(self.decode(messages[index])[1])
+                        kept.append(index)
                     except DecodeError as error:
-                        results[index] = error
-            else:
-                for index, record in zip(indexes, records, strict=True):
-                    results[index] = (event_type, record)
+                        errors.append((index, error))
+            if kept:
+                groups.append(DecodedGroup(schema_id, event_type, kept, records))
+        return groups, errors
+
+    def decode_many(self, messages: Sequence[bytes]) -> list[tuple[str, dict[str, Any]] | DecodeError]:
+        """Decode a batch: per message, in order, a (type, record) or its DecodeError."""
+        results: list[tuple[str, dict[str, Any]] | DecodeError | None] = [None] * len(messages)
+        groups, errors = self.decode_groups(messages)
+        for group in groups:
+            for index, record in zip(group.indexes, group.records, strict=True):
+                results[index] = (group.event_type, record)
+        for index, error in errors:
+            results[index] = error
         return results  # type: ignore[return-value]
 
     def _decode_group(self, schema_id: int, messages: list[bytes]) -> list[dict[str, Any]] | None:
