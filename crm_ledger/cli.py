@@ -6,6 +6,7 @@ Settings come from flags and CRM_LEDGER_* variables, read here and passed down.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -14,6 +15,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from crm_ledger import broker
 from crm_ledger.errors import CrmLedgerError
@@ -21,8 +23,9 @@ from crm_ledger.progress import progress_bar
 from crm_ledger.runtime import graceful_stop, open_ledger
 from crm_ledger.settings import Settings
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# Tables stay readable when piped: no wrapping at 80 columns outside a terminal.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -307,6 +310,211 @@ def project(
             refresh_interval_s=refresh_interval,
         )
     click.echo(result)
+
+
+_version_arg = click.argument("version")
+
+
+@cli.command()
+@click.option(
+    "--metrics",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The metric spec (TOML) to build a version for.",
+)
+@_source_option
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Only events with occurred_at <= this moment (ISO date or timestamp, UTC).",
+)
+@click.option("--name", default=None, help="Human name of the version (default: the spec's name).")
+@click.option(
+    "--full", is_flag=True, help="Replay the log even when only weights, caps or smoothing changed."
+)
+@click.pass_context
+def replay(
+    ctx: click.Context, metrics: Path, source: str, as_of: str | None, name: str | None, full: bool
+) -> None:
+    """Build a new version of the read models side by side with the live one (resumable)."""
+    from projections.engine import parse_as_of
+    from replay.build import replay as run_replay
+
+    settings = _settings(ctx)
+    moment = parse_as_of(as_of)
+    with graceful_stop() as stop, progress_bar("replay", None) as reporter:
+        result = run_replay(
+            settings, metrics, source, as_of=moment, name=name, full=full, reporter=reporter, should_stop=stop
+        )
+    click.echo(result.message())
+    if result.mode == "interrupted":
+        raise SystemExit(130)
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def versions(ctx: click.Context, fmt: str) -> None:
+    """List the versions of the read models (name, hash, built, events, position, promoted)."""
+    from projections.store import ProjectionDB
+
+    with ProjectionDB(_settings(ctx).projections_db) as db:
+        rows = db.versions()
+    if fmt == "json":
+        click.echo(json.dumps([_version_row(v) for v in rows], indent=2, default=str))
+        return
+    table = Table(
+        "version",
+        "name",
+        "spec hash",
+        "as of",
+        "source",
+        "state",
+        "built at",
+        "events",
+        "position",
+        "promoted",
+    )
+    for v in rows:
+        state = v.state + (f" (shares {v.built_from})" if v.built_from else "")
+        table.add_row(
+            v.version,
+            v.name,
+            v.spec_hash[:12],
+            str(v.as_of or ""),
+            v.source,
+            state,
+            str(v.built_at or ""),
+            str(v.events),
+            v.position or "",
+            "yes" if v.promoted else "",
+        )
+    out.print(table)
+
+
+def _version_row(v: Any) -> dict[str, Any]:
+    keys = (
+        "version",
+        "name",
+        "spec_hash",
+        "kpi_hash",
+        "as_of",
+        "source",
+        "state",
+        "created_at",
+        "built_at",
+        "events",
+        "position",
+        "built_from",
+        "promoted",
+    )
+    return {k: getattr(v, k) for k in keys}
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="Reward threshold whose crossings are listed.",
+)
+@click.option(
+    "--limit", type=click.IntRange(1), default=20, show_default=True, help="Rows shown in table format."
+)
+@click.pass_context
+def diff(ctx: click.Context, old: str, new: str, fmt: str, threshold: float, limit: int) -> None:
+    """Compare two versions: score and rank changes per employee-period, KPI changes, summary."""
+    from projections.store import ProjectionDB
+    from replay.diff import diff_versions
+
+    with ProjectionDB(_settings(ctx).projections_db) as db:
+        report = diff_versions(db.connection, db.find_version(old), db.find_version(new), threshold)
+    if fmt == "json":
+        click.echo(report.to_json())
+    elif fmt == "csv":
+        click.echo(report.to_csv(), nl=False)
+    else:
+        _print_diff(report, limit)
+
+
+def _print_diff(report: Any, limit: int) -> None:
+    def num(value: float | None, digits: int = 2) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    table = Table(
+        "employee",
+        "period",
+        "old score",
+        "new score",
+        "change",
+        "old rank",
+        "new rank",
+        title=f"{report.old} -> {report.new}",
+    )
+    for r in report.rows[:limit]:
+        table.add_row(
+            r.employee_id,
+            r.period,
+            num(r.old_score),
+            num(r.new_score),
+            num(r.change),
+            str(r.old_rank or ""),
+            str(r.new_rank or ""),
+        )
+    out.print(table)
+    out.print(
+        f"rows compared {report.rows_compared}, changed {report.rows_changed}, "
+        f"Spearman rank correlation {num(report.spearman, 4)}"
+    )
+    for label, rows in (("largest gains", report.largest_gains), ("largest losses", report.largest_losses)):
+        out.print(
+            f"{label}: " + (", ".join(f"{r.employee_id} {r.period} {r.change:+.2f}" for r in rows) or "none")
+        )
+    threshold = f"{report.threshold:g}"
+    out.print(
+        f"crossed {threshold} upwards: "
+        + (", ".join(f"{r.employee_id} {r.period}" for r in report.crossed_up) or "none")
+    )
+    out.print(
+        f"crossed {threshold} downwards: "
+        + (", ".join(f"{r.employee_id} {r.period}" for r in report.crossed_down) or "none")
+    )
+    out.print(
+        "KPI values changed: " + (", ".join(f"{k} {v}" for k, v in report.kpi_changes.items()) or "none")
+    )
+
+
+@cli.command()
+@_version_arg
+@click.pass_context
+def promote(ctx: click.Context, version: str) -> None:
+    """Point the stable views at VERSION in one transaction (promoting an older one is the rollback)."""
+    from projections.store import ProjectionDB
+
+    with ProjectionDB(_settings(ctx).projections_db) as db:
+        target = db.find_version(version)
+        db.promote(target)
+    click.echo(f"promoted {target.version} ({target.name})")
+
+
+@cli.command()
+@_version_arg
+@click.pass_context
+def drop(ctx: click.Context, version: str) -> None:
+    """Delete a version (never the promoted one)."""
+    from projections.store import ProjectionDB
+
+    with ProjectionDB(_settings(ctx).projections_db) as db:
+        target = db.find_version(version)
+        db.drop(target)
+    click.echo(f"dropped {target.version} ({target.name})")
 
 
 @cli.command()

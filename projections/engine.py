@@ -41,12 +41,15 @@ class ProjectStats:
 class Projector:
     """Applies a log source to one version of the read models."""
 
-    def __init__(self, db: ProjectionDB, version: VersionInfo, source: LogSource, codec: AvroCodec) -> None:
+    def __init__(
+        self, db: ProjectionDB, version: VersionInfo, source: LogSource | None, codec: AvroCodec
+    ) -> None:
         self.db = db
         self.version = version
+        #: where the events live: the version itself, or the base of a weights-only version
+        self.storage = db.storage_version(version)
         self.source = source
         self.codec = codec
-        self.tracking = db.tracking(version)
         self._as_of_ms = int(version.as_of.timestamp() * 1000) if version.as_of else None
         self.spec = version.spec()
         self.writer = EventsWriter(codec.registry)
@@ -69,16 +72,16 @@ class Projector:
         con = self.db.connection
         con.execute("BEGIN TRANSACTION")
         try:
-            applied = self.writer.insert(con, self.version.schema, batch, groups, as_of_ms=self._as_of_ms)
+            applied = self.writer.insert(con, self.storage.schema, batch, groups, as_of_ms=self._as_of_ms)
             if dead:
                 con.executemany(
-                    f"INSERT INTO {self.version.schema}.dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO {self.storage.schema}.dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
                     dead,
                 )
-            self.tracking.record_positions(batch.positions.values())
+            self.db.tracking(self.storage).record_positions(batch.positions.values())
             con.execute(
-                "UPDATE main.crm_versions SET state = 'building' WHERE version = ?",
-                [self.version.version],
+                "UPDATE main.crm_versions SET state = 'building' WHERE version IN (?, ?)",
+                [self.version.version, self.storage.version],
             )
         except BaseException:
             con.execute("ROLLBACK")
@@ -89,16 +92,21 @@ class Projector:
     def refresh(self, *, scores_only: bool = False) -> None:
         """Rebuild the read models (or just the scores) in one transaction."""
         schema = self.version.schema
-        statements = (
-            scores_only_sql(schema, self.spec, self.version.version)
-            if scores_only
-            else all_model_sql(schema, self.spec, self.version.version)
-        )
+        statements = []
+        if self.storage.version != self.version.version and not scores_only:
+            # The shared KPI tables live with the base: bring the base up to date first.
+            statements += all_model_sql(self.storage.schema, self.storage.spec(), self.storage.version)
+        if scores_only or self.storage.version != self.version.version:
+            statements += scores_only_sql(schema, self.spec, self.version.version)
+        else:
+            statements += all_model_sql(schema, self.spec, self.version.version)
         con = self.db.connection
         con.execute("BEGIN TRANSACTION")
         try:
             for statement in statements:
                 con.execute(statement)
+            if self.storage.version != self.version.version and not scores_only:
+                self.db.mark_built(self.storage)
             self.db.mark_built(self.version)
         except BaseException:
             con.execute("ROLLBACK")
@@ -106,10 +114,11 @@ class Projector:
         con.execute("COMMIT")
 
     def needs_refresh(self) -> bool:
-        row = self.db.connection.execute(
-            "SELECT state FROM main.crm_versions WHERE version = ?", [self.version.version]
-        ).fetchone()
-        return row is None or row[0] != "ready"
+        rows = self.db.connection.execute(
+            "SELECT state FROM main.crm_versions WHERE version IN (?, ?)",
+            [self.version.version, self.storage.version],
+        ).fetchall()
+        return not rows or any(r[0] != "ready" for r in rows)
 
     def run(
         self,
@@ -122,14 +131,17 @@ class Projector:
         stop_after_batches: int | None = None,
     ) -> ProjectStats:
         """Catch up with the source (and keep following it when `follow`)."""
+        if self.source is None:
+            raise ValueError("this projector has no source: it can only refresh")
+        source = self.source
         reporter = reporter or SilentReporter()
         stats = ProjectStats()
         started = time.monotonic()
         last_refresh = time.monotonic()
         dirty = self.needs_refresh()
-        positions = self.tracking.positions()
-        reporter.total(self.source.lag(positions))
-        for batch in self.source.batches(positions, follow=follow):
+        positions = self.db.tracking(self.storage).positions()
+        reporter.total(source.lag(positions))
+        for batch in source.batches(positions, follow=follow):
             if should_stop():
                 break
             if len(batch):
@@ -153,8 +165,9 @@ class Projector:
                 last_refresh = time.monotonic()
                 if on_refresh is not None:
                     on_refresh()
-                if caught_up:
-                    reporter.total(None)
+            if follow and caught_up and not dirty:
+                # Idle: let go of the file so that other commands get their turn.
+                self.db.release()
         if dirty and not should_stop() and stop_after_batches is None:
             self.refresh()
             stats.refreshed = True

@@ -51,7 +51,8 @@ def project_promoted(
                 on_refresh=(lambda: on_refresh(db)) if on_refresh else None,
             )
         finally:
-            projector.source.close()
+            if projector.source is not None:
+                projector.source.close()
         if promoted is None and not projector.needs_refresh():
             db.promote(db.find_version(version.version))
         return (

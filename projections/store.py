@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,25 @@ from projections.models import STABLE_VIEWS
 from projections.spec import MetricSpec, parse_spec
 from projections.tracking import DuckDBTrackingRecorder
 
+DEAD_LETTERS_DDL = (
+    'CREATE TABLE IF NOT EXISTS {v}.dead_letters (source VARCHAR, "partition" INTEGER, '
+    '"offset" BIGINT, notification_id BIGINT, error VARCHAR, value BLOB, seen_at TIMESTAMP)'
+)
+#: What a weights-only version reads from its base instead of holding copies.
+SHARED_WITH_DERIVED = (
+    "events",
+    "tracking",
+    "dead_letters",
+    "team_history",
+    "measures",
+    "kpi_employee_month",
+    "kpi_team_month",
+    "kpi_employee_week",
+    "kpi_team_week",
+    "kpi_employee_day",
+    "kpi_team_day",
+    "customer_profile",
+)
 CATALOG_DDL = [
     """CREATE TABLE IF NOT EXISTS main.crm_versions (
         version VARCHAR PRIMARY KEY,
@@ -88,34 +108,54 @@ def is_lock_error(error: Exception) -> bool:
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
 
 
-def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the projection database with a clear error when another process writes it."""
+def connect(path: Path, *, read_only: bool = False, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Open the projection database, waiting up to `wait_s` while another process writes it.
+
+    DuckDB allows one writing process per file. A following projector releases the file
+    whenever it is idle, so short commands (promote, query, period close) get their turn.
+    """
     if read_only and not path.exists():
         raise ProjectionError(f"{path}: no projection database yet (run `crm-ledger project`)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as error:
-        if is_lock_error(error):
-            raise ProjectionError(
-                f"{path} is open for writing by another process (a running `project --follow`?): "
-                "DuckDB allows one writer per file; stop it first, or read the published snapshot "
-                "with `crm-ledger query`"
-            ) from error
-        raise
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as error:
+            if not is_lock_error(error):
+                raise
+            if time.monotonic() >= deadline:
+                raise ProjectionError(
+                    f"{path} stayed locked by another process for {wait_s:.0f}s (a busy "
+                    "`project --follow` or `replay`?): DuckDB allows one writer per file"
+                ) from error
+            time.sleep(0.1)
 
 
 class ProjectionDB:
     """A writer's handle on the projection database."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait_s: float = 30.0) -> None:
         self.path = path
-        self.connection = connect(path)
+        self.wait_s = wait_s
+        self._connection: duckdb.DuckDBPyConnection | None = connect(path, wait_s=wait_s)
         for statement in CATALOG_DDL:
             self.connection.execute(statement)
 
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        if self._connection is None:
+            self._connection = connect(self.path, wait_s=max(self.wait_s, 3600.0))
+        return self._connection
+
+    def release(self) -> None:
+        """Let go of the file (and its lock) until the next use: idle followers do this."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
     def close(self) -> None:
-        self.connection.close()
+        self.release()
 
     def __enter__(self) -> ProjectionDB:
         return self
@@ -147,8 +187,13 @@ class ProjectionDB:
         if len(by_prefix) == 1:
             return by_prefix[0]
         by_name = [v for v in versions if v.name == reference]
+        if len(by_name) == 1:
+            return by_name[0]
         if by_name:
-            return by_name[-1]
+            raise ProjectionError(
+                f"version name {reference!r} is ambiguous ({', '.join(v.version for v in by_name)}): "
+                "use the version id, or give replays distinct --name values"
+            )
         known = ", ".join(f"{v.version} ({v.name})" for v in versions) or "none"
         raise ProjectionError(f"unknown version {reference!r}; known versions: {known}")
 
@@ -174,12 +219,16 @@ class ProjectionDB:
         if exists is None:
             self.connection.execute("BEGIN TRANSACTION")
             self.connection.execute(f"CREATE SCHEMA IF NOT EXISTS {version}")
-            self.connection.execute(EVENTS_DDL.replace("{v}", version))
-            self.connection.execute(
-                f'CREATE TABLE IF NOT EXISTS {version}.dead_letters (source VARCHAR, "partition" INTEGER, '
-                '"offset" BIGINT, notification_id BIGINT, error VARCHAR, value BLOB, seen_at TIMESTAMP)'
-            )
-            DuckDBTrackingRecorder(self.connection, version)
+            if built_from is None:
+                self.connection.execute(EVENTS_DDL.replace("{v}", version))
+                self.connection.execute(DEAD_LETTERS_DDL.replace("{v}", version))
+                DuckDBTrackingRecorder(self.connection, version)
+            else:
+                # A weights-only version shares the log copy and KPI tables of its base.
+                for table in SHARED_WITH_DERIVED:
+                    self.connection.execute(
+                        f"CREATE VIEW {version}.{table} AS SELECT * FROM {built_from}.{table}"
+                    )
             self.connection.execute(
                 "INSERT INTO main.crm_versions (version, name, spec_hash, kpi_hash, spec_json, "
                 "spec_text, as_of, source, state, created_at, built_from) "
@@ -200,13 +249,42 @@ class ProjectionDB:
             self.connection.execute("COMMIT")
         return self.find_version(version)
 
+    def install(self, staging: Path, version: str) -> None:
+        """Copy a version built in a staging file into this database, in one transaction."""
+        con = self.connection
+        con.execute(f"ATTACH '{staging}' AS staging (READ_ONLY)")
+        try:
+            tables = [
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name = 'staging' "
+                    "AND schema_name = ?",
+                    [version],
+                ).fetchall()
+            ]
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"CREATE SCHEMA {version}")
+                for table in tables:
+                    con.execute(f"CREATE TABLE {version}.{table} AS SELECT * FROM staging.{version}.{table}")
+                con.execute(
+                    "INSERT INTO main.crm_versions SELECT * FROM staging.main.crm_versions WHERE version = ?",
+                    [version],
+                )
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.execute("DETACH staging")
+
     def tracking(self, version: VersionInfo) -> DuckDBTrackingRecorder:
         return DuckDBTrackingRecorder(self.connection, version.schema)
 
     def mark_built(self, version: VersionInfo) -> None:
         """Record that the version's read models are current (inside the caller's transaction)."""
         events = self.connection.execute(f"SELECT count(*) FROM {version.schema}.events").fetchone()
-        positions = self.tracking(version).positions()
+        positions = self.tracking(self.storage_version(version)).positions()
         position = json.dumps({k: p.offset for k, p in sorted(positions.items())})
         self.connection.execute(
             "UPDATE main.crm_versions SET state = 'ready', built_at = ?, events = ?, position = ? "
@@ -214,10 +292,21 @@ class ProjectionDB:
             [_now(), int(events[0]) if events else 0, position, version.version],
         )
 
+    def storage_version(self, version: VersionInfo) -> VersionInfo:
+        """The version whose `events` a (weights-only) derived version shares."""
+        while version.built_from:
+            version = self.find_version(version.built_from)
+        return version
+
     def promote(self, version: VersionInfo) -> None:
         """Point every stable view at `version`, in one transaction."""
-        if version.state != "ready":
+        if version.built_at is None:
             raise ProjectionError(f"version {version.version} is still building: finish its replay first")
+        if version.as_of is not None:
+            raise ProjectionError(
+                f"version {version.version} is frozen as of {version.as_of:%Y-%m-%d %H:%M:%S}: "
+                "it is for comparison (diff), not for promotion"
+            )
         con = self.connection
         con.execute("BEGIN TRANSACTION")
         try:
@@ -237,9 +326,15 @@ class ProjectionDB:
         con.execute("COMMIT")
 
     def drop(self, version: VersionInfo) -> None:
+        """Remove a version's schema and catalog row (never the promoted one)."""
         if version.version == self.promoted_version():
             raise ProjectionError(
                 f"version {version.version} is promoted: promote another version before dropping it"
+            )
+        dependants = [v.version for v in self.versions() if v.built_from == version.version]
+        if dependants:
+            raise ProjectionError(
+                f"version {version.version} holds the events of {', '.join(dependants)}: drop those first"
             )
         con = self.connection
         con.execute("BEGIN TRANSACTION")
