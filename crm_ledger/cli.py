@@ -6,6 +6,7 @@ Settings come from flags and CRM_LEDGER_* variables, read here and passed down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -515,6 +516,152 @@ def drop(ctx: click.Context, version: str) -> None:
         target = db.find_version(version)
         db.drop(target)
     click.echo(f"dropped {target.version} ({target.name})")
+
+
+# -- auditors ------------------------------------------------------------------------------
+@cli.group()
+def audit() -> None:
+    """Verify that the ledger is complete and untampered."""
+
+
+@audit.command("verify")
+@click.option(
+    "--source",
+    "sources",
+    type=click.Choice(["ledger", "kafka", "mirror"]),
+    multiple=True,
+    help="Copies to check (repeatable). Default: ledger and mirror, plus kafka when reachable.",
+)
+@click.pass_context
+def audit_verify(ctx: click.Context, sources: tuple[str, ...]) -> None:
+    """Recompute the hash chain from each copy and report the first gap, duplicate or alteration."""
+    from ledger.audit import kafka_entries, mirror_entries, store_entries, verify
+    from projections.readonly import reader
+
+    settings = _settings(ctx)
+    app = open_ledger(settings)
+    wanted = set(sources) or {"ledger", "mirror", "kafka?"}
+    copies: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        if wanted & {"mirror"} and (settings.projections_db.exists() or "mirror" in sources):
+            connection = stack.enter_context(reader(settings.projections_db))
+            copies["mirror"] = mirror_entries(connection)
+        if "kafka" in wanted or ("kafka?" in wanted and _kafka_reachable(settings)):
+            copies["kafka"] = kafka_entries(settings.bootstrap, settings.events_topic)
+        with progress_bar("audit", app.max_position()) as reporter:
+            report = verify(_counting(store_entries(app), reporter), copies)
+    for name, count in report.events.items():
+        click.echo(f"{name}: {count} events")
+    click.echo(f"chain head: {report.head}")
+    if report.ok:
+        click.echo("audit verify: all copies agree, chain intact")
+        return
+    for finding in report.findings:
+        click.echo(f"PROBLEM {finding}")
+    raise SystemExit(1)
+
+
+def _counting(entries: Any, reporter: Any) -> Any:
+    for count, entry in enumerate(entries, start=1):
+        if count % 10_000 == 0:
+            reporter.advance(10_000, events=10_000)
+        yield entry
+
+
+def _kafka_reachable(settings: Settings) -> bool:
+    from crm_ledger.kafka import topic_exists
+
+    return topic_exists(settings.bootstrap, settings.events_topic)
+
+
+@cli.command()
+@click.argument("sql")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "parquet"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write to this file (required for parquet).",
+)
+@click.pass_context
+def query(ctx: click.Context, sql: str, fmt: str, out: Path | None) -> None:
+    """Run read-only SQL against the projection database (writes are refused by DuckDB)."""
+    from projections.readonly import reader, render, run_query
+
+    with reader(_settings(ctx).projections_db) as connection:
+        relation = run_query(connection, sql)
+        if relation is None:
+            click.echo("(no result)")
+            return
+        text = render(relation, fmt, out)
+        if text is None and fmt == "table":
+            _print_relation(relation)
+        elif text:
+            click.echo(text, nl=False)
+        elif out is not None:
+            click.echo(f"wrote {out}", err=True)
+
+
+def _print_relation(relation: Any) -> None:
+    table = Table(*relation.columns)
+    for row in relation.fetchall():
+        table.add_row(*["" if v is None else str(v) for v in row])
+    out.print(table)
+
+
+@cli.command()
+@click.option("--employee", required=True, help="Employee id.")
+@click.option("--period", required=True, help="Period, YYYY-MM.")
+@click.option("--version", default=None, help="Version (default: the promoted one).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def explain(ctx: click.Context, employee: str, period: str, version: str | None, fmt: str) -> None:
+    """Explain a reward score: components, weights, caps, KPI values and the events behind them."""
+    from projections.errors import ProjectionError
+    from projections.explain import explain as build_explanation
+    from projections.readonly import reader
+
+    if not _valid_month(period):
+        raise click.BadParameter("must be YYYY-MM", param_hint="--period")
+    with reader(_settings(ctx).projections_db) as connection:
+        schema = version or _promoted(connection)
+        known = {r[0] for r in connection.execute("SELECT version FROM crm_versions").fetchall()}
+        if schema not in known:
+            raise ProjectionError(f"unknown version {schema!r}; known versions: {', '.join(sorted(known))}")
+        result = build_explanation(connection, schema, employee, period)
+    click.echo(result.to_json() if fmt == "json" else result.to_text())
+
+
+def _promoted(connection: Any) -> str:
+    from projections.errors import ProjectionError
+
+    row = connection.execute("SELECT version FROM crm_promoted WHERE id = 1").fetchone()
+    if row is None:
+        raise ProjectionError("no version is promoted yet (run `crm-ledger project`)")
+    return str(row[0])
+
+
+@cli.command()
+@click.option(
+    "--parquet",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder for one Parquet file per read model.",
+)
+@click.pass_context
+def export(ctx: click.Context, folder: Path) -> None:
+    """Write every read model of the promoted version as Parquet."""
+    from projections.readonly import export_parquet
+
+    for path in export_parquet(_settings(ctx).projections_db, folder):
+        click.echo(f"wrote {path}")
 
 
 @cli.command()

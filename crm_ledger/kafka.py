@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,3 +85,21 @@ COMPACTED = {
     "min.cleanable.dirty.ratio": "0.1",
     "segment.ms": "600000",
 }
+
+
+def topic_exists(bootstrap: str, topic: str, timeout_s: float = 3.0) -> bool:
+    """Whether the broker answers and has the topic; quiet when nothing listens."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+                break
+        except (OSError, ValueError):
+            continue
+    else:
+        return False
+    try:
+        metadata = admin(bootstrap).list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return topic in metadata.topics

@@ -1,0 +1,294 @@
+"""`audit verify`: recompute the hash chain from each copy of the ledger and cross-check.
+
+Copies: the ledger store (the source of truth; it holds no chain, its chain is
+recomputed from the stored bytes), the Kafka topic (bytes plus the relay's chain header)
+and the DuckDB mirror (bytes plus the chain column). Each copy is checked on its own (no
+gaps, no duplicates, order within a partition, chain values consistent with the bytes)
+and against the store, event by event. When bytes disagree, the copy that disagrees with
+all others is named as the altered one. The first problem of each kind and copy is
+reported with its notification id, event id and location.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import duckdb
+from confluent_kafka import Consumer, TopicPartition
+
+from crm_ledger.errors import CrmLedgerError
+from crm_ledger.kafka import consumer_config
+from ledger.chain import GENESIS, next_link
+
+if TYPE_CHECKING:
+    from ledger.application import LedgerApplication
+
+STORE = "ledger"
+
+
+@dataclass(frozen=True)
+class ChainEntry:
+    """One event as a copy holds it."""
+
+    notification_id: int | None
+    event_id: str | None
+    value: bytes
+    chain: str | None
+    where: str
+    stream: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: what, in which copy, at which event."""
+
+    kind: str  # missing | duplicate | reordered | altered | chain | unattributed
+    copy: str
+    notification_id: int | None
+    event_id: str | None
+    where: str
+    detail: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} in {self.copy}: notification {self.notification_id}, "
+            f"event {self.event_id} ({self.where}): {self.detail}"
+        )
+
+
+@dataclass
+class AuditReport:
+    """Counts per copy, the recomputed head of the chain, and the findings."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    head: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def verify(store: Iterable[ChainEntry], copies: Mapping[str, Iterable[ChainEntry]]) -> AuditReport:
+    """Check the store and every copy; see the module docstring."""
+    report = AuditReport()
+    findings: list[Finding] = []
+    truth: dict[int, ChainEntry] = {}
+    for entry in store:
+        assert entry.notification_id is not None
+        truth[entry.notification_id] = entry
+    report.events[STORE] = len(truth)
+    last = max(truth, default=0)
+    for nid in range(1, last + 1):
+        if nid not in truth:
+            findings.append(
+                Finding("missing", STORE, nid, None, "event store", "notification id absent (deleted?)")
+            )
+    chain = GENESIS
+    for nid in sorted(truth):
+        chain = next_link(chain, truth[nid].value)
+    report.head = chain.hex()
+
+    held: dict[str, dict[int, ChainEntry]] = {}
+    #: copies whose chain values are consistent with their own bytes: written as relayed
+    intact: dict[str, bool] = {}
+    for name, entries in copies.items():
+        by_id: dict[int, ChainEntry] = {}
+        last_in_stream: dict[str, int] = {}
+        count = 0
+        for entry in entries:
+            count += 1
+            if entry.notification_id is None:
+                findings.append(
+                    Finding(
+                        "unattributed",
+                        name,
+                        None,
+                        entry.event_id,
+                        entry.where,
+                        "record without a notification id",
+                    )
+                )
+                continue
+            nid = entry.notification_id
+            previous = last_in_stream.get(entry.stream)
+            if entry.stream and previous is not None and nid < previous:
+                findings.append(
+                    Finding(
+                        "reordered",
+                        name,
+                        nid,
+                        entry.event_id,
+                        entry.where,
+                        f"after notification {previous} in the same partition",
+                    )
+                )
+            last_in_stream[entry.stream] = max(nid, previous or 0)
+            if nid in by_id:
+                findings.append(
+                    Finding(
+                        "duplicate", name, nid, entry.event_id, entry.where, f"already at {by_id[nid].where}"
+                    )
+                )
+                continue
+            if nid not in truth:
+                findings.append(
+                    Finding(
+                        "unattributed",
+                        name,
+                        nid,
+                        entry.event_id,
+                        entry.where,
+                        "no such notification in the ledger store",
+                    )
+                )
+            by_id[nid] = entry
+        report.events[name] = count
+        held[name] = by_id
+        for nid in sorted(truth):
+            if nid not in by_id:
+                findings.append(
+                    Finding(
+                        "missing",
+                        name,
+                        nid,
+                        truth[nid].event_id,
+                        "-",
+                        "in the ledger store but not in this copy",
+                    )
+                )
+        # The copy's own chain: its bytes, with the store's where it has a gap.
+        chain = GENESIS
+        intact[name] = any(e.chain is not None for e in by_id.values())
+        for nid in sorted(set(truth) | set(by_id)):
+            held_entry = by_id.get(nid)
+            value = held_entry.value if held_entry is not None else truth[nid].value
+            chain = next_link(chain, value)
+            if held_entry is not None and held_entry.chain is not None and held_entry.chain != chain.hex():
+                entry = held_entry
+                findings.append(
+                    Finding(
+                        "chain",
+                        name,
+                        nid,
+                        entry.event_id,
+                        entry.where,
+                        "chain value does not match the bytes before it",
+                    )
+                )
+                intact[name] = False
+                break
+
+    for nid, original in sorted(truth.items()):
+        differing = [
+            name for name, by_id in held.items() if nid in by_id and by_id[nid].value != original.value
+        ]
+        if not differing:
+            continue
+        agreeing = [
+            name for name, by_id in held.items() if nid in by_id and by_id[nid].value == original.value
+        ]
+        # An intact copy still holds what was relayed: if it disagrees, the store changed.
+        if not agreeing and any(intact.get(name) for name in differing):
+            detail = f"stored bytes differ from the intact chain of {', '.join(differing)}"
+            findings.append(Finding("altered", STORE, nid, original.event_id, original.where, detail))
+        else:
+            for name in differing:
+                entry = held[name][nid]
+                findings.append(
+                    Finding(
+                        "altered",
+                        name,
+                        nid,
+                        entry.event_id,
+                        entry.where,
+                        "bytes differ from the ledger store",
+                    )
+                )
+    report.findings = _first_of_each(findings)
+    return report
+
+
+def _first_of_each(findings: Iterable[Finding]) -> list[Finding]:
+    seen: set[tuple[str, str]] = set()
+    first = []
+    for finding in findings:
+        key = (finding.kind, finding.copy)
+        if key not in seen:
+            seen.add(key)
+            first.append(finding)
+    return first
+
+
+def store_entries(app: LedgerApplication, batch: int = 20_000) -> Iterator[ChainEntry]:
+    """Every stored notification, in order, with its event id."""
+    start = 1
+    while True:
+        notifications = list(app.read_notifications(start, batch))
+        if not notifications:
+            return
+        decoded = app.codec.decode_many([n.state for n in notifications])
+        for notification, result in zip(notifications, decoded, strict=True):
+            event_id = None if isinstance(result, Exception) else result[1]["event_id"]
+            yield ChainEntry(
+                notification.id, event_id, notification.state, None, f"event store row {notification.id}"
+            )
+        start = notifications[-1].id + 1
+
+
+def kafka_entries(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[ChainEntry]:
+    """Every committed record of the topic (read_committed), partition by partition."""
+    consumer = Consumer(consumer_config(bootstrap, f"crm-ledger-audit-{uuid.uuid4().hex[:8]}"))
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise CrmLedgerError(f"topic {topic!r} does not exist at {bootstrap}")
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(partitions):
+            messages = consumer.consume(5000, timeout=0.5)
+            if not messages and time.monotonic() > deadline:
+                raise CrmLedgerError(f"timed out reading {topic!r}")
+            for message in messages:
+                partition = int(message.partition() or 0)
+                if message.error():
+                    done.add(partition)
+                    continue
+                deadline = time.monotonic() + timeout_s
+                headers = dict(message.headers() or [])
+                nid = headers.get("notification_id")
+                event_id = headers.get("event_id")
+                chain = headers.get("chain")
+                yield ChainEntry(
+                    int(nid) if nid is not None else None,
+                    event_id.decode() if isinstance(event_id, bytes) else event_id,
+                    message.value() or b"",
+                    chain.decode() if isinstance(chain, bytes) else chain,
+                    f"{topic}[{partition}]@{message.offset()}",
+                    stream=str(partition),
+                )
+    finally:
+        consumer.close()
+
+
+def mirror_entries(
+    connection: duckdb.DuckDBPyConnection, table: str = "ledger_events"
+) -> Iterator[ChainEntry]:
+    """Every row of the DuckDB audit mirror, in notification order."""
+    cursor = connection.execute(
+        f'SELECT notification_id, event_id, value, chain, source, "partition", "offset" FROM {table} '
+        "ORDER BY notification_id"
+    )
+    while True:
+        rows = cursor.fetchmany(10_000)
+        if not rows:
+            return
+        for nid, event_id, value, chain, source, partition, offset in rows:
+            where = f"{table} ({source}" + (f"[{partition}]@{offset})" if partition is not None else ")")
+            yield ChainEntry(nid, event_id, bytes(value), chain, where)

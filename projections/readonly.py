@@ -1,0 +1,107 @@
+"""Read-only access for auditors and downstream readers: `query`, `explain`, `export`.
+
+Connections are opened with DuckDB's `read_only` flag and with external access switched
+off, so neither SQL nor ATTACH nor COPY can change the database or write files; this is
+enforced by DuckDB, not by inspecting the SQL text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+
+from crm_ledger.errors import CrmLedgerError
+from projections.errors import ProjectionError
+from projections.models import STABLE_VIEWS
+from projections.store import connect
+
+
+class QueryRefusedError(CrmLedgerError):
+    """The SQL tried to change something, or is not valid."""
+
+
+@contextmanager
+def reader(path: Path, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection with no file access beyond the database itself."""
+    connection = connect(path, read_only=True, wait_s=wait_s)
+    try:
+        connection.execute("SET enable_external_access = false")
+        connection.execute("SET lock_configuration = true")
+        yield connection
+    finally:
+        connection.close()
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def run_query(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBPyRelation | None:
+    try:
+        return connection.sql(sql)
+    except duckdb.Error as error:
+        text = str(error)
+        if "read-only" in text or "read only" in text or "external access" in text.lower():
+            raise QueryRefusedError(f"refused: queries are read-only ({text.splitlines()[0]})") from error
+        raise QueryRefusedError(
+            f"query not run: {text.splitlines()[0]} (queries are read-only; the stable names are views)"
+        ) from error
+
+
+def render(relation: duckdb.DuckDBPyRelation, fmt: str, out: Path | None) -> str | None:
+    """Text for table/csv/json formats, or write Parquet to `out` (and return None)."""
+    if fmt == "parquet":
+        if out is None:
+            raise CrmLedgerError("--format parquet needs --out FILE")
+        pq.write_table(relation.to_arrow_table(), out)
+        return None
+    columns = list(relation.columns)
+    rows = relation.fetchall()
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    elif fmt == "json":
+        text = (
+            json.dumps([dict(zip(columns, row, strict=True)) for row in rows], indent=2, default=str) + "\n"
+        )
+    else:
+        return None
+    if out is not None:
+        out.write_text(text)
+        return ""
+    return text
+
+
+def export_parquet(path: Path, folder: Path) -> list[Path]:
+    """Every stable read model as `<folder>/<name>.parquet`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with reader(path) as connection:
+        existing = {
+            r[0]
+            for r in connection.execute(
+                "SELECT view_name FROM duckdb_views() WHERE schema_name = 'main'"
+            ).fetchall()
+        }
+        if not existing:
+            raise ProjectionError(f"{path}: no promoted version yet (run `crm-ledger project`)")
+        for view in STABLE_VIEWS:
+            if view in existing:
+                target = folder / f"{view}.parquet"
+                pq.write_table(connection.sql(f"SELECT * FROM {view}").to_arrow_table(), target)
+                written.append(target)
+    return written
