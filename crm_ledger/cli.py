@@ -212,24 +212,88 @@ def _valid_month(text: str) -> bool:
 @click.pass_context
 def ingest(ctx: click.Context, files: tuple[Path, ...], rejects: Path | None, batch_size: int) -> None:
     """Record JSONL or CSV files in the ledger, idempotently (exit 1 if any record was rejected)."""
-    from ledger.ingest import IngestSummary, RejectSink, ingest_records, read_file
+    from ledger.ingest import read_file
+
+    _ingest_files(_settings(ctx), files, rejects, batch_size, read_file)
+
+
+def _ingest_files(settings: Settings, files: Any, rejects: Path | None, batch_size: int, read: Any) -> None:
+    """Stream each file through `read(path, parser)` into the ledger; summary and exit code."""
+    from ledger.ingest import IngestSummary, RejectSink, ingest_records
     from ledger.records import RecordParser
 
-    settings = _settings(ctx)
+    for path in files:
+        if not Path(path).is_file():
+            raise CrmLedgerError(f"{path}: no such file")
     app = open_ledger(settings)
     parser = RecordParser(app.registry)
     sink = RejectSink(rejects or settings.rejects_file)
     total = IngestSummary()
     try:
         for path in files:
-            records = read_file(path, parser)
-            with progress_bar(f"ingest {path.name}", path.stat().st_size) as reporter:
+            records = read(Path(path), parser)
+            with progress_bar(f"ingest {Path(path).name}", Path(path).stat().st_size) as reporter:
                 total.add(ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter))
     finally:
         sink.close()
     click.echo(total.line())
     if total.rejected:
+        click.echo(f"rejects written to {rejects or settings.rejects_file}", err=True)
         raise SystemExit(1)
+
+
+@cli.group("import")
+def import_group() -> None:
+    """Import other systems' history: the public CFPB complaint export, or any CSV with a mapping."""
+
+
+_rejects_option = click.option(
+    "--rejects",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl",
+)
+
+
+@import_group.command("cfpb")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@_rejects_option
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@click.pass_context
+def import_cfpb(ctx: click.Context, files: tuple[Path, ...], rejects: Path | None, batch_size: int) -> None:
+    """Import CFPB Consumer Complaint Database CSV exports (columns matched by name)."""
+    from ledger.cfpb import read_cfpb
+
+    _ingest_files(_settings(ctx), files, rejects, batch_size, read_cfpb)
+
+
+@import_group.command("csv")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--mapping",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="Mapping file (TOML), see examples/helpdesk-mapping.toml.",
+)
+@_rejects_option
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@click.pass_context
+def import_csv(
+    ctx: click.Context, files: tuple[Path, ...], mapping: Path, rejects: Path | None, batch_size: int
+) -> None:
+    """Import a CSV export of another system through a column mapping."""
+    from ledger.mapped_csv import load_mapping, read_mapped_csv
+    from ledger.records import RecordParser
+    from schemas.registry import SchemaRegistry
+
+    load_mapping(mapping, RecordParser(SchemaRegistry.load()))  # a bad mapping fails before any work
+    _ingest_files(
+        _settings(ctx),
+        files,
+        rejects,
+        batch_size,
+        lambda path, parser: read_mapped_csv(path, mapping, parser),
+    )
 
 
 @cli.command()

@@ -52,7 +52,7 @@ class IngestSummary:
         self.rejected += other.rejected
 
 
-def _raise_csv_field_limit() -> None:
+def raise_csv_field_limit() -> None:
     # Free-text columns (complaint narratives) exceed the csv module's 128 KiB default.
     global _csv_limit_raised  # noqa: PLW0603 - one-time, process-wide csv setting
     if not _csv_limit_raised:
@@ -88,7 +88,7 @@ def read_jsonl(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
 
 def read_csv(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
     """Parse a CSV file with a header row; columns are matched by name."""
-    _raise_csv_field_limit()
+    raise_csv_field_limit()
     with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
         yield from csv_records(handle, path.name, parser.parse)
 
@@ -97,7 +97,7 @@ def csv_records(
     handle: IO[str], name: str, parse: Callable[[dict[str, Any]], Fact]
 ) -> Iterator[SourceRecord]:
     """Records of an open CSV stream, parsed with `parse`; errors are located by line."""
-    _raise_csv_field_limit()
+    raise_csv_field_limit()
     reader = csv.reader(handle)
     try:
         header = [h.strip() for h in next(reader)]

@@ -40,6 +40,7 @@ RECORD_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("nps", "INTEGER", pa.int32()),
     ("ces", "INTEGER", pa.int32()),
     ("first_contact", "BOOLEAN", pa.bool_()),
+    ("timely", "BOOLEAN", pa.bool_()),
     ("article_ids", "VARCHAR[]", pa.list_(pa.string())),
     ("period", "VARCHAR", pa.string()),
     ("score", "DOUBLE", pa.float64()),

@@ -27,6 +27,7 @@ MODEL_TABLES = (
     "reward_components",
     "reward_score",
     "customer_profile",
+    "complaint_kpi_month",
 )
 #: The views every version exposes and `promote` points the stable names at.
 STABLE_VIEWS = (
@@ -39,6 +40,7 @@ STABLE_VIEWS = (
     "kpi_team_day",
     "reward_score",
     "reward_components",
+    "complaint_kpi_month",
     "ledger_events",
     "dead_letters",
 )
@@ -368,6 +370,59 @@ LEFT JOIN surveys s ON s.customer_id = a.customer_id
 ORDER BY a.customer_id"""
 
 
+_RELIEF = "'monetary_relief', 'non_monetary_relief', 'relief'"
+
+
+def complaint_kpi_sql(v: str) -> str:
+    """Complaint KPIs per responsible team and month, also split by channel and by product.
+
+    Rows with channel = '(all)' and product = '(all)' are the team's month; the others
+    split it by one dimension. Shares are of the complaints received in the month.
+    """
+    return f"""
+CREATE OR REPLACE TABLE {v}.complaint_kpi_month AS
+WITH opened AS (
+    SELECT case_id, team_id, occurred_at AS received_at, channel, coalesce(topic, '(none)') AS product
+    FROM {v}.events
+    WHERE event_type = 'CaseOpened' AND kind = 'complaint' AND team_id IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY case_id ORDER BY occurred_at, notification_id) = 1
+),
+sent AS (
+    SELECT case_id, min(occurred_at) AS sent_at, arg_min(timely, (occurred_at, notification_id)) AS timely
+    FROM {v}.events WHERE event_type = 'CaseAccepted' GROUP BY case_id
+),
+resolved AS (
+    SELECT case_id, arg_min(resolution_code, (occurred_at, notification_id)) AS code
+    FROM {v}.events WHERE event_type = 'CaseResolved' GROUP BY case_id
+),
+base AS (
+    SELECT o.*, strftime(o.received_at, '%Y-%m') AS period, s.sent_at, s.timely, r.code
+    FROM opened o LEFT JOIN sent s ON s.case_id = o.case_id LEFT JOIN resolved r ON r.case_id = o.case_id
+),
+counts AS (
+    SELECT team_id, period,
+        CASE WHEN grouping(channel) = 1 THEN '(all)' ELSE channel END AS channel,
+        CASE WHEN grouping(product) = 1 THEN '(all)' ELSE product END AS product,
+        count(*) AS complaints_received,
+        count(*) FILTER (WHERE code IS NOT NULL) AS closed,
+        count(*) FILTER (WHERE code IN ({_RELIEF})) AS closed_with_relief,
+        count(*) FILTER (WHERE code = 'monetary_relief') AS monetary_relief,
+        count(timely) AS timely_n,
+        count(*) FILTER (WHERE timely) AS timely_yes,
+        count(sent_at) AS sent_n,
+        quantile_cont(epoch(sent_at - received_at) / 86400.0, 0.5) AS median_days_to_company
+    FROM base
+    GROUP BY GROUPING SETS ((team_id, period), (team_id, period, channel), (team_id, period, product))
+)
+SELECT team_id, period, channel, product, complaints_received, closed,
+    closed_with_relief, closed_with_relief / complaints_received AS relief_rate,
+    monetary_relief, monetary_relief / complaints_received AS monetary_relief_rate,
+    timely_n, timely_yes, timely_yes / nullif(timely_n, 0) AS timely_rate,
+    sent_n, median_days_to_company
+FROM counts
+ORDER BY team_id, period, channel, product"""
+
+
 def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
     """Every statement that rebuilds a version's read models, in dependency order."""
     return [
@@ -376,6 +431,7 @@ def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
         *kpi_sql(v, spec),
         *reward_sql(v, spec, version),
         customer_profile_sql(v),
+        complaint_kpi_sql(v),
     ]
 
 

@@ -45,6 +45,7 @@ SHARED_WITH_DERIVED = (
     "kpi_employee_day",
     "kpi_team_day",
     "customer_profile",
+    "complaint_kpi_month",
 )
 CATALOG_DDL = [
     """CREATE TABLE IF NOT EXISTS main.crm_versions (

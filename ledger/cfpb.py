@@ -1,0 +1,198 @@
+"""Import the public CFPB Consumer Complaint Database export (CSV) as ledger events.
+
+Each complaint becomes, deterministically, a consumer (CustomerRegistered), a complaint
+case (CaseOpened) routed to the company as the responsible team (CaseAccepted by the
+company's complaint desk at "Date sent to company", with "Timely response?"), a
+CaseResolved whose resolution code comes from "Company response to consumer" (open while
+"In progress"), and a CaseReopened where "Consumer disputed?" is Yes. Event ids derive from
+the Complaint ID, so a re-import or an overlapping export adds nothing. The full mapping
+table is in the README. Columns are matched by header name; unknown columns are ignored;
+narratives, ZIP codes, tags and consent are not imported. A row with a missing Complaint
+ID, an unparseable date or no Company is rejected with its line and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import ValidationError
+from ledger.ingest import SourceRecord, raise_csv_field_limit
+from ledger.records import RecordParser, format_timestamp
+
+_NAMESPACE = uuid.UUID("0c8f6c1e-5b0e-4f7e-9a3c-1f0d5e2b7a11")
+DESK_JOINED = "2000-01-01T00:00:00Z"
+CHANNELS = {
+    "web": "web",
+    "web referral": "web",
+    "referral": "referral",
+    "phone": "phone",
+    "postal mail": "post",
+    "fax": "fax",
+    "email": "email",
+}
+RESOLUTIONS = {
+    "closed with explanation": "explanation",
+    "closed with non-monetary relief": "non_monetary_relief",
+    "closed with monetary relief": "monetary_relief",
+    "closed with relief": "relief",
+    "closed without relief": "no_relief",
+    "closed": "closed",
+}
+REQUIRED = ("Complaint ID", "Date received", "Company")
+
+
+def event_id(complaint_id: str, step: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{complaint_id}:{step}"))
+
+
+def parse_date(value: str, field: str) -> int:
+    """CFPB dates: YYYY-MM-DD (current exports) or MM/DD/YYYY (older ones), as epoch ms."""
+    text = value.strip()
+    for pattern in ("%Y-%m-%d", "%m/%d/%Y", "%Y-%m-%dT%H:%M:%S", "%m/%d/%y"):
+        try:
+            moment = datetime.strptime(text, pattern).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        return int(moment.timestamp() * 1000)
+    raise ValidationError(field, f"not a date: {value!r}")
+
+
+def _yes_no(value: str | None) -> bool | None:
+    text = (value or "").strip().lower()
+    if text in {"yes", "y", "true"}:
+        return True
+    if text in {"no", "n", "false"}:
+        return False
+    return None
+
+
+def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict[str, Any]]:
+    """The ledger records for one complaint row (raises ValidationError on a bad row)."""
+    cells = {k: (v or "").strip() for k, v in row.items() if k}
+    complaint = cells.get("Complaint ID", "")
+    if not complaint:
+        raise ValidationError("Complaint ID", "is missing")
+    if not cells.get("Date received"):
+        raise ValidationError("Date received", "is missing")
+    received = parse_date(cells["Date received"], "Date received")
+    company = cells.get("Company", "")
+    if not company:
+        raise ValidationError("Company", "is missing")
+    sent = (
+        parse_date(cells["Date sent to company"], "Date sent to company")
+        if cells.get("Date sent to company")
+        else None
+    )
+    desk = f"company:{company}"
+    case_id = f"cfpb:{complaint}"
+    customer_id = f"cfpb-consumer:{complaint}"
+    at = format_timestamp(received)
+    records: list[dict[str, Any]] = []
+    if company not in seen_companies:
+        seen_companies.add(company)
+        records.append(
+            {
+                "type": "EmployeeJoined",
+                "event_id": str(uuid.uuid5(_NAMESPACE, f"desk:{company}")),
+                "occurred_at": DESK_JOINED,
+                "employee_id": desk,
+                "team_id": company,
+                "role": "company",
+                "name": company,
+            }
+        )
+    records.append(
+        {
+            "type": "CustomerRegistered",
+            "event_id": event_id(complaint, "consumer"),
+            "occurred_at": at,
+            "customer_id": customer_id,
+            "segment": "consumer",
+            "region": cells.get("State") or "unknown",
+        }
+    )
+    issue = " / ".join(p for p in (cells.get("Issue"), cells.get("Sub-issue")) if p)
+    records.append(
+        {
+            "type": "CaseOpened",
+            "event_id": event_id(complaint, "opened"),
+            "occurred_at": at,
+            "case_id": case_id,
+            "customer_id": customer_id,
+            "kind": "complaint",
+            "channel": CHANNELS.get(cells.get("Submitted via", "").lower(), "other"),
+            "topic": cells.get("Product") or None,
+            "summary": issue or None,
+            "team_id": company,
+        }
+    )
+    if sent is None:
+        return records
+    routed = max(sent, received)
+    records.append(
+        {
+            "type": "CaseAccepted",
+            "event_id": event_id(complaint, "sent"),
+            "occurred_at": format_timestamp(routed),
+            "case_id": case_id,
+            "employee_id": desk,
+            "timely": _yes_no(cells.get("Timely response?")),
+        }
+    )
+    resolution = RESOLUTIONS.get(cells.get("Company response to consumer", "").lower())
+    if resolution is None:
+        return records
+    records.append(
+        {
+            "type": "CaseResolved",
+            "event_id": event_id(complaint, "resolved"),
+            "occurred_at": format_timestamp(routed),
+            "case_id": case_id,
+            "employee_id": desk,
+            "resolution_code": resolution,
+            "first_contact": False,
+        }
+    )
+    if _yes_no(cells.get("Consumer disputed?")):
+        records.append(
+            {
+                "type": "CaseReopened",
+                "event_id": event_id(complaint, "disputed"),
+                "occurred_at": format_timestamp(routed + 1000),
+                "case_id": case_id,
+                "reason": "consumer disputed",
+            }
+        )
+    return records
+
+
+def read_cfpb(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
+    """Stream a CFPB export: one SourceRecord per ledger event, or one per rejected row."""
+    raise_csv_field_limit()
+    seen_companies: set[str] = set()
+    with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise ValidationError(
+                missing[0], f"{path.name}: column missing from the header (is this a CFPB export?)"
+            )
+        for row in reader:
+            location = f"{path.name}:{reader.line_num}"
+            raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
+            size = len(raw) + 1
+            try:
+                records = complaint_events(row, seen_companies)
+                facts = [parser.parse(r) for r in records]
+            except ValidationError as error:
+                yield SourceRecord(location, raw, None, error, size)
+                continue
+            for index, fact in enumerate(facts):
+                yield SourceRecord(location, raw, fact, None, size if index == 0 else 0)
