@@ -582,6 +582,87 @@ def drop(ctx: click.Context, version: str) -> None:
     click.echo(f"dropped {target.version} ({target.name})")
 
 
+# -- reward periods ------------------------------------------------------------------------
+@cli.group()
+def period() -> None:
+    """Close reward months, follow late events and rule changes, issue adjustments."""
+
+
+@period.command("close")
+@click.argument("month")
+@click.pass_context
+def period_close(ctx: click.Context, month: str) -> None:
+    """Close MONTH (YYYY-MM): record the ledger position and issue one statement per employee."""
+    from replay.periods import close_period
+
+    result = close_period(_settings(ctx), month)
+    click.echo(
+        f"closed {result.period} at ledger position {result.position} with version {result.version}: "
+        f"{result.statements} statements issued"
+    )
+
+
+@period.command("status")
+@click.argument("month")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
+    """Late events since the close and how far live scores drift from the statements."""
+    from replay.periods import period_status
+
+    status = period_status(_settings(ctx), month)
+    if fmt == "json":
+        click.echo(status.to_json())
+        return
+    click.echo(
+        f"{status.period}: closed at position {status.position} with {status.closed_version}; "
+        f"{status.statements} statements, {status.adjustments} adjustments; promoted now {status.promoted}"
+    )
+    click.echo(f"late events since the close: {status.late_events}")
+    if not status.drifts:
+        click.echo("live scores equal what was told")
+    for drift in status.drifts:
+        click.echo(
+            f"  {drift.employee_id}: told {drift.told:.4f}, live {drift.live:.4f} ({drift.delta:+.4f})"
+        )
+
+
+@period.command("adjust")
+@click.argument("month")
+@click.option("--dry-run", is_flag=True, help="Show the adjustments without issuing them.")
+@click.pass_context
+def period_adjust(ctx: click.Context, month: str, dry_run: bool) -> None:
+    """Issue adjustments where live scores differ from what was told (idempotent)."""
+    from replay.periods import adjust_period
+
+    adjustments = adjust_period(_settings(ctx), month, dry_run=dry_run)
+    verb = "would issue" if dry_run else "issued"
+    click.echo(f"{verb} {len(adjustments)} adjustment(s) for {month}")
+    for a in adjustments:
+        click.echo(f"  {a.employee_id}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}")
+
+
+@cli.command()
+@click.option("--employee", required=True, help="Employee id.")
+@click.option("--period", "month", required=True, help="Period, YYYY-MM.")
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]), default="md", show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write to this file."
+)
+@click.pass_context
+def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path | None) -> None:
+    """What an employee was told for a closed period and why, with adjustments since."""
+    from replay.statement import build_statement
+
+    result = build_statement(open_ledger(_settings(ctx)), employee, month)
+    text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+
+
 # -- auditors ------------------------------------------------------------------------------
 @cli.group()
 def audit() -> None:

@@ -25,6 +25,7 @@ from ledger.domain import (
     Employee,
     LedgerAggregate,
     Occurrence,
+    RewardPeriod,
     aggregate_id,
 )
 from ledger.errors import ValidationError
@@ -43,9 +44,12 @@ _KEY_FIELD: dict[type[LedgerAggregate], str] = {
     Case: "case_id",
     Article: "article_id",
     Occurrence: "event_id",
+    RewardPeriod: "period",
 }
 #: Facts that may name an employee who has since left (they describe the past).
-_ABOUT_PAST_WORK = frozenset({"SurveyAnswered", "ComplimentReceived"})
+_ABOUT_PAST_WORK = frozenset(
+    {"SurveyAnswered", "ComplimentReceived", "RewardStatementIssued", "RewardAdjustmentIssued"}
+)
 _OCCURRENCE_TOPIC = get_topic(Occurrence)
 _REFERENCE_KINDS: tuple[tuple[str, str], ...] = (
     ("customer_id", Customer.KIND),
@@ -183,19 +187,27 @@ class LedgerApplication(Application[UUID]):
     def construct_mapper(self) -> AvroMapper:
         return AvroMapper(self.codec)
 
-    def record(self, facts: Sequence[Fact]) -> list[Outcome]:
-        """Validate and save a batch: valid facts land together, the rest are reported."""
+    def record(self, facts: Sequence[Fact], *, atomic: bool = False) -> list[Outcome]:
+        """Validate and save a batch: valid facts land together, the rest are reported.
+
+        With `atomic`, a batch with any rejected fact saves nothing and raises its first error.
+        """
         try:
-            return self._record_once(facts)
+            return self._record_once(facts, atomic)
         except IntegrityError:
             # Another writer got in between: drop cached state and decide again.
             self._repository = self.construct_repository()
-            return self._record_once(facts)
+            return self._record_once(facts, atomic)
 
-    def _record_once(self, facts: Sequence[Fact]) -> list[Outcome]:
+    def _record_once(self, facts: Sequence[Fact], atomic: bool) -> list[Outcome]:
         work = _UnitOfWork(self, datetime.now(tz=UTC))
         work.prefetch({ref for fact in facts for ref in _references(fact)})
         outcomes = [self._decide(fact, work) for fact in facts]
+        if atomic:
+            rejected = next((o for o in outcomes if o.error is not None), None)
+            if rejected is not None and rejected.error is not None:
+                self._repository = self.construct_repository()  # forget the half-applied batch
+                raise rejected.error
         events = work.pending_events()
         if events:
             processing = ProcessingEvent[UUID]()
@@ -306,6 +318,19 @@ class LedgerApplication(Application[UUID]):
         if not isinstance(article, Article):
             raise ValidationError(field, f"unknown article {article_id!r}")
         return article
+
+    def reward_period(self, period: str) -> RewardPeriod | None:
+        """The closed period's aggregate, or None while the period is open."""
+        try:
+            found: LedgerAggregate = self.repository.get(aggregate_id(RewardPeriod.KIND, period))
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, RewardPeriod) else None
+
+    def period_facts(self, period: str) -> list[Fact]:
+        """Every fact recorded about a closed period, in order (close, statements, adjustments)."""
+        events = self.events.get(aggregate_id(RewardPeriod.KIND, period))
+        return [Fact(e.event_type, e.event_id, e.occurred_at, e.data) for e in events]  # type: ignore[attr-defined]
 
     def max_position(self) -> int:
         """The highest notification id in the store (0 when empty)."""

@@ -319,17 +319,33 @@ class RewardPeriod(LedgerAggregate):
         self.ledger_position: int = 0
         self.projection_version: str = ""
         self.told: dict[str, float] = {}  # employee id -> score last told
+        self.told_version: dict[str, str] = {}  # employee id -> version of that score
 
     def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
         if event_type == "RewardPeriodClosed":
             self.period = data["period"]
             self.ledger_position = data["ledger_position"]
             self.projection_version = data["version"]
-            self.told = {}
         elif event_type == "RewardStatementIssued":
             self.told[data["employee_id"]] = data["score"]
+            self.told_version[data["employee_id"]] = data["version"]
         elif event_type == "RewardAdjustmentIssued":
             self.told[data["employee_id"]] = data["new_score"]
+            self.told_version[data["employee_id"]] = data["new_version"]
+
+    def check(self, fact: Fact) -> None:
+        """A period closes once; each employee gets one statement, then only adjustments."""
+        if fact.event_type == "RewardPeriodClosed":
+            raise ValidationError("period", f"period {self.period} is already closed")
+        employee = fact.get("employee_id")
+        if fact.event_type == "RewardStatementIssued" and employee in self.told:
+            raise ValidationError("employee_id", f"{employee!r} already has a statement for {self.period}")
+        if fact.event_type == "RewardAdjustmentIssued":
+            told = self.told.get(employee, 0.0)
+            if abs(told - fact.get("old_score")) > 1e-9:
+                raise ValidationError(
+                    "old_score", f"{employee!r} was last told {told}, not {fact.get('old_score')}"
+                )
 
 
 AGGREGATES: tuple[type[LedgerAggregate], ...] = (

@@ -28,6 +28,7 @@ MODEL_TABLES = (
     "reward_score",
     "customer_profile",
     "complaint_kpi_month",
+    "reward_statement",
 )
 #: The views every version exposes and `promote` points the stable names at.
 STABLE_VIEWS = (
@@ -41,6 +42,7 @@ STABLE_VIEWS = (
     "reward_score",
     "reward_components",
     "complaint_kpi_month",
+    "reward_statement",
     "ledger_events",
     "dead_letters",
 )
@@ -233,7 +235,7 @@ def _component_sql(c: Component) -> str:
     return f"""
     SELECT e.employee_id, e.period, e.team_id, '{name}' AS component, '{c.kind}' AS kind,
            '{c.kpi}' AS kpi, {kpi_value} AS kpi_value, {sample}::BIGINT AS sample_n,
-           {weight} AS weight, {cap}::DOUBLE AS cap, {value} AS value
+           {weight}::DOUBLE AS weight, {cap}::DOUBLE AS cap, {value} AS value
     FROM emp e
     LEFT JOIN {{v}}.kpi_team_month t ON t.team_id = e.team_id AND t.period = e.period
     LEFT JOIN org o ON o.period = e.period"""
@@ -423,6 +425,31 @@ FROM counts
 ORDER BY team_id, period, channel, product"""
 
 
+def reward_statement_sql(v: str) -> str:
+    """Issued statements and adjustments (ledger facts, not derived scores), with running totals."""
+    return f"""
+CREATE OR REPLACE TABLE {v}.reward_statement AS
+WITH issued AS (
+    SELECT employee_id, period, notification_id, event_id, occurred_at AS issued_at,
+        CASE WHEN event_type = 'RewardStatementIssued' THEN 'statement' ELSE 'adjustment' END AS kind,
+        CASE WHEN event_type = 'RewardStatementIssued' THEN score
+             ELSE (payload ->> 'new_score')::DOUBLE END AS score,
+        CASE WHEN event_type = 'RewardStatementIssued' THEN NULL
+             ELSE (payload ->> 'old_score')::DOUBLE END AS old_score,
+        CASE WHEN event_type = 'RewardStatementIssued' THEN score
+             ELSE (payload ->> 'delta')::DOUBLE END AS amount,
+        coalesce(payload ->> 'new_version', payload ->> 'version') AS version,
+        payload ->> 'reason' AS reason
+    FROM {v}.events
+    WHERE event_type IN ('RewardStatementIssued', 'RewardAdjustmentIssued')
+)
+SELECT employee_id, period, kind, score, old_score, amount,
+    sum(amount) OVER (PARTITION BY employee_id, period ORDER BY notification_id) AS running_total,
+    version, reason, issued_at, event_id, notification_id
+FROM issued
+ORDER BY employee_id, period, notification_id"""
+
+
 def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
     """Every statement that rebuilds a version's read models, in dependency order."""
     return [
@@ -432,6 +459,7 @@ def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
         *reward_sql(v, spec, version),
         customer_profile_sql(v),
         complaint_kpi_sql(v),
+        reward_statement_sql(v),
     ]
 
 

@@ -46,6 +46,7 @@ SHARED_WITH_DERIVED = (
     "kpi_team_day",
     "customer_profile",
     "complaint_kpi_month",
+    "reward_statement",
 )
 CATALOG_DDL = [
     """CREATE TABLE IF NOT EXISTS main.crm_versions (
