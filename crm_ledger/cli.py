@@ -356,9 +356,20 @@ _source_option = click.option(
     show_default=True,
     help="Seconds between read-model refreshes when following.",
 )
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="After each refresh, send changed profiles, scores and statements to the compacted "
+    "crm.projection.* topics.",
+)
 @click.pass_context
 def project(
-    ctx: click.Context, source: str, follow: bool, metrics: Path | None, refresh_interval: float
+    ctx: click.Context,
+    source: str,
+    follow: bool,
+    metrics: Path | None,
+    refresh_interval: float,
+    publish: bool,
 ) -> None:
     """Build (and follow) the promoted version of the read models in DuckDB."""
     from projections.service import project_promoted
@@ -373,8 +384,38 @@ def project(
             reporter=reporter,
             should_stop=stop,
             refresh_interval_s=refresh_interval,
+            on_refresh=_publisher(settings) if publish else None,
         )
     click.echo(result)
+
+
+def _publisher(settings: Settings) -> Any:
+    from projections.publish import publish_changes
+    from schemas.codec import AvroCodec
+    from schemas.registry import SchemaRegistry
+
+    codec = AvroCodec(SchemaRegistry.load())
+
+    def publish(db: Any) -> None:
+        schema = db.promoted_version()
+        if schema is not None:
+            sent = publish_changes(db.connection, schema, settings.bootstrap, codec)
+            click.echo("published " + ", ".join(f"{n} to {t}" for t, n in sent.items()), err=True)
+
+    return publish
+
+
+@cli.command()
+@click.pass_context
+def publish(ctx: click.Context) -> None:
+    """Send the promoted version's changed profiles, scores and statements to the compacted topics once."""
+    from projections.store import ProjectionDB
+
+    settings = _settings(ctx)
+    with ProjectionDB(settings.projections_db) as db:
+        if db.promoted_version() is None:
+            raise CrmLedgerError("no version is promoted yet (run `crm-ledger project`)")
+        _publisher(settings)(db)
 
 
 _version_arg = click.argument("version")

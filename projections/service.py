@@ -55,6 +55,8 @@ def project_promoted(
                 projector.source.close()
         if promoted is None and not projector.needs_refresh():
             db.promote(db.find_version(version.version))
+            if on_refresh is not None:
+                on_refresh(db)  # the first build is only promoted now: publish it too
         return (
             f"{version.version} ({version.name}): applied {stats.applied} events"
             f" in {stats.seconds:.1f}s ({stats.rate:,.0f} ev/s), {stats.dead_letters} dead letters"

@@ -41,6 +41,11 @@ class SchemaVersion:
         return f"{NAMESPACE}.{self.event_type}"
 
     @property
+    def kind(self) -> str:
+        """ "event" for ledger events, "projection" for read-model records on downstream topics."""
+        return str(self.raw.get("crm.kind", "event"))
+
+    @property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f["name"] for f in self.raw["fields"])
 
@@ -132,6 +137,11 @@ class SchemaRegistry:
 
     @property
     def event_types(self) -> list[str]:
+        """Ledger event types (projection records excluded)."""
+        return sorted(t for t, versions in self._by_type.items() if versions[max(versions)].kind == "event")
+
+    @property
+    def all_types(self) -> list[str]:
         return sorted(self._by_type)
 
     def by_id(self, schema_id: int) -> SchemaVersion | None:

@@ -28,6 +28,8 @@ def _strategy(avro_type: Any) -> st.SearchStrategy[Any]:
             return _MILLIS
         if avro_type["type"] == "array":
             return st.lists(_strategy(avro_type["items"]), max_size=4)
+        if avro_type["type"] == "map":
+            return st.dictionaries(_TEXT, _strategy(avro_type["values"]), max_size=4)
         return _strategy(avro_type["type"])
     return {
         "null": st.none(),
@@ -44,7 +46,7 @@ def _record_strategy(event_type: str) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries({f["name"]: _strategy(f["type"]) for f in fields})
 
 
-@pytest.mark.parametrize("event_type", REGISTRY.event_types)
+@pytest.mark.parametrize("event_type", REGISTRY.all_types)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_round_trip_every_event_type(event_type: str, data: st.DataObject) -> None:

@@ -1,0 +1,155 @@
+"""Publish read-model changes to compacted Kafka topics for downstream systems.
+
+After a refresh, rows of `customer_profile`, `reward_score` and `reward_statement` whose
+content changed since the last publication are sent (Avro, Confluent wire format, schemas
+in `schemas/`), keyed so that compaction keeps the latest state per key; rows that
+disappeared are sent as tombstones. What was published is remembered per key (a content
+hash in the version's `published` table) after the producer has flushed, so a crash in
+between only re-sends the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import duckdb
+from confluent_kafka import KafkaException, Producer
+
+from crm_ledger.errors import CrmLedgerError
+from crm_ledger.kafka import COMPACTED, ensure_topic
+from schemas.codec import AvroCodec
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One read model on one compacted topic."""
+
+    table: str
+    topic: str
+    schema: str
+    key_sql: str
+    to_record: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _epoch_ms(value: Any) -> Any:
+    return None if value is None else int(value.timestamp() * 1000) if hasattr(value, "timestamp") else value
+
+
+def _profile(row: dict[str, Any]) -> dict[str, Any]:
+    record = dict(row)
+    for name in ("registered_at", "first_contact_at", "last_contact_at"):
+        record[name] = _epoch_ms(_as_utc(record[name]))
+    return record
+
+
+def _as_utc(value: Any) -> Any:
+    return value.replace(tzinfo=UTC) if value is not None and getattr(value, "tzinfo", 1) is None else value
+
+
+FIXED_SCORE_COLUMNS = ("employee_id", "period", "team_id", "score", "spec_version", "spec_name")
+
+
+def _score(row: dict[str, Any]) -> dict[str, Any]:
+    record = {k: row[k] for k in FIXED_SCORE_COLUMNS}
+    record["components"] = {
+        k: (None if v is None else float(v)) for k, v in row.items() if k not in FIXED_SCORE_COLUMNS
+    }
+    return record
+
+
+def _statement(row: dict[str, Any]) -> dict[str, Any]:
+    record = dict(row)
+    record["issued_at"] = _epoch_ms(_as_utc(record["issued_at"]))
+    return record
+
+
+FEEDS = (
+    Feed("customer_profile", "crm.projection.customer-profile", "CustomerProfile", "customer_id", _profile),
+    Feed(
+        "reward_score", "crm.projection.reward-score", "RewardScore", "employee_id || '|' || period", _score
+    ),
+    Feed(
+        "reward_statement",
+        "crm.projection.reward-statement",
+        "RewardStatementRow",
+        "employee_id || '|' || period || '|' || event_id",
+        _statement,
+    ),
+)
+
+
+def publish_changes(
+    connection: duckdb.DuckDBPyConnection, schema: str, bootstrap: str, codec: AvroCodec, partitions: int = 3
+) -> dict[str, int]:
+    """Send what changed since the last publication; returns messages sent per topic."""
+    connection.execute(
+        f"CREATE TABLE IF NOT EXISTS {schema}.published (topic VARCHAR, key VARCHAR, hash VARCHAR, "
+        "PRIMARY KEY (topic, key))"
+    )
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "log_level": 3}
+    )
+    sent: dict[str, int] = {}
+    for feed in FEEDS:
+        ensure_topic(bootstrap, feed.topic, partitions, COMPACTED)
+        changed = connection.execute(
+            f"""
+            WITH current AS (
+                SELECT {feed.key_sql} AS k, md5(t::VARCHAR) AS h, t.* FROM {schema}.{feed.table} t
+            )
+            SELECT c.* FROM current c
+            LEFT JOIN {schema}.published p ON p.topic = ? AND p.key = c.k
+            WHERE p.hash IS DISTINCT FROM c.h
+            ORDER BY c.k
+            """,
+            [feed.topic],
+        )
+        names = [d[0] for d in changed.description]
+        rows = [dict(zip(names, row, strict=True)) for row in changed.fetchall()]
+        gone = [
+            r[0]
+            for r in connection.execute(
+                f"SELECT key FROM {schema}.published WHERE topic = ? AND key NOT IN "
+                f"(SELECT {feed.key_sql} FROM {schema}.{feed.table})",
+                [feed.topic],
+            ).fetchall()
+        ]
+        for row in rows:
+            key, digest = row.pop("k"), row.pop("h")
+            del digest
+            value = codec.encode(feed.schema, feed.to_record(row))
+            _produce(producer, feed.topic, key.encode(), value)
+        for key in gone:
+            _produce(producer, feed.topic, key.encode(), None)
+        if producer.flush(60) > 0:
+            raise CrmLedgerError(
+                f"publishing to {feed.topic!r} did not complete; nothing was marked published"
+            )
+        connection.execute("BEGIN TRANSACTION")
+        connection.execute(
+            f"INSERT OR REPLACE INTO {schema}.published SELECT ?, {feed.key_sql}, md5(t::VARCHAR) "
+            f"FROM {schema}.{feed.table} t",
+            [feed.topic],
+        )
+        connection.execute(
+            f"DELETE FROM {schema}.published WHERE topic = ? "
+            f"AND key NOT IN (SELECT {feed.key_sql} FROM {schema}.{feed.table})",
+            [feed.topic],
+        )
+        connection.execute("COMMIT")
+        sent[feed.topic] = len(rows) + len(gone)
+    return sent
+
+
+def _produce(producer: Producer, topic: str, key: bytes, value: bytes | None) -> None:
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(0.1)
+        except KafkaException as error:
+            raise CrmLedgerError(f"publishing to {topic!r} failed: {error}") from error
