@@ -623,6 +623,31 @@ def drop(ctx: click.Context, version: str) -> None:
     click.echo(f"dropped {target.version} ({target.name})")
 
 
+@cli.group()
+def customer() -> None:
+    """Look up a customer's personal data (decrypted while the customer is not forgotten)."""
+
+
+@customer.command("show")
+@click.argument("customer_id")
+@click.pass_context
+def customer_show(ctx: click.Context, customer_id: str) -> None:
+    """Print a customer's facts with personal fields decrypted ([forgotten] after erasure)."""
+    from ledger.domain import Customer, aggregate_id
+    from ledger.vault import PERSONAL_FIELDS
+
+    app = open_ledger(_settings(ctx))
+    events = list(app.events.get(aggregate_id(Customer.KIND, customer_id)))
+    if not events:
+        raise CrmLedgerError(f"unknown customer {customer_id!r}")
+    for event in events:
+        data = dict(event.data)  # type: ignore[attr-defined]
+        for name in PERSONAL_FIELDS.get(event.event_type, ()):  # type: ignore[attr-defined]
+            data[name] = app.vault.reveal(customer_id, data.get(name))
+        shown = ", ".join(f"{k}={v}" for k, v in data.items() if v is not None)
+        click.echo(f"{event.event_type}: {shown}")  # type: ignore[attr-defined]
+
+
 # -- reward periods ------------------------------------------------------------------------
 @cli.group()
 def period() -> None:

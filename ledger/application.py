@@ -32,6 +32,7 @@ from ledger.errors import ValidationError
 from ledger.existence import existing_ids
 from ledger.mapper import AvroMapper
 from ledger.records import Fact
+from ledger.vault import PERSONAL_FIELDS, PREFIX, PersonalDataVault
 from schemas.codec import AvroCodec
 from schemas.registry import SchemaRegistry
 
@@ -60,6 +61,10 @@ _REFERENCE_KINDS: tuple[tuple[str, str], ...] = (
     ("article_id", Article.KIND),
     ("interaction_id", Occurrence.KIND),
 )
+
+
+def _has_personal(fact: Fact) -> bool:
+    return any(fact.data.get(name) is not None for name in PERSONAL_FIELDS[fact.event_type])
 
 
 def _references(fact: Fact) -> list[tuple[str, str]]:
@@ -177,6 +182,7 @@ class LedgerApplication(Application[UUID]):
         self.registry = registry or SchemaRegistry.load()
         self.codec = AvroCodec(self.registry, epoch_millis=True)
         super().__init__(env=dict(persistence))
+        self.vault = PersonalDataVault(self.recorder)
 
     def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
         # Library code does not read os.environ: settings are built at the edge.
@@ -192,6 +198,10 @@ class LedgerApplication(Application[UUID]):
 
         With `atomic`, a batch with any rejected fact saves nothing and raises its first error.
         """
+        # Keys are committed before any event encrypted with them is saved.
+        self.vault.ensure_keys(
+            f.data["customer_id"] for f in facts if f.event_type in PERSONAL_FIELDS and _has_personal(f)
+        )
         try:
             return self._record_once(facts, atomic)
         except IntegrityError:
@@ -203,11 +213,18 @@ class LedgerApplication(Application[UUID]):
         work = _UnitOfWork(self, datetime.now(tz=UTC))
         work.prefetch({ref for fact in facts for ref in _references(fact)})
         outcomes = [self._decide(fact, work) for fact in facts]
+        forgotten = [
+            f.data["customer_id"]
+            for f, o in zip(facts, outcomes, strict=True)
+            if o.status == "accepted" and f.event_type == "CustomerForgotten"
+        ]
         if atomic:
             rejected = next((o for o in outcomes if o.error is not None), None)
             if rejected is not None and rejected.error is not None:
                 self._repository = self.construct_repository()  # forget the half-applied batch
                 raise rejected.error
+        # Shred first: a crash before the save leaves the data unreadable, never readable.
+        self.vault.forget(forgotten)
         events = work.pending_events()
         if events:
             processing = ProcessingEvent[UUID]()
@@ -224,6 +241,8 @@ class LedgerApplication(Application[UUID]):
 
     def _decide(self, fact: Fact, work: _UnitOfWork) -> Outcome:
         owner, starts = EVENT_OWNERS[fact.event_type]
+        if fact.event_type in PERSONAL_FIELDS and _has_personal(fact):
+            fact = self._encrypt_personal(fact)
         key = fact.event_id if owner is Occurrence else fact.data[_KEY_FIELD[owner]]
         try:
             if owner is Occurrence and work.exists(owner, key):
@@ -242,6 +261,14 @@ class LedgerApplication(Application[UUID]):
         except ValidationError as error:
             return Outcome("rejected", error)
         return Outcome("accepted")
+
+    def _encrypt_personal(self, fact: Fact) -> Fact:
+        data = dict(fact.data)
+        for name in PERSONAL_FIELDS[fact.event_type]:
+            value = data.get(name)
+            if value is not None and not str(value).startswith(PREFIX):
+                data[name] = self.vault.encrypt(data["customer_id"], str(value))
+        return replace(fact, data=data)
 
     def _check_references(self, fact: Fact, work: _UnitOfWork) -> Fact:
         """Referenced entities exist (and were active); fill fields the ledger knows."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.application import LedgerApplication
+from ledger.vault import PERSONAL_FIELDS
 
 CLI = [sys.executable, "-m", "crm_ledger.cli"]
 
@@ -71,5 +72,8 @@ def ledger_content(app: LedgerApplication) -> list[tuple[str, dict[str, Any]]]:
         for notification in batch:
             event_type, record = app.codec.decode(notification.state)
             record.pop("recorded_at")
+            # Ciphertexts differ between ledgers (own keys, random nonces): compare plaintext.
+            for name in PERSONAL_FIELDS.get(event_type, ()):
+                record[name] = app.vault.reveal(record["customer_id"], record[name])
             content.append((event_type, record))
         start = batch[-1].id + 1

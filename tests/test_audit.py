@@ -165,3 +165,73 @@ def test_explain_totals_equal_the_score(audited: LedgerApplication, settings: Se
     assert unknown.returncode == 1 and "nobody" in unknown.stderr
     bad = run_cli("explain", "--employee", "emp-0001", "--period", "January", env=env_of(settings))
     assert bad.returncode == 2
+
+
+@pytest.mark.kafka
+def test_forgotten_customer_is_unreadable_everywhere_and_the_chain_holds(
+    settings: Settings, tmp_path: Path, kafka_bootstrap: str, topic: str
+) -> None:
+    from tests.factory import rec
+
+    app = LedgerApplication(settings.eventsourcing_env())
+    records = [
+        rec(
+            "CustomerRegistered",
+            "2026-01-01T00:00:00Z",
+            customer_id="c9",
+            segment="smb",
+            region="north",
+            name="Greta Example",
+            email="greta@example.com",
+        ),
+        rec("EmployeeJoined", "2026-01-01T00:00:00Z", employee_id="e9", team_id="t9", role="agent"),
+        rec(
+            "InteractionRecorded",
+            "2026-01-02T00:00:00Z",
+            customer_id="c9",
+            employee_id="e9",
+            channel="phone",
+            direction="inbound",
+        ),
+        rec(
+            "CustomerDetailsChanged", "2026-01-03T00:00:00Z", customer_id="c9", email="greta@new.example.com"
+        ),
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    ingest_records(app, read_file(path, RecordParser(app.registry)), RejectSink(None, echo=None))
+    env = env_of(settings, CRM_LEDGER_BOOTSTRAP=kafka_bootstrap, CRM_LEDGER_TOPIC=topic)
+    shown = run_cli("customer", "show", "c9", env=env)
+    assert "Greta Example" in shown.stdout and "greta@new.example.com" in shown.stdout
+    forget = tmp_path / "f.jsonl"
+    forget.write_text(json.dumps(rec("CustomerForgotten", "2026-02-01T00:00:00Z", customer_id="c9")) + "\n")
+    assert (
+        ingest_records(
+            app, read_file(forget, RecordParser(app.registry)), RejectSink(None, echo=None)
+        ).accepted
+        == 1
+    )
+    Relay(app, RelayConfig(kafka_bootstrap, topic, partitions=1, transactional_id=f"r-{topic}")).run()
+    project_promoted(settings, "ledger", None, follow=False)
+
+    secrets = (b"Greta", b"greta@", b"example.com")
+    with sqlite3.connect(settings.store) as con:
+        stored = b"".join(row[0] for row in con.execute("SELECT state FROM stored_events"))
+    kafka_bytes = b"".join(e.value for e in kafka_entries(kafka_bootstrap, topic))
+    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        mirror = b"".join(
+            bytes(v) + p.encode()
+            for v, p in con.execute("SELECT value, payload FROM ledger_events").fetchall()
+        )
+    for secret in secrets:
+        assert secret not in stored and secret not in kafka_bytes and secret not in mirror
+    shown = run_cli("customer", "show", "c9", env=env)
+    assert "Greta" not in shown.stdout and "[forgotten]" in shown.stdout
+    verified = run_cli(
+        "audit", "verify", "--source", "ledger", "--source", "mirror", "--source", "kafka", env=env
+    )
+    assert verified.returncode == 0, verified.stdout
+    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        assert con.execute(
+            "SELECT interactions_total, forgotten FROM customer_profile WHERE customer_id = 'c9'"
+        ).fetchone() == (1, True)

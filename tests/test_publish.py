@@ -42,7 +42,11 @@ def test_project_publish_sends_changes_once(kafka_bootstrap: str, settings: Sett
         write_history(GeneratorConfig(customers=120, employees=8, months=2, seed=3), handle)
     app = LedgerApplication(settings.eventsourcing_env())
     ingest_records(app, read_file(history, RecordParser(app.registry)), RejectSink(None, echo=None))
-    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db), "CRM_LEDGER_BOOTSTRAP": kafka_bootstrap}
+    env = {
+        "CRM_LEDGER_STORE": settings.store,
+        "CRM_LEDGER_DB": str(settings.projections_db),
+        "CRM_LEDGER_BOOTSTRAP": kafka_bootstrap,
+    }
     first = run_cli("project", "--publish", env=env)
     assert first.returncode == 0, first.stderr
     again = run_cli("publish", env=env)
@@ -55,4 +59,6 @@ def test_project_publish_sends_changes_once(kafka_bootstrap: str, settings: Sett
     decoded = {k.decode(): app.codec.decode(v)[1] for k, v in published.items() if v is not None}
     assert {c: decoded[c]["interactions_total"] for c, _ in profiles} == dict(profiles)
     published_scores = latest_by_key(kafka_bootstrap, FEEDS[1].topic)
-    assert {k.decode(): app.codec.decode(v)[1]["score"] for k, v in published_scores.items() if v} == pytest.approx(dict(scores))
+    assert {
+        k.decode(): app.codec.decode(v)[1]["score"] for k, v in published_scores.items() if v
+    } == pytest.approx(dict(scores))

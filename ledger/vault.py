@@ -1,0 +1,97 @@
+"""Crypto-shredding of customers' personal fields (right to be forgotten).
+
+Personal fields (CustomerRegistered / CustomerDetailsChanged `name` and `email`) are
+encrypted with a key of that customer (AES-256-GCM) before the event is stored, so the
+store, the Kafka topic and the DuckDB mirror only ever hold ciphertext. The keys live in
+the ledger's own database, outside the event log. `CustomerForgotten` deletes the key:
+the ciphertext stays (the hash chain, counts and KPIs stay valid) but nobody can read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable
+
+from Crypto.Cipher import AES
+from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.sqlite import SQLiteAggregateRecorder
+
+PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "CustomerRegistered": ("name", "email"),
+    "CustomerDetailsChanged": ("name", "email"),
+}
+PREFIX = "enc:v1:"
+FORGOTTEN = "[forgotten]"
+_TABLE = "crm_customer_keys"
+
+
+class PersonalDataVault:
+    """Per-customer keys in the event store's database (SQLite or PostgreSQL)."""
+
+    def __init__(self, recorder: ApplicationRecorder) -> None:
+        self._datastore = recorder.datastore  # type: ignore[attr-defined]
+        self._mark = "?" if isinstance(recorder, SQLiteAggregateRecorder) else "%s"
+        blob = "BLOB" if self._mark == "?" else "BYTEA"
+        with self._datastore.transaction(commit=True) as cursor:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {_TABLE} (customer_id TEXT PRIMARY KEY, key {blob} NOT NULL)"
+            )
+        self._cache: dict[str, bytes] = {}
+
+    def ensure_keys(self, customer_ids: Iterable[str]) -> None:
+        """Create (and commit) keys for customers that have none yet."""
+        wanted = sorted(set(customer_ids) - set(self._cache))
+        if not wanted:
+            return
+        found = self._load(wanted)
+        missing = [c for c in wanted if c not in found]
+        if missing:
+            with self._datastore.transaction(commit=True) as cursor:
+                for customer_id in missing:
+                    cursor.execute(
+                        f"INSERT INTO {_TABLE} (customer_id, key) VALUES ({self._mark}, {self._mark}) "
+                        "ON CONFLICT (customer_id) DO NOTHING",
+                        (customer_id, os.urandom(32)),
+                    )
+            found = self._load(wanted)
+        self._cache.update(found)
+
+    def _load(self, customer_ids: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        with self._datastore.transaction(commit=False) as cursor:
+            for start in range(0, len(customer_ids), 500):
+                chunk = customer_ids[start : start + 500]
+                marks = ", ".join([self._mark] * len(chunk))
+                cursor.execute(f"SELECT customer_id, key FROM {_TABLE} WHERE customer_id IN ({marks})", chunk)
+                for row in cursor.fetchall():
+                    found[str(row[0])] = bytes(row[1])
+        return found
+
+    def forget(self, customer_ids: Iterable[str]) -> None:
+        """Delete keys: from now on the customers' personal fields cannot be decrypted."""
+        ids = list(customer_ids)
+        if not ids:
+            return
+        with self._datastore.transaction(commit=True) as cursor:
+            for customer_id in ids:
+                cursor.execute(f"DELETE FROM {_TABLE} WHERE customer_id = {self._mark}", (customer_id,))
+        for customer_id in ids:
+            self._cache.pop(customer_id, None)
+
+    def encrypt(self, customer_id: str, value: str) -> str:
+        key = self._cache[customer_id]
+        cipher = AES.new(key, AES.MODE_GCM)
+        ciphertext, tag = cipher.encrypt_and_digest(value.encode())
+        return PREFIX + base64.b64encode(cipher.nonce + tag + ciphertext).decode()
+
+    def reveal(self, customer_id: str, value: str | None) -> str | None:
+        """The plaintext of a personal field, FORGOTTEN once the key is gone."""
+        if value is None or not value.startswith(PREFIX):
+            return value
+        key = self._cache.get(customer_id) or self._load([customer_id]).get(customer_id)
+        if key is None:
+            return FORGOTTEN
+        raw = base64.b64decode(value[len(PREFIX) :])
+        cipher = AES.new(key, AES.MODE_GCM, nonce=raw[:16])
+        return cipher.decrypt_and_verify(raw[32:], raw[16:32]).decode()
