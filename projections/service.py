@@ -29,38 +29,58 @@ def project_promoted(
     refresh_interval_s: float = 5.0,
     on_refresh: Callable[[ProjectionDB], None] | None = None,
 ) -> str:
-    """Bring the promoted version up to date (creating and promoting one on first use)."""
+    """Bring the promoted version up to date (creating and promoting one on first use).
+
+    When following, a promotion made by another command is noticed at the next refresh and
+    the follower moves on to the newly promoted version.
+    """
     app = open_ledger(settings)
     label = source_label(settings, source)
+    messages: list[str] = []
     with ProjectionDB(settings.projections_db) as db:
-        promoted = db.promoted_version()
-        if promoted is None:
-            spec_path = metrics or DEFAULT_SPEC
-            spec = load_spec(spec_path)
-            version = db.ensure_version(spec, spec_path.read_text(encoding="utf-8"), label)
-        else:
-            version = db.find_version(promoted)
-            _check_can_follow(version, label, metrics)
-        projector = Projector(db, version, open_source(settings, source, app), app.codec)
-        try:
-            stats = projector.run(
-                follow=follow,
-                reporter=reporter,
-                should_stop=should_stop,
-                refresh_interval_s=refresh_interval_s,
-                on_refresh=(lambda: on_refresh(db)) if on_refresh else None,
+        while True:
+            promoted = db.promoted_version()
+            if promoted is None:
+                spec_path = metrics or DEFAULT_SPEC
+                spec = load_spec(spec_path)
+                version = db.ensure_version(spec, spec_path.read_text(encoding="utf-8"), label)
+            else:
+                version = db.find_version(promoted)
+                _check_can_follow(version, label, None if messages else metrics)
+            switched: list[bool] = [False]
+
+            def refreshed(version: VersionInfo = version, switched: list[bool] = switched) -> None:
+                if on_refresh is not None:
+                    on_refresh(db)
+                current = db.promoted_version()
+                switched[0] = current is not None and current != version.version
+
+            projector = Projector(db, version, open_source(settings, source, app), app.codec)
+            try:
+                stats = projector.run(
+                    follow=follow,
+                    reporter=reporter,
+                    should_stop=_stop_or_switched(should_stop, switched),
+                    refresh_interval_s=refresh_interval_s,
+                    on_refresh=refreshed,
+                )
+            finally:
+                if projector.source is not None:
+                    projector.source.close()
+            if promoted is None and not projector.needs_refresh():
+                db.promote(db.find_version(version.version))
+                if on_refresh is not None:
+                    on_refresh(db)  # the first build is only promoted now: publish it too
+            messages.append(
+                f"{version.version} ({version.name}): applied {stats.applied} events"
+                f" in {stats.seconds:.1f}s ({stats.rate:,.0f} ev/s), {stats.dead_letters} dead letters"
             )
-        finally:
-            if projector.source is not None:
-                projector.source.close()
-        if promoted is None and not projector.needs_refresh():
-            db.promote(db.find_version(version.version))
-            if on_refresh is not None:
-                on_refresh(db)  # the first build is only promoted now: publish it too
-        return (
-            f"{version.version} ({version.name}): applied {stats.applied} events"
-            f" in {stats.seconds:.1f}s ({stats.rate:,.0f} ev/s), {stats.dead_letters} dead letters"
-        )
+            if not (follow and switched[0] and not should_stop()):
+                return "\n".join(messages)
+
+
+def _stop_or_switched(should_stop: Callable[[], bool], switched: list[bool]) -> Callable[[], bool]:
+    return lambda: should_stop() or switched[0]
 
 
 def _check_can_follow(version: VersionInfo, label: str, metrics: Path | None) -> None:

@@ -99,9 +99,15 @@ class VersionInfo:
         return parse_spec(self.spec_text, f"<spec of {self.version}>")
 
 
-def version_id(spec: MetricSpec, as_of: datetime | None) -> str:
-    """`v_` + 12 hex digits of the spec's content hash (and the as-of moment, if any)."""
+def version_id(spec: MetricSpec, as_of: datetime | None, source: str = "ledger") -> str:
+    """`v_` + 12 hex digits of the spec's content hash, the as-of moment and the source.
+
+    The source is part of the identity: a Kafka-fed and a ledger-fed build of the same
+    spec track different positions and must never share a schema.
+    """
     basis = spec.content_hash + (f"@{as_of.isoformat()}" if as_of else "")
+    if source != "ledger":
+        basis += f"<{source}"
     return "v_" + hashlib.sha256(basis.encode()).hexdigest()[:12]
 
 
@@ -214,7 +220,7 @@ class ProjectionDB:
         built_from: str | None = None,
     ) -> VersionInfo:
         """The version for this spec (and as-of), created empty when new."""
-        version = version_id(spec, as_of)
+        version = version_id(spec, as_of, source)
         exists = self.connection.execute(
             "SELECT 1 FROM main.crm_versions WHERE version = ?", [version]
         ).fetchone()
@@ -267,8 +273,18 @@ class ProjectionDB:
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(f"CREATE SCHEMA {version}")
+                # Log tables keep their declared constraints (tracking's primary key);
+                # read models are plain copies.
+                con.execute(EVENTS_DDL.replace("{v}", version))
+                con.execute(DEAD_LETTERS_DDL.replace("{v}", version))
+                DuckDBTrackingRecorder(con, version)
                 for table in tables:
-                    con.execute(f"CREATE TABLE {version}.{table} AS SELECT * FROM staging.{version}.{table}")
+                    if table in {"events", "dead_letters", "tracking"}:
+                        con.execute(f"INSERT INTO {version}.{table} SELECT * FROM staging.{version}.{table}")
+                    else:
+                        con.execute(
+                            f"CREATE TABLE {version}.{table} AS SELECT * FROM staging.{version}.{table}"
+                        )
                 con.execute(
                     "INSERT INTO main.crm_versions SELECT * FROM staging.main.crm_versions WHERE version = ?",
                     [version],

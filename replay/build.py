@@ -95,7 +95,7 @@ def replay(
     spec = load_spec(spec_path)  # every spec error surfaces before any work
     spec_text = spec_path.read_text(encoding="utf-8")
     label = source_label(settings, source)
-    target = version_id(spec, as_of)
+    target = version_id(spec, as_of, label)
     started = time.monotonic()
     app = open_ledger(settings)
 

@@ -64,7 +64,9 @@ def build(settings: Settings, source: Any, app: LedgerApplication) -> Projection
 
 
 def digest(con: duckdb.DuckDBPyConnection, table: str, exclude: tuple[str, ...] = ()) -> str:
-    columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] not in exclude]
+    """An ordered hash of a table's content; `spec_version` only names the version, so it never counts."""
+    skipped = {*exclude, "spec_version"}
+    columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] not in skipped]
     select = ", ".join(f'"{c}"' for c in columns)
     row = con.execute(
         f"SELECT md5(coalesce(string_agg(t::VARCHAR, '\n' ORDER BY t::VARCHAR), '')) FROM (SELECT {select} FROM {table}) t"
