@@ -602,12 +602,7 @@ def _print_diff(report: Any, limit: int) -> None:
 @click.pass_context
 def promote(ctx: click.Context, version: str) -> None:
     """Point the stable views at VERSION in one transaction (promoting an older one is the rollback)."""
-    from projections.store import ProjectionDB
-
-    with ProjectionDB(_settings(ctx).projections_db) as db:
-        target = db.find_version(version)
-        db.promote(target)
-    click.echo(f"promoted {target.version} ({target.name})")
+    _on_version(ctx, version, "promote", "promoted")
 
 
 @cli.command()
@@ -615,12 +610,17 @@ def promote(ctx: click.Context, version: str) -> None:
 @click.pass_context
 def drop(ctx: click.Context, version: str) -> None:
     """Delete a version (never the promoted one)."""
+    _on_version(ctx, version, "drop", "dropped")
+
+
+def _on_version(ctx: click.Context, version: str, action: str, done: str) -> None:
+    """Find a version by id, prefix or name and apply a ProjectionDB action to it."""
     from projections.store import ProjectionDB
 
     with ProjectionDB(_settings(ctx).projections_db) as db:
         target = db.find_version(version)
-        db.drop(target)
-    click.echo(f"dropped {target.version} ({target.name})")
+        getattr(db, action)(target)
+    click.echo(f"{done} {target.version} ({target.name})")
 
 
 @cli.group()

@@ -37,17 +37,9 @@ class LedgerAggregate(Aggregate):
     #: The event types this aggregate records; the first starts it.
     EVENT_TYPES = cast("tuple[str, ...]", ())
 
-    class Started(Aggregate.Created):
-        event_type: str
-        event_id: str
-        occurred_at: int
-        data: Mapping[str, Any]
-
-        def apply(self, aggregate: Aggregate) -> None:
-            assert isinstance(aggregate, LedgerAggregate)
-            aggregate._apply_fact(self.event_type, self.event_id, self.occurred_at, self.data)
-
     class Recorded(Aggregate.Event):
+        """A fact recorded on an existing aggregate."""
+
         event_type: str
         event_id: str
         occurred_at: int
@@ -56,6 +48,9 @@ class LedgerAggregate(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, LedgerAggregate)
             aggregate._apply_fact(self.event_type, self.event_id, self.occurred_at, self.data)
+
+    class Started(Aggregate.Created, Recorded):
+        """The fact that starts an aggregate: the same fields, plus eventsourcing's creation."""
 
     def __init__(self) -> None:
         self.event_ids: set[str] = set()

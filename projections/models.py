@@ -30,19 +30,13 @@ MODEL_TABLES = (
     "complaint_kpi_month",
     "reward_statement",
 )
-#: The views every version exposes and `promote` points the stable names at.
+#: What a weights-only recompute rebuilds; everything else depends only on the KPI definitions.
+SCORE_TABLES = ("reward_components", "reward_score")
+#: The views every version exposes and `promote` points the stable names at: the read
+#: models (not their intermediate tables), the audit mirror and the dead letters.
+INTERMEDIATE_TABLES = ("team_history", "measures")
 STABLE_VIEWS = (
-    "customer_profile",
-    "kpi_employee_month",
-    "kpi_team_month",
-    "kpi_employee_week",
-    "kpi_team_week",
-    "kpi_employee_day",
-    "kpi_team_day",
-    "reward_score",
-    "reward_components",
-    "complaint_kpi_month",
-    "reward_statement",
+    *(t for t in MODEL_TABLES if t not in INTERMEDIATE_TABLES),
     "ledger_events",
     "dead_letters",
 )

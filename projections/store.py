@@ -23,7 +23,7 @@ import duckdb
 
 from projections.columns import EVENTS_DDL
 from projections.errors import ProjectionError
-from projections.models import STABLE_VIEWS
+from projections.models import MODEL_TABLES, SCORE_TABLES, STABLE_VIEWS
 from projections.spec import MetricSpec, parse_spec
 from projections.tracking import DuckDBTrackingRecorder
 
@@ -36,17 +36,7 @@ SHARED_WITH_DERIVED = (
     "events",
     "tracking",
     "dead_letters",
-    "team_history",
-    "measures",
-    "kpi_employee_month",
-    "kpi_team_month",
-    "kpi_employee_week",
-    "kpi_team_week",
-    "kpi_employee_day",
-    "kpi_team_day",
-    "customer_profile",
-    "complaint_kpi_month",
-    "reward_statement",
+    *(t for t in MODEL_TABLES if t not in SCORE_TABLES),
 )
 CATALOG_DDL = [
     """CREATE TABLE IF NOT EXISTS main.crm_versions (

@@ -20,7 +20,8 @@ from typing import Literal
 from crm_ledger.progress import Reporter
 from crm_ledger.runtime import open_ledger, open_source
 from crm_ledger.settings import Settings
-from projections.engine import Projector
+from ledger.application import LedgerApplication
+from projections.engine import Projector, ProjectStats
 from projections.service import source_label
 from projections.spec import load_spec
 from projections.store import ProjectionDB, VersionInfo, version_id
@@ -80,6 +81,24 @@ def _shareable_base(db: ProjectionDB, kpi_hash: str, label: str) -> VersionInfo 
     return candidates[0] if candidates else None
 
 
+def _catch_up(
+    db: ProjectionDB,
+    version: VersionInfo,
+    *,
+    settings: Settings,
+    source: str,
+    app: LedgerApplication,
+    reporter: Reporter | None,
+    should_stop: Callable[[], bool],
+) -> tuple[ProjectStats, Projector]:
+    projector = Projector(db, version, open_source(settings, source, app), app.codec)
+    try:
+        return projector.run(reporter=reporter, should_stop=should_stop), projector
+    finally:
+        if projector.source is not None:
+            projector.source.close()
+
+
 def replay(
     settings: Settings,
     spec_path: Path,
@@ -103,12 +122,15 @@ def replay(
         known = {v.version: v for v in db.versions()}
         if target in known:
             version = known[target]
-            projector = Projector(db, version, open_source(settings, source, app), app.codec)
-            try:
-                stats = projector.run(reporter=reporter, should_stop=should_stop)
-            finally:
-                if projector.source is not None:
-                    projector.source.close()
+            stats, _ = _catch_up(
+                db,
+                version,
+                settings=settings,
+                source=source,
+                app=app,
+                reporter=reporter,
+                should_stop=should_stop,
+            )
             return ReplayResult(target, version.name, "caught-up", stats.applied, time.monotonic() - started)
         base = None if full or as_of is not None else _shareable_base(db, spec.kpi_hash, label)
         if base is not None:
@@ -121,12 +143,15 @@ def replay(
     staging = staging_path(settings, target)
     with ProjectionDB(staging) as staged:
         version = staged.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
-        projector = Projector(staged, version, open_source(settings, source, app), app.codec)
-        try:
-            stats = projector.run(reporter=reporter, should_stop=should_stop)
-        finally:
-            if projector.source is not None:
-                projector.source.close()
+        stats, projector = _catch_up(
+            staged,
+            version,
+            settings=settings,
+            source=source,
+            app=app,
+            reporter=reporter,
+            should_stop=should_stop,
+        )
         if should_stop() or projector.needs_refresh():
             return ReplayResult(
                 target, version.name, "interrupted", stats.applied, time.monotonic() - started
