@@ -65,7 +65,7 @@ class PersonalDataVault:
                 marks = ", ".join([self._mark] * len(chunk))
                 cursor.execute(f"SELECT customer_id, key FROM {_TABLE} WHERE customer_id IN ({marks})", chunk)
                 for row in cursor.fetchall():
-                    found[str(row[0])] = bytes(row[1])
+                    found[str(row["customer_id"])] = bytes(row["key"])
         return found
 
     def forget(self, customer_ids: Iterable[str]) -> None:

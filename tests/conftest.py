@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import socket
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,8 @@ from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.records import RecordParser
 from schemas.registry import SchemaRegistry
+from tests.postgres_server import PostgresServer, create_database
+from tests.postgres_server import start as postgres_start
 
 
 def _free_port_pair() -> int:
@@ -64,17 +68,49 @@ def topic(kafka_bootstrap: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session, always stopped."""
+    # Not under pytest's tmp folders: those are private to root, and the server runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="crm-ledger-pg-"))
+    started = postgres_start(base)
+    if started is None:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip("PostgreSQL binaries are not available on this machine")
+    server, process = started
+    try:
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+#: The event stores every state test runs against.
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session")
 def registry() -> SchemaRegistry:
     return SchemaRegistry.load()
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(store=str(tmp_path / "ledger.sqlite"), projections_db=tmp_path / "projections.duckdb")
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[LedgerApplication]:
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    store = str(tmp_path / "ledger.sqlite")
+    if "store_kind" in request.fixturenames and request.getfixturevalue("store_kind") == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        store = create_database(server, f"ledger_{uuid.uuid4().hex[:12]}")
+    return Settings(store=store, projections_db=tmp_path / "projections.duckdb")
+
+
+@pytest.fixture
+def app(settings: Settings, store_kind: str) -> Iterator[LedgerApplication]:
+    """The ledger on each supported event store (SQLite file, real PostgreSQL)."""
     application = LedgerApplication(settings.eventsourcing_env())
     yield application
     application.close()

@@ -1,0 +1,118 @@
+"""A throwaway PostgreSQL server for the test session (the machine's own binaries).
+
+PostgreSQL refuses to run as root, so when the tests run as root the cluster is
+initialised and started as the `postgres` system user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    data: Path
+    port: int
+    user: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+
+def _binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    return None
+
+
+def _as_owner(command: list[str], owner: str | None) -> list[str]:
+    if owner is None:
+        return command
+    return ["runuser", "-u", owner, "--", *command]
+
+
+def start(base: Path) -> tuple[PostgresServer, subprocess.Popen[bytes]] | None:
+    """Initialise and start a server on a free loopback port; None when PostgreSQL is absent."""
+    initdb, postgres = _binary("initdb"), _binary("postgres")
+    if initdb is None or postgres is None:
+        return None
+    owner = None
+    user = pwd.getpwuid(os.getuid()).pw_name
+    if os.getuid() == 0:
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError:
+            return None
+        owner = user = entry.pw_name
+        base.mkdir(parents=True, exist_ok=True)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+        os.chmod(base, 0o700)
+    data = base / "data"
+    subprocess.run(
+        _as_owner([initdb, "-D", str(data), "-A", "trust", "-U", user, "--no-sync"], owner),
+        check=True,
+        capture_output=True,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        _as_owner(
+            [
+                postgres,
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(base),
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            owner,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = PostgresServer(data, port, user)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None:
+                return None
+            time.sleep(0.1)
+    import psycopg
+
+    while time.monotonic() < deadline:
+        try:
+            psycopg.connect(server.url("postgres"), connect_timeout=2).close()
+            return server, process
+        except psycopg.OperationalError:
+            time.sleep(0.1)
+    process.terminate()
+    return None
+
+
+def create_database(server: PostgresServer, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(server.url("postgres"), autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return server.url(name)
