@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
