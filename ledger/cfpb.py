@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, raise_csv_field_limit
+from ledger.ingest import SourceRecord, raise_csv_field_limit, safe_rows
 from ledger.records import RecordParser, format_timestamp
 
 _NAMESPACE = uuid.UUID("0c8f6c1e-5b0e-4f7e-9a3c-1f0d5e2b7a11")
-DESK_JOINED = "2000-01-01T00:00:00Z"
+DESK_JOINED = "1970-01-01T00:00:00Z"  # before any complaint, however old the export
 CHANNELS = {
     "web": "web",
     "web referral": "web",
@@ -44,6 +44,32 @@ RESOLUTIONS = {
     "closed": "closed",
 }
 REQUIRED = ("Complaint ID", "Date received", "Company")
+KNOWN_COLUMNS = (
+    "Date received",
+    "Product",
+    "Sub-product",
+    "Issue",
+    "Sub-issue",
+    "Consumer complaint narrative",
+    "Company public response",
+    "Company",
+    "State",
+    "ZIP code",
+    "Tags",
+    "Consumer consent provided?",
+    "Submitted via",
+    "Date sent to company",
+    "Company response to consumer",
+    "Timely response?",
+    "Consumer disputed?",
+    "Complaint ID",
+)
+_CANONICAL = {" ".join(c.lower().split()): c for c in KNOWN_COLUMNS}
+
+
+def canonical_header(name: str) -> str:
+    """The published column name for a header cell, ignoring case and spacing."""
+    return _CANONICAL.get(" ".join(name.lower().split()), name.strip())
 
 
 def event_id(complaint_id: str, step: str) -> str:
@@ -177,15 +203,18 @@ def read_cfpb(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
     seen_companies: set[str] = set()
     with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
         reader = csv.DictReader(handle)
-        header = [h.strip() for h in reader.fieldnames or []]
+        header = [canonical_header(h) for h in reader.fieldnames or []]
         reader.fieldnames = header
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise ValidationError(
                 missing[0], f"{path.name}: column missing from the header (is this a CFPB export?)"
             )
-        for row in reader:
-            location = f"{path.name}:{reader.line_num}"
+        for line, row in safe_rows(reader):
+            location = f"{path.name}:{line}"
+            if isinstance(row, ValidationError):
+                yield SourceRecord(location, "", None, row, 0)
+                continue
             raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
             size = len(raw) + 1
             try:

@@ -103,8 +103,13 @@ def csv_records(
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         return
-    for row in reader:
-        line = reader.line_num
+    except csv.Error as error:
+        yield SourceRecord(f"{name}:1", "", None, ValidationError("(header)", f"unreadable CSV: {error}"), 0)
+        return
+    for line, row in safe_rows(reader):
+        if isinstance(row, ValidationError):
+            yield SourceRecord(f"{name}:{line}", "", None, row, 0)
+            continue
         location = f"{name}:{line}"
         raw_text = ",".join(row)
         size = len(raw_text) + 1
@@ -112,14 +117,31 @@ def csv_records(
             yield SourceRecord(location, raw_text, None, None, size)
             continue
         if len(row) > len(header):
-            error = ValidationError("(record)", f"{len(row)} cells but {len(header)} columns")
-            yield SourceRecord(location, raw_text, None, error, size)
+            problem = ValidationError("(record)", f"{len(row)} cells but {len(header)} columns")
+            yield SourceRecord(location, raw_text, None, problem, size)
             continue
         raw = dict(zip(header, row, strict=False))
         try:
             yield SourceRecord(location, raw_text, parse(raw), None, size)
         except ValidationError as error:
             yield SourceRecord(location, raw_text, None, error, size)
+
+
+def safe_rows(reader: Any) -> Iterator[tuple[int, Any]]:
+    """(line, row) of a csv reader; a malformed line (NUL byte, bad quoting) becomes an error.
+
+    Python's csv module raises on such lines; the reader can go on with the next one, so one
+    bad line is one reject, never the end of the import.
+    """
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield reader.line_num, ValidationError("(record)", f"unreadable CSV line: {error}")
+            continue
+        yield reader.line_num, row
 
 
 def read_file(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from crm_ledger.errors import CrmLedgerError
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, raise_csv_field_limit
+from ledger.ingest import SourceRecord, raise_csv_field_limit, safe_rows
 from ledger.records import RecordParser
 
 _NAMESPACE = uuid.UUID("3f9a7b1c-2d4e-4a5b-8c6d-7e8f9a0b1c2d")
@@ -121,8 +121,11 @@ def read_mapped_csv(path: Path, mapping_path: Path, parser: RecordParser) -> Ite
     with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
         reader = csv.DictReader(handle)
         reader.fieldnames = [h.strip() for h in reader.fieldnames or []]
-        for row in reader:
-            location = f"{path.name}:{reader.line_num}"
+        for line, row in safe_rows(reader):
+            location = f"{path.name}:{line}"
+            if isinstance(row, ValidationError):
+                yield SourceRecord(location, "", None, row, 0)
+                continue
             raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
             try:
                 facts = [parser.parse(r) for r in row_records(row, mappings)]

@@ -39,8 +39,20 @@ class Fact:
         return self.data.get(name)
 
 
+#: Timestamps outside 1900-01-01 .. 2200-01-01 are typos, not history.
+EARLIEST_MS = -2_208_988_800_000
+LATEST_MS = 7_258_118_400_000
+
+
 def parse_timestamp(value: Any, field: str = "occurred_at") -> int:
     """UTC epoch milliseconds from ISO-8601 text (naive means UTC) or epoch milliseconds."""
+    millis = _timestamp(value, field)
+    if not EARLIEST_MS <= millis < LATEST_MS:
+        raise ValidationError(field, f"out of range (1900-01-01 to 2199-12-31): {value!r}")
+    return millis
+
+
+def _timestamp(value: Any, field: str) -> int:
     if isinstance(value, bool):
         raise ValidationError(field, f"expected a timestamp, got {value!r}")
     if isinstance(value, int):
@@ -70,6 +82,10 @@ def format_timestamp(epoch_ms: int) -> str:
 
 def _text(value: Any, field: str) -> str:
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(field, "is not valid Unicode text") from None
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
@@ -124,10 +140,22 @@ def _string_list(value: Any, field: str) -> list[str]:
     raise ValidationError(field, f"expected a list of ids, got {type(value).__name__}")
 
 
+def _bounded(bits: int) -> Callable[[Any, str], int]:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def coerce(value: Any, field: str) -> int:
+        number = _integer(value, field)
+        if not low <= number <= high:
+            raise ValidationError(field, f"out of range for a {bits}-bit integer: {number}")
+        return number
+
+    return coerce
+
+
 _COERCE: dict[str, Callable[[Any, str], Any]] = {
     "string": _text,
-    "int": _integer,
-    "long": _integer,
+    "int": _bounded(32),
+    "long": _bounded(64),
     "double": _double,
     "boolean": _boolean,
 }

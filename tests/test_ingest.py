@@ -151,3 +151,42 @@ def test_kill_and_resume_import_equals_uninterrupted(tmp_path: Path, parser: Rec
     killed = LedgerApplication(Settings(store=str(killed_store)).eventsourcing_env())
     assert 0 < partial < uninterrupted.max_position()
     assert ledger_content(killed) == ledger_content(uninterrupted)
+
+
+def test_hostile_input_is_rejected_never_crashes(
+    app: LedgerApplication, parser: RecordParser, tmp_path: Path
+) -> None:
+    good = basics()
+    bad = [
+        rec(
+            "InteractionRecorded",
+            "99999999999999999999",
+            customer_id="c1",
+            channel="chat",
+            direction="inbound",
+        ),
+        rec("InteractionRecorded", customer_id="c1", channel="chat", direction="inbound", duration_s=2**40),
+        rec(
+            "InteractionRecorded", customer_id="c1", channel="chat", direction="inbound", topic={"nested": 1}
+        ),
+        rec(
+            "InteractionRecorded",
+            "1850-01-01T00:00:00Z",
+            customer_id="c1",
+            channel="chat",
+            direction="inbound",
+        ),
+    ]
+    lines = [json.dumps(r) for r in [*good, *bad]] + ['{"type": "InteractionRecorded", "topic": "\\ud800"}']
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    summary = ingest(app, parser, path)
+    assert (summary.accepted, summary.rejected) == (5, 5)
+    csv_path = tmp_path / "nul.csv"
+    csv_path.write_bytes(
+        b"type,event_id,occurred_at,customer_id,segment,region\n"
+        b"CustomerRegistered,00000000-0000-4000-8000-0000000000aa,2026-01-01,c7,smb,x\x00y\n"
+        b"CustomerRegistered,00000000-0000-4000-8000-0000000000ab,2026-01-01,c8,smb,north\n"
+    )
+    summary = ingest(app, parser, csv_path)  # Python's csv reads NUL bytes as text
+    assert (summary.accepted, summary.rejected) == (2, 0)
