@@ -1,7 +1,8 @@
 """Crypto-shredding of customers' personal fields (right to be forgotten).
 
 Personal fields (CustomerRegistered / CustomerDetailsChanged `name` and `email`) are
-encrypted with a key of that customer (AES-256-GCM) before the event is stored, so the
+encrypted with a key of that customer (AES-256-GCM, the customer id as associated data)
+before the event is stored, so the
 store, the Kafka topic and the DuckDB mirror only ever hold ciphertext. The keys live in
 the ledger's own database, outside the event log. `CustomerForgotten` deletes the key:
 the ciphertext stays (the hash chain, counts and KPIs stay valid) but nobody can read it.
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import os
+from collections import OrderedDict
 from collections.abc import Iterable
 
-from Crypto.Cipher import AES
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
@@ -21,7 +24,8 @@ PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "CustomerRegistered": ("name", "email"),
     "CustomerDetailsChanged": ("name", "email"),
 }
-PREFIX = "enc:v1:"
+PREFIX = "enc:v2:"  # AES-256-GCM, 12-byte nonce, tag appended (cryptography's AESGCM layout)
+CACHED_KEYS = 100_000
 FORGOTTEN = "[forgotten]"
 _TABLE = "crm_customer_keys"
 
@@ -37,11 +41,12 @@ class PersonalDataVault:
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {_TABLE} (customer_id TEXT PRIMARY KEY, key {blob} NOT NULL)"
             )
-        self._cache: dict[str, bytes] = {}
+        # Bounded, so that importing millions of customers keeps memory constant.
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
 
     def ensure_keys(self, customer_ids: Iterable[str]) -> None:
         """Create (and commit) keys for customers that have none yet."""
-        wanted = sorted(set(customer_ids) - set(self._cache))
+        wanted = sorted(c for c in set(customer_ids) if c not in self._cache)
         if not wanted:
             return
         found = self._load(wanted)
@@ -55,7 +60,14 @@ class PersonalDataVault:
                         (customer_id, os.urandom(32)),
                     )
             found = self._load(wanted)
-        self._cache.update(found)
+        for customer_id, key in found.items():
+            self._remember(customer_id, key)
+
+    def _remember(self, customer_id: str, key: bytes) -> None:
+        self._cache[customer_id] = key
+        self._cache.move_to_end(customer_id)
+        while len(self._cache) > CACHED_KEYS:
+            self._cache.popitem(last=False)
 
     def _load(self, customer_ids: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -79,19 +91,32 @@ class PersonalDataVault:
         for customer_id in ids:
             self._cache.pop(customer_id, None)
 
+    def _key(self, customer_id: str) -> bytes | None:
+        key = self._cache.get(customer_id)
+        if key is None:
+            key = self._load([customer_id]).get(customer_id)
+            if key is not None:
+                self._remember(customer_id, key)
+        return key
+
     def encrypt(self, customer_id: str, value: str) -> str:
-        key = self._cache[customer_id]
-        cipher = AES.new(key, AES.MODE_GCM)
-        ciphertext, tag = cipher.encrypt_and_digest(value.encode())
-        return PREFIX + base64.b64encode(cipher.nonce + tag + ciphertext).decode()
+        """Ciphertext of a personal field (the key was created by `ensure_keys`)."""
+        key = self._key(customer_id)
+        if key is None:
+            raise KeyError(f"no key for customer {customer_id!r}")
+        nonce = os.urandom(12)
+        sealed = AESGCM(key).encrypt(nonce, value.encode(), customer_id.encode())
+        return PREFIX + base64.b64encode(nonce + sealed).decode()
 
     def reveal(self, customer_id: str, value: str | None) -> str | None:
         """The plaintext of a personal field, FORGOTTEN once the key is gone."""
         if value is None or not value.startswith(PREFIX):
             return value
-        key = self._cache.get(customer_id) or self._load([customer_id]).get(customer_id)
+        key = self._key(customer_id)
         if key is None:
             return FORGOTTEN
         raw = base64.b64decode(value[len(PREFIX) :])
-        cipher = AES.new(key, AES.MODE_GCM, nonce=raw[:16])
-        return cipher.decrypt_and_verify(raw[32:], raw[16:32]).decode()
+        try:
+            return AESGCM(key).decrypt(raw[:12], raw[12:], customer_id.encode()).decode()
+        except InvalidTag:
+            return "[unreadable]"
