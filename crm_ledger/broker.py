@@ -92,13 +92,24 @@ def _require_java() -> str:
     return java
 
 
+FETCH_SCRIPT = PROJECT_ROOT / "scripts" / "fetch-kafka.sh"
+
+
 def _classpath(config: BrokerConfig) -> str:
     if not any(config.lib_dir.glob("kafka_2.13-*.jar")):
-        raise ConfigurationError(
-            f"Kafka jars are missing in {config.lib_dir}: run scripts/fetch-kafka.sh "
-            "(needs Maven) or `make kafka`"
-        )
+        fetch_jars(config)
     return str(config.lib_dir / "*")
+
+
+def fetch_jars(config: BrokerConfig) -> None:
+    """Fetch Apache Kafka's jars from Maven Central with the project's script (needs Maven)."""
+    if config.lib_dir != PROJECT_ROOT / ".kafka" / "lib" or not FETCH_SCRIPT.exists():
+        raise ConfigurationError(f"Kafka jars are missing in {config.lib_dir}: run scripts/fetch-kafka.sh")
+    if shutil.which("mvn") is None:
+        raise ConfigurationError("Kafka jars are missing and mvn was not found: Maven fetches them")
+    result = subprocess.run(["bash", str(FETCH_SCRIPT)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ConfigurationError(f"fetching the Kafka jars failed:\n{result.stderr[-2000:]}")
 
 
 def _read_pid(config: BrokerConfig) -> int | None:
