@@ -118,17 +118,9 @@ class EventsWriter:
                 + ", to_json(rec), value, chain FROM incoming_events"
             )
 
-    def insert(
-        self,
-        connection: duckdb.DuckDBPyConnection,
-        schema: str,
-        batch: RawBatch,
-        groups: Sequence[DecodedGroup],
-        *,
-        as_of_ms: int | None = None,
-    ) -> int:
-        """Insert decoded groups (events after `as_of_ms` are left out); returns rows inserted."""
-        inserted = 0
+    def prepare(self, batch: RawBatch, groups: Sequence[DecodedGroup]) -> list[tuple[str, pa.Table]]:
+        """One Arrow table per event type of a decoded batch (pure: safe on any thread)."""
+        tables = []
         for group in groups:
             indexes = group.indexes
             envelope = [
@@ -142,12 +134,25 @@ class EventsWriter:
             ]
             arrays = [pa.array(v, type=t) for v, t in zip(envelope, _ENVELOPE_TYPES, strict=True)]
             arrays.append(pa.array(group.records, type=self._structs[group.event_type]))
-            table = pa.Table.from_arrays(arrays, names=[*_ENVELOPE_COLUMNS, "rec"])
-            where = "" if as_of_ms is None else f" WHERE rec.occurred_at <= {int(as_of_ms)}"
+            tables.append((group.event_type, pa.Table.from_arrays(arrays, names=[*_ENVELOPE_COLUMNS, "rec"])))
+        return tables
+
+    def write(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        schema: str,
+        tables: Sequence[tuple[str, pa.Table]],
+        *,
+        as_of_ms: int | None = None,
+    ) -> int:
+        """Insert prepared tables (events after `as_of_ms` are left out); returns rows inserted."""
+        inserted = 0
+        where = "" if as_of_ms is None else f" WHERE rec.occurred_at <= {int(as_of_ms)}"
+        for event_type, table in tables:
             connection.register("incoming_events", table)
             try:
                 result = connection.execute(
-                    f"INSERT INTO {schema}.events {self._selects[group.event_type]}{where}"
+                    f"INSERT INTO {schema}.events {self._selects[event_type]}{where}"
                 ).fetchone()
             finally:
                 connection.unregister("incoming_events")

@@ -9,16 +9,21 @@ models are a pure function of the events, a rebuilt or replayed version is ident
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
 
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.records import parse_timestamp
 from projections.columns import EventsWriter
 from projections.models import all_model_sql, scores_only_sql
-from projections.sources import LogSource, RawBatch
+from projections.sources import LogSource, Position, RawBatch
 from projections.store import ProjectionDB, VersionInfo, _now
 from schemas.codec import AvroCodec
 
@@ -54,8 +59,8 @@ class Projector:
         self.spec = version.spec()
         self.writer = EventsWriter(codec.registry)
 
-    def apply(self, batch: RawBatch) -> tuple[int, int]:
-        """Append one batch and its positions in one transaction; (applied, dead letters)."""
+    def prepare(self, batch: RawBatch) -> PreparedBatch:
+        """Decode a batch and build its Arrow tables (no database access: runs on any thread)."""
         groups, errors = self.codec.decode_groups(batch.values)
         dead = [
             (
@@ -69,16 +74,22 @@ class Projector:
             )
             for i, error in errors
         ]
+        return PreparedBatch(
+            self.writer.prepare(batch, groups), dead, list(batch.positions.values()), len(batch)
+        )
+
+    def write(self, prepared: PreparedBatch) -> tuple[int, int]:
+        """Append a prepared batch and its positions in one transaction; (applied, dead letters)."""
         con = self.db.connection
         con.execute("BEGIN TRANSACTION")
         try:
-            applied = self.writer.insert(con, self.storage.schema, batch, groups, as_of_ms=self._as_of_ms)
-            if dead:
+            applied = self.writer.write(con, self.storage.schema, prepared.tables, as_of_ms=self._as_of_ms)
+            if prepared.dead:
                 con.executemany(
                     f"INSERT INTO {self.storage.schema}.dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    dead,
+                    prepared.dead,
                 )
-            self.db.tracking(self.storage).record_positions(batch.positions.values())
+            self.db.tracking(self.storage).record_positions(prepared.positions)
             con.execute(
                 "UPDATE main.crm_versions SET state = 'building' WHERE version IN (?, ?)",
                 [self.version.version, self.storage.version],
@@ -87,7 +98,11 @@ class Projector:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
-        return applied, len(dead)
+        return applied, len(prepared.dead)
+
+    def apply(self, batch: RawBatch) -> tuple[int, int]:
+        """Decode and append one batch with its positions, in one transaction."""
+        return self.write(self.prepare(batch))
 
     def refresh(self, *, scores_only: bool = False) -> None:
         """Rebuild the read models (or just the scores) in one transaction."""
@@ -141,33 +156,31 @@ class Projector:
         dirty = self.needs_refresh()
         positions = self.db.tracking(self.storage).positions()
         reporter.total(source.lag(positions))
-        for batch in source.batches(positions, follow=follow):
-            if should_stop():
-                break
-            if len(batch):
-                applied, dead = self.apply(batch)
-                stats.applied += applied
-                stats.dead_letters += dead
-                stats.batches += 1
-                dirty = True
-                reporter.advance(
-                    len(batch),
-                    events=len(batch),
-                    note=f"{stats.dead_letters} dead letters" if stats.dead_letters else "",
-                )
-                if stop_after_batches is not None and stats.batches >= stop_after_batches:
+        with _Prefetcher(self, source, positions, follow) as prepared_batches:
+            for prepared in prepared_batches:
+                if should_stop():
                     break
-            caught_up = not len(batch)
-            if follow and dirty and (caught_up or time.monotonic() - last_refresh >= refresh_interval_s):
-                self.refresh()
-                stats.refreshed = True
-                dirty = False
-                last_refresh = time.monotonic()
-                if on_refresh is not None:
-                    on_refresh()
-            if follow and caught_up and not dirty:
-                # Idle: let go of the file so that other commands get their turn.
-                self.db.release()
+                if prepared.size:
+                    applied, dead = self.write(prepared)
+                    stats.applied += applied
+                    stats.dead_letters += dead
+                    stats.batches += 1
+                    dirty = True
+                    note = f"{stats.dead_letters} dead letters" if stats.dead_letters else ""
+                    reporter.advance(prepared.size, events=prepared.size, note=note)
+                    if stop_after_batches is not None and stats.batches >= stop_after_batches:
+                        break
+                caught_up = not prepared.size
+                if follow and dirty and (caught_up or time.monotonic() - last_refresh >= refresh_interval_s):
+                    self.refresh()
+                    stats.refreshed = True
+                    dirty = False
+                    last_refresh = time.monotonic()
+                    if on_refresh is not None:
+                        on_refresh()
+                if follow and caught_up and not dirty:
+                    # Idle: let go of the file so that other commands get their turn.
+                    self.db.release()
         if dirty and not should_stop() and stop_after_batches is None:
             self.refresh()
             stats.refreshed = True
@@ -175,6 +188,71 @@ class Projector:
                 on_refresh()
         stats.seconds = time.monotonic() - started
         return stats
+
+
+@dataclass
+class PreparedBatch:
+    """A decoded batch ready to write: Arrow tables per event type, dead letters, positions."""
+
+    tables: list[tuple[str, pa.Table]]
+    dead: list[tuple[Any, ...]]
+    positions: list[Position]
+    size: int
+
+
+_DONE = object()
+
+
+class _Prefetcher:
+    """Reads and decodes the next batches on a thread while the caller writes the current one.
+
+    The Python work (consuming, Avro decoding, building Arrow) overlaps with DuckDB's writes,
+    which release the GIL. Batches come out in source order; a failure on the thread is
+    raised in the caller. At most two batches wait, so memory stays bounded.
+    """
+
+    def __init__(self, projector: Projector, source: LogSource, positions: Any, follow: bool) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(
+            target=self._produce, args=(projector, source, positions, follow), daemon=True
+        )
+
+    def _put(self, item: Any) -> bool:
+        while not self._halt.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, projector: Projector, source: LogSource, positions: Any, follow: bool) -> None:
+        try:
+            for batch in source.batches(positions, follow=follow):
+                if self._halt.is_set() or not self._put(projector.prepare(batch)):
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            self._put(error)
+            return
+        self._put(_DONE)
+
+    def __enter__(self) -> Iterator[PreparedBatch]:
+        self._thread.start()
+        return self._items()
+
+    def _items(self) -> Iterator[PreparedBatch]:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        self._thread.join(timeout=60)
 
 
 def parse_as_of(text: str | None) -> datetime | None:
