@@ -13,7 +13,6 @@ ID, an unparseable date or no Company is rejected with its line and field.
 
 from __future__ import annotations
 
-import csv
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, raise_csv_field_limit, safe_rows
+from ledger.ingest import SourceRecord, read_row_mapped
 from ledger.records import RecordParser, format_timestamp
 
 _NAMESPACE = uuid.UUID("0c8f6c1e-5b0e-4f7e-9a3c-1f0d5e2b7a11")
@@ -199,29 +198,12 @@ def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict
 
 def read_cfpb(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
     """Stream a CFPB export: one SourceRecord per ledger event, or one per rejected row."""
-    raise_csv_field_limit()
     seen_companies: set[str] = set()
-    with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.DictReader(handle)
-        header = [canonical_header(h) for h in reader.fieldnames or []]
-        reader.fieldnames = header
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise ValidationError(
-                missing[0], f"{path.name}: column missing from the header (is this a CFPB export?)"
-            )
-        for line, row in safe_rows(reader):
-            location = f"{path.name}:{line}"
-            if isinstance(row, ValidationError):
-                yield SourceRecord(location, "", None, row, 0)
-                continue
-            raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
-            size = len(raw) + 1
-            try:
-                records = complaint_events(row, seen_companies)
-                facts = [parser.parse(r) for r in records]
-            except ValidationError as error:
-                yield SourceRecord(location, raw, None, error, size)
-                continue
-            for index, fact in enumerate(facts):
-                yield SourceRecord(location, raw, fact, None, size if index == 0 else 0)
+    return read_row_mapped(
+        path,
+        parser,
+        lambda row: complaint_events(row, seen_companies),
+        header=canonical_header,
+        required=REQUIRED,
+        kind="CFPB export",
+    )

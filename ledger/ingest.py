@@ -144,6 +144,46 @@ def safe_rows(reader: Any) -> Iterator[tuple[int, Any]]:
         yield reader.line_num, row
 
 
+def read_row_mapped(
+    path: Path,
+    parser: RecordParser,
+    to_records: Callable[[dict[str, str]], list[dict[str, Any]]],
+    *,
+    header: Callable[[str], str] = str.strip,
+    required: tuple[str, ...] = (),
+    kind: str = "CSV",
+) -> Iterator[SourceRecord]:
+    """Stream a CSV whose every row maps to several ledger records (CFPB, mapped exports).
+
+    Columns are matched by (normalised) header name. A row is all or nothing: when one of
+    its records is invalid, the row is rejected once, with its line and the field.
+    """
+    raise_csv_field_limit()
+    with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.DictReader(handle)
+        names = [header(h) for h in reader.fieldnames or []]
+        reader.fieldnames = names
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise ValidationError(
+                missing[0], f"{path.name}: column missing from the header (is this a {kind}?)"
+            )
+        for line, row in safe_rows(reader):
+            location = f"{path.name}:{line}"
+            if isinstance(row, ValidationError):
+                yield SourceRecord(location, "", None, row, 0)
+                continue
+            raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
+            size = len(raw) + 1
+            try:
+                facts = [parser.parse(r) for r in to_records(row)]
+            except ValidationError as error:
+                yield SourceRecord(location, raw, None, error, size)
+                continue
+            for index, fact in enumerate(facts):
+                yield SourceRecord(location, raw, fact, None, size if index == 0 else 0)
+
+
 def read_file(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
     """Records of a JSONL (.jsonl, .ndjson, .json) or CSV (.csv) file."""
     if not path.exists():

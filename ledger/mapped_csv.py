@@ -19,7 +19,6 @@ names a missing column, or whose event fails validation, is rejected with its li
 
 from __future__ import annotations
 
-import csv
 import re
 import tomllib
 import uuid
@@ -30,7 +29,7 @@ from typing import Any
 
 from crm_ledger.errors import CrmLedgerError
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, raise_csv_field_limit, safe_rows
+from ledger.ingest import SourceRecord, read_row_mapped
 from ledger.records import RecordParser
 
 _NAMESPACE = uuid.UUID("3f9a7b1c-2d4e-4a5b-8c6d-7e8f9a0b1c2d")
@@ -117,20 +116,4 @@ def row_records(row: Mapping[str, str], mappings: list[EventMapping]) -> list[di
 def read_mapped_csv(path: Path, mapping_path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
     """Stream a CSV export through a mapping: one SourceRecord per event or per rejected row."""
     mappings = load_mapping(mapping_path, parser)
-    raise_csv_field_limit()
-    with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.DictReader(handle)
-        reader.fieldnames = [h.strip() for h in reader.fieldnames or []]
-        for line, row in safe_rows(reader):
-            location = f"{path.name}:{line}"
-            if isinstance(row, ValidationError):
-                yield SourceRecord(location, "", None, row, 0)
-                continue
-            raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
-            try:
-                facts = [parser.parse(r) for r in row_records(row, mappings)]
-            except ValidationError as error:
-                yield SourceRecord(location, raw, None, error, len(raw) + 1)
-                continue
-            for index, fact in enumerate(facts):
-                yield SourceRecord(location, raw, fact, None, len(raw) + 1 if index == 0 else 0)
+    return read_row_mapped(path, parser, lambda row: row_records(row, mappings))
