@@ -7,6 +7,7 @@ the ledger already holds, and saves everything valid in one store transaction.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from ledger.domain import (
     LedgerAggregate,
     Occurrence,
     RewardPeriod,
+    aggregate_hex,
     aggregate_id,
 )
 from ledger.errors import ValidationError
@@ -52,6 +54,7 @@ _ABOUT_PAST_WORK = frozenset(
     {"SurveyAnswered", "ComplimentReceived", "RewardStatementIssued", "RewardAdjustmentIssued"}
 )
 _OCCURRENCE_TOPIC = get_topic(Occurrence)
+HANDLERS_REMEMBERED = 200_000
 _REFERENCE_KINDS: tuple[tuple[str, str], ...] = (
     ("customer_id", Customer.KIND),
     ("employee_id", Employee.KIND),
@@ -105,7 +108,7 @@ class _UnitOfWork:
         self._present: set[tuple[str, str]] = set()
 
     def prefetch(self, refs: set[tuple[str, str]]) -> None:
-        by_id = {aggregate_id(kind, key): (kind, key) for kind, key in refs}
+        by_id = {aggregate_hex(kind, key): (kind, key) for kind, key in refs}
         found = existing_ids(self._app.recorder, by_id)
         self._present = {by_id[agg_id] for agg_id in found}
         self._absent = refs - self._present
@@ -183,6 +186,8 @@ class LedgerApplication(Application[UUID]):
         self.codec = AvroCodec(self.registry, epoch_millis=True)
         super().__init__(env=dict(persistence))
         self.vault = PersonalDataVault(self.recorder)
+        # Who handled recent interactions: survey answers name them, usually days later.
+        self._handlers: OrderedDict[str, str | None] = OrderedDict()
 
     def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
         # Library code does not read os.environ: settings are built at the edge.
@@ -237,6 +242,7 @@ class LedgerApplication(Application[UUID]):
             except Exception:
                 self._repository = self.construct_repository()
                 raise
+            self._remember_handlers(work)
         return outcomes
 
     def _decide(self, fact: Fact, work: _UnitOfWork) -> Outcome:
@@ -312,12 +318,21 @@ class LedgerApplication(Application[UUID]):
                 raise ValidationError("csat", "a survey answer needs at least one of csat, nps, ces")
         return replace(fact, data=data)
 
+    def _remember_handlers(self, work: _UnitOfWork) -> None:
+        for started in work.new_occurrences.values():
+            if started.event_type == "InteractionRecorded":
+                self._handlers[started.event_id] = started.data.get("employee_id")
+        while len(self._handlers) > HANDLERS_REMEMBERED:
+            self._handlers.popitem(last=False)
+
     def _survey_employee(self, work: _UnitOfWork, data: Mapping[str, Any]) -> str | None:
         case_id, interaction_id = data.get("case_id"), data.get("interaction_id")
         if not case_id and not interaction_id:
             raise ValidationError("case_id", "a survey answer must name a case_id or interaction_id")
         handler: str | None = None
-        if interaction_id:
+        if interaction_id and interaction_id in self._handlers:
+            handler = self._handlers[interaction_id]
+        elif interaction_id:
             interaction = work.get(Occurrence, interaction_id)
             if not isinstance(interaction, Occurrence) or interaction.event_type != "InteractionRecorded":
                 raise ValidationError("interaction_id", f"unknown interaction {interaction_id!r}")

@@ -17,8 +17,8 @@ from eventsourcing.sqlite import SQLiteAggregateRecorder
 _SQLITE_CHUNK = 900
 
 
-def existing_ids(recorder: ApplicationRecorder, ids: Collection[UUID]) -> set[UUID]:
-    """The subset of `ids` that have at least one stored event."""
+def existing_ids(recorder: ApplicationRecorder, ids: Collection[str]) -> set[str]:
+    """The subset of aggregate ids (as 32-digit hex) that have at least one stored event."""
     if not ids:
         return set()
     if isinstance(recorder, SQLiteAggregateRecorder):
@@ -29,31 +29,30 @@ def existing_ids(recorder: ApplicationRecorder, ids: Collection[UUID]) -> set[UU
         PostgresAggregateRecorder = None  # type: ignore[assignment,misc]  # noqa: N806
     if PostgresAggregateRecorder is not None and isinstance(recorder, PostgresAggregateRecorder):
         return _postgres_existing(recorder, list(ids))
-    return {i for i in ids if recorder.select_events(i, limit=1)}
+    return {i for i in ids if recorder.select_events(UUID(hex=i), limit=1)}
 
 
-def _sqlite_existing(recorder: SQLiteAggregateRecorder, ids: list[UUID]) -> set[UUID]:
-    found: set[UUID] = set()
-    by_hex = {i.hex: i for i in ids}
-    keys = list(by_hex)
+def _sqlite_existing(recorder: SQLiteAggregateRecorder, ids: list[str]) -> set[str]:
+    # eventsourcing's SQLite recorder stores UUID originator ids as their hex.
+    found: set[str] = set()
     with recorder.datastore.transaction(commit=False) as cursor:
-        for start in range(0, len(keys), _SQLITE_CHUNK):
-            chunk = keys[start : start + _SQLITE_CHUNK]
+        for start in range(0, len(ids), _SQLITE_CHUNK):
+            chunk = ids[start : start + _SQLITE_CHUNK]
             marks = ",".join("?" * len(chunk))
             cursor.execute(
                 f"SELECT DISTINCT originator_id FROM {recorder.events_table_name} "
                 f"WHERE originator_id IN ({marks})",
                 chunk,
             )
-            found.update(by_hex[row[0]] for row in cursor.fetchall())
+            found.update(row[0] for row in cursor.fetchall())
     return found
 
 
-def _postgres_existing(recorder: object, ids: list[UUID]) -> set[UUID]:
+def _postgres_existing(recorder: object, ids: list[str]) -> set[str]:
     table = recorder.events_table_name  # type: ignore[attr-defined]
     with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
         cursor.execute(
             f"SELECT DISTINCT originator_id FROM {table} WHERE originator_id = ANY(%s)",
-            (ids,),
+            ([UUID(hex=i) for i in ids],),
         )
-        return {UUID(str(row["originator_id"])) for row in cursor.fetchall()}
+        return {UUID(str(row["originator_id"])).hex for row in cursor.fetchall()}
