@@ -103,3 +103,23 @@ def topic_exists(bootstrap: str, topic: str, timeout_s: float = 3.0) -> bool:
     except KafkaException:
         return False
     return topic in metadata.topics
+
+
+def produce(
+    producer: Any,
+    topic: str,
+    *,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+) -> None:
+    """Queue one message, waiting (serving delivery callbacks) while the local queue is full.
+
+    Broker errors (KafkaException) propagate: a transactional caller must abort first.
+    """
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.05)

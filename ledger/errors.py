@@ -15,10 +15,6 @@ class ValidationError(CrmLedgerError):
         where = f"{record}: " if record else ""
         super().__init__(f"{where}field {field!r}: {reason}")
 
-    def for_record(self, record: str) -> ValidationError:
-        """The same error, located at a record (e.g. 'events.jsonl:17')."""
-        return ValidationError(self.field, self.reason, record=record)
-
 
 class IllegalTransitionError(ValidationError):
     """A lifecycle step that the aggregate's state machine does not allow."""

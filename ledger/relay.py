@@ -23,6 +23,7 @@ from crm_ledger.kafka import (
     KafkaUnavailableError,
     consumer_config,
     ensure_topic,
+    produce,
 )
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
@@ -212,8 +213,9 @@ class Relay:
                 event_type, record = result
                 schema = self._versions.get(state[1:5])
                 chain = next_link(chain, state)
-                self._produce(
+                produce(
                     producer,
+                    self.config.topic,
                     key=message_key(record),
                     value=state,
                     headers=[
@@ -231,18 +233,3 @@ class Relay:
                 producer.abort_transaction(30)
             raise CrmLedgerError(f"publishing to {self.config.topic!r} failed: {error}") from error
         return RelayPosition(notifications[-1].id, chain)
-
-    def _produce(
-        self,
-        producer: Producer,
-        *,
-        key: bytes | None,
-        value: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-    ) -> None:
-        while True:
-            try:
-                producer.produce(self.config.topic, value=value, key=key, headers=headers)
-                return
-            except BufferError:
-                producer.poll(0.05)

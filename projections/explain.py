@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 
 from projections.errors import ProjectionError
+from projections.store import rows_as_dicts
 
 #: Which measured acts feed which KPI (see projections.models.measures_sql).
 MEASURE_KPIS = {
@@ -87,9 +88,7 @@ def _fmt(value: Any) -> str:
 
 
 def _rows(connection: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cursor = connection.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return rows_as_dicts(connection.execute(sql, params))
 
 
 def explain(connection: duckdb.DuckDBPyConnection, schema: str, employee_id: str, period: str) -> Explanation:

@@ -19,7 +19,7 @@ import duckdb
 from confluent_kafka import KafkaException, Producer
 
 from crm_ledger.errors import CrmLedgerError
-from crm_ledger.kafka import COMPACTED, ensure_topic
+from crm_ledger.kafka import COMPACTED, ensure_topic, produce
 from schemas.codec import AvroCodec
 
 
@@ -117,13 +117,16 @@ def publish_changes(
                 [feed.topic],
             ).fetchall()
         ]
-        for row in rows:
-            key, digest = row.pop("k"), row.pop("h")
-            del digest
-            value = codec.encode(feed.schema, feed.to_record(row))
-            _produce(producer, feed.topic, key.encode(), value)
-        for key in gone:
-            _produce(producer, feed.topic, key.encode(), None)
+        try:
+            for row in rows:
+                key, digest = row.pop("k"), row.pop("h")
+                del digest
+                value = codec.encode(feed.schema, feed.to_record(row))
+                produce(producer, feed.topic, key=key.encode(), value=value)
+            for key in gone:
+                produce(producer, feed.topic, key=key.encode(), value=None)
+        except KafkaException as error:
+            raise CrmLedgerError(f"publishing to {feed.topic!r} failed: {error}") from error
         if producer.flush(60) > 0:
             raise CrmLedgerError(
                 f"publishing to {feed.topic!r} did not complete; nothing was marked published"
@@ -142,14 +145,3 @@ def publish_changes(
         connection.execute("COMMIT")
         sent[feed.topic] = len(rows) + len(gone)
     return sent
-
-
-def _produce(producer: Producer, topic: str, key: bytes, value: bytes | None) -> None:
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value)
-            return
-        except BufferError:
-            producer.poll(0.1)
-        except KafkaException as error:
-            raise CrmLedgerError(f"publishing to {topic!r} failed: {error}") from error

@@ -8,7 +8,8 @@ from pathlib import Path
 from crm_ledger.progress import Reporter
 from crm_ledger.runtime import open_ledger, open_source
 from crm_ledger.settings import Settings
-from projections.engine import Projector
+from ledger.application import LedgerApplication
+from projections.engine import Projector, ProjectStats
 from projections.errors import ProjectionError
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB, VersionInfo
@@ -77,6 +78,25 @@ def project_promoted(
             )
             if not (follow and switched[0] and not should_stop()):
                 return "\n".join(messages)
+
+
+def catch_up(
+    db: ProjectionDB,
+    version: VersionInfo,
+    *,
+    settings: Settings,
+    source: str,
+    app: LedgerApplication,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[ProjectStats, Projector]:
+    """Bring `version` up to date with `source` once (no following); closes the source."""
+    projector = Projector(db, version, open_source(settings, source, app), app.codec)
+    try:
+        return projector.run(reporter=reporter, should_stop=should_stop), projector
+    finally:
+        if projector.source is not None:
+            projector.source.close()
 
 
 def _stop_or_switched(should_stop: Callable[[], bool], switched: list[bool]) -> Callable[[], bool]:

@@ -350,13 +350,6 @@ class ProjectionDB:
         con.execute("DELETE FROM main.crm_versions WHERE version = ?", [version.version])
         con.execute("COMMIT")
 
-    def table_exists(self, schema: str, table: str) -> bool:
-        row = self.connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-            [schema, table],
-        ).fetchone()
-        return bool(row and row[0])
-
 
 def extra_views(schema: str) -> dict[str, str]:
     """Stable views added by later features; each maps to SQL over the version schema."""

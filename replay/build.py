@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Literal
 
 from crm_ledger.progress import Reporter
-from crm_ledger.runtime import open_ledger, open_source
+from crm_ledger.runtime import open_ledger
 from crm_ledger.settings import Settings
-from ledger.application import LedgerApplication
-from projections.engine import Projector, ProjectStats
-from projections.service import source_label
+from projections.engine import Projector
+from projections.service import catch_up, source_label
 from projections.spec import load_spec
 from projections.store import ProjectionDB, VersionInfo, version_id
 
@@ -81,24 +80,6 @@ def _shareable_base(db: ProjectionDB, kpi_hash: str, label: str) -> VersionInfo 
     return candidates[0] if candidates else None
 
 
-def _catch_up(
-    db: ProjectionDB,
-    version: VersionInfo,
-    *,
-    settings: Settings,
-    source: str,
-    app: LedgerApplication,
-    reporter: Reporter | None,
-    should_stop: Callable[[], bool],
-) -> tuple[ProjectStats, Projector]:
-    projector = Projector(db, version, open_source(settings, source, app), app.codec)
-    try:
-        return projector.run(reporter=reporter, should_stop=should_stop), projector
-    finally:
-        if projector.source is not None:
-            projector.source.close()
-
-
 def replay(
     settings: Settings,
     spec_path: Path,
@@ -122,7 +103,7 @@ def replay(
         known = {v.version: v for v in db.versions()}
         if target in known:
             version = known[target]
-            stats, _ = _catch_up(
+            stats, _ = catch_up(
                 db,
                 version,
                 settings=settings,
@@ -143,7 +124,7 @@ def replay(
     staging = staging_path(settings, target)
     with ProjectionDB(staging) as staged:
         version = staged.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
-        stats, projector = _catch_up(
+        stats, projector = catch_up(
             staged,
             version,
             settings=settings,

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crm_ledger.errors import CrmLedgerError
-from crm_ledger.runtime import open_ledger, open_source
+from crm_ledger.runtime import open_ledger
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.records import RecordParser, format_timestamp
-from projections.engine import Projector
-from projections.store import ProjectionDB, VersionInfo
+from projections.service import catch_up
+from projections.store import ProjectionDB, VersionInfo, rows_as_dicts
 
 _NAMESPACE = uuid.UUID("a4c2e8f0-6b1d-4e3a-9f5c-2d7b8e0a1c3f")
 REWARD_EVENTS = ("RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued")
@@ -63,12 +63,7 @@ def _promoted_fresh(settings: Settings, app: LedgerApplication, db: ProjectionDB
     if promoted is None:
         raise PeriodError("no version is promoted: run `crm-ledger project` (or promote a version) first")
     version = db.find_version(promoted)
-    projector = Projector(db, version, open_source(settings, _source_kind(version), app), app.codec)
-    try:
-        projector.run()
-    finally:
-        if projector.source is not None:
-            projector.source.close()
+    catch_up(db, version, settings=settings, source=_source_kind(version), app=app)
     return db.find_version(promoted)
 
 
@@ -76,31 +71,41 @@ def live_scores(db: ProjectionDB, version: VersionInfo, period: str) -> dict[str
     """Scores of `version` for the period, with components and KPI rows for the statement."""
     con = db.connection
     schema = version.schema
+    components: dict[str, list[dict[str, Any]]] = {}
+    for row in rows_as_dicts(
+        con.execute(
+            f"SELECT employee_id, component, kind, kpi, kpi_value, sample_n, weight, cap, value, "
+            f"100 * weighted AS points FROM {schema}.reward_components WHERE period = ? "
+            "ORDER BY employee_id, component",
+            [period],
+        )
+    ):
+        components.setdefault(row.pop("employee_id"), []).append(row)
+    kpis: dict[str, list[dict[str, Any]]] = {}
+    for row in rows_as_dicts(
+        con.execute(
+            f"SELECT * EXCLUDE (last_activity_at) FROM {schema}.kpi_employee_month WHERE period = ? "
+            "ORDER BY employee_id, team_id",
+            [period],
+        )
+    ):
+        kpis.setdefault(row["employee_id"], []).append(row)
     scores: dict[str, LiveScore] = {}
     for employee, score, team in con.execute(
         f"SELECT employee_id, score, team_id FROM {schema}.reward_score "
         "WHERE period = ? ORDER BY employee_id",
         [period],
     ).fetchall():
-        components = con.execute(
-            f"SELECT component, kind, kpi, kpi_value, sample_n, weight, cap, value, 100 * weighted AS points "
-            f"FROM {schema}.reward_components WHERE employee_id = ? AND period = ? ORDER BY component",
-            [employee, period],
-        )
-        names = [d[0] for d in components.description]
-        parts = [dict(zip(names, row, strict=True)) for row in components.fetchall()]
-        kpi_cursor = con.execute(
-            f"SELECT * EXCLUDE (last_activity_at) FROM {schema}.kpi_employee_month "
-            "WHERE employee_id = ? AND period = ?",
-            [employee, period],
-        )
-        kpi_names = [d[0] for d in kpi_cursor.description]
-        kpis = [dict(zip(kpi_names, row, strict=True)) for row in kpi_cursor.fetchall()]
         scores[employee] = LiveScore(
             employee,
             round(float(score), SCORE_DIGITS),
             team,
-            {"team_id": team, "spec_name": version.name, "components": parts, "kpis": kpis},
+            {
+                "team_id": team,
+                "spec_name": version.name,
+                "components": components.get(employee, []),
+                "kpis": kpis.get(employee, []),
+            },
         )
     return scores
 
@@ -208,10 +213,10 @@ class PeriodStatus:
         return json.dumps(payload, indent=2)
 
 
-def period_status(settings: Settings, period: str) -> PeriodStatus:
+def period_status(settings: Settings, period: str, app: LedgerApplication | None = None) -> PeriodStatus:
     """Late events since the close and how far live scores drift from what was told."""
     period = parse_period(period)
-    app = open_ledger(settings)
+    app = app or open_ledger(settings)
     closed = app.reward_period(period)
     if closed is None:
         raise PeriodError(f"period {period} is not closed (close it with `crm-ledger period close {period}`)")
@@ -253,7 +258,8 @@ class Adjustment:
 
 def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> list[Adjustment]:
     """Issue (or with `dry_run` only compute) the adjustments that bring statements to live scores."""
-    status = period_status(settings, period)
+    app = open_ledger(settings)
+    status = period_status(settings, period, app)
     adjustments = []
     for drift in status.drifts:
         reasons = []
@@ -272,7 +278,6 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
             )
         )
     if adjustments and not dry_run:
-        app = open_ledger(settings)
         at = format_timestamp(int(datetime.now(tz=UTC).timestamp() * 1000))
         _record(
             app,

@@ -160,10 +160,3 @@ class SchemaRegistry:
 
     def all_versions(self) -> list[SchemaVersion]:
         return [self._by_id[i] for i in sorted(self._by_id)]
-
-    def with_ids(self, ids: Mapping[tuple[str, int], int]) -> SchemaRegistry:
-        """The same schemas under other ids (e.g. those a remote registry assigned)."""
-        return SchemaRegistry(
-            SchemaVersion(v.event_type, v.version, ids[(v.event_type, v.version)], v.path, v.raw, v.parsed)
-            for v in self.all_versions()
-        )
