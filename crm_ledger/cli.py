@@ -218,26 +218,32 @@ def ingest(ctx: click.Context, files: tuple[Path, ...], rejects: Path | None, ba
 
 
 def _ingest_files(settings: Settings, files: Any, rejects: Path | None, batch_size: int, read: Any) -> None:
-    """Stream each file through `read(path, parser)` into the ledger; summary and exit code."""
-    from ledger.ingest import IngestSummary, RejectSink, ingest_records
+    """Stream the files through `read(path, parser)` into the ledger as one run; summary, exit code.
+
+    The files of one command line are one run: their facts are applied in time order
+    together, so the order in which the files are named does not matter.
+    """
+    import itertools
+
+    from ledger.ingest import RejectSink, ingest_records
     from ledger.records import RecordParser
 
-    for path in files:
-        if not Path(path).is_file():
+    paths = [Path(p) for p in files]
+    for path in paths:
+        if not path.is_file():
             raise CrmLedgerError(f"{path}: no such file")
     app = open_ledger(settings)
     parser = RecordParser(app.registry)
     sink = RejectSink(rejects or settings.rejects_file)
-    total = IngestSummary()
+    records = itertools.chain.from_iterable(read(path, parser) for path in paths)
+    name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
     try:
-        for path in files:
-            records = read(Path(path), parser)
-            with progress_bar(f"ingest {Path(path).name}", Path(path).stat().st_size) as reporter:
-                total.add(ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter))
+        with progress_bar(f"ingest {name}", sum(p.stat().st_size for p in paths)) as reporter:
+            total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
     finally:
         sink.close()
     click.echo(total.line())
-    if total.rejected:
+    if total.refused:
         click.echo(f"rejects written to {rejects or settings.rejects_file}", err=True)
         raise SystemExit(1)
 

@@ -7,6 +7,8 @@ the ledger already holds, and saves everything valid in one store transaction.
 
 from __future__ import annotations
 
+import random
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -15,7 +17,7 @@ from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, OperationalError
 from eventsourcing.utils import Environment, get_topic
 
 from ledger.domain import (
@@ -30,15 +32,20 @@ from ledger.domain import (
     aggregate_hex,
     aggregate_id,
 )
-from ledger.errors import ValidationError
-from ledger.existence import existing_ids
+from ledger.errors import ConflictError, StoreBusyError, ValidationError
+from ledger.existence import existing_ids, index_is_empty, indexed_events
 from ledger.mapper import AvroMapper
-from ledger.records import Fact
-from ledger.vault import PERSONAL_FIELDS, PREFIX, PersonalDataVault
+from ledger.recorders import INDEX_TABLE
+from ledger.records import ENRICHED_FIELDS, Fact, format_timestamp
+from ledger.vault import FORGOTTEN, PERSONAL_FIELDS, PREFIX, PersonalDataVault
 from schemas.codec import AvroCodec
 from schemas.registry import SchemaRegistry
 
-Status = Literal["accepted", "duplicate", "rejected"]
+Status = Literal["accepted", "duplicate", "rejected", "conflict"]
+#: Attempts at a batch when concurrent writers keep getting in between.
+WRITE_ATTEMPTS = 12
+#: The largest encoded event (bytes): what one Kafka message can always carry.
+DEFAULT_MAX_EVENT_BYTES = 512 * 1024
 
 #: Which field holds the key of the aggregate that owns each kind of event.
 _KEY_FIELD: dict[type[LedgerAggregate], str] = {
@@ -82,6 +89,45 @@ def _references(fact: Fact) -> list[tuple[str, str]]:
     return refs
 
 
+#: Fields the ledger fills in when a client leaves them out (never compared when absent).
+_FILLED_IN = ENRICHED_FIELDS | {("SurveyAnswered", "employee_id"), ("ArticleLinked", "customer_id")}
+
+
+def _same_customer(given: str | None, case: Case) -> str:
+    """The case's customer; a fact naming another customer is refused, never rewritten."""
+    if given and given != case.customer_id:
+        raise ValidationError(
+            "customer_id", f"case {case.case_id!r} belongs to customer {case.customer_id!r}, not {given!r}"
+        )
+    return case.customer_id
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def encoded_size_bound(fact: Fact) -> int:
+    """An upper bound of the fact's Avro size (personal fields as ciphertext).
+
+    Avro writes a string as a varint length (at most 10 bytes) plus its UTF-8 bytes and any
+    number in at most 10 bytes; ciphertext is base64 of nonce, text and tag, with a prefix.
+    """
+    personal = PERSONAL_FIELDS.get(fact.event_type, ())
+    size = 64 + len(fact.event_id)
+    for name, value in fact.data.items():
+        if isinstance(value, str):
+            length = len(value.encode("utf-8", "surrogatepass"))
+            if name in personal:
+                length = len(PREFIX) + 4 * ((length + 28 + 2) // 3)
+            size += 10 + length
+        elif isinstance(value, list):
+            size += 10 + sum(10 + len(str(v).encode("utf-8", "surrogatepass")) for v in value)
+        else:
+            size += 10
+    return size
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one fact of a batch."""
@@ -91,7 +137,7 @@ class Outcome:
 
 
 class _UnitOfWork:
-    """Aggregates touched by one batch, looked up once each.
+    """Aggregates touched by one batch, looked up once each, and its new events in fact order.
 
     Ids the store does not hold are found with one query per batch (`prefetch`), so new
     facts, the bulk of any import, cost no read at all. Internally aggregates are keyed
@@ -106,19 +152,21 @@ class _UnitOfWork:
         self.new_occurrences: dict[tuple[str, str], LedgerAggregate.Started] = {}
         self._absent: set[tuple[str, str]] = set()
         self._present: set[tuple[str, str]] = set()
+        #: The batch's new events in the order of its facts: that is the notification order.
+        self.events: list[Any] = []
+        self.index_rows: list[tuple[str, str, int]] = []
+        #: Event ids the store already holds -> (originator id hex, version).
+        self.stored_ids: dict[str, tuple[str, int]] = {}
+        #: Event ids accepted earlier in this batch -> the fact as given.
+        self.batch_facts: dict[str, Fact] = {}
+        self.new_keys: dict[str, bytes] = {}
 
-    def prefetch(self, refs: set[tuple[str, str]]) -> None:
+    def prefetch(self, refs: set[tuple[str, str]], event_ids: set[str]) -> None:
         by_id = {aggregate_hex(kind, key): (kind, key) for kind, key in refs}
         found = existing_ids(self._app.recorder, by_id)
         self._present = {by_id[agg_id] for agg_id in found}
         self._absent = refs - self._present
-
-    def exists(self, cls: type[LedgerAggregate], key: str) -> bool:
-        """Whether the aggregate exists, without loading it when the store already said so."""
-        ref = (cls.KIND, key)
-        if ref in self._present or ref in self.new_occurrences:
-            return True
-        return self.get(cls, key) is not None
+        self.stored_ids = indexed_events(self._app.recorder, event_ids)
 
     def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
         ref = (cls.KIND, key)
@@ -145,7 +193,7 @@ class _UnitOfWork:
     def start(self, cls: type[LedgerAggregate], fact: Fact, key: str) -> None:
         ref = (cls.KIND, key)
         if cls is Occurrence:
-            self.new_occurrences[ref] = cls.Started(  # type: ignore[call-arg]
+            started = cls.Started(  # type: ignore[call-arg]
                 originator_id=aggregate_id(cls.KIND, key),
                 originator_version=1,
                 timestamp=self.recorded_at,
@@ -155,15 +203,22 @@ class _UnitOfWork:
                 occurred_at=fact.occurred_at,
                 data=fact.data,
             )
+            self.new_occurrences[ref] = started
+            self._claim([started])
         else:
-            self.touched[ref] = cls.start(fact, key, self.recorded_at)
+            aggregate = cls.start(fact, key, self.recorded_at)
+            self.touched[ref] = aggregate
+            self._claim(aggregate.collect_events())
         self._absent.discard(ref)
 
-    def pending_events(self) -> list[Any]:
-        events: list[Any] = list(self.new_occurrences.values())
-        for aggregate in self.touched.values():
-            events.extend(aggregate.collect_events())
-        return events
+    def record(self, aggregate: LedgerAggregate, fact: Fact) -> None:
+        aggregate.record(fact, self.recorded_at)
+        self._claim(aggregate.collect_events())
+
+    def _claim(self, events: Sequence[Any]) -> None:
+        for event in events:
+            self.events.append(event)
+            self.index_rows.append((event.event_id, event.originator_id.hex, event.originator_version))
 
     def aggregates_by_id(self) -> dict[UUID, LedgerAggregate]:
         return {aggregate.id: aggregate for aggregate in self.touched.values()}
@@ -186,6 +241,9 @@ class LedgerApplication(Application[UUID]):
         self.codec = AvroCodec(self.registry, epoch_millis=True)
         super().__init__(env=dict(persistence))
         self.vault = PersonalDataVault(self.recorder)
+        self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES
+        if index_is_empty(self.recorder) and self.max_position() > 0:
+            self._backfill_index()
         # Who handled recent interactions: survey answers name them, usually days later.
         self._handlers: OrderedDict[str, str | None] = OrderedDict()
 
@@ -193,30 +251,44 @@ class LedgerApplication(Application[UUID]):
         # Library code does not read os.environ: settings are built at the edge.
         merged = dict(type(self).env)
         merged.update(env or {})
+        # The recorders that keep the event-id index in the same transaction as the events.
+        postgres = merged.get("PERSISTENCE_MODULE", "").startswith("eventsourcing.postgres")
+        merged.setdefault(
+            "APPLICATION_RECORDER_TOPIC",
+            "ledger.postgres_recorder:PostgresLedgerRecorder"
+            if postgres
+            else "ledger.recorders:SQLiteLedgerRecorder",
+        )
         return Environment(name, merged)
 
     def construct_mapper(self) -> AvroMapper:
         return AvroMapper(self.codec)
 
     def record(self, facts: Sequence[Fact], *, atomic: bool = False) -> list[Outcome]:
-        """Validate and save a batch: valid facts land together, the rest are reported.
+        """Validate and save a batch: valid facts land together, in order; the rest are reported.
 
         With `atomic`, a batch with any rejected fact saves nothing and raises its first error.
+        When another writer gets in between (a unique key taken, the store busy), the batch is
+        decided again on fresh state, with a growing random pause.
         """
-        # Keys are committed before any event encrypted with them is saved.
-        self.vault.ensure_keys(
-            f.data["customer_id"] for f in facts if f.event_type in PERSONAL_FIELDS and _has_personal(f)
-        )
-        try:
-            return self._record_once(facts, atomic)
-        except IntegrityError:
-            # Another writer got in between: drop cached state and decide again.
-            self._repository = self.construct_repository()
-            return self._record_once(facts, atomic)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return self._record_once(facts, atomic)
+            except (IntegrityError, OperationalError) as error:
+                # Drop cached state: another writer changed the store under it.
+                self._repository = self.construct_repository()
+                self.vault.clear_cache()
+                if attempt == WRITE_ATTEMPTS:
+                    raise StoreBusyError(
+                        f"the event store stayed busy after {attempt} attempts ({error}); "
+                        "nothing of this batch was written: run the same command again"
+                    ) from error
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
 
     def _record_once(self, facts: Sequence[Fact], atomic: bool) -> list[Outcome]:
         work = _UnitOfWork(self, datetime.now(tz=UTC))
-        work.prefetch({ref for fact in facts for ref in _references(fact)})
+        work.prefetch({ref for fact in facts for ref in _references(fact)}, {f.event_id for f in facts})
         outcomes = [self._decide(fact, work) for fact in facts]
         forgotten = [
             f.data["customer_id"]
@@ -228,13 +300,15 @@ class LedgerApplication(Application[UUID]):
             if rejected is not None and rejected.error is not None:
                 self._repository = self.construct_repository()  # forget the half-applied batch
                 raise rejected.error
-        # Shred first: a crash before the save leaves the data unreadable, never readable.
-        self.vault.forget(forgotten)
-        events = work.pending_events()
-        if events:
+        if work.events:
+            # Keys before the events encrypted with them; shredding before the forget is
+            # saved: a crash in between leaves data unreadable, never readable.
+            self.vault.store_new_keys(work.new_keys)
+            self.vault.forget(forgotten)
             processing = ProcessingEvent[UUID]()
-            processing.events.extend(events)
+            processing.events.extend(work.events)
             processing.aggregates.update(work.aggregates_by_id())
+            processing.saved_kwargs["event_index"] = work.index_rows
             try:
                 # eventsourcing's own recording step, given events directly: its save()
                 # would re-discover them from each aggregate through slow protocol checks.
@@ -247,34 +321,111 @@ class LedgerApplication(Application[UUID]):
 
     def _decide(self, fact: Fact, work: _UnitOfWork) -> Outcome:
         owner, starts = EVENT_OWNERS[fact.event_type]
-        if fact.event_type in PERSONAL_FIELDS and _has_personal(fact):
-            fact = self._encrypt_personal(fact)
         key = fact.event_id if owner is Occurrence else fact.data[_KEY_FIELD[owner]]
         try:
-            if owner is Occurrence and work.exists(owner, key):
-                return Outcome("duplicate")
+            earlier = work.batch_facts.get(fact.event_id)
+            if earlier is not None:
+                return self._same_fact(fact, earlier)
+            stored = work.stored_ids.get(fact.event_id)
+            if stored is not None:
+                return self._same_fact(fact, self._stored_fact(*stored))
+            size = encoded_size_bound(fact)
+            if size > self.max_event_bytes:
+                raise ValidationError(
+                    "(record)", f"too large: up to {size} bytes encoded, the limit is {self.max_event_bytes}"
+                )
+            checked = self._check_references(fact, work)
             aggregate = work.get(owner, key)
-            if aggregate is not None and fact.event_id in aggregate.event_ids:
-                return Outcome("duplicate")
-            fact = self._check_references(fact, work)
+            if aggregate is None and not starts:
+                raise ValidationError(_KEY_FIELD[owner], f"unknown {owner.KIND} {key!r}")
+            if aggregate is not None:
+                aggregate.check(checked)  # type: ignore[attr-defined]
+            # Encrypted only once accepted: keys are made for facts that land, never for rejects.
+            if checked.event_type in PERSONAL_FIELDS and _has_personal(checked):
+                checked = self._encrypt_personal(checked, work)
             if aggregate is None:
-                if not starts:
-                    raise ValidationError(_KEY_FIELD[owner], f"unknown {owner.KIND} {key!r}")
-                work.start(owner, fact, key)
+                work.start(owner, checked, key)
             else:
-                aggregate.check(fact)  # type: ignore[attr-defined]
-                aggregate.record(fact, work.recorded_at)
+                work.record(aggregate, checked)
         except ValidationError as error:
             return Outcome("rejected", error)
+        work.batch_facts[fact.event_id] = fact
         return Outcome("accepted")
 
-    def _encrypt_personal(self, fact: Fact) -> Fact:
+    def _stored_fact(self, originator_hex: str, version: int) -> Fact:
+        """The fact the ledger holds at (originator, version), personal fields decrypted."""
+        stored = self.recorder.select_events(UUID(hex=originator_hex), gt=version - 1, lte=version)
+        event_type, record = self.codec.decode(stored[0].state)
+        data = {k: v for k, v in record.items() if k not in ("event_id", "occurred_at", "recorded_at")}
+        for name in PERSONAL_FIELDS.get(event_type, ()):
+            data[name] = self.vault.reveal(data["customer_id"], data.get(name))
+        return Fact(event_type, record["event_id"], record["occurred_at"], data)
+
+    @staticmethod
+    def _same_fact(given: Fact, held: Fact) -> Outcome:
+        """A duplicate when `given` says what the ledger holds under its id; else a conflict."""
+        if given.event_type != held.event_type:
+            return Outcome(
+                "conflict",
+                ConflictError(
+                    "event_id", f"already names a {held.event_type} in the ledger, not a {given.event_type}"
+                ),
+            )
+        differing = []
+        if given.occurred_at != held.occurred_at:
+            differing.append(
+                f"occurred_at (ledger {format_timestamp(held.occurred_at)}, "
+                f"given {format_timestamp(given.occurred_at)})"
+            )
+        personal = PERSONAL_FIELDS.get(given.event_type, ())
+        for name, value in given.data.items():
+            stored = held.data.get(name)
+            if value is None and (given.event_type, name) in _FILLED_IN:
+                continue  # left out by the client; the ledger filled it in
+            if name in personal:
+                if stored not in (FORGOTTEN, value):
+                    differing.append(f"{name} (personal: values not shown)")
+            elif stored != value:
+                differing.append(f"{name} (ledger {_short(stored)}, given {_short(value)})")
+        if not differing:
+            return Outcome("duplicate")
+        return Outcome(
+            "conflict",
+            ConflictError(
+                differing[0].split(" ", 1)[0],
+                "event_id already recorded with different content: " + "; ".join(differing),
+            ),
+        )
+
+    def _encrypt_personal(self, fact: Fact, work: _UnitOfWork) -> Fact:
         data = dict(fact.data)
+        customer_id = data["customer_id"]
+        key = self.vault.key_for_new_fact(customer_id, work.new_keys)
         for name in PERSONAL_FIELDS[fact.event_type]:
             value = data.get(name)
             if value is not None and not str(value).startswith(PREFIX):
-                data[name] = self.vault.encrypt(data["customer_id"], str(value))
+                data[name] = self.vault.encrypt(customer_id, str(value), key)
         return replace(fact, data=data)
+
+    def _backfill_index(self) -> None:
+        """Index every stored event id (a store written before the index existed)."""
+        start = 1
+        while True:
+            batch = list(self.read_notifications(start, 5000))
+            if not batch:
+                return
+            rows = []
+            for notification in batch:
+                _, record = self.codec.decode(notification.state)
+                originator = notification.originator_id
+                hex_id = originator.hex if isinstance(originator, UUID) else UUID(str(originator)).hex
+                rows.append((record["event_id"], hex_id, notification.originator_version))
+            with self.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+                mark = "?" if self.vault.uses_sqlite else "%s"
+                cursor.executemany(
+                    f"INSERT INTO {INDEX_TABLE} VALUES ({mark}, {mark}, {mark}) ON CONFLICT DO NOTHING", rows
+                )
+            start = batch[-1].id + 1
 
     def _check_references(self, fact: Fact, work: _UnitOfWork) -> Fact:
         """Referenced entities exist (and were active); fill fields the ledger knows."""
@@ -296,7 +447,7 @@ class LedgerApplication(Application[UUID]):
         if event_type.startswith("Case") and event_type != "CaseOpened":
             case = work.get(Case, data["case_id"])
             if isinstance(case, Case):
-                data["customer_id"] = case.customer_id
+                data["customer_id"] = _same_customer(customer_id, case)
         if event_type == "CaseEscalated" and data.get("to_employee_id"):
             self._employee(work, data["to_employee_id"], "to_employee_id").check_active("to_employee_id", at)
         if event_type == "CaseResolved":
@@ -306,7 +457,7 @@ class LedgerApplication(Application[UUID]):
             self._case(work, data["source_case_id"], "source_case_id")
         if event_type == "ArticleLinked":
             case = self._case(work, data["case_id"], "case_id")
-            data["customer_id"] = case.customer_id
+            data["customer_id"] = _same_customer(customer_id, case)
             article = work.get(Article, data["article_id"])
             if isinstance(article, Article):
                 data["author_id"] = data.get("author_id") or article.author_id
@@ -339,6 +490,7 @@ class LedgerApplication(Application[UUID]):
             handler = interaction.employee_id
         if case_id:
             case = self._case(work, case_id, "case_id")
+            _same_customer(data.get("customer_id"), case)
             handler = case.resolver_id or case.owner_id or handler
         given: str | None = data.get("employee_id")
         return given or handler

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crm_ledger.errors import CrmLedgerError
+from crm_ledger.errors import CrmLedgerError, TransientError
 
 
 class ValidationError(CrmLedgerError):
@@ -18,3 +18,11 @@ class ValidationError(CrmLedgerError):
 
 class IllegalTransitionError(ValidationError):
     """A lifecycle step that the aggregate's state machine does not allow."""
+
+
+class ConflictError(ValidationError):
+    """An event id the ledger already holds, given again with other content or for another entity."""
+
+
+class StoreBusyError(TransientError):
+    """Concurrent writers kept taking the same keys; the batch was not written and can be re-run."""

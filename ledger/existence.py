@@ -14,6 +14,8 @@ from uuid import UUID
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
+from ledger.recorders import INDEX_TABLE
+
 _SQLITE_CHUNK = 900
 
 
@@ -56,3 +58,40 @@ def _postgres_existing(recorder: object, ids: list[str]) -> set[str]:
             ([UUID(hex=i) for i in ids],),
         )
         return {UUID(str(row["originator_id"])).hex for row in cursor.fetchall()}
+
+
+def indexed_events(recorder: ApplicationRecorder, event_ids: Collection[str]) -> dict[str, tuple[str, int]]:
+    """Where the ledger holds each of `event_ids`: event id -> (originator id hex, version)."""
+    if not event_ids:
+        return {}
+    ids = list(event_ids)
+    found: dict[str, tuple[str, int]] = {}
+    sqlite = isinstance(recorder, SQLiteAggregateRecorder)
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        if sqlite:
+            for start in range(0, len(ids), _SQLITE_CHUNK):
+                chunk = ids[start : start + _SQLITE_CHUNK]
+                cursor.execute(
+                    f"SELECT event_id, originator_id, originator_version FROM {INDEX_TABLE} "
+                    f"WHERE event_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                found.update((row[0], (row[1], int(row[2]))) for row in cursor.fetchall())
+        else:
+            cursor.execute(
+                f"SELECT event_id, originator_id, originator_version FROM {INDEX_TABLE} "
+                "WHERE event_id = ANY(%s)",
+                (ids,),
+            )
+            found.update(
+                (row["event_id"], (row["originator_id"], int(row["originator_version"])))
+                for row in cursor.fetchall()
+            )
+    return found
+
+
+def index_is_empty(recorder: ApplicationRecorder) -> bool:
+    """Whether the event-id index has no row (a store written before the index existed)."""
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        cursor.execute(f"SELECT event_id FROM {INDEX_TABLE} LIMIT 1")
+        return not cursor.fetchall()

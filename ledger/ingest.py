@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -17,22 +17,43 @@ from typing import IO, Any
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
+from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
+from ledger.ordering import in_time_order
 from ledger.records import Fact, RecordParser
+from ledger.vault import PERSONAL_FIELDS
+
+EVENT_TYPES = frozenset(EVENT_OWNERS)
 
 DEFAULT_BATCH_SIZE = 2000
+#: The largest record accepted, in bytes of input and of the encoded event: every accepted
+#: event must fit in one Kafka message (the broker's default limit is ~1 MB), or the relay
+#: could never send it.
+DEFAULT_MAX_RECORD_BYTES = 512 * 1024
+MAX_RECORD_BYTES_LIMIT = 900_000
+#: Nesting deeper than this is no ledger record (and could exhaust the parser's stack).
+MAX_JSON_DEPTH = 32
+_BOM = b"\xef\xbb\xbf"
 _csv_limit_raised = False
 
 
 @dataclass(frozen=True)
 class SourceRecord:
-    """One input record with where it came from, parsed or with the reason it was not."""
+    """One input record with where it came from, parsed or with the reason it was not.
+
+    `raw` is what the rejects file shows: the input with customers' personal fields redacted.
+    """
 
     location: str
-    raw: str
+    raw: str | None
     fact: Fact | None
     error: ValidationError | None
     bytes_read: int
+
+    @property
+    def sort_time(self) -> int | None:
+        """When the fact happened (None for rejects): the order facts are applied in."""
+        return self.fact.occurred_at if self.fact is not None else None
 
 
 @dataclass
@@ -42,106 +63,290 @@ class IngestSummary:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    conflicts: int = 0
 
     def line(self) -> str:
-        return f"accepted {self.accepted}, duplicates skipped {self.duplicates}, rejected {self.rejected}"
+        return (
+            f"accepted {self.accepted}, duplicates skipped {self.duplicates}, "
+            f"rejected {self.rejected}, conflicts {self.conflicts}"
+        )
 
     def add(self, other: IngestSummary) -> None:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.rejected += other.rejected
+        self.conflicts += other.conflicts
+
+    @property
+    def refused(self) -> int:
+        """Records that did not land and were not duplicates: the exit code is 1 when any."""
+        return self.rejected + self.conflicts
 
 
 def raise_csv_field_limit() -> None:
-    # Free-text columns (complaint narratives) exceed the csv module's 128 KiB default.
+    # Free-text columns (complaint narratives) exceed the csv module's 128 KiB default; the
+    # record size limit is enforced on the raw bytes instead.
     global _csv_limit_raised  # noqa: PLW0603 - one-time, process-wide csv setting
     if not _csv_limit_raised:
         csv.field_size_limit(2**31 - 1)
         _csv_limit_raised = True
 
 
-def parse_json_line(name: str, number: int, line: bytes, parser: RecordParser) -> SourceRecord:
+# -- physical lines --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    data: bytes | None  # None: longer than the limit (skipped, not held in memory)
+    size: int
+
+
+def _lines(handle: IO[bytes], limit: int) -> Iterator[_Line]:
+    """Physical lines with their numbers; a line over `limit` bytes is skipped in chunks."""
+    number = 0
+    while True:
+        data = handle.readline(limit + 1)
+        if not data:
+            return
+        number += 1
+        if number == 1 and data.startswith(_BOM):
+            data = data[len(_BOM) :]
+        if len(data) <= limit or data.endswith(b"\n"):
+            yield _Line(number, data, len(data))
+            continue
+        size = len(data)
+        while data and not data.endswith(b"\n"):
+            data = handle.readline(1 << 20)
+            size += len(data)
+        yield _Line(number, None, size)
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValidationError("(record)", f"invalid UTF-8 at byte {error.start + 1}") from None
+
+
+def _too_large(size: int, limit: int) -> ValidationError:
+    return ValidationError("(record)", f"too large: {size} bytes, the limit is {limit} (--max-record-bytes)")
+
+
+# -- JSON lines ------------------------------------------------------------------------------
+def _no_constants(name: str) -> Any:
+    raise ValidationError("(record)", f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValidationError(key, "appears twice in the record")
+        result[key] = value
+    return result
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def load_json_object(text: str) -> dict[str, Any]:
+    """A JSON object, refusing what JSON parsers disagree on or silently change.
+
+    Duplicate keys, NaN/Infinity, numbers too long to convert, deep nesting and anything
+    but an object are `ValidationError`s.
+    """
+    try:
+        raw = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as error:
+        raise ValidationError("(record)", f"invalid JSON: {error.msg} at column {error.colno}") from None
+    except RecursionError:
+        raise ValidationError("(record)", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValidationError:
+        raise
+    except ValueError as error:  # e.g. an integer literal with thousands of digits
+        raise ValidationError("(record)", f"invalid JSON number: {str(error)[:80]}") from None
+    if not isinstance(raw, dict):
+        raise ValidationError("(record)", "each line must be a JSON object")
+    if _depth(raw) > MAX_JSON_DEPTH:
+        raise ValidationError("(record)", f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return raw
+
+
+def parse_json_line(
+    name: str,
+    number: int,
+    line: bytes,
+    parser: RecordParser,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> SourceRecord:
     """One JSONL line into a SourceRecord (blank lines carry neither fact nor error)."""
     size = len(line)
-    text = line.decode("utf-8", errors="replace").strip()
     location = f"{name}:{number}"
-    if not text:
-        return SourceRecord(location, "", None, None, size)
+    if size > max_record_bytes:
+        return SourceRecord(location, None, None, _too_large(size, max_record_bytes), size)
+    raw: dict[str, Any] | None = None
+    text = ""
     try:
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValidationError("(record)", "each line must be a JSON object")
-        return SourceRecord(location, text, parser.parse(raw), None, size)
-    except json.JSONDecodeError as error:
-        invalid = ValidationError("(record)", f"invalid JSON: {error.msg}")
-        return SourceRecord(location, text, None, invalid, size)
+        text = _decode(line).strip()
+        if not text:
+            return SourceRecord(location, "", None, None, size)
+        raw = load_json_object(text)
+        return SourceRecord(location, redacted_json(raw), parser.parse(raw, strict=True), None, size)
     except ValidationError as error:
-        return SourceRecord(location, text, None, error, size)
+        shown = redacted_json(raw) if raw is not None else redacted_text(text)
+        return SourceRecord(location, shown, None, error, size)
 
 
-def read_jsonl(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
-    """Parse a JSON-lines file record by record, in this process."""
+def read_jsonl(
+    path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[SourceRecord]:
+    """Parse a JSON-lines file record by record (a UTF-8 byte-order mark is accepted)."""
     with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            yield parse_json_line(path.name, number, line, parser)
+        for line in _lines(handle, max_record_bytes):
+            if line.data is None:
+                location = f"{path.name}:{line.number}"
+                yield SourceRecord(location, None, None, _too_large(line.size, max_record_bytes), line.size)
+            else:
+                yield parse_json_line(path.name, line.number, line.data, parser, max_record_bytes)
 
 
-def read_csv(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
-    """Parse a CSV file with a header row; columns are matched by name."""
+# -- CSV -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CsvRow:
+    """One logical CSV record: the physical line it starts on, its cells or why it has none."""
+
+    line: int
+    cells: list[str] | None
+    error: ValidationError | None
+    size: int
+
+
+def csv_rows(handle: IO[bytes], max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[CsvRow]:
+    """Logical records of a CSV byte stream, each decoded and split on its own.
+
+    A record ends at the first line end with an even number of quote characters so far (RFC
+    4180: escaped quotes come in pairs). A quote that is never closed would make the csv
+    module swallow the rest of the file into one cell; here the record is cut off at the
+    size limit or the end of the file, its first line is reported, and reading resumes on
+    the line after it, so every following row is still read. Invalid UTF-8 is rejected per
+    record, never replaced.
+    """
     raise_csv_field_limit()
-    with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
-        yield from csv_records(handle, path.name, parser.parse)
+    lines = _lines(handle, max_record_bytes)
+    pushed: list[_Line] = []  # lines to read again after an unbalanced quote (in reverse)
+
+    def next_line() -> _Line | None:
+        if pushed:
+            return pushed.pop()
+        return next(lines, None)
+
+    held: list[_Line] = []
+    quotes = 0
+    size = 0
+    while True:
+        line = next_line()
+        if line is None:
+            if not held:
+                return
+            reason = "a quoted cell that starts here is never closed"
+            yield CsvRow(held[0].number, None, ValidationError("(record)", reason), held[0].size)
+            pushed.extend(reversed(held[1:]))
+            held, quotes, size = [], 0, 0
+            continue
+        if line.data is None:
+            if held:  # the record so far cannot be completed within the limit
+                yield CsvRow(held[0].number, None, _unbalanced(max_record_bytes), held[0].size)
+                pushed.append(line)
+                pushed.extend(reversed(held[1:]))
+                held, quotes, size = [], 0, 0
+            else:
+                yield CsvRow(line.number, None, _too_large(line.size, max_record_bytes), line.size)
+            continue
+        held.append(line)
+        quotes += line.data.count(b'"')
+        size += line.size
+        if quotes % 2:
+            if size > max_record_bytes:
+                yield CsvRow(held[0].number, None, _unbalanced(max_record_bytes), held[0].size)
+                pushed.extend(reversed(held[1:]))
+                held, quotes, size = [], 0, 0
+            continue
+        yield _split(held[0].number, b"".join(h.data or b"" for h in held), size, max_record_bytes)
+        held, quotes, size = [], 0, 0
+
+
+def _unbalanced(limit: int) -> ValidationError:
+    return ValidationError(
+        "(record)", f"a quoted cell that starts here does not close within {limit} bytes (unbalanced quote?)"
+    )
+
+
+def _split(number: int, data: bytes, size: int, limit: int) -> CsvRow:
+    if size > limit:
+        return CsvRow(number, None, _too_large(size, limit), size)
+    try:
+        text = _decode(data).rstrip("\r\n")
+        cells = next(csv.reader([text]), [])
+    except ValidationError as error:
+        return CsvRow(number, None, error, size)
+    except csv.Error as error:
+        return CsvRow(number, None, ValidationError("(record)", f"unreadable CSV: {error}"), size)
+    return CsvRow(number, cells, None, size)
+
+
+def read_csv(
+    path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[SourceRecord]:
+    """Parse a CSV file with a header row; columns are matched by name."""
+    with path.open("rb") as handle:
+        yield from csv_records(handle, path.name, parser.parse, max_record_bytes)
 
 
 def csv_records(
-    handle: IO[str], name: str, parse: Callable[[dict[str, Any]], Fact]
+    handle: IO[bytes],
+    name: str,
+    parse: Callable[[dict[str, Any]], Fact],
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[SourceRecord]:
-    """Records of an open CSV stream, parsed with `parse`; errors are located by line."""
-    raise_csv_field_limit()
-    reader = csv.reader(handle)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
+    """Records of a CSV byte stream, parsed with `parse`; errors are located by line."""
+    rows = csv_rows(handle, max_record_bytes)
+    first = next(rows, None)
+    if first is None:
         return
-    except csv.Error as error:
-        yield SourceRecord(f"{name}:1", "", None, ValidationError("(header)", f"unreadable CSV: {error}"), 0)
+    if first.cells is None:
+        assert first.error is not None
+        yield SourceRecord(f"{name}:{first.line}", None, None, first.error, first.size)
+        # Without a header no row can be read: say so for every row rather than drop them.
+        header_missing = ValidationError("(header)", "the header row is unreadable")
+        for row in rows:
+            yield SourceRecord(f"{name}:{row.line}", None, None, header_missing, row.size)
         return
-    for line, row in safe_rows(reader):
-        if isinstance(row, ValidationError):
-            yield SourceRecord(f"{name}:{line}", "", None, row, 0)
+    header = [h.strip() for h in first.cells]
+    for row in rows:
+        location = f"{name}:{row.line}"
+        if row.cells is None:
+            yield SourceRecord(location, None, None, row.error, row.size)
             continue
-        location = f"{name}:{line}"
-        raw_text = ",".join(row)
-        size = len(raw_text) + 1
-        if not any(cell.strip() for cell in row):
-            yield SourceRecord(location, raw_text, None, None, size)
+        cells = row.cells
+        if not any(cell.strip() for cell in cells):
+            yield SourceRecord(location, "", None, None, row.size)
             continue
-        if len(row) > len(header):
-            problem = ValidationError("(record)", f"{len(row)} cells but {len(header)} columns")
-            yield SourceRecord(location, raw_text, None, problem, size)
+        raw = dict(zip(header, cells, strict=False))
+        shown = redacted_json(raw)
+        if len(cells) > len(header):
+            problem = ValidationError("(record)", f"{len(cells)} cells but {len(header)} columns")
+            yield SourceRecord(location, shown, None, problem, row.size)
             continue
-        raw = dict(zip(header, row, strict=False))
         try:
-            yield SourceRecord(location, raw_text, parse(raw), None, size)
+            yield SourceRecord(location, shown, parse(raw), None, row.size)
         except ValidationError as error:
-            yield SourceRecord(location, raw_text, None, error, size)
-
-
-def safe_rows(reader: Any) -> Iterator[tuple[int, Any]]:
-    """(line, row) of a csv reader; a malformed line (NUL byte, bad quoting) becomes an error.
-
-    Python's csv module raises on such lines; the reader can go on with the next one, so one
-    bad line is one reject, never the end of the import.
-    """
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            yield reader.line_num, ValidationError("(record)", f"unreadable CSV line: {error}")
-            continue
-        yield reader.line_num, row
+            yield SourceRecord(location, shown, None, error, row.size)
 
 
 def read_row_mapped(
@@ -152,52 +357,106 @@ def read_row_mapped(
     header: Callable[[str], str] = str.strip,
     required: tuple[str, ...] = (),
     kind: str = "CSV",
+    personal_columns: frozenset[str] = frozenset(),
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[SourceRecord]:
     """Stream a CSV whose every row maps to several ledger records (CFPB, mapped exports).
 
     Columns are matched by (normalised) header name. A row is all or nothing: when one of
-    its records is invalid, the row is rejected once, with its line and the field.
+    its records is invalid, the row is rejected once, with its line and the field. Cells of
+    `personal_columns` are redacted in the rejects file.
     """
-    raise_csv_field_limit()
-    with path.open("r", newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.DictReader(handle)
-        names = [header(h) for h in reader.fieldnames or []]
-        reader.fieldnames = names
+    with path.open("rb") as handle:
+        rows = csv_rows(handle, max_record_bytes)
+        first = next(rows, None)
+        names = [header(h) for h in (first.cells or [])] if first is not None else []
         missing = [c for c in required if c not in names]
         if missing:
             raise ValidationError(
                 missing[0], f"{path.name}: column missing from the header (is this a {kind}?)"
             )
-        for line, row in safe_rows(reader):
-            location = f"{path.name}:{line}"
-            if isinstance(row, ValidationError):
-                yield SourceRecord(location, "", None, row, 0)
+        for row in rows:
+            location = f"{path.name}:{row.line}"
+            if row.cells is None:
+                yield SourceRecord(location, None, None, row.error, row.size)
                 continue
-            raw = ",".join(v or "" for v in row.values() if isinstance(v, str))
-            size = len(raw) + 1
+            if not any(cell.strip() for cell in row.cells):
+                yield SourceRecord(location, "", None, None, row.size)
+                continue
+            cells = dict(zip(names, row.cells, strict=False))
+            if len(row.cells) > len(names):
+                problem = ValidationError("(record)", f"{len(row.cells)} cells but {len(names)} columns")
+                shown = _redact_columns(cells, personal_columns)
+                yield SourceRecord(location, shown, None, problem, row.size)
+                continue
+            for column in names[len(row.cells) :]:
+                cells[column] = ""
             try:
-                facts = [parser.parse(r) for r in to_records(row)]
+                records = to_records(cells)
+                facts = [parser.parse(r) for r in records]
             except ValidationError as error:
-                yield SourceRecord(location, raw, None, error, size)
+                yield SourceRecord(location, _redact_columns(cells, personal_columns), None, error, row.size)
                 continue
-            for index, fact in enumerate(facts):
-                yield SourceRecord(location, raw, fact, None, size if index == 0 else 0)
+            for index, (record, fact) in enumerate(zip(records, facts, strict=True)):
+                # The ledger record, not the (possibly long) row: it is held until applied.
+                shown = redacted_json(record)
+                yield SourceRecord(location, shown, fact, None, row.size if index == 0 else 0)
 
 
-def read_file(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
+def read_file(
+    path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[SourceRecord]:
     """Records of a JSONL (.jsonl, .ndjson, .json) or CSV (.csv) file."""
     if not path.exists():
         raise CrmLedgerError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".ndjson", ".json"}:
-        return read_jsonl(path, parser)
+        return read_jsonl(path, parser, max_record_bytes)
     if suffix == ".csv":
-        return read_csv(path, parser)
+        return read_csv(path, parser, max_record_bytes)
     raise CrmLedgerError(f"{path}: unknown format {suffix!r} (use .jsonl or .csv)")
 
 
+# -- personal data in rejects ----------------------------------------------------------------
+REDACTED = "[redacted]"
+_PERSONAL_NAMES = frozenset(name for names in PERSONAL_FIELDS.values() for name in names)
+
+
+def redacted_json(raw: Mapping[str, Any]) -> str:
+    """The record as JSON, with customers' personal fields replaced by a marker.
+
+    Redacted when the record is a customer record, or when its type is unknown (it might be).
+    """
+    kind = raw.get("type") or raw.get("event_type")
+    personal = not isinstance(kind, str) or kind in PERSONAL_FIELDS or kind not in EVENT_TYPES
+    shown = {
+        key: (REDACTED if personal and key in _PERSONAL_NAMES and value not in (None, "") else value)
+        for key, value in raw.items()
+    }
+    return json.dumps(shown, ensure_ascii=False, default=str)
+
+
+def redacted_text(text: str) -> str | None:
+    """Unparseable input is shown only when it cannot hold a personal field."""
+    if any(f'"{name}"' in text for name in _PERSONAL_NAMES):
+        return None
+    return text
+
+
+def _redact_columns(cells: Mapping[str, str], personal: frozenset[str]) -> str:
+    return json.dumps(
+        {k: (REDACTED if k in personal and v else v) for k, v in cells.items()}, ensure_ascii=False
+    )
+
+
 class RejectSink:
-    """Writes each rejected record to the rejects file (JSON lines) and to stderr."""
+    """Writes each refused record to the rejects file (JSON lines) and to stderr.
+
+    An entry is `{"record": "file:line", "kind": "rejected" | "conflict", "field", "reason",
+    "raw"}`; `raw` has customers' personal fields redacted (null when the input could not be
+    parsed and might hold them). Entries are flushed as they are written, so an interrupted
+    run leaves whole lines.
+    """
 
     def __init__(self, path: Path | None, echo: IO[str] | None = sys.stderr, echo_limit: int = 50) -> None:
         self._path = path
@@ -206,17 +465,26 @@ class RejectSink:
         self._echo_limit = echo_limit
         self.count = 0
 
-    def reject(self, location: str, error: ValidationError, raw: str) -> None:
+    def reject(
+        self, location: str, error: ValidationError, raw: str | None, *, kind: str = "rejected"
+    ) -> None:
         self.count += 1
         if self._path is not None:
             if self._handle is None:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
                 self._handle = self._path.open("a", encoding="utf-8")
-            entry = {"record": location, "field": error.field, "reason": error.reason, "raw": raw}
+            entry = {
+                "record": location,
+                "kind": kind,
+                "field": error.field,
+                "reason": error.reason,
+                "raw": raw,
+            }
             self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._handle.flush()
         if self._echo is not None:
             if self.count <= self._echo_limit:
-                self._echo.write(f"rejected {location}: field {error.field!r}: {error.reason}\n")
+                self._echo.write(f"{kind} {location}: field {error.field!r}: {error.reason}\n")
             elif self.count == self._echo_limit + 1:
                 self._echo.write("... more rejects: see the rejects file\n")
 
@@ -234,34 +502,34 @@ def ingest_records(
     batch_size: int = DEFAULT_BATCH_SIZE,
     reporter: Reporter | None = None,
 ) -> IngestSummary:
-    """Record a stream of parsed records in batches; one transaction per batch."""
+    """Record a stream of parsed records in time order, in batches; one transaction per batch.
+
+    The whole stream is one run: its valid facts are applied in `occurred_at` order (ties in
+    input order, see `ledger.ordering`), so the outcome does not depend on line order, file
+    order or batch size.
+    """
     reporter = reporter or SilentReporter()
     summary = IngestSummary()
     batch: list[SourceRecord] = []
-    consumed = 0
 
     def flush() -> None:
-        nonlocal consumed
         outcomes = app.record([r.fact for r in batch if r.fact is not None])
-        facts = iter(outcomes)
-        for record in batch:
-            if record.fact is None:
-                continue
-            outcome = next(facts)
+        for record, outcome in zip(batch, outcomes, strict=True):
             if outcome.status == "accepted":
                 summary.accepted += 1
             elif outcome.status == "duplicate":
                 summary.duplicates += 1
             else:
                 assert outcome.error is not None
-                summary.rejected += 1
-                rejects.reject(record.location, outcome.error, record.raw)
-        reporter.advance(consumed, events=len(batch))
-        consumed = 0
+                if outcome.status == "conflict":
+                    summary.conflicts += 1
+                else:
+                    summary.rejected += 1
+                rejects.reject(record.location, outcome.error, record.raw, kind=outcome.status)
+        reporter.advance(0, events=len(batch))
         batch.clear()
 
-    for record in records:
-        consumed += record.bytes_read
+    for record in in_time_order(_counted(records, reporter)):
         if record.error is not None:
             summary.rejected += 1
             rejects.reject(record.location, record.error, record.raw)
@@ -271,6 +539,18 @@ def ingest_records(
         batch.append(record)
         if len(batch) >= batch_size:
             flush()
-    if batch or consumed:
+    if batch:
         flush()
     return summary
+
+
+def _counted(records: Iterable[SourceRecord], reporter: Reporter) -> Iterator[SourceRecord]:
+    """Report bytes read as the records are read (the bar measures input consumed)."""
+    pending = 0
+    for record in records:
+        pending += record.bytes_read
+        if pending >= 1 << 20:
+            reporter.advance(pending)
+            pending = 0
+        yield record
+    reporter.advance(pending)

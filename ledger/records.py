@@ -8,6 +8,8 @@ the field.
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -61,7 +63,9 @@ def _timestamp(value: Any, field: str) -> int:
         moment = value
     elif isinstance(value, str) and value.strip():
         text = value.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
+            if len(text) > 15:
+                raise ValidationError(field, f"out of range: {_short(value)}")
             return int(text)
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -104,16 +108,24 @@ def _integer(value: Any, field: str) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise ValidationError(field, f"expected an integer, got {value!r}")
+    raise ValidationError(field, f"expected an integer, got {_short(value)}")
 
 
 def _double(value: Any, field: str) -> float:
     if isinstance(value, bool):
         raise ValidationError(field, f"expected a number, got {value!r}")
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(field, f"expected a number, got {value!r}") from None
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError(field, f"expected a number, got {_short(value)}") from None
+    if not math.isfinite(number):
+        raise ValidationError(field, f"must be a finite number, got {_short(value)}")
+    return number
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _TRUE = frozenset({"true", "1", "yes", "y", "t"})
@@ -152,6 +164,31 @@ def _bounded(bits: int) -> Callable[[Any, str], int]:
     return coerce
 
 
+def _strictly(
+    kind: str, accepts: tuple[type, ...], coerce: Callable[[Any, str], Any]
+) -> Callable[[Any, str], Any]:
+    """For JSON input: a value of the wrong JSON type is refused, never converted."""
+
+    def check(value: Any, field: str) -> Any:
+        if isinstance(value, bool) and bool not in accepts:
+            raise ValidationError(field, f"expected {kind}, got {value!r}")
+        if not isinstance(value, accepts):
+            raise ValidationError(field, f"expected {kind}, got JSON {_json_type(value)} {_short(value)}")
+        return coerce(value, field)
+
+    return check
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "number"
+
+
 _COERCE: dict[str, Callable[[Any, str], Any]] = {
     "string": _text,
     "int": _bounded(32),
@@ -159,12 +196,20 @@ _COERCE: dict[str, Callable[[Any, str], Any]] = {
     "double": _double,
     "boolean": _boolean,
 }
+_STRICT: dict[str, Callable[[Any, str], Any]] = {
+    "string": _strictly("text", (str,), _text),
+    "int": _strictly("an integer", (int, float), _COERCE["int"]),
+    "long": _strictly("an integer", (int, float), _COERCE["long"]),
+    "double": _strictly("a number", (int, float), _double),
+    "boolean": _strictly("true or false", (bool,), _boolean),
+}
 
 
 @dataclass(frozen=True)
 class _FieldRule:
     name: str
     coerce: Callable[[Any, str], Any]
+    strict: Callable[[Any, str], Any]
     required: bool
     default: Any
 
@@ -181,13 +226,13 @@ def _rules_for(event_type: str, fields: list[dict[str, Any]]) -> list[_FieldRule
             avro_type = next(t for t in avro_type if t != "null")
         if isinstance(avro_type, dict) and avro_type.get("type") == "array":
             coerce: Callable[[Any, str], Any] = _string_list
-        elif isinstance(avro_type, dict):
-            coerce = _COERCE[avro_type["type"]]
+            strict: Callable[[Any, str], Any] = _strictly("a list of ids", (list,), _string_list)
         else:
-            coerce = _COERCE[avro_type]
+            primitive = avro_type["type"] if isinstance(avro_type, dict) else avro_type
+            coerce, strict = _COERCE[primitive], _STRICT[primitive]
         has_default = "default" in field
         optional = nullable or has_default or (event_type, name) in ENRICHED_FIELDS
-        rules.append(_FieldRule(name, coerce, not optional, field.get("default")))
+        rules.append(_FieldRule(name, coerce, strict, not optional, field.get("default")))
     return rules
 
 
@@ -240,10 +285,27 @@ ENRICHED_FIELDS = frozenset(
 )
 
 
-class RecordParser:
-    """Turns raw mappings into `Fact`s, checked against the newest schema of their type."""
+#: How far in the future `occurred_at` may lie (clock skew between systems), by default.
+DEFAULT_FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
 
-    def __init__(self, registry: SchemaRegistry, *, allow_internal: bool = False) -> None:
+
+class RecordParser:
+    """Turns raw mappings into `Fact`s, checked against the newest schema of their type.
+
+    `occurred_at` may lie at most `future_tolerance_ms` after `now_ms` (default: the clock
+    when the parser was made): a fact cannot have happened tomorrow.
+    """
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        *,
+        allow_internal: bool = False,
+        now_ms: int | None = None,
+        future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
+    ) -> None:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        self._latest_ms = now + future_tolerance_ms
         self._rules = {
             t: _rules_for(t, list(registry.latest(t).raw["fields"]))
             for t in registry.event_types
@@ -254,18 +316,30 @@ class RecordParser:
     def event_types(self) -> list[str]:
         return sorted(self._rules)
 
-    def parse(self, raw: Mapping[str, Any]) -> Fact:
-        """A checked `Fact`, or a `ValidationError` naming the first bad field."""
+    def parse(self, raw: Mapping[str, Any], *, strict: bool = False) -> Fact:
+        """A checked `Fact`, or a `ValidationError` naming the first bad field.
+
+        With `strict` (JSON input) every value must already have its field's JSON type; CSV
+        cells are text and are converted.
+        """
         event_type = raw.get("type") or raw.get("event_type")
         if not event_type:
             raise ValidationError("type", "is missing")
-        rules = self._rules.get(str(event_type))
+        if not isinstance(event_type, str):
+            raise ValidationError("type", f"expected text, got {_short(event_type)}")
+        rules = self._rules.get(event_type)
         if rules is None:
             raise ValidationError("type", f"unknown event type {event_type!r}")
         event_id = self._event_id(raw.get("event_id"))
         if _blank(raw.get("occurred_at")):
             raise ValidationError("occurred_at", "is missing")
         occurred_at = parse_timestamp(raw["occurred_at"])
+        if occurred_at > self._latest_ms:
+            raise ValidationError(
+                "occurred_at",
+                f"is in the future: {format_timestamp(occurred_at)} (tolerance until "
+                f"{format_timestamp(self._latest_ms)})",
+            )
         data: dict[str, Any] = {}
         for rule in rules:
             value = raw.get(rule.name)
@@ -274,7 +348,7 @@ class RecordParser:
                     raise ValidationError(rule.name, "is required")
                 data[rule.name] = rule.default
                 continue
-            value = rule.coerce(value, rule.name)
+            value = (rule.strict if strict else rule.coerce)(value, rule.name)
             if isinstance(value, str):
                 value = value.strip()
             check = _DOMAIN_RULES.get((event_type, rule.name)) or _DOMAIN_RULES.get(("*", rule.name))

@@ -44,24 +44,38 @@ class PersonalDataVault:
         # Bounded, so that importing millions of customers keeps memory constant.
         self._cache: OrderedDict[str, bytes] = OrderedDict()
 
-    def ensure_keys(self, customer_ids: Iterable[str]) -> None:
-        """Create (and commit) keys for customers that have none yet."""
-        wanted = sorted(c for c in set(customer_ids) if c not in self._cache)
-        if not wanted:
+    @property
+    def uses_sqlite(self) -> bool:
+        """Whether the keys (and the events) are in a SQLite database."""
+        return self._mark == "?"
+
+    def key_for_new_fact(self, customer_id: str, pending: dict[str, bytes]) -> bytes:
+        """The customer's key, or a new one held in `pending` until `store_new_keys`.
+
+        Keys are created only for facts that are accepted: the caller stores `pending` just
+        before saving the events encrypted with them.
+        """
+        key = pending.get(customer_id) or self._key(customer_id)
+        if key is None:
+            key = pending[customer_id] = os.urandom(32)
+        return key
+
+    def store_new_keys(self, pending: dict[str, bytes]) -> None:
+        """Commit new keys. An `IntegrityError` means another writer made one first: decide again."""
+        if not pending:
             return
-        found = self._load(wanted)
-        missing = [c for c in wanted if c not in found]
-        if missing:
-            with self._datastore.transaction(commit=True) as cursor:
-                for customer_id in missing:
-                    cursor.execute(
-                        f"INSERT INTO {_TABLE} (customer_id, key) VALUES ({self._mark}, {self._mark}) "
-                        "ON CONFLICT (customer_id) DO NOTHING",
-                        (customer_id, os.urandom(32)),
-                    )
-            found = self._load(wanted)
-        for customer_id, key in found.items():
+        with self._datastore.transaction(commit=True) as cursor:
+            for customer_id, key in sorted(pending.items()):
+                cursor.execute(
+                    f"INSERT INTO {_TABLE} (customer_id, key) VALUES ({self._mark}, {self._mark})",
+                    (customer_id, key),
+                )
+        for customer_id, key in pending.items():
             self._remember(customer_id, key)
+
+    def clear_cache(self) -> None:
+        """Forget cached keys (another writer may have deleted some)."""
+        self._cache.clear()
 
     def _remember(self, customer_id: str, key: bytes) -> None:
         self._cache[customer_id] = key
@@ -99,11 +113,9 @@ class PersonalDataVault:
                 self._remember(customer_id, key)
         return key
 
-    def encrypt(self, customer_id: str, value: str) -> str:
-        """Ciphertext of a personal field (the key was created by `ensure_keys`)."""
-        key = self._key(customer_id)
-        if key is None:
-            raise KeyError(f"no key for customer {customer_id!r}")
+    @staticmethod
+    def encrypt(customer_id: str, value: str, key: bytes) -> str:
+        """Ciphertext of a personal field under the customer's key."""
         nonce = os.urandom(12)
         sealed = AESGCM(key).encrypt(nonce, value.encode(), customer_id.encode())
         return PREFIX + base64.b64encode(nonce + sealed).decode()

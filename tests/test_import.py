@@ -184,7 +184,7 @@ def test_cli_import_cfpb(settings: Settings) -> None:
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
     first = run_cli("import", "cfpb", str(CURRENT), str(OLDER), env=env)
     assert first.returncode == 1  # two rows are rejected
-    assert first.stdout.strip().endswith("accepted 52, duplicates skipped 1, rejected 2")
+    assert first.stdout.strip().endswith("accepted 52, duplicates skipped 1, rejected 2, conflicts 0")
     assert "cfpb_current.csv:9: field 'Date received'" in first.stderr
     not_cfpb = run_cli("import", "cfpb", str(EXAMPLES / "helpdesk-tickets.csv"), env=env)
     assert (

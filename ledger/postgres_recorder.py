@@ -1,0 +1,42 @@
+"""The PostgreSQL recorder with the ledger's event-id index (see `ledger.recorders`).
+
+A module of its own because psycopg is an optional extra: it is imported only when the
+store is a postgresql:// URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.sql import SQL, Identifier
+
+from ledger.recorders import INDEX_TABLE, IndexRow
+
+
+class PostgresLedgerRecorder(PostgresApplicationRecorder):
+    """eventsourcing's PostgreSQL application recorder plus the event-id index."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0}.{1} (event_id TEXT PRIMARY KEY, "
+                "originator_id TEXT NOT NULL, originator_version BIGINT NOT NULL)"
+            ).format(Identifier(self.datastore.schema), Identifier(INDEX_TABLE))
+        )
+
+    def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        super()._insert_stored_events(curs, stored_events, **kwargs)
+        rows: list[IndexRow] = kwargs.get("event_index") or []
+        if rows:
+            # A cursor of its own: `curs` still holds the notification ids the insert returned.
+            with curs.connection.cursor() as index_cursor:
+                index_cursor.executemany(
+                    SQL("INSERT INTO {0}.{1} VALUES (%s, %s, %s)").format(
+                        Identifier(self.datastore.schema), Identifier(INDEX_TABLE)
+                    ),
+                    rows,
+                )

@@ -1,0 +1,46 @@
+"""eventsourcing recorders that also keep the ledger's event-id index, in the same transaction.
+
+A client's `event_id` names one fact in the whole ledger, whichever aggregate holds it. The
+index table `crm_event_ids(event_id PRIMARY KEY, originator_id, originator_version)` is
+written by the same statement batch as the stored events, so the database itself refuses a
+second fact under an id (even from a concurrent writer: the loser's transaction fails with
+an `IntegrityError` and is decided again), and a duplicate or conflicting record is found
+with one indexed query per batch.
+
+The rows to index are passed to `insert_events` as the keyword argument `event_index`
+(eventsourcing hands extra keyword arguments of `ProcessingEvent.saved_kwargs` through).
+The PostgreSQL twin is in `ledger.postgres_recorder` (psycopg is an optional extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
+
+INDEX_TABLE = "crm_event_ids"
+#: (event id, originator id as 32 hex digits, originator version)
+IndexRow = tuple[str, str, int]
+
+
+class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
+    """eventsourcing's SQLite application recorder plus the event-id index."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        statements = super().construct_create_table_statements()
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {INDEX_TABLE} (event_id TEXT PRIMARY KEY, "
+            "originator_id TEXT NOT NULL, originator_version INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        return statements
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        returning = super()._insert_events(c, stored_events, **kwargs)
+        rows: list[IndexRow] = kwargs.get("event_index") or []
+        if rows:
+            c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?, ?)", rows)
+        return returning
