@@ -200,25 +200,61 @@ def _valid_month(text: str) -> bool:
     return len(parts) == 2 and all(p.isdigit() for p in parts) and 1 <= int(parts[1]) <= 12
 
 
+def _load_options(command: Any) -> Any:
+    """The options every command that loads records shares (ingest, import cfpb, import csv)."""
+    options = [
+        click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)),
+        click.option(
+            "--rejects",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl",
+        ),
+        click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True),
+        click.option(
+            "--max-record-bytes",
+            type=click.IntRange(1024, 900_000),
+            default=None,
+            help="Largest record accepted, as input and encoded (default 524288; at most 900000, so "
+            "that every accepted event fits in one Kafka message). [env CRM_LEDGER_MAX_RECORD_BYTES]",
+        ),
+        click.option(
+            "--future-tolerance-hours",
+            type=click.FloatRange(0),
+            default=24.0,
+            show_default=True,
+            help="How far after now an occurred_at may lie (clock skew between systems).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--rejects",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl",
-)
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@_load_options
 @click.pass_context
-def ingest(ctx: click.Context, files: tuple[Path, ...], rejects: Path | None, batch_size: int) -> None:
-    """Record JSONL or CSV files in the ledger, idempotently (exit 1 if any record was rejected)."""
+def ingest(ctx: click.Context, /, files: tuple[Path, ...], **options: Any) -> None:
+    """Record JSONL or CSV files in the ledger, idempotently (exit 1 if any record was refused).
+
+    The files of one command line are one run: their facts are applied in time order.
+    """
     from ledger.ingest import read_file
 
-    _ingest_files(_settings(ctx), files, rejects, batch_size, read_file)
+    _ingest_files(_settings(ctx), files, read_file, **options)
 
 
-def _ingest_files(settings: Settings, files: Any, rejects: Path | None, batch_size: int, read: Any) -> None:
-    """Stream the files through `read(path, parser)` into the ledger as one run; summary, exit code.
+def _ingest_files(
+    settings: Settings,
+    files: Any,
+    read: Any,
+    *,
+    rejects: Path | None,
+    batch_size: int,
+    max_record_bytes: int | None,
+    future_tolerance_hours: float,
+) -> None:
+    """Stream the files through `read(path, parser, limit)` into the ledger as one run; summary, exit code.
 
     The files of one command line are one run: their facts are applied in time order
     together, so the order in which the files are named does not matter.
@@ -232,10 +268,12 @@ def _ingest_files(settings: Settings, files: Any, rejects: Path | None, batch_si
     for path in paths:
         if not path.is_file():
             raise CrmLedgerError(f"{path}: no such file")
+    limit = max_record_bytes or settings.max_record_bytes
     app = open_ledger(settings)
-    parser = RecordParser(app.registry)
+    app.max_event_bytes = limit
+    parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
     sink = RejectSink(rejects or settings.rejects_file)
-    records = itertools.chain.from_iterable(read(path, parser) for path in paths)
+    records = itertools.chain.from_iterable(read(path, parser, limit) for path in paths)
     name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
     try:
         with progress_bar(f"ingest {name}", sum(p.stat().st_size for p in paths)) as reporter:
@@ -253,40 +291,26 @@ def import_group() -> None:
     """Import other systems' history: the public CFPB complaint export, or any CSV with a mapping."""
 
 
-_rejects_option = click.option(
-    "--rejects",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl",
-)
-
-
 @import_group.command("cfpb")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@_rejects_option
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@_load_options
 @click.pass_context
-def import_cfpb(ctx: click.Context, files: tuple[Path, ...], rejects: Path | None, batch_size: int) -> None:
+def import_cfpb(ctx: click.Context, /, files: tuple[Path, ...], **options: Any) -> None:
     """Import CFPB Consumer Complaint Database CSV exports (columns matched by name)."""
     from ledger.cfpb import read_cfpb
 
-    _ingest_files(_settings(ctx), files, rejects, batch_size, read_cfpb)
+    _ingest_files(_settings(ctx), files, read_cfpb, **options)
 
 
 @import_group.command("csv")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@_load_options
 @click.option(
     "--mapping",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     required=True,
     help="Mapping file (TOML), see examples/helpdesk-mapping.toml.",
 )
-@_rejects_option
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
 @click.pass_context
-def import_csv(
-    ctx: click.Context, files: tuple[Path, ...], mapping: Path, rejects: Path | None, batch_size: int
-) -> None:
+def import_csv(ctx: click.Context, /, files: tuple[Path, ...], mapping: Path, **options: Any) -> None:
     """Import a CSV export of another system through a column mapping."""
     from ledger.mapped_csv import load_mapping, read_mapped_csv
     from ledger.records import RecordParser
@@ -296,9 +320,8 @@ def import_csv(
     _ingest_files(
         _settings(ctx),
         files,
-        rejects,
-        batch_size,
-        lambda path, parser: read_mapped_csv(path, mapping, parser),
+        lambda path, parser, limit: read_mapped_csv(path, mapping, parser, limit),
+        **options,
     )
 
 

@@ -26,6 +26,8 @@ class Settings:
     transactional_id: str = "crm-ledger-relay"
     schema_registry_url: str | None = None
     kafka_data: Path = Path(".kafka/data")
+    #: Largest record (input and encoded event) ingest accepts: always fits one Kafka message.
+    max_record_bytes: int = 512 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -40,6 +42,7 @@ class Settings:
             "TRANSACTIONAL_ID": ("transactional_id", str),
             "SCHEMA_REGISTRY_URL": ("schema_registry_url", str),
             "KAFKA_DATA": ("kafka_data", Path),
+            "MAX_RECORD_BYTES": ("max_record_bytes", int),
         }
         for suffix, (name, convert) in table.items():
             raw = environ.get(ENV_PREFIX + suffix)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, read_row_mapped
+from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, read_row_mapped
 from ledger.records import RecordParser, format_timestamp
 
 _NAMESPACE = uuid.UUID("0c8f6c1e-5b0e-4f7e-9a3c-1f0d5e2b7a11")
@@ -196,7 +196,9 @@ def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict
     return records
 
 
-def read_cfpb(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
+def read_cfpb(
+    path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[SourceRecord]:
     """Stream a CFPB export: one SourceRecord per ledger event, or one per rejected row."""
     seen_companies: set[str] = set()
     return read_row_mapped(
@@ -206,4 +208,5 @@ def read_cfpb(path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
         header=canonical_header,
         required=REQUIRED,
         kind="CFPB export",
+        max_record_bytes=max_record_bytes,
     )

@@ -29,8 +29,9 @@ from typing import Any
 
 from crm_ledger.errors import CrmLedgerError
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, read_row_mapped
+from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, read_row_mapped
 from ledger.records import RecordParser
+from ledger.vault import PERSONAL_FIELDS
 
 _NAMESPACE = uuid.UUID("3f9a7b1c-2d4e-4a5b-8c6d-7e8f9a0b1c2d")
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
@@ -113,7 +114,29 @@ def row_records(row: Mapping[str, str], mappings: list[EventMapping]) -> list[di
     return records
 
 
-def read_mapped_csv(path: Path, mapping_path: Path, parser: RecordParser) -> Iterator[SourceRecord]:
+def personal_columns(mappings: list[EventMapping]) -> frozenset[str]:
+    """Columns that feed customers' personal fields: redacted in the rejects file."""
+    columns: set[str] = set()
+    for mapping in mappings:
+        for name, spec in mapping.fields.items():
+            if name not in PERSONAL_FIELDS.get(mapping.type, ()):
+                continue
+            if isinstance(spec, dict):
+                columns.add(str(spec.get("column")))
+            elif isinstance(spec, str):
+                columns.update(_PLACEHOLDER.findall(spec))
+    return frozenset(columns)
+
+
+def read_mapped_csv(
+    path: Path, mapping_path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[SourceRecord]:
     """Stream a CSV export through a mapping: one SourceRecord per event or per rejected row."""
     mappings = load_mapping(mapping_path, parser)
-    return read_row_mapped(path, parser, lambda row: row_records(row, mappings))
+    return read_row_mapped(
+        path,
+        parser,
+        lambda row: row_records(row, mappings),
+        personal_columns=personal_columns(mappings),
+        max_record_bytes=max_record_bytes,
+    )

@@ -15,6 +15,10 @@ from psycopg.sql import SQL, Identifier
 
 from ledger.recorders import INDEX_TABLE, IndexRow
 
+#: Serialises table creation: PostgreSQL's catalog refuses concurrent CREATE ... IF NOT EXISTS
+#: of the same objects ("tuple concurrently updated") when several writers start at once.
+_CREATE_LOCK = 0x63726D6C  # "crml"
+
 
 class PostgresLedgerRecorder(PostgresApplicationRecorder):
     """eventsourcing's PostgreSQL application recorder plus the event-id index."""
@@ -27,6 +31,21 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 "originator_id TEXT NOT NULL, originator_version BIGINT NOT NULL)"
             ).format(Identifier(self.datastore.schema), Identifier(INDEX_TABLE))
         )
+        # The personal-data vault's keys (see ledger.vault), created under the same lock.
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0}.crm_customer_keys "
+                "(customer_id TEXT PRIMARY KEY, key BYTEA NOT NULL)"
+            ).format(Identifier(self.datastore.schema))
+        )
+
+    def create_table(self) -> None:
+        with self.datastore.get_connection() as connection:
+            connection.execute("SELECT pg_advisory_lock(%s)", (_CREATE_LOCK,))
+            try:
+                super().create_table()
+            finally:
+                connection.execute("SELECT pg_advisory_unlock(%s)", (_CREATE_LOCK,))
 
     def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         super()._insert_stored_events(curs, stored_events, **kwargs)

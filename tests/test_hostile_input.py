@@ -1,0 +1,142 @@
+"""Hostile and messy input: every bad record is one reject naming its line, never a crash."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.ingest import csv_records, parse_json_line, read_csv, read_jsonl
+from ledger.records import RecordParser
+from schemas.registry import SchemaRegistry
+from tests.factory import basics, rec
+from tests.helpers import run_cli
+
+PARSER = RecordParser(SchemaRegistry.load())
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+_field_names = st.sampled_from(
+    ["type", "event_id", "occurred_at", "customer_id", "employee_id", "channel", "direction", "csat", "name"]
+)
+
+
+@st.composite
+def _json_lines(draw: st.DrawFn) -> bytes:
+    kind = draw(st.integers(0, 2))
+    if kind == 0:
+        return draw(st.binary(max_size=200)).replace(b"\n", b" ")
+    record: dict[str, Any] = draw(st.dictionaries(_field_names, _json_values, max_size=8))
+    if kind == 2:
+        record = {**rec("InteractionRecorded", customer_id="c1", channel="web", direction="inbound"), **record}
+    return json.dumps(record, allow_nan=True).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_json_lines(), max_size=8))
+def test_jsonl_reader_turns_any_line_into_one_record_or_one_reject(lines: list[bytes], tmp_path_factory: Any) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "f.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    records = list(read_jsonl(path, PARSER))
+    assert len(records) == len(lines)
+    for number, record in enumerate(records, start=1):
+        assert record.location == f"f.jsonl:{number}"
+        assert (record.fact is None) or (record.error is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(
+        st.text(alphabet=st.sampled_from('ab,"\n\r\x00é'), max_size=30),
+        max_size=10,
+    )
+)
+def test_csv_reader_never_raises_and_never_loses_a_line(text: list[str]) -> None:
+    data = ("type,event_id,occurred_at,customer_id\n" + "\n".join(text)).encode("utf-8")
+    records = list(csv_records(io.BytesIO(data), "f.csv", PARSER.parse))
+    lines = [int(r.location.split(":")[1]) for r in records]
+    assert lines == sorted(set(lines))
+
+
+def test_a_broken_quote_does_not_swallow_the_rows_after_it(tmp_path: Path) -> None:
+    good = [
+        rec("InteractionRecorded", customer_id=f"c{i}", channel="web", direction="inbound") for i in range(5)
+    ]
+    header = "type,event_id,occurred_at,customer_id,channel,direction"
+    rows = [",".join([r["type"], r["event_id"], r["occurred_at"], r["customer_id"], "web", "inbound"]) for r in good]
+    broken = 'InteractionRecorded,"oops,2026-01-10T10:00:00Z,c9,web,inbound'
+    path = tmp_path / "f.csv"
+    path.write_text("\n".join([header, rows[0], broken, *rows[1:]]) + "\n")
+    records = list(read_csv(path, PARSER))
+    assert [r.location for r in records if r.error is not None] == ["f.csv:3"]
+    assert "never closed" in str(records[1].error)
+    assert [r.fact.event_id for r in records if r.fact is not None] == [r["event_id"] for r in good]
+
+
+def test_json_edge_cases_are_rejects_with_reasons() -> None:
+    base = rec("SurveyAnswered", customer_id="c1", case_id="k1", csat=4)
+    cases = {
+        '{"a": ' * 40 + "1" + "}" * 40: "nested deeper",
+        json.dumps(base)[:-1] + ', "csat": 5}': "appears twice",
+        json.dumps({**base, "csat": "4"}): "expected an integer, got JSON text",
+        json.dumps(base).replace('"csat": 4', '"csat": NaN'): "NaN is not a JSON number",
+        json.dumps(base).replace('"csat": 4', '"csat": ' + "9" * 5000): "invalid JSON number",
+        json.dumps({**base, "occurred_at": "2150-01-01T00:00:00Z"}): "is in the future",
+        json.dumps({**base, "comment": {"x": 1}}): "expected text",
+        "[1, 2]": "must be a JSON object",
+    }
+    for text, reason in cases.items():
+        record = parse_json_line("f.jsonl", 1, text.encode(), PARSER)
+        assert record.error is not None and reason in str(record.error), (text[:60], record.error)
+    invalid_utf8 = parse_json_line("f.jsonl", 1, b'{"type": "\xff"}', PARSER)
+    assert invalid_utf8.error is not None and "invalid UTF-8 at byte 11" in str(invalid_utf8.error)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(basics()[0]).encode() + b"\n")
+    [record] = list(read_jsonl(path, PARSER))
+    assert record.fact is not None
+
+
+def test_hostile_file_through_the_cli(tmp_path: Path) -> None:
+    valid = [*basics(), rec("InteractionRecorded", customer_id="c1", employee_id="e1", channel="chat", direction="inbound")]
+    hostile = [
+        b'{"a": ' * 5000 + b"1" + b"}" * 5000,
+        json.dumps(valid[-1])[:-1].encode() + b', "channel": "web"}',
+        json.dumps({**rec("InteractionRecorded", customer_id="c1", channel="chat", direction="inbound"), "duration_s": "60"}).encode(),
+        json.dumps(rec("InteractionRecorded", customer_id="c1", channel="chat", direction="inbound")).encode().replace(b'"chat"', b'"ch\xffat"'),
+        json.dumps({**rec("InteractionRecorded", customer_id="c1", channel="chat", direction="inbound"), "duration_s": 1e400}).encode(),
+        json.dumps(rec("InteractionRecorded", "2990-01-01T00:00:00Z", customer_id="c1", channel="chat", direction="inbound")).encode(),
+        json.dumps(rec("InteractionRecorded", customer_id="c1", channel="chat", direction="inbound", topic="x" * 5000)).encode(),
+        b"\x00\x01\x02",
+        b'{"type": "InteractionRecorded", "event_id": "' + b"9" * 100_000 + b'"}',
+    ]
+    path = tmp_path / "hostile.jsonl"
+    lines = [json.dumps(r).encode() for r in valid]
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines[:3] + hostile + lines[3:]) + b"\n")
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    rejects = tmp_path / "rejects.jsonl"
+    result = run_cli("ingest", str(path), "--rejects", str(rejects), "--max-record-bytes", "4096", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.strip().endswith(f"accepted {len(valid)}, duplicates skipped 0, rejected {len(hostile)}, conflicts 0")
+    entries = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert sorted(int(e["record"].split(":")[1]) for e in entries) == list(range(4, 4 + len(hostile)))
+    again = run_cli("ingest", str(path), "--rejects", str(rejects), "--max-record-bytes", "4096", env=env)
+    assert again.stdout.strip().endswith(f"accepted 0, duplicates skipped {len(valid)}, rejected {len(hostile)}, conflicts 0")
+    counted = run_cli("query", "SELECT count(*) FROM ledger_events", env=env)
+    assert counted.returncode in (0, 1)  # not projected yet: the point is the ledger below
+    from crm_ledger.settings import Settings
+    from ledger.application import LedgerApplication
+
+    app = LedgerApplication(Settings(store=str(tmp_path / "l.sqlite")).eventsourcing_env())
+    assert app.max_position() == len(valid)
+    app.close()
