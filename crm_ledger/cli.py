@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -353,9 +354,11 @@ def relay(ctx: click.Context, follow: bool, partitions: int | None, batch_size: 
         partitions=partitions or settings.partitions,
         transactional_id=settings.transactional_id,
         batch_size=batch_size,
+        broker_timeout_s=settings.broker_timeout_s,
     )
     with graceful_stop() as stop, progress_bar("relay", None) as reporter:
-        sent = Relay(app, config).run(follow=follow, reporter=reporter, should_stop=stop)
+        relay = Relay(app, config, say=lambda line: err.print(line, highlight=False, soft_wrap=True))
+        sent = relay.run(follow=follow, reporter=reporter, should_stop=stop)
     click.echo(f"relayed {sent} events to {config.topic}")
 
 
@@ -829,30 +832,48 @@ def _kafka_reachable(settings: Settings) -> bool:
     default=None,
     help="Write to this file (required for parquet).",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1),
+    default=300.0,
+    show_default=True,
+    help="Seconds before the query is interrupted (Ctrl-C interrupts it too).",
+)
 @click.pass_context
-def query(ctx: click.Context, sql: str, fmt: str, out: Path | None) -> None:
+def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: float) -> None:
     """Run read-only SQL against the projection database (writes are refused by DuckDB)."""
-    from projections.readonly import reader, render, run_query
+    from projections.readonly import reader, render, run_query, within
 
     with reader(_settings(ctx).projections_db) as connection:
-        relation = run_query(connection, sql)
-        if relation is None:
-            click.echo("(no result)")
-            return
-        text = render(relation, fmt, out)
-        if text is None and fmt == "table":
-            _print_relation(relation)
-        elif text:
-            click.echo(text, nl=False)
-        elif out is not None:
-            click.echo(f"wrote {out}", err=True)
+
+        def run() -> tuple[Any, str | None]:
+            relation = run_query(connection, sql)
+            if relation is None:
+                return None, None
+            if fmt == "table":
+                return _relation_table(relation), None
+            return relation, render(relation, fmt, out)
+
+        shown, text = within(connection, run, timeout)
+    if shown is None:
+        click.echo("(no result)")
+    elif isinstance(shown, Table):
+        _print_table(shown)
+    elif text:
+        click.echo(text, nl=False)
+    elif out is not None:
+        click.echo(f"wrote {out}", err=True)
 
 
-def _print_relation(relation: Any) -> None:
+def _print_table(table: Table) -> None:
+    out.print(table)
+
+
+def _relation_table(relation: Any) -> Table:
     table = Table(*relation.columns)
     for row in relation.fetchall():
         table.add_row(*["" if v is None else str(v) for v in row])
-    out.print(table)
+    return table
 
 
 @cli.command()
@@ -931,8 +952,13 @@ def demo(folder: Path, customers: int, employees: int, months: int, seed: int) -
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map outcomes to exit codes."""
+    from crm_ledger.faults import describe
+
+    context: list[click.Context] = []
     try:
-        cli.main(args=argv, prog_name="crm-ledger", standalone_mode=False)
+        with cli.make_context("crm-ledger", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            context.append(ctx)
+            cli.invoke(ctx)
     except click.exceptions.Exit as done:
         return int(done.exit_code or 0)
     except click.UsageError as error:
@@ -945,20 +971,28 @@ def main(argv: list[str] | None = None) -> int:
         err.print("aborted")
         return 130
     except CrmLedgerError as error:
-        err.print(f"error: {error}", highlight=False, markup=False)
+        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
         return 1
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    except Exception:  # noqa: BLE001 - the last line of defence prints the traceback
+    except Exception as error:  # noqa: BLE001 - the last line of defence
+        settings = context[0].obj if context and isinstance(context[0].obj, Settings) else None
+        line = describe(error, settings)
+        if line is not None:
+            err.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
+            return 1
         traceback.print_exc()
         return 3
     return 0
 
 
 def _run() -> None:
+    # Past a file-size limit, writes fail with EFBIG (a clear error) instead of a silent kill.
+    with contextlib.suppress(AttributeError, ValueError):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     sys.exit(main())
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -16,8 +18,59 @@ class KafkaUnavailableError(TransientError):
     """The broker did not answer."""
 
 
+#: librdkafka logs through this logger, which keeps its lines off the terminal: what the user
+#: needs to know comes from `BrokerWatch`, one line when the broker goes away, one when back.
+_LIBRDKAFKA_LOG = logging.getLogger("crm_ledger.librdkafka")
+_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+_LIBRDKAFKA_LOG.propagate = False
+DEFAULT_BROKER_TIMEOUT_S = 60.0
+_UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+
+
+class BrokerWatch:
+    """Notices when the broker goes away and comes back, and when to give up.
+
+    Pass `client_config()` into a producer's or consumer's configuration; librdkafka then
+    reports connection trouble here (`error_cb`) instead of printing its own lines.
+    """
+
+    def __init__(
+        self, bootstrap: str, say: Callable[[str], None], timeout_s: float = DEFAULT_BROKER_TIMEOUT_S
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        self._say = say
+        self.down_since: float | None = None
+
+    def client_config(self) -> dict[str, Any]:
+        return {"error_cb": self.on_error, "logger": _LIBRDKAFKA_LOG}
+
+    def on_error(self, error: KafkaError) -> None:
+        if error.code() in _UNREACHABLE:
+            self.went_away()
+
+    def went_away(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self._say(f"Kafka at {self.bootstrap} is unreachable; retrying for up to {self.timeout_s:g} s")
+
+    def is_back(self) -> None:
+        if self.down_since is not None:
+            self.down_since = None
+            self._say(f"Kafka at {self.bootstrap} is back")
+
+    def give_up_if_too_long(self, what: str) -> None:
+        """Raise `KafkaUnavailableError` once the broker has been away longer than the timeout."""
+        if self.down_since is not None and time.monotonic() - self.down_since > self.timeout_s:
+            raise KafkaUnavailableError(
+                f"Kafka at {self.bootstrap} was unreachable for {self.timeout_s:g} s; gave up {what} "
+                "(set CRM_LEDGER_BROKER_TIMEOUT to wait longer); run the same command again when it is back"
+            )
+
+
 def admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 3, "logger": _LIBRDKAFKA_LOG}
+    return AdminClient(config)
 
 
 def ensure_topic(
@@ -74,6 +127,7 @@ def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, An
         "max.partition.fetch.bytes": 10_485_760,
         "queued.max.messages.kbytes": 262_144,
         "log_level": 3,
+        "logger": _LIBRDKAFKA_LOG,
     }
     config.update(extra)
     return config
@@ -87,16 +141,21 @@ COMPACTED = {
 }
 
 
-def topic_exists(bootstrap: str, topic: str, timeout_s: float = 3.0) -> bool:
-    """Whether the broker answers and has the topic; quiet when nothing listens."""
+def broker_listens(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """Whether any bootstrap address accepts a connection (no Kafka client, no log lines)."""
     for address in bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:
             with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-                break
+                return True
         except (OSError, ValueError):
             continue
-    else:
+    return False
+
+
+def topic_exists(bootstrap: str, topic: str, timeout_s: float = 3.0) -> bool:
+    """Whether the broker answers and has the topic; quiet when nothing listens."""
+    if not broker_listens(bootstrap, timeout_s):
         return False
     try:
         metadata = admin(bootstrap).list_topics(timeout=timeout_s)

@@ -28,6 +28,8 @@ class Settings:
     kafka_data: Path = Path(".kafka/data")
     #: Largest record (input and encoded event) ingest accepts: always fits one Kafka message.
     max_record_bytes: int = 512 * 1024
+    #: How long the relay and the follower wait for an unreachable broker before giving up.
+    broker_timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -43,6 +45,7 @@ class Settings:
             "SCHEMA_REGISTRY_URL": ("schema_registry_url", str),
             "KAFKA_DATA": ("kafka_data", Path),
             "MAX_RECORD_BYTES": ("max_record_bytes", int),
+            "BROKER_TIMEOUT": ("broker_timeout_s", float),
         }
         for suffix, (name, convert) in table.items():
             raw = environ.get(ENV_PREFIX + suffix)

@@ -102,6 +102,12 @@ def _same_customer(given: str | None, case: Case) -> str:
     return case.customer_id
 
 
+def _contended(error: Exception) -> bool:
+    """Whether a store error means another writer was in the way (worth deciding again)."""
+    text = str(error).lower()
+    return any(word in text for word in ("locked", "busy", "deadlock", "serializ", "concurrent"))
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -275,6 +281,8 @@ class LedgerApplication(Application[UUID]):
             try:
                 return self._record_once(facts, atomic)
             except (IntegrityError, OperationalError) as error:
+                if isinstance(error, OperationalError) and not _contended(error):
+                    raise  # a full disk or a read-only file is no race: the CLI says what it is
                 # Drop cached state: another writer changed the store under it.
                 self._repository = self.construct_repository()
                 self.vault.clear_cache()

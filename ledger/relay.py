@@ -19,11 +19,15 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.kafka import (
+    DEFAULT_BROKER_TIMEOUT_S,
     INFINITE_RETENTION,
+    BrokerWatch,
     KafkaUnavailableError,
+    broker_listens,
     consumer_config,
     ensure_topic,
     produce,
+    topic_exists,
 )
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
@@ -48,6 +52,8 @@ class RelayConfig:
     partitions: int = 6
     transactional_id: str = "crm-ledger-relay"
     batch_size: int = 5000
+    #: How long an unreachable broker is waited for (one line when it goes, one when back).
+    broker_timeout_s: float = DEFAULT_BROKER_TIMEOUT_S
 
 
 def headers_of(message: Any) -> dict[str, bytes]:
@@ -127,9 +133,12 @@ def message_key(record: dict[str, Any]) -> bytes | None:
 class Relay:
     """Publishes the ledger's notifications to Kafka; one transaction per batch."""
 
-    def __init__(self, app: LedgerApplication, config: RelayConfig) -> None:
+    def __init__(
+        self, app: LedgerApplication, config: RelayConfig, say: Callable[[str], None] = lambda _: None
+    ) -> None:
         self.app = app
         self.config = config
+        self.watch = BrokerWatch(config.bootstrap, say, config.broker_timeout_s)
         self.codec: AvroCodec = app.codec
         self._producer: Producer | None = None
         self._versions = {
@@ -139,6 +148,7 @@ class Relay:
 
     def _start_producer(self) -> Producer:
         ensure_topic(self.config.bootstrap, self.config.topic, self.config.partitions, INFINITE_RETENTION)
+        timeout_ms = int(self.config.broker_timeout_s * 1000)
         producer = Producer(
             {
                 "bootstrap.servers": self.config.bootstrap,
@@ -147,8 +157,10 @@ class Relay:
                 "linger.ms": 5,
                 "batch.num.messages": 10000,
                 "compression.type": "lz4",
-                "transaction.timeout.ms": 60000,
+                "transaction.timeout.ms": max(60_000, timeout_ms + 10_000),
+                "message.timeout.ms": max(1000, timeout_ms),
                 "log_level": 3,
+                **self.watch.client_config(),
             }
         )
         try:
@@ -167,10 +179,15 @@ class Relay:
         idle_wait_s: float = 0.5,
         max_batches: int | None = None,
     ) -> int:
-        """Publish everything after the recovered position; returns how many were sent."""
+        """Publish everything after the recovered position; returns how many were sent.
+
+        When the broker goes away, the open transaction is abandoned (the next producer
+        with the same transactional id aborts it), the relay waits for the broker up to
+        `broker_timeout_s`, and starts again from the position Kafka holds: nothing is lost
+        and nothing is sent twice.
+        """
         reporter = reporter or SilentReporter()
-        producer = self._producer = self._start_producer()
-        position = recover_position(self.config)
+        producer, position = self._connect(should_stop)
         sent = 0
         batches = 0
         reporter.total(max(self.app.max_position() - position.notification_id, 0))
@@ -181,16 +198,50 @@ class Relay:
             if not notifications:
                 if not follow:
                     break
-                time.sleep(idle_wait_s)
+                producer.poll(idle_wait_s)  # serves librdkafka's callbacks: an outage is noticed while idle
+                self._check_idle_broker()
                 reporter.total(max(self.app.max_position() - position.notification_id, 0) + sent)
                 continue
-            position = self._publish(producer, notifications, position)
+            try:
+                position = self._publish(producer, notifications, position)
+            except _BrokerAwayError:
+                self.watch.went_away()
+                producer, position = self._connect(should_stop)
+                continue
+            self.watch.is_back()
             sent += len(notifications)
             batches += 1
             reporter.advance(len(notifications), events=len(notifications))
             if max_batches is not None and batches >= max_batches:
                 break
         return sent
+
+    def _check_idle_broker(self) -> None:
+        if self.watch.down_since is None:
+            return
+        if broker_listens(self.config.bootstrap):
+            self.watch.is_back()
+        else:
+            self.watch.give_up_if_too_long("relaying")
+
+    def _connect(self, should_stop: Callable[[], bool]) -> tuple[Producer, RelayPosition]:
+        """A fenced producer and the position Kafka holds, waiting for the broker if it is away."""
+        while True:
+            if broker_listens(self.config.bootstrap):
+                try:
+                    producer = self._producer = self._start_producer()
+                    position = recover_position(self.config)
+                except KafkaUnavailableError:
+                    self.watch.went_away()
+                else:
+                    self.watch.is_back()
+                    return producer, position
+            else:
+                self.watch.went_away()
+            self.watch.give_up_if_too_long("relaying")
+            if should_stop():
+                raise KafkaUnavailableError(f"stopped while waiting for Kafka at {self.config.bootstrap}")
+            time.sleep(1.0)
 
     def _publish(
         self, producer: Producer, notifications: list[Any], position: RelayPosition
@@ -227,9 +278,21 @@ class Relay:
                     ],
                 )
                 expected += 1
-            producer.commit_transaction(60)
+            producer.commit_transaction(self.config.broker_timeout_s)
         except KafkaException as error:
             with contextlib.suppress(KafkaException):
-                producer.abort_transaction(30)
+                producer.abort_transaction(5)
+            reachable = topic_exists(self.config.bootstrap, self.config.topic)
+            if self.watch.down_since is not None or not reachable:
+                raise _BrokerAwayError from error
             raise CrmLedgerError(f"publishing to {self.config.topic!r} failed: {error}") from error
+        except BaseException:
+            # Any other failure inside the transaction (a bad stored event, Ctrl-C) aborts it too.
+            with contextlib.suppress(KafkaException):
+                producer.abort_transaction(5)
+            raise
         return RelayPosition(notifications[-1].id, chain)
+
+
+class _BrokerAwayError(Exception):
+    """The broker went away during a transaction (internal: the relay reconnects)."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import pyarrow.parquet as pq
@@ -25,6 +27,48 @@ from projections.store import connect
 
 class QueryRefusedError(CrmLedgerError):
     """The SQL tried to change something, or is not valid."""
+
+
+class QueryStoppedError(CrmLedgerError):
+    """A query ran past its time limit, or the user pressed Ctrl-C: it was interrupted."""
+
+
+T = TypeVar("T")
+DEFAULT_QUERY_TIMEOUT_S = 300.0
+
+
+def within(connection: duckdb.DuckDBPyConnection, work: Callable[[], T], timeout_s: float) -> T:
+    """Run `work` (which uses `connection`) with a time limit; Ctrl-C interrupts it too.
+
+    DuckDB runs a query without returning to Python, so the work runs on a thread and the
+    main thread, which receives Ctrl-C, interrupts the connection when time is up.
+    """
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="query", daemon=True)
+    thread.start()
+    try:
+        thread.join(timeout_s)
+    except KeyboardInterrupt:
+        connection.interrupt()
+        thread.join(5)
+        raise QueryStoppedError("query interrupted (Ctrl-C); the database was not changed") from None
+    if thread.is_alive():
+        connection.interrupt()
+        thread.join(5)
+        raise QueryStoppedError(f"query stopped after {timeout_s:g} s (raise it with --timeout)")
+    error = outcome.get("error")
+    if isinstance(error, duckdb.Error):
+        raise QueryRefusedError(f"query failed: {str(error).splitlines()[0]}") from error
+    if isinstance(error, BaseException):
+        raise error
+    return outcome["value"]  # type: ignore[return-value]
 
 
 @contextmanager

@@ -51,10 +51,14 @@ def project_promoted(
             switched: list[bool] = [False]
 
             def refreshed(version: VersionInfo = version, switched: list[bool] = switched) -> None:
+                current = db.promoted_version()
+                if current is None:
+                    # A first build is queryable from its first refresh, not only when it stops.
+                    db.promote(db.find_version(version.version))
+                    current = version.version
                 if on_refresh is not None:
                     on_refresh(db)
-                current = db.promoted_version()
-                switched[0] = current is not None and current != version.version
+                switched[0] = current != version.version
 
             projector = Projector(db, version, open_source(settings, source, app), app.codec)
             try:
@@ -68,7 +72,7 @@ def project_promoted(
             finally:
                 if projector.source is not None:
                     projector.source.close()
-            if promoted is None and not projector.needs_refresh():
+            if promoted is None and db.promoted_version() is None and not projector.needs_refresh():
                 db.promote(db.find_version(version.version))
                 if on_refresh is not None:
                     on_refresh(db)  # the first build is only promoted now: publish it too

@@ -1,0 +1,98 @@
+"""Faults of the machine and its files, told as one line that names the file and what to do.
+
+A full disk, a file-size limit, a read-only or truncated file, a permission problem or an
+unreachable store are not bugs: the CLI prints what `describe` says and exits 1, never a
+traceback. Every write the project makes is transactional (store batches, DuckDB
+transactions, Kafka transactions), so after any of these nothing was half-written and the
+same command can simply be run again.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+import duckdb
+from eventsourcing.persistence import PersistenceError
+
+from crm_ledger.settings import Settings
+
+_AGAIN = "nothing was half-written; run the same command again"
+
+
+def describe(error: BaseException, settings: Settings | None) -> str | None:
+    """One line for a known fault, or None when `error` is not one (a bug keeps its traceback)."""
+    store = settings.store if settings is not None else "the event store"
+    db = str(settings.projections_db) if settings is not None else "the projection database"
+    if isinstance(error, OSError) and error.errno is not None:
+        return _os_fault(error)
+    if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
+        return _store_fault(str(error), store)
+    if isinstance(error, duckdb.Error):
+        return _duckdb_fault(error, db)
+    if isinstance(error, MemoryError):
+        return f"out of memory; {_AGAIN} with a smaller --batch-size, or on a larger machine"
+    return None
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _os_fault(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    code = error.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full{where}: free some space; {_AGAIN}"
+    if code == errno.EFBIG:
+        return f"file size limit reached{where} (ulimit -f): raise the limit; {_AGAIN}"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}: check the file's owner and mode"
+    if code == errno.EROFS:
+        return f"read-only file system{where}: use a writable location"
+    if code == errno.ENOENT:
+        return f"no such file or folder{where}"
+    return f"{error.strerror or error}{where}"
+
+
+def _store_fault(text: str, store: str) -> str:
+    lowered = text.lower()
+    if "disk is full" in lowered or "no space" in lowered:
+        return f"event store {store}: disk full: free some space; {_AGAIN}"
+    if "disk i/o error" in lowered:
+        return (
+            f"event store {store}: the disk refused a write (full, a file-size limit, or failing): "
+            f"fix that; {_AGAIN}"
+        )
+    if "readonly" in lowered or "read-only" in lowered:
+        return f"event store {store} is read-only: check the file's (and its folder's) permissions"
+    if "not a database" in lowered or "malformed" in lowered:
+        return f"event store {store} is damaged ({_first_line(text)}): restore it from a backup"
+    if "unable to open" in lowered:
+        return f"event store {store} cannot be opened: check that its folder exists and is writable"
+    if "locked" in lowered or "busy" in lowered:
+        return f"event store {store} stayed busy (another writer); {_AGAIN}"
+    if "connection" in lowered or "connect" in lowered:
+        return f"event store {store} is unreachable ({_first_line(text)}): start it or fix --store"
+    return f"event store {store}: {_first_line(text)}"
+
+
+def _duckdb_fault(error: duckdb.Error, db: str) -> str:
+    text = str(error)
+    lowered = text.lower()
+    if "no space" in lowered or "disk is full" in lowered:
+        return f"projection database {db}: disk full: free some space; {_AGAIN}"
+    if "could not set lock" in lowered or "conflicting lock" in lowered:
+        return f"projection database {db} is in use by another process: wait for it, then run this again"
+    if "permission denied" in lowered or "read-only" in lowered or "readonly" in lowered:
+        return f"projection database {db} cannot be written: check the file's (and its folder's) permissions"
+    if isinstance(error, (duckdb.SerializationException, duckdb.IOException)) or "not a valid" in lowered:
+        return (
+            f"projection database {db} is damaged or truncated ({_first_line(text)}): "
+            "move it away and run `crm-ledger project` to rebuild it from the log"
+        )
+    return f"projection database {db}: {_first_line(text)}"
+
+
+def _is_psycopg(error: BaseException) -> bool:
+    return type(error).__module__.startswith("psycopg")
