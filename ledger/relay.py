@@ -29,6 +29,8 @@ from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
 from schemas.codec import AvroCodec
+from schemas.remote import RemoteRegistry
+from schemas.sync import verify_registered
 
 KEY_FIELDS = ("customer_id", "employee_id", "article_id", "period")
 
@@ -48,6 +50,8 @@ class RelayConfig:
     partitions: int = 6
     transactional_id: str = "crm-ledger-relay"
     batch_size: int = 5000
+    #: When set, the relay refuses to start unless this registry serves every event schema.
+    registry_url: str | None = None
 
 
 def headers_of(message: Any) -> dict[str, bytes]:
@@ -169,6 +173,7 @@ class Relay:
     ) -> int:
         """Publish everything after the recovered position; returns how many were sent."""
         reporter = reporter or SilentReporter()
+        self._check_registry()
         producer = self._producer = self._start_producer()
         position = recover_position(self.config)
         sent = 0
@@ -191,6 +196,13 @@ class Relay:
             if max_batches is not None and batches >= max_batches:
                 break
         return sent
+
+    def _check_registry(self) -> None:
+        """Fail before writing anything when consumers could not resolve an event schema's id."""
+        if self.config.registry_url is None:
+            return
+        events = [v for v in self.codec.registry.all_versions() if v.kind == "event"]
+        verify_registered(RemoteRegistry(self.config.registry_url), events, "relay")
 
     def _publish(
         self, producer: Producer, notifications: list[Any], position: RelayPosition
