@@ -103,8 +103,12 @@ class RemoteRegistry:
             f"/compatibility/subjects/{self._quote(subject)}/versions/latest",
             {"schema": schema, "schemaType": "AVRO"},
         )
-        # A subject that does not exist yet accepts anything.
-        return True if found is None else bool(found["is_compatible"])
+        if found is None:
+            # A subject that does not exist yet accepts anything.
+            if not self.versions(subject):
+                return True
+            raise RegistryError(f"schema registry: {subject} has versions but no latest version")
+        return bool(found["is_compatible"])
 
     # -- writing --------------------------------------------------------------------------
     def set_compatibility(self, subject: str, level: str) -> None:

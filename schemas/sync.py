@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,8 +187,8 @@ def push(registry: SchemaRegistry, remote: RemoteRegistry, *, use_import: bool |
     apicurio = remote.apicurio_root is not None if use_import is None else use_import
     if to_register:
         if apicurio:
-            existing = {v.subject for v in to_register if remote.versions(v.subject)}
-            remote.apicurio_import(apicurio_archive(to_register, existing))
+            registered = {v.subject: remote.versions(v.subject) for v in to_register}
+            remote.apicurio_import(apicurio_archive(to_register, registered))
         else:
             _register_in_import_mode(remote, to_register)
         verify_registered(remote, to_register, "schemas push")
@@ -223,15 +224,18 @@ def _register_in_import_mode(remote: RemoteRegistry, versions: Sequence[SchemaVe
             )
 
 
-def apicurio_archive(versions: Sequence[SchemaVersion], existing_subjects: set[str]) -> bytes:
+def apicurio_archive(versions: Sequence[SchemaVersion], registered: Mapping[str, Sequence[int]]) -> bytes:
     """An Apicurio 3 export-format zip holding `versions` with content and global id = locked id.
 
-    The canonical hash is left out: Apicurio computes it on import from the artifact type.
+    `registered` holds the versions each subject already has. The canonical hash is left out:
+    Apicurio computes it on import from the artifact type. The `latest` branch lists every
+    version, so `versions/latest` (what compatibility tests and many clients ask for) works.
     """
+    now = int(time.time() * 1000)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("manifest.Manifest.json", _dump({"exportVersion": "3.0", "systemVersion": "3.0.9"}))
-        for subject in sorted({v.subject for v in versions} - existing_subjects):
+        for subject in sorted({v.subject for v in versions if not registered.get(v.subject)}):
             archive.writestr(
                 f"groups/default/artifacts/{subject}/MetaData.Artifact.json",
                 _dump(
@@ -243,9 +247,9 @@ def apicurio_archive(versions: Sequence[SchemaVersion], existing_subjects: set[s
                         "description": None,
                         "labels": None,
                         "owner": "",
-                        "createdOn": 0,
+                        "createdOn": now,
                         "modifiedBy": "",
-                        "modifiedOn": 0,
+                        "modifiedOn": now,
                     }
                 ),
             )
@@ -280,10 +284,33 @@ def apicurio_archive(versions: Sequence[SchemaVersion], existing_subjects: set[s
                         "description": None,
                         "owner": "",
                         "labels": None,
-                        "createdOn": 0,
+                        "createdOn": now,
                         "modifiedBy": "",
-                        "modifiedOn": 0,
+                        "modifiedOn": now,
                         "contentId": version.schema_id,
+                    }
+                ),
+            )
+        by_subject: dict[str, set[int]] = {}
+        for version in versions:
+            by_subject.setdefault(version.subject, set(registered.get(version.subject, ()))).add(
+                version.version
+            )
+        for subject, numbers in sorted(by_subject.items()):
+            archive.writestr(
+                f"groups/default/artifacts/{subject}/branches/latest.Branch.json",
+                _dump(
+                    {
+                        "groupId": None,
+                        "artifactId": subject,
+                        "branchId": "latest",
+                        "description": None,
+                        "systemDefined": True,
+                        "owner": "",
+                        "createdOn": now,
+                        "modifiedBy": "",
+                        "modifiedOn": now,
+                        "versions": [str(n) for n in sorted(numbers)],
                     }
                 ),
             )
