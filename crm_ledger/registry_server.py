@@ -152,7 +152,8 @@ def wait_until_ready(root_url: str, timeout_s: float, process: subprocess.Popen[
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RegistryServerError(
-                f"the schema registry exited with code {process.returncode} while starting"
+                f"the schema registry exited with code {process.returncode} while starting "
+                "(is the port in use? see registry.log in the data folder)"
             )
         try:
             system_info(root_url)
