@@ -179,3 +179,20 @@ def test_producers_refuse_before_writing_when_a_schema_is_missing(
     relay = run_cli("relay", env=env)
     assert relay.returncode == 0, relay.stderr
     assert "relayed 1 events" in relay.stdout
+
+
+def test_edited_schema_under_a_registered_id_is_reported(pushed_registry_url: str, tmp_path: Path) -> None:
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        shutil.copy(path, tmp_path)
+    shutil.copy(SCHEMA_DIR / "schemas.lock.json", tmp_path)
+    raw = json.loads((tmp_path / "CaseClosed.v1.avsc").read_text())
+    raw["fields"][3]["doc"] = "edited in place instead of adding a version"
+    (tmp_path / "CaseClosed.v1.avsc").write_text(json.dumps(raw))
+    result = run_cli("schemas", "check", "--dir", str(tmp_path), "--registry", pushed_registry_url)
+    assert result.returncode == 1
+    assert (
+        "crm.ledger.CaseClosed v1: the registry holds a different schema than CaseClosed.v1.avsc"
+        in result.stderr
+    )
+    with pytest.raises(RegistryMismatchError, match="nothing was changed"):
+        push(SchemaRegistry.load(tmp_path), RemoteRegistry(pushed_registry_url))
