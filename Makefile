@@ -1,12 +1,12 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11+, Java 17, Maven):
 #   make demo   - venv, install, run the main job on the embedded default (no broker)
-#   make test   - venv, install, fetch Kafka, start a broker, run every test, stop it
+#   make test   - venv, install, fetch Kafka and the schema registry, start them, run every test, stop them
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast kafka-jars lint typecheck bench clean
+.PHONY: install demo test test-fast kafka-jars registry-dist lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,15 +18,18 @@ install: $(STAMP)
 kafka-jars:
 	scripts/fetch-kafka.sh
 
+registry-dist:
+	scripts/fetch-registry.sh
+
 demo: install
 	$(BIN)/crm-ledger demo
 
-test: install kafka-jars
+test: install kafka-jars registry-dist
 	$(BIN)/crm-ledger schemas check
 	scripts/run-tests.sh
 
 test-fast: install
-	scripts/run-tests.sh -m "not kafka and not slow"
+	scripts/run-tests.sh -m "not kafka and not slow and not registry"
 
 lint: install
 	$(BIN)/ruff check .

@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from crm_ledger import broker
+from crm_ledger import broker, registry_server
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import progress_bar
 from crm_ledger.runtime import graceful_stop, open_ledger
@@ -110,6 +110,75 @@ def kafka_status(data: Path, port: int) -> None:
         raise SystemExit(1)
 
 
+# -- registry ------------------------------------------------------------------------------
+@cli.group("registry")
+def registry_group() -> None:
+    """Run a local Confluent-compatible schema registry (Apicurio Registry) for development."""
+
+
+_registry_data_option = click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=Path(".registry/data"),
+    show_default=True,
+    help="Folder for the registry's database, pid and log.",
+)
+_registry_port_option = click.option(
+    "--port", type=int, default=8081, show_default=True, help="HTTP port on 127.0.0.1."
+)
+
+
+def _registry_config(data: Path, port: int) -> registry_server.RegistryServerConfig:
+    return registry_server.RegistryServerConfig(data_dir=data.resolve(), port=port)
+
+
+@registry_group.command("up")
+@_registry_data_option
+@_registry_port_option
+def registry_up(data: Path, port: int) -> None:
+    """Start the registry in the background (fetching it on first use) and wait until it answers."""
+    config = _registry_config(data, port)
+    registry_server.start(config)
+    out.print(f"Schema registry is up at {config.url} (data in {config.data_dir})", highlight=False)
+
+
+@registry_group.command("down")
+@_registry_data_option
+@_registry_port_option
+def registry_down(data: Path, port: int) -> None:
+    """Stop the registry started with `registry up` (its schemas stay in the data folder)."""
+    config = _registry_config(data, port)
+    out.print(
+        "Schema registry stopped" if registry_server.stop(config) else "Schema registry was not running"
+    )
+
+
+@registry_group.command("status")
+@_registry_data_option
+@_registry_port_option
+def registry_status(data: Path, port: int) -> None:
+    """Say whether the registry is running (exit 1 when it is not)."""
+    config = _registry_config(data, port)
+    if registry_server.is_running(config):
+        out.print(f"Schema registry is running at {config.url}", highlight=False)
+    else:
+        out.print("Schema registry is not running")
+        raise SystemExit(1)
+
+
+_registry_url_option = click.option(
+    "--registry",
+    "registry_url",
+    default=None,
+    help="Schema registry URL (the Confluent-compatible API, e.g. "
+    "http://127.0.0.1:8081/apis/ccompat/v7). [env CRM_LEDGER_REGISTRY_URL]",
+)
+
+
+def _registry_url(ctx: click.Context, flag: str | None) -> str | None:
+    return flag or _settings(ctx).schema_registry_url
+
+
 # -- schemas -------------------------------------------------------------------------------
 @cli.group()
 def schemas() -> None:
@@ -127,17 +196,60 @@ _schema_dir_option = click.option(
 
 @schemas.command("check")
 @_schema_dir_option
-def schemas_check(folder: Path | None) -> None:
-    """Prove every version reads all older data and the lock file matches (exit 1 if not)."""
-    from schemas.compat import check_folder
-    from schemas.registry import SCHEMA_DIR
+@_registry_url_option
+@click.pass_context
+def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | None) -> None:
+    """Prove every version reads all older data and the lock file matches (exit 1 if not).
 
+    With a registry, also report every difference between the folder and the registry.
+    """
+    from schemas.compat import check_folder
+    from schemas.registry import SCHEMA_DIR, SchemaRegistry
+    from schemas.remote import RemoteRegistry
+    from schemas.sync import compare
+
+    url = _registry_url(ctx, registry_url)
     problems = check_folder(folder or SCHEMA_DIR)
     for problem in problems:
         err.print(f"[red]incompatible[/red] {problem}", highlight=False)
     if problems:
         raise SystemExit(1)
     out.print("schemas check: all versions compatible, lock file matches")
+    if url is None:
+        return
+    differences = compare(SchemaRegistry.load(folder or SCHEMA_DIR), RemoteRegistry(url))
+    for difference in differences:
+        err.print(f"[red]registry differs[/red] {difference}", highlight=False)
+    if differences:
+        raise SystemExit(1)
+    out.print(f"schemas check: the registry at {url} matches", highlight=False)
+
+
+@schemas.command("push")
+@_schema_dir_option
+@_registry_url_option
+@click.pass_context
+def schemas_push(ctx: click.Context, folder: Path | None, registry_url: str | None) -> None:
+    """Register every schema version in a registry under its locked id; set compatibility (idempotent)."""
+    from schemas.compat import check_folder
+    from schemas.registry import SCHEMA_DIR, SchemaRegistry
+    from schemas.remote import RemoteRegistry
+    from schemas.sync import COMPATIBILITY_LEVEL, push
+
+    url = _registry_url(ctx, registry_url)
+    if url is None:
+        raise CrmLedgerError("schemas push needs --registry URL (or CRM_LEDGER_REGISTRY_URL)")
+    problems = check_folder(folder or SCHEMA_DIR)
+    if problems:
+        raise CrmLedgerError(
+            f"schemas/ is not consistent, nothing pushed: {problems[0]} (see `schemas check`)"
+        )
+    result = push(SchemaRegistry.load(folder or SCHEMA_DIR), RemoteRegistry(url))
+    out.print(
+        f"schemas push: {result.registered} registered ({result.method}), {result.already_present} already "
+        f"present, compatibility {COMPATIBILITY_LEVEL} set on {result.compatibility_set} subjects",
+        highlight=False,
+    )
 
 
 @schemas.command("lock")
@@ -341,8 +453,11 @@ def import_csv(ctx: click.Context, /, files: tuple[Path, ...], mapping: Path, **
     show_default=True,
     help="Events per Kafka transaction.",
 )
+@_registry_url_option
 @click.pass_context
-def relay(ctx: click.Context, follow: bool, partitions: int | None, batch_size: int) -> None:
+def relay(
+    ctx: click.Context, follow: bool, partitions: int | None, batch_size: int, registry_url: str | None
+) -> None:
     """Publish the ledger to Kafka exactly once, in order (position recovered from Kafka)."""
     from ledger.relay import Relay, RelayConfig
 
@@ -355,6 +470,7 @@ def relay(ctx: click.Context, follow: bool, partitions: int | None, batch_size: 
         transactional_id=settings.transactional_id,
         batch_size=batch_size,
         broker_timeout_s=settings.broker_timeout_s,
+        registry_url=_registry_url(ctx, registry_url),
     )
     with graceful_stop() as stop, progress_bar("relay", None) as reporter:
         relay = Relay(app, config, say=lambda line: err.print(line, highlight=False, soft_wrap=True))
@@ -394,6 +510,7 @@ _source_option = click.option(
     help="After each refresh, send changed profiles, scores and statements to the compacted "
     "crm.projection.* topics.",
 )
+@_registry_url_option
 @click.pass_context
 def project(
     ctx: click.Context,
@@ -402,6 +519,7 @@ def project(
     metrics: Path | None,
     refresh_interval: float,
     publish: bool,
+    registry_url: str | None,
 ) -> None:
     """Build (and follow) the promoted version of the read models in DuckDB."""
     from projections.service import project_promoted
@@ -416,17 +534,20 @@ def project(
             reporter=reporter,
             should_stop=stop,
             refresh_interval_s=refresh_interval,
-            on_refresh=_publisher(settings) if publish else None,
+            on_refresh=_publisher(settings, _registry_url(ctx, registry_url)) if publish else None,
         )
     click.echo(result)
 
 
-def _publisher(settings: Settings) -> Any:
-    from projections.publish import publish_changes
+def _publisher(settings: Settings, registry_url: str | None) -> Any:
+    from projections.publish import check_registry, publish_changes
     from schemas.codec import AvroCodec
     from schemas.registry import SchemaRegistry
 
     codec = AvroCodec(SchemaRegistry.load())
+    if registry_url is not None:
+        # Once, before anything is projected or sent.
+        check_registry(registry_url, codec)
 
     def publish(db: Any) -> None:
         schema = db.promoted_version()
@@ -438,8 +559,9 @@ def _publisher(settings: Settings) -> Any:
 
 
 @cli.command()
+@_registry_url_option
 @click.pass_context
-def publish(ctx: click.Context) -> None:
+def publish(ctx: click.Context, registry_url: str | None) -> None:
     """Send the promoted version's changed profiles, scores and statements to the compacted topics once."""
     from projections.store import ProjectionDB
 
@@ -447,7 +569,7 @@ def publish(ctx: click.Context) -> None:
     with ProjectionDB(settings.projections_db) as db:
         if db.promoted_version() is None:
             raise CrmLedgerError("no version is promoted yet (run `crm-ledger project`)")
-        _publisher(settings)(db)
+        _publisher(settings, _registry_url(ctx, registry_url))(db)
 
 
 _version_arg = click.argument("version")

@@ -24,6 +24,7 @@ class Settings:
     events_topic: str = EVENTS_TOPIC
     partitions: int = 6
     transactional_id: str = "crm-ledger-relay"
+    #: The Confluent-compatible API of a schema registry; producers check it before writing.
     schema_registry_url: str | None = None
     kafka_data: Path = Path(".kafka/data")
     #: Largest record (input and encoded event) ingest accepts: always fits one Kafka message.
@@ -42,7 +43,7 @@ class Settings:
             "TOPIC": ("events_topic", str),
             "PARTITIONS": ("partitions", int),
             "TRANSACTIONAL_ID": ("transactional_id", str),
-            "SCHEMA_REGISTRY_URL": ("schema_registry_url", str),
+            "REGISTRY_URL": ("schema_registry_url", str),
             "KAFKA_DATA": ("kafka_data", Path),
             "MAX_RECORD_BYTES": ("max_record_bytes", int),
             "BROKER_TIMEOUT": ("broker_timeout_s", float),

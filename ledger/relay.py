@@ -33,6 +33,8 @@ from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
 from schemas.codec import AvroCodec
+from schemas.remote import RemoteRegistry
+from schemas.sync import verify_registered
 
 KEY_FIELDS = ("customer_id", "employee_id", "article_id", "period")
 
@@ -54,6 +56,8 @@ class RelayConfig:
     batch_size: int = 5000
     #: How long an unreachable broker is waited for (one line when it goes, one when back).
     broker_timeout_s: float = DEFAULT_BROKER_TIMEOUT_S
+    #: When set, the relay refuses to start unless this registry serves every event schema.
+    registry_url: str | None = None
 
 
 def headers_of(message: Any) -> dict[str, bytes]:
@@ -187,6 +191,7 @@ class Relay:
         and nothing is sent twice.
         """
         reporter = reporter or SilentReporter()
+        self._check_registry()
         producer, position = self._connect(should_stop)
         sent = 0
         batches = 0
@@ -242,6 +247,13 @@ class Relay:
             if should_stop():
                 raise KafkaUnavailableError(f"stopped while waiting for Kafka at {self.config.bootstrap}")
             time.sleep(1.0)
+
+    def _check_registry(self) -> None:
+        """Fail before writing anything when consumers could not resolve an event schema's id."""
+        if self.config.registry_url is None:
+            return
+        events = [v for v in self.codec.registry.all_versions() if v.kind == "event"]
+        verify_registered(RemoteRegistry(self.config.registry_url), events, "relay")
 
     def _publish(
         self, producer: Producer, notifications: list[Any], position: RelayPosition

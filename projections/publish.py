@@ -21,6 +21,8 @@ from confluent_kafka import KafkaException, Producer
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.kafka import COMPACTED, ensure_topic, produce
 from schemas.codec import AvroCodec
+from schemas.remote import RemoteRegistry
+from schemas.sync import verify_registered
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,28 @@ FEEDS = (
 )
 
 
+def check_registry(registry_url: str, codec: AvroCodec) -> None:
+    """Fail when the registry lacks (or differs on) a schema the downstream feeds write."""
+    written = [codec.registry.latest(feed.schema) for feed in FEEDS]
+    verify_registered(RemoteRegistry(registry_url), written, "publish")
+
+
 def publish_changes(
-    connection: duckdb.DuckDBPyConnection, schema: str, bootstrap: str, codec: AvroCodec, partitions: int = 3
+    connection: duckdb.DuckDBPyConnection,
+    schema: str,
+    bootstrap: str,
+    codec: AvroCodec,
+    partitions: int = 3,
+    *,
+    registry_url: str | None = None,
 ) -> dict[str, int]:
-    """Send what changed since the last publication; returns messages sent per topic."""
+    """Send what changed since the last publication; returns messages sent per topic.
+
+    With `registry_url`, refuses before writing anything unless that schema registry serves
+    the schemas the feeds are written with.
+    """
+    if registry_url is not None:
+        check_registry(registry_url, codec)
     connection.execute(
         f"CREATE TABLE IF NOT EXISTS {schema}.published (topic VARCHAR, key VARCHAR, hash VARCHAR, "
         "PRIMARY KEY (topic, key))"

@@ -21,3 +21,18 @@ class EncodeError(CrmLedgerError):
         self.event_type = event_type
         self.field = field
         self.reason = reason
+
+
+class RegistryError(CrmLedgerError):
+    """A schema registry could not be reached or answered with an unexpected error."""
+
+
+class RegistryMismatchError(RegistryError):
+    """The registry does not hold what `schemas/` says (missing, different or incompatible).
+
+    `differences` lists every finding, so one run shows all of them.
+    """
+
+    def __init__(self, summary: str, differences: list[str]) -> None:
+        super().__init__(summary + ("\n  " + "\n  ".join(differences) if differences else ""))
+        self.differences = differences

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_ledger import broker
+from crm_ledger import broker, registry_server
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.records import RecordParser
@@ -54,6 +54,37 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield config.bootstrap
     finally:
         broker.stop(config)
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real schema registry (Apicurio, Confluent API) for the session, always stopped.
+
+    Tests that change what it holds put it back (`schemas push` is idempotent).
+    """
+    existing = os.environ.get("CRM_LEDGER_TEST_REGISTRY_URL")
+    if existing:
+        yield existing
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = registry_server.RegistryServerConfig(data_dir=tmp_path_factory.mktemp("registry"), port=port)
+    registry_server.start(config, timeout_s=180)
+    try:
+        yield config.url
+    finally:
+        registry_server.stop(config)
+
+
+@pytest.fixture
+def pushed_registry_url(schema_registry_url: str) -> str:
+    """The session's registry holding exactly `schemas/` (pushed again when a test changed it)."""
+    from schemas.remote import RemoteRegistry
+    from schemas.sync import push
+
+    push(SchemaRegistry.load(), RemoteRegistry(schema_registry_url))
+    return schema_registry_url
 
 
 @pytest.fixture
