@@ -268,3 +268,27 @@ def test_concurrent_ingests_end_with_the_ledger_of_a_sequential_run(
     assert len(together) == len(lines)
     concurrent.close()
     sequential.close()
+
+
+# -- 8. a first follow is queryable ----------------------------------------------------------
+@pytest.mark.slow
+def test_a_first_follow_is_queryable_before_it_stops(tmp_path: Path) -> None:
+    import signal
+
+    from tests.helpers import start_cli, wait_for
+
+    _history(tmp_path / "h.jsonl")
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    run_cli("ingest", str(tmp_path / "h.jsonl"), env=env, check=True)
+    follower = start_cli("project", "--follow", "--refresh-interval", "0.5", env=env)
+    try:
+
+        def counted() -> bool:
+            result = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=env)
+            return result.returncode == 0 and result.stdout.splitlines()[1] != "0"
+
+        wait_for(counted, 120, "the stable views of the first version")
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=60)
+    assert follower.returncode == 0
