@@ -24,7 +24,7 @@ registry-dist:
 demo: install
 	$(BIN)/crm-ledger demo
 
-test: install kafka-jars registry-dist
+test: install kafka-jars registry-dist lint
 	$(BIN)/crm-ledger schemas check
 	scripts/run-tests.sh
 

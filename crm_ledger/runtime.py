@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,12 @@ from projections.sources import KafkaSource, LedgerSource, LogSource
 
 def open_ledger(settings: Settings) -> LedgerApplication:
     """The ledger application on the configured event store."""
-    return LedgerApplication(settings.eventsourcing_env())
+    env = settings.eventsourcing_env()
+    if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres" and importlib.util.find_spec("psycopg") is None:
+        raise ConfigurationError(
+            "a postgresql:// store needs the PostgreSQL extra: pip install 'crm-ledger[postgres]'"
+        )
+    return LedgerApplication(env)
 
 
 def open_source(settings: Settings, source: str, app: LedgerApplication | None = None) -> LogSource:
