@@ -8,9 +8,7 @@ the broker answers metadata requests, and stops it again.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from crm_ledger.background import read_pid, run_fetch_script, stop_process
 from crm_ledger.errors import ConfigurationError, CrmLedgerError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -105,25 +104,11 @@ def fetch_jars(config: BrokerConfig) -> None:
     """Fetch Apache Kafka's jars from Maven Central with the project's script (needs Maven)."""
     if config.lib_dir != PROJECT_ROOT / ".kafka" / "lib" or not FETCH_SCRIPT.exists():
         raise ConfigurationError(f"Kafka jars are missing in {config.lib_dir}: run scripts/fetch-kafka.sh")
-    if shutil.which("mvn") is None:
-        raise ConfigurationError("Kafka jars are missing and mvn was not found: Maven fetches them")
-    result = subprocess.run(["bash", str(FETCH_SCRIPT)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ConfigurationError(f"fetching the Kafka jars failed:\n{result.stderr[-2000:]}")
+    run_fetch_script(FETCH_SCRIPT, "the Kafka jars")
 
 
 def _read_pid(config: BrokerConfig) -> int | None:
-    try:
-        pid = int(config.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return read_pid(config.pid_file)
 
 
 def is_running(config: BrokerConfig) -> bool:
@@ -215,21 +200,4 @@ def wait_until_ready(
 
 def stop(config: BrokerConfig, timeout_s: float = 30.0) -> bool:
     """Stop the broker (SIGTERM, then SIGKILL); returns False when none was running."""
-    pid = _read_pid(config)
-    if pid is None:
-        config.pid_file.unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            waited = 0
-        if waited == pid or _read_pid(config) is None:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    config.pid_file.unlink(missing_ok=True)
-    return True
+    return stop_process(config.pid_file, timeout_s)

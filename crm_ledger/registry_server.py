@@ -9,9 +9,7 @@ answers, and stops it again. Clients use `url`, the Confluent-compatible API.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -19,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from crm_ledger.background import read_pid, run_fetch_script, stop_process
 from crm_ledger.errors import ConfigurationError, CrmLedgerError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -71,25 +70,11 @@ def fetch_distribution(config: RegistryServerConfig) -> None:
         raise ConfigurationError(
             f"the schema registry is missing in {config.dist_dir}: run {FETCH_SCRIPT.name}"
         )
-    if shutil.which("mvn") is None:
-        raise ConfigurationError("the schema registry is missing and mvn was not found: Maven fetches it")
-    result = subprocess.run(["bash", str(FETCH_SCRIPT)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ConfigurationError(f"fetching the schema registry failed:\n{result.stderr[-2000:]}")
+    run_fetch_script(FETCH_SCRIPT, "the schema registry")
 
 
 def _read_pid(config: RegistryServerConfig) -> int | None:
-    try:
-        pid = int(config.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return read_pid(config.pid_file)
 
 
 def is_running(config: RegistryServerConfig) -> bool:
@@ -168,21 +153,4 @@ def wait_until_ready(root_url: str, timeout_s: float, process: subprocess.Popen[
 
 def stop(config: RegistryServerConfig, timeout_s: float = 30.0) -> bool:
     """Stop the registry (SIGTERM, then SIGKILL); returns False when none was running."""
-    pid = _read_pid(config)
-    if pid is None:
-        config.pid_file.unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            waited = 0
-        if waited == pid or _read_pid(config) is None:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    config.pid_file.unlink(missing_ok=True)
-    return True
+    return stop_process(config.pid_file, timeout_s)
