@@ -24,7 +24,7 @@ _LIBRDKAFKA_LOG = logging.getLogger("crm_ledger.librdkafka")
 _LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 _LIBRDKAFKA_LOG.propagate = False
 DEFAULT_BROKER_TIMEOUT_S = 60.0
-_UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 
 
 class BrokerWatch:
@@ -46,7 +46,7 @@ class BrokerWatch:
         return {"error_cb": self.on_error, "logger": _LIBRDKAFKA_LOG}
 
     def on_error(self, error: KafkaError) -> None:
-        if error.code() in _UNREACHABLE:
+        if error.code() in UNREACHABLE:
             self.went_away()
 
     def went_away(self) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
 from crm_ledger.errors import ConfigurationError
+from crm_ledger.kafka import BrokerWatch
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from projections.sources import KafkaSource, LedgerSource, LogSource
@@ -29,8 +31,13 @@ def open_source(settings: Settings, source: str, app: LedgerApplication | None =
     if source == "ledger":
         return LedgerSource(app or open_ledger(settings))
     if source == "kafka":
-        return KafkaSource(settings.bootstrap, settings.events_topic)
+        watch = BrokerWatch(settings.bootstrap, _say, settings.broker_timeout_s)
+        return KafkaSource(settings.bootstrap, settings.events_topic, watch=watch)
     raise ConfigurationError(f"unknown source {source!r}: use 'ledger' or 'kafka'")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class StopFlag:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from crm_ledger.kafka import KafkaUnavailableError, consumer_config
+from crm_ledger.kafka import UNREACHABLE, BrokerWatch, KafkaUnavailableError, broker_listens, consumer_config
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
 
@@ -121,13 +121,17 @@ class KafkaSource:
         group_id: str = "crm-ledger-projector",
         batch_size: int = 20_000,
         timeout_s: float = 30.0,
+        *,
+        watch: BrokerWatch | None = None,
     ) -> None:
         self.name = topic
         self.topic = topic
         self.bootstrap = bootstrap
         self.batch_size = batch_size
         self.timeout_s = timeout_s
-        self._consumer = Consumer(consumer_config(bootstrap, group_id))
+        # Says when the broker goes away and comes back, and gives up after its timeout.
+        self.watch = watch or BrokerWatch(bootstrap, lambda _: None)
+        self._consumer = Consumer(consumer_config(bootstrap, group_id, **self.watch.client_config()))
 
     def _partitions(self) -> list[int]:
         try:
@@ -152,6 +156,11 @@ class KafkaSource:
         while True:
             messages = self._consumer.consume(self.batch_size, timeout=0.5)
             batch = RawBatch()
+            if not messages and self.watch.down_since is not None:
+                if broker_listens(self.bootstrap):
+                    self.watch.is_back()
+                else:
+                    self.watch.give_up_if_too_long("following")
             for message in messages:
                 error = message.error()
                 partition = int(message.partition() or 0)
@@ -159,7 +168,11 @@ class KafkaSource:
                     if error.code() == KafkaError._PARTITION_EOF:
                         at_end.add(partition)
                         continue
+                    if error.code() in UNREACHABLE:
+                        self.watch.went_away()
+                        continue
                     raise KafkaUnavailableError(f"consuming {self.topic!r} failed: {error}")
+                self.watch.is_back()
                 at_end.discard(partition)
                 offset = int(message.offset() or 0)
                 headers = dict(message.headers() or [])

@@ -110,3 +110,41 @@ def test_relay_gives_up_after_the_broker_timeout_with_one_line(tmp_path: Path) -
     assert len(lines) == 2, lines
     assert "unreachable; retrying for up to 3 s" in lines[0]
     assert lines[1].startswith("error:") and "gave up relaying" in lines[1]
+
+
+def test_follower_says_when_the_broker_goes_and_comes_back(tmp_path: Path) -> None:
+    port = _free_port_pair()
+    config = broker.BrokerConfig(data_dir=tmp_path / "kafka", port=port, controller_port=port + 1)
+    broker.start(config, timeout_s=120)
+    env = {
+        "CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"),
+        "CRM_LEDGER_DB": str(tmp_path / "p.duckdb"),
+        "CRM_LEDGER_BOOTSTRAP": config.bootstrap,
+        "CRM_LEDGER_BROKER_TIMEOUT": "180",
+    }
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=100, employees=6, months=1, seed=2), handle)
+    total = len(history.read_text().splitlines())
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("relay", env=env, check=True)
+    follower = start_cli("project", "--source", "kafka", "--follow", "--refresh-interval", "0.5", env=env)
+    errors = _Lines(follower.stderr)
+
+    def projected() -> int:
+        result = run_cli("query", "SELECT count(*) FROM ledger_events", "--format", "csv", env=env)
+        return int(result.stdout.splitlines()[1]) if result.returncode == 0 else -1
+
+    try:
+        wait_for(lambda: projected() == total, 120, "the follower's first build")
+        broker.stop(config)
+        wait_for(lambda: bool(errors.having("unreachable")), 120, "the follower to notice")
+        broker.start(config, timeout_s=120)
+        wait_for(lambda: bool(errors.having("is back")), 180, "the follower to reconnect")
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=60)
+        broker.stop(config)
+    assert follower.returncode == 0, errors.lines
+    assert len(errors.having("unreachable")) == 1 and len(errors.having("is back")) == 1, errors.lines
+    assert not [line for line in errors.lines if "rdkafka" in line or "FAIL" in line or "Traceback" in line]
