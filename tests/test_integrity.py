@@ -292,3 +292,25 @@ def test_a_first_follow_is_queryable_before_it_stops(tmp_path: Path) -> None:
         follower.send_signal(signal.SIGINT)
         follower.communicate(timeout=60)
     assert follower.returncode == 0
+
+
+@pytest.mark.slow
+def test_concurrent_period_closes_and_ingests_leave_one_close(tmp_path: Path) -> None:
+    from tests.helpers import start_cli
+
+    lines = _history(tmp_path / "h.jsonl", customers=60, months=1, seed=8)
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    run_cli("ingest", str(tmp_path / "h.jsonl"), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    month = json.loads(lines[-1])["occurred_at"][:7]
+    closes = [start_cli("period", "close", month, env=env) for _ in range(3)]
+    ingest = start_cli("ingest", str(tmp_path / "h.jsonl"), env=env)
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in [*closes, ingest]]
+    assert all("Traceback" not in err for _, err, _ in results), results
+    assert sorted(code for _, _, code in results[:3]) == [0, 1, 1], results
+    assert results[3][2] == 0
+    app = LedgerApplication(Settings(store=env["CRM_LEDGER_STORE"]).eventsourcing_env())
+    kinds = [t for t, _ in ledger_content(app)]
+    assert kinds.count("RewardPeriodClosed") == 1
+    assert len(kinds) == len(lines) + 1 + kinds.count("RewardStatementIssued")
+    app.close()
