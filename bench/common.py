@@ -21,10 +21,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crm_ledger import broker  # noqa: E402
+from crm_cli import broker  # noqa: E402
 from crm_ledger.settings import Settings  # noqa: E402
+from importers.generator import GeneratorConfig, write_history  # noqa: E402
 from ledger.application import LedgerApplication  # noqa: E402
-from ledger.generator import GeneratorConfig, write_history  # noqa: E402
 from ledger.ingest import RejectSink, ingest_records, read_file  # noqa: E402
 from ledger.records import RecordParser  # noqa: E402
 

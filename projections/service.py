@@ -6,11 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crm_ledger.progress import Reporter
-from crm_ledger.runtime import open_ledger, open_source
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
+from ledger.connect import open_ledger
 from projections.engine import Projector, ProjectStats
 from projections.errors import ProjectionError
+from projections.sources import open_source
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB, VersionInfo
 

@@ -9,16 +9,20 @@ positions from the projection database, never from consumer-group offsets.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from crm_ledger.errors import ConfigurationError
 from crm_ledger.kafka import UNREACHABLE, BrokerWatch, KafkaUnavailableError, broker_listens, consumer_config
+from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
+from ledger.connect import open_ledger
 
 LEDGER_STREAM = "ledger"
 
@@ -206,3 +210,25 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def open_source(
+    settings: Settings,
+    source: str,
+    app: LedgerApplication | None = None,
+    say: Callable[[str], None] = _to_stderr,
+) -> LogSource:
+    """`ledger` (the embedded notification log) or `kafka` (the events topic).
+
+    `say` hears one line when the broker goes away and one when it is back.
+    """
+    if source == "ledger":
+        return LedgerSource(app or open_ledger(settings))
+    if source == "kafka":
+        watch = BrokerWatch(settings.bootstrap, say, settings.broker_timeout_s)
+        return KafkaSource(settings.bootstrap, settings.events_topic, watch=watch)
+    raise ConfigurationError(f"unknown source {source!r}: use 'ledger' or 'kafka'")

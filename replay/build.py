@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from crm_ledger.progress import Reporter
-from crm_ledger.runtime import open_ledger
 from crm_ledger.settings import Settings
+from ledger.connect import open_ledger
 from projections.engine import Projector
 from projections.service import catch_up, source_label
 from projections.spec import load_spec

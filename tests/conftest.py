@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_ledger import broker, registry_server
+from crm_cli import broker, registry_server
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.records import RecordParser

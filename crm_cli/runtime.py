@@ -1,0 +1,38 @@
+"""Process-level wiring of the CLI: Ctrl-C and SIGTERM become a clean stop at a batch boundary."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; long loops check it between batches and stop cleanly."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+
+@contextmanager
+def graceful_stop() -> Iterator[StopFlag]:
+    """Turn the first Ctrl-C / SIGTERM into a clean stop at the next batch boundary."""
+    flag = StopFlag()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if flag.stopped:
+            raise KeyboardInterrupt
+        flag.stopped = True
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,1 @@
+"""Other systems' history into ledger records: the generator, CFPB exports, mapped CSV."""

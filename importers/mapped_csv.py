@@ -1,0 +1,140 @@
+"""Import any CSV export through a mapping file (TOML): columns to ledger event fields.
+
+A mapping lists the events one row produces:
+
+    [[events]]
+    type = "CaseOpened"
+    when = "Created at"                      # optional: only when this column is not empty
+    id = "zendesk:{Ticket ID}:opened"        # template of the idempotency key (hashed into a UUID)
+    occurred_at = "{Created at}"
+
+    [events.fields]
+    case_id = "zendesk:{Ticket ID}"          # a template: {Column} is replaced by the cell
+    kind = "request"                         # no braces: a literal
+    channel = { column = "Via", map = { "Web form" = "web", Voice = "phone" }, default = "other" }
+
+Event ids derive from the rendered `id`, so re-importing adds nothing. A row whose template
+names a missing column, or whose event fails validation, is rejected with its line and field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from importers.errors import MappingError
+from ledger.errors import ValidationError
+from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, read_row_mapped
+from ledger.records import RecordParser
+from ledger.vault import PERSONAL_FIELDS
+
+_NAMESPACE = uuid.UUID("3f9a7b1c-2d4e-4a5b-8c6d-7e8f9a0b1c2d")
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+
+
+@dataclass(frozen=True)
+class EventMapping:
+    type: str
+    when: str | None
+    id_template: str
+    occurred_at: Any
+    fields: Mapping[str, Any]
+
+
+def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
+    """Read and check a mapping file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise MappingError(f"{path}: {error}") from error
+    events = data.get("events")
+    if not isinstance(events, list) or not events:
+        raise MappingError(f"{path}: needs at least one [[events]] table")
+    mappings = []
+    for number, event in enumerate(events, start=1):
+        where = f"{path}: events #{number}"
+        if event.get("type") not in parser.event_types:
+            raise MappingError(f"{where}: type: unknown event type {event.get('type')!r}")
+        for key in ("id", "occurred_at"):
+            if key not in event:
+                raise MappingError(f"{where}: {key}: is required")
+        fields = event.get("fields", {})
+        if not isinstance(fields, dict):
+            raise MappingError(f"{where}: fields: must be a table")
+        mappings.append(
+            EventMapping(event["type"], event.get("when"), str(event["id"]), event["occurred_at"], fields)
+        )
+    return mappings
+
+
+def _render(spec: Any, row: Mapping[str, str], field: str) -> Any:
+    if isinstance(spec, dict):
+        column = str(spec.get("column"))
+        if column not in row:
+            raise ValidationError(field, f"column {column!r} is not in the file")
+        value: Any = (row[column] or "").strip()
+        table = spec.get("map")
+        if isinstance(table, dict):
+            value = table.get(value, spec.get("default", value))
+        return value if value != "" else spec.get("default")
+    if isinstance(spec, str):
+        missing = [c for c in _PLACEHOLDER.findall(spec) if c not in row]
+        if missing:
+            raise ValidationError(field, f"column {missing[0]!r} is not in the file")
+        return _PLACEHOLDER.sub(lambda m: (row[m.group(1)] or "").strip(), spec)
+    return spec
+
+
+def row_records(row: Mapping[str, str], mappings: list[EventMapping]) -> list[dict[str, Any]]:
+    """The raw ledger records one CSV row maps to."""
+    records = []
+    for mapping in mappings:
+        if mapping.when and not (row.get(mapping.when) or "").strip():
+            continue
+        key = _render(mapping.id_template, row, "id")
+        record: dict[str, Any] = {
+            "type": mapping.type,
+            "event_id": str(uuid.uuid5(_NAMESPACE, key)),
+            "occurred_at": _render(mapping.occurred_at, row, "occurred_at"),
+        }
+        for name, spec in mapping.fields.items():
+            value = _render(spec, row, name)
+            if value not in (None, ""):
+                record[name] = value
+        records.append(record)
+    return records
+
+
+def personal_columns(mappings: list[EventMapping]) -> frozenset[str]:
+    """Columns that feed customers' personal fields: redacted in the rejects file."""
+    columns: set[str] = set()
+    for mapping in mappings:
+        for name, spec in mapping.fields.items():
+            if name not in PERSONAL_FIELDS.get(mapping.type, ()):
+                continue
+            if isinstance(spec, dict):
+                columns.add(str(spec.get("column")))
+            elif isinstance(spec, str):
+                columns.update(_PLACEHOLDER.findall(spec))
+    return frozenset(columns)
+
+
+def read_mapped_csv(
+    path: Path, mapping_path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[SourceRecord]:
+    """Stream a CSV export through a mapping: one SourceRecord per event or per rejected row."""
+    mappings = load_mapping(mapping_path, parser)
+    return read_row_mapped(
+        path,
+        parser,
+        lambda row: row_records(row, mappings),
+        personal_columns=personal_columns(mappings),
+        max_record_bytes=max_record_bytes,
+    )

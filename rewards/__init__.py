@@ -1,0 +1,1 @@
+"""Reward periods: closing a month with statements, drift and adjustments, statement views."""

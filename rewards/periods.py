@@ -1,0 +1,304 @@
+"""Reward periods: close a month, issue statements, adjust on recompute.
+
+Closing records `RewardPeriodClosed` (the ledger position and promoted version the scores
+were computed at) and one `RewardStatementIssued` per employee, all in one ledger
+transaction. Statements are facts: a later replay under new rules never rewrites them;
+`adjust` compares the live promoted scores with what each employee was last told and
+issues `RewardAdjustmentIssued` events for the differences.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from crm_ledger.settings import Settings
+from ledger.application import LedgerApplication
+from ledger.connect import open_ledger
+from ledger.records import RecordParser, format_timestamp
+from projections.service import catch_up
+from projections.store import ProjectionDB, VersionInfo, rows_as_dicts
+from rewards.errors import PeriodError
+
+_NAMESPACE = uuid.UUID("a4c2e8f0-6b1d-4e3a-9f5c-2d7b8e0a1c3f")
+REWARD_EVENTS = ("RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued")
+SCORE_DIGITS = 6
+
+
+
+
+def parse_period(text: str) -> str:
+    """A YYYY-MM period, or a PeriodError naming the problem."""
+    if not re.fullmatch(r"\d{4}-\d{2}", text or "") or not 1 <= int(text[5:]) <= 12:
+        raise PeriodError(f"period: expected YYYY-MM (e.g. 2026-03), got {text!r}")
+    return text
+
+
+def period_end(period: str) -> datetime:
+    year, month = int(period[:4]), int(period[5:])
+    return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class LiveScore:
+    employee_id: str
+    score: float
+    team_id: str | None
+    details: dict[str, Any]
+
+
+def _source_kind(version: VersionInfo) -> str:
+    return "ledger" if version.source == "ledger" else "kafka"
+
+
+def _promoted_fresh(settings: Settings, app: LedgerApplication, db: ProjectionDB) -> VersionInfo:
+    """The promoted version, caught up with the log first so scores include every event."""
+    promoted = db.promoted_version()
+    if promoted is None:
+        raise PeriodError("no version is promoted: run `crm-ledger project` (or promote a version) first")
+    version = db.find_version(promoted)
+    catch_up(db, version, settings=settings, source=_source_kind(version), app=app)
+    return db.find_version(promoted)
+
+
+def live_scores(db: ProjectionDB, version: VersionInfo, period: str) -> dict[str, LiveScore]:
+    """Scores of `version` for the period, with components and KPI rows for the statement."""
+    con = db.connection
+    schema = version.schema
+    components: dict[str, list[dict[str, Any]]] = {}
+    for row in rows_as_dicts(
+        con.execute(
+            f"SELECT employee_id, component, kind, kpi, kpi_value, sample_n, weight, cap, value, "
+            f"100 * weighted AS points FROM {schema}.reward_components WHERE period = ? "
+            "ORDER BY employee_id, component",
+            [period],
+        )
+    ):
+        components.setdefault(row.pop("employee_id"), []).append(row)
+    kpis: dict[str, list[dict[str, Any]]] = {}
+    for row in rows_as_dicts(
+        con.execute(
+            f"SELECT * EXCLUDE (last_activity_at) FROM {schema}.kpi_employee_month WHERE period = ? "
+            "ORDER BY employee_id, team_id",
+            [period],
+        )
+    ):
+        kpis.setdefault(row["employee_id"], []).append(row)
+    scores: dict[str, LiveScore] = {}
+    for employee, score, team in con.execute(
+        f"SELECT employee_id, score, team_id FROM {schema}.reward_score "
+        "WHERE period = ? ORDER BY employee_id",
+        [period],
+    ).fetchall():
+        scores[employee] = LiveScore(
+            employee,
+            round(float(score), SCORE_DIGITS),
+            team,
+            {
+                "team_id": team,
+                "spec_name": version.name,
+                "components": components.get(employee, []),
+                "kpis": kpis.get(employee, []),
+            },
+        )
+    return scores
+
+
+def _late_events(db: ProjectionDB, version: VersionInfo, period: str, position: int) -> int:
+    start = datetime.strptime(period, "%Y-%m")
+    end = period_end(period).replace(tzinfo=None)
+    types = ", ".join(f"'{t}'" for t in REWARD_EVENTS)
+    row = db.connection.execute(
+        f"SELECT count(*) FROM {version.schema}.events WHERE occurred_at >= ? AND occurred_at < ? "
+        f"AND notification_id > ? AND event_type NOT IN ({types})",
+        [start, end, position],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _record(app: LedgerApplication, raws: list[dict[str, Any]]) -> None:
+    parser = RecordParser(app.registry, allow_internal=True)
+    app.record([parser.parse(raw) for raw in raws], atomic=True)
+
+
+@dataclass
+class CloseResult:
+    period: str
+    version: str
+    position: int
+    statements: int
+
+
+def close_period(settings: Settings, period: str, now: datetime | None = None) -> CloseResult:
+    """Close a finished month at the promoted version: one statement per scored employee."""
+    period = parse_period(period)
+    now = now or datetime.now(tz=UTC)
+    if period_end(period) > now:
+        raise PeriodError(
+            f"period {period} has not ended yet (it ends {period_end(period):%Y-%m-%d}); it cannot be closed"
+        )
+    app = open_ledger(settings)
+    if app.reward_period(period) is not None:
+        raise PeriodError(f"period {period} is already closed")
+    with ProjectionDB(settings.projections_db) as db:
+        version = _promoted_fresh(settings, app, db)
+        scores = live_scores(db, version, period)
+        row = db.connection.execute(
+            f"SELECT coalesce(max(notification_id), 0) FROM {version.schema}.events"
+        ).fetchone()
+        position = int(row[0]) if row else 0
+    at = format_timestamp(int(now.timestamp() * 1000))
+    raws: list[dict[str, Any]] = [
+        {
+            "type": "RewardPeriodClosed",
+            "event_id": str(uuid.uuid5(_NAMESPACE, f"{period}:closed")),
+            "occurred_at": at,
+            "period": period,
+            "ledger_position": position,
+            "version": version.version,
+            "spec_name": version.name,
+        }
+    ]
+    for live in scores.values():
+        raws.append(
+            {
+                "type": "RewardStatementIssued",
+                "event_id": str(uuid.uuid5(_NAMESPACE, f"{period}:{live.employee_id}:statement")),
+                "occurred_at": at,
+                "period": period,
+                "employee_id": live.employee_id,
+                "score": live.score,
+                "components": json.dumps(live.details, default=str, sort_keys=True),
+                "version": version.version,
+                "spec_name": version.name,
+            }
+        )
+    _record(app, raws)
+    return CloseResult(period, version.version, position, len(scores))
+
+
+@dataclass
+class Drift:
+    employee_id: str
+    told: float
+    live: float
+    told_version: str | None
+
+    @property
+    def delta(self) -> float:
+        return round(self.live - self.told, SCORE_DIGITS)
+
+
+@dataclass
+class PeriodStatus:
+    period: str
+    closed: bool
+    closed_version: str | None = None
+    position: int | None = None
+    promoted: str | None = None
+    statements: int = 0
+    adjustments: int = 0
+    late_events: int = 0
+    drifts: list[Drift] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        payload = {k: v for k, v in self.__dict__.items() if k != "drifts"}
+        payload["drifts"] = [{**d.__dict__, "delta": d.delta} for d in self.drifts]
+        return json.dumps(payload, indent=2)
+
+
+def period_status(settings: Settings, period: str, app: LedgerApplication | None = None) -> PeriodStatus:
+    """Late events since the close and how far live scores drift from what was told."""
+    period = parse_period(period)
+    app = app or open_ledger(settings)
+    closed = app.reward_period(period)
+    if closed is None:
+        raise PeriodError(f"period {period} is not closed (close it with `crm-ledger period close {period}`)")
+    facts = app.period_facts(period)
+    status = PeriodStatus(
+        period,
+        True,
+        closed.projection_version,
+        closed.ledger_position,
+        statements=sum(1 for f in facts if f.event_type == "RewardStatementIssued"),
+        adjustments=sum(1 for f in facts if f.event_type == "RewardAdjustmentIssued"),
+    )
+    with ProjectionDB(settings.projections_db) as db:
+        version = _promoted_fresh(settings, app, db)
+        status.promoted = version.version
+        status.late_events = _late_events(db, version, period, closed.ledger_position)
+        live = live_scores(db, version, period)
+    for employee in sorted(set(live) | set(closed.told)):
+        told = closed.told.get(employee, 0.0)
+        now = live[employee].score if employee in live else 0.0
+        if abs(now - told) > 10**-SCORE_DIGITS:
+            status.drifts.append(Drift(employee, told, now, closed.told_version.get(employee)))
+    return status
+
+
+@dataclass
+class Adjustment:
+    employee_id: str
+    old_score: float
+    new_score: float
+    old_version: str
+    new_version: str
+    reason: str
+
+    @property
+    def delta(self) -> float:
+        return round(self.new_score - self.old_score, SCORE_DIGITS)
+
+
+def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> list[Adjustment]:
+    """Issue (or with `dry_run` only compute) the adjustments that bring statements to live scores."""
+    app = open_ledger(settings)
+    status = period_status(settings, period, app)
+    adjustments = []
+    for drift in status.drifts:
+        reasons = []
+        if drift.told_version and drift.told_version != status.promoted:
+            reasons.append(f"rules changed: {drift.told_version} -> {status.promoted}")
+        if status.late_events:
+            reasons.append(f"{status.late_events} late event(s) since the close")
+        adjustments.append(
+            Adjustment(
+                drift.employee_id,
+                drift.told,
+                drift.live,
+                drift.told_version or "(none)",
+                status.promoted or "",
+                "; ".join(reasons) or "recomputed",
+            )
+        )
+    if adjustments and not dry_run:
+        at = format_timestamp(int(datetime.now(tz=UTC).timestamp() * 1000))
+        _record(
+            app,
+            [
+                {
+                    "type": "RewardAdjustmentIssued",
+                    "event_id": str(
+                        uuid.uuid5(
+                            _NAMESPACE,
+                            f"{period}:{a.employee_id}:{a.old_score!r}->{a.new_score!r}@{a.new_version}",
+                        )
+                    ),
+                    "occurred_at": at,
+                    "period": period,
+                    "employee_id": a.employee_id,
+                    "old_score": a.old_score,
+                    "new_score": a.new_score,
+                    "delta": a.delta,
+                    "old_version": a.old_version,
+                    "new_version": a.new_version,
+                    "reason": a.reason,
+                }
+                for a in adjustments
+            ],
+        )
+    return adjustments

@@ -1,0 +1,237 @@
+"""Auditors: tamper detection in every copy, read-only queries, explain totals."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import duckdb
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from audit.verify import kafka_entries, mirror_entries, store_entries, verify
+from crm_ledger.kafka import consumer_config
+from crm_ledger.settings import Settings
+from importers.generator import GeneratorConfig, write_history
+from ledger.application import LedgerApplication
+from ledger.ingest import RejectSink, ingest_records, read_file
+from ledger.records import RecordParser
+from ledger.relay import Relay, RelayConfig
+from projections.readonly import QueryRefusedError, reader, run_query
+from projections.service import project_promoted
+from tests.helpers import run_cli, start_cli, wait_for
+
+
+@pytest.fixture
+def audited(settings: Settings, tmp_path: Path) -> LedgerApplication:
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=150, employees=8, months=2, seed=6), handle)
+    app = LedgerApplication(settings.eventsourcing_env())
+    ingest_records(app, read_file(history, RecordParser(app.registry)), RejectSink(None, echo=None))
+    project_promoted(settings, "ledger", None, follow=False)
+    return app
+
+
+def env_of(settings: Settings, **extra: str) -> dict[str, str]:
+    return {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db), **extra}
+
+
+def test_clean_ledger_verifies(audited: LedgerApplication, settings: Settings) -> None:
+    result = run_cli("audit", "verify", env=env_of(settings, CRM_LEDGER_BOOTSTRAP="127.0.0.1:1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all copies agree" in result.stdout
+
+
+def test_altered_payload_in_the_store_is_found(audited: LedgerApplication, settings: Settings) -> None:
+    victim = 17
+    with sqlite3.connect(settings.store) as con:
+        state = con.execute("SELECT state FROM stored_events WHERE rowid = ?", [victim]).fetchone()[0]
+        tampered = state[:-1] + bytes([state[-1] ^ 0x01])
+        con.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", [tampered, victim])
+    with reader(settings.projections_db) as con:
+        report = verify(store_entries(audited), {"mirror": mirror_entries(con)})
+    altered = [f for f in report.findings if f.kind == "altered"]
+    assert [(f.copy, f.notification_id) for f in altered] == [("ledger", victim)]
+    cli = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
+    assert cli.returncode == 1 and f"notification {victim}" in cli.stdout
+
+
+def test_deleted_mirror_row_is_found(audited: LedgerApplication, settings: Settings) -> None:
+    with duckdb.connect(str(settings.projections_db)) as con:
+        victim, event_id = con.execute(
+            "SELECT notification_id, event_id FROM ledger_events ORDER BY notification_id LIMIT 1 OFFSET 40"
+        ).fetchone()
+        schema = con.execute("SELECT version FROM crm_promoted").fetchone()[0]
+        con.execute(f"DELETE FROM {schema}.events WHERE notification_id = ?", [victim])
+    with reader(settings.projections_db) as con:
+        report = verify(store_entries(audited), {"mirror": mirror_entries(con)})
+    missing = [f for f in report.findings if f.kind == "missing"]
+    assert [(f.copy, f.notification_id, f.event_id) for f in missing] == [("mirror", victim, event_id)]
+
+
+@pytest.mark.kafka
+def test_duplicated_record_in_the_topic_is_found(
+    audited: LedgerApplication, settings: Settings, kafka_bootstrap: str, topic: str
+) -> None:
+    Relay(audited, RelayConfig(kafka_bootstrap, topic, partitions=2, transactional_id=f"r-{topic}")).run()
+    consumer = Consumer(consumer_config(kafka_bootstrap, f"copy-{topic}"))
+    consumer.assign([TopicPartition(topic, 0, 3)])
+    original = next(m for m in iter(lambda: consumer.poll(5), None) if m is not None and not m.error())
+    consumer.close()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, original.value(), key=original.key(), headers=original.headers(), partition=0)
+    producer.flush(30)
+    report = verify(store_entries(audited), {"kafka": kafka_entries(kafka_bootstrap, topic)})
+    duplicates = [f for f in report.findings if f.kind == "duplicate"]
+    nid = int(dict(original.headers())["notification_id"])
+    assert [(f.copy, f.notification_id) for f in duplicates] == [("kafka", nid)]
+    cli = run_cli(
+        "audit",
+        "verify",
+        "--source",
+        "kafka",
+        env=env_of(settings, CRM_LEDGER_BOOTSTRAP=kafka_bootstrap, CRM_LEDGER_TOPIC=topic),
+    )
+    assert cli.returncode == 1 and "duplicate in kafka" in cli.stdout
+
+
+def test_query_is_read_only_by_construction(
+    audited: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    with reader(settings.projections_db) as con:
+        for sql in (
+            "INSERT INTO crm_promotions VALUES ('x', now())",
+            "DROP TABLE crm_versions",
+            f"ATTACH '{tmp_path / 'x.duckdb'}' AS x",
+            f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'",
+            "SET enable_external_access = true",
+        ):
+            with pytest.raises(QueryRefusedError):
+                run_query(con, sql)
+    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM crm_promotions").fetchone() == (1,)
+    cli = run_cli("query", "UPDATE crm_versions SET name = 'x'", env=env_of(settings))
+    assert cli.returncode == 1 and "read-only" in cli.stderr and "Traceback" not in cli.stderr
+    out = tmp_path / "scores.parquet"
+    ok = run_cli(
+        "query", "SELECT * FROM reward_score", "--format", "parquet", "--out", str(out), env=env_of(settings)
+    )
+    assert ok.returncode == 0 and out.stat().st_size > 0
+    rows = json.loads(
+        run_cli(
+            "query", "SELECT count(*) AS n FROM ledger_events", "--format", "json", env=env_of(settings)
+        ).stdout
+    )
+    assert rows == [{"n": audited.max_position()}]
+
+
+@pytest.mark.slow
+def test_query_works_while_a_follower_projects(audited: LedgerApplication, settings: Settings) -> None:
+    follower = start_cli("project", "--follow", "--refresh-interval", "0.2", env=env_of(settings))
+    try:
+        wait_for(lambda: follower.poll() is None, timeout_s=5)
+        for _ in range(3):
+            result = run_cli(
+                "query", "SELECT count(*) FROM reward_score", "--format", "csv", env=env_of(settings)
+            )
+            assert result.returncode == 0, result.stderr
+        assert follower.poll() is None, "the follower keeps running"
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
+
+
+def test_explain_totals_equal_the_score(audited: LedgerApplication, settings: Settings) -> None:
+    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT employee_id, period, score FROM reward_score ORDER BY score DESC LIMIT 5"
+        ).fetchall()
+    for employee, period, score in rows:
+        result = run_cli(
+            "explain", "--employee", employee, "--period", period, "--format", "json", env=env_of(settings)
+        )
+        assert result.returncode == 0, result.stderr
+        payload = json.loads(result.stdout)
+        assert payload["score"] == pytest.approx(score, abs=1e-9)
+        assert payload["components_total"] == pytest.approx(score, abs=1e-9)
+        assert payload["evidence"], "the events behind the KPIs are listed"
+        ids = {e["event_id"] for events in payload["evidence"].values() for e in events}
+        with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+            known = {r[0] for r in con.execute("SELECT event_id FROM ledger_events").fetchall()}
+        assert ids <= known
+    unknown = run_cli("explain", "--employee", "nobody", "--period", "2025-01", env=env_of(settings))
+    assert unknown.returncode == 1 and "nobody" in unknown.stderr
+    bad = run_cli("explain", "--employee", "emp-0001", "--period", "January", env=env_of(settings))
+    assert bad.returncode == 2
+
+
+@pytest.mark.kafka
+def test_forgotten_customer_is_unreadable_everywhere_and_the_chain_holds(
+    settings: Settings, tmp_path: Path, kafka_bootstrap: str, topic: str
+) -> None:
+    from tests.factory import rec
+
+    app = LedgerApplication(settings.eventsourcing_env())
+    records = [
+        rec(
+            "CustomerRegistered",
+            "2026-01-01T00:00:00Z",
+            customer_id="c9",
+            segment="smb",
+            region="north",
+            name="Greta Example",
+            email="greta@example.com",
+        ),
+        rec("EmployeeJoined", "2026-01-01T00:00:00Z", employee_id="e9", team_id="t9", role="agent"),
+        rec(
+            "InteractionRecorded",
+            "2026-01-02T00:00:00Z",
+            customer_id="c9",
+            employee_id="e9",
+            channel="phone",
+            direction="inbound",
+        ),
+        rec(
+            "CustomerDetailsChanged", "2026-01-03T00:00:00Z", customer_id="c9", email="greta@new.example.com"
+        ),
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    ingest_records(app, read_file(path, RecordParser(app.registry)), RejectSink(None, echo=None))
+    env = env_of(settings, CRM_LEDGER_BOOTSTRAP=kafka_bootstrap, CRM_LEDGER_TOPIC=topic)
+    shown = run_cli("customer", "show", "c9", env=env)
+    assert "Greta Example" in shown.stdout and "greta@new.example.com" in shown.stdout
+    forget = tmp_path / "f.jsonl"
+    forget.write_text(json.dumps(rec("CustomerForgotten", "2026-02-01T00:00:00Z", customer_id="c9")) + "\n")
+    assert (
+        ingest_records(
+            app, read_file(forget, RecordParser(app.registry)), RejectSink(None, echo=None)
+        ).accepted
+        == 1
+    )
+    Relay(app, RelayConfig(kafka_bootstrap, topic, partitions=1, transactional_id=f"r-{topic}")).run()
+    project_promoted(settings, "ledger", None, follow=False)
+
+    secrets = (b"Greta", b"greta@", b"example.com")
+    with sqlite3.connect(settings.store) as con:
+        stored = b"".join(row[0] for row in con.execute("SELECT state FROM stored_events"))
+    kafka_bytes = b"".join(e.value for e in kafka_entries(kafka_bootstrap, topic))
+    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        mirror = b"".join(
+            bytes(v) + p.encode()
+            for v, p in con.execute("SELECT value, payload FROM ledger_events").fetchall()
+        )
+    for secret in secrets:
+        assert secret not in stored and secret not in kafka_bytes and secret not in mirror
+    shown = run_cli("customer", "show", "c9", env=env)
+    assert "Greta" not in shown.stdout and "[forgotten]" in shown.stdout
+    verified = run_cli(
+        "audit", "verify", "--source", "ledger", "--source", "mirror", "--source", "kafka", env=env
+    )
+    assert verified.returncode == 0, verified.stdout
+    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        assert con.execute(
+            "SELECT interactions_total, forgotten FROM customer_profile WHERE customer_id = 'c9'"
+        ).fetchone() == (1, True)

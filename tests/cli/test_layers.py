@@ -1,0 +1,49 @@
+"""The import graph points down only: base, schemas, write model, read side, rewards and audit, CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Each package may import itself and the packages of lower layers, never a higher or a sibling one.
+LAYERS: dict[str, int] = {
+    "crm_ledger": 0,  # the shared base: errors, settings, progress, Kafka helpers
+    "schemas": 1,
+    "ledger": 2,
+    "importers": 3,
+    "projections": 3,
+    "replay": 4,
+    "rewards": 5,
+    "audit": 5,
+    "crm_cli": 9,  # the command line: imported by nothing
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module.split(".")[0]))
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name.split(".")[0]) for alias in node.names)
+    return found
+
+
+def test_imports_point_down_only() -> None:
+    upward = []
+    for package, layer in LAYERS.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for line, imported in _imports(path):
+                target = LAYERS.get(imported)
+                if target is None or imported == package:
+                    continue
+                if target >= layer:
+                    upward.append(f"{path.relative_to(ROOT)}:{line} imports {imported} (layer {target} >= {layer})")
+    assert not upward, "\n".join(upward)
+
+
+def test_every_package_is_in_a_layer() -> None:
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    assert packages <= set(LAYERS), packages - set(LAYERS)

@@ -1,0 +1,192 @@
+"""Bulk ingest: exact counts, idempotency, CSV, rejects, and kill-and-resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crm_ledger.settings import Settings
+from importers.generator import GeneratorConfig, write_history
+from ledger.application import LedgerApplication
+from ledger.ingest import RejectSink, ingest_records, read_file
+from ledger.records import RecordParser
+from tests.factory import basics, rec
+from tests.helpers import kill_hard, ledger_content, run_cli, start_cli, stored_rows, wait_for
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]], extra_lines: list[str] = ()) -> Path:  # type: ignore[assignment]
+    lines = [json.dumps(r) for r in records] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ingest(
+    app: LedgerApplication,
+    parser: RecordParser,
+    path: Path,
+    rejects: Path | None = None,
+    batch_size: int = 3,
+) -> Any:
+    sink = RejectSink(rejects, echo=None)
+    try:
+        return ingest_records(app, read_file(path, parser), sink, batch_size=batch_size)
+    finally:
+        sink.close()
+
+
+def test_mixed_file_exact_counts(app: LedgerApplication, parser: RecordParser, tmp_path: Path) -> None:
+    good = [
+        *basics(),
+        rec(
+            "InteractionRecorded",
+            customer_id="c1",
+            employee_id="e1",
+            channel="chat",
+            direction="inbound",
+        ),
+    ]
+    duplicate = dict(good[-1])
+    bad = [
+        rec("SurveyAnswered", customer_id="c1", case_id="k", csat=9),
+        rec("InteractionRecorded", customer_id="ghost", channel="chat", direction="inbound"),
+    ]
+    path = write_jsonl(tmp_path / "mixed.jsonl", [*good, duplicate, *bad], ["{not json", "[1, 2]", ""])
+    rejects = tmp_path / "rejects.jsonl"
+    summary = ingest(app, parser, path, rejects)
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (6, 1, 4)
+    entries = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert {e["field"] for e in entries} == {"csat", "customer_id", "(record)"}
+    assert all(e["record"].startswith("mixed.jsonl:") and "raw" in e for e in entries)
+    assert [e["record"] for e in entries if e["field"] == "csat"] == ["mixed.jsonl:8"]
+    assert app.max_position() == 6
+
+
+def test_reimport_and_overlap_are_idempotent(
+    app: LedgerApplication, parser: RecordParser, tmp_path: Path
+) -> None:
+    records = [
+        *basics(),
+        *[
+            rec(
+                "InteractionRecorded",
+                customer_id="c2",
+                employee_id="e2",
+                channel="web",
+                direction="outbound",
+            )
+            for _ in range(7)
+        ],
+    ]
+    first = write_jsonl(tmp_path / "a.jsonl", records[:8])
+    overlap = write_jsonl(tmp_path / "b.jsonl", records[4:])
+    assert ingest(app, parser, first).accepted == 8
+    again = ingest(app, parser, first)
+    assert (again.accepted, again.duplicates) == (0, 8)
+    overlapping = ingest(app, parser, overlap)
+    assert (overlapping.accepted, overlapping.duplicates) == (4, 4)
+    assert app.max_position() == 12
+
+
+def test_csv_input(app: LedgerApplication, parser: RecordParser, tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    rows = [
+        *basics(),
+        rec(
+            "CaseOpened",
+            case_id="k1",
+            customer_id="c1",
+            kind="complaint",
+            channel="email",
+            summary="late, again",
+        ),
+    ]
+    columns = sorted({k for r in rows for k in r})
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        handle.write("SurveyAnswered,,,,,,,,,,,,,,\n")
+    summary = ingest(app, parser, path)
+    assert (summary.accepted, summary.rejected) == (6, 1)
+    _, opened = ledger_content(app)[-1]
+    assert opened["summary"] == "late, again"
+
+
+def test_generated_history_lands_completely(
+    app: LedgerApplication, parser: RecordParser, tmp_path: Path
+) -> None:
+    path = tmp_path / "h.jsonl"
+    with path.open("w") as handle:
+        written = write_history(GeneratorConfig(customers=120, employees=10, months=2, seed=3), handle)
+    summary = ingest(app, parser, path, batch_size=500)
+    assert summary.rejected == 0
+    assert summary.accepted == written
+
+
+@pytest.mark.slow
+def test_kill_and_resume_import_equals_uninterrupted(tmp_path: Path, parser: RecordParser) -> None:
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(
+            GeneratorConfig(customers=3000, employees=30, months=3, seed=11, invalid_rate=0.002),
+            handle,
+        )
+    killed_store = tmp_path / "killed.sqlite"
+    env = {"CRM_LEDGER_STORE": str(killed_store), "CRM_LEDGER_DB": str(tmp_path / "k.duckdb")}
+    process = start_cli("ingest", "--batch-size", "500", str(history), env=env)
+    wait_for(lambda: stored_rows(killed_store) >= 2000, what="some committed batches")
+    kill_hard(process)
+    partial = stored_rows(killed_store)
+    resumed = run_cli("ingest", "--batch-size", "500", str(history), env=env)
+    assert resumed.returncode == 1, resumed.stderr  # the deliberately invalid records
+    assert "duplicates skipped" in resumed.stdout
+
+    whole = Settings(store=str(tmp_path / "whole.sqlite"))
+    uninterrupted = LedgerApplication(whole.eventsourcing_env())
+    ingest(uninterrupted, parser, history, batch_size=500)
+    killed = LedgerApplication(Settings(store=str(killed_store)).eventsourcing_env())
+    assert 0 < partial < uninterrupted.max_position()
+    assert ledger_content(killed) == ledger_content(uninterrupted)
+
+
+def test_hostile_input_is_rejected_never_crashes(
+    app: LedgerApplication, parser: RecordParser, tmp_path: Path
+) -> None:
+    good = basics()
+    bad = [
+        rec(
+            "InteractionRecorded",
+            "99999999999999999999",
+            customer_id="c1",
+            channel="chat",
+            direction="inbound",
+        ),
+        rec("InteractionRecorded", customer_id="c1", channel="chat", direction="inbound", duration_s=2**40),
+        rec(
+            "InteractionRecorded", customer_id="c1", channel="chat", direction="inbound", topic={"nested": 1}
+        ),
+        rec(
+            "InteractionRecorded",
+            "1850-01-01T00:00:00Z",
+            customer_id="c1",
+            channel="chat",
+            direction="inbound",
+        ),
+    ]
+    lines = [json.dumps(r) for r in [*good, *bad]] + ['{"type": "InteractionRecorded", "topic": "\\ud800"}']
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    summary = ingest(app, parser, path)
+    assert (summary.accepted, summary.rejected) == (5, 5)
+    csv_path = tmp_path / "nul.csv"
+    csv_path.write_bytes(
+        b"type,event_id,occurred_at,customer_id,segment,region\n"
+        b"CustomerRegistered,00000000-0000-4000-8000-0000000000aa,2026-01-01,c7,smb,x\x00y\n"
+        b"CustomerRegistered,00000000-0000-4000-8000-0000000000ab,2026-01-01,c8,smb,north\n"
+    )
+    summary = ingest(app, parser, csv_path)  # Python's csv reads NUL bytes as text
+    assert (summary.accepted, summary.rejected) == (2, 0)

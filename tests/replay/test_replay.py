@@ -1,0 +1,375 @@
+"""Replay: versions side by side, weights-only recompute, as-of, diff, promote and rollback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from crm_ledger.settings import Settings
+from importers.generator import GeneratorConfig, write_history
+from ledger.application import LedgerApplication
+from ledger.ingest import RejectSink, ingest_records, read_file
+from ledger.records import RecordParser, parse_timestamp
+from projections.errors import SpecError
+from projections.service import project_promoted
+from projections.spec import DEFAULT_SPEC
+from projections.store import ProjectionDB
+from replay.build import replay
+from replay.diff import diff_versions
+from tests.factory import basics, rec
+from tests.helpers import kill_hard, run_cli, start_cli, wait_for
+from tests.projections.test_projections import MODEL_TABLES, digest
+
+DEFAULT_TEXT = DEFAULT_SPEC.read_text()
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def weights_only(tmp_path: Path) -> Path:
+    text = DEFAULT_TEXT.replace("weight = 0.25", "weight = 0.05", 1).replace(
+        'kpi = "problems_solved"\nweight = 0.20', 'kpi = "problems_solved"\nweight = 0.40'
+    )
+    return write_spec(tmp_path / "weights.toml", text)
+
+
+def strict_csat(tmp_path: Path) -> Path:
+    return write_spec(
+        tmp_path / "strict.toml", DEFAULT_TEXT.replace("csat_satisfied_min = 4", "csat_satisfied_min = 5")
+    )
+
+
+def load(settings: Settings, path: Path) -> LedgerApplication:
+    app = LedgerApplication(settings.eventsourcing_env())
+    summary = ingest_records(
+        app, read_file(path, RecordParser(app.registry)), RejectSink(None, echo=None), batch_size=1000
+    )
+    assert summary.rejected == 0
+    return app
+
+
+@pytest.fixture
+def ledger(settings: Settings, tmp_path: Path) -> LedgerApplication:
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=300, employees=12, months=3, seed=8), handle)
+    app = load(settings, history)
+    project_promoted(settings, "ledger", None, follow=False)
+    return app
+
+
+def test_weights_only_change_recomputes_scores_without_the_log(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    result = replay(settings, weights_only(tmp_path), "ledger")
+    assert result.mode == "scores-only" and result.applied == 0
+    forced = replay(settings, weights_only(tmp_path), "ledger")
+    assert forced.mode == "caught-up"
+    with ProjectionDB(settings.projections_db) as db:
+        derived = db.find_version(result.version)
+        base = db.find_version(db.promoted_version() or "")
+        assert derived.built_from == base.version
+        report = diff_versions(db.connection, base, derived)
+        assert report.rows_changed > 0 and report.kpi_changes == {}
+        # A full replay of the same spec in a fresh DB gives the same scores.
+    other = Settings(store=settings.store, projections_db=tmp_path / "other.duckdb")
+    full = replay(other, weights_only(tmp_path), "ledger", full=True)
+    assert full.mode == "full" and full.version == result.version
+    with (
+        duckdb.connect(str(settings.projections_db), read_only=True) as a,
+        duckdb.connect(str(other.projections_db), read_only=True) as b,
+    ):
+        assert digest(a, f"{result.version}.reward_score") == digest(b, f"{full.version}.reward_score")
+
+
+def test_replay_is_deterministic_and_detects_kpi_changes(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    first = replay(settings, strict_csat(tmp_path), "ledger", name="strict")
+    assert first.mode == "full"
+    again = Settings(store=settings.store, projections_db=tmp_path / "again.duckdb")
+    second = replay(again, strict_csat(tmp_path), "ledger", name="strict")
+    assert first.version == second.version
+    with (
+        duckdb.connect(str(settings.projections_db), read_only=True) as a,
+        duckdb.connect(str(again.projections_db), read_only=True) as b,
+    ):
+        for table in MODEL_TABLES:
+            assert digest(a, f"{first.version}.{table}") == digest(b, f"{second.version}.{table}"), table
+    with ProjectionDB(settings.projections_db) as db:
+        report = diff_versions(
+            db.connection, db.find_version(db.promoted_version() or ""), db.find_version("strict")
+        )
+        assert report.kpi_changes.get("csat_pct", 0) > 0
+        assert report.spearman is not None and report.spearman < 1
+
+
+def test_spec_change_moves_a_known_employee_in_the_ranking(settings: Settings, tmp_path: Path) -> None:
+    events = basics()
+    # e3 (team t2): delighted customers, one case; e2 (team t1): many solved cases, unhappy customers.
+    for i in range(12):
+        case = f"k{i}"
+        who = "e3" if i == 0 else "e2"
+        day = f"2026-01-{10 + i:02d}"
+        events += [
+            rec(
+                "CaseOpened",
+                f"{day}T08:00:00Z",
+                case_id=case,
+                customer_id="c1",
+                kind="complaint",
+                channel="phone",
+            ),
+            rec("CaseAccepted", f"{day}T08:10:00Z", case_id=case, employee_id=who),
+            rec(
+                "CaseResolved",
+                f"{day}T09:00:00Z",
+                case_id=case,
+                employee_id=who,
+                resolution_code="fixed",
+                first_contact=True,
+            ),
+            rec(
+                "SurveyAnswered",
+                f"{day}T10:00:00Z",
+                customer_id="c1",
+                case_id=case,
+                csat=5 if who == "e3" else 2,
+            ),
+        ]
+    history = tmp_path / "ranking.jsonl"
+    history.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    load(settings, history)
+    project_promoted(settings, "ledger", None, follow=False)
+    solving = DEFAULT_TEXT.replace("weight = 0.25", "weight = 0.0", 1).replace(
+        'kpi = "problems_solved"\nweight = 0.20', 'kpi = "problems_solved"\nweight = 0.45'
+    )
+    result = replay(settings, write_spec(tmp_path / "solving.toml", solving), "ledger", name="solving")
+    with ProjectionDB(settings.projections_db) as db:
+        report = diff_versions(
+            db.connection, db.find_version(db.promoted_version() or ""), db.find_version(result.version)
+        )
+    ranks = {(r.employee_id, r.period): (r.old_rank, r.new_rank) for r in report.rows}
+    assert ranks[("e3", "2026-01")] == (1, 2)
+    assert ranks[("e2", "2026-01")] == (2, 1)
+
+
+def test_as_of_equals_a_log_truncated_at_that_moment(settings: Settings, tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=250, employees=10, months=3, seed=12), handle)
+    load(settings, history)
+    cut = "2025-02-15T12:00:00Z"
+    result = replay(
+        settings, DEFAULT_SPEC, "ledger", as_of=__import__("projections.engine").engine.parse_as_of(cut)
+    )
+    kept = [
+        line
+        for line in history.read_text().splitlines()
+        if parse_timestamp(json.loads(line)["occurred_at"]) <= parse_timestamp(cut)
+    ]
+    truncated_file = tmp_path / "truncated.jsonl"
+    truncated_file.write_text("\n".join(kept) + "\n")
+    truncated = Settings(store=str(tmp_path / "t.sqlite"), projections_db=tmp_path / "t.duckdb")
+    load(truncated, truncated_file)
+    project_promoted(truncated, "ledger", None, follow=False)
+    with (
+        duckdb.connect(str(settings.projections_db), read_only=True) as a,
+        duckdb.connect(str(truncated.projections_db), read_only=True) as b,
+    ):
+        for table in MODEL_TABLES:
+            if table == "reward_score":
+                continue  # spec_version differs (the as-of version has its own id)
+            assert digest(a, f"{result.version}.{table}") == digest(b, table), table
+        assert digest(a, f"{result.version}.reward_score", ("spec_version",)) == digest(
+            b, "reward_score", ("spec_version",)
+        )
+
+
+def test_promote_and_rollback_while_a_reader_holds_a_connection(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    new = replay(settings, weights_only(tmp_path), "ledger")
+    with ProjectionDB(settings.projections_db) as db:
+        old = db.promoted_version()
+        reader = db.connection.cursor()
+        before = reader.execute("SELECT sum(score) FROM reward_score").fetchone()
+        db.promote(db.find_version(new.version))
+        after = reader.execute("SELECT sum(score) FROM reward_score").fetchone()
+        assert before != after
+        assert reader.execute("SELECT DISTINCT spec_version FROM reward_score").fetchall() == [(new.version,)]
+        db.promote(db.find_version(old or ""))  # the rollback
+        assert reader.execute("SELECT sum(score) FROM reward_score").fetchone() == before
+
+
+@pytest.mark.slow
+def test_replay_killed_and_resumed_equals_uninterrupted(settings: Settings, tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=4000, employees=30, months=3, seed=5), handle)
+    load(settings, history)
+    spec = strict_csat(tmp_path)
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    staging_dir = settings.projections_db.parent / "replays"
+    process = start_cli("replay", "--metrics", str(spec), env=env)
+    wait_for(lambda: any(staging_dir.glob("*.duckdb")) or process.poll() is not None, what="a staging file")
+    kill_hard(process)
+    resumed = run_cli("replay", "--metrics", str(spec), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = Settings(store=settings.store, projections_db=tmp_path / "clean.duckdb")
+    expected = replay(clean, spec, "ledger")
+    with (
+        duckdb.connect(str(settings.projections_db), read_only=True) as a,
+        duckdb.connect(str(clean.projections_db), read_only=True) as b,
+    ):
+        for table in (*MODEL_TABLES, "events"):
+            assert digest(a, f"{expected.version}.{table}") == digest(b, f"{expected.version}.{table}"), table
+    assert not any(staging_dir.glob("*.duckdb"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            DEFAULT_TEXT.replace('kpi = "citations"', 'kpi = "happiness"'),
+            ":32: components.citations.kpi: unknown KPI 'happiness'",
+        ),
+        (
+            DEFAULT_TEXT.replace("weight = 0.05", "weight = -0.05"),
+            ":51: components.shares.weight: must not be negative",
+        ),
+        (DEFAULT_TEXT.replace("weight = 0.05", "weight = 0.5"), "weights must sum to 1"),
+        (DEFAULT_TEXT.replace("cap = 3", "cap = 0"), ":46: components.compliments.cap"),
+        (DEFAULT_TEXT + "\n[broken\n", "invalid TOML"),
+    ],
+)
+def test_bad_specs_fail_before_any_work(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path, text: str, expected: str
+) -> None:
+    spec = write_spec(tmp_path / "bad.toml", text)
+    with ProjectionDB(settings.projections_db) as db:
+        before = [(v.version, v.state, v.promoted) for v in db.versions()]
+    with pytest.raises(SpecError) as caught:
+        replay(settings, spec, "ledger")
+    assert "bad.toml" in str(caught.value) and expected in str(caught.value)
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    cli = run_cli("replay", "--metrics", str(spec), env=env)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr and "bad.toml" in cli.stderr
+    with ProjectionDB(settings.projections_db) as db:
+        assert [(v.version, v.state, v.promoted) for v in db.versions()] == before
+
+
+def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: Settings) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    for args in (["promote", "v_nope"], ["diff", "v_nope", "default"], ["drop", "v_nope"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1, args
+        assert "unknown version 'v_nope'" in result.stderr
+    promoted = run_cli("versions", "--format", "json", env=env)
+    current = next(v["version"] for v in json.loads(promoted.stdout) if v["promoted"])
+    refused = run_cli("drop", current, env=env)
+    assert refused.returncode == 1 and "is promoted" in refused.stderr
+
+
+@pytest.mark.kafka
+def test_v1_events_replay_under_the_v2_reader(
+    kafka_bootstrap: str, topic: str, settings: Settings, tmp_path: Path, registry: Any
+) -> None:
+    import io
+
+    import fastavro
+    from confluent_kafka import Producer
+
+    from crm_ledger.kafka import ensure_topic
+    from ledger.relay import Relay, RelayConfig
+    from projections.engine import Projector
+    from projections.sources import KafkaSource
+    from projections.spec import load_spec
+    from schemas.codec import HEADER
+
+    app = LedgerApplication(settings.eventsourcing_env())
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=80, employees=6, months=1, seed=2), handle)
+    ingest_records(app, read_file(history, RecordParser(app.registry)), RejectSink(None, echo=None))
+    ensure_topic(kafka_bootstrap, topic, 1)
+    Relay(app, RelayConfig(kafka_bootstrap, topic, partitions=1, transactional_id=f"r-{topic}")).run()
+    v1 = registry.versions("SurveyAnswered")[0]
+    v1_topic = f"{topic}-v1"
+    ensure_topic(kafka_bootstrap, v1_topic, 1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    rewritten = 0
+    for notification in app.read_notifications(1, 100_000):
+        value = notification.state
+        event_type, record = app.codec.decode(value)
+        if event_type == "SurveyAnswered":
+            buffer = io.BytesIO()
+            buffer.write(HEADER.pack(0, v1.schema_id))
+            fastavro.schemaless_writer(buffer, v1.parsed, {k: record[k] for k in v1.field_names})
+            value = buffer.getvalue()
+            rewritten += 1
+        producer.produce(v1_topic, value, headers=[("notification_id", str(notification.id))])
+    producer.flush(30)
+    assert rewritten > 0
+    spec = load_spec(DEFAULT_SPEC)
+    tables = {}
+    for name, source_topic in (("v2", topic), ("v1", v1_topic)):
+        db = ProjectionDB(tmp_path / f"{name}.duckdb")
+        version = db.ensure_version(spec, DEFAULT_TEXT, source_topic)
+        source = KafkaSource(kafka_bootstrap, source_topic)
+        Projector(db, version, source, app.codec).run()
+        source.close()
+        # spec_version names the version, which differs by source; everything else must match.
+        tables[name] = {
+            t: digest(db.connection, f"{version.schema}.{t}", ("spec_version",)) for t in MODEL_TABLES
+        }
+        versions = db.connection.execute(
+            f"SELECT DISTINCT schema_version FROM {version.schema}.events WHERE event_type = 'SurveyAnswered'"
+        ).fetchall()
+        assert versions == [(1 if name == "v1" else 2,)]
+        db.close()
+    assert tables["v1"] == tables["v2"]
+    shutil.rmtree(tmp_path / "unused", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_follower_moves_on_to_a_newly_promoted_version(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    new = replay(settings, strict_csat(tmp_path), "ledger", name="strict")
+    follower = start_cli("project", "--follow", "--refresh-interval", "0.2", env=env)
+    try:
+        assert run_cli("promote", "strict", env=env).returncode == 0
+        extra = tmp_path / "extra.jsonl"
+        extra.write_text(
+            json.dumps(
+                rec(
+                    "RelationshipAttemptMade",
+                    "2025-03-20T10:00:00Z",
+                    customer_id="cust-000001",
+                    employee_id="emp-0001",
+                    channel="phone",
+                )
+            )
+            + "\n"
+        )
+        assert run_cli("ingest", str(extra), env=env).returncode == 0
+
+        def strict_has_it() -> bool:
+            result = run_cli(
+                "query", f"SELECT count(*) FROM {new.version}.events", "--format", "csv", env=env
+            )
+            return result.returncode == 0 and result.stdout.splitlines()[-1] == str(ledger.max_position())
+
+        wait_for(strict_has_it, timeout_s=60, what="the follower to update the newly promoted version")
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)

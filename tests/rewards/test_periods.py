@@ -1,0 +1,208 @@
+"""Reward periods: statements are facts; late events and rule changes become adjustments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from crm_ledger.settings import Settings
+from importers.generator import GeneratorConfig, write_history
+from ledger.application import LedgerApplication
+from ledger.ingest import RejectSink, ingest_records, read_file
+from ledger.records import RecordParser
+from projections.service import project_promoted
+from projections.spec import DEFAULT_SPEC
+from projections.store import ProjectionDB
+from replay.build import replay
+from replay.diff import diff_versions
+from rewards.errors import PeriodError
+from rewards.periods import adjust_period, close_period, period_status
+from rewards.statement import build_statement
+from tests.factory import rec
+from tests.helpers import kill_hard, run_cli, start_cli, wait_for
+
+PERIOD = "2025-02"
+
+
+@pytest.fixture
+def ledger(settings: Settings, tmp_path: Path) -> LedgerApplication:
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=300, employees=12, months=3, seed=31), handle)
+    app = LedgerApplication(settings.eventsourcing_env())
+    ingest_records(app, read_file(history, RecordParser(app.registry)), RejectSink(None, echo=None))
+    project_promoted(settings, "ledger", None, follow=False)
+    return app
+
+
+def promoted_scores(settings: Settings, period: str = PERIOD) -> dict[str, float]:
+    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        return dict(
+            con.execute(
+                "SELECT employee_id, round(score, 6) FROM reward_score WHERE period = ?", [period]
+            ).fetchall()
+        )
+
+
+def test_close_issues_statements_equal_to_the_promoted_scores(
+    ledger: LedgerApplication, settings: Settings
+) -> None:
+    expected = promoted_scores(settings)
+    result = close_period(settings, PERIOD)
+    assert result.statements == len(expected) > 0
+    told = ledger.reward_period(PERIOD)
+    assert told is not None and told.told == pytest.approx(expected, abs=1e-9)
+    statement = build_statement(ledger, next(iter(expected)), PERIOD)
+    assert statement.score == pytest.approx(expected[statement.employee_id])
+    assert sum(c["points"] for c in statement.components) == pytest.approx(statement.score, abs=1e-6)
+    for bad in (PERIOD, "2099-01", "2025-2", "March"):
+        with pytest.raises(PeriodError):
+            close_period(settings, bad)
+
+
+def test_late_event_keeps_the_statement_and_adjust_issues_the_difference(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    close_period(settings, PERIOD)
+    before = promoted_scores(settings)
+    employee = sorted(before)[0]
+    late = [
+        rec(
+            "ComplimentReceived",
+            f"{PERIOD}-15T10:00:00Z",
+            employee_id=employee,
+            channel="email",
+            customer_id="cust-000001",
+        )
+    ]
+    path = tmp_path / "late.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in late) + "\n")
+    assert (
+        ingest_records(
+            ledger, read_file(path, RecordParser(ledger.registry)), RejectSink(None, echo=None)
+        ).accepted
+        == 1
+    )
+    status = period_status(settings, PERIOD)  # projects the late event first
+    assert status.late_events == 1
+    live = promoted_scores(settings)
+    assert live[employee] != before[employee]
+    assert [(d.employee_id, round(d.delta, 6)) for d in status.drifts] == [
+        (employee, round(live[employee] - before[employee], 6))
+    ]
+    assert build_statement(ledger, employee, PERIOD).score == pytest.approx(before[employee])
+    dry = adjust_period(settings, PERIOD, dry_run=True)
+    assert len(dry) == 1 and period_status(settings, PERIOD).adjustments == 0
+    issued = adjust_period(settings, PERIOD)
+    assert [(a.employee_id, a.old_score, a.new_score) for a in issued] == [
+        (employee, before[employee], live[employee])
+    ]
+    assert "late event" in issued[0].reason
+    assert adjust_period(settings, PERIOD) == []  # idempotent
+    assert period_status(settings, PERIOD).adjustments == 1
+    assert build_statement(ledger, employee, PERIOD).current_score == pytest.approx(live[employee])
+
+
+def test_rule_change_after_close_adjusts_what_diff_reports(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    close_period(settings, PERIOD)
+    spec = tmp_path / "caps.toml"
+    spec.write_text(DEFAULT_SPEC.read_text().replace("cap = 10\n", "cap = 4\n"))
+    new = replay(settings, spec, "ledger", name="caps")
+    with ProjectionDB(settings.projections_db) as db:
+        old = db.find_version(db.promoted_version() or "")
+        report = diff_versions(db.connection, old, db.find_version(new.version))
+        db.promote(db.find_version(new.version))
+    changed = {
+        (r.employee_id): round(r.change or 0, 6)
+        for r in report.rows
+        if r.period == PERIOD and abs(r.change or 0) > 1e-9
+    }
+    issued = adjust_period(settings, PERIOD)
+    assert {a.employee_id: a.delta for a in issued} == pytest.approx(changed, abs=1e-6)
+    assert all(a.new_version == new.version and a.old_version == old.version for a in issued)
+    assert adjust_period(settings, PERIOD) == []
+
+
+def test_statements_survive_a_full_replay(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    close_period(settings, PERIOD)
+    project_promoted(settings, "ledger", None, follow=False)
+    other = Settings(store=settings.store, projections_db=tmp_path / "fresh.duckdb")
+    replay(other, DEFAULT_SPEC, "ledger", full=True)
+    with (
+        ProjectionDB(settings.projections_db) as db,
+        duckdb.connect(str(other.projections_db), read_only=True) as fresh,
+    ):
+        version = db.promoted_version()
+        rows = db.connection.execute(
+            f"SELECT employee_id, period, kind, score, running_total FROM {version}.reward_statement ORDER BY ALL"
+        ).fetchall()
+        again = fresh.execute(
+            f"SELECT employee_id, period, kind, score, running_total FROM {version}.reward_statement ORDER BY ALL"
+        ).fetchall()
+    assert rows and rows == again
+
+
+def test_bad_input_is_refused_and_nothing_written(ledger: LedgerApplication, settings: Settings) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    before = ledger.max_position()
+    for args, text in (
+        (["period", "adjust", PERIOD], "not closed"),
+        (["period", "close", "2025-2"], "expected YYYY-MM"),
+        (["period", "close", "2999-01"], "has not ended"),
+        (["statement", "--employee", "emp-0001", "--period", PERIOD], "not closed"),
+    ):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1 and text in result.stderr and "Traceback" not in result.stderr, (
+            args,
+            result.stderr,
+        )
+    assert run_cli("period", "close", PERIOD, env=env).returncode == 0
+    unknown = run_cli("statement", "--employee", "ghost", "--period", PERIOD, env=env)
+    assert unknown.returncode == 1 and "no statement for employee 'ghost'" in unknown.stderr
+    html = run_cli(
+        "statement",
+        "--employee",
+        sorted(promoted_scores(settings))[0],
+        "--period",
+        PERIOD,
+        "--format",
+        "html",
+        env=env,
+    )
+    assert (
+        html.returncode == 0 and "<svg" in html.stdout and "http" not in html.stdout.replace("http-equiv", "")
+    )
+    assert ledger.max_position() > before
+
+
+@pytest.mark.slow
+def test_killed_close_leaves_exactly_one_statement_each(
+    ledger: LedgerApplication, settings: Settings
+) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    before = ledger.max_position()
+    process = start_cli("period", "close", PERIOD, env=env)
+    wait_for(
+        lambda: process.poll() is not None or _rows(settings) > before,
+        timeout_s=60,
+        what="the close to start",
+    )
+    kill_hard(process) if process.poll() is None else None
+    run_cli("period", "close", PERIOD, env=env)  # either closes now or says it is already closed
+    app = LedgerApplication(settings.eventsourcing_env())
+    facts = app.period_facts(PERIOD)
+    employees = [f.data["employee_id"] for f in facts if f.event_type == "RewardStatementIssued"]
+    assert employees and len(employees) == len(set(employees)) == len(promoted_scores(settings))
+
+
+def _rows(settings: Settings) -> int:
+    from tests.helpers import stored_rows
+
+    return stored_rows(Path(settings.store))

@@ -1,0 +1,66 @@
+"""`schemas check`: compatible evolution passes, an incompatible edit fails with its name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from crm_cli.cli import main
+from schemas.compat import check_folder
+from schemas.registry import SCHEMA_DIR, assign_ids
+
+
+def _folder_with_v2(tmp_path: Path, new_field: dict[str, object]) -> Path:
+    shutil.copy(SCHEMA_DIR / "CaseClosed.v1.avsc", tmp_path)
+    raw = json.loads((SCHEMA_DIR / "CaseClosed.v1.avsc").read_text())
+    raw["fields"].append(new_field)
+    (tmp_path / "CaseClosed.v2.avsc").write_text(json.dumps(raw))
+    assign_ids(tmp_path)
+    return tmp_path
+
+
+def test_shipped_schemas_are_compatible_and_locked() -> None:
+    assert check_folder(SCHEMA_DIR) == []
+
+
+def test_field_added_with_default_passes(tmp_path: Path) -> None:
+    folder = _folder_with_v2(tmp_path, {"name": "note", "type": ["null", "string"], "default": None})
+    assert check_folder(folder) == []
+    assert main(["schemas", "check", "--dir", str(folder)]) == 0
+
+
+def test_field_added_without_default_fails_naming_it(tmp_path: Path) -> None:
+    folder = _folder_with_v2(tmp_path, {"name": "note", "type": "string"})
+    problems = check_folder(folder)
+    assert len(problems) == 1
+    assert "CaseClosed.v2.avsc" in str(problems[0])
+    assert "'note'" in str(problems[0])
+    assert main(["schemas", "check", "--dir", str(folder)]) == 1
+
+
+def test_type_change_fails(tmp_path: Path) -> None:
+    shutil.copy(SCHEMA_DIR / "CaseClosed.v1.avsc", tmp_path)
+    raw = json.loads((SCHEMA_DIR / "CaseClosed.v1.avsc").read_text())
+    raw["fields"][3]["type"] = "int"
+    (tmp_path / "CaseClosed.v2.avsc").write_text(json.dumps(raw))
+    assign_ids(tmp_path)
+    assert any("v2 cannot read v1" in str(p) for p in check_folder(tmp_path))
+
+
+def test_invalid_avro_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "Broken.v1.avsc").write_text(
+        '{"type": "record", "name": "Broken", "namespace": "crm.ledger", "doc": "x", "fields": [{"name": "a", "type": "nope"}]}'
+    )
+    assign_ids(tmp_path)
+    problems = check_folder(tmp_path)
+    assert [p.where for p in problems] == ["Broken.v1.avsc"]
+    (tmp_path / "Broken.v1.avsc").write_text("{not json")
+    assert "not valid JSON" in str(check_folder(tmp_path)[0])
+
+
+def test_lock_file_must_cover_every_version(tmp_path: Path) -> None:
+    shutil.copy(SCHEMA_DIR / "CaseClosed.v1.avsc", tmp_path)
+    assert "schemas lock" in str(check_folder(tmp_path)[0])
+    lock = assign_ids(tmp_path)
+    assert lock == assign_ids(tmp_path)  # ids are stable
