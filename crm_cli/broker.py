@@ -18,13 +18,11 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from crm_cli.background import read_pid, run_fetch_script, stop_process
-from crm_ledger.errors import ConfigurationError, CrmLedgerError
+from crm_cli.errors import BrokerError
+from crm_ledger.errors import ConfigurationError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-
-class BrokerError(CrmLedgerError):
-    """The broker could not be started, reached or stopped."""
 
 
 @dataclass(frozen=True)

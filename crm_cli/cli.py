@@ -21,10 +21,14 @@ from rich.table import Table
 
 from crm_cli import broker, registry_server
 from crm_cli.runtime import graceful_stop
-from crm_ledger.errors import CrmLedgerError
+from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import Settings
 from ledger.connect import open_ledger
+
+#: Exit code of a temporary failure (a busy store or database, an unreachable broker): the same
+#: command can simply be run again later (sysexits' EX_TEMPFAIL).
+EXIT_TRANSIENT = 75
 
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 # Tables stay readable when piped: no wrapping at 80 columns outside a terminal.
@@ -1093,6 +1097,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         err.print("aborted")
         return 130
+    except TransientError as error:
+        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_TRANSIENT
     except CrmLedgerError as error:
         err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
         return 1

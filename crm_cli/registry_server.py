@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crm_cli.background import read_pid, run_fetch_script, stop_process
-from crm_ledger.errors import ConfigurationError, CrmLedgerError
+from crm_cli.errors import RegistryServerError
+from crm_ledger.errors import ConfigurationError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VERSION = "3.0.9"
@@ -26,9 +27,6 @@ FETCH_SCRIPT = PROJECT_ROOT / "scripts" / "fetch-registry.sh"
 DEFAULT_DIST = PROJECT_ROOT / ".registry" / "dist"
 CCOMPAT_PATH = "/apis/ccompat/v7"
 
-
-class RegistryServerError(CrmLedgerError):
-    """The schema registry could not be started, reached or stopped."""
 
 
 @dataclass(frozen=True)

@@ -17,3 +17,7 @@ class ConfigurationError(CrmLedgerError):
 
 class TransientError(CrmLedgerError):
     """Worth retrying: the broker or store was briefly unavailable."""
+
+
+class KafkaUnavailableError(TransientError):
+    """The broker did not answer."""

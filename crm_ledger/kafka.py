@@ -11,12 +11,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from crm_ledger.errors import CrmLedgerError, TransientError
-
-
-class KafkaUnavailableError(TransientError):
-    """The broker did not answer."""
-
+from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
 
 #: librdkafka logs through this logger, which keeps its lines off the terminal: what the user
 #: needs to know comes from `BrokerWatch`, one line when the broker goes away, one when back.

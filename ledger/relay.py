@@ -17,12 +17,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from crm_ledger.errors import CrmLedgerError
+from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
 from crm_ledger.kafka import (
     DEFAULT_BROKER_TIMEOUT_S,
     INFINITE_RETENTION,
     BrokerWatch,
-    KafkaUnavailableError,
     broker_listens,
     consumer_config,
     ensure_topic,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crm_ledger.errors import CrmLedgerError
+from crm_ledger.errors import CrmLedgerError, TransientError
 
 
 class SpecError(CrmLedgerError):
@@ -19,3 +19,15 @@ class SpecError(CrmLedgerError):
 
 class ProjectionError(CrmLedgerError):
     """A projection database problem a user can act on (locked, unknown version...)."""
+
+
+class QueryRefusedError(CrmLedgerError):
+    """The SQL tried to change something, or is not valid."""
+
+
+class QueryStoppedError(CrmLedgerError):
+    """A query ran past its time limit, or the user pressed Ctrl-C: it was interrupted."""
+
+
+class DatabaseBusyError(TransientError):
+    """Another process held the projection database longer than the wait allowed."""

@@ -20,18 +20,9 @@ import duckdb
 import pyarrow.parquet as pq
 
 from crm_ledger.errors import CrmLedgerError
-from projections.errors import ProjectionError
+from projections.errors import ProjectionError, QueryRefusedError, QueryStoppedError
 from projections.models import STABLE_VIEWS
 from projections.store import connect
-
-
-class QueryRefusedError(CrmLedgerError):
-    """The SQL tried to change something, or is not valid."""
-
-
-class QueryStoppedError(CrmLedgerError):
-    """A query ran past its time limit, or the user pressed Ctrl-C: it was interrupted."""
-
 
 T = TypeVar("T")
 DEFAULT_QUERY_TIMEOUT_S = 300.0

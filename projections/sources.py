@@ -17,8 +17,8 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from crm_ledger.errors import ConfigurationError
-from crm_ledger.kafka import UNREACHABLE, BrokerWatch, KafkaUnavailableError, broker_listens, consumer_config
+from crm_ledger.errors import ConfigurationError, KafkaUnavailableError
+from crm_ledger.kafka import UNREACHABLE, BrokerWatch, broker_listens, consumer_config
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link

@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from projections.columns import EVENTS_DDL
-from projections.errors import ProjectionError
+from projections.errors import DatabaseBusyError, ProjectionError
 from projections.models import MODEL_TABLES, SCORE_TABLES, STABLE_VIEWS
 from projections.spec import MetricSpec, parse_spec
 from projections.tracking import DuckDBTrackingRecorder
@@ -123,7 +123,7 @@ def connect(path: Path, *, read_only: bool = False, wait_s: float = 30.0) -> duc
             if not is_lock_error(error):
                 raise
             if time.monotonic() >= deadline:
-                raise ProjectionError(
+                raise DatabaseBusyError(
                     f"{path} stayed locked by another process for {wait_s:.0f}s (a busy "
                     "`project --follow` or `replay`?): DuckDB allows one writer per file"
                 ) from error

@@ -18,7 +18,8 @@ from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
-from projections.readonly import QueryRefusedError, reader, run_query
+from projections.errors import QueryRefusedError
+from projections.readonly import reader, run_query
 from projections.service import project_promoted
 from tests.helpers import run_cli, start_cli, wait_for
 
