@@ -45,10 +45,20 @@ def _settings(ctx: click.Context) -> Settings:
     help="Projection DuckDB file. [env CRM_LEDGER_DB]",
 )
 @click.option("--bootstrap", help="Kafka bootstrap servers. [env CRM_LEDGER_BOOTSTRAP]")
+@click.option(
+    "--key-store",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Separate SQLite file for customers' personal-data keys (default: the event store). "
+    "[env CRM_LEDGER_KEY_STORE]",
+)
 @click.pass_context
-def cli(ctx: click.Context, store: str | None, db: Path | None, bootstrap: str | None) -> None:
+def cli(
+    ctx: click.Context, store: str | None, db: Path | None, bootstrap: str | None, key_store: Path | None
+) -> None:
     """crm-ledger: an event-sourced ledger for customer-relationship work."""
-    ctx.obj = Settings.from_env(os.environ, store=store, projections_db=db, bootstrap=bootstrap)
+    ctx.obj = Settings.from_env(
+        os.environ, store=store, projections_db=db, bootstrap=bootstrap, key_store=key_store
+    )
 
 
 # -- kafka ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from crm_ledger.errors import ConfigurationError
 
 ENV_PREFIX = "CRM_LEDGER_"
 EVENTS_TOPIC = "crm.ledger.events"
+CHECKPOINTS_TOPIC = "crm.ledger.checkpoints"
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class Settings:
     transactional_id: str = "crm-ledger-relay"
     schema_registry_url: str | None = None
     kafka_data: Path = Path(".kafka/data")
+    #: a separate SQLite file for the personal-data keys (None: the event store's database)
+    key_store: Path | None = None
+    checkpoints_topic: str = CHECKPOINTS_TOPIC
+    #: the relay publishes the chain head whenever the notification id crosses a multiple of this
+    checkpoint_every: int = 10_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -40,6 +46,9 @@ class Settings:
             "TRANSACTIONAL_ID": ("transactional_id", str),
             "SCHEMA_REGISTRY_URL": ("schema_registry_url", str),
             "KAFKA_DATA": ("kafka_data", Path),
+            "KEY_STORE": ("key_store", Path),
+            "CHECKPOINTS_TOPIC": ("checkpoints_topic", str),
+            "CHECKPOINT_EVERY": ("checkpoint_every", int),
         }
         for suffix, (name, convert) in table.items():
             raw = environ.get(ENV_PREFIX + suffix)
@@ -60,10 +69,15 @@ class Settings:
         """The eventsourcing persistence settings for the configured event store.
 
         A path means eventsourcing's SQLite module; a postgresql:// URL its PostgreSQL module.
+        `KEY_STORE` (read by the ledger application) is the separate key file, when set.
         """
+        keys = {}
+        if self.key_store is not None:
+            self.key_store.parent.mkdir(parents=True, exist_ok=True)
+            keys["KEY_STORE"] = str(self.key_store)
         if self.store.startswith(("postgresql://", "postgres://")):
             url = urlparse(self.store)
-            return {
+            return keys | {
                 "PERSISTENCE_MODULE": "eventsourcing.postgres",
                 "POSTGRES_DBNAME": url.path.lstrip("/"),
                 "POSTGRES_HOST": url.hostname or "127.0.0.1",
@@ -73,7 +87,7 @@ class Settings:
             }
         path = Path(self.store)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return {
+        return keys | {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": "30",

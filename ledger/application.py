@@ -185,7 +185,7 @@ class LedgerApplication(Application[UUID]):
         self.registry = registry or SchemaRegistry.load()
         self.codec = AvroCodec(self.registry, epoch_millis=True)
         super().__init__(env=dict(persistence))
-        self.vault = PersonalDataVault(self.recorder)
+        self.vault = PersonalDataVault(self.recorder, self.env.get("KEY_STORE"))
         # Who handled recent interactions: survey answers name them, usually days later.
         self._handlers: OrderedDict[str, str | None] = OrderedDict()
 

@@ -18,3 +18,7 @@ class ValidationError(CrmLedgerError):
 
 class IllegalTransitionError(ValidationError):
     """A lifecycle step that the aggregate's state machine does not allow."""
+
+
+class KeyStoreError(CrmLedgerError):
+    """The personal-data key store cannot be used as configured."""
