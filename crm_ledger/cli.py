@@ -6,7 +6,6 @@ Settings come from flags and CRM_LEDGER_* variables, read here and passed down.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -334,6 +333,8 @@ def relay(ctx: click.Context, follow: bool, partitions: int | None, batch_size: 
         partitions=partitions or settings.partitions,
         transactional_id=settings.transactional_id,
         batch_size=batch_size,
+        checkpoints_topic=settings.checkpoints,
+        checkpoint_every=settings.checkpoint_every,
     )
     with graceful_stop() as stop, progress_bar("relay", None) as reporter:
         sent = Relay(app, config).run(follow=follow, reporter=reporter, should_stop=stop)
@@ -676,6 +677,10 @@ def period_close(ctx: click.Context, month: str) -> None:
         f"closed {result.period} at ledger position {result.position} with version {result.version}: "
         f"{result.statements} statements issued"
     )
+    click.echo(
+        f"chain head at the close: {result.position}:{result.chain_head} "
+        "(keep a copy outside the ledger; `audit verify --checkpoint` checks it)"
+    )
 
 
 @period.command("status")
@@ -753,27 +758,50 @@ def audit() -> None:
     multiple=True,
     help="Copies to check (repeatable). Default: ledger and mirror, plus kafka when reachable.",
 )
+@click.option(
+    "--checkpoints",
+    is_flag=True,
+    help="Also confirm the ledger reaches every published checkpoint (crm.ledger.checkpoints, "
+    "period closes) and that none is missing from the topic.",
+)
+@click.option(
+    "--checkpoint",
+    "given",
+    multiple=True,
+    metavar="POSITION:CHAIN",
+    help="A chain head kept outside the ledger (as `audit head` prints it); repeatable.",
+)
+@click.option(
+    "--statement",
+    "statements",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    multiple=True,
+    help="A statement file (`statement --format json`) to check against the ledger; repeatable.",
+)
 @click.pass_context
-def audit_verify(ctx: click.Context, sources: tuple[str, ...]) -> None:
+def audit_verify(
+    ctx: click.Context,
+    sources: tuple[str, ...],
+    checkpoints: bool,
+    given: tuple[str, ...],
+    statements: tuple[Path, ...],
+) -> None:
     """Recompute the hash chain from each copy and report the first gap, duplicate or alteration."""
-    from ledger.audit import kafka_entries, mirror_entries, store_entries, verify
-    from projections.readonly import reader
+    from ledger.checkpoints import parse_checkpoint
+    from replay.verify import VerifyRequest, run_verify
 
     settings = _settings(ctx)
-    app = open_ledger(settings)
-    wanted = set(sources) or {"ledger", "mirror", "kafka?"}
-    copies: dict[str, Any] = {}
-    with contextlib.ExitStack() as stack:
-        if wanted & {"mirror"} and (settings.projections_db.exists() or "mirror" in sources):
-            connection = stack.enter_context(reader(settings.projections_db))
-            copies["mirror"] = mirror_entries(connection)
-        if "kafka" in wanted or ("kafka?" in wanted and _kafka_reachable(settings)):
-            copies["kafka"] = kafka_entries(settings.bootstrap, settings.events_topic)
-        with progress_bar("audit", app.max_position()) as reporter:
-            report = verify(_counting(store_entries(app), reporter), copies)
+    request = VerifyRequest(sources, checkpoints, tuple(parse_checkpoint(g) for g in given), statements)
+    with progress_bar("audit", None) as reporter:
+        outcome = run_verify(settings, request, reporter)
+    report = outcome.report
     for name, count in report.events.items():
         click.echo(f"{name}: {count} events")
     click.echo(f"chain head: {report.head}")
+    if report.checkpoints:
+        click.echo(f"checkpoints checked: {report.checkpoints}")
+    for note in outcome.notes:
+        click.echo(f"note: {note}")
     if report.ok:
         click.echo("audit verify: all copies agree, chain intact")
         return
@@ -782,17 +810,19 @@ def audit_verify(ctx: click.Context, sources: tuple[str, ...]) -> None:
     raise SystemExit(1)
 
 
-def _counting(entries: Any, reporter: Any) -> Any:
-    for count, entry in enumerate(entries, start=1):
-        if count % 10_000 == 0:
-            reporter.advance(10_000, events=10_000)
-        yield entry
+@audit.command("head")
+@click.option(
+    "--publish", is_flag=True, help="Also send it to the checkpoints topic (crm.ledger.checkpoints)."
+)
+@click.pass_context
+def audit_head(ctx: click.Context, publish: bool) -> None:
+    """Print the chain head recomputed from the store: keep it outside the ledger (print, mail)."""
+    from replay.verify import head
 
-
-def _kafka_reachable(settings: Settings) -> bool:
-    from crm_ledger.kafka import topic_exists
-
-    return topic_exists(settings.bootstrap, settings.events_topic)
+    checkpoint, topic = head(_settings(ctx), publish=publish)
+    click.echo(checkpoint.line())
+    if topic:
+        click.echo(f"published to {topic}", err=True)
 
 
 @cli.command()

@@ -29,7 +29,8 @@ class Settings:
     kafka_data: Path = Path(".kafka/data")
     #: a separate SQLite file for the personal-data keys (None: the event store's database)
     key_store: Path | None = None
-    checkpoints_topic: str = CHECKPOINTS_TOPIC
+    #: None: `crm.ledger.checkpoints` beside the default events topic, else `<events topic>.checkpoints`
+    checkpoints_topic: str | None = None
     #: the relay publishes the chain head whenever the notification id crosses a multiple of this
     checkpoint_every: int = 10_000
 
@@ -59,6 +60,13 @@ class Settings:
                     raise ConfigurationError(f"{ENV_PREFIX}{suffix}={raw!r} is not valid") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
+
+    @property
+    def checkpoints(self) -> str:
+        """The compacted topic that holds the chain-head checkpoints of the events topic."""
+        if self.checkpoints_topic:
+            return self.checkpoints_topic
+        return CHECKPOINTS_TOPIC if self.events_topic == EVENTS_TOPIC else f"{self.events_topic}.checkpoints"
 
     @property
     def rejects_file(self) -> Path:

@@ -20,6 +20,7 @@ from crm_ledger.errors import CrmLedgerError
 from crm_ledger.runtime import open_ledger
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
+from ledger.checkpoints import chain_at
 from ledger.records import RecordParser, format_timestamp
 from projections.service import catch_up
 from projections.store import ProjectionDB, VersionInfo, rows_as_dicts
@@ -133,6 +134,8 @@ class CloseResult:
     version: str
     position: int
     statements: int
+    #: the hash-chain value after `position`: what a copy kept outside the ledger pins
+    chain_head: str = ""
 
 
 def close_period(settings: Settings, period: str, now: datetime | None = None) -> CloseResult:
@@ -153,6 +156,8 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
             f"SELECT coalesce(max(notification_id), 0) FROM {version.schema}.events"
         ).fetchone()
         position = int(row[0]) if row else 0
+    # From the store itself (the source of truth), not from the projection's copy.
+    head = chain_at(app, position).chain
     at = format_timestamp(int(now.timestamp() * 1000))
     raws: list[dict[str, Any]] = [
         {
@@ -163,6 +168,7 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
             "ledger_position": position,
             "version": version.version,
             "spec_name": version.name,
+            "chain_head": head,
         }
     ]
     for live in scores.values():
@@ -180,7 +186,7 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
             }
         )
     _record(app, raws)
-    return CloseResult(period, version.version, position, len(scores))
+    return CloseResult(period, version.version, position, len(scores), head)
 
 
 @dataclass

@@ -9,11 +9,19 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from crm_ledger.errors import CrmLedgerError
 from ledger.application import LedgerApplication
+from ledger.audit import Finding
+from ledger.checkpoints import Checkpoint
 from ledger.records import format_timestamp
 from replay.periods import PeriodError, parse_period
+
+
+class StatementFileError(CrmLedgerError):
+    """A file given to `audit verify --statement` is not a statement."""
 
 
 @dataclass
@@ -29,6 +37,11 @@ class Statement:
     kpis: list[dict[str, Any]]
     team: dict[str, Any]
     adjustments: list[dict[str, Any]] = field(default_factory=list)
+    #: the statement event's id, and the ledger position and chain head the period was
+    #: closed at: what binds this statement to the log (`audit verify --statement`)
+    event_id: str = ""
+    ledger_position: int | None = None
+    chain_head: str | None = None
 
     @property
     def current_score(self) -> float:
@@ -77,7 +90,16 @@ class Statement:
             lines.append(f"**Current score: {self.current_score:.2f}**")
         else:
             lines.append("No adjustments since the statement was issued.")
+        lines += ["", self.binding_line()]
         return "\n".join(lines) + "\n"
+
+    def binding_line(self) -> str:
+        """Where in the ledger this statement stands: checkable later against the log."""
+        head = self.chain_head or "(not recorded: closed before chain heads were kept)"
+        return (
+            f"Ledger position at the close: {self.ledger_position}, chain head {head}; "
+            f"statement event {self.event_id}."
+        )
 
     def to_html(self) -> str:
         """A self-contained page (inline CSS and SVG, no network) with a chart of the components."""
@@ -131,6 +153,7 @@ Team {html.escape(str(self.team_id))}: {html.escape(_team_line(self.team))}.</p>
 <h2>Adjustments since</h2>
 <table><thead><tr><th>issued</th><th>old</th><th>new</th><th>change</th><th>reason</th></tr></thead><tbody>{adjustments}</tbody></table>
 <p><strong>Current score: {self.current_score:.2f}</strong></p>
+<p class="muted" id="ledger-binding">{html.escape(self.binding_line())}</p>
 </body></html>
 """
 
@@ -193,6 +216,7 @@ def build_statement(app: LedgerApplication, employee_id: str, period: str) -> St
         for f in facts
         if f.event_type == "RewardAdjustmentIssued" and f.data["employee_id"] == employee_id
     ]
+    closed = next(f for f in facts if f.event_type == "RewardPeriodClosed")
     return Statement(
         employee_id,
         period,
@@ -205,4 +229,66 @@ def build_statement(app: LedgerApplication, employee_id: str, period: str) -> St
         details.get("kpis", []),
         team,
         adjustments,
+        mine.event_id,
+        int(closed.data["ledger_position"]),
+        closed.data.get("chain_head"),
     )
+
+
+#: What a statement file must agree with the ledger on (adjustments are checked as a prefix:
+#: the file may predate later adjustments).
+_BOUND_FIELDS = (
+    "event_id",
+    "score",
+    "issued_at",
+    "version",
+    "spec_name",
+    "team_id",
+    "components",
+    "kpis",
+    "team",
+    "ledger_position",
+    "chain_head",
+)
+
+
+def verify_statement(app: LedgerApplication, path: Path) -> tuple[list[Finding], Checkpoint | None]:
+    """Check a statement file (`statement --format json`) against the ledger.
+
+    The ledger must still hold the same statement (rebuilt from its events, field by
+    field) and adjustments; the position and chain head it shows are returned as a
+    checkpoint, so that `verify` confirms the ledger still reaches them.
+    """
+    where = str(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        employee, period = str(payload["employee_id"]), str(payload["period"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StatementFileError(f"{path}: not a statement file written by `statement --format json` ({error})") from None
+
+    def finding(detail: str) -> Finding:
+        return Finding("statement", "ledger", payload.get("ledger_position"), payload.get("event_id"), where, detail)
+
+    try:
+        issued = json.loads(build_statement(app, employee, period).to_json())
+    except PeriodError as error:
+        return [finding(f"the ledger has no such statement: {error}")], None
+    findings = [
+        finding(f"{name}: the file says {_short(payload.get(name))}, the ledger {_short(issued.get(name))}")
+        for name in _BOUND_FIELDS
+        if payload.get(name) != issued.get(name)
+    ]
+    told, ledger = payload.get("adjustments") or [], issued["adjustments"]
+    if told != ledger[: len(told)]:
+        findings.append(finding("adjustments: the file lists adjustments the ledger does not hold"))
+    checkpoint = None
+    if payload.get("chain_head") and isinstance(payload.get("ledger_position"), int):
+        checkpoint = Checkpoint(
+            payload["ledger_position"], str(payload["chain_head"]), reason="statement", origin=where
+        )
+    return findings[:1], checkpoint
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
