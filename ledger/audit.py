@@ -57,6 +57,8 @@ class Finding:
     event_id: str | None
     where: str
     detail: str
+    #: the decoded column a `decoded` finding is about
+    column: str | None = None
 
     def __str__(self) -> str:
         return (
@@ -309,10 +311,10 @@ def checkpoint_coverage(
 
 
 def _first_of_each(findings: Iterable[Finding]) -> list[Finding]:
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str | None]] = set()
     first = []
     for finding in findings:
-        key = (finding.kind, finding.copy)
+        key = (finding.kind, finding.copy, finding.column)
         if key not in seen:
             seen.add(key)
             first.append(finding)
@@ -410,14 +412,20 @@ def mirror_entries(
     connection: duckdb.DuckDBPyConnection, table: str = "ledger_events"
 ) -> Iterator[ChainEntry]:
     """Every row of the DuckDB audit mirror, in notification order."""
-    cursor = connection.execute(
+    sql = (
         f'SELECT notification_id, event_id, value, chain, source, "partition", "offset" FROM {table} '
         "ORDER BY notification_id"
     )
-    while True:
-        rows = cursor.fetchmany(10_000)
-        if not rows:
-            return
-        for nid, event_id, value, chain, source, partition, offset in rows:
+    return batch_entries(connection.sql(sql).to_arrow_reader(50_000), table)
+
+
+def batch_entries(batches: Iterable[Any], table: str = "ledger_events") -> Iterator[ChainEntry]:
+    """Chain entries of mirrored rows given as Arrow record batches (see `projections.mirror`)."""
+    for batch in batches:
+        columns = [
+            batch.column(name).to_pylist()
+            for name in ("notification_id", "event_id", "value", "chain", "source", "partition", "offset")
+        ]
+        for nid, event_id, value, chain, source, partition, offset in zip(*columns, strict=True):
             where = f"{table} ({source}" + (f"[{partition}]@{offset})" if partition is not None else ")")
             yield ChainEntry(nid, event_id, bytes(value), chain, where)

@@ -23,14 +23,16 @@ from ledger.audit import (
     ChainEntry,
     Finding,
     StoreReader,
+    batch_entries,
     checkpoint_coverage,
     kafka_entries,
-    mirror_entries,
     verify,
 )
 from ledger.checkpoints import MANUAL, Checkpoint, chain_at, read_published
 from ledger.checkpoints import publish as send
 from ledger.relay import RelayConfig, recover_position
+from projections.decoded_check import DecodedColumnsCheck
+from projections.mirror import mirror_batches
 from projections.readonly import reader
 from replay.statement import verify_statement
 
@@ -71,10 +73,13 @@ def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | 
     store = StoreReader(app)
     copies: dict[str, Iterable[ChainEntry]] = {}
     published: list[Checkpoint] = []
+    decoded: DecodedColumnsCheck | None = None
     with contextlib.ExitStack() as stack:
         if "mirror" in wanted and (settings.projections_db.exists() or "mirror" in request.sources):
             connection = stack.enter_context(reader(settings.projections_db))
-            copies["mirror"] = mirror_entries(connection)
+            decoded = DecodedColumnsCheck(app.codec)
+            stack.callback(decoded.close)
+            copies["mirror"] = batch_entries(decoded.watch(mirror_batches(connection)))
         if kafka_up and ("kafka" in wanted or "kafka?" in wanted):
             copies["kafka"] = kafka_entries(settings.bootstrap, settings.events_topic)
         if request.checkpoints:
@@ -94,6 +99,13 @@ def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | 
     if request.checkpoints and kafka_up:
         relayed = recover_position(RelayConfig(settings.bootstrap, settings.events_topic)).notification_id
         report.findings.extend(checkpoint_coverage(published, store.closes, relayed, settings.checkpoints))
+    if decoded is not None:
+        result = decoded.result
+        report.findings.extend(result.findings)
+        notes.append(
+            f"decoded columns: {result.rows} mirrored values decoded again, {len(result.columns)} columns "
+            f"compared, {result.differences} difference(s)"
+        )
     report.findings.extend(extra)
     return VerifyOutcome(report, notes)
 
