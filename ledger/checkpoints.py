@@ -91,7 +91,7 @@ def parse_checkpoint(text: str, origin: str = "command line") -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {text!r}: expected POSITION:CHAIN (64 hex digits), as `audit head` prints"
         )
-    return Checkpoint(int(position), chain, origin=origin)
+    return Checkpoint(int(position), chain, reason="given", origin=origin)
 
 
 def now_ms() -> int:
