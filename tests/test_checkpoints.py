@@ -179,3 +179,16 @@ def test_a_rewrite_of_store_mirror_and_topic_is_caught_by_a_checkpoint(
     assert caught.returncode == 1, caught.stdout
     found = re.search(r"PROBLEM checkpoint in ledger: notification (\d+),.*rewritten at or before", caught.stdout)
     assert found is not None and int(found.group(1)) >= victim
+
+
+def test_cadence_gaps_and_keys() -> None:
+    from ledger.checkpoints import Checkpoint, cadence_gaps
+
+    published = [Checkpoint(p, "a" * 64, reason=CADENCE, every=100) for p in (100, 200, 401)]
+    assert list(cadence_gaps(published, 450)) == [300]
+    assert list(cadence_gaps(published, 520)) == [300, 500]
+    assert list(cadence_gaps([], 10_000)) == []
+    first, forged = Checkpoint(200, "a" * 64, reason=CADENCE), Checkpoint(200, "b" * 64, reason=CADENCE)
+    assert first.key != forged.key, "a recomputed head never replaces the original on a compacted topic"
+    close = Checkpoint(180, "c" * 64, reason=PERIOD_CLOSE, period="2025-01")
+    assert close.key == f"period-close:2025-01:180:{'c' * 64}"
