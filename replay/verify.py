@@ -69,7 +69,11 @@ def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | 
         elif not found:
             notes.append(f"{path}: no chain head recorded (closed before chain heads were kept)")
     maybe_kafka = "kafka?" in wanted or request.checkpoints
-    kafka_up = "kafka" in wanted or (maybe_kafka and topic_exists(settings.bootstrap, settings.events_topic))
+    # Asked for checkpoints, a slow broker must not be mistaken for an absent one.
+    patience = 15.0 if request.checkpoints else 3.0
+    kafka_up = "kafka" in wanted or (
+        maybe_kafka and topic_exists(settings.bootstrap, settings.events_topic, timeout_s=patience)
+    )
     store = StoreReader(app)
     copies: dict[str, Iterable[ChainEntry]] = {}
     published: list[Checkpoint] = []
