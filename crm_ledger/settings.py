@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,13 @@ from crm_ledger.errors import ConfigurationError
 ENV_PREFIX = "CRM_LEDGER_"
 EVENTS_TOPIC = "crm.ledger.events"
 CHECKPOINTS_TOPIC = "crm.ledger.checkpoints"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Settings from `CRM_LEDGER_*` variables, then explicit (non-None) overrides."""
         values: dict[str, Any] = {}
-        table = {
+        table: dict[str, tuple[str, Callable[[str], Any]]] = {
             "STORE": ("store", str),
             "DB": ("projections_db", Path),
             "BOOTSTRAP": ("bootstrap", str),
@@ -49,7 +56,7 @@ class Settings:
             "KAFKA_DATA": ("kafka_data", Path),
             "KEY_STORE": ("key_store", Path),
             "CHECKPOINTS_TOPIC": ("checkpoints_topic", str),
-            "CHECKPOINT_EVERY": ("checkpoint_every", int),
+            "CHECKPOINT_EVERY": ("checkpoint_every", _positive),
         }
         for suffix, (name, convert) in table.items():
             raw = environ.get(ENV_PREFIX + suffix)
