@@ -144,6 +144,11 @@ def test_relay_publishes_checkpoints_and_a_deleted_one_is_missing(
     assert missing.returncode == 1
     assert "PROBLEM missing in checkpoints: notification 300" in missing.stdout
 
+    head = run_cli("audit", "head", "--publish", env=env)
+    assert head.returncode == 0 and f"published to {checkpoints}" in head.stderr
+    manual = [c for c in read_published(kafka_bootstrap, checkpoints, closed.codec) if c.reason == "manual"]
+    assert [(c.position, c.chain) for c in manual] == [(closed.max_position(), chain_at(closed).chain)]
+
 
 @pytest.mark.kafka
 def test_a_rewrite_of_store_mirror_and_topic_is_caught_by_a_checkpoint(
