@@ -175,11 +175,14 @@ def test_a_rewrite_of_store_mirror_and_topic_is_caught_by_a_checkpoint(
     # ...and a new topic and a new mirror are built from it, so every chain is consistent.
     rewritten_topic = f"{topic}.rewritten"
     env = _kafka_env(settings, kafka_bootstrap, rewritten_topic, checkpoints)
-    settings.projections_db.unlink()
-    assert run_cli("project", env=env).returncode == 0
-    assert run_cli("relay", env=env).returncode == 0
+    for old in settings.projections_db.parent.glob(settings.projections_db.name + "*"):
+        old.unlink()
+    projected = run_cli("project", env=env)
+    assert projected.returncode == 0, projected.stderr
+    relayed = run_cli("relay", env=env)
+    assert relayed.returncode == 0, relayed.stderr
     consistent = run_cli("audit", "verify", env=env)
-    assert consistent.returncode == 0, "a consistent rewrite passes the chain check alone"
+    assert consistent.returncode == 0, "a consistent rewrite passes the chain check alone:\n" + consistent.stdout
     caught = run_cli("audit", "verify", "--checkpoints", env=env)
     assert caught.returncode == 1, caught.stdout
     found = re.search(r"PROBLEM checkpoint in ledger: notification (\d+),.*rewritten at or before", caught.stdout)
