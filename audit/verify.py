@@ -7,6 +7,9 @@ gaps, no duplicates, order within a partition, chain values consistent with the 
 and against the store, event by event. When bytes disagree, the copy that disagrees with
 all others is named as the altered one. The first problem of each kind and copy is
 reported with its notification id, event id and location.
+
+Checkpoints (see `ledger.checkpoints`) pin the chain outside the ledger: the chain
+recomputed from the store must pass through each one, or the ledger was rewritten.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 from confluent_kafka import Consumer, TopicPartition
@@ -23,6 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.kafka import consumer_config
 from ledger.chain import GENESIS, next_link
+from ledger.checkpoints import PERIOD_CLOSE, Checkpoint, cadence_gaps
 
 if TYPE_CHECKING:
     from ledger.application import LedgerApplication
@@ -46,12 +50,15 @@ class ChainEntry:
 class Finding:
     """One problem: what, in which copy, at which event."""
 
-    kind: str  # missing | duplicate | reordered | altered | chain | unattributed
+    #: missing | duplicate | reordered | altered | chain | unattributed | checkpoint | decoded | statement
+    kind: str
     copy: str
     notification_id: int | None
     event_id: str | None
     where: str
     detail: str
+    #: the decoded column a `decoded` finding is about
+    column: str | None = None
 
     def __str__(self) -> str:
         return (
@@ -67,14 +74,23 @@ class AuditReport:
     events: dict[str, int] = field(default_factory=dict)
     head: str | None = None
     findings: list[Finding] = field(default_factory=list)
+    checkpoints: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.findings
 
 
-def verify(store: Iterable[ChainEntry], copies: Mapping[str, Iterable[ChainEntry]]) -> AuditReport:
-    """Check the store and every copy; see the module docstring."""
+def verify(
+    store: Iterable[ChainEntry],
+    copies: Mapping[str, Iterable[ChainEntry]],
+    checkpoints: Iterable[Checkpoint] = (),
+) -> AuditReport:
+    """Check the store and every copy, and that the ledger reaches every checkpoint.
+
+    `checkpoints` is iterated only after the store and the copies have been read, so it
+    may be filled while they are.
+    """
     report = AuditReport()
     findings: list[Finding] = []
     truth: dict[int, ChainEntry] = {}
@@ -209,15 +225,96 @@ def verify(store: Iterable[ChainEntry], copies: Mapping[str, Iterable[ChainEntry
                         "bytes differ from the ledger store",
                     )
                 )
+    pinned = list(checkpoints)
+    report.checkpoints = len(pinned)
+    findings.extend(_check_checkpoints(truth, held, pinned))
     report.findings = _first_of_each(findings)
     return report
 
 
+def _check_checkpoints(
+    truth: Mapping[int, ChainEntry], held: Mapping[str, Mapping[int, ChainEntry]], pinned: list[Checkpoint]
+) -> list[Finding]:
+    """The store's recomputed chain (and each copy's chain values) at each checkpoint."""
+    if not pinned:
+        return []
+    wanted = {c.position for c in pinned}
+    after: dict[int, str] = {}
+    chain = GENESIS
+    for nid in sorted(truth):
+        chain = next_link(chain, truth[nid].value)
+        if nid in wanted:
+            after[nid] = chain.hex()
+    last = max(truth, default=0)
+    findings = []
+    for checkpoint in sorted(pinned, key=lambda c: c.position):
+        claim = f"{checkpoint.reason} checkpoint from {checkpoint.origin} says {checkpoint.chain[:16]}…"
+        position = checkpoint.position
+        if position > last:
+            detail = f"the ledger ends at notification {last}, before this {claim}"
+            findings.append(Finding("checkpoint", STORE, position, None, "event store", detail))
+            continue
+        if position not in truth:
+            detail = f"notification absent, but a {claim}"
+            findings.append(Finding("checkpoint", STORE, position, None, "event store", detail))
+            continue
+        original = truth[position]
+        if after[position] != checkpoint.chain:
+            detail = (
+                f"chain recomputed from the store is {after[position][:16]}…, the {claim}: "
+                "the ledger was rewritten at or before this notification"
+            )
+            findings.append(Finding("checkpoint", STORE, position, original.event_id, original.where, detail))
+        for name, by_id in held.items():
+            entry = by_id.get(position)
+            if entry is not None and entry.chain is not None and entry.chain != checkpoint.chain:
+                detail = f"chain value {entry.chain[:16]}… here, the {claim}"
+                findings.append(Finding("checkpoint", name, position, entry.event_id, entry.where, detail))
+    return findings
+
+
+def checkpoint_coverage(
+    published: Iterable[Checkpoint], closes: Iterable[Checkpoint], relayed_up_to: int, topic: str
+) -> list[Finding]:
+    """Checkpoints that should be on the topic and are not.
+
+    Every multiple of the cadence from the first cadence checkpoint up to what the relay
+    has sent needs one, and so does every relayed period close that recorded a chain head.
+    """
+    published = list(published)
+    findings = [
+        Finding(
+            "missing",
+            "checkpoints",
+            step,
+            None,
+            topic,
+            "no cadence checkpoint for this stretch of the ledger (deleted from the topic?)",
+        )
+        for step in cadence_gaps(published, relayed_up_to)
+    ]
+    on_topic = {c.period for c in published if c.reason == PERIOD_CLOSE}
+    for close in closes:
+        relayed = close.carried_by is not None and close.carried_by <= relayed_up_to
+        if relayed and close.period not in on_topic:
+            findings.append(
+                Finding(
+                    "missing",
+                    "checkpoints",
+                    close.position,
+                    None,
+                    topic,
+                    f"period {close.period} was closed and relayed, but its chain head is not on the topic",
+                )
+            )
+    return findings
+
+
 def _first_of_each(findings: Iterable[Finding]) -> list[Finding]:
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str | None]] = set()
     first = []
     for finding in findings:
-        key = (finding.kind, finding.copy)
+        key = (finding.kind, finding.copy, finding.column)
         if key not in seen:
             seen.add(key)
             first.append(finding)
@@ -226,18 +323,52 @@ def _first_of_each(findings: Iterable[Finding]) -> list[Finding]:
 
 def store_entries(app: LedgerApplication, batch: int = 20_000) -> Iterator[ChainEntry]:
     """Every stored notification, in order, with its event id."""
-    start = 1
-    while True:
-        notifications = list(app.read_notifications(start, batch))
-        if not notifications:
-            return
-        decoded = app.codec.decode_many([n.state for n in notifications])
-        for notification, result in zip(notifications, decoded, strict=True):
-            event_id = None if isinstance(result, Exception) else result[1]["event_id"]
-            yield ChainEntry(
-                notification.id, event_id, notification.state, None, f"event store row {notification.id}"
-            )
-        start = notifications[-1].id + 1
+    return StoreReader(app, batch).entries()
+
+
+class StoreReader:
+    """Reads the event store for `verify`, collecting the period closes' chain heads on the way."""
+
+    def __init__(self, app: LedgerApplication, batch: int = 20_000) -> None:
+        self.app = app
+        self.batch = batch
+        self.closes: list[Checkpoint] = []
+
+    def entries(self) -> Iterator[ChainEntry]:
+        """Every stored notification, in order, with its event id."""
+        start = 1
+        while True:
+            notifications = list(self.app.read_notifications(start, self.batch))
+            if not notifications:
+                return
+            decoded = self.app.codec.decode_many([n.state for n in notifications])
+            for notification, result in zip(notifications, decoded, strict=True):
+                event_id = None
+                if not isinstance(result, Exception):
+                    event_type, record = result
+                    event_id = record["event_id"]
+                    if event_type == "RewardPeriodClosed" and record.get("chain_head"):
+                        self.closes.append(_close_checkpoint(notification.id, record))
+                yield ChainEntry(
+                    notification.id, event_id, notification.state, None, f"event store row {notification.id}"
+                )
+            start = notifications[-1].id + 1
+
+    def period_closes(self) -> Iterator[Checkpoint]:
+        """The chain heads recorded by period closes (complete once `entries` is exhausted)."""
+        yield from self.closes
+
+
+def _close_checkpoint(nid: int, record: Mapping[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        int(record["ledger_position"]),
+        str(record["chain_head"]),
+        int(record["occurred_at"]) if isinstance(record["occurred_at"], int) else 0,
+        PERIOD_CLOSE,
+        period=str(record["period"]),
+        origin=f"RewardPeriodClosed {record['period']} (notification {nid})",
+        carried_by=nid,
+    )
 
 
 def kafka_entries(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[ChainEntry]:
@@ -281,14 +412,20 @@ def mirror_entries(
     connection: duckdb.DuckDBPyConnection, table: str = "ledger_events"
 ) -> Iterator[ChainEntry]:
     """Every row of the DuckDB audit mirror, in notification order."""
-    cursor = connection.execute(
+    sql = (
         f'SELECT notification_id, event_id, value, chain, source, "partition", "offset" FROM {table} '
         "ORDER BY notification_id"
     )
-    while True:
-        rows = cursor.fetchmany(10_000)
-        if not rows:
-            return
-        for nid, event_id, value, chain, source, partition, offset in rows:
+    return batch_entries(connection.sql(sql).to_arrow_reader(50_000), table)
+
+
+def batch_entries(batches: Iterable[Any], table: str = "ledger_events") -> Iterator[ChainEntry]:
+    """Chain entries of mirrored rows given as Arrow record batches (see `projections.mirror`)."""
+    for batch in batches:
+        columns = [
+            batch.column(name).to_pylist()
+            for name in ("notification_id", "event_id", "value", "chain", "source", "partition", "offset")
+        ]
+        for nid, event_id, value, chain, source, partition, offset in zip(*columns, strict=True):
             where = f"{table} ({source}" + (f"[{partition}]@{offset})" if partition is not None else ")")
             yield ChainEntry(nid, event_id, bytes(value), chain, where)

@@ -51,10 +51,20 @@ def _settings(ctx: click.Context) -> Settings:
     help="Projection DuckDB file. [env CRM_LEDGER_DB]",
 )
 @click.option("--bootstrap", help="Kafka bootstrap servers. [env CRM_LEDGER_BOOTSTRAP]")
+@click.option(
+    "--key-store",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Separate SQLite file for customers' personal-data keys (default: the event store). "
+    "[env CRM_LEDGER_KEY_STORE]",
+)
 @click.pass_context
-def cli(ctx: click.Context, store: str | None, db: Path | None, bootstrap: str | None) -> None:
+def cli(
+    ctx: click.Context, store: str | None, db: Path | None, bootstrap: str | None, key_store: Path | None
+) -> None:
     """crm-ledger: an event-sourced ledger for customer-relationship work."""
-    ctx.obj = Settings.from_env(os.environ, store=store, projections_db=db, bootstrap=bootstrap)
+    ctx.obj = Settings.from_env(
+        os.environ, store=store, projections_db=db, bootstrap=bootstrap, key_store=key_store
+    )
 
 
 # -- kafka ---------------------------------------------------------------------------------
@@ -476,6 +486,8 @@ def relay(
         batch_size=batch_size,
         broker_timeout_s=settings.broker_timeout_s,
         registry_url=_registry_url(ctx, registry_url),
+        checkpoints_topic=settings.checkpoints,
+        checkpoint_every=settings.checkpoint_every,
     )
     with graceful_stop() as stop, progress_bar("relay", None) as reporter:
         relay = Relay(app, config, say=lambda line: err.print(line, highlight=False, soft_wrap=True))
@@ -825,6 +837,10 @@ def period_close(ctx: click.Context, month: str) -> None:
         f"closed {result.period} at ledger position {result.position} with version {result.version}: "
         f"{result.statements} statements issued"
     )
+    click.echo(
+        f"chain head at the close: {result.position}:{result.chain_head} "
+        "(keep a copy outside the ledger; `audit verify --checkpoint` checks it)"
+    )
 
 
 @period.command("status")
@@ -902,27 +918,50 @@ def audit() -> None:
     multiple=True,
     help="Copies to check (repeatable). Default: ledger and mirror, plus kafka when reachable.",
 )
+@click.option(
+    "--checkpoints",
+    is_flag=True,
+    help="Also confirm the ledger reaches every published checkpoint (crm.ledger.checkpoints, "
+    "period closes) and that none is missing from the topic.",
+)
+@click.option(
+    "--checkpoint",
+    "given",
+    multiple=True,
+    metavar="POSITION:CHAIN",
+    help="A chain head kept outside the ledger (as `audit head` prints it); repeatable.",
+)
+@click.option(
+    "--statement",
+    "statements",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    multiple=True,
+    help="A statement file (`statement --format json`) to check against the ledger; repeatable.",
+)
 @click.pass_context
-def audit_verify(ctx: click.Context, sources: tuple[str, ...]) -> None:
+def audit_verify(
+    ctx: click.Context,
+    sources: tuple[str, ...],
+    checkpoints: bool,
+    given: tuple[str, ...],
+    statements: tuple[Path, ...],
+) -> None:
     """Recompute the hash chain from each copy and report the first gap, duplicate or alteration."""
-    from audit.verify import kafka_entries, mirror_entries, store_entries, verify
-    from projections.readonly import reader
+    from audit.run import VerifyRequest, run_verify
+    from ledger.checkpoints import parse_checkpoint
 
     settings = _settings(ctx)
-    app = open_ledger(settings)
-    wanted = set(sources) or {"ledger", "mirror", "kafka?"}
-    copies: dict[str, Any] = {}
-    with contextlib.ExitStack() as stack:
-        if wanted & {"mirror"} and (settings.projections_db.exists() or "mirror" in sources):
-            connection = stack.enter_context(reader(settings.projections_db))
-            copies["mirror"] = mirror_entries(connection)
-        if "kafka" in wanted or ("kafka?" in wanted and _kafka_reachable(settings)):
-            copies["kafka"] = kafka_entries(settings.bootstrap, settings.events_topic)
-        with progress_bar("audit", app.max_position()) as reporter:
-            report = verify(_counting(store_entries(app), reporter), copies)
+    request = VerifyRequest(sources, checkpoints, tuple(parse_checkpoint(g) for g in given), statements)
+    with progress_bar("audit", None) as reporter:
+        outcome = run_verify(settings, request, reporter)
+    report = outcome.report
     for name, count in report.events.items():
         click.echo(f"{name}: {count} events")
     click.echo(f"chain head: {report.head}")
+    if report.checkpoints:
+        click.echo(f"checkpoints checked: {report.checkpoints}")
+    for note in outcome.notes:
+        click.echo(f"note: {note}")
     if report.ok:
         click.echo("audit verify: all copies agree, chain intact")
         return
@@ -931,17 +970,48 @@ def audit_verify(ctx: click.Context, sources: tuple[str, ...]) -> None:
     raise SystemExit(1)
 
 
-def _counting(entries: Any, reporter: Any) -> Any:
-    for count, entry in enumerate(entries, start=1):
-        if count % 10_000 == 0:
-            reporter.advance(10_000, events=10_000)
-        yield entry
+@audit.command("head")
+@click.option(
+    "--publish", is_flag=True, help="Also send it to the checkpoints topic (crm.ledger.checkpoints)."
+)
+@click.pass_context
+def audit_head(ctx: click.Context, publish: bool) -> None:
+    """Print the chain head recomputed from the store: keep it outside the ledger (print, mail)."""
+    from audit.run import head
+
+    checkpoint, topic = head(_settings(ctx), publish=publish)
+    click.echo(checkpoint.line())
+    if topic:
+        click.echo(f"published to {topic}", err=True)
 
 
-def _kafka_reachable(settings: Settings) -> bool:
-    from crm_ledger.kafka import topic_exists
+@audit.command("reproduce")
+@click.argument("version", required=False)
+@click.pass_context
+def audit_reproduce(ctx: click.Context, version: str | None) -> None:
+    """Rebuild VERSION's read models (default: the promoted one) from its log in a scratch file
+    and compare every table row by row with the live ones (exit 1 on any difference)."""
+    from audit.reproduce import REL_TOLERANCE, reproduce
+    from schemas.codec import AvroCodec
+    from schemas.registry import SchemaRegistry
 
-    return topic_exists(settings.bootstrap, settings.events_topic)
+    settings = _settings(ctx)
+    codec = AvroCodec(SchemaRegistry.load(), epoch_millis=True)
+    with progress_bar("reproduce", None) as reporter:
+        report = reproduce(settings.projections_db, version, codec, reporter)
+    click.echo(f"{report.version} ({report.name}): rebuilt from {report.events} mirrored events")
+    for table in report.tables:
+        if table.ok:
+            note = f" (floats within {REL_TOLERANCE:g} relative)" if table.within_tolerance else ""
+            click.echo(f"  {table.table}: {table.live_rows} rows, identical{note}")
+        else:
+            click.echo(
+                f"PROBLEM {table.table}: live {table.live_rows} rows, rebuilt {table.rebuilt_rows}; "
+                f"{table.difference}"
+            )
+    if not report.ok:
+        raise SystemExit(1)
+    click.echo("audit reproduce: every read model follows from the log under the version's spec")
 
 
 @cli.command()

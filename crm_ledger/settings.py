@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,14 @@ from crm_ledger.errors import ConfigurationError
 
 ENV_PREFIX = "CRM_LEDGER_"
 EVENTS_TOPIC = "crm.ledger.events"
+CHECKPOINTS_TOPIC = "crm.ledger.checkpoints"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 @dataclass(frozen=True)
@@ -31,12 +39,18 @@ class Settings:
     max_record_bytes: int = 512 * 1024
     #: How long the relay and the follower wait for an unreachable broker before giving up.
     broker_timeout_s: float = 60.0
+    #: a separate SQLite file for the personal-data keys (None: the event store's database)
+    key_store: Path | None = None
+    #: None: `crm.ledger.checkpoints` beside the default events topic, else `<events topic>.checkpoints`
+    checkpoints_topic: str | None = None
+    #: the relay publishes the chain head whenever the notification id crosses a multiple of this
+    checkpoint_every: int = 10_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Settings from `CRM_LEDGER_*` variables, then explicit (non-None) overrides."""
         values: dict[str, Any] = {}
-        table = {
+        table: dict[str, tuple[str, Callable[[str], Any]]] = {
             "STORE": ("store", str),
             "DB": ("projections_db", Path),
             "BOOTSTRAP": ("bootstrap", str),
@@ -47,6 +61,9 @@ class Settings:
             "KAFKA_DATA": ("kafka_data", Path),
             "MAX_RECORD_BYTES": ("max_record_bytes", int),
             "BROKER_TIMEOUT": ("broker_timeout_s", float),
+            "KEY_STORE": ("key_store", Path),
+            "CHECKPOINTS_TOPIC": ("checkpoints_topic", str),
+            "CHECKPOINT_EVERY": ("checkpoint_every", _positive),
         }
         for suffix, (name, convert) in table.items():
             raw = environ.get(ENV_PREFIX + suffix)
@@ -59,6 +76,13 @@ class Settings:
         return replace(cls(), **values)
 
     @property
+    def checkpoints(self) -> str:
+        """The compacted topic that holds the chain-head checkpoints of the events topic."""
+        if self.checkpoints_topic:
+            return self.checkpoints_topic
+        return CHECKPOINTS_TOPIC if self.events_topic == EVENTS_TOPIC else f"{self.events_topic}.checkpoints"
+
+    @property
     def rejects_file(self) -> Path:
         """Where ingest writes rejected records by default: beside the projection DB."""
         return self.projections_db.parent / "rejects.jsonl"
@@ -67,10 +91,15 @@ class Settings:
         """The eventsourcing persistence settings for the configured event store.
 
         A path means eventsourcing's SQLite module; a postgresql:// URL its PostgreSQL module.
+        `KEY_STORE` (read by the ledger application) is the separate key file, when set.
         """
+        keys = {}
+        if self.key_store is not None:
+            self.key_store.parent.mkdir(parents=True, exist_ok=True)
+            keys["KEY_STORE"] = str(self.key_store)
         if self.store.startswith(("postgresql://", "postgres://")):
             url = urlparse(self.store)
-            return {
+            return keys | {
                 "PERSISTENCE_MODULE": "eventsourcing.postgres",
                 "POSTGRES_DBNAME": url.path.lstrip("/"),
                 "POSTGRES_HOST": url.hostname or "127.0.0.1",
@@ -80,7 +109,7 @@ class Settings:
             }
         path = Path(self.store)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return {
+        return keys | {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": "30",

@@ -18,6 +18,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import Environment, get_topic
 
 from ledger.domain import (
@@ -246,7 +247,7 @@ class LedgerApplication(Application[UUID]):
         self.registry = registry or SchemaRegistry.load()
         self.codec = AvroCodec(self.registry, epoch_millis=True)
         super().__init__(env=dict(persistence))
-        self.vault = PersonalDataVault(self.recorder)
+        self.vault = PersonalDataVault(self.recorder, self.env.get("KEY_STORE"))
         self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES
         if index_is_empty(self.recorder) and self.max_position() > 0:
             self._backfill_index()
@@ -429,7 +430,7 @@ class LedgerApplication(Application[UUID]):
                 hex_id = originator.hex if isinstance(originator, UUID) else UUID(str(originator)).hex
                 rows.append((record["event_id"], hex_id, notification.originator_version))
             with self.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
-                mark = "?" if self.vault.uses_sqlite else "%s"
+                mark = "?" if isinstance(self.recorder, SQLiteAggregateRecorder) else "%s"
                 cursor.executemany(
                     f"INSERT INTO {INDEX_TABLE} VALUES ({mark}, {mark}, {mark}) ON CONFLICT DO NOTHING", rows
                 )

@@ -330,6 +330,8 @@ class RewardPeriod(LedgerAggregate):
         self.period: str = ""
         self.ledger_position: int = 0
         self.projection_version: str = ""
+        #: hash-chain value after `ledger_position` (closes before RewardPeriodClosed v2: None)
+        self.chain_head: str | None = None
         self.told: dict[str, float] = {}  # employee id -> score last told
         self.told_version: dict[str, str] = {}  # employee id -> version of that score
 
@@ -338,6 +340,7 @@ class RewardPeriod(LedgerAggregate):
             self.period = data["period"]
             self.ledger_position = data["ledger_position"]
             self.projection_version = data["version"]
+            self.chain_head = data.get("chain_head")
         elif event_type == "RewardStatementIssued":
             self.told[data["employee_id"]] = data["score"]
             self.told_version[data["employee_id"]] = data["version"]

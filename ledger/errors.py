@@ -26,3 +26,7 @@ class ConflictError(ValidationError):
 
 class StoreBusyError(TransientError):
     """Concurrent writers kept taking the same keys; the batch was not written and can be re-run."""
+
+
+class KeyStoreError(CrmLedgerError):
+    """The personal-data key store cannot be used as configured."""

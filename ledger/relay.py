@@ -5,6 +5,11 @@ notifications in one transaction; restarting fences any zombie and aborts its op
 transaction. The position is recovered from Kafka itself: the highest `notification_id`
 header among committed records (read_committed), with the chain value stored beside it.
 Command code never writes to Kafka; only this relay does.
+
+With a checkpoints topic configured, the relay also publishes the chain head (see
+`ledger.checkpoints`) in the same transaction as the events it follows: whenever the
+notification id crosses a multiple of `checkpoint_every`, and for every
+`RewardPeriodClosed` it forwards (the head recorded at the close).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from crm_ledger.kafka import (
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
+from ledger.checkpoints import CADENCE, PERIOD_CLOSE, Checkpoint, ensure_checkpoint_topic, now_ms
+from ledger.checkpoints import encode as encode_checkpoint
 from schemas.codec import AvroCodec
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
@@ -57,6 +64,9 @@ class RelayConfig:
     broker_timeout_s: float = DEFAULT_BROKER_TIMEOUT_S
     #: When set, the relay refuses to start unless this registry serves every event schema.
     registry_url: str | None = None
+    #: compacted topic for chain-head checkpoints (None: publish none)
+    checkpoints_topic: str | None = None
+    checkpoint_every: int = 10_000
 
 
 def headers_of(message: Any) -> dict[str, bytes]:
@@ -152,6 +162,8 @@ class Relay:
     def _start_producer(self) -> Producer:
         ensure_topic(self.config.bootstrap, self.config.topic, self.config.partitions, INFINITE_RETENTION)
         timeout_ms = int(self.config.broker_timeout_s * 1000)
+        if self.config.checkpoints_topic:
+            ensure_checkpoint_topic(self.config.bootstrap, self.config.checkpoints_topic)
         producer = Producer(
             {
                 "bootstrap.servers": self.config.bootstrap,
@@ -260,6 +272,7 @@ class Relay:
         producer.begin_transaction()
         chain = position.chain
         expected = position.notification_id + 1
+        previous = position.notification_id
         decoded = self.codec.decode_many([n.state for n in notifications])
         try:
             for notification, result in zip(notifications, decoded, strict=True):
@@ -288,6 +301,8 @@ class Relay:
                         ("chain", chain.hex().encode()),
                     ],
                 )
+                self._checkpoints(producer, notification.id, previous, chain, result)
+                previous = notification.id
                 expected += 1
             producer.commit_transaction(self.config.broker_timeout_s)
         except KafkaException as error:
@@ -303,6 +318,38 @@ class Relay:
                 producer.abort_transaction(5)
             raise
         return RelayPosition(notifications[-1].id, chain)
+
+
+    def _checkpoints(
+        self,
+        producer: Producer,
+        nid: int,
+        previous: int,
+        chain: bytes,
+        decoded: tuple[str, dict[str, Any]],
+    ) -> None:
+        """Queue the checkpoints due after notification `nid` (inside the open transaction)."""
+        topic = self.config.checkpoints_topic
+        if not topic:
+            return
+        event_type, record = decoded
+        every = self.config.checkpoint_every
+        due = []
+        if nid // every > previous // every:
+            due.append(Checkpoint(nid, chain.hex(), now_ms(), CADENCE, every=every))
+        if event_type == "RewardPeriodClosed" and record.get("chain_head"):
+            due.append(
+                Checkpoint(
+                    int(record["ledger_position"]),
+                    str(record["chain_head"]),
+                    now_ms(),
+                    PERIOD_CLOSE,
+                    period=str(record["period"]),
+                )
+            )
+        for checkpoint in due:
+            key, value = encode_checkpoint(self.codec, checkpoint)
+            produce(producer, topic, key=key, value=value)
 
 
 class _BrokerAwayError(Exception):

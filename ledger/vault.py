@@ -6,6 +6,13 @@ before the event is stored, so the
 store, the Kafka topic and the DuckDB mirror only ever hold ciphertext. The keys live in
 the ledger's own database, outside the event log. `CustomerForgotten` deletes the key:
 the ciphertext stays (the hash chain, counts and KPIs stay valid) but nobody can read it.
+
+Deleting must really delete. On SQLite the vault turns on `secure_delete` for its own
+transactions (deleted rows are overwritten with zeros, whatever the library was compiled
+with) and, after forgetting, checkpoints and truncates the write-ahead log, so the key's
+bytes are gone from the files. PostgreSQL keeps old row versions in its WAL and in backups
+until those are recycled; a separate key store (`key_store`, a local SQLite file) keeps
+erasure independent of that.
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ from __future__ import annotations
 import base64
 import os
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import ApplicationRecorder
-from eventsourcing.sqlite import SQLiteAggregateRecorder
+from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
+
+from ledger.errors import KeyStoreError
 
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "CustomerRegistered": ("name", "email"),
@@ -31,23 +42,25 @@ _TABLE = "crm_customer_keys"
 
 
 class PersonalDataVault:
-    """Per-customer keys in the event store's database (SQLite or PostgreSQL)."""
+    """Per-customer keys in the event store's database (SQLite or PostgreSQL), or in a
+    separate SQLite key file when `key_store` is given."""
 
-    def __init__(self, recorder: ApplicationRecorder) -> None:
-        self._datastore = recorder.datastore  # type: ignore[attr-defined]
-        self._mark = "?" if isinstance(recorder, SQLiteAggregateRecorder) else "%s"
-        blob = "BLOB" if self._mark == "?" else "BYTEA"
-        with self._datastore.transaction(commit=True) as cursor:
+    def __init__(self, recorder: ApplicationRecorder, key_store: str | None = None) -> None:
+        if key_store:
+            _refuse_keys_left_in(recorder, key_store)
+            self._datastore: Any = SQLiteDatastore(key_store, lock_timeout=30)
+            self._sqlite = True
+        else:
+            self._datastore = recorder.datastore  # type: ignore[attr-defined]
+            self._sqlite = isinstance(recorder, SQLiteAggregateRecorder)
+        self._mark = "?" if self._sqlite else "%s"
+        blob = "BLOB" if self._sqlite else "BYTEA"
+        with self._transaction() as cursor:
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {_TABLE} (customer_id TEXT PRIMARY KEY, key {blob} NOT NULL)"
             )
         # Bounded, so that importing millions of customers keeps memory constant.
         self._cache: OrderedDict[str, bytes] = OrderedDict()
-
-    @property
-    def uses_sqlite(self) -> bool:
-        """Whether the keys (and the events) are in a SQLite database."""
-        return self._mark == "?"
 
     def key_for_new_fact(self, customer_id: str, pending: dict[str, bytes]) -> bytes:
         """The customer's key, or a new one held in `pending` until `store_new_keys`.
@@ -64,7 +77,7 @@ class PersonalDataVault:
         """Commit new keys. An `IntegrityError` means another writer made one first: decide again."""
         if not pending:
             return
-        with self._datastore.transaction(commit=True) as cursor:
+        with self._transaction() as cursor:
             for customer_id, key in sorted(pending.items()):
                 cursor.execute(
                     f"INSERT INTO {_TABLE} (customer_id, key) VALUES ({self._mark}, {self._mark})",
@@ -99,11 +112,24 @@ class PersonalDataVault:
         ids = list(customer_ids)
         if not ids:
             return
-        with self._datastore.transaction(commit=True) as cursor:
+        with self._transaction() as cursor:
             for customer_id in ids:
                 cursor.execute(f"DELETE FROM {_TABLE} WHERE customer_id = {self._mark}", (customer_id,))
         for customer_id in ids:
             self._cache.pop(customer_id, None)
+        if self._sqlite:
+            # The deleted rows are zeroed in the new WAL frames, but older frames still hold
+            # the keys until the log is checkpointed: copy it back and truncate it now.
+            with self._datastore.get_connection(commit=True) as connection:
+                connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A committing transaction; on SQLite with deleted content overwritten by zeros."""
+        with self._datastore.transaction(commit=True) as cursor:
+            if self._sqlite:
+                cursor.execute("PRAGMA secure_delete = ON")
+            yield cursor
 
     def _key(self, customer_id: str) -> bytes | None:
         key = self._cache.get(customer_id)
@@ -132,3 +158,26 @@ class PersonalDataVault:
             return AESGCM(key).decrypt(raw[:12], raw[12:], customer_id.encode()).decode()
         except InvalidTag:
             return "[unreadable]"
+
+
+def _refuse_keys_left_in(recorder: ApplicationRecorder, key_store: str) -> None:
+    """A key store chosen after keys were made in the event store would hide those keys."""
+    datastore = recorder.datastore  # type: ignore[attr-defined]
+    sqlite = isinstance(recorder, SQLiteAggregateRecorder)
+    lookup = (
+        f"SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{_TABLE}'"
+        if sqlite
+        else f"SELECT to_regclass('{_TABLE}') AS name"
+    )
+    with datastore.transaction(commit=False) as cursor:
+        cursor.execute(lookup)
+        row = cursor.fetchone()
+        if row is None or row["name"] is None:
+            return
+        cursor.execute(f"SELECT count(*) AS n FROM {_TABLE}")
+        count = int(cursor.fetchone()["n"])
+    if count:
+        raise KeyStoreError(
+            f"the event store already holds {count} customer key(s); a separate key store "
+            f"({key_store}) must be chosen before the first customer is recorded"
+        )

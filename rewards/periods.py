@@ -18,6 +18,7 @@ from typing import Any
 
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
+from ledger.checkpoints import chain_at
 from ledger.connect import open_ledger
 from ledger.records import RecordParser, format_timestamp
 from projections.service import catch_up
@@ -131,6 +132,8 @@ class CloseResult:
     version: str
     position: int
     statements: int
+    #: the hash-chain value after `position`: what a copy kept outside the ledger pins
+    chain_head: str = ""
 
 
 def close_period(settings: Settings, period: str, now: datetime | None = None) -> CloseResult:
@@ -151,6 +154,8 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
             f"SELECT coalesce(max(notification_id), 0) FROM {version.schema}.events"
         ).fetchone()
         position = int(row[0]) if row else 0
+    # From the store itself (the source of truth), not from the projection's copy.
+    head = chain_at(app, position).chain
     at = format_timestamp(int(now.timestamp() * 1000))
     raws: list[dict[str, Any]] = [
         {
@@ -161,6 +166,7 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
             "ledger_position": position,
             "version": version.version,
             "spec_name": version.name,
+            "chain_head": head,
         }
     ]
     for live in scores.values():
@@ -178,7 +184,7 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
             }
         )
     _record(app, raws)
-    return CloseResult(period, version.version, position, len(scores))
+    return CloseResult(period, version.version, position, len(scores), head)
 
 
 @dataclass

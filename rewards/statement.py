@@ -30,6 +30,11 @@ class Statement:
     kpis: list[dict[str, Any]]
     team: dict[str, Any]
     adjustments: list[dict[str, Any]] = field(default_factory=list)
+    #: the statement event's id, and the ledger position and chain head the period was
+    #: closed at: what binds this statement to the log (`audit verify --statement`)
+    event_id: str = ""
+    ledger_position: int | None = None
+    chain_head: str | None = None
 
     @property
     def current_score(self) -> float:
@@ -78,7 +83,16 @@ class Statement:
             lines.append(f"**Current score: {self.current_score:.2f}**")
         else:
             lines.append("No adjustments since the statement was issued.")
+        lines += ["", self.binding_line()]
         return "\n".join(lines) + "\n"
+
+    def binding_line(self) -> str:
+        """Where in the ledger this statement stands: checkable later against the log."""
+        head = self.chain_head or "(not recorded: closed before chain heads were kept)"
+        return (
+            f"Ledger position at the close: {self.ledger_position}, chain head {head}; "
+            f"statement event {self.event_id}."
+        )
 
     def to_html(self) -> str:
         """A self-contained page (inline CSS and SVG, no network) with a chart of the components."""
@@ -132,6 +146,7 @@ Team {html.escape(str(self.team_id))}: {html.escape(_team_line(self.team))}.</p>
 <h2>Adjustments since</h2>
 <table><thead><tr><th>issued</th><th>old</th><th>new</th><th>change</th><th>reason</th></tr></thead><tbody>{adjustments}</tbody></table>
 <p><strong>Current score: {self.current_score:.2f}</strong></p>
+<p class="muted" id="ledger-binding">{html.escape(self.binding_line())}</p>
 </body></html>
 """
 
@@ -194,6 +209,7 @@ def build_statement(app: LedgerApplication, employee_id: str, period: str) -> St
         for f in facts
         if f.event_type == "RewardAdjustmentIssued" and f.data["employee_id"] == employee_id
     ]
+    closed = next(f for f in facts if f.event_type == "RewardPeriodClosed")
     return Statement(
         employee_id,
         period,
@@ -206,4 +222,7 @@ def build_statement(app: LedgerApplication, employee_id: str, period: str) -> St
         details.get("kpis", []),
         team,
         adjustments,
+        mine.event_id,
+        int(closed.data["ledger_position"]),
+        closed.data.get("chain_head"),
     )

@@ -236,3 +236,46 @@ def test_forgotten_customer_is_unreadable_everywhere_and_the_chain_holds(
         assert con.execute(
             "SELECT interactions_total, forgotten FROM customer_profile WHERE customer_id = 'c9'"
         ).fetchone() == (1, True)
+
+
+def test_altered_decoded_columns_are_found(audited: LedgerApplication, settings: Settings) -> None:
+    with duckdb.connect(str(settings.projections_db)) as con:
+        schema = con.execute("SELECT version FROM crm_promoted").fetchone()[0]
+        nid, event_id, csat = con.execute(
+            f"SELECT notification_id, event_id, csat FROM {schema}.events "
+            "WHERE event_type = 'SurveyAnswered' AND csat < 5 ORDER BY notification_id LIMIT 1"
+        ).fetchone()
+        con.execute(f"UPDATE {schema}.events SET csat = 5 WHERE notification_id = ?", [nid])
+        moved = con.execute(
+            f"SELECT notification_id FROM {schema}.events WHERE event_type = 'CaseResolved' "
+            "ORDER BY notification_id LIMIT 1"
+        ).fetchone()[0]
+        con.execute(
+            f"UPDATE {schema}.events SET occurred_at = occurred_at - INTERVAL 40 DAY, "
+            "employee_id = 'emp-0001' WHERE notification_id = ?",
+            [moved],
+        )
+    clean_chain = run_cli("audit", "verify", "--source", "ledger", env=env_of(settings))
+    assert clean_chain.returncode == 0, "the bytes and the chain are untouched"
+    result = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
+    assert result.returncode == 1, result.stdout
+    assert (
+        f"PROBLEM decoded in mirror: notification {nid}, event {event_id} (ledger_events (ledger)): "
+        f"column csat: stored '5', decoded from value '{csat}'"
+    ) in result.stdout
+    assert f"PROBLEM decoded in mirror: notification {moved}," in result.stdout
+    assert "column occurred_at: stored" in result.stdout and "column employee_id: stored 'emp-0001'" in result.stdout
+    assert "altered" not in result.stdout and "chain" not in result.stdout.split("chain head")[1]
+
+
+def test_altered_payload_column_is_found(audited: LedgerApplication, settings: Settings) -> None:
+    with duckdb.connect(str(settings.projections_db)) as con:
+        schema = con.execute("SELECT version FROM crm_promoted").fetchone()[0]
+        con.execute(
+            f"UPDATE {schema}.events SET payload = json_merge_patch(payload, '{{\"nps\": 10}}') "
+            "WHERE notification_id = (SELECT min(notification_id) FROM "
+            f"{schema}.events WHERE event_type = 'SurveyAnswered' AND nps < 10)"
+        )
+    result = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
+    assert result.returncode == 1 and "column payload: stored" in result.stdout
+    assert "decoded columns: " in result.stdout

@@ -15,7 +15,7 @@ LAYERS: dict[str, int] = {
     "projections": 3,
     "replay": 4,
     "rewards": 5,
-    "audit": 5,
+    "audit": 6,  # checks every copy and every statement
     "crm_cli": 9,  # the command line: imported by nothing
 }
 

@@ -1,0 +1,9 @@
+"""Errors of the audit commands."""
+
+from __future__ import annotations
+
+from crm_ledger.errors import CrmLedgerError
+
+
+class StatementFileError(CrmLedgerError):
+    """A file given to `audit verify --statement` is not a statement."""
