@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -11,11 +11,17 @@ from crm_ledger.errors import ConfigurationError
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from projections.sources import KafkaSource, LedgerSource, LogSource
+from projections.spec import DEFAULT_SPEC, load_spec
 
 
-def open_ledger(settings: Settings) -> LedgerApplication:
-    """The ledger application on the configured event store."""
-    return LedgerApplication(settings.eventsourcing_env())
+def open_ledger(settings: Settings, goal_components: Iterable[str] | None = None) -> LedgerApplication:
+    """The ledger application on the configured event store.
+
+    Team goals may gauge the reward components of the default spec, or of `goal_components`.
+    """
+    if goal_components is None:
+        goal_components = [c.name for c in load_spec(DEFAULT_SPEC).components]
+    return LedgerApplication(settings.eventsourcing_env(), goal_components=goal_components)
 
 
 def open_source(settings: Settings, source: str, app: LedgerApplication | None = None) -> LogSource:
