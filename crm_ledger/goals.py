@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from crm_ledger.errors import CrmLedgerError
 from crm_ledger.runtime import open_ledger
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
@@ -47,7 +48,7 @@ def spec_components(db: Path) -> list[str]:
             row = connection.execute(
                 "SELECT v.spec_text FROM crm_versions v JOIN crm_promoted p ON p.version = v.version"
             ).fetchone()
-    except (duckdb.Error, OSError, Exception):  # noqa: BLE001 - a busy or missing catalog: defaults only
+    except (duckdb.Error, OSError, CrmLedgerError):  # a busy file or no catalog yet: the defaults only
         return names
     if row is not None:
         names += [c.name for c in parse_spec(str(row[0]), "<promoted spec>").components]

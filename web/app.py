@@ -14,12 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from crm_ledger.errors import CrmLedgerError
 from replay.diff import diff_versions
 from web import data, pages
 from web.errors import ForbiddenError, NotFoundError, WebError
@@ -94,8 +96,15 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 return render(request, "error.html", user, 403, title="Not yours to see", message=str(error))
             except NotFoundError as error:
                 return render(request, "error.html", user, 404, title="Not found", message=str(error))
-            except WebError as error:
+            except CrmLedgerError as error:  # a missing or busy database, a bad version
                 return render(request, "error.html", user, 503, title="Not available", message=str(error))
+            except duckdb.CatalogException as error:
+                # A version promoted before a read model existed has no stable name for it yet.
+                message = (
+                    f"{str(error).splitlines()[0]}: the promoted version predates this page's read models; "
+                    "run `crm-ledger project`, then `crm-ledger promote` it again"
+                )
+                return render(request, "error.html", user, 503, title="Not available", message=message)
 
         return endpoint
 
