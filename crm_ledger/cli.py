@@ -30,6 +30,10 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 out = Console(width=None if sys.stdout.isatty() else 200)
 
 
+#: Where `crm-ledger demo` (and `make demo`) writes its projection database.
+DEMO_DB = Path(".crm-ledger/demo/projections.duckdb")
+
+
 def _settings(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
@@ -1031,10 +1035,17 @@ def _cell(value: Any) -> str:
 )
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, users: Path | None) -> None:
-    """Serve the read-only web pages (teams, employees, versions, complaints) until Ctrl-C."""
+    """Serve the read-only web pages (teams, employees, versions, complaints) until Ctrl-C.
+
+    Without --db or CRM_LEDGER_DB, and no projection database yet, the demo's is served.
+    """
     from web.server import run_server
 
-    run_server(_settings(ctx).projections_db, host, port, users, echo=click.echo)
+    db = _settings(ctx).projections_db
+    chosen = (ctx.parent is not None and ctx.parent.params.get("db")) or os.environ.get("CRM_LEDGER_DB")
+    if not chosen and not db.exists() and DEMO_DB.exists():
+        db = DEMO_DB
+    run_server(db, host, port, users, echo=click.echo)
 
 
 @cli.command("hash-password")
@@ -1258,7 +1269,7 @@ def demo(
         f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "
         'query "SELECT * FROM reward_score ORDER BY score DESC LIMIT 10"'
     )
-    click.echo(f"Web pages: crm-ledger --db {settings.projections_db} serve")
+    click.echo(f"Web pages: crm-ledger --db {settings.projections_db} serve (or `make serve-demo`)")
     if serve_after:
         from web.server import run_server
 
