@@ -273,3 +273,11 @@ def test_goal_commands_set_revise_close_and_list(settings: Settings) -> None:
     assert (
         '"status": "closed"' in listed and '"to_period": "2026-04"' in listed and '"revisions": 1' in listed
     )
+
+
+def test_goal_events_are_keyed_by_team_on_kafka() -> None:
+    from ledger.relay import message_key
+
+    # No customer, employee, article or period: the team keeps a goal's facts in one partition.
+    assert message_key({"goal_id": "g1", "team_id": "t1", "agreed_by": ["e1"]}) == b"t1"
+    assert message_key({"employee_id": "e1", "team_id": "t1"}) == b"e1"
