@@ -43,6 +43,8 @@ def _nice_range(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _fmt(value: float) -> str:
+    if float(value).is_integer() and abs(value) < 1e9:
+        return str(int(value))
     if abs(value) >= 100:
         return f"{value:.0f}"
     if abs(value) >= 10:
