@@ -35,6 +35,10 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 out = Console(width=None if sys.stdout.isatty() else 200)
 
 
+#: Where `crm-ledger demo` (and `make demo`) writes its projection database.
+DEMO_DB = Path(".crm-ledger/demo/projections.duckdb")
+
+
 def _settings(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
@@ -396,8 +400,10 @@ def _ingest_files(
     for path in paths:
         if not path.is_file():
             raise CrmLedgerError(f"{path}: no such file")
+    from rewards.goals import spec_components
+
     limit = max_record_bytes or settings.max_record_bytes
-    app = open_ledger(settings)
+    app = open_ledger(settings, spec_components(settings.projections_db))
     app.max_event_bytes = limit
     parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
     sink = RejectSink(rejects or settings.rejects_file)
@@ -766,6 +772,15 @@ def _print_diff(report: Any, limit: int) -> None:
     out.print(
         "KPI values changed: " + (", ".join(f"{k} {v}" for k, v in report.kpi_changes.items()) or "none")
     )
+    out.print(
+        "team goal outcomes changed: "
+        + (
+            ", ".join(
+                f"{g['goal_id']} {g['period']} {g['old_met']}->{g['new_met']}" for g in report.goal_changes
+            )
+            or "none"
+        )
+    )
 
 
 @cli.command()
@@ -881,6 +896,188 @@ def period_adjust(ctx: click.Context, month: str, dry_run: bool) -> None:
     click.echo(f"{verb} {len(adjustments)} adjustment(s) for {month}")
     for a in adjustments:
         click.echo(f"  {a.employee_id}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}")
+
+
+# -- team goals ------------------------------------------------------------------------------
+@cli.group()
+def goal() -> None:
+    """Team goals: set together, gauged monthly (team_goal_progress), revised, closed."""
+
+
+_goal_at = click.option(
+    "--at",
+    "at",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="When it was agreed (UTC; default now).",
+)
+_agreed_by = click.option(
+    "--agreed-by",
+    required=True,
+    help="Comma-separated employee ids who agreed (each in the team at that moment).",
+)
+
+
+def _goal_change(goal_id: str, at: Any, fields: tuple[tuple[str, Any], ...] = ()) -> Any:
+    from datetime import UTC
+
+    from rewards.goals import GoalChange
+
+    return GoalChange(goal_id, at.replace(tzinfo=UTC) if at else None, fields)
+
+
+def _ids(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@goal.command("set")
+@click.argument("goal_id")
+@click.option("--team", required=True, help="Team id.")
+@click.option("--kpi", required=True, help="A team KPI (e.g. csat_pct), 'score', or 'component:<name>'.")
+@click.option("--target", type=float, required=True)
+@click.option(
+    "--comparison", type=click.Choice(["at_least", "at_most"]), default="at_least", show_default=True
+)
+@click.option("--from", "from_period", required=True, help="First month, YYYY-MM.")
+@click.option("--to", "to_period", required=True, help="Last month, YYYY-MM.")
+@_agreed_by
+@click.option("--note", default=None)
+@_goal_at
+@click.pass_context
+def goal_set(
+    ctx: click.Context,
+    goal_id: str,
+    team: str,
+    kpi: str,
+    target: float,
+    comparison: str,
+    from_period: str,
+    to_period: str,
+    agreed_by: str,
+    note: str | None,
+    at: Any,
+) -> None:
+    """Record a goal the team agreed on (TeamGoalSet); setting the same goal again adds nothing."""
+    from rewards.goals import set_goal
+
+    status = set_goal(
+        _settings(ctx),
+        _goal_change(goal_id, at),
+        team_id=team,
+        kpi=kpi,
+        target=target,
+        comparison=comparison,
+        from_period=from_period,
+        to_period=to_period,
+        agreed_by=_ids(agreed_by),
+        note=note,
+    )
+    out.print(
+        f"goal {goal_id}: {'set' if status == 'accepted' else 'already set'} (run `crm-ledger project`)"
+    )
+
+
+@goal.command("revise")
+@click.argument("goal_id")
+@click.option("--target", type=float, default=None)
+@click.option("--comparison", type=click.Choice(["at_least", "at_most"]), default=None)
+@click.option("--to", "to_period", default=None, help="New last month, YYYY-MM.")
+@_agreed_by
+@click.option("--reason", required=True)
+@_goal_at
+@click.pass_context
+def goal_revise(
+    ctx: click.Context,
+    goal_id: str,
+    target: float | None,
+    comparison: str | None,
+    to_period: str | None,
+    agreed_by: str,
+    reason: str,
+    at: Any,
+) -> None:
+    """Change a running goal's terms by agreement (TeamGoalRevised), from the month of the revision on."""
+    from rewards.goals import revise_goal
+
+    if target is None and comparison is None and to_period is None:
+        raise click.UsageError("give at least one of --target, --comparison, --to")
+    fields = (("target", target), ("comparison", comparison), ("to_period", to_period))
+    revise_goal(_settings(ctx), _goal_change(goal_id, at, fields), agreed_by=_ids(agreed_by), reason=reason)
+    out.print(f"goal {goal_id}: revised")
+
+
+@goal.command("close")
+@click.argument("goal_id")
+@click.option("--outcome", type=click.Choice(["achieved", "missed", "withdrawn"]), required=True)
+@click.option("--note", default=None)
+@_goal_at
+@click.pass_context
+def goal_close(ctx: click.Context, goal_id: str, outcome: str, note: str | None, at: Any) -> None:
+    """Close a goal with its outcome (TeamGoalClosed); it is gauged no further."""
+    from rewards.goals import close_goal
+
+    status = close_goal(_settings(ctx), _goal_change(goal_id, at), outcome=outcome, note=note)
+    out.print(f"goal {goal_id}: {'closed' if status == 'accepted' else 'already closed'} ({outcome})")
+
+
+@goal.command("list")
+@click.option("--team", default=None, help="Only this team's goals.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def goal_list(ctx: click.Context, team: str | None, fmt: str) -> None:
+    """The goals of the promoted version with the months met so far."""
+    from rewards.goals import list_goals
+
+    rows = list_goals(_settings(ctx).projections_db, team)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(*(rows[0].keys() if rows else ["goal_id"]))
+    for row in rows:
+        table.add_row(
+            *("" if v is None else f"{v:g}" if isinstance(v, float) else str(v) for v in row.values())
+        )
+    _print_table(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# -- web ---------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--users",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="TOML file of users (argon2 password hashes, role, teams); without it, no sign-in.",
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, users: Path | None) -> None:
+    """Serve the read-only web pages (teams, employees, versions, complaints) until Ctrl-C.
+
+    Without --db or CRM_LEDGER_DB, and no projection database yet, the demo's is served.
+    """
+    from web.server import run_server
+
+    db = _settings(ctx).projections_db
+    chosen = (ctx.parent is not None and ctx.parent.params.get("db")) or os.environ.get("CRM_LEDGER_DB")
+    if not chosen and not db.exists() and DEMO_DB.exists():
+        db = DEMO_DB
+    run_server(db, host, port, users, echo=click.echo)
+
+
+@cli.command("hash-password")
+@click.password_option()
+def hash_password(password: str) -> None:
+    """Print the argon2 hash of a password, for a `serve --users` file."""
+    from web.users import hash_password as make_hash
+
+    click.echo(make_hash(password))
 
 
 @cli.command()
@@ -1135,8 +1332,12 @@ def export(ctx: click.Context, folder: Path) -> None:
 @click.option("--employees", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--months", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
-def demo(folder: Path, customers: int, employees: int, months: int, seed: int) -> None:
-    """The main job on the embedded default: generate, ingest, project, show the read models."""
+@click.option("--serve", "serve_after", is_flag=True, help="Then serve the web pages on 127.0.0.1.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+def demo(
+    folder: Path, customers: int, employees: int, months: int, seed: int, serve_after: bool, port: int
+) -> None:
+    """The main job on the embedded default: generate, ingest, set goals, project, show read models."""
     from crm_cli.demo import run_demo
     from importers.generator import GeneratorConfig
 
@@ -1145,6 +1346,11 @@ def demo(folder: Path, customers: int, employees: int, months: int, seed: int) -
         f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "
         'query "SELECT * FROM reward_score ORDER BY score DESC LIMIT 10"'
     )
+    click.echo(f"Web pages: crm-ledger --db {settings.projections_db} serve (or `make serve-demo`)")
+    if serve_after:
+        from web.server import run_server
+
+        run_server(settings.projections_db, "127.0.0.1", port, None, echo=click.echo)
 
 
 def main(argv: list[str] | None = None) -> int:

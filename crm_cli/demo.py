@@ -5,9 +5,12 @@ Runs in its own folder so it never touches a user's ledger, and starts afresh ea
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -18,6 +21,7 @@ from ledger.connect import open_ledger
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.service import project_promoted
+from rewards.goals import GoalChange, close_goal, revise_goal, set_goal, spec_components
 
 #: (read model, columns, order) of the rows the demo shows.
 SHOWCASE: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -78,6 +82,11 @@ SHOWCASE: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "period DESC, score DESC, employee_id",
     ),
     (
+        "team_goal_progress",
+        ("team_id", "goal_id", "period", "kpi", "target", "round(actual, 3) AS actual", "met"),
+        "team_id, goal_id, period",
+    ),
+    (
         "ledger_events",
         ("notification_id", "event_type", "event_id", "occurred_at", "left(chain, 16) AS chain"),
         "notification_id DESC",
@@ -97,12 +106,15 @@ def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None])
     shape = f"{config.customers} customers, {config.employees} employees, {config.months} months"
     echo(f"1/3 generated {count} records ({shape}) -> {history}")
 
-    app = open_ledger(settings)
+    app = open_ledger(settings, spec_components(settings.projections_db))
     sink = RejectSink(folder / "rejects.jsonl", echo=None)
     with progress_bar("ingest", history.stat().st_size) as reporter:
         summary = ingest_records(app, read_file(history, RecordParser(app.registry)), sink, reporter=reporter)
     sink.close()
     echo(f"2/3 ingested into {settings.store}: {summary.line()}")
+
+    goals = set_demo_goals(settings, history, config)
+    echo(f"   set {goals} team goals (crm-ledger goal list)")
 
     with progress_bar("project", None) as reporter:
         result = project_promoted(settings, "ledger", None, follow=False, reporter=reporter)
@@ -113,3 +125,116 @@ def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None])
             echo(f"\n== {table}")
             echo(str(con.sql(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order} LIMIT 5")))
     return settings
+
+
+def _month(start: str, offset: int) -> str:
+    year, month = int(start[:4]), int(start[5:7]) - 1 + offset
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
+
+
+def _members_at(history: Path, moment: datetime) -> dict[str, list[str]]:
+    """Team -> employee ids in it at `moment`, from the generated history."""
+    limit = moment.isoformat()
+    team_of: dict[str, str | None] = {}
+    with history.open(encoding="utf-8") as handle:
+        for line in handle:
+            if '"Employee' not in line:
+                continue
+            record: dict[str, Any] = json.loads(line)
+            if str(record.get("occurred_at", "")) > limit:
+                continue
+            if record["type"] in ("EmployeeJoined", "EmployeeMovedTeam"):
+                team_of[record["employee_id"]] = record["team_id"]
+            elif record["type"] == "EmployeeLeft":
+                team_of[record["employee_id"]] = None
+    teams: dict[str, list[str]] = {}
+    for employee, team in sorted(team_of.items()):
+        if team is not None:
+            teams.setdefault(team, []).append(employee)
+    return teams
+
+
+def set_demo_goals(settings: Settings, history: Path, config: GeneratorConfig) -> int:
+    """Goals two teams agree on in the second month: one revised, one closed, one still running."""
+    if config.months < 2:
+        return 0
+    second, last = _month(config.start, 1), _month(config.start, config.months - 1)
+    agreed_at = datetime.fromisoformat(f"{second}-01T09:00:00+00:00")
+    teams = _members_at(history, agreed_at.replace(tzinfo=None))
+    names = sorted(teams)[:2]
+    count = 0
+    for index, team in enumerate(names):
+        members = teams[team][:4]
+        if index == 0:
+            set_goal(
+                settings,
+                GoalChange(f"{team}-csat", agreed_at),
+                team_id=team,
+                kpi="csat_pct",
+                target=80.0,
+                comparison="at_least",
+                from_period=second,
+                to_period=last,
+                agreed_by=members,
+                note="satisfied customers: four or five out of five",
+            )
+            set_goal(
+                settings,
+                GoalChange(f"{team}-knowledge", agreed_at),
+                team_id=team,
+                kpi="participation_rate",
+                target=0.5,
+                comparison="at_least",
+                from_period=second,
+                to_period=_month(config.start, config.months),
+                agreed_by=members,
+                note="link or write an article for every other case we solve",
+            )
+            if config.months >= 3:
+                revised_at = datetime.fromisoformat(f"{last}-01T09:00:00+00:00")
+                still = [
+                    m
+                    for m in _members_at(history, revised_at.replace(tzinfo=None)).get(team, [])
+                    if m in members
+                ] or members[:1]
+                revise_goal(
+                    settings,
+                    GoalChange(f"{team}-csat", revised_at, (("target", 78.0),)),
+                    agreed_by=still,
+                    reason="seasonal peak of complaints: a step at a time",
+                )
+            count += 2
+        else:
+            set_goal(
+                settings,
+                GoalChange(f"{team}-ttr", agreed_at),
+                team_id=team,
+                kpi="ttr_median_h",
+                target=24.0,
+                comparison="at_most",
+                from_period=second,
+                to_period=last,
+                agreed_by=members,
+                note="median time to resolve within a day",
+            )
+            set_goal(
+                settings,
+                GoalChange(f"{team}-citations", agreed_at),
+                team_id=team,
+                kpi="component:citations",
+                target=0.3,
+                comparison="at_least",
+                from_period=second,
+                to_period=last,
+                agreed_by=members,
+                note="write articles colleagues reuse",
+            )
+            closed_at = datetime.fromisoformat(f"{last}-01T09:00:00+00:00")
+            close_goal(
+                settings,
+                GoalChange(f"{team}-ttr", closed_at),
+                outcome="withdrawn",
+                note="replaced by the citations goal",
+            )
+            count += 2
+    return count

@@ -30,11 +30,21 @@ from ledger.domain import (
     LedgerAggregate,
     Occurrence,
     RewardPeriod,
+    TeamGoal,
     aggregate_hex,
     aggregate_id,
 )
 from ledger.errors import ConflictError, StoreBusyError, ValidationError
 from ledger.existence import existing_ids, index_is_empty, indexed_events
+from ledger.goals import (
+    COMPARISONS,
+    OUTCOMES,
+    check_choice,
+    check_metric,
+    check_range,
+    goal_metrics,
+    month_of,
+)
 from ledger.mapper import AvroMapper
 from ledger.recorders import INDEX_TABLE
 from ledger.records import ENRICHED_FIELDS, Fact, format_timestamp
@@ -56,6 +66,7 @@ _KEY_FIELD: dict[type[LedgerAggregate], str] = {
     Article: "article_id",
     Occurrence: "event_id",
     RewardPeriod: "period",
+    TeamGoal: "goal_id",
 }
 #: Facts that may name an employee who has since left (they describe the past).
 _ABOUT_PAST_WORK = frozenset(
@@ -71,6 +82,7 @@ _REFERENCE_KINDS: tuple[tuple[str, str], ...] = (
     ("source_case_id", Case.KIND),
     ("article_id", Article.KIND),
     ("interaction_id", Occurrence.KIND),
+    ("goal_id", TeamGoal.KIND),
 )
 
 
@@ -87,6 +99,7 @@ def _references(fact: Fact) -> list[tuple[str, str]]:
         if value:
             refs.append((kind, value))
     refs.extend((Article.KIND, a) for a in data.get("article_ids") or ())
+    refs.extend((Employee.KIND, e) for e in data.get("agreed_by") or ())
     return refs
 
 
@@ -243,8 +256,15 @@ class LedgerApplication(Application[UUID]):
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
     }
 
-    def __init__(self, persistence: Mapping[str, str], registry: SchemaRegistry | None = None) -> None:
+    def __init__(
+        self,
+        persistence: Mapping[str, str],
+        registry: SchemaRegistry | None = None,
+        goal_components: Iterable[str] = (),
+    ) -> None:
         self.registry = registry or SchemaRegistry.load()
+        #: What a team goal may gauge: team KPIs, `score`, and the spec's reward components.
+        self.goal_metrics = goal_metrics(goal_components)
         self.codec = AvroCodec(self.registry, epoch_millis=True)
         super().__init__(env=dict(persistence))
         self.vault = PersonalDataVault(self.recorder, self.env.get("KEY_STORE"))
@@ -472,11 +492,50 @@ class LedgerApplication(Application[UUID]):
                 data["author_id"] = data.get("author_id") or article.author_id
         if event_type == "KnowledgeShared" and data.get("article_id"):
             self._article(work, data["article_id"], "article_id").check_usable("article_id", at)
+        if event_type.startswith("TeamGoal"):
+            self._check_goal(work, event_type, data, at)
         if event_type == "SurveyAnswered":
             data["employee_id"] = self._survey_employee(work, data)
             if all(data.get(k) is None for k in ("csat", "nps", "ces")):
                 raise ValidationError("csat", "a survey answer needs at least one of csat, nps, ces")
         return replace(fact, data=data)
+
+    def _check_goal(self, work: _UnitOfWork, event_type: str, data: dict[str, Any], at: int) -> None:
+        """A goal gauges a known metric over a sane range, agreed by members of its team."""
+        if event_type == "TeamGoalSet":
+            check_metric(data["kpi"], self.goal_metrics)
+            check_choice(data["comparison"], COMPARISONS, "comparison")
+            check_range(data["from_period"], data["to_period"], month_of(at))
+            team_id = data["team_id"]
+        else:
+            goal = work.get(TeamGoal, data["goal_id"])
+            if not isinstance(goal, TeamGoal):
+                raise ValidationError("goal_id", f"unknown goal {data['goal_id']!r}")
+            given = data.get("team_id")
+            if given and given != goal.team_id:
+                raise ValidationError("team_id", f"goal {goal.goal_id!r} belongs to team {goal.team_id!r}")
+            team_id = data["team_id"] = goal.team_id
+            if event_type == "TeamGoalClosed":
+                check_choice(data["outcome"], OUTCOMES, "outcome")
+                return
+            check_choice(data.get("comparison"), COMPARISONS, "comparison")
+            if data.get("to_period"):
+                check_range(goal.from_period, data["to_period"], month_of(at))
+        agreed = data.get("agreed_by") or []
+        if not agreed:
+            raise ValidationError("agreed_by", "a team goal is agreed by at least one member of the team")
+        if len(set(agreed)) != len(agreed):
+            raise ValidationError("agreed_by", "names an employee twice")
+        for employee_id in agreed:
+            employee = self._employee(work, employee_id, "agreed_by")
+            employee.check_active("agreed_by", at)
+            team = employee.team_at(at)
+            if team != team_id:
+                raise ValidationError(
+                    "agreed_by",
+                    f"employee {employee_id!r} was in team {team!r}, not {team_id!r}, "
+                    f"at {format_timestamp(at)}",
+                )
 
     def _remember_handlers(self, work: _UnitOfWork) -> None:
         for started in work.new_occurrences.values():

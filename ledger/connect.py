@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 
 from crm_ledger.errors import ConfigurationError
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 
 
-def open_ledger(settings: Settings) -> LedgerApplication:
-    """The ledger application on the configured event store (SQLite file or PostgreSQL)."""
+def open_ledger(settings: Settings, goal_components: Iterable[str] = ()) -> LedgerApplication:
+    """The ledger application on the configured event store (SQLite file or PostgreSQL).
+
+    Team goals may gauge the team KPIs, the score, and the reward components named in
+    `goal_components` (the command line passes the metric spec's).
+    """
     env = settings.eventsourcing_env()
     if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres" and importlib.util.find_spec("psycopg") is None:
         raise ConfigurationError(
             "a postgresql:// store needs the PostgreSQL extra: pip install 'crm-ledger[postgres]'"
         )
-    return LedgerApplication(env)
+    return LedgerApplication(env, goal_components=goal_components)

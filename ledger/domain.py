@@ -142,6 +142,8 @@ class Employee(LedgerAggregate):
         self.team_id: str = ""
         self.joined_at: int = 0
         self.left_at: int | None = None
+        #: (from occurred_at, team) in ledger order: team goals ask who was in a team when.
+        self.teams: list[tuple[int, str]] = []
 
     def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
         if event_type == "EmployeeJoined":
@@ -149,8 +151,10 @@ class Employee(LedgerAggregate):
             self.team_id = data["team_id"]
             self.joined_at = occurred_at
             self.left_at = None
+            self.teams = [(occurred_at, data["team_id"])]
         elif event_type == "EmployeeMovedTeam":
             self.team_id = data["team_id"]
+            self.teams.append((occurred_at, data["team_id"]))
         elif event_type == "EmployeeLeft":
             self.left_at = occurred_at
 
@@ -174,6 +178,17 @@ class Employee(LedgerAggregate):
             raise ValidationError(
                 field, f"employee {self.employee_id!r} had left at {format_timestamp(self.left_at)}"
             )
+
+    def team_at(self, occurred_at: int) -> str | None:
+        """The team the employee was in at `occurred_at` (None before joining or after leaving)."""
+        if occurred_at < self.joined_at or (self.left_at is not None and occurred_at >= self.left_at):
+            return None
+        # The latest move at or before the moment; moves dated alike keep ledger order.
+        team = None
+        for since, team_id in self.teams:
+            if since <= occurred_at:
+                team = team_id
+        return team
 
     def check_known(self, field: str, occurred_at: int) -> None:
         """The employee must have joined by `occurred_at` (leaving later is fine)."""
@@ -363,6 +378,47 @@ class RewardPeriod(LedgerAggregate):
                 )
 
 
+class TeamGoal(LedgerAggregate):
+    """A goal a team agreed on: set once, revised by agreement while open, closed once."""
+
+    KIND = "goal"
+    EVENT_TYPES = ("TeamGoalSet", "TeamGoalRevised", "TeamGoalClosed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.goal_id: str = ""
+        self.team_id: str = ""
+        self.from_period: str = ""
+        self.to_period: str = ""
+        self.set_at: int = 0
+        self.closed: bool = False
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if event_type == "TeamGoalSet":
+            self.goal_id = data["goal_id"]
+            self.team_id = data["team_id"]
+            self.from_period = data["from_period"]
+            self.to_period = data["to_period"]
+            self.set_at = occurred_at
+            self.closed = False
+        elif event_type == "TeamGoalRevised" and data.get("to_period"):
+            self.to_period = data["to_period"]
+        elif event_type == "TeamGoalClosed":
+            self.closed = True
+
+    def check(self, fact: Fact) -> None:
+        """A goal id is set once; a closed goal is history; nothing is dated before the setting."""
+        if fact.event_type == "TeamGoalSet":
+            raise ValidationError("goal_id", f"goal {self.goal_id!r} is already set")
+        if self.closed:
+            raise IllegalTransitionError("goal_id", f"goal {self.goal_id!r} is closed")
+        if fact.occurred_at < self.set_at:
+            raise ValidationError("occurred_at", f"is before goal {self.goal_id!r} was set")
+        given = fact.get("team_id")
+        if given and given != self.team_id:
+            raise ValidationError("team_id", f"goal {self.goal_id!r} belongs to team {self.team_id!r}")
+
+
 AGGREGATES: tuple[type[LedgerAggregate], ...] = (
     Customer,
     Employee,
@@ -370,6 +426,7 @@ AGGREGATES: tuple[type[LedgerAggregate], ...] = (
     Article,
     Occurrence,
     RewardPeriod,
+    TeamGoal,
 )
 #: event type -> (aggregate class, whether the event starts the aggregate)
 EVENT_OWNERS: dict[str, tuple[type[LedgerAggregate], bool]] = {

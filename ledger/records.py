@@ -274,7 +274,7 @@ _DOMAIN_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("InteractionRecorded", "duration_s"): _non_negative,
     ("CaseEscalated", "level"): _in_range(1, 99),
 }
-_ID_FIELDS = ("customer_id", "employee_id", "case_id", "article_id", "team_id")
+_ID_FIELDS = ("customer_id", "employee_id", "case_id", "article_id", "team_id", "goal_id")
 #: Fields the ledger fills in from its own state, so a client may leave them out.
 ENRICHED_FIELDS = frozenset(
     {
@@ -282,6 +282,7 @@ ENRICHED_FIELDS = frozenset(
         for t in ("CaseAccepted", "CaseEscalated", "CaseResolved", "CaseReopened", "CaseClosed")
     }
     | {("ArticleLinked", "author_id")}
+    | {("TeamGoalRevised", "team_id"), ("TeamGoalClosed", "team_id")}
 )
 
 

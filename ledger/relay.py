@@ -42,7 +42,7 @@ from schemas.codec import AvroCodec
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
 
-KEY_FIELDS = ("customer_id", "employee_id", "article_id", "period")
+KEY_FIELDS = ("customer_id", "employee_id", "article_id", "period", "team_id")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def _read_tails(
 
 
 def message_key(record: dict[str, Any]) -> bytes | None:
-    """Customer id, else employee id, else article id, else period: ordering per customer."""
+    """Customer id, else employee id, else article id, else period, else team (team goals)."""
     for name in KEY_FIELDS:
         value = record.get(name)
         if value:

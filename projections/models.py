@@ -7,6 +7,7 @@ Definitions follow "Metric definitions v1" in the design; see the README for eac
 
 from __future__ import annotations
 
+from projections.goals import GOAL_TABLES, goal_model_sql
 from projections.spec import Component, MetricSpec
 
 PROFILE_CHANNELS = ("phone", "email", "chat", "web", "field", "social")
@@ -29,9 +30,10 @@ MODEL_TABLES = (
     "customer_profile",
     "complaint_kpi_month",
     "reward_statement",
+    *GOAL_TABLES,
 )
 #: What a weights-only recompute rebuilds; everything else depends only on the KPI definitions.
-SCORE_TABLES = ("reward_components", "reward_score")
+SCORE_TABLES = ("reward_components", "reward_score", *GOAL_TABLES)
 #: The views every version exposes and `promote` points the stable names at: the read
 #: models (not their intermediate tables), the audit mirror and the dead letters.
 INTERMEDIATE_TABLES = ("team_history", "measures")
@@ -454,9 +456,10 @@ def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
         customer_profile_sql(v),
         complaint_kpi_sql(v),
         reward_statement_sql(v),
+        *goal_model_sql(v),
     ]
 
 
 def scores_only_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
     """Recompute only the scores from existing KPI tables (weights, caps, smoothing changed)."""
-    return reward_sql(v, spec, version)
+    return [*reward_sql(v, spec, version), *goal_model_sql(v)]

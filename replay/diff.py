@@ -68,6 +68,8 @@ class DiffReport:
     crossed_up: list[ScoreChange] = field(default_factory=list)
     crossed_down: list[ScoreChange] = field(default_factory=list)
     kpi_changes: dict[str, int] = field(default_factory=dict)
+    #: Goal months whose outcome (met / not met / not measured) differs between the versions.
+    goal_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -82,6 +84,7 @@ class DiffReport:
             "largest_gains": [asdict(r) for r in self.largest_gains],
             "largest_losses": [asdict(r) for r in self.largest_losses],
             "kpi_values_changed": self.kpi_changes,
+            "goal_outcomes_changed": self.goal_changes,
         }
 
     def to_json(self) -> str:
@@ -161,4 +164,28 @@ def diff_versions(
     ).fetchone()
     names = [*KPI_COLUMNS, "rows_only_in_one"]
     report.kpi_changes = {n: int(v) for n, v in zip(names, kpi_row or (), strict=True) if v}
+    report.goal_changes = goal_outcome_changes(con, old.schema, new.schema)
     return report
+
+
+def goal_outcome_changes(con: duckdb.DuckDBPyConnection, old: str, new: str) -> list[dict[str, Any]]:
+    """Team goal months met in one version and not in the other (or measured in only one)."""
+    present = con.execute(
+        "SELECT count(DISTINCT schema_name) FROM duckdb_tables() "
+        "WHERE table_name = 'team_goal_progress' AND schema_name IN (?, ?)",
+        [old, new],
+    ).fetchone()
+    if old != new and (present is None or present[0] < 2):
+        return []  # a version built before team goals existed
+    cursor = con.execute(
+        f"""SELECT coalesce(a.team_id, b.team_id) AS team_id, coalesce(a.goal_id, b.goal_id) AS goal_id,
+               coalesce(a.period, b.period) AS period, coalesce(a.kpi, b.kpi) AS kpi,
+               a.target AS old_target, b.target AS new_target, a.actual AS old_actual, b.actual AS new_actual,
+               a.met AS old_met, b.met AS new_met
+        FROM {old}.team_goal_progress a
+        FULL OUTER JOIN {new}.team_goal_progress b ON a.goal_id = b.goal_id AND a.period = b.period
+        WHERE a.met IS DISTINCT FROM b.met
+        ORDER BY team_id, goal_id, period"""
+    )
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

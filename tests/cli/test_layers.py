@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "replay": 4,
     "rewards": 5,
     "audit": 6,  # checks every copy and every statement
+    "web": 7,  # read-only pages over the read models
     "crm_cli": 9,  # the command line: imported by nothing
 }
 

@@ -1,0 +1,93 @@
+"""Rules of team goals that do not depend on ledger state: metrics, comparisons, month ranges.
+
+A team goal names what it gauges as a `kpi_team_month` column (`csat_pct`, `fcr_rate`...),
+`score` (the team's mean reward score), or `component:<name>` (the team's mean value of one
+reward component of the metric spec). Which components exist depends on the spec, so the
+ledger is given the names it accepts (see `goal_metrics`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from ledger.errors import ValidationError
+
+#: Team KPI columns a goal can gauge (the KPI contract's names; counts and rates alike).
+TEAM_KPIS = frozenset(
+    {
+        "csat_pct",
+        "nps",
+        "problems_solved",
+        "fcr_rate",
+        "ttr_median_h",
+        "ttr_p90_h",
+        "escalations",
+        "escalation_rate",
+        "reopen_rate",
+        "relationship_attempts",
+        "compliments",
+        "articles_created",
+        "citations",
+        "links_made",
+        "shares",
+        "participation_rate",
+    }
+)
+SCORE = "score"
+COMPONENT_PREFIX = "component:"
+COMPARISONS = frozenset({"at_least", "at_most"})
+OUTCOMES = frozenset({"achieved", "missed", "withdrawn"})
+#: The longest goal: a goal is gauged monthly and revised; beyond two years it is a strategy.
+MAX_GOAL_MONTHS = 24
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+def goal_metrics(components: Iterable[str]) -> frozenset[str]:
+    """Every name a goal may gauge, given the reward components of the metric spec(s)."""
+    return TEAM_KPIS | {SCORE} | {COMPONENT_PREFIX + c for c in components}
+
+
+def month_index(period: str, field: str) -> int:
+    """`YYYY-MM` as a month count (year * 12 + month - 1); a `ValidationError` otherwise."""
+    match = _MONTH.match(period)
+    if match is None:
+        raise ValidationError(field, f"must be a month YYYY-MM, got {period!r}")
+    return int(match.group(1)) * 12 + int(match.group(2)) - 1
+
+
+def month_of(epoch_ms: int) -> int:
+    """The month count (as `month_index`) of a UTC moment."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.year * 12 + moment.month - 1
+
+
+def check_range(from_period: str, to_period: str, occurred_month: int) -> None:
+    """A sane month range: ordered, at most two years, not over before it was agreed."""
+    first = month_index(from_period, "from_period")
+    last = month_index(to_period, "to_period")
+    if last < first:
+        raise ValidationError("to_period", f"{to_period} is before from_period {from_period}")
+    if last - first + 1 > MAX_GOAL_MONTHS:
+        raise ValidationError(
+            "to_period", f"a goal spans at most {MAX_GOAL_MONTHS} months, got {last - first + 1}"
+        )
+    if last < occurred_month:
+        raise ValidationError("to_period", f"{to_period} ended before the goal was agreed")
+
+
+def check_metric(kpi: str, known: frozenset[str]) -> None:
+    """The goal's KPI exists: a team KPI, `score`, or a component of the spec."""
+    if kpi not in known:
+        components = sorted(k for k in known if k.startswith(COMPONENT_PREFIX))
+        raise ValidationError(
+            "kpi",
+            f"unknown KPI {kpi!r}: use a team KPI ({', '.join(sorted(TEAM_KPIS))}), "
+            f"'{SCORE}', or one of {', '.join(components) or 'no components'}",
+        )
+
+
+def check_choice(value: str | None, allowed: frozenset[str], field: str) -> None:
+    if value is not None and value not in allowed:
+        raise ValidationError(field, f"must be one of {', '.join(sorted(allowed))}, got {value!r}")

@@ -1,0 +1,148 @@
+"""`crm-ledger goal set|revise|close|list`: team goals recorded as ledger facts.
+
+A goal is set once by agreement (the ids of the team members who agreed), gauged every
+month by the read model `team_goal_progress`, revised by agreement while it runs, and
+closed with its outcome. Set and close have event ids derived from the goal id, so running
+the same command twice records the fact once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from crm_ledger.errors import CrmLedgerError
+from crm_ledger.settings import Settings
+from ledger.application import LedgerApplication
+from ledger.connect import open_ledger
+from ledger.records import RecordParser, format_timestamp
+from projections.readonly import reader
+from projections.spec import DEFAULT_SPEC, load_spec, parse_spec
+from projections.store import rows_as_dicts
+
+_NAMESPACE = uuid.UUID("2b6f3a0e-7c1d-4e8a-9f35-5d0c8e1b7a42")
+
+
+@dataclass(frozen=True)
+class GoalChange:
+    """What a goal command asks the ledger to record."""
+
+    goal_id: str
+    occurred_at: datetime | None = None
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
+def spec_components(db: Path) -> list[str]:
+    """Reward components a goal may gauge: the default spec's and the promoted version's."""
+    names = [c.name for c in load_spec(DEFAULT_SPEC).components]
+    if not db.exists():
+        return names
+    try:
+        with reader(db, wait_s=2.0) as connection:
+            row = connection.execute(
+                "SELECT v.spec_text FROM crm_versions v JOIN crm_promoted p ON p.version = v.version"
+            ).fetchone()
+    except (duckdb.Error, OSError, CrmLedgerError):  # a busy file or no catalog yet: the defaults only
+        return names
+    if row is not None:
+        names += [c.name for c in parse_spec(str(row[0]), "<promoted spec>").components]
+    return sorted(set(names))
+
+
+def _at(moment: datetime | None) -> str:
+    return format_timestamp(int((moment or datetime.now(tz=UTC)).timestamp() * 1000))
+
+
+def _record(app: LedgerApplication, raw: dict[str, Any]) -> str:
+    fact = RecordParser(app.registry).parse(raw, strict=True)
+    outcome = app.record([fact], atomic=True)[0]
+    return outcome.status
+
+
+def set_goal(
+    settings: Settings,
+    change: GoalChange,
+    *,
+    team_id: str,
+    kpi: str,
+    target: float,
+    comparison: str,
+    from_period: str,
+    to_period: str,
+    agreed_by: Sequence[str],
+    note: str | None,
+) -> str:
+    """Record `TeamGoalSet`; 'accepted', or 'duplicate' when this goal was already set alike."""
+    app = open_ledger(settings, spec_components(settings.projections_db))
+    return _record(
+        app,
+        {
+            "type": "TeamGoalSet",
+            "event_id": str(uuid.uuid5(_NAMESPACE, f"{change.goal_id}:set")),
+            "occurred_at": _at(change.occurred_at),
+            "goal_id": change.goal_id,
+            "team_id": team_id,
+            "kpi": kpi,
+            "target": float(target),
+            "comparison": comparison,
+            "from_period": from_period,
+            "to_period": to_period,
+            "agreed_by": list(agreed_by),
+            "note": note,
+        },
+    )
+
+
+def revise_goal(settings: Settings, change: GoalChange, *, agreed_by: Sequence[str], reason: str) -> str:
+    """Record `TeamGoalRevised` with the changed fields (target, comparison, to_period)."""
+    app = open_ledger(settings, spec_components(settings.projections_db))
+    raw: dict[str, Any] = {
+        "type": "TeamGoalRevised",
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": _at(change.occurred_at),
+        "goal_id": change.goal_id,
+        "agreed_by": list(agreed_by),
+        "reason": reason,
+    }
+    raw.update({k: v for k, v in change.fields if v is not None})
+    return _record(app, raw)
+
+
+def close_goal(settings: Settings, change: GoalChange, *, outcome: str, note: str | None) -> str:
+    """Record `TeamGoalClosed` (once per goal)."""
+    app = open_ledger(settings, spec_components(settings.projections_db))
+    return _record(
+        app,
+        {
+            "type": "TeamGoalClosed",
+            "event_id": str(uuid.uuid5(_NAMESPACE, f"{change.goal_id}:closed")),
+            "occurred_at": _at(change.occurred_at),
+            "goal_id": change.goal_id,
+            "outcome": outcome,
+            "note": note,
+        },
+    )
+
+
+def list_goals(db: Path, team_id: str | None = None) -> list[dict[str, Any]]:
+    """Goals of the promoted version (`team_goal`), with the months met so far."""
+    where = "WHERE g.team_id = ?" if team_id else ""
+    with reader(db) as connection:
+        return rows_as_dicts(
+            connection.execute(
+                f"""SELECT g.goal_id, g.team_id, g.kpi, g.comparison, g.target, g.from_period, g.to_period,
+                       g.status, g.outcome, g.revisions,
+                       count(p.met) FILTER (WHERE p.met) AS months_met,
+                       count(p.met) AS months_gauged
+                FROM team_goal g LEFT JOIN team_goal_progress p ON p.goal_id = g.goal_id
+                {where}
+                GROUP BY ALL ORDER BY g.team_id, g.from_period, g.goal_id""",
+                [team_id] if team_id else [],
+            )
+        )

@@ -1,0 +1,284 @@
+"""The web pages in a real browser: Debian's Chromium driven by Playwright against `crm-ledger serve`.
+
+One server and one browser per session over one demo database (team goals, CFPB complaints,
+a closed period with statements, a second version). Numbers on the pages are checked against
+the read models; a lead cannot open another team (403) and nothing can write. Screenshots are
+saved under the session's temporary folder (`screenshots/`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from crm_cli.demo import run_demo
+from importers.generator import GeneratorConfig
+from projections.spec import DEFAULT_SPEC
+from tests.helpers import run_cli, start_cli, wait_for
+from web.pages import fmt_number, fmt_rate
+from web.users import hash_password
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORDS = {"ada": "ada-secret", "rita": "rita-secret"}
+
+
+def _chromium() -> str:
+    """The system Chromium; installed by the project's script when missing, else a clear skip."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    result = subprocess.run(
+        [str(ROOT / "scripts/ensure-chromium.sh")], capture_output=True, text=True, check=False
+    )
+    if result.returncode == 3:
+        pytest.skip(f"no Chromium and no package manager to install it: {result.stderr.strip()}")
+    assert result.returncode == 0, f"installing Chromium failed: {result.stderr}"
+    found = shutil.which("chromium")
+    assert found, "scripts/ensure-chromium.sh ran but chromium is not on PATH"
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The demo with goals, CFPB complaints, a closed month and a second version, served."""
+    folder = tmp_path_factory.mktemp("web")
+    settings = run_demo(
+        folder / "demo", GeneratorConfig(customers=150, employees=16, months=3, seed=5), lambda _: None
+    )
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    # The sample has two deliberately broken rows (exit 1); every other row lands.
+    imported = run_cli("import", "cfpb", str(ROOT / "tests/data/cfpb_current.csv"), env=env)
+    assert "accepted 28" in imported.stdout, imported.stdout + imported.stderr
+    run_cli("project", env=env, check=True)
+    run_cli("period", "close", "2025-01", env=env, check=True)
+    run_cli("project", env=env, check=True)
+    text = DEFAULT_SPEC.read_text()
+    start = text.index('kpi = "problems_solved"')
+    cap_at = text.index("cap = ", start)
+    spec = folder / "cap.toml"
+    spec.write_text(text[:cap_at] + "cap = 4" + text[text.index("\n", cap_at) :])
+    run_cli("replay", "--metrics", str(spec), "--name", "cap", env=env, check=True)
+    users = folder / "users.toml"
+    users.write_text(
+        f'[users.ada]\npassword = "{hash_password(PASSWORDS["ada"])}"\nrole = "lead"\nteams = ["team-01"]\n\n'
+        f'[users.rita]\npassword = "{hash_password(PASSWORDS["rita"])}"\nrole = "auditor"\n'
+    )
+    port = _free_port()
+    server = start_cli(
+        "--db", str(settings.projections_db), "serve", "--port", str(port), "--users", str(users)
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            assert server.poll() is None, server.stderr.read() if server.stderr else "server exited"
+            return False
+
+    try:
+        wait_for(up, 60, "crm-ledger serve")
+        yield {"base": base, "db": settings.projections_db, "shots": tmp_path_factory.mktemp("screenshots")}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def browser(site: dict[str, Any]) -> Iterator[Any]:
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def _page(browser: Any, site: dict[str, Any], user: str) -> Any:
+    context = browser.new_context(
+        http_credentials={"username": user, "password": PASSWORDS[user]},
+        viewport={"width": 1280, "height": 900},
+    )
+    return context.new_page()
+
+
+def _read(site: dict[str, Any], sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(site["db"]), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def _shot(page: Any, site: dict[str, Any], name: str) -> None:
+    page.screenshot(path=str(site["shots"] / f"{name}.png"), full_page=True)
+
+
+def test_team_page_shows_the_goal_progress_kpis_and_scores_of_the_read_models(
+    browser: Any, site: dict[str, Any]
+) -> None:
+    page = _page(browser, site, "ada")
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(site["base"]) else outside.append(r.url))
+    response = page.goto(f"{site['base']}/team/team-01")
+    assert response.status == 200
+    progress = _read(
+        site,
+        "SELECT goal_id, period, actual, met FROM team_goal_progress WHERE team_id = 'team-01' ORDER BY ALL",
+    )
+    assert progress, "the demo sets goals for team-01"
+    for goal_id, period, actual, met in progress:
+        row = page.locator(f"#goal-{goal_id} tr[data-period='{period}']")
+        assert row.locator("td.actual").inner_text() == fmt_number(actual, 3)
+        expected = "not measured yet" if met is None else ("met" if met else "not met")
+        assert row.locator("td").last.inner_text() == expected
+    for period, csat, fcr in _read(
+        site, "SELECT period, csat_pct, fcr_rate FROM kpi_team_month WHERE team_id = 'team-01'"
+    ):
+        row = page.locator(f"#kpis tr[data-period='{period}']")
+        assert row.locator("td[data-kpi='csat_pct']").inner_text() == fmt_number(csat, 3)
+        assert row.locator("td[data-kpi='fcr_rate']").inner_text() == fmt_number(fcr, 3)
+    scores = _read(site, "SELECT employee_id, period, score FROM reward_score WHERE team_id = 'team-01'")
+    for employee_id, period, score in scores:
+        cell = page.locator("#members tr", has=page.locator(f"a:text-is('{employee_id}')")).locator(
+            f"td[data-period='{period}']"
+        )
+        assert cell.inner_text() == fmt_number(score)
+    assert page.locator("svg.chart").count() >= 6
+    assert page.locator("svg.chart line.target").count() > 0, "goals are drawn as target lines"
+    assert "do not show that one thing caused another" in page.locator("#evidence ~ p.method").inner_text()
+    (n_all,) = _read(
+        site,
+        "SELECT n FROM team_evidence_correlation WHERE team_id = '(all)' ORDER BY practice, outcome LIMIT 1",
+    )[0]
+    assert page.locator("#correlations td", has_text=str(n_all)).count() > 0
+    _shot(page, site, "team")
+    assert outside == [], "the page loaded something from elsewhere"
+
+
+def test_a_lead_sees_only_their_teams(browser: Any, site: dict[str, Any]) -> None:
+    page = _page(browser, site, "ada")
+    page.goto(f"{site['base']}/")
+    assert [t.inner_text() for t in page.locator("#teams tbody td:first-child a").all()] == ["team-01"]
+    assert page.goto(f"{site['base']}/team/team-02").status == 403
+    other = _read(site, "SELECT employee_id FROM kpi_employee_month WHERE team_id = 'team-02' LIMIT 1")[0][0]
+    assert page.goto(f"{site['base']}/employee/{other}").status == 403
+    _shot(page, site, "forbidden")
+    auditor = _page(browser, site, "rita")
+    assert auditor.goto(f"{site['base']}/team/team-02").status == 200
+    teams = _read(site, "SELECT count(DISTINCT team_id) FROM kpi_team_month WHERE team_id <> '(none)'")[0][0]
+    auditor.goto(f"{site['base']}/")
+    assert auditor.locator("#teams tbody tr").count() == teams
+
+
+def _status(url: str, method: str = "GET", user: str | None = "rita", password: str | None = None) -> int:
+    request = urllib.request.Request(url, method=method, data=b"x=1" if method != "GET" else None)
+    if user is not None:
+        secret = password if password is not None else PASSWORDS[user]
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_nothing_can_write_and_strangers_are_asked_to_sign_in(browser: Any, site: dict[str, Any]) -> None:
+    before = hashlib.sha256(Path(site["db"]).read_bytes()).hexdigest()
+    paths = ["/", "/team/team-01", "/versions", "/complaints", "/employee/emp-0001"]
+    for path in paths:
+        assert _status(site["base"] + path, user=None) == 401
+        assert _status(site["base"] + path, password="wrong") == 401
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            assert _status(site["base"] + path, method) == 405, (method, path)
+    page = _page(browser, site, "rita")
+    for path in paths:
+        page.goto(site["base"] + path)
+        assert page.locator("form[method='post'], form:not([method]), input[type='file']").count() == 0
+    assert hashlib.sha256(Path(site["db"]).read_bytes()).hexdigest() == before
+
+
+def test_employee_page_explains_a_score_and_links_the_statement(browser: Any, site: dict[str, Any]) -> None:
+    employee, period, score = _read(
+        site,
+        "SELECT employee_id, period, score FROM reward_score WHERE team_id = 'team-01' ORDER BY ALL LIMIT 1",
+    )[0]
+    page = _page(browser, site, "ada")
+    assert page.goto(f"{site['base']}/employee/{employee}?period={period}").status == 200
+    assert page.locator(f"#scores tr[data-period='{period}'] td.score").inner_text() == fmt_number(score)
+    points = [float(p.inner_text()) for p in page.locator("#components td.points").all()]
+    assert sum(points) == pytest.approx(score, abs=0.01 * len(points))
+    (events,) = _read(
+        site,
+        "SELECT count(*) FROM ledger_events WHERE (employee_id = ? OR (author_id = ? AND event_type = 'ArticleLinked')) "
+        "AND strftime(occurred_at, '%Y-%m') = ?",
+        [employee, employee, period],
+    )[0]
+    assert page.locator("#events tbody tr").count() == min(events, 300)
+    _shot(page, site, "employee")
+    (told,) = _read(
+        site, "SELECT score FROM reward_statement WHERE employee_id = ? AND period = '2025-01'", [employee]
+    )[0]
+    page.locator("#statements a", has_text="statement").first.click()
+    assert page.locator("p.score").inner_text() == f"{told:.2f}"
+
+
+def test_versions_page_is_the_diff(browser: Any, site: dict[str, Any]) -> None:
+    from replay.diff import diff_versions
+    from web.data import find_version, versions
+
+    with duckdb.connect(str(site["db"]), read_only=True) as con:
+        old = next(v for v in versions(con) if v.promoted)
+        new = find_version(con, "cap")
+        report = diff_versions(con, old, new)
+    page = _page(browser, site, "rita")
+    page.goto(f"{site['base']}/versions?old={old.version}&new={new.version}")
+    assert page.locator("#spearman").inner_text() == fmt_number(report.spearman, 4)
+    assert page.locator("#changes tbody tr").count() == min(200, report.rows_changed)
+    shown = page.locator("#goal-changes tbody tr").count() if report.goal_changes else 0
+    assert shown == len(report.goal_changes)
+    _shot(page, site, "versions")
+    lead = _page(browser, site, "ada")
+    lead.goto(f"{site['base']}/versions?old={old.version}&new={new.version}")
+    linked = {a.inner_text() for a in lead.locator("#changes a").all()}
+    allowed = {
+        r[0] for r in _read(site, "SELECT DISTINCT employee_id FROM reward_score WHERE team_id = 'team-01'")
+    }
+    assert linked <= allowed
+
+
+def test_complaints_page_lists_the_complaint_kpis(browser: Any, site: dict[str, Any]) -> None:
+    page = _page(browser, site, "rita")
+    assert page.goto(f"{site['base']}/complaints").status == 200
+    expected = _read(
+        site,
+        "SELECT complaints_received, timely_rate FROM complaint_kpi_month "
+        "WHERE channel = '(all)' AND product = '(all)' ORDER BY team_id, period",
+    )
+    rows = page.locator("#complaint-kpis tbody tr").all()
+    assert [int(r.locator("td.received").inner_text()) for r in rows] == [e[0] for e in expected]
+    assert [r.locator("td").nth(6).inner_text() for r in rows] == [fmt_rate(e[1]) for e in expected]
+    assert page.locator("#issues tbody tr").count() > 0
+    _shot(page, site, "complaints")
+    lead = _page(browser, site, "ada")
+    lead.goto(f"{site['base']}/complaints")
+    assert lead.locator("#complaint-kpis tbody tr").count() == 0

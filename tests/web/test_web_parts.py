@@ -1,0 +1,67 @@
+"""The web pages' parts without a browser: users files, password checks, SVG charts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from web.charts import Series, Target, bar_chart, line_chart
+from web.errors import WebError
+from web.users import LOCAL_USER, Users, hash_password
+
+
+def test_users_file_roles_teams_and_passwords(tmp_path: Path) -> None:
+    path = tmp_path / "users.toml"
+    path.write_text(
+        f'[users.ada]\npassword = "{hash_password("s3cret")}"\nrole = "lead"\nteams = ["t1"]\n'
+        f'[users.rita]\npassword = "{hash_password("audit")}"\nrole = "auditor"\n'
+    )
+    users = Users.load(path)
+    ada = users.authenticate("ada", "s3cret")
+    assert ada is not None and ada.can_see("t1") and not ada.can_see("t2") and not ada.can_see(None)
+    rita = users.authenticate("rita", "audit")
+    assert rita is not None and rita.can_see("t2") and rita.sees_everything
+    assert users.authenticate("ada", "wrong") is None
+    assert users.authenticate("nobody", "s3cret") is None
+    assert LOCAL_USER.sees_everything
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[users.a]\npassword = "plain"\nteams = ["t1"]\n', "expected an argon2 hash"),
+        ('[users.a]\npassword = "$argon2id$x"\nrole = "boss"\n', "role: must be one of"),
+        ('[users.a]\npassword = "$argon2id$x"\nrole = "lead"\n', "a lead needs at least one team"),
+        ('[users.a]\npassword = "$argon2id$x"\nteams = "t1"\n', "expected a list of team ids"),
+        ("nothing = 1\n", "no [users.NAME] tables"),
+        ("[users\n", "cannot read the users file"),
+    ],
+)
+def test_a_bad_users_file_is_one_clear_error(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "users.toml"
+    path.write_text(text)
+    with pytest.raises(WebError, match=re.escape(words)):
+        Users.load(path)
+
+
+def test_charts_are_inline_svg_with_gaps_and_target_steps() -> None:
+    chart = str(
+        line_chart(
+            ["2026-01", "2026-02", "2026-03"],
+            [Series("csat <b>", (50.0, None, 80.0))],
+            [Target("goal g1", (75.0, 75.0, 70.0))],
+            title="CSAT",
+        )
+    )
+    assert (
+        chart.startswith("<svg")
+        and "<script" not in chart
+        and "http" not in chart.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    )
+    assert "csat &lt;b&gt;" in chart  # labels are escaped
+    assert chart.count('class="target"') == 3 + 1  # one step per month, one in the legend
+    assert "<polyline" not in chart  # a gap between the only two points: no line drawn across it
+    assert "No values" in str(line_chart(["2026-01"], [Series("x", (None,))], title="empty"))
+    assert str(bar_chart(["a", "b"], [3.0, 1.0], title="bars")).count("<rect") == 2

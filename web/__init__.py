@@ -1,0 +1,1 @@
+"""The read-only web pages for team leads (`crm-ledger serve`)."""

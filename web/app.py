@@ -1,0 +1,226 @@
+"""The read-only web application: teams, employees, versions, complaints.
+
+Every route answers GET (and HEAD) only; any other method is refused by the router (405).
+Pages read the projection database through read-only connections (`web.data`), so nothing
+on a page can change anything. With a users file, HTTP Basic authentication decides who
+is asking, and a lead sees only the teams listed for them (403 for any other team).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from crm_ledger.errors import CrmLedgerError
+from replay.diff import diff_versions
+from web import data, pages
+from web.errors import ForbiddenError, NotFoundError, WebError
+from web.statements import statement_from_events
+from web.users import LOCAL_USER, User, Users
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: No script, no frame, nothing from elsewhere: the pages are static documents with inline SVG.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class _UnauthorizedError(WebError):
+    """No or wrong credentials (HTTP 401)."""
+
+
+def _templates() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters["num"] = pages.fmt_number
+    env.filters["pct"] = pages.fmt_rate
+    env.globals["kpi_label"] = pages.kpi_label
+    return env
+
+
+def create_app(db: Path, users: Users | None = None) -> Starlette:
+    """The application over the projection database `db`; `users` None means no sign-in."""
+    source = data.Reader(db)
+    env = _templates()
+
+    def user_of(request: Request) -> User:
+        if users is None:
+            return LOCAL_USER
+        header = request.headers.get("authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                name, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                name, password = "", ""
+            found = users.authenticate(name, password)
+            if found is not None:
+                return found
+        raise _UnauthorizedError("sign in with your user name and password")
+
+    def render(
+        request: Request, template: str, user: User, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        body = env.get_template(template).render(request=request, user=user, **context)
+        return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+    def page(handler: Callable[[Request, User], Response]) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            try:
+                user = user_of(request)
+            except _UnauthorizedError as error:
+                return PlainTextResponse(
+                    str(error),
+                    status_code=401,
+                    headers={
+                        **SECURITY_HEADERS,
+                        "WWW-Authenticate": 'Basic realm="crm-ledger", charset="UTF-8"',
+                    },
+                )
+            try:
+                return handler(request, user)
+            except ForbiddenError as error:
+                return render(request, "error.html", user, 403, title="Not yours to see", message=str(error))
+            except NotFoundError as error:
+                return render(request, "error.html", user, 404, title="Not found", message=str(error))
+            except CrmLedgerError as error:  # a missing or busy database, a bad version
+                return render(request, "error.html", user, 503, title="Not available", message=str(error))
+            except duckdb.CatalogException as error:
+                # A version promoted before a read model existed has no stable name for it yet.
+                message = (
+                    f"{str(error).splitlines()[0]}: the promoted version predates this page's read models; "
+                    "run `crm-ledger project`, then `crm-ledger promote` it again"
+                )
+                return render(request, "error.html", user, 503, title="Not available", message=message)
+
+        return endpoint
+
+    def index(request: Request, user: User) -> Response:
+        with source.connect() as con:
+            view = data.resolve(con, request.query_params.get("version"))
+            all_teams = data.teams(con, view)
+            known = data.versions(con)
+        shown = [t for t in all_teams if user.can_see(t["team_id"])]
+        return render(request, "index.html", user, view=view, teams=shown, versions=known)
+
+    def team(request: Request, user: User) -> Response:
+        team_id = request.path_params["team_id"]
+        if not user.can_see(team_id):
+            raise ForbiddenError(f"team {team_id!r} is not among your teams")
+        with source.connect() as con:
+            view = data.resolve(con, request.query_params.get("version"))
+            if not data.team_exists(con, view, team_id):
+                raise NotFoundError(f"no team {team_id!r} in version {view.name}")
+            context = pages.team_page(
+                view,
+                team_id,
+                kpis=data.team_kpis(con, view, team_id),
+                goals=data.team_goals(con, view, team_id),
+                progress=data.goal_progress(con, view, team_id),
+                scores=data.member_scores(con, view, team_id),
+                evidence=data.evidence(con, view, team_id),
+            )
+            known = data.versions(con)
+        return render(request, "team.html", user, view=view, versions=known, **context)
+
+    def employee(request: Request, user: User) -> Response:
+        employee_id = request.path_params["employee_id"]
+        with source.connect() as con:
+            view = data.resolve(con, request.query_params.get("version"))
+            teams = data.employee_teams(con, view, employee_id)
+            if not teams:
+                raise NotFoundError(f"no employee {employee_id!r} in version {view.name}")
+            if not any(user.can_see(t) for t in teams):
+                raise ForbiddenError(f"employee {employee_id!r} was never in one of your teams")
+            scores = data.employee_scores(con, view, employee_id)
+            periods = [s["period"] for s in scores]
+            period = request.query_params.get("period") or (periods[-1] if periods else "")
+            if period and period not in periods:
+                raise NotFoundError(f"employee {employee_id!r} has no score for {period!r}")
+            context = pages.employee_page(
+                view,
+                employee_id,
+                teams=teams,
+                scores=scores,
+                components=data.employee_components(con, view, employee_id),
+                statements=data.employee_statements(con, employee_id),
+                period=period,
+                events=data.events_behind(con, employee_id, period) if period else [],
+            )
+            known = data.versions(con)
+        return render(request, "employee.html", user, view=view, versions=known, **context)
+
+    def statement(request: Request, user: User) -> Response:
+        employee_id, period = request.path_params["employee_id"], request.path_params["period"]
+        with source.connect() as con:
+            view = data.resolve(con, None)
+            teams = data.employee_teams(con, view, employee_id)
+            if not any(user.can_see(t) for t in teams):
+                raise ForbiddenError(f"employee {employee_id!r} was never in one of your teams")
+            events = data.statement_events(con, period)
+        html = statement_from_events(events, employee_id, period).to_html()
+        return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+    def versions_page(request: Request, user: User) -> Response:
+        with source.connect() as con:
+            known = data.versions(con)
+            ready = [v for v in known if v.built_at is not None]
+            promoted = next((v for v in known if v.promoted), None)
+            old_ref = request.query_params.get("old") or (promoted.version if promoted else "")
+            new_ref = request.query_params.get("new") or ""
+            report = None
+            scope: dict[str, str | None] = {}
+            if old_ref and new_ref:
+                old, new = data.find_version(con, old_ref), data.find_version(con, new_ref)
+                if old.built_at is None or new.built_at is None:
+                    raise NotFoundError("both versions must be built before they can be compared")
+                report = diff_versions(con, old, new, float(request.query_params.get("threshold") or 50.0))
+                new_view = data.resolve(con, new.version)
+                old_view = data.resolve(con, old.version)
+                for v in (old_view, new_view):
+                    for row in data.rows(con, f"SELECT employee_id, team_id FROM {v.table('reward_score')}"):
+                        scope.setdefault(row["employee_id"], row["team_id"])
+        context = pages.versions_page(report, user, scope)
+        return render(
+            request, "versions.html", user, versions=ready, old=old_ref, new=new_ref, report=report, **context
+        )
+
+    def complaints(request: Request, user: User) -> Response:
+        with source.connect() as con:
+            view = data.resolve(con, request.query_params.get("version"))
+            visible = None if user.sees_everything else sorted(user.teams)
+            context = pages.complaints_page(
+                kpis=data.complaint_kpis(con, view, visible),
+                products=data.complaint_products(con, view, visible),
+                issues=data.complaint_issues(con, visible),
+                articles=data.complaint_articles(con, visible),
+            )
+            known = data.versions(con)
+        return render(request, "complaints.html", user, view=view, versions=known, **context)
+
+    def health(request: Request) -> Response:
+        return PlainTextResponse("ok", headers=SECURITY_HEADERS)
+
+    routes = [
+        Route("/", page(index), methods=["GET"]),
+        Route("/team/{team_id}", page(team), methods=["GET"]),
+        Route("/employee/{employee_id}", page(employee), methods=["GET"]),
+        Route("/employee/{employee_id}/statement/{period}", page(statement), methods=["GET"]),
+        Route("/versions", page(versions_page), methods=["GET"]),
+        Route("/complaints", page(complaints), methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
