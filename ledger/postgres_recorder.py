@@ -31,13 +31,6 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 "originator_id TEXT NOT NULL, originator_version BIGINT NOT NULL)"
             ).format(Identifier(self.datastore.schema), Identifier(INDEX_TABLE))
         )
-        # The personal-data vault's keys (see ledger.vault), created under the same lock.
-        self.sql_create_statements.append(
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0}.crm_customer_keys "
-                "(customer_id TEXT PRIMARY KEY, key BYTEA NOT NULL)"
-            ).format(Identifier(self.datastore.schema))
-        )
 
     def create_table(self) -> None:
         with self.datastore.get_connection() as connection:

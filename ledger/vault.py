@@ -39,6 +39,7 @@ PREFIX = "enc:v2:"  # AES-256-GCM, 12-byte nonce, tag appended (cryptography's A
 CACHED_KEYS = 100_000
 FORGOTTEN = "[forgotten]"
 _TABLE = "crm_customer_keys"
+_CREATE_LOCK = 0x63726D6B  # "crmk"
 
 
 class PersonalDataVault:
@@ -56,6 +57,10 @@ class PersonalDataVault:
         self._mark = "?" if self._sqlite else "%s"
         blob = "BLOB" if self._sqlite else "BYTEA"
         with self._transaction() as cursor:
+            if not self._sqlite:
+                # PostgreSQL refuses concurrent CREATE ... IF NOT EXISTS of one table ("tuple
+                # concurrently updated") when several writers start at once: take turns.
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {_TABLE} (customer_id TEXT PRIMARY KEY, key {blob} NOT NULL)"
             )
