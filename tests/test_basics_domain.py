@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
-from ledger.domain import aggregate_id
+from ledger.domain import Contract, Site, aggregate_id
 from ledger.errors import ValidationError
 from ledger.records import RecordParser
 from tests.factory import basics, rec
@@ -304,3 +305,23 @@ def test_filled_fields_make_a_resent_fact_a_duplicate(ready: LedgerApplication, 
 def test_reasons_name_the_owner(ready: LedgerApplication, parser: RecordParser) -> None:
     found = reasons(ready, parser, installed(), installed(customer="c2", serial="SN2"))
     assert found[1] is not None and "belongs to customer 'c1'" in found[1]
+
+
+def test_aggregates_with_repeated_first_types_reload_from_the_store(
+    ready: LedgerApplication, parser: RecordParser, settings: Settings
+) -> None:
+    """A site's second installation and a restarted contract are later facts, not creations."""
+    end = rec("ContractEnded", "2026-03-01T09:00:00Z", contract_id="k-1", reason="churned")
+    again = started(at="2026-04-01T09:00:00Z", starts_on="2026-04-01", ends_on="2027-04-01")
+    assert record(ready, parser, installed(), installed(serial="SN2"), started(), end, again) == [OK] * 5
+    fresh = LedgerApplication(settings.eventsourcing_env())
+    try:
+        site = fresh.repository.get(aggregate_id("site", "s1"))
+        contract = fresh.repository.get(aggregate_id("contract", "k-1"))
+        assert isinstance(site, Site) and sorted(site.installed) == ["SN1", "SN2"]
+        assert isinstance(contract, Contract) and contract.active and contract.version == 3
+        assert record(fresh, parser, installed(serial="SN2", at="2026-05-01T09:00:00Z")) == [
+            ("rejected", "serial")
+        ]
+    finally:
+        fresh.close()
