@@ -138,10 +138,10 @@ class ServiceSimulation:
         return weighted[-1][0]
 
     def _engineer(self, at: int, until: int | None = None) -> StaffMember | None:
-        """A field engineer (every fourth employee) active at `at` (and still at `until`)."""
+        """A field engineer (every third employee) active at `at` (and still at `until`)."""
         last = at if until is None else until
         team = [
-            e for i, e in enumerate(self._employees) if i % 4 == 3 and (e.left_at is None or e.left_at > last)
+            e for i, e in enumerate(self._employees) if i % 3 == 2 and (e.left_at is None or e.left_at > last)
         ]
         if not team:
             return None
