@@ -325,3 +325,23 @@ def test_aggregates_with_repeated_first_types_reload_from_the_store(
         ]
     finally:
         fresh.close()
+
+
+def test_csv_cells_convert_like_other_fields(parser: RecordParser) -> None:
+    row = {
+        "type": "FieldVisitCompleted",
+        "event_id": "8d6c0e0e-0b1a-4c53-9a52-000000000036",
+        "occurred_at": "2026-01-08 11:00:00",
+        "visit_id": "v1",
+        "arrived_at": "1767865200000",
+        "fixed": "yes",
+        "parts_used": "valve; fuse",
+        "customer_id": "",
+    }
+    fact = parser.parse(row)
+    assert fact.data["arrived_at"] == 1_767_865_200_000
+    assert fact.data["fixed"] is True and fact.data["parts_used"] == ["valve", "fuse"]
+    assert fact.data["customer_id"] is None  # filled in by the ledger
+    with pytest.raises(ValidationError) as caught:
+        parser.parse({**row, "fixed": "yes"}, strict=True)
+    assert caught.value.field in ("arrived_at", "fixed")
