@@ -52,6 +52,7 @@ bench: install kafka-jars
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/project.py
+	$(BIN)/python bench/service_models.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/web.py

@@ -39,6 +39,32 @@ SHOWCASE: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "interactions_total DESC, customer_id",
     ),
     (
+        "customer_profile",
+        (
+            "customer_id",
+            "active_contracts AS contracts",
+            "round(contract_value) AS value",
+            "next_renewal_at::DATE AS renewal",
+            "sla_covered AS sla",
+            "installed_products AS installed",
+            "installed_product_list AS products",
+        ),
+        "active_contracts DESC, installed_products DESC, contract_value DESC, customer_id",
+    ),
+    (
+        "sla_case",
+        (
+            "case_id",
+            "severity",
+            "contract_id",
+            "sla_hours",
+            "round(hours_to_accept, 1) AS hours_to_accept",
+            "round(hours_to_resolve, 1) AS hours_to_resolve",
+            "breached",
+        ),
+        "contract_id IS NULL, opened_at DESC, case_id",
+    ),
+    (
         "kpi_employee_month",
         (
             "employee_id",
@@ -67,6 +93,35 @@ SHOWCASE: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "shares",
         ),
         "period DESC, team_id",
+    ),
+    (
+        "kpi_team_month",
+        (
+            "team_id",
+            "period",
+            "sla_n",
+            "round(sla_met_rate, 3) AS sla_met_rate",
+            "visits",
+            "round(on_time_rate, 3) AS on_time_rate",
+            "ftf_n",
+            "round(ftf_rate, 3) AS ftf_rate",
+        ),
+        "period DESC, visits DESC, team_id",
+    ),
+    (
+        "retention_month",
+        (
+            "segment",
+            "region",
+            "period",
+            "up_for_renewal",
+            "renewed",
+            "churned",
+            "replaced",
+            "round(renewal_rate, 3) AS renewal_rate",
+            "round(nrr_pct, 1) AS nrr_pct",
+        ),
+        "(segment = '(all)' AND region = '(all)') DESC, (renewed + churned + replaced) = 0, period DESC",
     ),
     (
         "reward_score",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from importers.service_generator import ServiceSimulation
 from ledger.records import format_timestamp
 
 DAY_MS = 86_400_000
@@ -49,6 +50,8 @@ class GeneratorConfig:
     seed: int = 1
     start: str = "2025-01"
     invalid_rate: float = 0.0
+    #: Contracts, installed base and field visits (drawn apart: the rest is the same without them).
+    service: bool = True
 
 
 @dataclass
@@ -101,6 +104,9 @@ class HistoryGenerator:
         self.forgotten: set[str] = set()
         self.articles: list[_Article] = []
         self.teams = [f"team-{i + 1:02d}" for i in range(max(1, math.ceil(config.employees / 8)))]
+        # Contracts, installed base and field visits: their own random stream and queue, so
+        # every other event is the same with or without them.
+        self.service = ServiceSimulation(config.seed, self.start_ms, self.end_ms, self.employees)
 
     # -- helpers -------------------------------------------------------------------------
     def _uuid(self) -> str:
@@ -152,15 +158,32 @@ class HistoryGenerator:
     # -- the simulation ------------------------------------------------------------------
     def events(self) -> Iterator[dict[str, Any]]:
         """The whole history, in time order."""
-        yield from self._setup()
+        service = self.service
+        observe = service.observe if self.config.service else _ignore
+        for event in self._setup():
+            observe(event)
+            yield event
         day = self.start_ms
         while day < self.end_ms:
             self._plan_day(day)
-            while self._queue and self._queue[0].at < day + DAY_MS:
-                item = heapq.heappop(self._queue)
-                if item.at >= self.end_ms:
-                    continue
-                yield from self._act(item)
+            if self.config.service:
+                service.plan_day(day)
+            while True:
+                # Two queues merged by time; on a tie the main simulation goes first.
+                main = self._queue[0].at if self._queue and self._queue[0].at < day + DAY_MS else None
+                side = service.next_at()
+                side = side if side is not None and side < day + DAY_MS else None
+                if main is None and side is None:
+                    break
+                if main is not None and (side is None or main <= side):
+                    item = heapq.heappop(self._queue)
+                    if item.at >= self.end_ms:
+                        continue
+                    for event in self._act(item):
+                        observe(event)
+                        yield event
+                else:
+                    yield from service.run_next()
             day += DAY_MS
         # Work still in progress at the end simply stays open.
 
@@ -585,6 +608,10 @@ class HistoryGenerator:
             if self._pending_bad is not None:
                 yield self._pending_bad
                 self._pending_bad = None
+
+
+def _ignore(event: dict[str, Any]) -> None:
+    """Observes nothing (the service simulation is off)."""
 
 
 def write_history(config: GeneratorConfig, out: IO[str]) -> int:

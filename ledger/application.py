@@ -25,14 +25,18 @@ from ledger.domain import (
     EVENT_OWNERS,
     Article,
     Case,
+    Contract,
     Customer,
     Employee,
+    FieldVisit,
     LedgerAggregate,
     Occurrence,
     RewardPeriod,
+    Site,
     TeamGoal,
     aggregate_hex,
     aggregate_id,
+    check_term,
 )
 from ledger.errors import ConflictError, StoreBusyError, ValidationError
 from ledger.existence import existing_ids, index_is_empty, indexed_events
@@ -67,6 +71,9 @@ _KEY_FIELD: dict[type[LedgerAggregate], str] = {
     Occurrence: "event_id",
     RewardPeriod: "period",
     TeamGoal: "goal_id",
+    Contract: "contract_id",
+    Site: "site_id",
+    FieldVisit: "visit_id",
 }
 #: Facts that may name an employee who has since left (they describe the past).
 _ABOUT_PAST_WORK = frozenset(
@@ -83,7 +90,21 @@ _REFERENCE_KINDS: tuple[tuple[str, str], ...] = (
     ("article_id", Article.KIND),
     ("interaction_id", Occurrence.KIND),
     ("goal_id", TeamGoal.KIND),
+    ("contract_id", Contract.KIND),
+    ("site_id", Site.KIND),
+    ("visit_id", FieldVisit.KIND),
 )
+#: Facts whose customer (and, for a completed visit, engineer) the ledger knows from the
+#: contract, site or visit they name: filled in when left out, compared when given.
+_OWNED_BY: dict[str, tuple[type[LedgerAggregate], tuple[str, ...]]] = {
+    "ContractRenewed": (Contract, ("customer_id",)),
+    "ContractEnded": (Contract, ("customer_id",)),
+    "ProductRemoved": (Site, ("customer_id",)),
+    "FieldVisitCompleted": (FieldVisit, ("customer_id", "employee_id")),
+    "FieldVisitCancelled": (FieldVisit, ("customer_id",)),
+}
+#: Case states in which a case is still open (a field visit may be scheduled for it).
+_OPEN_CASE_STATES = frozenset({"opened", "accepted", "escalated", "reopened"})
 
 
 def _has_personal(fact: Fact) -> bool:
@@ -461,6 +482,14 @@ class LedgerApplication(Application[UUID]):
         event_type = fact.event_type
         data: dict[str, Any] = dict(fact.data)
         at = fact.occurred_at
+        owned = _OWNED_BY.get(event_type)
+        if owned is not None:
+            # Filled before the checks below, so a filled-in engineer is checked like a given one;
+            # a given value that contradicts the owner is refused by the owner's own check.
+            owner = work.get(owned[0], data[_KEY_FIELD[owned[0]]])
+            if owner is not None:
+                for name in owned[1]:
+                    data[name] = data.get(name) or getattr(owner, name)
 
         employee_id = data.get("employee_id")
         if employee_id and not event_type.startswith("Employee"):
@@ -494,6 +523,10 @@ class LedgerApplication(Application[UUID]):
             self._article(work, data["article_id"], "article_id").check_usable("article_id", at)
         if event_type.startswith("TeamGoal"):
             self._check_goal(work, event_type, data, at)
+        if event_type == "ContractStarted":
+            check_term(fact)
+        if event_type == "FieldVisitScheduled":
+            data["customer_id"] = self._visit_case(work, data, at)
         if event_type == "SurveyAnswered":
             data["employee_id"] = self._survey_employee(work, data)
             if all(data.get(k) is None for k in ("csat", "nps", "ces")):
@@ -562,6 +595,30 @@ class LedgerApplication(Application[UUID]):
             handler = case.resolver_id or case.owner_id or handler
         given: str | None = data.get("employee_id")
         return given or handler
+
+    def _visit_case(self, work: _UnitOfWork, data: Mapping[str, Any], at: int) -> str:
+        """A visit is for an open case; its site, when named, is the case customer's. Returns the customer."""
+        case = self._case(work, data["case_id"], "case_id")
+        if case.state not in _OPEN_CASE_STATES:
+            raise ValidationError(
+                "case_id", f"case {case.case_id!r} is {case.state}: no visit can be scheduled"
+            )
+        if at < case.opened_at:
+            raise ValidationError("occurred_at", f"is before case {case.case_id!r} was opened")
+        customer_id = _same_customer(data.get("customer_id"), case)
+        site_id = data.get("site_id")
+        if site_id:
+            site = work.get(Site, site_id)
+            if not isinstance(site, Site):
+                raise ValidationError("site_id", f"unknown site {site_id!r}")
+            if site.customer_id != customer_id:
+                raise ValidationError(
+                    "site_id",
+                    f"site {site_id!r} belongs to customer {site.customer_id!r}, not {customer_id!r}",
+                )
+        if data["window_end"] <= data["window_start"]:
+            raise ValidationError("window_end", "must be after window_start")
+        return customer_id
 
     def _employee(self, work: _UnitOfWork, employee_id: str, field: str) -> Employee:
         employee = work.get(Employee, employee_id)

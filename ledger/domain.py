@@ -419,6 +419,170 @@ class TeamGoal(LedgerAggregate):
             raise ValidationError("team_id", f"goal {self.goal_id!r} belongs to team {self.team_id!r}")
 
 
+class Contract(LedgerAggregate):
+    """A service contract: its customer, term and whether it is still active.
+
+    A contract id names one contract at a time: it may start again only after it ended,
+    and always for the same customer.
+    """
+
+    KIND = "contract"
+    EVENT_TYPES = ("ContractStarted", "ContractRenewed", "ContractEnded")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contract_id: str = ""
+        self.customer_id: str = ""
+        self.started_at: int = 0
+        self.starts_on: int = 0
+        self.ends_on: int = 0
+        self.active: bool = False
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if event_type == "ContractStarted":
+            self.contract_id = data["contract_id"]
+            self.customer_id = data["customer_id"]
+            self.started_at = occurred_at
+            self.starts_on = data["starts_on"]
+            self.ends_on = data["ends_on"]
+            self.active = True
+        elif event_type == "ContractRenewed":
+            self.ends_on = data["ends_on"]
+        elif event_type == "ContractEnded":
+            self.active = False
+
+    def check(self, fact: Fact) -> None:
+        """No two active contracts with one id; renewals extend; an ended contract is history."""
+        given = fact.get("customer_id")
+        if given and given != self.customer_id:
+            raise ValidationError(
+                "customer_id", f"contract {self.contract_id!r} belongs to customer {self.customer_id!r}"
+            )
+        if fact.event_type == "ContractStarted":
+            if self.active:
+                raise ValidationError("contract_id", f"contract {self.contract_id!r} is already active")
+            check_term(fact)
+            return
+        if not self.active:
+            raise IllegalTransitionError("contract_id", f"contract {self.contract_id!r} has ended")
+        if fact.occurred_at < self.started_at:
+            raise ValidationError("occurred_at", f"is before contract {self.contract_id!r} was started")
+        if fact.event_type == "ContractRenewed" and fact.get("ends_on") <= self.ends_on:
+            raise ValidationError(
+                "ends_on",
+                f"a renewal must extend the term beyond {format_timestamp(self.ends_on)}, "
+                f"got {format_timestamp(fact.get('ends_on'))}",
+            )
+
+
+def check_term(fact: Fact) -> None:
+    """A contract's dates are ordered: it starts before it ends."""
+    if fact.get("ends_on") <= fact.get("starts_on"):
+        raise ValidationError(
+            "ends_on",
+            f"must be after starts_on ({format_timestamp(fact.get('starts_on'))}), "
+            f"got {format_timestamp(fact.get('ends_on'))}",
+        )
+
+
+class Site(LedgerAggregate):
+    """A customer's site and the products installed there (the installed base).
+
+    Keyed by site id, so a site belongs to exactly one customer: an installation that
+    names another customer is refused.
+    """
+
+    KIND = "site"
+    EVENT_TYPES = ("ProductInstalled", "ProductRemoved")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.site_id: str = ""
+        self.customer_id: str = ""
+        self.first_install_at: int = 0
+        self.installed: dict[str, str] = {}  # serial -> product
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if not self.site_id:
+            self.site_id = data["site_id"]
+            self.customer_id = data["customer_id"]
+            self.first_install_at = occurred_at
+        if event_type == "ProductInstalled":
+            self.installed[data["serial"]] = data["product"]
+        else:
+            self.installed.pop(data["serial"], None)
+
+    def check(self, fact: Fact) -> None:
+        """The site's customer is fixed; a serial is installed once and removed once."""
+        given = fact.get("customer_id")
+        if given and given != self.customer_id:
+            raise ValidationError(
+                "customer_id",
+                f"site {self.site_id!r} belongs to customer {self.customer_id!r}, not {given!r}",
+            )
+        serial = fact.get("serial")
+        if fact.event_type == "ProductInstalled" and serial in self.installed:
+            raise ValidationError("serial", f"{serial!r} is already installed at site {self.site_id!r}")
+        if fact.event_type == "ProductRemoved" and serial not in self.installed:
+            raise ValidationError("serial", f"{serial!r} is not installed at site {self.site_id!r}")
+        if fact.occurred_at < self.first_install_at:
+            raise ValidationError("occurred_at", f"is before site {self.site_id!r}'s first installation")
+
+
+class FieldVisit(LedgerAggregate):
+    """A field visit: scheduled for an open case, then completed or cancelled, once."""
+
+    KIND = "visit"
+    EVENT_TYPES = ("FieldVisitScheduled", "FieldVisitCompleted", "FieldVisitCancelled")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.visit_id: str = ""
+        self.case_id: str = ""
+        self.customer_id: str = ""
+        self.employee_id: str = ""
+        self.scheduled_at: int = 0
+        self.state: str = ""
+
+    def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
+        if event_type == "FieldVisitScheduled":
+            self.visit_id = data["visit_id"]
+            self.case_id = data["case_id"]
+            self.customer_id = data["customer_id"]
+            self.employee_id = data["employee_id"]
+            self.scheduled_at = occurred_at
+            self.state = "scheduled"
+        else:
+            self.state = "completed" if event_type == "FieldVisitCompleted" else "cancelled"
+
+    def check(self, fact: Fact) -> None:
+        """Only a scheduled visit can be completed or cancelled; arrival follows scheduling."""
+        if fact.event_type == "FieldVisitScheduled":
+            raise ValidationError("visit_id", f"visit {self.visit_id!r} is already scheduled")
+        if self.state != "scheduled":
+            step = fact.event_type.removeprefix("FieldVisit").lower()
+            raise IllegalTransitionError(
+                "visit_id", f"visit {self.visit_id!r} is {self.state}: it cannot be {step}"
+            )
+        if fact.occurred_at < self.scheduled_at:
+            raise ValidationError("occurred_at", f"is before visit {self.visit_id!r} was scheduled")
+        # A completion names the visit's engineer; a cancellation may be anyone's.
+        owned = (
+            ("customer_id", "employee_id") if fact.event_type == "FieldVisitCompleted" else ("customer_id",)
+        )
+        for field in owned:
+            given, held = fact.get(field), getattr(self, field)
+            if given and given != held:
+                role = "customer" if field == "customer_id" else "engineer"
+                raise ValidationError(field, f"visit {self.visit_id!r} has {role} {held!r}, not {given!r}")
+        arrived = fact.get("arrived_at")
+        if arrived is not None:
+            if arrived < self.scheduled_at:
+                raise ValidationError("arrived_at", f"is before visit {self.visit_id!r} was scheduled")
+            if arrived > fact.occurred_at:
+                raise ValidationError("arrived_at", "is after the visit was recorded as completed")
+
+
 AGGREGATES: tuple[type[LedgerAggregate], ...] = (
     Customer,
     Employee,
@@ -427,6 +591,9 @@ AGGREGATES: tuple[type[LedgerAggregate], ...] = (
     Occurrence,
     RewardPeriod,
     TeamGoal,
+    Contract,
+    Site,
+    FieldVisit,
 )
 #: event type -> (aggregate class, whether the event starts the aggregate)
 EVENT_OWNERS: dict[str, tuple[type[LedgerAggregate], bool]] = {

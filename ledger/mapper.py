@@ -35,12 +35,11 @@ class AvroMapper(Mapper[UUID]):
         # The transcoder is unused: Avro replaces eventsourcing's JSON transcoding.
         super().__init__(transcoder=None)  # type: ignore[arg-type]
         self.codec = codec
+        # An aggregate's first stored event (version 1) is its creation, whatever its type:
+        # a site's second installation or a contract started again is a later, recorded fact.
         self._topics = {
-            event_type: (
-                get_topic(owner),
-                owner.Started if starts else owner.Recorded,
-            )
-            for event_type, (owner, starts) in EVENT_OWNERS.items()
+            event_type: (get_topic(owner), owner.Started, owner.Recorded)
+            for event_type, (owner, _) in EVENT_OWNERS.items()
         }
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
@@ -63,7 +62,8 @@ class AvroMapper(Mapper[UUID]):
             raise MapperDeserialisationError(
                 f"stored event {stored_event.originator_id} v{stored_event.originator_version}: {error}"
             ) from error
-        aggregate_topic, event_class = self._topics[event_type]
+        aggregate_topic, started, recorded = self._topics[event_type]
+        event_class = started if stored_event.originator_version == 1 else recorded
         state: dict[str, Any] = {
             "originator_id": stored_event.originator_id
             if isinstance(stored_event.originator_id, UUID)

@@ -23,6 +23,10 @@ CHANNELS = frozenset({"phone", "email", "chat", "web", "field", "social", "post"
 DIRECTIONS = frozenset({"inbound", "outbound"})
 CASE_KINDS = frozenset({"complaint", "incident", "request"})
 RECIPIENT_KINDS = frozenset({"colleague", "customer", "partner"})
+CONTRACT_END_REASONS = frozenset({"churned", "replaced", "merged"})
+#: Severities a contract's SLA names; a case without a known one is held to `medium`.
+SLA_SEVERITIES = ("critical", "high", "medium", "low")
+DEFAULT_SLA_SEVERITY = "medium"
 SYSTEM_FIELDS = frozenset({"recorded_at"})
 #: Event types that only the ledger itself writes (reward periods), never an import.
 INTERNAL_TYPES = frozenset({"RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued"})
@@ -152,6 +156,10 @@ def _string_list(value: Any, field: str) -> list[str]:
     raise ValidationError(field, f"expected a list of ids, got {type(value).__name__}")
 
 
+def _timestamp_field(value: Any, field: str) -> int:
+    return parse_timestamp(value, field)
+
+
 def _bounded(bits: int) -> Callable[[Any, str], int]:
     low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
@@ -227,6 +235,12 @@ def _rules_for(event_type: str, fields: list[dict[str, Any]]) -> list[_FieldRule
         if isinstance(avro_type, dict) and avro_type.get("type") == "array":
             coerce: Callable[[Any, str], Any] = _string_list
             strict: Callable[[Any, str], Any] = _strictly("a list of ids", (list,), _string_list)
+        elif isinstance(avro_type, dict) and avro_type.get("logicalType") == "timestamp-millis":
+            # Like occurred_at: ISO-8601 text (naive means UTC) or epoch milliseconds.
+            coerce = _timestamp_field
+            strict = _strictly(
+                "a timestamp (ISO-8601 text or epoch milliseconds)", (str, int), _timestamp_field
+            )
         else:
             primitive = avro_type["type"] if isinstance(avro_type, dict) else avro_type
             coerce, strict = _COERCE[primitive], _STRICT[primitive]
@@ -262,6 +276,13 @@ def _non_blank(value: Any) -> str | None:
     return None if value.strip() else "must not be blank"
 
 
+def _currency(value: Any) -> str | None:
+    text = str(value)
+    if len(text) == 3 and text.isascii() and text.isalpha() and text.isupper():
+        return None
+    return f"must be a three-letter ISO 4217 code such as EUR, got {value!r}"
+
+
 #: Rules a schema cannot express, per (event type or "*", field).
 _DOMAIN_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("*", "channel"): _one_of(CHANNELS),
@@ -273,8 +294,26 @@ _DOMAIN_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("SurveyAnswered", "ces"): _in_range(1, 7),
     ("InteractionRecorded", "duration_s"): _non_negative,
     ("CaseEscalated", "level"): _in_range(1, 99),
+    ("ContractEnded", "reason"): _one_of(CONTRACT_END_REASONS),
+    ("ContractStarted", "annual_value"): _non_negative,
+    ("ContractRenewed", "annual_value"): _non_negative,
+    ("ContractStarted", "currency"): _currency,
+    **{("ContractStarted", f"sla_hours_{s}"): _in_range(1, 8760) for s in SLA_SEVERITIES},
 }
-_ID_FIELDS = ("customer_id", "employee_id", "case_id", "article_id", "team_id", "goal_id")
+_ID_FIELDS = (
+    "customer_id",
+    "employee_id",
+    "case_id",
+    "article_id",
+    "team_id",
+    "contract_id",
+    "site_id",
+    "visit_id",
+    "serial",
+    "plan",
+    "product",
+    "goal_id",
+)
 #: Fields the ledger fills in from its own state, so a client may leave them out.
 ENRICHED_FIELDS = frozenset(
     {
@@ -283,6 +322,19 @@ ENRICHED_FIELDS = frozenset(
     }
     | {("ArticleLinked", "author_id")}
     | {("TeamGoalRevised", "team_id"), ("TeamGoalClosed", "team_id")}
+    # Contracts, sites and visits know their customer (and a visit its engineer).
+    | {
+        (t, "customer_id")
+        for t in (
+            "ContractRenewed",
+            "ContractEnded",
+            "ProductRemoved",
+            "FieldVisitScheduled",
+            "FieldVisitCompleted",
+            "FieldVisitCancelled",
+        )
+    }
+    | {("FieldVisitCompleted", "employee_id")}
 )
 
 

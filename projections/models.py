@@ -8,6 +8,17 @@ Definitions follow "Metric definitions v1" in the design; see the README for eac
 from __future__ import annotations
 
 from projections.goals import GOAL_TABLES, goal_model_sql
+from projections.service_models import (
+    SERVICE_COLUMNS,
+    SERVICE_COUNTS,
+    SERVICE_INTERMEDIATE,
+    SERVICE_RATE_PARTS,
+    SERVICE_SUMS,
+    SERVICE_TABLES,
+    profile_service_sql,
+    service_measures,
+    service_model_sql,
+)
 from projections.spec import Component, MetricSpec
 
 PROFILE_CHANNELS = ("phone", "email", "chat", "web", "field", "social")
@@ -31,12 +42,13 @@ MODEL_TABLES = (
     "complaint_kpi_month",
     "reward_statement",
     *GOAL_TABLES,
+    *SERVICE_TABLES,
 )
 #: What a weights-only recompute rebuilds; everything else depends only on the KPI definitions.
 SCORE_TABLES = ("reward_components", "reward_score", *GOAL_TABLES)
 #: The views every version exposes and `promote` points the stable names at: the read
 #: models (not their intermediate tables), the audit mirror and the dead letters.
-INTERMEDIATE_TABLES = ("team_history", "measures")
+INTERMEDIATE_TABLES = ("team_history", "measures", *SERVICE_INTERMEDIATE)
 STABLE_VIEWS = (
     *(t for t in MODEL_TABLES if t not in INTERMEDIATE_TABLES),
     "ledger_events",
@@ -122,7 +134,7 @@ raw AS (
     FROM ev WHERE event_type = 'ArticleLinked'
     UNION ALL
     SELECT employee_id, occurred_at, 'share', 1, NULL, NULL, NULL, article_id, event_id
-    FROM ev WHERE event_type = 'KnowledgeShared'
+    FROM ev WHERE event_type = 'KnowledgeShared'{service_measures(v)}
 )
 SELECT raw.employee_id, coalesce(th.team_id, '(none)') AS team_id, raw.occurred_at,
        raw.measure, raw.value, raw.fcr, raw.reopened, raw.knowledge, raw.ref, raw.event_id
@@ -157,7 +169,7 @@ WITH counts AS (
         count(*) FILTER (WHERE measure = 'citation') AS citations,
         count(*) FILTER (WHERE measure = 'link') AS links_made,
         count(*) FILTER (WHERE measure = 'share') AS shares,
-        count(*) FILTER (WHERE measure = 'solved' AND knowledge) AS participation_n,
+        count(*) FILTER (WHERE measure = 'solved' AND knowledge) AS participation_n,{SERVICE_COUNTS}
         max(occurred_at) AS last_activity_at
     FROM {v}.measures
     GROUP BY ALL
@@ -171,7 +183,7 @@ SELECT {keys}, period,
     escalations, cases_handled, escalations / nullif(cases_handled, 0) AS escalation_rate,
     reopened, reopened / nullif(problems_solved, 0) AS reopen_rate,
     relationship_attempts, compliments, articles_created, citations, links_made, shares,
-    participation_n, participation_n / nullif(problems_solved, 0) AS participation_rate,
+    participation_n, participation_n / nullif(problems_solved, 0) AS participation_rate,{SERVICE_COLUMNS}
     last_activity_at
 FROM counts
 ORDER BY {keys}, period"""
@@ -195,6 +207,7 @@ _RATE_PARTS = {
     "participation_rate": ("participation_n", "problems_solved"),
     "reopen_rate": ("reopened", "problems_solved"),
     "csat_pct": ("csat_satisfied", "csat_n"),
+    **SERVICE_RATE_PARTS,
 }
 
 
@@ -250,7 +263,7 @@ WITH emp AS (
         sum(reopened) AS reopened, sum(participation_n) AS participation_n,
         sum(citations) AS citations, sum(relationship_attempts) AS relationship_attempts,
         sum(compliments) AS compliments, sum(shares) AS shares, sum(links_made) AS links_made,
-        sum(articles_created) AS articles_created, sum(escalations) AS escalations
+        sum(articles_created) AS articles_created, {SERVICE_SUMS} sum(escalations) AS escalations
     FROM {v}.kpi_employee_month GROUP BY employee_id, period
 ),
 org AS (
@@ -450,10 +463,12 @@ def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
     """Every statement that rebuilds a version's read models, in dependency order."""
     return [
         team_history_sql(v),
+        *service_model_sql(v),
         measures_sql(v),
         *kpi_sql(v, spec),
         *reward_sql(v, spec, version),
         customer_profile_sql(v),
+        profile_service_sql(v),
         complaint_kpi_sql(v),
         reward_statement_sql(v),
         *goal_model_sql(v),

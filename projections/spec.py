@@ -34,7 +34,9 @@ COUNT_KPIS = frozenset(
         "escalations",
     }
 )
-RATE_KPIS = frozenset({"fcr_rate", "participation_rate", "reopen_rate", "csat_pct"})
+RATE_KPIS = frozenset(
+    {"fcr_rate", "participation_rate", "reopen_rate", "csat_pct", "sla_met_rate", "on_time_rate", "ftf_rate"}
+)
 BAYESIAN_KPIS = frozenset({"csat"})
 KPI_PARAMETERS: dict[str, tuple[int, int]] = {
     "csat_satisfied_min": (1, 5),

@@ -210,3 +210,30 @@ def test_mapped_csv_import(app: LedgerApplication, parser: RecordParser, tmp_pat
         ("ticket:1001", 5, "agent:501"),
         ("ticket:1002", 5, "agent:502"),
     ]
+
+
+def test_mapped_csv_contracts_and_installed_base(app: LedgerApplication, parser: RecordParser) -> None:
+    contracts = run(
+        app, read_mapped_csv(EXAMPLES / "crm-contracts.csv", EXAMPLES / "crm-contracts-mapping.toml", parser)
+    )
+    assets = run(
+        app,
+        read_mapped_csv(
+            EXAMPLES / "crm-installed-base.csv", EXAMPLES / "crm-installed-base-mapping.toml", parser
+        ),
+    )
+    assert (contracts.accepted, contracts.duplicates, contracts.rejected) == (14, 4, 0)
+    assert (assets.accepted, assets.duplicates, assets.rejected) == (12, 4, 0)
+    records = [app.codec.decode(n.state) for n in app.read_notifications(1, 100)]
+    started = {r["contract_id"]: r for t, r in records if t == "ContractStarted"}
+    assert started["SC-0002"]["sla_hours_high"] == 8 and started["SC-0002"]["sla_hours_critical"] == 4
+    assert started["SC-0003"]["sla_hours_critical"] is None and started["SC-0001"]["plan"] == "standard"
+    assert started["SC-0001"]["starts_on"] == 1_738_368_000_000  # 2025-02-01, UTC midnight
+    renewed = [r for t, r in records if t == "ContractRenewed"]
+    assert [(r["contract_id"], r["customer_id"], r["annual_value"]) for r in renewed] == [
+        ("SC-0001", "account:ACC-100", 2520.0)
+    ]
+    ended = {r["contract_id"]: (r["reason"], r["replaced_by"]) for t, r in records if t == "ContractEnded"}
+    assert ended == {"SC-0003": ("churned", None), "SC-0004": ("replaced", "SC-0005")}
+    removed = [(r["serial"], r["customer_id"]) for t, r in records if t == "ProductRemoved"]
+    assert removed == [("OL-RT-0092", "account:ACC-101"), ("LP-HP-7781", "account:ACC-102")]
