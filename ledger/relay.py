@@ -5,13 +5,17 @@ notifications in one transaction; restarting fences any zombie and aborts its op
 transaction. The position is recovered from Kafka itself: the highest `notification_id`
 header among committed records (read_committed), with the chain value stored beside it.
 Command code never writes to Kafka; only this relay does.
+
+The relay forwards bytes: it reads `(notification id, stored state)` rows straight from the
+store's events table (`ledger.stored_log`) and reads only the event id and the key fields
+from the front of each Avro message (`schemas.peek`); the rest is never decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +36,25 @@ from crm_ledger.kafka import (
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
+from ledger.stored_log import read_stored
 from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+from schemas.peek import FieldPeek
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
 
 KEY_FIELDS = ("customer_id", "employee_id", "article_id", "period")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One notification as the relay sends it: the stored bytes, their key and header values."""
+
+    notification_id: int
+    state: bytes
+    event_type: bytes
+    event_id: bytes
+    key: bytes | None
 
 
 @dataclass(frozen=True)
@@ -125,12 +143,12 @@ def _read_tails(
     return best
 
 
-def message_key(record: dict[str, Any]) -> bytes | None:
+def message_key(record: Mapping[str, Any]) -> bytes | None:
     """Customer id, else employee id, else article id, else period: ordering per customer."""
     for name in KEY_FIELDS:
         value = record.get(name)
         if value:
-            return str(value).encode()
+            return value if isinstance(value, bytes) else str(value).encode()
     return None
 
 
@@ -145,6 +163,7 @@ class Relay:
         self.watch = BrokerWatch(config.bootstrap, say, config.broker_timeout_s)
         self.codec: AvroCodec = app.codec
         self._producer: Producer | None = None
+        self._peek = FieldPeek(self.codec, ("event_id", *KEY_FIELDS))
         self._versions = {
             v.schema_id.to_bytes(4, "big"): str(v.version).encode()
             for v in self.codec.registry.all_versions()
@@ -197,9 +216,7 @@ class Relay:
         batches = 0
         reporter.total(max(self.app.max_position() - position.notification_id, 0))
         while not should_stop():
-            notifications = list(
-                self.app.read_notifications(position.notification_id + 1, self.config.batch_size)
-            )
+            notifications = self._read_batch(position.notification_id + 1)
             if not notifications:
                 if not follow:
                     break
@@ -255,41 +272,50 @@ class Relay:
         events = [v for v in self.codec.registry.all_versions() if v.kind == "event"]
         verify_registered(RemoteRegistry(self.config.registry_url), events, "relay")
 
+    def _read_batch(self, start: int) -> list[Outgoing]:
+        """The next notifications from `start`, with their keys and ids read from the bytes."""
+        batch = []
+        peek = self._peek.peek
+        for notification_id, state in read_stored(self.app.recorder, start, self.config.batch_size):
+            try:
+                event_type, fields = peek(state)
+            except DecodeError as error:
+                raise CrmLedgerError(
+                    f"notification {notification_id} in the ledger store cannot be decoded: {error}"
+                ) from error
+            event_id = fields.get("event_id")
+            if event_id is None:
+                raise CrmLedgerError(f"notification {notification_id} in the ledger store has no event_id")
+            key = message_key(fields)
+            batch.append(Outgoing(notification_id, state, event_type.encode(), event_id, key))
+        return batch
+
     def _publish(
-        self, producer: Producer, notifications: list[Any], position: RelayPosition
+        self, producer: Producer, notifications: list[Outgoing], position: RelayPosition
     ) -> RelayPosition:
         producer.begin_transaction()
         chain = position.chain
-        expected = position.notification_id + 1
-        decoded = self.codec.decode_many([n.state for n in notifications])
+        versions = self._versions
+        topic = self.config.topic
         try:
-            for notification, result in zip(notifications, decoded, strict=True):
-                if isinstance(result, Exception):
-                    raise CrmLedgerError(
-                        f"notification {notification.id} in the ledger store cannot be decoded: {result}"
-                    )
-                if notification.id != expected:
-                    # SQLite rowids can skip after a rolled-back insert; the chain covers
-                    # whatever ids exist, in order, so a gap is recorded, not an error.
-                    expected = notification.id
-                state: bytes = notification.state
-                event_type, record = result
-                schema = self._versions.get(state[1:5])
+            # SQLite rowids can skip after a rolled-back insert; the chain covers whatever
+            # ids exist, in order, so a gap is recorded, not an error.
+            for outgoing in notifications:
+                state = outgoing.state
                 chain = next_link(chain, state)
                 produce(
                     producer,
-                    self.config.topic,
-                    key=message_key(record),
+                    topic,
+                    key=outgoing.key,
                     value=state,
                     headers=[
-                        ("event_id", record["event_id"].encode()),
-                        ("event_type", event_type.encode()),
-                        ("notification_id", str(notification.id).encode()),
-                        ("schema_version", schema or b"0"),
+                        ("event_id", outgoing.event_id),
+                        ("event_type", outgoing.event_type),
+                        ("notification_id", str(outgoing.notification_id).encode()),
+                        ("schema_version", versions.get(state[1:5]) or b"0"),
                         ("chain", chain.hex().encode()),
                     ],
                 )
-                expected += 1
             producer.commit_transaction(self.config.broker_timeout_s)
         except KafkaException as error:
             with contextlib.suppress(KafkaException):
@@ -303,7 +329,7 @@ class Relay:
             with contextlib.suppress(KafkaException):
                 producer.abort_transaction(5)
             raise
-        return RelayPosition(notifications[-1].id, chain)
+        return RelayPosition(notifications[-1].notification_id, chain)
 
 
 class _BrokerAwayError(Exception):
