@@ -17,6 +17,7 @@ from typing import IO, Any
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
+from ledger.bulk import BulkWriter
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.ordering import in_time_order
@@ -501,19 +502,24 @@ def ingest_records(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     reporter: Reporter | None = None,
+    bulk: bool = True,
 ) -> IngestSummary:
     """Record a stream of parsed records in time order, in batches; one transaction per batch.
 
     The whole stream is one run: its valid facts are applied in `occurred_at` order (ties in
     input order, see `ledger.ordering`), so the outcome does not depend on line order, file
-    order or batch size.
+    order or batch size. Facts are written by the bulk path (`ledger.bulk`) unless `bulk` is
+    False (then through eventsourcing aggregates, `LedgerApplication.record`): the same
+    rules, events, rejects and summary either way.
     """
     reporter = reporter or SilentReporter()
     summary = IngestSummary()
     batch: list[SourceRecord] = []
+    writer = BulkWriter(app) if bulk else None
+    decide = writer.record if writer is not None else app.record
 
     def flush() -> None:
-        outcomes = app.record([r.fact for r in batch if r.fact is not None])
+        outcomes = decide([r.fact for r in batch if r.fact is not None])
         for record, outcome in zip(batch, outcomes, strict=True):
             if outcome.status == "accepted":
                 summary.accepted += 1
@@ -529,18 +535,22 @@ def ingest_records(
         reporter.advance(0, events=len(batch))
         batch.clear()
 
-    for record in in_time_order(_counted(records, reporter)):
-        if record.error is not None:
-            summary.rejected += 1
-            rejects.reject(record.location, record.error, record.raw)
-            continue
-        if record.fact is None:
-            continue
-        batch.append(record)
-        if len(batch) >= batch_size:
+    try:
+        for source in in_time_order(_counted(records, reporter)):
+            if source.error is not None:
+                summary.rejected += 1
+                rejects.reject(source.location, source.error, source.raw)
+                continue
+            if source.fact is None:
+                continue
+            batch.append(source)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+    finally:
+        if writer is not None:
+            writer.close()
     return summary
 
 
