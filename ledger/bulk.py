@@ -40,6 +40,7 @@ from ledger.errors import StoreBusyError
 from ledger.existence import existing_ids, indexed_events
 from ledger.mapper import epoch_ms
 from ledger.records import Fact
+from ledger.vault import PERSONAL_FIELDS
 from schemas.registry import NAMESPACE
 
 #: Aggregates kept between batches (the eventsourcing path's cache holds as many).
@@ -96,6 +97,7 @@ class BulkUnitOfWork:
         by_id = {aggregate_hex(kind, key): (kind, key) for kind, key in unknown}
         present = {by_id[found] for found in existing_ids(app.recorder, by_id)}
         self._absent = (unknown - present) | {r for r in own if r[1] not in self.stored_ids}
+        app.vault.prefetch(f.data["customer_id"] for f in facts if f.event_type in PERSONAL_FIELDS)
 
     def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
         ref = (cls.KIND, key)
@@ -220,6 +222,8 @@ class BulkWriter:
             # Cached state may hold this batch's unsaved facts.
             self.cache.clear()
             raise
+        finally:
+            app.vault.end_prefetch()
         app.remember_handlers(work.interactions)
         self._trim()
         return outcomes
