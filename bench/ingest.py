@@ -1,7 +1,8 @@
 """Validated ingest: the bulk path vs. the eventsourcing-aggregate path, same file, same run.
 
 Both read, validate (every rule), sort by time, encrypt, encode and store the same generated
-history into fresh SQLite stores; `--postgres` also runs the bulk path into a PostgreSQL
+history into fresh SQLite stores (the bulk path parses in worker processes, the baseline in
+the main process, as before); `--postgres` also runs the bulk path into a PostgreSQL
 server started from the machine's binaries. `--baseline-events N` caps the baseline's input
 (its rate is steady; the whole file at ~8k events/s takes minutes).
 """
@@ -20,7 +21,7 @@ from common import BENCH_DIR, ROOT, history_file, report, timed
 
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
-from ledger.ingest import IngestSummary, RejectSink, ingest_records, read_file
+from ledger.ingest import IngestSummary, RejectSink, ingest_records, read_jsonl
 from ledger.records import RecordParser
 
 GOAL = 30_000
@@ -35,7 +36,8 @@ def fresh_app(name: str) -> LedgerApplication:
 def ingest(
     app: LedgerApplication, history: Path, *, bulk: bool, limit: int | None = None
 ) -> tuple[IngestSummary, float]:
-    records = read_file(history, RecordParser(app.registry))
+    # The baseline is the path as it was: parsed in this process, aggregates and events.
+    records = read_jsonl(history, RecordParser(app.registry), workers=None if bulk else 0)
     if limit is not None:
         records = itertools.islice(records, limit)
     sink = RejectSink(None, echo=None)
