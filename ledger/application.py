@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -177,6 +177,31 @@ class Outcome:
     error: ValidationError | None = None
 
 
+class UnitOfWork(Protocol):
+    """What `LedgerApplication.decide` needs of a batch: its aggregates, ids and new keys.
+
+    Two implementations share the one rule set in `decide`: `_UnitOfWork` below (eventsourcing
+    aggregates and events) and `ledger.bulk.BulkUnitOfWork` (the same aggregate classes as
+    plain state, rows written in bulk).
+    """
+
+    #: Event ids the store already holds -> (originator id hex, version).
+    stored_ids: dict[str, tuple[str, int]]
+    #: Event ids accepted earlier in this batch -> the fact as given.
+    batch_facts: dict[str, Fact]
+    #: Personal-data keys made for this batch's accepted facts (customer id -> key).
+    new_keys: dict[str, bytes]
+
+    def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
+        """The aggregate of `cls` under `key` as of this batch, or None when there is none."""
+
+    def start(self, cls: type[LedgerAggregate], fact: Fact, key: str) -> None:
+        """Start a new aggregate with a checked fact."""
+
+    def record(self, aggregate: LedgerAggregate, fact: Fact) -> None:
+        """Append a checked fact to an aggregate of this batch."""
+
+
 class _UnitOfWork:
     """Aggregates touched by one batch, looked up once each, and its new events in fact order.
 
@@ -264,6 +289,14 @@ class _UnitOfWork:
     def aggregates_by_id(self) -> dict[UUID, LedgerAggregate]:
         return {aggregate.id: aggregate for aggregate in self.touched.values()}
 
+    def interactions(self) -> list[tuple[str, str | None]]:
+        """(event id, employee id) of the batch's new interactions."""
+        return [
+            (started.event_id, started.data.get("employee_id"))
+            for started in self.new_occurrences.values()
+            if started.event_type == "InteractionRecorded"
+        ]
+
 
 class LedgerApplication(Application[UUID]):
     """eventsourcing Application recording ledger facts as Avro-encoded events."""
@@ -339,7 +372,7 @@ class LedgerApplication(Application[UUID]):
     def _record_once(self, facts: Sequence[Fact], atomic: bool) -> list[Outcome]:
         work = _UnitOfWork(self, datetime.now(tz=UTC))
         work.prefetch({ref for fact in facts for ref in _references(fact)}, {f.event_id for f in facts})
-        outcomes = [self._decide(fact, work) for fact in facts]
+        outcomes = [self.decide(fact, work) for fact in facts]
         forgotten = [
             f.data["customer_id"]
             for f, o in zip(facts, outcomes, strict=True)
@@ -366,10 +399,14 @@ class LedgerApplication(Application[UUID]):
             except Exception:
                 self._repository = self.construct_repository()
                 raise
-            self._remember_handlers(work)
+            self.remember_handlers(work.interactions())
         return outcomes
 
-    def _decide(self, fact: Fact, work: _UnitOfWork) -> Outcome:
+    def decide(self, fact: Fact, work: UnitOfWork) -> Outcome:
+        """Judge one fact against the batch's state and, when valid, apply it to `work`.
+
+        This is the ledger's one rule set: every write path decides through it.
+        """
         owner, starts = EVENT_OWNERS[fact.event_type]
         key = fact.event_id if owner is Occurrence else fact.data[_KEY_FIELD[owner]]
         try:
@@ -447,7 +484,7 @@ class LedgerApplication(Application[UUID]):
             ),
         )
 
-    def _encrypt_personal(self, fact: Fact, work: _UnitOfWork) -> Fact:
+    def _encrypt_personal(self, fact: Fact, work: UnitOfWork) -> Fact:
         data = dict(fact.data)
         customer_id = data["customer_id"]
         key = self.vault.key_for_new_fact(customer_id, work.new_keys)
@@ -477,7 +514,7 @@ class LedgerApplication(Application[UUID]):
                 )
             start = batch[-1].id + 1
 
-    def _check_references(self, fact: Fact, work: _UnitOfWork) -> Fact:
+    def _check_references(self, fact: Fact, work: UnitOfWork) -> Fact:
         """Referenced entities exist (and were active); fill fields the ledger knows."""
         event_type = fact.event_type
         data: dict[str, Any] = dict(fact.data)
@@ -533,7 +570,7 @@ class LedgerApplication(Application[UUID]):
                 raise ValidationError("csat", "a survey answer needs at least one of csat, nps, ces")
         return replace(fact, data=data)
 
-    def _check_goal(self, work: _UnitOfWork, event_type: str, data: dict[str, Any], at: int) -> None:
+    def _check_goal(self, work: UnitOfWork, event_type: str, data: dict[str, Any], at: int) -> None:
         """A goal gauges a known metric over a sane range, agreed by members of its team."""
         if event_type == "TeamGoalSet":
             check_metric(data["kpi"], self.goal_metrics)
@@ -570,14 +607,14 @@ class LedgerApplication(Application[UUID]):
                     f"at {format_timestamp(at)}",
                 )
 
-    def _remember_handlers(self, work: _UnitOfWork) -> None:
-        for started in work.new_occurrences.values():
-            if started.event_type == "InteractionRecorded":
-                self._handlers[started.event_id] = started.data.get("employee_id")
+    def remember_handlers(self, interactions: Iterable[tuple[str, str | None]]) -> None:
+        """Note who handled newly saved interactions (event id, employee id)."""
+        for event_id, employee_id in interactions:
+            self._handlers[event_id] = employee_id
         while len(self._handlers) > HANDLERS_REMEMBERED:
             self._handlers.popitem(last=False)
 
-    def _survey_employee(self, work: _UnitOfWork, data: Mapping[str, Any]) -> str | None:
+    def _survey_employee(self, work: UnitOfWork, data: Mapping[str, Any]) -> str | None:
         case_id, interaction_id = data.get("case_id"), data.get("interaction_id")
         if not case_id and not interaction_id:
             raise ValidationError("case_id", "a survey answer must name a case_id or interaction_id")
@@ -596,7 +633,7 @@ class LedgerApplication(Application[UUID]):
         given: str | None = data.get("employee_id")
         return given or handler
 
-    def _visit_case(self, work: _UnitOfWork, data: Mapping[str, Any], at: int) -> str:
+    def _visit_case(self, work: UnitOfWork, data: Mapping[str, Any], at: int) -> str:
         """A visit is for an open case; its site, when named, is the case customer's. Returns the customer."""
         case = self._case(work, data["case_id"], "case_id")
         if case.state not in _OPEN_CASE_STATES:
@@ -620,23 +657,27 @@ class LedgerApplication(Application[UUID]):
             raise ValidationError("window_end", "must be after window_start")
         return customer_id
 
-    def _employee(self, work: _UnitOfWork, employee_id: str, field: str) -> Employee:
+    def _employee(self, work: UnitOfWork, employee_id: str, field: str) -> Employee:
         employee = work.get(Employee, employee_id)
         if not isinstance(employee, Employee):
             raise ValidationError(field, f"unknown employee {employee_id!r}")
         return employee
 
-    def _case(self, work: _UnitOfWork, case_id: str, field: str) -> Case:
+    def _case(self, work: UnitOfWork, case_id: str, field: str) -> Case:
         case = work.get(Case, case_id)
         if not isinstance(case, Case):
             raise ValidationError(field, f"unknown case {case_id!r}")
         return case
 
-    def _article(self, work: _UnitOfWork, article_id: str, field: str) -> Article:
+    def _article(self, work: UnitOfWork, article_id: str, field: str) -> Article:
         article = work.get(Article, article_id)
         if not isinstance(article, Article):
             raise ValidationError(field, f"unknown article {article_id!r}")
         return article
+
+    def reset_cached_aggregates(self) -> None:
+        """Forget cached aggregates (the store was written to by another path)."""
+        self._repository = self.construct_repository()
 
     def reward_period(self, period: str) -> RewardPeriod | None:
         """The closed period's aggregate, or None while the period is open."""

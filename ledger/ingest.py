@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import IO, Any
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
+from ledger.bulk import BulkWriter
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.ordering import in_time_order
@@ -33,6 +35,8 @@ DEFAULT_MAX_RECORD_BYTES = 512 * 1024
 MAX_RECORD_BYTES_LIMIT = 900_000
 #: Nesting deeper than this is no ledger record (and could exhaust the parser's stack).
 MAX_JSON_DEPTH = 32
+#: Files from this size on are parsed in worker processes (below, starting them costs more).
+PARALLEL_PARSE_BYTES = 8 << 20
 _BOM = b"\xef\xbb\xbf"
 _csv_limit_raised = False
 
@@ -42,6 +46,8 @@ class SourceRecord:
     """One input record with where it came from, parsed or with the reason it was not.
 
     `raw` is what the rejects file shows: the input with customers' personal fields redacted.
+    A record that parsed keeps its input mapping in `source` instead and is redacted only if
+    the ledger refuses it (`shown`): most records are accepted and never shown.
     """
 
     location: str
@@ -49,6 +55,17 @@ class SourceRecord:
     fact: Fact | None
     error: ValidationError | None
     bytes_read: int
+    source: Mapping[str, Any] | None = None
+    #: The JSON line of an accepted record parsed elsewhere (`ledger.parse_workers`).
+    line: bytes | None = None
+
+    def shown(self) -> str | None:
+        """The input as the rejects file shows it (personal fields redacted)."""
+        if self.source is not None:
+            return redacted_json(self.source)
+        if self.line is not None:
+            return redacted_json(load_json_object(_decode(self.line).strip()))
+        return self.raw
 
     @property
     def sort_time(self) -> int | None:
@@ -173,7 +190,8 @@ def load_json_object(text: str) -> dict[str, Any]:
         raise ValidationError("(record)", f"invalid JSON number: {str(error)[:80]}") from None
     if not isinstance(raw, dict):
         raise ValidationError("(record)", "each line must be a JSON object")
-    if _depth(raw) > MAX_JSON_DEPTH:
+    # A flat object (the usual record) is one level deep: skip the walk.
+    if any(isinstance(v, (dict, list)) for v in raw.values()) and _depth(raw) > MAX_JSON_DEPTH:
         raise ValidationError("(record)", f"nested deeper than {MAX_JSON_DEPTH} levels")
     return raw
 
@@ -197,16 +215,35 @@ def parse_json_line(
         if not text:
             return SourceRecord(location, "", None, None, size)
         raw = load_json_object(text)
-        return SourceRecord(location, redacted_json(raw), parser.parse(raw, strict=True), None, size)
+        return SourceRecord(location, None, parser.parse(raw, strict=True), None, size, raw)
     except ValidationError as error:
         shown = redacted_json(raw) if raw is not None else redacted_text(text)
         return SourceRecord(location, shown, None, error, size)
 
 
+def parse_workers_for(path: Path) -> int:
+    """How many worker processes parse this file: none for small files or a single core."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 or path.stat().st_size < PARALLEL_PARSE_BYTES else cores
+
+
 def read_jsonl(
-    path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    path: Path,
+    parser: RecordParser,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    workers: int | None = None,
 ) -> Iterator[SourceRecord]:
-    """Parse a JSON-lines file record by record (a UTF-8 byte-order mark is accepted)."""
+    """Parse a JSON-lines file record by record (a UTF-8 byte-order mark is accepted).
+
+    Large files are parsed by `workers` processes (by default one per core, see
+    `parse_workers_for`); the records are the same either way.
+    """
+    workers = parse_workers_for(path) if workers is None else workers
+    if workers > 0:
+        from ledger.parse_workers import read_jsonl_in_workers  # noqa: PLC0415 - it imports this module
+
+        yield from read_jsonl_in_workers(path, parser, max_record_bytes, workers)
+        return
     with path.open("rb") as handle:
         for line in _lines(handle, max_record_bytes):
             if line.data is None:
@@ -338,15 +375,14 @@ def csv_records(
             yield SourceRecord(location, "", None, None, row.size)
             continue
         raw = dict(zip(header, cells, strict=False))
-        shown = redacted_json(raw)
         if len(cells) > len(header):
             problem = ValidationError("(record)", f"{len(cells)} cells but {len(header)} columns")
-            yield SourceRecord(location, shown, None, problem, row.size)
+            yield SourceRecord(location, redacted_json(raw), None, problem, row.size)
             continue
         try:
-            yield SourceRecord(location, shown, parse(raw), None, row.size)
+            yield SourceRecord(location, None, parse(raw), None, row.size, raw)
         except ValidationError as error:
-            yield SourceRecord(location, shown, None, error, row.size)
+            yield SourceRecord(location, redacted_json(raw), None, error, row.size)
 
 
 def read_row_mapped(
@@ -399,8 +435,7 @@ def read_row_mapped(
                 continue
             for index, (record, fact) in enumerate(zip(records, facts, strict=True)):
                 # The ledger record, not the (possibly long) row: it is held until applied.
-                shown = redacted_json(record)
-                yield SourceRecord(location, shown, fact, None, row.size if index == 0 else 0)
+                yield SourceRecord(location, None, fact, None, row.size if index == 0 else 0, record)
 
 
 def read_file(
@@ -501,19 +536,24 @@ def ingest_records(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     reporter: Reporter | None = None,
+    bulk: bool = True,
 ) -> IngestSummary:
     """Record a stream of parsed records in time order, in batches; one transaction per batch.
 
     The whole stream is one run: its valid facts are applied in `occurred_at` order (ties in
     input order, see `ledger.ordering`), so the outcome does not depend on line order, file
-    order or batch size.
+    order or batch size. Facts are written by the bulk path (`ledger.bulk`) unless `bulk` is
+    False (then through eventsourcing aggregates, `LedgerApplication.record`): the same
+    rules, events, rejects and summary either way.
     """
     reporter = reporter or SilentReporter()
     summary = IngestSummary()
     batch: list[SourceRecord] = []
+    writer = BulkWriter(app) if bulk else None
+    decide = writer.record if writer is not None else app.record
 
     def flush() -> None:
-        outcomes = app.record([r.fact for r in batch if r.fact is not None])
+        outcomes = decide([r.fact for r in batch if r.fact is not None])
         for record, outcome in zip(batch, outcomes, strict=True):
             if outcome.status == "accepted":
                 summary.accepted += 1
@@ -525,22 +565,26 @@ def ingest_records(
                     summary.conflicts += 1
                 else:
                     summary.rejected += 1
-                rejects.reject(record.location, outcome.error, record.raw, kind=outcome.status)
+                rejects.reject(record.location, outcome.error, record.shown(), kind=outcome.status)
         reporter.advance(0, events=len(batch))
         batch.clear()
 
-    for record in in_time_order(_counted(records, reporter)):
-        if record.error is not None:
-            summary.rejected += 1
-            rejects.reject(record.location, record.error, record.raw)
-            continue
-        if record.fact is None:
-            continue
-        batch.append(record)
-        if len(batch) >= batch_size:
+    try:
+        for source in in_time_order(_counted(records, reporter)):
+            if source.error is not None:
+                summary.rejected += 1
+                rejects.reject(source.location, source.error, source.shown())
+                continue
+            if source.fact is None:
+                continue
+            batch.append(source)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+    finally:
+        if writer is not None:
+            writer.close()
     return summary
 
 

@@ -8,7 +8,9 @@ an `IntegrityError` and is decided again), and a duplicate or conflicting record
 with one indexed query per batch.
 
 The rows to index are passed to `insert_events` as the keyword argument `event_index`
-(eventsourcing hands extra keyword arguments of `ProcessingEvent.saved_kwargs` through).
+(eventsourcing hands extra keyword arguments of `ProcessingEvent.saved_kwargs` through);
+`bulk=True` (from `ledger.bulk`, with originator ids already as hex text) inserts the events
+with one `executemany` and returns no notification ids.
 The PostgreSQL twin is in `ledger.postgres_recorder` (psycopg is an optional extra).
 """
 
@@ -39,7 +41,17 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        returning = super()._insert_events(c, stored_events, **kwargs)
+        returning: Sequence[int] | None
+        if kwargs.get("bulk"):
+            # The bulk writer needs no notification ids back: one statement batch instead of a
+            # statement per event (rowids are still assigned in the order given).
+            c.executemany(
+                self.insert_events_statement,
+                [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events],
+            )
+            returning = None
+        else:
+            returning = super()._insert_events(c, stored_events, **kwargs)
         rows: list[IndexRow] = kwargs.get("event_index") or []
         if rows:
             c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?, ?)", rows)

@@ -6,6 +6,10 @@ transaction. The position is recovered from Kafka itself: the highest `notificat
 header among committed records (read_committed), with the chain value stored beside it.
 Command code never writes to Kafka; only this relay does.
 
+The relay forwards bytes: it reads `(notification id, stored state)` rows straight from the
+store's events table (`ledger.stored_log`) and reads only the event id and the key fields
+from the front of each Avro message (`schemas.peek`); the rest is never decoded.
+
 With a checkpoints topic configured, the relay also publishes the chain head (see
 `ledger.checkpoints`) in the same transaction as the events it follows: whenever the
 notification id crosses a multiple of `checkpoint_every`, and for every
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +42,25 @@ from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
 from ledger.checkpoints import CADENCE, PERIOD_CLOSE, Checkpoint, ensure_checkpoint_topic, now_ms
 from ledger.checkpoints import encode as encode_checkpoint
+from ledger.stored_log import read_stored
 from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+from schemas.peek import FieldPeek
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
 
 KEY_FIELDS = ("customer_id", "employee_id", "article_id", "period", "team_id")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One notification as the relay sends it: the stored bytes, their key and header values."""
+
+    notification_id: int
+    state: bytes
+    event_type: bytes
+    event_id: bytes
+    key: bytes | None
 
 
 @dataclass(frozen=True)
@@ -134,12 +152,12 @@ def _read_tails(
     return best
 
 
-def message_key(record: dict[str, Any]) -> bytes | None:
+def message_key(record: Mapping[str, Any]) -> bytes | None:
     """Customer id, else employee id, else article id, else period, else team (team goals)."""
     for name in KEY_FIELDS:
         value = record.get(name)
         if value:
-            return str(value).encode()
+            return value if isinstance(value, bytes) else str(value).encode()
     return None
 
 
@@ -154,6 +172,7 @@ class Relay:
         self.watch = BrokerWatch(config.bootstrap, say, config.broker_timeout_s)
         self.codec: AvroCodec = app.codec
         self._producer: Producer | None = None
+        self._peek = FieldPeek(self.codec, ("event_id", *KEY_FIELDS))
         self._versions = {
             v.schema_id.to_bytes(4, "big"): str(v.version).encode()
             for v in self.codec.registry.all_versions()
@@ -208,9 +227,7 @@ class Relay:
         batches = 0
         reporter.total(max(self.app.max_position() - position.notification_id, 0))
         while not should_stop():
-            notifications = list(
-                self.app.read_notifications(position.notification_id + 1, self.config.batch_size)
-            )
+            notifications = self._read_batch(position.notification_id + 1)
             if not notifications:
                 if not follow:
                     break
@@ -266,44 +283,53 @@ class Relay:
         events = [v for v in self.codec.registry.all_versions() if v.kind == "event"]
         verify_registered(RemoteRegistry(self.config.registry_url), events, "relay")
 
+    def _read_batch(self, start: int) -> list[Outgoing]:
+        """The next notifications from `start`, with their keys and ids read from the bytes."""
+        batch = []
+        peek = self._peek.peek
+        for notification_id, state in read_stored(self.app.recorder, start, self.config.batch_size):
+            try:
+                event_type, fields = peek(state)
+            except DecodeError as error:
+                raise CrmLedgerError(
+                    f"notification {notification_id} in the ledger store cannot be decoded: {error}"
+                ) from error
+            event_id = fields.get("event_id")
+            if event_id is None:
+                raise CrmLedgerError(f"notification {notification_id} in the ledger store has no event_id")
+            key = message_key(fields)
+            batch.append(Outgoing(notification_id, state, event_type.encode(), event_id, key))
+        return batch
+
     def _publish(
-        self, producer: Producer, notifications: list[Any], position: RelayPosition
+        self, producer: Producer, notifications: list[Outgoing], position: RelayPosition
     ) -> RelayPosition:
         producer.begin_transaction()
         chain = position.chain
-        expected = position.notification_id + 1
+        versions = self._versions
+        topic = self.config.topic
         previous = position.notification_id
-        decoded = self.codec.decode_many([n.state for n in notifications])
         try:
-            for notification, result in zip(notifications, decoded, strict=True):
-                if isinstance(result, Exception):
-                    raise CrmLedgerError(
-                        f"notification {notification.id} in the ledger store cannot be decoded: {result}"
-                    )
-                if notification.id != expected:
-                    # SQLite rowids can skip after a rolled-back insert; the chain covers
-                    # whatever ids exist, in order, so a gap is recorded, not an error.
-                    expected = notification.id
-                state: bytes = notification.state
-                event_type, record = result
-                schema = self._versions.get(state[1:5])
+            # SQLite rowids can skip after a rolled-back insert; the chain covers whatever
+            # ids exist, in order, so a gap is recorded, not an error.
+            for outgoing in notifications:
+                state = outgoing.state
                 chain = next_link(chain, state)
                 produce(
                     producer,
-                    self.config.topic,
-                    key=message_key(record),
+                    topic,
+                    key=outgoing.key,
                     value=state,
                     headers=[
-                        ("event_id", record["event_id"].encode()),
-                        ("event_type", event_type.encode()),
-                        ("notification_id", str(notification.id).encode()),
-                        ("schema_version", schema or b"0"),
+                        ("event_id", outgoing.event_id),
+                        ("event_type", outgoing.event_type),
+                        ("notification_id", str(outgoing.notification_id).encode()),
+                        ("schema_version", versions.get(state[1:5]) or b"0"),
                         ("chain", chain.hex().encode()),
                     ],
                 )
-                self._checkpoints(producer, notification.id, previous, chain, result)
-                previous = notification.id
-                expected += 1
+                self._checkpoints(producer, outgoing, previous, chain)
+                previous = outgoing.notification_id
             producer.commit_transaction(self.config.broker_timeout_s)
         except KafkaException as error:
             with contextlib.suppress(KafkaException):
@@ -317,36 +343,35 @@ class Relay:
             with contextlib.suppress(KafkaException):
                 producer.abort_transaction(5)
             raise
-        return RelayPosition(notifications[-1].id, chain)
+        return RelayPosition(notifications[-1].notification_id, chain)
 
 
-    def _checkpoints(
-        self,
-        producer: Producer,
-        nid: int,
-        previous: int,
-        chain: bytes,
-        decoded: tuple[str, dict[str, Any]],
-    ) -> None:
-        """Queue the checkpoints due after notification `nid` (inside the open transaction)."""
+    def _checkpoints(self, producer: Producer, outgoing: Outgoing, previous: int, chain: bytes) -> None:
+        """Queue the checkpoints due after `outgoing` (inside the open transaction).
+
+        Only a period close is decoded in full (for the head it recorded); every other
+        message is forwarded without decoding.
+        """
         topic = self.config.checkpoints_topic
         if not topic:
             return
-        event_type, record = decoded
+        nid = outgoing.notification_id
         every = self.config.checkpoint_every
         due = []
         if nid // every > previous // every:
             due.append(Checkpoint(nid, chain.hex(), now_ms(), CADENCE, every=every))
-        if event_type == "RewardPeriodClosed" and record.get("chain_head"):
-            due.append(
-                Checkpoint(
-                    int(record["ledger_position"]),
-                    str(record["chain_head"]),
-                    now_ms(),
-                    PERIOD_CLOSE,
-                    period=str(record["period"]),
+        if outgoing.event_type == b"RewardPeriodClosed":
+            _, record = self.codec.decode(outgoing.state)
+            if record.get("chain_head"):
+                due.append(
+                    Checkpoint(
+                        int(record["ledger_position"]),
+                        str(record["chain_head"]),
+                        now_ms(),
+                        PERIOD_CLOSE,
+                        period=str(record["period"]),
+                    )
                 )
-            )
         for checkpoint in due:
             key, value = encode_checkpoint(self.codec, checkpoint)
             produce(producer, topic, key=key, value=value)

@@ -66,6 +66,8 @@ class PersonalDataVault:
             )
         # Bounded, so that importing millions of customers keeps memory constant.
         self._cache: OrderedDict[str, bytes] = OrderedDict()
+        #: Customers found without a key by the last `prefetch` (valid for one batch).
+        self._keyless: set[str] = set()
 
     def key_for_new_fact(self, customer_id: str, pending: dict[str, bytes]) -> bytes:
         """The customer's key, or a new one held in `pending` until `store_new_keys`.
@@ -83,17 +85,34 @@ class PersonalDataVault:
         if not pending:
             return
         with self._transaction() as cursor:
-            for customer_id, key in sorted(pending.items()):
-                cursor.execute(
-                    f"INSERT INTO {_TABLE} (customer_id, key) VALUES ({self._mark}, {self._mark})",
-                    (customer_id, key),
-                )
+            cursor.executemany(
+                f"INSERT INTO {_TABLE} (customer_id, key) VALUES ({self._mark}, {self._mark})",
+                sorted(pending.items()),
+            )
         for customer_id, key in pending.items():
             self._remember(customer_id, key)
+            self._keyless.discard(customer_id)
+
+    def prefetch(self, customer_ids: Iterable[str]) -> None:
+        """Load the keys of a batch's customers with one query instead of one per customer.
+
+        Customers found without a key are remembered until `end_prefetch`: a key made by
+        another writer meanwhile makes `store_new_keys` fail, and the batch is decided again.
+        """
+        wanted = [c for c in set(customer_ids) if c not in self._cache]
+        found = self._load(wanted)
+        for customer_id, key in found.items():
+            self._remember(customer_id, key)
+        self._keyless = {c for c in wanted if c not in found}
+
+    def end_prefetch(self) -> None:
+        """The batch is over: customers without a key are asked again next time."""
+        self._keyless.clear()
 
     def clear_cache(self) -> None:
         """Forget cached keys (another writer may have deleted some)."""
         self._cache.clear()
+        self._keyless.clear()
 
     def _remember(self, customer_id: str, key: bytes) -> None:
         self._cache[customer_id] = key
@@ -122,6 +141,7 @@ class PersonalDataVault:
                 cursor.execute(f"DELETE FROM {_TABLE} WHERE customer_id = {self._mark}", (customer_id,))
         for customer_id in ids:
             self._cache.pop(customer_id, None)
+            self._keyless.add(customer_id)
         if self._sqlite:
             # The deleted rows are zeroed in the new WAL frames, but older frames still hold
             # the keys until the log is checkpointed: copy it back and truncate it now.
@@ -138,7 +158,7 @@ class PersonalDataVault:
 
     def _key(self, customer_id: str) -> bytes | None:
         key = self._cache.get(customer_id)
-        if key is None:
+        if key is None and customer_id not in self._keyless:
             key = self._load([customer_id]).get(customer_id)
             if key is not None:
                 self._remember(customer_id, key)

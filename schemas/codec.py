@@ -57,6 +57,12 @@ class AvroCodec:
         self.registry = registry
         self._readers: dict[int, tuple[str, Schema, Schema | None]] = {}
         self._array_readers: dict[int, tuple[Schema, Schema | None]] = {}
+        # Parsed with fastavro's write hint, so `schemaless_writer` does not parse the schema
+        # again on every call (about half of the encoding time otherwise; same bytes).
+        self._writers: dict[int, Schema] = {
+            version.schema_id: fastavro.parse_schema(copy.deepcopy(dict(version.raw)))
+            for version in registry.all_versions()
+        }
         for version in registry.all_versions():
             writer_raw = self._reader_form(version, epoch_millis)
             latest = registry.latest(version.event_type)
@@ -89,7 +95,7 @@ class AvroCodec:
         buffer = io.BytesIO()
         buffer.write(HEADER.pack(MAGIC_BYTE, version.schema_id))
         try:
-            fastavro.schemaless_writer(buffer, version.parsed, record)
+            fastavro.schemaless_writer(buffer, self._writers.get(version.schema_id, version.parsed), record)
         except Exception as error:  # fastavro raises ValueError, TypeError, AttributeError...
             raise self._explain(version, record, error) from error
         return buffer.getvalue()

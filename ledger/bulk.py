@@ -1,0 +1,255 @@
+"""The bulk write path: the ledger's rules applied to plain state, rows written in bulk.
+
+`LedgerApplication.record` builds an eventsourcing aggregate and event object per fact and
+lets the mapper and recorder turn them into rows. For loading years of history that
+machinery costs more than the rules themselves, so `BulkWriter` decides every fact through
+the very same `LedgerApplication.decide` (one rule set, no second copy) against a unit of
+work that keeps the same aggregate classes as plain state: a fact is applied with the
+aggregate's own `when`, its version counted here, and the event becomes a row
+`(originator id, version, topic, Avro bytes)` at once. Rows and their event-id index rows
+are inserted with one statement batch per store transaction through the ledger's recorder,
+exactly as the eventsourcing path writes them: the same bytes (apart from `recorded_at` and
+ciphertext nonces), the same notification order, the same rejects. The differential tests
+in `tests/test_bulk_differential.py` hold the two paths to that.
+
+Aggregates stay in a bounded cache between batches; one missing from it is read back from
+the store and rebuilt with `when`. A batch that another writer got in the way of (a
+version or event id taken) is decided again on fresh state, like `record` does.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+from eventsourcing.sqlite import SQLiteAggregateRecorder
+
+from ledger.application import (
+    WRITE_ATTEMPTS,
+    LedgerApplication,
+    Outcome,
+    _contended,
+    _references,
+)
+from ledger.domain import EVENT_OWNERS, LedgerAggregate, Occurrence, aggregate_hex
+from ledger.errors import StoreBusyError
+from ledger.existence import existing_ids, indexed_events
+from ledger.mapper import epoch_ms
+from ledger.records import Fact
+from ledger.vault import PERSONAL_FIELDS
+from schemas.registry import NAMESPACE
+
+#: Aggregates kept between batches (the eventsourcing path's cache holds as many).
+CACHED_AGGREGATES = 200_000
+Ref = tuple[str, str]
+
+
+class _State:
+    """An aggregate as plain state and how many events it has (its version)."""
+
+    __slots__ = ("aggregate", "hex_id", "version")
+
+    def __init__(self, aggregate: LedgerAggregate, hex_id: str, version: int) -> None:
+        self.aggregate = aggregate
+        self.hex_id = hex_id
+        self.version = version
+
+
+def _blank(cls: type[LedgerAggregate]) -> LedgerAggregate:
+    """A new aggregate's initial state, without eventsourcing's creation event."""
+    aggregate = object.__new__(cls)
+    cls.__init__(aggregate)
+    return aggregate
+
+
+class BulkUnitOfWork:
+    """One batch against plain aggregate state (see the module docstring)."""
+
+    def __init__(self, writer: BulkWriter, recorded_at: datetime) -> None:
+        self._writer = writer
+        self._cache = writer.cache
+        self.recorded_at_ms = epoch_ms(recorded_at)
+        self._absent: set[Ref] = set()
+        #: This batch's new one-off facts (never cached across batches, like `record`).
+        self._occurrences: dict[Ref, _State] = {}
+        self._states: dict[int, _State] = {}  # id(aggregate) -> its state, for `record`
+        self.touched: dict[Ref, _State] = {}
+        #: (originator id hex, version, event type, record) of the new events, in fact order.
+        self.rows: list[tuple[str, int, str, dict[str, Any]]] = []
+        self.stored_ids: dict[str, tuple[str, int]] = {}
+        self.batch_facts: dict[str, Fact] = {}
+        self.new_keys: dict[str, bytes] = {}
+        self.interactions: list[tuple[str, str | None]] = []
+
+    def prefetch(self, facts: Sequence[Fact]) -> None:
+        """Ask the store once which ids it holds: the event-id index and uncached aggregates."""
+        app = self._writer.app
+        self.stored_ids = indexed_events(app.recorder, {f.event_id for f in facts})
+        own = {(Occurrence.KIND, f.event_id) for f in facts}
+        refs = {ref for fact in facts for ref in _references(fact)}
+        # A one-off fact's aggregate is keyed by its own event id, and every stored event is
+        # in the index (same transaction): an id the index lacks has no aggregate either.
+        unknown = {r for r in refs - own if r not in self._cache}
+        by_id = {aggregate_hex(kind, key): (kind, key) for kind, key in unknown}
+        present = {by_id[found] for found in existing_ids(app.recorder, by_id)}
+        self._absent = (unknown - present) | {r for r in own if r[1] not in self.stored_ids}
+        app.vault.prefetch(f.data["customer_id"] for f in facts if f.event_type in PERSONAL_FIELDS)
+
+    def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
+        ref = (cls.KIND, key)
+        state = self._occurrences.get(ref) or self._cache.get(ref)
+        if state is None:
+            if ref in self._absent:
+                return None
+            state = self._writer.load(cls, key)
+            if state is None:
+                self._absent.add(ref)
+                return None
+            if cls is not Occurrence:
+                self._cache[ref] = state
+        aggregate = state.aggregate
+        if not isinstance(aggregate, cls):
+            return None
+        self._states[id(aggregate)] = state
+        if cls is not Occurrence:
+            self.touched[ref] = state
+        return aggregate
+
+    def start(self, cls: type[LedgerAggregate], fact: Fact, key: str) -> None:
+        ref = (cls.KIND, key)
+        aggregate = _blank(cls)
+        state = _State(aggregate, aggregate_hex(cls.KIND, key), 0)
+        self._states[id(aggregate)] = state
+        if cls is Occurrence:
+            self._occurrences[ref] = state
+            if fact.event_type == "InteractionRecorded":
+                self.interactions.append((fact.event_id, fact.data.get("employee_id")))
+        else:
+            self._cache[ref] = state
+            self.touched[ref] = state
+        self._absent.discard(ref)
+        self._apply(state, fact)
+
+    def record(self, aggregate: LedgerAggregate, fact: Fact) -> None:
+        self._apply(self._states[id(aggregate)], fact)
+
+    def _apply(self, state: _State, fact: Fact) -> None:
+        state.aggregate._apply_fact(fact.event_type, fact.event_id, fact.occurred_at, fact.data)
+        state.version += 1
+        # What the Avro mapper stores for an eventsourcing event: its fields plus the envelope.
+        record = dict(fact.data)
+        record["event_id"] = fact.event_id
+        record["occurred_at"] = fact.occurred_at
+        record["recorded_at"] = self.recorded_at_ms
+        self.rows.append((state.hex_id, state.version, fact.event_type, record))
+
+
+class BulkWriter:
+    """Records batches of facts through `LedgerApplication.decide`, written in bulk.
+
+    One writer serves one run (an import): its cache is only valid while nothing else
+    writes through the same application object, so `close` makes the application forget
+    its own cached aggregates afterwards.
+    """
+
+    def __init__(self, app: LedgerApplication, cache_size: int = CACHED_AGGREGATES) -> None:
+        self.app = app
+        self.cache: dict[Ref, _State] = {}
+        self._cache_size = cache_size
+        self._postgres = not isinstance(app.recorder, SQLiteAggregateRecorder)
+
+    def record(self, facts: Sequence[Fact]) -> list[Outcome]:
+        """Validate and save a batch like `LedgerApplication.record` (same rules and outcomes)."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return self._record_once(facts)
+            except (IntegrityError, OperationalError) as error:
+                if isinstance(error, OperationalError) and not _contended(error):
+                    raise
+                self.cache.clear()
+                self.app.vault.clear_cache()
+                if attempt == WRITE_ATTEMPTS:
+                    raise StoreBusyError(
+                        f"the event store stayed busy after {attempt} attempts ({error}); "
+                        "nothing of this batch was written: run the same command again"
+                    ) from error
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Drop cached state; the application's own cache may be behind what was written."""
+        self.cache.clear()
+        self.app.reset_cached_aggregates()
+
+    def load(self, cls: type[LedgerAggregate], key: str) -> _State | None:
+        """An aggregate rebuilt from its stored events (None when the store has none)."""
+        hex_id = aggregate_hex(cls.KIND, key)
+        stored = self.app.recorder.select_events(UUID(hex=hex_id))
+        if not stored:
+            return None
+        event_type, _ = self.app.codec.decode(stored[0].state)
+        aggregate = _blank(EVENT_OWNERS[event_type][0])
+        version = 0
+        for event in stored:
+            event_type, record = self.app.codec.decode(event.state)
+            data = {k: v for k, v in record.items() if k not in _ENVELOPE}
+            aggregate._apply_fact(event_type, record["event_id"], record["occurred_at"], data)
+            version = event.originator_version
+        return _State(aggregate, hex_id, version)
+
+    def _record_once(self, facts: Sequence[Fact]) -> list[Outcome]:
+        app = self.app
+        work = BulkUnitOfWork(self, datetime.now(tz=UTC))
+        work.prefetch(facts)
+        try:
+            outcomes = [app.decide(fact, work) for fact in facts]
+            forgotten = [
+                f.data["customer_id"]
+                for f, o in zip(facts, outcomes, strict=True)
+                if o.status == "accepted" and f.event_type == "CustomerForgotten"
+            ]
+            if work.rows:
+                # Keys before the events encrypted with them; shredding before the forget is
+                # saved: a crash in between leaves data unreadable, never readable.
+                app.vault.store_new_keys(work.new_keys)
+                app.vault.forget(forgotten)
+                self._insert(work)
+        except BaseException:
+            # Cached state may hold this batch's unsaved facts.
+            self.cache.clear()
+            raise
+        finally:
+            app.vault.end_prefetch()
+        app.remember_handlers(work.interactions)
+        self._trim()
+        return outcomes
+
+    def _insert(self, work: BulkUnitOfWork) -> None:
+        encode = self.app.codec.encode
+        postgres = self._postgres
+        stored = [
+            StoredEvent(
+                originator_id=UUID(hex=hex_id) if postgres else hex_id,
+                originator_version=version,
+                topic=f"{NAMESPACE}.{event_type}",
+                state=encode(event_type, record),
+            )
+            for hex_id, version, event_type, record in work.rows
+        ]
+        index = [(record["event_id"], hex_id, version) for hex_id, version, _, record in work.rows]
+        self.app.recorder.insert_events(stored, event_index=index, bulk=True)
+
+    def _trim(self) -> None:
+        # Oldest first (insertion order); an evicted aggregate is read back when needed.
+        excess = len(self.cache) - self._cache_size
+        if excess > 0:
+            for ref in list(self.cache)[:excess]:
+                del self.cache[ref]
+
+
+_ENVELOPE = frozenset({"event_id", "occurred_at", "recorded_at"})

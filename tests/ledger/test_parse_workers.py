@@ -1,0 +1,56 @@
+"""Parsing in worker processes yields exactly the records of parsing in the main process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from importers.generator import GeneratorConfig, write_history
+from ledger import parse_workers
+from ledger.ingest import SourceRecord, read_jsonl
+from ledger.records import RecordParser
+from schemas.registry import SchemaRegistry
+from tests.factory import rec
+
+
+def _view(record: SourceRecord) -> tuple[object, ...]:
+    error = None if record.error is None else (type(record.error), str(record.error))
+    return (record.location, record.fact, error, record.bytes_read, record.shown(), record.sort_time)
+
+
+def test_worker_parsing_gives_the_same_records(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parse_workers, "CHUNK_LINES", 37)  # many chunks, several in flight
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=60, employees=6, months=2, seed=3, invalid_rate=0.05), handle)
+    lines = history.read_bytes().splitlines()
+    personal = rec(
+        "CustomerRegistered", customer_id="c9", segment="smb", region="n", name="Ada", email="a@x.example"
+    )
+    extra = [
+        b"",
+        b"   ",
+        b'{"a": ' * 50 + b"1" + b"}" * 50,
+        b"\x00\x01\x02",
+        b"[1, 2]",
+        json.dumps(personal).encode(),
+        json.dumps({**personal, "segment": 5}).encode(),
+        b'{"type": "CustomerRegistered", "name": "Bo Hidden", ',
+        b"x" * 5000,  # over the size limit below
+        json.dumps(
+            rec("InteractionRecorded", customer_id="c1", channel="chat", direction="inbound")
+        ).encode(),
+    ]
+    for index, line in enumerate(extra):
+        lines.insert(index * 41, line)
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
+    parser = RecordParser(registry, now_ms=1_900_000_000_000)
+    serial = [_view(r) for r in read_jsonl(path, parser, 4096, workers=0)]
+    parallel = [_view(r) for r in read_jsonl(path, parser, 4096, workers=2)]
+    assert len(serial) == len(lines) and any(v[2] for v in serial)
+    assert parallel == serial
