@@ -6,7 +6,7 @@ company's complaint desk at "Date sent to company", with "Timely response?"), a
 CaseResolved whose resolution code comes from "Company response to consumer" (open while
 "In progress"), and a CaseReopened where "Consumer disputed?" is Yes. Event ids derive from
 the Complaint ID, so a re-import or an overlapping export adds nothing. The full mapping
-table is in the README. Columns are matched by header name; unknown columns are ignored;
+table is in docs/imports.md. Columns are matched by header name; unknown columns are ignored;
 narratives, ZIP codes, tags and consent are not imported. A row with a missing Complaint
 ID, an unparseable date or no Company is rejected with its line and field.
 """

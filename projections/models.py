@@ -2,7 +2,7 @@
 
 Everything here is a pure function of the events and the metric spec, rebuilt in one
 transaction, with a fixed row order: replaying the same log gives identical tables.
-Definitions follow "Metric definitions v1" in the design; see the README for each column.
+Definitions follow "Metric definitions v1" in the design; see docs/read-models.md for each column.
 """
 
 from __future__ import annotations

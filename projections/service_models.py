@@ -7,7 +7,7 @@ every grain); the KPI tables select those columns; and `customer_profile` is wid
 the service columns once it is built. Fields that are not columns of `events` are read from
 the JSON `payload` (timestamps there are epoch milliseconds).
 
-Definitions (the README's "Read models" lists every column):
+Definitions (docs/read-models.md lists every column):
 
 - A contract **covers** a moment from its `starts_on` until the earliest of its latest
   `ends_on` (after renewals) and its `ContractEnded`. A case's SLA comes from the contract

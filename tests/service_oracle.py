@@ -2,7 +2,7 @@
 
 Plain Python over the raw JSONL records (all valid), in the ledger's order (occurred_at,
 ties in file order). No SQL and no shared code with the projections beyond the timestamp
-parser; it follows the definitions in the README ("Read models").
+parser; it follows the definitions in docs/read-models.md.
 """
 
 from __future__ import annotations

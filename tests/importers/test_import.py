@@ -77,7 +77,7 @@ def test_cfpb_mapping_of_one_complaint(app: LedgerApplication, parser: RecordPar
 
 
 def expected_kpis(files: list[Path]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
-    """Plain Python over the CSV rows: the complaint KPIs the README defines."""
+    """Plain Python over the CSV rows: the complaint KPIs docs/imports.md defines."""
     relief = {"Closed with monetary relief", "Closed with non-monetary relief", "Closed with relief"}
     closed = relief | {"Closed with explanation", "Closed without relief", "Closed"}
     channels = {
