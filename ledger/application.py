@@ -36,6 +36,7 @@ from ledger.domain import (
     TeamGoal,
     aggregate_hex,
     aggregate_id,
+    check_follow_up,
     check_term,
 )
 from ledger.errors import ConflictError, StoreBusyError, ValidationError
@@ -54,6 +55,7 @@ from ledger.recorders import INDEX_TABLE
 from ledger.records import ENRICHED_FIELDS, Fact, format_timestamp
 from ledger.vault import FORGOTTEN, PERSONAL_FIELDS, PREFIX, PersonalDataVault
 from schemas.codec import AvroCodec
+from schemas.metadata import shipped
 from schemas.registry import SchemaRegistry
 
 Status = Literal["accepted", "duplicate", "rejected", "conflict"]
@@ -81,18 +83,9 @@ _ABOUT_PAST_WORK = frozenset(
 )
 _OCCURRENCE_TOPIC = get_topic(Occurrence)
 HANDLERS_REMEMBERED = 200_000
-_REFERENCE_KINDS: tuple[tuple[str, str], ...] = (
-    ("customer_id", Customer.KIND),
-    ("employee_id", Employee.KIND),
-    ("to_employee_id", Employee.KIND),
-    ("case_id", Case.KIND),
-    ("source_case_id", Case.KIND),
-    ("article_id", Article.KIND),
-    ("interaction_id", Occurrence.KIND),
-    ("goal_id", TeamGoal.KIND),
-    ("contract_id", Contract.KIND),
-    ("site_id", Site.KIND),
-    ("visit_id", FieldVisit.KIND),
+#: (field, entity kind) of every field that names an entity (`"crm.ref"` in the schemas).
+_REFERENCE_KINDS: tuple[tuple[str, str], ...] = tuple(
+    (field, kind) for field, kind in shipped().references if field != "article_ids"
 )
 #: Facts whose customer (and, for a completed visit, engineer) the ledger knows from the
 #: contract, site or visit they name: filled in when left out, compared when given.
@@ -125,7 +118,7 @@ def _references(fact: Fact) -> list[tuple[str, str]]:
 
 
 #: Fields the ledger fills in when a client leaves them out (never compared when absent).
-_FILLED_IN = ENRICHED_FIELDS | {("SurveyAnswered", "employee_id"), ("ArticleLinked", "customer_id")}
+_FILLED_IN = ENRICHED_FIELDS
 
 
 def _same_customer(given: str | None, case: Case) -> str:
@@ -562,6 +555,8 @@ class LedgerApplication(Application[UUID]):
             self._check_goal(work, event_type, data, at)
         if event_type == "ContractStarted":
             check_term(fact)
+        if event_type == "FollowUpScheduled":
+            check_follow_up(fact)
         if event_type == "FieldVisitScheduled":
             data["customer_id"] = self._visit_case(work, data, at)
         if event_type == "SurveyAnswered":

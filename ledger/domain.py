@@ -322,6 +322,7 @@ class Occurrence(LedgerAggregate):
         "ComplimentReceived",
         "SurveyAnswered",
         "KnowledgeShared",
+        "FollowUpScheduled",
     )
 
     def __init__(self) -> None:
@@ -473,6 +474,12 @@ class Contract(LedgerAggregate):
                 f"a renewal must extend the term beyond {format_timestamp(self.ends_on)}, "
                 f"got {format_timestamp(fact.get('ends_on'))}",
             )
+
+
+def check_follow_up(fact: Fact) -> None:
+    """A follow-up is promised for later than the promise."""
+    if fact.get("due_at") <= fact.occurred_at:
+        raise ValidationError("due_at", f"must be after occurred_at ({format_timestamp(fact.occurred_at)})")
 
 
 def check_term(fact: Fact) -> None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.errors import ValidationError
+from schemas.metadata import shipped
 from schemas.registry import SchemaRegistry
 
 CHANNELS = frozenset({"phone", "email", "chat", "web", "field", "social", "post", "referral", "fax", "other"})
@@ -29,7 +30,7 @@ SLA_SEVERITIES = ("critical", "high", "medium", "low")
 DEFAULT_SLA_SEVERITY = "medium"
 SYSTEM_FIELDS = frozenset({"recorded_at"})
 #: Event types that only the ledger itself writes (reward periods), never an import.
-INTERNAL_TYPES = frozenset({"RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued"})
+INTERNAL_TYPES = shipped().internal  # declared `"crm.internal": true` in the schemas
 
 
 @dataclass(frozen=True)
@@ -314,28 +315,9 @@ _ID_FIELDS = (
     "product",
     "goal_id",
 )
-#: Fields the ledger fills in from its own state, so a client may leave them out.
-ENRICHED_FIELDS = frozenset(
-    {
-        (t, "customer_id")
-        for t in ("CaseAccepted", "CaseEscalated", "CaseResolved", "CaseReopened", "CaseClosed")
-    }
-    | {("ArticleLinked", "author_id")}
-    | {("TeamGoalRevised", "team_id"), ("TeamGoalClosed", "team_id")}
-    # Contracts, sites and visits know their customer (and a visit its engineer).
-    | {
-        (t, "customer_id")
-        for t in (
-            "ContractRenewed",
-            "ContractEnded",
-            "ProductRemoved",
-            "FieldVisitScheduled",
-            "FieldVisitCompleted",
-            "FieldVisitCancelled",
-        )
-    }
-    | {("FieldVisitCompleted", "employee_id")}
-)
+#: Fields the ledger fills in from its own state, so a client may leave them out
+#: (declared `"crm.filled": true` in the schemas).
+ENRICHED_FIELDS = shipped().filled
 
 
 #: How far in the future `occurred_at` may lie (clock skew between systems), by default.

@@ -45,11 +45,13 @@ from ledger.checkpoints import encode as encode_checkpoint
 from ledger.stored_log import read_stored
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
+from schemas.metadata import shipped
 from schemas.peek import FieldPeek
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
 
-KEY_FIELDS = ("customer_id", "employee_id", "article_id", "period", "team_id")
+#: Message key candidates, lowest rank first (declared `"crm.key": RANK` in the schemas).
+KEY_FIELDS = shipped().key_fields
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def _read_tails(
 
 
 def message_key(record: Mapping[str, Any]) -> bytes | None:
-    """Customer id, else employee id, else article id, else period, else team (team goals)."""
+    """The first non-empty key field: customer id, else employee id, article id, period, team."""
     for name in KEY_FIELDS:
         value = record.get(name)
         if value:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,11 +30,10 @@ from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 
 from ledger.errors import KeyStoreError
+from schemas.metadata import shipped
 
-PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "CustomerRegistered": ("name", "email"),
-    "CustomerDetailsChanged": ("name", "email"),
-}
+#: Event type -> its personal fields (declared `"crm.personal": true` in the schemas).
+PERSONAL_FIELDS: Mapping[str, tuple[str, ...]] = shipped().personal
 PREFIX = "enc:v2:"  # AES-256-GCM, 12-byte nonce, tag appended (cryptography's AESGCM layout)
 CACHED_KEYS = 100_000
 FORGOTTEN = "[forgotten]"

@@ -19,6 +19,7 @@ import fastavro
 from fastavro.utils import generate_many
 
 from schemas.errors import SchemaError
+from schemas.metadata import problems as metadata_problems
 from schemas.registry import LOCK_FILE_NAME, NAMESPACE, load_schema_file, read_lock, schema_files
 
 SAMPLES_PER_PAIR = 25
@@ -94,6 +95,10 @@ def check_folder(folder: Path) -> list[Problem]:
         if str(version) not in lock.get(f"{NAMESPACE}.{event_type}", {}):
             problems.append(Problem(path.name, f"not in {LOCK_FILE_NAME}: run `crm-ledger schemas lock`"))
 
+    declared = {path.name: raw for by_version in parsed.values() for path, raw, _ in by_version.values()}
+    for message in metadata_problems(declared):
+        where, _, reason = message.partition(": ")
+        problems.append(Problem(where, reason))
     for event_type, by_version in sorted(parsed.items()):
         ordered = sorted(by_version)
         for i, newer in enumerate(ordered):

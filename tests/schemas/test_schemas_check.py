@@ -64,3 +64,38 @@ def test_lock_file_must_cover_every_version(tmp_path: Path) -> None:
     assert "schemas lock" in str(check_folder(tmp_path)[0])
     lock = assign_ids(tmp_path)
     assert lock == assign_ids(tmp_path)  # ids are stable
+
+
+def test_event_metadata_is_checked(tmp_path: Path) -> None:
+    raw = json.loads((SCHEMA_DIR / "CaseClosed.v1.avsc").read_text())
+    fields = {f["name"]: f for f in raw["fields"]}
+    fields["case_id"]["crm.key"] = 9  # customer_id ranks 1 everywhere; case_id never was a key: fine
+    fields["customer_id"]["crm.key"] = 3  # ...but customer_id ranks 1 in every other schema
+    fields["employee_id"]["crm.personal"] = "yes"
+    fields["case_id"]["crm.colour"] = "red"
+    raw["crm.internal"] = 1
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        shutil.copy(path, tmp_path)
+    shutil.copy(SCHEMA_DIR / "schemas.lock.json", tmp_path)
+    (tmp_path / "CaseClosed.v1.avsc").write_text(json.dumps(raw))
+    found = {str(p) for p in check_folder(tmp_path)}
+    assert any("CaseClosed.v1.avsc: field 'customer_id': crm.key 3, but" in p for p in found), found
+    assert "CaseClosed.v1.avsc: field 'employee_id': crm.personal must be true or false" in found
+    assert "CaseClosed.v1.avsc: field 'case_id': unknown attribute 'crm.colour'" in found
+    assert "CaseClosed.v1.avsc: crm.internal must be true or false" in found
+    assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
+
+
+def test_the_declarations_drive_the_ledger() -> None:
+    from ledger.domain import AGGREGATES
+    from ledger.records import ENRICHED_FIELDS, INTERNAL_TYPES
+    from ledger.relay import KEY_FIELDS
+    from ledger.vault import PERSONAL_FIELDS
+    from schemas.metadata import shipped
+
+    declared = shipped()
+    assert {kind for _, kind in declared.references} <= {a.KIND for a in AGGREGATES}
+    assert PERSONAL_FIELDS == {"CustomerRegistered": ("name", "email"), "CustomerDetailsChanged": ("name", "email")}
+    assert KEY_FIELDS == ("customer_id", "employee_id", "article_id", "period", "team_id")
+    assert {"RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued"} == INTERNAL_TYPES
+    assert ("CaseResolved", "customer_id") in ENRICHED_FIELDS
