@@ -42,22 +42,30 @@ STABLE_VIEWS = (
 )
 
 
-def team_history_sql(v: str) -> str:
+def team_history_sql(v: str, ev: str, scope: str = "TRUE") -> str:
+    """Team membership over time; `scope` restricts employees (incremental maintenance)."""
     return f"""
-CREATE OR REPLACE TABLE {v}.team_history AS
 SELECT employee_id, team_id, occurred_at AS valid_from
-FROM {v}.events
-WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam')
+FROM {ev}
+WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam') AND ({scope})
 QUALIFY row_number() OVER (
     PARTITION BY employee_id, occurred_at ORDER BY notification_id DESC NULLS LAST) = 1
 ORDER BY employee_id, valid_from"""
 
 
-def measures_sql(v: str) -> str:
-    """One row per measured act, attributed to an employee and their team at that time."""
+#: Measures that depend on all of a case's events, not just on the event they come from.
+CASE_MEASURES = ("solved", "citation")
+
+
+def measures_sql(v: str, ev: str, scope: str = "TRUE") -> str:
+    """One row per measured act, attributed to an employee and their team at that time.
+
+    `scope` is a condition on the result's columns (incremental maintenance); every row
+    depends only on its own event, or (CASE_MEASURES) on its case's events, and on the
+    employee's team history.
+    """
     return f"""
-CREATE OR REPLACE TABLE {v}.measures AS
-WITH ev AS (SELECT * FROM {v}.events),
+WITH ev AS (SELECT * FROM {ev}),
 first_res AS (
     SELECT * FROM ev WHERE event_type = 'CaseResolved'
     QUALIFY row_number() OVER (PARTITION BY case_id ORDER BY occurred_at, notification_id) = 1
@@ -82,55 +90,62 @@ cited AS (
 raw AS (
     SELECT employee_id, occurred_at, 'csat' AS measure, csat::DOUBLE AS value,
            NULL::BOOLEAN AS fcr, NULL::BOOLEAN AS reopened, NULL::BOOLEAN AS knowledge,
-           coalesce(case_id, interaction_id) AS ref, event_id
+           coalesce(case_id, interaction_id) AS ref, event_id, case_id
     FROM ev WHERE event_type = 'SurveyAnswered' AND csat IS NOT NULL AND employee_id IS NOT NULL
     UNION ALL
     SELECT employee_id, occurred_at, 'nps', nps::DOUBLE, NULL, NULL, NULL,
-           coalesce(case_id, interaction_id), event_id
+           coalesce(case_id, interaction_id), event_id, case_id
     FROM ev WHERE event_type = 'SurveyAnswered' AND nps IS NOT NULL AND employee_id IS NOT NULL
     UNION ALL
     SELECT r.employee_id, r.occurred_at, 'solved',
            epoch(r.occurred_at - o.opened_at) / 3600.0,
            coalesce(r.first_contact, false), ro.case_id IS NOT NULL, k.case_id IS NOT NULL,
-           r.case_id, r.event_id
+           r.case_id, r.event_id, r.case_id
     FROM first_res r
     LEFT JOIN opened o ON o.case_id = r.case_id
     LEFT JOIN reopened ro ON ro.case_id = r.case_id
     LEFT JOIN (SELECT DISTINCT case_id FROM knowledge) k ON k.case_id = r.case_id
     UNION ALL
-    SELECT employee_id, occurred_at, 'escalation', 1, NULL, NULL, NULL, case_id, event_id
+    SELECT employee_id, occurred_at, 'escalation', 1, NULL, NULL, NULL, case_id, event_id, case_id
     FROM ev WHERE event_type = 'CaseEscalated'
     UNION ALL
-    SELECT employee_id, occurred_at, 'handled', 1, NULL, NULL, NULL, case_id, event_id
+    SELECT employee_id, occurred_at, 'handled', 1, NULL, NULL, NULL, case_id, event_id, case_id
     FROM ev WHERE event_type IN ('CaseAccepted', 'CaseEscalated', 'CaseResolved') AND employee_id IS NOT NULL
     UNION ALL
-    SELECT employee_id, occurred_at, 'relationship', 1, NULL, NULL, NULL, customer_id, event_id
+    SELECT employee_id, occurred_at, 'relationship', 1, NULL, NULL, NULL, customer_id, event_id, case_id
     FROM ev WHERE event_type = 'RelationshipAttemptMade'
     UNION ALL
-    SELECT employee_id, occurred_at, 'compliment', 1, NULL, NULL, NULL, customer_id, event_id
+    SELECT employee_id, occurred_at, 'compliment', 1, NULL, NULL, NULL, customer_id, event_id, case_id
     FROM ev WHERE event_type = 'ComplimentReceived'
     UNION ALL
-    SELECT employee_id, occurred_at, 'article', 1, NULL, NULL, NULL, article_id, event_id
+    SELECT employee_id, occurred_at, 'article', 1, NULL, NULL, NULL, article_id, event_id, case_id
     FROM ev WHERE event_type = 'ArticleCreated'
     UNION ALL
-    SELECT author_id, occurred_at, 'citation', 1, NULL, NULL, NULL, article_id || ' @ ' || case_id, event_id
+    SELECT author_id, occurred_at, 'citation', 1, NULL, NULL, NULL,
+           article_id || ' @ ' || case_id, event_id, case_id
     FROM cited
     UNION ALL
-    SELECT employee_id, occurred_at, 'link', 1, NULL, NULL, NULL, article_id || ' @ ' || case_id, event_id
+    SELECT employee_id, occurred_at, 'link', 1, NULL, NULL, NULL,
+           article_id || ' @ ' || case_id, event_id, case_id
     FROM ev WHERE event_type = 'ArticleLinked'
     UNION ALL
-    SELECT employee_id, occurred_at, 'share', 1, NULL, NULL, NULL, article_id, event_id
+    SELECT employee_id, occurred_at, 'share', 1, NULL, NULL, NULL, article_id, event_id, case_id
     FROM ev WHERE event_type = 'KnowledgeShared'
 )
 SELECT raw.employee_id, coalesce(th.team_id, '(none)') AS team_id, raw.occurred_at,
-       raw.measure, raw.value, raw.fcr, raw.reopened, raw.knowledge, raw.ref, raw.event_id
+       raw.measure, raw.value, raw.fcr, raw.reopened, raw.knowledge, raw.ref, raw.event_id, raw.case_id
 FROM raw
 ASOF LEFT JOIN {v}.team_history th
     ON raw.employee_id = th.employee_id AND raw.occurred_at >= th.valid_from
-ORDER BY raw.employee_id, raw.occurred_at, raw.measure, raw.event_id"""
+WHERE {scope}"""
 
 
-def _kpi_select(v: str, spec: MetricSpec, keys: str, period: str) -> str:
+def kpi_select(v: str, spec: MetricSpec, grain: str, team: bool, where: str = "TRUE") -> str:
+    """A KPI table's rows; `where` restricts the measures (incremental maintenance)."""
+    return _kpi_select(v, spec, "team_id" if team else "employee_id, team_id", PERIODS[grain], where)
+
+
+def _kpi_select(v: str, spec: MetricSpec, keys: str, period: str, where: str = "TRUE") -> str:
     sat = spec.kpis["csat_satisfied_min"]
     promoter = spec.kpis["nps_promoter_min"]
     detractor = spec.kpis["nps_detractor_max"]
@@ -158,6 +173,7 @@ WITH counts AS (
         count(*) FILTER (WHERE measure = 'solved' AND knowledge) AS participation_n,
         max(occurred_at) AS last_activity_at
     FROM {v}.measures
+    WHERE {where}
     GROUP BY ALL
 )
 SELECT {keys}, period,
@@ -177,14 +193,10 @@ ORDER BY {keys}, period"""
 
 def kpi_sql(v: str, spec: MetricSpec) -> list[str]:
     statements = []
-    for grain, period in PERIODS.items():
-        statements.append(
-            f"CREATE OR REPLACE TABLE {v}.kpi_employee_{grain} AS "
-            + _kpi_select(v, spec, "employee_id, team_id", period)
-        )
-        statements.append(
-            f"CREATE OR REPLACE TABLE {v}.kpi_team_{grain} AS " + _kpi_select(v, spec, "team_id", period)
-        )
+    for grain in PERIODS:
+        for team in (False, True):
+            table = f"kpi_{'team' if team else 'employee'}_{grain}"
+            statements.append(f"CREATE OR REPLACE TABLE {v}.{table} AS " + kpi_select(v, spec, grain, team))
     return statements
 
 
@@ -235,11 +247,10 @@ def _component_sql(c: Component) -> str:
     LEFT JOIN org o ON o.period = e.period"""
 
 
-def reward_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
-    """reward_components (long, explainable) and reward_score (one row per employee-month)."""
+def reward_components_select(v: str, spec: MetricSpec, where: str = "TRUE") -> str:
+    """reward_components rows (long, explainable); `where` restricts periods."""
     parts = "\n    UNION ALL".join(_component_sql(c) for c in spec.components).replace("{v}", v)
-    components = f"""
-CREATE OR REPLACE TABLE {v}.reward_components AS
+    return f"""
 WITH emp AS (
     SELECT employee_id, period,
         arg_max(team_id, last_activity_at) AS team_id,
@@ -249,7 +260,7 @@ WITH emp AS (
         sum(citations) AS citations, sum(relationship_attempts) AS relationship_attempts,
         sum(compliments) AS compliments, sum(shares) AS shares, sum(links_made) AS links_made,
         sum(articles_created) AS articles_created, sum(escalations) AS escalations
-    FROM {v}.kpi_employee_month GROUP BY employee_id, period
+    FROM {v}.kpi_employee_month WHERE {where} GROUP BY employee_id, period
 ),
 org AS (
     SELECT period, sum(csat_satisfied) / nullif(sum(csat_n), 0) AS csat_rate
@@ -259,17 +270,21 @@ parts AS ({parts}
 )
 SELECT *, weight * value AS weighted FROM parts
 ORDER BY employee_id, period, component"""
+
+
+def reward_score_select(v: str, spec: MetricSpec, version: str, where: str = "TRUE") -> str:
+    """reward_score rows (one per employee-month) from reward_components."""
     pivot = ",\n    ".join(
         f"max(value) FILTER (WHERE component = '{c.name}') AS {c.name}" for c in spec.components
     )
     # Summed in spec order by one expression: a float SUM() would depend on row order.
     total = " + ".join(f"{c.weight!r} * {c.name}" for c in spec.components)
-    score = f"""
-CREATE OR REPLACE TABLE {v}.reward_score AS
+    return f"""
 WITH pivoted AS (
     SELECT employee_id, period, any_value(team_id) AS team_id,
         {pivot}
     FROM {v}.reward_components
+    WHERE {where}
     GROUP BY employee_id, period
 )
 SELECT employee_id, period, team_id, 100.0 * ({total}) AS score,
@@ -277,7 +292,14 @@ SELECT employee_id, period, team_id, 100.0 * ({total}) AS score,
     {", ".join(c.name for c in spec.components)}
 FROM pivoted
 ORDER BY employee_id, period"""
-    return [components, score]
+
+
+def reward_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
+    """reward_components (long, explainable) and reward_score (one row per employee-month)."""
+    return [
+        f"CREATE OR REPLACE TABLE {v}.reward_components AS {reward_components_select(v, spec)}",
+        f"CREATE OR REPLACE TABLE {v}.reward_score AS {reward_score_select(v, spec, version)}",
+    ]
 
 
 _CONTACTS = (
@@ -305,14 +327,14 @@ def _slope(column: str) -> str:
     )
 
 
-def customer_profile_sql(v: str) -> str:
+def customer_profile_select(ev: str, scope: str = "TRUE") -> str:
+    """customer_profile rows; `scope` restricts customers (a condition on `customer_id`)."""
     by_channel = ",\n    ".join(
         f"count(*) FILTER (WHERE event_type = 'InteractionRecorded' AND channel = '{c}') AS interactions_{c}"
         for c in PROFILE_CHANNELS
     )
     return f"""
-CREATE OR REPLACE TABLE {v}.customer_profile AS
-WITH ev AS (SELECT * FROM {v}.events WHERE customer_id IS NOT NULL),
+WITH ev AS (SELECT * FROM {ev} WHERE customer_id IS NOT NULL AND ({scope})),
 case_state AS (
     SELECT case_id, customer_id, arg_max(event_type, (occurred_at, notification_id)) AS last_step,
            any_value(kind) FILTER (WHERE event_type = 'CaseOpened') AS kind
@@ -369,27 +391,27 @@ ORDER BY a.customer_id"""
 _RELIEF = "'monetary_relief', 'non_monetary_relief', 'relief'"
 
 
-def complaint_kpi_sql(v: str) -> str:
+def complaint_kpi_select(ev: str, scope: str = "TRUE") -> str:
     """Complaint KPIs per responsible team and month, also split by channel and by product.
 
     Rows with channel = '(all)' and product = '(all)' are the team's month; the others
-    split it by one dimension. Shares are of the complaints received in the month.
+    split it by one dimension. Shares are of the complaints received in the month. `scope`
+    restricts (team_id, period) of the opening (incremental maintenance).
     """
     return f"""
-CREATE OR REPLACE TABLE {v}.complaint_kpi_month AS
 WITH opened AS (
     SELECT case_id, team_id, occurred_at AS received_at, channel, coalesce(topic, '(none)') AS product
-    FROM {v}.events
+    FROM {ev}
     WHERE event_type = 'CaseOpened' AND kind = 'complaint' AND team_id IS NOT NULL
     QUALIFY row_number() OVER (PARTITION BY case_id ORDER BY occurred_at, notification_id) = 1
 ),
 sent AS (
     SELECT case_id, min(occurred_at) AS sent_at, arg_min(timely, (occurred_at, notification_id)) AS timely
-    FROM {v}.events WHERE event_type = 'CaseAccepted' GROUP BY case_id
+    FROM {ev} WHERE event_type = 'CaseAccepted' GROUP BY case_id
 ),
 resolved AS (
     SELECT case_id, arg_min(resolution_code, (occurred_at, notification_id)) AS code
-    FROM {v}.events WHERE event_type = 'CaseResolved' GROUP BY case_id
+    FROM {ev} WHERE event_type = 'CaseResolved' GROUP BY case_id
 ),
 base AS (
     SELECT o.*, strftime(o.received_at, '%Y-%m') AS period, s.sent_at, s.timely, r.code
@@ -408,6 +430,7 @@ counts AS (
         count(sent_at) AS sent_n,
         quantile_cont(epoch(sent_at - received_at) / 86400.0, 0.5) AS median_days_to_company
     FROM base
+    WHERE {scope}
     GROUP BY GROUPING SETS ((team_id, period), (team_id, period, channel), (team_id, period, product))
 )
 SELECT team_id, period, channel, product, complaints_received, closed,
@@ -419,10 +442,12 @@ FROM counts
 ORDER BY team_id, period, channel, product"""
 
 
-def reward_statement_sql(v: str) -> str:
-    """Issued statements and adjustments (ledger facts, not derived scores), with running totals."""
+def reward_statement_select(log: str, scope: str = "TRUE") -> str:
+    """Issued statements and adjustments (ledger facts, not derived scores), with running totals.
+
+    Reads the log itself (it needs the payload); `scope` restricts (employee_id, period).
+    """
     return f"""
-CREATE OR REPLACE TABLE {v}.reward_statement AS
 WITH issued AS (
     SELECT employee_id, period, notification_id, event_id, occurred_at AS issued_at,
         CASE WHEN event_type = 'RewardStatementIssued' THEN 'statement' ELSE 'adjustment' END AS kind,
@@ -434,8 +459,8 @@ WITH issued AS (
              ELSE (payload ->> 'delta')::DOUBLE END AS amount,
         coalesce(payload ->> 'new_version', payload ->> 'version') AS version,
         payload ->> 'reason' AS reason
-    FROM {v}.events
-    WHERE event_type IN ('RewardStatementIssued', 'RewardAdjustmentIssued')
+    FROM {log}
+    WHERE event_type IN ('RewardStatementIssued', 'RewardAdjustmentIssued') AND ({scope})
 )
 SELECT employee_id, period, kind, score, old_score, amount,
     sum(amount) OVER (PARTITION BY employee_id, period ORDER BY notification_id) AS running_total,
@@ -444,17 +469,29 @@ FROM issued
 ORDER BY employee_id, period, notification_id"""
 
 
-def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
-    """Every statement that rebuilds a version's read models, in dependency order."""
+def spec_independent_sql(v: str, ev: str, log: str) -> list[str]:
+    """The tables that depend on the log only, never on the metric spec."""
     return [
-        team_history_sql(v),
-        measures_sql(v),
-        *kpi_sql(v, spec),
-        *reward_sql(v, spec, version),
-        customer_profile_sql(v),
-        complaint_kpi_sql(v),
-        reward_statement_sql(v),
+        f"CREATE OR REPLACE TABLE {v}.team_history AS {team_history_sql(v, ev)}",
+        f"CREATE OR REPLACE TABLE {v}.measures AS {measures_sql(v, ev)}",
+        f"CREATE OR REPLACE TABLE {v}.customer_profile AS {customer_profile_select(ev)}",
+        f"CREATE OR REPLACE TABLE {v}.complaint_kpi_month AS {complaint_kpi_select(ev)}",
+        f"CREATE OR REPLACE TABLE {v}.reward_statement AS {reward_statement_select(log)}",
     ]
+
+
+def spec_dependent_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
+    """The tables a metric spec defines, from `measures` (KPIs) and the KPIs (scores)."""
+    return [*kpi_sql(v, spec), *reward_sql(v, spec, version)]
+
+
+def all_model_sql(v: str, spec: MetricSpec, version: str, ev: str, log: str) -> list[str]:
+    """Every statement that rebuilds a version's read models, in dependency order.
+
+    `ev` holds the decoded events the version reflects (typed columns), `log` the same
+    rows with their payload.
+    """
+    return [*spec_independent_sql(v, ev, log), *spec_dependent_sql(v, spec, version)]
 
 
 def scores_only_sql(v: str, spec: MetricSpec, version: str) -> list[str]:

@@ -9,8 +9,10 @@ from crm_ledger.progress import Reporter
 from crm_ledger.runtime import open_ledger, open_source
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
+from projections.append import LogAppender
 from projections.engine import Projector, ProjectStats
 from projections.errors import ProjectionError
+from projections.log import DecodedLog, log_root, log_slug
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB, VersionInfo
 
@@ -97,6 +99,35 @@ def catch_up(
     finally:
         if projector.source is not None:
             projector.source.close()
+
+
+def append_source(
+    settings: Settings,
+    source: str,
+    label: str,
+    app: LedgerApplication,
+    *,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Append what `source` holds beyond its decoded log; returns the events appended."""
+    log = DecodedLog(log_root(settings.projections_db) / log_slug(label))
+    appender = LogAppender(log, open_source(settings, source, app), app.codec)
+    appended = 0
+    try:
+        if reporter is not None:
+            reporter.total(appender.source.lag(appender.positions()))
+        with appender.batches(follow=False) as batches:
+            for prepared in batches:
+                if should_stop():
+                    break
+                appender.commit(prepared)
+                appended += prepared.size - prepared.dead_letters
+                if reporter is not None:
+                    reporter.advance(prepared.size, events=prepared.size)
+    finally:
+        appender.source.close()
+    return appended
 
 
 def _stop_or_switched(should_stop: Callable[[], bool], switched: list[bool]) -> Callable[[], bool]:

@@ -1,11 +1,13 @@
 """`replay`: build a new version of the read models under a metric spec, side by side.
 
-A full replay reads the log from the start into a staging DuckDB file of its own, so
-the live version keeps serving readers and a running follower keeps following; it is
-resumable (positions are committed with every batch) and, when done, is installed into
-the projection database in one short transaction. When only weights, caps or smoothing
-changed (same KPI definitions), the new version shares its base's log copy and KPI
-tables and only its scores are computed: no log is read.
+A replay never re-decodes the source: it first brings the shared decoded log up to date
+(only what the source holds beyond it, without holding the projection database), then
+builds the new version's derived tables from the log with set-based SQL in one
+transaction. A killed replay leaves the log's committed batches (appends are exactly
+once) and no half-built version: the same command continues. When only weights, caps or
+smoothing changed (same KPI definitions), the new version shares its base's KPI tables
+and only its scores are computed. `--from-source` re-decodes the whole source into a
+fresh log first, for when someone doubts the log.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from crm_ledger.progress import Reporter
 from crm_ledger.runtime import open_ledger
 from crm_ledger.settings import Settings
 from projections.engine import Projector
-from projections.service import catch_up, source_label
+from projections.service import append_source, catch_up, source_label
 from projections.spec import load_spec
 from projections.store import ProjectionDB, VersionInfo, version_id
 
@@ -57,12 +59,6 @@ class ReplayResult:
             f"{self.version} ({self.name}): {verb} {self.applied} events "
             f"in {self.seconds:.1f}s ({rate:,.0f} ev/s)"
         )
-
-
-def staging_path(settings: Settings, version: str) -> Path:
-    # Not named after the version: DuckDB names a file's catalog after it, which would
-    # clash with the version's schema of the same name.
-    return settings.projections_db.parent / "replays" / f"replay-{version}.duckdb"
 
 
 def _shareable_base(db: ProjectionDB, kpi_hash: str, label: str) -> VersionInfo | None:
@@ -121,23 +117,12 @@ def replay(
                 target, derived.name, "scores-only", 0, time.monotonic() - started, based_on=base.version
             )
 
-    staging = staging_path(settings, target)
-    with ProjectionDB(staging) as staged:
-        version = staged.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
-        stats, projector = catch_up(
-            staged,
-            version,
-            settings=settings,
-            source=source,
-            app=app,
-            reporter=reporter,
-            should_stop=should_stop,
-        )
-        if should_stop() or projector.needs_refresh():
-            return ReplayResult(
-                target, version.name, "interrupted", stats.applied, time.monotonic() - started
-            )
+    # Decode what the source holds beyond the log, without holding the projection database.
+    appended = append_source(settings, source, label, app, reporter=reporter, should_stop=should_stop)
+    if should_stop():
+        return ReplayResult(target, name or spec.name, "interrupted", appended, time.monotonic() - started)
     with ProjectionDB(settings.projections_db, wait_s=600) as db:
-        db.install(staging, target)
-    staging.unlink()
-    return ReplayResult(target, version.name, "full", stats.applied, time.monotonic() - started)
+        version = db.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
+        Projector(db, version, None, app.codec).refresh(full=True)
+        events = db.find_version(version.version).events
+    return ReplayResult(target, version.name, "full", events, time.monotonic() - started)

@@ -6,7 +6,6 @@ import json
 import sqlite3
 from pathlib import Path
 
-import duckdb
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -18,6 +17,7 @@ from ledger.generator import GeneratorConfig, write_history
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
+from projections.log import DecodedLog, log_root
 from projections.readonly import QueryRefusedError, reader, run_query
 from projections.service import project_promoted
 from tests.helpers import run_cli, start_cli, wait_for
@@ -59,12 +59,12 @@ def test_altered_payload_in_the_store_is_found(audited: LedgerApplication, setti
 
 
 def test_deleted_mirror_row_is_found(audited: LedgerApplication, settings: Settings) -> None:
-    with duckdb.connect(str(settings.projections_db)) as con:
+    with reader(settings.projections_db) as con:
         victim, event_id = con.execute(
             "SELECT notification_id, event_id FROM ledger_events ORDER BY notification_id LIMIT 1 OFFSET 40"
         ).fetchone()
-        schema = con.execute("SELECT version FROM crm_promoted").fetchone()[0]
-        con.execute(f"DELETE FROM {schema}.events WHERE notification_id = ?", [victim])
+    # The mirror is the shared decoded log (a Delta table): tamper with it there.
+    DecodedLog(log_root(settings.projections_db) / "ledger").table().delete(f"notification_id = {victim}")
     with reader(settings.projections_db) as con:
         report = verify(store_entries(audited), {"mirror": mirror_entries(con)})
     missing = [f for f in report.findings if f.kind == "missing"]
@@ -110,7 +110,7 @@ def test_query_is_read_only_by_construction(
         ):
             with pytest.raises(QueryRefusedError):
                 run_query(con, sql)
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         assert con.execute("SELECT count(*) FROM crm_promotions").fetchone() == (1,)
     cli = run_cli("query", "UPDATE crm_versions SET name = 'x'", env=env_of(settings))
     assert cli.returncode == 1 and "read-only" in cli.stderr and "Traceback" not in cli.stderr
@@ -144,7 +144,7 @@ def test_query_works_while_a_follower_projects(audited: LedgerApplication, setti
 
 
 def test_explain_totals_equal_the_score(audited: LedgerApplication, settings: Settings) -> None:
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         rows = con.execute(
             "SELECT employee_id, period, score FROM reward_score ORDER BY score DESC LIMIT 5"
         ).fetchall()
@@ -158,7 +158,7 @@ def test_explain_totals_equal_the_score(audited: LedgerApplication, settings: Se
         assert payload["components_total"] == pytest.approx(score, abs=1e-9)
         assert payload["evidence"], "the events behind the KPIs are listed"
         ids = {e["event_id"] for events in payload["evidence"].values() for e in events}
-        with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        with reader(settings.projections_db) as con:
             known = {r[0] for r in con.execute("SELECT event_id FROM ledger_events").fetchall()}
         assert ids <= known
     unknown = run_cli("explain", "--employee", "nobody", "--period", "2025-01", env=env_of(settings))
@@ -218,7 +218,7 @@ def test_forgotten_customer_is_unreadable_everywhere_and_the_chain_holds(
     with sqlite3.connect(settings.store) as con:
         stored = b"".join(row[0] for row in con.execute("SELECT state FROM stored_events"))
     kafka_bytes = b"".join(e.value for e in kafka_entries(kafka_bootstrap, topic))
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         mirror = b"".join(
             bytes(v) + p.encode()
             for v, p in con.execute("SELECT value, payload FROM ledger_events").fetchall()
@@ -231,7 +231,7 @@ def test_forgotten_customer_is_unreadable_everywhere_and_the_chain_holds(
         "audit", "verify", "--source", "ledger", "--source", "mirror", "--source", "kafka", env=env
     )
     assert verified.returncode == 0, verified.stdout
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         assert con.execute(
             "SELECT interactions_total, forgotten FROM customer_profile WHERE customer_id = 'c9'"
         ).fetchone() == (1, True)
