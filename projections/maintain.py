@@ -22,15 +22,17 @@ from projections.log import register_log, relation_name
 from projections.models import (
     CASE_MEASURES,
     PERIODS,
-    all_model_sql,
     complaint_kpi_select,
     customer_profile_select,
+    kpi_rethreshold_select,
     kpi_select,
+    kpi_sql,
     measures_sql,
     reward_components_select,
     reward_score_select,
+    reward_sql,
     reward_statement_select,
-    scores_only_sql,
+    spec_independent_sql,
     team_history_sql,
 )
 from projections.sources import Position
@@ -39,6 +41,18 @@ from projections.store import LOG_STREAM, ProjectionDB, VersionInfo
 
 #: The typed events of the snapshot, materialised once per update (many scans follow).
 EV = "crm_ev"
+_TEMPS = (
+    "crm_tracked",
+    "crm_new",
+    "crm_emp",
+    "crm_case",
+    "crm_touched",
+    "crm_measures",
+    "crm_aff",
+    "crm_months",
+    "crm_complaints",
+    "crm_statements",
+)
 _STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
 
 
@@ -52,69 +66,134 @@ class UpdateResult:
 
 
 class Maintainer:
-    """Keeps one version's derived tables equal to a function of the log."""
+    """Keeps one version's derived tables (and those of the versions it is built from) current."""
 
     def __init__(self, db: ProjectionDB, version: VersionInfo) -> None:
         self.db = db
         self.version = version
-        #: where the spec-independent and KPI tables live (the base of a weights-only version)
+        #: where the spec-independent tables and the positions live (the root of the chain)
         self.storage = db.storage_version(version)
         self.log = db.log(version.source)
 
     def log_version_recorded(self) -> int | None:
-        """The log version the version's tables reflect (None before the first build)."""
+        """The log version the shared tables reflect (None before the first build)."""
         return self.db.tracking(self.storage).max_tracking_id(LOG_STREAM)
 
     def is_current(self) -> bool:
-        states = self.db.connection.execute(
-            "SELECT state FROM main.crm_versions WHERE version IN (?, ?)",
-            [self.version.version, self.storage.version],
-        ).fetchall()
-        if not states or any(s[0] != "ready" for s in states):
-            return False
-        return self.log_version_recorded() == self.log.version()
+        log_version = self.log.version()
+        for version in self.db.chain(self.version):
+            row = self.db.connection.execute(
+                "SELECT state FROM main.crm_versions WHERE version = ?", [version.version]
+            ).fetchone()
+            if row is None or row[0] != "ready" or self.db.built_log_version(version) != log_version:
+                return False
+        return self.log_version_recorded() == log_version
 
     def update(self, *, full: bool = False, scores_only: bool = False) -> UpdateResult:
-        """Bring the tables to the log's latest snapshot, in one transaction."""
+        """Bring the chain's tables to the log's latest snapshot, in one transaction.
+
+        `scores_only` is kept for callers that know only weights changed; the chain walk
+        finds that out by itself.
+        """
+        del scores_only
         con = self.db.connection
         snapshot = self.log.version()
         register_log(con, self.version.source, self.log, snapshot)
         recorded = self.log_version_recorded()
         s = self.storage.schema
+        chain = self.db.chain(self.version)
         con.execute("BEGIN TRANSACTION")
         try:
-            if scores_only and recorded == snapshot:
-                result = UpdateResult(snapshot, 0, False)
-            else:
+            full = full or recorded is None
+            touched = False  # crm_touched holds the keys the new events touched
+            new = 0
+            if full or recorded != snapshot:
                 con.execute(
                     f"CREATE OR REPLACE TEMP TABLE {EV} AS "
                     f"SELECT * EXCLUDE (payload, value, chain) FROM {s}.events"
                 )
-                full = full or recorded is None
                 if full:
-                    for statement in all_model_sql(
-                        s, self.storage.spec(), self.storage.version, EV, f"{s}.events"
-                    ):
+                    for statement in spec_independent_sql(s, EV, f"{s}.events"):
                         con.execute(statement)
                     new = int(con.execute(f"SELECT count(*) FROM {EV}").fetchone()[0])  # type: ignore[index]
                 else:
-                    new = self._incremental(s)
+                    new = self._log_tables(s)
+                    touched = True
                 self._record(snapshot, full)
-                result = UpdateResult(snapshot, new, full)
-            if self.version.version != self.storage.version:
-                for statement in scores_only_sql(
-                    self.version.schema, self.version.spec(), self.version.version
-                ):
-                    con.execute(statement)
-            self.db.mark_built(self.storage, snapshot)
-            if self.version.version != self.storage.version:
-                self.db.mark_built(self.version, snapshot)
-            con.execute(f"DROP TABLE IF EXISTS {EV}")
+            parent: VersionInfo | None = None
+            for version in chain:
+                self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
+                self.db.mark_built(version, snapshot)
+                parent = version
+            for temp in (EV, *_TEMPS):
+                con.execute(f"DROP TABLE IF EXISTS {temp}")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
-        return result
+        return UpdateResult(snapshot, new, full)
+
+    def _spec_tables(
+        self,
+        version: VersionInfo,
+        parent: VersionInfo | None,
+        *,
+        full: bool,
+        touched: bool,
+        recorded: int | None,
+    ) -> None:
+        """The KPI tables (when the version owns them) and the scores of one version of the chain."""
+        run = self.db.connection.execute
+        v, spec = version.schema, version.spec()
+        owns_kpis = parent is None or parent.kpi_hash != version.kpi_hash
+        # A version last built at another log version than the shared tables missed the
+        # keys touched in between: its own tables are recomputed (from measures, not the log).
+        behind = self.db.built_log_version(version) != recorded
+        if full or behind:
+            if owns_kpis and parent is not None:
+                for grain in PERIODS:
+                    for team in (False, True):
+                        table = f"kpi_{'team' if team else 'employee'}_{grain}"
+                        select = kpi_rethreshold_select(parent.schema, self.storage.schema, spec, grain, team)
+                        run(f"CREATE OR REPLACE TABLE {v}.{table} AS {select}")
+            elif owns_kpis:
+                for statement in kpi_sql(v, spec):
+                    run(statement)
+            for statement in reward_sql(v, spec, version.version):
+                run(statement)
+            return
+        if not touched:
+            return
+        if owns_kpis:
+            self._kpis(v, spec)
+        months = "period IN (SELECT period FROM crm_months)"
+        run(f"DELETE FROM {v}.reward_components WHERE {months}")
+        run(f"INSERT INTO {v}.reward_components {reward_components_select(v, spec, months)}")
+        run(f"DELETE FROM {v}.reward_score WHERE {months}")
+        run(f"INSERT INTO {v}.reward_score {reward_score_select(v, spec, version.version, months)}")
+
+    def _kpis(self, v: str, spec: MetricSpec) -> None:
+        """KPI rows of the touched (employee, team, period) and (team, period), per grain."""
+        run = self.db.connection.execute
+        for grain, period in PERIODS.items():
+            run(
+                f"CREATE OR REPLACE TEMP TABLE crm_aff AS SELECT DISTINCT employee_id, team_id, "
+                f"{period} AS period FROM crm_touched"
+            )
+            table = f"{v}.kpi_employee_{grain}"
+            run(
+                f"DELETE FROM {table} USING crm_aff a WHERE {table}.employee_id IS NOT DISTINCT FROM "
+                f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
+            )
+            keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
+            run(f"INSERT INTO {table} {kpi_select(v, spec, grain, False, keys)}")
+            table = f"{v}.kpi_team_{grain}"
+            run(
+                f"DELETE FROM {table} WHERE (team_id, period) IN "
+                "(SELECT DISTINCT team_id, period FROM crm_aff)"
+            )
+            keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
+            run(f"INSERT INTO {table} {kpi_select(v, spec, grain, True, keys)}")
 
     def _record(self, snapshot: int, full: bool) -> None:
         """The snapshot's stream positions and log version, beside the tables."""
@@ -122,7 +201,7 @@ class Maintainer:
         tracking = self.db.tracking(self.storage)
         if full:
             con.execute(f"DELETE FROM {self.storage.schema}.tracking")
-        current = tracking.positions()
+        current = {k: p for k, p in tracking.positions().items() if k != LOG_STREAM}
         rows = con.execute(
             f"SELECT stream, max(position) FROM {relation_name(self.version.source)} GROUP BY stream"
         ).fetchall()
@@ -131,15 +210,18 @@ class Maintainer:
             for stream, last in rows
             if stream not in current or int(last) > current[stream].offset
         ]
-        if LOG_STREAM not in current or snapshot > current[LOG_STREAM].offset:
-            positions.append(Position(LOG_STREAM, snapshot))
-        tracking.record_positions(positions)
+        # The log version is replaced, not only raised: a log rebuilt from the source
+        # (`replay --from-source`) starts its versions anew.
+        con.execute(f"DELETE FROM {self.storage.schema}.tracking WHERE application_name = ?", [LOG_STREAM])
+        tracking.record_positions([*positions, Position(LOG_STREAM, snapshot)])
 
-    def _incremental(self, s: str) -> int:
-        """Delete and recompute the rows of the keys the new events touch; returns their count."""
-        con = self.db.connection
-        spec: MetricSpec = self.storage.spec()
-        run = con.execute
+    def _log_tables(self, s: str) -> int:
+        """Delete and recompute the spec-independent rows of the keys the new events touch.
+
+        Leaves the touched keys in `crm_touched` and `crm_months` for the KPI tables and
+        scores of every version in the chain; returns the number of new events.
+        """
+        run = self.db.connection.execute
         run(
             "CREATE OR REPLACE TEMP TABLE crm_tracked AS SELECT application_name AS stream, "
             f"notification_id AS position FROM {s}.tracking"
@@ -150,8 +232,6 @@ class Maintainer:
             "WHERE t.position IS NULL OR e.position > t.position"
         )
         new = int(run("SELECT count(*) FROM crm_new").fetchone()[0])  # type: ignore[index]
-        if new == 0:
-            return 0
         run(
             "CREATE OR REPLACE TEMP TABLE crm_emp AS SELECT DISTINCT employee_id FROM crm_new "
             "WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam') AND employee_id IS NOT NULL"
@@ -179,36 +259,11 @@ class Maintainer:
         run(f"CREATE OR REPLACE TEMP TABLE crm_measures AS {measures_sql(s, EV, new_scope)}")
         run(f"INSERT INTO {s}.measures SELECT * FROM crm_measures")
         run("INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM crm_measures")
-        # KPI rows of the touched (employee, team, period) and (team, period), per grain.
-        for grain, period in PERIODS.items():
-            run(
-                f"CREATE OR REPLACE TEMP TABLE crm_aff AS SELECT DISTINCT employee_id, team_id, "
-                f"{period} AS period FROM crm_touched"
-            )
-            table = f"{s}.kpi_employee_{grain}"
-            run(
-                f"DELETE FROM {table} USING crm_aff a WHERE {table}.employee_id IS NOT DISTINCT FROM "
-                f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
-            )
-            keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(s, spec, grain, False, keys)}")
-            table = f"{s}.kpi_team_{grain}"
-            run(
-                f"DELETE FROM {table} WHERE (team_id, period) IN "
-                "(SELECT DISTINCT team_id, period FROM crm_aff)"
-            )
-            keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(s, spec, grain, True, keys)}")
         # Scores of the touched months (a team's or the organisation's rate feeds everyone's).
         run(
             f"CREATE OR REPLACE TEMP TABLE crm_months AS SELECT DISTINCT {PERIODS['month']} AS period "
             "FROM crm_touched"
         )
-        months = "period IN (SELECT period FROM crm_months)"
-        run(f"DELETE FROM {s}.reward_components WHERE {months}")
-        run(f"INSERT INTO {s}.reward_components {reward_components_select(s, spec, months)}")
-        run(f"DELETE FROM {s}.reward_score WHERE {months}")
-        run(f"INSERT INTO {s}.reward_score {reward_score_select(s, spec, self.storage.version, months)}")
         # Customers named by the new events.
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
@@ -230,17 +285,4 @@ class Maintainer:
         stmts = "(employee_id, period) IN (SELECT employee_id, period FROM crm_statements)"
         run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
         run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
-        for temp in (
-            "crm_tracked",
-            "crm_new",
-            "crm_emp",
-            "crm_case",
-            "crm_touched",
-            "crm_measures",
-            "crm_aff",
-            "crm_months",
-            "crm_complaints",
-            "crm_statements",
-        ):
-            run(f"DROP TABLE IF EXISTS {temp}")
         return new

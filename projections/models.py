@@ -7,7 +7,7 @@ Definitions follow "Metric definitions v1" in the design; see the README for eac
 
 from __future__ import annotations
 
-from projections.spec import Component, MetricSpec
+from projections.spec import KPI_PARAMETERS, Component, MetricSpec
 
 PROFILE_CHANNELS = ("phone", "email", "chat", "web", "field", "social")
 PERIODS = {
@@ -32,6 +32,15 @@ MODEL_TABLES = (
 )
 #: What a weights-only recompute rebuilds; everything else depends only on the KPI definitions.
 SCORE_TABLES = ("reward_components", "reward_score")
+#: The tables no part of a metric spec changes: versions built from another share them.
+SPEC_INDEPENDENT_TABLES = (
+    "team_history",
+    "measures",
+    "customer_profile",
+    "complaint_kpi_month",
+    "reward_statement",
+)
+KPI_TABLES = tuple(t for t in MODEL_TABLES if t.startswith("kpi_"))
 #: The views every version exposes and `promote` points the stable names at: the read
 #: models (not their intermediate tables), the audit mirror and the dead letters.
 INTERMEDIATE_TABLES = ("team_history", "measures")
@@ -188,6 +197,42 @@ SELECT {keys}, period,
     participation_n, participation_n / nullif(problems_solved, 0) AS participation_rate,
     last_activity_at
 FROM counts
+ORDER BY {keys}, period"""
+
+
+#: The spec's [kpis] parameters are thresholds on survey answers: they define these KPI
+#: columns and no others (kpi_rethreshold_select relies on it; the assertion below keeps a
+#: new parameter from silently breaking that).
+THRESHOLD_COLUMNS = ("csat_satisfied", "csat_pct", "nps_promoters", "nps_detractors", "nps")
+assert set(KPI_PARAMETERS) == {"csat_satisfied_min", "nps_promoter_min", "nps_detractor_max"}
+
+
+def kpi_rethreshold_select(base: str, measures: str, spec: MetricSpec, grain: str, team: bool) -> str:
+    """A KPI table under other thresholds: `base`'s rows with the threshold columns recounted.
+
+    Identical to kpi_select over the same measures (same counts, same expressions), but
+    reads only the survey answers instead of every measure.
+    """
+    keys = "team_id" if team else "employee_id, team_id"
+    sat = spec.kpis["csat_satisfied_min"]
+    promoter = spec.kpis["nps_promoter_min"]
+    detractor = spec.kpis["nps_detractor_max"]
+    table = f"kpi_{'team' if team else 'employee'}_{grain}"
+    return f"""
+WITH h AS (
+    SELECT {keys}, {PERIODS[grain]} AS period,
+        count(*) FILTER (WHERE measure = 'csat' AND value >= {sat}) AS csat_satisfied,
+        count(*) FILTER (WHERE measure = 'nps' AND value >= {promoter}) AS nps_promoters,
+        count(*) FILTER (WHERE measure = 'nps' AND value <= {detractor}) AS nps_detractors
+    FROM {measures}.measures WHERE measure IN ('csat', 'nps') GROUP BY ALL
+)
+SELECT b.* REPLACE (
+    coalesce(h.csat_satisfied, 0) AS csat_satisfied,
+    100.0 * coalesce(h.csat_satisfied, 0) / nullif(b.csat_n, 0) AS csat_pct,
+    coalesce(h.nps_promoters, 0) AS nps_promoters,
+    coalesce(h.nps_detractors, 0) AS nps_detractors,
+    100.0 * (coalesce(h.nps_promoters, 0) - coalesce(h.nps_detractors, 0)) / nullif(b.nps_n, 0) AS nps)
+FROM {base}.{table} b LEFT JOIN h USING ({keys}, period)
 ORDER BY {keys}, period"""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,6 +129,48 @@ def append_source(
     finally:
         appender.source.close()
     return appended
+
+
+def rebuild_log(
+    settings: Settings,
+    source: str,
+    label: str,
+    app: LedgerApplication,
+    *,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Decode the whole source again into a fresh log, then put it in place of the shared one.
+
+    For when someone doubts the log. The old log is moved aside and removed only once the
+    new one is complete; a killed rebuild leaves the old log untouched.
+    """
+    current = log_root(settings.projections_db) / log_slug(label)
+    fresh = current.with_name(current.name + ".rebuild")
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    log = DecodedLog(fresh)
+    appender = LogAppender(log, open_source(settings, source, app), app.codec)
+    decoded = 0
+    try:
+        if reporter is not None:
+            reporter.total(appender.source.lag({}))
+        with appender.batches(follow=False) as batches:
+            for prepared in batches:
+                if should_stop():
+                    return decoded
+                appender.commit(prepared)
+                decoded += prepared.size - prepared.dead_letters
+                if reporter is not None:
+                    reporter.advance(prepared.size, events=prepared.size)
+    finally:
+        appender.source.close()
+    retired = current.with_name(current.name + ".old")
+    if current.exists():
+        current.rename(retired)
+    fresh.rename(current)
+    shutil.rmtree(retired, ignore_errors=True)
+    return decoded
 
 
 def _stop_or_switched(should_stop: Callable[[], bool], switched: list[bool]) -> Callable[[], bool]:

@@ -36,19 +36,22 @@ from projections.log import (
     register_log,
     relation_name,
 )
-from projections.models import MODEL_TABLES, SCORE_TABLES, STABLE_VIEWS
+from projections.models import MODEL_TABLES, SCORE_TABLES, SPEC_INDEPENDENT_TABLES, STABLE_VIEWS
 from projections.spec import MetricSpec, parse_spec
 from projections.tracking import DuckDBTrackingRecorder
 
 #: The tracking stream that holds the log version a version's tables reflect.
 LOG_STREAM = "@log"
-#: What a weights-only version reads from its base instead of holding copies.
+#: What a version built from another one reads from it instead of holding its own: a
+#: weights-only version shares everything but the scores; a version with other KPI
+#: definitions shares the tables that do not depend on the spec at all.
 SHARED_WITH_DERIVED = (
     "events",
     "tracking",
     "dead_letters",
     *(t for t in MODEL_TABLES if t not in SCORE_TABLES),
 )
+SHARED_SPEC_INDEPENDENT = ("events", "tracking", "dead_letters", *SPEC_INDEPENDENT_TABLES)
 
 
 def _quoted(column: str) -> str:
@@ -288,8 +291,9 @@ class ProjectionDB:
                 self.connection.execute(dead_letters_view_sql(version, source))
                 DuckDBTrackingRecorder(self.connection, version)
             else:
-                # A weights-only version shares the log copy and KPI tables of its base.
-                for table in SHARED_WITH_DERIVED:
+                base = self.find_version(built_from)
+                shared = SHARED_WITH_DERIVED if base.kpi_hash == spec.kpi_hash else SHARED_SPEC_INDEPENDENT
+                for table in shared:
                     self.connection.execute(
                         f"CREATE VIEW {version}.{table} AS SELECT * FROM {built_from}.{table}"
                     )
@@ -333,10 +337,27 @@ class ProjectionDB:
         )
 
     def storage_version(self, version: VersionInfo) -> VersionInfo:
-        """The version whose `events` a (weights-only) derived version shares."""
+        """The version whose spec-independent tables (and tracking) a derived version shares."""
         while version.built_from:
             version = self.find_version(version.built_from)
         return version
+
+    def chain(self, version: VersionInfo) -> list[VersionInfo]:
+        """The version and those it is built from, the storage version first."""
+        chain = [version]
+        while chain[-1].built_from:
+            chain.append(self.find_version(chain[-1].built_from or ""))
+        return chain[::-1]
+
+    def built_log_version(self, version: VersionInfo) -> int | None:
+        """The log version a version's own tables were last brought to (None: never built)."""
+        row = self.connection.execute(
+            "SELECT position, state FROM main.crm_versions WHERE version = ?", [version.version]
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        value = json.loads(row[0]).get("log_version")
+        return None if value is None else int(value)
 
     def promote(self, version: VersionInfo) -> None:
         """Point every stable view at `version`, in one transaction."""
