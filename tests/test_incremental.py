@@ -101,6 +101,20 @@ def _shuffled(app: LedgerApplication, rng: random.Random, displaced: float) -> l
     return kept
 
 
+DEFAULT_TEXT = DEFAULT_SPEC.read_text()
+#: Other KPI definitions (shares the spec-independent tables) and other weights (shares the KPIs).
+STRICT_TEXT = DEFAULT_TEXT.replace("csat_satisfied_min = 4", "csat_satisfied_min = 5").replace(
+    "nps_promoter_min = 9", "nps_promoter_min = 10"
+)
+WEIGHTS_TEXT = DEFAULT_TEXT.replace("cap = 3", "cap = 2")
+
+
+def _spec(root: Path, name: str, text: str) -> tuple[Path, str]:
+    path = root / f"{name}.toml"
+    path.write_text(text)
+    return path, text
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),
@@ -108,9 +122,10 @@ def _shuffled(app: LedgerApplication, rng: random.Random, displaced: float) -> l
     employees=st.integers(2, 6),
     displaced=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
     cuts=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=10),
+    followed=st.lists(st.sampled_from([0, 1, 2]), min_size=10, max_size=10),
 )
 def test_incremental_updates_equal_a_full_rebuild(
-    seed: int, customers: int, employees: int, displaced: float, cuts: list[float]
+    seed: int, customers: int, employees: int, displaced: float, cuts: list[float], followed: list[int]
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -122,17 +137,36 @@ def test_incremental_updates_equal_a_full_rebuild(
         # Random chunk boundaries (an update after each chunk), the last chunk ending the log.
         ends = sorted({int(c * len(messages)) for c in cuts} | {len(messages)})
         sizes = [b - a for a, b in zip([0, *ends], ends, strict=False) if b > a]
-        for size in sizes:
-            Projector(live, version, ShuffledSource(messages, [size]), app.codec).run()
+        specs = [
+            (spec, DEFAULT_TEXT),
+            *(
+                (load_spec(p), t)
+                for p, t in (_spec(root, "strict", STRICT_TEXT), _spec(root, "weights", WEIGHTS_TEXT))
+            ),
+        ]
+        versions = [version]
+        for step, size in enumerate(sizes):
+            # Each chunk is followed through one of the versions (the others fall behind).
+            target = versions[followed[step % len(followed)] % len(versions)]
+            Projector(live, target, ShuffledSource(messages, [size]), app.codec).run()
+            if step == 0:
+                # Built from the first version: other KPI definitions, and other weights.
+                versions += [
+                    live.ensure_version(s, t, TOPIC, built_from=version.version) for s, t in specs[1:]
+                ]
+        for target in versions:
+            Maintainer(live, live.find_version(target.version)).update()
         assert live.find_version(version.version).events == len(messages)
-        # The same log, rebuilt in one go in another database.
+        # The same log, each spec rebuilt in one go and on its own in another database.
         rebuilt_path = root / "rebuilt.duckdb"
         shutil.copytree(log_root(live.path) / log_slug(TOPIC), log_root(rebuilt_path) / log_slug(TOPIC))
         rebuilt = ProjectionDB(rebuilt_path)
-        Maintainer(rebuilt, rebuilt.ensure_version(spec, DEFAULT_SPEC.read_text(), TOPIC)).update(full=True)
-        for table in MODEL_TABLES:
-            name = f"{version.schema}.{table}"
-            assert digest(live.connection, name) == digest(rebuilt.connection, name), table
+        for s, t in specs:
+            Maintainer(rebuilt, rebuilt.ensure_version(s, t, TOPIC)).update(full=True)
+        for target in versions:
+            for table in MODEL_TABLES:
+                name = f"{target.schema}.{table}"
+                assert digest(live.connection, name) == digest(rebuilt.connection, name), (target.name, table)
         live.close()
         rebuilt.close()
         app.close()
