@@ -76,6 +76,7 @@ class DecodedLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._latest: DeltaTable | None = None
         if not (path / "_delta_log").exists():
             path.mkdir(parents=True, exist_ok=True)
             # Several processes may race to create it; whoever loses finds it there.
@@ -87,7 +88,13 @@ class DecodedLog:
 
     def table(self, version: int | None = None) -> DeltaTable:
         """The Delta table at `version` (the latest when None)."""
-        return DeltaTable(str(self.path), version=version)
+        if version is not None:
+            return DeltaTable(str(self.path), version=version)
+        if self._latest is None:
+            self._latest = DeltaTable(str(self.path))
+        else:
+            self._latest.update_incremental()  # reads only the commits since the last look
+        return self._latest
 
     def version(self) -> int:
         return int(self.table().version())
@@ -106,7 +113,7 @@ class DecodedLog:
     def _chain_at(table: DeltaTable, stream: str, position: int) -> str | None:
         if stream != LEDGER_STREAM:
             return None  # Kafka carries the chain in each record; only the ledger's is computed
-        rows = table.to_pyarrow_dataset().to_table(
+        rows = ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet").to_table(
             columns=["chain"], filter=(ds.field("stream") == stream) & (ds.field("position") == position)
         )
         return None if rows.num_rows == 0 else str(rows.column(0)[0].as_py())
@@ -124,8 +131,16 @@ class DecodedLog:
         return self.version()
 
     def dataset(self, version: int | None = None) -> Any:
-        """A snapshot as an Arrow dataset (many readers, while appends go on)."""
-        return self.table(version).to_pyarrow_dataset()
+        """A snapshot as an Arrow dataset (many readers, while appends go on).
+
+        Built from the snapshot's file list: the log is neither partitioned nor written
+        with deletion vectors, so its files are exactly its rows (and this is much
+        cheaper than delta-rs's own dataset, which builds an expression per file).
+        """
+        table = self.table(version)
+        if "deletionVectors" in (table.protocol().writer_features or []):
+            return table.to_pyarrow_dataset()
+        return ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet")
 
     def snapshot(self, streams: Sequence[str]) -> Snapshot:
         version = self.version()

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 from projections.log import register_log, relation_name
 from projections.models import (
+    ANSWERS,
     CASE_MEASURES,
     PERIODS,
+    answers_histogram_sql,
     complaint_kpi_select,
     customer_profile_select,
     kpi_rethreshold_select,
@@ -105,6 +107,7 @@ class Maintainer:
         con.execute("BEGIN TRANSACTION")
         try:
             full = full or recorded is None
+            events = 0
             touched = False  # crm_touched holds the keys the new events touched
             new = 0
             if full or recorded != snapshot:
@@ -120,10 +123,13 @@ class Maintainer:
                     new = self._log_tables(s)
                     touched = True
                 self._record(snapshot, full)
+                events = int(con.execute(f"SELECT count(*) FROM {EV}").fetchone()[0])  # type: ignore[index]
+            else:
+                events = self.db.find_version(self.storage.version).events
             parent: VersionInfo | None = None
             for version in chain:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
-                self.db.mark_built(version, snapshot)
+                self.db.mark_built(version, snapshot, events)
                 parent = version
             for temp in (EV, *_TEMPS):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
@@ -151,11 +157,13 @@ class Maintainer:
         behind = self.db.built_log_version(version) != recorded
         if full or behind:
             if owns_kpis and parent is not None:
+                run(answers_histogram_sql(self.storage.schema))
                 for grain in PERIODS:
                     for team in (False, True):
                         table = f"kpi_{'team' if team else 'employee'}_{grain}"
-                        select = kpi_rethreshold_select(parent.schema, self.storage.schema, spec, grain, team)
+                        select = kpi_rethreshold_select(parent.schema, spec, grain, team)
                         run(f"CREATE OR REPLACE TABLE {v}.{table} AS {select}")
+                run(f"DROP TABLE {ANSWERS}")
             elif owns_kpis:
                 for statement in kpi_sql(v, spec):
                     run(statement)

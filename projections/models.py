@@ -7,6 +7,7 @@ Definitions follow "Metric definitions v1" in the design; see the README for eac
 
 from __future__ import annotations
 
+from projections.kpis import ADDITIVE_COUNTS, BY_NAME, KPIS, Kpi
 from projections.spec import KPI_PARAMETERS, Component, MetricSpec
 
 PROFILE_CHANNELS = ("phone", "email", "chat", "web", "field", "social")
@@ -154,86 +155,84 @@ def kpi_select(v: str, spec: MetricSpec, grain: str, team: bool, where: str = "T
     return _kpi_select(v, spec, "team_id" if team else "employee_id, team_id", PERIODS[grain], where)
 
 
+def _aggregates(spec: MetricSpec, kpis: tuple[Kpi, ...]) -> str:
+    return ",\n        ".join(
+        f"{k.aggregate.format(**spec.kpis)} AS {k.name}" for k in kpis if k.aggregate is not None
+    )
+
+
 def _kpi_select(v: str, spec: MetricSpec, keys: str, period: str, where: str = "TRUE") -> str:
-    sat = spec.kpis["csat_satisfied_min"]
-    promoter = spec.kpis["nps_promoter_min"]
-    detractor = spec.kpis["nps_detractor_max"]
+    """Every KPI of projections.kpis per keys and period: aggregates, then rates and scores."""
     return f"""
 WITH counts AS (
     SELECT {keys}, {period} AS period,
-        count(*) FILTER (WHERE measure = 'csat') AS csat_n,
-        count(*) FILTER (WHERE measure = 'csat' AND value >= {sat}) AS csat_satisfied,
-        count(*) FILTER (WHERE measure = 'nps') AS nps_n,
-        count(*) FILTER (WHERE measure = 'nps' AND value >= {promoter}) AS nps_promoters,
-        count(*) FILTER (WHERE measure = 'nps' AND value <= {detractor}) AS nps_detractors,
-        count(*) FILTER (WHERE measure = 'solved') AS problems_solved,
-        count(*) FILTER (WHERE measure = 'solved' AND fcr) AS fcr_n,
-        quantile_cont(value, 0.5) FILTER (WHERE measure = 'solved') AS ttr_median_h,
-        quantile_cont(value, 0.9) FILTER (WHERE measure = 'solved') AS ttr_p90_h,
-        count(*) FILTER (WHERE measure = 'escalation') AS escalations,
-        count(DISTINCT ref) FILTER (WHERE measure = 'handled') AS cases_handled,
-        count(*) FILTER (WHERE measure = 'solved' AND reopened) AS reopened,
-        count(*) FILTER (WHERE measure = 'relationship') AS relationship_attempts,
-        count(*) FILTER (WHERE measure = 'compliment') AS compliments,
-        count(*) FILTER (WHERE measure = 'article') AS articles_created,
-        count(*) FILTER (WHERE measure = 'citation') AS citations,
-        count(*) FILTER (WHERE measure = 'link') AS links_made,
-        count(*) FILTER (WHERE measure = 'share') AS shares,
-        count(*) FILTER (WHERE measure = 'solved' AND knowledge) AS participation_n,
-        max(occurred_at) AS last_activity_at
+        {_aggregates(spec, KPIS)}
     FROM {v}.measures
     WHERE {where}
     GROUP BY ALL
 )
 SELECT {keys}, period,
-    csat_n, csat_satisfied, 100.0 * csat_satisfied / nullif(csat_n, 0) AS csat_pct,
-    nps_n, nps_promoters, nps_detractors,
-    100.0 * (nps_promoters - nps_detractors) / nullif(nps_n, 0) AS nps,
-    problems_solved, fcr_n, fcr_n / nullif(problems_solved, 0) AS fcr_rate,
-    ttr_median_h, ttr_p90_h,
-    escalations, cases_handled, escalations / nullif(cases_handled, 0) AS escalation_rate,
-    reopened, reopened / nullif(problems_solved, 0) AS reopen_rate,
-    relationship_attempts, compliments, articles_created, citations, links_made, shares,
-    participation_n, participation_n / nullif(problems_solved, 0) AS participation_rate,
-    last_activity_at
+    {", ".join(k.select() for k in KPIS)}
 FROM counts
 ORDER BY {keys}, period"""
 
 
-#: The spec's [kpis] parameters are thresholds on survey answers: they define these KPI
-#: columns and no others (kpi_rethreshold_select relies on it; the assertion below keeps a
-#: new parameter from silently breaking that).
-THRESHOLD_COLUMNS = ("csat_satisfied", "csat_pct", "nps_promoters", "nps_detractors", "nps")
-assert set(KPI_PARAMETERS) == {"csat_satisfied_min", "nps_promoter_min", "nps_detractor_max"}
+# The spec's [kpis] parameters are thresholds read by threshold KPIs only
+# (kpi_rethreshold_select relies on it).
+assert {p for k in KPIS if k.threshold and k.aggregate for p in KPI_PARAMETERS if p in k.aggregate} == set(
+    KPI_PARAMETERS
+)
+assert not any(p in (k.aggregate or "") for k in KPIS if not k.threshold for p in KPI_PARAMETERS)
 
 
-def kpi_rethreshold_select(base: str, measures: str, spec: MetricSpec, grain: str, team: bool) -> str:
-    """A KPI table under other thresholds: `base`'s rows with the threshold columns recounted.
+#: A per-day histogram of the answers the threshold KPIs read (kpi_rethreshold_select).
+ANSWERS = "crm_answers"
 
-    Identical to kpi_select over the same measures (same counts, same expressions), but
-    reads only the survey answers instead of every measure.
+
+def answers_histogram_sql(measures: str) -> str:
+    """Survey answers counted per employee, team, day, measure and value (a temp table)."""
+    read = ", ".join(sorted({f"'{k.measure}'" for k in KPIS if k.threshold and k.aggregate}))
+    return (
+        f"CREATE OR REPLACE TEMP TABLE {ANSWERS} AS SELECT employee_id, team_id, "
+        "CAST(occurred_at AS DATE) AS occurred_at, measure, value, count(*) AS n "
+        f"FROM {measures}.measures WHERE measure IN ({read}) GROUP BY ALL"
+    )
+
+
+def kpi_rethreshold_select(base: str, spec: MetricSpec, grain: str, team: bool) -> str:
+    """A KPI table under other thresholds: `base`'s rows with the threshold KPIs recomputed.
+
+    Reads the per-day histogram of answers (answers_histogram_sql) instead of every
+    measure. Identical to kpi_select over the same measures: each threshold KPI is a
+    `count(*) FILTER (...)` over answer rows, and the filter reads only the measure and
+    the value, so the sum of the histogram's counts under the same filter is the same
+    count; a day lies in exactly one week and month; the rates and scores are the same
+    expressions from projections.kpis over the same counts.
     """
     keys = "team_id" if team else "employee_id, team_id"
-    sat = spec.kpis["csat_satisfied_min"]
-    promoter = spec.kpis["nps_promoter_min"]
-    detractor = spec.kpis["nps_detractor_max"]
     table = f"kpi_{'team' if team else 'employee'}_{grain}"
+    counted = tuple(k for k in KPIS if k.threshold and k.aggregate is not None)
+    derived = tuple(k for k in KPIS if k.threshold and k.aggregate is None)
+    summed = {
+        k.name: (k.aggregate or "").replace("count(*)", "sum(n)", 1).format(**spec.kpis) for k in counted
+    }
+    sums = ",\n        ".join(f"CAST({sql} AS BIGINT) AS {name}" for name, sql in summed.items())
     return f"""
 WITH h AS (
     SELECT {keys}, {PERIODS[grain]} AS period,
-        count(*) FILTER (WHERE measure = 'csat' AND value >= {sat}) AS csat_satisfied,
-        count(*) FILTER (WHERE measure = 'nps' AND value >= {promoter}) AS nps_promoters,
-        count(*) FILTER (WHERE measure = 'nps' AND value <= {detractor}) AS nps_detractors
-    FROM {measures}.measures WHERE measure IN ('csat', 'nps') GROUP BY ALL
+        {sums}
+    FROM {ANSWERS} GROUP BY ALL
+),
+joined AS (
+    SELECT b.* REPLACE ({", ".join(f"coalesce(h.{k.name}, 0) AS {k.name}" for k in counted)})
+    FROM {base}.{table} b LEFT JOIN h USING ({keys}, period)
 )
-SELECT b.* REPLACE (
-    coalesce(h.csat_satisfied, 0) AS csat_satisfied,
-    100.0 * coalesce(h.csat_satisfied, 0) / nullif(b.csat_n, 0) AS csat_pct,
-    coalesce(h.nps_promoters, 0) AS nps_promoters,
-    coalesce(h.nps_detractors, 0) AS nps_detractors,
-    100.0 * (coalesce(h.nps_promoters, 0) - coalesce(h.nps_detractors, 0)) / nullif(b.nps_n, 0) AS nps)
-FROM {base}.{table} b LEFT JOIN h USING ({keys}, period)
+SELECT * REPLACE ({", ".join(k.select() for k in derived)})
+FROM joined
 ORDER BY {keys}, period"""
+
+
+assert all((k.aggregate or "").startswith("count(*) FILTER") for k in KPIS if k.threshold and k.aggregate)
 
 
 def kpi_sql(v: str, spec: MetricSpec) -> list[str]:
@@ -243,14 +242,6 @@ def kpi_sql(v: str, spec: MetricSpec) -> list[str]:
             table = f"kpi_{'team' if team else 'employee'}_{grain}"
             statements.append(f"CREATE OR REPLACE TABLE {v}.{table} AS " + kpi_select(v, spec, grain, team))
     return statements
-
-
-_RATE_PARTS = {
-    "fcr_rate": ("fcr_n", "problems_solved"),
-    "participation_rate": ("participation_n", "problems_solved"),
-    "reopen_rate": ("reopened", "problems_solved"),
-    "csat_pct": ("csat_satisfied", "csat_n"),
-}
 
 
 def _component_sql(c: Component) -> str:
@@ -273,7 +264,7 @@ def _component_sql(c: Component) -> str:
         sample = "e.csat_n"
         cap = "NULL"
     else:
-        numerator, denominator = _RATE_PARTS[c.kpi]
+        numerator, denominator = BY_NAME[c.kpi].numerator, BY_NAME[c.kpi].denominator
         own = f"e.{numerator} / nullif(e.{denominator}, 0)"
         team = f"coalesce(t.{numerator} / nullif(t.{denominator}, 0), 0.0)"
         rate = (
@@ -299,12 +290,7 @@ def reward_components_select(v: str, spec: MetricSpec, where: str = "TRUE") -> s
 WITH emp AS (
     SELECT employee_id, period,
         arg_max(team_id, last_activity_at) AS team_id,
-        sum(csat_n) AS csat_n, sum(csat_satisfied) AS csat_satisfied,
-        sum(problems_solved) AS problems_solved, sum(fcr_n) AS fcr_n,
-        sum(reopened) AS reopened, sum(participation_n) AS participation_n,
-        sum(citations) AS citations, sum(relationship_attempts) AS relationship_attempts,
-        sum(compliments) AS compliments, sum(shares) AS shares, sum(links_made) AS links_made,
-        sum(articles_created) AS articles_created, sum(escalations) AS escalations
+        {", ".join(f"sum({name}) AS {name}" for name in ADDITIVE_COUNTS)}
     FROM {v}.kpi_employee_month WHERE {where} GROUP BY employee_id, period
 ),
 org AS (

@@ -320,9 +320,11 @@ class ProjectionDB:
     def tracking(self, version: VersionInfo) -> DuckDBTrackingRecorder:
         return DuckDBTrackingRecorder(self.connection, version.schema)
 
-    def mark_built(self, version: VersionInfo, log_version: int) -> None:
+    def mark_built(self, version: VersionInfo, log_version: int, events: int | None = None) -> None:
         """Record that the version's read models are current (inside the caller's transaction)."""
-        events = self.connection.execute(f"SELECT count(*) FROM {version.schema}.events").fetchone()
+        if events is None:
+            row = self.connection.execute(f"SELECT count(*) FROM {version.schema}.events").fetchone()
+            events = int(row[0]) if row else 0
         positions = self.tracking(self.storage_version(version)).positions()
         position = json.dumps(
             {
@@ -333,7 +335,7 @@ class ProjectionDB:
         self.connection.execute(
             "UPDATE main.crm_versions SET state = 'ready', built_at = ?, events = ?, position = ? "
             "WHERE version = ?",
-            [_now(), int(events[0]) if events else 0, position, version.version],
+            [_now(), events, position, version.version],
         )
 
     def storage_version(self, version: VersionInfo) -> VersionInfo:
