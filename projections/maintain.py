@@ -43,7 +43,28 @@ from projections.store import LOG_STREAM, ProjectionDB, VersionInfo
 
 #: The typed events of the snapshot, materialised once per update (many scans follow).
 EV = "crm_ev"
+#: Columns of the log no read model reads (only `reward_statement` reads the payload, from
+#: the log itself): left out of the materialised events.
+_UNREAD = (
+    "payload",
+    "value",
+    "chain",
+    "source",
+    '"partition"',
+    '"offset"',
+    "schema_version",
+    "recorded_at",
+    "to_employee_id",
+    "direction",
+    "severity",
+    "ces",
+    "recipient_kind",
+    "score",
+)
 _TEMPS = (
+    "crm_fresh",
+    "crm_opened",
+    "crm_read_cases",
     "crm_tracked",
     "crm_new",
     "crm_emp",
@@ -111,19 +132,18 @@ class Maintainer:
             touched = False  # crm_touched holds the keys the new events touched
             new = 0
             if full or recorded != snapshot:
-                con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE {EV} AS "
-                    f"SELECT * EXCLUDE (payload, value, chain) FROM {s}.events"
-                )
                 if full:
+                    self._materialise(s, "TRUE")
                     for statement in spec_independent_sql(s, EV, f"{s}.events"):
                         con.execute(statement)
                     new = int(con.execute(f"SELECT count(*) FROM {EV}").fetchone()[0])  # type: ignore[index]
+                    events = new
                 else:
+                    self._materialise_touched(s)
                     new = self._log_tables(s)
+                    events = self.db.find_version(self.storage.version).events + new
                     touched = True
                 self._record(snapshot, full)
-                events = int(con.execute(f"SELECT count(*) FROM {EV}").fetchone()[0])  # type: ignore[index]
             else:
                 events = self.db.find_version(self.storage.version).events
             parent: VersionInfo | None = None
@@ -138,6 +158,59 @@ class Maintainer:
             raise
         con.execute("COMMIT")
         return UpdateResult(snapshot, new, full)
+
+    def _materialise(self, s: str, where: str) -> None:
+        """The snapshot's events matching `where`, typed columns only, as the temp table EV."""
+        self.db.connection.execute(
+            f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT * EXCLUDE ({', '.join(_UNREAD)}) "
+            f"FROM {s}.events WHERE {where}"
+        )
+
+    def _materialise_touched(self, s: str) -> None:
+        """Only the events an incremental update reads, as EV.
+
+        That is the new events, every event of the cases they touch (and of the other
+        complaints opened by the same team in the same month, which share a complaint row),
+        and every event of the customers they name. A team change re-attributes all of an
+        employee's measures: then (rarely) the whole snapshot is read.
+        """
+        run = self.db.connection.execute
+        tracked = {
+            k: p.offset for k, p in self.db.tracking(self.storage).positions().items() if k != LOG_STREAM
+        }
+        fresh = " OR ".join(
+            [
+                *(f"(stream = {_literal(k)} AND position > {v})" for k, v in tracked.items()),
+                f"stream NOT IN ({', '.join(_literal(k) for k in tracked)})" if tracked else "TRUE",
+            ]
+        )
+        run(f"CREATE OR REPLACE TEMP TABLE crm_fresh AS SELECT * FROM {s}.events WHERE {fresh}")
+        moves = run(
+            "SELECT count(*) FROM crm_fresh WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam')"
+        ).fetchone()
+        if moves is not None and moves[0]:
+            self._materialise(s, "TRUE")
+            return
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_opened AS SELECT case_id, team_id, "
+            f"strftime(occurred_at, '%Y-%m') AS period FROM {s}.events "
+            "WHERE event_type = 'CaseOpened' AND team_id IS NOT NULL"
+        )
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_read_cases AS "
+            "WITH direct AS (SELECT case_id FROM crm_fresh WHERE case_id IS NOT NULL "
+            "UNION SELECT source_case_id FROM crm_fresh WHERE source_case_id IS NOT NULL) "
+            "SELECT case_id FROM direct UNION SELECT o.case_id FROM crm_opened o "
+            "JOIN (SELECT DISTINCT team_id, period FROM crm_opened "
+            "WHERE case_id IN (SELECT case_id FROM direct)) p "
+            "ON o.team_id = p.team_id AND o.period = p.period"
+        )
+        self._materialise(
+            s,
+            f"({fresh}) OR case_id IN (SELECT case_id FROM crm_read_cases) "
+            "OR source_case_id IN (SELECT case_id FROM crm_read_cases) "
+            "OR customer_id IN (SELECT customer_id FROM crm_fresh WHERE customer_id IS NOT NULL)",
+        )
 
     def _spec_tables(
         self,
@@ -294,3 +367,7 @@ class Maintainer:
         run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
         run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
         return new
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
