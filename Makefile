@@ -37,6 +37,7 @@ bench: install kafka-jars
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/project.py
 	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/follow.py
 
 clean:
 	rm -rf .crm-ledger .pytest_cache .mypy_cache .ruff_cache

@@ -17,8 +17,12 @@ this property on random chunks with late and out-of-order events).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from projections.log import register_log, relation_name
+import pyarrow as pa
+import pyarrow.dataset as pds
+
+from projections.log import EVENT_COLUMNS, relation_name
 from projections.models import (
     ANSWERS,
     CASE_MEASURES,
@@ -97,6 +101,7 @@ class Maintainer:
         #: where the spec-independent tables and the positions live (the root of the chain)
         self.storage = db.storage_version(version)
         self.log = db.log(version.source)
+        self._dataset: Any = None
 
     def log_version_recorded(self) -> int | None:
         """The log version the shared tables reflect (None before the first build)."""
@@ -121,7 +126,8 @@ class Maintainer:
         del scores_only
         con = self.db.connection
         snapshot = self.log.version()
-        register_log(con, self.version.source, self.log, snapshot)
+        self._dataset = self.log.dataset(snapshot)
+        con.register(relation_name(self.version.source), self._dataset)
         recorded = self.log_version_recorded()
         s = self.storage.schema
         chain = self.db.chain(self.version)
@@ -205,12 +211,40 @@ class Maintainer:
             "WHERE case_id IN (SELECT case_id FROM direct)) p "
             "ON o.team_id = p.team_id AND o.period = p.period"
         )
-        self._materialise(
-            s,
-            f"({fresh}) OR case_id IN (SELECT case_id FROM crm_read_cases) "
-            "OR source_case_id IN (SELECT case_id FROM crm_read_cases) "
-            "OR customer_id IN (SELECT customer_id FROM crm_fresh WHERE customer_id IS NOT NULL)",
+        cases = [r[0] for r in run("SELECT case_id FROM crm_read_cases").fetchall()]
+        customers = [
+            r[0]
+            for r in run(
+                "SELECT DISTINCT customer_id FROM crm_fresh WHERE customer_id IS NOT NULL"
+            ).fetchall()
+        ]
+        # One filtered Arrow scan of the columns the models read: the filter runs before
+        # any row reaches DuckDB (an IN over a subquery would not be pushed into the scan).
+        case_set = pa.array(cases, pa.string())
+        wanted = (
+            pds.field("case_id").isin(case_set)
+            | pds.field("source_case_id").isin(case_set)
+            | pds.field("customer_id").isin(pa.array(customers, pa.string()))
         )
+        for stream, position in tracked.items():
+            wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
+        known = list(tracked)
+        wanted = wanted | ~pds.field("stream").isin(pa.array(known, pa.string()))
+        keep = pds.field("dead_letter").is_null() & wanted
+        if self.version.as_of is not None:
+            keep = keep & (
+                pds.field("occurred_at")
+                <= pa.scalar(self.version.as_of.replace(tzinfo=None), pa.timestamp("us"))
+            )
+        columns = [
+            c for c in ("stream", "position", *EVENT_COLUMNS) if f'"{c}"' not in _UNREAD and c not in _UNREAD
+        ]
+        rows = self._dataset.to_table(columns=columns, filter=keep)
+        self.db.connection.register("crm_ev_rows", rows)
+        try:
+            run(f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT * FROM crm_ev_rows")
+        finally:
+            self.db.connection.unregister("crm_ev_rows")
 
     def _spec_tables(
         self,
@@ -364,8 +398,10 @@ class Maintainer:
             f"FROM crm_new WHERE event_type IN {_STATEMENTS}"
         )
         stmts = "(employee_id, period) IN (SELECT employee_id, period FROM crm_statements)"
-        run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
-        run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
+        if run("SELECT count(*) FROM crm_statements").fetchone() != (0,):
+            # Statements are rare; their payload is read from the log only when there are some.
+            run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
+            run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
         return new
 
 

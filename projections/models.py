@@ -8,7 +8,25 @@ Definitions follow "Metric definitions v1" in the design; see the README for eac
 from __future__ import annotations
 
 from projections.kpis import ADDITIVE_COUNTS, BY_NAME, KPIS, Kpi
+from projections.readmodels import (
+    INTERMEDIATE_TABLES,
+    KPI_TABLES,
+    MODEL_TABLES,
+    SCORE_TABLES,
+    SPEC_INDEPENDENT_TABLES,
+    STABLE_VIEWS,
+)
 from projections.spec import KPI_PARAMETERS, Component, MetricSpec
+
+#: The table lists come from the one list of read models (re-exported for existing callers).
+__all__ = [
+    "INTERMEDIATE_TABLES",
+    "KPI_TABLES",
+    "MODEL_TABLES",
+    "SCORE_TABLES",
+    "SPEC_INDEPENDENT_TABLES",
+    "STABLE_VIEWS",
+]
 
 PROFILE_CHANNELS = ("phone", "email", "chat", "web", "field", "social")
 PERIODS = {
@@ -16,40 +34,6 @@ PERIODS = {
     "week": "strftime(occurred_at, '%G-W%V')",
     "day": "strftime(occurred_at, '%Y-%m-%d')",
 }
-MODEL_TABLES = (
-    "team_history",
-    "measures",
-    "kpi_employee_month",
-    "kpi_team_month",
-    "kpi_employee_week",
-    "kpi_team_week",
-    "kpi_employee_day",
-    "kpi_team_day",
-    "reward_components",
-    "reward_score",
-    "customer_profile",
-    "complaint_kpi_month",
-    "reward_statement",
-)
-#: What a weights-only recompute rebuilds; everything else depends only on the KPI definitions.
-SCORE_TABLES = ("reward_components", "reward_score")
-#: The tables no part of a metric spec changes: versions built from another share them.
-SPEC_INDEPENDENT_TABLES = (
-    "team_history",
-    "measures",
-    "customer_profile",
-    "complaint_kpi_month",
-    "reward_statement",
-)
-KPI_TABLES = tuple(t for t in MODEL_TABLES if t.startswith("kpi_"))
-#: The views every version exposes and `promote` points the stable names at: the read
-#: models (not their intermediate tables), the audit mirror and the dead letters.
-INTERMEDIATE_TABLES = ("team_history", "measures")
-STABLE_VIEWS = (
-    *(t for t in MODEL_TABLES if t not in INTERMEDIATE_TABLES),
-    "ledger_events",
-    "dead_letters",
-)
 
 
 def team_history_sql(v: str, ev: str, scope: str = "TRUE") -> str:
