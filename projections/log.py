@@ -152,6 +152,8 @@ def register_log(
 ) -> str:
     """Make a snapshot of the log readable as `relation_name(source)` on `connection`."""
     name = relation_name(source)
+    # DuckDB refuses to register while a previous result is not fully fetched (a fetchone()).
+    connection.complete()
     connection.register(name, log.dataset(version))
     return name
 

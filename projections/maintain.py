@@ -127,6 +127,7 @@ class Maintainer:
         con = self.db.connection
         snapshot = self.log.version()
         self._dataset = self.log.dataset(snapshot)
+        con.complete()  # a caller's fetchone() leaves a result open; registering needs it closed
         con.register(relation_name(self.version.source), self._dataset)
         recorded = self.log_version_recorded()
         s = self.storage.schema
@@ -240,6 +241,7 @@ class Maintainer:
             c for c in ("stream", "position", *EVENT_COLUMNS) if f'"{c}"' not in _UNREAD and c not in _UNREAD
         ]
         rows = self._dataset.to_table(columns=columns, filter=keep)
+        self.db.connection.complete()
         self.db.connection.register("crm_ev_rows", rows)
         try:
             run(f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT * FROM crm_ev_rows")
