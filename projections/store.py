@@ -403,7 +403,7 @@ class ProjectionDB:
         dependants = [v.version for v in self.versions() if v.built_from == version.version]
         if dependants:
             raise ProjectionError(
-                f"version {version.version} holds the KPI tables of {', '.join(dependants)}: drop those first"
+                f"version {version.version} holds tables that {', '.join(dependants)} share: drop those first"
             )
         con = self.connection
         con.execute("BEGIN TRANSACTION")
