@@ -54,6 +54,7 @@ bench: install kafka-jars
 	$(BIN)/python bench/project.py
 	$(BIN)/python bench/service_models.py
 	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/follow.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/web.py
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter
 from projections.engine import Projector
-from projections.mirror import mirror_batches
+from projections.mirror import mirror_batches, open_mirror
 from projections.models import MODEL_TABLES
 from projections.sources import LEDGER_STREAM, Position, RawBatch, kafka_stream
 from projections.store import ProjectionDB, VersionInfo, connect
@@ -114,6 +114,10 @@ class MirrorSource:
             self.events += len(batch)
             yield batch
 
+    def streams(self) -> list[str]:
+        # A scratch log starts empty: no stream has a position to resume from.
+        return []
+
     def lag(self, positions: Mapping[str, Position]) -> int:
         del positions
         return 0
@@ -155,6 +159,7 @@ def reproduce(
     live = connect(path, read_only=True, wait_s=600)
     try:
         version = _version(path, live, reference)
+        open_mirror(live, path, [version.source])
         report = ReproduceReport(version.version, version.name)
         with tempfile.TemporaryDirectory(prefix="reproduce-", dir=path.parent) as folder:
             scratch = Path(folder) / f"reproduce-{version.version}.duckdb"

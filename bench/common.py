@@ -37,6 +37,9 @@ def arguments(description: str, default_events: int) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--events", type=int, default=default_events, help="approximate event count")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--old-design", default=None, help="git revision of an earlier design to measure as a baseline too"
+    )
     return parser.parse_args()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 import duckdb
@@ -10,6 +11,7 @@ from common import BENCH_DIR, arguments, kafka, prepared_ledger, report, timed
 from crm_ledger.kafka import delete_topics
 from ledger.relay import Relay, RelayConfig
 from projections.engine import Projector
+from projections.log import log_root
 from projections.sources import KafkaSource, Position, RawBatch
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB
@@ -22,6 +24,7 @@ def fresh_db(name: str) -> ProjectionDB:
     path = BENCH_DIR / f"{name}.duckdb"
     for leftover in BENCH_DIR.glob(f"{name}.duckdb*"):
         leftover.unlink()
+    shutil.rmtree(log_root(path), ignore_errors=True)
     return ProjectionDB(path)
 
 

@@ -614,11 +614,25 @@ _version_arg = click.argument("version")
 )
 @click.option("--name", default=None, help="Human name of the version (default: the spec's name).")
 @click.option(
-    "--full", is_flag=True, help="Replay the log even when only weights, caps or smoothing changed."
+    "--full",
+    is_flag=True,
+    help="Build every table of the version from the decoded log instead of sharing another version's.",
+)
+@click.option(
+    "--from-source",
+    "from_source",
+    is_flag=True,
+    help="Decode the whole source again into a fresh log (replacing the shared one) first.",
 )
 @click.pass_context
 def replay(
-    ctx: click.Context, metrics: Path, source: str, as_of: str | None, name: str | None, full: bool
+    ctx: click.Context,
+    metrics: Path,
+    source: str,
+    as_of: str | None,
+    name: str | None,
+    full: bool,
+    from_source: bool,
 ) -> None:
     """Build a new version of the read models side by side with the live one (resumable)."""
     from projections.engine import parse_as_of
@@ -628,7 +642,15 @@ def replay(
     moment = parse_as_of(as_of)
     with graceful_stop() as stop, progress_bar("replay", None) as reporter:
         result = run_replay(
-            settings, metrics, source, as_of=moment, name=name, full=full, reporter=reporter, should_stop=stop
+            settings,
+            metrics,
+            source,
+            as_of=moment,
+            name=name,
+            full=full,
+            from_source=from_source,
+            reporter=reporter,
+            should_stop=stop,
         )
     click.echo(result.message())
     if result.mode == "interrupted":

@@ -12,14 +12,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
 from ledger.connect import open_ledger
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
+from projections.readonly import reader
 from projections.service import project_promoted
 from rewards.goals import GoalChange, close_goal, revise_goal, set_goal, spec_components
 
@@ -175,7 +174,7 @@ def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None])
         result = project_promoted(settings, "ledger", None, follow=False, reporter=reporter)
     echo(f"3/3 projected into {settings.projections_db}: {result}")
 
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         for table, columns, order in SHOWCASE:
             echo(f"\n== {table}")
             echo(str(con.sql(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order} LIMIT 5")))

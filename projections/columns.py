@@ -1,4 +1,4 @@
-"""The columns of a version's `events` table (also the auditors' `ledger_events` mirror).
+"""The columns of the decoded log (also the auditors' `ledger_events` mirror).
 
 Fields the read models join and filter on are real columns; the whole record is kept as
 JSON in `payload`, and the exact bytes in `value`, so the hash chain can be recomputed.
@@ -6,13 +6,15 @@ JSON in `payload`, and the exact bytes in `value`, so the hash chain can be reco
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from projections.sources import RawBatch
+from projections.sources import LEDGER_STREAM, RawBatch, kafka_stream
 from schemas.codec import DecodedGroup
 from schemas.registry import SchemaRegistry
 
@@ -46,25 +48,30 @@ RECORD_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("score", "DOUBLE", pa.float64()),
 )
 
-EVENTS_DDL = """
-CREATE TABLE IF NOT EXISTS {v}.events (
-    notification_id BIGINT,
-    source VARCHAR,
-    "partition" INTEGER,
-    "offset" BIGINT,
-    event_type VARCHAR NOT NULL,
-    event_id VARCHAR NOT NULL,
-    schema_version INTEGER,
-    occurred_at TIMESTAMP NOT NULL,
-    recorded_at TIMESTAMP,
-    {record_columns},
-    payload JSON,
-    value BLOB,
-    chain VARCHAR
-)""".replace("{record_columns}", ",\n    ".join(f"{name} {sql}" for name, sql, _ in RECORD_COLUMNS))
-
-_ENVELOPE_COLUMNS = ("notification_id", "source", "partition", "offset", "schema_version", "value", "chain")
-_ENVELOPE_TYPES = (pa.int64(), pa.string(), pa.int32(), pa.int64(), pa.int32(), pa.binary(), pa.string())
+#: The decoded log's columns (see projections.log): where a row came from, the envelope,
+#: the typed record columns, the whole record as JSON, the exact bytes and the chain; and
+#: for messages that could not be decoded, the error (`dead_letter`) and when it was seen.
+LOG_SCHEMA = pa.schema(
+    [
+        ("stream", pa.string()),
+        ("position", pa.int64()),
+        ("notification_id", pa.int64()),
+        ("source", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("event_type", pa.string()),
+        ("event_id", pa.string()),
+        ("schema_version", pa.int32()),
+        ("occurred_at", pa.timestamp("us")),
+        ("recorded_at", pa.timestamp("us")),
+        *((name, arrow) for name, _, arrow in RECORD_COLUMNS),
+        ("payload", pa.string()),
+        ("value", pa.binary()),
+        ("chain", pa.string()),
+        ("dead_letter", pa.string()),
+        ("seen_at", pa.timestamp("us")),
+    ]
+)
 _AVRO_TO_ARROW: dict[str, pa.DataType] = {
     "string": pa.string(),
     "int": pa.int32(),
@@ -91,70 +98,89 @@ def record_struct(fields: Sequence[Mapping[str, Any]]) -> pa.StructType:
     return pa.struct([pa.field(f["name"], _arrow_type(f["type"])) for f in fields])
 
 
-class EventsWriter:
-    """Appends decoded events to a version's `events` table, one Arrow insert per event type.
+def _millis_to_timestamp(array: pa.Array) -> pa.Array:
+    return pc.multiply(array.cast(pa.int64()), 1000).cast(pa.timestamp("us"))
 
-    Records become one Arrow struct column per event type (a single C++ pass over the
-    dicts); DuckDB then extracts the columns and writes the JSON payload itself, so no
-    per-event Python work remains beyond decoding.
+
+def stream_of(source: str, partition: int | None) -> str:
+    """The application-transaction id of a message's stream: `ledger` or `<topic>:<partition>`."""
+    return LEDGER_STREAM if partition is None else kafka_stream(source, partition)
+
+
+class LogBatchBuilder:
+    """Turns a decoded batch into one flat Arrow table in the log's schema.
+
+    Records become one Arrow struct array per schema (a single C++ pass over the dicts)
+    whose fields are then taken as columns; only the JSON payload is built per record.
     """
 
     def __init__(self, registry: SchemaRegistry) -> None:
         self._versions = {v.schema_id: v.version for v in registry.all_versions()}
-        self._structs: dict[str, pa.StructType] = {}
-        self._selects: dict[str, str] = {}
-        for event_type in registry.event_types:
-            fields = list(registry.latest(event_type).raw["fields"])
-            names = {f["name"] for f in fields}
-            self._structs[event_type] = record_struct(fields)
-            columns = [
-                f"rec.{name}::{sql}" if name in names else f"NULL::{sql}" for name, sql, _ in RECORD_COLUMNS
-            ]
-            recorded = "epoch_ms(rec.recorded_at)" if "recorded_at" in names else "NULL"
-            self._selects[event_type] = (
-                'SELECT notification_id, source, "partition", "offset", '
-                f"'{event_type}', rec.event_id, schema_version, epoch_ms(rec.occurred_at), {recorded}, "
-                + ", ".join(columns)
-                + ", to_json(rec), value, chain FROM incoming_events"
-            )
+        self._structs = {
+            t: record_struct(list(registry.latest(t).raw["fields"])) for t in registry.event_types
+        }
 
-    def prepare(self, batch: RawBatch, groups: Sequence[DecodedGroup]) -> list[tuple[str, pa.Table]]:
-        """One Arrow table per event type of a decoded batch (pure: safe on any thread)."""
-        tables = []
-        for group in groups:
-            indexes = group.indexes
-            envelope = [
-                [batch.notification_ids[i] for i in indexes],
-                [batch.sources[i] for i in indexes],
-                [batch.partitions[i] for i in indexes],
-                [batch.offsets[i] for i in indexes],
-                [self._versions[group.schema_id]] * len(indexes),
-                [batch.values[i] for i in indexes],
-                [batch.chains[i] for i in indexes],
-            ]
-            arrays = [pa.array(v, type=t) for v, t in zip(envelope, _ENVELOPE_TYPES, strict=True)]
-            arrays.append(pa.array(group.records, type=self._structs[group.event_type]))
-            tables.append((group.event_type, pa.Table.from_arrays(arrays, names=[*_ENVELOPE_COLUMNS, "rec"])))
-        return tables
-
-    def write(
+    def build(
         self,
-        connection: duckdb.DuckDBPyConnection,
-        schema: str,
-        tables: Sequence[tuple[str, pa.Table]],
-        *,
-        as_of_ms: int | None = None,
-    ) -> int:
-        """Insert prepared tables (events after `as_of_ms` are left out); returns rows inserted."""
-        inserted = 0
-        where = "" if as_of_ms is None else f" WHERE rec.occurred_at <= {int(as_of_ms)}"
-        for event_type, table in tables:
-            connection.register("incoming_events", table)
-            try:
-                result = connection.execute(
-                    f"INSERT INTO {schema}.events {self._selects[event_type]}{where}"
-                ).fetchone()
-            finally:
-                connection.unregister("incoming_events")
-            inserted += int(result[0]) if result else 0
-        return inserted
+        batch: RawBatch,
+        groups: Sequence[DecodedGroup],
+        errors: Sequence[tuple[int, Exception]],
+        seen_at: datetime,
+    ) -> pa.Table:
+        """The batch's rows (decoded events, then dead letters) as one table."""
+        tables = [self._group(batch, g) for g in groups]
+        if errors:
+            tables.append(self._dead(batch, errors, seen_at))
+        if not tables:
+            return LOG_SCHEMA.empty_table()
+        return pa.concat_tables(tables)
+
+    @staticmethod
+    def _envelope(batch: RawBatch, indexes: Sequence[int]) -> dict[str, pa.Array]:
+        streams = [stream_of(batch.sources[i], batch.partitions[i]) for i in indexes]
+        positions = [
+            batch.notification_ids[i] if batch.partitions[i] is None else batch.offsets[i] for i in indexes
+        ]
+        return {
+            "stream": pa.array(streams, pa.string()),
+            "position": pa.array(positions, pa.int64()),
+            "notification_id": pa.array([batch.notification_ids[i] for i in indexes], pa.int64()),
+            "source": pa.array([batch.sources[i] for i in indexes], pa.string()),
+            "partition": pa.array([batch.partitions[i] for i in indexes], pa.int32()),
+            "offset": pa.array([batch.offsets[i] for i in indexes], pa.int64()),
+            "value": pa.array([batch.values[i] for i in indexes], pa.binary()),
+            "chain": pa.array([batch.chains[i] for i in indexes], pa.string()),
+        }
+
+    def _group(self, batch: RawBatch, group: DecodedGroup) -> pa.Table:
+        n = len(group.indexes)
+        struct = pa.array(group.records, type=self._structs[group.event_type])
+        names = {f.name for f in struct.type}
+        columns = self._envelope(batch, group.indexes)
+        columns["event_type"] = pa.array([group.event_type] * n, pa.string())
+        columns["event_id"] = struct.field("event_id")
+        columns["schema_version"] = pa.array([self._versions[group.schema_id]] * n, pa.int32())
+        columns["occurred_at"] = _millis_to_timestamp(struct.field("occurred_at"))
+        columns["recorded_at"] = (
+            _millis_to_timestamp(struct.field("recorded_at"))
+            if "recorded_at" in names
+            else pa.nulls(n, pa.timestamp("us"))
+        )
+        for name, _, arrow in RECORD_COLUMNS:
+            columns[name] = struct.field(name).cast(arrow) if name in names else pa.nulls(n, arrow)
+        columns["payload"] = pa.array(
+            [json.dumps(r, separators=(",", ":"), default=str) for r in group.records], pa.string()
+        )
+        columns["dead_letter"] = pa.nulls(n, pa.string())
+        columns["seen_at"] = pa.nulls(n, pa.timestamp("us"))
+        return pa.Table.from_arrays([columns[f.name] for f in LOG_SCHEMA], schema=LOG_SCHEMA)
+
+    def _dead(self, batch: RawBatch, errors: Sequence[tuple[int, Exception]], seen_at: datetime) -> pa.Table:
+        indexes = [i for i, _ in errors]
+        n = len(indexes)
+        columns = self._envelope(batch, indexes)
+        columns["dead_letter"] = pa.array([str(e) for _, e in errors], pa.string())
+        columns["seen_at"] = pa.array([seen_at] * n, pa.timestamp("us"))
+        return pa.Table.from_arrays(
+            [columns.get(f.name, pa.nulls(n, f.type)) for f in LOG_SCHEMA], schema=LOG_SCHEMA
+        )

@@ -9,22 +9,11 @@ from typing import Any
 import duckdb
 
 from projections.errors import ProjectionError
+from projections.kpis import measure_kpis
 from projections.store import rows_as_dicts
 
-#: Which measured acts feed which KPI (see projections.models.measures_sql).
-MEASURE_KPIS = {
-    "csat": "csat (survey answers)",
-    "nps": "nps (survey answers)",
-    "solved": "problems_solved / fcr_rate / ttr / reopen_rate / participation_rate (first resolutions)",
-    "escalation": "escalations",
-    "handled": "escalation_rate (cases handled)",
-    "relationship": "relationship_attempts",
-    "compliment": "compliments",
-    "article": "articles_created",
-    "citation": "citations (reuse of own articles by others)",
-    "link": "links_made",
-    "share": "shares",
-}
+#: Which measured acts feed which KPI (from projections.kpis).
+MEASURE_KPIS = {measure: " / ".join(names) for measure, names in measure_kpis().items()}
 
 
 @dataclass

@@ -179,6 +179,24 @@ WINDOW w AS (PARTITION BY team_id ORDER BY period)
 ORDER BY team_id, period"""
 
 
+def _exact_corr(x: str, y: str) -> str:
+    """Pearson's r of two rank columns, from exact integer sums.
+
+    Ranks are multiples of 1/2, so twice a rank is an integer: the sums are exact and the
+    result does not depend on the order rows arrive in (DuckDB's float `corr` does, in its
+    last bits). NaN when a column is constant, as `corr` gives.
+    """
+    a, b = f"(2 * {x})::HUGEINT", f"(2 * {y})::HUGEINT"
+    n = "count(*)::HUGEINT"
+    cov = f"({n} * sum({a} * {b}) - sum({a}) * sum({b}))"
+    var_a = f"({n} * sum({a} * {a}) - sum({a}) * sum({a}))"
+    var_b = f"({n} * sum({b} * {b}) - sum({b}) * sum({b}))"
+    return (
+        f"CASE WHEN {var_a} = 0 OR {var_b} = 0 THEN 'NaN'::DOUBLE "
+        f"ELSE {cov}::DOUBLE / sqrt({var_a}::DOUBLE * {var_b}::DOUBLE) END"
+    )
+
+
 def team_evidence_correlation_sql(v: str) -> str:
     pairs = "\n    UNION ALL\n    ".join(
         f"SELECT team_id, '{p}' AS practice, '{o}' AS outcome, d_{p} AS x, d_{o} AS y "
@@ -205,7 +223,7 @@ ranked AS (
     SELECT scope, practice, outcome, {rank.format(c="x")} AS rx, {rank.format(c="y")} AS ry FROM scoped
 )
 SELECT scope AS team_id, practice, outcome,
-    CASE WHEN count(*) >= 3 THEN corr(rx, ry) END AS spearman, count(*) AS n
+    CASE WHEN count(*) >= 3 THEN {_exact_corr("rx", "ry")} END AS spearman, count(*) AS n
 FROM ranked
 GROUP BY scope, practice, outcome
 ORDER BY team_id, practice, outcome"""

@@ -7,19 +7,28 @@ Definitions follow "Metric definitions v1" in the design; see docs/read-models.m
 
 from __future__ import annotations
 
-from projections.goals import GOAL_TABLES, goal_model_sql
-from projections.service_models import (
-    SERVICE_COLUMNS,
-    SERVICE_COUNTS,
-    SERVICE_INTERMEDIATE,
-    SERVICE_RATE_PARTS,
-    SERVICE_SUMS,
-    SERVICE_TABLES,
-    profile_service_sql,
-    service_measures,
-    service_model_sql,
+from projections.goals import goal_model_sql
+from projections.kpis import ADDITIVE_COUNTS, BY_NAME, KPIS, Kpi
+from projections.readmodels import (
+    INTERMEDIATE_TABLES,
+    KPI_TABLES,
+    MODEL_TABLES,
+    SCORE_TABLES,
+    SPEC_INDEPENDENT_TABLES,
+    STABLE_VIEWS,
 )
-from projections.spec import Component, MetricSpec
+from projections.service_models import profile_service_sql, service_measures_select, service_model_sql
+from projections.spec import KPI_PARAMETERS, Component, MetricSpec
+
+#: The table lists come from the one list of read models (re-exported for existing callers).
+__all__ = [
+    "INTERMEDIATE_TABLES",
+    "KPI_TABLES",
+    "MODEL_TABLES",
+    "SCORE_TABLES",
+    "SPEC_INDEPENDENT_TABLES",
+    "STABLE_VIEWS",
+]
 
 PROFILE_CHANNELS = ("phone", "email", "chat", "web", "field", "social")
 PERIODS = {
@@ -27,51 +36,32 @@ PERIODS = {
     "week": "strftime(occurred_at, '%G-W%V')",
     "day": "strftime(occurred_at, '%Y-%m-%d')",
 }
-MODEL_TABLES = (
-    "team_history",
-    "measures",
-    "kpi_employee_month",
-    "kpi_team_month",
-    "kpi_employee_week",
-    "kpi_team_week",
-    "kpi_employee_day",
-    "kpi_team_day",
-    "reward_components",
-    "reward_score",
-    "customer_profile",
-    "complaint_kpi_month",
-    "reward_statement",
-    *GOAL_TABLES,
-    *SERVICE_TABLES,
-)
-#: What a weights-only recompute rebuilds; everything else depends only on the KPI definitions.
-SCORE_TABLES = ("reward_components", "reward_score", *GOAL_TABLES)
-#: The views every version exposes and `promote` points the stable names at: the read
-#: models (not their intermediate tables), the audit mirror and the dead letters.
-INTERMEDIATE_TABLES = ("team_history", "measures", *SERVICE_INTERMEDIATE)
-STABLE_VIEWS = (
-    *(t for t in MODEL_TABLES if t not in INTERMEDIATE_TABLES),
-    "ledger_events",
-    "dead_letters",
-)
 
 
-def team_history_sql(v: str) -> str:
+def team_history_sql(v: str, ev: str, scope: str = "TRUE") -> str:
+    """Team membership over time; `scope` restricts employees (incremental maintenance)."""
     return f"""
-CREATE OR REPLACE TABLE {v}.team_history AS
 SELECT employee_id, team_id, occurred_at AS valid_from
-FROM {v}.events
-WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam')
+FROM {ev}
+WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam') AND ({scope})
 QUALIFY row_number() OVER (
     PARTITION BY employee_id, occurred_at ORDER BY notification_id DESC NULLS LAST) = 1
 ORDER BY employee_id, valid_from"""
 
 
-def measures_sql(v: str) -> str:
-    """One row per measured act, attributed to an employee and their team at that time."""
+#: Measures that depend on all of a case's events, not just on the event they come from.
+CASE_MEASURES = ("solved", "citation")
+
+
+def measures_sql(v: str, ev: str, scope: str = "TRUE") -> str:
+    """One row per measured act, attributed to an employee and their team at that time.
+
+    `scope` is a condition on the result's columns (incremental maintenance); every row
+    depends only on its own event, or (CASE_MEASURES) on its case's events, and on the
+    employee's team history.
+    """
     return f"""
-CREATE OR REPLACE TABLE {v}.measures AS
-WITH ev AS (SELECT * FROM {v}.events),
+WITH ev AS (SELECT * FROM {ev}),
 first_res AS (
     SELECT * FROM ev WHERE event_type = 'CaseResolved'
     QUALIFY row_number() OVER (PARTITION BY case_id ORDER BY occurred_at, notification_id) = 1
@@ -96,119 +86,148 @@ cited AS (
 raw AS (
     SELECT employee_id, occurred_at, 'csat' AS measure, csat::DOUBLE AS value,
            NULL::BOOLEAN AS fcr, NULL::BOOLEAN AS reopened, NULL::BOOLEAN AS knowledge,
-           coalesce(case_id, interaction_id) AS ref, event_id
+           coalesce(case_id, interaction_id) AS ref, event_id, case_id
     FROM ev WHERE event_type = 'SurveyAnswered' AND csat IS NOT NULL AND employee_id IS NOT NULL
     UNION ALL
     SELECT employee_id, occurred_at, 'nps', nps::DOUBLE, NULL, NULL, NULL,
-           coalesce(case_id, interaction_id), event_id
+           coalesce(case_id, interaction_id), event_id, case_id
     FROM ev WHERE event_type = 'SurveyAnswered' AND nps IS NOT NULL AND employee_id IS NOT NULL
     UNION ALL
     SELECT r.employee_id, r.occurred_at, 'solved',
            epoch(r.occurred_at - o.opened_at) / 3600.0,
            coalesce(r.first_contact, false), ro.case_id IS NOT NULL, k.case_id IS NOT NULL,
-           r.case_id, r.event_id
+           r.case_id, r.event_id, r.case_id
     FROM first_res r
     LEFT JOIN opened o ON o.case_id = r.case_id
     LEFT JOIN reopened ro ON ro.case_id = r.case_id
     LEFT JOIN (SELECT DISTINCT case_id FROM knowledge) k ON k.case_id = r.case_id
     UNION ALL
-    SELECT employee_id, occurred_at, 'escalation', 1, NULL, NULL, NULL, case_id, event_id
+    SELECT employee_id, occurred_at, 'escalation', 1, NULL, NULL, NULL, case_id, event_id, case_id
     FROM ev WHERE event_type = 'CaseEscalated'
     UNION ALL
-    SELECT employee_id, occurred_at, 'handled', 1, NULL, NULL, NULL, case_id, event_id
+    SELECT employee_id, occurred_at, 'handled', 1, NULL, NULL, NULL, case_id, event_id, case_id
     FROM ev WHERE event_type IN ('CaseAccepted', 'CaseEscalated', 'CaseResolved') AND employee_id IS NOT NULL
     UNION ALL
-    SELECT employee_id, occurred_at, 'relationship', 1, NULL, NULL, NULL, customer_id, event_id
+    SELECT employee_id, occurred_at, 'relationship', 1, NULL, NULL, NULL, customer_id, event_id, case_id
     FROM ev WHERE event_type = 'RelationshipAttemptMade'
     UNION ALL
-    SELECT employee_id, occurred_at, 'compliment', 1, NULL, NULL, NULL, customer_id, event_id
+    SELECT employee_id, occurred_at, 'compliment', 1, NULL, NULL, NULL, customer_id, event_id, case_id
     FROM ev WHERE event_type = 'ComplimentReceived'
     UNION ALL
-    SELECT employee_id, occurred_at, 'article', 1, NULL, NULL, NULL, article_id, event_id
+    SELECT employee_id, occurred_at, 'article', 1, NULL, NULL, NULL, article_id, event_id, case_id
     FROM ev WHERE event_type = 'ArticleCreated'
     UNION ALL
-    SELECT author_id, occurred_at, 'citation', 1, NULL, NULL, NULL, article_id || ' @ ' || case_id, event_id
+    SELECT author_id, occurred_at, 'citation', 1, NULL, NULL, NULL,
+           article_id || ' @ ' || case_id, event_id, case_id
     FROM cited
     UNION ALL
-    SELECT employee_id, occurred_at, 'link', 1, NULL, NULL, NULL, article_id || ' @ ' || case_id, event_id
+    SELECT employee_id, occurred_at, 'link', 1, NULL, NULL, NULL,
+           article_id || ' @ ' || case_id, event_id, case_id
     FROM ev WHERE event_type = 'ArticleLinked'
     UNION ALL
-    SELECT employee_id, occurred_at, 'share', 1, NULL, NULL, NULL, article_id, event_id
-    FROM ev WHERE event_type = 'KnowledgeShared'{service_measures(v)}
+    SELECT employee_id, occurred_at, 'share', 1, NULL, NULL, NULL, article_id, event_id, case_id
+    FROM ev WHERE event_type = 'KnowledgeShared'
 )
 SELECT raw.employee_id, coalesce(th.team_id, '(none)') AS team_id, raw.occurred_at,
-       raw.measure, raw.value, raw.fcr, raw.reopened, raw.knowledge, raw.ref, raw.event_id
+       raw.measure, raw.value, raw.fcr, raw.reopened, raw.knowledge, raw.ref, raw.event_id, raw.case_id
 FROM raw
 ASOF LEFT JOIN {v}.team_history th
     ON raw.employee_id = th.employee_id AND raw.occurred_at >= th.valid_from
-ORDER BY raw.employee_id, raw.occurred_at, raw.measure, raw.event_id"""
+WHERE {scope}"""
 
 
-def _kpi_select(v: str, spec: MetricSpec, keys: str, period: str) -> str:
-    sat = spec.kpis["csat_satisfied_min"]
-    promoter = spec.kpis["nps_promoter_min"]
-    detractor = spec.kpis["nps_detractor_max"]
+def kpi_select(v: str, spec: MetricSpec, grain: str, team: bool, where: str = "TRUE") -> str:
+    """A KPI table's rows; `where` restricts the measures (incremental maintenance)."""
+    return _kpi_select(v, spec, "team_id" if team else "employee_id, team_id", PERIODS[grain], where)
+
+
+def _aggregates(spec: MetricSpec, kpis: tuple[Kpi, ...]) -> str:
+    return ",\n        ".join(
+        f"{k.aggregate.format(**spec.kpis)} AS {k.name}" for k in kpis if k.aggregate is not None
+    )
+
+
+def _kpi_select(v: str, spec: MetricSpec, keys: str, period: str, where: str = "TRUE") -> str:
+    """Every KPI of projections.kpis per keys and period: aggregates, then rates and scores."""
     return f"""
 WITH counts AS (
     SELECT {keys}, {period} AS period,
-        count(*) FILTER (WHERE measure = 'csat') AS csat_n,
-        count(*) FILTER (WHERE measure = 'csat' AND value >= {sat}) AS csat_satisfied,
-        count(*) FILTER (WHERE measure = 'nps') AS nps_n,
-        count(*) FILTER (WHERE measure = 'nps' AND value >= {promoter}) AS nps_promoters,
-        count(*) FILTER (WHERE measure = 'nps' AND value <= {detractor}) AS nps_detractors,
-        count(*) FILTER (WHERE measure = 'solved') AS problems_solved,
-        count(*) FILTER (WHERE measure = 'solved' AND fcr) AS fcr_n,
-        quantile_cont(value, 0.5) FILTER (WHERE measure = 'solved') AS ttr_median_h,
-        quantile_cont(value, 0.9) FILTER (WHERE measure = 'solved') AS ttr_p90_h,
-        count(*) FILTER (WHERE measure = 'escalation') AS escalations,
-        count(DISTINCT ref) FILTER (WHERE measure = 'handled') AS cases_handled,
-        count(*) FILTER (WHERE measure = 'solved' AND reopened) AS reopened,
-        count(*) FILTER (WHERE measure = 'relationship') AS relationship_attempts,
-        count(*) FILTER (WHERE measure = 'compliment') AS compliments,
-        count(*) FILTER (WHERE measure = 'article') AS articles_created,
-        count(*) FILTER (WHERE measure = 'citation') AS citations,
-        count(*) FILTER (WHERE measure = 'link') AS links_made,
-        count(*) FILTER (WHERE measure = 'share') AS shares,
-        count(*) FILTER (WHERE measure = 'solved' AND knowledge) AS participation_n,{SERVICE_COUNTS}
-        max(occurred_at) AS last_activity_at
+        {_aggregates(spec, KPIS)}
     FROM {v}.measures
+    WHERE {where}
     GROUP BY ALL
 )
 SELECT {keys}, period,
-    csat_n, csat_satisfied, 100.0 * csat_satisfied / nullif(csat_n, 0) AS csat_pct,
-    nps_n, nps_promoters, nps_detractors,
-    100.0 * (nps_promoters - nps_detractors) / nullif(nps_n, 0) AS nps,
-    problems_solved, fcr_n, fcr_n / nullif(problems_solved, 0) AS fcr_rate,
-    ttr_median_h, ttr_p90_h,
-    escalations, cases_handled, escalations / nullif(cases_handled, 0) AS escalation_rate,
-    reopened, reopened / nullif(problems_solved, 0) AS reopen_rate,
-    relationship_attempts, compliments, articles_created, citations, links_made, shares,
-    participation_n, participation_n / nullif(problems_solved, 0) AS participation_rate,{SERVICE_COLUMNS}
-    last_activity_at
+    {", ".join(k.select() for k in KPIS)}
 FROM counts
 ORDER BY {keys}, period"""
 
 
+# The spec's [kpis] parameters are thresholds read by threshold KPIs only
+# (kpi_rethreshold_select relies on it).
+assert {p for k in KPIS if k.threshold and k.aggregate for p in KPI_PARAMETERS if p in k.aggregate} == set(
+    KPI_PARAMETERS
+)
+assert not any(p in (k.aggregate or "") for k in KPIS if not k.threshold for p in KPI_PARAMETERS)
+
+
+#: A per-day histogram of the answers the threshold KPIs read (kpi_rethreshold_select).
+ANSWERS = "crm_answers"
+
+
+def answers_histogram_sql(measures: str) -> str:
+    """Survey answers counted per employee, team, day, measure and value (a temp table)."""
+    read = ", ".join(sorted({f"'{k.measure}'" for k in KPIS if k.threshold and k.aggregate}))
+    return (
+        f"CREATE OR REPLACE TEMP TABLE {ANSWERS} AS SELECT employee_id, team_id, "
+        "CAST(occurred_at AS DATE) AS occurred_at, measure, value, count(*) AS n "
+        f"FROM {measures}.measures WHERE measure IN ({read}) GROUP BY ALL"
+    )
+
+
+def kpi_rethreshold_select(base: str, spec: MetricSpec, grain: str, team: bool) -> str:
+    """A KPI table under other thresholds: `base`'s rows with the threshold KPIs recomputed.
+
+    Reads the per-day histogram of answers (answers_histogram_sql) instead of every
+    measure. Identical to kpi_select over the same measures: each threshold KPI is a
+    `count(*) FILTER (...)` over answer rows, and the filter reads only the measure and
+    the value, so the sum of the histogram's counts under the same filter is the same
+    count; a day lies in exactly one week and month; the rates and scores are the same
+    expressions from projections.kpis over the same counts.
+    """
+    keys = "team_id" if team else "employee_id, team_id"
+    table = f"kpi_{'team' if team else 'employee'}_{grain}"
+    counted = tuple(k for k in KPIS if k.threshold and k.aggregate is not None)
+    derived = tuple(k for k in KPIS if k.threshold and k.aggregate is None)
+    summed = {
+        k.name: (k.aggregate or "").replace("count(*)", "sum(n)", 1).format(**spec.kpis) for k in counted
+    }
+    sums = ",\n        ".join(f"CAST({sql} AS BIGINT) AS {name}" for name, sql in summed.items())
+    return f"""
+WITH h AS (
+    SELECT {keys}, {PERIODS[grain]} AS period,
+        {sums}
+    FROM {ANSWERS} GROUP BY ALL
+),
+joined AS (
+    SELECT b.* REPLACE ({", ".join(f"coalesce(h.{k.name}, 0) AS {k.name}" for k in counted)})
+    FROM {base}.{table} b LEFT JOIN h USING ({keys}, period)
+)
+SELECT * REPLACE ({", ".join(k.select() for k in derived)})
+FROM joined
+ORDER BY {keys}, period"""
+
+
+assert all((k.aggregate or "").startswith("count(*) FILTER") for k in KPIS if k.threshold and k.aggregate)
+
+
 def kpi_sql(v: str, spec: MetricSpec) -> list[str]:
     statements = []
-    for grain, period in PERIODS.items():
-        statements.append(
-            f"CREATE OR REPLACE TABLE {v}.kpi_employee_{grain} AS "
-            + _kpi_select(v, spec, "employee_id, team_id", period)
-        )
-        statements.append(
-            f"CREATE OR REPLACE TABLE {v}.kpi_team_{grain} AS " + _kpi_select(v, spec, "team_id", period)
-        )
+    for grain in PERIODS:
+        for team in (False, True):
+            table = f"kpi_{'team' if team else 'employee'}_{grain}"
+            statements.append(f"CREATE OR REPLACE TABLE {v}.{table} AS " + kpi_select(v, spec, grain, team))
     return statements
-
-
-_RATE_PARTS = {
-    "fcr_rate": ("fcr_n", "problems_solved"),
-    "participation_rate": ("participation_n", "problems_solved"),
-    "reopen_rate": ("reopened", "problems_solved"),
-    "csat_pct": ("csat_satisfied", "csat_n"),
-    **SERVICE_RATE_PARTS,
-}
 
 
 def _component_sql(c: Component) -> str:
@@ -231,7 +250,7 @@ def _component_sql(c: Component) -> str:
         sample = "e.csat_n"
         cap = "NULL"
     else:
-        numerator, denominator = _RATE_PARTS[c.kpi]
+        numerator, denominator = BY_NAME[c.kpi].numerator, BY_NAME[c.kpi].denominator
         own = f"e.{numerator} / nullif(e.{denominator}, 0)"
         team = f"coalesce(t.{numerator} / nullif(t.{denominator}, 0), 0.0)"
         rate = (
@@ -250,21 +269,15 @@ def _component_sql(c: Component) -> str:
     LEFT JOIN org o ON o.period = e.period"""
 
 
-def reward_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
-    """reward_components (long, explainable) and reward_score (one row per employee-month)."""
+def reward_components_select(v: str, spec: MetricSpec, where: str = "TRUE") -> str:
+    """reward_components rows (long, explainable); `where` restricts periods."""
     parts = "\n    UNION ALL".join(_component_sql(c) for c in spec.components).replace("{v}", v)
-    components = f"""
-CREATE OR REPLACE TABLE {v}.reward_components AS
+    return f"""
 WITH emp AS (
     SELECT employee_id, period,
         arg_max(team_id, last_activity_at) AS team_id,
-        sum(csat_n) AS csat_n, sum(csat_satisfied) AS csat_satisfied,
-        sum(problems_solved) AS problems_solved, sum(fcr_n) AS fcr_n,
-        sum(reopened) AS reopened, sum(participation_n) AS participation_n,
-        sum(citations) AS citations, sum(relationship_attempts) AS relationship_attempts,
-        sum(compliments) AS compliments, sum(shares) AS shares, sum(links_made) AS links_made,
-        sum(articles_created) AS articles_created, {SERVICE_SUMS} sum(escalations) AS escalations
-    FROM {v}.kpi_employee_month GROUP BY employee_id, period
+        {", ".join(f"sum({name}) AS {name}" for name in ADDITIVE_COUNTS)}
+    FROM {v}.kpi_employee_month WHERE {where} GROUP BY employee_id, period
 ),
 org AS (
     SELECT period, sum(csat_satisfied) / nullif(sum(csat_n), 0) AS csat_rate
@@ -274,17 +287,21 @@ parts AS ({parts}
 )
 SELECT *, weight * value AS weighted FROM parts
 ORDER BY employee_id, period, component"""
+
+
+def reward_score_select(v: str, spec: MetricSpec, version: str, where: str = "TRUE") -> str:
+    """reward_score rows (one per employee-month) from reward_components."""
     pivot = ",\n    ".join(
         f"max(value) FILTER (WHERE component = '{c.name}') AS {c.name}" for c in spec.components
     )
     # Summed in spec order by one expression: a float SUM() would depend on row order.
     total = " + ".join(f"{c.weight!r} * {c.name}" for c in spec.components)
-    score = f"""
-CREATE OR REPLACE TABLE {v}.reward_score AS
+    return f"""
 WITH pivoted AS (
     SELECT employee_id, period, any_value(team_id) AS team_id,
         {pivot}
     FROM {v}.reward_components
+    WHERE {where}
     GROUP BY employee_id, period
 )
 SELECT employee_id, period, team_id, 100.0 * ({total}) AS score,
@@ -292,7 +309,14 @@ SELECT employee_id, period, team_id, 100.0 * ({total}) AS score,
     {", ".join(c.name for c in spec.components)}
 FROM pivoted
 ORDER BY employee_id, period"""
-    return [components, score]
+
+
+def reward_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
+    """reward_components (long, explainable) and reward_score (one row per employee-month)."""
+    return [
+        f"CREATE OR REPLACE TABLE {v}.reward_components AS {reward_components_select(v, spec)}",
+        f"CREATE OR REPLACE TABLE {v}.reward_score AS {reward_score_select(v, spec, version)}",
+    ]
 
 
 _CONTACTS = (
@@ -320,14 +344,14 @@ def _slope(column: str) -> str:
     )
 
 
-def customer_profile_sql(v: str) -> str:
+def customer_profile_select(ev: str, scope: str = "TRUE") -> str:
+    """customer_profile rows; `scope` restricts customers (a condition on `customer_id`)."""
     by_channel = ",\n    ".join(
         f"count(*) FILTER (WHERE event_type = 'InteractionRecorded' AND channel = '{c}') AS interactions_{c}"
         for c in PROFILE_CHANNELS
     )
     return f"""
-CREATE OR REPLACE TABLE {v}.customer_profile AS
-WITH ev AS (SELECT * FROM {v}.events WHERE customer_id IS NOT NULL),
+WITH ev AS (SELECT * FROM {ev} WHERE customer_id IS NOT NULL AND ({scope})),
 case_state AS (
     SELECT case_id, customer_id, arg_max(event_type, (occurred_at, notification_id)) AS last_step,
            any_value(kind) FILTER (WHERE event_type = 'CaseOpened') AS kind
@@ -384,27 +408,27 @@ ORDER BY a.customer_id"""
 _RELIEF = "'monetary_relief', 'non_monetary_relief', 'relief'"
 
 
-def complaint_kpi_sql(v: str) -> str:
+def complaint_kpi_select(ev: str, scope: str = "TRUE") -> str:
     """Complaint KPIs per responsible team and month, also split by channel and by product.
 
     Rows with channel = '(all)' and product = '(all)' are the team's month; the others
-    split it by one dimension. Shares are of the complaints received in the month.
+    split it by one dimension. Shares are of the complaints received in the month. `scope`
+    restricts (team_id, period) of the opening (incremental maintenance).
     """
     return f"""
-CREATE OR REPLACE TABLE {v}.complaint_kpi_month AS
 WITH opened AS (
     SELECT case_id, team_id, occurred_at AS received_at, channel, coalesce(topic, '(none)') AS product
-    FROM {v}.events
+    FROM {ev}
     WHERE event_type = 'CaseOpened' AND kind = 'complaint' AND team_id IS NOT NULL
     QUALIFY row_number() OVER (PARTITION BY case_id ORDER BY occurred_at, notification_id) = 1
 ),
 sent AS (
     SELECT case_id, min(occurred_at) AS sent_at, arg_min(timely, (occurred_at, notification_id)) AS timely
-    FROM {v}.events WHERE event_type = 'CaseAccepted' GROUP BY case_id
+    FROM {ev} WHERE event_type = 'CaseAccepted' GROUP BY case_id
 ),
 resolved AS (
     SELECT case_id, arg_min(resolution_code, (occurred_at, notification_id)) AS code
-    FROM {v}.events WHERE event_type = 'CaseResolved' GROUP BY case_id
+    FROM {ev} WHERE event_type = 'CaseResolved' GROUP BY case_id
 ),
 base AS (
     SELECT o.*, strftime(o.received_at, '%Y-%m') AS period, s.sent_at, s.timely, r.code
@@ -423,6 +447,7 @@ counts AS (
         count(sent_at) AS sent_n,
         quantile_cont(epoch(sent_at - received_at) / 86400.0, 0.5) AS median_days_to_company
     FROM base
+    WHERE {scope}
     GROUP BY GROUPING SETS ((team_id, period), (team_id, period, channel), (team_id, period, product))
 )
 SELECT team_id, period, channel, product, complaints_received, closed,
@@ -434,10 +459,12 @@ FROM counts
 ORDER BY team_id, period, channel, product"""
 
 
-def reward_statement_sql(v: str) -> str:
-    """Issued statements and adjustments (ledger facts, not derived scores), with running totals."""
+def reward_statement_select(log: str, scope: str = "TRUE") -> str:
+    """Issued statements and adjustments (ledger facts, not derived scores), with running totals.
+
+    Reads the log itself (it needs the payload); `scope` restricts (employee_id, period).
+    """
     return f"""
-CREATE OR REPLACE TABLE {v}.reward_statement AS
 WITH issued AS (
     SELECT employee_id, period, notification_id, event_id, occurred_at AS issued_at,
         CASE WHEN event_type = 'RewardStatementIssued' THEN 'statement' ELSE 'adjustment' END AS kind,
@@ -449,8 +476,8 @@ WITH issued AS (
              ELSE (payload ->> 'delta')::DOUBLE END AS amount,
         coalesce(payload ->> 'new_version', payload ->> 'version') AS version,
         payload ->> 'reason' AS reason
-    FROM {v}.events
-    WHERE event_type IN ('RewardStatementIssued', 'RewardAdjustmentIssued')
+    FROM {log}
+    WHERE event_type IN ('RewardStatementIssued', 'RewardAdjustmentIssued') AND ({scope})
 )
 SELECT employee_id, period, kind, score, old_score, amount,
     sum(amount) OVER (PARTITION BY employee_id, period ORDER BY notification_id) AS running_total,
@@ -459,22 +486,47 @@ FROM issued
 ORDER BY employee_id, period, notification_id"""
 
 
-def all_model_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
-    """Every statement that rebuilds a version's read models, in dependency order."""
+def spec_independent_sql(v: str, ev: str, log: str) -> list[str]:
+    """The tables that depend on the log only, never on the metric spec.
+
+    The service tables (projections.service_models) read `{v}.events`, the version's view of
+    the whole log with its payload; `ev` may be a subset (see projections.maintain).
+    """
     return [
-        team_history_sql(v),
+        f"CREATE OR REPLACE TABLE {v}.team_history AS {team_history_sql(v, ev)}",
         *service_model_sql(v),
-        measures_sql(v),
-        *kpi_sql(v, spec),
-        *reward_sql(v, spec, version),
-        customer_profile_sql(v),
+        f"CREATE OR REPLACE TABLE {v}.measures AS {measures_sql(v, ev)}",
+        f"INSERT INTO {v}.measures {service_measures_select(v)}",
+        f"CREATE OR REPLACE TABLE {v}.customer_profile AS {customer_profile_select(ev)}",
         profile_service_sql(v),
-        complaint_kpi_sql(v),
-        reward_statement_sql(v),
-        *goal_model_sql(v),
+        f"CREATE OR REPLACE TABLE {v}.complaint_kpi_month AS {complaint_kpi_select(ev)}",
+        f"CREATE OR REPLACE TABLE {v}.reward_statement AS {reward_statement_select(log)}",
     ]
+
+
+def scores_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
+    """The score tables (projections.readmodels, layer "scores"): rewards, then team goals.
+
+    The goal tables read the version's `events` (the shared log), `kpi_team_month` and the
+    rewards; they are cheap and always rebuilt whole, after the rewards.
+    """
+    return [*reward_sql(v, spec, version), *goal_model_sql(v)]
+
+
+def spec_dependent_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
+    """The tables a metric spec defines, from `measures` (KPIs) and the KPIs (scores)."""
+    return [*kpi_sql(v, spec), *scores_sql(v, spec, version)]
+
+
+def all_model_sql(v: str, spec: MetricSpec, version: str, ev: str, log: str) -> list[str]:
+    """Every statement that rebuilds a version's read models, in dependency order.
+
+    `ev` holds the decoded events the version reflects (typed columns), `log` the same
+    rows with their payload.
+    """
+    return [*spec_independent_sql(v, ev, log), *spec_dependent_sql(v, spec, version)]
 
 
 def scores_only_sql(v: str, spec: MetricSpec, version: str) -> list[str]:
     """Recompute only the scores from existing KPI tables (weights, caps, smoothing changed)."""
-    return [*reward_sql(v, spec, version), *goal_model_sql(v)]
+    return scores_sql(v, spec, version)

@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException, Producer
 
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.kafka import COMPACTED, ensure_topic, produce
+from projections.readmodels import FEEDS as TOPICS
 from schemas.codec import AvroCodec
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
@@ -69,13 +70,11 @@ def _statement(row: dict[str, Any]) -> dict[str, Any]:
 
 
 FEEDS = (
-    Feed("customer_profile", "crm.projection.customer-profile", "CustomerProfile", "customer_id", _profile),
-    Feed(
-        "reward_score", "crm.projection.reward-score", "RewardScore", "employee_id || '|' || period", _score
-    ),
+    Feed("customer_profile", TOPICS["customer_profile"], "CustomerProfile", "customer_id", _profile),
+    Feed("reward_score", TOPICS["reward_score"], "RewardScore", "employee_id || '|' || period", _score),
     Feed(
         "reward_statement",
-        "crm.projection.reward-statement",
+        TOPICS["reward_statement"],
         "RewardStatementRow",
         "employee_id || '|' || period || '|' || event_id",
         _statement,

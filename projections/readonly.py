@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from crm_ledger.errors import CrmLedgerError
 from projections.errors import ProjectionError, QueryRefusedError, QueryStoppedError
+from projections.log import log_root, register_logs
 from projections.models import STABLE_VIEWS
 from projections.store import connect
 
@@ -67,11 +68,21 @@ def reader(path: Path, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnecti
     """A read-only connection with no file access beyond the database itself."""
     connection = connect(path, read_only=True, wait_s=wait_s)
     try:
+        # The decoded logs are registered (as Arrow datasets) before file access is shut.
+        register_logs(connection, log_root(path), _sources(connection))
         connection.execute("SET enable_external_access = false")
         connection.execute("SET lock_configuration = true")
         yield connection
     finally:
         connection.close()
+
+
+def _sources(connection: duckdb.DuckDBPyConnection) -> list[str]:
+    try:
+        rows = connection.execute("SELECT DISTINCT source FROM main.crm_versions").fetchall()
+    except duckdb.CatalogException:
+        return []
+    return [str(r[0]) for r in rows]
 
 
 def run_query(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBPyRelation | None:

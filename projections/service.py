@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,8 +10,10 @@ from crm_ledger.progress import Reporter
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.connect import open_ledger
+from projections.append import LogAppender
 from projections.engine import Projector, ProjectStats
 from projections.errors import ProjectionError
+from projections.log import DecodedLog, log_root, log_slug
 from projections.sources import open_source
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB, VersionInfo
@@ -102,6 +105,77 @@ def catch_up(
     finally:
         if projector.source is not None:
             projector.source.close()
+
+
+def append_source(
+    settings: Settings,
+    source: str,
+    label: str,
+    app: LedgerApplication,
+    *,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Append what `source` holds beyond its decoded log; returns the events appended."""
+    log = DecodedLog(log_root(settings.projections_db) / log_slug(label))
+    appender = LogAppender(log, open_source(settings, source, app), app.codec)
+    appended = 0
+    try:
+        if reporter is not None:
+            reporter.total(appender.source.lag(appender.positions()))
+        with appender.batches(follow=False) as batches:
+            for prepared in batches:
+                if should_stop():
+                    break
+                appender.commit(prepared)
+                appended += prepared.size - prepared.dead_letters
+                if reporter is not None:
+                    reporter.advance(prepared.size, events=prepared.size)
+    finally:
+        appender.source.close()
+    return appended
+
+
+def rebuild_log(
+    settings: Settings,
+    source: str,
+    label: str,
+    app: LedgerApplication,
+    *,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Decode the whole source again into a fresh log, then put it in place of the shared one.
+
+    For when someone doubts the log. The old log is moved aside and removed only once the
+    new one is complete; a killed rebuild leaves the old log untouched.
+    """
+    current = log_root(settings.projections_db) / log_slug(label)
+    fresh = current.with_name(current.name + ".rebuild")
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    log = DecodedLog(fresh)
+    appender = LogAppender(log, open_source(settings, source, app), app.codec)
+    decoded = 0
+    try:
+        if reporter is not None:
+            reporter.total(appender.source.lag({}))
+        with appender.batches(follow=False) as batches:
+            for prepared in batches:
+                if should_stop():
+                    return decoded
+                appender.commit(prepared)
+                decoded += prepared.size - prepared.dead_letters
+                if reporter is not None:
+                    reporter.advance(prepared.size, events=prepared.size)
+    finally:
+        appender.source.close()
+    retired = current.with_name(current.name + ".old")
+    if current.exists():
+        current.rename(retired)
+    fresh.rename(current)
+    shutil.rmtree(retired, ignore_errors=True)
+    return decoded
 
 
 def _stop_or_switched(should_stop: Callable[[], bool], switched: list[bool]) -> Callable[[], bool]:

@@ -1,11 +1,16 @@
 """Read models of the service side: contracts, SLAs, installed base and field work.
 
-Set-based SQL over a version's `events`, like `projections.models`, which calls in here at
-four points: the tables below are built after the team history and before the measures;
-the measures gain SLA and field-visit rows (so the KPI tables gain their counts and rates at
-every grain); the KPI tables select those columns; and `customer_profile` is widened with
-the service columns once it is built. Fields that are not columns of `events` are read from
-the JSON `payload` (timestamps there are epoch milliseconds).
+Set-based SQL over a version's `events` (the shared decoded log), listed as read models in
+projections.readmodels: the tables below are built after the team history and before the
+measures; the measures gain SLA and field-visit rows (`service_measures_select`, so the KPI
+tables gain the service KPIs of projections.kpis at every grain); and `customer_profile` is
+widened with the service columns once it is built. Fields that are not columns of `events`
+are read from the JSON `payload` (timestamps there are epoch milliseconds).
+
+Coverage, breaches, first visits, outcomes and the profile's "now" depend on later events
+anywhere in the log, so these tables (and the service measure rows, and the profile's service
+columns) are rebuilt whole after each incremental update, in the same transaction
+(projections.maintain); they read only the few service and case events.
 
 Definitions (docs/read-models.md lists every column):
 
@@ -31,15 +36,22 @@ Definitions (docs/read-models.md lists every column):
 
 from __future__ import annotations
 
-#: The service read models (in build order) and which of them are intermediate.
+#: The service read models, in build order (their units are in projections.readmodels).
 SERVICE_TABLES = ("contract_terms", "sla_case", "field_visit", "retention_month")
-SERVICE_INTERMEDIATE = ("contract_terms",)
-#: Rate KPIs of the service side: (numerator, denominator) columns of the KPI tables.
-SERVICE_RATE_PARTS = {
-    "sla_met_rate": ("sla_met", "sla_n"),
-    "on_time_rate": ("visits_on_time", "visits"),
-    "ftf_rate": ("ftf_fixed", "ftf_n"),
-}
+#: The measures of the service side (`service_measures_select`), read by projections.kpis.
+SERVICE_MEASURES = ("sla", "sla_met", "visit", "visit_on_time", "ftf", "ftf_fixed")
+#: The columns `profile_service_sql` adds to `customer_profile`.
+PROFILE_SERVICE_COLUMNS = (
+    "active_contracts",
+    "contract_value",
+    "next_renewal_at",
+    "installed_products",
+    "installed_product_list",
+    "sites",
+    "open_field_visits",
+    "field_visits",
+    "sla_covered",
+)
 _SEVERITIES = ("critical", "high", "medium", "low")
 
 
@@ -269,57 +281,47 @@ def service_model_sql(v: str) -> list[str]:
     return [contract_terms_sql(v), sla_case_sql(v), field_visit_sql(v), retention_sql(v)]
 
 
-def service_measures(v: str) -> str:
-    """Measure rows (to append to `measures`'s raw union) for SLAs and field visits.
+def service_measures_select(v: str) -> str:
+    """Measure rows (columns of `measures`) for SLAs and field visits, attributed to teams.
 
     Counted measures come in pairs: one row per measured act, and a marker row when it
     succeeded ('sla' / 'sla_met', 'visit' / 'visit_on_time', 'ftf' / 'ftf_fixed').
     """
     return f"""
-    UNION ALL
-    SELECT resolver_id, resolved_at, 'sla', hours_to_resolve, NULL, NULL, NULL, case_id, resolved_event_id
+WITH raw AS (
+    SELECT resolver_id AS employee_id, resolved_at AS occurred_at, 'sla' AS measure,
+        hours_to_resolve::DOUBLE AS value, case_id AS ref, resolved_event_id AS event_id, case_id
     FROM {v}.sla_case WHERE breached IS NOT NULL AND resolved_at IS NOT NULL AND resolver_id IS NOT NULL
     UNION ALL
-    SELECT resolver_id, resolved_at, 'sla_met', hours_to_resolve, NULL, NULL, NULL, case_id, resolved_event_id
+    SELECT resolver_id, resolved_at, 'sla_met', hours_to_resolve, case_id, resolved_event_id, case_id
     FROM {v}.sla_case WHERE breached = false AND resolver_id IS NOT NULL
     UNION ALL
-    SELECT employee_id, completed_at, 'visit', 1, NULL, NULL, NULL, visit_id, completed_event_id
+    SELECT employee_id, completed_at, 'visit', 1, visit_id, completed_event_id, case_id
     FROM {v}.field_visit WHERE state = 'completed'
     UNION ALL
-    SELECT employee_id, completed_at, 'visit_on_time', 1, NULL, NULL, NULL, visit_id, completed_event_id
+    SELECT employee_id, completed_at, 'visit_on_time', 1, visit_id, completed_event_id, case_id
     FROM {v}.field_visit WHERE state = 'completed' AND on_time
     UNION ALL
-    SELECT employee_id, completed_at, 'ftf', 1, NULL, NULL, NULL, case_id, completed_event_id
+    SELECT employee_id, completed_at, 'ftf', 1, case_id, completed_event_id, case_id
     FROM {v}.field_visit WHERE first_visit
     UNION ALL
-    SELECT employee_id, completed_at, 'ftf_fixed', 1, NULL, NULL, NULL, case_id, completed_event_id
-    FROM {v}.field_visit WHERE first_visit AND fixed"""
-
-
-#: Aggregates over `measures` for the KPI tables' counts.
-SERVICE_COUNTS = """
-        count(*) FILTER (WHERE measure = 'sla') AS sla_n,
-        count(*) FILTER (WHERE measure = 'sla_met') AS sla_met,
-        count(*) FILTER (WHERE measure = 'visit') AS visits,
-        count(*) FILTER (WHERE measure = 'visit_on_time') AS visits_on_time,
-        count(*) FILTER (WHERE measure = 'ftf') AS ftf_n,
-        count(*) FILTER (WHERE measure = 'ftf_fixed') AS ftf_fixed,"""
-#: The KPI tables' service columns, from those counts.
-SERVICE_COLUMNS = """
-    sla_n, sla_met, sla_met / nullif(sla_n, 0) AS sla_met_rate,
-    visits, visits_on_time, visits_on_time / nullif(visits, 0) AS on_time_rate,
-    ftf_n, ftf_fixed, ftf_fixed / nullif(ftf_n, 0) AS ftf_rate,"""
-#: Sums of the service counts per employee-month, for reward components.
-SERVICE_SUMS = (
-    "sum(sla_n) AS sla_n, sum(sla_met) AS sla_met, sum(visits) AS visits, "
-    "sum(visits_on_time) AS visits_on_time, sum(ftf_n) AS ftf_n, sum(ftf_fixed) AS ftf_fixed,"
+    SELECT employee_id, completed_at, 'ftf_fixed', 1, case_id, completed_event_id, case_id
+    FROM {v}.field_visit WHERE first_visit AND fixed
 )
+SELECT raw.employee_id, coalesce(th.team_id, '(none)') AS team_id, raw.occurred_at,
+       raw.measure, raw.value, NULL::BOOLEAN AS fcr, NULL::BOOLEAN AS reopened,
+       NULL::BOOLEAN AS knowledge, raw.ref, raw.event_id, raw.case_id
+FROM raw
+ASOF LEFT JOIN {v}.team_history th
+    ON raw.employee_id = th.employee_id AND raw.occurred_at >= th.valid_from"""
 
 
 def profile_service_sql(v: str) -> str:
     """Widen `customer_profile` with contracts, installed base, open visits and SLA coverage.
 
-    "Now" is the last event of the log, so the profile is a function of the log alone.
+    "Now" is the last event of the log, so the profile is a function of the log alone. Reads
+    the profile's own columns only (an incrementally updated profile has the service columns
+    already, NULL in the rows just inserted), so it can run after a full or partial update.
     """
     return f"""
 CREATE OR REPLACE TABLE {v}.customer_profile AS
@@ -367,7 +369,8 @@ SELECT p.*,
     coalesce(vi.open_field_visits, 0) AS open_field_visits,
     coalesce(vi.field_visits, 0) AS field_visits,
     coalesce(c.sla_covered, false) AS sla_covered
-FROM {v}.customer_profile p
+FROM (SELECT COLUMNS(lambda c: c NOT IN ({", ".join(f"'{c}'" for c in PROFILE_SERVICE_COLUMNS)}))
+      FROM {v}.customer_profile) p
 LEFT JOIN contracts c ON c.customer_id = p.customer_id
 LEFT JOIN installed i ON i.customer_id = p.customer_id
 LEFT JOIN visits vi ON vi.customer_id = p.customer_id

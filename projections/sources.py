@@ -64,6 +64,9 @@ class LogSource(Protocol):
     def lag(self, positions: Mapping[str, Position]) -> int:
         """How many messages are still to be read (best effort)."""
 
+    def streams(self) -> list[str]:
+        """The streams this source's positions are kept for (one per Kafka partition)."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -102,6 +105,9 @@ class LedgerSource:
             last = notifications[-1].id
             batch.positions[LEDGER_STREAM] = Position(LEDGER_STREAM, last, chain.hex())
             yield batch
+
+    def streams(self) -> list[str]:
+        return [LEDGER_STREAM]
 
     def lag(self, positions: Mapping[str, Position]) -> int:
         start = positions.get(LEDGER_STREAM)
@@ -197,6 +203,9 @@ class KafkaSource:
                 if not follow:
                     return
                 yield batch
+
+    def streams(self) -> list[str]:
+        return [kafka_stream(self.topic, p) for p in self._partitions()]
 
     def lag(self, positions: Mapping[str, Position]) -> int:
         total = 0

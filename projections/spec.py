@@ -19,25 +19,10 @@ from types import MappingProxyType
 from typing import Any
 
 from projections.errors import SpecError
+from projections.kpis import BAYESIAN_KPIS, COUNT_KPIS, RATE_KPIS
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "metrics" / "default.toml"
 
-COUNT_KPIS = frozenset(
-    {
-        "problems_solved",
-        "citations",
-        "relationship_attempts",
-        "compliments",
-        "shares",
-        "links_made",
-        "articles_created",
-        "escalations",
-    }
-)
-RATE_KPIS = frozenset(
-    {"fcr_rate", "participation_rate", "reopen_rate", "csat_pct", "sla_met_rate", "on_time_rate", "ftf_rate"}
-)
-BAYESIAN_KPIS = frozenset({"csat"})
 KPI_PARAMETERS: dict[str, tuple[int, int]] = {
     "csat_satisfied_min": (1, 5),
     "nps_promoter_min": (0, 10),

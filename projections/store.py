@@ -3,10 +3,15 @@
 Layout of the DuckDB file:
 - `main.crm_versions`: one row per version (name, spec hash, as-of, source, state).
 - `main.crm_promoted`: which version the stable views point at.
-- `v_<hash>` schemas: a version's `events` (its copy of the log, with positions and
-  chain), `tracking`, `dead_letters`, and the read models.
+- `v_<hash>` schemas: a version's derived tables (the read models and their intermediate
+  tables) and `tracking` (the log version and stream positions they reflect). Its
+  `events` and `dead_letters` are views over the shared decoded log of its source
+  (projections.log), filtered by `occurred_at` for an as-of version: no copy of the log.
 - stable views in `main` (`reward_score`, `kpi_*`, `customer_profile`, `ledger_events`,
   ...) select from the promoted version and are switched in one transaction.
+
+The decoded logs live beside the file (`<stem>.log/<source>/`, Delta tables); every
+connection this module opens registers them, so the views over them resolve.
 """
 
 from __future__ import annotations
@@ -21,23 +26,69 @@ from typing import Any
 
 import duckdb
 
-from projections.columns import EVENTS_DDL
 from projections.errors import DatabaseBusyError, ProjectionError
-from projections.models import MODEL_TABLES, SCORE_TABLES, STABLE_VIEWS
+from projections.log import (
+    DEAD_LETTER_COLUMNS,
+    EVENT_COLUMNS,
+    DecodedLog,
+    log_root,
+    log_slug,
+    register_log,
+    relation_name,
+)
+from projections.models import MODEL_TABLES, SCORE_TABLES, SPEC_INDEPENDENT_TABLES, STABLE_VIEWS
 from projections.spec import MetricSpec, parse_spec
 from projections.tracking import DuckDBTrackingRecorder
 
-DEAD_LETTERS_DDL = (
-    'CREATE TABLE IF NOT EXISTS {v}.dead_letters (source VARCHAR, "partition" INTEGER, '
-    '"offset" BIGINT, notification_id BIGINT, error VARCHAR, value BLOB, seen_at TIMESTAMP)'
-)
-#: What a weights-only version reads from its base instead of holding copies.
+#: The tracking stream that holds the log version a version's tables reflect.
+LOG_STREAM = "@log"
+#: What a version built from another one reads from it instead of holding its own: a
+#: weights-only version shares everything but the scores; a version with other KPI
+#: definitions shares the tables that do not depend on the spec at all.
 SHARED_WITH_DERIVED = (
     "events",
     "tracking",
     "dead_letters",
     *(t for t in MODEL_TABLES if t not in SCORE_TABLES),
 )
+SHARED_SPEC_INDEPENDENT = ("events", "tracking", "dead_letters", *SPEC_INDEPENDENT_TABLES)
+
+
+def _quoted(column: str) -> str:
+    return f'"{column}"' if column in {"partition", "offset"} else column
+
+
+def events_view_sql(schema: str, source: str, as_of: datetime | None) -> str:
+    """A version's `events`: the decoded events of its source's log (up to `as_of`)."""
+    columns = ", ".join(
+        "payload::JSON AS payload" if c == "payload" else _quoted(c)
+        for c in ("stream", "position", *EVENT_COLUMNS)
+    )
+    where = "dead_letter IS NULL"
+    if as_of is not None:
+        where += f" AND occurred_at <= TIMESTAMP '{as_of.replace(tzinfo=None).isoformat(sep=' ')}'"
+    return (
+        f"CREATE OR REPLACE VIEW {schema}.events AS SELECT {columns} FROM {relation_name(source)} "
+        f"WHERE {where}"
+    )
+
+
+def mirror_view_sql(schema: str, source: str) -> str:
+    """The auditors' `ledger_events`: every decoded event of the source's log."""
+    columns = ", ".join("payload::JSON AS payload" if c == "payload" else _quoted(c) for c in EVENT_COLUMNS)
+    return (
+        f"CREATE OR REPLACE VIEW {schema}.ledger_events AS SELECT {columns} FROM {relation_name(source)} "
+        "WHERE dead_letter IS NULL"
+    )
+
+
+def dead_letters_view_sql(schema: str, source: str) -> str:
+    return (
+        f"CREATE OR REPLACE VIEW {schema}.dead_letters AS SELECT {', '.join(DEAD_LETTER_COLUMNS)} "
+        f"FROM {relation_name(source)} WHERE dead_letter IS NOT NULL"
+    )
+
+
 CATALOG_DDL = [
     """CREATE TABLE IF NOT EXISTS main.crm_versions (
         version VARCHAR PRIMARY KEY,
@@ -136,15 +187,32 @@ class ProjectionDB:
     def __init__(self, path: Path, wait_s: float = 30.0) -> None:
         self.path = path
         self.wait_s = wait_s
+        self._logs: dict[str, DecodedLog] = {}
         self._connection: duckdb.DuckDBPyConnection | None = connect(path, wait_s=wait_s)
         for statement in CATALOG_DDL:
-            self.connection.execute(statement)
+            self._connection.execute(statement)
+        self._register_logs(self._connection)
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         if self._connection is None:
             self._connection = connect(self.path, wait_s=max(self.wait_s, 3600.0))
+            self._register_logs(self._connection)
         return self._connection
+
+    def log(self, source: str) -> DecodedLog:
+        """The decoded log of a source (created empty when new)."""
+        if source not in self._logs:
+            self._logs[source] = DecodedLog(log_root(self.path) / log_slug(source))
+        return self._logs[source]
+
+    def _register_logs(self, connection: duckdb.DuckDBPyConnection) -> None:
+        for (source,) in connection.execute("SELECT DISTINCT source FROM main.crm_versions").fetchall():
+            register_log(connection, source, self.log(source))
+
+    def refresh_logs(self) -> None:
+        """See the latest snapshot of every log on this connection (registration is a snapshot)."""
+        self._register_logs(self.connection)
 
     def release(self) -> None:
         """Let go of the file (and its lock) until the next use: idle followers do this."""
@@ -215,15 +283,17 @@ class ProjectionDB:
             "SELECT 1 FROM main.crm_versions WHERE version = ?", [version]
         ).fetchone()
         if exists is None:
+            register_log(self.connection, source, self.log(source))
             self.connection.execute("BEGIN TRANSACTION")
             self.connection.execute(f"CREATE SCHEMA IF NOT EXISTS {version}")
             if built_from is None:
-                self.connection.execute(EVENTS_DDL.replace("{v}", version))
-                self.connection.execute(DEAD_LETTERS_DDL.replace("{v}", version))
+                self.connection.execute(events_view_sql(version, source, as_of))
+                self.connection.execute(dead_letters_view_sql(version, source))
                 DuckDBTrackingRecorder(self.connection, version)
             else:
-                # A weights-only version shares the log copy and KPI tables of its base.
-                for table in SHARED_WITH_DERIVED:
+                base = self.find_version(built_from)
+                shared = SHARED_WITH_DERIVED if base.kpi_hash == spec.kpi_hash else SHARED_SPEC_INDEPENDENT
+                for table in shared:
                     self.connection.execute(
                         f"CREATE VIEW {version}.{table} AS SELECT * FROM {built_from}.{table}"
                     )
@@ -247,64 +317,49 @@ class ProjectionDB:
             self.connection.execute("COMMIT")
         return self.find_version(version)
 
-    def install(self, staging: Path, version: str) -> None:
-        """Copy a version built in a staging file into this database, in one transaction."""
-        con = self.connection
-        con.execute(f"ATTACH '{staging}' AS staging (READ_ONLY)")
-        try:
-            tables = [
-                r[0]
-                for r in con.execute(
-                    "SELECT table_name FROM duckdb_tables() WHERE database_name = 'staging' "
-                    "AND schema_name = ?",
-                    [version],
-                ).fetchall()
-            ]
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(f"CREATE SCHEMA {version}")
-                # Log tables keep their declared constraints (tracking's primary key);
-                # read models are plain copies.
-                con.execute(EVENTS_DDL.replace("{v}", version))
-                con.execute(DEAD_LETTERS_DDL.replace("{v}", version))
-                DuckDBTrackingRecorder(con, version)
-                for table in tables:
-                    if table in {"events", "dead_letters", "tracking"}:
-                        con.execute(f"INSERT INTO {version}.{table} SELECT * FROM staging.{version}.{table}")
-                    else:
-                        con.execute(
-                            f"CREATE TABLE {version}.{table} AS SELECT * FROM staging.{version}.{table}"
-                        )
-                con.execute(
-                    "INSERT INTO main.crm_versions SELECT * FROM staging.main.crm_versions WHERE version = ?",
-                    [version],
-                )
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        finally:
-            con.execute("DETACH staging")
-
     def tracking(self, version: VersionInfo) -> DuckDBTrackingRecorder:
         return DuckDBTrackingRecorder(self.connection, version.schema)
 
-    def mark_built(self, version: VersionInfo) -> None:
+    def mark_built(self, version: VersionInfo, log_version: int, events: int | None = None) -> None:
         """Record that the version's read models are current (inside the caller's transaction)."""
-        events = self.connection.execute(f"SELECT count(*) FROM {version.schema}.events").fetchone()
+        if events is None:
+            row = self.connection.execute(f"SELECT count(*) FROM {version.schema}.events").fetchone()
+            events = int(row[0]) if row else 0
         positions = self.tracking(self.storage_version(version)).positions()
-        position = json.dumps({k: p.offset for k, p in sorted(positions.items())})
+        position = json.dumps(
+            {
+                "log_version": log_version,
+                **{k: p.offset for k, p in sorted(positions.items()) if k != LOG_STREAM},
+            }
+        )
         self.connection.execute(
             "UPDATE main.crm_versions SET state = 'ready', built_at = ?, events = ?, position = ? "
             "WHERE version = ?",
-            [_now(), int(events[0]) if events else 0, position, version.version],
+            [_now(), events, position, version.version],
         )
 
     def storage_version(self, version: VersionInfo) -> VersionInfo:
-        """The version whose `events` a (weights-only) derived version shares."""
+        """The version whose spec-independent tables (and tracking) a derived version shares."""
         while version.built_from:
             version = self.find_version(version.built_from)
         return version
+
+    def chain(self, version: VersionInfo) -> list[VersionInfo]:
+        """The version and those it is built from, the storage version first."""
+        chain = [version]
+        while chain[-1].built_from:
+            chain.append(self.find_version(chain[-1].built_from or ""))
+        return chain[::-1]
+
+    def built_log_version(self, version: VersionInfo) -> int | None:
+        """The log version a version's own tables were last brought to (None: never built)."""
+        row = self.connection.execute(
+            "SELECT position, state FROM main.crm_versions WHERE version = ?", [version.version]
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        value = json.loads(row[0]).get("log_version")
+        return None if value is None else int(value)
 
     def promote(self, version: VersionInfo) -> None:
         """Point every stable view at `version`, in one transaction."""
@@ -319,8 +374,14 @@ class ProjectionDB:
         con.execute("BEGIN TRANSACTION")
         try:
             for view in STABLE_VIEWS:
-                source = "events" if view == "ledger_events" else view
-                con.execute(f"CREATE OR REPLACE VIEW main.{view} AS SELECT * FROM {version.schema}.{source}")
+                if view == "ledger_events":
+                    con.execute(mirror_view_sql("main", version.source))
+                elif view == "dead_letters":
+                    con.execute(dead_letters_view_sql("main", version.source))
+                else:
+                    con.execute(
+                        f"CREATE OR REPLACE VIEW main.{view} AS SELECT * FROM {version.schema}.{view}"
+                    )
             for view, sql in extra_views(version.schema).items():
                 con.execute(f"CREATE OR REPLACE VIEW main.{view} AS {sql}")
             con.execute(
@@ -342,7 +403,7 @@ class ProjectionDB:
         dependants = [v.version for v in self.versions() if v.built_from == version.version]
         if dependants:
             raise ProjectionError(
-                f"version {version.version} holds the events of {', '.join(dependants)}: drop those first"
+                f"version {version.version} holds tables that {', '.join(dependants)} share: drop those first"
             )
         con = self.connection
         con.execute("BEGIN TRANSACTION")

@@ -1,11 +1,13 @@
 """`replay`: build a new version of the read models under a metric spec, side by side.
 
-A full replay reads the log from the start into a staging DuckDB file of its own, so
-the live version keeps serving readers and a running follower keeps following; it is
-resumable (positions are committed with every batch) and, when done, is installed into
-the projection database in one short transaction. When only weights, caps or smoothing
-changed (same KPI definitions), the new version shares its base's log copy and KPI
-tables and only its scores are computed: no log is read.
+A replay never re-decodes the source: it first brings the shared decoded log up to date
+(only what the source holds beyond it, without holding the projection database), then
+builds the new version's derived tables from the log with set-based SQL in one
+transaction. A killed replay leaves the log's committed batches (appends are exactly
+once) and no half-built version: the same command continues. When only weights, caps or
+smoothing changed (same KPI definitions), the new version shares its base's KPI tables
+and only its scores are computed. `--from-source` re-decodes the whole source into a
+fresh log first, for when someone doubts the log.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from crm_ledger.progress import Reporter
 from crm_ledger.settings import Settings
 from ledger.connect import open_ledger
 from projections.engine import Projector
-from projections.service import catch_up, source_label
+from projections.service import append_source, catch_up, rebuild_log, source_label
 from projections.spec import load_spec
 from projections.store import ProjectionDB, VersionInfo, version_id
 
-Mode = Literal["full", "scores-only", "caught-up", "interrupted"]
+Mode = Literal["full", "kpi-change", "scores-only", "caught-up", "interrupted"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ class ReplayResult:
                 f"KPI tables of {self.based_on} without re-reading the log in {self.seconds:.2f}s "
                 "(use --full to force a log replay)"
             )
+        if self.mode == "kpi-change":
+            return (
+                f"{self.version} ({self.name}): KPI definitions changed, built from the decoded log "
+                f"sharing the spec-independent tables of {self.based_on}: {self.applied} events "
+                f"in {self.seconds:.2f}s (use --full for a build of its own, --from-source to re-decode)"
+            )
         if self.mode == "interrupted":
             return (
                 f"{self.version} ({self.name}): interrupted after {self.applied} events; "
@@ -59,18 +67,12 @@ class ReplayResult:
         )
 
 
-def staging_path(settings: Settings, version: str) -> Path:
-    # Not named after the version: DuckDB names a file's catalog after it, which would
-    # clash with the version's schema of the same name.
-    return settings.projections_db.parent / "replays" / f"replay-{version}.duckdb"
-
-
-def _shareable_base(db: ProjectionDB, kpi_hash: str, label: str) -> VersionInfo | None:
-    """A built, live version with the same KPI definitions and source (promoted first)."""
+def _shareable_base(db: ProjectionDB, kpi_hash: str | None, label: str) -> VersionInfo | None:
+    """A built, live version of the source with these KPI definitions (any when None), promoted first."""
     candidates = [
         v
         for v in db.versions()
-        if v.kpi_hash == kpi_hash
+        if (kpi_hash is None or v.kpi_hash == kpi_hash)
         and v.source == label
         and v.as_of is None
         and v.built_from is None
@@ -88,10 +90,15 @@ def replay(
     as_of: datetime | None = None,
     name: str | None = None,
     full: bool = False,
+    from_source: bool = False,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ReplayResult:
-    """Build (or finish, or catch up) the version of `spec_path` over the log."""
+    """Build (or finish, or catch up) the version of `spec_path` over the decoded log.
+
+    `full` builds the version's own tables from the log (no sharing); `from_source`
+    first decodes the whole source again into a fresh log that replaces the shared one.
+    """
     spec = load_spec(spec_path)  # every spec error surfaces before any work
     spec_text = spec_path.read_text(encoding="utf-8")
     label = source_label(settings, source)
@@ -99,8 +106,22 @@ def replay(
     started = time.monotonic()
     app = open_ledger(settings)
 
+    rebuilt = 0
+    if from_source:
+        rebuilt = rebuild_log(settings, source, label, app, reporter=reporter, should_stop=should_stop)
+        if should_stop():
+            return ReplayResult(target, name or spec.name, "interrupted", rebuilt, time.monotonic() - started)
+        full = True
+    # Decode what the source holds beyond the log, without holding the projection database.
+    appended = append_source(settings, source, label, app, reporter=reporter, should_stop=should_stop)
+    if should_stop():
+        return ReplayResult(target, name or spec.name, "interrupted", appended, time.monotonic() - started)
     with ProjectionDB(settings.projections_db) as db:
         known = {v.version: v for v in db.versions()}
+        if target in known and from_source:
+            version = known[target]
+            Projector(db, version, None, app.codec).refresh(full=True)
+            return ReplayResult(target, version.name, "full", rebuilt, time.monotonic() - started)
         if target in known:
             version = known[target]
             stats, _ = catch_up(
@@ -120,24 +141,18 @@ def replay(
             return ReplayResult(
                 target, derived.name, "scores-only", 0, time.monotonic() - started, based_on=base.version
             )
-
-    staging = staging_path(settings, target)
-    with ProjectionDB(staging) as staged:
-        version = staged.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
-        stats, projector = catch_up(
-            staged,
-            version,
-            settings=settings,
-            source=source,
-            app=app,
-            reporter=reporter,
-            should_stop=should_stop,
-        )
-        if should_stop() or projector.needs_refresh():
+        base = None if full or as_of is not None else _shareable_base(db, None, label)
+        if base is not None:
+            # Another threshold: the new KPI columns are recounted from the shared measures.
+            derived = db.ensure_version(spec, spec_text, label, name=name, built_from=base.version)
+            Projector(db, derived, None, app.codec).refresh()
+            events = db.find_version(derived.version).events
             return ReplayResult(
-                target, version.name, "interrupted", stats.applied, time.monotonic() - started
+                target, derived.name, "kpi-change", events, time.monotonic() - started, based_on=base.version
             )
+
     with ProjectionDB(settings.projections_db, wait_s=600) as db:
-        db.install(staging, target)
-    staging.unlink()
-    return ReplayResult(target, version.name, "full", stats.applied, time.monotonic() - started)
+        version = db.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
+        Projector(db, version, None, app.codec).refresh(full=True)
+        events = db.find_version(version.version).events
+    return ReplayResult(target, version.name, "full", events, time.monotonic() - started)

@@ -16,28 +16,11 @@ from typing import Any
 
 import duckdb
 
+from projections.kpis import COMPARED_COLUMNS
 from projections.store import VersionInfo
 
-KPI_COLUMNS = (
-    "csat_n",
-    "csat_pct",
-    "nps_n",
-    "nps",
-    "problems_solved",
-    "fcr_rate",
-    "ttr_median_h",
-    "ttr_p90_h",
-    "escalations",
-    "escalation_rate",
-    "reopen_rate",
-    "relationship_attempts",
-    "compliments",
-    "articles_created",
-    "citations",
-    "links_made",
-    "shares",
-    "participation_rate",
-)
+#: The KPIs compared between versions (projections.kpis).
+KPI_COLUMNS = COMPARED_COLUMNS
 EPSILON = 1e-9
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-import duckdb
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -19,6 +20,7 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
 from projections.errors import QueryRefusedError
+from projections.log import DecodedLog, log_root
 from projections.readonly import reader, run_query
 from projections.service import project_promoted
 from tests.helpers import run_cli, start_cli, wait_for
@@ -60,12 +62,12 @@ def test_altered_payload_in_the_store_is_found(audited: LedgerApplication, setti
 
 
 def test_deleted_mirror_row_is_found(audited: LedgerApplication, settings: Settings) -> None:
-    with duckdb.connect(str(settings.projections_db)) as con:
+    with reader(settings.projections_db) as con:
         victim, event_id = con.execute(
             "SELECT notification_id, event_id FROM ledger_events ORDER BY notification_id LIMIT 1 OFFSET 40"
         ).fetchone()
-        schema = con.execute("SELECT version FROM crm_promoted").fetchone()[0]
-        con.execute(f"DELETE FROM {schema}.events WHERE notification_id = ?", [victim])
+    # The mirror is the shared decoded log (a Delta table): tamper with it there.
+    DecodedLog(log_root(settings.projections_db) / "ledger").table().delete(f"notification_id = {victim}")
     with reader(settings.projections_db) as con:
         report = verify(store_entries(audited), {"mirror": mirror_entries(con)})
     missing = [f for f in report.findings if f.kind == "missing"]
@@ -111,7 +113,7 @@ def test_query_is_read_only_by_construction(
         ):
             with pytest.raises(QueryRefusedError):
                 run_query(con, sql)
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         assert con.execute("SELECT count(*) FROM crm_promotions").fetchone() == (1,)
     cli = run_cli("query", "UPDATE crm_versions SET name = 'x'", env=env_of(settings))
     assert cli.returncode == 1 and "read-only" in cli.stderr and "Traceback" not in cli.stderr
@@ -145,7 +147,7 @@ def test_query_works_while_a_follower_projects(audited: LedgerApplication, setti
 
 
 def test_explain_totals_equal_the_score(audited: LedgerApplication, settings: Settings) -> None:
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         rows = con.execute(
             "SELECT employee_id, period, score FROM reward_score ORDER BY score DESC LIMIT 5"
         ).fetchall()
@@ -159,7 +161,7 @@ def test_explain_totals_equal_the_score(audited: LedgerApplication, settings: Se
         assert payload["components_total"] == pytest.approx(score, abs=1e-9)
         assert payload["evidence"], "the events behind the KPIs are listed"
         ids = {e["event_id"] for events in payload["evidence"].values() for e in events}
-        with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        with reader(settings.projections_db) as con:
             known = {r[0] for r in con.execute("SELECT event_id FROM ledger_events").fetchall()}
         assert ids <= known
     unknown = run_cli("explain", "--employee", "nobody", "--period", "2025-01", env=env_of(settings))
@@ -219,7 +221,7 @@ def test_forgotten_customer_is_unreadable_everywhere_and_the_chain_holds(
     with sqlite3.connect(settings.store) as con:
         stored = b"".join(row[0] for row in con.execute("SELECT state FROM stored_events"))
     kafka_bytes = b"".join(e.value for e in kafka_entries(kafka_bootstrap, topic))
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         mirror = b"".join(
             bytes(v) + p.encode()
             for v, p in con.execute("SELECT value, payload FROM ledger_events").fetchall()
@@ -232,29 +234,30 @@ def test_forgotten_customer_is_unreadable_everywhere_and_the_chain_holds(
         "audit", "verify", "--source", "ledger", "--source", "mirror", "--source", "kafka", env=env
     )
     assert verified.returncode == 0, verified.stdout
-    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+    with reader(settings.projections_db) as con:
         assert con.execute(
             "SELECT interactions_total, forgotten FROM customer_profile WHERE customer_id = 'c9'"
         ).fetchone() == (1, True)
 
 
+def _tamper(settings: Settings, notification_id: int, values: dict[str, Any]) -> None:
+    """Change decoded columns of one row of the mirror (the shared decoded log, a Delta table)."""
+    log = DecodedLog(log_root(settings.projections_db) / "ledger")
+    log.table().update(new_values=values, predicate=f"notification_id = {notification_id}")
+
+
 def test_altered_decoded_columns_are_found(audited: LedgerApplication, settings: Settings) -> None:
-    with duckdb.connect(str(settings.projections_db)) as con:
-        schema = con.execute("SELECT version FROM crm_promoted").fetchone()[0]
+    with reader(settings.projections_db) as con:
         nid, event_id, csat = con.execute(
-            f"SELECT notification_id, event_id, csat FROM {schema}.events "
+            "SELECT notification_id, event_id, csat FROM ledger_events "
             "WHERE event_type = 'SurveyAnswered' AND csat < 5 ORDER BY notification_id LIMIT 1"
         ).fetchone()
-        con.execute(f"UPDATE {schema}.events SET csat = 5 WHERE notification_id = ?", [nid])
-        moved = con.execute(
-            f"SELECT notification_id FROM {schema}.events WHERE event_type = 'CaseResolved' "
+        moved, occurred_at = con.execute(
+            "SELECT notification_id, occurred_at FROM ledger_events WHERE event_type = 'CaseResolved' "
             "ORDER BY notification_id LIMIT 1"
-        ).fetchone()[0]
-        con.execute(
-            f"UPDATE {schema}.events SET occurred_at = occurred_at - INTERVAL 40 DAY, "
-            "employee_id = 'emp-0001' WHERE notification_id = ?",
-            [moved],
-        )
+        ).fetchone()
+    _tamper(settings, nid, {"csat": 5})
+    _tamper(settings, moved, {"occurred_at": occurred_at - timedelta(days=40), "employee_id": "emp-0001"})
     clean_chain = run_cli("audit", "verify", "--source", "ledger", env=env_of(settings))
     assert clean_chain.returncode == 0, "the bytes and the chain are untouched"
     result = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
@@ -269,13 +272,12 @@ def test_altered_decoded_columns_are_found(audited: LedgerApplication, settings:
 
 
 def test_altered_payload_column_is_found(audited: LedgerApplication, settings: Settings) -> None:
-    with duckdb.connect(str(settings.projections_db)) as con:
-        schema = con.execute("SELECT version FROM crm_promoted").fetchone()[0]
-        con.execute(
-            f"UPDATE {schema}.events SET payload = json_merge_patch(payload, '{{\"nps\": 10}}') "
-            "WHERE notification_id = (SELECT min(notification_id) FROM "
-            f"{schema}.events WHERE event_type = 'SurveyAnswered' AND nps < 10)"
-        )
+    with reader(settings.projections_db) as con:
+        nid, payload = con.execute(
+            "SELECT notification_id, payload::VARCHAR FROM ledger_events "
+            "WHERE event_type = 'SurveyAnswered' AND nps < 10 ORDER BY notification_id LIMIT 1"
+        ).fetchone()
+    _tamper(settings, nid, {"payload": json.dumps({**json.loads(payload), "nps": 10})})
     result = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
     assert result.returncode == 1 and "column payload: stored" in result.stdout
     assert "decoded columns: " in result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ledger.application import LedgerApplication
 from ledger.checkpoints import CADENCE, PERIOD_CLOSE, chain_at, read_published
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
+from projections.log import log_root
 from projections.service import project_promoted
 from rewards.periods import close_period
 from tests.helpers import run_cli
@@ -177,6 +179,7 @@ def test_a_rewrite_of_store_mirror_and_topic_is_caught_by_a_checkpoint(
     env = _kafka_env(settings, kafka_bootstrap, rewritten_topic, checkpoints)
     for old in settings.projections_db.parent.glob(settings.projections_db.name + "*"):
         old.unlink()
+    shutil.rmtree(log_root(settings.projections_db))  # the mirror: the shared decoded log
     projected = run_cli("project", env=env)
     assert projected.returncode == 0, projected.stderr
     relayed = run_cli("relay", env=env)

@@ -24,6 +24,7 @@ import pytest
 
 from crm_cli.demo import run_demo
 from importers.generator import GeneratorConfig
+from projections.readonly import reader
 from projections.spec import DEFAULT_SPEC
 from tests.helpers import run_cli, start_cli, wait_for
 from web.pages import fmt_number, fmt_rate
@@ -125,7 +126,7 @@ def _page(browser: Any, site: dict[str, Any], user: str) -> Any:
 
 
 def _read(site: dict[str, Any], sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(site["db"]), read_only=True) as con:
+    with reader(site["db"]) as con:  # registers the decoded log `ledger_events` reads
         return con.execute(sql, params or []).fetchall()
 
 

@@ -1,0 +1,88 @@
+"""Live follow: how soon new events are visible in every read model, and what a refresh costs.
+
+With about 1M events in the decoded log and a version built over it, batches of 1,000 new
+events are appended (decoded, committed to the log) and the version is updated
+incrementally; each round's latency is from the first read of the new events to the
+commit of every read model. Baseline in the same run: a full rebuild of the version from
+the same log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+from common import BENCH_DIR, arguments, prepared_ledger, report, timed
+
+from ledger.application import LedgerApplication
+from projections.engine import Projector
+from projections.log import log_root
+from projections.maintain import Maintainer
+from projections.sources import LedgerSource
+from projections.spec import DEFAULT_SPEC, load_spec
+from projections.store import ProjectionDB
+
+ROUNDS = 12
+NEW_EVENTS = 1_000
+GOAL_LATENCY_S = 1.0
+GOAL_SHARE_OF_FULL = 0.10
+
+
+class CappedLedger:
+    """The ledger as if it ended at notification `cap` (raised between rounds)."""
+
+    def __init__(self, app: LedgerApplication, cap: int) -> None:
+        self.app = app
+        self.cap = cap
+
+    def read_notifications(self, start: int, limit: int, stop: int | None = None) -> Iterable[Any]:
+        return self.app.read_notifications(start, limit, stop=min(self.cap, stop or self.cap))
+
+    def max_position(self) -> int:
+        return self.cap
+
+
+def main() -> None:
+    args = arguments(__doc__ or "", 1_000_000)
+    app = prepared_ledger(args.events, args.seed)
+    total = app.max_position()
+    db_path = BENCH_DIR / "follow.duckdb"
+    for leftover in BENCH_DIR.glob("follow.duckdb*"):
+        leftover.unlink()
+    shutil.rmtree(log_root(db_path), ignore_errors=True)
+    ledger = CappedLedger(app, total - ROUNDS * NEW_EVENTS)
+    db = ProjectionDB(db_path)
+    version = db.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_SPEC.read_text(), "ledger")
+    source = LedgerSource(ledger)  # type: ignore[arg-type]
+    Projector(db, version, source, app.codec).run()
+    _, full_s = timed(lambda: Maintainer(db, version).update(full=True))
+    latencies = []
+    for _ in range(ROUNDS):
+        ledger.cap += NEW_EVENTS
+        stats, seconds = timed(lambda: Projector(db, version, source, app.codec).run())
+        assert stats.applied == NEW_EVENTS, stats
+        latencies.append(seconds)
+    db.close()
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+    report(
+        "follow",
+        {
+            "events_in_log": total,
+            "new_events_per_round": NEW_EVENTS,
+            "rounds": ROUNDS,
+            "latency_p50_s": round(p50, 3),
+            "latency_p95_s": round(p95, 3),
+            "baseline_full_rebuild_s": round(full_s, 2),
+            "incremental_share_of_full_rebuild": round(p50 / full_s, 3),
+            "goal_latency_p50_s": GOAL_LATENCY_S,
+            "goal_share_of_full_rebuild": GOAL_SHARE_OF_FULL,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

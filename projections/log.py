@@ -1,0 +1,170 @@
+"""The decoded log: every event of one source decoded once, in a Delta Lake table.
+
+One log per source (the ledger's notification log, or one Kafka topic), shared by every
+version of the read models, by `query`, `audit` and `explain`, and readable by any engine
+that reads Delta (Spark, Trino, polars, DuckDB). Appends are exactly once: each commit
+carries Delta application transactions, one per source stream (`ledger`, or
+`<topic>:<partition>`), whose version is the last position in the commit. A killed
+appender resumes from `transaction_version(stream)`; a commit is all or nothing, so
+nothing is lost or written twice.
+
+Undecodable messages are rows of the same table with `dead_letter` set (the error), so
+that they are committed atomically with the positions too.
+
+The narrow interface for other code: `DecodedLog.dataset()` (an Arrow dataset of a
+snapshot) and `register_log()` (the same, as a relation named on a DuckDB connection).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from projections.columns import LOG_SCHEMA
+from projections.sources import LEDGER_STREAM, Position
+
+#: The columns of the auditors' `ledger_events` and of each version's `events` view: the log
+#: without its bookkeeping (stream and position are the source's own coordinates).
+EVENT_COLUMNS = tuple(
+    name for name in LOG_SCHEMA.names if name not in {"stream", "position", "dead_letter", "seen_at"}
+)
+#: The columns of `dead_letters`.
+DEAD_LETTER_COLUMNS = (
+    "source",
+    '"partition"',
+    '"offset"',
+    "notification_id",
+    "dead_letter AS error",
+    "value",
+    "seen_at",
+)
+
+
+def log_root(projections_db: Path) -> Path:
+    """Where the logs of a projection database live: `<db stem>.log/` beside it."""
+    return projections_db.parent / f"{projections_db.stem}.log"
+
+
+def log_slug(source: str) -> str:
+    """A directory name for a source label (`ledger`, `kafka:crm.ledger.events`, a topic)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", source)
+
+
+def relation_name(source: str) -> str:
+    """The name a source's log has on a DuckDB connection (see `register_log`)."""
+    return "crm_log_" + re.sub(r"[^A-Za-z0-9]+", "_", source).strip("_").lower()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One committed version of the log and the stream positions it holds."""
+
+    version: int
+    positions: dict[str, Position]
+
+
+class DecodedLog:
+    """A source's decoded log (a Delta table at `path`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._latest: DeltaTable | None = None
+        if not (path / "_delta_log").exists():
+            path.mkdir(parents=True, exist_ok=True)
+            # Several processes may race to create it; whoever loses finds it there.
+            try:
+                DeltaTable.create(str(path), LOG_SCHEMA, mode="ignore")
+            except Exception:
+                if not (path / "_delta_log").exists():
+                    raise
+
+    def table(self, version: int | None = None) -> DeltaTable:
+        """The Delta table at `version` (the latest when None)."""
+        if version is not None:
+            return DeltaTable(str(self.path), version=version)
+        if self._latest is None:
+            self._latest = DeltaTable(str(self.path))
+        else:
+            self._latest.update_incremental()  # reads only the commits since the last look
+        return self._latest
+
+    def version(self) -> int:
+        return int(self.table().version())
+
+    def positions(self, streams: Sequence[str], version: int | None = None) -> dict[str, Position]:
+        """The last committed position per stream (from Delta's application transactions)."""
+        table = self.table(version)
+        positions = {}
+        for stream in streams:
+            last = table.transaction_version(stream)
+            if last is not None:
+                positions[stream] = Position(stream, int(last), self._chain_at(table, stream, int(last)))
+        return positions
+
+    @staticmethod
+    def _chain_at(table: DeltaTable, stream: str, position: int) -> str | None:
+        if stream != LEDGER_STREAM:
+            return None  # Kafka carries the chain in each record; only the ledger's is computed
+        rows = ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet").to_table(
+            columns=["chain"], filter=(ds.field("stream") == stream) & (ds.field("position") == position)
+        )
+        return None if rows.num_rows == 0 else str(rows.column(0)[0].as_py())
+
+    def append(self, table: pa.Table, positions: Sequence[Position]) -> int:
+        """Commit rows with the new stream positions, atomically; returns the log version."""
+        write_deltalake(
+            str(self.path),
+            table,
+            mode="append",
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(p.stream, p.offset) for p in positions]
+            ),
+        )
+        return self.version()
+
+    def dataset(self, version: int | None = None) -> Any:
+        """A snapshot as an Arrow dataset (many readers, while appends go on).
+
+        Built from the snapshot's file list: the log is neither partitioned nor written
+        with deletion vectors, so its files are exactly its rows (and this is much
+        cheaper than delta-rs's own dataset, which builds an expression per file).
+        """
+        table = self.table(version)
+        if "deletionVectors" in (table.protocol().writer_features or []):
+            return table.to_pyarrow_dataset()
+        return ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet")
+
+    def snapshot(self, streams: Sequence[str]) -> Snapshot:
+        version = self.version()
+        return Snapshot(version, self.positions(streams, version))
+
+
+def register_log(
+    connection: duckdb.DuckDBPyConnection, source: str, log: DecodedLog, version: int | None = None
+) -> str:
+    """Make a snapshot of the log readable as `relation_name(source)` on `connection`."""
+    name = relation_name(source)
+    # DuckDB refuses to register while a previous result is not fully fetched (a fetchone()).
+    connection.complete()
+    connection.register(name, log.dataset(version))
+    return name
+
+
+def register_logs(
+    connection: duckdb.DuckDBPyConnection, root: Path, sources: Sequence[str]
+) -> Mapping[str, DecodedLog]:
+    """Register the latest snapshot of each source's log; returns the logs by source."""
+    logs = {}
+    for source in sources:
+        log = DecodedLog(root / log_slug(source))
+        register_log(connection, source, log)
+        logs[source] = log
+    return logs

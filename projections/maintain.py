@@ -1,0 +1,456 @@
+"""The maintainer: a version's derived tables from a snapshot of the decoded log.
+
+A version holds derived tables only. Each update reads one committed snapshot of the
+shared log and records, in the same DuckDB transaction as the tables, the snapshot's
+log version and stream positions: a crash neither loses nor double counts.
+
+A first build (or `full`) runs the set-based SQL of projections.models over the
+snapshot. Later updates are incremental: only the rows after the recorded positions are
+new, and they touch a known set of keys - the employees whose team history changed, the
+cases they name (a case's first resolution, reopenings, knowledge and citations depend on
+all of its events), the customers they name, the statements' employee-months. Every
+derived row is a function of such keys, so deleting and recomputing the rows of the
+touched keys gives exactly what a full rebuild gives (tests/projections/test_incremental.py checks
+this property on random chunks with late and out-of-order events).
+
+The read models marked `whole` in projections.readmodels (the service tables, the team
+goals) are rebuilt whole after the incremental part, in the same transaction: their rows
+depend on events anywhere in the log (a contract started later covers earlier cases; "now"
+is the log's last event). The service measure rows are recomputed with them and only the
+rows that changed pass their keys on to the KPI tables; the profile's service columns are
+recomputed for every customer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pds
+
+from projections.goals import goal_model_sql
+from projections.log import EVENT_COLUMNS, relation_name
+from projections.models import (
+    ANSWERS,
+    CASE_MEASURES,
+    PERIODS,
+    answers_histogram_sql,
+    complaint_kpi_select,
+    customer_profile_select,
+    kpi_rethreshold_select,
+    kpi_select,
+    kpi_sql,
+    measures_sql,
+    reward_components_select,
+    reward_score_select,
+    reward_statement_select,
+    scores_sql,
+    spec_independent_sql,
+    team_history_sql,
+)
+from projections.service_models import (
+    SERVICE_MEASURES,
+    profile_service_sql,
+    service_measures_select,
+    service_model_sql,
+)
+from projections.sources import Position
+from projections.spec import MetricSpec
+from projections.store import LOG_STREAM, ProjectionDB, VersionInfo
+
+#: The typed events of the snapshot, materialised once per update (many scans follow).
+EV = "crm_ev"
+#: Columns of the log no read model reads (only `reward_statement` reads the payload, from
+#: the log itself): left out of the materialised events.
+_UNREAD = (
+    "payload",
+    "value",
+    "chain",
+    "source",
+    '"partition"',
+    '"offset"',
+    "schema_version",
+    "recorded_at",
+    "to_employee_id",
+    "direction",
+    "severity",
+    "ces",
+    "recipient_kind",
+    "score",
+)
+_TEMPS = (
+    "crm_fresh",
+    "crm_opened",
+    "crm_read_cases",
+    "crm_tracked",
+    "crm_new",
+    "crm_emp",
+    "crm_case",
+    "crm_touched",
+    "crm_measures",
+    "crm_aff",
+    "crm_months",
+    "crm_complaints",
+    "crm_statements",
+    "crm_service",
+)
+_SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
+_STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What one update did."""
+
+    log_version: int
+    new_events: int
+    full: bool
+
+
+class Maintainer:
+    """Keeps one version's derived tables (and those of the versions it is built from) current."""
+
+    def __init__(self, db: ProjectionDB, version: VersionInfo) -> None:
+        self.db = db
+        self.version = version
+        #: where the spec-independent tables and the positions live (the root of the chain)
+        self.storage = db.storage_version(version)
+        self.log = db.log(version.source)
+        self._dataset: Any = None
+
+    def log_version_recorded(self) -> int | None:
+        """The log version the shared tables reflect (None before the first build)."""
+        return self.db.tracking(self.storage).max_tracking_id(LOG_STREAM)
+
+    def is_current(self) -> bool:
+        log_version = self.log.version()
+        for version in self.db.chain(self.version):
+            row = self.db.connection.execute(
+                "SELECT state FROM main.crm_versions WHERE version = ?", [version.version]
+            ).fetchone()
+            if row is None or row[0] != "ready" or self.db.built_log_version(version) != log_version:
+                return False
+        return self.log_version_recorded() == log_version
+
+    def update(self, *, full: bool = False, scores_only: bool = False) -> UpdateResult:
+        """Bring the chain's tables to the log's latest snapshot, in one transaction.
+
+        `scores_only` is kept for callers that know only weights changed; the chain walk
+        finds that out by itself.
+        """
+        del scores_only
+        con = self.db.connection
+        snapshot = self.log.version()
+        self._dataset = self.log.dataset(snapshot)
+        con.complete()  # a caller's fetchone() leaves a result open; registering needs it closed
+        con.register(relation_name(self.version.source), self._dataset)
+        recorded = self.log_version_recorded()
+        s = self.storage.schema
+        chain = self.db.chain(self.version)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            full = full or recorded is None
+            events = 0
+            touched = False  # crm_touched holds the keys the new events touched
+            new = 0
+            if full or recorded != snapshot:
+                if full:
+                    self._materialise(s, "TRUE")
+                    for statement in spec_independent_sql(s, EV, f"{s}.events"):
+                        con.execute(statement)
+                    new = int(con.execute(f"SELECT count(*) FROM {EV}").fetchone()[0])  # type: ignore[index]
+                    events = new
+                else:
+                    self._materialise_touched(s)
+                    new = self._log_tables(s)
+                    events = self.db.find_version(self.storage.version).events + new
+                    touched = True
+                self._record(snapshot, full)
+            else:
+                events = self.db.find_version(self.storage.version).events
+            parent: VersionInfo | None = None
+            for version in chain:
+                self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
+                self.db.mark_built(version, snapshot, events)
+                parent = version
+            for temp in (EV, *_TEMPS):
+                con.execute(f"DROP TABLE IF EXISTS {temp}")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return UpdateResult(snapshot, new, full)
+
+    def _materialise(self, s: str, where: str) -> None:
+        """The snapshot's events matching `where`, typed columns only, as the temp table EV."""
+        self.db.connection.execute(
+            f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT * EXCLUDE ({', '.join(_UNREAD)}) "
+            f"FROM {s}.events WHERE {where}"
+        )
+
+    def _materialise_touched(self, s: str) -> None:
+        """Only the events an incremental update reads, as EV.
+
+        That is the new events, every event of the cases they touch (and of the other
+        complaints opened by the same team in the same month, which share a complaint row),
+        and every event of the customers they name. A team change re-attributes all of an
+        employee's measures: then (rarely) the whole snapshot is read.
+        """
+        run = self.db.connection.execute
+        tracked = {
+            k: p.offset for k, p in self.db.tracking(self.storage).positions().items() if k != LOG_STREAM
+        }
+        fresh = " OR ".join(
+            [
+                *(f"(stream = {_literal(k)} AND position > {v})" for k, v in tracked.items()),
+                f"stream NOT IN ({', '.join(_literal(k) for k in tracked)})" if tracked else "TRUE",
+            ]
+        )
+        run(f"CREATE OR REPLACE TEMP TABLE crm_fresh AS SELECT * FROM {s}.events WHERE {fresh}")
+        moves = run(
+            "SELECT count(*) FROM crm_fresh WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam')"
+        ).fetchone()
+        if moves is not None and moves[0]:
+            self._materialise(s, "TRUE")
+            return
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_opened AS SELECT case_id, team_id, "
+            f"strftime(occurred_at, '%Y-%m') AS period FROM {s}.events "
+            "WHERE event_type = 'CaseOpened' AND team_id IS NOT NULL"
+        )
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_read_cases AS "
+            "WITH direct AS (SELECT case_id FROM crm_fresh WHERE case_id IS NOT NULL "
+            "UNION SELECT source_case_id FROM crm_fresh WHERE source_case_id IS NOT NULL) "
+            "SELECT case_id FROM direct UNION SELECT o.case_id FROM crm_opened o "
+            "JOIN (SELECT DISTINCT team_id, period FROM crm_opened "
+            "WHERE case_id IN (SELECT case_id FROM direct)) p "
+            "ON o.team_id = p.team_id AND o.period = p.period"
+        )
+        cases = [r[0] for r in run("SELECT case_id FROM crm_read_cases").fetchall()]
+        customers = [
+            r[0]
+            for r in run(
+                "SELECT DISTINCT customer_id FROM crm_fresh WHERE customer_id IS NOT NULL"
+            ).fetchall()
+        ]
+        # One filtered Arrow scan of the columns the models read: the filter runs before
+        # any row reaches DuckDB (an IN over a subquery would not be pushed into the scan).
+        case_set = pa.array(cases, pa.string())
+        wanted = (
+            pds.field("case_id").isin(case_set)
+            | pds.field("source_case_id").isin(case_set)
+            | pds.field("customer_id").isin(pa.array(customers, pa.string()))
+        )
+        for stream, position in tracked.items():
+            wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
+        known = list(tracked)
+        wanted = wanted | ~pds.field("stream").isin(pa.array(known, pa.string()))
+        keep = pds.field("dead_letter").is_null() & wanted
+        if self.version.as_of is not None:
+            keep = keep & (
+                pds.field("occurred_at")
+                <= pa.scalar(self.version.as_of.replace(tzinfo=None), pa.timestamp("us"))
+            )
+        columns = [
+            c for c in ("stream", "position", *EVENT_COLUMNS) if f'"{c}"' not in _UNREAD and c not in _UNREAD
+        ]
+        rows = self._dataset.to_table(columns=columns, filter=keep)
+        self.db.connection.complete()
+        self.db.connection.register("crm_ev_rows", rows)
+        try:
+            run(f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT * FROM crm_ev_rows")
+        finally:
+            self.db.connection.unregister("crm_ev_rows")
+
+    def _spec_tables(
+        self,
+        version: VersionInfo,
+        parent: VersionInfo | None,
+        *,
+        full: bool,
+        touched: bool,
+        recorded: int | None,
+    ) -> None:
+        """The KPI tables (when the version owns them) and the scores of one version of the chain."""
+        run = self.db.connection.execute
+        v, spec = version.schema, version.spec()
+        owns_kpis = parent is None or parent.kpi_hash != version.kpi_hash
+        # A version last built at another log version than the shared tables missed the
+        # keys touched in between: its own tables are recomputed (from measures, not the log).
+        behind = self.db.built_log_version(version) != recorded
+        if full or behind:
+            if owns_kpis and parent is not None:
+                run(answers_histogram_sql(self.storage.schema))
+                for grain in PERIODS:
+                    for team in (False, True):
+                        table = f"kpi_{'team' if team else 'employee'}_{grain}"
+                        select = kpi_rethreshold_select(parent.schema, spec, grain, team)
+                        run(f"CREATE OR REPLACE TABLE {v}.{table} AS {select}")
+                run(f"DROP TABLE {ANSWERS}")
+            elif owns_kpis:
+                for statement in kpi_sql(v, spec):
+                    run(statement)
+            for statement in scores_sql(v, spec, version.version):
+                run(statement)
+            return
+        if not touched:
+            return
+        if owns_kpis:
+            self._kpis(v, spec)
+        months = "period IN (SELECT period FROM crm_months)"
+        run(f"DELETE FROM {v}.reward_components WHERE {months}")
+        run(f"INSERT INTO {v}.reward_components {reward_components_select(v, spec, months)}")
+        run(f"DELETE FROM {v}.reward_score WHERE {months}")
+        run(f"INSERT INTO {v}.reward_score {reward_score_select(v, spec, version.version, months)}")
+        for statement in goal_model_sql(v):
+            run(statement)
+
+    def _kpis(self, v: str, spec: MetricSpec) -> None:
+        """KPI rows of the touched (employee, team, period) and (team, period), per grain."""
+        run = self.db.connection.execute
+        for grain, period in PERIODS.items():
+            run(
+                f"CREATE OR REPLACE TEMP TABLE crm_aff AS SELECT DISTINCT employee_id, team_id, "
+                f"{period} AS period FROM crm_touched"
+            )
+            table = f"{v}.kpi_employee_{grain}"
+            run(
+                f"DELETE FROM {table} USING crm_aff a WHERE {table}.employee_id IS NOT DISTINCT FROM "
+                f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
+            )
+            keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
+            run(f"INSERT INTO {table} {kpi_select(v, spec, grain, False, keys)}")
+            table = f"{v}.kpi_team_{grain}"
+            run(
+                f"DELETE FROM {table} WHERE (team_id, period) IN "
+                "(SELECT DISTINCT team_id, period FROM crm_aff)"
+            )
+            keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
+            run(f"INSERT INTO {table} {kpi_select(v, spec, grain, True, keys)}")
+
+    def _record(self, snapshot: int, full: bool) -> None:
+        """The snapshot's stream positions and log version, beside the tables."""
+        con = self.db.connection
+        tracking = self.db.tracking(self.storage)
+        if full:
+            con.execute(f"DELETE FROM {self.storage.schema}.tracking")
+        current = {k: p for k, p in tracking.positions().items() if k != LOG_STREAM}
+        rows = con.execute(
+            f"SELECT stream, max(position) FROM {relation_name(self.version.source)} GROUP BY stream"
+        ).fetchall()
+        positions = [
+            Position(str(stream), int(last))
+            for stream, last in rows
+            if stream not in current or int(last) > current[stream].offset
+        ]
+        # The log version is replaced, not only raised: a log rebuilt from the source
+        # (`replay --from-source`) starts its versions anew.
+        con.execute(f"DELETE FROM {self.storage.schema}.tracking WHERE application_name = ?", [LOG_STREAM])
+        tracking.record_positions([*positions, Position(LOG_STREAM, snapshot)])
+
+    def _log_tables(self, s: str) -> int:
+        """Delete and recompute the spec-independent rows of the keys the new events touch.
+
+        Leaves the touched keys in `crm_touched` and `crm_months` for the KPI tables and
+        scores of every version in the chain; returns the number of new events.
+        """
+        run = self.db.connection.execute
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_tracked AS SELECT application_name AS stream, "
+            f"notification_id AS position FROM {s}.tracking"
+        )
+        run(
+            f"CREATE OR REPLACE TEMP TABLE crm_new AS SELECT e.* FROM {EV} e "
+            "LEFT JOIN crm_tracked t ON t.stream = e.stream "
+            "WHERE t.position IS NULL OR e.position > t.position"
+        )
+        new = int(run("SELECT count(*) FROM crm_new").fetchone()[0])  # type: ignore[index]
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_emp AS SELECT DISTINCT employee_id FROM crm_new "
+            "WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam') AND employee_id IS NOT NULL"
+        )
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_case AS SELECT case_id FROM crm_new WHERE case_id IS NOT NULL "
+            "UNION SELECT source_case_id FROM crm_new WHERE source_case_id IS NOT NULL"
+        )
+        # Team history, then the measures it attributes.
+        emp = "employee_id IN (SELECT employee_id FROM crm_emp)"
+        run(f"DELETE FROM {s}.team_history WHERE {emp}")
+        run(f"INSERT INTO {s}.team_history {team_history_sql(s, EV, emp)}")
+        cases = ", ".join(f"'{m}'" for m in CASE_MEASURES)
+        old_scope = (
+            f"measure NOT IN ({_SERVICE}) AND "
+            f"({emp} OR (measure IN ({cases}) AND case_id IN (SELECT case_id FROM crm_case)))"
+        )
+        run(
+            f"CREATE OR REPLACE TEMP TABLE crm_touched AS SELECT employee_id, team_id, occurred_at "
+            f"FROM {s}.measures WHERE {old_scope}"
+        )
+        run(f"DELETE FROM {s}.measures WHERE {old_scope}")
+        new_scope = (
+            "raw.employee_id IN (SELECT employee_id FROM crm_emp)"
+            f" OR (raw.measure IN ({cases}) AND raw.case_id IN (SELECT case_id FROM crm_case))"
+            f" OR (raw.measure NOT IN ({cases}) AND raw.event_id IN (SELECT event_id FROM crm_new))"
+        )
+        run(f"CREATE OR REPLACE TEMP TABLE crm_measures AS {measures_sql(s, EV, new_scope)}")
+        run(f"INSERT INTO {s}.measures SELECT * FROM crm_measures")
+        run("INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM crm_measures")
+        self._service_tables(s)
+        # Scores of the touched months (a team's or the organisation's rate feeds everyone's).
+        run(
+            f"CREATE OR REPLACE TEMP TABLE crm_months AS SELECT DISTINCT {PERIODS['month']} AS period "
+            "FROM crm_touched"
+        )
+        # Customers named by the new events.
+        customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
+        run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
+        # By name: the service columns stay NULL until the widening recomputes them all.
+        run(f"INSERT INTO {s}.customer_profile BY NAME {customer_profile_select(EV, customers)}")
+        run(profile_service_sql(s))
+        # Complaint months of every opening of a touched case (the old first opening among them).
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_complaints AS SELECT DISTINCT team_id, "
+            f"strftime(occurred_at, '%Y-%m') AS period FROM {EV} WHERE event_type = 'CaseOpened' "
+            "AND team_id IS NOT NULL AND case_id IN (SELECT case_id FROM crm_case)"
+        )
+        pairs = "(team_id, period) IN (SELECT team_id, period FROM crm_complaints)"
+        run(f"DELETE FROM {s}.complaint_kpi_month WHERE {pairs}")
+        run(f"INSERT INTO {s}.complaint_kpi_month {complaint_kpi_select(EV, pairs)}")
+        # Statements and adjustments of the employee-months they were issued for.
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_statements AS SELECT DISTINCT employee_id, period "
+            f"FROM crm_new WHERE event_type IN {_STATEMENTS}"
+        )
+        stmts = "(employee_id, period) IN (SELECT employee_id, period FROM crm_statements)"
+        if run("SELECT count(*) FROM crm_statements").fetchone() != (0,):
+            # Statements are rare; their payload is read from the log only when there are some.
+            run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
+            run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
+        return new
+
+
+    def _service_tables(self, s: str) -> None:
+        """Rebuild the service tables whole, and their measure rows; pass on the changed rows' keys.
+
+        Only the service measure rows that differ (old against new, as multisets) add their
+        (employee, team, period) to `crm_touched`, so the KPI tables recompute those keys only.
+        """
+        run = self.db.connection.execute
+        for statement in service_model_sql(s):
+            run(statement)
+        run(f"CREATE OR REPLACE TEMP TABLE crm_service AS {service_measures_select(s)}")
+        old = f"SELECT * FROM {s}.measures WHERE measure IN ({_SERVICE})"
+        run(
+            "INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM "
+            f"(({old}) EXCEPT ALL (SELECT * FROM crm_service)) "
+            f"UNION ALL SELECT employee_id, team_id, occurred_at FROM "
+            f"((SELECT * FROM crm_service) EXCEPT ALL ({old}))"
+        )
+        run(f"DELETE FROM {s}.measures WHERE measure IN ({_SERVICE})")
+        run(f"INSERT INTO {s}.measures SELECT * FROM crm_service")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
