@@ -58,6 +58,7 @@ from projections.service_models import (
 from projections.sources import Position
 from projections.spec import MetricSpec
 from projections.store import LOG_STREAM, ProjectionDB, VersionInfo
+from projections.transaction import transaction
 
 #: The typed events of the snapshot, materialised once per update (many scans follow).
 EV = "crm_ev"
@@ -148,8 +149,7 @@ class Maintainer:
         recorded = self.log_version_recorded()
         s = self.storage.schema
         chain = self.db.chain(self.version)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             full = full or recorded is None
             events = 0
             touched = False  # crm_touched holds the keys the new events touched
@@ -176,10 +176,6 @@ class Maintainer:
                 parent = version
             for temp in (EV, *_TEMPS):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
         return UpdateResult(snapshot, new, full)
 
     def _materialise(self, s: str, where: str) -> None:

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException, Producer
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.kafka import COMPACTED, ensure_topic, produce
 from projections.readmodels import FEEDS as TOPICS
+from projections.transaction import transaction
 from schemas.codec import AvroCodec
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
@@ -150,17 +151,16 @@ def publish_changes(
             raise CrmLedgerError(
                 f"publishing to {feed.topic!r} did not complete; nothing was marked published"
             )
-        connection.execute("BEGIN TRANSACTION")
-        connection.execute(
-            f"INSERT OR REPLACE INTO {schema}.published SELECT ?, {feed.key_sql}, md5(t::VARCHAR) "
-            f"FROM {schema}.{feed.table} t",
-            [feed.topic],
-        )
-        connection.execute(
-            f"DELETE FROM {schema}.published WHERE topic = ? "
-            f"AND key NOT IN (SELECT {feed.key_sql} FROM {schema}.{feed.table})",
-            [feed.topic],
-        )
-        connection.execute("COMMIT")
+        with transaction(connection):
+            connection.execute(
+                f"INSERT OR REPLACE INTO {schema}.published SELECT ?, {feed.key_sql}, md5(t::VARCHAR) "
+                f"FROM {schema}.{feed.table} t",
+                [feed.topic],
+            )
+            connection.execute(
+                f"DELETE FROM {schema}.published WHERE topic = ? "
+                f"AND key NOT IN (SELECT {feed.key_sql} FROM {schema}.{feed.table})",
+                [feed.topic],
+            )
         sent[feed.topic] = len(rows) + len(gone)
     return sent

@@ -39,6 +39,7 @@ from projections.log import (
 from projections.models import MODEL_TABLES, SCORE_TABLES, SPEC_INDEPENDENT_TABLES, STABLE_VIEWS
 from projections.spec import MetricSpec, parse_spec
 from projections.tracking import DuckDBTrackingRecorder
+from projections.transaction import transaction
 
 #: The tracking stream that holds the log version a version's tables reflect.
 LOG_STREAM = "@log"
@@ -284,37 +285,37 @@ class ProjectionDB:
         ).fetchone()
         if exists is None:
             register_log(self.connection, source, self.log(source))
-            self.connection.execute("BEGIN TRANSACTION")
-            self.connection.execute(f"CREATE SCHEMA IF NOT EXISTS {version}")
-            if built_from is None:
-                self.connection.execute(events_view_sql(version, source, as_of))
-                self.connection.execute(dead_letters_view_sql(version, source))
-                DuckDBTrackingRecorder(self.connection, version)
-            else:
-                base = self.find_version(built_from)
-                shared = SHARED_WITH_DERIVED if base.kpi_hash == spec.kpi_hash else SHARED_SPEC_INDEPENDENT
-                for table in shared:
-                    self.connection.execute(
-                        f"CREATE VIEW {version}.{table} AS SELECT * FROM {built_from}.{table}"
-                    )
-            self.connection.execute(
-                "INSERT INTO main.crm_versions (version, name, spec_hash, kpi_hash, spec_json, "
-                "spec_text, as_of, source, state, created_at, built_from) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'building', ?, ?)",
-                [
-                    version,
-                    name or spec.name,
-                    spec.content_hash,
-                    spec.kpi_hash,
-                    spec.to_toml_json(),
-                    spec_text,
-                    as_of.replace(tzinfo=None) if as_of else None,
-                    source,
-                    _now(),
-                    built_from,
-                ],
-            )
-            self.connection.execute("COMMIT")
+            with transaction(self.connection):
+                self.connection.execute(f"CREATE SCHEMA IF NOT EXISTS {version}")
+                if built_from is None:
+                    self.connection.execute(events_view_sql(version, source, as_of))
+                    self.connection.execute(dead_letters_view_sql(version, source))
+                    DuckDBTrackingRecorder(self.connection, version)
+                else:
+                    base = self.find_version(built_from)
+                    same_kpis = base.kpi_hash == spec.kpi_hash
+                    shared = SHARED_WITH_DERIVED if same_kpis else SHARED_SPEC_INDEPENDENT
+                    for table in shared:
+                        self.connection.execute(
+                            f"CREATE VIEW {version}.{table} AS SELECT * FROM {built_from}.{table}"
+                        )
+                self.connection.execute(
+                    "INSERT INTO main.crm_versions (version, name, spec_hash, kpi_hash, spec_json, "
+                    "spec_text, as_of, source, state, created_at, built_from) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'building', ?, ?)",
+                    [
+                        version,
+                        name or spec.name,
+                        spec.content_hash,
+                        spec.kpi_hash,
+                        spec.to_toml_json(),
+                        spec_text,
+                        as_of.replace(tzinfo=None) if as_of else None,
+                        source,
+                        _now(),
+                        built_from,
+                    ],
+                )
         return self.find_version(version)
 
     def tracking(self, version: VersionInfo) -> DuckDBTrackingRecorder:
@@ -371,8 +372,7 @@ class ProjectionDB:
                 "it is for comparison (diff), not for promotion"
             )
         con = self.connection
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             for view in STABLE_VIEWS:
                 if view == "ledger_events":
                     con.execute(mirror_view_sql("main", version.source))
@@ -389,10 +389,6 @@ class ProjectionDB:
                 [version.version, _now()],
             )
             con.execute("INSERT INTO main.crm_promotions VALUES (?, ?)", [version.version, _now()])
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
 
     def drop(self, version: VersionInfo) -> None:
         """Remove a version's schema and catalog row (never the promoted one)."""
@@ -406,10 +402,9 @@ class ProjectionDB:
                 f"version {version.version} holds tables that {', '.join(dependants)} share: drop those first"
             )
         con = self.connection
-        con.execute("BEGIN TRANSACTION")
-        con.execute(f"DROP SCHEMA IF EXISTS {version.schema} CASCADE")
-        con.execute("DELETE FROM main.crm_versions WHERE version = ?", [version.version])
-        con.execute("COMMIT")
+        with transaction(con):
+            con.execute(f"DROP SCHEMA IF EXISTS {version.schema} CASCADE")
+            con.execute("DELETE FROM main.crm_versions WHERE version = ?", [version.version])
 
 
 def extra_views(schema: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import duckdb
 from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 
 from projections.sources import Position
+from projections.transaction import transaction
 
 
 class DuckDBTrackingRecorder(TrackingRecorder):
@@ -29,13 +30,8 @@ class DuckDBTrackingRecorder(TrackingRecorder):
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record one position in its own transaction."""
-        self.connection.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(self.connection):
             self.record_positions([Position(tracking.application_name, tracking.notification_id)])
-        except BaseException:
-            self.connection.execute("ROLLBACK")
-            raise
-        self.connection.execute("COMMIT")
 
     def record_positions(self, positions: Iterable[Position]) -> None:
         """Upsert positions inside the caller's open transaction."""
