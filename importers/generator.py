@@ -16,10 +16,11 @@ import math
 import random
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from importers.scheduling import Scheduled
 from importers.service_generator import ServiceSimulation
 from ledger.records import format_timestamp
 
@@ -70,12 +71,6 @@ class _Article:
     retired: bool = False
 
 
-@dataclass(order=True)
-class _Scheduled:
-    at: int
-    seq: int
-    action: str = field(compare=False)
-    payload: dict[str, Any] = field(compare=False)
 
 
 def _month_start(start: str, offset: int) -> int:
@@ -96,7 +91,7 @@ class HistoryGenerator:
         self._bad_rng = random.Random(config.seed * 7919 + 1)
         self._pending_bad: dict[str, Any] | None = None
         self._seq = 0
-        self._queue: list[_Scheduled] = []
+        self._queue: list[Scheduled] = []
         self.start_ms = _month_start(config.start, 0)
         self.end_ms = _month_start(config.start, config.months)
         self.employees: list[_Employee] = []
@@ -130,7 +125,7 @@ class HistoryGenerator:
 
     def _schedule(self, at: int, action: str, **payload: Any) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, _Scheduled(at, self._seq, action, payload))
+        heapq.heappush(self._queue, Scheduled(at, self._seq, action, payload))
 
     def _active(self, at: int) -> list[_Employee]:
         return [e for e in self.employees if e.left_at is None or e.left_at > at]
@@ -261,7 +256,7 @@ class HistoryGenerator:
         for at in times(0.0008):
             self._schedule(at, "forget")
 
-    def _act(self, item: _Scheduled) -> Iterator[dict[str, Any]]:
+    def _act(self, item: Scheduled) -> Iterator[dict[str, Any]]:
         handler: Callable[[int, dict[str, Any]], Iterator[dict[str, Any]]] = getattr(
             self, f"_on_{item.action}"
         )

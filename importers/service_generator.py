@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from importers.scheduling import Scheduled
 from ledger.records import format_timestamp
 
 DAY_MS = 86_400_000
@@ -69,12 +70,6 @@ class _Customer:
     csat: list[int] = field(default_factory=list)
 
 
-@dataclass(order=True)
-class _Scheduled:
-    at: int
-    seq: int
-    action: str = field(compare=False)
-    payload: dict[str, Any] = field(compare=False)
 
 
 def add_months(epoch_ms: int, months: int) -> int:
@@ -98,7 +93,7 @@ class ServiceSimulation:
         self.start_ms = start_ms
         self.end_ms = end_ms
         self._employees = employees
-        self._queue: list[_Scheduled] = []
+        self._queue: list[Scheduled] = []
         self._seq = 0
         self.customers: dict[str, _Customer] = {}
         self._cases: dict[str, str] = {}  # open case -> customer
@@ -116,7 +111,7 @@ class ServiceSimulation:
 
     def _schedule(self, at: int, action: str, **payload: Any) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, _Scheduled(at, self._seq, action, payload))
+        heapq.heappush(self._queue, Scheduled(at, self._seq, action, payload))
 
     def next_at(self) -> int | None:
         """When the next scheduled action is due (None when nothing is scheduled)."""
