@@ -10,10 +10,10 @@ from __future__ import annotations
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -58,6 +58,7 @@ from schemas.codec import AvroCodec
 from schemas.metadata import shipped
 from schemas.registry import SchemaRegistry
 
+T = TypeVar("T")
 Status = Literal["accepted", "duplicate", "rejected", "conflict"]
 #: Attempts at a batch when concurrent writers keep getting in between.
 WRITE_ATTEMPTS = 12
@@ -134,6 +135,28 @@ def _contended(error: Exception) -> bool:
     """Whether a store error means another writer was in the way (worth deciding again)."""
     text = str(error).lower()
     return any(word in text for word in ("locked", "busy", "deadlock", "serializ", "concurrent"))
+
+
+def decided_again_on_contention(attempt: Callable[[], T], forget: Callable[[], None]) -> T:
+    """Run `attempt`; when another writer got in between, `forget` cached state and run it again.
+
+    A unique key taken or a busy store is contention: retried with a growing random pause,
+    up to `WRITE_ATTEMPTS` times. A full disk or a read-only file is no race and is raised.
+    """
+    for number in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except (IntegrityError, OperationalError) as error:
+            if isinstance(error, OperationalError) and not _contended(error):
+                raise  # the CLI says what it is
+            forget()
+            if number == WRITE_ATTEMPTS:
+                raise StoreBusyError(
+                    f"the event store stayed busy after {number} attempts ({error}); "
+                    "nothing of this batch was written: run the same command again"
+                ) from error
+            time.sleep(random.uniform(0.01, 0.05) * number)
+    raise AssertionError("unreachable")
 
 
 def _short(value: Any) -> str:
@@ -345,22 +368,12 @@ class LedgerApplication(Application[UUID]):
         When another writer gets in between (a unique key taken, the store busy), the batch is
         decided again on fresh state, with a growing random pause.
         """
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                return self._record_once(facts, atomic)
-            except (IntegrityError, OperationalError) as error:
-                if isinstance(error, OperationalError) and not _contended(error):
-                    raise  # a full disk or a read-only file is no race: the CLI says what it is
-                # Drop cached state: another writer changed the store under it.
-                self._repository = self.construct_repository()
-                self.vault.clear_cache()
-                if attempt == WRITE_ATTEMPTS:
-                    raise StoreBusyError(
-                        f"the event store stayed busy after {attempt} attempts ({error}); "
-                        "nothing of this batch was written: run the same command again"
-                    ) from error
-                time.sleep(random.uniform(0.01, 0.05) * attempt)
-        raise AssertionError("unreachable")
+        def forget_cached_state() -> None:
+            # Another writer changed the store under the cached state.
+            self._repository = self.construct_repository()
+            self.vault.clear_cache()
+
+        return decided_again_on_contention(lambda: self._record_once(facts, atomic), forget_cached_state)
 
     def _record_once(self, facts: Sequence[Fact], atomic: bool) -> list[Outcome]:
         work = _UnitOfWork(self, datetime.now(tz=UTC))

@@ -19,25 +19,21 @@ version or event id taken) is decided again on fresh state, like `record` does.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
 from ledger.application import (
-    WRITE_ATTEMPTS,
     LedgerApplication,
     Outcome,
-    _contended,
     _references,
+    decided_again_on_contention,
 )
 from ledger.domain import EVENT_OWNERS, LedgerAggregate, Occurrence, aggregate_hex
-from ledger.errors import StoreBusyError
 from ledger.existence import existing_ids, indexed_events
 from ledger.mapper import epoch_ms
 from ledger.records import Fact
@@ -165,21 +161,11 @@ class BulkWriter:
 
     def record(self, facts: Sequence[Fact]) -> list[Outcome]:
         """Validate and save a batch like `LedgerApplication.record` (same rules and outcomes)."""
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                return self._record_once(facts)
-            except (IntegrityError, OperationalError) as error:
-                if isinstance(error, OperationalError) and not _contended(error):
-                    raise
-                self.cache.clear()
-                self.app.vault.clear_cache()
-                if attempt == WRITE_ATTEMPTS:
-                    raise StoreBusyError(
-                        f"the event store stayed busy after {attempt} attempts ({error}); "
-                        "nothing of this batch was written: run the same command again"
-                    ) from error
-                time.sleep(random.uniform(0.01, 0.05) * attempt)
-        raise AssertionError("unreachable")
+        def forget_cached_state() -> None:
+            self.cache.clear()
+            self.app.vault.clear_cache()
+
+        return decided_again_on_contention(lambda: self._record_once(facts), forget_cached_state)
 
     def close(self) -> None:
         """Drop cached state; the application's own cache may be behind what was written."""
