@@ -7,3 +7,7 @@ from crm_ledger.errors import CrmLedgerError
 
 class StatementFileError(CrmLedgerError):
     """A file given to `audit verify --statement` is not a statement."""
+
+
+class ReproduceError(CrmLedgerError):
+    """The version cannot be reproduced as it stands (still building, unknown...)."""

@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from crm_ledger.errors import CrmLedgerError
+from audit.errors import ReproduceError
 from crm_ledger.progress import Reporter
 from projections.engine import Projector
 from projections.mirror import mirror_batches, open_mirror
@@ -40,9 +40,6 @@ from schemas.codec import AvroCodec
 REL_TOLERANCE = 1e-9
 _FLOAT_TYPES = ("DOUBLE", "FLOAT", "REAL", "DECIMAL")
 
-
-class ReproduceError(CrmLedgerError):
-    """The version cannot be reproduced as it stands (still building, unknown...)."""
 
 
 @dataclass(frozen=True)

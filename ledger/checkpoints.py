@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
+from crm_ledger.errors import KafkaUnavailableError
 from crm_ledger.kafka import COMPACTED, consumer_config, ensure_topic
 from ledger.chain import GENESIS, next_link
+from ledger.errors import CheckpointError
 from schemas.codec import AvroCodec
 
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ CADENCE = "cadence"
 PERIOD_CLOSE = "period-close"
 MANUAL = "manual"
 
-
-class CheckpointError(CrmLedgerError):
-    """A checkpoint given by hand cannot be read."""
 
 
 @dataclass(frozen=True)

@@ -30,3 +30,7 @@ class StoreBusyError(TransientError):
 
 class KeyStoreError(CrmLedgerError):
     """The personal-data key store cannot be used as configured."""
+
+
+class CheckpointError(CrmLedgerError):
+    """A checkpoint given by hand cannot be read."""

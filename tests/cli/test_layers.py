@@ -48,3 +48,15 @@ def test_imports_point_down_only() -> None:
 def test_every_package_is_in_a_layer() -> None:
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
     assert packages <= set(LAYERS), packages - set(LAYERS)
+
+
+def test_public_error_classes_live_in_their_package_errors_module() -> None:
+    misplaced = []
+    for package in LAYERS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name == "errors.py":
+                continue
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                if isinstance(node, ast.ClassDef) and node.name.endswith("Error") and not node.name.startswith("_"):
+                    misplaced.append(f"{path.relative_to(ROOT)}: {node.name}")
+    assert not misplaced, misplaced
