@@ -114,6 +114,14 @@ def is_running(config: BrokerConfig) -> bool:
     return _read_pid(config) is not None
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id, never starting with '-' (Kafka's own rule: it would read as an option)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
 def format_storage(config: BrokerConfig) -> None:
     """Write server.properties and format the KRaft storage once (idempotent)."""
     java = _require_java()
@@ -121,7 +129,7 @@ def format_storage(config: BrokerConfig) -> None:
     config.properties_file.write_text(server_properties(config))
     if (config.data_dir / "logs" / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = _cluster_id()
     result = subprocess.run(
         [
             java,
