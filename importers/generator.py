@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from importers.scheduling import Scheduled
+from importers.scheduling import Scheduled, pick
 from importers.service_generator import ServiceSimulation
 from ledger.records import format_timestamp
 
@@ -108,12 +108,7 @@ class HistoryGenerator:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def _pick(self, weighted: tuple[tuple[str, float], ...]) -> str:
-        roll = self.rng.random()
-        for value, weight in weighted:
-            roll -= weight
-            if roll <= 0:
-                return value
-        return weighted[-1][0]
+        return pick(self.rng, weighted)
 
     def _event(self, event_type: str, at: int, **fields: Any) -> dict[str, Any]:
         return {

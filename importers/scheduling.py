@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,3 +15,13 @@ class Scheduled:
     seq: int
     action: str = field(compare=False)
     payload: dict[str, Any] = field(compare=False)
+
+
+def pick(rng: random.Random, weighted: tuple[tuple[str, float], ...]) -> str:
+    """A value drawn with the given weights (one draw of `rng`, so streams stay reproducible)."""
+    roll = rng.random()
+    for value, weight in weighted:
+        roll -= weight
+        if roll <= 0:
+            return value
+    return weighted[-1][0]

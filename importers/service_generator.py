@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from importers.scheduling import Scheduled
+from importers.scheduling import Scheduled, pick
 from ledger.records import format_timestamp
 
 DAY_MS = 86_400_000
@@ -125,12 +125,7 @@ class ServiceSimulation:
         return getattr(self, f"_on_{item.action}")(item.at, item.payload)  # type: ignore[no-any-return]
 
     def _pick(self, weighted: tuple[tuple[str, float], ...]) -> str:
-        roll = self.rng.random()
-        for value, weight in weighted:
-            roll -= weight
-            if roll <= 0:
-                return value
-        return weighted[-1][0]
+        return pick(self.rng, weighted)
 
     def _engineer(self, at: int, until: int | None = None) -> StaffMember | None:
         """A field engineer (every third employee) active at `at` (and still at `until`)."""

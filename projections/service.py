@@ -118,6 +118,20 @@ def append_source(
 ) -> int:
     """Append what `source` holds beyond its decoded log; returns the events appended."""
     log = DecodedLog(log_root(settings.projections_db) / log_slug(label))
+    appended, _ = _append_all(log, settings, source, app, reporter=reporter, should_stop=should_stop)
+    return appended
+
+
+def _append_all(
+    log: DecodedLog,
+    settings: Settings,
+    source: str,
+    app: LedgerApplication,
+    *,
+    reporter: Reporter | None,
+    should_stop: Callable[[], bool],
+) -> tuple[int, bool]:
+    """Append what `source` holds beyond `log`; (events appended, whether it reached the end)."""
     appender = LogAppender(log, open_source(settings, source, app), app.codec)
     appended = 0
     try:
@@ -126,14 +140,14 @@ def append_source(
         with appender.batches(follow=False) as batches:
             for prepared in batches:
                 if should_stop():
-                    break
+                    return appended, False
                 appender.commit(prepared)
                 appended += prepared.size - prepared.dead_letters
                 if reporter is not None:
                     reporter.advance(prepared.size, events=prepared.size)
     finally:
         appender.source.close()
-    return appended
+    return appended, True
 
 
 def rebuild_log(
@@ -154,22 +168,11 @@ def rebuild_log(
     fresh = current.with_name(current.name + ".rebuild")
     if fresh.exists():
         shutil.rmtree(fresh)
-    log = DecodedLog(fresh)
-    appender = LogAppender(log, open_source(settings, source, app), app.codec)
-    decoded = 0
-    try:
-        if reporter is not None:
-            reporter.total(appender.source.lag({}))
-        with appender.batches(follow=False) as batches:
-            for prepared in batches:
-                if should_stop():
-                    return decoded
-                appender.commit(prepared)
-                decoded += prepared.size - prepared.dead_letters
-                if reporter is not None:
-                    reporter.advance(prepared.size, events=prepared.size)
-    finally:
-        appender.source.close()
+    decoded, complete = _append_all(
+        DecodedLog(fresh), settings, source, app, reporter=reporter, should_stop=should_stop
+    )
+    if not complete:
+        return decoded
     retired = current.with_name(current.name + ".old")
     if current.exists():
         current.rename(retired)
