@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,15 @@ class _Lines:
     def having(self, text: str) -> list[str]:
         return [line for line in self.lines if text in line]
 
+    def assert_one_line_each_way(self) -> None:
+        """One line when the broker went away, one when it came back, and no librdkafka noise."""
+        assert len(self.having("unreachable")) == 1 and len(self.having("is back")) == 1, self.lines
+        assert not [line for line in self.lines if "rdkafka" in line or "FAIL" in line or "Traceback" in line]
 
-def test_relay_survives_a_broker_outage_exactly_once(tmp_path: Path) -> None:
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[tuple[broker.BrokerConfig, dict[str, str]]]:
+    """A broker of the test's own (it is stopped and started again), always stopped at the end."""
     port = _free_port_pair()
     config = broker.BrokerConfig(data_dir=tmp_path / "kafka", port=port, controller_port=port + 1)
     broker.start(config, timeout_s=120)
@@ -67,6 +75,16 @@ def test_relay_survives_a_broker_outage_exactly_once(tmp_path: Path) -> None:
         "CRM_LEDGER_BOOTSTRAP": config.bootstrap,
         "CRM_LEDGER_BROKER_TIMEOUT": "180",
     }
+    try:
+        yield config, env
+    finally:
+        broker.stop(config)
+
+
+def test_relay_survives_a_broker_outage_exactly_once(
+    tmp_path: Path, own_broker: tuple[broker.BrokerConfig, dict[str, str]]
+) -> None:
+    config, env = own_broker
     history = tmp_path / "h.jsonl"
     with history.open("w") as handle:
         write_history(GeneratorConfig(customers=200, employees=8, months=2, seed=9), handle)
@@ -90,10 +108,8 @@ def test_relay_survives_a_broker_outage_exactly_once(tmp_path: Path) -> None:
     finally:
         relay.send_signal(signal.SIGINT)
         relay.wait(timeout=60)
-        broker.stop(config)
     assert relay.returncode == 0, errors.lines
-    assert len(errors.having("unreachable")) == 1 and len(errors.having("is back")) == 1, errors.lines
-    assert not [line for line in errors.lines if "rdkafka" in line or "FAIL" in line or "Traceback" in line]
+    errors.assert_one_line_each_way()
 
 
 def test_relay_gives_up_after_the_broker_timeout_with_one_line(tmp_path: Path) -> None:
@@ -112,16 +128,10 @@ def test_relay_gives_up_after_the_broker_timeout_with_one_line(tmp_path: Path) -
     assert lines[1].startswith("error:") and "gave up relaying" in lines[1]
 
 
-def test_follower_says_when_the_broker_goes_and_comes_back(tmp_path: Path) -> None:
-    port = _free_port_pair()
-    config = broker.BrokerConfig(data_dir=tmp_path / "kafka", port=port, controller_port=port + 1)
-    broker.start(config, timeout_s=120)
-    env = {
-        "CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"),
-        "CRM_LEDGER_DB": str(tmp_path / "p.duckdb"),
-        "CRM_LEDGER_BOOTSTRAP": config.bootstrap,
-        "CRM_LEDGER_BROKER_TIMEOUT": "180",
-    }
+def test_follower_says_when_the_broker_goes_and_comes_back(
+    tmp_path: Path, own_broker: tuple[broker.BrokerConfig, dict[str, str]]
+) -> None:
+    config, env = own_broker
     history = tmp_path / "h.jsonl"
     with history.open("w") as handle:
         write_history(GeneratorConfig(customers=100, employees=6, months=1, seed=2), handle)
@@ -144,7 +154,5 @@ def test_follower_says_when_the_broker_goes_and_comes_back(tmp_path: Path) -> No
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(timeout=60)
-        broker.stop(config)
     assert follower.returncode == 0, errors.lines
-    assert len(errors.having("unreachable")) == 1 and len(errors.having("is back")) == 1, errors.lines
-    assert not [line for line in errors.lines if "rdkafka" in line or "FAIL" in line or "Traceback" in line]
+    errors.assert_one_line_each_way()
