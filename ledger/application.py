@@ -201,8 +201,8 @@ class UnitOfWork(Protocol):
     plain state, rows written in bulk).
     """
 
-    #: Event ids the store already holds -> (originator id hex, version).
-    stored_ids: dict[str, tuple[str, int]]
+    #: Event ids the store already holds -> the stored message.
+    stored_ids: dict[str, bytes]
     #: Event ids accepted earlier in this batch -> the fact as given.
     batch_facts: dict[str, Fact]
     #: Personal-data keys made for this batch's accepted facts (customer id -> key).
@@ -237,8 +237,8 @@ class _UnitOfWork:
         #: The batch's new events in the order of its facts: that is the notification order.
         self.events: list[Any] = []
         self.index_rows: list[tuple[str, str, int]] = []
-        #: Event ids the store already holds -> (originator id hex, version).
-        self.stored_ids: dict[str, tuple[str, int]] = {}
+        #: Event ids the store already holds -> the stored message.
+        self.stored_ids: dict[str, bytes] = {}
         #: Event ids accepted earlier in this batch -> the fact as given.
         self.batch_facts: dict[str, Fact] = {}
         self.new_keys: dict[str, bytes] = {}
@@ -421,7 +421,7 @@ class LedgerApplication(Application[UUID]):
                 return self._same_fact(fact, earlier)
             stored = work.stored_ids.get(fact.event_id)
             if stored is not None:
-                return self._same_fact(fact, self._stored_fact(*stored))
+                return self._same_fact(fact, self._stored_fact(stored))
             size = encoded_size_bound(fact)
             if size > self.max_event_bytes:
                 raise ValidationError(
@@ -445,10 +445,9 @@ class LedgerApplication(Application[UUID]):
         work.batch_facts[fact.event_id] = fact
         return Outcome("accepted")
 
-    def _stored_fact(self, originator_hex: str, version: int) -> Fact:
-        """The fact the ledger holds at (originator, version), personal fields decrypted."""
-        stored = self.recorder.select_events(UUID(hex=originator_hex), gt=version - 1, lte=version)
-        event_type, record = self.codec.decode(stored[0].state)
+    def _stored_fact(self, state: bytes) -> Fact:
+        """The fact a stored message holds, personal fields decrypted."""
+        event_type, record = self.codec.decode(state)
         data = {k: v for k, v in record.items() if k not in ("event_id", "occurred_at", "recorded_at")}
         for name in PERSONAL_FIELDS.get(event_type, ()):
             data[name] = self.vault.reveal(data["customer_id"], data.get(name))

@@ -77,7 +77,7 @@ class BulkUnitOfWork:
         self.touched: dict[Ref, _State] = {}
         #: (originator id hex, version, event type, record) of the new events, in fact order.
         self.rows: list[tuple[str, int, str, dict[str, Any]]] = []
-        self.stored_ids: dict[str, tuple[str, int]] = {}
+        self.stored_ids: dict[str, bytes] = {}
         self.batch_facts: dict[str, Fact] = {}
         self.new_keys: dict[str, bytes] = {}
         self.interactions: list[tuple[str, str | None]] = []

@@ -60,33 +60,36 @@ def _postgres_existing(recorder: object, ids: list[str]) -> set[str]:
         return {UUID(str(row["originator_id"])).hex for row in cursor.fetchall()}
 
 
-def indexed_events(recorder: ApplicationRecorder, event_ids: Collection[str]) -> dict[str, tuple[str, int]]:
-    """Where the ledger holds each of `event_ids`: event id -> (originator id hex, version)."""
+def indexed_events(recorder: ApplicationRecorder, event_ids: Collection[str]) -> dict[str, bytes]:
+    """The stored message of each of `event_ids` the ledger already holds (one query per batch).
+
+    Found through the event-id index joined with the events table, so a batch of duplicates
+    (a file imported again) costs one query, not one per fact.
+    """
     if not event_ids:
         return {}
     ids = list(event_ids)
-    found: dict[str, tuple[str, int]] = {}
-    sqlite = isinstance(recorder, SQLiteAggregateRecorder)
+    found: dict[str, bytes] = {}
+    events = recorder.events_table_name  # type: ignore[attr-defined]
     with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
-        if sqlite:
+        if isinstance(recorder, SQLiteAggregateRecorder):
             for start in range(0, len(ids), _SQLITE_CHUNK):
                 chunk = ids[start : start + _SQLITE_CHUNK]
                 cursor.execute(
-                    f"SELECT event_id, originator_id, originator_version FROM {INDEX_TABLE} "
-                    f"WHERE event_id IN ({','.join('?' * len(chunk))})",
+                    f"SELECT i.event_id, e.state FROM {INDEX_TABLE} i JOIN {events} e "
+                    "ON e.originator_id = i.originator_id AND e.originator_version = i.originator_version "
+                    f"WHERE i.event_id IN ({','.join('?' * len(chunk))})",
                     chunk,
                 )
-                found.update((row[0], (row[1], int(row[2]))) for row in cursor.fetchall())
+                found.update((row[0], bytes(row[1])) for row in cursor.fetchall())
         else:
             cursor.execute(
-                f"SELECT event_id, originator_id, originator_version FROM {INDEX_TABLE} "
-                "WHERE event_id = ANY(%s)",
+                f"SELECT i.event_id, e.state FROM {INDEX_TABLE} i JOIN {events} e "
+                "ON e.originator_id = i.originator_id::uuid AND e.originator_version = i.originator_version "
+                "WHERE i.event_id = ANY(%s)",
                 (ids,),
             )
-            found.update(
-                (row["event_id"], (row["originator_id"], int(row["originator_version"])))
-                for row in cursor.fetchall()
-            )
+            found.update((row["event_id"], bytes(row["state"])) for row in cursor.fetchall())
     return found
 
 
