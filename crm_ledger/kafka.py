@@ -54,6 +54,15 @@ class BrokerWatch:
             self.down_since = None
             self._say(f"Kafka at {self.bootstrap} is back")
 
+    def check_while_idle(self, what: str) -> None:
+        """With nothing to send or read, say when the broker is back, or give up after the timeout."""
+        if self.down_since is None:
+            return
+        if broker_listens(self.bootstrap):
+            self.is_back()
+        else:
+            self.give_up_if_too_long(what)
+
     def give_up_if_too_long(self, what: str) -> None:
         """Raise `KafkaUnavailableError` once the broker has been away longer than the timeout."""
         if self.down_since is not None and time.monotonic() - self.down_since > self.timeout_s:

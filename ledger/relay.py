@@ -234,7 +234,7 @@ class Relay:
                 if not follow:
                     break
                 producer.poll(idle_wait_s)  # serves librdkafka's callbacks: an outage is noticed while idle
-                self._check_idle_broker()
+                self.watch.check_while_idle("relaying")
                 reporter.total(max(self.app.max_position() - position.notification_id, 0) + sent)
                 continue
             try:
@@ -250,14 +250,6 @@ class Relay:
             if max_batches is not None and batches >= max_batches:
                 break
         return sent
-
-    def _check_idle_broker(self) -> None:
-        if self.watch.down_since is None:
-            return
-        if broker_listens(self.config.bootstrap):
-            self.watch.is_back()
-        else:
-            self.watch.give_up_if_too_long("relaying")
 
     def _connect(self, should_stop: Callable[[], bool]) -> tuple[Producer, RelayPosition]:
         """A fenced producer and the position Kafka holds, waiting for the broker if it is away."""

@@ -18,7 +18,7 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crm_ledger.errors import ConfigurationError, KafkaUnavailableError
-from crm_ledger.kafka import UNREACHABLE, BrokerWatch, broker_listens, consumer_config
+from crm_ledger.kafka import UNREACHABLE, BrokerWatch, consumer_config
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
@@ -166,11 +166,8 @@ class KafkaSource:
         while True:
             messages = self._consumer.consume(self.batch_size, timeout=0.5)
             batch = RawBatch()
-            if not messages and self.watch.down_since is not None:
-                if broker_listens(self.bootstrap):
-                    self.watch.is_back()
-                else:
-                    self.watch.give_up_if_too_long("following")
+            if not messages:
+                self.watch.check_while_idle("following")
             for message in messages:
                 error = message.error()
                 partition = int(message.partition() or 0)
