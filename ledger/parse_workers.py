@@ -16,6 +16,7 @@ The records are the ones `read_jsonl` yields for the same file, field for field
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing.pool import AsyncResult
@@ -39,6 +40,9 @@ _worker: dict[str, Any] = {}
 
 
 def _start_worker(parser: RecordParser, name: str, max_record_bytes: int) -> None:
+    # Ctrl-C reaches the whole process group: the main process stops the run (and the pool);
+    # a worker interrupted on its own would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker.update(parser=parser, name=name, limit=max_record_bytes)
 
 
