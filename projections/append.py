@@ -1,7 +1,7 @@
 """The appender: a log source into the decoded log, exactly once.
 
-Each source batch is decoded once, turned into one flat Arrow table (dead letters
-included) and committed to the Delta log together with the new stream positions as
+Each source batch is decoded once (natively, straight into Arrow: projections.native),
+turned into one flat Arrow table (dead letters included) and committed to the Delta log together with the new stream positions as
 Delta application transactions. Where to resume is read back from the log itself, so a
 killed appender neither loses nor repeats a message.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from projections.columns import LogBatchBuilder
 from projections.log import DecodedLog
+from projections.native import NativeBatchBuilder
 from projections.sources import LogSource, Position, RawBatch
 from schemas.codec import AvroCodec
 
@@ -40,7 +40,7 @@ class LogAppender:
         self.log = log
         self.source = source
         self.codec = codec
-        self.builder = LogBatchBuilder(codec.registry)
+        self.builder = NativeBatchBuilder(codec)
 
     def positions(self) -> dict[str, Position]:
         """Where the log stands for each of the source's streams."""
@@ -48,10 +48,9 @@ class LogAppender:
 
     def prepare(self, batch: RawBatch) -> PreparedBatch:
         """Decode a batch into the log's rows (no I/O: runs on any thread)."""
-        groups, errors = self.codec.decode_groups(batch.values)
         now = datetime.now(tz=UTC).replace(tzinfo=None)
-        table = self.builder.build(batch, groups, errors, now)
-        return PreparedBatch(table, list(batch.positions.values()), len(batch), len(errors))
+        table, dead_letters = self.builder.build(batch, now)
+        return PreparedBatch(table, list(batch.positions.values()), len(batch), dead_letters)
 
     def commit(self, prepared: PreparedBatch) -> int:
         """Append the rows and their positions in one Delta commit; returns the log version."""
