@@ -533,6 +533,13 @@ _source_option = click.option(
     help="After each refresh, send changed profiles, scores and statements to the compacted "
     "crm.projection.* topics.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Decode the Kafka topic with N processes in one consumer group (each appending its "
+    "partitions to the decoded log) while this process maintains the read models.",
+)
 @_registry_url_option
 @click.pass_context
 def project(
@@ -542,16 +549,54 @@ def project(
     metrics: Path | None,
     refresh_interval: float,
     publish: bool,
+    workers: int | None,
     registry_url: str | None,
 ) -> None:
     """Build (and follow) the promoted version of the read models in DuckDB."""
     from projections.service import project_promoted
 
     settings = _settings(ctx)
+    if workers is not None:
+        _project_with_workers(
+            ctx, settings, source, workers, follow, metrics, refresh_interval, publish, registry_url
+        )
+        return
     with graceful_stop() as stop, progress_bar(f"project from {source}", None) as reporter:
         result = project_promoted(
             settings,
             source,
+            metrics,
+            follow=follow,
+            reporter=reporter,
+            should_stop=stop,
+            refresh_interval_s=refresh_interval,
+            on_refresh=_publisher(settings, _registry_url(ctx, registry_url)) if publish else None,
+        )
+    click.echo(result)
+
+
+def _project_with_workers(
+    ctx: click.Context,
+    settings: Settings,
+    source: str,
+    workers: int,
+    follow: bool,
+    metrics: Path | None,
+    refresh_interval: float,
+    publish: bool,
+    registry_url: str | None,
+) -> None:
+    from projections.scaleout import project_with_workers
+
+    if source != "kafka":
+        raise CrmLedgerError("--workers decodes a Kafka topic: use it with --source kafka")
+    with (
+        graceful_stop() as stop,
+        progress_bar(f"project from kafka with {workers} workers", None) as reporter,
+    ):
+        result = project_with_workers(
+            settings,
+            workers,
             metrics,
             follow=follow,
             reporter=reporter,

@@ -1,9 +1,9 @@
 """The appender: a log source into the decoded log, exactly once.
 
-Each source batch is decoded once (natively, straight into Arrow: projections.native),
-turned into one flat Arrow table (dead letters included) and committed to the Delta log together with the new stream positions as
-Delta application transactions. Where to resume is read back from the log itself, so a
-killed appender neither loses nor repeats a message.
+Each source batch is decoded once (natively, straight into Arrow: projections.native)
+into one flat Arrow table (dead letters included) and committed to the Delta log together
+with the new stream positions as Delta application transactions. Where to resume is read
+back from the log itself, so a killed appender neither loses nor repeats a message.
 """
 
 from __future__ import annotations

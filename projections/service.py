@@ -51,7 +51,7 @@ def project_promoted(
                 version = db.ensure_version(spec, spec_path.read_text(encoding="utf-8"), label)
             else:
                 version = db.find_version(promoted)
-                _check_can_follow(version, label, None if messages else metrics)
+                check_can_follow(version, label, None if messages else metrics)
             switched: list[bool] = [False]
 
             def refreshed(version: VersionInfo = version, switched: list[bool] = switched) -> None:
@@ -185,7 +185,7 @@ def _stop_or_switched(should_stop: Callable[[], bool], switched: list[bool]) -> 
     return lambda: should_stop() or switched[0]
 
 
-def _check_can_follow(version: VersionInfo, label: str, metrics: Path | None) -> None:
+def check_can_follow(version: VersionInfo, label: str, metrics: Path | None) -> None:
     if version.source != label:
         raise ProjectionError(
             f"the promoted version {version.version} reads from {version.source!r}, not {label!r}; "
