@@ -62,6 +62,7 @@ def _varint(value: int) -> bytes:
 #: sequence number, so that a body that decodes to more or fewer bytes than it has shows.
 _SEQ_FIELD = "crm_seq"
 _SEQ = [_varint(n) for n in range(65_536)]
+_SEQ_ARRAY = pa.array(_SEQ, pa.binary())
 #: Below this many messages, a block polars fails on is decoded by fastavro.
 _SMALLEST_SPLIT = 16
 
@@ -186,8 +187,11 @@ def _varint_len(values: pa.Array) -> pa.Array:
     zigzag = pc.bit_wise_xor(pc.shift_left(values, 1), pc.shift_right(values, 63)).cast(
         pa.uint64(), safe=False
     )
-    length = pa.array([1] * len(values), pa.int64()) if len(values) else pa.array([], pa.int64())
+    length = pa.array([1] * len(values), pa.int64())
+    largest = pc.max(zigzag).as_py() or 0
     for shift in range(7, 64, 7):
+        if largest < 1 << shift:
+            break  # no value needs this many bytes
         length = pc.add(length, pc.greater_equal(zigzag, pa.scalar(1 << shift, pa.uint64())).cast(pa.int64()))
     return length
 
@@ -264,23 +268,27 @@ class NativeBatchBuilder:
 
     def build(self, batch: RawBatch, seen_at: datetime) -> tuple[pa.Table, int]:
         """The batch's rows in the log's schema, and how many are dead letters."""
-        values = batch.values
-        by_schema: dict[int, list[int]] = {}
-        slow: list[int] = []
-        plans = self._plans
-        for index, value in enumerate(values):
-            if len(value) > HEADER.size and value[0] == MAGIC_BYTE:
-                schema_id = int.from_bytes(value[1:5], "big")
-                if schema_id in plans:
-                    by_schema.setdefault(schema_id, []).append(index)
-                    continue
-            slow.append(index)  # bad header, unknown or non-native schema: fastavro says which
+        if not len(batch):
+            return LOG_SCHEMA.empty_table(), 0
+        envelope = _envelope(batch)
+        values = envelope["value"]
+        # Group by the 5-byte header (magic byte + schema id) without a loop over messages.
+        framed = pc.greater(pc.binary_length(values), HEADER.size)
+        headers = pc.binary_slice(values, 0, HEADER.size).dictionary_encode()
+        native = pa.array([False] * len(values), pa.bool_())
         tables = []
-        envelope = _envelope(batch) if by_schema else {}
-        for schema_id, indexes in by_schema.items():
-            native, rejected = self._group(envelope, values, plans[schema_id], indexes)
-            tables.extend(native)
+        slow: list[int] = []
+        for key, header in enumerate(headers.dictionary.to_pylist()):
+            schema_id = int.from_bytes(header[1:], "big") if len(header) == HEADER.size else -1
+            plan = self._plans.get(schema_id)
+            if header[:1] != bytes([MAGIC_BYTE]) or plan is None:
+                continue  # bad header, unknown or non-native schema: fastavro says which
+            mask = pc.and_(pc.equal(headers.indices, pa.scalar(key, headers.indices.type)), framed)
+            native = pc.or_(native, mask)
+            rows, rejected = self._group(envelope, plan, pc.indices_nonzero(mask).cast(pa.int64()))
+            tables.extend(rows)
             slow.extend(rejected)
+        slow.extend(pc.indices_nonzero(pc.invert(native)).to_pylist())
         dead = 0
         if slow:
             slow.sort()
@@ -292,46 +300,44 @@ class NativeBatchBuilder:
             return LOG_SCHEMA.empty_table(), 0
         return pa.concat_tables(tables), dead
 
-    def _read(self, plan: _Plan, values: list[bytes]) -> dict[str, pa.Array] | None:
+    def _read(self, plan: _Plan, values: pa.Array) -> dict[str, pa.Array] | None:
         """One container block of the bodies, each followed by its sequence number.
 
-        Returns the writer's columns of the rows that decoded from exactly their own bytes:
-        the leading rows whose canonical encoded length equals their body's length and whose
-        sequence number follows them. None when polars fails on the block.
+        Returns the writer's columns, and under `_SEQ_FIELD` whether each row decoded from
+        exactly its own bytes: its canonical encoded length equals its body's length and its
+        sequence number follows it. None when polars fails on the block.
         """
-        parts: list[bytes | memoryview] = [plan.header, _varint(len(values)), b"", b""]
-        size = 0
-        for seq, value in enumerate(values):
-            body = memoryview(value)[HEADER.size :]
-            suffix = _SEQ[seq] if seq < len(_SEQ) else _varint(seq)
-            parts.append(body)
-            parts.append(suffix)
-            size += len(body) + len(suffix)
-        parts[2] = _varint(size)
-        parts.append(_SYNC)
+        n = len(values)
+        seqs = _SEQ_ARRAY.slice(0, n) if n <= len(_SEQ) else pa.array(map(_varint, range(n)), pa.binary())
+        rows = pc.binary_join_element_wise(pc.binary_slice(values, HEADER.size, 2**31 - 1), seqs, b"")
+        # The joined rows' data buffer is the block: bodies and numbers back to back.
+        offsets = memoryview(rows.buffers()[1]).cast("i")
+        start, end = offsets[rows.offset], offsets[rows.offset + n]
+        block = rows.buffers()[2].slice(start, end - start)
+        container = b"".join((plan.header, _varint(n), _varint(end - start), memoryview(block), _SYNC))
         try:
             with _quiet_stderr():
-                frame = pl.read_avro(io.BytesIO(b"".join(parts)))
+                frame = pl.read_avro(io.BytesIO(container))
         except BaseException as error:  # a Rust panic is a BaseException
             if isinstance(error, KeyboardInterrupt | SystemExit):
                 raise
             return None
-        if frame.height != len(values) or frame.columns != [*(f.name for f in plan.writer), _SEQ_FIELD]:
+        if frame.height != n or frame.columns != [*(f.name for f in plan.writer), _SEQ_FIELD]:
             return None
         decoded = frame.to_arrow()
         columns = {f.name: _normal(f, decoded.column(f.name).combine_chunks()) for f in plan.writer}
-        expected = pa.array([HEADER.size] * len(values), pa.int64())
+        expected = pa.array([HEADER.size] * n, pa.int64())
         for field in plan.writer:
             expected = pc.add(expected, _encoded_length(field, columns[field.name]))
         good = pc.and_(
-            pc.equal(expected, pa.array([len(v) for v in values], pa.int64())),
-            pc.equal(decoded.column(_SEQ_FIELD).combine_chunks(), pa.array(range(len(values)), pa.int64())),
+            pc.equal(expected, pc.binary_length(values).cast(pa.int64())),
+            pc.equal(decoded.column(_SEQ_FIELD).combine_chunks(), pa.array(range(n), pa.int64())),
         )
         columns[_SEQ_FIELD] = good
         return columns
 
     def _group(
-        self, envelope: Mapping[str, pa.Array], values: list[bytes], plan: _Plan, indexes: list[int]
+        self, envelope: Mapping[str, pa.Array], plan: _Plan, indexes: pa.Array
     ) -> tuple[list[pa.Table], list[int]]:
         """One schema's rows natively; returns them and the indexes fastavro must decode.
 
@@ -344,30 +350,30 @@ class NativeBatchBuilder:
         pending = [indexes]
         while pending:
             part = pending.pop()
-            columns = self._read(plan, [values[i] for i in part])
+            columns = self._read(plan, envelope["value"].take(part))
             if columns is None:
                 if len(part) <= _SMALLEST_SPLIT:
-                    rejected.extend(part)
+                    rejected.extend(part.to_pylist())
                 else:
                     middle = len(part) // 2
-                    pending.extend((part[middle:], part[:middle]))
+                    pending.extend((part.slice(middle), part.slice(0, middle)))
                 continue
             good = columns.pop(_SEQ_FIELD)
             first_bad = len(part) if pc.all(good).as_py() else good.to_pylist().index(False)
             if first_bad:
                 kept = {n: c.slice(0, first_bad) for n, c in columns.items()}
-                tables.append(self._rows(envelope, plan, part[:first_bad], kept))
+                tables.append(self._rows(envelope, plan, part.slice(0, first_bad), kept))
             if first_bad < len(part):
-                rejected.append(part[first_bad])
+                rejected.append(part[first_bad].as_py())
                 if first_bad + 1 < len(part):
-                    pending.append(part[first_bad + 1 :])
+                    pending.append(part.slice(first_bad + 1))
         return tables, rejected
 
     def _rows(
         self,
         envelope: Mapping[str, pa.Array],
         plan: _Plan,
-        indexes: list[int],
+        indexes: pa.Array,
         columns: Mapping[str, pa.Array],
     ) -> pa.Table:
         n = len(indexes)
@@ -375,8 +381,7 @@ class NativeBatchBuilder:
         for field in plan.payload:
             if field.default_json is not None:
                 record[field.name] = pa.array([field.default] * n, _arrow(field))
-        take = pa.array(indexes)
-        out = {name: column.take(take) for name, column in envelope.items()}
+        out = {name: column.take(indexes) for name, column in envelope.items()}
         out["event_type"] = pa.array([plan.event_type] * n, pa.string())
         out["event_id"] = record["event_id"].cast(pa.string())
         out["schema_version"] = pa.array([plan.version] * n, pa.int32())

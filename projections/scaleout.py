@@ -37,7 +37,7 @@ from projections.store import ProjectionDB, VersionInfo
 STOP_TIMEOUT_S = 60.0
 
 
-class _Workers:
+class DecoderPool:
     """The decoder processes of one run and what they report."""
 
     def __init__(self, count: int, config: WorkerConfig) -> None:
@@ -125,7 +125,7 @@ def project_with_workers(
             events, dead_letters, interrupted = _run(
                 db,
                 version,
-                _Workers(workers, config),
+                DecoderPool(workers, config),
                 partitions,
                 reporter=reporter,
                 should_stop=should_stop,
@@ -157,7 +157,7 @@ def _version(db: ProjectionDB, label: str, metrics: Path | None) -> VersionInfo:
 def _run(
     db: ProjectionDB,
     version: VersionInfo,
-    workers: _Workers,
+    workers: DecoderPool,
     partitions: set[int],
     *,
     reporter: Reporter,
@@ -168,9 +168,38 @@ def _run(
 ) -> tuple[int, int, bool]:
     """Supervise the workers and refresh the read models; (events, dead letters, interrupted)."""
     maintainer = Maintainer(db, version)
+    last_refresh = [time.monotonic()]
+
+    def tick() -> None:
+        if follow and time.monotonic() - last_refresh[0] >= refresh_interval_s:
+            _refresh(db, maintainer, version, on_refresh)
+            last_refresh[0] = time.monotonic()
+
+    events, dead_letters, interrupted = supervise(
+        workers, partitions, reporter=reporter, should_stop=should_stop, follow=follow, tick=tick
+    )
+    if not interrupted:
+        _refresh(db, maintainer, version, on_refresh)
+    return events, dead_letters, interrupted
+
+
+def supervise(
+    workers: DecoderPool,
+    partitions: set[int],
+    *,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    follow: bool = False,
+    tick: Callable[[], None] = lambda: None,
+) -> tuple[int, int, bool]:
+    """Run the workers until every partition is read to its end (or, following, until stopped).
+
+    Calls `tick` between reports (the maintainer's turn). Returns (events, dead letters,
+    whether it was interrupted); a worker's failure or death is raised as one line.
+    """
+    reporter = reporter or SilentReporter()
     events = dead_letters = 0
     at_end: set[int] = set()
-    last_refresh = time.monotonic()
     workers.start()
     try:
         while True:
@@ -191,14 +220,10 @@ def _run(
             if should_stop():
                 return events, dead_letters, True
             if not follow and partitions <= at_end:
-                break
-            if follow and time.monotonic() - last_refresh >= refresh_interval_s:
-                _refresh(db, maintainer, version, on_refresh)
-                last_refresh = time.monotonic()
+                return events, dead_letters, False
+            tick()
     finally:
         workers.close()
-    _refresh(db, maintainer, version, on_refresh)
-    return events, dead_letters, False
 
 
 def _refresh(
