@@ -61,15 +61,21 @@ def single_process(appender: LogAppender) -> int:
     return events
 
 
+TIMINGS: dict[str, float] = {}
+
+
 def with_workers(bootstrap: str, topic: str, count: int) -> int:
     log = fresh_log(f"workers-{count}")
     config = WorkerConfig(bootstrap, topic, f"bench-{uuid.uuid4().hex[:8]}", Path(log.path))
-    events, _, _ = supervise(DecoderPool(count, config), set(range(6)))
+    pool = DecoderPool(count, config)
+    events, _, _ = supervise(pool, set(range(6)))
+    TIMINGS.update({f"{count}_workers_{k}": round(v, 2) for k, v in pool.timings.items()})
     return events
 
 
 def main() -> None:
     args = arguments(__doc__ or "", 1_000_000)
+    load_before = os.getloadavg()[0]
     app = prepared_ledger(args.events, args.seed)
     with kafka() as bootstrap:
         topic = f"bench.decode.{uuid.uuid4().hex[:8]}"
@@ -100,6 +106,8 @@ def main() -> None:
             "events": baseline,
             "partitions": 6,
             "cores": os.cpu_count(),
+            # the machine is shared: what else ran while measuring (1-minute load average)
+            "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "baseline_single_process_fastavro_events_per_s": round(base_rate),
             "single_process_native_events_per_s": round(native / native_s),
             "workers_1_events_per_s": round(one_rate),
@@ -112,6 +120,7 @@ def main() -> None:
             "goal_scaling": GOAL_SCALING,
             "stretch_events_per_s": STRETCH,
             "all_equal_counts": baseline == native == one == two,
+            "time_per_step_s": TIMINGS,
         },
     )
 

@@ -48,6 +48,14 @@ class DecoderPool:
             context.Process(target=run_worker, args=(i, config, self.stop, self.reports), daemon=True)
             for i in range(count)
         ]
+        #: where the workers' time went, summed over their reports (see `count`)
+        self.timings: dict[str, float] = {}
+
+    def count(self, report: WorkerReport) -> None:
+        """Add a report's timings to `timings` (seconds and retries per worker and step)."""
+        for step in ("consume_s", "decode_s", "commit_s", "retries"):
+            key = f"worker_{report.worker}_{step}"
+            self.timings[key] = self.timings.get(key, 0) + getattr(report, step)
 
     def start(self) -> None:
         # Ctrl-C goes to the whole process group: a worker must ignore it from its first
@@ -200,6 +208,7 @@ def supervise(
     reporter = reporter or SilentReporter()
     events = dead_letters = 0
     at_end: set[int] = set()
+    workers.timings.clear()
     workers.start()
     try:
         while True:
@@ -210,6 +219,7 @@ def supervise(
                 events += report.events
                 dead_letters += report.dead_letters
                 at_end.update(report.at_end)
+                workers.count(report)
                 if report.events or report.dead_letters:
                     reporter.advance(report.events + report.dead_letters, events=report.events)
             died = workers.dead()
