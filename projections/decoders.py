@@ -150,10 +150,9 @@ def read_batch(messages: list[Any], topic: str, watch: BrokerWatch) -> tuple[Raw
     """The values, positions and the two kept headers of consumed messages; and partitions at end."""
     batch = RawBatch()
     values = batch.values
-    nids = batch.notification_ids
-    chains = batch.chains
     partitions = batch.partitions
     offsets = batch.offsets
+    headers = []
     at_end = []
     last: dict[int, int] = {}
     for message in messages:
@@ -168,25 +167,46 @@ def read_batch(messages: list[Any], topic: str, watch: BrokerWatch) -> tuple[Raw
             raise KafkaUnavailableError(f"consuming {topic!r} failed: {error}")
         partition = message.partition()
         offset = message.offset()
-        nid = chain = None
-        for key, value in message.headers() or ():
-            if key == "notification_id":
-                nid = int(value)
-            elif key == "chain":
-                chain = value.decode()
         values.append(message.value() or b"")
-        nids.append(nid)
-        chains.append(chain)
+        headers.append(message.headers() or [])
         partitions.append(partition)
         offsets.append(offset)
         last[partition] = offset
     if values:
         watch.is_back()
+    batch.notification_ids, batch.chains = _kept_headers(headers)
     batch.sources = [topic] * len(values)
     for partition, offset in last.items():
         stream = kafka_stream(topic, partition)
         batch.positions[stream] = Position(stream, offset)
     return batch, at_end
+
+
+#: Where the relay puts the two headers the log keeps (event_id, event_type, notification_id,
+#: schema_version, chain): read by position when every message has them there.
+_NID_AT, _CHAIN_AT = 2, 4
+
+
+def _kept_headers(headers: list[list[tuple[str, bytes]]]) -> tuple[list[int | None], list[str | None]]:
+    """`notification_id` and `chain` of each message's headers.
+
+    Looking the two up by position in list comprehensions costs a fraction of a loop over
+    every header of every message (~0.5 against ~7 µs per message, on top of the ~7 µs that
+    confluent-kafka spends building the header list); any other layout is searched.
+    """
+    try:
+        if all(h[_NID_AT][0] == "notification_id" and h[_CHAIN_AT][0] == "chain" for h in headers):
+            return [int(h[_NID_AT][1]) for h in headers], [h[_CHAIN_AT][1].decode() for h in headers]
+    except (IndexError, TypeError, ValueError, AttributeError):
+        pass  # some message has other headers: search each one
+    nids: list[int | None] = []
+    chains: list[str | None] = []
+    for pairs in headers:
+        found = dict(pairs)
+        nid, chain = found.get("notification_id"), found.get("chain")
+        nids.append(int(nid) if nid is not None else None)
+        chains.append(chain.decode() if isinstance(chain, bytes) else chain)
+    return nids, chains
 
 
 def run_worker(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> None:
