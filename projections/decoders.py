@@ -37,6 +37,7 @@ from deltalake.exceptions import CommitFailedError
 
 from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
 from crm_ledger.kafka import UNREACHABLE, BrokerWatch, consumer_config
+from projections.errors import StaleBatchError
 from projections.log import DecodedLog
 from projections.native import NativeBatchBuilder
 from projections.sources import Position, RawBatch, kafka_stream
@@ -84,10 +85,6 @@ class WorkerReport:
     decode_s: float = 0.0
     commit_s: float = 0.0
     retries: int = 0
-
-
-class StaleBatchError(CrmLedgerError):
-    """A partition moved on in the log since this worker read it: the batch is not committed."""
 
 
 class PartitionAppender:

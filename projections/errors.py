@@ -31,3 +31,7 @@ class QueryStoppedError(CrmLedgerError):
 
 class DatabaseBusyError(TransientError):
     """Another process held the projection database longer than the wait allowed."""
+
+
+class StaleBatchError(CrmLedgerError):
+    """A partition moved on in the decoded log since a decoder worker read it: not committed."""
