@@ -14,8 +14,9 @@ silent change of meaning):
   any other directive fails.
 - `payload ->> 'k'` / `payload -> 'k'` -> `get_json_object(payload, '$.k')`; `from_json(...,
   '["VARCHAR"]')` -> `from_json(..., 'array<string>')`.
-- `epoch(a - b)` -> microseconds between the two as a double over 1e6 (DuckDB's `epoch` of
-  an interval); `epoch_ms(t)` of a timestamp -> `unix_millis`, of an integer ->
+- `epoch(a - b)` -> the whole days' seconds plus the remaining microseconds' seconds, as
+  DuckDB computes the epoch of the interval a difference gives (bit for bit);
+  `epoch_ms(t)` of a timestamp -> `unix_millis`, of an integer ->
   `timestamp_millis`; `to_hours(n)` -> `n * INTERVAL '1' HOUR`.
 - `HUGEINT` -> `DECIMAL(38, 0)` (exact integer sums).
 - Decimal literals (`3.0`) -> doubles: DuckDB divides by them in floating point, Spark
@@ -71,6 +72,15 @@ class SparkTranslator:
         """The Spark SQL of one DuckDB query."""
         tree = _parse(sql, read="duckdb")
         return self._generate(tree, model)
+
+    @staticmethod
+    def target(sql: str) -> str:
+        """The table a `CREATE OR REPLACE TABLE s.t AS q` or `INSERT INTO s.t q` writes."""
+        tree = _parse(sql, read="duckdb")
+        target = tree.this
+        if isinstance(target, exp.Schema):
+            target = target.this
+        return str(target.name)
 
     def statement(self, sql: str) -> tuple[str, str, str]:
         """(kind, table, Spark query) of a `CREATE OR REPLACE TABLE s.t AS q` or `INSERT INTO s.t q`."""
@@ -195,15 +205,20 @@ class SparkTranslator:
         arg = node.this
         if isinstance(arg, exp.Paren):
             arg = arg.this
-        if isinstance(arg, exp.Sub):
-            micros: exp.Expression = exp.Sub(
-                this=_unix("unix_micros", arg.this), expression=_unix("unix_micros", arg.expression)
+        if not isinstance(arg, exp.Sub):
+            raise UntranslatableError(
+                model, node.sql(dialect="duckdb"), "only epoch of a difference of two timestamps"
             )
-        else:
-            micros = _unix("unix_micros", arg)
-        return exp.Div(
-            this=exp.Cast(this=exp.Paren(this=micros), to=exp.DataType.build("DOUBLE")),
-            expression=exp.Cast(this=exp.Literal.number(1000000), to=exp.DataType.build("DOUBLE")),
+        # DuckDB's interval of a difference holds whole days and the microseconds left over;
+        # its epoch adds the days' seconds and the rest's seconds as two doubles (Java's DIV
+        # and % truncate toward zero like DuckDB's C++).
+        micros = exp.Paren(
+            this=exp.Sub(this=_unix("unix_micros", arg.this), expression=_unix("unix_micros", arg.expression))
+        )
+        return _parse(
+            f"(CAST(({micros.sql(dialect='spark')} DIV 86400000000) * 86400 AS DOUBLE) "
+            f"+ CAST({micros.sql(dialect='spark')} % 86400000000 AS DOUBLE) / CAST(1000000 AS DOUBLE))",
+            read="spark",
         )
 
     def _epoch_ms(self, node: exp.Expression, model: str) -> exp.Expression:
@@ -235,9 +250,11 @@ class SparkTranslator:
         assert isinstance(node, exp.Anonymous)
         name = str(node.this).lower()
         if name == "to_hours" and len(node.expressions) == 1:
-            return exp.Mul(
-                this=exp.Paren(this=node.expressions[0]),
-                expression=exp.Interval(this=exp.Literal.string("1"), unit=exp.var("HOUR")),
+            return exp.Paren(
+                this=exp.Mul(
+                    this=exp.Paren(this=node.expressions[0]),
+                    expression=exp.Interval(this=exp.Literal.string("1"), unit=exp.var("HOUR")),
+                )
             )
         if name in {"list_sort", "array_sort"} and len(node.expressions) == 1:
             return exp.Anonymous(this="array_sort", expressions=node.expressions)

@@ -21,7 +21,7 @@ from engines.dialect import SparkTranslator
 from engines.errors import EngineError, SparkModelError
 from projections.columns import LOG_SCHEMA
 from projections.log import EVENT_COLUMNS
-from projections.models import MODEL_TABLES, all_model_sql
+from projections.models import MODEL_TABLES, SPEC_INDEPENDENT_TABLES, all_model_sql
 from projections.spec import MetricSpec
 
 #: The schema name the model SQL is generated with; its tables are Spark temporary views.
@@ -64,16 +64,32 @@ def build_on_spark(
     *,
     as_of: datetime | None = None,
     reporter: Reporter | None = None,
+    log_tables_of: SparkBuild | None = None,
 ) -> SparkBuild:
-    """Run every read model's statement of `spec` on Spark; collect the tables."""
+    """Run every read model's statement of `spec` on Spark; collect the tables.
+
+    `log_tables_of`, an earlier build in the same session over the same log version,
+    lends its spec-independent tables (as a DuckDB replay of a KPI change shares them):
+    only the spec's own tables are computed.
+    """
     reporter = reporter or SilentReporter()
     started = time.monotonic()
-    events = register_events(spark, log_path, log_version, as_of)
+    if log_tables_of is not None and log_tables_of.log_version != log_version:
+        raise EngineError("the spec-independent tables of another log version cannot be shared")
+    if log_tables_of is None:
+        events = register_events(spark, log_path, log_version, as_of)
+    else:
+        events = log_tables_of.events
     statements = all_model_sql(PLACEHOLDER, spec, version, EV, f"{PLACEHOLDER}.events")
     reporter.total(len(statements) + len(MODEL_TABLES))
     translator = SparkTranslator(PLACEHOLDER, list_columns=LIST_COLUMNS)
     frames: dict[str, Any] = {}
     for statement in statements:
+        if log_tables_of is not None and translator.target(statement) in SPEC_INDEPENDENT_TABLES:
+            name = translator.target(statement)
+            frames[name] = spark.table(name)  # the view the earlier build left in the session
+            translator.columns[name] = list(frames[name].columns)
+            continue
         kind, name, sql = translator.statement(statement)
         frame = _run(spark, name, sql)
         if kind == "insert":
@@ -85,6 +101,9 @@ def build_on_spark(
         reporter.advance(1, note=name)
     tables = {}
     for name in MODEL_TABLES:
+        if log_tables_of is not None and name in SPEC_INDEPENDENT_TABLES:
+            tables[name] = log_tables_of.tables[name]
+            continue
         tables[name] = _to_arrow(name, frames[name])
         reporter.advance(1, events=0, note=f"collected {name}")
     return SparkBuild(log_version, events, tables, time.monotonic() - started)
