@@ -52,7 +52,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install kafka-jars
+bench: install kafka-jars spark-jars
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/project.py
@@ -61,6 +61,7 @@ bench: install kafka-jars
 	$(BIN)/python bench/follow.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/web.py
+	$(BIN)/python bench/spark.py
 
 clean:
 	rm -rf .crm-ledger .pytest_cache .mypy_cache .ruff_cache
