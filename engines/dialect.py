@@ -319,11 +319,6 @@ class SparkTranslator:
             ],
         )
 
-    def _columns(self, node: exp.Expression, model: str) -> exp.Expression:
-        raise UntranslatableError(
-            model, node.sql(dialect="duckdb"), "COLUMNS(...) is only read in SELECT lists"
-        )
-
     def _select(self, node: exp.Expression, model: str) -> exp.Expression:
         assert isinstance(node, exp.Select)
         for join in node.args.get("joins") or []:

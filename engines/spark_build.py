@@ -141,4 +141,4 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-__all__ = ["PLACEHOLDER", "EngineError", "SparkBuild", "build_on_spark", "register_events"]
+__all__ = ["PLACEHOLDER", "SparkBuild", "build_on_spark", "register_events"]
