@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo serve-demo test test-fast test-browser chromium kafka-jars registry-dist lint typecheck bench clean
+.PHONY: install demo serve-demo test test-fast test-browser chromium kafka-jars spark-jars registry-dist lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 kafka-jars:
 	scripts/fetch-kafka.sh
+
+# Delta Lake's jars for Spark (`replay --engine spark`, the Spark equality tests).
+spark-jars:
+	scripts/fetch-spark-jars.sh
 
 registry-dist:
 	scripts/fetch-registry.sh
@@ -34,12 +38,12 @@ serve-demo: install
 chromium:
 	scripts/ensure-chromium.sh || test $$? -eq 3
 
-test: install kafka-jars registry-dist chromium lint
+test: install kafka-jars spark-jars registry-dist chromium lint
 	$(BIN)/crm-ledger schemas check
 	scripts/run-tests.sh
 
 test-fast: install
-	scripts/run-tests.sh -m "not kafka and not slow and not registry and not browser"
+	scripts/run-tests.sh -m "not kafka and not slow and not registry and not browser and not spark"
 
 test-browser: install chromium
 	scripts/run-tests.sh -m browser
@@ -48,7 +52,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install kafka-jars
+bench: install kafka-jars spark-jars
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/project.py
@@ -57,6 +61,7 @@ bench: install kafka-jars
 	$(BIN)/python bench/follow.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/web.py
+	$(BIN)/python bench/spark.py
 
 clean:
 	rm -rf .crm-ledger .pytest_cache .mypy_cache .ruff_cache

@@ -669,6 +669,21 @@ _version_arg = click.argument("version")
     is_flag=True,
     help="Decode the whole source again into a fresh log (replacing the shared one) first.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+    help="Where the read models are computed: DuckDB here, or Apache Spark over the Delta log "
+    "(every table of the version, loaded into the projection database).",
+)
+@click.option(
+    "--spark-master",
+    "spark_master",
+    default="local[2]",
+    show_default=True,
+    help="With --engine spark: the Spark master (local[N], or a cluster's URL such as spark://host:7077).",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -678,6 +693,8 @@ def replay(
     name: str | None,
     full: bool,
     from_source: bool,
+    engine: str,
+    spark_master: str,
 ) -> None:
     """Build a new version of the read models side by side with the live one (resumable)."""
     from projections.engine import parse_as_of
@@ -685,6 +702,26 @@ def replay(
 
     settings = _settings(ctx)
     moment = parse_as_of(as_of)
+    if engine == "spark":
+        if from_source:
+            raise CrmLedgerError("--from-source re-decodes the log: run it without --engine spark first")
+        from engines.replay import replay_on_spark
+
+        with graceful_stop() as stop, progress_bar(f"replay on Spark ({spark_master})", None) as reporter:
+            spark_result = replay_on_spark(
+                settings,
+                metrics,
+                source,
+                as_of=moment,
+                name=name,
+                master=spark_master,
+                reporter=reporter,
+                should_stop=stop,
+            )
+        click.echo(spark_result.message())
+        if spark_result.interrupted:
+            raise SystemExit(130)
+        return
     with graceful_stop() as stop, progress_bar("replay", None) as reporter:
         result = run_replay(
             settings,

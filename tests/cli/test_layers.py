@@ -14,6 +14,7 @@ LAYERS: dict[str, int] = {
     "importers": 3,
     "projections": 3,
     "replay": 4,
+    "engines": 4,  # the read models on Apache Spark (beside replay, never importing it)
     "rewards": 5,
     "audit": 6,  # checks every copy and every statement
     "web": 7,  # read-only pages over the read models
