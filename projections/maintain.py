@@ -47,7 +47,7 @@ from projections.models import (
     spec_independent_sql,
     team_history_sql,
 )
-from projections.service_maintain import KEY_TABLES, ServiceMaintenance, maintain_goals
+from projections.service_maintain import KEY_TABLES, SCRATCH, Scratch, ServiceMaintenance, maintain_goals
 from projections.service_models import (
     SERVICE_MEASURES,
     profile_service_sql,
@@ -94,6 +94,24 @@ _TEMPS = (
     "crm_complaints",
     "crm_statements",
     "crm_service",
+    "crm_ev_rows",
+)
+#: The columns customer_profile_select reads (and the keys that tell a row's case).
+_PROFILE_READS = (
+    "stream",
+    "position",
+    "customer_id",
+    "event_type",
+    "occurred_at",
+    "notification_id",
+    "case_id",
+    "source_case_id",
+    "kind",
+    "channel",
+    "csat",
+    "nps",
+    "segment",
+    "region",
 )
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
 _STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
@@ -202,7 +220,6 @@ class Maintainer:
         tracked = {
             k: p.offset for k, p in self.db.tracking(self.storage).positions().items() if k != LOG_STREAM
         }
-        # Literal bounds per stream: DuckDB's zone maps skip the row groups before them.
         fresh = (
             "("
             + " OR ".join(
@@ -213,6 +230,10 @@ class Maintainer:
             )
             + ")"
         )
+        if tracked and set(self.index.positions()) <= set(tracked):
+            # A plain bound as well (an OR is not pushed into the scan): DuckDB's zone maps
+            # then skip the row groups before the lowest recorded position.
+            fresh = f"(position > {min(tracked.values())} AND {fresh})"
         run(f"CREATE OR REPLACE TEMP TABLE crm_fresh AS SELECT * FROM {index} WHERE {visible} AND {fresh}")
         ends = run(
             f"SELECT max(occurred_at) FILTER (WHERE NOT {fresh}), max(occurred_at) "
@@ -244,12 +265,27 @@ class Maintainer:
             for c in ("stream", "position", *EVENT_COLUMNS)
             if f'"{c}"' not in _UNREAD and c not in _UNREAD
         )
+        # Row ids first, from the key columns alone, then the rows by id: fetching scattered
+        # rows costs per column fetched, so the wide columns are read for these rows only.
         run(
-            f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT {columns} FROM {index} WHERE {visible} AND ("
-            "case_id IN (SELECT case_id FROM crm_read_cases) "
-            "OR source_case_id IN (SELECT case_id FROM crm_read_cases) "
-            "OR customer_id IN (SELECT customer_id FROM crm_fresh) "
-            f"OR {fresh})"
+            f"CREATE OR REPLACE TEMP TABLE crm_ev_rows AS SELECT rowid AS r FROM {index} "
+            f"WHERE {visible} AND case_id IN (SELECT case_id FROM crm_read_cases) "
+            f"UNION SELECT rowid FROM {index} "
+            f"WHERE {visible} AND source_case_id IN (SELECT case_id FROM crm_read_cases) "
+            f"UNION SELECT rowid FROM {index} WHERE {visible} AND {fresh}"
+        )
+        run(
+            f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT {columns} FROM {index} "
+            "WHERE rowid IN (SELECT r FROM crm_ev_rows)"
+        )
+        # The named customers' other events feed only their profiles: only the columns the
+        # profile reads are fetched, the others stay NULL, so these rows give no measure
+        # (their cases are not touched) and no complaint row (no team).
+        run(
+            f"INSERT INTO {EV} BY NAME SELECT {', '.join(_PROFILE_READS)} FROM {index} WHERE rowid IN "
+            f"(SELECT rowid FROM {index} WHERE {visible} "
+            "AND customer_id IN (SELECT customer_id FROM crm_fresh) "
+            "EXCEPT SELECT r FROM crm_ev_rows)"
         )
 
     def _spec_tables(
@@ -295,7 +331,26 @@ class Maintainer:
         maintain_goals(self.db.connection, v, self.index.table, visible_sql(version.as_of))
 
     def _kpis(self, v: str, spec: MetricSpec) -> None:
-        """KPI rows of the touched (employee, team, period) and (team, period), per grain."""
+        """KPI rows of the touched (employee, team, period) and (team, period), per grain.
+
+        The six tables read their rows from the measures of the touched time span only (the
+        months and ISO weeks of the touched measures: every touched period lies in it), copied
+        once into the scratch schema instead of filtering all measures six times.
+        """
+        run = self.db.connection.execute
+        with Scratch(self.db.connection):
+            run(
+                # The KPIs read neither the event nor the case of a measure (projections.kpis).
+                f"CREATE TABLE {SCRATCH}.measures AS SELECT * EXCLUDE (event_id, case_id) "
+                f"FROM {v}.measures m WHERE "
+                "m.occurred_at >= (SELECT least(date_trunc('month', min(occurred_at)), "
+                "date_trunc('week', min(occurred_at))) FROM crm_touched) "
+                "AND m.occurred_at < (SELECT greatest(date_trunc('month', max(occurred_at)) "
+                "+ INTERVAL 1 MONTH, date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched)"
+            )
+            self._kpi_rows(v, spec)
+
+    def _kpi_rows(self, v: str, spec: MetricSpec) -> None:
         run = self.db.connection.execute
         for grain, period in PERIODS.items():
             run(
@@ -308,14 +363,14 @@ class Maintainer:
                 f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
             )
             keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(v, spec, grain, False, keys)}")
+            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, False, keys)}")
             table = f"{v}.kpi_team_{grain}"
             run(
                 f"DELETE FROM {table} WHERE (team_id, period) IN "
                 "(SELECT DISTINCT team_id, period FROM crm_aff)"
             )
             keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(v, spec, grain, True, keys)}")
+            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, True, keys)}")
 
     def _record(self, snapshot: int, full: bool) -> None:
         """The snapshot's stream positions and log version, beside the tables."""
@@ -400,6 +455,7 @@ class Maintainer:
         if moved:
             run(profile_service_sql(s))
         else:
+            service.retention()
             service.profile("SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL")
         # Complaint months of every opening of a touched case (the old first opening among them).
         run(

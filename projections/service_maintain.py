@@ -37,7 +37,7 @@ from typing import Any
 import duckdb
 
 from projections.goals import GOAL_TABLES, goal_model_sql
-from projections.logindex import DERIVED_COLUMNS, timestamp_sql
+from projections.logindex import timestamp_sql
 from projections.service_models import (
     SERVICE_MEASURES,
     contract_terms_sql,
@@ -54,6 +54,22 @@ _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
 _CASE_STEPS = "('CaseOpened', 'CaseAccepted', 'CaseResolved')"
 _DETAILS = "('CustomerRegistered', 'CustomerDetailsChanged')"
 _GOAL_EVENTS = "('TeamGoalSet', 'TeamGoalRevised', 'TeamGoalClosed')"
+#: The columns of `events` each model's SQL reads.
+_CONTRACT_READS = ("event_type", "event_id", "notification_id", "occurred_at", "customer_id", "payload")
+_SLA_READS = (
+    "event_type",
+    "event_id",
+    "notification_id",
+    "occurred_at",
+    "customer_id",
+    "employee_id",
+    "case_id",
+    "severity",
+    "kind",
+)
+_VISIT_READS = (*_CONTRACT_READS, "employee_id", "case_id")
+_INSTALL_READS = ("event_type", "notification_id", "occurred_at", "customer_id", "payload")
+_GOAL_READS = ("event_type", "event_id", "notification_id", "occurred_at", "payload")
 #: The temporary key tables of one update.
 KEY_TABLES = (
     "crm_sv_contracts",
@@ -65,6 +81,7 @@ KEY_TABLES = (
     "crm_sv_fv_customers",
     "crm_sv_cases",
     "crm_sv_service",
+    "crm_sv_old",
     "crm_sv_customers",
 )
 
@@ -126,12 +143,11 @@ class ServiceMaintenance:
         self.old_end = old_end
         self.new_end = new_end
 
-    def _rows(self, where: str, with_end: bool = False) -> str:
-        """Index rows of the version matching `where`, as `events` (with the log's end when asked)."""
-        select = (
-            f"SELECT * EXCLUDE (dead_letter, {', '.join(c for c in DERIVED_COLUMNS if c != 'payload')}) "
-            f"FROM {self.index} WHERE {self.visible} AND ({where})"
-        )
+    def _rows(self, columns: tuple[str, ...], where: str, with_end: bool = False) -> str:
+        """`columns` of the version's index rows matching `where`, as `events` (with the
+        log's end when asked). Only the columns the SQL reads: fetching scattered rows costs
+        per column."""
+        select = f"SELECT {', '.join(columns)} FROM {self.index} WHERE {self.visible} AND ({where})"
         if with_end:
             # One row carrying the log's last moment: the SQL's "now" is max(occurred_at) of
             # `events`; its event type matches no filter, so nothing else reads it.
@@ -157,7 +173,7 @@ class ServiceMaintenance:
             run("CREATE OR REPLACE TEMP TABLE crm_sv_cov (customer_id VARCHAR)")
             contracts = "contract_id IN (SELECT contract_id FROM crm_sv_contracts)"
             if self._count("crm_sv_contracts"):
-                scratch.events(self._rows(contracts))
+                scratch.events(self._rows(_CONTRACT_READS, contracts))
                 run(contract_terms_sql(SCRATCH))
                 run(
                     f"INSERT INTO crm_sv_cov SELECT customer_id FROM {s}.contract_terms WHERE {contracts} "
@@ -178,7 +194,9 @@ class ServiceMaintenance:
             )
             sla = "case_id IN (SELECT case_id FROM crm_sv_sla)"
             if self._count("crm_sv_sla"):
-                scratch.events(self._rows(f"{sla} AND event_type IN {_CASE_STEPS}", with_end=True))
+                scratch.events(
+                    self._rows(_SLA_READS, f"{sla} AND event_type IN {_CASE_STEPS}", with_end=True)
+                )
                 scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
                 run(sla_case_sql(SCRATCH))
                 run(f"DELETE FROM {s}.sla_case WHERE {sla}")
@@ -201,7 +219,7 @@ class ServiceMaintenance:
                     "CREATE OR REPLACE TEMP TABLE crm_sv_visits AS SELECT DISTINCT visit_id FROM "
                     f"{self.index} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' AND {fv}"
                 )
-                scratch.events(self._rows("visit_id IN (SELECT visit_id FROM crm_sv_visits)"))
+                scratch.events(self._rows(_VISIT_READS, "visit_id IN (SELECT visit_id FROM crm_sv_visits)"))
                 scratch.view("team_history", f"SELECT * FROM {s}.team_history")
                 run(field_visit_sql(SCRATCH))
                 run(
@@ -223,7 +241,11 @@ class ServiceMaintenance:
                 scratch.view("team_history", f"SELECT * FROM {s}.team_history")
                 run(f"CREATE OR REPLACE TEMP TABLE crm_sv_service AS {service_measures_select(SCRATCH)}")
                 scratch.clear()
-                old = f"SELECT * FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}"
+                run(
+                    "CREATE OR REPLACE TEMP TABLE crm_sv_old AS "
+                    f"SELECT * FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}"
+                )
+                old = "SELECT * FROM crm_sv_old"
                 run(
                     "INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM "
                     f"(({old}) EXCEPT ALL (SELECT * FROM crm_sv_service)) "
@@ -232,23 +254,29 @@ class ServiceMaintenance:
                 )
                 run(f"DELETE FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}")
                 run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")
-            # Retention: a few rows per month, from the terms and the customers' details.
-            details = self._count(
-                f"crm_fresh WHERE event_type IN {_DETAILS} AND customer_id IN "
-                f"(SELECT customer_id FROM {s}.contract_terms)"
+
+    def retention(self) -> None:
+        """retention_month, rebuilt whole (a few rows per month) when a contract or a detail changed.
+
+        Reads each customer's segment and region from `customer_profile` (already current: the
+        same latest-detail rule over the same events) instead of their details events.
+        """
+        s, run = self.s, self.run
+        with_terms = f"customer_id IN (SELECT customer_id FROM {s}.contract_terms)"
+        details = self._count(f"crm_fresh WHERE event_type IN {_DETAILS} AND {with_terms}")
+        if not details and not self._count("crm_sv_contracts"):
+            return
+        with Scratch(self.connection) as scratch:
+            scratch.events(
+                "SELECT 'CustomerRegistered' AS event_type, customer_id, segment, region, "
+                "NULL::TIMESTAMP AS occurred_at, 0 AS notification_id "
+                f"FROM {s}.customer_profile WHERE {with_terms}"
             )
-            if details or self._count("crm_sv_contracts"):
-                scratch.events(
-                    self._rows(
-                        f"event_type IN {_DETAILS} "
-                        f"AND customer_id IN (SELECT customer_id FROM {s}.contract_terms)"
-                    )
-                )
-                scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
-                run(retention_sql(SCRATCH))
-                run(f"DELETE FROM {s}.retention_month")
-                run(f"INSERT INTO {s}.retention_month SELECT * FROM {SCRATCH}.retention_month")
-                scratch.clear()
+            scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
+            run(retention_sql(SCRATCH))
+            run(f"DELETE FROM {s}.retention_month")
+            run(f"INSERT INTO {s}.retention_month SELECT * FROM {SCRATCH}.retention_month")
+            scratch.clear()
 
     def profile(self, named: str) -> None:
         """The service columns of the touched customers' profiles.
@@ -282,7 +310,9 @@ class ServiceMaintenance:
             )
             scratch.events(
                 self._rows(
-                    f"{customers} AND event_type IN ('ProductInstalled', 'ProductRemoved')", with_end=True
+                    _INSTALL_READS,
+                    f"{customers} AND event_type IN ('ProductInstalled', 'ProductRemoved')",
+                    with_end=True,
                 )
             )
             scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers}")
@@ -298,8 +328,7 @@ def maintain_goals(connection: duckdb.DuckDBPyConnection, v: str, index: str, vi
     run = connection.execute
     with Scratch(connection) as scratch:
         scratch.events(
-            "SELECT * EXCLUDE (dead_letter, contract_id, visit_id) "
-            f"FROM {index} WHERE {visible} AND event_type IN {_GOAL_EVENTS}"
+            f"SELECT {', '.join(_GOAL_READS)} FROM {index} WHERE {visible} AND event_type IN {_GOAL_EVENTS}"
         )
         for table in ("kpi_team_month", "reward_score", "reward_components"):
             scratch.view(table, f"SELECT * FROM {v}.{table}")
