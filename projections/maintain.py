@@ -13,12 +13,14 @@ derived row is a function of such keys, so deleting and recomputing the rows of 
 touched keys gives exactly what a full rebuild gives (tests/projections/test_incremental.py checks
 this property on random chunks with late and out-of-order events).
 
-The read models marked `whole` in projections.readmodels (the service tables, the team
-goals) are rebuilt whole after the incremental part, in the same transaction: their rows
-depend on events anywhere in the log (a contract started later covers earlier cases; "now"
-is the log's last event). The service measure rows are recomputed with them and only the
-rows that changed pass their keys on to the KPI tables; the profile's service columns are
-recomputed for every customer.
+The touched keys' rows are found in the source's log index (projections.logindex: the
+log's typed columns in DuckDB, one per source, synced in the same transaction), not by a
+scan of the Delta table. The service tables and the profile's service columns are kept by
+contract, case and customer, including the rows that only "now" (the log's last event)
+changes (projections.service_maintain); the team goal tables, marked `whole` in
+projections.readmodels, are rebuilt after the scores from the index's goal events. A new
+join or team move re-attributes an employee's history: then the whole snapshot is read and
+the service tables are rebuilt whole, as a full build does.
 """
 
 from __future__ import annotations

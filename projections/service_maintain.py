@@ -82,6 +82,7 @@ KEY_TABLES = (
     "crm_sv_cases",
     "crm_sv_service",
     "crm_sv_old",
+    "crm_sv_old_rows",
     "crm_sv_customers",
 )
 
@@ -145,9 +146,12 @@ class ServiceMaintenance:
 
     def _rows(self, columns: tuple[str, ...], where: str, with_end: bool = False) -> str:
         """`columns` of the version's index rows matching `where`, as `events` (with the
-        log's end when asked). Only the columns the SQL reads: fetching scattered rows costs
-        per column."""
-        select = f"SELECT {', '.join(columns)} FROM {self.index} WHERE {self.visible} AND ({where})"
+        log's end when asked). Fetching scattered rows costs per column fetched: the rows are
+        found by their key columns first, then only the columns the SQL reads are fetched."""
+        select = (
+            f"SELECT {', '.join(columns)} FROM {self.index} WHERE rowid IN "
+            f"(SELECT rowid FROM {self.index} WHERE {self.visible} AND ({where}))"
+        )
         if with_end:
             # One row carrying the log's last moment: the SQL's "now" is max(occurred_at) of
             # `events`; its event type matches no filter, so nothing else reads it.
@@ -242,8 +246,12 @@ class ServiceMaintenance:
                 run(f"CREATE OR REPLACE TEMP TABLE crm_sv_service AS {service_measures_select(SCRATCH)}")
                 scratch.clear()
                 run(
-                    "CREATE OR REPLACE TEMP TABLE crm_sv_old AS "
-                    f"SELECT * FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}"
+                    "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r "
+                    f"FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}"
+                )
+                run(
+                    f"CREATE OR REPLACE TEMP TABLE crm_sv_old AS SELECT * FROM {s}.measures "
+                    "WHERE rowid IN (SELECT r FROM crm_sv_old_rows)"
                 )
                 old = "SELECT * FROM crm_sv_old"
                 run(
@@ -252,7 +260,7 @@ class ServiceMaintenance:
                     "UNION ALL SELECT employee_id, team_id, occurred_at FROM "
                     f"((SELECT * FROM crm_sv_service) EXCEPT ALL ({old}))"
                 )
-                run(f"DELETE FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}")
+                run(f"DELETE FROM {s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows)")
                 run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")
 
     def retention(self) -> None:

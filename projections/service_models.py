@@ -8,9 +8,8 @@ widened with the service columns once it is built. Fields that are not columns o
 are read from the JSON `payload` (timestamps there are epoch milliseconds).
 
 Coverage, breaches, first visits, outcomes and the profile's "now" depend on later events
-anywhere in the log, so these tables (and the service measure rows, and the profile's service
-columns) are rebuilt whole after each incremental update, in the same transaction
-(projections.maintain); they read only the few service and case events.
+anywhere in the log: projections.service_maintain keeps them incrementally by running these
+same functions over the touched contracts', cases' and customers' events only.
 
 Definitions (docs/read-models.md lists every column):
 
