@@ -69,7 +69,21 @@ _SLA_READS = (
 )
 _VISIT_READS = (*_CONTRACT_READS, "employee_id", "case_id")
 _INSTALL_READS = ("event_type", "notification_id", "occurred_at", "customer_id", "payload")
+_DETAIL_READS = (
+    "stream",
+    "position",
+    "event_type",
+    "notification_id",
+    "occurred_at",
+    "customer_id",
+    "segment",
+    "region",
+)
 _GOAL_READS = ("event_type", "event_id", "notification_id", "occurred_at", "payload")
+#: The order a full build writes `contract_terms` in: the float sums over terms (contract
+#: value, retention values) then add in the same order as in a full build, to the last bit,
+#: although the table's rows were deleted and inserted by contract.
+_TERM_ORDER = "ORDER BY contract_id, term_no, step"
 #: The temporary key tables of one update.
 KEY_TABLES = (
     "crm_sv_contracts",
@@ -185,6 +199,12 @@ class ServiceMaintenance:
                 )
                 run(f"DELETE FROM {s}.contract_terms WHERE {contracts}")
                 run(f"INSERT INTO {s}.contract_terms SELECT * FROM {SCRATCH}.contract_terms")
+                # Stored in a full build's order (a few rows per contract): the float sums over
+                # terms (contract value, retention) then add up in the same order, to the bit.
+                run(
+                    f"CREATE OR REPLACE TABLE {s}.contract_terms AS "
+                    f"SELECT * FROM {s}.contract_terms {_TERM_ORDER}"
+                )
                 scratch.clear()
             # SLA per case: new case steps, cases of customers whose terms changed, and the
             # unresolved cases whose due moment "now" has passed since the last update.
@@ -266,25 +286,13 @@ class ServiceMaintenance:
     def retention(self) -> None:
         """retention_month, rebuilt whole (a few rows per month) when a contract or a detail changed.
 
-        Reads each customer's segment and region from `customer_profile` (already current: the
-        same latest-detail rule over the same events) instead of their details events.
+        By the full build's own statement over the same tables (the customers' details read
+        from the log, the terms stored in the full build's order): its float sums depend on
+        the order rows reach them, which another plan over other inputs would change.
         """
-        s, run = self.s, self.run
-        with_terms = f"customer_id IN (SELECT customer_id FROM {s}.contract_terms)"
-        details = self._count(f"crm_fresh WHERE event_type IN {_DETAILS} AND {with_terms}")
-        if not details and not self._count("crm_sv_contracts"):
-            return
-        with Scratch(self.connection) as scratch:
-            scratch.events(
-                "SELECT 'CustomerRegistered' AS event_type, customer_id, segment, region, "
-                "NULL::TIMESTAMP AS occurred_at, 0 AS notification_id "
-                f"FROM {s}.customer_profile WHERE {with_terms}"
-            )
-            scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
-            run(retention_sql(SCRATCH))
-            run(f"DELETE FROM {s}.retention_month")
-            run(f"INSERT INTO {s}.retention_month SELECT * FROM {SCRATCH}.retention_month")
-            scratch.clear()
+        details = self._count(f"crm_fresh WHERE event_type IN {_DETAILS}")
+        if details or self._count("crm_sv_contracts"):
+            self.run(retention_sql(self.s))
 
     def profile(self, named: str) -> None:
         """The service columns of the touched customers' profiles.
@@ -323,7 +331,9 @@ class ServiceMaintenance:
                     with_end=True,
                 )
             )
-            scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers}")
+            scratch.view(
+                "contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers} {_TERM_ORDER}"
+            )
             scratch.view("field_visit", f"SELECT * FROM {s}.field_visit WHERE {customers}")
             run(profile_service_sql(SCRATCH))
             run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
