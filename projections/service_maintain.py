@@ -286,13 +286,25 @@ class ServiceMaintenance:
     def retention(self) -> None:
         """retention_month, rebuilt whole (a few rows per month) when a contract or a detail changed.
 
-        By the full build's own statement over the same tables (the customers' details read
-        from the log, the terms stored in the full build's order): its float sums depend on
-        the order rows reach them, which another plan over other inputs would change.
+        By the full build's statement over the same rows in the same order: the customers'
+        details events in log order (from the index instead of a scan of the log) and the
+        terms in their stored order (a full build's).
         """
+        s, run = self.s, self.run
         details = self._count(f"crm_fresh WHERE event_type IN {_DETAILS}")
-        if details or self._count("crm_sv_contracts"):
-            self.run(retention_sql(self.s))
+        if not details and not self._count("crm_sv_contracts"):
+            return
+        with Scratch(self.connection) as scratch:
+            scratch.events(
+                f"SELECT {', '.join(_DETAIL_READS)} FROM {self.index} WHERE rowid IN "
+                f"(SELECT rowid FROM {self.index} WHERE {self.visible} AND event_type IN {_DETAILS}) "
+                "ORDER BY stream, position"
+            )
+            scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
+            run(retention_sql(SCRATCH))
+            run(f"DELETE FROM {s}.retention_month")
+            run(f"INSERT INTO {s}.retention_month SELECT * FROM {SCRATCH}.retention_month")
+            scratch.clear()
 
     def profile(self, named: str) -> None:
         """The service columns of the touched customers' profiles.
