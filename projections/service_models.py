@@ -260,9 +260,11 @@ counts AS (
         count(*) FILTER (WHERE outcome = 'replaced') AS replaced,
         count(*) FILTER (WHERE outcome = 'merged') AS merged,
         count(*) FILTER (WHERE outcome IS NULL) AS open,
-        sum(value) AS value_up,
-        sum(value) FILTER (WHERE retained_value IS NOT NULL) AS value_decided,
-        sum(retained_value) AS value_retained
+        -- Exact (decimal) sums: a float sum depends on the order rows arrive in, which differs
+        -- between a full build and an incremental one (and between runs).
+        sum(value::DECIMAL(38, 6))::DOUBLE AS value_up,
+        sum(value::DECIMAL(38, 6)) FILTER (WHERE retained_value IS NOT NULL)::DOUBLE AS value_decided,
+        sum(retained_value::DECIMAL(38, 6))::DOUBLE AS value_retained
     FROM terms
     GROUP BY GROUPING SETS ((segment, region, period), (segment, period), (region, period), (period))
 )
