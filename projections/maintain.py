@@ -13,24 +13,24 @@ derived row is a function of such keys, so deleting and recomputing the rows of 
 touched keys gives exactly what a full rebuild gives (tests/projections/test_incremental.py checks
 this property on random chunks with late and out-of-order events).
 
-The read models marked `whole` in projections.readmodels (the service tables, the team
-goals) are rebuilt whole after the incremental part, in the same transaction: their rows
-depend on events anywhere in the log (a contract started later covers earlier cases; "now"
-is the log's last event). The service measure rows are recomputed with them and only the
-rows that changed pass their keys on to the KPI tables; the profile's service columns are
-recomputed for every customer.
+The touched keys' rows are found in the source's log index (projections.logindex: the
+log's typed columns in DuckDB, one per source, synced in the same transaction), not by a
+scan of the Delta table. The service tables and the profile's service columns are kept by
+contract, case and customer, including the rows that only "now" (the log's last event)
+changes (projections.service_maintain); the team goal tables, marked `whole` in
+projections.readmodels, are rebuilt after the scores from the index's goal events. A new
+join or team move re-attributes an employee's history: then the whole snapshot is read and
+the service tables are rebuilt whole, as a full build does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.dataset as pds
-
-from projections.goals import goal_model_sql
 from projections.log import EVENT_COLUMNS, relation_name
+from projections.logindex import LogIndex, visible_sql
 from projections.models import (
     ANSWERS,
     CASE_MEASURES,
@@ -49,6 +49,7 @@ from projections.models import (
     spec_independent_sql,
     team_history_sql,
 )
+from projections.service_maintain import KEY_TABLES, SCRATCH, Scratch, ServiceMaintenance, maintain_goals
 from projections.service_models import (
     SERVICE_MEASURES,
     profile_service_sql,
@@ -95,6 +96,24 @@ _TEMPS = (
     "crm_complaints",
     "crm_statements",
     "crm_service",
+    "crm_ev_rows",
+)
+#: The columns customer_profile_select reads (and the keys that tell a row's case).
+_PROFILE_READS = (
+    "stream",
+    "position",
+    "customer_id",
+    "event_type",
+    "occurred_at",
+    "notification_id",
+    "case_id",
+    "source_case_id",
+    "kind",
+    "channel",
+    "csat",
+    "nps",
+    "segment",
+    "region",
 )
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
 _STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
@@ -118,7 +137,11 @@ class Maintainer:
         #: where the spec-independent tables and the positions live (the root of the chain)
         self.storage = db.storage_version(version)
         self.log = db.log(version.source)
+        self.index = LogIndex(lambda: db.connection, version.source, self.log)
+        self.visible = visible_sql(version.as_of)
         self._dataset: Any = None
+        #: the version's "now" (its last event's moment) before and after an incremental update
+        self._ends: tuple[datetime | None, datetime | None] = (None, None)
 
     def log_version_recorded(self) -> int | None:
         """The log version the shared tables reflect (None before the first build)."""
@@ -150,6 +173,7 @@ class Maintainer:
         s = self.storage.schema
         chain = self.db.chain(self.version)
         with transaction(con):
+            self.index.sync(snapshot, self._dataset)
             full = full or recorded is None
             events = 0
             touched = False  # crm_touched holds the keys the new events touched
@@ -174,7 +198,7 @@ class Maintainer:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
                 self.db.mark_built(version, snapshot, events)
                 parent = version
-            for temp in (EV, *_TEMPS):
+            for temp in (EV, *_TEMPS, *KEY_TABLES):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
         return UpdateResult(snapshot, new, full)
 
@@ -186,7 +210,7 @@ class Maintainer:
         )
 
     def _materialise_touched(self, s: str) -> None:
-        """Only the events an incremental update reads, as EV.
+        """Only the events an incremental update reads, as EV, from the source's index.
 
         That is the new events, every event of the cases they touch (and of the other
         complaints opened by the same team in the same month, which share a complaint row),
@@ -194,16 +218,30 @@ class Maintainer:
         employee's measures: then (rarely) the whole snapshot is read.
         """
         run = self.db.connection.execute
+        index, visible = self.index.table, self.visible
         tracked = {
             k: p.offset for k, p in self.db.tracking(self.storage).positions().items() if k != LOG_STREAM
         }
-        fresh = " OR ".join(
-            [
-                *(f"(stream = {_literal(k)} AND position > {v})" for k, v in tracked.items()),
-                f"stream NOT IN ({', '.join(_literal(k) for k in tracked)})" if tracked else "TRUE",
-            ]
+        fresh = (
+            "("
+            + " OR ".join(
+                [
+                    *(f"(stream = {_literal(k)} AND position > {v})" for k, v in tracked.items()),
+                    f"stream NOT IN ({', '.join(_literal(k) for k in tracked)})" if tracked else "TRUE",
+                ]
+            )
+            + ")"
         )
-        run(f"CREATE OR REPLACE TEMP TABLE crm_fresh AS SELECT * FROM {s}.events WHERE {fresh}")
+        if tracked and set(self.index.positions()) <= set(tracked):
+            # A plain bound as well (an OR is not pushed into the scan): DuckDB's zone maps
+            # then skip the row groups before the lowest recorded position.
+            fresh = f"(position > {min(tracked.values())} AND {fresh})"
+        run(f"CREATE OR REPLACE TEMP TABLE crm_fresh AS SELECT * FROM {index} WHERE {visible} AND {fresh}")
+        ends = run(
+            f"SELECT max(occurred_at) FILTER (WHERE NOT {fresh}), max(occurred_at) "
+            f"FROM {index} WHERE {visible}"
+        ).fetchone()
+        self._ends = (ends[0], ends[1]) if ends is not None else (None, None)
         moves = run(
             "SELECT count(*) FROM crm_fresh WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam')"
         ).fetchone()
@@ -212,8 +250,8 @@ class Maintainer:
             return
         run(
             "CREATE OR REPLACE TEMP TABLE crm_opened AS SELECT case_id, team_id, "
-            f"strftime(occurred_at, '%Y-%m') AS period FROM {s}.events "
-            "WHERE event_type = 'CaseOpened' AND team_id IS NOT NULL"
+            f"strftime(occurred_at, '%Y-%m') AS period FROM {index} "
+            f"WHERE {visible} AND event_type = 'CaseOpened' AND team_id IS NOT NULL"
         )
         run(
             "CREATE OR REPLACE TEMP TABLE crm_read_cases AS "
@@ -224,41 +262,33 @@ class Maintainer:
             "WHERE case_id IN (SELECT case_id FROM direct)) p "
             "ON o.team_id = p.team_id AND o.period = p.period"
         )
-        cases = [r[0] for r in run("SELECT case_id FROM crm_read_cases").fetchall()]
-        customers = [
-            r[0]
-            for r in run(
-                "SELECT DISTINCT customer_id FROM crm_fresh WHERE customer_id IS NOT NULL"
-            ).fetchall()
-        ]
-        # One filtered Arrow scan of the columns the models read: the filter runs before
-        # any row reaches DuckDB (an IN over a subquery would not be pushed into the scan).
-        case_set = pa.array(cases, pa.string())
-        wanted = (
-            pds.field("case_id").isin(case_set)
-            | pds.field("source_case_id").isin(case_set)
-            | pds.field("customer_id").isin(pa.array(customers, pa.string()))
+        columns = ", ".join(
+            f'"{c}"'
+            for c in ("stream", "position", *EVENT_COLUMNS)
+            if f'"{c}"' not in _UNREAD and c not in _UNREAD
         )
-        for stream, position in tracked.items():
-            wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
-        known = list(tracked)
-        wanted = wanted | ~pds.field("stream").isin(pa.array(known, pa.string()))
-        keep = pds.field("dead_letter").is_null() & wanted
-        if self.version.as_of is not None:
-            keep = keep & (
-                pds.field("occurred_at")
-                <= pa.scalar(self.version.as_of.replace(tzinfo=None), pa.timestamp("us"))
-            )
-        columns = [
-            c for c in ("stream", "position", *EVENT_COLUMNS) if f'"{c}"' not in _UNREAD and c not in _UNREAD
-        ]
-        rows = self._dataset.to_table(columns=columns, filter=keep)
-        self.db.connection.complete()
-        self.db.connection.register("crm_ev_rows", rows)
-        try:
-            run(f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT * FROM crm_ev_rows")
-        finally:
-            self.db.connection.unregister("crm_ev_rows")
+        # Row ids first, from the key columns alone, then the rows by id: fetching scattered
+        # rows costs per column fetched, so the wide columns are read for these rows only.
+        run(
+            f"CREATE OR REPLACE TEMP TABLE crm_ev_rows AS SELECT rowid AS r FROM {index} "
+            f"WHERE {visible} AND case_id IN (SELECT case_id FROM crm_read_cases) "
+            f"UNION SELECT rowid FROM {index} "
+            f"WHERE {visible} AND source_case_id IN (SELECT case_id FROM crm_read_cases) "
+            f"UNION SELECT rowid FROM {index} WHERE {visible} AND {fresh}"
+        )
+        run(
+            f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT {columns} FROM {index} "
+            "WHERE rowid IN (SELECT r FROM crm_ev_rows)"
+        )
+        # The named customers' other events feed only their profiles: only the columns the
+        # profile reads are fetched, the others stay NULL, so these rows give no measure
+        # (their cases are not touched) and no complaint row (no team).
+        run(
+            f"INSERT INTO {EV} BY NAME SELECT {', '.join(_PROFILE_READS)} FROM {index} WHERE rowid IN "
+            f"(SELECT rowid FROM {index} WHERE {visible} "
+            "AND customer_id IN (SELECT customer_id FROM crm_fresh) "
+            "EXCEPT SELECT r FROM crm_ev_rows)"
+        )
 
     def _spec_tables(
         self,
@@ -300,11 +330,29 @@ class Maintainer:
         run(f"INSERT INTO {v}.reward_components {reward_components_select(v, spec, months)}")
         run(f"DELETE FROM {v}.reward_score WHERE {months}")
         run(f"INSERT INTO {v}.reward_score {reward_score_select(v, spec, version.version, months)}")
-        for statement in goal_model_sql(v):
-            run(statement)
+        maintain_goals(self.db.connection, v, self.index.table, visible_sql(version.as_of))
 
     def _kpis(self, v: str, spec: MetricSpec) -> None:
-        """KPI rows of the touched (employee, team, period) and (team, period), per grain."""
+        """KPI rows of the touched (employee, team, period) and (team, period), per grain.
+
+        The six tables read their rows from the measures of the touched time span only (the
+        months and ISO weeks of the touched measures: every touched period lies in it), copied
+        once into the scratch schema instead of filtering all measures six times.
+        """
+        run = self.db.connection.execute
+        with Scratch(self.db.connection):
+            run(
+                # The KPIs read neither the event nor the case of a measure (projections.kpis).
+                f"CREATE TABLE {SCRATCH}.measures AS SELECT * EXCLUDE (event_id, case_id) "
+                f"FROM {v}.measures m WHERE "
+                "m.occurred_at >= (SELECT least(date_trunc('month', min(occurred_at)), "
+                "date_trunc('week', min(occurred_at))) FROM crm_touched) "
+                "AND m.occurred_at < (SELECT greatest(date_trunc('month', max(occurred_at)) "
+                "+ INTERVAL 1 MONTH, date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched)"
+            )
+            self._kpi_rows(v, spec)
+
+    def _kpi_rows(self, v: str, spec: MetricSpec) -> None:
         run = self.db.connection.execute
         for grain, period in PERIODS.items():
             run(
@@ -317,14 +365,14 @@ class Maintainer:
                 f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
             )
             keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(v, spec, grain, False, keys)}")
+            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, False, keys)}")
             table = f"{v}.kpi_team_{grain}"
             run(
                 f"DELETE FROM {table} WHERE (team_id, period) IN "
                 "(SELECT DISTINCT team_id, period FROM crm_aff)"
             )
             keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(v, spec, grain, True, keys)}")
+            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, True, keys)}")
 
     def _record(self, snapshot: int, full: bool) -> None:
         """The snapshot's stream positions and log version, beside the tables."""
@@ -333,13 +381,10 @@ class Maintainer:
         if full:
             con.execute(f"DELETE FROM {self.storage.schema}.tracking")
         current = {k: p for k, p in tracking.positions().items() if k != LOG_STREAM}
-        rows = con.execute(
-            f"SELECT stream, max(position) FROM {relation_name(self.version.source)} GROUP BY stream"
-        ).fetchall()
         positions = [
-            Position(str(stream), int(last))
-            for stream, last in rows
-            if stream not in current or int(last) > current[stream].offset
+            Position(stream, last)
+            for stream, last in self.index.positions().items()
+            if stream not in current or last > current[stream].offset
         ]
         # The log version is replaced, not only raised: a log rebuilt from the source
         # (`replay --from-source`) starts its versions anew.
@@ -393,7 +438,12 @@ class Maintainer:
         run(f"CREATE OR REPLACE TEMP TABLE crm_measures AS {measures_sql(s, EV, new_scope)}")
         run(f"INSERT INTO {s}.measures SELECT * FROM crm_measures")
         run("INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM crm_measures")
-        self._service_tables(s)
+        moved = run("SELECT count(*) FROM crm_emp").fetchone() != (0,)
+        service = ServiceMaintenance(self.db.connection, s, self.index.table, self.visible, *self._ends)
+        if moved:
+            self._service_tables(s)
+        else:
+            service.tables()
         # Scores of the touched months (a team's or the organisation's rate feeds everyone's).
         run(
             f"CREATE OR REPLACE TEMP TABLE crm_months AS SELECT DISTINCT {PERIODS['month']} AS period "
@@ -404,7 +454,11 @@ class Maintainer:
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
         run(f"INSERT INTO {s}.customer_profile BY NAME {customer_profile_select(EV, customers)}")
-        run(profile_service_sql(s))
+        if moved:
+            run(profile_service_sql(s))
+        else:
+            service.retention()
+            service.profile("SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL")
         # Complaint months of every opening of a touched case (the old first opening among them).
         run(
             "CREATE OR REPLACE TEMP TABLE crm_complaints AS SELECT DISTINCT team_id, "
@@ -425,7 +479,6 @@ class Maintainer:
             run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
             run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
         return new
-
 
     def _service_tables(self, s: str) -> None:
         """Rebuild the service tables whole, and their measure rows; pass on the changed rows' keys.

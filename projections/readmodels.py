@@ -30,8 +30,8 @@ class ReadModel:
     incremental_key: str
     #: the compacted topic `project --publish` sends its changes to (projections.publish)
     feed: str | None = None
-    #: rebuilt whole after each incremental update, in the same transaction (its rows depend
-    #: on events anywhere in the log, and it is cheap); otherwise kept by `incremental_key`
+    #: rebuilt whole after each incremental update, in the same transaction (small tables
+    #: read from the source's index, projections.logindex); otherwise kept by `incremental_key`
     whole: bool = False
 
 
@@ -51,19 +51,40 @@ def _kpi(who: str, grain: str) -> ReadModel:
 
 READ_MODELS: tuple[ReadModel, ...] = (
     ReadModel("team_history", ("events",), "log", False, "employee with a new join or team move"),
-    # The service side (projections.service_models): contract coverage, breaches, first
-    # visits and renewal outcomes depend on later events of other aggregates.
-    _whole("contract_terms", ("events",), "log", stable=False),
-    _whole("sla_case", ("events", "contract_terms"), "log"),
-    _whole("field_visit", ("events", "team_history"), "log"),
-    _whole("retention_month", ("events", "contract_terms"), "log"),
+    # The service side (projections.service_models, kept by projections.service_maintain):
+    # contract coverage, breaches, first visits and renewal outcomes depend on later events
+    # of other aggregates, and on "now" (the log's last event).
+    ReadModel("contract_terms", ("events",), "log", False, "contract named by a new contract event"),
+    ReadModel(
+        "sla_case",
+        ("events", "contract_terms"),
+        "log",
+        True,
+        "case with a new opening, acceptance or resolution; every case of a customer whose terms "
+        "changed; unresolved case whose SLA ran out before the new last event",
+    ),
+    ReadModel(
+        "field_visit",
+        ("events", "team_history"),
+        "log",
+        True,
+        "case (of the scheduling) of a visit named by a new visit event",
+    ),
+    ReadModel(
+        "retention_month",
+        ("events", "contract_terms"),
+        "log",
+        True,
+        "none: rebuilt from the terms and customers' details when a contract or detail changed",
+    ),
     ReadModel(
         "measures",
         ("events", "team_history", "sla_case", "field_visit"),
         "log",
         False,
         "new event; every event of a touched case (first resolution, citations); employee with a "
-        "team move; the service rows are recomputed whole and their changed keys passed on",
+        "team move; the service rows of the cases whose SLA or visits were recomputed (only "
+        "changed rows pass their keys on)",
     ),
     *(_kpi(who, grain) for grain in ("month", "week", "day") for who in ("employee", "team")),
     ReadModel(
@@ -86,7 +107,8 @@ READ_MODELS: tuple[ReadModel, ...] = (
         ("events", "contract_terms", "field_visit"),
         "log",
         True,
-        "customer named by a new event; the service columns recomputed for every customer",
+        "customer named by a new event; service columns also of customers whose terms or visits "
+        "changed, or with a term starting, ending or due before the new last event",
         feed="crm.projection.customer-profile",
     ),
     ReadModel(

@@ -8,9 +8,8 @@ widened with the service columns once it is built. Fields that are not columns o
 are read from the JSON `payload` (timestamps there are epoch milliseconds).
 
 Coverage, breaches, first visits, outcomes and the profile's "now" depend on later events
-anywhere in the log, so these tables (and the service measure rows, and the profile's service
-columns) are rebuilt whole after each incremental update, in the same transaction
-(projections.maintain); they read only the few service and case events.
+anywhere in the log: projections.service_maintain keeps them incrementally by running these
+same functions over the touched contracts', cases' and customers' events only.
 
 Definitions (docs/read-models.md lists every column):
 
@@ -261,9 +260,11 @@ counts AS (
         count(*) FILTER (WHERE outcome = 'replaced') AS replaced,
         count(*) FILTER (WHERE outcome = 'merged') AS merged,
         count(*) FILTER (WHERE outcome IS NULL) AS open,
-        sum(value) AS value_up,
-        sum(value) FILTER (WHERE retained_value IS NOT NULL) AS value_decided,
-        sum(retained_value) AS value_retained
+        -- Exact (decimal) sums: a float sum depends on the order rows arrive in, which differs
+        -- between a full build and an incremental one (and between runs).
+        sum(value::DECIMAL(38, 6))::DOUBLE AS value_up,
+        sum(value::DECIMAL(38, 6)) FILTER (WHERE retained_value IS NOT NULL)::DOUBLE AS value_decided,
+        sum(retained_value::DECIMAL(38, 6))::DOUBLE AS value_retained
     FROM terms
     GROUP BY GROUPING SETS ((segment, region, period), (segment, period), (region, period), (period))
 )

@@ -10,11 +10,14 @@ full rebuild of the same log, row for row.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -177,3 +180,104 @@ def test_incremental_updates_equal_a_full_rebuild(
         live.close()
         rebuilt.close()
         app.close()
+
+
+_CONTRACT_TOPICS = {f"crm.ledger.{t}" for t in ("ContractStarted", "ContractRenewed", "ContractEnded")}
+
+
+def test_contracts_started_later_and_now_moving_equal_a_full_rebuild(tmp_path: Path) -> None:
+    """Contracts arrive after the cases they cover, then the log's end moves on past SLAs and terms.
+
+    Compared with a full rebuild after every chunk: the service tables and the profile's
+    service columns are kept by key, and "now" (the log's last event) changes breaches of
+    unresolved cases, coverage and next renewals without any event naming them.
+    """
+    app = _ledger(tmp_path, 5, 60, 4)
+    notes = [(n.id, n.state, n.topic in _CONTRACT_TOPICS) for n in app.read_notifications(1, 1_000_000)]
+    contracts = [(nid, value) for nid, value, is_contract in notes if is_contract]
+    others = [(nid, value) for nid, value, is_contract in notes if not is_contract]
+    assert contracts
+    # One interaction long after the history (of one customer): it moves "now" past every
+    # open case's SLA and past contract ends, and names none of those cases or customers.
+    history = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    customer = next(r["customer_id"] for r in history if r["type"] == "CustomerRegistered")
+    employee = next(r["employee_id"] for r in reversed(history) if r["type"] == "InteractionRecorded")
+    late = tmp_path / "late.jsonl"
+    late.write_text(
+        json.dumps(
+            {
+                "type": "InteractionRecorded",
+                "event_id": "00000000-0000-4000-8000-000000000001",
+                "occurred_at": "2026-06-01T00:00:00.000Z",
+                "customer_id": customer,
+                "employee_id": employee,
+                "channel": "email",
+                "direction": "inbound",
+                "topic": "setup",
+                "duration_s": 60,
+            }
+        )
+        + "\n"
+    )
+    ingest_records(app, read_file(late, RecordParser(app.registry)), RejectSink(None, echo=sys.stderr))
+    last = [(n.id, n.state) for n in app.read_notifications(notes[-1][0] + 1, 10)]
+    assert len(last) == 1
+    # In time order (notification order mixes in complaints imported from other files).
+    others.sort(key=lambda message: app.codec.decode(message[1])[1]["occurred_at"])
+    cut = len(others) * 3 // 5
+
+    # The last case opened by a customer with a contract: the log is cut right after its
+    # opening, so it is open and within its SLA when the late event moves "now" past it.
+    def at(message: tuple[int, bytes]) -> Any:
+        return app.codec.decode(message[1])[1]["occurred_at"]
+
+    terms = [
+        record
+        for event_type, record in (app.codec.decode(value) for _, value in contracts)
+        if event_type == "ContractStarted" and record.get("sla_hours_medium") is not None
+    ]
+
+    def covered(record: dict[str, Any]) -> bool:
+        return any(
+            t["customer_id"] == record["customer_id"]
+            and t["occurred_at"] <= record["occurred_at"]
+            and t["starts_on"] <= record["occurred_at"] < t["ends_on"]
+            for t in terms
+        )
+
+    opened = max(
+        i
+        for i, (_, value) in enumerate(others)
+        if i > cut and (event := app.codec.decode(value))[0] == "CaseOpened" and covered(event[1])
+    )
+    early = [c for c in contracts if at(c) <= at(others[opened])]
+    later = [c for c in contracts if at(c) > at(others[opened])]
+    # The first three fifths without any contract; then the contracts started by the time of
+    # that opening (covering earlier cases); the log in time order up to the opening (the end
+    # moves on); the late event; the rest; the later contracts.
+    messages = others[:cut] + early + others[cut : opened + 1] + last + others[opened + 1 :] + later
+    middle = opened + 1 - cut
+    sizes = [cut // 2, cut - cut // 2, len(early) // 2, len(early) - len(early) // 2]
+    sizes += [middle // 2, middle - middle // 2, 1, len(others) - opened - 1, len(later)]
+    spec = load_spec(DEFAULT_SPEC)
+    live = ProjectionDB(tmp_path / "live.duckdb")
+    version = live.ensure_version(spec, DEFAULT_TEXT, TOPIC)
+    breached_open = 0
+    for step, size in enumerate(s for s in sizes if s):
+        Projector(live, version, ShuffledSource(messages, [size]), app.codec).run()
+        rebuilt_path = tmp_path / f"rebuilt-{step}.duckdb"
+        shutil.copytree(log_root(live.path) / log_slug(TOPIC), log_root(rebuilt_path) / log_slug(TOPIC))
+        rebuilt = ProjectionDB(rebuilt_path)
+        Maintainer(rebuilt, rebuilt.ensure_version(spec, DEFAULT_TEXT, TOPIC)).update(full=True)
+        for table in MODEL_TABLES:
+            name = f"{version.schema}.{table}"
+            assert digest(live.connection, name) == digest(rebuilt.connection, name), (step, table)
+        row = live.connection.execute(
+            f"SELECT count(*) FROM {version.schema}.sla_case WHERE breached AND resolved_at IS NULL"
+        ).fetchone()
+        breached_open = max(breached_open, int(row[0]) if row else 0)
+        rebuilt.close()
+    # Some open case ran past its SLA with no event of its own: only "now" moved.
+    assert breached_open > 0
+    live.close()
+    app.close()

@@ -1,0 +1,157 @@
+"""The log index: one compact DuckDB table per source, beside the versions.
+
+An incremental update must find every event of the cases, customers, contracts and field
+visits that the new events touch. Those rows are spread over the whole log (a customer's
+events span every file), so neither Delta file statistics nor row-group statistics skip
+anything: finding them in the Delta table reads the key columns of every file. The index
+holds the typed columns the read models read (not `value` or `chain`, and the JSON payload
+only for the few event types whose fields are read from it: contracts, field visits,
+installed products and team goals), with `contract_id` and `visit_id` taken out of the
+payload, so that DuckDB finds a key's rows with a hash join over its own columns.
+
+It is derived from the log and rebuildable: one per source (every version of the source
+reads it), kept at the log version of the last update in the same DuckDB transaction as
+that update's tables and positions; a log rebuilt from its source (another Delta table
+id) or older than the index is indexed anew.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pds
+
+from projections.log import EVENT_COLUMNS, DecodedLog
+
+#: The state of each source's index: the Delta table and the log version it reflects.
+STATE = "main.crm_log_index"
+#: Event types whose payload the incremental service and goal models read.
+PAYLOAD_TYPES = (
+    "ContractStarted",
+    "ContractRenewed",
+    "ContractEnded",
+    "FieldVisitScheduled",
+    "FieldVisitCompleted",
+    "FieldVisitCancelled",
+    "ProductInstalled",
+    "ProductRemoved",
+    "TeamGoalSet",
+    "TeamGoalRevised",
+    "TeamGoalClosed",
+)
+#: Columns of the log kept in the index as they are.
+INDEX_COLUMNS = (
+    "stream",
+    "position",
+    "dead_letter",
+    *(c for c in EVENT_COLUMNS if c not in {"payload", "value", "chain"}),
+)
+#: Columns the index adds: the kept payloads and the keys read from them.
+DERIVED_COLUMNS = ("payload", "contract_id", "visit_id")
+
+
+def _quoted(column: str) -> str:
+    return f'"{column}"'
+
+
+def index_table(source: str) -> str:
+    """The name of a source's index table."""
+    return "main.crm_index_" + re.sub(r"[^A-Za-z0-9]+", "_", source).strip("_").lower()
+
+
+def visible_sql(as_of: datetime | None) -> str:
+    """The condition of the rows a version reads (not dead letters; up to its as-of moment)."""
+    where = "dead_letter IS NULL"
+    if as_of is not None:
+        where += f" AND occurred_at <= {timestamp_sql(as_of)}"
+    return where
+
+
+def timestamp_sql(moment: datetime | None) -> str:
+    """A TIMESTAMP literal (UTC, naive as in the log), NULL for None."""
+    if moment is None:
+        return "NULL::TIMESTAMP"
+    return f"TIMESTAMP '{moment.replace(tzinfo=None).isoformat(sep=' ')}'"
+
+
+def _select_from(relation: str) -> str:
+    types = ", ".join(f"'{t}'" for t in PAYLOAD_TYPES)
+    kept = f"dead_letter IS NULL AND event_type IN ({types})"
+    return (
+        f"SELECT {', '.join(_quoted(c) for c in INDEX_COLUMNS)}, "
+        f"CASE WHEN {kept} THEN payload::JSON END AS payload, "
+        "CASE WHEN dead_letter IS NULL AND event_type LIKE 'Contract%' "
+        "THEN payload::JSON ->> 'contract_id' END AS contract_id, "
+        "CASE WHEN dead_letter IS NULL AND event_type LIKE 'FieldVisit%' "
+        "THEN payload::JSON ->> 'visit_id' END AS visit_id "
+        f"FROM {relation}"
+    )
+
+
+class LogIndex:
+    """A source's index on one connection (the projection database's writer)."""
+
+    def __init__(
+        self, connect: Callable[[], duckdb.DuckDBPyConnection], source: str, log: DecodedLog
+    ) -> None:
+        #: the database's current connection (a follower lets go of it between refreshes)
+        self.connect = connect
+        self.source = source
+        self.log = log
+        self.table = index_table(source)
+
+    def sync(self, snapshot: int, dataset: Any) -> None:
+        """Bring the index to `snapshot` (`dataset` is that snapshot), inside the caller's transaction.
+
+        Only the rows after the index's last position per stream are read from the log:
+        file statistics skip the files that hold none of them.
+        """
+        run = self.connect().execute
+        run(
+            f"CREATE TABLE IF NOT EXISTS {STATE} "
+            "(source VARCHAR PRIMARY KEY, table_id VARCHAR, log_version BIGINT)"
+        )
+        row = run(f"SELECT table_id, log_version FROM {STATE} WHERE source = ?", [self.source]).fetchone()
+        table_id = str(self.log.table().metadata().id)
+        exists = run(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = ?",
+            [self.table.removeprefix("main.")],
+        ).fetchone() == (1,)
+        if row is not None and exists and row[0] == table_id and int(row[1]) == snapshot:
+            return
+        if row is None or not exists or row[0] != table_id or int(row[1]) > snapshot:
+            rows = dataset.to_table(columns=[*INDEX_COLUMNS, "payload"])
+            self._insert(rows, replace=True)
+        else:
+            known = dict(run(f"SELECT stream, max(position) FROM {self.table} GROUP BY stream").fetchall())
+            wanted = ~pds.field("stream").isin(pa.array(list(known), pa.string()))
+            for stream, position in known.items():
+                wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
+            rows = dataset.to_table(columns=[*INDEX_COLUMNS, "payload"], filter=wanted)
+            if rows.num_rows:
+                self._insert(rows, replace=False)
+        run(f"DELETE FROM {STATE} WHERE source = ?", [self.source])
+        run(f"INSERT INTO {STATE} VALUES (?, ?, ?)", [self.source, table_id, snapshot])
+
+    def _insert(self, rows: Any, *, replace: bool) -> None:
+        con = self.connect()
+        con.complete()
+        con.register("crm_index_rows", rows)
+        try:
+            if replace:
+                con.execute(f"CREATE OR REPLACE TABLE {self.table} AS {_select_from('crm_index_rows')}")
+            else:
+                con.execute(f"INSERT INTO {self.table} {_select_from('crm_index_rows')}")
+        finally:
+            con.unregister("crm_index_rows")
+
+    def positions(self) -> dict[str, int]:
+        """The last position per stream the index holds."""
+        rows = self.connect().execute(f"SELECT stream, max(position) FROM {self.table} GROUP BY stream")
+        return {str(stream): int(last) for stream, last in rows.fetchall()}

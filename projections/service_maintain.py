@@ -1,0 +1,370 @@
+"""Incremental maintenance of the service tables, the profile's service columns and the goals.
+
+The full-build SQL of projections.service_models and projections.goals reads `{v}.events`
+and earlier tables of schema `v`. Here the same functions run against a scratch schema
+whose `events` holds only the index rows of the touched keys (projections.logindex) and
+whose other inputs are views of the version's tables; their results replace the touched
+keys' rows. Touched keys, for the new events of an update:
+
+- `contract_terms`, by contract: the contracts named by new contract events (a term
+  depends on its contract's events only).
+- `sla_case`, by case: the cases of new openings, acceptances and resolutions; every case
+  of a customer whose contract terms changed (a contract started later covers earlier
+  cases); and the unresolved cases whose SLA ran out between the old and the new "now"
+  (the log's last event), the only rows "now" changes.
+- `field_visit`, by the case of the visit's scheduling: the cases of the visits named by
+  new visit events (a case's first visit depends on all of its visits).
+- the service rows of `measures`: the cases of the two above (every service measure row
+  belongs to a case); only the rows that changed pass their keys on to the KPI tables.
+- `retention_month`: rebuilt from the terms and the customers' details when a contract or
+  a detail changed (a few rows per month).
+- the profile's service columns: customers named by new events, customers of changed terms
+  or visits, and customers with a term that starts, ends or is due between the old and the
+  new "now".
+- the goal tables (per version): from the goal events of the index and the version's team
+  KPIs and scores.
+
+A new join or team move re-attributes everything; then projections.maintain rebuilds the
+service tables whole, as a full build does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from projections.goals import GOAL_TABLES, goal_model_sql
+from projections.logindex import timestamp_sql
+from projections.service_models import (
+    SERVICE_MEASURES,
+    contract_terms_sql,
+    field_visit_sql,
+    profile_service_sql,
+    retention_sql,
+    service_measures_select,
+    sla_case_sql,
+)
+
+#: The scratch schema the full-build SQL runs in (created and dropped inside the update's transaction).
+SCRATCH = "crm_inc"
+_SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
+_CASE_STEPS = "('CaseOpened', 'CaseAccepted', 'CaseResolved')"
+_DETAILS = "('CustomerRegistered', 'CustomerDetailsChanged')"
+_GOAL_EVENTS = "('TeamGoalSet', 'TeamGoalRevised', 'TeamGoalClosed')"
+#: The columns of `events` each model's SQL reads.
+_CONTRACT_READS = ("event_type", "event_id", "notification_id", "occurred_at", "customer_id", "payload")
+_SLA_READS = (
+    "event_type",
+    "event_id",
+    "notification_id",
+    "occurred_at",
+    "customer_id",
+    "employee_id",
+    "case_id",
+    "severity",
+    "kind",
+)
+_VISIT_READS = (*_CONTRACT_READS, "employee_id", "case_id")
+_INSTALL_READS = ("event_type", "notification_id", "occurred_at", "customer_id", "payload")
+_DETAIL_READS = (
+    "stream",
+    "position",
+    "event_type",
+    "notification_id",
+    "occurred_at",
+    "customer_id",
+    "segment",
+    "region",
+)
+_GOAL_READS = ("event_type", "event_id", "notification_id", "occurred_at", "payload")
+#: The order a full build writes `contract_terms` in: the float sums over terms (contract
+#: value, retention values) then add in the same order as in a full build, to the last bit,
+#: although the table's rows were deleted and inserted by contract.
+_TERM_ORDER = "ORDER BY contract_id, term_no, step"
+#: The temporary key tables of one update.
+KEY_TABLES = (
+    "crm_sv_contracts",
+    "crm_sv_cov",
+    "crm_sv_sla",
+    "crm_sv_visits_new",
+    "crm_sv_fv",
+    "crm_sv_visits",
+    "crm_sv_fv_customers",
+    "crm_sv_cases",
+    "crm_sv_service",
+    "crm_sv_old",
+    "crm_sv_old_rows",
+    "crm_sv_customers",
+)
+
+
+class Scratch:
+    """The scratch schema: inputs as tables or views, emptied between steps."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
+        self.connection = connection
+        self.run: Callable[..., Any] = connection.execute
+
+    def __enter__(self) -> Scratch:
+        self.run(f"CREATE SCHEMA IF NOT EXISTS {SCRATCH}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.clear()
+            self.run(f"DROP SCHEMA {SCRATCH}")
+
+    def clear(self) -> None:
+        """Drop every object of the scratch schema (one by one: DuckDB cannot commit a
+        cascaded drop of tables created in the same transaction)."""
+        for name, kind in self.run(
+            "SELECT view_name, 'VIEW' FROM duckdb_views() WHERE schema_name = ? AND NOT internal "
+            "UNION ALL SELECT table_name, 'TABLE' FROM duckdb_tables() WHERE schema_name = ?",
+            [SCRATCH, SCRATCH],
+        ).fetchall():
+            self.run(f"DROP {kind} {SCRATCH}.{name}")
+
+    def events(self, select: str) -> None:
+        self.run(f"CREATE TABLE {SCRATCH}.events AS {select}")
+
+    def view(self, name: str, select: str) -> None:
+        self.run(f"CREATE VIEW {SCRATCH}.{name} AS {select}")
+
+
+class ServiceMaintenance:
+    """One incremental update of the service tables of storage schema `s`.
+
+    `index` is the source's index table, `visible` the condition of a version's rows in it,
+    `crm_fresh` (a temp table of index rows) the update's new events.
+    """
+
+    def __init__(  # noqa: PLR0917 - the update's inputs, named at the one caller
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        s: str,
+        index: str,
+        visible: str,
+        old_end: datetime | None,
+        new_end: datetime | None,
+    ) -> None:
+        self.connection = connection
+        self.run: Callable[..., Any] = connection.execute
+        self.s = s
+        self.index = index
+        self.visible = visible
+        self.old_end = old_end
+        self.new_end = new_end
+
+    def _rows(self, columns: tuple[str, ...], where: str, with_end: bool = False) -> str:
+        """`columns` of the version's index rows matching `where`, as `events` (with the
+        log's end when asked). Fetching scattered rows costs per column fetched: the rows are
+        found by their key columns first, then only the columns the SQL reads are fetched."""
+        select = (
+            f"SELECT {', '.join(columns)} FROM {self.index} WHERE rowid IN "
+            f"(SELECT rowid FROM {self.index} WHERE {self.visible} AND ({where}))"
+        )
+        if with_end:
+            # One row carrying the log's last moment: the SQL's "now" is max(occurred_at) of
+            # `events`; its event type matches no filter, so nothing else reads it.
+            end = timestamp_sql(self.new_end)
+            select += f" UNION ALL BY NAME SELECT 'crm.log_end' AS event_type, {end} AS occurred_at"
+        return select
+
+    def _count(self, table: str) -> int:
+        return int(self.run(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def tables(self) -> None:
+        """contract_terms, sla_case, field_visit, their measure rows and retention_month.
+
+        Adds the keys of changed service measure rows to `crm_touched`.
+        """
+        s, run = self.s, self.run
+        with Scratch(self.connection) as scratch:
+            # Contract terms, by contract.
+            run(
+                "CREATE OR REPLACE TEMP TABLE crm_sv_contracts AS SELECT DISTINCT contract_id "
+                "FROM crm_fresh WHERE contract_id IS NOT NULL"
+            )
+            run("CREATE OR REPLACE TEMP TABLE crm_sv_cov (customer_id VARCHAR)")
+            contracts = "contract_id IN (SELECT contract_id FROM crm_sv_contracts)"
+            if self._count("crm_sv_contracts"):
+                scratch.events(self._rows(_CONTRACT_READS, contracts))
+                run(contract_terms_sql(SCRATCH))
+                run(
+                    f"INSERT INTO crm_sv_cov SELECT customer_id FROM {s}.contract_terms WHERE {contracts} "
+                    f"UNION SELECT customer_id FROM {SCRATCH}.contract_terms"
+                )
+                run(f"DELETE FROM {s}.contract_terms WHERE {contracts}")
+                run(f"INSERT INTO {s}.contract_terms SELECT * FROM {SCRATCH}.contract_terms")
+                # Stored in a full build's order (a few rows per contract): the float sums over
+                # terms (contract value, retention) then add up in the same order, to the bit.
+                run(
+                    f"CREATE OR REPLACE TABLE {s}.contract_terms AS "
+                    f"SELECT * FROM {s}.contract_terms {_TERM_ORDER}"
+                )
+                scratch.clear()
+            # SLA per case: new case steps, cases of customers whose terms changed, and the
+            # unresolved cases whose due moment "now" has passed since the last update.
+            run(
+                "CREATE OR REPLACE TEMP TABLE crm_sv_sla AS SELECT case_id FROM crm_fresh "
+                f"WHERE case_id IS NOT NULL AND event_type IN {_CASE_STEPS} "
+                f"UNION SELECT case_id FROM {s}.sla_case "
+                "WHERE customer_id IN (SELECT customer_id FROM crm_sv_cov) "
+                f"UNION SELECT case_id FROM {s}.sla_case WHERE breached IS NULL AND resolved_at IS NULL "
+                f"AND due_at < {timestamp_sql(self.new_end)}"
+            )
+            sla = "case_id IN (SELECT case_id FROM crm_sv_sla)"
+            if self._count("crm_sv_sla"):
+                scratch.events(
+                    self._rows(_SLA_READS, f"{sla} AND event_type IN {_CASE_STEPS}", with_end=True)
+                )
+                scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
+                run(sla_case_sql(SCRATCH))
+                run(f"DELETE FROM {s}.sla_case WHERE {sla}")
+                run(f"INSERT INTO {s}.sla_case SELECT * FROM {SCRATCH}.sla_case")
+                scratch.clear()
+            # Field visits, by the case they were scheduled for.
+            run(
+                "CREATE OR REPLACE TEMP TABLE crm_sv_visits_new AS SELECT DISTINCT visit_id FROM crm_fresh "
+                "WHERE visit_id IS NOT NULL"
+            )
+            run(
+                "CREATE OR REPLACE TEMP TABLE crm_sv_fv AS SELECT DISTINCT case_id FROM "
+                f"{self.index} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' "
+                "AND visit_id IN (SELECT visit_id FROM crm_sv_visits_new)"
+            )
+            fv = "case_id IN (SELECT case_id FROM crm_sv_fv)"
+            run("CREATE OR REPLACE TEMP TABLE crm_sv_fv_customers (customer_id VARCHAR)")
+            if self._count("crm_sv_fv"):
+                run(
+                    "CREATE OR REPLACE TEMP TABLE crm_sv_visits AS SELECT DISTINCT visit_id FROM "
+                    f"{self.index} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' AND {fv}"
+                )
+                scratch.events(self._rows(_VISIT_READS, "visit_id IN (SELECT visit_id FROM crm_sv_visits)"))
+                scratch.view("team_history", f"SELECT * FROM {s}.team_history")
+                run(field_visit_sql(SCRATCH))
+                run(
+                    f"INSERT INTO crm_sv_fv_customers SELECT customer_id FROM {s}.field_visit WHERE {fv} "
+                    f"UNION SELECT customer_id FROM {SCRATCH}.field_visit"
+                )
+                run(f"DELETE FROM {s}.field_visit WHERE {fv}")
+                run(f"INSERT INTO {s}.field_visit SELECT * FROM {SCRATCH}.field_visit")
+                scratch.clear()
+            # The service measure rows of those cases; changed rows pass their keys on.
+            run(
+                "CREATE OR REPLACE TEMP TABLE crm_sv_cases AS SELECT case_id FROM crm_sv_sla "
+                "UNION SELECT case_id FROM crm_sv_fv"
+            )
+            if self._count("crm_sv_cases"):
+                cases = "case_id IN (SELECT case_id FROM crm_sv_cases)"
+                scratch.view("sla_case", f"SELECT * FROM {s}.sla_case WHERE {cases}")
+                scratch.view("field_visit", f"SELECT * FROM {s}.field_visit WHERE {cases}")
+                scratch.view("team_history", f"SELECT * FROM {s}.team_history")
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_service AS {service_measures_select(SCRATCH)}")
+                scratch.clear()
+                run(
+                    "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r "
+                    f"FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}"
+                )
+                run(
+                    f"CREATE OR REPLACE TEMP TABLE crm_sv_old AS SELECT * FROM {s}.measures "
+                    "WHERE rowid IN (SELECT r FROM crm_sv_old_rows)"
+                )
+                old = "SELECT * FROM crm_sv_old"
+                run(
+                    "INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM "
+                    f"(({old}) EXCEPT ALL (SELECT * FROM crm_sv_service)) "
+                    "UNION ALL SELECT employee_id, team_id, occurred_at FROM "
+                    f"((SELECT * FROM crm_sv_service) EXCEPT ALL ({old}))"
+                )
+                run(f"DELETE FROM {s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows)")
+                run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")
+
+    def retention(self) -> None:
+        """retention_month, rebuilt whole (a few rows per month) when a contract or a detail changed.
+
+        By the full build's statement over the same rows in the same order: the customers'
+        details events in log order (from the index instead of a scan of the log) and the
+        terms in their stored order (a full build's).
+        """
+        s, run = self.s, self.run
+        details = self._count(f"crm_fresh WHERE event_type IN {_DETAILS}")
+        if not details and not self._count("crm_sv_contracts"):
+            return
+        with Scratch(self.connection) as scratch:
+            scratch.events(
+                f"SELECT {', '.join(_DETAIL_READS)} FROM {self.index} WHERE rowid IN "
+                f"(SELECT rowid FROM {self.index} WHERE {self.visible} AND event_type IN {_DETAILS}) "
+                "ORDER BY stream, position"
+            )
+            scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
+            run(retention_sql(SCRATCH))
+            run(f"DELETE FROM {s}.retention_month")
+            run(f"INSERT INTO {s}.retention_month SELECT * FROM {SCRATCH}.retention_month")
+            scratch.clear()
+
+    def profile(self, named: str) -> None:
+        """The service columns of the touched customers' profiles.
+
+        `named` selects the customers named by new events (their profile rows were just
+        recomputed, with the service columns NULL).
+        """
+        s, run = self.s, self.run
+        run(
+            f"CREATE OR REPLACE TEMP TABLE crm_sv_customers AS {named} "
+            "UNION SELECT customer_id FROM crm_sv_cov UNION SELECT customer_id FROM crm_sv_fv_customers"
+        )
+        if self.old_end != self.new_end:
+            # "Now" moved: the terms whose start, end or due moment it passed change coverage
+            # and the next renewal.
+            if self.old_end is None:
+                moved = "TRUE"
+            else:
+                low, high = timestamp_sql(self.old_end), timestamp_sql(self.new_end)
+                moved = " OR ".join(
+                    f"{c} BETWEEN {low} AND {high}" for c in ("starts_on", "final_ends_on", "covered_until")
+                )
+            run(f"INSERT INTO crm_sv_customers SELECT customer_id FROM {s}.contract_terms WHERE {moved}")
+        if not self._count("crm_sv_customers"):
+            return
+        customers = "customer_id IN (SELECT customer_id FROM crm_sv_customers)"
+        with Scratch(self.connection) as scratch:
+            run(
+                f"CREATE TABLE {SCRATCH}.customer_profile AS "
+                f"SELECT * FROM {s}.customer_profile WHERE {customers}"
+            )
+            scratch.events(
+                self._rows(
+                    _INSTALL_READS,
+                    f"{customers} AND event_type IN ('ProductInstalled', 'ProductRemoved')",
+                    with_end=True,
+                )
+            )
+            scratch.view(
+                "contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers} {_TERM_ORDER}"
+            )
+            scratch.view("field_visit", f"SELECT * FROM {s}.field_visit WHERE {customers}")
+            run(profile_service_sql(SCRATCH))
+            run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
+            run(f"INSERT INTO {s}.customer_profile BY NAME SELECT * FROM {SCRATCH}.customer_profile")
+            scratch.clear()
+
+
+def maintain_goals(connection: duckdb.DuckDBPyConnection, v: str, index: str, visible: str) -> None:
+    """Rebuild a version's goal tables from the index's goal events (not a scan of the log)."""
+    run = connection.execute
+    with Scratch(connection) as scratch:
+        scratch.events(
+            f"SELECT {', '.join(_GOAL_READS)} FROM {index} WHERE {visible} AND event_type IN {_GOAL_EVENTS}"
+        )
+        for table in ("kpi_team_month", "reward_score", "reward_components"):
+            scratch.view(table, f"SELECT * FROM {v}.{table}")
+        for statement in goal_model_sql(SCRATCH):
+            run(statement)
+        for table in GOAL_TABLES:
+            run(f"DELETE FROM {v}.{table}")
+            run(f"INSERT INTO {v}.{table} SELECT * FROM {SCRATCH}.{table}")
+        scratch.clear()
