@@ -217,6 +217,9 @@ class UnitOfWork(Protocol):
     def record(self, aggregate: LedgerAggregate, fact: Fact) -> None:
         """Append a checked fact to an aggregate of this batch."""
 
+    def size_bound(self, fact: Fact) -> int:
+        """`encoded_size_bound(fact)` (the bulk path may have it computed already)."""
+
 
 class _UnitOfWork:
     """Aggregates touched by one batch, looked up once each, and its new events in fact order.
@@ -296,6 +299,10 @@ class _UnitOfWork:
     def record(self, aggregate: LedgerAggregate, fact: Fact) -> None:
         aggregate.record(fact, self.recorded_at)
         self._claim(aggregate.collect_events())
+
+    @staticmethod
+    def size_bound(fact: Fact) -> int:
+        return encoded_size_bound(fact)
 
     def _claim(self, events: Sequence[Any]) -> None:
         for event in events:
@@ -422,7 +429,7 @@ class LedgerApplication(Application[UUID]):
             stored = work.stored_ids.get(fact.event_id)
             if stored is not None:
                 return self._same_fact(fact, self._stored_fact(stored))
-            size = encoded_size_bound(fact)
+            size = work.size_bound(fact)
             if size > self.max_event_bytes:
                 raise ValidationError(
                     "(record)", f"too large: up to {size} bytes encoded, the limit is {self.max_event_bytes}"

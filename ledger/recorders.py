@@ -10,7 +10,8 @@ with one indexed query per batch.
 The rows to index are passed to `insert_events` as the keyword argument `event_index`
 (eventsourcing hands extra keyword arguments of `ProcessingEvent.saved_kwargs` through);
 `bulk=True` (from `ledger.bulk`, with originator ids already as hex text) inserts the events
-with one `executemany` and returns no notification ids.
+with one `executemany` and returns no notification ids; `before_events`, a function of the
+cursor, writes other rows (new personal-data keys) in the same transaction first.
 The PostgreSQL twin is in `ledger.postgres_recorder` (psycopg is an optional extra).
 """
 
@@ -42,6 +43,9 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         returning: Sequence[int] | None
+        before = kwargs.get("before_events")
+        if before is not None:
+            before(c)
         if kwargs.get("bulk"):
             # The bulk writer needs no notification ids back: one statement batch instead of a
             # statement per event (rowids are still assigned in the order given).
