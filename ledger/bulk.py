@@ -19,7 +19,7 @@ version or event id taken) is decided again on fresh state, like `record` does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -77,12 +77,14 @@ class BulkUnitOfWork:
         self._occurrences: dict[Ref, _State] = {}
         self._states: dict[int, _State] = {}  # id(aggregate) -> its state, for `record`
         self.touched: dict[Ref, _State] = {}
-        #: (originator id hex, version, event type, event id, record to encode or the prepared
-        #: message) of the new events, in fact order.
-        self.rows: list[tuple[str, int, str, str, dict[str, Any] | Prepared]] = []
+        #: (originator id hex, version, event type, event id, record to encode or the finished
+        #: prepared message) of the new events, in fact order.
+        self.rows: list[tuple[str, int, str, str, dict[str, Any] | bytes]] = []
         #: The fact being decided and what its worker prepared (see `judging`).
         self._given: Fact | None = None
+        self._given_data: Mapping[str, Any] | None = None
         self._prepared: Prepared | None = None
+        self._recorded_at = zigzag_varint(self.recorded_at_ms)
         self.stored_ids: dict[str, bytes] = {}
         self.batch_facts: dict[str, Fact] = {}
         self.new_keys: dict[str, bytes] = {}
@@ -105,6 +107,7 @@ class BulkUnitOfWork:
     def judging(self, fact: Fact, prepared: Prepared | None) -> None:
         """The next fact to be decided, with its prepared message (None when there is none)."""
         self._given = fact
+        self._given_data = fact.data
         self._prepared = prepared
 
     def size_bound(self, fact: Fact) -> int:
@@ -153,10 +156,11 @@ class BulkUnitOfWork:
     def _apply(self, state: _State, fact: Fact) -> None:
         state.aggregate._apply_fact(fact.event_type, fact.event_id, fact.occurred_at, fact.data)
         state.version += 1
-        given, prepared = self._given, self._prepared
-        if prepared is not None and given is not None and fact.data == given.data:
+        prepared = self._prepared
+        if prepared is not None and prepared[0] is not None and fact.data == self._given_data:
             # Judged as given (nothing filled in or encrypted): the prepared message holds.
-            self.rows.append((state.hex_id, state.version, fact.event_type, fact.event_id, prepared))
+            message = finish(prepared[0], prepared[1] or b"", self._recorded_at)
+            self.rows.append((state.hex_id, state.version, fact.event_type, fact.event_id, message))
             return
         # What the Avro mapper stores for an eventsourcing event: its fields plus the envelope.
         record = dict(fact.data)
@@ -252,14 +256,13 @@ class BulkWriter:
     def _insert(self, work: BulkUnitOfWork, new_keys: dict[str, bytes]) -> None:
         encode = self.app.codec.encode
         postgres = self._postgres
-        recorded_at = zigzag_varint(work.recorded_at_ms)
         topics = self._topics
         stored = [
             StoredEvent(
                 originator_id=UUID(hex=hex_id) if postgres else hex_id,
                 originator_version=version,
                 topic=topics[event_type],
-                state=encode(event_type, body) if isinstance(body, dict) else finish(body, recorded_at),
+                state=encode(event_type, body) if isinstance(body, dict) else body,
             )
             for hex_id, version, event_type, _, body in work.rows
         ]

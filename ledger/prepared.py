@@ -18,8 +18,9 @@ from ledger.records import ENRICHED_FIELDS, Fact
 from schemas.codec import AvroCodec
 from schemas.errors import EncodeError
 
-#: (message before `recorded_at`, message after it, the fact's encoded size bound)
-Prepared = tuple[bytes, bytes, int]
+#: (message before `recorded_at`, message after it, the fact's encoded size bound); the
+#: message parts are None when the ledger must encode the fact itself.
+Prepared = tuple[bytes | None, bytes | None, int]
 _ENVELOPE = ("event_id", "occurred_at", "recorded_at")
 
 
@@ -51,12 +52,13 @@ class Preparer:
         for event_type, name in ENRICHED_FIELDS:
             self._filled[event_type] = (*self._filled.get(event_type, ()), name)
 
-    def prepare(self, fact: Fact) -> Prepared | None:
-        """The fact's message split around `recorded_at`, or None when it cannot be prepared."""
+    def prepare(self, fact: Fact) -> Prepared:
+        """The fact's size bound and its message split around `recorded_at` (when it can be)."""
+        bound = encoded_size_bound(fact)
         if fact.event_type not in self._splittable:
-            return None
+            return None, None, bound
         if any(fact.data.get(name) is None for name in self._filled.get(fact.event_type, ())):
-            return None
+            return None, None, bound
         record = dict(fact.data)
         record["event_id"] = fact.event_id
         record["occurred_at"] = fact.occurred_at
@@ -64,15 +66,15 @@ class Preparer:
         try:
             message = self._codec.encode(fact.event_type, record)
         except EncodeError:
-            return None  # the writer encodes it again and reports the problem itself
+            return None, None, bound  # the writer encodes it again and reports the problem
         event_id = fact.event_id.encode("utf-8")
         # 5-byte header, the event id as length + bytes, occurred_at: then recorded_at's byte.
         at = 5 + len(zigzag_varint(len(event_id))) + len(event_id) + len(zigzag_varint(fact.occurred_at))
         if message[at] != 0:
-            return None
-        return message[:at], message[at + 1 :], encoded_size_bound(fact)
+            return None, None, bound
+        return message[:at], message[at + 1 :], bound
 
 
-def finish(prepared: Prepared, recorded_at: bytes) -> bytes:
+def finish(head: bytes, tail: bytes, recorded_at: bytes) -> bytes:
     """The stored message: the prepared parts around `recorded_at` (already zig-zag encoded)."""
-    return b"".join((prepared[0], recorded_at, prepared[1]))
+    return b"".join((head, recorded_at, tail))
