@@ -19,6 +19,7 @@ from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
 from ledger.bulk import BulkWriter
+from ledger.collections_pause import fewer_collections
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.ordering import in_time_order
@@ -601,24 +602,25 @@ def ingest_records(
         batch.clear()
 
     try:
-        ordered = in_time_order(
-            _counted(records, reporter),
-            run_size=SORT_RUN_SIZE,
-            pack=SourceRecord.packed,
-            unpack=SourceRecord.unpacked,
-        )
-        for source in ordered:
-            if source.error is not None:
-                summary.rejected += 1
-                rejects.reject(source.location, source.error, source.shown())
-                continue
-            if source.fact is None:
-                continue
-            batch.append(source)
-            if len(batch) >= batch_size:
+        with fewer_collections():
+            ordered = in_time_order(
+                _counted(records, reporter),
+                run_size=SORT_RUN_SIZE,
+                pack=SourceRecord.packed,
+                unpack=SourceRecord.unpacked,
+            )
+            for source in ordered:
+                if source.error is not None:
+                    summary.rejected += 1
+                    rejects.reject(source.location, source.error, source.shown())
+                    continue
+                if source.fact is None:
+                    continue
+                batch.append(source)
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
     finally:
         if writer is not None:
             writer.close()
