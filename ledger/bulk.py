@@ -76,7 +76,6 @@ class BulkUnitOfWork:
         #: This batch's new one-off facts (never cached across batches, like `record`).
         self._occurrences: dict[Ref, _State] = {}
         self._states: dict[int, _State] = {}  # id(aggregate) -> its state, for `record`
-        self.touched: dict[Ref, _State] = {}
         #: (originator id hex, version, event type, event id, record to encode or the finished
         #: prepared message) of the new events, in fact order.
         self.rows: list[tuple[str, int, str, str, dict[str, Any] | bytes]] = []
@@ -131,8 +130,6 @@ class BulkUnitOfWork:
         if not isinstance(aggregate, cls):
             return None
         self._states[id(aggregate)] = state
-        if cls is not Occurrence:
-            self.touched[ref] = state
         return aggregate
 
     def start(self, cls: type[LedgerAggregate], fact: Fact, key: str) -> None:
@@ -146,7 +143,6 @@ class BulkUnitOfWork:
                 self.interactions.append((fact.event_id, fact.data.get("employee_id")))
         else:
             self._cache[ref] = state
-            self.touched[ref] = state
         self._absent.discard(ref)
         self._apply(state, fact)
 
