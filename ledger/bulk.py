@@ -42,6 +42,7 @@ from ledger.records import Fact
 from ledger.vault import PERSONAL_FIELDS
 from schemas.registry import NAMESPACE
 
+_uncached_hex = aggregate_hex.__wrapped__
 #: Aggregates kept between batches (the eventsourcing path's cache holds as many).
 CACHED_AGGREGATES = 200_000
 Ref = tuple[str, str]
@@ -135,7 +136,10 @@ class BulkUnitOfWork:
     def start(self, cls: type[LedgerAggregate], fact: Fact, key: str) -> None:
         ref = (cls.KIND, key)
         aggregate = _blank(cls)
-        state = _State(aggregate, aggregate_hex(cls.KIND, key), 0)
+        # A one-off fact's id is never asked for again: computed without the shared cache,
+        # where a million of them would only push out the ids of customers and cases.
+        hex_id = _uncached_hex(cls.KIND, key) if cls is Occurrence else aggregate_hex(cls.KIND, key)
+        state = _State(aggregate, hex_id, 0)
         self._states[id(aggregate)] = state
         if cls is Occurrence:
             self._occurrences[ref] = state
