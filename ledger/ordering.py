@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 DEFAULT_RUN_SIZE = 200_000
+#: Records per pickled chunk of a spilled run. Merging holds one chunk of every run in
+#: memory, so this (not the run size) sets how memory grows with the number of runs.
+SPILL_CHUNK = 512
 
 
 class _Timed(Protocol):
@@ -87,8 +90,9 @@ def _spill(buffer: list[tuple[int, int, T]], spill_dir: Path | None, pack: Calla
     # Deleted on close (and by the OS if the process dies): nothing is left behind.
     handle = tempfile.TemporaryFile(prefix="crm-ledger-sort-", dir=spill_dir)  # noqa: SIM115 - returned open
     pickler = pickle.Pickler(handle, protocol=pickle.HIGHEST_PROTOCOL)
-    for start in range(0, len(buffer), 4096):
-        pickler.dump([(at, sequence, pack(record)) for at, sequence, record in buffer[start : start + 4096]])
+    for start in range(0, len(buffer), SPILL_CHUNK):
+        chunk = buffer[start : start + SPILL_CHUNK]
+        pickler.dump([(at, sequence, pack(record)) for at, sequence, record in chunk])
         pickler.clear_memo()
     handle.flush()
     handle.seek(0)

@@ -26,8 +26,9 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 INDEX_TABLE = "crm_event_ids"
 #: For bulk batches, the writing connection keeps this many KiB of pages in memory: a batch
 #: touches pages all over the two random-key indexes, and with SQLite's default 2 MiB cache
-#: they were written out and read back within the transaction.
-BULK_CACHE_KIB = 128 * 1024
+#: they were written out and read back within the transaction. (A fixed amount: it is part
+#: of an import's peak memory, which must not grow with the file.)
+BULK_CACHE_KIB = 32 * 1024
 #: ... and lets the write-ahead log grow to this many pages before copying it back: a
 #: checkpoint after every large batch rewrote the same index pages again and again. Each
 #: commit still syncs the log (durability of a committed batch is unchanged).
