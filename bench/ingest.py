@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -41,7 +43,24 @@ def ingest(
     if limit is not None:
         records = itertools.islice(records, limit)
     sink = RejectSink(None, echo=None)
-    return timed(lambda: ingest_records(app, records, sink, batch_size=2000, bulk=bulk))  # type: ignore[no-any-return]
+    cpu_before = _cpu_seconds()
+    summary, seconds = timed(lambda: ingest_records(app, records, sink, batch_size=2000, bulk=bulk))
+    main_cpu, workers_cpu = (after - before for after, before in zip(_cpu_seconds(), cpu_before, strict=True))
+    CPU[bulk] = (main_cpu / summary.accepted * 1e6, workers_cpu / summary.accepted * 1e6)
+    return summary, seconds
+
+
+#: Microseconds of CPU per accepted event (main process, worker processes) of the last run of
+#: each path: on a machine shared with other work, what each path needs of a core is steadier
+#: than its wall-clock rate.
+CPU: dict[bool, tuple[float, float]] = {}
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds of this process and of its finished children (the parse workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def postgres_rate(history: Path) -> float | None:
@@ -86,7 +105,10 @@ def main() -> None:
     base_app.close()
     baseline = base_summary.accepted / base_seconds
 
+    (bulk_main, bulk_workers), (base_main, _) = CPU[True], CPU[False]
+    load = os.getloadavg()[0]
     figures = {
+        "load_average_1min_at_end": round(load, 1),
         "events": summary.accepted,
         "rejected": summary.rejected,
         "seconds": round(seconds, 1),
@@ -96,6 +118,12 @@ def main() -> None:
         "speedup_vs_aggregate_path": round(bulk / baseline, 2),
         "goal_events_per_s": GOAL,
         "goal_ratio": round(bulk / GOAL, 2),
+        # The main process decides and writes alone; at 1 core for it, this is its rate.
+        "bulk_main_cpu_us_per_event": round(bulk_main, 1),
+        "bulk_workers_cpu_us_per_event": round(bulk_workers, 1),
+        "baseline_main_cpu_us_per_event": round(base_main, 1),
+        "main_cpu_ratio_baseline_to_bulk": round(base_main / bulk_main, 2),
+        "bulk_events_per_main_cpu_s": round(1e6 / bulk_main),
     }
     if args.postgres:
         rate = postgres_rate(history)

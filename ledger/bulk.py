@@ -19,7 +19,7 @@ version or event id taken) is decided again on fresh state, like `record` does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -32,14 +32,17 @@ from ledger.application import (
     Outcome,
     _references,
     decided_again_on_contention,
+    encoded_size_bound,
 )
 from ledger.domain import EVENT_OWNERS, LedgerAggregate, Occurrence, aggregate_hex
 from ledger.existence import existing_ids, indexed_events
 from ledger.mapper import epoch_ms
+from ledger.prepared import Prepared, finish, zigzag_varint
 from ledger.records import Fact
 from ledger.vault import PERSONAL_FIELDS
 from schemas.registry import NAMESPACE
 
+_uncached_hex = aggregate_hex.__wrapped__
 #: Aggregates kept between batches (the eventsourcing path's cache holds as many).
 CACHED_AGGREGATES = 200_000
 Ref = tuple[str, str]
@@ -74,9 +77,14 @@ class BulkUnitOfWork:
         #: This batch's new one-off facts (never cached across batches, like `record`).
         self._occurrences: dict[Ref, _State] = {}
         self._states: dict[int, _State] = {}  # id(aggregate) -> its state, for `record`
-        self.touched: dict[Ref, _State] = {}
-        #: (originator id hex, version, event type, record) of the new events, in fact order.
-        self.rows: list[tuple[str, int, str, dict[str, Any]]] = []
+        #: (originator id hex, version, event type, event id, record to encode or the finished
+        #: prepared message) of the new events, in fact order.
+        self.rows: list[tuple[str, int, str, str, dict[str, Any] | bytes]] = []
+        #: The fact being decided and what its worker prepared (see `judging`).
+        self._given: Fact | None = None
+        self._given_data: Mapping[str, Any] | None = None
+        self._prepared: Prepared | None = None
+        self._recorded_at = zigzag_varint(self.recorded_at_ms)
         self.stored_ids: dict[str, bytes] = {}
         self.batch_facts: dict[str, Fact] = {}
         self.new_keys: dict[str, bytes] = {}
@@ -96,6 +104,17 @@ class BulkUnitOfWork:
         self._absent = (unknown - present) | {r for r in own if r[1] not in self.stored_ids}
         app.vault.prefetch(f.data["customer_id"] for f in facts if f.event_type in PERSONAL_FIELDS)
 
+    def judging(self, fact: Fact, prepared: Prepared | None) -> None:
+        """The next fact to be decided, with its prepared message (None when there is none)."""
+        self._given = fact
+        self._given_data = fact.data
+        self._prepared = prepared
+
+    def size_bound(self, fact: Fact) -> int:
+        if self._prepared is not None and fact is self._given:
+            return self._prepared[2]
+        return encoded_size_bound(fact)
+
     def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
         ref = (cls.KIND, key)
         state = self._occurrences.get(ref) or self._cache.get(ref)
@@ -112,14 +131,15 @@ class BulkUnitOfWork:
         if not isinstance(aggregate, cls):
             return None
         self._states[id(aggregate)] = state
-        if cls is not Occurrence:
-            self.touched[ref] = state
         return aggregate
 
     def start(self, cls: type[LedgerAggregate], fact: Fact, key: str) -> None:
         ref = (cls.KIND, key)
         aggregate = _blank(cls)
-        state = _State(aggregate, aggregate_hex(cls.KIND, key), 0)
+        # A one-off fact's id is never asked for again: computed without the shared cache,
+        # where a million of them would only push out the ids of customers and cases.
+        hex_id = _uncached_hex(cls.KIND, key) if cls is Occurrence else aggregate_hex(cls.KIND, key)
+        state = _State(aggregate, hex_id, 0)
         self._states[id(aggregate)] = state
         if cls is Occurrence:
             self._occurrences[ref] = state
@@ -127,7 +147,6 @@ class BulkUnitOfWork:
                 self.interactions.append((fact.event_id, fact.data.get("employee_id")))
         else:
             self._cache[ref] = state
-            self.touched[ref] = state
         self._absent.discard(ref)
         self._apply(state, fact)
 
@@ -137,12 +156,18 @@ class BulkUnitOfWork:
     def _apply(self, state: _State, fact: Fact) -> None:
         state.aggregate._apply_fact(fact.event_type, fact.event_id, fact.occurred_at, fact.data)
         state.version += 1
+        prepared = self._prepared
+        if prepared is not None and prepared[0] is not None and fact.data == self._given_data:
+            # Judged as given (nothing filled in or encrypted): the prepared message holds.
+            message = finish(prepared[0], prepared[1] or b"", self._recorded_at)
+            self.rows.append((state.hex_id, state.version, fact.event_type, fact.event_id, message))
+            return
         # What the Avro mapper stores for an eventsourcing event: its fields plus the envelope.
         record = dict(fact.data)
         record["event_id"] = fact.event_id
         record["occurred_at"] = fact.occurred_at
         record["recorded_at"] = self.recorded_at_ms
-        self.rows.append((state.hex_id, state.version, fact.event_type, record))
+        self.rows.append((state.hex_id, state.version, fact.event_type, fact.event_id, record))
 
 
 class BulkWriter:
@@ -158,14 +183,21 @@ class BulkWriter:
         self.cache: dict[Ref, _State] = {}
         self._cache_size = cache_size
         self._postgres = not isinstance(app.recorder, SQLiteAggregateRecorder)
+        self._topics = {event_type: f"{NAMESPACE}.{event_type}" for event_type in EVENT_OWNERS}
 
-    def record(self, facts: Sequence[Fact]) -> list[Outcome]:
-        """Validate and save a batch like `LedgerApplication.record` (same rules and outcomes)."""
+    def record(
+        self, facts: Sequence[Fact], prepared: Sequence[Prepared | None] | None = None
+    ) -> list[Outcome]:
+        """Validate and save a batch like `LedgerApplication.record` (same rules and outcomes).
+
+        `prepared` holds each fact's message as its parse worker prepared it (`ledger.prepared`).
+        """
         def forget_cached_state() -> None:
             self.cache.clear()
             self.app.vault.clear_cache()
 
-        return decided_again_on_contention(lambda: self._record_once(facts), forget_cached_state)
+        ready = prepared if prepared is not None else [None] * len(facts)
+        return decided_again_on_contention(lambda: self._record_once(facts, ready), forget_cached_state)
 
     def close(self) -> None:
         """Drop cached state; the application's own cache may be behind what was written."""
@@ -188,23 +220,29 @@ class BulkWriter:
             version = event.originator_version
         return _State(aggregate, hex_id, version)
 
-    def _record_once(self, facts: Sequence[Fact]) -> list[Outcome]:
+    def _record_once(self, facts: Sequence[Fact], prepared: Sequence[Prepared | None]) -> list[Outcome]:
         app = self.app
         work = BulkUnitOfWork(self, datetime.now(tz=UTC))
         work.prefetch(facts)
         try:
-            outcomes = [app.decide(fact, work) for fact in facts]
+            outcomes = []
+            for fact, ready in zip(facts, prepared, strict=True):
+                work.judging(fact, ready)
+                outcomes.append(app.decide(fact, work))
             forgotten = [
                 f.data["customer_id"]
                 for f, o in zip(facts, outcomes, strict=True)
                 if o.status == "accepted" and f.event_type == "CustomerForgotten"
             ]
             if work.rows:
-                # Keys before the events encrypted with them; shredding before the forget is
-                # saved: a crash in between leaves data unreadable, never readable.
-                app.vault.store_new_keys(work.new_keys)
+                # Keys with (or before) the events encrypted with them; shredding before the
+                # forget is saved: a crash in between leaves data unreadable, never readable.
+                # (Forgetting deletes keys, maybe this batch's own: then keys go first, apart.)
+                keys_apart = bool(forgotten) or not app.vault.in_event_store
+                if keys_apart:
+                    app.vault.store_new_keys(work.new_keys)
                 app.vault.forget(forgotten)
-                self._insert(work)
+                self._insert(work, {} if keys_apart else work.new_keys)
         except BaseException:
             # Cached state may hold this batch's unsaved facts.
             self.cache.clear()
@@ -215,20 +253,29 @@ class BulkWriter:
         self._trim()
         return outcomes
 
-    def _insert(self, work: BulkUnitOfWork) -> None:
+    def _insert(self, work: BulkUnitOfWork, new_keys: dict[str, bytes]) -> None:
         encode = self.app.codec.encode
         postgres = self._postgres
+        topics = self._topics
         stored = [
             StoredEvent(
                 originator_id=UUID(hex=hex_id) if postgres else hex_id,
                 originator_version=version,
-                topic=f"{NAMESPACE}.{event_type}",
-                state=encode(event_type, record),
+                topic=topics[event_type],
+                state=encode(event_type, body) if isinstance(body, dict) else body,
             )
-            for hex_id, version, event_type, record in work.rows
+            for hex_id, version, event_type, _, body in work.rows
         ]
-        index = [(record["event_id"], hex_id, version) for hex_id, version, _, record in work.rows]
-        self.app.recorder.insert_events(stored, event_index=index, bulk=True)
+        index = [(event_id, hex_id, version) for hex_id, version, _, event_id, _ in work.rows]
+        vault = self.app.vault
+        self.app.recorder.insert_events(
+            stored,
+            event_index=index,
+            bulk=True,
+            # New personal-data keys in the events' own transaction: one commit, not two.
+            before_events=(lambda cursor: vault.insert_keys(cursor, new_keys)) if new_keys else None,
+        )
+        vault.remember_keys(new_keys)
 
     def _trim(self) -> None:
         # Oldest first (insertion order); an evicted aggregate is read back when needed.

@@ -19,9 +19,11 @@ from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
 from ledger.bulk import BulkWriter
+from ledger.collections_pause import fewer_collections
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.ordering import in_time_order
+from ledger.prepared import Prepared
 from ledger.records import Fact, RecordParser
 from ledger.vault import PERSONAL_FIELDS
 
@@ -37,6 +39,8 @@ MAX_RECORD_BYTES_LIMIT = 900_000
 MAX_JSON_DEPTH = 32
 #: Files from this size on are parsed in worker processes (below, starting them costs more).
 PARALLEL_PARSE_BYTES = 8 << 20
+#: Valid records sorted in memory at a time; larger runs spill sorted runs to disk.
+SORT_RUN_SIZE = 200_000
 _BOM = b"\xef\xbb\xbf"
 _csv_limit_raised = False
 
@@ -58,6 +62,8 @@ class SourceRecord:
     source: Mapping[str, Any] | None = None
     #: The JSON line of an accepted record parsed elsewhere (`ledger.parse_workers`).
     line: bytes | None = None
+    #: The fact's message prepared where it was parsed (`ledger.prepared`), if it was.
+    prepared: Prepared | None = None
 
     def shown(self) -> str | None:
         """The input as the rejects file shows it (personal fields redacted)."""
@@ -71,6 +77,29 @@ class SourceRecord:
     def sort_time(self) -> int | None:
         """When the fact happened (None for rejects): the order facts are applied in."""
         return self.fact.occurred_at if self.fact is not None else None
+
+    def packed(self) -> tuple[Any, ...]:
+        """A parsed record as a plain tuple, cheap to spill to disk while sorting (`unpacked`)."""
+        fact = self.fact
+        assert fact is not None
+        return (
+            self.location,
+            self.bytes_read,
+            self.source,
+            self.line,
+            self.prepared,
+            fact.event_type,
+            fact.event_id,
+            fact.occurred_at,
+            fact.data,
+        )
+
+    @staticmethod
+    def unpacked(packed: tuple[Any, ...]) -> SourceRecord:
+        """The record `packed` was made from."""
+        location, size, source, line, prepared, event_type, event_id, occurred_at, data = packed
+        fact = Fact(event_type, event_id, occurred_at, data)
+        return SourceRecord(location, None, fact, None, size, source, line, prepared)
 
 
 @dataclass
@@ -550,10 +579,13 @@ def ingest_records(
     summary = IngestSummary()
     batch: list[SourceRecord] = []
     writer = BulkWriter(app) if bulk else None
-    decide = writer.record if writer is not None else app.record
 
     def flush() -> None:
-        outcomes = decide([r.fact for r in batch if r.fact is not None])
+        facts = [r.fact for r in batch if r.fact is not None]
+        if writer is not None:
+            outcomes = writer.record(facts, [r.prepared for r in batch])
+        else:
+            outcomes = app.record(facts)
         for record, outcome in zip(batch, outcomes, strict=True):
             if outcome.status == "accepted":
                 summary.accepted += 1
@@ -570,18 +602,25 @@ def ingest_records(
         batch.clear()
 
     try:
-        for source in in_time_order(_counted(records, reporter)):
-            if source.error is not None:
-                summary.rejected += 1
-                rejects.reject(source.location, source.error, source.shown())
-                continue
-            if source.fact is None:
-                continue
-            batch.append(source)
-            if len(batch) >= batch_size:
+        with fewer_collections():
+            ordered = in_time_order(
+                _counted(records, reporter),
+                run_size=SORT_RUN_SIZE,
+                pack=SourceRecord.packed,
+                unpack=SourceRecord.unpacked,
+            )
+            for source in ordered:
+                if source.error is not None:
+                    summary.rejected += 1
+                    rejects.reject(source.location, source.error, source.shown())
+                    continue
+                if source.fact is None:
+                    continue
+                batch.append(source)
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
     finally:
         if writer is not None:
             writer.close()

@@ -8,6 +8,8 @@ per line only plain tuples: the fact's type, id, time and fields, or a reject's 
 error. It keeps the lines themselves, so an accepted record travels once and a rejects entry
 is redacted from its line only if the ledger later refuses it. Chunks come back in input
 order and only a few are in flight, so memory stays bounded whatever the file size.
+Each worker also prepares the fact's Avro message and size bound (`ledger.prepared`), so
+the main process, which alone can judge and write, has that much less to do.
 
 The records are the ones `read_jsonl` yields for the same file, field for field
 (`tests/test_parse_workers.py`).
@@ -25,14 +27,16 @@ from typing import Any
 
 from ledger.errors import ValidationError
 from ledger.ingest import SourceRecord, _Line, _lines, _too_large, parse_json_line
+from ledger.prepared import Preparer
 from ledger.records import Fact, RecordParser
+from schemas.codec import AvroCodec
 
 #: Lines per chunk handed to a worker, and chunks in flight per worker.
 CHUNK_LINES = 2000
 IN_FLIGHT_PER_WORKER = 4
 
-#: (event type, event id, occurred_at, fields) of a fact; (None, shown, error class, field,
-#: reason) of a reject; None for a blank line.
+#: (event type, event id, occurred_at, fields, prepared message or None) of a fact;
+#: (None, shown, error class, field, reason) of a reject; None for a blank line.
 Parsed = tuple[Any, ...] | None
 
 # One parser per worker process, set by the pool's initializer (state of that process only).
@@ -43,17 +47,19 @@ def _start_worker(parser: RecordParser, name: str, max_record_bytes: int) -> Non
     # Ctrl-C reaches the whole process group: the main process stops the run (and the pool);
     # a worker interrupted on its own would only print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker.update(parser=parser, name=name, limit=max_record_bytes)
+    preparer = Preparer(AvroCodec(parser.registry))
+    _worker.update(parser=parser, name=name, limit=max_record_bytes, prepare=preparer.prepare)
 
 
 def _parse_chunk(lines: list[tuple[int, bytes]]) -> list[Parsed]:
     parser, name, limit = _worker["parser"], _worker["name"], _worker["limit"]
+    prepare = _worker["prepare"]
     out: list[Parsed] = []
     for number, data in lines:
         record = parse_json_line(name, number, data, parser, limit)
         if record.fact is not None:
             fact = record.fact
-            out.append((fact.event_type, fact.event_id, fact.occurred_at, fact.data))
+            out.append((fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact)))
         elif record.error is not None:
             error = record.error
             out.append((None, record.raw, type(error), error.field, error.reason))
@@ -112,4 +118,4 @@ def _records(
             yield SourceRecord(location, shown, None, error, line.size)
         else:
             fact = Fact(item[0], item[1], item[2], item[3])
-            yield SourceRecord(location, None, fact, None, line.size, line=line.data)
+            yield SourceRecord(location, None, fact, None, line.size, line=line.data, prepared=item[4])

@@ -41,6 +41,10 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 connection.execute("SELECT pg_advisory_unlock(%s)", (_CREATE_LOCK,))
 
     def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        before = kwargs.get("before_events")
+        if before is not None:
+            with curs.connection.cursor() as before_cursor:
+                before(before_cursor)
         super()._insert_stored_events(curs, stored_events, **kwargs)
         rows: list[IndexRow] = kwargs.get("event_index") or []
         if rows:

@@ -10,7 +10,8 @@ with one indexed query per batch.
 The rows to index are passed to `insert_events` as the keyword argument `event_index`
 (eventsourcing hands extra keyword arguments of `ProcessingEvent.saved_kwargs` through);
 `bulk=True` (from `ledger.bulk`, with originator ids already as hex text) inserts the events
-with one `executemany` and returns no notification ids.
+with one `executemany` and returns no notification ids; `before_events`, a function of the
+cursor, writes other rows (new personal-data keys) in the same transaction first.
 The PostgreSQL twin is in `ledger.postgres_recorder` (psycopg is an optional extra).
 """
 
@@ -23,6 +24,15 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 
 INDEX_TABLE = "crm_event_ids"
+#: For bulk batches, the writing connection keeps this many KiB of pages in memory: a batch
+#: touches pages all over the two random-key indexes, and with SQLite's default 2 MiB cache
+#: they were written out and read back within the transaction. (A fixed amount: it is part
+#: of an import's peak memory, which must not grow with the file.)
+BULK_CACHE_KIB = 32 * 1024
+#: ... and lets the write-ahead log grow to this many pages before copying it back: a
+#: checkpoint after every large batch rewrote the same index pages again and again. Each
+#: commit still syncs the log (durability of a committed batch is unchanged).
+BULK_CHECKPOINT_PAGES = 16384
 #: (event id, originator id as 32 hex digits, originator version)
 IndexRow = tuple[str, str, int]
 
@@ -42,7 +52,12 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         returning: Sequence[int] | None
+        before = kwargs.get("before_events")
+        if before is not None:
+            before(c)
         if kwargs.get("bulk"):
+            c.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+            c.execute(f"PRAGMA wal_autocheckpoint = {BULK_CHECKPOINT_PAGES}")
             # The bulk writer needs no notification ids back: one statement batch instead of a
             # statement per event (rowids are still assigned in the order given).
             c.executemany(
@@ -54,5 +69,6 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             returning = super()._insert_events(c, stored_events, **kwargs)
         rows: list[IndexRow] = kwargs.get("event_index") or []
         if rows:
-            c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?, ?)", rows)
+            # In key order: the index's B-tree is then filled page by page, not at random.
+            c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?, ?)", sorted(rows))
         return returning

@@ -339,6 +339,8 @@ class RecordParser:
         now_ms: int | None = None,
         future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
     ) -> None:
+        #: The schemas the facts are checked against (and can be encoded with).
+        self.registry = registry
         now = int(time.time() * 1000) if now_ms is None else now_ms
         self._latest_ms = now + future_tolerance_ms
         self._rules = {

@@ -46,6 +46,7 @@ class PersonalDataVault:
     separate SQLite key file when `key_store` is given."""
 
     def __init__(self, recorder: ApplicationRecorder, key_store: str | None = None) -> None:
+        self._in_event_store = not key_store
         if key_store:
             _refuse_keys_left_in(recorder, key_store)
             self._datastore: Any = SQLiteDatastore(key_store, lock_timeout=30)
@@ -84,10 +85,27 @@ class PersonalDataVault:
         if not pending:
             return
         with self._transaction() as cursor:
-            cursor.executemany(
-                f"INSERT INTO {_TABLE} (customer_id, key) VALUES ({self._mark}, {self._mark})",
-                sorted(pending.items()),
-            )
+            self.insert_keys(cursor, pending)
+        self.remember_keys(pending)
+
+    @property
+    def in_event_store(self) -> bool:
+        """Whether the keys live in the event store's own database (no separate key store)."""
+        return self._in_event_store
+
+    def insert_keys(self, cursor: Any, pending: Mapping[str, bytes]) -> None:
+        """Insert new keys through a cursor of the event store's transaction (`in_event_store`).
+
+        Then `remember_keys` once it is committed. A key another writer made first fails the
+        whole transaction with an `IntegrityError`: the batch is decided again.
+        """
+        cursor.executemany(
+            f"INSERT INTO {_TABLE} (customer_id, key) VALUES ({self._mark}, {self._mark})",
+            sorted(pending.items()),
+        )
+
+    def remember_keys(self, pending: Mapping[str, bytes]) -> None:
+        """Keep committed new keys in the cache (after `insert_keys`)."""
         for customer_id, key in pending.items():
             self._remember(customer_id, key)
             self._keyless.discard(customer_id)

@@ -2,8 +2,9 @@
 
 The same runs (a generated history with invalid records, shuffled; hostile lines; duplicates,
 conflicts, re-registrations, forgetting; a CSV file) go through `ingest_records` with
-`bulk=False` (aggregates and events of eventsourcing) and `bulk=True` (`ledger.bulk`), and
-through both alternately. Every stored event must be the same, byte for byte apart from
+`bulk=False` (aggregates and events of eventsourcing) and `bulk=True` (`ledger.bulk`), through
+both alternately, and through the bulk path as a large file takes it (parsed and its
+messages prepared in worker processes, sorted in runs spilled to disk). Every stored event must be the same, byte for byte apart from
 `recorded_at` and the nonces of ciphertexts, in the same order under the same originator and
 version; the rejects files and the summaries must be identical; personal-data keys must
 exist for the same customers.
@@ -22,6 +23,7 @@ import pytest
 
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
+from ledger import ingest, parse_workers
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
@@ -214,14 +216,30 @@ def _content(app: LedgerApplication) -> tuple[list[tuple[str, int, str, bytes]],
 
 @pytest.mark.parametrize("seed", [5, 23])
 def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
-    store_kind: str, seed: int, tmp_path: Path, request: pytest.FixtureRequest
+    store_kind: str,
+    seed: int,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     runs = _runs(tmp_path, seed)
     results = {}
-    choices = {"aggregates": [False] * 4, "bulk": [True] * 4, "alternating": [True, False, True, False]}
+    choices = {
+        "aggregates": [False] * 4,
+        "bulk": [True] * 4,
+        "alternating": [True, False, True, False],
+        "bulk-workers": [True] * 4,
+    }
     for name, chosen in choices.items():
         store = _store(store_kind, tmp_path, name, request)
-        summaries, app = _ingest_all(store, runs, iter(chosen), tmp_path / f"{name}.rejects")
+        with monkeypatch.context() as patch:
+            if name == "bulk-workers":
+                # As a large file is read: parsed (and its messages prepared) in worker
+                # processes, sorted in runs spilled to disk.
+                patch.setattr(ingest, "PARALLEL_PARSE_BYTES", 0)
+                patch.setattr(ingest, "SORT_RUN_SIZE", 97)
+                patch.setattr(parse_workers, "CHUNK_LINES", 41)
+            summaries, app = _ingest_all(store, runs, iter(chosen), tmp_path / f"{name}.rejects")
         results[name] = (summaries, _content(app), (tmp_path / f"{name}.rejects").read_text())
         app.close()
     expected = results["aggregates"]
@@ -233,7 +251,7 @@ def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
         and summaries[1].duplicates > 20
     )
     assert summaries[3].duplicates > 0 and keys
-    for name in ("bulk", "alternating"):
+    for name in ("bulk", "alternating", "bulk-workers"):
         got = results[name]
         assert got[0] == expected[0], name  # summaries of every run
         assert got[1][0] == rows, name  # stored events, in notification order

@@ -1,0 +1,80 @@
+"""A fact's Avro message prepared before the ledger judges it, finished in one concatenation.
+
+Most of a stored event's bytes follow from the fact alone: every ledger schema starts with
+`event_id`, `occurred_at` and `recorded_at`, and only `recorded_at` (the moment the batch
+is saved) and the fields the ledger fills in or encrypts depend on ledger state. So the
+processes that parse a large file also encode each fact with `recorded_at` = 0 and hand
+the message back split around that one byte; the writer puts the batch's `recorded_at`
+in between, which gives exactly the bytes that encoding the finished record would give.
+When the ledger changed the fact's fields (a filled-in customer, an encrypted name) the
+writer encodes it itself. The fact's size bound (`encoded_size_bound`) travels with it, so
+the writer need not compute it either.
+"""
+
+from __future__ import annotations
+
+from ledger.application import encoded_size_bound
+from ledger.records import ENRICHED_FIELDS, Fact
+from schemas.codec import AvroCodec
+from schemas.errors import EncodeError
+
+#: (message before `recorded_at`, message after it, the fact's encoded size bound); the
+#: message parts are None when the ledger must encode the fact itself.
+Prepared = tuple[bytes | None, bytes | None, int]
+_ENVELOPE = ("event_id", "occurred_at", "recorded_at")
+
+
+def zigzag_varint(value: int) -> bytes:
+    """Avro's encoding of a long: zig-zag, then 7 bits per byte, low bits first."""
+    number = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while number & ~0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+class Preparer:
+    """Encodes facts ahead of judgement (in a worker process)."""
+
+    def __init__(self, codec: AvroCodec) -> None:
+        self._codec = codec
+        # Only types whose schema starts with the envelope can be split around recorded_at.
+        self._splittable = {
+            event_type
+            for event_type in codec.registry.event_types
+            if codec.registry.latest(event_type).field_names[:3] == _ENVELOPE
+        }
+        #: Fields the ledger fills in, per event type: a fact that leaves one out is finished
+        #: by the ledger, so preparing its message would be wasted.
+        self._filled: dict[str, tuple[str, ...]] = {}
+        for event_type, name in ENRICHED_FIELDS:
+            self._filled[event_type] = (*self._filled.get(event_type, ()), name)
+
+    def prepare(self, fact: Fact) -> Prepared:
+        """The fact's size bound and its message split around `recorded_at` (when it can be)."""
+        bound = encoded_size_bound(fact)
+        if fact.event_type not in self._splittable:
+            return None, None, bound
+        if any(fact.data.get(name) is None for name in self._filled.get(fact.event_type, ())):
+            return None, None, bound
+        record = dict(fact.data)
+        record["event_id"] = fact.event_id
+        record["occurred_at"] = fact.occurred_at
+        record["recorded_at"] = 0
+        try:
+            message = self._codec.encode(fact.event_type, record)
+        except EncodeError:
+            return None, None, bound  # the writer encodes it again and reports the problem
+        event_id = fact.event_id.encode("utf-8")
+        # 5-byte header, the event id as length + bytes, occurred_at: then recorded_at's byte.
+        at = 5 + len(zigzag_varint(len(event_id))) + len(event_id) + len(zigzag_varint(fact.occurred_at))
+        if message[at] != 0:
+            return None, None, bound
+        return message[:at], message[at + 1 :], bound
+
+
+def finish(head: bytes, tail: bytes, recorded_at: bytes) -> bytes:
+    """The stored message: the prepared parts around `recorded_at` (already zig-zag encoded)."""
+    return b"".join((head, recorded_at, tail))
