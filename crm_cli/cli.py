@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -556,53 +558,25 @@ def project(
     from projections.service import project_promoted
 
     settings = _settings(ctx)
-    if workers is not None:
-        _project_with_workers(
-            ctx, settings, source, workers, follow, metrics, refresh_interval, publish, registry_url
-        )
-        return
-    with graceful_stop() as stop, progress_bar(f"project from {source}", None) as reporter:
-        result = project_promoted(
-            settings,
-            source,
-            metrics,
-            follow=follow,
-            reporter=reporter,
-            should_stop=stop,
-            refresh_interval_s=refresh_interval,
-            on_refresh=_publisher(settings, _registry_url(ctx, registry_url)) if publish else None,
-        )
-    click.echo(result)
+    on_refresh = _publisher(settings, _registry_url(ctx, registry_url)) if publish else None
+    run: Callable[..., str]
+    if workers is None:
+        run = partial(project_promoted, settings, source, metrics)
+        title = f"project from {source}"
+    elif source == "kafka":
+        from projections.scaleout import project_with_workers
 
-
-def _project_with_workers(
-    ctx: click.Context,
-    settings: Settings,
-    source: str,
-    workers: int,
-    follow: bool,
-    metrics: Path | None,
-    refresh_interval: float,
-    publish: bool,
-    registry_url: str | None,
-) -> None:
-    from projections.scaleout import project_with_workers
-
-    if source != "kafka":
+        run = partial(project_with_workers, settings, workers, metrics)
+        title = f"project from kafka with {workers} workers"
+    else:
         raise CrmLedgerError("--workers decodes a Kafka topic: use it with --source kafka")
-    with (
-        graceful_stop() as stop,
-        progress_bar(f"project from kafka with {workers} workers", None) as reporter,
-    ):
-        result = project_with_workers(
-            settings,
-            workers,
-            metrics,
+    with graceful_stop() as stop, progress_bar(title, None) as reporter:
+        result = run(
             follow=follow,
             reporter=reporter,
             should_stop=stop,
             refresh_interval_s=refresh_interval,
-            on_refresh=_publisher(settings, _registry_url(ctx, registry_url)) if publish else None,
+            on_refresh=on_refresh,
         )
     click.echo(result)
 

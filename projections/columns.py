@@ -127,9 +127,20 @@ class LogBatchBuilder:
         errors: Sequence[tuple[int, Exception]],
         seen_at: datetime,
     ) -> pa.Table:
-        """The batch's rows (decoded events, then dead letters) as one table."""
-        tables = [self._group(batch, g) for g in groups]
+        """The batch's rows (decoded events, then dead letters) as one table.
+
+        A record that decodes but does not fit its column (an Avro `int` whose varint holds
+        more than 32 bits, say) becomes a dead letter like any undecodable message.
+        """
+        tables = []
+        errors = list(errors)
+        for group in groups:
+            try:
+                tables.append(self._group(batch, group))
+            except (pa.ArrowException, OverflowError, ValueError, TypeError):
+                tables.extend(self._group_per_record(batch, group, errors))
         if errors:
+            errors.sort(key=lambda e: e[0])
             tables.append(self._dead(batch, errors, seen_at))
         if not tables:
             return LOG_SCHEMA.empty_table()
@@ -174,6 +185,26 @@ class LogBatchBuilder:
         columns["dead_letter"] = pa.nulls(n, pa.string())
         columns["seen_at"] = pa.nulls(n, pa.timestamp("us"))
         return pa.Table.from_arrays([columns[f.name] for f in LOG_SCHEMA], schema=LOG_SCHEMA)
+
+    def _group_per_record(
+        self, batch: RawBatch, group: DecodedGroup, errors: list[tuple[int, Exception]]
+    ) -> list[pa.Table]:
+        """The group's records that fit their columns; the others are added to `errors`."""
+        kept: list[int] = []
+        records: list[dict[str, Any]] = []
+        for index, record in zip(group.indexes, group.records, strict=True):
+            try:
+                self._group(batch, DecodedGroup(group.schema_id, group.event_type, [index], [record]))
+            except (pa.ArrowException, OverflowError, ValueError, TypeError) as error:
+                errors.append(
+                    (index, ValueError(f"{group.event_type}: a value does not fit its type: {error}"))
+                )
+            else:
+                kept.append(index)
+                records.append(record)
+        if not kept:
+            return []
+        return [self._group(batch, DecodedGroup(group.schema_id, group.event_type, kept, records))]
 
     def _dead(self, batch: RawBatch, errors: Sequence[tuple[int, Exception]], seen_at: datetime) -> pa.Table:
         indexes = [i for i, _ in errors]

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from projections.columns import LOG_SCHEMA, RECORD_COLUMNS, LogBatchBuilder, stream_of
 from projections.sources import RawBatch
-from schemas.codec import HEADER, MAGIC_BYTE, AvroCodec
+from schemas.codec import HEADER, MAGIC_BYTE, AvroCodec, zigzag_varint
 from schemas.registry import SchemaVersion
 
 _SYNC = bytes(16)
@@ -48,20 +48,10 @@ _NEEDS_ESCAPE = r'[^ -~]|["\\]'
 _STDERR_LOCK = threading.Lock()
 
 
-def _varint(value: int) -> bytes:
-    encoded = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while encoded > 0x7F:
-        out.append((encoded & 0x7F) | 0x80)
-        encoded >>= 7
-    out.append(encoded)
-    return bytes(out)
-
-
 #: A field added after the writer's own: each body in the block is followed by its
 #: sequence number, so that a body that decodes to more or fewer bytes than it has shows.
 _SEQ_FIELD = "crm_seq"
-_SEQ = [_varint(n) for n in range(65_536)]
+_SEQ = [zigzag_varint(n) for n in range(65_536)]
 _SEQ_ARRAY = pa.array(_SEQ, pa.binary())
 #: Below this many messages, a block polars fails on is decoded by fastavro.
 _SMALLEST_SPLIT = 16
@@ -155,9 +145,9 @@ def _plan(version: SchemaVersion, latest: SchemaVersion) -> _Plan:
     schema = json.dumps(container).encode()
     meta = {b"avro.schema": schema, b"avro.codec": b"null"}
     header = bytearray(b"Obj\x01")
-    header += _varint(len(meta))
+    header += zigzag_varint(len(meta))
     for key, value in meta.items():
-        header += _varint(len(key)) + key + _varint(len(value)) + value
+        header += zigzag_varint(len(key)) + key + zigzag_varint(len(value)) + value
     header += b"\x00" + _SYNC
     return _Plan(version.event_type, version.version, bytes(header), tuple(writer), tuple(payload))
 
@@ -294,8 +284,9 @@ class NativeBatchBuilder:
             slow.sort()
             sub = _select(batch, slow)
             groups, errors = self.codec.decode_groups(sub.values)
-            tables.append(self.fallback.build(sub, groups, errors, seen_at))
-            dead = len(errors)
+            fallback = self.fallback.build(sub, groups, errors, seen_at)
+            tables.append(fallback)
+            dead = len(fallback) - fallback.column("dead_letter").null_count
         if not tables:
             return LOG_SCHEMA.empty_table(), 0
         return pa.concat_tables(tables), dead
@@ -308,13 +299,17 @@ class NativeBatchBuilder:
         sequence number follows it. None when polars fails on the block.
         """
         n = len(values)
-        seqs = _SEQ_ARRAY.slice(0, n) if n <= len(_SEQ) else pa.array(map(_varint, range(n)), pa.binary())
+        seqs = (
+            _SEQ_ARRAY.slice(0, n) if n <= len(_SEQ) else pa.array(map(zigzag_varint, range(n)), pa.binary())
+        )
         rows = pc.binary_join_element_wise(pc.binary_slice(values, HEADER.size, 2**31 - 1), seqs, b"")
         # The joined rows' data buffer is the block: bodies and numbers back to back.
         offsets = memoryview(rows.buffers()[1]).cast("i")
         start, end = offsets[rows.offset], offsets[rows.offset + n]
         block = rows.buffers()[2].slice(start, end - start)
-        container = b"".join((plan.header, _varint(n), _varint(end - start), memoryview(block), _SYNC))
+        container = b"".join(
+            (plan.header, zigzag_varint(n), zigzag_varint(end - start), memoryview(block), _SYNC)
+        )
         try:
             with _quiet_stderr():
                 frame = pl.read_avro(io.BytesIO(container))

@@ -200,7 +200,7 @@ class AvroCodec:
     def _decode_group(self, schema_id: int, messages: list[bytes]) -> list[dict[str, Any]] | None:
         writer, reader = self._array_readers[schema_id]
         body = b"".join(memoryview(m)[HEADER.size :] for m in messages)
-        buffer = io.BytesIO(_zigzag_varint(len(messages)) + body + b"\x00")
+        buffer = io.BytesIO(zigzag_varint(len(messages)) + body + b"\x00")
         try:
             records = fastavro.schemaless_reader(buffer, writer, reader)
         except Exception:  # noqa: BLE001 - any failure: fall back to one by one
@@ -212,7 +212,8 @@ class AvroCodec:
         return records
 
 
-def _zigzag_varint(value: int) -> bytes:
+def zigzag_varint(value: int) -> bytes:
+    """Avro's zig-zag variable-length encoding of a long."""
     encoded = (value << 1) ^ (value >> 63)
     out = bytearray()
     while encoded > 0x7F:

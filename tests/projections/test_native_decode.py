@@ -149,3 +149,28 @@ def test_ledger_batches_keep_their_notification_positions() -> None:
         batch.chains.append(f"{nid:064x}")
     native, _ = NativeBatchBuilder(CODEC).build(batch, SEEN_AT)
     assert _rows(native).equals(_rows(_fastavro_rows(batch)))
+
+
+def _int_field_version() -> tuple[Any, str]:
+    for version in REGISTRY.all_versions():
+        if version.event_type in REGISTRY.event_types:
+            for field in version.raw["fields"]:
+                if field["type"] == "int":
+                    return version, field["name"]
+    raise AssertionError("no event schema has a plain int field")
+
+
+def test_an_int_beyond_32_bits_is_a_dead_letter_not_a_crash() -> None:
+    rng = random.Random(7)
+    version, name = _int_field_version()
+    record = {f["name"]: _value(f["type"], rng) for f in version.raw["fields"]}
+    good = CODEC.encode_with(version, record)
+    # A damaged varint can hold more than Avro's 32 bits; fastavro decodes it as is.
+    bad = CODEC.encode_with(version, {**record, name: 2**40})
+    batch = _batch([good, bad, good])
+    expected = _fastavro_rows(batch)
+    native, dead = NativeBatchBuilder(CODEC).build(batch, SEEN_AT)
+    assert dead == 1
+    assert _rows(native).equals(_rows(expected))
+    letters = expected.column("dead_letter").drop_null().to_pylist()
+    assert len(letters) == 1 and "does not fit" in letters[0]
