@@ -187,6 +187,26 @@ def registry_status(data: Path, port: int) -> None:
         raise SystemExit(1)
 
 
+def _engine_options(command: Any) -> Any:
+    """`--engine` and `--spark-master`, shared by `project` and `replay`."""
+    command = click.option(
+        "--spark-master",
+        "spark_master",
+        default="local[2]",
+        show_default=True,
+        help="With --engine spark: the Spark master (local[N], or a cluster's URL such as "
+        "spark://host:7077).",
+    )(command)
+    return click.option(
+        "--engine",
+        type=click.Choice(["duckdb", "spark"]),
+        default="duckdb",
+        show_default=True,
+        help="Where the read models are computed: DuckDB here, or Apache Spark over the Delta log "
+        "(every table of the version, loaded into the projection database).",
+    )(command)
+
+
 _registry_url_option = click.option(
     "--registry",
     "registry_url",
@@ -542,6 +562,7 @@ _source_option = click.option(
     help="Decode the Kafka topic with N processes in one consumer group (each appending its "
     "partitions to the decoded log) while this process maintains the read models.",
 )
+@_engine_options
 @_registry_url_option
 @click.pass_context
 def project(
@@ -552,12 +573,30 @@ def project(
     refresh_interval: float,
     publish: bool,
     workers: int | None,
+    engine: str,
+    spark_master: str,
     registry_url: str | None,
 ) -> None:
     """Build (and follow) the promoted version of the read models in DuckDB."""
     from projections.service import project_promoted
 
     settings = _settings(ctx)
+    if engine == "spark":
+        if follow or workers is not None or publish:
+            raise CrmLedgerError(
+                "--engine spark is a one-shot build of the promoted version: "
+                "use it without --follow, --workers and --publish"
+            )
+        from engines.replay import project_on_spark
+
+        with graceful_stop() as stop, progress_bar(f"project on Spark ({spark_master})", None) as reporter:
+            spark_result = project_on_spark(
+                settings, source, metrics, master=spark_master, reporter=reporter, should_stop=stop
+            )
+        click.echo(spark_result.message())
+        if spark_result.interrupted:
+            raise SystemExit(130)
+        return
     on_refresh = _publisher(settings, _registry_url(ctx, registry_url)) if publish else None
     run: Callable[..., str]
     if workers is None:
@@ -643,21 +682,7 @@ _version_arg = click.argument("version")
     is_flag=True,
     help="Decode the whole source again into a fresh log (replacing the shared one) first.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["duckdb", "spark"]),
-    default="duckdb",
-    show_default=True,
-    help="Where the read models are computed: DuckDB here, or Apache Spark over the Delta log "
-    "(every table of the version, loaded into the projection database).",
-)
-@click.option(
-    "--spark-master",
-    "spark_master",
-    default="local[2]",
-    show_default=True,
-    help="With --engine spark: the Spark master (local[N], or a cluster's URL such as spark://host:7077).",
-)
+@_engine_options
 @click.pass_context
 def replay(
     ctx: click.Context,

@@ -22,8 +22,8 @@ from engines.spark_build import build_on_spark
 from engines.spark_session import LOCAL_MASTER, spark_session
 from ledger.connect import open_ledger
 from projections.log import DecodedLog, log_root, log_slug
-from projections.service import append_source, source_label
-from projections.spec import load_spec
+from projections.service import append_source, check_can_follow, source_label
+from projections.spec import DEFAULT_SPEC, MetricSpec, load_spec
 from projections.store import ProjectionDB, version_id
 
 
@@ -62,9 +62,76 @@ def replay_on_spark(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SparkReplayResult:
     """Build the version of `spec_path` on Spark over the decoded log; load it into the projection DB."""
-    reporter = reporter or SilentReporter()
     spec = load_spec(spec_path)  # every spec error surfaces before any work
     spec_text = spec_path.read_text(encoding="utf-8")
+    return _build_and_load(
+        settings,
+        spec,
+        spec_text,
+        source=source,
+        as_of=as_of,
+        name=name,
+        master=master,
+        reporter=reporter,
+        should_stop=should_stop,
+        promote_first=False,
+    )
+
+
+def project_on_spark(
+    settings: Settings,
+    source: str,
+    metrics: Path | None,
+    *,
+    master: str = LOCAL_MASTER,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> SparkReplayResult:
+    """`project --engine spark`: rebuild the promoted version on Spark, one shot.
+
+    The promoted version's every table is computed again by Spark from the log brought up to
+    date, and replaces the version's tables in one transaction. On an empty database, the
+    version of `metrics` (or the default spec) is built and promoted, as `project` does.
+    """
+    label = source_label(settings, source)
+    with ProjectionDB(settings.projections_db, wait_s=600) as db:
+        promoted = db.promoted_version()
+        version = db.find_version(promoted) if promoted is not None else None
+    if version is None:
+        spec_path = metrics or DEFAULT_SPEC
+        spec, spec_text = load_spec(spec_path), spec_path.read_text(encoding="utf-8")
+        name = None
+    else:
+        check_can_follow(version, label, metrics)
+        spec, spec_text, name = version.spec(), version.spec_text, version.name
+    return _build_and_load(
+        settings,
+        spec,
+        spec_text,
+        source=source,
+        as_of=None,
+        name=name,
+        master=master,
+        reporter=reporter,
+        should_stop=should_stop,
+        promote_first=True,
+    )
+
+
+def _build_and_load(
+    settings: Settings,
+    spec: MetricSpec,
+    spec_text: str,
+    *,
+    source: str,
+    as_of: datetime | None,
+    name: str | None,
+    master: str,
+    reporter: Reporter | None,
+    should_stop: Callable[[], bool],
+    promote_first: bool,
+) -> SparkReplayResult:
+    reporter = reporter or SilentReporter()
     label = source_label(settings, source)
     target = version_id(spec, as_of, label)
     started = time.monotonic()
@@ -81,6 +148,8 @@ def replay_on_spark(
     with ProjectionDB(settings.projections_db, wait_s=600) as db:
         version = db.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
         load_version(db, version, built.tables, log=log, log_version=snapshot, events=built.events)
+        if promote_first and db.promoted_version() is None:
+            db.promote(db.find_version(version.version))
     return SparkReplayResult(
         target,
         version.name,

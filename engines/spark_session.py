@@ -72,6 +72,12 @@ def spark_session(master: str = LOCAL_MASTER, jars: Path | None = None) -> Itera
         from pyspark.sql import SparkSession  # noqa: PLC0415
     except ImportError as error:
         raise SparkUnavailableError("pyspark is not installed (pip install 'crm-ledger[spark]')") from error
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        # Inside an application (a notebook, a job) that already runs Spark: use its session
+        # and leave stopping it to its owner.
+        yield active
+        return
     builder = SparkSession.builder.master(master).appName("crm-ledger")
     builder = builder.config("spark.jars", ",".join(str(j) for j in delta_jars(jars)))
     log4j = Path(__file__).with_name("log4j2.properties")

@@ -12,6 +12,7 @@ rows are added in, which differs between the engines).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from crm_cli.demo import run_demo
 from crm_ledger.settings import Settings
 from engines.compare import compare_tables
 from engines.load import load_version
+from engines.replay import project_on_spark
 from engines.spark_build import SparkBuild, build_on_spark
 from engines.spark_session import java_missing, spark_session
 from importers.generator import GeneratorConfig
@@ -156,3 +158,33 @@ def test_replay_engine_spark_without_java_is_one_line(demo: tuple[Settings, Path
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1] == "error: Java not found (Spark needs Java 17 or 21 on PATH or in JAVA_HOME)"
     assert "Traceback" not in result.stderr
+
+
+def test_project_engine_spark_rebuilds_the_promoted_version(
+    spark: Any, demo: tuple[Settings, Path], tmp_path: Path
+) -> None:
+    settings, _ = demo
+    copy = _spark_copy(settings, tmp_path)
+    # The module's session is the active one: the one-shot build uses it and leaves it running.
+    result = project_on_spark(dataclasses.replace(settings, projections_db=copy), "ledger", None)
+    assert not result.interrupted and result.name == "default", result.message()
+    with ProjectionDB(copy) as db:
+        promoted = db.find_version(db.promoted_version() or "")
+    assert promoted.version == result.version
+    con = duckdb.connect(str(settings.projections_db), read_only=True)
+    try:
+        con.execute(f"ATTACH '{copy}' AS spark (READ_ONLY)")
+        differences, _ = compare_tables(con, promoted.schema, f"spark.{promoted.schema}", MODEL_TABLES)
+    finally:
+        con.close()
+    assert not differences, "\n".join(f"{d.table}: {d.detail}" for d in differences)
+    assert _versions(copy)[promoted.version] == _versions(settings.projections_db)[promoted.version]
+    assert not spark.sparkContext._jsc.sc().isStopped()
+
+
+def test_project_engine_spark_is_one_shot(demo: tuple[Settings, Path]) -> None:
+    settings, _ = demo
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    result = run_cli("project", "--engine", "spark", "--follow", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --engine spark is a one-shot build")
