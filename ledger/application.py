@@ -165,6 +165,20 @@ def decided_again_on_contention(attempt: Callable[[], T], forget: Callable[[], N
     raise AssertionError("unreachable")
 
 
+def check_rejections_not_raced(recorder: Any, facts: Sequence[Fact], outcomes: Sequence[Outcome]) -> None:
+    """Raise contention when a fact judged invalid was recorded meanwhile by another run.
+
+    The batch asked the event-id index which facts are stored, then read aggregate state: a
+    concurrent run that saves the same facts in between makes their own effects look like a
+    contradiction (a serial "already installed", a case "already closed"). Rejections are
+    not written, so no unique key catches it; asking the index again does, and the batch is
+    then decided again on fresh state, where those facts are duplicates.
+    """
+    judged = {f.event_id for f, o in zip(facts, outcomes, strict=True) if o.status == "rejected"}
+    if judged and indexed_events(recorder, judged):
+        raise IntegrityError("another run recorded facts of this batch while it was decided")
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -381,6 +395,7 @@ class LedgerApplication(Application[UUID]):
         When another writer gets in between (a unique key taken, the store busy), the batch is
         decided again on fresh state, with a growing random pause.
         """
+
         def forget_cached_state() -> None:
             # Another writer changed the store under the cached state.
             self._repository = self.construct_repository()
@@ -392,6 +407,7 @@ class LedgerApplication(Application[UUID]):
         work = _UnitOfWork(self, datetime.now(tz=UTC))
         work.prefetch({ref for fact in facts for ref in _references(fact)}, {f.event_id for f in facts})
         outcomes = [self.decide(fact, work) for fact in facts]
+        check_rejections_not_raced(self.recorder, facts, outcomes)
         forgotten = [
             f.data["customer_id"]
             for f, o in zip(facts, outcomes, strict=True)

@@ -31,6 +31,7 @@ from ledger.application import (
     LedgerApplication,
     Outcome,
     _references,
+    check_rejections_not_raced,
     decided_again_on_contention,
     encoded_size_bound,
 )
@@ -192,6 +193,7 @@ class BulkWriter:
 
         `prepared` holds each fact's message as its parse worker prepared it (`ledger.prepared`).
         """
+
         def forget_cached_state() -> None:
             self.cache.clear()
             self.app.vault.clear_cache()
@@ -229,6 +231,7 @@ class BulkWriter:
             for fact, ready in zip(facts, prepared, strict=True):
                 work.judging(fact, ready)
                 outcomes.append(app.decide(fact, work))
+            check_rejections_not_raced(app.recorder, facts, outcomes)
             forgotten = [
                 f.data["customer_id"]
                 for f, o in zip(facts, outcomes, strict=True)

@@ -38,7 +38,6 @@ PERIOD_CLOSE = "period-close"
 MANUAL = "manual"
 
 
-
 @dataclass(frozen=True)
 class Checkpoint:
     """The chain value after notification `position`, and where the claim comes from."""

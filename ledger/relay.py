@@ -339,7 +339,6 @@ class Relay:
             raise
         return RelayPosition(notifications[-1].notification_id, chain)
 
-
     def _checkpoints(self, producer: Producer, outgoing: Outgoing, previous: int, chain: bytes) -> None:
         """Queue the checkpoints due after `outgoing` (inside the open transaction).
 

@@ -314,3 +314,23 @@ def test_concurrent_period_closes_and_ingests_leave_one_close(tmp_path: Path) ->
     assert kinds.count("RewardPeriodClosed") == 1
     assert len(kinds) == len(lines) + 1 + kinds.count("RewardStatementIssued")
     app.close()
+
+
+def test_a_rejection_caused_by_a_concurrent_run_saving_the_same_facts_is_decided_again(
+    app: LedgerApplication, tmp_path: Path
+) -> None:
+    from eventsourcing.persistence import IntegrityError
+
+    from ledger.application import Outcome, check_rejections_not_raced
+    from ledger.errors import ValidationError
+
+    setup = basics()
+    _ingest(app, _write(tmp_path / "setup.jsonl", setup))
+    stored = RecordParser(app.registry).parse(setup[0])
+    unseen = RecordParser(app.registry).parse(rec("EmployeeJoined", employee_id="e9", team_id="t1", role="agent"))
+    rejected = Outcome("rejected", ValidationError("serial", "looks contradicted by its own effects"))
+    # A fact the index now holds was judged against state that already had it: contention.
+    with pytest.raises(IntegrityError):
+        check_rejections_not_raced(app.recorder, [unseen, stored], [Outcome("accepted"), rejected])
+    # A rejection of a fact nobody stored stands.
+    check_rejections_not_raced(app.recorder, [unseen, stored], [rejected, Outcome("duplicate")])

@@ -98,26 +98,38 @@ def _rows_in(db_path: Path) -> int:
     )
 
 
+def _env(tmp_path: Path, db_path: Path, bootstrap: str, topic: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CRM_LEDGER_STORE": str(tmp_path / "ledger.sqlite"),
+        "CRM_LEDGER_DB": str(db_path),
+        "CRM_LEDGER_BOOTSTRAP": bootstrap,
+        "CRM_LEDGER_TOPIC": topic,
+    }
+
+
+def _follow_with_two_workers(
+    env: dict[str, str], *, start_new_session: bool = False
+) -> subprocess.Popen[str]:
+    """`project --source kafka --workers 2 --follow` on the test's ledger and topic."""
+    return subprocess.Popen(
+        [*CLI, "project", "--source", "kafka", "--workers", "2", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=start_new_session,
+    )
+
+
 @pytest.mark.slow
 def test_a_worker_killed_with_kill_9_loses_and_duplicates_nothing(
     app: LedgerApplication, tmp_path: Path, kafka_bootstrap: str, topic: str
 ) -> None:
     total = _relayed(app, tmp_path, kafka_bootstrap, topic, customers=3000, months=3)
     db_path = tmp_path / "crash.duckdb"
-    env = {
-        **os.environ,
-        "CRM_LEDGER_STORE": str(tmp_path / "ledger.sqlite"),
-        "CRM_LEDGER_DB": str(db_path),
-        "CRM_LEDGER_BOOTSTRAP": kafka_bootstrap,
-        "CRM_LEDGER_TOPIC": topic,
-    }
-    process = subprocess.Popen(
-        [*CLI, "project", "--source", "kafka", "--workers", "2", "--follow"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    env = _env(tmp_path, db_path, kafka_bootstrap, topic)
+    process = _follow_with_two_workers(env)
     try:
         wait_for(lambda: len(_workers_of(process.pid)) == 2, timeout_s=60, what="two workers")
         wait_for(lambda: _rows_in(db_path) > 0, timeout_s=120, what="a first commit")
@@ -145,21 +157,9 @@ def test_ctrl_c_stops_the_workers_and_the_command_with_one_line(
 ) -> None:
     _relayed(app, tmp_path, kafka_bootstrap, topic, customers=200, months=2)
     db_path = tmp_path / "p.duckdb"
-    env = {
-        **os.environ,
-        "CRM_LEDGER_STORE": str(tmp_path / "ledger.sqlite"),
-        "CRM_LEDGER_DB": str(db_path),
-        "CRM_LEDGER_BOOTSTRAP": kafka_bootstrap,
-        "CRM_LEDGER_TOPIC": topic,
-    }
     # Its own process group, as a terminal's foreground job: Ctrl-C reaches every process.
-    process = subprocess.Popen(
-        [*CLI, "project", "--source", "kafka", "--workers", "2", "--follow"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
+    process = _follow_with_two_workers(
+        _env(tmp_path, db_path, kafka_bootstrap, topic), start_new_session=True
     )
     try:
         wait_for(lambda: _rows_in(db_path) > 0, timeout_s=120, what="a first commit")
