@@ -589,13 +589,10 @@ def project(
             )
         from engines.replay import project_on_spark
 
-        with graceful_stop() as stop, progress_bar(f"project on Spark ({spark_master})", None) as reporter:
-            spark_result = project_on_spark(
-                settings, source, metrics, master=spark_master, reporter=reporter, should_stop=stop
-            )
-        click.echo(spark_result.message())
-        if spark_result.interrupted:
-            raise SystemExit(130)
+        _run_on_spark(
+            f"project on Spark ({spark_master})",
+            partial(project_on_spark, settings, source, metrics, master=spark_master),
+        )
         return
     on_refresh = _publisher(settings, _registry_url(ctx, registry_url)) if publish else None
     run: Callable[..., str]
@@ -618,6 +615,15 @@ def project(
             on_refresh=on_refresh,
         )
     click.echo(result)
+
+
+def _run_on_spark(title: str, run: Callable[..., Any]) -> None:
+    """Run a Spark build with progress and Ctrl-C handling; print its result (exit 130 if stopped)."""
+    with graceful_stop() as stop, progress_bar(title, None) as reporter:
+        result = run(reporter=reporter, should_stop=stop)
+    click.echo(result.message())
+    if result.interrupted:
+        raise SystemExit(130)
 
 
 def _publisher(settings: Settings, registry_url: str | None) -> Any:
@@ -706,20 +712,10 @@ def replay(
             raise CrmLedgerError("--from-source re-decodes the log: run it without --engine spark first")
         from engines.replay import replay_on_spark
 
-        with graceful_stop() as stop, progress_bar(f"replay on Spark ({spark_master})", None) as reporter:
-            spark_result = replay_on_spark(
-                settings,
-                metrics,
-                source,
-                as_of=moment,
-                name=name,
-                master=spark_master,
-                reporter=reporter,
-                should_stop=stop,
-            )
-        click.echo(spark_result.message())
-        if spark_result.interrupted:
-            raise SystemExit(130)
+        _run_on_spark(
+            f"replay on Spark ({spark_master})",
+            partial(replay_on_spark, settings, metrics, source, as_of=moment, name=name, master=spark_master),
+        )
         return
     with graceful_stop() as stop, progress_bar("replay", None) as reporter:
         result = run_replay(
