@@ -12,29 +12,9 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from crm_ledger.kpis import GOAL_KPIS
 from ledger.errors import ValidationError
 
-#: Team KPI columns a goal can gauge (the KPI contract's names; counts and rates alike).
-TEAM_KPIS = frozenset(
-    {
-        "csat_pct",
-        "nps",
-        "problems_solved",
-        "fcr_rate",
-        "ttr_median_h",
-        "ttr_p90_h",
-        "escalations",
-        "escalation_rate",
-        "reopen_rate",
-        "relationship_attempts",
-        "compliments",
-        "articles_created",
-        "citations",
-        "links_made",
-        "shares",
-        "participation_rate",
-    }
-)
 SCORE = "score"
 COMPONENT_PREFIX = "component:"
 COMPARISONS = frozenset({"at_least", "at_most"})
@@ -46,7 +26,7 @@ _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 def goal_metrics(components: Iterable[str]) -> frozenset[str]:
     """Every name a goal may gauge, given the reward components of the metric spec(s)."""
-    return TEAM_KPIS | {SCORE} | {COMPONENT_PREFIX + c for c in components}
+    return GOAL_KPIS | {SCORE} | {COMPONENT_PREFIX + c for c in components}
 
 
 def month_index(period: str, field: str) -> int:
@@ -83,7 +63,7 @@ def check_metric(kpi: str, known: frozenset[str]) -> None:
         components = sorted(k for k in known if k.startswith(COMPONENT_PREFIX))
         raise ValidationError(
             "kpi",
-            f"unknown KPI {kpi!r}: use a team KPI ({', '.join(sorted(TEAM_KPIS))}), "
+            f"unknown KPI {kpi!r}: use a team KPI ({', '.join(sorted(GOAL_KPIS))}), "
             f"'{SCORE}', or one of {', '.join(components) or 'no components'}",
         )
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import duckdb
 
+from crm_ledger.kpis import measure_kpis
 from projections.errors import ProjectionError
-from projections.kpis import measure_kpis
 from projections.store import rows_as_dicts
 
-#: Which measured acts feed which KPI (from projections.kpis).
+#: Which measured acts feed which KPI (from crm_ledger.kpis).
 MEASURE_KPIS = {measure: " / ".join(names) for measure, names in measure_kpis().items()}
 
 

@@ -18,7 +18,8 @@ rebuilt with the scores (`goal_model_sql`), including in weights-only versions.
 
 from __future__ import annotations
 
-from ledger.goals import COMPONENT_PREFIX, SCORE, TEAM_KPIS
+from crm_ledger.kpis import GOAL_KPIS
+from ledger.goals import COMPONENT_PREFIX, SCORE
 
 GOAL_TABLES = (
     "team_goal",
@@ -82,7 +83,7 @@ ORDER BY s.team_id, s.from_period, s.goal_id"""
 
 def _actual() -> str:
     """The team's value of the goal's KPI in a month, from the KPI and score tables."""
-    kpis = "\n".join(f"        WHEN '{k}' THEN k.{k}::DOUBLE" for k in sorted(TEAM_KPIS))
+    kpis = "\n".join(f"        WHEN '{k}' THEN k.{k}::DOUBLE" for k in sorted(GOAL_KPIS))
     return f"""CASE
         WHEN g.kpi = '{SCORE}' THEN s.mean_score
         WHEN g.kpi LIKE '{COMPONENT_PREFIX}%' THEN c.mean_value

@@ -342,7 +342,7 @@ class Maintainer:
         run = self.db.connection.execute
         with Scratch(self.db.connection):
             run(
-                # The KPIs read neither the event nor the case of a measure (projections.kpis).
+                # The KPIs read neither the event nor the case of a measure (crm_ledger.kpis).
                 f"CREATE TABLE {SCRATCH}.measures AS SELECT * EXCLUDE (event_id, case_id) "
                 f"FROM {v}.measures m WHERE "
                 "m.occurred_at >= (SELECT least(date_trunc('month', min(occurred_at)), "

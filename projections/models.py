@@ -7,8 +7,8 @@ Definitions follow "Metric definitions v1" in the design; see docs/read-models.m
 
 from __future__ import annotations
 
+from crm_ledger.kpis import ADDITIVE_COUNTS, BY_NAME, KPIS, Kpi
 from projections.goals import goal_model_sql
-from projections.kpis import ADDITIVE_COUNTS, BY_NAME, KPIS, Kpi
 from projections.readmodels import (
     INTERMEDIATE_TABLES,
     KPI_TABLES,
@@ -148,7 +148,7 @@ def _aggregates(spec: MetricSpec, kpis: tuple[Kpi, ...]) -> str:
 
 
 def _kpi_select(v: str, spec: MetricSpec, keys: str, period: str, where: str = "TRUE") -> str:
-    """Every KPI of projections.kpis per keys and period: aggregates, then rates and scores."""
+    """Every KPI of crm_ledger.kpis per keys and period: aggregates, then rates and scores."""
     return f"""
 WITH counts AS (
     SELECT {keys}, {period} AS period,
@@ -193,7 +193,7 @@ def kpi_rethreshold_select(base: str, spec: MetricSpec, grain: str, team: bool) 
     `count(*) FILTER (...)` over answer rows, and the filter reads only the measure and
     the value, so the sum of the histogram's counts under the same filter is the same
     count; a day lies in exactly one week and month; the rates and scores are the same
-    expressions from projections.kpis over the same counts.
+    expressions from crm_ledger.kpis over the same counts.
     """
     keys = "team_id" if team else "employee_id, team_id"
     table = f"kpi_{'team' if team else 'employee'}_{grain}"

@@ -3,7 +3,7 @@
 Set-based SQL over a version's `events` (the shared decoded log), listed as read models in
 projections.readmodels: the tables below are built after the team history and before the
 measures; the measures gain SLA and field-visit rows (`service_measures_select`, so the KPI
-tables gain the service KPIs of projections.kpis at every grain); and `customer_profile` is
+tables gain the service KPIs of crm_ledger.kpis at every grain); and `customer_profile` is
 widened with the service columns once it is built. Fields that are not columns of `events`
 are read from the JSON `payload` (timestamps there are epoch milliseconds).
 
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 #: The service read models, in build order (their units are in projections.readmodels).
 SERVICE_TABLES = ("contract_terms", "sla_case", "field_visit", "retention_month")
-#: The measures of the service side (`service_measures_select`), read by projections.kpis.
+#: The measures of the service side (`service_measures_select`), read by crm_ledger.kpis.
 SERVICE_MEASURES = ("sla", "sla_met", "visit", "visit_on_time", "ftf", "ftf_fixed")
 #: The columns `profile_service_sql` adds to `customer_profile`.
 PROFILE_SERVICE_COLUMNS = (

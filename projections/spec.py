@@ -18,8 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from crm_ledger.kpis import BAYESIAN_KPIS, COUNT_KPIS, RATE_KPIS
 from projections.errors import SpecError
-from projections.kpis import BAYESIAN_KPIS, COUNT_KPIS, RATE_KPIS
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "metrics" / "default.toml"
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import duckdb
 
-from projections.kpis import COMPARED_COLUMNS
+from crm_ledger.kpis import COMPARED_COLUMNS
 from projections.store import VersionInfo
 
-#: The KPIs compared between versions (projections.kpis).
+#: The KPIs compared between versions (crm_ledger.kpis).
 KPI_COLUMNS = COMPARED_COLUMNS
 EPSILON = 1e-9
 

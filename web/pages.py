@@ -7,6 +7,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from crm_ledger.kpis import BY_NAME, KPIS
 from ledger.goals import COMPONENT_PREFIX, SCORE
 from projections.goals import BEFORE_MONTHS, OUTCOMES, PRACTICES
 from replay.diff import DiffReport, ScoreChange
@@ -23,27 +24,8 @@ CHARTED_KPIS = (
     "citations",
     "relationship_attempts",
 )
-_LABELS = {
-    "csat_pct": "CSAT % satisfied",
-    "nps": "NPS",
-    "problems_solved": "problems solved",
-    "fcr_rate": "first-contact resolution",
-    "ttr_median_h": "median hours to resolve",
-    "ttr_p90_h": "p90 hours to resolve",
-    "reopen_rate": "reopen rate",
-    "participation_rate": "knowledge participation",
-    "citations": "citations",
-    "relationship_attempts": "relationship attempts",
-    "shares": "shares",
-    "escalations": "escalations",
-    "escalation_rate": "escalation rate",
-    "compliments": "compliments",
-    "articles_created": "articles created",
-    "links_made": "links made",
-    SCORE: "mean reward score",
-}
 #: Outcomes where a fall is the improvement.
-LOWER_IS_BETTER = frozenset({"ttr_median_h", "ttr_p90_h", "reopen_rate", "escalation_rate", "escalations"})
+LOWER_IS_BETTER = frozenset(k.name for k in KPIS if k.lower_is_better)
 METHOD = (
     "Each month's change is compared with the previous calendar month of the same team. "
     "Spearman's rank correlation (ρ, from −1 to 1) says how consistently months where a practice "
@@ -57,7 +39,10 @@ METHOD = (
 def kpi_label(kpi: str) -> str:
     if kpi.startswith(COMPONENT_PREFIX):
         return f"mean {kpi.removeprefix(COMPONENT_PREFIX)} component"
-    return _LABELS.get(kpi, kpi)
+    if kpi == SCORE:
+        return "mean reward score"
+    known = BY_NAME.get(kpi)
+    return known.title if known is not None else kpi
 
 
 def fmt_number(value: Any, digits: int = 2) -> str:

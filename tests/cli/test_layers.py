@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 #: Each package may import itself and the packages of lower layers, never a higher or a sibling one.
 LAYERS: dict[str, int] = {
-    "crm_ledger": 0,  # the shared base: errors, settings, progress, Kafka helpers
+    "crm_ledger": 0,  # the shared base: errors, settings, progress, Kafka helpers, the KPI list
     "schemas": 1,
     "ledger": 2,
     "importers": 3,

@@ -8,9 +8,11 @@ from typing import Any
 import duckdb
 import pytest
 
+from crm_ledger.kpis import BY_NAME, COMPARED_COLUMNS
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.errors import ValidationError
+from ledger.goals import goal_metrics
 from ledger.records import RecordParser
 from projections.service import project_promoted
 from projections.spec import DEFAULT_SPEC
@@ -95,6 +97,18 @@ def test_a_goal_that_breaks_a_rule_is_rejected(
 ) -> None:
     error = rejection(team_app, goal(**fields))
     assert error.field == field and words in str(error), error
+
+
+def test_a_goal_may_gauge_every_kpi_diff_compares_and_nothing_internal() -> None:
+    # One KPI list: a KPI added there is a goal metric and gets a label, with no second list.
+    known = goal_metrics([])
+    assert set(COMPARED_COLUMNS) <= known and "sla_met_rate" in known
+    assert "csat_satisfied" not in known and "fcr_n" not in known
+    assert all(BY_NAME[name].title for name in COMPARED_COLUMNS)
+
+
+def test_a_goal_on_a_service_rate_is_accepted(team_app: LedgerApplication) -> None:
+    assert record(team_app, [goal(kpi="sla_met_rate", target=0.9)]) == ["accepted"]
 
 
 def test_agreement_is_checked_against_the_team_at_that_moment(team_app: LedgerApplication) -> None:

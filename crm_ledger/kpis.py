@@ -40,6 +40,15 @@ class Kpi:
     compared: bool = True
     #: whether a spec's `count` component may reward it
     rewardable: bool = True
+    #: how pages and messages name it (the column name when None)
+    label: str | None = None
+    #: whether a fall is the improvement (times to resolve, escalations, reopens)
+    lower_is_better: bool = False
+
+    @property
+    def title(self) -> str:
+        """The KPI's name for people."""
+        return self.label or self.name
 
     def select(self) -> str:
         """The KPI's SQL in the outer select (over the aggregated columns)."""
@@ -58,6 +67,8 @@ def _count(
     threshold: bool = False,
     compared: bool = True,
     rewardable: bool = True,
+    label: str | None = None,
+    lower_is_better: bool = False,
 ) -> Kpi:
     where = f"measure = '{measure}'" + (f" AND {condition}" if condition else "")
     return Kpi(
@@ -68,21 +79,42 @@ def _count(
         threshold=threshold,
         compared=compared,
         rewardable=rewardable,
+        label=label,
+        lower_is_better=lower_is_better,
     )
 
 
-def _rate(name: str, numerator: str, denominator: str, *, additive: bool = True) -> Kpi:
-    return Kpi(name, "rate", None, numerator=numerator, denominator=denominator, additive=additive)
+def _rate(
+    name: str,
+    numerator: str,
+    denominator: str,
+    *,
+    additive: bool = True,
+    label: str | None = None,
+    lower_is_better: bool = False,
+) -> Kpi:
+    return Kpi(
+        name,
+        "rate",
+        None,
+        numerator=numerator,
+        denominator=denominator,
+        additive=additive,
+        label=label,
+        lower_is_better=lower_is_better,
+    )
 
 
-def _quantile(name: str, q: float) -> Kpi:
+def _quantile(name: str, q: float, label: str) -> Kpi:
     aggregate = f"quantile_cont(value, {q}) FILTER (WHERE measure = 'solved')"
-    return Kpi(name, "statistic", "solved", aggregate=aggregate, additive=False)
+    return Kpi(
+        name, "statistic", "solved", aggregate=aggregate, additive=False, label=label, lower_is_better=True
+    )
 
 
 #: Every KPI column, in table order.
 KPIS: tuple[Kpi, ...] = (
-    _count("csat_n", "csat", rewardable=False),
+    _count("csat_n", "csat", rewardable=False, label="survey answers"),
     _count("csat_satisfied", "csat", "value >= {csat_satisfied_min}", threshold=True, compared=False),
     Kpi(
         "csat_pct",
@@ -92,8 +124,9 @@ KPIS: tuple[Kpi, ...] = (
         denominator="csat_n",
         expression="100.0 * csat_satisfied / nullif(csat_n, 0)",
         threshold=True,
+        label="CSAT % satisfied",
     ),
-    _count("nps_n", "nps", rewardable=False),
+    _count("nps_n", "nps", rewardable=False, label="NPS answers"),
     _count("nps_promoters", "nps", "value >= {nps_promoter_min}", threshold=True, compared=False),
     _count("nps_detractors", "nps", "value <= {nps_detractor_max}", threshold=True, compared=False),
     Kpi(
@@ -104,13 +137,14 @@ KPIS: tuple[Kpi, ...] = (
         denominator="nps_n",
         expression="100.0 * (nps_promoters - nps_detractors) / nullif(nps_n, 0)",
         threshold=True,
+        label="NPS",
     ),
-    _count("problems_solved", "solved"),
+    _count("problems_solved", "solved", label="problems solved"),
     _count("fcr_n", "solved", "fcr", compared=False),
-    _rate("fcr_rate", "fcr_n", "problems_solved"),
-    _quantile("ttr_median_h", 0.5),
-    _quantile("ttr_p90_h", 0.9),
-    _count("escalations", "escalation"),
+    _rate("fcr_rate", "fcr_n", "problems_solved", label="first-contact resolution"),
+    _quantile("ttr_median_h", 0.5, "median hours to resolve"),
+    _quantile("ttr_p90_h", 0.9, "p90 hours to resolve"),
+    _count("escalations", "escalation", label="escalations", lower_is_better=True),
     Kpi(
         "cases_handled",
         "count",
@@ -119,28 +153,35 @@ KPIS: tuple[Kpi, ...] = (
         additive=False,
         compared=False,
     ),
-    _rate("escalation_rate", "escalations", "cases_handled", additive=False),
+    _rate(
+        "escalation_rate",
+        "escalations",
+        "cases_handled",
+        additive=False,
+        label="escalation rate",
+        lower_is_better=True,
+    ),
     _count("reopened", "solved", "reopened", compared=False),
-    _rate("reopen_rate", "reopened", "problems_solved"),
-    _count("relationship_attempts", "relationship"),
-    _count("compliments", "compliment"),
-    _count("articles_created", "article"),
-    _count("citations", "citation"),
-    _count("links_made", "link"),
-    _count("shares", "share"),
+    _rate("reopen_rate", "reopened", "problems_solved", label="reopen rate", lower_is_better=True),
+    _count("relationship_attempts", "relationship", label="relationship attempts"),
+    _count("compliments", "compliment", label="compliments"),
+    _count("articles_created", "article", label="articles created"),
+    _count("citations", "citation", label="citations"),
+    _count("links_made", "link", label="links made"),
+    _count("shares", "share", label="shares"),
     _count("participation_n", "solved", "knowledge", compared=False),
-    _rate("participation_rate", "participation_n", "problems_solved"),
+    _rate("participation_rate", "participation_n", "problems_solved", label="knowledge participation"),
     # The service side (projections.service_models): SLA measures of the first resolver,
     # field visits and first-time fixes of the engineer; each measure row marks one act.
     _count("sla_n", "sla", compared=False),
     _count("sla_met", "sla_met", compared=False),
-    _rate("sla_met_rate", "sla_met", "sla_n"),
+    _rate("sla_met_rate", "sla_met", "sla_n", label="SLAs met"),
     _count("visits", "visit", compared=False),
     _count("visits_on_time", "visit_on_time", compared=False),
-    _rate("on_time_rate", "visits_on_time", "visits"),
+    _rate("on_time_rate", "visits_on_time", "visits", label="visits on time"),
     _count("ftf_n", "ftf", compared=False),
     _count("ftf_fixed", "ftf_fixed", compared=False),
-    _rate("ftf_rate", "ftf_fixed", "ftf_n"),
+    _rate("ftf_rate", "ftf_fixed", "ftf_n", label="first-time fixes"),
     Kpi("last_activity_at", "time", None, aggregate="max(occurred_at)", additive=False, compared=False),
 )
 BY_NAME: Mapping[str, Kpi] = {k.name: k for k in KPIS}
@@ -165,6 +206,8 @@ ADDITIVE_COUNTS = tuple(k.name for k in KPIS if k.kind == "count" and k.additive
 THRESHOLD_COLUMNS = tuple(k.name for k in KPIS if k.threshold)
 #: The KPI columns `diff` compares.
 COMPARED_COLUMNS = tuple(k.name for k in KPIS if k.compared)
+#: The team KPI columns a team goal may gauge: those `diff` compares (the KPI contract's names).
+GOAL_KPIS = frozenset(COMPARED_COLUMNS)
 
 
 def measure_kpis() -> dict[str, list[str]]:
