@@ -62,7 +62,11 @@ class LogSource(Protocol):
         """Batches in order; an empty batch means 'caught up, nothing new yet'."""
 
     def lag(self, positions: Mapping[str, Position]) -> int:
-        """How many messages are still to be read (best effort)."""
+        """How many messages are still to be read (best effort: for progress, never for decisions).
+
+        On Kafka this counts offsets, and a transactional producer's commit markers take
+        offsets too (one per partition and transaction), so it is an upper bound there.
+        """
 
     def streams(self) -> list[str]:
         """The streams this source's positions are kept for (one per Kafka partition)."""
