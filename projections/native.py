@@ -42,6 +42,8 @@ from schemas.codec import HEADER, MAGIC_BYTE, AvroCodec, zigzag_varint
 from schemas.registry import SchemaVersion
 
 _SYNC = bytes(16)
+#: The bytes `json.dumps` (ensure_ascii) writes as they are: printable ASCII but `"` and `\\`.
+_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 _STDERR_LOCK = threading.Lock()
 
 
@@ -225,15 +227,19 @@ def _json_strings(values: pa.Array) -> pa.Array:
 def _needs_escape(values: pa.Array) -> bool:
     """Whether any string holds what `json.dumps` escapes: all but printable ASCII, `"` and `\\`.
 
-    Three plain scans (printable ASCII, then the two characters) instead of one regular
-    expression: a third of the cost.
+    One pass of `bytes.translate` over the array's character data (deleting every byte that
+    needs no escaping) instead of a regular expression per string: ~10x cheaper. The
+    characters of the array's strings are contiguous; a null's leftover bytes may be among
+    them, and at worst such a column is escaped by Python, with the same result.
     """
-    if not pc.all(pc.ascii_is_printable(values), min_count=0).as_py():
-        return True
-    return bool(
-        pc.any(pc.match_substring(values, '"'), min_count=0).as_py()
-        or pc.any(pc.match_substring(values, "\\"), min_count=0).as_py()
-    )
+    if values.type != pa.string():
+        return True  # not expected here; Python's escaping is always right
+    _, offsets, data = values.buffers()
+    if data is None or not len(values):
+        return False
+    bounds = memoryview(offsets).cast("i")
+    start, end = bounds[values.offset], bounds[values.offset + len(values)]
+    return bool(data.slice(start, end - start).to_pybytes().translate(None, _PLAIN))
 
 
 def _json_values(field: _Field, column: pa.Array) -> pa.Array:
@@ -402,19 +408,37 @@ class NativeBatchBuilder:
         )
         for name, arrow in self._casts.items():
             out[name] = record[name].cast(arrow) if name in record else pa.nulls(n, arrow)
-        pieces = []
-        for field in plan.payload:
-            text = (
-                _repeat(field.default_json, n, pa.string())
-                if field.default_json is not None
-                else _json_values(field, record[field.name])
-            )
-            pieces.append(pc.binary_join_element_wise(json.dumps(field.name) + ":", text, ""))
-        joined = pc.binary_join_element_wise(*pieces, ",") if len(pieces) > 1 else pieces[0]
-        out["payload"] = pc.binary_join_element_wise("{", joined, "}", "")
+        out["payload"] = _payload(plan, record, n)
         out["dead_letter"] = pa.nulls(n, pa.string())
         out["seen_at"] = pa.nulls(n, pa.timestamp("us"))
         return pa.Table.from_arrays([out[f.name] for f in LOG_SCHEMA], schema=LOG_SCHEMA)
+
+
+def _payload(plan: _Plan, record: Mapping[str, pa.Array], n: int) -> pa.Array:
+    """The JSON payload of each row, exactly as `json.dumps` writes the record, in one join.
+
+    The braces, the field names, the defaults of fields the writer lacks and the quotes
+    around strings that need no escaping are literal pieces between the columns, so each
+    row's text is copied once (a join per field copied it once per field).
+    """
+    parts: list[Any] = []
+    literal = "{"
+    for index, field in enumerate(plan.payload):
+        literal += ("," if index else "") + json.dumps(field.name) + ":"
+        if field.default_json is not None:
+            literal += field.default_json
+            continue
+        column = record[field.name]
+        if field.kind == "string" and column.null_count == 0 and not _needs_escape(column):
+            parts += [literal + '"', column]
+            literal = '"'
+        else:
+            parts += [literal, _json_values(field, column)]
+            literal = ""
+    parts.append(literal + "}")
+    if len(parts) == 1:
+        return _repeat(parts[0], n, pa.string())
+    return pc.binary_join_element_wise(*parts, "").cast(pa.string())
 
 
 def _normal(field: _Field, column: pa.Array) -> pa.Array:
