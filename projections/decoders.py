@@ -48,6 +48,9 @@ from schemas.registry import SchemaRegistry
 
 #: How often a commit that lost the race to another commit is tried again.
 COMMIT_ATTEMPTS = 50
+#: How long a consume call waits for messages when none are ready: also how long a worker
+#: may take to notice that it is told to stop (the end of every run without --follow).
+IDLE_WAIT_S = 0.1
 #: librdkafka settings that matter for a cold read of a whole topic (measured: consume goes
 #: from ~150k to ~180-220k msg/s): no CRC check of each batch, deeper prefetch, short waits.
 FAST_CONSUMER = {
@@ -353,7 +356,7 @@ def _gather(consumer: Consumer, config: WorkerConfig, watch: BrokerWatch) -> tup
     at_end: list[int] = []
     polled = 0
     for call in range(config.batches_per_commit):
-        messages = consumer.consume(config.batch_size, timeout=0.5 if call == 0 else 0)
+        messages = consumer.consume(config.batch_size, timeout=IDLE_WAIT_S if call == 0 else 0)
         polled += len(messages)
         piece, ends = read_batch(messages, config.topic, watch)
         full = len(messages) == config.batch_size
