@@ -33,16 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import CommitFailedError
+from deltalake.transaction import AddAction
 
 from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
 from crm_ledger.kafka import UNREACHABLE, BrokerWatch, consumer_config
+from projections.columns import LOG_SCHEMA
 from projections.errors import StaleBatchError
 from projections.gc_pause import collections_paused
 from projections.log import DecodedLog
 from projections.native import NativeBatchBuilder
 from projections.sources import Position, RawBatch, kafka_stream
+from projections.staging import Stager
 from schemas.codec import AvroCodec
 from schemas.registry import SchemaRegistry
 
@@ -101,6 +104,7 @@ class PartitionAppender:
 
     def __init__(self, log: DecodedLog) -> None:
         self.log = log
+        self.stager = Stager(log.path)
         #: the last position this worker saw in the log for each partition it owns
         self.expected: dict[str, int | None] = {}
         #: commits that lost the race to another commit and were tried again
@@ -118,7 +122,11 @@ class PartitionAppender:
         return positions
 
     def commit(self, table: Any, positions: list[Position]) -> int:
-        """One Delta commit of the rows and their positions; raises StaleBatchError if overtaken."""
+        """One Delta commit of the rows and their positions; raises StaleBatchError if overtaken.
+
+        The rows are written once; each attempt commits only their files (projections.staging).
+        """
+        actions = self.stager.stage(table)
         for _ in range(COMMIT_ATTEMPTS):
             snapshot = self.log.table()
             # A stream this worker no longer owns (revoked while its batch was gathered) is
@@ -132,7 +140,7 @@ class PartitionAppender:
             if stale:
                 raise StaleBatchError(f"{', '.join(stale)} moved on in the log")
             try:
-                _append(snapshot, table, positions)
+                _commit(snapshot, actions, positions)
             except CommitFailedError:
                 self.retries += 1
                 continue  # another commit came first; the positions are checked again
@@ -142,13 +150,14 @@ class PartitionAppender:
         raise CrmLedgerError(f"the decoded log refused {COMMIT_ATTEMPTS} commits in a row")
 
 
-def _append(snapshot: DeltaTable, table: Any, positions: list[Position]) -> None:
-    # Written against the checked snapshot: a commit since then that advanced one of these
-    # streams is a conflict (Delta compares application transactions), not a silent duplicate.
-    write_deltalake(
-        snapshot,
-        table,
+def _commit(snapshot: DeltaTable, actions: list[AddAction], positions: list[Position]) -> None:
+    # Committed against the checked snapshot with no automatic retry: a commit since then
+    # that advanced one of these streams is a conflict (Delta compares application
+    # transactions), not a silent duplicate.
+    snapshot.create_write_transaction(
+        list(actions),
         mode="append",
+        schema=LOG_SCHEMA,
         commit_properties=CommitProperties(
             app_transactions=[Transaction(p.stream, p.offset) for p in positions], max_commit_retries=0
         ),
@@ -297,6 +306,7 @@ def _work(
                 report(progress)
     finally:
         consumer.close()
+        appender.stager.close()
 
 
 def _one_batch(
