@@ -5,20 +5,24 @@ consumer group decides which worker owns which partitions; the log decides where
 partition resumes: on every assignment the worker reads `transaction_version(stream)` and
 seeks to the next offset, never trusting committed consumer offsets (none are committed).
 
-Each batch (one `consume` call) is decoded natively and committed to the Delta log in one
-commit carrying an application transaction per partition it advances. Before committing,
+Each batch (up to `batches_per_commit` consume calls, gathered while they come back full) is
+decoded natively, written once as a Parquet file (projections.staging) and committed to the
+Delta log in one commit carrying an application transaction per partition it advances, while
+the cyclic garbage collector is paused (projections.gc_pause). Before committing,
 the worker checks that each partition's position in the log is still the one it last saw,
 and commits against exactly that snapshot: should a partition have moved to another worker
 meanwhile (a rebalance, a worker presumed dead), Delta's conflict check refuses the commit
 and the worker seeks back to the log's position instead of writing a duplicate. Commits of
 different partitions never conflict; a commit that loses the race to another one is simply
-tried again.
+tried again (the same file, not written again).
 
 A worker reads only what the log needs per message: the value, the partition and offset,
 and the two headers the decoded log keeps (`notification_id`, `chain`). The chain is the
 ledger's hash chain in notification order across all partitions, so a worker that sees some
 partitions cannot recompute it from the values; it is copied from the header, as the
-single-process path does.
+single-process path does. The headers cost ~1.8 µs per message (confluent-kafka builds five
+tuples, strings and bytes each time); most of what they used to cost (~8 µs) was the garbage
+collector walking those live objects again and again, which the pause removes.
 """
 
 from __future__ import annotations
