@@ -4,18 +4,28 @@
 appender as it was before native decoding (KafkaSource reading headers, fastavro batched per
 schema, JSON payload per record in Python). Then the same process with native decoding, and
 `project --workers` with 1 and 2 decoder processes (log only: the read models are not built).
+Besides wall-clock rates it reports the CPU each variant took per event (this process, the
+decoder processes, the broker), which depends much less on what else runs on the machine;
+with `--old-design REV`, the decoder workers of that revision too, on the same topic.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from common import BENCH_DIR, arguments, kafka, prepared_ledger, report, timed
+from common import BENCH_DIR, ROOT, arguments, kafka, prepared_ledger, report, timed
 
+from crm_cli import broker
 from crm_ledger.kafka import delete_topics
 from ledger.relay import Relay, RelayConfig
 from projections.append import LogAppender, PreparedBatch
@@ -62,6 +72,43 @@ def single_process(appender: LogAppender) -> int:
 
 
 TIMINGS: dict[str, float] = {}
+#: CPU seconds per variant: of this process (the single-process paths, librdkafka's threads
+#: included), of the decoder processes (workers), of the broker meanwhile. The machine is
+#: shared: wall-clock rates follow the load of other jobs, CPU per event much less.
+CPU: dict[str, float] = {}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _broker_cpu(bootstrap: str) -> float | None:
+    """CPU seconds the bench's own broker has used so far (None for an outside broker)."""
+    port = int(bootstrap.rsplit(":", 1)[1])
+    pid_file = broker.BrokerConfig(data_dir=BENCH_DIR / f"kafka-{port}", port=port).pid_file
+    try:
+        fields = Path(f"/proc/{pid_file.read_text().split()[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(name: str, bootstrap: str, work: Any) -> tuple[int, float]:
+    """Run `work`; its events and wall seconds, with the CPU it took recorded in CPU."""
+    own, children, broker_before = time.process_time(), _children_cpu(), _broker_cpu(bootstrap)
+    events, seconds = timed(work)
+    CPU[f"{name}_process_s"] = round(time.process_time() - own, 2)
+    CPU[f"{name}_workers_s"] = round(_children_cpu() - children, 2)
+    broker_after = _broker_cpu(bootstrap)
+    if broker_before is not None and broker_after is not None:
+        CPU[f"{name}_broker_s"] = round(broker_after - broker_before, 2)
+    return int(events), seconds
+
+
+def _us_per_event(name: str, events: int) -> float:
+    spent = CPU[f"{name}_process_s"] + CPU[f"{name}_workers_s"]
+    return round(spent / events * 1e6, 2)
 
 
 def with_workers(bootstrap: str, topic: str, count: int) -> int:
@@ -71,6 +118,52 @@ def with_workers(bootstrap: str, topic: str, count: int) -> int:
     events, _, _ = supervise(pool, set(range(6)))
     TIMINGS.update({f"{count}_workers_{k}": round(v, 2) for k, v in pool.timings.items()})
     return events
+
+
+#: Run inside a clean export of an earlier revision: its decoder workers, 1 then 2, on the
+#: same topic; prints "workers events seconds cpu_seconds" per run.
+_OLD_WORKERS = """
+import resource, sys, time, uuid
+from pathlib import Path
+from projections.decoders import WorkerConfig
+from projections.log import DecodedLog
+from projections.scaleout import DecoderPool, supervise
+bootstrap, topic, folder = sys.argv[1:4]
+for count in (1, 2):
+    path = Path(folder) / f"log-{count}"
+    DecodedLog(path)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
+    started = time.perf_counter()
+    config = WorkerConfig(bootstrap, topic, f"old-{uuid.uuid4().hex[:8]}", path)
+    events, _, _ = supervise(DecoderPool(count, config), set(range(6)))
+    seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(count, events, seconds, usage.ru_utime + usage.ru_stime - cpu, flush=True)
+"""
+
+
+def old_design_workers(rev: str, bootstrap: str, topic: str) -> dict[str, float]:
+    """The decoder workers of `rev` (a clean export) on the same topic: rates and CPU per event."""
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder) / "tree"
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _OLD_WORKERS, bootstrap, topic, folder],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)},
+        )
+    for line in out.stdout.strip().splitlines():
+        count, events, seconds, cpu = line.split()
+        figures[f"old_design_workers_{count}_events_per_s"] = round(int(events) / float(seconds))
+        figures[f"old_design_workers_{count}_cpu_us_per_event"] = round(float(cpu) / int(events) * 1e6, 2)
+    return figures
 
 
 def main() -> None:
@@ -86,19 +179,27 @@ def main() -> None:
         def source() -> KafkaSource:
             return KafkaSource(bootstrap, topic, group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_size=50_000)
 
-        baseline, baseline_s = timed(
-            lambda: single_process(FastavroAppender(fresh_log("baseline"), source(), app.codec))
+        baseline, baseline_s = measured(
+            "baseline",
+            bootstrap,
+            lambda: single_process(FastavroAppender(fresh_log("baseline"), source(), app.codec)),
         )
-        native, native_s = timed(
-            lambda: single_process(LogAppender(fresh_log("native"), source(), app.codec))
+        native, native_s = measured(
+            "native", bootstrap, lambda: single_process(LogAppender(fresh_log("native"), source(), app.codec))
         )
-        one, one_s = timed(lambda: with_workers(bootstrap, topic, 1))
-        two, two_s = timed(lambda: with_workers(bootstrap, topic, 2))
+        one, one_s = measured("workers_1", bootstrap, lambda: with_workers(bootstrap, topic, 1))
+        two, two_s = measured("workers_2", bootstrap, lambda: with_workers(bootstrap, topic, 2))
+        old = old_design_workers(args.old_design, bootstrap, topic) if args.old_design else {}
         delete_topics(bootstrap, [topic])
     for name in ("baseline", "native", "workers-1", "workers-2"):
         shutil.rmtree(BENCH_DIR / f"decode-{name}.log", ignore_errors=True)
     base_rate = baseline / baseline_s
     two_rate = two / two_s
+    if old:
+        old["workers_2_vs_old_design"] = round(two_rate / old["old_design_workers_2_events_per_s"], 2)
+        old["old_design_vs_workers_2_cpu_per_event"] = round(
+            old["old_design_workers_2_cpu_us_per_event"] / _us_per_event("workers_2", two), 2
+        )
     one_rate = one / one_s
     report(
         "decode",
@@ -120,6 +221,18 @@ def main() -> None:
             "goal_scaling": GOAL_SCALING,
             "stretch_events_per_s": STRETCH,
             "all_equal_counts": baseline == native == one == two,
+            # CPU per event (this process and the decoder processes; the broker's apart)
+            "cpu_us_per_event": {
+                name: _us_per_event(name, events)
+                for name, events in (
+                    ("baseline", baseline),
+                    ("native", native),
+                    ("workers_1", one),
+                    ("workers_2", two),
+                )
+            },
+            "cpu_s": CPU,
+            **old,
             "time_per_step_s": TIMINGS,
         },
     )

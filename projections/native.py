@@ -42,9 +42,8 @@ from schemas.codec import HEADER, MAGIC_BYTE, AvroCodec, zigzag_varint
 from schemas.registry import SchemaVersion
 
 _SYNC = bytes(16)
-#: What `json.dumps` (ensure_ascii) escapes: all but printable ASCII, and `"` and `\\`.
-#: Columns holding such strings are encoded by Python.
-_NEEDS_ESCAPE = r'[^ -~]|["\\]'
+#: The bytes `json.dumps` (ensure_ascii) writes as they are: printable ASCII but `"` and `\\`.
+_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 _STDERR_LOCK = threading.Lock()
 
 
@@ -177,13 +176,18 @@ def _varint_len(values: pa.Array) -> pa.Array:
     zigzag = pc.bit_wise_xor(pc.shift_left(values, 1), pc.shift_right(values, 63)).cast(
         pa.uint64(), safe=False
     )
-    length = pa.array([1] * len(values), pa.int64())
     largest = pc.max(zigzag).as_py() or 0
+    length = _repeat(1, len(values), pa.int64())
     for shift in range(7, 64, 7):
         if largest < 1 << shift:
             break  # no value needs this many bytes
         length = pc.add(length, pc.greater_equal(zigzag, pa.scalar(1 << shift, pa.uint64())).cast(pa.int64()))
     return length
+
+
+def _repeat(value: Any, n: int, arrow: pa.DataType) -> pa.Array:
+    """`value` n times (built by Arrow, not from a Python list of n items)."""
+    return pa.repeat(pa.scalar(value, arrow), n)
 
 
 def _encoded_length(field: _Field, column: pa.Array) -> pa.Array:
@@ -195,7 +199,7 @@ def _encoded_length(field: _Field, column: pa.Array) -> pa.Array:
     elif field.kind in {"int", "long"}:
         length = _varint_len(column.fill_null(0))
     elif field.kind in {"boolean", "double", "float"}:
-        length = pa.array([{"boolean": 1, "double": 8, "float": 4}[field.kind]] * n, pa.int64())
+        length = _repeat({"boolean": 1, "double": 8, "float": 4}[field.kind], n, pa.int64())
     else:  # array of strings: one block (count, items, 0), or a lone 0 when empty
         lists = column.fill_null(pa.scalar([], column.type)) if column.null_count else column
         counts = pc.list_value_length(lists).cast(pa.int64())
@@ -215,9 +219,27 @@ def _encoded_length(field: _Field, column: pa.Array) -> pa.Array:
 
 def _json_strings(values: pa.Array) -> pa.Array:
     """Each string as `json.dumps` writes it (nulls stay null)."""
-    if pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+    if _needs_escape(values):
         return pa.array([None if v is None else json.dumps(v) for v in values.to_pylist()], pa.string())
     return pc.binary_join_element_wise('"', values, '"', "")
+
+
+def _needs_escape(values: pa.Array) -> bool:
+    """Whether any string holds what `json.dumps` escapes: all but printable ASCII, `"` and `\\`.
+
+    One pass of `bytes.translate` over the array's character data (deleting every byte that
+    needs no escaping) instead of a regular expression per string: ~10x cheaper. The
+    characters of the array's strings are contiguous; a null's leftover bytes may be among
+    them, and at worst such a column is escaped by Python, with the same result.
+    """
+    if values.type != pa.string():
+        return True  # not expected here; Python's escaping is always right
+    _, offsets, data = values.buffers()
+    if data is None or not len(values):
+        return False
+    bounds = memoryview(offsets).cast("i")
+    start, end = bounds[values.offset], bounds[values.offset + len(values)]
+    return bool(data.slice(start, end - start).to_pybytes().translate(None, _PLAIN))
 
 
 def _json_values(field: _Field, column: pa.Array) -> pa.Array:
@@ -265,7 +287,7 @@ class NativeBatchBuilder:
         # Group by the 5-byte header (magic byte + schema id) without a loop over messages.
         framed = pc.greater(pc.binary_length(values), HEADER.size)
         headers = pc.binary_slice(values, 0, HEADER.size).dictionary_encode()
-        native = pa.array([False] * len(values), pa.bool_())
+        native = _repeat(False, len(values), pa.bool_())
         tables = []
         slow: list[int] = []
         for key, header in enumerate(headers.dictionary.to_pylist()):
@@ -321,7 +343,7 @@ class NativeBatchBuilder:
             return None
         decoded = frame.to_arrow()
         columns = {f.name: _normal(f, decoded.column(f.name).combine_chunks()) for f in plan.writer}
-        expected = pa.array([HEADER.size] * n, pa.int64())
+        expected = _repeat(HEADER.size, n, pa.int64())
         for field in plan.writer:
             expected = pc.add(expected, _encoded_length(field, columns[field.name]))
         good = pc.and_(
@@ -375,30 +397,48 @@ class NativeBatchBuilder:
         record: dict[str, pa.Array] = dict(columns)
         for field in plan.payload:
             if field.default_json is not None:
-                record[field.name] = pa.array([field.default] * n, _arrow(field))
+                record[field.name] = _repeat(field.default, n, _arrow(field))
         out = {name: column.take(indexes) for name, column in envelope.items()}
-        out["event_type"] = pa.array([plan.event_type] * n, pa.string())
+        out["event_type"] = _repeat(plan.event_type, n, pa.string())
         out["event_id"] = record["event_id"].cast(pa.string())
-        out["schema_version"] = pa.array([plan.version] * n, pa.int32())
+        out["schema_version"] = _repeat(plan.version, n, pa.int32())
         out["occurred_at"] = _timestamps(record["occurred_at"])
         out["recorded_at"] = (
             _timestamps(record["recorded_at"]) if "recorded_at" in record else pa.nulls(n, pa.timestamp("us"))
         )
         for name, arrow in self._casts.items():
             out[name] = record[name].cast(arrow) if name in record else pa.nulls(n, arrow)
-        pieces = []
-        for field in plan.payload:
-            text = (
-                pa.array([field.default_json] * n, pa.string())
-                if field.default_json is not None
-                else _json_values(field, record[field.name])
-            )
-            pieces.append(pc.binary_join_element_wise(json.dumps(field.name) + ":", text, ""))
-        joined = pc.binary_join_element_wise(*pieces, ",") if len(pieces) > 1 else pieces[0]
-        out["payload"] = pc.binary_join_element_wise("{", joined, "}", "")
+        out["payload"] = _payload(plan, record, n)
         out["dead_letter"] = pa.nulls(n, pa.string())
         out["seen_at"] = pa.nulls(n, pa.timestamp("us"))
         return pa.Table.from_arrays([out[f.name] for f in LOG_SCHEMA], schema=LOG_SCHEMA)
+
+
+def _payload(plan: _Plan, record: Mapping[str, pa.Array], n: int) -> pa.Array:
+    """The JSON payload of each row, exactly as `json.dumps` writes the record, in one join.
+
+    The braces, the field names, the defaults of fields the writer lacks and the quotes
+    around strings that need no escaping are literal pieces between the columns, so each
+    row's text is copied once (a join per field copied it once per field).
+    """
+    parts: list[Any] = []
+    literal = "{"
+    for index, field in enumerate(plan.payload):
+        literal += ("," if index else "") + json.dumps(field.name) + ":"
+        if field.default_json is not None:
+            literal += field.default_json
+            continue
+        column = record[field.name]
+        if field.kind == "string" and column.null_count == 0 and not _needs_escape(column):
+            parts += [literal + '"', column]
+            literal = '"'
+        else:
+            parts += [literal, _json_values(field, column)]
+            literal = ""
+    parts.append(literal + "}")
+    if len(parts) == 1:
+        return _repeat(parts[0], n, pa.string())
+    return pc.binary_join_element_wise(*parts, "").cast(pa.string())
 
 
 def _normal(field: _Field, column: pa.Array) -> pa.Array:

@@ -52,6 +52,16 @@ class RawBatch:
     def __len__(self) -> int:
         return len(self.values)
 
+    def extend(self, other: RawBatch) -> None:
+        """Append another batch's messages; its positions supersede this one's."""
+        self.values.extend(other.values)
+        self.notification_ids.extend(other.notification_ids)
+        self.sources.extend(other.sources)
+        self.partitions.extend(other.partitions)
+        self.offsets.extend(other.offsets)
+        self.chains.extend(other.chains)
+        self.positions.update(other.positions)
+
 
 class LogSource(Protocol):
     """Yields batches after the given positions; stops at the end unless following."""

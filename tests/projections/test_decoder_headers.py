@@ -25,3 +25,7 @@ def test_other_layouts_are_searched() -> None:
         [7, 9, None, None],
         [f"{7:064x}", f"{9:064x}", None, "ab"],
     )
+
+
+def test_messages_without_headers_keep_none() -> None:
+    assert _kept_headers([_relayed(3), None]) == ([3, None], [f"{3:064x}", None])

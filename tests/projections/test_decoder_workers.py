@@ -25,6 +25,7 @@ from projections.readonly import reader
 from projections.scaleout import project_with_workers
 from projections.service import project_promoted
 from projections.sources import LedgerSource
+from projections.staging import STAGING_DIR
 from tests.helpers import CLI, kill_hard, run_cli, wait_for
 from tests.projections.test_projections import MODEL_TABLES, build, digest, load, make_history
 
@@ -47,6 +48,11 @@ def _log_rows(db_path: Path) -> pa.Table:
     return table.sort_by([("stream", "ascending"), ("position", "ascending")]).combine_chunks()
 
 
+def _staged_leftovers(db_path: Path) -> list[Path]:
+    """Anything left in the workers' staging tables (each removed when its worker stops)."""
+    return [p for log in log_root(db_path).iterdir() for p in (log / STAGING_DIR).glob("*")]
+
+
 def _relayed(app: LedgerApplication, tmp_path: Path, bootstrap: str, topic: str, **history: Any) -> int:
     path = tmp_path / "h.jsonl"
     make_history(path, **history)
@@ -65,6 +71,7 @@ def test_two_workers_build_the_same_log_and_read_models_as_one(
         settings = _settings(tmp_path, f"w{workers}", kafka_bootstrap, topic)
         project_with_workers(settings, workers, None, follow=False, batch_size=700)
         logs[workers] = _log_rows(settings.projections_db)
+        assert not _staged_leftovers(settings.projections_db)
         with reader(settings.projections_db) as con:
             models[workers] = {t: digest(con, t) for t in MODEL_TABLES}
     single = _settings(tmp_path, "single", kafka_bootstrap, topic)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pytest
 
 from projections.columns import LOG_SCHEMA, LogBatchBuilder
-from projections.native import NativeBatchBuilder
+from projections.native import NativeBatchBuilder, _needs_escape
 from projections.sources import Position, RawBatch
 from schemas.codec import AvroCodec
 from schemas.registry import SchemaRegistry
@@ -174,3 +174,12 @@ def test_an_int_beyond_32_bits_is_a_dead_letter_not_a_crash() -> None:
     assert _rows(native).equals(_rows(expected))
     letters = expected.column("dead_letter").drop_null().to_pylist()
     assert len(letters) == 1 and "does not fit" in letters[0]
+
+
+def test_a_column_needs_escaping_when_any_string_holds_what_json_escapes() -> None:
+    plain = ["", "plain", "a b", "x" * 300]
+    assert not _needs_escape(pa.array(plain, pa.string()))
+    assert not _needs_escape(pa.array([None, None], pa.string()))
+    assert not _needs_escape(pa.array([], pa.string()))
+    for special in ('quo"te', "back\\slash", "tab\t", "new\nline", "héllo", "日本", "😀", "\x7f", "\x00"):
+        assert _needs_escape(pa.array([*plain, special, None], pa.string())), special

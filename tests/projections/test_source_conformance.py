@@ -113,6 +113,8 @@ class TestKafkaSource(LogSourceConformance):
     def make_source(self, app: LedgerApplication, request: pytest.FixtureRequest) -> LogSource:
         bootstrap: str = request.getfixturevalue("kafka_bootstrap")
         topic: str = request.getfixturevalue("topic")
-        config = RelayConfig(bootstrap=bootstrap, topic=topic, partitions=3, transactional_id=f"{topic}-relay")
+        config = RelayConfig(
+            bootstrap=bootstrap, topic=topic, partitions=3, transactional_id=f"{topic}-relay"
+        )
         Relay(app, config).run()
         return KafkaSource(bootstrap, topic, group_id=f"{topic}-conformance", batch_size=97)
