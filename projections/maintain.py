@@ -365,14 +365,14 @@ class Maintainer:
                 f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
             )
             keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, False, keys)}")
+            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, False, keys, distinct_apart=True)}")
             table = f"{v}.kpi_team_{grain}"
             run(
                 f"DELETE FROM {table} WHERE (team_id, period) IN "
                 "(SELECT DISTINCT team_id, period FROM crm_aff)"
             )
             keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, True, keys)}")
+            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, True, keys, distinct_apart=True)}")
 
     def _record(self, snapshot: int, full: bool) -> None:
         """The snapshot's stream positions and log version, beside the tables."""

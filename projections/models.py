@@ -136,9 +136,73 @@ ASOF LEFT JOIN {v}.team_history th
 WHERE {scope}"""
 
 
-def kpi_select(v: str, spec: MetricSpec, grain: str, team: bool, where: str = "TRUE") -> str:
-    """A KPI table's rows; `where` restricts the measures (incremental maintenance)."""
-    return _kpi_select(v, spec, "team_id" if team else "employee_id, team_id", PERIODS[grain], where)
+def kpi_select(
+    v: str, spec: MetricSpec, grain: str, team: bool, where: str = "TRUE", *, distinct_apart: bool = False
+) -> str:
+    """A KPI table's rows; `where` restricts the measures (incremental maintenance).
+
+    With `distinct_apart`, the distinct counts (`Kpi.distinct`) are counted in a separate
+    aggregate over the distinct (keys, period, value) triples of their measure and joined
+    on: the same numbers (a distinct count is the number of distinct values per group), in
+    about half the time of DuckDB's filtered `count(DISTINCT ...)` beside thirty other
+    aggregates. Only the incremental maintainer uses it; full builds keep the plain form
+    that every engine translates.
+    """
+    keys = "team_id" if team else "employee_id, team_id"
+    if not distinct_apart:
+        return _kpi_select(v, spec, keys, PERIODS[grain], where)
+    return _kpi_select_distinct_apart(v, spec, keys, PERIODS[grain], where)
+
+
+def _kpi_select_distinct_apart(v: str, spec: MetricSpec, keys: str, period: str, where: str) -> str:
+    """_kpi_select with every `Kpi.distinct` count computed apart (see kpi_select)."""
+    apart = tuple(k for k in KPIS if k.distinct is not None)
+    kept = tuple(k for k in KPIS if k.distinct is None)
+    distinct_ctes = "".join(
+        f"""
+{k.name}_apart AS (
+    SELECT {keys}, period, count({k.distinct[0]}) AS {k.name} FROM (
+        SELECT DISTINCT {keys}, {period} AS period, {k.distinct[0]}
+        FROM {v}.measures WHERE ({where}) AND ({k.distinct[1]})
+    ) GROUP BY ALL
+),"""
+        for k in apart
+        if k.distinct is not None
+    )
+    # NULL keys (a measure without an employee) are a group of their own, so they match too.
+    joins = " ".join(
+        f"LEFT JOIN {k.name}_apart ON "
+        + " AND ".join(f"{k.name}_apart.{c} IS NOT DISTINCT FROM c.{c}" for c in (*_names(keys), "period"))
+        for k in apart
+    )
+    # Every aggregated column in table order, the distinct counts taken from their join
+    # (0 where the group has none of that measure, as count(DISTINCT ...) FILTER gives).
+    columns = ", ".join(
+        f"coalesce({k.name}_apart.{k.name}, 0) AS {k.name}" if k.distinct is not None else f"c.{k.name}"
+        for k in KPIS
+        if k.aggregate is not None
+    )
+    return f"""
+WITH{distinct_ctes}
+plain AS (
+    SELECT {keys}, {period} AS period,
+        {_aggregates(spec, kept)}
+    FROM {v}.measures
+    WHERE {where}
+    GROUP BY ALL
+),
+counts AS (
+    SELECT {", ".join(f"c.{key}" for key in _names(keys))}, c.period, {columns}
+    FROM plain c {joins}
+)
+SELECT {keys}, period,
+    {", ".join(k.select() for k in KPIS)}
+FROM counts
+ORDER BY {keys}, period"""
+
+
+def _names(keys: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in keys.split(","))
 
 
 def _aggregates(spec: MetricSpec, kpis: tuple[Kpi, ...]) -> str:
