@@ -40,9 +40,6 @@ class Kpi:
     compared: bool = True
     #: whether a spec's `count` component may reward it
     rewardable: bool = True
-    #: for `count(DISTINCT column) FILTER (WHERE condition)`: (column, condition), so that
-    #: an incremental update can count the distinct values apart (projections.models)
-    distinct: tuple[str, str] | None = None
 
     def select(self) -> str:
         """The KPI's SQL in the outer select (over the aggregated columns)."""
@@ -119,7 +116,6 @@ KPIS: tuple[Kpi, ...] = (
         "count",
         "handled",
         aggregate="count(DISTINCT ref) FILTER (WHERE measure = 'handled')",
-        distinct=("ref", "measure = 'handled'"),
         additive=False,
         compared=False,
     ),
@@ -148,11 +144,6 @@ KPIS: tuple[Kpi, ...] = (
     Kpi("last_activity_at", "time", None, aggregate="max(occurred_at)", additive=False, compared=False),
 )
 BY_NAME: Mapping[str, Kpi] = {k.name: k for k in KPIS}
-assert all(
-    k.aggregate == f"count(DISTINCT {k.distinct[0]}) FILTER (WHERE {k.distinct[1]})"
-    for k in KPIS
-    if k.distinct is not None
-)
 
 #: What a spec's components may use: additive counts, and rates of additive counts.
 COUNT_KPIS = frozenset(
