@@ -160,9 +160,10 @@ FROM_ROWS_MEASURES = tuple(sorted({k.measure for k in FROM_ROWS if k.measure is 
 assert all(f"measure = '{k.measure}'" in (k.aggregate or "") for k in FROM_ROWS)
 
 
-def kpi_days_sql(measures: str, spec: MetricSpec, target: str) -> str:
+def kpi_days_sql(measures: str, spec: MetricSpec, target: str, where: str = "TRUE") -> str:
     """A temp table of the day-combinable KPI aggregates per employee, team and day.
 
+    `measures` is a relation with the columns of `measures`, `where` a condition on them.
     Its `occurred_at` is the day (a DATE): a day lies in exactly one month, ISO week and
     day, so PERIODS' expressions give each day's period, and a period's counts are the
     sums of its days' counts (its last activity the latest of its days').
@@ -175,6 +176,7 @@ FROM (
     SELECT employee_id, team_id, CAST(occurred_at AS DATE) AS day,
         {_aggregates(spec, combined)}
     FROM {measures}
+    WHERE {where}
     GROUP BY ALL
 )"""
 
