@@ -18,7 +18,7 @@ snapshot) and `register_log()` (the same, as a relation named on a DuckDB connec
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,8 @@ class DecodedLog:
     def table(self, version: int | None = None) -> DeltaTable:
         """The Delta table at `version` (the latest when None)."""
         if version is not None:
+            if self._latest is not None and self._latest.version() == version:
+                return self._latest  # already loaded: loading a version reads the whole Delta log again
             return DeltaTable(str(self.path), version=version)
         if self._latest is None:
             self._latest = DeltaTable(str(self.path))
@@ -113,7 +115,8 @@ class DecodedLog:
     def _chain_at(table: DeltaTable, stream: str, position: int) -> str | None:
         if stream != LEDGER_STREAM:
             return None  # Kafka carries the chain in each record; only the ledger's is computed
-        rows = ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet").to_table(
+        uris = _files_where(table, lambda f: _may_hold(f, stream, position, position))
+        rows = ds.dataset(uris, schema=LOG_SCHEMA, format="parquet").to_table(
             columns=["chain"], filter=(ds.field("stream") == stream) & (ds.field("position") == position)
         )
         return None if rows.num_rows == 0 else str(rows.column(0)[0].as_py())
@@ -130,21 +133,68 @@ class DecodedLog:
         )
         return self.version()
 
-    def dataset(self, version: int | None = None) -> Any:
+    def dataset(self, version: int | None = None, after: Mapping[str, int] | None = None) -> Any:
         """A snapshot as an Arrow dataset (many readers, while appends go on).
 
         Built from the snapshot's file list: the log is neither partitioned nor written
         with deletion vectors, so its files are exactly its rows (and this is much
         cheaper than delta-rs's own dataset, which builds an expression per file).
+        With `after` (the last position read per stream), the files that hold only rows of
+        one of those streams at or before its position are left out, by the statistics
+        Delta keeps per file: a reader that follows the log opens only the newer files.
+        The rows past `after` are all still there; the caller filters them.
         """
         table = self.table(version)
         if "deletionVectors" in (table.protocol().writer_features or []):
             return table.to_pyarrow_dataset()
-        return ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet")
+        if after is None:
+            return ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet")
+        known = dict(after)
+        return ds.dataset(
+            _files_where(table, lambda f: not _read_before(f, known)), schema=LOG_SCHEMA, format="parquet"
+        )
 
     def snapshot(self, streams: Sequence[str]) -> Snapshot:
         version = self.version()
         return Snapshot(version, self.positions(streams, version))
+
+
+def _files_where(table: DeltaTable, keep: Callable[[Mapping[str, Any]], bool]) -> list[str]:
+    """The snapshot's file URIs whose add action (path and column statistics) `keep` accepts."""
+    uris = table.file_uris()
+    by_name = {uri.rsplit("/", 1)[-1]: uri for uri in uris}
+    kept = []
+    actions = pa.table(table.get_add_actions(flatten=True))
+    wanted = ["path", *(f"{m}.{c}" for m in ("min", "max") for c in ("stream", "position"))]
+    for action in actions.select([c for c in wanted if c in actions.column_names]).to_pylist():
+        uri = by_name.get(str(action["path"]).rsplit("/", 1)[-1])
+        if uri is None:
+            return uris  # a layout this reading does not know: every file
+        if keep(action):
+            kept.append(uri)
+    return kept
+
+
+def _may_hold(action: Mapping[str, Any], stream: str, low: int, high: int) -> bool:
+    """Whether a file's statistics allow a row of `stream` with a position in [low, high]."""
+    lo_s, hi_s = action.get("min.stream"), action.get("max.stream")
+    lo_p, hi_p = action.get("min.position"), action.get("max.position")
+    if lo_s is None or hi_s is None or lo_p is None or hi_p is None:
+        return True
+    return bool(lo_s <= stream <= hi_s and lo_p <= high and low <= hi_p)
+
+
+def _read_before(action: Mapping[str, Any], after: Mapping[str, int]) -> bool:
+    """Whether a file holds only rows of one stream at or before `after[stream]`.
+
+    Only single-stream files are judged: a stream's rows are appended in position order,
+    exactly once, so every row of it up to the last one read has been read. A file whose
+    statistics span several streams may hold a stream not read yet: it is kept.
+    """
+    lo_s, hi_s, hi_p = action.get("min.stream"), action.get("max.stream"), action.get("max.position")
+    if lo_s is None or hi_p is None or lo_s != hi_s or lo_s not in after:
+        return False
+    return bool(hi_p <= after[lo_s])
 
 
 def register_log(

@@ -133,7 +133,9 @@ class LogIndex:
             wanted = ~pds.field("stream").isin(pa.array(list(known), pa.string()))
             for stream, position in known.items():
                 wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
-            rows = dataset.to_table(columns=[*INDEX_COLUMNS, "payload"], filter=wanted)
+            # Only the files that may hold rows past the index (file statistics), then the rows.
+            newer = self.log.dataset(snapshot, after=known)
+            rows = newer.to_table(columns=[*INDEX_COLUMNS, "payload"], filter=wanted)
             if rows.num_rows:
                 self._insert(rows, replace=False)
         run(f"DELETE FROM {STATE} WHERE source = ?", [self.source])

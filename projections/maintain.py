@@ -34,12 +34,14 @@ from projections.logindex import LogIndex, visible_sql
 from projections.models import (
     ANSWERS,
     CASE_MEASURES,
+    FROM_ROWS_MEASURES,
     PERIODS,
     answers_histogram_sql,
     complaint_kpi_select,
     customer_profile_select,
+    kpi_days_sql,
+    kpi_from_days_select,
     kpi_rethreshold_select,
-    kpi_select,
     kpi_sql,
     measures_sql,
     reward_components_select,
@@ -49,7 +51,7 @@ from projections.models import (
     spec_independent_sql,
     team_history_sql,
 )
-from projections.service_maintain import KEY_TABLES, SCRATCH, Scratch, ServiceMaintenance, maintain_goals
+from projections.service_maintain import KEY_TABLES, ServiceMaintenance, maintain_goals
 from projections.service_models import (
     SERVICE_MEASURES,
     profile_service_sql,
@@ -97,7 +99,11 @@ _TEMPS = (
     "crm_statements",
     "crm_service",
     "crm_ev_rows",
+    "crm_customer_rows",
 )
+#: The KPI tables' inputs during an update: the per-day aggregates of the touched span's
+#: measures, and the span's measure rows of the KPIs that days do not combine into.
+_KPI_DAYS, _KPI_ROWS = "crm_kpi_days", "crm_kpi_rows"
 #: The columns customer_profile_select reads (and the keys that tell a row's case).
 _PROFILE_READS = (
     "stream",
@@ -198,7 +204,7 @@ class Maintainer:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
                 self.db.mark_built(version, snapshot, events)
                 parent = version
-            for temp in (EV, *_TEMPS, *KEY_TABLES):
+            for temp in (EV, *_TEMPS, *KEY_TABLES, _KPI_DAYS, _KPI_ROWS):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
         return UpdateResult(snapshot, new, full)
 
@@ -284,10 +290,13 @@ class Maintainer:
         # profile reads are fetched, the others stay NULL, so these rows give no measure
         # (their cases are not touched) and no complaint row (no team).
         run(
-            f"INSERT INTO {EV} BY NAME SELECT {', '.join(_PROFILE_READS)} FROM {index} WHERE rowid IN "
-            f"(SELECT rowid FROM {index} WHERE {visible} "
-            "AND customer_id IN (SELECT customer_id FROM crm_fresh) "
-            "EXCEPT SELECT r FROM crm_ev_rows)"
+            f"CREATE OR REPLACE TEMP TABLE crm_customer_rows AS SELECT rowid AS r FROM {index} "
+            f"WHERE {visible} AND customer_id IN (SELECT customer_id FROM crm_fresh) "
+            "EXCEPT SELECT r FROM crm_ev_rows"
+        )
+        run(
+            f"INSERT INTO {EV} BY NAME SELECT {', '.join(_PROFILE_READS)} FROM {index} "
+            "WHERE rowid IN (SELECT r FROM crm_customer_rows)"
         )
 
     def _spec_tables(
@@ -335,25 +344,27 @@ class Maintainer:
     def _kpis(self, v: str, spec: MetricSpec) -> None:
         """KPI rows of the touched (employee, team, period) and (team, period), per grain.
 
-        The six tables read their rows from the measures of the touched time span only (the
-        months and ISO weeks of the touched measures: every touched period lies in it), copied
-        once into the scratch schema instead of filtering all measures six times.
+        The six tables read the measures of the touched time span only (the months and ISO
+        weeks of the touched measures: every touched period lies in it), aggregated once per
+        employee, team and day; each table sums its periods' days (models.kpi_days_sql) and
+        recomputes only the quantiles and distinct counts from the measure rows they read.
         """
         run = self.db.connection.execute
-        with Scratch(self.db.connection):
-            run(
-                # The KPIs read neither the event nor the case of a measure (crm_ledger.kpis).
-                f"CREATE TABLE {SCRATCH}.measures AS SELECT * EXCLUDE (event_id, case_id) "
-                f"FROM {v}.measures m WHERE "
-                "m.occurred_at >= (SELECT least(date_trunc('month', min(occurred_at)), "
-                "date_trunc('week', min(occurred_at))) FROM crm_touched) "
-                "AND m.occurred_at < (SELECT greatest(date_trunc('month', max(occurred_at)) "
-                "+ INTERVAL 1 MONTH, date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched)"
-            )
-            self._kpi_rows(v, spec)
-
-    def _kpi_rows(self, v: str, spec: MetricSpec) -> None:
-        run = self.db.connection.execute
+        span = (
+            "m.occurred_at >= (SELECT least(date_trunc('month', min(occurred_at)), "
+            "date_trunc('week', min(occurred_at))) FROM crm_touched) "
+            "AND m.occurred_at < (SELECT greatest(date_trunc('month', max(occurred_at)) "
+            "+ INTERVAL 1 MONTH, date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched)"
+        )
+        # Straight from `measures` (a filter on the time column, then only the matching rows'
+        # other columns are read), rather than through a copy of the span.
+        run(kpi_days_sql(f"{v}.measures m", spec, _KPI_DAYS, span))
+        read = ", ".join(f"'{m}'" for m in FROM_ROWS_MEASURES)
+        run(
+            # The KPIs read neither the event nor the case of a measure (crm_ledger.kpis).
+            f"CREATE OR REPLACE TEMP TABLE {_KPI_ROWS} AS SELECT * EXCLUDE (event_id, case_id) "
+            f"FROM {v}.measures m WHERE {span} AND measure IN ({read})"
+        )
         for grain, period in PERIODS.items():
             run(
                 f"CREATE OR REPLACE TEMP TABLE crm_aff AS SELECT DISTINCT employee_id, team_id, "
@@ -365,14 +376,16 @@ class Maintainer:
                 f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
             )
             keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, False, keys)}")
+            select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=False, where=keys)
+            run(f"INSERT INTO {table} {select}")
             table = f"{v}.kpi_team_{grain}"
             run(
                 f"DELETE FROM {table} WHERE (team_id, period) IN "
                 "(SELECT DISTINCT team_id, period FROM crm_aff)"
             )
             keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
-            run(f"INSERT INTO {table} {kpi_select(SCRATCH, spec, grain, True, keys)}")
+            select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=True, where=keys)
+            run(f"INSERT INTO {table} {select}")
 
     def _record(self, snapshot: int, full: bool) -> None:
         """The snapshot's stream positions and log version, beside the tables."""

@@ -141,6 +141,101 @@ def kpi_select(v: str, spec: MetricSpec, grain: str, team: bool, where: str = "T
     return _kpi_select(v, spec, "team_id" if team else "employee_id, team_id", PERIODS[grain], where)
 
 
+def _by_day(k: Kpi) -> str | None:
+    """How days combine into a period for a KPI's aggregate: "sum", "max", or None (they do not)."""
+    if k.aggregate is None:
+        return None
+    if k.aggregate.startswith("count(*) FILTER (WHERE ") and "DISTINCT" not in k.aggregate:
+        return "sum"
+    if k.aggregate == "max(occurred_at)":
+        return "max"
+    return None
+
+
+#: The KPIs an update recomputes from measure rows (quantiles, distinct counts), and those
+#: measures: every other aggregate is combined from per-day aggregates (kpi_days_sql).
+FROM_ROWS = tuple(k for k in KPIS if k.aggregate is not None and _by_day(k) is None)
+FROM_ROWS_MEASURES = tuple(sorted({k.measure for k in FROM_ROWS if k.measure is not None}))
+# Each of them filters its own measure: rows of other measures never reach its aggregate.
+assert all(f"measure = '{k.measure}'" in (k.aggregate or "") for k in FROM_ROWS)
+
+
+def kpi_days_sql(measures: str, spec: MetricSpec, target: str, where: str = "TRUE") -> str:
+    """A temp table of the day-combinable KPI aggregates per employee, team and day.
+
+    `measures` is a relation with the columns of `measures`, `where` a condition on them.
+    Its `occurred_at` is the day (a DATE): a day lies in exactly one month, ISO week and
+    day, so PERIODS' expressions give each day's period, and a period's counts are the
+    sums of its days' counts (its last activity the latest of its days').
+    """
+    combined = tuple(k for k in KPIS if _by_day(k) is not None)
+    return f"""
+CREATE OR REPLACE TEMP TABLE {target} AS
+SELECT employee_id, team_id, day AS occurred_at, {", ".join(k.name for k in combined)}
+FROM (
+    SELECT employee_id, team_id, CAST(occurred_at AS DATE) AS day,
+        {_aggregates(spec, combined)}
+    FROM {measures}
+    WHERE {where}
+    GROUP BY ALL
+)"""
+
+
+def kpi_from_days_select(
+    days: str, rows: str, spec: MetricSpec, grain: str, *, team: bool, where: str = "TRUE"
+) -> str:
+    """kpi_select's rows from per-day aggregates (`days`, kpi_days_sql) and measure rows.
+
+    `rows` holds the measure rows of FROM_ROWS_MEASURES (at least those of the groups
+    `where` selects). Identical to kpi_select over the same measures: counts are sums of
+    the days' counts (exact integers, cast back to BIGINT), the last activity is the
+    latest day's, and the other aggregates (quantiles, distinct counts) run over the same
+    rows of their measure. A group without rows of such a measure has no row in `rest`:
+    a count of none is 0, any other aggregate of none NULL, as the filtered aggregate gives.
+    """
+    keys = "team_id" if team else "employee_id, team_id"
+    names = tuple(key.strip() for key in keys.split(","))
+    period = PERIODS[grain]
+    combined = ",\n        ".join(
+        f"max({k.name}) AS {k.name}" if _by_day(k) == "max" else f"CAST(sum({k.name}) AS BIGINT) AS {k.name}"
+        for k in KPIS
+        if _by_day(k) is not None
+    )
+
+    def column(k: Kpi) -> str:
+        if _by_day(k) is not None:
+            return f"s.{k.name}"
+        if (k.aggregate or "").startswith("count("):
+            return f"coalesce(r.{k.name}, 0) AS {k.name}"
+        return f"r.{k.name}"
+
+    joined = " AND ".join(f"r.{c} IS NOT DISTINCT FROM s.{c}" for c in (*names, "period"))
+    return f"""
+WITH summed AS (
+    SELECT {keys}, {period} AS period,
+        {combined}
+    FROM {days}
+    WHERE {where}
+    GROUP BY ALL
+),
+rest AS (
+    SELECT {keys}, {period} AS period,
+        {_aggregates(spec, FROM_ROWS)}
+    FROM {rows}
+    WHERE {where}
+    GROUP BY ALL
+),
+counts AS (
+    SELECT {", ".join(f"s.{c}" for c in names)}, s.period,
+        {", ".join(column(k) for k in KPIS if k.aggregate is not None)}
+    FROM summed s LEFT JOIN rest r ON {joined}
+)
+SELECT {keys}, period,
+    {", ".join(k.select() for k in KPIS)}
+FROM counts
+ORDER BY {keys}, period"""
+
+
 def _aggregates(spec: MetricSpec, kpis: tuple[Kpi, ...]) -> str:
     return ",\n        ".join(
         f"{k.aggregate.format(**spec.kpis)} AS {k.name}" for k in kpis if k.aggregate is not None

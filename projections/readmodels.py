@@ -75,7 +75,8 @@ READ_MODELS: tuple[ReadModel, ...] = (
         ("events", "contract_terms"),
         "log",
         True,
-        "none: rebuilt from the terms and customers' details when a contract or detail changed",
+        "month a changed contract's terms (or the terms it replaced) come up for renewal in; months "
+        "of the terms of a customer whose details changed",
     ),
     ReadModel(
         "measures",

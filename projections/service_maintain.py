@@ -16,8 +16,9 @@ keys' rows. Touched keys, for the new events of an update:
   new visit events (a case's first visit depends on all of its visits).
 - the service rows of `measures`: the cases of the two above (every service measure row
   belongs to a case); only the rows that changed pass their keys on to the KPI tables.
-- `retention_month`: rebuilt from the terms and the customers' details when a contract or
-  a detail changed (a few rows per month).
+- `retention_month`, by month: the months the changed contracts' terms (before and after,
+  and the terms they replaced) come up for renewal in, and those of the terms of customers
+  whose details changed; segment and region from the just updated profiles.
 - the profile's service columns: customers named by new events, customers of changed terms
   or visits, and customers with a term that starts, ends or is due between the old and the
   new "now".
@@ -69,23 +70,16 @@ _SLA_READS = (
 )
 _VISIT_READS = (*_CONTRACT_READS, "employee_id", "case_id")
 _INSTALL_READS = ("event_type", "notification_id", "occurred_at", "customer_id", "payload")
-_DETAIL_READS = (
-    "stream",
-    "position",
-    "event_type",
-    "notification_id",
-    "occurred_at",
-    "customer_id",
-    "segment",
-    "region",
-)
 _GOAL_READS = ("event_type", "event_id", "notification_id", "occurred_at", "payload")
-#: The order a full build writes `contract_terms` in: the float sums over terms (contract
-#: value, retention values) then add in the same order as in a full build, to the last bit,
-#: although the table's rows were deleted and inserted by contract.
-_TERM_ORDER = "ORDER BY contract_id, term_no, step"
+#: The retention months an update touches, and a term's month (as retention_sql has it).
+_PERIODS = "crm_sv_periods"
+_TERM_PERIOD = "strftime(due_on, '%Y-%m')"
+#: The index rows one scratch `events` is fetched by.
+_ROWS = "crm_sv_rows"
 #: The temporary key tables of one update.
 KEY_TABLES = (
+    _PERIODS,
+    _ROWS,
     "crm_sv_contracts",
     "crm_sv_cov",
     "crm_sv_sla",
@@ -162,10 +156,13 @@ class ServiceMaintenance:
         """`columns` of the version's index rows matching `where`, as `events` (with the
         log's end when asked). Fetching scattered rows costs per column fetched: the rows are
         found by their key columns first, then only the columns the SQL reads are fetched."""
-        select = (
-            f"SELECT {', '.join(columns)} FROM {self.index} WHERE rowid IN "
-            f"(SELECT rowid FROM {self.index} WHERE {self.visible} AND ({where}))"
+        # The row ids as a table of their own: DuckDB then skips the index's row groups that
+        # hold none of them (an inline subquery scans every row group of the wide columns).
+        self.run(
+            f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS SELECT rowid AS r FROM {self.index} "
+            f"WHERE {self.visible} AND ({where})"
         )
+        select = f"SELECT {', '.join(columns)} FROM {self.index} WHERE rowid IN (SELECT r FROM {_ROWS})"
         if with_end:
             # One row carrying the log's last moment: the SQL's "now" is max(occurred_at) of
             # `events`; its event type matches no filter, so nothing else reads it.
@@ -189,6 +186,7 @@ class ServiceMaintenance:
                 "FROM crm_fresh WHERE contract_id IS NOT NULL"
             )
             run("CREATE OR REPLACE TEMP TABLE crm_sv_cov (customer_id VARCHAR)")
+            run(f"CREATE OR REPLACE TEMP TABLE {_PERIODS} (period VARCHAR)")
             contracts = "contract_id IN (SELECT contract_id FROM crm_sv_contracts)"
             if self._count("crm_sv_contracts"):
                 scratch.events(self._rows(_CONTRACT_READS, contracts))
@@ -197,14 +195,15 @@ class ServiceMaintenance:
                     f"INSERT INTO crm_sv_cov SELECT customer_id FROM {s}.contract_terms WHERE {contracts} "
                     f"UNION SELECT customer_id FROM {SCRATCH}.contract_terms"
                 )
+                # The retention months of the terms before and after, and of the terms these
+                # contracts replaced (their retained value is the replacement's start value).
+                run(
+                    f"INSERT INTO {_PERIODS} SELECT {_TERM_PERIOD} FROM {s}.contract_terms "
+                    f"WHERE {contracts} OR replaced_by IN (SELECT contract_id FROM crm_sv_contracts) "
+                    f"UNION SELECT {_TERM_PERIOD} FROM {SCRATCH}.contract_terms"
+                )
                 run(f"DELETE FROM {s}.contract_terms WHERE {contracts}")
                 run(f"INSERT INTO {s}.contract_terms SELECT * FROM {SCRATCH}.contract_terms")
-                # Stored in a full build's order (a few rows per contract): the float sums over
-                # terms (contract value, retention) then add up in the same order, to the bit.
-                run(
-                    f"CREATE OR REPLACE TABLE {s}.contract_terms AS "
-                    f"SELECT * FROM {s}.contract_terms {_TERM_ORDER}"
-                )
                 scratch.clear()
             # SLA per case: new case steps, cases of customers whose terms changed, and the
             # unresolved cases whose due moment "now" has passed since the last update.
@@ -284,25 +283,26 @@ class ServiceMaintenance:
                 run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")
 
     def retention(self) -> None:
-        """retention_month, rebuilt whole (a few rows per month) when a contract or a detail changed.
+        """retention_month of the months whose terms changed, or whose customers' details did.
 
-        By the full build's statement over the same rows in the same order: the customers'
-        details events in log order (from the index instead of a scan of the log) and the
-        terms in their stored order (a full build's).
+        Runs after the profiles of the customers named by new events are recomputed: their
+        `segment` and `region` are the same arg_max over the same details events that a full
+        build's retention reads. Every row belongs to one month (the period of every grouping
+        set), made from that month's terms only, so the touched months' rows are replaced.
         """
         s, run = self.s, self.run
-        details = self._count(f"crm_fresh WHERE event_type IN {_DETAILS}")
-        if not details and not self._count("crm_sv_contracts"):
+        run(
+            f"INSERT INTO {_PERIODS} SELECT {_TERM_PERIOD} FROM {s}.contract_terms WHERE customer_id IN "
+            f"(SELECT customer_id FROM crm_fresh WHERE event_type IN {_DETAILS})"
+        )
+        if not self._count(_PERIODS):
             return
+        # A term without an end has no month (NULL): compared as '' so that its rows are kept too.
+        periods = f"coalesce(period, '') IN (SELECT coalesce(period, '') FROM {_PERIODS})"
         with Scratch(self.connection) as scratch:
-            scratch.events(
-                f"SELECT {', '.join(_DETAIL_READS)} FROM {self.index} WHERE rowid IN "
-                f"(SELECT rowid FROM {self.index} WHERE {self.visible} AND event_type IN {_DETAILS}) "
-                "ORDER BY stream, position"
-            )
             scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
-            run(retention_sql(SCRATCH))
-            run(f"DELETE FROM {s}.retention_month")
+            run(retention_sql(SCRATCH, f"{s}.customer_profile", periods))
+            run(f"DELETE FROM {s}.retention_month WHERE {periods}")
             run(f"INSERT INTO {s}.retention_month SELECT * FROM {SCRATCH}.retention_month")
             scratch.clear()
 
@@ -343,9 +343,7 @@ class ServiceMaintenance:
                     with_end=True,
                 )
             )
-            scratch.view(
-                "contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers} {_TERM_ORDER}"
-            )
+            scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers}")
             scratch.view("field_visit", f"SELECT * FROM {s}.field_visit WHERE {customers}")
             run(profile_service_sql(SCRATCH))
             run(f"DELETE FROM {s}.customer_profile WHERE {customers}")

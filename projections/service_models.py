@@ -226,15 +226,25 @@ ASOF LEFT JOIN {v}.team_history th
 ORDER BY j.visit_id"""
 
 
-def retention_sql(v: str) -> str:
-    """Contracts up for renewal per segment, region and month, and how they were decided."""
+def retention_sql(v: str, customers: str | None = None, periods: str = "TRUE") -> str:
+    """Contracts up for renewal per segment, region and month, and how they were decided.
+
+    Incremental maintenance passes `customers`, a relation with each customer's current
+    `segment` and `region` (the profile's columns, the same arg_max over the same details
+    events), and `periods`, a condition on `period` (every grouping set holds the period,
+    so the rows of one period come from that period's terms only).
+    """
+    if customers is None:
+        current = f"""SELECT customer_id,
+        arg_max(segment, (occurred_at, notification_id)) FILTER (WHERE segment IS NOT NULL) AS segment,
+        arg_max(region, (occurred_at, notification_id)) FILTER (WHERE region IS NOT NULL) AS region
+    FROM {v}.events WHERE event_type IN ('CustomerRegistered', 'CustomerDetailsChanged') GROUP BY ALL"""
+    else:
+        current = f"SELECT customer_id, segment, region FROM {customers}"
     return f"""
 CREATE OR REPLACE TABLE {v}.retention_month AS
 WITH customers AS (
-    SELECT customer_id,
-        arg_max(segment, (occurred_at, notification_id)) FILTER (WHERE segment IS NOT NULL) AS segment,
-        arg_max(region, (occurred_at, notification_id)) FILTER (WHERE region IS NOT NULL) AS region
-    FROM {v}.events WHERE event_type IN ('CustomerRegistered', 'CustomerDetailsChanged') GROUP BY ALL
+    {current}
 ),
 replacements AS (
     SELECT contract_id, arg_min(value, (term_no, step)) AS start_value FROM {v}.contract_terms GROUP BY ALL
@@ -266,6 +276,7 @@ counts AS (
         sum(value::DECIMAL(38, 6)) FILTER (WHERE retained_value IS NOT NULL)::DOUBLE AS value_decided,
         sum(retained_value::DECIMAL(38, 6))::DOUBLE AS value_retained
     FROM terms
+    WHERE {periods}
     GROUP BY GROUPING SETS ((segment, region, period), (segment, period), (region, period), (period))
 )
 SELECT segment, region, period, up_for_renewal, renewed, churned, replaced, merged, open,
@@ -334,8 +345,10 @@ current_terms AS (
 contracts AS (
     SELECT t.customer_id,
         count(*) FILTER (WHERE t.ended_at IS NULL) AS active_contracts,
-        coalesce(sum(coalesce(t.renewed_value, t.value)) FILTER (WHERE t.ended_at IS NULL), 0.0)
-            AS contract_value,
+        -- An exact (decimal) sum: a float sum depends on the order the terms arrive in, which
+        -- differs between a full build and an incremental one.
+        coalesce(sum(coalesce(t.renewed_value, t.value)::DECIMAL(38, 6)) FILTER (WHERE t.ended_at IS NULL),
+            0.0)::DOUBLE AS contract_value,
         min(t.final_ends_on) FILTER (WHERE t.ended_at IS NULL AND t.final_ends_on >= l.at) AS next_renewal_at,
         bool_or(t.starts_on <= l.at AND l.at < t.covered_until AND (
             t.sla_hours_critical IS NOT NULL OR t.sla_hours_high IS NOT NULL

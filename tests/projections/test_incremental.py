@@ -281,3 +281,87 @@ def test_contracts_started_later_and_now_moving_equal_a_full_rebuild(tmp_path: P
     assert breached_open > 0
     live.close()
     app.close()
+
+
+_LATE_TOPICS = {
+    f"crm.ledger.{t}"
+    for t in ("CustomerDetailsChanged", "ContractRenewed", "ContractEnded", "SurveyAnswered", "CaseReopened")
+}
+
+
+def test_late_details_contracts_and_old_months_equal_a_full_rebuild(tmp_path: Path) -> None:
+    """Details changes, renewals and ends, survey answers and reopenings of every month arrive last.
+
+    Compared with a full rebuild after every chunk: the retention months are replaced by
+    the terms and customers they hold (a segment changing moves a customer's terms between
+    rows), and the KPI tables of old months are summed again from their days, with the
+    quantiles and distinct counts recomputed from the measure rows.
+    """
+    app = _ledger(tmp_path, 11, 80, 4)
+    # A contract ends, replaced by another customer's contract (the retained value of its
+    # term is the replacement's start value), and that other customer changes segment.
+    history = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    started = [r for r in history if r["type"] == "ContractStarted"]
+    first, other = started[0], next(r for r in started if r["customer_id"] != started[0]["customer_id"])
+    segments = {r["segment"] for r in history if r["type"] == "CustomerRegistered"}
+    segment = next(
+        s
+        for s in sorted(segments | {"enterprise", "smb"})
+        if s != next(r["segment"] for r in history if r.get("customer_id") == other["customer_id"])
+    )
+    late_file = tmp_path / "late.jsonl"
+    late_file.write_text(
+        json.dumps(
+            {
+                "type": "CustomerDetailsChanged",
+                "event_id": "00000000-0000-4000-8000-000000000002",
+                "occurred_at": "2025-04-10T00:00:00.000Z",
+                "customer_id": other["customer_id"],
+                "segment": segment,
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "type": "ContractEnded",
+                "event_id": "00000000-0000-4000-8000-000000000003",
+                "occurred_at": "2025-04-11T00:00:00.000Z",
+                "contract_id": first["contract_id"],
+                "customer_id": first["customer_id"],
+                "reason": "replaced",
+                "replaced_by": other["contract_id"],
+            }
+        )
+        + "\n"
+    )
+    ingest_records(app, read_file(late_file, RecordParser(app.registry)), RejectSink(None, echo=sys.stderr))
+    notes = [(n.id, n.state, n.topic) for n in app.read_notifications(1, 1_000_000)]
+    early = [(nid, value) for nid, value, topic in notes if topic not in _LATE_TOPICS]
+    late = [(nid, value) for nid, value, topic in notes if topic in _LATE_TOPICS]
+    late_types = {app.codec.decode(value)[0] for _, value in late}
+    assert {"CustomerDetailsChanged", "ContractEnded", "SurveyAnswered"} <= late_types
+    random.Random(11).shuffle(late)
+    # The segment change comes alone, last: only it can move that customer's terms.
+    late.sort(key=lambda m: app.codec.decode(m[1])[0] == "CustomerDetailsChanged" and m[0] == notes[-2][0])
+    messages = early + late
+    chunk = max(1, (len(late) - 1) // 4)
+    sizes = [len(early), *(min(chunk, len(late) - 1 - i) for i in range(0, len(late) - 1, chunk)), 1]
+    spec = load_spec(DEFAULT_SPEC)
+    live = ProjectionDB(tmp_path / "live.duckdb")
+    version = live.ensure_version(spec, DEFAULT_TEXT, TOPIC)
+    retention: set[str] = set()
+    for step, size in enumerate(sizes):
+        Projector(live, version, ShuffledSource(messages, [size]), app.codec).run()
+        rebuilt_path = tmp_path / f"rebuilt-{step}.duckdb"
+        shutil.copytree(log_root(live.path) / log_slug(TOPIC), log_root(rebuilt_path) / log_slug(TOPIC))
+        rebuilt = ProjectionDB(rebuilt_path)
+        Maintainer(rebuilt, rebuilt.ensure_version(spec, DEFAULT_TEXT, TOPIC)).update(full=True)
+        for table in MODEL_TABLES:
+            name = f"{version.schema}.{table}"
+            assert digest(live.connection, name) == digest(rebuilt.connection, name), (step, table)
+        retention.add(digest(live.connection, f"{version.schema}.retention_month"))
+        rebuilt.close()
+    # The late chunks did change the retention rows (not only leave them as they were).
+    assert len(retention) > 2
+    live.close()
+    app.close()
