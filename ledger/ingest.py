@@ -29,7 +29,7 @@ from ledger.vault import PERSONAL_FIELDS
 
 EVENT_TYPES = frozenset(EVENT_OWNERS)
 
-DEFAULT_BATCH_SIZE = 2000
+DEFAULT_BATCH_SIZE = 10_000
 #: The largest record accepted, in bytes of input and of the encoded event: every accepted
 #: event must fit in one Kafka message (the broker's default limit is ~1 MB), or the relay
 #: could never send it.
@@ -45,7 +45,7 @@ _BOM = b"\xef\xbb\xbf"
 _csv_limit_raised = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceRecord:
     """One input record with where it came from, parsed or with the reason it was not.
 
@@ -139,7 +139,7 @@ def raise_csv_field_limit() -> None:
 
 
 # -- physical lines --------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Line:
     number: int
     data: bytes | None  # None: longer than the limit (skipped, not held in memory)
@@ -283,7 +283,7 @@ def read_jsonl(
 
 
 # -- CSV -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CsvRow:
     """One logical CSV record: the physical line it starts on, its cells or why it has none."""
 

@@ -33,7 +33,7 @@ SYSTEM_FIELDS = frozenset({"recorded_at"})
 INTERNAL_TYPES = shipped().internal  # declared `"crm.internal": true` in the schemas
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fact:
     """One checked event, ready for the write model: type, id, time and its fields."""
 
