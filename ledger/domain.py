@@ -71,7 +71,7 @@ class LedgerAggregate(Aggregate):
         """The fact that starts an aggregate: the same fields, plus eventsourcing's creation."""
 
     def __init__(self) -> None:
-        pass
+        """No state of its own; subclasses' `super().__init__()` stops here, not at eventsourcing's."""
 
     @classmethod
     def start(cls, fact: Fact, key: str, recorded_at: datetime | None = None) -> LedgerAggregate:
