@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import ValidationError
-from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, read_row_mapped
+from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, parse_workers_for, read_row_mapped
 from ledger.records import RecordParser, format_timestamp
 
 _NAMESPACE = uuid.UUID("0c8f6c1e-5b0e-4f7e-9a3c-1f0d5e2b7a11")
@@ -97,7 +97,25 @@ def _yes_no(value: str | None) -> bool | None:
 
 
 def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict[str, Any]]:
-    """The ledger records for one complaint row (raises ValidationError on a bad row)."""
+    """The ledger records for one complaint row (raises ValidationError on a bad row).
+
+    The company's complaint desk joins with the first of its complaints that gets this far
+    (`seen_companies` is updated).
+    """
+    company, desk, records = complaint_parts(row)
+    if company in seen_companies:
+        return records
+    seen_companies.add(company)
+    return [desk, *records]
+
+
+def complaint_parts(row: dict[str, str]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """One complaint row's company, its desk's EmployeeJoined record and the complaint's records.
+
+    Needs no state, so worker processes can run it; whether the desk record is the company's
+    first is decided where rows are taken in file order (`complaint_events`). Raises
+    ValidationError on a bad row.
+    """
     cells = {k: (v or "").strip() for k, v in row.items() if k}
     complaint = cells.get("Complaint ID", "")
     if not complaint:
@@ -117,20 +135,16 @@ def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict
     case_id = f"cfpb:{complaint}"
     customer_id = f"cfpb-consumer:{complaint}"
     at = format_timestamp(received)
+    joined = {
+        "type": "EmployeeJoined",
+        "event_id": str(uuid.uuid5(_NAMESPACE, f"desk:{company}")),
+        "occurred_at": DESK_JOINED,
+        "employee_id": desk,
+        "team_id": company,
+        "role": "company",
+        "name": company,
+    }
     records: list[dict[str, Any]] = []
-    if company not in seen_companies:
-        seen_companies.add(company)
-        records.append(
-            {
-                "type": "EmployeeJoined",
-                "event_id": str(uuid.uuid5(_NAMESPACE, f"desk:{company}")),
-                "occurred_at": DESK_JOINED,
-                "employee_id": desk,
-                "team_id": company,
-                "role": "company",
-                "name": company,
-            }
-        )
     records.append(
         {
             "type": "CustomerRegistered",
@@ -157,7 +171,7 @@ def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict
         }
     )
     if sent is None:
-        return records
+        return company, joined, records
     routed = max(sent, received)
     records.append(
         {
@@ -171,7 +185,7 @@ def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict
     )
     resolution = RESOLUTIONS.get(cells.get("Company response to consumer", "").lower())
     if resolution is None:
-        return records
+        return company, joined, records
     records.append(
         {
             "type": "CaseResolved",
@@ -193,13 +207,25 @@ def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict
                 "reason": "consumer disputed",
             }
         )
-    return records
+    return company, joined, records
 
 
 def read_cfpb(
-    path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    path: Path,
+    parser: RecordParser,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    workers: int | None = None,
 ) -> Iterator[SourceRecord]:
-    """Stream a CFPB export: one SourceRecord per ledger event, or one per rejected row."""
+    """Stream a CFPB export: one SourceRecord per ledger event, or one per rejected row.
+
+    Large exports are mapped by `workers` processes (by default one per core, see
+    `parse_workers_for`); the records are the same either way.
+    """
+    workers = parse_workers_for(path) if workers is None else workers
+    if workers > 0:
+        from importers.cfpb_workers import read_cfpb_in_workers  # noqa: PLC0415 - it imports this module
+
+        return read_cfpb_in_workers(path, parser, max_record_bytes, workers)
     seen_companies: set[str] = set()
     return read_row_mapped(
         path,

@@ -118,7 +118,15 @@ class BulkUnitOfWork:
 
     def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
         ref = (cls.KIND, key)
-        state = self._occurrences.get(ref) or self._cache.get(ref)
+        state = self._occurrences.get(ref)
+        if state is None:
+            # Taken out and put back: the cache then evicts the least recently used first, so
+            # a customer or employee active throughout a long history stays cached while
+            # closed cases make way (evicting by first use read such entities back again
+            # and again once the history outgrew the cache).
+            state = self._cache.pop(ref, None)
+            if state is not None:
+                self._cache[ref] = state
         if state is None:
             if ref in self._absent:
                 return None
@@ -179,10 +187,10 @@ class BulkWriter:
     its own cached aggregates afterwards.
     """
 
-    def __init__(self, app: LedgerApplication, cache_size: int = CACHED_AGGREGATES) -> None:
+    def __init__(self, app: LedgerApplication, cache_size: int | None = None) -> None:
         self.app = app
         self.cache: dict[Ref, _State] = {}
-        self._cache_size = cache_size
+        self._cache_size = CACHED_AGGREGATES if cache_size is None else cache_size
         self._postgres = not isinstance(app.recorder, SQLiteAggregateRecorder)
         self._topics = {event_type: f"{NAMESPACE}.{event_type}" for event_type in EVENT_OWNERS}
 
@@ -260,28 +268,32 @@ class BulkWriter:
         encode = self.app.codec.encode
         postgres = self._postgres
         topics = self._topics
-        stored = [
-            StoredEvent(
-                originator_id=UUID(hex=hex_id) if postgres else hex_id,
-                originator_version=version,
-                topic=topics[event_type],
-                state=encode(event_type, body) if isinstance(body, dict) else body,
-            )
-            for hex_id, version, event_type, _, body in work.rows
+        states = [
+            (hex_id, version, topics[kind], encode(kind, body) if isinstance(body, dict) else body)
+            for hex_id, version, kind, _, body in work.rows
         ]
+        # SQLite takes the rows as they are (`bulk_rows`); eventsourcing's PostgreSQL recorder
+        # wants stored-event objects with UUIDs.
+        stored = (
+            [StoredEvent(UUID(hex=hex_id), version, topic, state) for hex_id, version, topic, state in states]
+            if postgres
+            else []
+        )
         index = [(event_id, hex_id, version) for hex_id, version, _, event_id, _ in work.rows]
         vault = self.app.vault
         self.app.recorder.insert_events(
             stored,
             event_index=index,
             bulk=True,
+            bulk_rows=None if postgres else states,
             # New personal-data keys in the events' own transaction: one commit, not two.
             before_events=(lambda cursor: vault.insert_keys(cursor, new_keys)) if new_keys else None,
         )
         vault.remember_keys(new_keys)
 
     def _trim(self) -> None:
-        # Oldest first (insertion order); an evicted aggregate is read back when needed.
+        # Least recently used first (`get` moves what it finds to the end); an evicted
+        # aggregate is read back when needed.
         excess = len(self.cache) - self._cache_size
         if excess > 0:
             for ref in list(self.cache)[:excess]:

@@ -3,8 +3,9 @@
 Every aggregate records its facts as one generic pair of events (`Started`, `Recorded`)
 carrying the ledger event type and its fields; the fields' shape is owned by the Avro
 schemas in `schemas/` and checked by `ledger.records`, so the classes here hold only the
-state each lifecycle rule needs. Each aggregate remembers which client event ids it has
-applied: that is what makes ingest idempotent.
+state each lifecycle rule needs. Ingest is idempotent through the store's event-id index
+(`ledger.recorders`), so an aggregate keeps no list of the event ids it applied: it would
+only grow with its history and the memory of every cached aggregate with it.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class LedgerAggregate(Aggregate):
         """The fact that starts an aggregate: the same fields, plus eventsourcing's creation."""
 
     def __init__(self) -> None:
-        self.event_ids: set[str] = set()
+        """No state of its own; subclasses' `super().__init__()` stops here, not at eventsourcing's."""
 
     @classmethod
     def start(cls, fact: Fact, key: str, recorded_at: datetime | None = None) -> LedgerAggregate:
@@ -97,7 +98,6 @@ class LedgerAggregate(Aggregate):
         )
 
     def _apply_fact(self, event_type: str, event_id: str, occurred_at: int, data: Mapping[str, Any]) -> None:
-        self.event_ids.add(event_id)
         self.when(event_type, occurred_at, data)
 
     def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:

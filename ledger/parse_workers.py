@@ -20,10 +20,10 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import AsyncResult
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger.errors import ValidationError
 from ledger.ingest import SourceRecord, _Line, _lines, _too_large, parse_json_line
@@ -72,38 +72,71 @@ def read_jsonl_in_workers(
     path: Path, parser: RecordParser, max_record_bytes: int, workers: int
 ) -> Iterator[SourceRecord]:
     """The records of `read_jsonl(path, parser, max_record_bytes)`, parsed by `workers` processes."""
+    name = path.name
+    with path.open("rb") as handle:
+        chunks = chunked(_lines(handle, max_record_bytes), CHUNK_LINES)
+        for chunk, parsed in in_workers(
+            chunks,
+            _sent,
+            _parse_chunk,
+            workers=workers,
+            initializer=_start_worker,
+            initargs=(parser, name, max_record_bytes),
+        ):
+            yield from _records(name, max_record_bytes, chunk, parsed)
+
+
+T = TypeVar("T")
+C = TypeVar("C")
+R = TypeVar("R")
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last one shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def in_workers(
+    chunks: Iterable[C],
+    sent: Callable[[C], Any],
+    work: Callable[[Any], R],
+    *,
+    workers: int,
+    initializer: Callable[..., None],
+    initargs: tuple[Any, ...],
+) -> Iterator[tuple[C, R]]:
+    """Each chunk with `work(sent(chunk))` computed by a pool of `workers` forked processes.
+
+    Results come back in chunk order, and only `IN_FLIGHT_PER_WORKER` chunks per worker are
+    in flight, so memory stays bounded whatever the input's size.
+    """
     # fork: the workers inherit the parser as it is (its rules are closures, not picklable).
     context = multiprocessing.get_context("fork")
-    name = path.name
-    pending: deque[tuple[list[_Line], AsyncResult[list[Parsed]]]] = deque()
-    with (
-        context.Pool(workers, initializer=_start_worker, initargs=(parser, name, max_record_bytes)) as pool,
-        path.open("rb") as handle,
-    ):
-        chunk: list[_Line] = []
-        for line in _lines(handle, max_record_bytes):
-            chunk.append(line)
-            if len(chunk) >= CHUNK_LINES:
-                pending.append((chunk, _submit(pool, chunk)))
-                chunk = []
-                if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                    yield from _records(name, max_record_bytes, *pending.popleft())
-        if chunk:
-            pending.append((chunk, _submit(pool, chunk)))
+    pending: deque[tuple[C, AsyncResult[R]]] = deque()
+    with context.Pool(workers, initializer=initializer, initargs=initargs) as pool:
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(work, (sent(chunk),))))
+            if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                done, result = pending.popleft()
+                yield done, result.get()
         while pending:
-            yield from _records(name, max_record_bytes, *pending.popleft())
+            done, result = pending.popleft()
+            yield done, result.get()
 
 
-def _submit(pool: Any, chunk: list[_Line]) -> AsyncResult[list[Parsed]]:
-    lines = [(line.number, line.data) for line in chunk if line.data is not None]
-    result: AsyncResult[list[Parsed]] = pool.apply_async(_parse_chunk, (lines,))
-    return result
+def _sent(chunk: list[_Line]) -> list[tuple[int, bytes]]:
+    return [(line.number, line.data) for line in chunk if line.data is not None]
 
 
-def _records(
-    name: str, limit: int, chunk: list[_Line], result: AsyncResult[list[Parsed]]
-) -> Iterator[SourceRecord]:
-    parsed = iter(result.get())
+def _records(name: str, limit: int, chunk: list[_Line], results: list[Parsed]) -> Iterator[SourceRecord]:
+    parsed = iter(results)
     for line in chunk:
         location = f"{name}:{line.number}"
         if line.data is None:

@@ -10,8 +10,10 @@ with one indexed query per batch.
 The rows to index are passed to `insert_events` as the keyword argument `event_index`
 (eventsourcing hands extra keyword arguments of `ProcessingEvent.saved_kwargs` through);
 `bulk=True` (from `ledger.bulk`, with originator ids already as hex text) inserts the events
-with one `executemany` and returns no notification ids; `before_events`, a function of the
-cursor, writes other rows (new personal-data keys) in the same transaction first.
+with one `executemany` and returns no notification ids (`bulk_rows` may hand them over as
+`(originator id, version, topic, state)` tuples instead of stored-event objects);
+`before_events`, a function of the cursor, writes other rows (new personal-data keys) in
+the same transaction first.
 The PostgreSQL twin is in `ledger.postgres_recorder` (psycopg is an optional extra).
 """
 
@@ -60,10 +62,10 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             c.execute(f"PRAGMA wal_autocheckpoint = {BULK_CHECKPOINT_PAGES}")
             # The bulk writer needs no notification ids back: one statement batch instead of a
             # statement per event (rowids are still assigned in the order given).
-            c.executemany(
-                self.insert_events_statement,
-                [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events],
-            )
+            given = kwargs.get("bulk_rows")
+            if given is None:
+                given = [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events]
+            c.executemany(self.insert_events_statement, given)
             returning = None
         else:
             returning = super()._insert_events(c, stored_events, **kwargs)

@@ -33,7 +33,7 @@ SYSTEM_FIELDS = frozenset({"recorded_at"})
 INTERNAL_TYPES = shipped().internal  # declared `"crm.internal": true` in the schemas
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fact:
     """One checked event, ready for the write model: type, id, time and its fields."""
 
@@ -348,6 +348,19 @@ class RecordParser:
             for t in registry.event_types
             if allow_internal or t not in INTERNAL_TYPES
         }
+        #: Per event type, each field's rule with its domain check and whether it is an id,
+        #: looked up once here instead of twice per field of every record.
+        self._checks = {
+            t: [
+                (
+                    rule,
+                    _DOMAIN_RULES.get((t, rule.name)) or _DOMAIN_RULES.get(("*", rule.name)),
+                    rule.name in _ID_FIELDS,
+                )
+                for rule in rules
+            ]
+            for t, rules in self._rules.items()
+        }
 
     @property
     def event_types(self) -> list[str]:
@@ -364,7 +377,7 @@ class RecordParser:
             raise ValidationError("type", "is missing")
         if not isinstance(event_type, str):
             raise ValidationError("type", f"expected text, got {_short(event_type)}")
-        rules = self._rules.get(event_type)
+        rules = self._checks.get(event_type)
         if rules is None:
             raise ValidationError("type", f"unknown event type {event_type!r}")
         event_id = self._event_id(raw.get("event_id"))
@@ -378,7 +391,7 @@ class RecordParser:
                 f"{format_timestamp(self._latest_ms)})",
             )
         data: dict[str, Any] = {}
-        for rule in rules:
+        for rule, check, is_id in rules:
             value = raw.get(rule.name)
             if _blank(value):
                 if rule.required:
@@ -388,9 +401,8 @@ class RecordParser:
             value = (rule.strict if strict else rule.coerce)(value, rule.name)
             if isinstance(value, str):
                 value = value.strip()
-            check = _DOMAIN_RULES.get((event_type, rule.name)) or _DOMAIN_RULES.get(("*", rule.name))
             problem = check(value) if check else None
-            if problem is None and rule.name in _ID_FIELDS and isinstance(value, str):
+            if problem is None and is_id and isinstance(value, str):
                 problem = _non_blank(value)
             if problem:
                 raise ValidationError(rule.name, problem)

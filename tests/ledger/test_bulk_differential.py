@@ -4,7 +4,9 @@ The same runs (a generated history with invalid records, shuffled; hostile lines
 conflicts, re-registrations, forgetting; a CSV file) go through `ingest_records` with
 `bulk=False` (aggregates and events of eventsourcing) and `bulk=True` (`ledger.bulk`), through
 both alternately, and through the bulk path as a large file takes it (parsed and its
-messages prepared in worker processes, sorted in runs spilled to disk). Every stored event must be the same, byte for byte apart from
+messages prepared in worker processes, sorted in runs spilled to disk), and through the bulk
+path with a cache of a few aggregates (evicted and read back from the store all the time).
+Every stored event must be the same, byte for byte apart from
 `recorded_at` and the nonces of ciphertexts, in the same order under the same originator and
 version; the rejects files and the summaries must be identical; personal-data keys must
 exist for the same customers.
@@ -23,7 +25,7 @@ import pytest
 
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
-from ledger import ingest, parse_workers
+from ledger import bulk, ingest, parse_workers
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
@@ -229,6 +231,7 @@ def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
         "bulk": [True] * 4,
         "alternating": [True, False, True, False],
         "bulk-workers": [True] * 4,
+        "bulk-small-cache": [True] * 4,
     }
     for name, chosen in choices.items():
         store = _store(store_kind, tmp_path, name, request)
@@ -239,6 +242,9 @@ def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
                 patch.setattr(ingest, "PARALLEL_PARSE_BYTES", 0)
                 patch.setattr(ingest, "SORT_RUN_SIZE", 97)
                 patch.setattr(parse_workers, "CHUNK_LINES", 41)
+            if name == "bulk-small-cache":
+                # Aggregates evicted (least recently used first) and read back all the time.
+                patch.setattr(bulk, "CACHED_AGGREGATES", 7)
             summaries, app = _ingest_all(store, runs, iter(chosen), tmp_path / f"{name}.rejects")
         results[name] = (summaries, _content(app), (tmp_path / f"{name}.rejects").read_text())
         app.close()
@@ -251,7 +257,7 @@ def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
         and summaries[1].duplicates > 20
     )
     assert summaries[3].duplicates > 0 and keys
-    for name in ("bulk", "alternating", "bulk-workers"):
+    for name in ("bulk", "alternating", "bulk-workers", "bulk-small-cache"):
         got = results[name]
         assert got[0] == expected[0], name  # summaries of every run
         assert got[1][0] == rows, name  # stored events, in notification order
