@@ -96,24 +96,31 @@ def _yes_no(value: str | None) -> bool | None:
     return None
 
 
-def complaint_events(row: dict[str, str], seen_companies: set[str]) -> list[dict[str, Any]]:
-    """The ledger records for one complaint row (raises ValidationError on a bad row).
+class DeskJoins:
+    """Which companies' complaint desks have joined: the desk joins with its company's first
+    complaint row whose records are all valid (a refused row joins nothing, so the company's
+    later complaints are not refused for want of a desk)."""
 
-    The company's complaint desk joins with the first of its complaints that gets this far
-    (`seen_companies` is updated).
-    """
-    company, desk, records = complaint_parts(row)
-    if company in seen_companies:
-        return records
-    seen_companies.add(company)
-    return [desk, *records]
+    def __init__(self) -> None:
+        self.joined: set[str] = set()
+
+    def records(self, row: dict[str, str]) -> list[dict[str, Any]]:
+        """The ledger records for one complaint row, the desk's first (raises ValidationError)."""
+        company, desk, records = complaint_parts(row)
+        return records if company in self.joined else [desk, *records]
+
+    def taken(self, records: list[dict[str, Any]]) -> None:
+        """The row's records were all valid: a desk record among them has joined."""
+        first = records[0] if records else None
+        if first is not None and first["type"] == "EmployeeJoined":
+            self.joined.add(first["team_id"])
 
 
 def complaint_parts(row: dict[str, str]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     """One complaint row's company, its desk's EmployeeJoined record and the complaint's records.
 
     Needs no state, so worker processes can run it; whether the desk record is the company's
-    first is decided where rows are taken in file order (`complaint_events`). Raises
+    first is decided where rows are taken in file order (`DeskJoins`). Raises
     ValidationError on a bad row.
     """
     cells = {k: (v or "").strip() for k, v in row.items() if k}
@@ -226,13 +233,14 @@ def read_cfpb(
         from importers.cfpb_workers import read_cfpb_in_workers  # noqa: PLC0415 - it imports this module
 
         return read_cfpb_in_workers(path, parser, max_record_bytes, workers)
-    seen_companies: set[str] = set()
+    desks = DeskJoins()
     return read_row_mapped(
         path,
         parser,
-        lambda row: complaint_events(row, seen_companies),
+        desks.records,
         header=canonical_header,
         required=REQUIRED,
         kind="CFPB export",
         max_record_bytes=max_record_bytes,
+        taken=desks.taken,
     )

@@ -7,7 +7,7 @@ process only finds where each logical row ends (`csv_unsplit_rows`: counting quo
 keeps the one piece of state the mapping has: which companies' complaint desks have joined
 already. A worker maps every row as if its company were new and hands back the desk's
 record apart; the main process, taking rows in file order, puts it in front of the
-company's first complaint that got that far, exactly as `complaint_events` does. So the
+company's first complaint whose records are all valid, exactly as `DeskJoins` does. So the
 records, their locations and the rejects are those of `read_cfpb` in one process
 (`tests/importers/test_cfpb_workers.py`).
 """
@@ -144,15 +144,14 @@ def _records(
         yield SourceRecord(location, shown, None, error_class(field, reason), size)
         return
     _, company, joined, checked, shown = item
-    # As `complaint_events`: the desk joins with its company's first row mapped this far,
-    # even when that row is then refused.
+    # As `DeskJoins`: the desk joins with its company's first row whose records are all valid.
     first = company not in seen_companies
-    seen_companies.add(company)
     for part in (joined, checked) if first else (checked,):
         if isinstance(part, tuple):
             error_class, field, reason = part
             yield SourceRecord(location, shown, None, error_class(field, reason), size)
             return
+    seen_companies.add(company)
     facts = [*joined, *checked] if first else checked
     for index, (event_type, event_id, occurred_at, data, prepared, record) in enumerate(facts):
         fact = Fact(event_type, event_id, occurred_at, data)

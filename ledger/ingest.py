@@ -449,12 +449,14 @@ def read_row_mapped(
     kind: str = "CSV",
     personal_columns: frozenset[str] = frozenset(),
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    taken: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Iterator[SourceRecord]:
     """Stream a CSV whose every row maps to several ledger records (CFPB, mapped exports).
 
     Columns are matched by (normalised) header name. A row is all or nothing: when one of
     its records is invalid, the row is rejected once, with its line and the field. Cells of
-    `personal_columns` are redacted in the rejects file.
+    `personal_columns` are redacted in the rejects file. `taken` hears the records of every
+    row whose records all parsed (a mapping that keeps state keeps it only for those).
     """
     with path.open("rb") as handle:
         rows = csv_rows(handle, max_record_bytes)
@@ -477,6 +479,8 @@ def read_row_mapped(
             except ValidationError as error:
                 yield SourceRecord(location, redact_columns(cells, personal_columns), None, error, row.size)
                 continue
+            if taken is not None:
+                taken(records)
             for index, (record, fact) in enumerate(zip(records, facts, strict=True)):
                 # The ledger record, not the (possibly long) row: it is held until applied.
                 yield SourceRecord(location, None, fact, None, row.size if index == 0 else 0, record)

@@ -2,7 +2,7 @@
 
 The shipped samples and a file of hostile rows (an unclosed quote, invalid UTF-8, too many
 cells, blank rows, missing and unparseable cells, a date past 2199 on a company's first row,
-which marks its desk as joined although the row is refused) are read by `read_cfpb` in the
+after which its desk joins with the company's first valid row) are read by `read_cfpb` in the
 main process and by worker processes in tiny chunks: the same records (location, fields,
 error, bytes read, rejects text) come out, and ingesting them stores the same events (byte
 for byte apart from `recorded_at`), with the same rejects and summary, on SQLite and
@@ -63,7 +63,7 @@ def _hostile(path: Path) -> Path:
         _row("900001", "Acme Bank"),
         _row("900002", "Acme Bank", response="In progress"),
         _row("900003", "Far Future Bank", received="2999-01-01", sent="2999-01-02"),
-        _row("900004", "Far Future Bank"),  # its desk never joins: the case steps are refused
+        _row("900004", "Far Future Bank"),  # the company's first valid row: its desk joins here
         "",
         ",,,,,,,,,,,,,,,,,",
         _row("", "Acme Bank"),
@@ -115,6 +115,9 @@ def test_workers_read_the_same_records(
         assert any(r.prepared is not None and r.prepared[0] is not None for r in pooled)
     hostile = [_seen(r) for r in read_cfpb(files[2], parser, workers=0)]
     assert sum(1 for r in hostile if r[4] is not None) >= 9
+    # A refused first row joins no desk: the company's next valid row brings it.
+    far_future = [r[3][0] for r in hostile if r[3] is not None and r[3][3].get("team_id") == "Far Future Bank"]
+    assert far_future[:2] == ["EmployeeJoined", "CaseOpened"]
 
 
 def test_workers_refuse_a_file_without_the_columns(tmp_path: Path, registry: Any) -> None:
