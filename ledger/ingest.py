@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from crm_ledger.collector import fewer_collections
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication
 from ledger.bulk import BulkWriter
-from ledger.collections_pause import fewer_collections
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.ordering import in_time_order

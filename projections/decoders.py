@@ -8,7 +8,7 @@ seeks to the next offset, never trusting committed consumer offsets (none are co
 Each batch (up to `batches_per_commit` consume calls, gathered while they come back full) is
 decoded natively, written once as a Parquet file (projections.staging) and committed to the
 Delta log in one commit carrying an application transaction per partition it advances, while
-the cyclic garbage collector is paused (projections.gc_pause). Before committing,
+the cyclic garbage collector is paused (crm_ledger.collector). Before committing,
 the worker checks that each partition's position in the log is still the one it last saw,
 and commits against exactly that snapshot: should a partition have moved to another worker
 meanwhile (a rebalance, a worker presumed dead), Delta's conflict check refuses the commit
@@ -41,11 +41,11 @@ from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import AddAction
 
+from crm_ledger.collector import collections_paused
 from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
 from crm_ledger.kafka import UNREACHABLE, BrokerWatch, consumer_config
 from projections.columns import LOG_SCHEMA
 from projections.errors import StaleBatchError
-from projections.gc_pause import collections_paused
 from projections.log import DecodedLog
 from projections.native import NativeBatchBuilder
 from projections.sources import Position, RawBatch, kafka_stream
