@@ -20,6 +20,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class DecoderPool:
         context = multiprocessing.get_context("spawn")
         self.stop = context.Event()
         self.reports: Any = context.Queue()
+        config = replace(config, group_size=count)
         self.processes = [
             context.Process(target=_worker_main, args=(i, config, self.stop, self.reports), daemon=True)
             for i in range(count)
