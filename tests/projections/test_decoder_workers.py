@@ -149,6 +149,7 @@ def test_a_worker_killed_with_kill_9_loses_and_duplicates_nothing(
     assert "decoder worker" in stderr and "signal 9" in stderr and "Traceback" not in stderr
     finished = run_cli("project", "--source", "kafka", "--workers", "2", env=env)
     assert finished.returncode == 0, finished.stderr
+    assert not _staged_leftovers(db_path)  # the killed worker's folder was swept by the next run
     rows = _log_rows(db_path)
     assert rows.num_rows == total
     assert len(set(rows.column("notification_id").to_pylist())) == total

@@ -10,7 +10,7 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from projections.staging import STAGING_DIR, Stager
+from projections.staging import STAGING_DIR, Stager, remove_abandoned
 
 
 def _adds(path: Path) -> list[dict[str, object]]:
@@ -51,3 +51,20 @@ def test_a_staged_file_commits_with_the_statistics_of_a_direct_write(tmp_path: P
     (staged_add,) = [a for a in _adds(staged) if a["stats"] and '"numRecords":3' in str(a["stats"])]
     assert json.loads(str(staged_add["stats"])) == json.loads(str(direct_add["stats"]))
     assert not (staged / STAGING_DIR).exists() or not any((staged / STAGING_DIR).iterdir())
+
+
+def test_a_gone_workers_staging_folder_is_removed_and_a_running_ones_kept(tmp_path: Path) -> None:
+    write_deltalake(str(tmp_path), pa.table({"position": [1]}))
+    running = Stager(tmp_path)
+    running.stage(pa.table({"position": [2]}))
+    gone = tmp_path / STAGING_DIR / ("0" * 32)
+    gone.mkdir()
+    (gone / "owner.lock").touch()  # nobody holds its lock: as after kill -9
+    (gone / "part-0.parquet").write_bytes(b"rows nobody committed")
+    assert remove_abandoned(tmp_path) == [gone]
+    assert running.path.exists()  # its worker still holds the lock
+    later = Stager(tmp_path)  # a new worker sweeps as it starts, and keeps the running one
+    assert running.path.exists() and later.path.exists()
+    running.close()
+    later.close()
+    assert not any((tmp_path / STAGING_DIR).iterdir())
