@@ -72,7 +72,8 @@ LOG_SCHEMA = pa.schema(
         ("seen_at", pa.timestamp("us")),
     ]
 )
-_AVRO_TO_ARROW: dict[str, pa.DataType] = {
+#: The Arrow type of each Avro primitive the event schemas use (the native decoder reads it too).
+AVRO_TO_ARROW: dict[str, pa.DataType] = {
     "string": pa.string(),
     "int": pa.int32(),
     "long": pa.int64(),
@@ -90,7 +91,7 @@ def _arrow_type(avro_type: Any) -> pa.DataType:
         if avro_type.get("type") == "array":
             return pa.list_(_arrow_type(avro_type["items"]))
         return _arrow_type(avro_type["type"])
-    return _AVRO_TO_ARROW[avro_type]
+    return AVRO_TO_ARROW[avro_type]
 
 
 def record_struct(fields: Sequence[Mapping[str, Any]]) -> pa.StructType:

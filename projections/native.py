@@ -36,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from projections.columns import LOG_SCHEMA, RECORD_COLUMNS, LogBatchBuilder, stream_of
+from projections.columns import AVRO_TO_ARROW, LOG_SCHEMA, RECORD_COLUMNS, LogBatchBuilder, stream_of
 from projections.sources import RawBatch
 from schemas.codec import HEADER, MAGIC_BYTE, AvroCodec, zigzag_varint
 from schemas.registry import SchemaVersion
@@ -446,16 +446,12 @@ def _normal(field: _Field, column: pa.Array) -> pa.Array:
     return column.cast(_arrow(field)) if column.type != _arrow(field) else column
 
 
+#: The log's type of each field kind (arrays are the schemas' arrays of strings).
+_ARROW_OF_KIND: dict[str, pa.DataType] = {**AVRO_TO_ARROW, "array": pa.list_(pa.string())}
+
+
 def _arrow(field: _Field) -> pa.DataType:
-    return {
-        "string": pa.string(),
-        "int": pa.int32(),
-        "long": pa.int64(),
-        "boolean": pa.bool_(),
-        "double": pa.float64(),
-        "float": pa.float32(),
-        "array": pa.list_(pa.string()),
-    }[field.kind]
+    return _ARROW_OF_KIND[field.kind]
 
 
 def _timestamps(millis: pa.Array) -> pa.Array:

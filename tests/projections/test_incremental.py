@@ -35,7 +35,7 @@ from projections.maintain import Maintainer
 from projections.models import MODEL_TABLES
 from projections.sources import Position, RawBatch, kafka_stream
 from projections.spec import DEFAULT_SPEC, load_spec
-from projections.store import ProjectionDB
+from projections.store import ProjectionDB, VersionInfo
 from tests.projections.test_projections import digest
 
 DATA = Path(__file__).parent.parent / "data"
@@ -185,6 +185,21 @@ def test_incremental_updates_equal_a_full_rebuild(
 _CONTRACT_TOPICS = {f"crm.ledger.{t}" for t in ("ContractStarted", "ContractRenewed", "ContractEnded")}
 
 
+def _assert_equals_a_full_rebuild(
+    live: ProjectionDB, version: VersionInfo, rebuilt_path: Path, step: int
+) -> None:
+    """Every read model of `live`'s default version equals a full rebuild from a copy of its log."""
+    shutil.copytree(log_root(live.path) / log_slug(TOPIC), log_root(rebuilt_path) / log_slug(TOPIC))
+    rebuilt = ProjectionDB(rebuilt_path)
+    Maintainer(rebuilt, rebuilt.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)).update(
+        full=True
+    )
+    for table in MODEL_TABLES:
+        name = f"{version.schema}.{table}"
+        assert digest(live.connection, name) == digest(rebuilt.connection, name), (step, table)
+    rebuilt.close()
+
+
 def test_contracts_started_later_and_now_moving_equal_a_full_rebuild(tmp_path: Path) -> None:
     """Contracts arrive after the cases they cover, then the log's end moves on past SLAs and terms.
 
@@ -265,18 +280,11 @@ def test_contracts_started_later_and_now_moving_equal_a_full_rebuild(tmp_path: P
     breached_open = 0
     for step, size in enumerate(s for s in sizes if s):
         Projector(live, version, ShuffledSource(messages, [size]), app.codec).run()
-        rebuilt_path = tmp_path / f"rebuilt-{step}.duckdb"
-        shutil.copytree(log_root(live.path) / log_slug(TOPIC), log_root(rebuilt_path) / log_slug(TOPIC))
-        rebuilt = ProjectionDB(rebuilt_path)
-        Maintainer(rebuilt, rebuilt.ensure_version(spec, DEFAULT_TEXT, TOPIC)).update(full=True)
-        for table in MODEL_TABLES:
-            name = f"{version.schema}.{table}"
-            assert digest(live.connection, name) == digest(rebuilt.connection, name), (step, table)
+        _assert_equals_a_full_rebuild(live, version, tmp_path / f"rebuilt-{step}.duckdb", step)
         row = live.connection.execute(
             f"SELECT count(*) FROM {version.schema}.sla_case WHERE breached AND resolved_at IS NULL"
         ).fetchone()
         breached_open = max(breached_open, int(row[0]) if row else 0)
-        rebuilt.close()
     # Some open case ran past its SLA with no event of its own: only "now" moved.
     assert breached_open > 0
     live.close()
@@ -352,15 +360,8 @@ def test_late_details_contracts_and_old_months_equal_a_full_rebuild(tmp_path: Pa
     retention: set[str] = set()
     for step, size in enumerate(sizes):
         Projector(live, version, ShuffledSource(messages, [size]), app.codec).run()
-        rebuilt_path = tmp_path / f"rebuilt-{step}.duckdb"
-        shutil.copytree(log_root(live.path) / log_slug(TOPIC), log_root(rebuilt_path) / log_slug(TOPIC))
-        rebuilt = ProjectionDB(rebuilt_path)
-        Maintainer(rebuilt, rebuilt.ensure_version(spec, DEFAULT_TEXT, TOPIC)).update(full=True)
-        for table in MODEL_TABLES:
-            name = f"{version.schema}.{table}"
-            assert digest(live.connection, name) == digest(rebuilt.connection, name), (step, table)
+        _assert_equals_a_full_rebuild(live, version, tmp_path / f"rebuilt-{step}.duckdb", step)
         retention.add(digest(live.connection, f"{version.schema}.retention_month"))
-        rebuilt.close()
     # The late chunks did change the retention rows (not only leave them as they were).
     assert len(retention) > 2
     live.close()
