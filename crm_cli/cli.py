@@ -398,6 +398,14 @@ def ingest(ctx: click.Context, /, files: tuple[Path, ...], **options: Any) -> No
     _ingest_files(_settings(ctx), files, read_file, **options)
 
 
+def _total_input(paths: list[Path]) -> int | None:
+    """The bytes the readers will see in all `paths` (decompressed), or None when one does not say."""
+    from ledger.inputs import input_size
+
+    sizes = [input_size(path) for path in paths]
+    return None if None in sizes else sum(size for size in sizes if size is not None)
+
+
 def _ingest_files(
     settings: Settings,
     files: Any,
@@ -432,7 +440,7 @@ def _ingest_files(
     records = itertools.chain.from_iterable(read(path, parser, limit) for path in paths)
     name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
     try:
-        with progress_bar(f"ingest {name}", sum(p.stat().st_size for p in paths)) as reporter:
+        with progress_bar(f"ingest {name}", _total_input(paths)) as reporter:
             total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
     finally:
         sink.close()

@@ -26,10 +26,13 @@ from ledger.ingest import (
     SourceRecord,
     UnsplitRow,
     csv_unsplit_rows,
+    damaged_input,
     redact_columns,
+    refuse_damaged,
     row_cells,
     split_csv_row,
 )
+from ledger.inputs import open_input
 from ledger.parse_workers import chunked, in_workers
 from ledger.prepared import Preparer
 from ledger.records import Fact, RecordParser
@@ -98,7 +101,7 @@ def read_cfpb_in_workers(
 ) -> Iterator[SourceRecord]:
     """The records of `read_cfpb(path, parser, max_record_bytes)`, rows mapped by `workers` processes."""
     name = path.name
-    with path.open("rb") as handle:
+    with open_input(path) as handle:
         rows = csv_unsplit_rows(handle, max_record_bytes)
         first = next(rows, None)
         if isinstance(first, tuple):
@@ -106,6 +109,7 @@ def read_cfpb_in_workers(
         names = [canonical_header(h) for h in (first.cells or [])] if first is not None else []
         missing = [c for c in REQUIRED if c not in names]
         if missing:
+            refuse_damaged(path.name, handle)
             raise ValidationError(
                 missing[0], f"{path.name}: column missing from the header (is this a CFPB export?)"
             )
@@ -127,6 +131,7 @@ def read_cfpb_in_workers(
                     yield error
                     continue
                 yield from _records(f"{name}:{row[0]}", row[2], next(results), seen_companies)
+        yield from damaged_input(name, handle)
 
 
 def _unsplit(chunk: list[CsvRow | UnsplitRow]) -> list[UnsplitRow]:

@@ -22,6 +22,7 @@ from ledger.application import LedgerApplication
 from ledger.bulk import BulkWriter
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
+from ledger.inputs import data_suffix, input_damage, input_size, open_input
 from ledger.ordering import in_time_order
 from ledger.prepared import Prepared
 from ledger.records import Fact, RecordParser
@@ -177,6 +178,21 @@ def _too_large(size: int, limit: int) -> ValidationError:
     return ValidationError("(record)", f"too large: {size} bytes, the limit is {limit} (--max-record-bytes)")
 
 
+def refuse_damaged(name: str, handle: IO[bytes]) -> None:
+    """Raise the damage of a compressed input that ended before its header could be read."""
+    damage = input_damage(handle)
+    if damage is not None:
+        raise ValidationError("(file)", f"{name}: {damage[1].reason}")
+
+
+def damaged_input(name: str, handle: IO[bytes]) -> Iterator[SourceRecord]:
+    """The rejected record for a compressed input that ended at damaged data, if it did."""
+    damage = input_damage(handle)
+    if damage is not None:
+        line, error = damage
+        yield SourceRecord(f"{name}:{line}", None, None, error, 0)
+
+
 # -- JSON lines ------------------------------------------------------------------------------
 def _no_constants(name: str) -> Any:
     raise ValidationError("(record)", f"{name} is not a JSON number")
@@ -257,7 +273,8 @@ def parse_json_line(
 def parse_workers_for(path: Path) -> int:
     """How many worker processes parse this file: none for small files or a single core."""
     cores = os.cpu_count() or 1
-    return 0 if cores < 2 or path.stat().st_size < PARALLEL_PARSE_BYTES else cores
+    size = input_size(path)
+    return 0 if cores < 2 or (size or path.stat().st_size) < PARALLEL_PARSE_BYTES else cores
 
 
 def read_jsonl(
@@ -277,13 +294,14 @@ def read_jsonl(
 
         yield from read_jsonl_in_workers(path, parser, max_record_bytes, workers)
         return
-    with path.open("rb") as handle:
+    with open_input(path) as handle:
         for line in _lines(handle, max_record_bytes):
             if line.data is None:
                 location = f"{path.name}:{line.number}"
                 yield SourceRecord(location, None, None, _too_large(line.size, max_record_bytes), line.size)
             else:
                 yield parse_json_line(path.name, line.number, line.data, parser, max_record_bytes)
+        yield from damaged_input(path.name, handle)
 
 
 # -- CSV -------------------------------------------------------------------------------------
@@ -395,8 +413,9 @@ def read_csv(
     path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 ) -> Iterator[SourceRecord]:
     """Parse a CSV file with a header row; columns are matched by name."""
-    with path.open("rb") as handle:
+    with open_input(path) as handle:
         yield from csv_records(handle, path.name, parser.parse, max_record_bytes)
+        yield from damaged_input(path.name, handle)
 
 
 def csv_records(
@@ -458,12 +477,13 @@ def read_row_mapped(
     `personal_columns` are redacted in the rejects file. `taken` hears the records of every
     row whose records all parsed (a mapping that keeps state keeps it only for those).
     """
-    with path.open("rb") as handle:
+    with open_input(path) as handle:
         rows = csv_rows(handle, max_record_bytes)
         first = next(rows, None)
         names = [header(h) for h in (first.cells or [])] if first is not None else []
         missing = [c for c in required if c not in names]
         if missing:
+            refuse_damaged(path.name, handle)
             raise ValidationError(
                 missing[0], f"{path.name}: column missing from the header (is this a {kind}?)"
             )
@@ -484,6 +504,7 @@ def read_row_mapped(
             for index, (record, fact) in enumerate(zip(records, facts, strict=True)):
                 # The ledger record, not the (possibly long) row: it is held until applied.
                 yield SourceRecord(location, None, fact, None, row.size if index == 0 else 0, record)
+        yield from damaged_input(path.name, handle)
 
 
 def row_cells(
@@ -510,15 +531,20 @@ def row_cells(
 def read_file(
     path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 ) -> Iterator[SourceRecord]:
-    """Records of a JSONL (.jsonl, .ndjson, .json) or CSV (.csv) file."""
+    """Records of a JSONL (.jsonl, .ndjson, .json) or CSV (.csv) file, plain or compressed.
+
+    Compressed files (.zip of one file, .gz, .bz2, .xz) are read as a stream (`ledger.inputs`).
+    """
     if not path.exists():
         raise CrmLedgerError(f"{path}: no such file")
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     if suffix in {".jsonl", ".ndjson", ".json"}:
         return read_jsonl(path, parser, max_record_bytes)
     if suffix == ".csv":
         return read_csv(path, parser, max_record_bytes)
-    raise CrmLedgerError(f"{path}: unknown format {suffix!r} (use .jsonl or .csv)")
+    raise CrmLedgerError(
+        f"{path}: unknown format {suffix!r} (use .jsonl or .csv, plain or as .zip, .gz, .bz2, .xz)"
+    )
 
 
 # -- personal data in rejects ----------------------------------------------------------------

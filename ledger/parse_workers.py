@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, _Line, _lines, _too_large, parse_json_line
+from ledger.ingest import SourceRecord, _Line, _lines, _too_large, damaged_input, parse_json_line
+from ledger.inputs import open_input
 from ledger.prepared import Preparer
 from ledger.records import Fact, RecordParser
 from schemas.codec import AvroCodec
@@ -73,7 +74,7 @@ def read_jsonl_in_workers(
 ) -> Iterator[SourceRecord]:
     """The records of `read_jsonl(path, parser, max_record_bytes)`, parsed by `workers` processes."""
     name = path.name
-    with path.open("rb") as handle:
+    with open_input(path) as handle:
         chunks = chunked(_lines(handle, max_record_bytes), CHUNK_LINES)
         for chunk, parsed in in_workers(
             chunks,
@@ -84,6 +85,7 @@ def read_jsonl_in_workers(
             initargs=(parser, name, max_record_bytes),
         ):
             yield from _records(name, max_record_bytes, chunk, parsed)
+        yield from damaged_input(name, handle)
 
 
 T = TypeVar("T")

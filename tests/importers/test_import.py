@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import zipfile
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -180,12 +181,19 @@ def test_complaint_kpis_match_a_plain_python_computation(settings: Settings, par
                 assert got[key][name] == pytest.approx(value, abs=1e-9), (key, name)
 
 
-def test_cli_import_cfpb(settings: Settings) -> None:
+def test_cli_import_cfpb(settings: Settings, tmp_path: Path) -> None:
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
     first = run_cli("import", "cfpb", str(CURRENT), str(OLDER), env=env)
     assert first.returncode == 1  # two rows are rejected
     assert first.stdout.strip().endswith("accepted 52, duplicates skipped 1, rejected 2, conflicts 0")
     assert "cfpb_current.csv:9: field 'Date received'" in first.stderr
+    # The export as downloaded (zipped) is the same rows: nothing new.
+    zipped = tmp_path / "complaints.csv.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(CURRENT, "complaints.csv")
+    again = run_cli("import", "cfpb", str(zipped), env=env)
+    assert again.stdout.strip().endswith("accepted 0, duplicates skipped 28, rejected 2, conflicts 0"), again
+    assert "complaints.csv.zip:9: field 'Date received'" in again.stderr
     not_cfpb = run_cli("import", "cfpb", str(EXAMPLES / "helpdesk-tickets.csv"), env=env)
     assert (
         not_cfpb.returncode == 1 and "Complaint ID" in not_cfpb.stderr and "Traceback" not in not_cfpb.stderr

@@ -1,0 +1,140 @@
+"""Compressed inputs read as they were downloaded: the same records as the plain file."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from importers.cfpb import read_cfpb
+from importers.generator import GeneratorConfig, write_history
+from ledger.errors import ValidationError
+from ledger.ingest import SourceRecord, read_file, read_jsonl
+from ledger.inputs import data_suffix, input_size, open_input
+from ledger.records import RecordParser
+from schemas.registry import SchemaRegistry
+
+DATA = Path(__file__).parent.parent / "data"
+NOW_MS = 1_900_000_000_000
+
+
+def _seen(record: SourceRecord) -> tuple[Any, ...]:
+    error = None if record.error is None else (type(record.error), record.error.field, record.error.reason)
+    fact = (
+        None
+        if record.fact is None
+        else (record.fact.event_type, record.fact.event_id, dict(record.fact.data))
+    )
+    return (record.location.split(":", 1)[1], record.bytes_read, fact, error)
+
+
+def _compressed(plain: Path, kind: str) -> Path:
+    data = plain.read_bytes()
+    if kind == "zip":
+        path = plain.with_name(plain.name + ".zip")
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("export/", b"")  # folders are not files
+            archive.writestr(plain.name, data)
+        return path
+    compressors: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+        "gzip": (gzip.compress, ".gz"),
+        "bzip2": (bz2.compress, ".bz2"),
+        "xz": (lzma.compress, ".xz"),
+    }
+    opener, suffix = compressors[kind]
+    path = plain.with_name(plain.name + suffix)
+    path.write_bytes(opener(data))
+    return path
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Path:
+    path = tmp_path / "history.jsonl"
+    with path.open("w") as handle:
+        write_history(GeneratorConfig(customers=30, employees=4, months=2, seed=5, invalid_rate=0.05), handle)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zip", "gzip", "bzip2", "xz"])
+def test_a_compressed_file_gives_the_records_of_the_plain_one(
+    history: Path, registry: SchemaRegistry, kind: str
+) -> None:
+    parser = RecordParser(registry, now_ms=NOW_MS)
+    packed = _compressed(history, kind)
+    assert data_suffix(packed) == ".jsonl"
+    assert input_size(packed) in (history.stat().st_size, None)
+    plain = [_seen(r) for r in read_jsonl(history, parser, workers=0)]
+    assert [_seen(r) for r in read_file(packed, parser)] == plain
+    assert [_seen(r) for r in read_jsonl(packed, parser, workers=2)] == plain
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_zipped_cfpb_export_reads_like_the_csv(
+    registry: SchemaRegistry, tmp_path: Path, workers: int
+) -> None:
+    plain = tmp_path / "complaints.csv"
+    plain.write_bytes((DATA / "cfpb_current.csv").read_bytes())
+    parser = RecordParser(registry, now_ms=NOW_MS)
+    expected = [_seen(r) for r in read_cfpb(plain, parser, workers=0)]
+    assert [_seen(r) for r in read_cfpb(_compressed(plain, "zip"), parser, workers=workers)] == expected
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_damaged_data_ends_the_file_with_one_reject(
+    history: Path, registry: SchemaRegistry, tmp_path: Path, workers: int
+) -> None:
+    parser = RecordParser(registry, now_ms=NOW_MS)
+    # Several MB, so that the damage falls after some records were read.
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(history.read_bytes() * 40)
+    packed = gzip.compress(big.read_bytes(), compresslevel=1)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    records = list(read_jsonl(cut, parser, workers=workers))
+    *before, last = records
+    assert last.error is not None and last.error.field == "(file)"
+    assert "compressed data damaged" in last.error.reason
+    plain = [_seen(r) for r in read_jsonl(big, parser, workers=0)]
+    read = [_seen(r) for r in before]
+    # Every record before the damage is read as in the whole file; only the line cut short differs.
+    assert len(read) > 100
+    assert read[:-1] == plain[: len(read) - 1]
+
+
+def test_an_archive_of_several_files_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "two.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a.csv", "x\n")
+        archive.writestr("b.csv", "y\n")
+    with pytest.raises(ValidationError, match=r"two.zip: .*holds a.csv, b.csv"), open_input(path):
+        pass
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ValidationError, match="not a readable zip archive"), open_input(bad):
+        pass
+
+
+def test_a_cut_header_is_named_as_damage_not_as_a_missing_column(
+    registry: SchemaRegistry, tmp_path: Path
+) -> None:
+    path = tmp_path / "tiny.csv.gz"
+    path.write_bytes(gzip.compress((DATA / "cfpb_current.csv").read_bytes())[:60])
+    with pytest.raises(ValidationError, match=r"tiny\.csv\.gz: compressed data damaged"):
+        list(read_cfpb(path, RecordParser(registry, now_ms=NOW_MS), workers=0))
+
+
+def test_the_gzip_size_is_the_decompressed_size(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv.gz"
+    data = b"a,b\n" * 10_000
+    path.write_bytes(gzip.compress(data))
+    assert input_size(path) == len(data)
+    assert data_suffix(path) == ".csv"
+    plain = tmp_path / "a.csv"
+    plain.write_bytes(data)
+    assert input_size(plain) == len(data)
