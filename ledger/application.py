@@ -653,6 +653,11 @@ class LedgerApplication(Application[UUID]):
         while len(self._handlers) > HANDLERS_REMEMBERED:
             self._handlers.popitem(last=False)
 
+    def forget_handlers(self, interactions: Iterable[tuple[str, str | None]]) -> None:
+        """Undo `remember_handlers` for interactions whose batch was not saved after all."""
+        for event_id, _ in interactions:
+            self._handlers.pop(event_id, None)
+
     def _survey_employee(self, work: UnitOfWork, data: Mapping[str, Any]) -> str | None:
         case_id, interaction_id = data.get("case_id"), data.get("interaction_id")
         if not case_id and not interaction_id:

@@ -18,7 +18,7 @@ from typing import IO, Any
 from crm_ledger.collector import fewer_collections
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
-from ledger.application import LedgerApplication
+from ledger.application import LedgerApplication, Outcome
 from ledger.bulk import BulkWriter
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
@@ -621,13 +621,8 @@ def ingest_records(
     batch: list[SourceRecord] = []
     writer = BulkWriter(app) if bulk else None
 
-    def flush() -> None:
-        facts = [r.fact for r in batch if r.fact is not None]
-        if writer is not None:
-            outcomes = writer.record(facts, [r.prepared for r in batch])
-        else:
-            outcomes = app.record(facts)
-        for record, outcome in zip(batch, outcomes, strict=True):
+    def report(done: list[SourceRecord], outcomes: list[Outcome]) -> None:
+        for record, outcome in zip(done, outcomes, strict=True):
             if outcome.status == "accepted":
                 summary.accepted += 1
             elif outcome.status == "duplicate":
@@ -639,8 +634,18 @@ def ingest_records(
                 else:
                     summary.rejected += 1
                 rejects.reject(record.location, outcome.error, record.shown(), kind=outcome.status)
-        reporter.advance(0, events=len(batch))
-        batch.clear()
+        reporter.advance(0, events=len(done))
+
+    def flush() -> None:
+        nonlocal batch
+        facts = [r.fact for r in batch if r.fact is not None]
+        if writer is not None:
+            # Decided now, written while the next batch is decided: reported once committed.
+            for done, outcomes in writer.submit(facts, [r.prepared for r in batch], batch):
+                report(done, outcomes)
+        else:
+            report(batch, app.record(facts))
+        batch = []
 
     try:
         with fewer_collections():
@@ -662,6 +667,9 @@ def ingest_records(
                     flush()
             if batch:
                 flush()
+            if writer is not None:
+                for done, outcomes in writer.finish():
+                    report(done, outcomes)
     finally:
         if writer is not None:
             writer.close()
