@@ -112,9 +112,11 @@ class BulkUnitOfWork:
         # in the index (same transaction): an id the index lacks has no aggregate either.
         unknown = {r for r in refs - own if r not in self._cache}
         by_id = {aggregate_hex(kind, key): (kind, key) for kind, key in unknown}
-        if behind.writes_any(by_id):
-            behind.settle()  # the store must hold the batch in flight before it is asked
-        present = {by_id[found] for found in existing_ids(app.recorder, by_id)}
+        # Aggregates the batch in flight writes exist (mostly interactions that surveys of
+        # this batch name); their state is read from the store, after its commit, if needed.
+        written = behind.in_flight.originators.intersection(by_id) if behind.in_flight is not None else set()
+        present = {by_id[found] for found in existing_ids(app.recorder, by_id.keys() - written)}
+        present.update(by_id[found] for found in written)
         self._absent = (unknown - present) | {r for r in own if r[1] not in self.stored_ids}
         app.vault.prefetch(f.data["customer_id"] for f in facts if f.event_type in PERSONAL_FIELDS)
 

@@ -223,8 +223,10 @@ def load_json_object(text: str) -> dict[str, Any]:
         raise ValidationError("(record)", f"invalid JSON number: {str(error)[:80]}") from None
     if not isinstance(raw, dict):
         raise ValidationError("(record)", "each line must be a JSON object")
-    # A flat object (the usual record) is one level deep: skip the walk.
-    if any(isinstance(v, (dict, list)) for v in raw.values()) and _depth(raw) > MAX_JSON_DEPTH:
+    # A flat object (the usual record) is one level deep: skip the walk. (The value types as
+    # one set, built in C: a generator over the values cost ~5% of parsing a line.)
+    kinds = set(map(type, raw.values()))
+    if (dict in kinds or list in kinds) and _depth(raw) > MAX_JSON_DEPTH:
         raise ValidationError("(record)", f"nested deeper than {MAX_JSON_DEPTH} levels")
     return raw
 
