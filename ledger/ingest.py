@@ -29,7 +29,11 @@ from ledger.vault import PERSONAL_FIELDS
 
 EVENT_TYPES = frozenset(EVENT_OWNERS)
 
-DEFAULT_BATCH_SIZE = 10_000
+#: Records per store transaction. At 1M events each commit writes (and syncs) the pages of
+#: two random-key indexes that a batch touches, about one page per event: fewer, larger
+#: batches write each page fewer times (measured at 1M: the writing thread's CPU 29 s at
+#: 10,000, 21 s at 25,000, 15 s at 50,000), for more memory (peak 601, 760, 962 MB).
+DEFAULT_BATCH_SIZE = 25_000
 #: The largest record accepted, in bytes of input and of the encoded event: every accepted
 #: event must fit in one Kafka message (the broker's default limit is ~1 MB), or the relay
 #: could never send it.
