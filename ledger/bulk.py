@@ -361,30 +361,37 @@ class BulkWriter:
         index = [(event_id, hex_id, version) for hex_id, version, _, event_id, _ in work.rows]
         forgotten = decided.forgotten
         new_keys = dict(work.new_keys)
-        # Keys with (or before) the events encrypted with them; shredding before the forget
-        # is saved: a crash in between leaves data unreadable, never readable. (Forgetting
-        # deletes keys, maybe this batch's own: then keys go first, apart.)
-        keys_apart = bool(forgotten) or not vault.in_event_store
         recorder = app.recorder
         postgres = self._postgres
+        in_event_store = vault.in_event_store
+
+        def keys(cursor: Any) -> None:
+            # In the events' own transaction, new keys first, then the forgotten customers'
+            # keys deleted (maybe this batch's own): the events, the keys that read them and
+            # the forgetting are committed together or not at all.
+            if new_keys:
+                vault.insert_keys(cursor, new_keys)
+            if forgotten:
+                vault.delete_keys_in(cursor, forgotten)
 
         def write() -> None:  # in the writing thread: the store only, no shared caches
             if not states:
                 return
-            if keys_apart:
+            if not in_event_store:
+                # Keys in a store of their own: committed before the events encrypted with
+                # them; shredded before the forget is saved (a crash in between leaves data
+                # unreadable, never readable).
                 vault.commit_keys(new_keys)
                 vault.delete_keys(forgotten)
-            in_transaction = {} if keys_apart else new_keys
             recorder.insert_events(
                 stored,
                 event_index=index,
                 bulk=True,
                 bulk_rows=None if postgres else states,
-                # New personal-data keys in the events' own transaction: one commit, not two.
-                before_events=(lambda cursor: vault.insert_keys(cursor, in_transaction))
-                if in_transaction
-                else None,
+                before_events=keys if in_event_store and (new_keys or forgotten) else None,
             )
+            if in_event_store and forgotten:
+                vault.wipe_log()
 
         batch = InFlight(
             token=token,
