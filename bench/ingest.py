@@ -92,23 +92,24 @@ def postgres_rate(history: Path) -> float | None:
 
 
 #: Run in a process of its own with another revision's source tree first on the path: its
-#: bulk path over the same file into a fresh SQLite store (argv: history, store, batch size).
+#: bulk path, with its own default batch size, over the same file into a fresh SQLite store
+#: (argv: history, store).
 _OLD_DESIGN_RUN = """
 import json, resource, sys, time
 from pathlib import Path
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
-from ledger.ingest import RejectSink, ingest_records, read_jsonl
+from ledger.ingest import DEFAULT_BATCH_SIZE, RejectSink, ingest_records, read_jsonl
 from ledger.records import RecordParser
 app = LedgerApplication(Settings(store=sys.argv[2]).eventsourcing_env())
 records = read_jsonl(Path(sys.argv[1]), RecordParser(app.registry))
 before = resource.getrusage(resource.RUSAGE_SELF)
 started = time.perf_counter()
-summary = ingest_records(app, records, RejectSink(None, echo=None), batch_size=int(sys.argv[3]))
+summary = ingest_records(app, records, RejectSink(None, echo=None), batch_size=DEFAULT_BATCH_SIZE)
 seconds = time.perf_counter() - started
 own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 main_cpu = own.ru_utime + own.ru_stime - before.ru_utime - before.ru_stime
-print(json.dumps({"events": summary.accepted, "seconds": seconds,
+print(json.dumps({"events": summary.accepted, "seconds": seconds, "batch_size": DEFAULT_BATCH_SIZE,
     "main_cpu": main_cpu, "workers_cpu": kids.ru_utime + kids.ru_stime}))
 """
 
@@ -124,7 +125,7 @@ def old_design_run(history: Path, revision: str) -> dict[str, float]:
             leftover.unlink()
         env = {**os.environ, "PYTHONPATH": str(folder)}
         run = subprocess.run(
-            [sys.executable, "-c", _OLD_DESIGN_RUN, str(history), store, str(DEFAULT_BATCH_SIZE)],
+            [sys.executable, "-c", _OLD_DESIGN_RUN, str(history), store],
             cwd=folder,
             env=env,
             capture_output=True,
@@ -188,6 +189,7 @@ def main() -> None:
     if old is not None:
         old_rate = old["events"] / old["seconds"]
         figures["old_design"] = args.old_design
+        figures["old_design_batch_size"] = int(old["batch_size"])
         figures["old_design_bulk_events_per_s"] = round(old_rate)
         figures["old_design_main_cpu_us_per_event"] = round(old["main_cpu"] / old["events"] * 1e6, 1)
         figures["old_design_workers_cpu_us_per_event"] = round(old["workers_cpu"] / old["events"] * 1e6, 1)
