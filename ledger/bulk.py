@@ -28,6 +28,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
+from crm_ledger.errors import CrmLedgerError
 from ledger.application import (
     LedgerApplication,
     Outcome,
@@ -270,6 +271,8 @@ class BulkWriter:
             return [], False
         if batch.error is None:
             return [(batch.token, batch.outcomes)], False
+        if batch.committed:
+            raise batch.error  # saved; what failed after the commit is no race to decide again
         self._forget_cached_state()
         self.app.forget_handlers(batch.interactions)
         failures = [batch.error]
@@ -281,13 +284,19 @@ class BulkWriter:
             self._hand_over(decided, batch.token)
             taken = self._behind.take()
             assert taken is not None
+            if taken.error is not None and taken.committed:
+                raise _Saved(taken.error)
             if taken.error is not None:
                 self._forget_cached_state()
                 self.app.forget_handlers(taken.interactions)
                 raise taken.error
             return taken.outcomes
 
-        return [(batch.token, decided_again_on_contention(again, self._forget_cached_state))], True
+        try:
+            outcomes = decided_again_on_contention(again, self._forget_cached_state)
+        except _Saved as saved:
+            raise saved.error from None
+        return [(batch.token, outcomes)], True
 
     def close(self) -> None:
         """Drop cached state; the application's own cache may be behind what was written.
@@ -390,6 +399,7 @@ class BulkWriter:
                 bulk_rows=None if postgres else states,
                 before_events=keys if in_event_store and (new_keys or forgotten) else None,
             )
+            batch.committed = True
             if in_event_store and forgotten:
                 vault.wipe_log()
 
@@ -420,6 +430,14 @@ class BulkWriter:
 
 
 _ENVELOPE = frozenset({"event_id", "occurred_at", "recorded_at"})
+
+
+class _Saved(CrmLedgerError):  # noqa: N818 - a wrapper, raised through the retry loop
+    """An error after a batch was committed: passed through the retries, never retried."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,9 @@ class InFlight:
     future: Future[None] = field(default_factory=Future)
     settled: bool = False
     error: BaseException | None = None
+    #: Set by the writing thread once the batch's transaction is committed: an error after
+    #: that (wiping the log) must not make the batch be decided again.
+    committed: bool = False
 
 
 class WriteBehind:

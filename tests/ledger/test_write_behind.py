@@ -138,3 +138,26 @@ def test_a_customer_forgotten_by_the_batch_in_flight_stays_forgotten_in_the_next
     assert {r.get("name") for r in customers if r["customer_id"] == "c1"} <= {None, FORGOTTEN}
     assert "Cy" in {r.get("name") for r in customers if r["customer_id"] == "c2"}
     one_by_one.close()
+
+
+def test_a_failure_after_a_batch_is_committed_is_raised_not_decided_again(
+    app: LedgerApplication, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [
+        *basics(),
+        rec("CustomerForgotten", "2026-02-02T00:00:00Z", customer_id="c1", reason="erasure"),
+    ]
+    run = _write(tmp_path / "run.jsonl", records)
+
+    def locked() -> None:
+        # Looks like contention, but the batch is already saved: deciding it again would
+        # count its facts as duplicates of themselves.
+        raise OperationalError("database is locked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(app.vault, "wipe_log", locked)
+        with pytest.raises(OperationalError, match="locked"):
+            _ingest(app, run, tmp_path / "run.rejects", batch_size=50)
+    assert len(ledger_content(app)) == len(records)  # saved once
+    summary = _ingest(app, run, tmp_path / "rerun.rejects", batch_size=50)
+    assert (summary.accepted, summary.duplicates) == (0, len(records))
