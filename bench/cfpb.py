@@ -13,11 +13,14 @@ import is its own baseline: the rate at the largest size over the rate at the sm
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,15 +77,24 @@ def export_file(rows: int, per_day: int) -> Path:
     return path
 
 
-def import_once(export: Path, name: str) -> dict[str, float | int]:
-    """Run the command line on a fresh store; its seconds, accepted events and peak RSS."""
+def import_once(export: Path, name: str, code: Path | None = None) -> dict[str, float | int]:
+    """Run the command line on a fresh store; its seconds, accepted events and peak RSS.
+
+    `code`: the root of another revision's source tree, run instead of this one.
+    """
     store = BENCH_DIR / f"{name}.sqlite"
     for leftover in BENCH_DIR.glob(f"{name}.sqlite*"):
         leftover.unlink()
     env = {**os.environ, "CRM_LEDGER_STORE": str(store)}
+    command = [str(CLI)]
+    if code is not None:
+        # That tree's packages first on the path: its command line, same interpreter.
+        env["PYTHONPATH"] = str(code)
+        command = [sys.executable, "-m", "crm_cli.cli"]
     started = time.perf_counter()
     process = subprocess.Popen(
-        [str(CLI), "import", "cfpb", "--rejects", str(BENCH_DIR / f"{name}.rejects.jsonl"), str(export)],
+        [*command, "import", "cfpb", "--rejects", str(BENCH_DIR / f"{name}.rejects.jsonl"), str(export)],
+        cwd=code,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -104,7 +116,18 @@ def import_once(export: Path, name: str) -> dict[str, float | int]:
         "seconds": round(seconds, 1),
         "events_per_s": round(accepted / seconds),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # kilobytes on Linux
+        # The command and its (reaped) worker processes.
+        "cpu_us_per_event": round((usage.ru_utime + usage.ru_stime) / accepted * 1e6, 1),
     }
+
+
+def old_design(revision: str) -> Path:
+    """A clean export of `revision`'s source tree (deleted when the process ends)."""
+    folder = Path(tempfile.mkdtemp(prefix="crm-ledger-old-design-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
 
 
 def main() -> None:
@@ -113,17 +136,31 @@ def main() -> None:
         "--rows", type=int, nargs="+", default=[1_000_000, 2_000_000], help="export sizes (complaints)"
     )
     parser.add_argument("--per-day", type=int, default=1000, help="complaints per day in the export")
+    parser.add_argument(
+        "--old-design", default=None, help="git revision to import each export with too, right after"
+    )
     args = parser.parse_args()
+    old = old_design(args.old_design) if args.old_design else None
+    load_at_start = os.getloadavg()[0]
     results = {}
     for rows in sorted(args.rows):
         export = export_file(rows, args.per_day)
         size_mb = round(export.stat().st_size / 2**20, 1)
         results[str(rows)] = {"file_mb": size_mb, **import_once(export, f"cfpb-{rows}")}
+        if old is not None:
+            before = import_once(export, f"cfpb-{rows}-old", old)
+            results[str(rows)]["old_design"] = before
+            results[str(rows)]["rate_ratio_to_old_design"] = round(
+                float(results[str(rows)]["events_per_s"]) / float(before["events_per_s"]), 2
+            )
     sizes = sorted(args.rows)
     smallest, largest = results[str(sizes[0])], results[str(sizes[-1])]
     report(
         "cfpb_import",
         {
+            "load_average_1min_at_start": round(load_at_start, 1),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+            "old_design": args.old_design,
             "rows": results,
             "rate_ratio_largest_to_smallest": round(
                 float(largest["events_per_s"]) / float(smallest["events_per_s"]), 2

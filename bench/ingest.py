@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -89,12 +91,62 @@ def postgres_rate(history: Path) -> float | None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+#: Run in a process of its own with another revision's source tree first on the path: its
+#: bulk path, with its own default batch size, over the same file into a fresh SQLite store
+#: (argv: history, store).
+_OLD_DESIGN_RUN = """
+import json, resource, sys, time
+from pathlib import Path
+from crm_ledger.settings import Settings
+from ledger.application import LedgerApplication
+from ledger.ingest import DEFAULT_BATCH_SIZE, RejectSink, ingest_records, read_jsonl
+from ledger.records import RecordParser
+app = LedgerApplication(Settings(store=sys.argv[2]).eventsourcing_env())
+records = read_jsonl(Path(sys.argv[1]), RecordParser(app.registry))
+before = resource.getrusage(resource.RUSAGE_SELF)
+started = time.perf_counter()
+summary = ingest_records(app, records, RejectSink(None, echo=None), batch_size=DEFAULT_BATCH_SIZE)
+seconds = time.perf_counter() - started
+own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+main_cpu = own.ru_utime + own.ru_stime - before.ru_utime - before.ru_stime
+print(json.dumps({"events": summary.accepted, "seconds": seconds, "batch_size": DEFAULT_BATCH_SIZE,
+    "main_cpu": main_cpu, "workers_cpu": kids.ru_utime + kids.ru_stime}))
+"""
+
+
+def old_design_run(history: Path, revision: str) -> dict[str, float]:
+    """The bulk path of `revision` (a clean export of it) over the same file, in its own process."""
+    folder = Path(tempfile.mkdtemp(prefix="crm-ledger-old-design-"))
+    try:
+        tree = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=tree.stdout, check=True)
+        store = str(BENCH_DIR / "ingest-old-design.sqlite")
+        for leftover in BENCH_DIR.glob("ingest-old-design.sqlite*"):
+            leftover.unlink()
+        env = {**os.environ, "PYTHONPATH": str(folder)}
+        run = subprocess.run(
+            [sys.executable, "-c", _OLD_DESIGN_RUN, str(history), store],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000, help="approximate event count")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--baseline-events", type=int, default=None, help="cap the baseline's input")
     parser.add_argument("--postgres", action="store_true", help="also run the bulk path into PostgreSQL")
+    parser.add_argument(
+        "--old-design", default=None, help="git revision whose bulk path runs over the same file too"
+    )
     args = parser.parse_args()
     history = history_file(args.events, args.seed)
     global LOAD_AT_START  # noqa: PLW0603 - read once, reported with the figures
@@ -104,6 +156,8 @@ def main() -> None:
     summary, seconds = ingest(app, history, bulk=True)
     app.close()
     bulk = summary.accepted / seconds
+
+    old = old_design_run(history, args.old_design) if args.old_design else None
 
     base_app = fresh_app("ingest-aggregates")
     base_summary, base_seconds = ingest(base_app, history, bulk=False, limit=args.baseline_events)
@@ -132,6 +186,14 @@ def main() -> None:
         "main_cpu_ratio_baseline_to_bulk": round(base_main / bulk_main, 2),
         "bulk_events_per_main_cpu_s": round(1e6 / bulk_main),
     }
+    if old is not None:
+        old_rate = old["events"] / old["seconds"]
+        figures["old_design"] = args.old_design
+        figures["old_design_batch_size"] = int(old["batch_size"])
+        figures["old_design_bulk_events_per_s"] = round(old_rate)
+        figures["old_design_main_cpu_us_per_event"] = round(old["main_cpu"] / old["events"] * 1e6, 1)
+        figures["old_design_workers_cpu_us_per_event"] = round(old["workers_cpu"] / old["events"] * 1e6, 1)
+        figures["speedup_vs_old_design"] = round(bulk / old_rate, 2)
     if args.postgres:
         rate = postgres_rate(history)
         figures["postgres_bulk_events_per_s"] = None if rate is None else round(rate)

@@ -364,7 +364,7 @@ def _load_options(command: Any) -> Any:
             default=None,
             help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl",
         ),
-        click.option("--batch-size", type=click.IntRange(1, 100_000), default=10_000, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1, 100_000), default=25_000, show_default=True),
         click.option(
             "--max-record-bytes",
             type=click.IntRange(1024, 900_000),

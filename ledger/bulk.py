@@ -12,6 +12,9 @@ exactly as the eventsourcing path writes them: the same bytes (apart from `recor
 ciphertext nonces), the same notification order, the same rejects. The differential tests
 in `tests/test_bulk_differential.py` hold the two paths to that.
 
+A decided batch is written by a thread of its own while the next batch is decided
+(`ledger.write_behind`); its outcomes are returned once it is committed.
+
 Aggregates stay in a bounded cache between batches; one missing from it is read back from
 the store and rebuilt with `when`. A batch that another writer got in the way of (a
 version or event id taken) is decided again on fresh state, like `record` does.
@@ -20,6 +23,7 @@ version or event id taken) is decided again on fresh state, like `record` does.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -27,6 +31,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
+from crm_ledger.errors import CrmLedgerError
 from ledger.application import (
     LedgerApplication,
     Outcome,
@@ -41,6 +46,7 @@ from ledger.mapper import epoch_ms
 from ledger.prepared import Prepared, finish, zigzag_varint
 from ledger.records import Fact
 from ledger.vault import PERSONAL_FIELDS
+from ledger.write_behind import InFlight, WriteBehind
 from schemas.registry import NAMESPACE
 
 _uncached_hex = aggregate_hex.__wrapped__
@@ -94,14 +100,27 @@ class BulkUnitOfWork:
     def prefetch(self, facts: Sequence[Fact]) -> None:
         """Ask the store once which ids it holds: the event-id index and uncached aggregates."""
         app = self._writer.app
-        self.stored_ids = indexed_events(app.recorder, {f.event_id for f in facts})
+        behind = self._writer.behind
+        if behind.forgets_any({f.data["customer_id"] for f in facts if "customer_id" in f.data}):
+            # Their keys must be gone from the store before this batch asks it for keys.
+            behind.settle()
+        # The batch still being written (if any) answers for its own event ids: the same
+        # messages the index will point to once it is committed.
+        in_flight = behind.in_flight.stored if behind.in_flight is not None else {}
+        ids = {f.event_id for f in facts}
+        self.stored_ids = indexed_events(app.recorder, ids.difference(in_flight))
+        self.stored_ids.update((i, in_flight[i]) for i in ids.intersection(in_flight))
         own = {(Occurrence.KIND, f.event_id) for f in facts}
         refs = {ref for fact in facts for ref in _references(fact)}
         # A one-off fact's aggregate is keyed by its own event id, and every stored event is
         # in the index (same transaction): an id the index lacks has no aggregate either.
         unknown = {r for r in refs - own if r not in self._cache}
         by_id = {aggregate_hex(kind, key): (kind, key) for kind, key in unknown}
-        present = {by_id[found] for found in existing_ids(app.recorder, by_id)}
+        # Aggregates the batch in flight writes exist (mostly interactions that surveys of
+        # this batch name); their state is read from the store, after its commit, if needed.
+        written = behind.in_flight.originators.intersection(by_id) if behind.in_flight is not None else set()
+        present = {by_id[found] for found in existing_ids(app.recorder, by_id.keys() - written)}
+        present.update(by_id[found] for found in written)
         self._absent = (unknown - present) | {r for r in own if r[1] not in self.stored_ids}
         app.vault.prefetch(f.data["customer_id"] for f in facts if f.event_type in PERSONAL_FIELDS)
 
@@ -193,6 +212,7 @@ class BulkWriter:
         self._cache_size = CACHED_AGGREGATES if cache_size is None else cache_size
         self._postgres = not isinstance(app.recorder, SQLiteAggregateRecorder)
         self._topics = {event_type: f"{NAMESPACE}.{event_type}" for event_type in EVENT_OWNERS}
+        self._behind = WriteBehind()
 
     def record(
         self, facts: Sequence[Fact], prepared: Sequence[Prepared | None] | None = None
@@ -200,23 +220,102 @@ class BulkWriter:
         """Validate and save a batch like `LedgerApplication.record` (same rules and outcomes).
 
         `prepared` holds each fact's message as its parse worker prepared it (`ledger.prepared`).
+        The batch is committed when this returns (see `submit` for the overlapped form).
         """
+        done = self.submit(facts, prepared, None) + self.finish()
+        return done[-1][1]
 
-        def forget_cached_state() -> None:
-            self.cache.clear()
-            self.app.vault.clear_cache()
+    def submit(
+        self, facts: Sequence[Fact], prepared: Sequence[Prepared | None] | None = None, token: Any = None
+    ) -> list[tuple[Any, list[Outcome]]]:
+        """Decide a batch and hand it to the writing thread (`ledger.write_behind`).
 
-        ready = prepared if prepared is not None else [None] * len(facts)
-        return decided_again_on_contention(lambda: self._record_once(facts, ready), forget_cached_state)
+        Returns the batches committed meanwhile (the one handed over before this one, if
+        any): each as its `token` with its outcomes, in the order they were submitted. A
+        batch's outcomes are final only once it is committed; `finish` returns the last.
+        """
+        given = list(facts)
+        ready: list[Prepared | None] = list(prepared) if prepared is not None else [None] * len(given)
+
+        def decide() -> _Decided:
+            return self._decide(given, ready)
+
+        decided = decided_again_on_contention(decide, self._forget_cached_state)
+        done, redone = self._previous()
+        if redone:
+            # Decided on top of a batch that was decided again: decide it again too.
+            decided = decided_again_on_contention(decide, self._forget_cached_state)
+        self._hand_over(decided, token)
+        return done
+
+    def finish(self) -> list[tuple[Any, list[Outcome]]]:
+        """Wait for the batch being written; returns it (token, outcomes) once committed."""
+        return self._previous()[0]
+
+    @property
+    def behind(self) -> WriteBehind:
+        """The writing thread and the batch in flight in it."""
+        return self._behind
+
+    def _forget_cached_state(self) -> None:
+        # The store answers for everything from now on: the batch in flight must be in it.
+        self._behind.settle()
+        self.cache.clear()
+        self.app.vault.clear_cache()
+
+    def _previous(self) -> tuple[list[tuple[Any, list[Outcome]]], bool]:
+        """The batch in flight once committed, and whether it had to be decided again.
+
+        When another writer got in the way of its commit, it is decided again on fresh state
+        and written before anything else is decided (what was decided on top of it is void).
+        """
+        batch = self._behind.take()
+        if batch is None:
+            return [], False
+        if batch.error is None:
+            return [(batch.token, batch.outcomes)], False
+        if batch.committed:
+            raise batch.error  # saved; what failed after the commit is no race to decide again
+        self._forget_cached_state()
+        self.app.forget_handlers(batch.interactions)
+        failures = [batch.error]
+
+        def again() -> list[Outcome]:
+            if failures:
+                raise failures.pop()  # judged like any failed attempt: contention or not
+            decided = self._decide(batch.facts, batch.prepared)
+            self._hand_over(decided, batch.token)
+            taken = self._behind.take()
+            assert taken is not None
+            if taken.error is not None and taken.committed:
+                raise _Saved(taken.error)
+            if taken.error is not None:
+                self._forget_cached_state()
+                self.app.forget_handlers(taken.interactions)
+                raise taken.error
+            return taken.outcomes
+
+        try:
+            outcomes = decided_again_on_contention(again, self._forget_cached_state)
+        except _Saved as saved:
+            raise saved.error from None
+        return [(batch.token, outcomes)], True
 
     def close(self) -> None:
-        """Drop cached state; the application's own cache may be behind what was written."""
+        """Drop cached state; the application's own cache may be behind what was written.
+
+        A batch still being written is waited for (never cut off); one not yet returned
+        by `submit` or `finish` is not reported.
+        """
+        self._behind.close()
         self.cache.clear()
         self.app.reset_cached_aggregates()
 
     def load(self, cls: type[LedgerAggregate], key: str) -> _State | None:
         """An aggregate rebuilt from its stored events (None when the store has none)."""
         hex_id = aggregate_hex(cls.KIND, key)
+        if self.behind.writes_any((hex_id,)):
+            self.behind.settle()  # its events may be in the batch still being written
         stored = self.app.recorder.select_events(UUID(hex=hex_id))
         if not stored:
             return None
@@ -230,43 +329,35 @@ class BulkWriter:
             version = event.originator_version
         return _State(aggregate, hex_id, version)
 
-    def _record_once(self, facts: Sequence[Fact], prepared: Sequence[Prepared | None]) -> list[Outcome]:
+    def _decide(self, facts: list[Fact], prepared: list[Prepared | None]) -> _Decided:
         app = self.app
         work = BulkUnitOfWork(self, datetime.now(tz=UTC))
-        work.prefetch(facts)
         try:
+            work.prefetch(facts)
             outcomes = []
             for fact, ready in zip(facts, prepared, strict=True):
                 work.judging(fact, ready)
                 outcomes.append(app.decide(fact, work))
             check_rejections_not_raced(app.recorder, facts, outcomes)
-            forgotten = [
-                f.data["customer_id"]
-                for f, o in zip(facts, outcomes, strict=True)
-                if o.status == "accepted" and f.event_type == "CustomerForgotten"
-            ]
-            if work.rows:
-                # Keys with (or before) the events encrypted with them; shredding before the
-                # forget is saved: a crash in between leaves data unreadable, never readable.
-                # (Forgetting deletes keys, maybe this batch's own: then keys go first, apart.)
-                keys_apart = bool(forgotten) or not app.vault.in_event_store
-                if keys_apart:
-                    app.vault.store_new_keys(work.new_keys)
-                app.vault.forget(forgotten)
-                self._insert(work, {} if keys_apart else work.new_keys)
         except BaseException:
             # Cached state may hold this batch's unsaved facts.
             self.cache.clear()
             raise
         finally:
             app.vault.end_prefetch()
-        app.remember_handlers(work.interactions)
-        self._trim()
-        return outcomes
+        forgotten = [
+            f.data["customer_id"]
+            for f, o in zip(facts, outcomes, strict=True)
+            if o.status == "accepted" and f.event_type == "CustomerForgotten"
+        ]
+        return _Decided(facts, prepared, outcomes, work, forgotten)
 
-    def _insert(self, work: BulkUnitOfWork, new_keys: dict[str, bytes]) -> None:
-        encode = self.app.codec.encode
-        postgres = self._postgres
+    def _hand_over(self, decided: _Decided, token: Any) -> None:
+        """Start writing a decided batch; the next batch is decided on the state it leaves."""
+        app = self.app
+        vault = app.vault
+        work = decided.work
+        encode = app.codec.encode
         topics = self._topics
         states = [
             (hex_id, version, topics[kind], encode(kind, body) if isinstance(body, dict) else body)
@@ -276,20 +367,61 @@ class BulkWriter:
         # wants stored-event objects with UUIDs.
         stored = (
             [StoredEvent(UUID(hex=hex_id), version, topic, state) for hex_id, version, topic, state in states]
-            if postgres
+            if self._postgres
             else []
         )
         index = [(event_id, hex_id, version) for hex_id, version, _, event_id, _ in work.rows]
-        vault = self.app.vault
-        self.app.recorder.insert_events(
-            stored,
-            event_index=index,
-            bulk=True,
-            bulk_rows=None if postgres else states,
-            # New personal-data keys in the events' own transaction: one commit, not two.
-            before_events=(lambda cursor: vault.insert_keys(cursor, new_keys)) if new_keys else None,
+        forgotten = decided.forgotten
+        new_keys = dict(work.new_keys)
+        recorder = app.recorder
+        postgres = self._postgres
+        in_event_store = vault.in_event_store
+
+        def keys(cursor: Any) -> None:
+            # In the events' own transaction, new keys first, then the forgotten customers'
+            # keys deleted (maybe this batch's own): the events, the keys that read them and
+            # the forgetting are committed together or not at all.
+            if new_keys:
+                vault.insert_keys(cursor, new_keys)
+            if forgotten:
+                vault.delete_keys_in(cursor, forgotten)
+
+        def write() -> None:  # in the writing thread: the store only, no shared caches
+            if not states:
+                return
+            if not in_event_store:
+                # Keys in a store of their own: committed before the events encrypted with
+                # them; shredded before the forget is saved (a crash in between leaves data
+                # unreadable, never readable).
+                vault.commit_keys(new_keys)
+                vault.delete_keys(forgotten)
+            recorder.insert_events(
+                stored,
+                event_index=index,
+                bulk=True,
+                bulk_rows=None if postgres else states,
+                before_events=keys if in_event_store and (new_keys or forgotten) else None,
+            )
+            batch.committed = True
+            if in_event_store and forgotten:
+                vault.wipe_log()
+
+        batch = InFlight(
+            token=token,
+            facts=decided.facts,
+            prepared=decided.prepared,
+            outcomes=decided.outcomes,
+            stored={index[i][0]: states[i][3] for i in range(len(states))},
+            originators=frozenset(row[0] for row in states),
+            forgotten=frozenset(forgotten),
+            interactions=work.interactions,
         )
+        # What the next batch is decided on, ahead of the commit (undone if it fails).
         vault.remember_keys(new_keys)
+        vault.drop_cached(forgotten)
+        app.remember_handlers(work.interactions)
+        self._trim()
+        self._behind.start(batch, write)
 
     def _trim(self) -> None:
         # Least recently used first (`get` moves what it finds to the end); an evicted
@@ -301,3 +433,22 @@ class BulkWriter:
 
 
 _ENVELOPE = frozenset({"event_id", "occurred_at", "recorded_at"})
+
+
+class _Saved(CrmLedgerError):  # noqa: N818 - a wrapper, raised through the retry loop
+    """An error after a batch was committed: passed through the retries, never retried."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A batch decided, not yet handed to the writing thread."""
+
+    facts: list[Fact]
+    prepared: list[Prepared | None]
+    outcomes: list[Outcome]
+    work: BulkUnitOfWork
+    forgotten: list[str]

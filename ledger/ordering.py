@@ -55,6 +55,8 @@ def in_time_order(
 
     Spilled runs hold `pack(record)`, read back with `unpack`.
     """
+    # Compared as tuples: (time, input position) is unique, so records themselves are never
+    # compared (a key function per comparison cost more than the comparisons).
     buffer: list[tuple[int, int, R]] = []
     spills: list[IO[bytes]] = []
     try:
@@ -67,26 +69,22 @@ def in_time_order(
             if len(buffer) >= run_size:
                 spills.append(_spill(buffer, spill_dir, pack))
                 buffer = []
-        buffer.sort(key=_key)
+        buffer.sort()
         if not spills:
             for _, _, record in buffer:
                 yield record
             return
         runs: list[Iterable[tuple[int, int, R]]] = [_read_run(handle, unpack) for handle in spills]
         runs.append(buffer)
-        for _, _, record in heapq.merge(*runs, key=_key):
+        for _, _, record in heapq.merge(*runs):
             yield record
     finally:
         for handle in spills:
             handle.close()
 
 
-def _key(item: tuple[int, int, T]) -> tuple[int, int]:
-    return item[0], item[1]
-
-
 def _spill(buffer: list[tuple[int, int, T]], spill_dir: Path | None, pack: Callable[[T], Any]) -> IO[bytes]:
-    buffer.sort(key=_key)
+    buffer.sort()
     # Deleted on close (and by the OS if the process dies): nothing is left behind.
     handle = tempfile.TemporaryFile(prefix="crm-ledger-sort-", dir=spill_dir)  # noqa: SIM115 - returned open
     pickler = pickle.Pickler(handle, protocol=pickle.HIGHEST_PROTOCOL)

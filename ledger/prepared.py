@@ -35,6 +35,11 @@ def zigzag_varint(value: int) -> bytes:
     return bytes(out)
 
 
+def varint_size(value: int) -> int:
+    """How many bytes `zigzag_varint(value)` has (without building them)."""
+    return max(1, (((value << 1) ^ (value >> 63)).bit_length() + 6) // 7)
+
+
 class Preparer:
     """Encodes facts ahead of judgement (in a worker process)."""
 
@@ -69,7 +74,7 @@ class Preparer:
             return None, None, bound  # the writer encodes it again and reports the problem
         event_id = fact.event_id.encode("utf-8")
         # 5-byte header, the event id as length + bytes, occurred_at: then recorded_at's byte.
-        at = 5 + len(zigzag_varint(len(event_id))) + len(event_id) + len(zigzag_varint(fact.occurred_at))
+        at = 5 + varint_size(len(event_id)) + len(event_id) + varint_size(fact.occurred_at)
         if message[at] != 0:
             return None, None, bound
         return message[:at], message[at + 1 :], bound

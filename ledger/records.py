@@ -9,6 +9,7 @@ the field.
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -411,12 +412,19 @@ class RecordParser:
 
     @staticmethod
     def _event_id(value: Any) -> str:
+        # Already in the canonical form (lower-case, hyphenated) that `str(UUID(...))` gives,
+        # as nearly every id is: kept as it is, without building a UUID object.
+        if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+            return value
         if _blank(value):
             raise ValidationError("event_id", "is missing")
         try:
             return str(uuid.UUID(str(value).strip()))
         except ValueError:
             raise ValidationError("event_id", f"not a UUID: {value!r}") from None
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _blank(value: Any) -> bool:

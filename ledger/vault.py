@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -82,11 +82,15 @@ class PersonalDataVault:
 
     def store_new_keys(self, pending: dict[str, bytes]) -> None:
         """Commit new keys. An `IntegrityError` means another writer made one first: decide again."""
+        self.commit_keys(pending)
+        self.remember_keys(pending)
+
+    def commit_keys(self, pending: Mapping[str, bytes]) -> None:
+        """The store's part of `store_new_keys` (the cache untouched: `remember_keys`)."""
         if not pending:
             return
         with self._transaction() as cursor:
             self.insert_keys(cursor, pending)
-        self.remember_keys(pending)
 
     @property
     def in_event_store(self) -> bool:
@@ -151,19 +155,43 @@ class PersonalDataVault:
     def forget(self, customer_ids: Iterable[str]) -> None:
         """Delete keys: from now on the customers' personal fields cannot be decrypted."""
         ids = list(customer_ids)
-        if not ids:
-            return
-        with self._transaction() as cursor:
-            for customer_id in ids:
-                cursor.execute(f"DELETE FROM {_TABLE} WHERE customer_id = {self._mark}", (customer_id,))
-        for customer_id in ids:
+        self.delete_keys(ids)
+        self.drop_cached(ids)
+
+    def drop_cached(self, customer_ids: Iterable[str]) -> None:
+        """The cache's part of `forget`: these customers have (or are about to have) no key."""
+        for customer_id in customer_ids:
             self._cache.pop(customer_id, None)
             self._keyless.add(customer_id)
+
+    def delete_keys(self, customer_ids: Collection[str]) -> None:
+        """The store's part of `forget` (the cache untouched: `drop_cached`)."""
+        if not customer_ids:
+            return
+        with self._transaction() as cursor:
+            self._delete(cursor, customer_ids)
+        self.wipe_log()
+
+    def delete_keys_in(self, cursor: Any, customer_ids: Collection[str]) -> None:
+        """Delete keys through a cursor of the event store's transaction (`in_event_store`).
+
+        Then `wipe_log` once it is committed (and `drop_cached`).
+        """
+        if self._sqlite:
+            cursor.execute("PRAGMA secure_delete = ON")
+        self._delete(cursor, customer_ids)
+
+    def wipe_log(self) -> None:
+        """After deleting keys: no copy of them is left in SQLite's write-ahead log."""
         if self._sqlite:
             # The deleted rows are zeroed in the new WAL frames, but older frames still hold
             # the keys until the log is checkpointed: copy it back and truncate it now.
             with self._datastore.get_connection(commit=True) as connection:
                 connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _delete(self, cursor: Any, customer_ids: Collection[str]) -> None:
+        for customer_id in customer_ids:
+            cursor.execute(f"DELETE FROM {_TABLE} WHERE customer_id = {self._mark}", (customer_id,))
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:

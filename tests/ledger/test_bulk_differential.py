@@ -6,6 +6,9 @@ conflicts, re-registrations, forgetting; a CSV file) go through `ingest_records`
 both alternately, and through the bulk path as a large file takes it (parsed and its
 messages prepared in worker processes, sorted in runs spilled to disk), and through the bulk
 path with a cache of a few aggregates (evicted and read back from the store all the time).
+Every bulk run writes each decided batch in a thread of its own while the next batch is
+decided (`ledger.write_behind`); with the small batch sizes below, duplicates, forgotten customers
+and surveys of interactions often land in the batch after one still being written.
 Every stored event must be the same, byte for byte apart from
 `recorded_at` and the nonces of ciphertexts, in the same order under the same originator and
 version; the rejects files and the summaries must be identical; personal-data keys must

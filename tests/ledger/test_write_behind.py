@@ -1,0 +1,163 @@
+"""Batches written by a thread of their own while the next is decided (`ledger.write_behind`).
+
+The differential tests hold the overlapped writes to the eventsourcing path's ledger; these
+tests cover what only happens around a batch in flight: another writer getting in the way
+of its commit (the batch, and the one decided on top of it, are decided again on fresh
+state), a store failure (raised, nothing half-written, and the run can simply be repeated),
+and a customer forgotten by the batch in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import OperationalError
+
+from crm_ledger.settings import Settings
+from ledger.application import LedgerApplication
+from ledger.ingest import IngestSummary, RejectSink, ingest_records, read_file
+from ledger.records import RecordParser
+from ledger.vault import FORGOTTEN
+from tests.factory import basics, rec
+from tests.helpers import ledger_content
+
+
+def _write(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _ingest(app: LedgerApplication, path: Path, rejects: Path, batch_size: int = 2) -> IngestSummary:
+    sink = RejectSink(rejects, echo=None)
+    try:
+        return ingest_records(app, read_file(path, RecordParser(app.registry)), sink, batch_size=batch_size)
+    finally:
+        sink.close()
+
+
+def _before_first_write(app: LedgerApplication, action: Callable[[], None]) -> None:
+    """Run `action` when the writing thread is about to write its first batch."""
+    insert = app.recorder.insert_events
+    done: list[bool] = []
+
+    def intercepted(*args: Any, **kwargs: Any) -> Any:
+        if not done:
+            done.append(True)
+            action()
+        return insert(*args, **kwargs)
+
+    app.recorder.insert_events = intercepted  # type: ignore[method-assign]
+
+
+def _history() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    opened = rec(
+        "CaseOpened", "2026-01-05T10:00:00Z", case_id="k1", customer_id="c1", kind="complaint", channel="web"
+    )
+    later = [
+        rec("CaseAccepted", "2026-01-05T11:00:00Z", case_id="k1", employee_id="e1"),
+        rec("CaseResolved", "2026-01-05T12:00:00Z", case_id="k1", employee_id="e1", resolution_code="fixed"),
+        rec("CaseClosed", "2026-01-06T12:00:00Z", case_id="k1", employee_id="e1"),
+        rec("CaseReopened", "2026-01-07T12:00:00Z", case_id="k1", reason="closed cases stay closed"),
+    ]
+    return [opened, *later], opened
+
+
+def test_a_batch_another_writer_got_in_the_way_of_is_decided_again_with_the_one_on_top(
+    settings: Settings, app: LedgerApplication, tmp_path: Path
+) -> None:
+    _ingest(app, _write(tmp_path / "setup.jsonl", basics()), tmp_path / "setup.rejects")
+    records, opened = _history()
+    other = LedgerApplication(settings.eventsourcing_env())
+    parser = RecordParser(other.registry)
+    # While the first batch (the case's opening) is in flight, another run saves the opening
+    # first: its commit fails, and the case steps decided on top of it are void too.
+    _before_first_write(app, lambda: other.record([parser.parse(opened)]))
+    summary = _ingest(app, _write(tmp_path / "run.jsonl", records), tmp_path / "run.rejects")
+    other.close()
+
+    sequential = LedgerApplication(Settings(store=str(tmp_path / "sequential.sqlite")).eventsourcing_env())
+    _ingest(sequential, _write(tmp_path / "setup2.jsonl", basics()), tmp_path / "s.rejects", batch_size=50)
+    sequential.record([RecordParser(sequential.registry).parse(opened)])
+    expected = _ingest(sequential, tmp_path / "run.jsonl", tmp_path / "sequential.rejects")
+
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (3, 1, 1)
+    assert summary == expected
+    assert ledger_content(app)[-4:] == ledger_content(sequential)[-4:]
+    assert len(ledger_content(app)) == len(ledger_content(sequential))
+    assert (tmp_path / "run.rejects").read_text() == (tmp_path / "sequential.rejects").read_text()
+    sequential.close()
+
+
+def test_a_store_failure_in_flight_stops_the_run_and_a_rerun_completes_it(
+    app: LedgerApplication, tmp_path: Path
+) -> None:
+    _ingest(app, _write(tmp_path / "setup.jsonl", basics()), tmp_path / "setup.rejects")
+    records, _ = _history()
+    run = _write(tmp_path / "run.jsonl", records)
+    before = len(ledger_content(app))
+
+    def full() -> None:
+        raise OperationalError("database or disk is full")
+
+    _before_first_write(app, full)
+    with pytest.raises(OperationalError, match="disk is full"):
+        _ingest(app, run, tmp_path / "run.rejects")
+    assert len(ledger_content(app)) == before  # nothing of the batch in flight, nor after it
+
+    summary = _ingest(app, run, tmp_path / "rerun.rejects")
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (4, 0, 1)
+    assert len(ledger_content(app)) == before + 4
+
+
+def test_a_customer_forgotten_by_the_batch_in_flight_stays_forgotten_in_the_next(
+    app: LedgerApplication, tmp_path: Path
+) -> None:
+    records = [
+        *basics(),
+        rec("CustomerDetailsChanged", "2026-02-01T00:00:00Z", customer_id="c1", name="Bo", email="b@x.org"),
+        rec("CustomerForgotten", "2026-02-02T00:00:00Z", customer_id="c1", reason="erasure"),
+        # The next batch: decided while the forget above is being written.
+        rec("CustomerDetailsChanged", "2026-02-03T00:00:00Z", customer_id="c1", name="Too Late"),
+        rec("CustomerDetailsChanged", "2026-02-03T00:00:00Z", customer_id="c2", name="Cy"),
+    ]
+    run = _write(tmp_path / "run.jsonl", records)
+    summary = _ingest(app, run, tmp_path / "run.rejects", batch_size=7)
+    one_by_one = LedgerApplication(Settings(store=str(tmp_path / "aggregates.sqlite")).eventsourcing_env())
+    sink = RejectSink(tmp_path / "aggregates.rejects", echo=None)
+    parsed = read_file(run, RecordParser(one_by_one.registry))
+    expected = ingest_records(one_by_one, parsed, sink, batch_size=7, bulk=False)
+    sink.close()
+
+    assert summary == expected
+    assert ledger_content(app) == ledger_content(one_by_one)
+    customers = [r for _, r in ledger_content(app) if "customer_id" in r and "name" in r]
+    assert {r.get("name") for r in customers if r["customer_id"] == "c1"} <= {None, FORGOTTEN}
+    assert "Cy" in {r.get("name") for r in customers if r["customer_id"] == "c2"}
+    one_by_one.close()
+
+
+def test_a_failure_after_a_batch_is_committed_is_raised_not_decided_again(
+    app: LedgerApplication, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [
+        *basics(),
+        rec("CustomerForgotten", "2026-02-02T00:00:00Z", customer_id="c1", reason="erasure"),
+    ]
+    run = _write(tmp_path / "run.jsonl", records)
+
+    def locked() -> None:
+        # Looks like contention, but the batch is already saved: deciding it again would
+        # count its facts as duplicates of themselves.
+        raise OperationalError("database is locked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(app.vault, "wipe_log", locked)
+        with pytest.raises(OperationalError, match="locked"):
+            _ingest(app, run, tmp_path / "run.rejects", batch_size=50)
+    assert len(ledger_content(app)) == len(records)  # saved once
+    summary = _ingest(app, run, tmp_path / "rerun.rejects", batch_size=50)
+    assert (summary.accepted, summary.duplicates) == (0, len(records))
