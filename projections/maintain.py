@@ -35,6 +35,7 @@ from projections.models import (
     ANSWERS,
     CASE_MEASURES,
     FROM_ROWS_MEASURES,
+    PERIOD_STARTS,
     PERIODS,
     answers_histogram_sql,
     complaint_kpi_select,
@@ -339,7 +340,7 @@ class Maintainer:
         run(f"INSERT INTO {v}.reward_components {reward_components_select(v, spec, months)}")
         run(f"DELETE FROM {v}.reward_score WHERE {months}")
         run(f"INSERT INTO {v}.reward_score {reward_score_select(v, spec, version.version, months)}")
-        maintain_goals(self.db.connection, v, self.index.table, visible_sql(version.as_of))
+        maintain_goals(self.db.connection, v, self.index.payloads, visible_sql(version.as_of))
 
     def _kpis(self, v: str, spec: MetricSpec) -> None:
         """KPI rows of the touched (employee, team, period) and (team, period), per grain.
@@ -361,21 +362,24 @@ class Maintainer:
         run(kpi_days_sql(f"{v}.measures m", spec, _KPI_DAYS, span))
         read = ", ".join(f"'{m}'" for m in FROM_ROWS_MEASURES)
         run(
-            # The KPIs read neither the event nor the case of a measure (crm_ledger.kpis).
-            f"CREATE OR REPLACE TEMP TABLE {_KPI_ROWS} AS SELECT * EXCLUDE (event_id, case_id) "
-            f"FROM {v}.measures m WHERE {span} AND measure IN ({read})"
+            # Only the columns the KPIs read of these measures (crm_ledger.kpis: the value of
+            # `solved`, the case of `handled`).
+            f"CREATE OR REPLACE TEMP TABLE {_KPI_ROWS} AS SELECT employee_id, team_id, occurred_at, "
+            f"measure, value, ref FROM {v}.measures m WHERE {span} AND measure IN ({read})"
         )
         for grain, period in PERIODS.items():
+            # The touched periods by their first day (what the rows are grouped by) and text.
+            start = PERIOD_STARTS[grain]
             run(
                 f"CREATE OR REPLACE TEMP TABLE crm_aff AS SELECT DISTINCT employee_id, team_id, "
-                f"{period} AS period FROM crm_touched"
+                f"{start} AS start, {period} AS period FROM crm_touched"
             )
             table = f"{v}.kpi_employee_{grain}"
             run(
                 f"DELETE FROM {table} USING crm_aff a WHERE {table}.employee_id IS NOT DISTINCT FROM "
                 f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
             )
-            keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
+            keys = f"(employee_id, team_id, {start}) IN (SELECT employee_id, team_id, start FROM crm_aff)"
             select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=False, where=keys)
             run(f"INSERT INTO {table} {select}")
             table = f"{v}.kpi_team_{grain}"
@@ -383,7 +387,7 @@ class Maintainer:
                 f"DELETE FROM {table} WHERE (team_id, period) IN "
                 "(SELECT DISTINCT team_id, period FROM crm_aff)"
             )
-            keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
+            keys = f"(team_id, {start}) IN (SELECT DISTINCT team_id, start FROM crm_aff)"
             select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=True, where=keys)
             run(f"INSERT INTO {table} {select}")
 
@@ -452,7 +456,9 @@ class Maintainer:
         run(f"INSERT INTO {s}.measures SELECT * FROM crm_measures")
         run("INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM crm_measures")
         moved = run("SELECT count(*) FROM crm_emp").fetchone() != (0,)
-        service = ServiceMaintenance(self.db.connection, s, self.index.table, self.visible, *self._ends)
+        service = ServiceMaintenance(
+            self.db.connection, s, self.index.table, self.index.payloads, self.visible, *self._ends
+        )
         if moved:
             self._service_tables(s)
         else:

@@ -36,6 +36,14 @@ PERIODS = {
     "week": "strftime(occurred_at, '%G-W%V')",
     "day": "strftime(occurred_at, '%Y-%m-%d')",
 }
+#: The first day of each grain's period: what an incremental update groups and selects the
+#: KPI rows by. Formatting a moment as text costs ~0.1 us, ten times truncating it, and an
+#: update filters and groups tens of thousands of rows per table: the text of a period is
+#: formatted once per group instead (PERIOD_FORMATS of its first day, the same text as
+#: PERIODS gives every moment in it: an ISO week starts on its Monday).
+PERIOD_STARTS = {grain: f"CAST(date_trunc('{grain}', occurred_at) AS DATE)" for grain in PERIODS}
+PERIOD_FORMATS = {"month": "%Y-%m", "week": "%G-W%V", "day": "%Y-%m-%d"}
+assert all(PERIODS[g] == f"strftime(occurred_at, '{f}')" for g, f in PERIOD_FORMATS.items())
 
 
 def team_history_sql(v: str, ev: str, scope: str = "TRUE") -> str:
@@ -192,10 +200,12 @@ def kpi_from_days_select(
     latest day's, and the other aggregates (quantiles, distinct counts) run over the same
     rows of their measure. A group without rows of such a measure has no row in `rest`:
     a count of none is 0, any other aggregate of none NULL, as the filtered aggregate gives.
+    Groups are by the period's first day (`start`, PERIOD_STARTS), which `where` may
+    read; the period's text is formatted from it once per group.
     """
     keys = "team_id" if team else "employee_id, team_id"
     names = tuple(key.strip() for key in keys.split(","))
-    period = PERIODS[grain]
+    period = PERIOD_STARTS[grain]
     combined = ",\n        ".join(
         f"max({k.name}) AS {k.name}" if _by_day(k) == "max" else f"CAST(sum({k.name}) AS BIGINT) AS {k.name}"
         for k in KPIS
@@ -209,24 +219,24 @@ def kpi_from_days_select(
             return f"coalesce(r.{k.name}, 0) AS {k.name}"
         return f"r.{k.name}"
 
-    joined = " AND ".join(f"r.{c} IS NOT DISTINCT FROM s.{c}" for c in (*names, "period"))
+    joined = " AND ".join(f"r.{c} IS NOT DISTINCT FROM s.{c}" for c in (*names, "start"))
     return f"""
 WITH summed AS (
-    SELECT {keys}, {period} AS period,
+    SELECT {keys}, {period} AS start,
         {combined}
     FROM {days}
     WHERE {where}
     GROUP BY ALL
 ),
 rest AS (
-    SELECT {keys}, {period} AS period,
+    SELECT {keys}, {period} AS start,
         {_aggregates(spec, FROM_ROWS)}
     FROM {rows}
     WHERE {where}
     GROUP BY ALL
 ),
 counts AS (
-    SELECT {", ".join(f"s.{c}" for c in names)}, s.period,
+    SELECT {", ".join(f"s.{c}" for c in names)}, strftime(s.start, '{PERIOD_FORMATS[grain]}') AS period,
         {", ".join(column(k) for k in KPIS if k.aggregate is not None)}
     FROM summed s LEFT JOIN rest r ON {joined}
 )
