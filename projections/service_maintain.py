@@ -4,7 +4,8 @@ The full-build SQL of projections.service_models and projections.goals reads `{v
 and earlier tables of schema `v`. Here the same functions run against a scratch schema
 whose `events` holds only the index rows of the touched keys (projections.logindex) and
 whose other inputs are views of the version's tables; their results replace the touched
-keys' rows. Touched keys, for the new events of an update:
+keys' rows. Events with a payload (contracts, visits, installed products, goals) are looked
+up in the index's table of payload events, a tenth of its rows. Touched keys, for the new events of an update:
 
 - `contract_terms`, by contract: the contracts named by new contract events (a term
   depends on its contract's events only).
@@ -131,7 +132,8 @@ class Scratch:
 class ServiceMaintenance:
     """One incremental update of the service tables of storage schema `s`.
 
-    `index` is the source's index table, `visible` the condition of a version's rows in it,
+    `index` is the source's index table and `payloads` its table of payload events
+    (projections.logindex), `visible` the condition of a version's rows in them,
     `crm_fresh` (a temp table of index rows) the update's new events.
     """
 
@@ -140,6 +142,7 @@ class ServiceMaintenance:
         connection: duckdb.DuckDBPyConnection,
         s: str,
         index: str,
+        payloads: str,
         visible: str,
         old_end: datetime | None,
         new_end: datetime | None,
@@ -148,21 +151,26 @@ class ServiceMaintenance:
         self.run: Callable[..., Any] = connection.execute
         self.s = s
         self.index = index
+        self.payloads = payloads
         self.visible = visible
         self.old_end = old_end
         self.new_end = new_end
 
-    def _rows(self, columns: tuple[str, ...], where: str, with_end: bool = False) -> str:
+    def _rows(
+        self, columns: tuple[str, ...], where: str, *, with_end: bool = False, payloads: bool = False
+    ) -> str:
         """`columns` of the version's index rows matching `where`, as `events` (with the
-        log's end when asked). Fetching scattered rows costs per column fetched: the rows are
-        found by their key columns first, then only the columns the SQL reads are fetched."""
+        log's end when asked; from the payload events only when `payloads`). Fetching
+        scattered rows costs per column fetched: the rows are found by their key columns
+        first, then only the columns the SQL reads are fetched."""
+        table = self.payloads if payloads else self.index
         # The row ids as a table of their own: DuckDB then skips the index's row groups that
         # hold none of them (an inline subquery scans every row group of the wide columns).
         self.run(
-            f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS SELECT rowid AS r FROM {self.index} "
+            f"CREATE OR REPLACE TEMP TABLE {_ROWS} AS SELECT rowid AS r FROM {table} "
             f"WHERE {self.visible} AND ({where})"
         )
-        select = f"SELECT {', '.join(columns)} FROM {self.index} WHERE rowid IN (SELECT r FROM {_ROWS})"
+        select = f"SELECT {', '.join(columns)} FROM {table} WHERE rowid IN (SELECT r FROM {_ROWS})"
         if with_end:
             # One row carrying the log's last moment: the SQL's "now" is max(occurred_at) of
             # `events`; its event type matches no filter, so nothing else reads it.
@@ -189,7 +197,7 @@ class ServiceMaintenance:
             run(f"CREATE OR REPLACE TEMP TABLE {_PERIODS} (period VARCHAR)")
             contracts = "contract_id IN (SELECT contract_id FROM crm_sv_contracts)"
             if self._count("crm_sv_contracts"):
-                scratch.events(self._rows(_CONTRACT_READS, contracts))
+                scratch.events(self._rows(_CONTRACT_READS, contracts, payloads=True))
                 run(contract_terms_sql(SCRATCH))
                 run(
                     f"INSERT INTO crm_sv_cov SELECT customer_id FROM {s}.contract_terms WHERE {contracts} "
@@ -232,7 +240,7 @@ class ServiceMaintenance:
             )
             run(
                 "CREATE OR REPLACE TEMP TABLE crm_sv_fv AS SELECT DISTINCT case_id FROM "
-                f"{self.index} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' "
+                f"{self.payloads} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' "
                 "AND visit_id IN (SELECT visit_id FROM crm_sv_visits_new)"
             )
             fv = "case_id IN (SELECT case_id FROM crm_sv_fv)"
@@ -240,9 +248,10 @@ class ServiceMaintenance:
             if self._count("crm_sv_fv"):
                 run(
                     "CREATE OR REPLACE TEMP TABLE crm_sv_visits AS SELECT DISTINCT visit_id FROM "
-                    f"{self.index} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' AND {fv}"
+                    f"{self.payloads} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' AND {fv}"
                 )
-                scratch.events(self._rows(_VISIT_READS, "visit_id IN (SELECT visit_id FROM crm_sv_visits)"))
+                visits = "visit_id IN (SELECT visit_id FROM crm_sv_visits)"
+                scratch.events(self._rows(_VISIT_READS, visits, payloads=True))
                 scratch.view("team_history", f"SELECT * FROM {s}.team_history")
                 run(field_visit_sql(SCRATCH))
                 run(
@@ -341,6 +350,7 @@ class ServiceMaintenance:
                     _INSTALL_READS,
                     f"{customers} AND event_type IN ('ProductInstalled', 'ProductRemoved')",
                     with_end=True,
+                    payloads=True,
                 )
             )
             scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers}")
@@ -351,13 +361,13 @@ class ServiceMaintenance:
             scratch.clear()
 
 
-def maintain_goals(connection: duckdb.DuckDBPyConnection, v: str, index: str, visible: str) -> None:
-    """Rebuild a version's goal tables from the index's goal events (not a scan of the log)."""
+def maintain_goals(connection: duckdb.DuckDBPyConnection, v: str, payloads: str, visible: str) -> None:
+    """Rebuild a version's goal tables from the goal events of the index's payload events
+    (`payloads`: projections.logindex), not from a scan of the log."""
     run = connection.execute
     with Scratch(connection) as scratch:
-        scratch.events(
-            f"SELECT {', '.join(_GOAL_READS)} FROM {index} WHERE {visible} AND event_type IN {_GOAL_EVENTS}"
-        )
+        goals = f"{visible} AND event_type IN {_GOAL_EVENTS}"
+        scratch.events(f"SELECT {', '.join(_GOAL_READS)} FROM {payloads} WHERE {goals}")
         for table in ("kpi_team_month", "reward_score", "reward_components"):
             scratch.view(table, f"SELECT * FROM {v}.{table}")
         for statement in goal_model_sql(SCRATCH):
