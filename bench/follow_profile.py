@@ -56,6 +56,12 @@ class TimedConnection:
         self._timings.add(sql, time.perf_counter() - started)
         return result
 
+    def sql(self, sql: str, *args: Any) -> Any:
+        started = time.perf_counter()
+        result = self._connection.sql(sql, *args)
+        self._timings.add(sql, time.perf_counter() - started)
+        return result
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
 

@@ -118,6 +118,11 @@ class LogIndex:
         self.log = log
         self.table = index_table(source)
         self.payloads = payload_table(source)
+        #: (Delta table id, log version, last position per stream) of the index as last synced
+        #: here: finding them again scans the whole index (~5-10 ms at 1M events), three
+        #: times an update. Trusted only while the index's state row says the same version
+        #: (an update rolled back leaves the row, and the index, as they were).
+        self._known: tuple[str, int, dict[str, int]] | None = None
 
     def sync(self, snapshot: int, dataset: Any) -> None:
         """Bring the index to `snapshot` (`dataset` is that snapshot), inside the caller's transaction.
@@ -142,8 +147,9 @@ class LogIndex:
         if row is None or not exists or row[0] != table_id or int(row[1]) > snapshot:
             rows = dataset.to_table(columns=[*INDEX_COLUMNS, "payload"])
             self._insert(rows, replace=True)
+            self._known = None
         else:
-            known = dict(run(f"SELECT stream, max(position) FROM {self.table} GROUP BY stream").fetchall())
+            known = self._cached(table_id, int(row[1])) or self._scan()
             wanted = ~pds.field("stream").isin(pa.array(list(known), pa.string()))
             for stream, position in known.items():
                 wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
@@ -152,8 +158,21 @@ class LogIndex:
             rows = newer.to_table(columns=[*INDEX_COLUMNS, "payload"], filter=wanted)
             if rows.num_rows:
                 self._insert(rows, replace=False)
+                last = rows.group_by("stream").aggregate([("position", "max")]).to_pylist()
+                known.update({str(r["stream"]): int(r["position_max"]) for r in last})
+            self._known = (table_id, snapshot, known)
         run(f"DELETE FROM {STATE} WHERE source = ?", [self.source])
         run(f"INSERT INTO {STATE} VALUES (?, ?, ?)", [self.source, table_id, snapshot])
+
+    def _cached(self, table_id: str, log_version: int) -> dict[str, int] | None:
+        """The positions kept at the last sync, if the index still stands where that left it."""
+        if self._known is None or self._known[:2] != (table_id, log_version):
+            return None
+        return dict(self._known[2])
+
+    def _scan(self) -> dict[str, int]:
+        rows = self.connect().execute(f"SELECT stream, max(position) FROM {self.table} GROUP BY stream")
+        return {str(stream): int(last) for stream, last in rows.fetchall()}
 
     def _insert(self, rows: Any, *, replace: bool) -> None:
         con = self.connect()
@@ -172,5 +191,10 @@ class LogIndex:
 
     def positions(self) -> dict[str, int]:
         """The last position per stream the index holds."""
-        rows = self.connect().execute(f"SELECT stream, max(position) FROM {self.table} GROUP BY stream")
-        return {str(stream): int(last) for stream, last in rows.fetchall()}
+        row = (
+            self.connect()
+            .execute(f"SELECT table_id, log_version FROM {STATE} WHERE source = ?", [self.source])
+            .fetchone()
+        )
+        cached = None if row is None else self._cached(str(row[0]), int(row[1]))
+        return self._scan() if cached is None else cached
