@@ -52,7 +52,7 @@ from projections.models import (
     spec_independent_sql,
     team_history_sql,
 )
-from projections.service_maintain import KEY_TABLES, ServiceMaintenance, deleted_into, maintain_goals
+from projections.service_maintain import KEY_TABLES, ServiceMaintenance, maintain_goals
 from projections.service_models import (
     SERVICE_MEASURES,
     profile_service_sql,
@@ -442,11 +442,11 @@ class Maintainer:
             f"measure NOT IN ({_SERVICE}) AND "
             f"({emp} OR (measure IN ({cases}) AND case_id IN (SELECT case_id FROM crm_case)))"
         )
-        deleted_into(
-            self.db.connection,
-            "crm_touched",
-            f"DELETE FROM {s}.measures WHERE {old_scope} RETURNING employee_id, team_id, occurred_at",
+        run(
+            f"CREATE OR REPLACE TEMP TABLE crm_touched AS SELECT employee_id, team_id, occurred_at "
+            f"FROM {s}.measures WHERE {old_scope}"
         )
+        run(f"DELETE FROM {s}.measures WHERE {old_scope}")
         new_scope = (
             "raw.employee_id IN (SELECT employee_id FROM crm_emp)"
             f" OR (raw.measure IN ({cases}) AND raw.case_id IN (SELECT case_id FROM crm_case))"

@@ -91,22 +91,9 @@ KEY_TABLES = (
     "crm_sv_cases",
     "crm_sv_service",
     "crm_sv_old",
+    "crm_sv_old_rows",
     "crm_sv_customers",
 )
-
-
-def deleted_into(connection: duckdb.DuckDBPyConnection, target: str, delete: str) -> None:
-    """Run `delete` (a DELETE ... RETURNING) and keep the rows it returns as temp table `target`.
-
-    One scan finds the rows and deletes them (selecting them first, then deleting them,
-    scans twice). DuckDB takes no DELETE in a query, so the few rows pass through Arrow.
-    """
-    rows = connection.sql(delete).to_arrow_table()
-    connection.register("crm_deleted_rows", rows)
-    try:
-        connection.execute(f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT * FROM crm_deleted_rows")
-    finally:
-        connection.unregister("crm_deleted_rows")
 
 
 class Scratch:
@@ -286,10 +273,13 @@ class ServiceMaintenance:
                 scratch.view("team_history", f"SELECT * FROM {s}.team_history")
                 run(f"CREATE OR REPLACE TEMP TABLE crm_sv_service AS {service_measures_select(SCRATCH)}")
                 scratch.clear()
-                deleted_into(
-                    self.connection,
-                    "crm_sv_old",
-                    f"DELETE FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases} RETURNING *",
+                run(
+                    "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r "
+                    f"FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}"
+                )
+                run(
+                    f"CREATE OR REPLACE TEMP TABLE crm_sv_old AS SELECT * FROM {s}.measures "
+                    "WHERE rowid IN (SELECT r FROM crm_sv_old_rows)"
                 )
                 old = "SELECT * FROM crm_sv_old"
                 run(
@@ -298,6 +288,7 @@ class ServiceMaintenance:
                     "UNION ALL SELECT employee_id, team_id, occurred_at FROM "
                     f"((SELECT * FROM crm_sv_service) EXCEPT ALL ({old}))"
                 )
+                run(f"DELETE FROM {s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows)")
                 run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")
 
     def retention(self) -> None:
