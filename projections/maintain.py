@@ -149,6 +149,9 @@ class Maintainer:
         self._dataset: Any = None
         #: the version's "now" (its last event's moment) before and after an incremental update
         self._ends: tuple[datetime | None, datetime | None] = (None, None)
+        #: the events the touched customers' profiles are computed from (EV, or EV and the
+        #: customers' other events when an incremental update reads only touched keys)
+        self._profile_ev = EV
 
     def log_version_recorded(self) -> int | None:
         """The log version the shared tables reflect (None before the first build)."""
@@ -179,6 +182,7 @@ class Maintainer:
         recorded = self.log_version_recorded()
         s = self.storage.schema
         chain = self.db.chain(self.version)
+        self._profile_ev = EV
         with transaction(con):
             self.index.sync(snapshot, self._dataset)
             full = full or recorded is None
@@ -219,10 +223,11 @@ class Maintainer:
     def _materialise_touched(self, s: str) -> None:
         """Only the events an incremental update reads, as EV, from the source's index.
 
-        That is the new events, every event of the cases they touch (and of the other
-        complaints opened by the same team in the same month, which share a complaint row),
-        and every event of the customers they name. A team change re-attributes all of an
-        employee's measures: then (rarely) the whole snapshot is read.
+        That is the new events and every event of the cases they touch (and of the other
+        complaints opened by the same team in the same month, which share a complaint row);
+        the profiles read those and every other event of the customers they name
+        (`_profile_ev`). A team change re-attributes all of an employee's measures: then
+        (rarely) the whole snapshot is read.
         """
         run = self.db.connection.execute
         index, visible = self.index.table, self.visible
@@ -287,17 +292,17 @@ class Maintainer:
             f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT {columns} FROM {index} "
             "WHERE rowid IN (SELECT r FROM crm_ev_rows)"
         )
-        # The named customers' other events feed only their profiles: only the columns the
-        # profile reads are fetched, the others stay NULL, so these rows give no measure
-        # (their cases are not touched) and no complaint row (no team).
+        # The named customers' other events feed only their profiles: they are read by the
+        # profile's statement alone (the measures, complaints and team history never see
+        # these ~15 rows per customer), and only the columns the profile reads.
         run(
             f"CREATE OR REPLACE TEMP TABLE crm_customer_rows AS SELECT rowid AS r FROM {index} "
             f"WHERE {visible} AND customer_id IN (SELECT customer_id FROM crm_fresh) "
             "EXCEPT SELECT r FROM crm_ev_rows"
         )
-        run(
-            f"INSERT INTO {EV} BY NAME SELECT {', '.join(_PROFILE_READS)} FROM {index} "
-            "WHERE rowid IN (SELECT r FROM crm_customer_rows)"
+        self._profile_ev = (
+            f"(SELECT * FROM {EV} UNION ALL BY NAME SELECT {', '.join(_PROFILE_READS)} FROM {index} "
+            "WHERE rowid IN (SELECT r FROM crm_customer_rows))"
         )
 
     def _spec_tables(
@@ -472,7 +477,8 @@ class Maintainer:
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
-        run(f"INSERT INTO {s}.customer_profile BY NAME {customer_profile_select(EV, customers)}")
+        profiles = customer_profile_select(self._profile_ev, customers)
+        run(f"INSERT INTO {s}.customer_profile BY NAME {profiles}")
         if moved:
             run(profile_service_sql(s))
         else:
