@@ -64,9 +64,12 @@ CASE_MEASURES = ("solved", "citation")
 def measures_sql(v: str, ev: str, scope: str = "TRUE") -> str:
     """One row per measured act, attributed to an employee and their team at that time.
 
-    `scope` is a condition on the result's columns (incremental maintenance); every row
-    depends only on its own event, or (CASE_MEASURES) on its case's events, and on the
-    employee's team history.
+    `scope` is a condition on the columns of `raw` (the rows before their team is
+    attached; incremental maintenance); every row depends only on its own event, or
+    (CASE_MEASURES) on its case's events, and on the employee's team history. The rows out
+    of scope are dropped before the team history is joined: DuckDB does not push the
+    condition below the ASOF join, which otherwise attributes every row read (13,656 rows
+    for 440 kept in a 1,000-event update at 1M: 54 of the statement's 63 ms).
     """
     return f"""
 WITH ev AS (SELECT * FROM {ev}),
@@ -135,13 +138,13 @@ raw AS (
     UNION ALL
     SELECT employee_id, occurred_at, 'share', 1, NULL, NULL, NULL, article_id, event_id, case_id
     FROM ev WHERE event_type = 'KnowledgeShared'
-)
+),
+scoped AS (SELECT * FROM raw WHERE {scope})
 SELECT raw.employee_id, coalesce(th.team_id, '(none)') AS team_id, raw.occurred_at,
        raw.measure, raw.value, raw.fcr, raw.reopened, raw.knowledge, raw.ref, raw.event_id, raw.case_id
-FROM raw
+FROM scoped raw
 ASOF LEFT JOIN {v}.team_history th
-    ON raw.employee_id = th.employee_id AND raw.occurred_at >= th.valid_from
-WHERE {scope}"""
+    ON raw.employee_id = th.employee_id AND raw.occurred_at >= th.valid_from"""
 
 
 def kpi_select(v: str, spec: MetricSpec, grain: str, team: bool, where: str = "TRUE") -> str:
