@@ -128,6 +128,9 @@ class Scratch:
     def view(self, name: str, select: str) -> None:
         self.run(f"CREATE VIEW {SCRATCH}.{name} AS {select}")
 
+    def table(self, name: str, select: str) -> None:
+        self.run(f"CREATE TABLE {SCRATCH}.{name} AS {select}")
+
 
 class ServiceMaintenance:
     """One incremental update of the service tables of storage schema `s`.
@@ -268,8 +271,10 @@ class ServiceMaintenance:
             )
             if self._count("crm_sv_cases"):
                 cases = "case_id IN (SELECT case_id FROM crm_sv_cases)"
-                scratch.view("sla_case", f"SELECT * FROM {s}.sla_case WHERE {cases}")
-                scratch.view("field_visit", f"SELECT * FROM {s}.field_visit WHERE {cases}")
+                # Copies, not views: the measures read sla_case twice and field_visit four
+                # times, and each read of a view scans the whole table again.
+                scratch.table("sla_case", f"SELECT * FROM {s}.sla_case WHERE {cases}")
+                scratch.table("field_visit", f"SELECT * FROM {s}.field_visit WHERE {cases}")
                 scratch.view("team_history", f"SELECT * FROM {s}.team_history")
                 run(f"CREATE OR REPLACE TEMP TABLE crm_sv_service AS {service_measures_select(SCRATCH)}")
                 scratch.clear()
