@@ -15,7 +15,9 @@ this property on random chunks with late and out-of-order events).
 
 The touched keys' rows are found in the source's log index (projections.logindex: the
 log's typed columns in DuckDB, one per source, synced in the same transaction), not by a
-scan of the Delta table. The service tables and the profile's service columns are kept by
+scan of the Delta table. The named customers' profiles are combined from stored partial
+aggregates and the new events alone (projections.profile_state), without reading their
+earlier events. The service tables and the profile's service columns are kept by
 contract, case and customer, including the rows that only "now" (the log's last event)
 changes (projections.service_maintain); the team goal tables, marked `whole` in
 projections.readmodels, are rebuilt after the scores from the index's goal events. A new
@@ -39,7 +41,6 @@ from projections.models import (
     PERIODS,
     answers_histogram_sql,
     complaint_kpi_select,
-    customer_profile_select,
     kpi_days_sql,
     kpi_from_days_select,
     kpi_rethreshold_select,
@@ -52,6 +53,8 @@ from projections.models import (
     spec_independent_sql,
     team_history_sql,
 )
+from projections.profile_state import CASES, PARTIALS, merge_sql, profile_select, state_sql
+from projections.profile_state import TEMPS as PROFILE_TEMPS
 from projections.service_maintain import KEY_TABLES, ServiceMaintenance, maintain_goals
 from projections.service_models import (
     SERVICE_MEASURES,
@@ -100,28 +103,10 @@ _TEMPS = (
     "crm_statements",
     "crm_service",
     "crm_ev_rows",
-    "crm_customer_rows",
 )
 #: The KPI tables' inputs during an update: the per-day aggregates of the touched span's
 #: measures, and the span's measure rows of the KPIs that days do not combine into.
 _KPI_DAYS, _KPI_ROWS = "crm_kpi_days", "crm_kpi_rows"
-#: The columns customer_profile_select reads (and the keys that tell a row's case).
-_PROFILE_READS = (
-    "stream",
-    "position",
-    "customer_id",
-    "event_type",
-    "occurred_at",
-    "notification_id",
-    "case_id",
-    "source_case_id",
-    "kind",
-    "channel",
-    "csat",
-    "nps",
-    "segment",
-    "region",
-)
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
 _STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
 
@@ -149,9 +134,6 @@ class Maintainer:
         self._dataset: Any = None
         #: the version's "now" (its last event's moment) before and after an incremental update
         self._ends: tuple[datetime | None, datetime | None] = (None, None)
-        #: the events the touched customers' profiles are computed from (EV, or EV and the
-        #: customers' other events when an incremental update reads only touched keys)
-        self._profile_ev = EV
 
     def log_version_recorded(self) -> int | None:
         """The log version the shared tables reflect (None before the first build)."""
@@ -182,7 +164,6 @@ class Maintainer:
         recorded = self.log_version_recorded()
         s = self.storage.schema
         chain = self.db.chain(self.version)
-        self._profile_ev = EV
         with transaction(con):
             self.index.sync(snapshot, self._dataset)
             full = full or recorded is None
@@ -192,7 +173,7 @@ class Maintainer:
             if full or recorded != snapshot:
                 if full:
                     self._materialise(s, "TRUE")
-                    for statement in spec_independent_sql(s, EV, f"{s}.events"):
+                    for statement in [*spec_independent_sql(s, EV, f"{s}.events"), *state_sql(s, EV)]:
                         con.execute(statement)
                     new = int(con.execute(f"SELECT count(*) FROM {EV}").fetchone()[0])  # type: ignore[index]
                     events = new
@@ -209,7 +190,7 @@ class Maintainer:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
                 self.db.mark_built(version, snapshot, events)
                 parent = version
-            for temp in (EV, *_TEMPS, *KEY_TABLES, _KPI_DAYS, _KPI_ROWS):
+            for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS, _KPI_DAYS, _KPI_ROWS):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
         return UpdateResult(snapshot, new, full)
 
@@ -224,10 +205,10 @@ class Maintainer:
         """Only the events an incremental update reads, as EV, from the source's index.
 
         That is the new events and every event of the cases they touch (and of the other
-        complaints opened by the same team in the same month, which share a complaint row);
-        the profiles read those and every other event of the customers they name
-        (`_profile_ev`). A team change re-attributes all of an employee's measures: then
-        (rarely) the whole snapshot is read.
+        complaints opened by the same team in the same month, which share a complaint row).
+        The named customers' earlier events are not read: their profiles combine the new
+        events with stored partial aggregates (projections.profile_state). A team change
+        re-attributes all of an employee's measures: then (rarely) the whole snapshot is read.
         """
         run = self.db.connection.execute
         index, visible = self.index.table, self.visible
@@ -291,18 +272,6 @@ class Maintainer:
         run(
             f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT {columns} FROM {index} "
             "WHERE rowid IN (SELECT r FROM crm_ev_rows)"
-        )
-        # The named customers' other events feed only their profiles: they are read by the
-        # profile's statement alone (the measures, complaints and team history never see
-        # these ~15 rows per customer), and only the columns the profile reads.
-        run(
-            f"CREATE OR REPLACE TEMP TABLE crm_customer_rows AS SELECT rowid AS r FROM {index} "
-            f"WHERE {visible} AND customer_id IN (SELECT customer_id FROM crm_fresh) "
-            "EXCEPT SELECT r FROM crm_ev_rows"
-        )
-        self._profile_ev = (
-            f"(SELECT * FROM {EV} UNION ALL BY NAME SELECT {', '.join(_PROFILE_READS)} FROM {index} "
-            "WHERE rowid IN (SELECT r FROM crm_customer_rows))"
         )
 
     def _spec_tables(
@@ -477,8 +446,15 @@ class Maintainer:
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
-        profiles = customer_profile_select(self._profile_ev, customers)
-        run(f"INSERT INTO {s}.customer_profile BY NAME {profiles}")
+        if self._has_profile_state(s):
+            for statement in merge_sql(s, "crm_new"):
+                run(statement)
+        else:
+            # Built before the profile kept partial aggregates (or by another engine): they
+            # are built once from every event the version reads, the new ones included.
+            for statement in state_sql(s, f"(SELECT * FROM {self.index.table} WHERE {self.visible})"):
+                run(statement)
+        run(f"INSERT INTO {s}.customer_profile BY NAME {profile_select(s, customers)}")
         if moved:
             run(profile_service_sql(s))
         else:
@@ -504,6 +480,14 @@ class Maintainer:
             run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
             run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
         return new
+
+    def _has_profile_state(self, s: str) -> bool:
+        row = self.db.connection.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = ? AND table_name IN (?, ?)",
+            [s, PARTIALS, CASES],
+        ).fetchone()
+        return row == (2,)
 
     def _service_tables(self, s: str) -> None:
         """Rebuild the service tables whole, and their measure rows; pass on the changed rows' keys.
