@@ -103,6 +103,7 @@ _TEMPS = (
     "crm_statements",
     "crm_service",
     "crm_ev_rows",
+    "crm_old_rows",
 )
 #: The KPI tables' inputs during an update: the per-day aggregates of the touched span's
 #: measures, and the span's measure rows of the KPIs that days do not combine into.
@@ -416,11 +417,16 @@ class Maintainer:
             f"measure NOT IN ({_SERVICE}) AND "
             f"({emp} OR (measure IN ({cases}) AND case_id IN (SELECT case_id FROM crm_case)))"
         )
+        # The rows found once, by their key columns; then read and deleted by row id (cheaper
+        # than evaluating the condition over `measures` twice).
+        find = f"SELECT rowid AS r FROM {s}.measures WHERE {old_scope}"
+        run(f"CREATE OR REPLACE TEMP TABLE crm_old_rows AS {find}")
+        old_rows = "rowid IN (SELECT r FROM crm_old_rows)"
         run(
             f"CREATE OR REPLACE TEMP TABLE crm_touched AS SELECT employee_id, team_id, occurred_at "
-            f"FROM {s}.measures WHERE {old_scope}"
+            f"FROM {s}.measures WHERE {old_rows}"
         )
-        run(f"DELETE FROM {s}.measures WHERE {old_scope}")
+        run(f"DELETE FROM {s}.measures WHERE {old_rows}")
         new_scope = (
             "raw.employee_id IN (SELECT employee_id FROM crm_emp)"
             f" OR (raw.measure IN ({cases}) AND raw.case_id IN (SELECT case_id FROM crm_case))"

@@ -32,6 +32,7 @@ service tables whole, as a full build does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -97,11 +98,17 @@ KEY_TABLES = (
 
 
 class Scratch:
-    """The scratch schema: inputs as tables or views, emptied between steps."""
+    """The scratch schema: inputs as tables or views, emptied between steps.
+
+    It remembers what is made in it (its own tables and views, and the tables the model
+    statements run through `build` create), so that emptying it drops exactly those: asking
+    the catalog instead cost ~1-1.5 ms a time, eight times an update.
+    """
 
     def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
         self.connection = connection
         self.run: Callable[..., Any] = connection.execute
+        self._made: dict[str, str] = {}
 
     def __enter__(self) -> Scratch:
         self.run(f"CREATE SCHEMA IF NOT EXISTS {SCRATCH}")
@@ -113,23 +120,32 @@ class Scratch:
             self.run(f"DROP SCHEMA {SCRATCH}")
 
     def clear(self) -> None:
-        """Drop every object of the scratch schema (one by one: DuckDB cannot commit a
+        """Drop every object made in the scratch schema (one by one: DuckDB cannot commit a
         cascaded drop of tables created in the same transaction)."""
-        for name, kind in self.run(
-            "SELECT view_name, 'VIEW' FROM duckdb_views() WHERE schema_name = ? AND NOT internal "
-            "UNION ALL SELECT table_name, 'TABLE' FROM duckdb_tables() WHERE schema_name = ?",
-            [SCRATCH, SCRATCH],
-        ).fetchall():
+        for name, kind in reversed(self._made.items()):
             self.run(f"DROP {kind} {SCRATCH}.{name}")
+        self._made.clear()
+
+    def build(self, statement: str) -> None:
+        """Run a model's statement, which creates its table in the scratch schema."""
+        self.run(statement)
+        for name in _CREATED.findall(statement):
+            self._made[name] = "TABLE"
 
     def events(self, select: str) -> None:
-        self.run(f"CREATE TABLE {SCRATCH}.events AS {select}")
+        self.table("events", select)
 
     def view(self, name: str, select: str) -> None:
         self.run(f"CREATE VIEW {SCRATCH}.{name} AS {select}")
+        self._made[name] = "VIEW"
 
     def table(self, name: str, select: str) -> None:
         self.run(f"CREATE TABLE {SCRATCH}.{name} AS {select}")
+        self._made[name] = "TABLE"
+
+
+#: The tables a model statement creates in the scratch schema.
+_CREATED = re.compile(rf"CREATE (?:OR REPLACE )?TABLE {SCRATCH}\.(\w+)")
 
 
 class ServiceMaintenance:
@@ -201,7 +217,7 @@ class ServiceMaintenance:
             contracts = "contract_id IN (SELECT contract_id FROM crm_sv_contracts)"
             if self._count("crm_sv_contracts"):
                 scratch.events(self._rows(_CONTRACT_READS, contracts, payloads=True))
-                run(contract_terms_sql(SCRATCH))
+                scratch.build(contract_terms_sql(SCRATCH))
                 run(
                     f"INSERT INTO crm_sv_cov SELECT customer_id FROM {s}.contract_terms WHERE {contracts} "
                     f"UNION SELECT customer_id FROM {SCRATCH}.contract_terms"
@@ -232,7 +248,7 @@ class ServiceMaintenance:
                     self._rows(_SLA_READS, f"{sla} AND event_type IN {_CASE_STEPS}", with_end=True)
                 )
                 scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
-                run(sla_case_sql(SCRATCH))
+                scratch.build(sla_case_sql(SCRATCH))
                 run(f"DELETE FROM {s}.sla_case WHERE {sla}")
                 run(f"INSERT INTO {s}.sla_case SELECT * FROM {SCRATCH}.sla_case")
                 scratch.clear()
@@ -256,7 +272,7 @@ class ServiceMaintenance:
                 visits = "visit_id IN (SELECT visit_id FROM crm_sv_visits)"
                 scratch.events(self._rows(_VISIT_READS, visits, payloads=True))
                 scratch.view("team_history", f"SELECT * FROM {s}.team_history")
-                run(field_visit_sql(SCRATCH))
+                scratch.build(field_visit_sql(SCRATCH))
                 run(
                     f"INSERT INTO crm_sv_fv_customers SELECT customer_id FROM {s}.field_visit WHERE {fv} "
                     f"UNION SELECT customer_id FROM {SCRATCH}.field_visit"
@@ -315,7 +331,7 @@ class ServiceMaintenance:
         periods = f"coalesce(period, '') IN (SELECT coalesce(period, '') FROM {_PERIODS})"
         with Scratch(self.connection) as scratch:
             scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
-            run(retention_sql(SCRATCH, f"{s}.customer_profile", periods))
+            scratch.build(retention_sql(SCRATCH, f"{s}.customer_profile", periods))
             run(f"DELETE FROM {s}.retention_month WHERE {periods}")
             run(f"INSERT INTO {s}.retention_month SELECT * FROM {SCRATCH}.retention_month")
             scratch.clear()
@@ -346,10 +362,7 @@ class ServiceMaintenance:
             return
         customers = "customer_id IN (SELECT customer_id FROM crm_sv_customers)"
         with Scratch(self.connection) as scratch:
-            run(
-                f"CREATE TABLE {SCRATCH}.customer_profile AS "
-                f"SELECT * FROM {s}.customer_profile WHERE {customers}"
-            )
+            scratch.table("customer_profile", f"SELECT * FROM {s}.customer_profile WHERE {customers}")
             scratch.events(
                 self._rows(
                     _INSTALL_READS,
@@ -360,7 +373,7 @@ class ServiceMaintenance:
             )
             scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers}")
             scratch.view("field_visit", f"SELECT * FROM {s}.field_visit WHERE {customers}")
-            run(profile_service_sql(SCRATCH))
+            scratch.build(profile_service_sql(SCRATCH))
             run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
             run(f"INSERT INTO {s}.customer_profile BY NAME SELECT * FROM {SCRATCH}.customer_profile")
             scratch.clear()
@@ -376,7 +389,7 @@ def maintain_goals(connection: duckdb.DuckDBPyConnection, v: str, payloads: str,
         for table in ("kpi_team_month", "reward_score", "reward_components"):
             scratch.view(table, f"SELECT * FROM {v}.{table}")
         for statement in goal_model_sql(SCRATCH):
-            run(statement)
+            scratch.build(statement)
         for table in GOAL_TABLES:
             run(f"DELETE FROM {v}.{table}")
             run(f"INSERT INTO {v}.{table} SELECT * FROM {SCRATCH}.{table}")
