@@ -7,18 +7,25 @@ commit of every read model. As `project --follow` does, one Projector (its appen
 decoder, its log handle and its maintainer) serves every round, and the database file is
 let go of between rounds (an idle follower releases it for other commands: closing
 checkpoints it, outside the latency; the next refresh opens it again, inside it). Baseline
-in the same run: a full rebuild of the version from the same log.
+in the same run: a full rebuild of the version from the same log; with `--old-design REV`,
+also this benchmark as it is at that revision (a clean export, the same cached ledger),
+run right after.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from common import BENCH_DIR, arguments, prepared_ledger, report, timed
+from common import BENCH_DIR, ROOT, arguments, prepared_ledger, report, timed
 
 from ledger.application import LedgerApplication
 from projections.engine import Projector
@@ -46,6 +53,28 @@ class CappedLedger:
 
     def max_position(self) -> int:
         return self.cap
+
+
+def old_design(rev: str, events: int, seed: int) -> dict[str, Any]:
+    """This benchmark's figures at revision `rev`, run from a clean export on the cached ledger."""
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder) / "tree"
+        cache = tree / ".crm-ledger" / "bench"
+        cache.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        for cached in BENCH_DIR.glob(f"ledger-{events}-{seed}.*"):
+            (cache / cached.name).symlink_to(cached)
+        out = subprocess.run(
+            [sys.executable, "bench/follow.py", "--events", str(events), "--seed", str(seed)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)},
+        )
+    figures: dict[str, Any] = json.loads(out.stdout)
+    return figures
 
 
 def main() -> None:
@@ -78,6 +107,18 @@ def main() -> None:
     latencies.sort()
     p50 = statistics.median(latencies)
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+    figures: dict[str, Any] = {}
+    if args.old_design:
+        old = old_design(args.old_design, args.events, args.seed)
+        figures = {
+            "old_design": args.old_design,
+            "old_design_latency_p50_s": old["latency_p50_s"],
+            "old_design_latency_p95_s": old["latency_p95_s"],
+            "old_design_full_rebuild_s": old["baseline_full_rebuild_s"],
+            "old_design_share_of_full_rebuild": old["incremental_share_of_full_rebuild"],
+            "old_design_load_average": old["load_average"],
+            "p50_vs_old_design": round(old["latency_p50_s"] / p50, 2),
+        }
     report(
         "follow",
         {
@@ -96,6 +137,7 @@ def main() -> None:
             # Other work on the same cores moves every figure: the 1-minute load average
             # before and after the rounds says how much.
             "load_average": [round(load_before, 2), round(load_after, 2)],
+            **figures,
         },
     )
 

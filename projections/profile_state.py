@@ -56,32 +56,52 @@ def _x() -> str:
 
 
 def partials_select(ev: str) -> str:
-    """One partial row per customer of the events of `ev` (columns of the log)."""
+    """One partial row per customer of the events of `ev` (columns of the log).
+
+    The latest details and the survey sums are aggregated over their own events only (a
+    FILTER would evaluate their keys and products for every event: 2x the time at 1M).
+    A customer without such events has NULL there, which combining and the profile read
+    as none.
+    """
     latest = {"csat_latest": "csat", "nps_latest": "nps"}
-    parts = [
-        *(f"count(*) FILTER (WHERE {where}) AS {name}" for name, where in _COUNTS),
-        *(
+
+    def latest_of(names: tuple[str, ...]) -> str:
+        return ", ".join(
             f"max({_KEY}) FILTER (WHERE {where}) AS {name}_key, "
             f"arg_max({latest.get(name, name)}, {_KEY}) FILTER (WHERE {where}) AS {name}"
             for name, where in _LATEST
-        ),
+            if name in names
+        )
+
+    activity = [
+        *(f"count(*) FILTER (WHERE {where}) AS {name}" for name, where in _COUNTS),
         f"min(occurred_at) FILTER (WHERE event_type IN ({_CONTACTS})) AS first_contact_at",
         f"max(occurred_at) FILTER (WHERE event_type IN ({_CONTACTS})) AS last_contact_at",
         "min(occurred_at) FILTER (WHERE event_type = 'CustomerRegistered') AS registered_at",
         "bool_or(event_type = 'CustomerForgotten') AS forgotten",
     ]
+    surveys = [latest_of(("csat_latest", "nps_latest"))]
     for s in _SCORES:
-        y, valued = f"{s}::HUGEINT", f"{_SURVEY} AND {s} IS NOT NULL"
-        parts += [
-            f"count({s}) FILTER (WHERE {_SURVEY}) AS {s}_n",
-            f"sum({y}) FILTER (WHERE {_SURVEY}) AS {s}_sum",
-            f"sum({_x()} * {y}) FILTER (WHERE {valued}) AS {s}_sxy",
-            f"sum({_x()}) FILTER (WHERE {valued}) AS {s}_sx",
-            f"sum({_x()} * {_x()}) FILTER (WHERE {valued}) AS {s}_sxx",
+        y = f"{s}::HUGEINT"
+        surveys += [
+            f"count({s}) AS {s}_n",
+            f"sum({y}) AS {s}_sum",
+            f"sum({_x()} * {y}) FILTER (WHERE {s} IS NOT NULL) AS {s}_sxy",
+            f"sum({_x()}) FILTER (WHERE {s} IS NOT NULL) AS {s}_sx",
+            f"sum({_x()} * {_x()}) FILTER (WHERE {s} IS NOT NULL) AS {s}_sxx",
         ]
-    return (
-        f"SELECT customer_id, {', '.join(parts)} FROM {ev} WHERE customer_id IS NOT NULL GROUP BY customer_id"
-    )
+    return f"""
+WITH ev AS (SELECT * FROM {ev} WHERE customer_id IS NOT NULL),
+activity AS (SELECT customer_id, {", ".join(activity)} FROM ev GROUP BY customer_id),
+details AS (
+    SELECT customer_id, {latest_of(("segment", "region"))}
+    FROM ev WHERE event_type IN ({_DETAILS}) GROUP BY customer_id
+),
+surveys AS (SELECT customer_id, {", ".join(surveys)} FROM ev WHERE {_SURVEY} GROUP BY customer_id)
+SELECT a.*, d.* EXCLUDE (customer_id), s.* EXCLUDE (customer_id)
+FROM activity a
+LEFT JOIN details d ON d.customer_id = a.customer_id
+LEFT JOIN surveys s ON s.customer_id = a.customer_id"""
 
 
 def combined_select(partials: str) -> str:
@@ -139,7 +159,7 @@ def merge_sql(s: str, new: str) -> list[str]:
     cases = "(case_id, customer_id) IN (SELECT case_id, customer_id FROM crm_pf_new_cases)"
     return [
         "CREATE OR REPLACE TEMP TABLE crm_pf_partials AS "
-        + combined_select(f"({stored} UNION ALL BY NAME {partials_select(new)})"),
+        + combined_select(f"({stored} UNION ALL BY NAME SELECT * FROM ({partials_select(new)}))"),
         f"DELETE FROM {s}.{PARTIALS} WHERE {named}",
         f"INSERT INTO {s}.{PARTIALS} BY NAME SELECT * FROM crm_pf_partials",
         f"CREATE OR REPLACE TEMP TABLE crm_pf_new_cases AS {case_partials_select(new)}",
