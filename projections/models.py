@@ -69,8 +69,11 @@ def measures_sql(v: str, ev: str, scope: str = "TRUE") -> str:
     (CASE_MEASURES) on its case's events, and on the employee's team history. The rows out
     of scope are dropped before the team history is joined: DuckDB does not push the
     condition below the ASOF join, which otherwise attributes every row read (13,656 rows
-    for 440 kept in a 1,000-event update at 1M: 54 of the statement's 63 ms).
+    for 440 kept in a 1,000-event update at 1M: 54 of the statement's 63 ms). A full build
+    (no scope) reads `raw` itself: Spark's optimizer fails on the filtered copy of a union.
     """
+    scoped = "" if scope == "TRUE" else f",\nscoped AS (SELECT * FROM raw WHERE {scope})"
+    source = "raw" if scope == "TRUE" else "scoped raw"
     return f"""
 WITH ev AS (SELECT * FROM {ev}),
 first_res AS (
@@ -138,11 +141,10 @@ raw AS (
     UNION ALL
     SELECT employee_id, occurred_at, 'share', 1, NULL, NULL, NULL, article_id, event_id, case_id
     FROM ev WHERE event_type = 'KnowledgeShared'
-),
-scoped AS (SELECT * FROM raw WHERE {scope})
+){scoped}
 SELECT raw.employee_id, coalesce(th.team_id, '(none)') AS team_id, raw.occurred_at,
        raw.measure, raw.value, raw.fcr, raw.reopened, raw.knowledge, raw.ref, raw.event_id, raw.case_id
-FROM scoped raw
+FROM {source}
 ASOF LEFT JOIN {v}.team_history th
     ON raw.employee_id = th.employee_id AND raw.occurred_at >= th.valid_from"""
 
