@@ -5,7 +5,8 @@ and earlier tables of schema `v`. Here the same functions run against a scratch 
 whose `events` holds only the index rows of the touched keys (projections.logindex) and
 whose other inputs are views of the version's tables; their results replace the touched
 keys' rows. Events with a payload (contracts, visits, installed products, goals) are looked
-up in the index's table of payload events, a tenth of its rows. Touched keys, for the new events of an update:
+up in the index's table of payload events, a tenth of its rows. Touched keys, for the new
+events of an update:
 
 - `contract_terms`, by contract: the contracts named by new contract events (a term
   depends on its contract's events only).
