@@ -3,19 +3,29 @@
 With about 1M events in the decoded log and a version built over it, batches of 1,000 new
 events are appended (decoded, committed to the log) and the version is updated
 incrementally; each round's latency is from the first read of the new events to the
-commit of every read model. Baseline in the same run: a full rebuild of the version from
-the same log.
+commit of every read model. As `project --follow` does, one Projector (its appender, its
+decoder, its log handle and its maintainer) serves every round, and the database file is
+let go of between rounds (an idle follower releases it for other commands: closing
+checkpoints it, outside the latency; the next refresh opens it again, inside it). Baseline
+in the same run: a full rebuild of the version from the same log; with `--old-design REV`,
+also this benchmark as it is at that revision (a clean export, the same cached ledger),
+run right after.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from common import BENCH_DIR, arguments, prepared_ledger, report, timed
+from common import BENCH_DIR, ROOT, arguments, prepared_ledger, report, timed
 
 from ledger.application import LedgerApplication
 from projections.engine import Projector
@@ -45,6 +55,28 @@ class CappedLedger:
         return self.cap
 
 
+def old_design(rev: str, events: int, seed: int) -> dict[str, Any]:
+    """This benchmark's figures at revision `rev`, run from a clean export on the cached ledger."""
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder) / "tree"
+        cache = tree / ".crm-ledger" / "bench"
+        cache.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        for cached in BENCH_DIR.glob(f"ledger-{events}-{seed}.*"):
+            (cache / cached.name).symlink_to(cached)
+        out = subprocess.run(
+            [sys.executable, "bench/follow.py", "--events", str(events), "--seed", str(seed)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)},
+        )
+    figures: dict[str, Any] = json.loads(out.stdout)
+    return figures
+
+
 def main() -> None:
     args = arguments(__doc__ or "", 1_000_000)
     app = prepared_ledger(args.events, args.seed)
@@ -59,19 +91,34 @@ def main() -> None:
     source = LedgerSource(ledger)  # type: ignore[arg-type]
     Projector(db, version, source, app.codec).run()
     _, full_s = timed(lambda: Maintainer(db, version).update(full=True))
-    latencies = []
+    latencies, releases = [], []
+    projector = Projector(db, version, source, app.codec)
+    db.release()
     load_before = os.getloadavg()[0]
     for _ in range(ROUNDS):
         ledger.cap += NEW_EVENTS
-        stats, seconds = timed(lambda: Projector(db, version, source, app.codec).run())
+        stats, seconds = timed(projector.run)
         assert stats.applied == NEW_EVENTS, stats
         latencies.append(seconds)
+        releases.append(timed(db.release)[1])
     load_after = os.getloadavg()[0]
     db.close()
     rounds_s = [round(s, 3) for s in latencies]
     latencies.sort()
     p50 = statistics.median(latencies)
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+    figures: dict[str, Any] = {}
+    if args.old_design:
+        old = old_design(args.old_design, args.events, args.seed)
+        figures = {
+            "old_design": args.old_design,
+            "old_design_latency_p50_s": old["latency_p50_s"],
+            "old_design_latency_p95_s": old["latency_p95_s"],
+            "old_design_full_rebuild_s": old["baseline_full_rebuild_s"],
+            "old_design_share_of_full_rebuild": old["incremental_share_of_full_rebuild"],
+            "old_design_load_average": old["load_average"],
+            "p50_vs_old_design": round(old["latency_p50_s"] / p50, 2),
+        }
     report(
         "follow",
         {
@@ -85,9 +132,12 @@ def main() -> None:
             "goal_latency_p50_s": GOAL_LATENCY_S,
             "goal_share_of_full_rebuild": GOAL_SHARE_OF_FULL,
             "rounds_s": rounds_s,
+            # Letting go of the file after a round (a checkpoint), while the follower is idle.
+            "release_after_round_p50_s": round(statistics.median(releases), 3),
             # Other work on the same cores moves every figure: the 1-minute load average
             # before and after the rounds says how much.
             "load_average": [round(load_before, 2), round(load_after, 2)],
+            **figures,
         },
     )
 

@@ -15,7 +15,9 @@ this property on random chunks with late and out-of-order events).
 
 The touched keys' rows are found in the source's log index (projections.logindex: the
 log's typed columns in DuckDB, one per source, synced in the same transaction), not by a
-scan of the Delta table. The service tables and the profile's service columns are kept by
+scan of the Delta table. The named customers' profiles are combined from stored partial
+aggregates and the new events alone (projections.profile_state), without reading their
+earlier events. The service tables and the profile's service columns are kept by
 contract, case and customer, including the rows that only "now" (the log's last event)
 changes (projections.service_maintain); the team goal tables, marked `whole` in
 projections.readmodels, are rebuilt after the scores from the index's goal events. A new
@@ -35,10 +37,10 @@ from projections.models import (
     ANSWERS,
     CASE_MEASURES,
     FROM_ROWS_MEASURES,
+    PERIOD_STARTS,
     PERIODS,
     answers_histogram_sql,
     complaint_kpi_select,
-    customer_profile_select,
     kpi_days_sql,
     kpi_from_days_select,
     kpi_rethreshold_select,
@@ -51,6 +53,8 @@ from projections.models import (
     spec_independent_sql,
     team_history_sql,
 )
+from projections.profile_state import CASES, PARTIALS, merge_sql, profile_select, state_sql
+from projections.profile_state import TEMPS as PROFILE_TEMPS
 from projections.service_maintain import KEY_TABLES, ServiceMaintenance, maintain_goals
 from projections.service_models import (
     SERVICE_MEASURES,
@@ -99,28 +103,11 @@ _TEMPS = (
     "crm_statements",
     "crm_service",
     "crm_ev_rows",
-    "crm_customer_rows",
+    "crm_old_rows",
 )
 #: The KPI tables' inputs during an update: the per-day aggregates of the touched span's
 #: measures, and the span's measure rows of the KPIs that days do not combine into.
 _KPI_DAYS, _KPI_ROWS = "crm_kpi_days", "crm_kpi_rows"
-#: The columns customer_profile_select reads (and the keys that tell a row's case).
-_PROFILE_READS = (
-    "stream",
-    "position",
-    "customer_id",
-    "event_type",
-    "occurred_at",
-    "notification_id",
-    "case_id",
-    "source_case_id",
-    "kind",
-    "channel",
-    "csat",
-    "nps",
-    "segment",
-    "region",
-)
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
 _STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
 
@@ -187,7 +174,7 @@ class Maintainer:
             if full or recorded != snapshot:
                 if full:
                     self._materialise(s, "TRUE")
-                    for statement in spec_independent_sql(s, EV, f"{s}.events"):
+                    for statement in [*spec_independent_sql(s, EV, f"{s}.events"), *state_sql(s, EV)]:
                         con.execute(statement)
                     new = int(con.execute(f"SELECT count(*) FROM {EV}").fetchone()[0])  # type: ignore[index]
                     events = new
@@ -204,7 +191,7 @@ class Maintainer:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
                 self.db.mark_built(version, snapshot, events)
                 parent = version
-            for temp in (EV, *_TEMPS, *KEY_TABLES, _KPI_DAYS, _KPI_ROWS):
+            for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS, _KPI_DAYS, _KPI_ROWS):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
         return UpdateResult(snapshot, new, full)
 
@@ -218,10 +205,11 @@ class Maintainer:
     def _materialise_touched(self, s: str) -> None:
         """Only the events an incremental update reads, as EV, from the source's index.
 
-        That is the new events, every event of the cases they touch (and of the other
-        complaints opened by the same team in the same month, which share a complaint row),
-        and every event of the customers they name. A team change re-attributes all of an
-        employee's measures: then (rarely) the whole snapshot is read.
+        That is the new events and every event of the cases they touch (and of the other
+        complaints opened by the same team in the same month, which share a complaint row).
+        The named customers' earlier events are not read: their profiles combine the new
+        events with stored partial aggregates (projections.profile_state). A team change
+        re-attributes all of an employee's measures: then (rarely) the whole snapshot is read.
         """
         run = self.db.connection.execute
         index, visible = self.index.table, self.visible
@@ -286,18 +274,6 @@ class Maintainer:
             f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT {columns} FROM {index} "
             "WHERE rowid IN (SELECT r FROM crm_ev_rows)"
         )
-        # The named customers' other events feed only their profiles: only the columns the
-        # profile reads are fetched, the others stay NULL, so these rows give no measure
-        # (their cases are not touched) and no complaint row (no team).
-        run(
-            f"CREATE OR REPLACE TEMP TABLE crm_customer_rows AS SELECT rowid AS r FROM {index} "
-            f"WHERE {visible} AND customer_id IN (SELECT customer_id FROM crm_fresh) "
-            "EXCEPT SELECT r FROM crm_ev_rows"
-        )
-        run(
-            f"INSERT INTO {EV} BY NAME SELECT {', '.join(_PROFILE_READS)} FROM {index} "
-            "WHERE rowid IN (SELECT r FROM crm_customer_rows)"
-        )
 
     def _spec_tables(
         self,
@@ -339,7 +315,7 @@ class Maintainer:
         run(f"INSERT INTO {v}.reward_components {reward_components_select(v, spec, months)}")
         run(f"DELETE FROM {v}.reward_score WHERE {months}")
         run(f"INSERT INTO {v}.reward_score {reward_score_select(v, spec, version.version, months)}")
-        maintain_goals(self.db.connection, v, self.index.table, visible_sql(version.as_of))
+        maintain_goals(self.db.connection, v, self.index.payloads, visible_sql(version.as_of))
 
     def _kpis(self, v: str, spec: MetricSpec) -> None:
         """KPI rows of the touched (employee, team, period) and (team, period), per grain.
@@ -361,21 +337,24 @@ class Maintainer:
         run(kpi_days_sql(f"{v}.measures m", spec, _KPI_DAYS, span))
         read = ", ".join(f"'{m}'" for m in FROM_ROWS_MEASURES)
         run(
-            # The KPIs read neither the event nor the case of a measure (crm_ledger.kpis).
-            f"CREATE OR REPLACE TEMP TABLE {_KPI_ROWS} AS SELECT * EXCLUDE (event_id, case_id) "
-            f"FROM {v}.measures m WHERE {span} AND measure IN ({read})"
+            # Only the columns the KPIs read of these measures (crm_ledger.kpis: the value of
+            # `solved`, the case of `handled`).
+            f"CREATE OR REPLACE TEMP TABLE {_KPI_ROWS} AS SELECT employee_id, team_id, occurred_at, "
+            f"measure, value, ref FROM {v}.measures m WHERE {span} AND measure IN ({read})"
         )
         for grain, period in PERIODS.items():
+            # The touched periods by their first day (what the rows are grouped by) and text.
+            start = PERIOD_STARTS[grain]
             run(
                 f"CREATE OR REPLACE TEMP TABLE crm_aff AS SELECT DISTINCT employee_id, team_id, "
-                f"{period} AS period FROM crm_touched"
+                f"{start} AS start, {period} AS period FROM crm_touched"
             )
             table = f"{v}.kpi_employee_{grain}"
             run(
                 f"DELETE FROM {table} USING crm_aff a WHERE {table}.employee_id IS NOT DISTINCT FROM "
                 f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
             )
-            keys = f"(employee_id, team_id, {period}) IN (SELECT employee_id, team_id, period FROM crm_aff)"
+            keys = f"(employee_id, team_id, {start}) IN (SELECT employee_id, team_id, start FROM crm_aff)"
             select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=False, where=keys)
             run(f"INSERT INTO {table} {select}")
             table = f"{v}.kpi_team_{grain}"
@@ -383,7 +362,7 @@ class Maintainer:
                 f"DELETE FROM {table} WHERE (team_id, period) IN "
                 "(SELECT DISTINCT team_id, period FROM crm_aff)"
             )
-            keys = f"(team_id, {period}) IN (SELECT DISTINCT team_id, period FROM crm_aff)"
+            keys = f"(team_id, {start}) IN (SELECT DISTINCT team_id, start FROM crm_aff)"
             select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=True, where=keys)
             run(f"INSERT INTO {table} {select}")
 
@@ -438,11 +417,16 @@ class Maintainer:
             f"measure NOT IN ({_SERVICE}) AND "
             f"({emp} OR (measure IN ({cases}) AND case_id IN (SELECT case_id FROM crm_case)))"
         )
+        # The rows found once, by their key columns; then read and deleted by row id (cheaper
+        # than evaluating the condition over `measures` twice).
+        find = f"SELECT rowid AS r FROM {s}.measures WHERE {old_scope}"
+        run(f"CREATE OR REPLACE TEMP TABLE crm_old_rows AS {find}")
+        old_rows = "rowid IN (SELECT r FROM crm_old_rows)"
         run(
             f"CREATE OR REPLACE TEMP TABLE crm_touched AS SELECT employee_id, team_id, occurred_at "
-            f"FROM {s}.measures WHERE {old_scope}"
+            f"FROM {s}.measures WHERE {old_rows}"
         )
-        run(f"DELETE FROM {s}.measures WHERE {old_scope}")
+        run(f"DELETE FROM {s}.measures WHERE {old_rows}")
         new_scope = (
             "raw.employee_id IN (SELECT employee_id FROM crm_emp)"
             f" OR (raw.measure IN ({cases}) AND raw.case_id IN (SELECT case_id FROM crm_case))"
@@ -452,7 +436,9 @@ class Maintainer:
         run(f"INSERT INTO {s}.measures SELECT * FROM crm_measures")
         run("INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM crm_measures")
         moved = run("SELECT count(*) FROM crm_emp").fetchone() != (0,)
-        service = ServiceMaintenance(self.db.connection, s, self.index.table, self.visible, *self._ends)
+        service = ServiceMaintenance(
+            self.db.connection, s, self.index.table, self.index.payloads, self.visible, *self._ends
+        )
         if moved:
             self._service_tables(s)
         else:
@@ -466,7 +452,15 @@ class Maintainer:
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
-        run(f"INSERT INTO {s}.customer_profile BY NAME {customer_profile_select(EV, customers)}")
+        if self._has_profile_state(s):
+            for statement in merge_sql(s, "crm_new"):
+                run(statement)
+        else:
+            # Built before the profile kept partial aggregates (or by another engine): they
+            # are built once from every event the version reads, the new ones included.
+            for statement in state_sql(s, f"(SELECT * FROM {self.index.table} WHERE {self.visible})"):
+                run(statement)
+        run(f"INSERT INTO {s}.customer_profile BY NAME {profile_select(s, customers)}")
         if moved:
             run(profile_service_sql(s))
         else:
@@ -492,6 +486,14 @@ class Maintainer:
             run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
             run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
         return new
+
+    def _has_profile_state(self, s: str) -> bool:
+        row = self.db.connection.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = ? AND table_name IN (?, ?)",
+            [s, PARTIALS, CASES],
+        ).fetchone()
+        return row == (2,)
 
     def _service_tables(self, s: str) -> None:
         """Rebuild the service tables whole, and their measure rows; pass on the changed rows' keys.

@@ -366,3 +366,33 @@ def test_late_details_contracts_and_old_months_equal_a_full_rebuild(tmp_path: Pa
     assert len(retention) > 2
     live.close()
     app.close()
+
+
+def test_one_follower_over_many_chunks_equals_a_full_rebuild(tmp_path: Path) -> None:
+    """One Projector for every chunk, as `project --follow` keeps one, compared after each.
+
+    Between its updates the follower keeps its log handle and the index's last positions;
+    another projector updating the same database in between must make it find them again.
+    A database from before the index kept its payload events apart and the profile kept
+    partial aggregates (both tables dropped) is brought up to date exactly as well.
+    """
+    app = _ledger(tmp_path, 3, 40, 4)
+    messages = _shuffled(app, random.Random(3), 0.2)
+    size = len(messages) // 7 + 1
+    live = ProjectionDB(tmp_path / "live.duckdb")
+    version = live.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)
+    follower = Projector(live, version, ShuffledSource(messages, [size]), app.codec)
+    step = 0
+    while live.find_version(version.version).events < len(messages):
+        if step == 2:
+            Projector(live, version, ShuffledSource(messages, [size]), app.codec).run()
+        if step == 4:
+            for table in ("main.crm_index_shuffled_payloads", f"{version.schema}.profile_partials"):
+                live.connection.execute(f"DROP TABLE {table}")
+        follower.run()
+        _assert_equals_a_full_rebuild(live, version, tmp_path / f"rebuilt-{step}.duckdb", step)
+        live.release()  # as an idle follower does
+        step += 1
+    assert step >= 5
+    live.close()
+    app.close()
