@@ -1,9 +1,10 @@
 """Input files as byte streams, plain or compressed as they were downloaded.
 
 Public exports usually come compressed (the CFPB database as `complaints.csv.zip`, dumps
-as `.gz`), and unpacking a multi-GB file first doubles the disk it needs. The format is
-told by the file's first bytes, not its name: a `.zip` holding one file, gzip, bzip2 and
-xz are read as a stream, anything else as it is.
+as `.gz`), and unpacking a multi-GB file first doubles the disk it needs. A name ending
+in `.zip` (an archive holding one file), `.gz`, `.bz2` or `.xz` is read as a decompressed
+stream, anything else as it is. The name decides, never the first bytes: a plain JSON
+line may well begin with `BZh` or `PK`.
 
 A compressed stream can be damaged (a download cut short, a flipped byte). The reader
 then ends at the damage instead of raising mid-import: the records read before it land
@@ -26,10 +27,8 @@ from typing import IO
 
 from ledger.errors import ValidationError
 
-_GZIP = b"\x1f\x8b"
-_BZIP2 = b"BZh"
-_XZ = b"\xfd7zXZ\x00"
-_ZIP = b"PK\x03\x04"
+#: The compression each name ending stands for.
+_COMPRESSIONS = {".zip": "zip", ".gz": "gzip", ".gzip": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 #: Decompressed bytes asked for per read.
 _READ_BYTES = 64 << 10
 #: What a damaged compressed stream raises while it is read.
@@ -37,13 +36,8 @@ _DAMAGE = (EOFError, OSError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, Va
 
 
 def compression(path: Path) -> str | None:
-    """The compression of `path` from its first bytes ('zip', 'gzip', 'bzip2', 'xz'), or None."""
-    with path.open("rb") as handle:
-        head = handle.read(6)
-    for magic, name in ((_GZIP, "gzip"), (_BZIP2, "bzip2"), (_XZ, "xz"), (_ZIP, "zip")):
-        if head.startswith(magic):
-            return name
-    return None
+    """The compression `path`'s name gives ('zip', 'gzip', 'bzip2', 'xz'), or None for a plain file."""
+    return _COMPRESSIONS.get(path.suffix.lower())
 
 
 def _zip_member(archive: zipfile.ZipFile, path: Path) -> zipfile.ZipInfo:
@@ -91,7 +85,7 @@ _OPENERS: dict[str, type[gzip.GzipFile] | type[bz2.BZ2File] | type[lzma.LZMAFile
 }
 
 #: Name endings of the compressed forms `open_input` reads.
-COMPRESSED_SUFFIXES = frozenset({".zip", ".gz", ".gzip", ".bz2", ".xz"})
+COMPRESSED_SUFFIXES = frozenset(_COMPRESSIONS)
 
 
 def data_suffix(path: Path) -> str:

@@ -138,3 +138,19 @@ def test_the_gzip_size_is_the_decompressed_size(tmp_path: Path) -> None:
     plain = tmp_path / "a.csv"
     plain.write_bytes(data)
     assert input_size(plain) == len(data)
+
+
+def test_the_name_decides_never_the_first_bytes(registry: SchemaRegistry, tmp_path: Path) -> None:
+    parser = RecordParser(registry, now_ms=NOW_MS)
+    # Plain lines that begin like bzip2, zip and gzip data are plain lines (one reject each).
+    plain = tmp_path / "odd.jsonl"
+    plain.write_bytes(b"BZh\nPK\x03\x04\n\x1f\x8b\n")
+    records = list(read_file(plain, parser))
+    assert [r.location for r in records] == ["odd.jsonl:1", "odd.jsonl:2", "odd.jsonl:3"]
+    assert all(r.error is not None and r.error.field != "(file)" for r in records)
+    # A plain file named as gzip is one reject saying so, not a crash.
+    misnamed = tmp_path / "plain.jsonl.gz"
+    misnamed.write_bytes(b'{"type": "x"}\n')
+    (only,) = list(read_file(misnamed, parser))
+    assert only.error is not None and only.error.field == "(file)"
+    assert "compressed data damaged after 0 bytes" in only.error.reason
