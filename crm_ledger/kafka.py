@@ -20,6 +20,8 @@ _LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 _LIBRDKAFKA_LOG.propagate = False
 DEFAULT_BROKER_TIMEOUT_S = 60.0
 UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+#: How long after the broker is back a failure while it listens counts as part of the same outage.
+RESTART_SETTLING_S = 30.0
 
 
 class BrokerWatch:
@@ -36,6 +38,8 @@ class BrokerWatch:
         self.timeout_s = timeout_s
         self._say = say
         self.down_since: float | None = None
+        self._back_at: float | None = None  # when the broker was last told to be back
+        self._hiccup = False  # the current trouble is a hiccup just after a restart
 
     def client_config(self) -> dict[str, Any]:
         return {"error_cb": self.on_error, "logger": _LIBRDKAFKA_LOG}
@@ -45,14 +49,28 @@ class BrokerWatch:
             self.went_away()
 
     def went_away(self) -> None:
-        if self.down_since is None:
-            self.down_since = time.monotonic()
+        if self.down_since is not None:
+            return
+        now = time.monotonic()
+        self.down_since = now
+        # Just after a restart a listening broker can still fail a request (a connection made
+        # while it was away reporting late, its coordinators still loading): a hiccup of the
+        # same outage, retried like one, but not told as a second one.
+        self._hiccup = (
+            self._back_at is not None
+            and now - self._back_at < RESTART_SETTLING_S
+            and broker_listens(self.bootstrap, 0.5)
+        )
+        if not self._hiccup:
             self._say(f"Kafka at {self.bootstrap} is unreachable; retrying for up to {self.timeout_s:g} s")
 
     def is_back(self) -> None:
         if self.down_since is not None:
             self.down_since = None
-            self._say(f"Kafka at {self.bootstrap} is back")
+            if not self._hiccup:
+                self._back_at = time.monotonic()
+                self._say(f"Kafka at {self.bootstrap} is back")
+            self._hiccup = False
 
     def check_while_idle(self, what: str) -> None:
         """With nothing to send or read, say when the broker is back, or give up after the timeout."""
