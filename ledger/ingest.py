@@ -280,7 +280,9 @@ def parse_workers_for(path: Path) -> int:
     """How many worker processes parse this file: none for small files or a single core."""
     cores = os.cpu_count() or 1
     size = input_size(path)
-    return 0 if cores < 2 or (size or path.stat().st_size) < PARALLEL_PARSE_BYTES else cores
+    if size is None:  # a compression that does not record its size: judge by the file
+        size = path.stat().st_size
+    return 0 if cores < 2 or size < PARALLEL_PARSE_BYTES else cores
 
 
 def read_jsonl(

@@ -107,10 +107,9 @@ def data_suffix(path: Path) -> str:
 class InputStream(io.RawIOBase):
     """A decompressing reader that ends at damage instead of raising, and says where it was."""
 
-    def __init__(self, inner: IO[bytes] | io.BufferedIOBase, name: str) -> None:
+    def __init__(self, inner: IO[bytes] | io.BufferedIOBase) -> None:
         super().__init__()
         self._inner = inner
-        self._name = name
         self._lines = 0
         self._bytes = 0
         #: Why the stream ended early, as a rejected record's error; None while it is sound.
@@ -171,7 +170,7 @@ def open_input(path: Path) -> Iterator[IO[bytes]]:
             inner = stack.enter_context(archive.open(_zip_member(archive, path)))
         else:
             inner = stack.enter_context(_OPENERS[kind](path, "rb"))
-        yield stack.enter_context(io.BufferedReader(InputStream(inner, path.name), 1 << 20))
+        yield stack.enter_context(io.BufferedReader(InputStream(inner), 1 << 20))
 
 
 def input_damage(handle: IO[bytes]) -> tuple[int, ValidationError] | None:

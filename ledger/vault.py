@@ -169,17 +169,19 @@ class PersonalDataVault:
         if not customer_ids:
             return
         with self._transaction() as cursor:
-            self._delete(cursor, customer_ids)
+            self.delete_keys_in(cursor, customer_ids)
         self.wipe_log()
 
     def delete_keys_in(self, cursor: Any, customer_ids: Collection[str]) -> None:
-        """Delete keys through a cursor of the event store's transaction (`in_event_store`).
+        """Delete keys through a cursor of a transaction: the vault's own (`delete_keys`), or the
+        event store's when the keys live there (`in_event_store`).
 
         Then `wipe_log` once it is committed (and `drop_cached`).
         """
         if self._sqlite:
             cursor.execute("PRAGMA secure_delete = ON")
-        self._delete(cursor, customer_ids)
+        for customer_id in customer_ids:
+            cursor.execute(f"DELETE FROM {_TABLE} WHERE customer_id = {self._mark}", (customer_id,))
 
     def wipe_log(self) -> None:
         """After deleting keys: no copy of them is left in SQLite's write-ahead log."""
@@ -188,10 +190,6 @@ class PersonalDataVault:
             # the keys until the log is checkpointed: copy it back and truncate it now.
             with self._datastore.get_connection(commit=True) as connection:
                 connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def _delete(self, cursor: Any, customer_ids: Collection[str]) -> None:
-        for customer_id in customer_ids:
-            cursor.execute(f"DELETE FROM {_TABLE} WHERE customer_id = {self._mark}", (customer_id,))
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
