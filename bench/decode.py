@@ -30,7 +30,7 @@ from crm_ledger.kafka import delete_topics
 from ledger.relay import Relay, RelayConfig
 from projections.append import LogAppender, PreparedBatch
 from projections.columns import LogBatchBuilder
-from projections.decoders import WorkerConfig
+from projections.decoder_process import WorkerConfig
 from projections.log import DecodedLog
 from projections.scaleout import DecoderPool, supervise
 from projections.sources import KafkaSource, RawBatch
@@ -125,7 +125,7 @@ def with_workers(bootstrap: str, topic: str, count: int) -> int:
 _OLD_WORKERS = """
 import resource, sys, time, uuid
 from pathlib import Path
-from projections.decoders import WorkerConfig
+from projections.decoder_process import WorkerConfig
 from projections.log import DecodedLog
 from projections.scaleout import DecoderPool, supervise
 bootstrap, topic, folder = sys.argv[1:4]

@@ -30,10 +30,8 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -43,8 +41,9 @@ from deltalake.transaction import AddAction
 
 from crm_ledger.collector import collections_paused
 from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
-from crm_ledger.kafka import UNREACHABLE, BrokerWatch, consumer_config
+from crm_ledger.kafka import UNREACHABLE, BrokerWatch
 from projections.columns import LOG_SCHEMA
+from projections.decoder_process import Member, WorkerConfig, WorkerReport, join_group
 from projections.errors import StaleBatchError
 from projections.log import DecodedLog
 from projections.native import NativeBatchBuilder
@@ -58,61 +57,6 @@ COMMIT_ATTEMPTS = 50
 #: How long a consume call waits for messages when none are ready: also how long a worker
 #: may take to notice that it is told to stop (the end of every run without --follow).
 IDLE_WAIT_S = 0.1
-#: how often a worker tells the group it is alive (and hears of a rebalance)
-HEARTBEAT_MS = 500
-#: librdkafka settings that matter for a cold read of a whole topic (measured: consume goes
-#: from ~150k to ~180-220k msg/s): no CRC check of each batch, deeper prefetch, short waits.
-FAST_CONSUMER = {
-    "check.crcs": False,
-    "queued.min.messages": 1_000_000,
-    "fetch.wait.max.ms": 50,
-}
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything a decoder worker process needs (picklable: it crosses a process boundary)."""
-
-    bootstrap: str
-    topic: str
-    group_id: str
-    log_path: Path
-    #: messages per `consume` call
-    batch_size: int = 50_000
-    #: consume calls gathered into one decode and one Delta commit, while they come back full
-    #: (the broker has more ready): fewer, larger commits and fewer Arrow calls per row
-    batches_per_commit: int = 3
-    broker_timeout_s: float = 60.0
-    session_timeout_ms: int = 10_000
-    #: the members the group starts with (set by the pool): see `settle_s`
-    group_size: int = 1
-    #: at start-up, a worker assigned more than its share of the partitions (the first member
-    #: to join gets them all) holds them paused up to this long while the others join, instead
-    #: of reading partitions the coming rebalance hands to another member. With the eager
-    #: protocol that rebalance also waits for the busy member's next poll: measured, two
-    #: workers lost ~3 s of a 10 s cold build to it.
-    settle_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class WorkerReport:
-    """What a worker tells the main process: progress, partitions at their end, or its failure."""
-
-    worker: int
-    events: int = 0
-    dead_letters: int = 0
-    #: partitions read to their end, with everything before the end committed to the log
-    at_end: tuple[int, ...] = ()
-    error: str | None = None
-    transient: bool = False
-    #: where this batch's time went (for benchmarks): seconds in consume (with reading the
-    #: messages), decode, commit; and commits that lost a race and were tried again
-    consume_s: float = 0.0
-    decode_s: float = 0.0
-    commit_s: float = 0.0
-    retries: int = 0
-
-
 class PartitionAppender:
     """Commits a worker's batches to the log, refusing any that another owner overtook."""
 
@@ -261,16 +205,19 @@ def _kept_headers(
     return nids, chains
 
 
-def run_worker(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> None:
-    """A decoder worker process: consume, decode, commit, until `stop` is set.
+def run_worker(
+    worker: int, config: WorkerConfig, stop: Any, reports: Any, member: Member | None = None
+) -> None:
+    """A decoder worker: consume, decode, commit, until `stop` is set.
 
-    Ctrl-C reaches the whole process group; the main process decides when to stop, so the
-    worker ignores it (and never prints a traceback of its own). Failures are reported as
-    one line through `reports`.
+    `member` is the worker's consumer when it joined the group already (see
+    projections.decoder_process); else it joins here. Ctrl-C reaches the whole process
+    group; the main process decides when to stop, so the worker ignores it (and never
+    prints a traceback of its own). Failures are reported as one line through `reports`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _work(worker, config, stop.is_set, reports.put)
+        _work(worker, config, member or join_group(config), stop.is_set, reports.put)
     except CrmLedgerError as error:
         reports.put(
             WorkerReport(worker, error=str(error), transient=isinstance(error, KafkaUnavailableError))
@@ -282,12 +229,20 @@ def run_worker(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> No
 
 
 def _work(
-    worker: int, config: WorkerConfig, should_stop: Callable[[], bool], report: Callable[[WorkerReport], None]
+    worker: int,
+    config: WorkerConfig,
+    member: Member,
+    should_stop: Callable[[], bool],
+    report: Callable[[WorkerReport], None],
 ) -> None:
-    codec = AvroCodec(SchemaRegistry.load(), epoch_millis=True)
-    builder = NativeBatchBuilder(codec)
-    appender = PartitionAppender(DecodedLog(config.log_path))
-    watch = BrokerWatch(config.bootstrap, lambda _: None, config.broker_timeout_s)
+    consumer, watch = member.consumer, member.watch
+    try:
+        codec = AvroCodec(SchemaRegistry.load(), epoch_millis=True)
+        builder = NativeBatchBuilder(codec)
+        appender = PartitionAppender(DecodedLog(config.log_path))
+    except BaseException:
+        consumer.close()
+        raise
     topic = config.topic
 
     settling = Settling(config.group_size, time.monotonic() + config.settle_s)
@@ -304,22 +259,9 @@ def _work(
             appender.expected.pop(kafka_stream(topic, p.partition), None)
         consumer.unassign()
 
-    consumer = Consumer(
-        consumer_config(
-            config.bootstrap,
-            config.group_id,
-            **FAST_CONSUMER,
-            **watch.client_config(),
-            **{
-                "session.timeout.ms": config.session_timeout_ms,
-                # A member learns of a rebalance from its heartbeat: at the default 3 s, a
-                # member joining at start-up waited that long for the first to let go.
-                "heartbeat.interval.ms": HEARTBEAT_MS,
-            },
-        )
-    )
+    member.rebalance.on_assign = assign
+    member.rebalance.on_revoke = revoke
     settling.partitions = _partition_count(consumer, topic, config.settle_s)
-    consumer.subscribe([topic], on_assign=assign, on_revoke=revoke)
     try:
         while not should_stop():
             settling.resume_if_due(consumer)
@@ -365,6 +307,11 @@ class Settling:
         if self.paused and time.monotonic() >= self.until:
             consumer.resume(self.paused)
             self.paused = []
+        elif self.paused:
+            # Wakes librdkafka's main thread, which sends the heartbeat that is due and so
+            # hears of the coming rebalance at once: without this, it heard of it ~0.5 s
+            # later (its own timer), with both workers idle meanwhile.
+            consumer.assignment()
 
 
 def _partition_count(consumer: Consumer, topic: str, timeout_s: float) -> int | None:

@@ -21,15 +21,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from projections.columns import LOG_SCHEMA
 from projections.sources import LEDGER_STREAM, Position
+
+if TYPE_CHECKING:
+    # Only for the types of `register_log`: writers of the log (decoder workers) never load DuckDB.
+    import duckdb
 
 #: The columns of the auditors' `ledger_events` and of each version's `events` view: the log
 #: without its bookkeeping (stream and position are the source's own coordinates).

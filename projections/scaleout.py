@@ -14,12 +14,13 @@ Ctrl-C reaches every process; the workers ignore it and the main process stops t
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
 import signal
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from crm_ledger.errors import KafkaUnavailableError
 from crm_ledger.progress import Reporter, SilentReporter
 from crm_ledger.settings import Settings
-from projections.decoders import WorkerConfig, WorkerReport, run_worker
+from projections.decoder_process import WorkerConfig, WorkerReport, process_main
 from projections.errors import ProjectionError
 from projections.maintain import Maintainer
 from projections.service import check_can_follow, source_label
@@ -39,17 +40,24 @@ from projections.store import ProjectionDB, VersionInfo
 STOP_TIMEOUT_S = 60.0
 
 
-def _worker_main(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> None:
-    """A decoder process: the worker, then its reports flushed, then out at once.
+@contextmanager
+def _main_script_not_rerun() -> Iterator[None]:
+    """Spawn processes without running the parent's main script in them again.
 
-    Everything the worker did is committed to the log or reported when it returns; the
-    interpreter's own teardown (pyarrow, polars, deltalake: ~0.3 s) would only make the main
-    process wait longer at the end of every run.
+    multiprocessing's spawn runs the parent's `__main__` (the `crm-ledger` script, a
+    benchmark) in every child first, for targets defined there. The workers' target and
+    arguments are importable by their own module names, and that script's imports would
+    only delay the moment each worker joins the group (projections.decoder_process).
     """
-    run_worker(worker, config, stop, reports)
-    reports.close()
-    reports.join_thread()
-    os._exit(0)
+    main = sys.modules["__main__"]
+    saved: dict[str, Any] = {n: main.__dict__[n] for n in ("__file__", "__spec__") if n in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 class DecoderPool:
@@ -61,7 +69,7 @@ class DecoderPool:
         self.reports: Any = context.Queue()
         config = replace(config, group_size=count)
         self.processes = [
-            context.Process(target=_worker_main, args=(i, config, self.stop, self.reports), daemon=True)
+            context.Process(target=process_main, args=(i, config, self.stop, self.reports), daemon=True)
             for i in range(count)
         ]
         #: where the workers' time went, summed over their reports (see `count`)
@@ -78,8 +86,9 @@ class DecoderPool:
         # instruction (an ignored signal stays ignored across exec), the main process decides.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for process in self.processes:
-                process.start()
+            with _main_script_not_rerun():
+                for process in self.processes:
+                    process.start()
         finally:
             signal.signal(signal.SIGINT, previous)
 

@@ -13,16 +13,19 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crm_ledger.errors import ConfigurationError, KafkaUnavailableError
 from crm_ledger.kafka import UNREACHABLE, BrokerWatch, consumer_config
 from crm_ledger.settings import Settings
-from ledger.application import LedgerApplication
 from ledger.chain import GENESIS, next_link
-from ledger.connect import open_ledger
+
+if TYPE_CHECKING:
+    # The write model (eventsourcing, the aggregates: ~0.1 s to import) is needed only to
+    # read the ledger itself; a decoder worker reads Kafka and never loads it.
+    from ledger.application import LedgerApplication
 
 LEDGER_STREAM = "ledger"
 
@@ -247,7 +250,11 @@ def open_source(
     `say` hears one line when the broker goes away and one when it is back.
     """
     if source == "ledger":
-        return LedgerSource(app or open_ledger(settings))
+        if app is None:
+            from ledger.connect import open_ledger  # noqa: PLC0415 - see the imports above
+
+            app = open_ledger(settings)
+        return LedgerSource(app)
     if source == "kafka":
         watch = BrokerWatch(settings.bootstrap, say, settings.broker_timeout_s)
         return KafkaSource(settings.bootstrap, settings.events_topic, watch=watch)
