@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,10 @@ class WorkerReport:
     decode_s: float = 0.0
     commit_s: float = 0.0
     retries: int = 0
+    #: when the worker's start-up steps ended (wall clock, `time.time()`), sent once: entered
+    #: (the process runs), subscribed, imported, ready (decoder and log opened), assigned
+    #: (its first assignment it reads, after the group settled)
+    marks: tuple[tuple[str, float], ...] = ()
 
 
 Callback = Callable[[Consumer, list[TopicPartition]], None]
@@ -151,15 +156,18 @@ def process_main(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> 
     ~0.3 s) would only make the main process wait longer at the end of every run.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    marks = {"entered": time.time()}
     member: Member | None
     try:
         member = join_group(config)
     except Exception:  # noqa: BLE001 - the worker joins again itself and reports what fails
         member = None
+    marks["subscribed"] = time.time()
     # Imported here, on purpose after the join: the group forms while these load (see above).
     from projections.decoders import run_worker  # noqa: PLC0415
 
-    run_worker(worker, config, stop, reports, member)
+    marks["imported"] = time.time()
+    run_worker(worker, config, stop, reports, member=member, marks=marks)
     reports.close()
     reports.join_thread()
     os._exit(0)

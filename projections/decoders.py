@@ -30,6 +30,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
@@ -58,6 +59,8 @@ COMMIT_ATTEMPTS = 50
 #: How long a consume call waits for messages when none are ready: also how long a worker
 #: may take to notice that it is told to stop (the end of every run without --follow).
 IDLE_WAIT_S = 0.1
+
+
 class PartitionAppender:
     """Commits a worker's batches to the log, refusing any that another owner overtook."""
 
@@ -207,18 +210,32 @@ def _kept_headers(
 
 
 def run_worker(
-    worker: int, config: WorkerConfig, stop: Any, reports: Any, member: Member | None = None
+    worker: int,
+    config: WorkerConfig,
+    stop: Any,
+    reports: Any,
+    *,
+    member: Member | None = None,
+    marks: Mapping[str, float] | None = None,
 ) -> None:
     """A decoder worker: consume, decode, commit, until `stop` is set.
 
     `member` is the worker's consumer when it joined the group already (see
-    projections.decoder_process); else it joins here. Ctrl-C reaches the whole process
+    projections.decoder_process); else it joins here. `marks`: when its start-up steps
+    ended so far (see `WorkerReport.marks`). Ctrl-C reaches the whole process
     group; the main process decides when to stop, so the worker ignores it (and never
     prints a traceback of its own). Failures are reported as one line through `reports`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _work(worker, config, member or join_group(config), stop.is_set, reports.put)
+        _work(
+            worker,
+            config,
+            member or join_group(config),
+            marks=dict(marks or {}),
+            should_stop=stop.is_set,
+            report=reports.put,
+        )
     except CrmLedgerError as error:
         reports.put(
             WorkerReport(worker, error=str(error), transient=isinstance(error, KafkaUnavailableError))
@@ -233,6 +250,8 @@ def _work(
     worker: int,
     config: WorkerConfig,
     member: Member,
+    *,
+    marks: dict[str, float],
     should_stop: Callable[[], bool],
     report: Callable[[WorkerReport], None],
 ) -> None:
@@ -251,6 +270,8 @@ def _work(
         consumer.close()
         raise
     topic = config.topic
+    marks["ready"] = time.time()
+    unsent = True  # the marks, sent with the first report after the worker got its assignment
 
     settling = Settling(config.group_size, time.monotonic() + config.settle_s)
 
@@ -260,6 +281,8 @@ def _work(
         assigned = [_resume(topic, p.partition, known) for p in partitions]
         consumer.assign(assigned)
         settling.assigned(consumer, assigned)
+        if not settling.paused and "assigned" not in marks:
+            marks["assigned"] = time.time()
 
     def revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
@@ -277,6 +300,9 @@ def _work(
                     worker, config, consumer=consumer, builder=builder, appender=appender, watch=watch
                 )
             if progress is not None:
+                if unsent and "assigned" in marks:
+                    progress = replace(progress, marks=tuple(marks.items()))
+                    unsent = False
                 report(progress)
     finally:
         consumer.close()

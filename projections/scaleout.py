@@ -72,19 +72,30 @@ class DecoderPool:
             context.Process(target=process_main, args=(i, config, self.stop, self.reports), daemon=True)
             for i in range(count)
         ]
-        #: where the workers' time went, summed over their reports (see `count`)
+        #: where the workers' time went, summed over their reports (see `count`), and when
+        #: each step of the run ended, in seconds after `start`
         self.timings: dict[str, float] = {}
+        self.started_at = 0.0
 
     def count(self, report: WorkerReport) -> None:
         """Add a report's timings to `timings` (seconds and retries per worker and step)."""
         for step in ("consume_s", "decode_s", "commit_s", "retries"):
             key = f"worker_{report.worker}_{step}"
             self.timings[key] = self.timings.get(key, 0) + getattr(report, step)
+        for name, at in report.marks:
+            self.mark(f"worker_{report.worker}_{name}", at)
+        if report.events or report.dead_letters or report.at_end:
+            self.mark(f"worker_{report.worker}_last_batch", time.time())
+
+    def mark(self, name: str, at: float) -> None:
+        """Record in `timings` when a step ended (`at`: wall clock), in seconds after `start`."""
+        self.timings[f"{name}_at_s"] = round(at - self.started_at, 3)
 
     def start(self) -> None:
         # Ctrl-C goes to the whole process group: a worker must ignore it from its first
         # instruction (an ignored signal stays ignored across exec), the main process decides.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.started_at = time.time()
         try:
             with _main_script_not_rerun():
                 for process in self.processes:
@@ -120,6 +131,7 @@ class DecoderPool:
                 process.join()
         self.reports.close()
         self.reports.join_thread()
+        self.mark("stopped", time.time())
 
 
 def project_with_workers(
@@ -255,6 +267,7 @@ def supervise(
             if should_stop():
                 return events, dead_letters, True
             if not follow and partitions <= at_end:
+                workers.mark("all_at_end", time.time())
                 return events, dead_letters, False
             tick()
     finally:
