@@ -11,6 +11,7 @@ with `--old-design REV`, the decoder workers of that revision too, on the same t
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
 import shutil
@@ -98,6 +99,10 @@ def measured(name: str, bootstrap: str, work: Any) -> tuple[int, float]:
     """Run `work`; its events and wall seconds, with the CPU it took recorded in CPU."""
     own, children, broker_before = time.process_time(), _children_cpu(), _broker_cpu(bootstrap)
     events, seconds = timed(work)
+    # Decoder processes that said they stopped are still exiting (their memory freed: not
+    # waited for, as by `project --workers`); their CPU counts once they are reaped.
+    for child in multiprocessing.active_children():
+        child.join()
     CPU[f"{name}_process_s"] = round(time.process_time() - own, 2)
     CPU[f"{name}_workers_s"] = round(_children_cpu() - children, 2)
     broker_after = _broker_cpu(bootstrap)

@@ -89,6 +89,8 @@ class WorkerReport:
     #: (the process runs), subscribed, imported, ready (decoder and log opened), assigned
     #: (its first assignment it reads, after the group settled)
     marks: tuple[tuple[str, float], ...] = ()
+    #: the worker's last word: it left the group and everything it did is in the log
+    stopped: bool = False
 
 
 Callback = Callable[[Consumer, list[TopicPartition]], None]
@@ -168,6 +170,7 @@ def process_main(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> 
 
     marks["imported"] = time.time()
     run_worker(worker, config, stop, reports, member=member, marks=marks)
+    reports.put(WorkerReport(worker, stopped=True))
     reports.close()
     reports.join_thread()
     os._exit(0)

@@ -58,7 +58,7 @@ from schemas.registry import SchemaRegistry
 COMMIT_ATTEMPTS = 50
 #: How long a consume call waits for messages when none are ready: also how long a worker
 #: may take to notice that it is told to stop (the end of every run without --follow).
-IDLE_WAIT_S = 0.1
+IDLE_WAIT_S = 0.05
 
 
 class PartitionAppender:
