@@ -5,8 +5,12 @@ appender as it was before native decoding (KafkaSource reading headers, fastavro
 schema, JSON payload per record in Python). Then the same process with native decoding, and
 `project --workers` with 1 and 2 decoder processes (log only: the read models are not built).
 Besides wall-clock rates it reports the CPU each variant took per event (this process, the
-decoder processes, the broker), which depends much less on what else runs on the machine;
-with `--old-design REV`, the decoder workers of that revision too, on the same topic.
+decoder processes, the broker), which depends much less on what else runs on the machine,
+and where each worker run's time went: seconds per worker in consume, decode and commit,
+and when each step ended (`*_at_s`, seconds after the workers were started: the process
+runs, subscribed, imported, ready, assigned, last batch; every partition at its end; all
+workers stopped). With `--old-design REV`, the decoder workers of that revision too, on
+the same topic.
 """
 
 from __future__ import annotations
