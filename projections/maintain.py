@@ -31,18 +31,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from projections.kpi_days import DAYS, READS, build_sql, days_select, periods_select
 from projections.log import EVENT_COLUMNS, relation_name
 from projections.logindex import LogIndex, visible_sql
 from projections.models import (
     ANSWERS,
     CASE_MEASURES,
-    FROM_ROWS_MEASURES,
     PERIOD_STARTS,
     PERIODS,
     answers_histogram_sql,
     complaint_kpi_select,
-    kpi_days_sql,
-    kpi_from_days_select,
     kpi_rethreshold_select,
     kpi_sql,
     measures_sql,
@@ -104,10 +102,9 @@ _TEMPS = (
     "crm_service",
     "crm_ev_rows",
     "crm_old_rows",
+    "crm_kday",
+    "crm_kpi_rows",
 )
-#: The KPI tables' inputs during an update: the per-day aggregates of the touched span's
-#: measures, and the span's measure rows of the KPIs that days do not combine into.
-_KPI_DAYS, _KPI_ROWS = "crm_kpi_days", "crm_kpi_rows"
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
 _STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
 
@@ -191,7 +188,7 @@ class Maintainer:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
                 self.db.mark_built(version, snapshot, events)
                 parent = version
-            for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS, _KPI_DAYS, _KPI_ROWS):
+            for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
         return UpdateResult(snapshot, new, full)
 
@@ -300,9 +297,13 @@ class Maintainer:
                         select = kpi_rethreshold_select(parent.schema, spec, grain, team)
                         run(f"CREATE OR REPLACE TABLE {v}.{table} AS {select}")
                 run(f"DROP TABLE {ANSWERS}")
+                # Made from the measures by the first incremental update that needs it: a
+                # replay of a KPI change does not pay for it.
+                run(f"DROP TABLE IF EXISTS {v}.{DAYS}")
             elif owns_kpis:
                 for statement in kpi_sql(v, spec):
                     run(statement)
+                run(build_sql(v, f"{v}.measures", spec))
             for statement in scores_sql(v, spec, version.version):
                 run(statement)
             return
@@ -320,51 +321,83 @@ class Maintainer:
     def _kpis(self, v: str, spec: MetricSpec) -> None:
         """KPI rows of the touched (employee, team, period) and (team, period), per grain.
 
-        The six tables read the measures of the touched time span only (the months and ISO
-        weeks of the touched measures: every touched period lies in it), aggregated once per
-        employee, team and day; each table sums its periods' days (models.kpi_days_sql) and
-        recomputes only the quantiles and distinct counts from the measure rows they read.
+        The per-day aggregates (`kpi_days`, projections.kpi_days) of the touched
+        (employee, team, day) keys are made again from those keys' measure rows; then each
+        table's touched periods are computed from their days' rows alone.
         """
         run = self.db.connection.execute
-        span = (
-            "m.occurred_at >= (SELECT least(date_trunc('month', min(occurred_at)), "
-            "date_trunc('week', min(occurred_at))) FROM crm_touched) "
-            "AND m.occurred_at < (SELECT greatest(date_trunc('month', max(occurred_at)) "
-            "+ INTERVAL 1 MONTH, date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched)"
-        )
-        # Straight from `measures` (a filter on the time column, then only the matching rows'
-        # other columns are read), rather than through a copy of the span.
-        run(kpi_days_sql(f"{v}.measures m", spec, _KPI_DAYS, span))
-        read = ", ".join(f"'{m}'" for m in FROM_ROWS_MEASURES)
-        run(
-            # Only the columns the KPIs read of these measures (crm_ledger.kpis: the value of
-            # `solved`, the case of `handled`).
-            f"CREATE OR REPLACE TEMP TABLE {_KPI_ROWS} AS SELECT employee_id, team_id, occurred_at, "
-            f"measure, value, ref FROM {v}.measures m WHERE {span} AND measure IN ({read})"
-        )
-        for grain, period in PERIODS.items():
-            # The touched periods by their first day (what the rows are grouped by) and text.
-            start = PERIOD_STARTS[grain]
+        days = f"{v}.{DAYS}"
+        if DAYS not in self._tables(v):
+            # Built before the days were kept (or by another engine, or a replay): made once
+            # from every measure row, this update's included.
+            run(build_sql(v, f"{v}.measures", spec))
+        else:
             run(
-                f"CREATE OR REPLACE TEMP TABLE crm_aff AS SELECT DISTINCT employee_id, team_id, "
-                f"{start} AS start, {period} AS period FROM crm_touched"
+                "CREATE OR REPLACE TEMP TABLE crm_kday AS SELECT DISTINCT employee_id, team_id, "
+                "CAST(occurred_at AS DATE) AS occurred_at FROM crm_touched"
             )
+            same_day = (
+                "d.employee_id IS NOT DISTINCT FROM k.employee_id AND d.team_id = k.team_id AND "
+                "CAST(d.occurred_at AS DATE) = k.occurred_at"
+            )
+            run(f"DELETE FROM {days} d USING crm_kday k WHERE {same_day}")
+            # Only the columns the aggregates read: fetching scattered rows costs per column.
+            measures = (
+                f"(SELECT {', '.join(f'd.{c}' for c in READS)} FROM {v}.measures d "
+                f"SEMI JOIN crm_kday k ON {same_day})"
+            )
+            run(f"INSERT INTO {days} BY NAME {days_select(measures, spec)}")
+        # Every touched period lies in this span of days (a literal bound: DuckDB's zone maps
+        # skip what lies outside it, and only the rows inside it are joined).
+        low, high = run(
+            "SELECT least(date_trunc('month', min(occurred_at)), date_trunc('week', min(occurred_at))), "
+            "greatest(date_trunc('month', max(occurred_at)) + INTERVAL 1 MONTH, "
+            "date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched"
+        ).fetchone() or (None, None)
+        if low is None:
+            return
+        span = f"d.occurred_at >= DATE '{low:%Y-%m-%d}' AND d.occurred_at < DATE '{high:%Y-%m-%d}'"
+        # The touched periods of every grain by their first day (what the rows are grouped
+        # by) and text; their rows of the six tables are computed in one statement.
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_aff AS "
+            + " UNION ALL ".join(
+                f"SELECT DISTINCT '{grain}' AS grain, employee_id, team_id, {PERIOD_STARTS[grain]} AS start, "
+                f"{period} AS period FROM crm_touched"
+                for grain, period in PERIODS.items()
+            )
+        )
+        select = periods_select(f"(SELECT * FROM {days} d WHERE {span})", "crm_aff", spec)
+        run(f"CREATE OR REPLACE TEMP TABLE crm_kpi_rows AS {select}")
+        for grain in PERIODS:
             table = f"{v}.kpi_employee_{grain}"
             run(
-                f"DELETE FROM {table} USING crm_aff a WHERE {table}.employee_id IS NOT DISTINCT FROM "
-                f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
+                f"DELETE FROM {table} USING crm_aff a WHERE a.grain = '{grain}' AND "
+                f"{table}.employee_id IS NOT DISTINCT FROM a.employee_id AND {table}.team_id = a.team_id "
+                f"AND {table}.period = a.period"
             )
-            keys = f"(employee_id, team_id, {start}) IN (SELECT employee_id, team_id, start FROM crm_aff)"
-            select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=False, where=keys)
-            run(f"INSERT INTO {table} {select}")
+            run(
+                f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (grain, team_level) FROM crm_kpi_rows "
+                f"WHERE grain = '{grain}' AND NOT team_level ORDER BY employee_id, team_id, period"
+            )
             table = f"{v}.kpi_team_{grain}"
             run(
                 f"DELETE FROM {table} WHERE (team_id, period) IN "
-                "(SELECT DISTINCT team_id, period FROM crm_aff)"
+                f"(SELECT DISTINCT team_id, period FROM crm_aff WHERE grain = '{grain}')"
             )
-            keys = f"(team_id, {start}) IN (SELECT DISTINCT team_id, start FROM crm_aff)"
-            select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=True, where=keys)
-            run(f"INSERT INTO {table} {select}")
+            run(
+                f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (grain, team_level, employee_id) "
+                f"FROM crm_kpi_rows WHERE grain = '{grain}' AND team_level ORDER BY team_id, period"
+            )
+
+    def _tables(self, schema: str) -> set[str]:
+        """The names of the tables of `schema`."""
+        rows = self.db.connection.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = ? AND NOT temporary",
+            [schema],
+        ).fetchall()
+        return {str(row[0]) for row in rows}
 
     def _record(self, snapshot: int, full: bool) -> None:
         """The snapshot's stream positions and log version, beside the tables."""
@@ -452,7 +485,7 @@ class Maintainer:
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
-        if self._has_profile_state(s):
+        if {PARTIALS, CASES} <= self._tables(s):
             for statement in merge_sql(s, "crm_new"):
                 run(statement)
         else:
@@ -486,14 +519,6 @@ class Maintainer:
             run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
             run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
         return new
-
-    def _has_profile_state(self, s: str) -> bool:
-        row = self.db.connection.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = ? AND table_name IN (?, ?)",
-            [s, PARTIALS, CASES],
-        ).fetchone()
-        return row == (2,)
 
     def _service_tables(self, s: str) -> None:
         """Rebuild the service tables whole, and their measure rows; pass on the changed rows' keys.
