@@ -80,7 +80,6 @@ _UNREAD = (
     "recorded_at",
     "to_employee_id",
     "direction",
-    "severity",
     "ces",
     "recipient_kind",
     "score",
@@ -470,7 +469,15 @@ class Maintainer:
         run("INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM crm_measures")
         moved = run("SELECT count(*) FROM crm_emp").fetchone() != (0,)
         service = ServiceMaintenance(
-            self.db.connection, s, self.index.table, self.index.payloads, self.visible, *self._ends
+            self.db.connection,
+            s,
+            self.index.table,
+            self.index.payloads,
+            self.visible,
+            *self._ends,
+            # Every event of the cases read is in EV already (not after a team move: then
+            # EV is the whole snapshot and the service tables are rebuilt whole).
+            at_hand=None if moved else (EV, "crm_read_cases"),
         )
         if moved:
             self._service_tables(s)

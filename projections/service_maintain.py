@@ -16,8 +16,10 @@ events of an update:
   (the log's last event), the only rows "now" changes.
 - `field_visit`, by the case of the visit's scheduling: the cases of the visits named by
   new visit events (a case's first visit depends on all of its visits).
-- the service rows of `measures`: the cases of the two above (every service measure row
-  belongs to a case); only the rows that changed pass their keys on to the KPI tables.
+- the service rows of `measures`: the SLA rows of the cases whose SLA was recomputed and
+  the visit rows of the cases whose visits were (every service measure row belongs to a
+  case and comes from one `sla_case` or `field_visit` row), made from those new rows; only
+  the rows that changed pass their keys on to the KPI tables.
 - `retention_month`, by month: the months the changed contracts' terms (before and after,
   and the terms they replaced) come up for renewal in, and those of the terms of customers
   whose details changed; segment and region from the just updated profiles.
@@ -43,7 +45,8 @@ import duckdb
 from projections.goals import GOAL_TABLES, goal_model_sql
 from projections.logindex import timestamp_sql
 from projections.service_models import (
-    SERVICE_MEASURES,
+    SLA_MEASURES,
+    VISIT_MEASURES,
     contract_terms_sql,
     field_visit_sql,
     profile_service_sql,
@@ -54,7 +57,8 @@ from projections.service_models import (
 
 #: The scratch schema the full-build SQL runs in (created and dropped inside the update's transaction).
 SCRATCH = "crm_inc"
-_SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
+_SLA = ", ".join(f"'{m}'" for m in SLA_MEASURES)
+_VISIT = ", ".join(f"'{m}'" for m in VISIT_MEASURES)
 _CASE_STEPS = "('CaseOpened', 'CaseAccepted', 'CaseResolved')"
 _DETAILS = "('CustomerRegistered', 'CustomerDetailsChanged')"
 _GOAL_EVENTS = "('TeamGoalSet', 'TeamGoalRevised', 'TeamGoalClosed')"
@@ -90,11 +94,13 @@ KEY_TABLES = (
     "crm_sv_fv",
     "crm_sv_visits",
     "crm_sv_fv_customers",
-    "crm_sv_cases",
+    "crm_sv_sla_rows",
+    "crm_sv_fv_rows",
     "crm_sv_service",
     "crm_sv_old",
     "crm_sv_old_rows",
     "crm_sv_customers",
+    "crm_sv_far",
 )
 
 
@@ -154,7 +160,10 @@ class ServiceMaintenance:
 
     `index` is the source's index table and `payloads` its table of payload events
     (projections.logindex), `visible` the condition of a version's rows in them,
-    `crm_fresh` (a temp table of index rows) the update's new events.
+    `crm_fresh` (a temp table of index rows) the update's new events. `at_hand` names a
+    table of those index rows that holds every event of the cases listed in a second
+    table (the maintainer's materialised events and the cases it read): the SLA of those
+    cases is computed from it instead of fetching their rows from the index again.
     """
 
     def __init__(  # noqa: PLR0917 - the update's inputs, named at the one caller
@@ -166,8 +175,10 @@ class ServiceMaintenance:
         visible: str,
         old_end: datetime | None,
         new_end: datetime | None,
+        at_hand: tuple[str, str] | None = None,
     ) -> None:
         self.connection = connection
+        self.at_hand = at_hand
         self.run: Callable[..., Any] = connection.execute
         self.s = s
         self.index = index
@@ -191,12 +202,37 @@ class ServiceMaintenance:
             f"WHERE {self.visible} AND ({where})"
         )
         select = f"SELECT {', '.join(columns)} FROM {table} WHERE rowid IN (SELECT r FROM {_ROWS})"
-        if with_end:
-            # One row carrying the log's last moment: the SQL's "now" is max(occurred_at) of
-            # `events`; its event type matches no filter, so nothing else reads it.
-            end = timestamp_sql(self.new_end)
-            select += f" UNION ALL BY NAME SELECT 'crm.log_end' AS event_type, {end} AS occurred_at"
-        return select
+        return self._with_end(select) if with_end else select
+
+    def _with_end(self, select: str) -> str:
+        """`select` and one row carrying the log's last moment: the SQL's "now" is
+        max(occurred_at) of `events`; its event type matches no filter, so nothing else reads it."""
+        end = timestamp_sql(self.new_end)
+        return f"{select} UNION ALL BY NAME SELECT 'crm.log_end' AS event_type, {end} AS occurred_at"
+
+    def _sla_events(self, sla: str) -> str:
+        """The case steps of the cases `sla` selects, with the log's end, as `events`.
+
+        The cases whose events are at hand are read from there; only the others (cases of
+        customers whose terms changed, cases whose SLA "now" ran past) from the index.
+        """
+        steps = f"event_type IN {_CASE_STEPS}"
+        if self.at_hand is None:
+            return self._rows(_SLA_READS, f"{sla} AND {steps}", with_end=True)
+        events, cases = self.at_hand
+        run = self.run
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_sv_far AS SELECT s.case_id FROM crm_sv_sla s "
+            f"ANTI JOIN {cases} c ON c.case_id = s.case_id"
+        )
+        near = (
+            f"SELECT {', '.join(_SLA_READS)} FROM {events} WHERE {steps} AND {sla} "
+            f"AND case_id IN (SELECT case_id FROM {cases})"
+        )
+        if self._count("crm_sv_far"):
+            far = self._rows(_SLA_READS, f"case_id IN (SELECT case_id FROM crm_sv_far) AND {steps}")
+            near = f"{near} UNION ALL {far}"
+        return self._with_end(near)
 
     def _count(self, table: str) -> int:
         return int(self.run(f"SELECT count(*) FROM {table}").fetchone()[0])
@@ -244,15 +280,18 @@ class ServiceMaintenance:
                 f"AND due_at < {timestamp_sql(self.new_end)}"
             )
             sla = "case_id IN (SELECT case_id FROM crm_sv_sla)"
-            if self._count("crm_sv_sla"):
-                scratch.events(
-                    self._rows(_SLA_READS, f"{sla} AND event_type IN {_CASE_STEPS}", with_end=True)
-                )
+            # The new rows of the recomputed cases are kept for their measure rows.
+            any_sla = self._count("crm_sv_sla") > 0
+            if any_sla:
+                scratch.events(self._sla_events(sla))
                 scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
                 scratch.build(sla_case_sql(SCRATCH))
                 run(f"DELETE FROM {s}.sla_case WHERE {sla}")
                 run(f"INSERT INTO {s}.sla_case SELECT * FROM {SCRATCH}.sla_case")
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_sla_rows AS SELECT * FROM {SCRATCH}.sla_case")
                 scratch.clear()
+            else:
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_sla_rows AS SELECT * FROM {s}.sla_case LIMIT 0")
             # Field visits, by the case they were scheduled for.
             run(
                 "CREATE OR REPLACE TEMP TABLE crm_sv_visits_new AS SELECT DISTINCT visit_id FROM crm_fresh "
@@ -265,7 +304,8 @@ class ServiceMaintenance:
             )
             fv = "case_id IN (SELECT case_id FROM crm_sv_fv)"
             run("CREATE OR REPLACE TEMP TABLE crm_sv_fv_customers (customer_id VARCHAR)")
-            if self._count("crm_sv_fv"):
+            any_fv = self._count("crm_sv_fv") > 0
+            if any_fv:
                 run(
                     "CREATE OR REPLACE TEMP TABLE crm_sv_visits AS SELECT DISTINCT visit_id FROM "
                     f"{self.payloads} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' AND {fv}"
@@ -280,24 +320,22 @@ class ServiceMaintenance:
                 )
                 run(f"DELETE FROM {s}.field_visit WHERE {fv}")
                 run(f"INSERT INTO {s}.field_visit SELECT * FROM {SCRATCH}.field_visit")
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_fv_rows AS SELECT * FROM {SCRATCH}.field_visit")
                 scratch.clear()
-            # The service measure rows of those cases; changed rows pass their keys on.
-            run(
-                "CREATE OR REPLACE TEMP TABLE crm_sv_cases AS SELECT case_id FROM crm_sv_sla "
-                "UNION SELECT case_id FROM crm_sv_fv"
-            )
-            if self._count("crm_sv_cases"):
-                cases = "case_id IN (SELECT case_id FROM crm_sv_cases)"
-                # Copies, not views: the measures read sla_case twice and field_visit four
-                # times, and each read of a view scans the whole table again.
-                scratch.table("sla_case", f"SELECT * FROM {s}.sla_case WHERE {cases}")
-                scratch.table("field_visit", f"SELECT * FROM {s}.field_visit WHERE {cases}")
+            else:
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_fv_rows AS SELECT * FROM {s}.field_visit LIMIT 0")
+            # The service measure rows of those cases: SLA rows from the cases' new `sla_case`
+            # rows, visit rows from their new `field_visit` rows (the other kind of row of a
+            # case is as it was); changed rows pass their keys on.
+            if any_sla or any_fv:
+                scratch.table("sla_case", "SELECT * FROM crm_sv_sla_rows")
+                scratch.table("field_visit", "SELECT * FROM crm_sv_fv_rows")
                 scratch.view("team_history", f"SELECT * FROM {s}.team_history")
                 run(f"CREATE OR REPLACE TEMP TABLE crm_sv_service AS {service_measures_select(SCRATCH)}")
                 scratch.clear()
                 run(
-                    "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r "
-                    f"FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}"
+                    "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r FROM "
+                    f"{s}.measures WHERE (measure IN ({_SLA}) AND {sla}) OR (measure IN ({_VISIT}) AND {fv})"
                 )
                 run(
                     f"CREATE OR REPLACE TEMP TABLE crm_sv_old AS SELECT * FROM {s}.measures "
