@@ -113,7 +113,24 @@ def build_sql(v: str, measures: str, spec: MetricSpec) -> str:
 GRAINS = tuple(PERIOD_STARTS)
 
 
-def periods_select(days: str, touched: str, spec: MetricSpec) -> str:
+def _from_lists(k: Kpi) -> str:
+    """A ROW_KPIS aggregate over the values its group's days keep.
+
+    The same aggregate function over the same values: `list_aggregate` runs the quantile
+    over the concatenated lists (NULLs ignored, none gives NULL, as the aggregate does
+    over rows), and the distinct refs of a period are the distinct refs of its days.
+    """
+    aggregate = k.aggregate or ""
+    if quantile := _QUANTILE.fullmatch(aggregate):
+        q = aggregate[len("quantile_cont(value, ") : aggregate.index(")")]
+        values = _list_column(quantile.group(1), "value")
+        return f"list_aggregate(flatten(list({values})), 'quantile_cont', {q}) AS {k.name}"
+    distinct = _DISTINCT.fullmatch(aggregate)
+    assert distinct is not None
+    return f"length(list_distinct(flatten(list({_list_column(distinct.group(1), 'ref')})))) AS {k.name}"
+
+
+def periods_select(days: str, touched: str) -> str:
     """The KPI rows of the touched periods of every grain, employee and team rows at once.
 
     `days` is a relation of `kpi_days` rows holding every day of the touched periods;
@@ -124,43 +141,26 @@ def periods_select(days: str, touched: str, spec: MetricSpec) -> str:
     Rows carry `grain` and `team_level` (true for a team row, whose `employee_id` is NULL)
     besides the KPI tables' columns. Each row is models.kpi_select's row of its group: a
     team's groups read all of the team's days of the period, an employee's groups their
-    own. A group without values of a ROW_KPIS measure has no row in `rest`: a count of none
-    is 0, any other aggregate of none NULL, as the filtered aggregate gives.
+    own; only the touched employees' groups are returned. The spec's thresholds are in the
+    days' counts already.
     """
     first_day = "CASE g.grain " + " ".join(f"WHEN '{g}' THEN {PERIOD_STARTS[g]}" for g in GRAINS) + " END"
     period = (
-        "CASE s.grain "
-        + " ".join(f"WHEN '{g}' THEN strftime(s.start, '{PERIOD_FORMATS[g]}')" for g in GRAINS)
+        "CASE c.grain "
+        + " ".join(f"WHEN '{g}' THEN strftime(c.start, '{PERIOD_FORMATS[g]}')" for g in GRAINS)
         + " END"
     )
     grains = ", ".join(f"('{g}')" for g in GRAINS)
-    sets = "GROUPING SETS ((grain, employee_id, team_id, start), (grain, team_id, start))"
-    combined = ",\n        ".join(
-        f"max({k.name}) AS {k.name}" if _by_day(k) == "max" else f"CAST(sum({k.name}) AS BIGINT) AS {k.name}"
-        for k in DAY_KPIS
-    )
-    keys = "grain, employee_id, team_id, start"
-    rows = "\n    UNION ALL\n    ".join(
-        f"SELECT {keys}, '{m}' AS measure, "
-        + (
-            f"unnest({_list_column(m, column)}) AS value, NULL::VARCHAR AS ref"
-            if column == "value"
-            else f"NULL::DOUBLE AS value, unnest({_list_column(m, column)}) AS ref"
-        )
-        + f" FROM days WHERE {_list_column(m, column)} IS NOT NULL"
-        for m, column in _KEPT
-    )
-
-    def column(k: Kpi) -> str:
-        if _by_day(k) is not None:
-            return f"s.{k.name}"
-        if (k.aggregate or "").startswith("count("):
-            return f"coalesce(r.{k.name}, 0) AS {k.name}"
-        return f"r.{k.name}"
-
-    joined = " AND ".join(
-        f"r.{c} IS NOT DISTINCT FROM s.{c}"
-        for c in ("grain", "team_level", "employee_id", "team_id", "start")
+    aggregates = ",\n        ".join(
+        [
+            *(
+                f"max({k.name}) AS {k.name}"
+                if _by_day(k) == "max"
+                else f"CAST(sum({k.name}) AS BIGINT) AS {k.name}"
+                for k in DAY_KPIS
+            ),
+            *(_from_lists(k) for k in ROW_KPIS),
+        ]
     )
     return f"""
 WITH expanded AS (
@@ -172,27 +172,16 @@ days AS (
     SEMI JOIN (SELECT DISTINCT grain, team_id, start FROM {touched}) t
         ON e.grain = t.grain AND e.team_id = t.team_id AND e.start = t.start
 ),
-summed AS (
-    SELECT grain, employee_id, team_id, start, grouping(employee_id) = 1 AS team_level,
-        {combined}
-    FROM days
-    GROUP BY {sets}
-),
-kept AS (
-    {rows}
-),
-rest AS (
-    SELECT grain, employee_id, team_id, start, grouping(employee_id) = 1 AS team_level,
-        {_aggregates(spec, ROW_KPIS)}
-    FROM kept
-    GROUP BY {sets}
-),
 counts AS (
-    SELECT s.grain, s.team_level, s.employee_id, s.team_id, s.start, {period} AS period,
-        {", ".join(column(k) for k in KPIS if k.aggregate is not None)}
-    FROM summed s LEFT JOIN rest r ON {joined}
+    SELECT grain, false AS team_level, employee_id, team_id, start,
+        {aggregates}
+    FROM days GROUP BY grain, employee_id, team_id, start
+    UNION ALL
+    SELECT grain, true AS team_level, NULL AS employee_id, team_id, start,
+        {aggregates}
+    FROM days GROUP BY grain, team_id, start
 )
-SELECT c.grain, c.team_level, c.employee_id, c.team_id, c.period,
+SELECT c.grain, c.team_level, c.employee_id, c.team_id, {period} AS period,
     {", ".join(k.select() for k in KPIS)}
 FROM counts c
 WHERE c.team_level OR EXISTS (

@@ -366,7 +366,7 @@ class Maintainer:
                 for grain, period in PERIODS.items()
             )
         )
-        select = periods_select(f"(SELECT * FROM {days} d WHERE {span})", "crm_aff", spec)
+        select = periods_select(f"(SELECT * FROM {days} d WHERE {span})", "crm_aff")
         run(f"CREATE OR REPLACE TEMP TABLE crm_kpi_rows AS {select}")
         for grain in PERIODS:
             table = f"{v}.kpi_employee_{grain}"
