@@ -10,10 +10,11 @@ events of an update:
 
 - `contract_terms`, by contract: the contracts named by new contract events (a term
   depends on its contract's events only).
-- `sla_case`, by case: the cases of new openings, acceptances and resolutions; every case
-  of a customer whose contract terms changed (a contract started later covers earlier
-  cases); and the unresolved cases whose SLA ran out between the old and the new "now"
-  (the log's last event), the only rows "now" changes.
+- `sla_case`, by case: the cases of new openings, acceptances and resolutions, and every
+  case of a customer whose contract terms changed (a contract started later covers earlier
+  cases), recomputed from their events (those of the cases the update read are at hand);
+  and the unresolved cases whose SLA ran out between the old and the new "now" (the log's
+  last event), the only rows "now" changes, and only their `breached`, set in place.
 - `field_visit`, by the case of the visit's scheduling: the cases of the visits named by
   new visit events (a case's first visit depends on all of its visits).
 - the service rows of `measures`: the SLA rows of the cases whose SLA was recomputed and
@@ -269,15 +270,21 @@ class ServiceMaintenance:
                 run(f"DELETE FROM {s}.contract_terms WHERE {contracts}")
                 run(f"INSERT INTO {s}.contract_terms SELECT * FROM {SCRATCH}.contract_terms")
                 scratch.clear()
-            # SLA per case: new case steps, cases of customers whose terms changed, and the
-            # unresolved cases whose due moment "now" has passed since the last update.
+            # SLA per case: new case steps and the cases of customers whose terms changed are
+            # recomputed. Of the others, only the unresolved cases whose due moment "now" (the
+            # log's last event) has passed since the last update change, and only in
+            # `breached`: NULL (within the SLA) becomes true, as sla_case_sql gives when the
+            # log's end lies past `due_at`; such a case has no measure rows (it is unresolved).
             run(
                 "CREATE OR REPLACE TEMP TABLE crm_sv_sla AS SELECT case_id FROM crm_fresh "
                 f"WHERE case_id IS NOT NULL AND event_type IN {_CASE_STEPS} "
                 f"UNION SELECT case_id FROM {s}.sla_case "
-                "WHERE customer_id IN (SELECT customer_id FROM crm_sv_cov) "
-                f"UNION SELECT case_id FROM {s}.sla_case WHERE breached IS NULL AND resolved_at IS NULL "
-                f"AND due_at < {timestamp_sql(self.new_end)}"
+                "WHERE customer_id IN (SELECT customer_id FROM crm_sv_cov) AND case_id IS NOT NULL"
+            )
+            run(
+                f"UPDATE {s}.sla_case SET breached = true WHERE breached IS NULL AND resolved_at IS NULL "
+                f"AND due_at < {timestamp_sql(self.new_end)} "
+                "AND case_id NOT IN (SELECT case_id FROM crm_sv_sla)"
             )
             sla = "case_id IN (SELECT case_id FROM crm_sv_sla)"
             # The new rows of the recomputed cases are kept for their measure rows.
