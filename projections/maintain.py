@@ -7,8 +7,9 @@ log version and stream positions: a crash neither loses nor double counts.
 A first build (or `full`) runs the set-based SQL of projections.models over the
 snapshot. Later updates are incremental: only the rows after the recorded positions are
 new, and they touch a known set of keys - the employees whose team history changed, the
-cases they name (a case's first resolution, reopenings, knowledge and citations depend on
-all of its events), the customers they name, the statements' employee-months. Every
+cases whose opening, acceptance, resolution, reopening or knowledge they add to (a case's
+first resolution, reopenings, knowledge, citations, complaint row and SLA depend on all of
+its events), the customers they name, the statements' employee-months. Every
 derived row is a function of such keys, so deleting and recomputing the rows of the
 touched keys gives exactly what a full rebuild gives (tests/projections/test_incremental.py checks
 this property on random chunks with late and out-of-order events).
@@ -105,6 +106,14 @@ _TEMPS = (
     "crm_kpi_rows",
 )
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
+#: The new events that change what a case's other events give, and so make an update read
+#: all of the case's events: its case measures (models.CASE_MEASURES: the first resolution,
+#: a reopening after it, knowledge linked or created from it, citations), its complaint row
+#: (opening, acceptance, resolution) and its SLA (the same three). An article created from a
+#: case (`source_case_id`) counts too. A new event of another type that names a case (a
+#: survey, an escalation, a closing) is measured on its own, and the case is not read again:
+#: a case closed today that was resolved last month leaves last month's KPIs alone.
+_CASE_CHANGING = "('CaseOpened', 'CaseAccepted', 'CaseResolved', 'CaseReopened', 'ArticleLinked')"
 _STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
 
 
@@ -201,8 +210,9 @@ class Maintainer:
     def _materialise_touched(self, s: str) -> None:
         """Only the events an incremental update reads, as EV, from the source's index.
 
-        That is the new events and every event of the cases they touch (and of the other
-        complaints opened by the same team in the same month, which share a complaint row).
+        That is the new events and every event of the cases they change (_CASE_CHANGING; and
+        of the other complaints opened by the same team in the same month, which share a
+        complaint row).
         The named customers' earlier events are not read: their profiles combine the new
         events with stored partial aggregates (projections.profile_state). A team change
         re-attributes all of an employee's measures: then (rarely) the whole snapshot is read.
@@ -246,6 +256,7 @@ class Maintainer:
         run(
             "CREATE OR REPLACE TEMP TABLE crm_read_cases AS "
             "WITH direct AS (SELECT case_id FROM crm_fresh WHERE case_id IS NOT NULL "
+            f"AND event_type IN {_CASE_CHANGING} "
             "UNION SELECT source_case_id FROM crm_fresh WHERE source_case_id IS NOT NULL) "
             "SELECT case_id FROM direct UNION SELECT o.case_id FROM crm_opened o "
             "JOIN (SELECT DISTINCT team_id, period FROM crm_opened "
@@ -437,6 +448,7 @@ class Maintainer:
         )
         run(
             "CREATE OR REPLACE TEMP TABLE crm_case AS SELECT case_id FROM crm_new WHERE case_id IS NOT NULL "
+            f"AND event_type IN {_CASE_CHANGING} "
             "UNION SELECT source_case_id FROM crm_new WHERE source_case_id IS NOT NULL"
         )
         # Team history, then the measures it attributes.
