@@ -12,9 +12,10 @@ events of an update:
   depends on its contract's events only).
 - `sla_case`, by case: the cases of new openings, acceptances and resolutions, and every
   case of a customer whose contract terms changed (a contract started later covers earlier
-  cases), recomputed from their events (those of the cases the update read are at hand);
-  and the unresolved cases whose SLA ran out between the old and the new "now" (the log's
-  last event), the only rows "now" changes, and only their `breached`, set in place.
+  cases), recomputed from their events (those of the cases the update read are at hand;
+  a case whose customer's terms alone changed is given by its own row's case steps); and
+  the unresolved cases whose SLA ran out between the old and the new "now" (the log's last
+  event), the only rows "now" changes, and only their `breached`, set in place.
 - `field_visit`, by the case of the visit's scheduling: the cases of the visits named by
   new visit events (a case's first visit depends on all of its visits).
 - the service rows of `measures`: the SLA rows of the cases whose SLA was recomputed and
@@ -214,8 +215,14 @@ class ServiceMaintenance:
     def _sla_events(self, sla: str) -> str:
         """The case steps of the cases `sla` selects, with the log's end, as `events`.
 
-        The cases whose events are at hand are read from there; only the others (cases of
-        customers whose terms changed, cases whose SLA "now" ran past) from the index.
+        The cases whose events are at hand are read from there. The others are cases of
+        customers whose terms changed, with no new case step (a new step is at hand): their
+        events are as they were when their `sla_case` row was made, and sla_case_sql reads
+        of them only what that row holds - the first opening's customer, severity, kind and
+        moment, the first acceptance's moment, the first resolution's moment, resolver and
+        event. So each is given as one opening, one acceptance and one resolution made from
+        its row (one of each: no ties to break), which gives the same row under new terms
+        without fetching its events from the index.
         """
         steps = f"event_type IN {_CASE_STEPS}"
         if self.at_hand is None:
@@ -231,8 +238,16 @@ class ServiceMaintenance:
             f"AND case_id IN (SELECT case_id FROM {cases})"
         )
         if self._count("crm_sv_far"):
-            far = self._rows(_SLA_READS, f"case_id IN (SELECT case_id FROM crm_sv_far) AND {steps}")
-            near = f"{near} UNION ALL {far}"
+            far = f"FROM {self.s}.sla_case WHERE case_id IN (SELECT case_id FROM crm_sv_far)"
+            near += (
+                " UNION ALL BY NAME SELECT 'CaseOpened' AS event_type, opened_at AS occurred_at, "
+                f"customer_id, case_id, severity, kind {far}"
+                " UNION ALL BY NAME SELECT 'CaseAccepted' AS event_type, accepted_at AS occurred_at, "
+                f"customer_id, case_id {far} AND accepted_at IS NOT NULL"
+                " UNION ALL BY NAME SELECT 'CaseResolved' AS event_type, resolved_at AS occurred_at, "
+                "resolved_event_id AS event_id, resolver_id AS employee_id, customer_id, case_id "
+                f"{far} AND resolved_at IS NOT NULL"
+            )
         return self._with_end(near)
 
     def _count(self, table: str) -> int:
