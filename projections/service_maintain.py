@@ -20,8 +20,8 @@ events of an update:
   new visit events (a case's first visit depends on all of its visits).
 - the service rows of `measures`: the SLA rows of the cases whose SLA was recomputed and
   the visit rows of the cases whose visits were (every service measure row belongs to a
-  case and comes from one `sla_case` or `field_visit` row), made from those new rows; only
-  the rows that changed pass their keys on to the KPI tables.
+  case and comes from one `sla_case` or `field_visit` row), made from those new rows; the
+  keys of the rows deleted and inserted pass on to the KPI tables.
 - `retention_month`, by month: the months the changed contracts' terms (before and after,
   and the terms they replaced) come up for renewal in, and those of the terms of customers
   whose details changed; segment and region from the just updated profiles.
@@ -99,7 +99,6 @@ KEY_TABLES = (
     "crm_sv_sla_rows",
     "crm_sv_fv_rows",
     "crm_sv_service",
-    "crm_sv_old",
     "crm_sv_old_rows",
     "crm_sv_customers",
     "crm_sv_far",
@@ -348,7 +347,7 @@ class ServiceMaintenance:
                 run(f"CREATE OR REPLACE TEMP TABLE crm_sv_fv_rows AS SELECT * FROM {s}.field_visit LIMIT 0")
             # The service measure rows of those cases: SLA rows from the cases' new `sla_case`
             # rows, visit rows from their new `field_visit` rows (the other kind of row of a
-            # case is as it was); changed rows pass their keys on.
+            # case is as it was).
             if any_sla or any_fv:
                 scratch.table("sla_case", "SELECT * FROM crm_sv_sla_rows")
                 scratch.table("field_visit", "SELECT * FROM crm_sv_fv_rows")
@@ -359,16 +358,13 @@ class ServiceMaintenance:
                     "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r FROM "
                     f"{s}.measures WHERE (measure IN ({_SLA}) AND {sla}) OR (measure IN ({_VISIT}) AND {fv})"
                 )
-                run(
-                    f"CREATE OR REPLACE TEMP TABLE crm_sv_old AS SELECT * FROM {s}.measures "
-                    "WHERE rowid IN (SELECT r FROM crm_sv_old_rows)"
-                )
-                old = "SELECT * FROM crm_sv_old"
+                # The keys of the old and the new rows pass on, as the other measures' do: the
+                # KPI tables recompute a touched day from its per-day aggregates cheaply, while
+                # telling the changed rows apart needed every column of the old rows.
                 run(
                     "INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM "
-                    f"(({old}) EXCEPT ALL (SELECT * FROM crm_sv_service)) "
-                    "UNION ALL SELECT employee_id, team_id, occurred_at FROM "
-                    f"((SELECT * FROM crm_sv_service) EXCEPT ALL ({old}))"
+                    f"{s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows) "
+                    "UNION ALL SELECT employee_id, team_id, occurred_at FROM crm_sv_service"
                 )
                 run(f"DELETE FROM {s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows)")
                 run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")
