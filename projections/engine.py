@@ -90,7 +90,10 @@ class Projector:
         stats = ProjectStats()
         started = time.monotonic()
         last_refresh = time.monotonic()
-        dirty = self.needs_refresh()
+        # Whether the version lags the log. A committed batch makes it lag; otherwise it is
+        # asked when first needed (asking opens the database file and reads the catalog,
+        # which a refresh after a batch does anyway).
+        dirty: bool | None = None
         lag = appender.source.lag(appender.positions())
         if lag > HOLD_FILE_BELOW:
             # Appending needs no DuckDB: let go of the file so that other commands get their turn.
@@ -111,6 +114,8 @@ class Projector:
                     if stop_after_batches is not None and stats.batches >= stop_after_batches:
                         break
                 caught_up = not prepared.size
+                if follow and caught_up and dirty is None:
+                    dirty = self.needs_refresh()
                 if follow and dirty and (caught_up or time.monotonic() - last_refresh >= refresh_interval_s):
                     self.refresh()
                     stats.refreshed = True
@@ -121,6 +126,8 @@ class Projector:
                 if follow and caught_up and not dirty:
                     # Idle: let go of the file so that other commands get their turn.
                     self.db.release()
+        if dirty is None and not should_stop() and stop_after_batches is None:
+            dirty = self.needs_refresh()
         if dirty and not should_stop() and stop_after_batches is None:
             self.refresh()
             stats.refreshed = True

@@ -7,8 +7,9 @@ log version and stream positions: a crash neither loses nor double counts.
 A first build (or `full`) runs the set-based SQL of projections.models over the
 snapshot. Later updates are incremental: only the rows after the recorded positions are
 new, and they touch a known set of keys - the employees whose team history changed, the
-cases they name (a case's first resolution, reopenings, knowledge and citations depend on
-all of its events), the customers they name, the statements' employee-months. Every
+cases whose opening, acceptance, resolution, reopening or knowledge they add to (a case's
+first resolution, reopenings, knowledge, citations, complaint row and SLA depend on all of
+its events), the customers they name, the statements' employee-months. Every
 derived row is a function of such keys, so deleting and recomputing the rows of the
 touched keys gives exactly what a full rebuild gives (tests/projections/test_incremental.py checks
 this property on random chunks with late and out-of-order events).
@@ -31,18 +32,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from projections.kpi_days import DAYS, READS, build_sql, days_select, periods_select
 from projections.log import EVENT_COLUMNS, relation_name
 from projections.logindex import LogIndex, visible_sql
 from projections.models import (
     ANSWERS,
     CASE_MEASURES,
-    FROM_ROWS_MEASURES,
     PERIOD_STARTS,
     PERIODS,
     answers_histogram_sql,
     complaint_kpi_select,
-    kpi_days_sql,
-    kpi_from_days_select,
     kpi_rethreshold_select,
     kpi_sql,
     measures_sql,
@@ -82,7 +81,6 @@ _UNREAD = (
     "recorded_at",
     "to_employee_id",
     "direction",
-    "severity",
     "ces",
     "recipient_kind",
     "score",
@@ -104,11 +102,18 @@ _TEMPS = (
     "crm_service",
     "crm_ev_rows",
     "crm_old_rows",
+    "crm_kday",
+    "crm_kpi_rows",
 )
-#: The KPI tables' inputs during an update: the per-day aggregates of the touched span's
-#: measures, and the span's measure rows of the KPIs that days do not combine into.
-_KPI_DAYS, _KPI_ROWS = "crm_kpi_days", "crm_kpi_rows"
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
+#: The new events that change what a case's other events give, and so make an update read
+#: all of the case's events: its case measures (models.CASE_MEASURES: the first resolution,
+#: a reopening after it, knowledge linked or created from it, citations), its complaint row
+#: (opening, acceptance, resolution) and its SLA (the same three). An article created from a
+#: case (`source_case_id`) counts too. A new event of another type that names a case (a
+#: survey, an escalation, a closing) is measured on its own, and the case is not read again:
+#: a case closed today that was resolved last month leaves last month's KPIs alone.
+_CASE_CHANGING = "('CaseOpened', 'CaseAccepted', 'CaseResolved', 'CaseReopened', 'ArticleLinked')"
 _STATEMENTS = "('RewardStatementIssued', 'RewardAdjustmentIssued')"
 
 
@@ -191,7 +196,7 @@ class Maintainer:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
                 self.db.mark_built(version, snapshot, events)
                 parent = version
-            for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS, _KPI_DAYS, _KPI_ROWS):
+            for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
         return UpdateResult(snapshot, new, full)
 
@@ -205,8 +210,9 @@ class Maintainer:
     def _materialise_touched(self, s: str) -> None:
         """Only the events an incremental update reads, as EV, from the source's index.
 
-        That is the new events and every event of the cases they touch (and of the other
-        complaints opened by the same team in the same month, which share a complaint row).
+        That is the new events and every event of the cases they change (_CASE_CHANGING; and
+        of the other complaints opened by the same team in the same month, which share a
+        complaint row).
         The named customers' earlier events are not read: their profiles combine the new
         events with stored partial aggregates (projections.profile_state). A team change
         re-attributes all of an employee's measures: then (rarely) the whole snapshot is read.
@@ -250,6 +256,7 @@ class Maintainer:
         run(
             "CREATE OR REPLACE TEMP TABLE crm_read_cases AS "
             "WITH direct AS (SELECT case_id FROM crm_fresh WHERE case_id IS NOT NULL "
+            f"AND event_type IN {_CASE_CHANGING} "
             "UNION SELECT source_case_id FROM crm_fresh WHERE source_case_id IS NOT NULL) "
             "SELECT case_id FROM direct UNION SELECT o.case_id FROM crm_opened o "
             "JOIN (SELECT DISTINCT team_id, period FROM crm_opened "
@@ -261,14 +268,14 @@ class Maintainer:
             for c in ("stream", "position", *EVENT_COLUMNS)
             if f'"{c}"' not in _UNREAD and c not in _UNREAD
         )
-        # Row ids first, from the key columns alone, then the rows by id: fetching scattered
-        # rows costs per column fetched, so the wide columns are read for these rows only.
+        # Row ids first, from the key columns alone, then the rows by id. DuckDB joins the row
+        # ids to a scan of every row of the columns fetched (~1.3 ms a column at 1M events):
+        # the cost is per column, whatever the number of rows.
         run(
+            # One scan of the key columns (three scans joined by UNION cost more).
             f"CREATE OR REPLACE TEMP TABLE crm_ev_rows AS SELECT rowid AS r FROM {index} "
-            f"WHERE {visible} AND case_id IN (SELECT case_id FROM crm_read_cases) "
-            f"UNION SELECT rowid FROM {index} "
-            f"WHERE {visible} AND source_case_id IN (SELECT case_id FROM crm_read_cases) "
-            f"UNION SELECT rowid FROM {index} WHERE {visible} AND {fresh}"
+            f"WHERE {visible} AND (case_id IN (SELECT case_id FROM crm_read_cases) "
+            f"OR source_case_id IN (SELECT case_id FROM crm_read_cases) OR {fresh})"
         )
         run(
             f"CREATE OR REPLACE TEMP TABLE {EV} AS SELECT {columns} FROM {index} "
@@ -300,9 +307,13 @@ class Maintainer:
                         select = kpi_rethreshold_select(parent.schema, spec, grain, team)
                         run(f"CREATE OR REPLACE TABLE {v}.{table} AS {select}")
                 run(f"DROP TABLE {ANSWERS}")
+                # Made from the measures by the first incremental update that needs it: a
+                # replay of a KPI change does not pay for it.
+                run(f"DROP TABLE IF EXISTS {v}.{DAYS}")
             elif owns_kpis:
                 for statement in kpi_sql(v, spec):
                     run(statement)
+                run(build_sql(v, f"{v}.measures", spec))
             for statement in scores_sql(v, spec, version.version):
                 run(statement)
             return
@@ -320,51 +331,83 @@ class Maintainer:
     def _kpis(self, v: str, spec: MetricSpec) -> None:
         """KPI rows of the touched (employee, team, period) and (team, period), per grain.
 
-        The six tables read the measures of the touched time span only (the months and ISO
-        weeks of the touched measures: every touched period lies in it), aggregated once per
-        employee, team and day; each table sums its periods' days (models.kpi_days_sql) and
-        recomputes only the quantiles and distinct counts from the measure rows they read.
+        The per-day aggregates (`kpi_days`, projections.kpi_days) of the touched
+        (employee, team, day) keys are made again from those keys' measure rows; then each
+        table's touched periods are computed from their days' rows alone.
         """
         run = self.db.connection.execute
-        span = (
-            "m.occurred_at >= (SELECT least(date_trunc('month', min(occurred_at)), "
-            "date_trunc('week', min(occurred_at))) FROM crm_touched) "
-            "AND m.occurred_at < (SELECT greatest(date_trunc('month', max(occurred_at)) "
-            "+ INTERVAL 1 MONTH, date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched)"
-        )
-        # Straight from `measures` (a filter on the time column, then only the matching rows'
-        # other columns are read), rather than through a copy of the span.
-        run(kpi_days_sql(f"{v}.measures m", spec, _KPI_DAYS, span))
-        read = ", ".join(f"'{m}'" for m in FROM_ROWS_MEASURES)
-        run(
-            # Only the columns the KPIs read of these measures (crm_ledger.kpis: the value of
-            # `solved`, the case of `handled`).
-            f"CREATE OR REPLACE TEMP TABLE {_KPI_ROWS} AS SELECT employee_id, team_id, occurred_at, "
-            f"measure, value, ref FROM {v}.measures m WHERE {span} AND measure IN ({read})"
-        )
-        for grain, period in PERIODS.items():
-            # The touched periods by their first day (what the rows are grouped by) and text.
-            start = PERIOD_STARTS[grain]
+        days = f"{v}.{DAYS}"
+        if DAYS not in self._tables(v):
+            # Built before the days were kept (or by another engine, or a replay): made once
+            # from every measure row, this update's included.
+            run(build_sql(v, f"{v}.measures", spec))
+        else:
             run(
-                f"CREATE OR REPLACE TEMP TABLE crm_aff AS SELECT DISTINCT employee_id, team_id, "
-                f"{start} AS start, {period} AS period FROM crm_touched"
+                "CREATE OR REPLACE TEMP TABLE crm_kday AS SELECT DISTINCT employee_id, team_id, "
+                "CAST(occurred_at AS DATE) AS occurred_at FROM crm_touched"
             )
+            same_day = (
+                "d.employee_id IS NOT DISTINCT FROM k.employee_id AND d.team_id = k.team_id AND "
+                "CAST(d.occurred_at AS DATE) = k.occurred_at"
+            )
+            run(f"DELETE FROM {days} d USING crm_kday k WHERE {same_day}")
+            # Only the columns the aggregates read: fetching scattered rows costs per column.
+            measures = (
+                f"(SELECT {', '.join(f'd.{c}' for c in READS)} FROM {v}.measures d "
+                f"SEMI JOIN crm_kday k ON {same_day})"
+            )
+            run(f"INSERT INTO {days} BY NAME {days_select(measures, spec)}")
+        # Every touched period lies in this span of days (a literal bound: DuckDB's zone maps
+        # skip what lies outside it, and only the rows inside it are joined).
+        low, high = run(
+            "SELECT least(date_trunc('month', min(occurred_at)), date_trunc('week', min(occurred_at))), "
+            "greatest(date_trunc('month', max(occurred_at)) + INTERVAL 1 MONTH, "
+            "date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched"
+        ).fetchone() or (None, None)
+        if low is None:
+            return
+        span = f"d.occurred_at >= DATE '{low:%Y-%m-%d}' AND d.occurred_at < DATE '{high:%Y-%m-%d}'"
+        # The touched periods of every grain by their first day (what the rows are grouped
+        # by) and text; their rows of the six tables are computed in one statement.
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_aff AS "
+            + " UNION ALL ".join(
+                f"SELECT DISTINCT '{grain}' AS grain, employee_id, team_id, {PERIOD_STARTS[grain]} AS start, "
+                f"{period} AS period FROM crm_touched"
+                for grain, period in PERIODS.items()
+            )
+        )
+        select = periods_select(f"(SELECT * FROM {days} d WHERE {span})", "crm_aff")
+        run(f"CREATE OR REPLACE TEMP TABLE crm_kpi_rows AS {select}")
+        for grain in PERIODS:
             table = f"{v}.kpi_employee_{grain}"
             run(
-                f"DELETE FROM {table} USING crm_aff a WHERE {table}.employee_id IS NOT DISTINCT FROM "
-                f"a.employee_id AND {table}.team_id = a.team_id AND {table}.period = a.period"
+                f"DELETE FROM {table} USING crm_aff a WHERE a.grain = '{grain}' AND "
+                f"{table}.employee_id IS NOT DISTINCT FROM a.employee_id AND {table}.team_id = a.team_id "
+                f"AND {table}.period = a.period"
             )
-            keys = f"(employee_id, team_id, {start}) IN (SELECT employee_id, team_id, start FROM crm_aff)"
-            select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=False, where=keys)
-            run(f"INSERT INTO {table} {select}")
+            run(
+                f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (grain, team_level) FROM crm_kpi_rows "
+                f"WHERE grain = '{grain}' AND NOT team_level ORDER BY employee_id, team_id, period"
+            )
             table = f"{v}.kpi_team_{grain}"
             run(
                 f"DELETE FROM {table} WHERE (team_id, period) IN "
-                "(SELECT DISTINCT team_id, period FROM crm_aff)"
+                f"(SELECT DISTINCT team_id, period FROM crm_aff WHERE grain = '{grain}')"
             )
-            keys = f"(team_id, {start}) IN (SELECT DISTINCT team_id, start FROM crm_aff)"
-            select = kpi_from_days_select(_KPI_DAYS, _KPI_ROWS, spec, grain, team=True, where=keys)
-            run(f"INSERT INTO {table} {select}")
+            run(
+                f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (grain, team_level, employee_id) "
+                f"FROM crm_kpi_rows WHERE grain = '{grain}' AND team_level ORDER BY team_id, period"
+            )
+
+    def _tables(self, schema: str) -> set[str]:
+        """The names of the tables of `schema`."""
+        rows = self.db.connection.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = ? AND NOT temporary",
+            [schema],
+        ).fetchall()
+        return {str(row[0]) for row in rows}
 
     def _record(self, snapshot: int, full: bool) -> None:
         """The snapshot's stream positions and log version, beside the tables."""
@@ -406,6 +449,7 @@ class Maintainer:
         )
         run(
             "CREATE OR REPLACE TEMP TABLE crm_case AS SELECT case_id FROM crm_new WHERE case_id IS NOT NULL "
+            f"AND event_type IN {_CASE_CHANGING} "
             "UNION SELECT source_case_id FROM crm_new WHERE source_case_id IS NOT NULL"
         )
         # Team history, then the measures it attributes.
@@ -437,7 +481,15 @@ class Maintainer:
         run("INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM crm_measures")
         moved = run("SELECT count(*) FROM crm_emp").fetchone() != (0,)
         service = ServiceMaintenance(
-            self.db.connection, s, self.index.table, self.index.payloads, self.visible, *self._ends
+            self.db.connection,
+            s,
+            self.index.table,
+            self.index.payloads,
+            self.visible,
+            *self._ends,
+            # Every event of the cases read is in EV already (not after a team move: then
+            # EV is the whole snapshot and the service tables are rebuilt whole).
+            at_hand=None if moved else (EV, "crm_read_cases"),
         )
         if moved:
             self._service_tables(s)
@@ -452,7 +504,7 @@ class Maintainer:
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
-        if self._has_profile_state(s):
+        if {PARTIALS, CASES} <= self._tables(s):
             for statement in merge_sql(s, "crm_new"):
                 run(statement)
         else:
@@ -473,8 +525,9 @@ class Maintainer:
             "AND team_id IS NOT NULL AND case_id IN (SELECT case_id FROM crm_case)"
         )
         pairs = "(team_id, period) IN (SELECT team_id, period FROM crm_complaints)"
-        run(f"DELETE FROM {s}.complaint_kpi_month WHERE {pairs}")
-        run(f"INSERT INTO {s}.complaint_kpi_month {complaint_kpi_select(EV, pairs)}")
+        if run("SELECT count(*) FROM crm_complaints").fetchone() != (0,):
+            run(f"DELETE FROM {s}.complaint_kpi_month WHERE {pairs}")
+            run(f"INSERT INTO {s}.complaint_kpi_month {complaint_kpi_select(EV, pairs)}")
         # Statements and adjustments of the employee-months they were issued for.
         run(
             "CREATE OR REPLACE TEMP TABLE crm_statements AS SELECT DISTINCT employee_id, period "
@@ -486,14 +539,6 @@ class Maintainer:
             run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
             run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")
         return new
-
-    def _has_profile_state(self, s: str) -> bool:
-        row = self.db.connection.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = ? AND table_name IN (?, ?)",
-            [s, PARTIALS, CASES],
-        ).fetchone()
-        return row == (2,)
 
     def _service_tables(self, s: str) -> None:
         """Rebuild the service tables whole, and their measure rows; pass on the changed rows' keys.

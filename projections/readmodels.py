@@ -83,9 +83,9 @@ READ_MODELS: tuple[ReadModel, ...] = (
         ("events", "team_history", "sla_case", "field_visit"),
         "log",
         False,
-        "new event; every event of a touched case (first resolution, citations); employee with a "
-        "team move; the service rows of the cases whose SLA or visits were recomputed (only "
-        "changed rows pass their keys on)",
+        "new event; every event of a case a new opening, acceptance, resolution, reopening or "
+        "link changes (first resolution, citations); employee with a team move; the SLA rows of "
+        "the cases whose SLA was recomputed and the visit rows of those whose visits were",
     ),
     *(_kpi(who, grain) for grain in ("month", "week", "day") for who in ("employee", "team")),
     ReadModel(

@@ -10,14 +10,18 @@ events of an update:
 
 - `contract_terms`, by contract: the contracts named by new contract events (a term
   depends on its contract's events only).
-- `sla_case`, by case: the cases of new openings, acceptances and resolutions; every case
-  of a customer whose contract terms changed (a contract started later covers earlier
-  cases); and the unresolved cases whose SLA ran out between the old and the new "now"
-  (the log's last event), the only rows "now" changes.
+- `sla_case`, by case: the cases of new openings, acceptances and resolutions, and every
+  case of a customer whose contract terms changed (a contract started later covers earlier
+  cases), recomputed from their events (those of the cases the update read are at hand;
+  a case whose customer's terms alone changed is given by its own row's case steps); and
+  the unresolved cases whose SLA ran out between the old and the new "now" (the log's last
+  event), the only rows "now" changes, and only their `breached`, set in place.
 - `field_visit`, by the case of the visit's scheduling: the cases of the visits named by
   new visit events (a case's first visit depends on all of its visits).
-- the service rows of `measures`: the cases of the two above (every service measure row
-  belongs to a case); only the rows that changed pass their keys on to the KPI tables.
+- the service rows of `measures`: the SLA rows of the cases whose SLA was recomputed and
+  the visit rows of the cases whose visits were (every service measure row belongs to a
+  case and comes from one `sla_case` or `field_visit` row), made from those new rows; the
+  keys of the rows deleted and inserted pass on to the KPI tables.
 - `retention_month`, by month: the months the changed contracts' terms (before and after,
   and the terms they replaced) come up for renewal in, and those of the terms of customers
   whose details changed; segment and region from the just updated profiles.
@@ -43,7 +47,8 @@ import duckdb
 from projections.goals import GOAL_TABLES, goal_model_sql
 from projections.logindex import timestamp_sql
 from projections.service_models import (
-    SERVICE_MEASURES,
+    SLA_MEASURES,
+    VISIT_MEASURES,
     contract_terms_sql,
     field_visit_sql,
     profile_service_sql,
@@ -54,7 +59,8 @@ from projections.service_models import (
 
 #: The scratch schema the full-build SQL runs in (created and dropped inside the update's transaction).
 SCRATCH = "crm_inc"
-_SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
+_SLA = ", ".join(f"'{m}'" for m in SLA_MEASURES)
+_VISIT = ", ".join(f"'{m}'" for m in VISIT_MEASURES)
 _CASE_STEPS = "('CaseOpened', 'CaseAccepted', 'CaseResolved')"
 _DETAILS = "('CustomerRegistered', 'CustomerDetailsChanged')"
 _GOAL_EVENTS = "('TeamGoalSet', 'TeamGoalRevised', 'TeamGoalClosed')"
@@ -90,11 +96,12 @@ KEY_TABLES = (
     "crm_sv_fv",
     "crm_sv_visits",
     "crm_sv_fv_customers",
-    "crm_sv_cases",
+    "crm_sv_sla_rows",
+    "crm_sv_fv_rows",
     "crm_sv_service",
-    "crm_sv_old",
     "crm_sv_old_rows",
     "crm_sv_customers",
+    "crm_sv_far",
 )
 
 
@@ -154,7 +161,10 @@ class ServiceMaintenance:
 
     `index` is the source's index table and `payloads` its table of payload events
     (projections.logindex), `visible` the condition of a version's rows in them,
-    `crm_fresh` (a temp table of index rows) the update's new events.
+    `crm_fresh` (a temp table of index rows) the update's new events. `at_hand` names a
+    table of those index rows that holds every event of the cases listed in a second
+    table (the maintainer's materialised events and the cases it read): the SLA of those
+    cases is computed from it instead of fetching their rows from the index again.
     """
 
     def __init__(  # noqa: PLR0917 - the update's inputs, named at the one caller
@@ -166,8 +176,10 @@ class ServiceMaintenance:
         visible: str,
         old_end: datetime | None,
         new_end: datetime | None,
+        at_hand: tuple[str, str] | None = None,
     ) -> None:
         self.connection = connection
+        self.at_hand = at_hand
         self.run: Callable[..., Any] = connection.execute
         self.s = s
         self.index = index
@@ -191,12 +203,51 @@ class ServiceMaintenance:
             f"WHERE {self.visible} AND ({where})"
         )
         select = f"SELECT {', '.join(columns)} FROM {table} WHERE rowid IN (SELECT r FROM {_ROWS})"
-        if with_end:
-            # One row carrying the log's last moment: the SQL's "now" is max(occurred_at) of
-            # `events`; its event type matches no filter, so nothing else reads it.
-            end = timestamp_sql(self.new_end)
-            select += f" UNION ALL BY NAME SELECT 'crm.log_end' AS event_type, {end} AS occurred_at"
-        return select
+        return self._with_end(select) if with_end else select
+
+    def _with_end(self, select: str) -> str:
+        """`select` and one row carrying the log's last moment: the SQL's "now" is
+        max(occurred_at) of `events`; its event type matches no filter, so nothing else reads it."""
+        end = timestamp_sql(self.new_end)
+        return f"{select} UNION ALL BY NAME SELECT 'crm.log_end' AS event_type, {end} AS occurred_at"
+
+    def _sla_events(self, sla: str) -> str:
+        """The case steps of the cases `sla` selects, with the log's end, as `events`.
+
+        The cases whose events are at hand are read from there. The others are cases of
+        customers whose terms changed, with no new case step (a new step is at hand): their
+        events are as they were when their `sla_case` row was made, and sla_case_sql reads
+        of them only what that row holds - the first opening's customer, severity, kind and
+        moment, the first acceptance's moment, the first resolution's moment, resolver and
+        event. So each is given as one opening, one acceptance and one resolution made from
+        its row (one of each: no ties to break), which gives the same row under new terms
+        without fetching its events from the index.
+        """
+        steps = f"event_type IN {_CASE_STEPS}"
+        if self.at_hand is None:
+            return self._rows(_SLA_READS, f"{sla} AND {steps}", with_end=True)
+        events, cases = self.at_hand
+        run = self.run
+        run(
+            "CREATE OR REPLACE TEMP TABLE crm_sv_far AS SELECT s.case_id FROM crm_sv_sla s "
+            f"ANTI JOIN {cases} c ON c.case_id = s.case_id"
+        )
+        near = (
+            f"SELECT {', '.join(_SLA_READS)} FROM {events} WHERE {steps} AND {sla} "
+            f"AND case_id IN (SELECT case_id FROM {cases})"
+        )
+        if self._count("crm_sv_far"):
+            far = f"FROM {self.s}.sla_case WHERE case_id IN (SELECT case_id FROM crm_sv_far)"
+            near += (
+                " UNION ALL BY NAME SELECT 'CaseOpened' AS event_type, opened_at AS occurred_at, "
+                f"customer_id, case_id, severity, kind {far}"
+                " UNION ALL BY NAME SELECT 'CaseAccepted' AS event_type, accepted_at AS occurred_at, "
+                f"customer_id, case_id {far} AND accepted_at IS NOT NULL"
+                " UNION ALL BY NAME SELECT 'CaseResolved' AS event_type, resolved_at AS occurred_at, "
+                "resolved_event_id AS event_id, resolver_id AS employee_id, customer_id, case_id "
+                f"{far} AND resolved_at IS NOT NULL"
+            )
+        return self._with_end(near)
 
     def _count(self, table: str) -> int:
         return int(self.run(f"SELECT count(*) FROM {table}").fetchone()[0])
@@ -233,26 +284,35 @@ class ServiceMaintenance:
                 run(f"DELETE FROM {s}.contract_terms WHERE {contracts}")
                 run(f"INSERT INTO {s}.contract_terms SELECT * FROM {SCRATCH}.contract_terms")
                 scratch.clear()
-            # SLA per case: new case steps, cases of customers whose terms changed, and the
-            # unresolved cases whose due moment "now" has passed since the last update.
+            # SLA per case: new case steps and the cases of customers whose terms changed are
+            # recomputed. Of the others, only the unresolved cases whose due moment "now" (the
+            # log's last event) has passed since the last update change, and only in
+            # `breached`: NULL (within the SLA) becomes true, as sla_case_sql gives when the
+            # log's end lies past `due_at`; such a case has no measure rows (it is unresolved).
             run(
                 "CREATE OR REPLACE TEMP TABLE crm_sv_sla AS SELECT case_id FROM crm_fresh "
                 f"WHERE case_id IS NOT NULL AND event_type IN {_CASE_STEPS} "
                 f"UNION SELECT case_id FROM {s}.sla_case "
-                "WHERE customer_id IN (SELECT customer_id FROM crm_sv_cov) "
-                f"UNION SELECT case_id FROM {s}.sla_case WHERE breached IS NULL AND resolved_at IS NULL "
-                f"AND due_at < {timestamp_sql(self.new_end)}"
+                "WHERE customer_id IN (SELECT customer_id FROM crm_sv_cov) AND case_id IS NOT NULL"
+            )
+            run(
+                f"UPDATE {s}.sla_case SET breached = true WHERE breached IS NULL AND resolved_at IS NULL "
+                f"AND due_at < {timestamp_sql(self.new_end)} "
+                "AND case_id NOT IN (SELECT case_id FROM crm_sv_sla)"
             )
             sla = "case_id IN (SELECT case_id FROM crm_sv_sla)"
-            if self._count("crm_sv_sla"):
-                scratch.events(
-                    self._rows(_SLA_READS, f"{sla} AND event_type IN {_CASE_STEPS}", with_end=True)
-                )
+            # The new rows of the recomputed cases are kept for their measure rows.
+            any_sla = self._count("crm_sv_sla") > 0
+            if any_sla:
+                scratch.events(self._sla_events(sla))
                 scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
                 scratch.build(sla_case_sql(SCRATCH))
                 run(f"DELETE FROM {s}.sla_case WHERE {sla}")
                 run(f"INSERT INTO {s}.sla_case SELECT * FROM {SCRATCH}.sla_case")
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_sla_rows AS SELECT * FROM {SCRATCH}.sla_case")
                 scratch.clear()
+            else:
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_sla_rows AS SELECT * FROM {s}.sla_case LIMIT 0")
             # Field visits, by the case they were scheduled for.
             run(
                 "CREATE OR REPLACE TEMP TABLE crm_sv_visits_new AS SELECT DISTINCT visit_id FROM crm_fresh "
@@ -265,7 +325,8 @@ class ServiceMaintenance:
             )
             fv = "case_id IN (SELECT case_id FROM crm_sv_fv)"
             run("CREATE OR REPLACE TEMP TABLE crm_sv_fv_customers (customer_id VARCHAR)")
-            if self._count("crm_sv_fv"):
+            any_fv = self._count("crm_sv_fv") > 0
+            if any_fv:
                 run(
                     "CREATE OR REPLACE TEMP TABLE crm_sv_visits AS SELECT DISTINCT visit_id FROM "
                     f"{self.payloads} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' AND {fv}"
@@ -280,35 +341,30 @@ class ServiceMaintenance:
                 )
                 run(f"DELETE FROM {s}.field_visit WHERE {fv}")
                 run(f"INSERT INTO {s}.field_visit SELECT * FROM {SCRATCH}.field_visit")
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_fv_rows AS SELECT * FROM {SCRATCH}.field_visit")
                 scratch.clear()
-            # The service measure rows of those cases; changed rows pass their keys on.
-            run(
-                "CREATE OR REPLACE TEMP TABLE crm_sv_cases AS SELECT case_id FROM crm_sv_sla "
-                "UNION SELECT case_id FROM crm_sv_fv"
-            )
-            if self._count("crm_sv_cases"):
-                cases = "case_id IN (SELECT case_id FROM crm_sv_cases)"
-                # Copies, not views: the measures read sla_case twice and field_visit four
-                # times, and each read of a view scans the whole table again.
-                scratch.table("sla_case", f"SELECT * FROM {s}.sla_case WHERE {cases}")
-                scratch.table("field_visit", f"SELECT * FROM {s}.field_visit WHERE {cases}")
+            else:
+                run(f"CREATE OR REPLACE TEMP TABLE crm_sv_fv_rows AS SELECT * FROM {s}.field_visit LIMIT 0")
+            # The service measure rows of those cases: SLA rows from the cases' new `sla_case`
+            # rows, visit rows from their new `field_visit` rows (the other kind of row of a
+            # case is as it was).
+            if any_sla or any_fv:
+                scratch.table("sla_case", "SELECT * FROM crm_sv_sla_rows")
+                scratch.table("field_visit", "SELECT * FROM crm_sv_fv_rows")
                 scratch.view("team_history", f"SELECT * FROM {s}.team_history")
                 run(f"CREATE OR REPLACE TEMP TABLE crm_sv_service AS {service_measures_select(SCRATCH)}")
                 scratch.clear()
                 run(
-                    "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r "
-                    f"FROM {s}.measures WHERE measure IN ({_SERVICE}) AND {cases}"
+                    "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r FROM "
+                    f"{s}.measures WHERE (measure IN ({_SLA}) AND {sla}) OR (measure IN ({_VISIT}) AND {fv})"
                 )
-                run(
-                    f"CREATE OR REPLACE TEMP TABLE crm_sv_old AS SELECT * FROM {s}.measures "
-                    "WHERE rowid IN (SELECT r FROM crm_sv_old_rows)"
-                )
-                old = "SELECT * FROM crm_sv_old"
+                # The keys of the old and the new rows pass on, as the other measures' do: the
+                # KPI tables recompute a touched day from its per-day aggregates cheaply, while
+                # telling the changed rows apart needed every column of the old rows.
                 run(
                     "INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM "
-                    f"(({old}) EXCEPT ALL (SELECT * FROM crm_sv_service)) "
-                    "UNION ALL SELECT employee_id, team_id, occurred_at FROM "
-                    f"((SELECT * FROM crm_sv_service) EXCEPT ALL ({old}))"
+                    f"{s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows) "
+                    "UNION ALL SELECT employee_id, team_id, occurred_at FROM crm_sv_service"
                 )
                 run(f"DELETE FROM {s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows)")
                 run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")

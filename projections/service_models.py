@@ -37,8 +37,11 @@ from __future__ import annotations
 
 #: The service read models, in build order (their units are in projections.readmodels).
 SERVICE_TABLES = ("contract_terms", "sla_case", "field_visit", "retention_month")
-#: The measures of the service side (`service_measures_select`), read by crm_ledger.kpis.
-SERVICE_MEASURES = ("sla", "sla_met", "visit", "visit_on_time", "ftf", "ftf_fixed")
+#: The measures of the service side (`service_measures_select`), read by crm_ledger.kpis:
+#: those made from `sla_case` rows, and those made from `field_visit` rows.
+SLA_MEASURES = ("sla", "sla_met")
+VISIT_MEASURES = ("visit", "visit_on_time", "ftf", "ftf_fixed")
+SERVICE_MEASURES = (*SLA_MEASURES, *VISIT_MEASURES)
 #: The columns `profile_service_sql` adds to `customer_profile`.
 PROFILE_SERVICE_COLUMNS = (
     "active_contracts",

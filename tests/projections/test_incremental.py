@@ -30,6 +30,7 @@ from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.engine import Projector
+from projections.kpi_days import DAYS
 from projections.log import log_root, log_slug
 from projections.maintain import Maintainer
 from projections.models import MODEL_TABLES
@@ -175,14 +176,25 @@ def test_incremental_updates_equal_a_full_rebuild(
         for s, t in specs:
             Maintainer(rebuilt, rebuilt.ensure_version(s, t, TOPIC)).update(full=True)
         for target in versions:
-            # A version built from another keeps the profile's partial aggregates in that one's schema.
-            own = (PARTIALS, CASES) if target.built_from is None else ()
+            # A version built from another keeps the profile's partial aggregates in that one's
+            # schema; one with its own KPIs keeps its per-day aggregates once it has followed
+            # the log (a replay makes none).
+            own = (PARTIALS, CASES, DAYS) if target.built_from is None else ()
+            if target.built_from is not None and _has_table(live, target.schema, DAYS):
+                own = (DAYS,)
             for table in (*MODEL_TABLES, *own):
                 name = f"{target.schema}.{table}"
                 assert digest(live.connection, name) == digest(rebuilt.connection, name), (target.name, table)
         live.close()
         rebuilt.close()
         app.close()
+
+
+def _has_table(db: ProjectionDB, schema: str, table: str) -> bool:
+    row = db.connection.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?", [schema, table]
+    ).fetchone()
+    return row == (1,)
 
 
 _CONTRACT_TOPICS = {f"crm.ledger.{t}" for t in ("ContractStarted", "ContractRenewed", "ContractEnded")}
@@ -197,8 +209,9 @@ def _assert_equals_a_full_rebuild(
     Maintainer(rebuilt, rebuilt.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)).update(
         full=True
     )
-    # The profile's partial aggregates too: kept by customer, they must be the full build's rows.
-    for table in (*MODEL_TABLES, PARTIALS, CASES):
+    # The profile's partial aggregates and the per-day KPI aggregates too: kept by customer
+    # and by day, they must be the full build's rows.
+    for table in (*MODEL_TABLES, PARTIALS, CASES, DAYS):
         name = f"{version.schema}.{table}"
         assert digest(live.connection, name) == digest(rebuilt.connection, name), (step, table)
     rebuilt.close()
@@ -377,8 +390,9 @@ def test_one_follower_over_many_chunks_equals_a_full_rebuild(tmp_path: Path) -> 
 
     Between its updates the follower keeps its log handle and the index's last positions;
     another projector updating the same database in between must make it find them again.
-    A database from before the index kept its payload events apart and the profile kept
-    partial aggregates (both tables dropped) is brought up to date exactly as well.
+    A database from before the index kept its payload events apart, the profile kept
+    partial aggregates and the KPIs kept per-day aggregates (the three tables dropped) is
+    brought up to date exactly as well.
     """
     app = _ledger(tmp_path, 3, 40, 4)
     messages = _shuffled(app, random.Random(3), 0.2)
@@ -391,12 +405,93 @@ def test_one_follower_over_many_chunks_equals_a_full_rebuild(tmp_path: Path) -> 
         if step == 2:
             Projector(live, version, ShuffledSource(messages, [size]), app.codec).run()
         if step == 4:
-            for table in ("main.crm_index_shuffled_payloads", f"{version.schema}.profile_partials"):
+            for table in (
+                "main.crm_index_shuffled_payloads",
+                f"{version.schema}.profile_partials",
+                f"{version.schema}.{DAYS}",
+            ):
                 live.connection.execute(f"DROP TABLE {table}")
         follower.run()
         _assert_equals_a_full_rebuild(live, version, tmp_path / f"rebuilt-{step}.duckdb", step)
         live.release()  # as an idle follower does
         step += 1
     assert step >= 5
+    live.close()
+    app.close()
+
+
+def test_a_late_team_move_and_other_thresholds_equal_a_full_rebuild(tmp_path: Path) -> None:
+    """A team move dated in the middle of the history arrives last, and a version with other
+    thresholds follows every chunk beside the default one.
+
+    The move re-attributes the employee's later measures: their old team's days from then
+    on are left without any (their per-day aggregates must go), the new team's gain them.
+    Both versions are compared with full rebuilds after every chunk, their per-day KPI
+    aggregates included (the other thresholds' version makes its own on its first refresh
+    after the replay that built it).
+    """
+    app = _ledger(tmp_path, 7, 40, 4)
+    history = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    teams = {r["employee_id"]: r["team_id"] for r in history if r["type"] == "EmployeeJoined"}
+    resolved = [r for r in history if r["type"] == "CaseResolved" and r.get("employee_id") in teams]
+    employee = max(sorted(teams), key=lambda e: sum(r["employee_id"] == e for r in resolved))
+    moments = sorted(r["occurred_at"] for r in history if r.get("employee_id") == employee)
+    other = next((t for t in sorted(set(teams.values())) if t != teams[employee]), "team-moved")
+    late = tmp_path / "move.jsonl"
+    late.write_text(
+        json.dumps(
+            {
+                "type": "EmployeeMovedTeam",
+                "event_id": "00000000-0000-4000-8000-000000000004",
+                "occurred_at": moments[len(moments) // 2],
+                "employee_id": employee,
+                "team_id": other,
+            }
+        )
+        + "\n"
+    )
+    summary = ingest_records(
+        app, read_file(late, RecordParser(app.registry)), RejectSink(None, echo=sys.stderr)
+    )
+    assert summary.accepted == 1
+    messages = [(n.id, n.state) for n in app.read_notifications(1, 1_000_000)]
+    third = (len(messages) - 1) // 3
+    sizes = [third, third, len(messages) - 1 - 2 * third, 1]
+    specs = {"default": (load_spec(DEFAULT_SPEC), DEFAULT_TEXT)}
+    path, text = _spec(tmp_path, "strict", STRICT_TEXT)
+    specs["strict"] = (load_spec(path), text)
+    live = ProjectionDB(tmp_path / "live.duckdb")
+    version = live.ensure_version(*specs["default"], TOPIC)
+    versions = {"default": version}
+    team_days: set[int] = set()
+    for step, size in enumerate(sizes):
+        # Followed through the default version, then (after the replay that builds the other
+        # thresholds' version) through that one, which keeps both current.
+        followed = versions["strict"] if step > 0 else version
+        Projector(live, followed, ShuffledSource(messages, [size]), app.codec).run()
+        if step == 0:
+            versions["strict"] = live.ensure_version(*specs["strict"], TOPIC, built_from=version.version)
+            Maintainer(live, versions["strict"]).update()
+        rebuilt_path = tmp_path / f"rebuilt-{step}.duckdb"
+        shutil.copytree(log_root(live.path) / log_slug(TOPIC), log_root(rebuilt_path) / log_slug(TOPIC))
+        rebuilt = ProjectionDB(rebuilt_path)
+        for name, target in versions.items():
+            alone = rebuilt.ensure_version(*specs[name], TOPIC)
+            Maintainer(rebuilt, alone).update(full=True)
+            own = (PARTIALS, CASES, DAYS) if target.built_from is None else ()
+            if step > 0 and target.built_from is not None:
+                own = (DAYS,)
+            for table in (*MODEL_TABLES, *own):
+                assert digest(live.connection, f"{target.schema}.{table}") == digest(
+                    rebuilt.connection, f"{alone.schema}.{table}"
+                ), (step, name, table)
+        rebuilt.close()
+        row = live.connection.execute(
+            f"SELECT count(*) FROM {version.schema}.{DAYS} WHERE employee_id = ? AND team_id = ?",
+            [employee, teams[employee]],
+        ).fetchone()
+        team_days.add(int(row[0]) if row else 0)
+    # The move took days away from the employee's first team (not only added some elsewhere).
+    assert len(team_days) > 1
     live.close()
     app.close()
