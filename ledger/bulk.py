@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
 from crm_ledger.errors import CrmLedgerError
@@ -40,6 +39,7 @@ from ledger.application import (
     decided_again_on_contention,
     encoded_size_bound,
 )
+from ledger.batch_rows import BatchRows, write_batch
 from ledger.domain import EVENT_OWNERS, LedgerAggregate, Occurrence, aggregate_hex
 from ledger.existence import existing_ids, indexed_events
 from ledger.mapper import epoch_ms
@@ -52,6 +52,9 @@ from schemas.registry import NAMESPACE
 _uncached_hex = aggregate_hex.__wrapped__
 #: Aggregates kept between batches (the eventsourcing path's cache holds as many).
 CACHED_AGGREGATES = 200_000
+#: A run's first batch of this many new events starts the writing process
+#: (`ledger.write_process`): below it, starting one costs more than the thread's CPU.
+WRITE_PROCESS_ROWS = 10_000
 Ref = tuple[str, str]
 
 
@@ -210,7 +213,7 @@ class BulkWriter:
         self.app = app
         self.cache: dict[Ref, _State] = {}
         self._cache_size = CACHED_AGGREGATES if cache_size is None else cache_size
-        self._postgres = not isinstance(app.recorder, SQLiteAggregateRecorder)
+        self._shareable = _shareable(app)
         self._topics = {event_type: f"{NAMESPACE}.{event_type}" for event_type in EVENT_OWNERS}
         self._behind = WriteBehind()
 
@@ -359,69 +362,37 @@ class BulkWriter:
         work = decided.work
         encode = app.codec.encode
         topics = self._topics
-        states = [
-            (hex_id, version, topics[kind], encode(kind, body) if isinstance(body, dict) else body)
-            for hex_id, version, kind, _, body in work.rows
+        events = [
+            (hex_id, version, topics[kind], encode(kind, body) if isinstance(body, dict) else body, event_id)
+            for hex_id, version, kind, event_id, body in work.rows
         ]
-        # SQLite takes the rows as they are (`bulk_rows`); eventsourcing's PostgreSQL recorder
-        # wants stored-event objects with UUIDs.
-        stored = (
-            [StoredEvent(UUID(hex=hex_id), version, topic, state) for hex_id, version, topic, state in states]
-            if self._postgres
-            else []
-        )
-        index = [(event_id, hex_id, version) for hex_id, version, _, event_id, _ in work.rows]
-        forgotten = decided.forgotten
-        new_keys = dict(work.new_keys)
-        recorder = app.recorder
-        postgres = self._postgres
-        in_event_store = vault.in_event_store
-
-        def keys(cursor: Any) -> None:
-            # In the events' own transaction, new keys first, then the forgotten customers'
-            # keys deleted (maybe this batch's own): the events, the keys that read them and
-            # the forgetting are committed together or not at all.
-            if new_keys:
-                vault.insert_keys(cursor, new_keys)
-            if forgotten:
-                vault.delete_keys_in(cursor, forgotten)
-
-        def write() -> None:  # in the writing thread: the store only, no shared caches
-            if not states:
-                return
-            if not in_event_store:
-                # Keys in a store of their own: committed before the events encrypted with
-                # them; shredded before the forget is saved (a crash in between leaves data
-                # unreadable, never readable).
-                vault.commit_keys(new_keys)
-                vault.delete_keys(forgotten)
-            recorder.insert_events(
-                stored,
-                event_index=index,
-                bulk=True,
-                bulk_rows=None if postgres else states,
-                before_events=keys if in_event_store and (new_keys or forgotten) else None,
-            )
-            batch.committed = True
-            if in_event_store and forgotten:
-                vault.wipe_log()
-
+        rows = BatchRows(events, dict(work.new_keys), decided.forgotten)
+        if len(events) >= WRITE_PROCESS_ROWS and self._shareable and not self._behind.in_process:
+            # A large batch: from now on the store's work is done on the other core.
+            self._behind.use_process(app.name, app.env)
         batch = InFlight(
             token=token,
             facts=decided.facts,
             prepared=decided.prepared,
             outcomes=decided.outcomes,
-            stored={index[i][0]: states[i][3] for i in range(len(states))},
-            originators=frozenset(row[0] for row in states),
-            forgotten=frozenset(forgotten),
+            stored={row[4]: row[3] for row in events},
+            originators=frozenset(row[0] for row in events),
+            forgotten=frozenset(decided.forgotten),
             interactions=work.interactions,
         )
+
+        def committed() -> None:
+            batch.committed = True
+
+        def write() -> None:  # in the writing thread: the store only, no shared caches
+            write_batch(app.recorder, vault, rows, committed)
+
         # What the next batch is decided on, ahead of the commit (undone if it fails).
-        vault.remember_keys(new_keys)
-        vault.drop_cached(forgotten)
+        vault.remember_keys(rows.new_keys)
+        vault.drop_cached(decided.forgotten)
         app.remember_handlers(work.interactions)
         self._trim()
-        self._behind.start(batch, write)
+        self._behind.start(batch, write, rows)
 
     def _trim(self) -> None:
         # Least recently used first (`get` moves what it finds to the end); an evicted
@@ -433,6 +404,14 @@ class BulkWriter:
 
 
 _ENVELOPE = frozenset({"event_id", "occurred_at", "recorded_at"})
+
+
+def _shareable(app: LedgerApplication) -> bool:
+    """Whether another process can write to the application's store (not an in-memory one)."""
+    if not isinstance(app.recorder, SQLiteAggregateRecorder):
+        return str(app.env.get("PERSISTENCE_MODULE") or "").startswith("eventsourcing.postgres")
+    name = str(app.env.get("SQLITE_DBNAME") or "")
+    return bool(name) and ":memory:" not in name and "mode=memory" not in name
 
 
 class _Saved(CrmLedgerError):  # noqa: N818 - a wrapper, raised through the retry loop
