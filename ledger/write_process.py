@@ -9,19 +9,21 @@ writes them with the same `write_batch` the writing thread uses, through a recor
 vault of its own on the same store, and answers with whether the batch was committed and
 the error, if any.
 
-It is started (spawned: a clean interpreter, never a copy of the deciding process's
-memory) for a run's first large batch and serves the whole run. It ignores Ctrl-C (the
-deciding process waits for the commit in flight and then stops it), and it stops by itself
-when the deciding process is gone: a commit in progress then completes or is rolled back
-whole, never half-written.
+It is started for a run's first large batch and serves the whole run, as a fresh
+interpreter running this module (never a copy of the deciding process's memory, and
+without importing the caller's main module as multiprocessing's spawn would). It ignores
+Ctrl-C (the deciding process waits for the commit in flight and then stops it), and it
+stops by itself when the deciding process is gone: a commit in progress then completes or
+is rolled back whole, never half-written.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
@@ -33,40 +35,61 @@ from ledger.batch_rows import BatchRows, write_batch
 from ledger.errors import WriteProcessError
 from ledger.vault import PersonalDataVault
 
-#: How the writing process is started. Tests fork it instead, so that the faults they plant
-#: in the store's classes are inherited by it.
-START_METHOD = "spawn"
+#: How the writing process is started: "exec" (a new interpreter) in use; tests "fork" it,
+#: so that the faults they plant in the store's classes are inherited by it.
+START_METHOD = "exec"
 #: Seconds between checks that the deciding process is still there, while idle.
 _PARENT_CHECK_S = 1.0
+_LAUNCH = "import sys; sys.path[:0] = {path!r}; from ledger.write_process import main; main()"
 
 
 class WriteProcess:
-    """The writing process of one run and the pipe to it (one batch in flight at most)."""
+    """The writing process of one run and the pipes to it (one batch in flight at most)."""
 
     def __init__(self, name: str, env: Mapping[str, str]) -> None:
-        context: Any = multiprocessing.get_context(START_METHOD)  # its Process class is not typed
-        self._connection, child = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=_serve,
-            args=(child, name, dict(env), os.getpid()),
-            name="ledger-writer",
-            daemon=True,
-        )
-        self._process.start()
-        child.close()
+        from_parent, to_child = os.pipe()  # (read end, write end)
+        from_child, to_parent = os.pipe()
+        parent = os.getpid()
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+        if START_METHOD == "fork":
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the forked child (tests only)
+                os.close(to_child)
+                os.close(from_child)
+                code = 0
+                try:
+                    given = Connection(from_parent, writable=False)
+                    _serve(Connection(to_parent, readable=False), given, parent)
+                except BaseException:  # noqa: BLE001 - the child's exit code tells the parent
+                    code = 3
+                os._exit(code)
+            self._pid = pid
+        else:
+            launch = _LAUNCH.format(path=sys.path)
+            self._popen = subprocess.Popen(
+                [sys.executable, "-c", launch, str(from_parent), str(to_parent), str(parent)],
+                pass_fds=(from_parent, to_parent),
+                stdin=subprocess.DEVNULL,
+            )
+        os.close(from_parent)
+        os.close(to_parent)
+        self._send = Connection(to_child, readable=False)
+        self._receive = Connection(from_child, writable=False)
         self._waiting = False
+        self._send.send_bytes(pickle.dumps((name, dict(env))))
 
     def send(self, rows: BatchRows) -> None:
         """Hand a batch over; `receive` gives its result."""
         assert not self._waiting, "receive the result of the batch in flight first"
-        self._connection.send_bytes(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+        self._send.send_bytes(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
         self._waiting = True
 
     def receive(self) -> tuple[bool, BaseException | None]:
         """Wait for the batch in flight: (whether it was committed, the error if any)."""
         assert self._waiting
         try:
-            reply = self._connection.recv_bytes()
+            reply = self._receive.recv_bytes()
         except (EOFError, OSError):
             self._waiting = False
             # Whether the batch was committed is unknown: it must not be decided again.
@@ -83,33 +106,48 @@ class WriteProcess:
         try:
             if self._waiting:
                 self.receive()
-            self._connection.send_bytes(b"")
+            self._send.send_bytes(b"")
         except (OSError, EOFError, ValueError):
             pass  # already gone
         finally:
-            self._connection.close()
-            self._process.join(timeout=60)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join()
+            self._send.close()
+            self._receive.close()
+            self._wait()
+
+    def _wait(self) -> None:
+        if self._popen is not None:
+            try:
+                self._popen.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
+        elif self._pid is not None:
+            os.waitpid(self._pid, 0)
 
 
-def _serve(connection: Connection, name: str, env: dict[str, str], parent: int) -> None:
-    """The writing process: write each batch received, answer (committed, error)."""
+def main() -> None:
+    """The writing process's entry point (argv: read fd, write fd, the deciding process's pid)."""
+    read_fd, write_fd, parent = (int(a) for a in sys.argv[1:4])
+    _serve(Connection(write_fd, readable=False), Connection(read_fd, writable=False), parent)
+
+
+def _serve(out: Connection, given: Connection, parent: int) -> None:
+    """Write each batch received, answer (committed, error); stop at an empty message."""
     # Ctrl-C reaches the whole process group; the deciding process handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    name, env = pickle.loads(given.recv_bytes())
     factory = InfrastructureFactory.construct(Environment(name, env))
-    recorder = factory.application_recorder()
-    vault = PersonalDataVault(recorder, Environment(name, env).get("KEY_STORE"))
     try:
+        recorder = factory.application_recorder()
+        vault = PersonalDataVault(recorder, Environment(name, env).get("KEY_STORE"))
         while True:
-            while not connection.poll(_PARENT_CHECK_S):
+            while not given.poll(_PARENT_CHECK_S):
                 if os.getppid() != parent:
                     return  # the deciding process is gone: nothing more will come
-            message = connection.recv_bytes()
+            message = given.recv_bytes()
             if not message:
                 return
-            connection.send_bytes(_written(recorder, vault, pickle.loads(message)))
+            out.send_bytes(_written(recorder, vault, pickle.loads(message)))
     except (EOFError, OSError):
         return
     finally:

@@ -6,7 +6,7 @@ tests cover what only happens around a batch in flight: another writer getting i
 of its commit (the batch, and the one decided on top of it, are decided again on fresh
 state), a store failure (raised, nothing half-written, and the run can simply be repeated),
 a failure after the commit (raised, never decided again), and a customer forgotten by the
-batch in flight. The writing process is forked here (it is spawned in use) so that the
+batch in flight. The writing process is forked here (in use it is a new interpreter) so that the
 faults planted in the store's classes reach it; a thread sees them on the instances.
 """
 
