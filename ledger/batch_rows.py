@@ -9,7 +9,7 @@ writing process (`ledger.write_process`), so the two cannot write differently.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -18,9 +18,13 @@ from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
 from ledger.vault import PersonalDataVault
+from schemas.registry import NAMESPACE
 
-#: (originator id as 32 hex digits, originator version, topic, stored message, event id)
-EventRow = tuple[str, int, str, bytes, str]
+#: (originator id as 32 hex digits, originator version, topic, stored message, event id); the
+#: message may still be the record to encode (see `encoded`).
+EventRow = tuple[str, int, str, "bytes | dict[str, Any]", str]
+#: Encodes a record of an event type (`schemas.codec.AvroCodec.encode`).
+Encode = Callable[[str, Mapping[str, Any]], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +38,28 @@ class BatchRows:
     forgotten: list[str]
 
 
+def encoded(rows: BatchRows, encode: Encode) -> BatchRows:
+    """`rows` with every record still to encode encoded (its event type is its topic's name)."""
+    if all(isinstance(row[3], bytes) for row in rows.events):
+        return rows
+    prefix = len(NAMESPACE) + 1
+    events: list[EventRow] = [
+        row
+        if isinstance(row[3], bytes)
+        else (row[0], row[1], row[2], encode(row[2][prefix:], row[3]), row[4])
+        for row in rows.events
+    ]
+    return BatchRows(events, rows.new_keys, rows.forgotten)
+
+
 def write_batch(
     recorder: ApplicationRecorder,
     vault: PersonalDataVault,
     rows: BatchRows,
     committed: Callable[[], None],
 ) -> None:
-    """Write `rows` in one store transaction; `committed` is called once it is committed.
+    """Write `rows` (every message encoded) in one store transaction; `committed` is called
+    once it is committed.
 
     A failure before `committed` left nothing of the batch in the store; a failure after it
     (wiping SQLite's log of deleted keys) left the batch saved, so it must not be decided again.
@@ -72,7 +91,10 @@ def write_batch(
     stored = (
         []
         if sqlite
-        else [StoredEvent(UUID(hex=h), version, topic, state) for h, version, topic, state, _ in rows.events]
+        else [
+            StoredEvent(UUID(hex=h), version, topic, _message(state))
+            for h, version, topic, state, _ in rows.events
+        ]
     )
     given = [(h, version, topic, state) for h, version, topic, state, _ in rows.events] if sqlite else None
     recorder.insert_events(
@@ -85,3 +107,8 @@ def write_batch(
     committed()
     if in_event_store and forgotten:
         vault.wipe_log()
+
+
+def _message(state: bytes | dict[str, Any]) -> bytes:
+    assert isinstance(state, bytes), "encode the batch's records first (`encoded`)"
+    return state

@@ -39,7 +39,7 @@ from ledger.application import (
     decided_again_on_contention,
     encoded_size_bound,
 )
-from ledger.batch_rows import BatchRows, write_batch
+from ledger.batch_rows import BatchRows, EventRow, encoded, write_batch
 from ledger.domain import EVENT_OWNERS, LedgerAggregate, Occurrence, aggregate_hex
 from ledger.existence import existing_ids, indexed_events
 from ledger.mapper import epoch_ms
@@ -104,13 +104,17 @@ class BulkUnitOfWork:
         """Ask the store once which ids it holds: the event-id index and uncached aggregates."""
         app = self._writer.app
         behind = self._writer.behind
+        ids = {f.event_id for f in facts}
         if behind.forgets_any({f.data["customer_id"] for f in facts if "customer_id" in f.data}):
             # Their keys must be gone from the store before this batch asks it for keys.
+            behind.settle()
+        elif behind.encodes_any(ids):
+            # The batch in flight holds some of these facts but their messages are being
+            # encoded in the writing process: the store answers for them once committed.
             behind.settle()
         # The batch still being written (if any) answers for its own event ids: the same
         # messages the index will point to once it is committed.
         in_flight = behind.in_flight.stored if behind.in_flight is not None else {}
-        ids = {f.event_id for f in facts}
         self.stored_ids = indexed_events(app.recorder, ids.difference(in_flight))
         self.stored_ids.update((i, in_flight[i]) for i in ids.intersection(in_flight))
         own = {(Occurrence.KIND, f.event_id) for f in facts}
@@ -360,23 +364,27 @@ class BulkWriter:
         app = self.app
         vault = app.vault
         work = decided.work
-        encode = app.codec.encode
+        if len(work.rows) >= WRITE_PROCESS_ROWS and self._shareable and not self._behind.in_process:
+            # A large batch: from now on the store's work is done on the other core.
+            self._behind.use_process(app.name, app.env, app.registry)
         topics = self._topics
-        events = [
-            (hex_id, version, topics[kind], encode(kind, body) if isinstance(body, dict) else body, event_id)
+        events: list[EventRow] = [
+            (hex_id, version, topics[kind], body, event_id)
             for hex_id, version, kind, event_id, body in work.rows
         ]
         rows = BatchRows(events, dict(work.new_keys), decided.forgotten)
-        if len(events) >= WRITE_PROCESS_ROWS and self._shareable and not self._behind.in_process:
-            # A large batch: from now on the store's work is done on the other core.
-            self._behind.use_process(app.name, app.env)
+        if not self._behind.in_process:
+            # The writing thread would hold the interpreter while encoding: done here. (The
+            # writing process encodes them itself, on the other core.)
+            rows = encoded(rows, app.codec.encode)
         batch = InFlight(
             token=token,
             facts=decided.facts,
             prepared=decided.prepared,
             outcomes=decided.outcomes,
-            stored={row[4]: row[3] for row in events},
-            originators=frozenset(row[0] for row in events),
+            stored={row[4]: row[3] for row in rows.events if isinstance(row[3], bytes)},
+            encoding=frozenset(row[4] for row in rows.events if not isinstance(row[3], bytes)),
+            originators=frozenset(row[0] for row in rows.events),
             forgotten=frozenset(decided.forgotten),
             interactions=work.interactions,
         )

@@ -28,6 +28,7 @@ from typing import Any
 
 from ledger.batch_rows import BatchRows
 from ledger.write_process import WriteProcess
+from schemas.registry import SchemaRegistry
 
 
 @dataclass(eq=False)
@@ -39,8 +40,11 @@ class InFlight:
     facts: list[Any]
     prepared: list[Any]
     outcomes: list[Any]
-    #: Stored message of each event id the batch writes.
+    #: Stored message of each event id the batch writes (but `encoding`).
     stored: Mapping[str, bytes]
+    #: Event ids whose message the writing process encodes: the store answers for them once
+    #: the batch is committed.
+    encoding: frozenset[str]
     #: Aggregate ids (32 hex digits) the batch writes events of.
     originators: frozenset[str]
     #: Customers whose keys the batch deletes.
@@ -69,11 +73,11 @@ class WriteBehind:
         """Whether batches are written by a writing process (else by the writing thread)."""
         return self._process is not None
 
-    def use_process(self, name: str, env: Mapping[str, str]) -> None:
+    def use_process(self, name: str, env: Mapping[str, str], registry: SchemaRegistry) -> None:
         """From now on, write batches in a process of their own on the store `env` names."""
         assert self.in_flight is None, "settle the batch in flight first"
         if self._process is None:
-            self._process = WriteProcess(name, env)
+            self._process = WriteProcess(name, env, registry)
 
     def start(self, batch: InFlight, write: Callable[[], None], rows: BatchRows) -> None:
         """Hand `batch` over: `write` runs in the writing thread (after the previous batch),
@@ -113,6 +117,11 @@ class WriteBehind:
         """Whether the batch in flight writes events of any of these aggregates."""
         batch = self.in_flight
         return batch is not None and not batch.settled and not batch.originators.isdisjoint(originators)
+
+    def encodes_any(self, event_ids: Collection[str]) -> bool:
+        """Whether the batch in flight writes any of these events with a message not yet encoded."""
+        batch = self.in_flight
+        return batch is not None and not batch.settled and not batch.encoding.isdisjoint(event_ids)
 
     def forgets_any(self, customer_ids: Collection[str]) -> bool:
         """Whether the batch in flight deletes the key of any of these customers."""

@@ -5,9 +5,11 @@ PostgreSQL's round trips). In a thread of the deciding process that work still c
 deciding process its CPU (~21 µs per event at 1M events, about a third of it). A writing
 process takes it to the other core: the main process only pickles each batch's rows
 (`ledger.batch_rows.BatchRows`, plain tuples) and sends them through a pipe; this process
-writes them with the same `write_batch` the writing thread uses, through a recorder and key
-vault of its own on the same store, and answers with whether the batch was committed and
-the error, if any.
+encodes the records whose message the parse workers could not prepare (fields the ledger
+filled in or encrypted: about four in ten events of a generated history), and writes
+them with the same `write_batch` the writing thread uses, through a recorder and key vault
+of its own on the same store, and answers with whether the batch was committed and the
+error, if any.
 
 It is started for a run's first large batch and serves the whole run, as a fresh
 interpreter running this module (never a copy of the deciding process's memory, and
@@ -31,9 +33,11 @@ from typing import Any
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 
-from ledger.batch_rows import BatchRows, write_batch
+from ledger.batch_rows import BatchRows, Encode, encoded, write_batch
 from ledger.errors import WriteProcessError
 from ledger.vault import PersonalDataVault
+from schemas.codec import AvroCodec
+from schemas.registry import SchemaRegistry
 
 #: How the writing process is started: "exec" (a new interpreter) in use; tests "fork" it,
 #: so that the faults they plant in the store's classes are inherited by it.
@@ -46,7 +50,7 @@ _LAUNCH = "import sys; sys.path[:0] = {path!r}; from ledger.write_process import
 class WriteProcess:
     """The writing process of one run and the pipes to it (one batch in flight at most)."""
 
-    def __init__(self, name: str, env: Mapping[str, str]) -> None:
+    def __init__(self, name: str, env: Mapping[str, str], registry: SchemaRegistry) -> None:
         from_parent, to_child = os.pipe()  # (read end, write end)
         from_child, to_parent = os.pipe()
         parent = os.getpid()
@@ -77,7 +81,7 @@ class WriteProcess:
         self._send = Connection(to_child, readable=False)
         self._receive = Connection(from_child, writable=False)
         self._waiting = False
-        self._send.send_bytes(pickle.dumps((name, dict(env))))
+        self._send.send_bytes(pickle.dumps((name, dict(env), registry)))
 
     def send(self, rows: BatchRows) -> None:
         """Hand a batch over; `receive` gives its result."""
@@ -135,7 +139,8 @@ def _serve(out: Connection, given: Connection, parent: int) -> None:
     """Write each batch received, answer (committed, error); stop at an empty message."""
     # Ctrl-C reaches the whole process group; the deciding process handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    name, env = pickle.loads(given.recv_bytes())
+    name, env, registry = pickle.loads(given.recv_bytes())
+    codec = AvroCodec(registry, epoch_millis=True)
     factory = InfrastructureFactory.construct(Environment(name, env))
     try:
         recorder = factory.application_recorder()
@@ -147,18 +152,18 @@ def _serve(out: Connection, given: Connection, parent: int) -> None:
             message = given.recv_bytes()
             if not message:
                 return
-            out.send_bytes(_written(recorder, vault, pickle.loads(message)))
+            out.send_bytes(_written(recorder, vault, pickle.loads(message), codec.encode))
     except (EOFError, OSError):
         return
     finally:
         factory.close()
 
 
-def _written(recorder: Any, vault: PersonalDataVault, rows: BatchRows) -> bytes:
-    """Write one batch; the reply for the deciding process."""
+def _written(recorder: Any, vault: PersonalDataVault, rows: BatchRows, encode: Encode) -> bytes:
+    """Encode the records still to encode and write one batch; the reply for the deciding process."""
     done: list[bool] = []
     try:
-        write_batch(recorder, vault, rows, lambda: done.append(True))
+        write_batch(recorder, vault, encoded(rows, encode), lambda: done.append(True))
     except BaseException as error:  # noqa: BLE001 - every failure goes back to be judged
         return _reply(bool(done), error)
     return _reply(True, None)
