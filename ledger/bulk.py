@@ -52,9 +52,6 @@ from schemas.registry import NAMESPACE
 _uncached_hex = aggregate_hex.__wrapped__
 #: Aggregates kept between batches (the eventsourcing path's cache holds as many).
 CACHED_AGGREGATES = 200_000
-#: A run's first batch of this many new events starts the writing process
-#: (`ledger.write_process`): below it, starting one costs more than the thread's CPU.
-WRITE_PROCESS_ROWS = 10_000
 Ref = tuple[str, str]
 
 
@@ -259,6 +256,16 @@ class BulkWriter:
         """Wait for the batch being written; returns it (token, outcomes) once committed."""
         return self._previous()[0]
 
+    def expect_large_run(self) -> None:
+        """The run is large: start the writing process now, while the input is still read.
+
+        It then writes every batch handed over, on the other core; its start-up (a new
+        interpreter) overlaps the reading. Stores that only this process can reach (an
+        in-memory SQLite database) keep the writing thread.
+        """
+        if self._shareable:
+            self._behind.use_process(self.app.name, self.app.env, self.app.registry)
+
     @property
     def behind(self) -> WriteBehind:
         """The writing thread and the batch in flight in it."""
@@ -364,9 +371,6 @@ class BulkWriter:
         app = self.app
         vault = app.vault
         work = decided.work
-        if len(work.rows) >= WRITE_PROCESS_ROWS and self._shareable and not self._behind.in_process:
-            # A large batch: from now on the store's work is done on the other core.
-            self._behind.use_process(app.name, app.env, app.registry)
         topics = self._topics
         events: list[EventRow] = [
             (hex_id, version, topics[kind], body, event_id)

@@ -74,8 +74,10 @@ class WriteBehind:
         return self._process is not None
 
     def use_process(self, name: str, env: Mapping[str, str], registry: SchemaRegistry) -> None:
-        """From now on, write batches in a process of their own on the store `env` names."""
-        assert self.in_flight is None, "settle the batch in flight first"
+        """Start a process of its own that writes every batch handed over from now on.
+
+        A batch already in flight in the writing thread stays there until it is taken.
+        """
         if self._process is None:
             self._process = WriteProcess(name, env, registry)
 

@@ -249,7 +249,7 @@ def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
                 patch.setattr(parse_workers, "CHUNK_LINES", 41)
             if name == "bulk-process":
                 # Every batch written by the writing process, as a large run's are.
-                patch.setattr(bulk, "WRITE_PROCESS_ROWS", 0)
+                patch.setattr(ingest, "WRITE_PROCESS_RECORDS", 0)
             if name == "bulk-small-cache":
                 # Aggregates evicted (least recently used first) and read back all the time.
                 patch.setattr(bulk, "CACHED_AGGREGATES", 7)

@@ -21,7 +21,7 @@ import pytest
 from eventsourcing.persistence import OperationalError
 
 from crm_ledger.settings import Settings
-from ledger import bulk, write_process
+from ledger import ingest, write_process
 from ledger.application import LedgerApplication
 from ledger.ingest import IngestSummary, RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
@@ -47,7 +47,7 @@ def _ingest(app: LedgerApplication, path: Path, rejects: Path, batch_size: int =
 def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Where batches are written: the writing thread, or a writing process for every batch."""
     if request.param == "process":
-        monkeypatch.setattr(bulk, "WRITE_PROCESS_ROWS", 0)
+        monkeypatch.setattr(ingest, "WRITE_PROCESS_RECORDS", 0)
         monkeypatch.setattr(write_process, "START_METHOD", "fork")
     return str(request.param)
 
