@@ -86,9 +86,14 @@ class _ChildrenCpu:
         while True:
             for pid in _children():
                 try:
-                    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    command = (
+                        Path(f"/proc/{pid}/cmdline")
+                        .read_bytes()
+                        .replace(b"\0", b" ")
+                        .decode("utf-8", "replace")
+                    )
                     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
+                except (OSError, IndexError):
                     continue  # ended meanwhile
                 self._seen[pid] = (command, (int(fields[11]) + int(fields[12])) / ticks)
             if self._stop.wait(0.2):
@@ -101,11 +106,15 @@ class _ChildrenCpu:
 
 def _children() -> list[int]:
     pids: list[int] = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{os.getpid()}/task").iterdir())
+    except OSError:
+        return pids
+    for task in tasks:
         try:
             pids.extend(int(pid) for pid in (task / "children").read_text().split())
-        except OSError:
-            continue
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
     return pids
 
 
