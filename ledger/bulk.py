@@ -12,8 +12,9 @@ exactly as the eventsourcing path writes them: the same bytes (apart from `recor
 ciphertext nonces), the same notification order, the same rejects. The differential tests
 in `tests/test_bulk_differential.py` hold the two paths to that.
 
-A decided batch is written by a thread of its own while the next batch is decided
-(`ledger.write_behind`); its outcomes are returned once it is committed.
+A decided batch is written while the next batch is decided (`ledger.write_behind`): by a
+writing process in a large run (`ledger.write_process`, started by `expect_large_run`),
+else by a thread of its own; its outcomes are returned once it is committed.
 
 Aggregates stay in a bounded cache between batches; one missing from it is read back from
 the store and rebuilt with `when`. A batch that another writer got in the way of (a
