@@ -188,3 +188,41 @@ def test_a_failure_after_a_batch_is_committed_is_raised_not_decided_again(
     assert len(ledger_content(app)) == len(records)  # saved once
     summary = _ingest(app, run, tmp_path / "rerun.rejects", batch_size=50)
     assert (summary.accepted, summary.duplicates) == (0, len(records))
+
+
+def test_a_first_import_that_repeats_a_fact_batches_later_counts_it_like_the_aggregate_path(
+    app: LedgerApplication, tmp_path: Path, writer: str
+) -> None:
+    # Into an empty store the event-id index is not asked about each fact: a fact an earlier
+    # batch saved is found by the index's unique key or by the rejections' check, and its
+    # batch is decided again. Everything happens at one moment, so line order is batch order.
+    at = "2026-01-10T10:00:00Z"
+    registered = rec("CustomerRegistered", at, customer_id="c9", segment="smb", region="north", name="Cy")
+    talk = rec("InteractionRecorded", at, customer_id="c9", channel="chat", direction="inbound")
+    others = [
+        rec("InteractionRecorded", at, customer_id="c9", channel="web", direction="inbound") for _ in range(9)
+    ]
+    records = [
+        *basics("2026-01-01T00:00:00Z"),
+        registered,
+        talk,
+        *others,
+        registered,  # the same fact again: a duplicate (its rule alone would reject it)
+        talk,  # the same fact again: a duplicate (its rule alone would accept it)
+        {**talk, "channel": "phone"},  # the same id with other content: a conflict
+        *others[:2],
+    ]
+    run = _write(tmp_path / "run.jsonl", records)
+    summary = _ingest(app, run, tmp_path / "run.rejects", batch_size=3)
+    aggregates = LedgerApplication(Settings(store=str(tmp_path / "aggregates.sqlite")).eventsourcing_env())
+    sink = RejectSink(tmp_path / "aggregates.rejects", echo=None)
+    expected = ingest_records(
+        aggregates, read_file(run, RecordParser(aggregates.registry)), sink, batch_size=3, bulk=False
+    )
+    sink.close()
+
+    assert (summary.accepted, summary.duplicates, summary.conflicts, summary.rejected) == (16, 4, 1, 0)
+    assert summary == expected
+    assert ledger_content(app) == ledger_content(aggregates)
+    assert (tmp_path / "run.rejects").read_text() == (tmp_path / "aggregates.rejects").read_text()
+    aggregates.close()
