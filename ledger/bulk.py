@@ -85,9 +85,10 @@ class BulkUnitOfWork:
         #: This batch's new one-off facts (never cached across batches, like `record`).
         self._occurrences: dict[Ref, _State] = {}
         self._states: dict[int, _State] = {}  # id(aggregate) -> its state, for `record`
-        #: (originator id hex, version, event type, event id, record to encode or the finished
-        #: prepared message) of the new events, in fact order.
-        self.rows: list[tuple[str, int, str, str, dict[str, Any] | bytes]] = []
+        #: The new events' rows, in fact order, as the store receives them (the message may
+        #: still be the record to encode: `ledger.batch_rows`).
+        self.rows: list[EventRow] = []
+        self._topics = writer.topics
         #: The fact being decided and what its worker prepared (see `judging`).
         self._given: Fact | None = None
         self._given_data: Mapping[str, Any] | None = None
@@ -194,14 +195,16 @@ class BulkUnitOfWork:
         if prepared is not None and prepared[0] is not None and fact.data == self._given_data:
             # Judged as given (nothing filled in or encrypted): the prepared message holds.
             message = finish(prepared[0], prepared[1] or b"", self._recorded_at)
-            self.rows.append((state.hex_id, state.version, fact.event_type, fact.event_id, message))
+            self.rows.append(
+                (state.hex_id, state.version, self._topics[fact.event_type], message, fact.event_id)
+            )
             return
         # What the Avro mapper stores for an eventsourcing event: its fields plus the envelope.
         record = dict(fact.data)
         record["event_id"] = fact.event_id
         record["occurred_at"] = fact.occurred_at
         record["recorded_at"] = self.recorded_at_ms
-        self.rows.append((state.hex_id, state.version, fact.event_type, fact.event_id, record))
+        self.rows.append((state.hex_id, state.version, self._topics[fact.event_type], record, fact.event_id))
 
 
 class BulkWriter:
@@ -217,7 +220,8 @@ class BulkWriter:
         self.cache: dict[Ref, _State] = {}
         self._cache_size = CACHED_AGGREGATES if cache_size is None else cache_size
         self._shareable = _shareable(app)
-        self._topics = {event_type: f"{NAMESPACE}.{event_type}" for event_type in EVENT_OWNERS}
+        #: Each event type's topic (the stored events' `topic` column).
+        self.topics = {event_type: f"{NAMESPACE}.{event_type}" for event_type in EVENT_OWNERS}
         self._behind = WriteBehind()
         #: Whether the store held no event when the run began and no other writer has got in
         #: the way since. Then every event id it holds was written by this run, and the
@@ -382,12 +386,7 @@ class BulkWriter:
         app = self.app
         vault = app.vault
         work = decided.work
-        topics = self._topics
-        events: list[EventRow] = [
-            (hex_id, version, topics[kind], body, event_id)
-            for hex_id, version, kind, event_id, body in work.rows
-        ]
-        rows = BatchRows(events, dict(work.new_keys), decided.forgotten)
+        rows = BatchRows(work.rows, dict(work.new_keys), decided.forgotten)
         if not self._behind.in_process:
             # The writing thread would hold the interpreter while encoding: done here. (The
             # writing process encodes them itself, on the other core.)
