@@ -8,8 +8,10 @@ messages prepared in worker processes, sorted in runs spilled to disk), and thro
 path with a cache of a few aggregates (evicted and read back from the store all the time).
 Every bulk run writes each decided batch in a thread of its own while the next batch is
 decided (`ledger.write_behind`), and `bulk-process` in a writing process as large runs do
-(`ledger.write_process`, started as in use, for every batch whatever its size); with the small batch sizes below, duplicates, forgotten customers
-and surveys of interactions often land in the batch after one still being written.
+(`ledger.write_process`, started as in use, for every batch whatever its size); with the
+small batch sizes below, duplicates, forgotten customers and surveys of interactions often
+land in the batch after one still being written. Each first run goes into an empty store,
+where the bulk path does not ask the event-id index about each fact (`BulkWriter.fresh_store`).
 Every stored event must be the same, byte for byte apart from
 `recorded_at` and the nonces of ciphertexts, in the same order under the same originator and
 version; the rejects files and the summaries must be identical; personal-data keys must
