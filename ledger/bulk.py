@@ -12,8 +12,9 @@ exactly as the eventsourcing path writes them: the same bytes (apart from `recor
 ciphertext nonces), the same notification order, the same rejects. The differential tests
 in `tests/test_bulk_differential.py` hold the two paths to that.
 
-A decided batch is written by a thread of its own while the next batch is decided
-(`ledger.write_behind`); its outcomes are returned once it is committed.
+A decided batch is written while the next batch is decided (`ledger.write_behind`): by a
+writing process in a large run (`ledger.write_process`, started by `expect_large_run`),
+else by a thread of its own; its outcomes are returned once it is committed.
 
 Aggregates stay in a bounded cache between batches; one missing from it is read back from
 the store and rebuilt with `when`. A batch that another writer got in the way of (a
@@ -28,7 +29,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
 from crm_ledger.errors import CrmLedgerError
@@ -40,8 +40,9 @@ from ledger.application import (
     decided_again_on_contention,
     encoded_size_bound,
 )
+from ledger.batch_rows import BatchRows, EventRow, encoded, write_batch
 from ledger.domain import EVENT_OWNERS, LedgerAggregate, Occurrence, aggregate_hex
-from ledger.existence import existing_ids, indexed_events
+from ledger.existence import existing_ids, index_is_empty, indexed_events
 from ledger.mapper import epoch_ms
 from ledger.prepared import Prepared, finish, zigzag_varint
 from ledger.records import Fact
@@ -84,9 +85,10 @@ class BulkUnitOfWork:
         #: This batch's new one-off facts (never cached across batches, like `record`).
         self._occurrences: dict[Ref, _State] = {}
         self._states: dict[int, _State] = {}  # id(aggregate) -> its state, for `record`
-        #: (originator id hex, version, event type, event id, record to encode or the finished
-        #: prepared message) of the new events, in fact order.
-        self.rows: list[tuple[str, int, str, str, dict[str, Any] | bytes]] = []
+        #: The new events' rows, in fact order, as the store receives them (the message may
+        #: still be the record to encode: `ledger.batch_rows`).
+        self.rows: list[EventRow] = []
+        self._topics = writer.topics
         #: The fact being decided and what its worker prepared (see `judging`).
         self._given: Fact | None = None
         self._given_data: Mapping[str, Any] | None = None
@@ -101,14 +103,19 @@ class BulkUnitOfWork:
         """Ask the store once which ids it holds: the event-id index and uncached aggregates."""
         app = self._writer.app
         behind = self._writer.behind
+        ids = {f.event_id for f in facts}
         if behind.forgets_any({f.data["customer_id"] for f in facts if "customer_id" in f.data}):
             # Their keys must be gone from the store before this batch asks it for keys.
+            behind.settle()
+        elif behind.encodes_any(ids):
+            # The batch in flight holds some of these facts but their messages are being
+            # encoded in the writing process: the store answers for them once committed.
             behind.settle()
         # The batch still being written (if any) answers for its own event ids: the same
         # messages the index will point to once it is committed.
         in_flight = behind.in_flight.stored if behind.in_flight is not None else {}
-        ids = {f.event_id for f in facts}
-        self.stored_ids = indexed_events(app.recorder, ids.difference(in_flight))
+        asked = ids.difference(in_flight)
+        self.stored_ids = {} if self._writer.fresh_store else indexed_events(app.recorder, asked)
         self.stored_ids.update((i, in_flight[i]) for i in ids.intersection(in_flight))
         own = {(Occurrence.KIND, f.event_id) for f in facts}
         refs = {ref for fact in facts for ref in _references(fact)}
@@ -188,14 +195,16 @@ class BulkUnitOfWork:
         if prepared is not None and prepared[0] is not None and fact.data == self._given_data:
             # Judged as given (nothing filled in or encrypted): the prepared message holds.
             message = finish(prepared[0], prepared[1] or b"", self._recorded_at)
-            self.rows.append((state.hex_id, state.version, fact.event_type, fact.event_id, message))
+            self.rows.append(
+                (state.hex_id, state.version, self._topics[fact.event_type], message, fact.event_id)
+            )
             return
         # What the Avro mapper stores for an eventsourcing event: its fields plus the envelope.
         record = dict(fact.data)
         record["event_id"] = fact.event_id
         record["occurred_at"] = fact.occurred_at
         record["recorded_at"] = self.recorded_at_ms
-        self.rows.append((state.hex_id, state.version, fact.event_type, fact.event_id, record))
+        self.rows.append((state.hex_id, state.version, self._topics[fact.event_type], record, fact.event_id))
 
 
 class BulkWriter:
@@ -210,9 +219,18 @@ class BulkWriter:
         self.app = app
         self.cache: dict[Ref, _State] = {}
         self._cache_size = CACHED_AGGREGATES if cache_size is None else cache_size
-        self._postgres = not isinstance(app.recorder, SQLiteAggregateRecorder)
-        self._topics = {event_type: f"{NAMESPACE}.{event_type}" for event_type in EVENT_OWNERS}
+        self._shareable = _shareable(app)
+        #: Each event type's topic (the stored events' `topic` column).
+        self.topics = {event_type: f"{NAMESPACE}.{event_type}" for event_type in EVENT_OWNERS}
         self._behind = WriteBehind()
+        #: Whether the store held no event when the run began and no other writer has got in
+        #: the way since. Then every event id it holds was written by this run, and the
+        #: event-id index is not asked about each fact (~5 µs an event at 1M): a fact already
+        #: saved by an earlier batch of the run is either judged new, and its batch's commit
+        #: fails on the index's unique key, or rejected, and `check_rejections_not_raced`
+        #: finds it; either way the batch is decided again on fresh state, with the index
+        #: asked from then on. A first import, the usual large one, asks the index nothing.
+        self.fresh_store = index_is_empty(app.recorder)
 
     def record(
         self, facts: Sequence[Fact], prepared: Sequence[Prepared | None] | None = None
@@ -252,6 +270,16 @@ class BulkWriter:
         """Wait for the batch being written; returns it (token, outcomes) once committed."""
         return self._previous()[0]
 
+    def expect_large_run(self) -> None:
+        """The run is large: start the writing process now, while the input is still read.
+
+        It then writes every batch handed over, on the other core; its start-up (a new
+        interpreter) overlaps the reading. Stores that only this process can reach (an
+        in-memory SQLite database) keep the writing thread.
+        """
+        if self._shareable:
+            self._behind.use_process(self.app.name, self.app.env, self.app.registry)
+
     @property
     def behind(self) -> WriteBehind:
         """The writing thread and the batch in flight in it."""
@@ -260,6 +288,7 @@ class BulkWriter:
     def _forget_cached_state(self) -> None:
         # The store answers for everything from now on: the batch in flight must be in it.
         self._behind.settle()
+        self.fresh_store = False
         self.cache.clear()
         self.app.vault.clear_cache()
 
@@ -357,71 +386,35 @@ class BulkWriter:
         app = self.app
         vault = app.vault
         work = decided.work
-        encode = app.codec.encode
-        topics = self._topics
-        states = [
-            (hex_id, version, topics[kind], encode(kind, body) if isinstance(body, dict) else body)
-            for hex_id, version, kind, _, body in work.rows
-        ]
-        # SQLite takes the rows as they are (`bulk_rows`); eventsourcing's PostgreSQL recorder
-        # wants stored-event objects with UUIDs.
-        stored = (
-            [StoredEvent(UUID(hex=hex_id), version, topic, state) for hex_id, version, topic, state in states]
-            if self._postgres
-            else []
-        )
-        index = [(event_id, hex_id, version) for hex_id, version, _, event_id, _ in work.rows]
-        forgotten = decided.forgotten
-        new_keys = dict(work.new_keys)
-        recorder = app.recorder
-        postgres = self._postgres
-        in_event_store = vault.in_event_store
-
-        def keys(cursor: Any) -> None:
-            # In the events' own transaction, new keys first, then the forgotten customers'
-            # keys deleted (maybe this batch's own): the events, the keys that read them and
-            # the forgetting are committed together or not at all.
-            if new_keys:
-                vault.insert_keys(cursor, new_keys)
-            if forgotten:
-                vault.delete_keys_in(cursor, forgotten)
-
-        def write() -> None:  # in the writing thread: the store only, no shared caches
-            if not states:
-                return
-            if not in_event_store:
-                # Keys in a store of their own: committed before the events encrypted with
-                # them; shredded before the forget is saved (a crash in between leaves data
-                # unreadable, never readable).
-                vault.commit_keys(new_keys)
-                vault.delete_keys(forgotten)
-            recorder.insert_events(
-                stored,
-                event_index=index,
-                bulk=True,
-                bulk_rows=None if postgres else states,
-                before_events=keys if in_event_store and (new_keys or forgotten) else None,
-            )
-            batch.committed = True
-            if in_event_store and forgotten:
-                vault.wipe_log()
-
+        rows = BatchRows(work.rows, dict(work.new_keys), decided.forgotten)
+        if not self._behind.in_process:
+            # The writing thread would hold the interpreter while encoding: done here. (The
+            # writing process encodes them itself, on the other core.)
+            rows = encoded(rows, app.codec.encode)
         batch = InFlight(
             token=token,
             facts=decided.facts,
             prepared=decided.prepared,
             outcomes=decided.outcomes,
-            stored={index[i][0]: states[i][3] for i in range(len(states))},
-            originators=frozenset(row[0] for row in states),
-            forgotten=frozenset(forgotten),
+            stored={row[4]: row[3] for row in rows.events if isinstance(row[3], bytes)},
+            encoding=frozenset(row[4] for row in rows.events if not isinstance(row[3], bytes)),
+            originators=frozenset(row[0] for row in rows.events),
+            forgotten=frozenset(decided.forgotten),
             interactions=work.interactions,
         )
+
+        def committed() -> None:
+            batch.committed = True
+
+        def write() -> None:  # in the writing thread: the store only, no shared caches
+            write_batch(app.recorder, vault, rows, committed)
+
         # What the next batch is decided on, ahead of the commit (undone if it fails).
-        vault.remember_keys(new_keys)
-        vault.drop_cached(forgotten)
+        vault.remember_keys(rows.new_keys)
+        vault.drop_cached(decided.forgotten)
         app.remember_handlers(work.interactions)
         self._trim()
-        self._behind.start(batch, write)
+        self._behind.start(batch, write, rows)
 
     def _trim(self) -> None:
         # Least recently used first (`get` moves what it finds to the end); an evicted
@@ -433,6 +426,14 @@ class BulkWriter:
 
 
 _ENVELOPE = frozenset({"event_id", "occurred_at", "recorded_at"})
+
+
+def _shareable(app: LedgerApplication) -> bool:
+    """Whether another process can write to the application's store (not an in-memory one)."""
+    if not isinstance(app.recorder, SQLiteAggregateRecorder):
+        return str(app.env.get("PERSISTENCE_MODULE") or "").startswith("eventsourcing.postgres")
+    name = str(app.env.get("SQLITE_DBNAME") or "")
+    return bool(name) and ":memory:" not in name and "mode=memory" not in name
 
 
 class _Saved(CrmLedgerError):  # noqa: N818 - a wrapper, raised through the retry loop

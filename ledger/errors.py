@@ -34,3 +34,7 @@ class KeyStoreError(CrmLedgerError):
 
 class CheckpointError(CrmLedgerError):
     """A checkpoint given by hand cannot be read."""
+
+
+class WriteProcessError(CrmLedgerError):
+    """The process that writes an ingest's batches failed in a way its own error cannot tell."""

@@ -46,6 +46,10 @@ MAX_JSON_DEPTH = 32
 PARALLEL_PARSE_BYTES = 8 << 20
 #: Valid records sorted in memory at a time; larger runs spill sorted runs to disk.
 SORT_RUN_SIZE = 200_000
+#: A run that has read this many records starts the writing process (`ledger.write_process`,
+#: `BulkWriter.expect_large_run`) while it reads on; a smaller run's batches are written by
+#: the writing thread (starting a process costs ~1 s of CPU).
+WRITE_PROCESS_RECORDS = 10_000
 _BOM = b"\xef\xbb\xbf"
 _csv_limit_raised = False
 
@@ -683,8 +687,9 @@ def ingest_records(
 
     try:
         with fewer_collections():
+            large = writer.expect_large_run if writer is not None else None
             ordered = in_time_order(
-                _counted(records, reporter),
+                _counted(records, reporter, large),
                 run_size=SORT_RUN_SIZE,
                 pack=SourceRecord.packed,
                 unpack=SourceRecord.unpacked,
@@ -710,10 +715,15 @@ def ingest_records(
     return summary
 
 
-def _counted(records: Iterable[SourceRecord], reporter: Reporter) -> Iterator[SourceRecord]:
-    """Report bytes read as the records are read (the bar measures input consumed)."""
+def _counted(
+    records: Iterable[SourceRecord], reporter: Reporter, large: Callable[[], None] | None = None
+) -> Iterator[SourceRecord]:
+    """Report bytes read as the records are read (the bar measures input consumed); call
+    `large` once the run has read `WRITE_PROCESS_RECORDS` records."""
     pending = 0
-    for record in records:
+    for count, record in enumerate(records):
+        if count == WRITE_PROCESS_RECORDS and large is not None:
+            large()
         pending += record.bytes_read
         if pending >= 1 << 20:
             reporter.advance(pending)

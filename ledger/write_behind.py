@@ -13,14 +13,22 @@ messages), or after waiting for its commit (`settle`) where the store must answe
 aggregate or a forgotten customer of the batch in flight). A batch's outcomes are reported
 only once it is committed. When its commit fails because another writer got in the way, the
 bulk writer decides that batch again on fresh state, then the one decided on top of it.
+
+For large batches the writing thread gives way to a writing process (`use_process`,
+`ledger.write_process`): the same rows, written by the same function, with the same
+guarantees, but the store's CPU is spent on the other core.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from ledger.batch_rows import BatchRows
+from ledger.write_process import WriteProcess
+from schemas.registry import SchemaRegistry
 
 
 @dataclass(eq=False)
@@ -32,15 +40,19 @@ class InFlight:
     facts: list[Any]
     prepared: list[Any]
     outcomes: list[Any]
-    #: Stored message of each event id the batch writes.
+    #: Stored message of each event id the batch writes (but `encoding`).
     stored: Mapping[str, bytes]
+    #: Event ids whose message the writing process encodes: the store answers for them once
+    #: the batch is committed.
+    encoding: frozenset[str]
     #: Aggregate ids (32 hex digits) the batch writes events of.
     originators: frozenset[str]
     #: Customers whose keys the batch deletes.
     forgotten: frozenset[str]
     #: (event id, employee id) of the batch's new interactions (handlers remembered ahead).
     interactions: list[tuple[str, str | None]]
-    future: Future[None] = field(default_factory=Future)
+    #: The writing thread's work (None when a writing process writes the batch).
+    future: Future[None] | None = None
     settled: bool = False
     error: BaseException | None = None
     #: Set by the writing thread once the batch's transaction is committed: an error after
@@ -53,20 +65,43 @@ class WriteBehind:
 
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
+        self._process: WriteProcess | None = None
         self.in_flight: InFlight | None = None
 
-    def start(self, batch: InFlight, write: Callable[[], None]) -> None:
-        """Hand `batch` over: `write` runs in the writing thread (after the previous batch)."""
+    @property
+    def in_process(self) -> bool:
+        """Whether batches are written by a writing process (else by the writing thread)."""
+        return self._process is not None
+
+    def use_process(self, name: str, env: Mapping[str, str], registry: SchemaRegistry) -> None:
+        """Start a process of its own that writes every batch handed over from now on.
+
+        A batch already in flight in the writing thread stays there until it is taken.
+        """
+        if self._process is None:
+            self._process = WriteProcess(name, env, registry)
+
+    def start(self, batch: InFlight, write: Callable[[], None], rows: BatchRows) -> None:
+        """Hand `batch` over: `write` runs in the writing thread (after the previous batch),
+        or the writing process writes `rows` (`write` then runs nowhere)."""
         assert self.in_flight is None, "settle the batch in flight first"
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
-        batch.future = self._executor.submit(write)
+        if self._process is not None:
+            self._process.send(rows)
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+            batch.future = self._executor.submit(write)
         self.in_flight = batch
 
     def settle(self) -> None:
         """Wait until the batch in flight is committed or has failed (its error is kept)."""
         batch = self.in_flight
         if batch is None or batch.settled:
+            return
+        if batch.future is None:
+            assert self._process is not None
+            batch.committed, batch.error = self._process.receive()
+            batch.settled = True
             return
         try:
             batch.future.result()
@@ -85,13 +120,21 @@ class WriteBehind:
         batch = self.in_flight
         return batch is not None and not batch.settled and not batch.originators.isdisjoint(originators)
 
+    def encodes_any(self, event_ids: Collection[str]) -> bool:
+        """Whether the batch in flight writes any of these events with a message not yet encoded."""
+        batch = self.in_flight
+        return batch is not None and not batch.settled and not batch.encoding.isdisjoint(event_ids)
+
     def forgets_any(self, customer_ids: Collection[str]) -> bool:
         """Whether the batch in flight deletes the key of any of these customers."""
         batch = self.in_flight
         return batch is not None and not batch.settled and not batch.forgotten.isdisjoint(customer_ids)
 
     def close(self) -> None:
-        """Wait for the batch in flight (a commit is never cut off) and stop the thread."""
+        """Wait for the batch in flight (a commit is never cut off) and stop the thread or process."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._process is not None:
+            self._process.close()
+            self._process = None

@@ -7,8 +7,11 @@ both alternately, and through the bulk path as a large file takes it (parsed and
 messages prepared in worker processes, sorted in runs spilled to disk), and through the bulk
 path with a cache of a few aggregates (evicted and read back from the store all the time).
 Every bulk run writes each decided batch in a thread of its own while the next batch is
-decided (`ledger.write_behind`); with the small batch sizes below, duplicates, forgotten customers
-and surveys of interactions often land in the batch after one still being written.
+decided (`ledger.write_behind`), and `bulk-process` in a writing process as large runs do
+(`ledger.write_process`, started as in use, for every batch whatever its size); with the
+small batch sizes below, duplicates, forgotten customers and surveys of interactions often
+land in the batch after one still being written. Each first run goes into an empty store,
+where the bulk path does not ask the event-id index about each fact (`BulkWriter.fresh_store`).
 Every stored event must be the same, byte for byte apart from
 `recorded_at` and the nonces of ciphertexts, in the same order under the same originator and
 version; the rejects files and the summaries must be identical; personal-data keys must
@@ -235,16 +238,20 @@ def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
         "alternating": [True, False, True, False],
         "bulk-workers": [True] * 4,
         "bulk-small-cache": [True] * 4,
+        "bulk-process": [True] * 4,
     }
     for name, chosen in choices.items():
         store = _store(store_kind, tmp_path, name, request)
         with monkeypatch.context() as patch:
-            if name == "bulk-workers":
+            if name in ("bulk-workers", "bulk-process"):
                 # As a large file is read: parsed (and its messages prepared) in worker
                 # processes, sorted in runs spilled to disk.
                 patch.setattr(ingest, "PARALLEL_PARSE_BYTES", 0)
                 patch.setattr(ingest, "SORT_RUN_SIZE", 97)
                 patch.setattr(parse_workers, "CHUNK_LINES", 41)
+            if name == "bulk-process":
+                # Every batch written by the writing process, as a large run's are.
+                patch.setattr(ingest, "WRITE_PROCESS_RECORDS", 0)
             if name == "bulk-small-cache":
                 # Aggregates evicted (least recently used first) and read back all the time.
                 patch.setattr(bulk, "CACHED_AGGREGATES", 7)
@@ -260,7 +267,7 @@ def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
         and summaries[1].duplicates > 20
     )
     assert summaries[3].duplicates > 0 and keys
-    for name in ("bulk", "alternating", "bulk-workers", "bulk-small-cache"):
+    for name in ("bulk", "alternating", "bulk-workers", "bulk-small-cache", "bulk-process"):
         got = results[name]
         assert got[0] == expected[0], name  # summaries of every run
         assert got[1][0] == rows, name  # stored events, in notification order
