@@ -105,16 +105,19 @@ class _ChildrenCpu:
 
 
 def _children() -> list[int]:
+    # /proc/<pid>/task/<tid>/children needs a kernel option some machines lack: look for
+    # processes whose parent is this one instead.
+    me = str(os.getpid())
     pids: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{os.getpid()}/task").iterdir())
-    except OSError:
-        return pids
-    for task in tasks:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            pids.extend(int(pid) for pid in (task / "children").read_text().split())
-        except (OSError, ValueError):
-            continue  # a thread that ended meanwhile
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if fields[1] == me:
+            pids.append(int(entry.name))
     return pids
 
 
