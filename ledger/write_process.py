@@ -141,10 +141,11 @@ def _serve(out: Connection, given: Connection, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     name, env, registry = pickle.loads(given.recv_bytes())
     codec = AvroCodec(registry, epoch_millis=True)
-    factory = InfrastructureFactory.construct(Environment(name, env))
+    environment = Environment(name, env)
+    factory = InfrastructureFactory.construct(environment)
     try:
         recorder = factory.application_recorder()
-        vault = PersonalDataVault(recorder, Environment(name, env).get("KEY_STORE"))
+        vault = PersonalDataVault(recorder, environment.get("KEY_STORE"))
         while True:
             while not given.poll(_PARENT_CHECK_S):
                 if os.getppid() != parent:

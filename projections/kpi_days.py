@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 
 from crm_ledger.kpis import KPIS, Kpi
-from projections.models import PERIOD_FORMATS, PERIOD_STARTS
+from projections.models import PERIOD_FORMATS, PERIOD_STARTS, kpi_aggregates
 from projections.spec import MetricSpec
 
 DAYS = "kpi_days"
@@ -72,12 +72,6 @@ def _list_column(measure: str, column: str) -> str:
     return f"{measure}_{column}s"
 
 
-def _aggregates(spec: MetricSpec, kpis: tuple[Kpi, ...]) -> str:
-    return ",\n        ".join(
-        f"{k.aggregate.format(**spec.kpis)} AS {k.name}" for k in kpis if k.aggregate is not None
-    )
-
-
 def days_select(measures: str, spec: MetricSpec) -> str:
     """`kpi_days` rows from `measures` (a relation with the columns of `measures`).
 
@@ -97,7 +91,7 @@ def days_select(measures: str, spec: MetricSpec) -> str:
     )
     return f"""
 SELECT employee_id, team_id, CAST(occurred_at AS DATE) AS occurred_at,
-        {_aggregates(spec, DAY_KPIS)},
+        {kpi_aggregates(spec, DAY_KPIS)},
         {kept}
 FROM {measures}
 GROUP BY ALL"""

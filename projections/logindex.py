@@ -32,6 +32,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pds
 
+from projections.catalog import table_names
 from projections.log import EVENT_COLUMNS, DecodedLog
 
 #: The state of each source's index: the Delta table and the log version it reflects.
@@ -137,11 +138,9 @@ class LogIndex:
         )
         row = run(f"SELECT table_id, log_version FROM {STATE} WHERE source = ?", [self.source]).fetchone()
         table_id = str(self.log.table().metadata().id)
-        exists = run(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = 'main' AND table_name IN (?, ?)",
-            [self.table.removeprefix("main."), self.payloads.removeprefix("main.")],
-        ).fetchone() == (2,)
+        exists = {self.table.removeprefix("main."), self.payloads.removeprefix("main.")} <= table_names(
+            self.connect(), "main"
+        )
         if row is not None and exists and row[0] == table_id and int(row[1]) == snapshot:
             return
         if row is None or not exists or row[0] != table_id or int(row[1]) > snapshot:

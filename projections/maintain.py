@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from projections.catalog import table_names
 from projections.kpi_days import DAYS, READS, build_sql, days_select, periods_select
 from projections.log import EVENT_COLUMNS, relation_name
 from projections.logindex import LogIndex, visible_sql
@@ -337,7 +338,7 @@ class Maintainer:
         """
         run = self.db.connection.execute
         days = f"{v}.{DAYS}"
-        if DAYS not in self._tables(v):
+        if DAYS not in table_names(self.db.connection, v):
             # Built before the days were kept (or by another engine, or a replay): made once
             # from every measure row, this update's included.
             run(build_sql(v, f"{v}.measures", spec))
@@ -399,15 +400,6 @@ class Maintainer:
                 f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (grain, team_level, employee_id) "
                 f"FROM crm_kpi_rows WHERE grain = '{grain}' AND team_level ORDER BY team_id, period"
             )
-
-    def _tables(self, schema: str) -> set[str]:
-        """The names of the tables of `schema`."""
-        rows = self.db.connection.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = ? AND NOT temporary",
-            [schema],
-        ).fetchall()
-        return {str(row[0]) for row in rows}
 
     def _record(self, snapshot: int, full: bool) -> None:
         """The snapshot's stream positions and log version, beside the tables."""
@@ -504,7 +496,7 @@ class Maintainer:
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
-        if {PARTIALS, CASES} <= self._tables(s):
+        if {PARTIALS, CASES} <= table_names(self.db.connection, s):
             for statement in merge_sql(s, "crm_new"):
                 run(statement)
         else:

@@ -154,7 +154,8 @@ def kpi_select(v: str, spec: MetricSpec, grain: str, team: bool, where: str = "T
     return _kpi_select(v, spec, "team_id" if team else "employee_id, team_id", PERIODS[grain], where)
 
 
-def _aggregates(spec: MetricSpec, kpis: tuple[Kpi, ...]) -> str:
+def kpi_aggregates(spec: MetricSpec, kpis: tuple[Kpi, ...]) -> str:
+    """The aggregate columns of `kpis` under `spec`'s thresholds (KPIs without one are left out)."""
     return ",\n        ".join(
         f"{k.aggregate.format(**spec.kpis)} AS {k.name}" for k in kpis if k.aggregate is not None
     )
@@ -165,7 +166,7 @@ def _kpi_select(v: str, spec: MetricSpec, keys: str, period: str, where: str = "
     return f"""
 WITH counts AS (
     SELECT {keys}, {period} AS period,
-        {_aggregates(spec, KPIS)}
+        {kpi_aggregates(spec, KPIS)}
     FROM {v}.measures
     WHERE {where}
     GROUP BY ALL
