@@ -139,6 +139,10 @@ class Maintainer:
         self.index = LogIndex(lambda: db.connection, version.source, self.log)
         self.visible = visible_sql(version.as_of)
         self._dataset: Any = None
+        #: the connection whose temp tables an update left to drop (see _drop_temps)
+        self._temps_on: Any = None
+        #: whether the update read the whole snapshot (a full build or a team move)
+        self._read_whole = False
         #: the version's "now" (its last event's moment) before and after an incremental update
         self._ends: tuple[datetime | None, datetime | None] = (None, None)
 
@@ -182,6 +186,8 @@ class Maintainer:
         with transaction(con):
             self.index.sync(snapshot, self._dataset)
         with transaction(con):
+            self._drop_temps(con)
+            self._read_whole = False
             full = full or recorded is None
             events = 0
             touched = False  # crm_touched holds the keys the new events touched
@@ -206,9 +212,25 @@ class Maintainer:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
                 self.db.mark_built(version, snapshot, events)
                 parent = version
-            for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS):
-                con.execute(f"DROP TABLE IF EXISTS {temp}")
+            self._temps_on = con
+            if full or self._read_whole:
+                self._drop_temps(con)  # they hold the whole snapshot: not kept a moment longer
         return UpdateResult(snapshot, new, full)
+
+    def _drop_temps(self, con: Any) -> None:
+        """Drop the temp tables of the last update, if it left them on this connection.
+
+        An incremental update's temp tables are small: they are dropped at the start of the
+        next update on the same connection, not at the end of their own (~40 statements
+        inside the refresh's latency). A follower that lets go of the file between
+        refreshes closes the connection, and its temp tables with it: nothing is left to drop.
+        Every temp table is made anew by the update that reads it.
+        """
+        if self._temps_on is not con:
+            return
+        for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS):
+            con.execute(f"DROP TABLE IF EXISTS {temp}")
+        self._temps_on = None
 
     def _materialise(self, s: str, where: str) -> None:
         """The snapshot's events matching `where`, typed columns only, as the temp table EV."""
@@ -257,6 +279,7 @@ class Maintainer:
         ).fetchone()
         if moves is not None and moves[0]:
             self._materialise(s, "TRUE")
+            self._read_whole = True
             return
         run(
             "CREATE OR REPLACE TEMP TABLE crm_opened AS SELECT case_id, team_id, "
