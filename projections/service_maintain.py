@@ -47,6 +47,7 @@ import duckdb
 from projections.goals import goal_model_sql
 from projections.logindex import timestamp_sql
 from projections.service_models import (
+    PROFILE_SERVICE_COLUMNS,
     SLA_MEASURES,
     VISIT_MEASURES,
     contract_terms_sql,
@@ -425,7 +426,13 @@ class ServiceMaintenance:
             return
         customers = "customer_id IN (SELECT customer_id FROM crm_sv_customers)"
         with Scratch(self.connection) as scratch:
-            scratch.table("customer_profile", f"SELECT * FROM {s}.customer_profile WHERE {customers}")
+            # The keys alone: the service SQL passes the profile's other columns through, and
+            # the rows are updated in place with the service columns only (copying the whole
+            # rows out and back read every column of the profile, then deleted and inserted).
+            scratch.table(
+                "customer_profile",
+                "SELECT DISTINCT customer_id FROM crm_sv_customers WHERE customer_id IS NOT NULL",
+            )
             scratch.events(
                 self._rows(
                     _INSTALL_READS,
@@ -437,8 +444,11 @@ class ServiceMaintenance:
             scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms WHERE {customers}")
             scratch.view("field_visit", f"SELECT * FROM {s}.field_visit WHERE {customers}")
             scratch.build(profile_service_sql(SCRATCH))
-            run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
-            run(f"INSERT INTO {s}.customer_profile BY NAME SELECT * FROM {SCRATCH}.customer_profile")
+            columns = ", ".join(f"{c} = r.{c}" for c in PROFILE_SERVICE_COLUMNS)
+            run(
+                f"UPDATE {s}.customer_profile AS p SET {columns} FROM {SCRATCH}.customer_profile r "
+                "WHERE p.customer_id = r.customer_id"
+            )
             scratch.clear()
 
 
