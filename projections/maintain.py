@@ -90,7 +90,6 @@ _TEMPS = (
     "crm_fresh",
     "crm_opened",
     "crm_read_cases",
-    "crm_tracked",
     "crm_new",
     "crm_emp",
     "crm_case",
@@ -105,6 +104,10 @@ _TEMPS = (
     "crm_old_rows",
     "crm_kday",
     "crm_kpi_rows",
+)
+#: The columns of EV (those of a version's `events` less _UNREAD).
+_EV_COLUMNS = ", ".join(
+    f'"{c}"' for c in ("stream", "position", *EVENT_COLUMNS) if f'"{c}"' not in _UNREAD and c not in _UNREAD
 )
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
 #: The new events that change what a case's other events give, and so make an update read
@@ -296,11 +299,7 @@ class Maintainer:
             "WHERE case_id IN (SELECT case_id FROM direct)) p "
             "ON o.team_id = p.team_id AND o.period = p.period"
         )
-        columns = ", ".join(
-            f'"{c}"'
-            for c in ("stream", "position", *EVENT_COLUMNS)
-            if f'"{c}"' not in _UNREAD and c not in _UNREAD
-        )
+        columns = _EV_COLUMNS
         # Row ids first, from the key columns alone, then the rows by id. DuckDB joins the row
         # ids to a scan of every row of the columns fetched (~1.3 ms a column at 1M events):
         # the cost is per column, whatever the number of rows.
@@ -370,11 +369,20 @@ class Maintainer:
         """
         run = self.db.connection.execute
         days = f"{v}.{DAYS}"
+        # Every touched day, and every touched period, lies in these spans of days (literal
+        # bounds: DuckDB's zone maps skip what lies outside them, and only the rows inside
+        # them are joined).
+        first, last, low, high = run(
+            "SELECT CAST(min(occurred_at) AS DATE), CAST(max(occurred_at) AS DATE) + 1, "
+            "least(date_trunc('month', min(occurred_at)), date_trunc('week', min(occurred_at))), "
+            "greatest(date_trunc('month', max(occurred_at)) + INTERVAL 1 MONTH, "
+            "date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched"
+        ).fetchone() or (None, None, None, None)
         if DAYS not in table_names(self.db.connection, v):
             # Built before the days were kept (or by another engine, or a replay): made once
             # from every measure row, this update's included.
             run(build_sql(v, f"{v}.measures", spec))
-        else:
+        elif first is not None:
             run(
                 "CREATE OR REPLACE TEMP TABLE crm_kday AS SELECT DISTINCT employee_id, team_id, "
                 "CAST(occurred_at AS DATE) AS occurred_at FROM crm_touched"
@@ -387,16 +395,11 @@ class Maintainer:
             # Only the columns the aggregates read: fetching scattered rows costs per column.
             measures = (
                 f"(SELECT {', '.join(f'd.{c}' for c in READS)} FROM {v}.measures d "
-                f"SEMI JOIN crm_kday k ON {same_day})"
+                f"SEMI JOIN crm_kday k ON {same_day} "
+                f"WHERE d.occurred_at >= TIMESTAMP '{first:%Y-%m-%d}' "
+                f"AND d.occurred_at < TIMESTAMP '{last:%Y-%m-%d}')"
             )
             run(f"INSERT INTO {days} BY NAME {days_select(measures, spec)}")
-        # Every touched period lies in this span of days (a literal bound: DuckDB's zone maps
-        # skip what lies outside it, and only the rows inside it are joined).
-        low, high = run(
-            "SELECT least(date_trunc('month', min(occurred_at)), date_trunc('week', min(occurred_at))), "
-            "greatest(date_trunc('month', max(occurred_at)) + INTERVAL 1 MONTH, "
-            "date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched"
-        ).fetchone() or (None, None)
         if low is None:
             return
         span = f"d.occurred_at >= DATE '{low:%Y-%m-%d}' AND d.occurred_at < DATE '{high:%Y-%m-%d}'"
@@ -457,15 +460,9 @@ class Maintainer:
         scores of every version in the chain; returns the number of new events.
         """
         run = self.db.connection.execute
-        run(
-            "CREATE OR REPLACE TEMP TABLE crm_tracked AS SELECT application_name AS stream, "
-            f"notification_id AS position FROM {s}.tracking"
-        )
-        run(
-            f"CREATE OR REPLACE TEMP TABLE crm_new AS SELECT e.* FROM {EV} e "
-            "LEFT JOIN crm_tracked t ON t.stream = e.stream "
-            "WHERE t.position IS NULL OR e.position > t.position"
-        )
+        # The new events are the index rows past the recorded positions, `crm_fresh`, with
+        # the columns of EV (which holds them, among the earlier events of the cases read).
+        run(f"CREATE OR REPLACE TEMP TABLE crm_new AS SELECT {_EV_COLUMNS} FROM crm_fresh")
         new = int(run("SELECT count(*) FROM crm_new").fetchone()[0])  # type: ignore[index]
         run(
             "CREATE OR REPLACE TEMP TABLE crm_emp AS SELECT DISTINCT employee_id FROM crm_new "
