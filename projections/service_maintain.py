@@ -27,9 +27,11 @@ events of an update:
   whose details changed; segment and region from the just updated profiles.
 - the profile's service columns: customers named by new events, customers of changed terms
   or visits, and customers with a term that starts, ends or is due between the old and the
-  new "now".
-- the goal tables (per version): from the goal events of the index and the version's team
-  KPIs and scores.
+  new "now"; updated in place (the profile's other columns are kept by
+  projections.profile_state).
+- the goal tables (per version): rebuilt whole by their full-build statements in the
+  version's schema, reading the goal events of the index (a temp table) and the version's
+  team KPIs and scores.
 
 A new join or team move re-attributes everything; then projections.maintain rebuilds the
 service tables whole, as a full build does.
