@@ -139,7 +139,8 @@ class LogIndex:
             "(source VARCHAR PRIMARY KEY, table_id VARCHAR, log_version BIGINT)"
         )
         row = run(f"SELECT table_id, log_version FROM {STATE} WHERE source = ?", [self.source]).fetchone()
-        table_id = str(self.log.table().metadata().id)
+        # The table handle at `snapshot` (the one the caller just read: no look at newer commits).
+        table_id = str(self.log.table(snapshot).metadata().id)
         exists = {self.table.removeprefix("main."), self.payloads.removeprefix("main.")} <= table_names(
             self.connect(), "main"
         )
