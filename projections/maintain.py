@@ -53,7 +53,7 @@ from projections.models import (
     spec_independent_sql,
     team_history_sql,
 )
-from projections.profile_state import CASES, PARTIALS, merge_sql, profile_select, state_sql
+from projections.profile_state import CASES, MERGED, PARTIALS, merge_sql, profile_select, state_sql
 from projections.profile_state import TEMPS as PROFILE_TEMPS
 from projections.service_maintain import KEY_TABLES, ServiceMaintenance, maintain_goals
 from projections.service_models import (
@@ -525,15 +525,17 @@ class Maintainer:
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
+        merged: str | None = None
         if {PARTIALS, CASES} <= table_names(self.db.connection, s):
             for statement in merge_sql(s, "crm_new"):
                 run(statement)
+            merged = MERGED
         else:
             # Built before the profile kept partial aggregates (or by another engine): they
             # are built once from every event the version reads, the new ones included.
             for statement in state_sql(s, f"(SELECT * FROM {self.index.table} WHERE {self.visible})"):
                 run(statement)
-        run(f"INSERT INTO {s}.customer_profile BY NAME {profile_select(s, customers)}")
+        run(f"INSERT INTO {s}.customer_profile BY NAME {profile_select(s, customers, merged)}")
         if moved:
             run(profile_service_sql(s))
         else:
