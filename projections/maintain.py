@@ -16,9 +16,9 @@ this property on random chunks with late and out-of-order events).
 
 The touched keys' rows are found in the source's log index (projections.logindex: the
 log's typed columns in DuckDB, one per source, synced and committed just before the
-update), not by a scan of the Delta table. The named customers' profiles are combined from stored partial
-aggregates and the new events alone (projections.profile_state), without reading their
-earlier events. The service tables and the profile's service columns are kept by
+update), not by a scan of the Delta table. The named customers' profiles are combined
+from stored partial aggregates and the new events alone (projections.profile_state),
+without reading their earlier events. The service tables and the profile's service columns are kept by
 contract, case and customer, including the rows that only "now" (the log's last event)
 changes (projections.service_maintain); the team goal tables, marked `whole` in
 projections.readmodels, are rebuilt after the scores from the index's goal events. A new

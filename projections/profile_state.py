@@ -191,7 +191,7 @@ def profile_select(s: str, scope: str, partials: str | None = None) -> str:
 
     `partials` is a relation holding exactly those customers' partial rows, when the caller
     has them at hand (merge_sql's combined rows): then the stored table, just changed in the
-    same transaction, is not read again (DuckDB reads a table's uncommitted rows slowly).
+    same transaction, is not scanned again for them.
     """
     channels = ", ".join(f"p.interactions_{c}" for c in PROFILE_CHANNELS)
     return f"""
