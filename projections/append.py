@@ -56,9 +56,14 @@ class LogAppender:
         """Append the rows and their positions in one Delta commit; returns the log version."""
         return self.log.append(prepared.table, prepared.positions)
 
-    def batches(self, *, follow: bool) -> _Prefetcher:
-        """Prepared batches after the log's positions, decoded on a thread ahead of the caller."""
-        return _Prefetcher(self.prepare, self.source.batches(self.positions(), follow=follow))
+    def batches(self, *, follow: bool, positions: dict[str, Position] | None = None) -> _Prefetcher:
+        """Prepared batches after the log's positions, decoded on a thread ahead of the caller.
+
+        `positions` are the log's positions when the caller has just read them: reading them
+        finds the ledger's chain head in the Delta files (~7-14 ms at 1M events).
+        """
+        start = self.positions() if positions is None else positions
+        return _Prefetcher(self.prepare, self.source.batches(start, follow=follow))
 
 
 _DONE = object()

@@ -94,12 +94,13 @@ class Projector:
         # asked when first needed (asking opens the database file and reads the catalog,
         # which a refresh after a batch does anyway).
         dirty: bool | None = None
-        lag = appender.source.lag(appender.positions())
+        positions = appender.positions()
+        lag = appender.source.lag(positions)
         if lag > HOLD_FILE_BELOW:
             # Appending needs no DuckDB: let go of the file so that other commands get their turn.
             self.db.release()
         reporter.total(lag)
-        with appender.batches(follow=follow) as prepared_batches:
+        with appender.batches(follow=follow, positions=positions) as prepared_batches:
             for prepared in prepared_batches:
                 if should_stop():
                     break

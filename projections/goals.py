@@ -41,7 +41,7 @@ def _month(expr: str) -> str:
     return f"strptime({expr} || '-01', '%Y-%m-%d')::DATE"
 
 
-def team_goal_sql(v: str) -> str:
+def team_goal_sql(v: str, events: str | None = None) -> str:
     return f"""
 CREATE OR REPLACE TABLE {v}.team_goal AS
 WITH ev AS (
@@ -51,7 +51,7 @@ WITH ev AS (
         payload ->> 'from_period' AS from_period, payload ->> 'to_period' AS to_period,
         from_json(payload -> 'agreed_by', '["VARCHAR"]') AS agreed_by,
         payload ->> 'note' AS note, payload ->> 'outcome' AS outcome
-    FROM {v}.events WHERE event_type IN ({_GOAL_EVENTS})
+    FROM {events or f"{v}.events"} WHERE event_type IN ({_GOAL_EVENTS})
 ),
 set_ AS (
     SELECT * FROM ev WHERE event_type = 'TeamGoalSet'
@@ -93,7 +93,7 @@ def _actual() -> str:
     END"""
 
 
-def team_goal_progress_sql(v: str) -> str:
+def team_goal_progress_sql(v: str, events: str | None = None) -> str:
     return f"""
 CREATE OR REPLACE TABLE {v}.team_goal_progress AS
 WITH months AS (
@@ -110,7 +110,7 @@ changes AS (
         CASE WHEN event_type = 'TeamGoalSet' THEN '0000-00' ELSE strftime(occurred_at, '%Y-%m') END AS since,
         TRY_CAST(payload ->> 'target' AS DOUBLE) AS target, payload ->> 'comparison' AS comparison,
         occurred_at, notification_id
-    FROM {v}.events WHERE event_type IN ('TeamGoalSet', 'TeamGoalRevised')
+    FROM {events or f"{v}.events"} WHERE event_type IN ('TeamGoalSet', 'TeamGoalRevised')
 ),
 in_force AS (
     SELECT m.goal_id, m.period,
@@ -259,11 +259,15 @@ GROUP BY ALL
 ORDER BY w.team_id, w.goal_id, l.measure"""
 
 
-def goal_model_sql(v: str) -> list[str]:
-    """Every statement of the goal and evidence read models, in dependency order."""
+def goal_model_sql(v: str, events: str | None = None) -> list[str]:
+    """Every statement of the goal and evidence read models, in dependency order.
+
+    The goal events are read from `events` (a relation with the columns of the log), by
+    default the version's view of the log, `{v}.events`.
+    """
     return [
-        team_goal_sql(v),
-        team_goal_progress_sql(v),
+        team_goal_sql(v, events),
+        team_goal_progress_sql(v, events),
         team_evidence_month_sql(v),
         team_evidence_correlation_sql(v),
         team_goal_effect_sql(v),

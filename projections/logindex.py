@@ -16,9 +16,11 @@ rows lie in every row group of the index, and fetching them decompresses the who
 column: ~25-40 ms a lookup at 1M events).
 
 It is derived from the log and rebuildable: one per source (every version of the source
-reads it), kept at the log version of the last update in the same DuckDB transaction as
-that update's tables and positions; a log rebuilt from its source (another Delta table
-id) or older than the index is indexed anew.
+reads it), synced to the log version an update reads and committed just before that
+update's own transaction (DuckDB reads rows a transaction has appended far more slowly
+than committed ones); it may stand ahead of a version's tables (an update that failed after
+the sync), which find their new events by their own positions, never the index's. A log
+rebuilt from its source (another Delta table id) or older than the index is indexed anew.
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ class LogIndex:
             "(source VARCHAR PRIMARY KEY, table_id VARCHAR, log_version BIGINT)"
         )
         row = run(f"SELECT table_id, log_version FROM {STATE} WHERE source = ?", [self.source]).fetchone()
-        table_id = str(self.log.table().metadata().id)
+        # The table handle at `snapshot` (the one the caller just read: no look at newer commits).
+        table_id = str(self.log.table(snapshot).metadata().id)
         exists = {self.table.removeprefix("main."), self.payloads.removeprefix("main.")} <= table_names(
             self.connect(), "main"
         )

@@ -15,10 +15,10 @@ touched keys gives exactly what a full rebuild gives (tests/projections/test_inc
 this property on random chunks with late and out-of-order events).
 
 The touched keys' rows are found in the source's log index (projections.logindex: the
-log's typed columns in DuckDB, one per source, synced in the same transaction), not by a
-scan of the Delta table. The named customers' profiles are combined from stored partial
-aggregates and the new events alone (projections.profile_state), without reading their
-earlier events. The service tables and the profile's service columns are kept by
+log's typed columns in DuckDB, one per source, synced and committed just before the
+update), not by a scan of the Delta table. The named customers' profiles are combined
+from stored partial aggregates and the new events alone (projections.profile_state),
+without reading their earlier events. The service tables and the profile's service columns are kept by
 contract, case and customer, including the rows that only "now" (the log's last event)
 changes (projections.service_maintain); the team goal tables, marked `whole` in
 projections.readmodels, are rebuilt after the scores from the index's goal events. A new
@@ -53,7 +53,7 @@ from projections.models import (
     spec_independent_sql,
     team_history_sql,
 )
-from projections.profile_state import CASES, PARTIALS, merge_sql, profile_select, state_sql
+from projections.profile_state import CASES, MERGED, PARTIALS, merge_sql, profile_select, state_sql
 from projections.profile_state import TEMPS as PROFILE_TEMPS
 from projections.service_maintain import KEY_TABLES, ServiceMaintenance, maintain_goals
 from projections.service_models import (
@@ -90,7 +90,6 @@ _TEMPS = (
     "crm_fresh",
     "crm_opened",
     "crm_read_cases",
-    "crm_tracked",
     "crm_new",
     "crm_emp",
     "crm_case",
@@ -105,6 +104,10 @@ _TEMPS = (
     "crm_old_rows",
     "crm_kday",
     "crm_kpi_rows",
+)
+#: The columns of EV (those of a version's `events` less _UNREAD).
+_EV_COLUMNS = ", ".join(
+    f'"{c}"' for c in ("stream", "position", *EVENT_COLUMNS) if f'"{c}"' not in _UNREAD and c not in _UNREAD
 )
 _SERVICE = ", ".join(f"'{m}'" for m in SERVICE_MEASURES)
 #: The new events that change what a case's other events give, and so make an update read
@@ -139,6 +142,10 @@ class Maintainer:
         self.index = LogIndex(lambda: db.connection, version.source, self.log)
         self.visible = visible_sql(version.as_of)
         self._dataset: Any = None
+        #: the connection whose temp tables an update left to drop (see _drop_temps)
+        self._temps_on: Any = None
+        #: whether the update read the whole snapshot (a full build or a team move)
+        self._read_whole = False
         #: the version's "now" (its last event's moment) before and after an incremental update
         self._ends: tuple[datetime | None, datetime | None] = (None, None)
 
@@ -171,8 +178,19 @@ class Maintainer:
         recorded = self.log_version_recorded()
         s = self.storage.schema
         chain = self.db.chain(self.version)
+        # The index is synced and committed first, in a transaction of its own: DuckDB reads
+        # the rows a transaction has appended to a table (its local storage) far more slowly
+        # than committed ones, and fetching the touched cases' rows by row id from an index
+        # holding 1,000 uncommitted rows cost 3-4 times as much (~90 against ~25 ms at 1M).
+        # The index is derived from the log and says which log version it reflects: one
+        # ahead of the version's tables (an update that failed after the sync) is what the
+        # next update syncs to anyway, and the new events are found by the version's own
+        # positions, not the index's.
         with transaction(con):
             self.index.sync(snapshot, self._dataset)
+        with transaction(con):
+            self._drop_temps(con)
+            self._read_whole = False
             full = full or recorded is None
             events = 0
             touched = False  # crm_touched holds the keys the new events touched
@@ -197,9 +215,25 @@ class Maintainer:
                 self._spec_tables(version, parent, full=full, touched=touched, recorded=recorded)
                 self.db.mark_built(version, snapshot, events)
                 parent = version
-            for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS):
-                con.execute(f"DROP TABLE IF EXISTS {temp}")
+            self._temps_on = con
+            if full or self._read_whole:
+                self._drop_temps(con)  # they hold the whole snapshot: not kept a moment longer
         return UpdateResult(snapshot, new, full)
+
+    def _drop_temps(self, con: Any) -> None:
+        """Drop the temp tables of the last update, if it left them on this connection.
+
+        An incremental update's temp tables are small: they are dropped at the start of the
+        next update on the same connection, not at the end of their own (~40 statements
+        inside the refresh's latency). A follower that lets go of the file between
+        refreshes closes the connection, and its temp tables with it: nothing is left to drop.
+        Every temp table is made anew by the update that reads it.
+        """
+        if self._temps_on is not con:
+            return
+        for temp in (EV, *_TEMPS, *KEY_TABLES, *PROFILE_TEMPS):
+            con.execute(f"DROP TABLE IF EXISTS {temp}")
+        self._temps_on = None
 
     def _materialise(self, s: str, where: str) -> None:
         """The snapshot's events matching `where`, typed columns only, as the temp table EV."""
@@ -248,6 +282,7 @@ class Maintainer:
         ).fetchone()
         if moves is not None and moves[0]:
             self._materialise(s, "TRUE")
+            self._read_whole = True
             return
         run(
             "CREATE OR REPLACE TEMP TABLE crm_opened AS SELECT case_id, team_id, "
@@ -264,11 +299,7 @@ class Maintainer:
             "WHERE case_id IN (SELECT case_id FROM direct)) p "
             "ON o.team_id = p.team_id AND o.period = p.period"
         )
-        columns = ", ".join(
-            f'"{c}"'
-            for c in ("stream", "position", *EVENT_COLUMNS)
-            if f'"{c}"' not in _UNREAD and c not in _UNREAD
-        )
+        columns = _EV_COLUMNS
         # Row ids first, from the key columns alone, then the rows by id. DuckDB joins the row
         # ids to a scan of every row of the columns fetched (~1.3 ms a column at 1M events):
         # the cost is per column, whatever the number of rows.
@@ -338,11 +369,20 @@ class Maintainer:
         """
         run = self.db.connection.execute
         days = f"{v}.{DAYS}"
+        # Every touched day, and every touched period, lies in these spans of days (literal
+        # bounds: DuckDB's zone maps skip what lies outside them, and only the rows inside
+        # them are joined).
+        first, last, low, high = run(
+            "SELECT CAST(min(occurred_at) AS DATE), CAST(max(occurred_at) AS DATE) + 1, "
+            "least(date_trunc('month', min(occurred_at)), date_trunc('week', min(occurred_at))), "
+            "greatest(date_trunc('month', max(occurred_at)) + INTERVAL 1 MONTH, "
+            "date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched"
+        ).fetchone() or (None, None, None, None)
         if DAYS not in table_names(self.db.connection, v):
             # Built before the days were kept (or by another engine, or a replay): made once
             # from every measure row, this update's included.
             run(build_sql(v, f"{v}.measures", spec))
-        else:
+        elif first is not None:
             run(
                 "CREATE OR REPLACE TEMP TABLE crm_kday AS SELECT DISTINCT employee_id, team_id, "
                 "CAST(occurred_at AS DATE) AS occurred_at FROM crm_touched"
@@ -355,16 +395,11 @@ class Maintainer:
             # Only the columns the aggregates read: fetching scattered rows costs per column.
             measures = (
                 f"(SELECT {', '.join(f'd.{c}' for c in READS)} FROM {v}.measures d "
-                f"SEMI JOIN crm_kday k ON {same_day})"
+                f"SEMI JOIN crm_kday k ON {same_day} "
+                f"WHERE d.occurred_at >= TIMESTAMP '{first:%Y-%m-%d}' "
+                f"AND d.occurred_at < TIMESTAMP '{last:%Y-%m-%d}')"
             )
             run(f"INSERT INTO {days} BY NAME {days_select(measures, spec)}")
-        # Every touched period lies in this span of days (a literal bound: DuckDB's zone maps
-        # skip what lies outside it, and only the rows inside it are joined).
-        low, high = run(
-            "SELECT least(date_trunc('month', min(occurred_at)), date_trunc('week', min(occurred_at))), "
-            "greatest(date_trunc('month', max(occurred_at)) + INTERVAL 1 MONTH, "
-            "date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched"
-        ).fetchone() or (None, None)
         if low is None:
             return
         span = f"d.occurred_at >= DATE '{low:%Y-%m-%d}' AND d.occurred_at < DATE '{high:%Y-%m-%d}'"
@@ -425,15 +460,9 @@ class Maintainer:
         scores of every version in the chain; returns the number of new events.
         """
         run = self.db.connection.execute
-        run(
-            "CREATE OR REPLACE TEMP TABLE crm_tracked AS SELECT application_name AS stream, "
-            f"notification_id AS position FROM {s}.tracking"
-        )
-        run(
-            f"CREATE OR REPLACE TEMP TABLE crm_new AS SELECT e.* FROM {EV} e "
-            "LEFT JOIN crm_tracked t ON t.stream = e.stream "
-            "WHERE t.position IS NULL OR e.position > t.position"
-        )
+        # The new events are the index rows past the recorded positions, `crm_fresh`, with
+        # the columns of EV (which holds them, among the earlier events of the cases read).
+        run(f"CREATE OR REPLACE TEMP TABLE crm_new AS SELECT {_EV_COLUMNS} FROM crm_fresh")
         new = int(run("SELECT count(*) FROM crm_new").fetchone()[0])  # type: ignore[index]
         run(
             "CREATE OR REPLACE TEMP TABLE crm_emp AS SELECT DISTINCT employee_id FROM crm_new "
@@ -496,15 +525,17 @@ class Maintainer:
         customers = "customer_id IN (SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL)"
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
+        merged: str | None = None
         if {PARTIALS, CASES} <= table_names(self.db.connection, s):
             for statement in merge_sql(s, "crm_new"):
                 run(statement)
+            merged = MERGED
         else:
             # Built before the profile kept partial aggregates (or by another engine): they
             # are built once from every event the version reads, the new ones included.
             for statement in state_sql(s, f"(SELECT * FROM {self.index.table} WHERE {self.visible})"):
                 run(statement)
-        run(f"INSERT INTO {s}.customer_profile BY NAME {profile_select(s, customers)}")
+        run(f"INSERT INTO {s}.customer_profile BY NAME {profile_select(s, customers, merged)}")
         if moved:
             run(profile_service_sql(s))
         else:

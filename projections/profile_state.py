@@ -172,8 +172,9 @@ def merge_sql(s: str, new: str) -> list[str]:
     ]
 
 
-#: The temporary tables of merge_sql.
+#: The temporary tables of merge_sql; the first holds the merged partial rows of the customers.
 TEMPS = ("crm_pf_partials", "crm_pf_new_cases", "crm_pf_cases")
+MERGED = TEMPS[0]
 
 
 def _slope(s: str) -> str:
@@ -185,8 +186,13 @@ def _slope(s: str) -> str:
     )
 
 
-def profile_select(s: str, scope: str) -> str:
-    """customer_profile rows (without the service columns) of the customers `scope` selects."""
+def profile_select(s: str, scope: str, partials: str | None = None) -> str:
+    """customer_profile rows (without the service columns) of the customers `scope` selects.
+
+    `partials` is a relation holding exactly those customers' partial rows, when the caller
+    has them at hand (merge_sql's combined rows): then the stored table, just changed in the
+    same transaction, is not scanned again for them.
+    """
     channels = ", ".join(f"p.interactions_{c}" for c in PROFILE_CHANNELS)
     return f"""
 WITH cases AS (
@@ -202,6 +208,6 @@ SELECT p.customer_id, p.segment, p.region, p.registered_at, coalesce(p.forgotten
     p.csat_latest, p.csat_sum::DOUBLE / nullif(p.csat_n, 0) AS csat_avg, {_slope("csat")} AS csat_trend,
     p.nps_latest, p.nps_sum::DOUBLE / nullif(p.nps_n, 0) AS nps_avg, {_slope("nps")} AS nps_trend,
     p.surveys, p.relationship_attempts, p.compliments
-FROM (SELECT * FROM {s}.{PARTIALS} WHERE {scope}) p
+FROM {partials or f"(SELECT * FROM {s}.{PARTIALS} WHERE {scope})"} p
 LEFT JOIN cases c ON c.customer_id = p.customer_id
 ORDER BY p.customer_id"""

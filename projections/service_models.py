@@ -235,22 +235,39 @@ def retention_sql(v: str, customers: str | None = None, periods: str = "TRUE") -
     Incremental maintenance passes `customers`, a relation with each customer's current
     `segment` and `region` (the profile's columns, the same arg_max over the same details
     events), and `periods`, a condition on `period` (every grouping set holds the period,
-    so the rows of one period come from that period's terms only).
+    so the rows of one period come from that period's terms only). Then the terms of those
+    periods are picked first (`due`), and only their customers and the contracts that
+    replaced them are read: the joins are left joins on unique keys, so filtering the terms
+    before them keeps the same rows (joining every term first cost ~10 ms at 1M events).
     """
+    due, contracts, terms = "", "", f"{v}.contract_terms t"
     if customers is None:
         current = f"""SELECT customer_id,
         arg_max(segment, (occurred_at, notification_id)) FILTER (WHERE segment IS NOT NULL) AS segment,
         arg_max(region, (occurred_at, notification_id)) FILTER (WHERE region IS NOT NULL) AS region
     FROM {v}.events WHERE event_type IN ('CustomerRegistered', 'CustomerDetailsChanged') GROUP BY ALL"""
     else:
-        current = f"SELECT customer_id, segment, region FROM {customers}"
+        due = (
+            "due AS (\n    SELECT * EXCLUDE (period) FROM (SELECT *, strftime(due_on, '%Y-%m') AS period "
+            f"FROM {v}.contract_terms) WHERE {periods}\n),\n"
+        )
+        current = (
+            f"SELECT customer_id, segment, region FROM {customers} "
+            "WHERE customer_id IN (SELECT customer_id FROM due)"
+        )
+        contracts = " WHERE contract_id IN (SELECT replaced_by FROM due)"
+        terms = "due t"
+    replacements = (
+        "SELECT contract_id, arg_min(value, (term_no, step)) AS start_value "
+        f"FROM {v}.contract_terms{contracts} GROUP BY ALL"
+    )
     return f"""
 CREATE OR REPLACE TABLE {v}.retention_month AS
-WITH customers AS (
+WITH {due}customers AS (
     {current}
 ),
 replacements AS (
-    SELECT contract_id, arg_min(value, (term_no, step)) AS start_value FROM {v}.contract_terms GROUP BY ALL
+    {replacements}
 ),
 terms AS (
     SELECT t.*, coalesce(c.segment, '(unknown)') AS segment, coalesce(c.region, '(unknown)') AS region,
@@ -258,7 +275,7 @@ terms AS (
         CASE t.outcome WHEN 'renewed' THEN t.renewed_value
                        WHEN 'replaced' THEN coalesce(r.start_value, 0.0)
                        WHEN 'churned' THEN 0.0 END AS retained_value
-    FROM {v}.contract_terms t
+    FROM {terms}
     LEFT JOIN customers c ON c.customer_id = t.customer_id
     LEFT JOIN replacements r ON r.contract_id = t.replaced_by
 ),

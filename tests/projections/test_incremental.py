@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -493,5 +494,92 @@ def test_a_late_team_move_and_other_thresholds_equal_a_full_rebuild(tmp_path: Pa
         team_days.add(int(row[0]) if row else 0)
     # The move took days away from the employee's first team (not only added some elsewhere).
     assert len(team_days) > 1
+    live.close()
+    app.close()
+
+
+def test_an_update_failing_after_the_index_sync_is_made_good_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log index is synced and committed before the update's own transaction: an update
+    that fails after that leaves the index ahead of the version's tables. The next update
+    finds the new events by the version's positions and equals a full rebuild.
+
+    The failure is injected (a fault inside the update cannot be produced otherwise); the
+    chunks between the failures are applied normally.
+    """
+    app = _ledger(tmp_path, 13, 40, 4)
+    messages = _shuffled(app, random.Random(13), 0.3)
+    size = len(messages) // 5 + 1
+    live = ProjectionDB(tmp_path / "live.duckdb")
+    version = live.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)
+    follower = Projector(live, version, ShuffledSource(messages, [size]), app.codec)
+    failing = Maintainer._log_tables
+
+    def fail(self: Maintainer, s: str) -> int:
+        failing(self, s)
+        raise RuntimeError("injected")
+
+    step = 0
+    while live.find_version(version.version).events < len(messages):
+        if step in (1, 3):
+            # The chunk is appended to the log and indexed; the version's update fails.
+            monkeypatch.setattr(Maintainer, "_log_tables", fail)
+            with pytest.raises(RuntimeError, match="injected"):
+                follower.run()
+            monkeypatch.setattr(Maintainer, "_log_tables", failing)
+            index = live.connection.execute(
+                "SELECT count(*) FROM main.crm_index_shuffled WHERE dead_letter IS NULL"
+            ).fetchone()
+            assert index is not None and index[0] > live.find_version(version.version).events
+        follower.run()
+        _assert_equals_a_full_rebuild(live, version, tmp_path / f"rebuilt-{step}.duckdb", step)
+        step += 1
+    assert step >= 4
+    live.close()
+    app.close()
+
+
+def test_a_follower_holding_the_file_equals_a_full_rebuild(tmp_path: Path) -> None:
+    """One follower updating the same connection again and again, the file never let go of.
+
+    An incremental update leaves its temp tables to the next update on the same connection
+    (a follower that lets go of the file drops them by closing it): each update must make
+    anew every temp table it reads. A team move on the way makes an update read the whole
+    snapshot (its temp tables are dropped at once).
+    """
+    app = _ledger(tmp_path, 17, 40, 4)
+    history = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
+    teams = {r["employee_id"]: r["team_id"] for r in history if r["type"] == "EmployeeJoined"}
+    employee = sorted(teams)[0]
+    moments = sorted(r["occurred_at"] for r in history if r.get("employee_id") == employee)
+    other = next((t for t in sorted(set(teams.values())) if t != teams[employee]), "team-moved")
+    late = tmp_path / "move.jsonl"
+    late.write_text(
+        json.dumps(
+            {
+                "type": "EmployeeMovedTeam",
+                "event_id": "00000000-0000-4000-8000-000000000005",
+                "occurred_at": moments[len(moments) // 2],
+                "employee_id": employee,
+                "team_id": other,
+            }
+        )
+        + "\n"
+    )
+    ingest_records(app, read_file(late, RecordParser(app.registry)), RejectSink(None, echo=sys.stderr))
+    messages = _shuffled(app, random.Random(17), 0.1)
+    size = len(messages) // 6 + 1
+    live = ProjectionDB(tmp_path / "live.duckdb")
+    version = live.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)
+    follower = Projector(live, version, ShuffledSource(messages, [size]), app.codec)
+    connection = live.connection
+    step = 0
+    while live.find_version(version.version).events < len(messages):
+        follower.run()
+        _assert_equals_a_full_rebuild(live, version, tmp_path / f"rebuilt-{step}.duckdb", step)
+        assert live.connection is connection  # never let go of
+        step += 1
+    assert step >= 5
     live.close()
     app.close()
