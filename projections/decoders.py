@@ -5,10 +5,10 @@ consumer group decides which worker owns which partitions; the log decides where
 partition resumes: on every assignment the worker reads `transaction_version(stream)` and
 seeks to the next offset, never trusting committed consumer offsets (none are committed).
 
-Each batch (up to `batches_per_commit` consume calls, gathered while they come back full) is
-decoded natively, written once as a Parquet file (projections.staging) and committed to the
-Delta log in one commit carrying an application transaction per partition it advances, while
-the cyclic garbage collector is paused (crm_ledger.collector). Before committing,
+Each batch (consume calls of `consume_size` messages, up to `batch_size`, gathered while they
+come back full) is decoded natively, written once as a Parquet file (projections.staging) and
+committed to the Delta log in one commit carrying an application transaction per partition it
+advances, while the cyclic garbage collector is paused (crm_ledger.collector). Before committing,
 the worker checks that each partition's position in the log is still the one it last saw,
 and commits against exactly that snapshot: should a partition have moved to another worker
 meanwhile (a rebalance, a worker presumed dead), Delta's conflict check refuses the commit
@@ -402,7 +402,7 @@ def _one_batch(
 
 
 def _gather(consumer: Consumer, config: WorkerConfig, watch: BrokerWatch) -> tuple[RawBatch, list[int], int]:
-    """Up to `batches_per_commit` consume calls as one batch: (batch, partitions at end, messages).
+    """Consume calls of `consume_size` up to `batch_size` messages: (batch, partitions at end, messages).
 
     A call that comes back with fewer messages than asked for (the broker has no more ready,
     a partition's end, a trickle while following) ends the batch at once, so gathering never
@@ -411,11 +411,12 @@ def _gather(consumer: Consumer, config: WorkerConfig, watch: BrokerWatch) -> tup
     batch = RawBatch()
     at_end: list[int] = []
     polled = 0
-    for call in range(config.batches_per_commit):
-        messages = consumer.consume(config.batch_size, timeout=IDLE_WAIT_S if call == 0 else 0)
+    while polled < config.batch_size:
+        asked = min(config.consume_size, config.batch_size - polled)
+        messages = consumer.consume(asked, timeout=IDLE_WAIT_S if polled == 0 else 0)
         polled += len(messages)
         piece, ends = read_batch(messages, config.topic, watch)
-        full = len(messages) == config.batch_size
+        full = len(messages) == asked
         del messages  # the message objects are not needed any more: free them now
         batch.extend(piece)
         at_end.extend(ends)

@@ -157,7 +157,7 @@ def project_with_workers(
     should_stop: Callable[[], bool] = lambda: False,
     refresh_interval_s: float = 5.0,
     on_refresh: Callable[[ProjectionDB], None] | None = None,
-    batch_size: int = 50_000,
+    batch_size: int = 150_000,
 ) -> str:
     """Decode the events topic with `workers` processes and maintain the promoted version."""
     reporter = reporter or SilentReporter()
