@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from common import BENCH_DIR, ROOT, arguments, kafka, prepared_ledger, report, timed
 
 from crm_cli import broker
@@ -99,10 +101,26 @@ def _broker_cpu(bootstrap: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds the whole machine has been busy and in all, so far (from /proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 def measured(name: str, bootstrap: str, work: Any) -> tuple[int, float]:
-    """Run `work`; its events and wall seconds, with the CPU it took recorded in CPU."""
+    """Run `work`; its events and wall seconds, with the CPU it took recorded in CPU.
+
+    Also records how busy the machine's cores were meanwhile (`{name}_machine_busy`, the
+    share of all cores' time) and the CPU seconds of everything else that ran on them
+    (`{name}_others_s`: other jobs, this machine's own services), which tell a run that
+    had the cores to itself from one that shared them.
+    """
     own, children, broker_before = time.process_time(), _children_cpu(), _broker_cpu(bootstrap)
+    busy_before, total_before = _machine_cpu()
     events, seconds = timed(work)
+    busy_after, total_after = _machine_cpu()
     # Decoder processes that said they stopped are still exiting (their memory freed: not
     # waited for, as by `project --workers`); their CPU counts once they are reaped.
     for child in multiprocessing.active_children():
@@ -110,8 +128,12 @@ def measured(name: str, bootstrap: str, work: Any) -> tuple[int, float]:
     CPU[f"{name}_process_s"] = round(time.process_time() - own, 2)
     CPU[f"{name}_workers_s"] = round(_children_cpu() - children, 2)
     broker_after = _broker_cpu(bootstrap)
+    ours = CPU[f"{name}_process_s"] + CPU[f"{name}_workers_s"]
     if broker_before is not None and broker_after is not None:
         CPU[f"{name}_broker_s"] = round(broker_after - broker_before, 2)
+        ours += CPU[f"{name}_broker_s"]
+    CPU[f"{name}_machine_busy"] = round((busy_after - busy_before) / max(total_after - total_before, 1e-9), 2)
+    CPU[f"{name}_others_s"] = round(max(0.0, busy_after - busy_before - ours), 2)
     return int(events), seconds
 
 
@@ -120,13 +142,40 @@ def _us_per_event(name: str, events: int) -> float:
     return round(spent / events * 1e6, 2)
 
 
+#: The partitions each worker held in the run with that many workers (see `held`).
+HELD: dict[int, dict[int, list[int]]] = {}
+
+
 def with_workers(bootstrap: str, topic: str, count: int) -> int:
     log = fresh_log(f"workers-{count}")
     config = WorkerConfig(bootstrap, topic, f"bench-{uuid.uuid4().hex[:8]}", Path(log.path))
     pool = DecoderPool(count, config)
     events, _, _ = supervise(pool, set(range(6)))
     TIMINGS.update({f"{count}_workers_{k}": round(v, 2) for k, v in pool.timings.items()})
+    HELD[count] = {worker: sorted(partitions) for worker, partitions in pool.ended.items()}
     return events
+
+
+def partition_sizes(log: DecodedLog) -> dict[int, tuple[int, int]]:
+    """Events and value bytes per partition of a decoded log."""
+    rows = log.dataset().to_table(columns=["partition", "value"])
+    lengths = pa.table(
+        {"partition": rows.column("partition"), "bytes": pc.binary_length(rows.column("value"))}
+    )
+    sizes = lengths.group_by("partition").aggregate([("bytes", "count"), ("bytes", "sum")]).to_pylist()
+    return {int(row["partition"]): (int(row["bytes_count"]), int(row["bytes_sum"])) for row in sizes}
+
+
+def held(count: int, sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
+    """Which partitions each worker held, and their events and value bytes."""
+    return {
+        f"worker_{worker}": {
+            "partitions": partitions,
+            "events": sum(sizes[p][0] for p in partitions),
+            "value_bytes": sum(sizes[p][1] for p in partitions),
+        }
+        for worker, partitions in sorted(HELD.get(count, {}).items())
+    }
 
 
 #: Run inside a clean export of an earlier revision: its decoder workers, 1 then 2, on the
@@ -200,6 +249,7 @@ def main() -> None:
         two, two_s = measured("workers_2", bootstrap, lambda: with_workers(bootstrap, topic, 2))
         old = old_design_workers(args.old_design, bootstrap, topic) if args.old_design else {}
         delete_topics(bootstrap, [topic])
+    sizes = partition_sizes(DecodedLog(BENCH_DIR / "decode-workers-1.log"))
     for name in ("baseline", "native", "workers-1", "workers-2"):
         shutil.rmtree(BENCH_DIR / f"decode-{name}.log", ignore_errors=True)
     base_rate = baseline / baseline_s
@@ -241,6 +291,9 @@ def main() -> None:
                 )
             },
             "cpu_s": CPU,
+            # partitions as the relay's key hashing filled them, and the halves the group gave
+            "partition_events_and_value_bytes": {str(p): list(v) for p, v in sorted(sizes.items())},
+            "workers_2_held": held(2, sizes),
             **old,
             "time_per_step_s": TIMINGS,
         },
