@@ -102,7 +102,8 @@ class WorkerReport:
     retries: int = 0
     #: when the worker's start-up steps ended (wall clock, `time.time()`), sent once: entered
     #: (the process runs), subscribed, imported, ready (decoder and log opened), assigned
-    #: (its first assignment it reads, after the group settled)
+    #: (its first assignment it reads, after the group settled), first_messages (the first
+    #: consumed messages arrived: the partitions' first fetches came back)
     marks: tuple[tuple[str, float], ...] = ()
     #: the worker's last word: it left the group and everything it did is in the log
     stopped: bool = False

@@ -295,11 +295,14 @@ def _work(
     try:
         while not should_stop():
             settling.resume_if_due(consumer)
+            asked = time.time()
             with collections_paused():
                 progress = _one_batch(
                     worker, config, consumer=consumer, builder=builder, appender=appender, watch=watch
                 )
             if progress is not None:
+                # The first messages came within one idle wait of the call that got them.
+                marks.setdefault("first_messages", asked)
                 if unsent and "assigned" in marks:
                     progress = replace(progress, marks=tuple(marks.items()))
                     unsent = False
