@@ -181,7 +181,7 @@ def held(count: int, sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
 #: Run inside a clean export of an earlier revision: its decoder workers, 1 then 2, on the
 #: same topic; prints "workers events seconds cpu_seconds" per run.
 _OLD_WORKERS = """
-import resource, sys, time, uuid
+import multiprocessing, resource, sys, time, uuid
 from pathlib import Path
 from projections.decoder_process import WorkerConfig
 from projections.log import DecodedLog
@@ -196,6 +196,8 @@ for count in (1, 2):
     config = WorkerConfig(bootstrap, topic, f"old-{uuid.uuid4().hex[:8]}", path)
     events, _, _ = supervise(DecoderPool(count, config), set(range(6)))
     seconds = time.perf_counter() - started
+    for child in multiprocessing.active_children():
+        child.join()  # a child's CPU counts once it is reaped
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(count, events, seconds, usage.ru_utime + usage.ru_stime - cpu, flush=True)
 """
