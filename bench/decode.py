@@ -10,7 +10,8 @@ and where each worker run's time went: seconds per worker in consume, decode and
 and when each step ended (`*_at_s`, seconds after the workers were started: the process
 runs, subscribed, imported, ready, assigned, last batch; every partition at its end; all
 workers stopped). With `--old-design REV`, the decoder workers of that revision too, on
-the same topic.
+the same topic. With `--workers-only`, only the two worker runs (and their ratio): the part
+that needs a quiet machine, ~30 s of it instead of a minute and a half.
 """
 
 from __future__ import annotations
@@ -226,7 +227,15 @@ def old_design_workers(rev: str, bootstrap: str, topic: str) -> dict[str, float]
     return figures
 
 
+#: Skip the two single-process variants and measure only 1 and 2 workers (their ratio is
+#: still measured in one run): the whole bench needs a quiet minute, this part ~30 s.
+WORKERS_ONLY = "--workers-only"
+
+
 def main() -> None:
+    workers_only = WORKERS_ONLY in sys.argv
+    if workers_only:
+        sys.argv.remove(WORKERS_ONLY)
     args = arguments(__doc__ or "", 1_000_000)
     load_before = os.getloadavg()[0]
     app = prepared_ledger(args.events, args.seed)
@@ -239,14 +248,19 @@ def main() -> None:
         def source() -> KafkaSource:
             return KafkaSource(bootstrap, topic, group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_size=50_000)
 
-        baseline, baseline_s = measured(
-            "baseline",
-            bootstrap,
-            lambda: single_process(FastavroAppender(fresh_log("baseline"), source(), app.codec)),
-        )
-        native, native_s = measured(
-            "native", bootstrap, lambda: single_process(LogAppender(fresh_log("native"), source(), app.codec))
-        )
+        baseline = native = 0
+        baseline_s = native_s = 0.0
+        if not workers_only:
+            baseline, baseline_s = measured(
+                "baseline",
+                bootstrap,
+                lambda: single_process(FastavroAppender(fresh_log("baseline"), source(), app.codec)),
+            )
+            native, native_s = measured(
+                "native",
+                bootstrap,
+                lambda: single_process(LogAppender(fresh_log("native"), source(), app.codec)),
+            )
         one, one_s = measured("workers_1", bootstrap, lambda: with_workers(bootstrap, topic, 1))
         two, two_s = measured("workers_2", bootstrap, lambda: with_workers(bootstrap, topic, 2))
         old = old_design_workers(args.old_design, bootstrap, topic) if args.old_design else {}
@@ -254,44 +268,43 @@ def main() -> None:
     sizes = partition_sizes(DecodedLog(BENCH_DIR / "decode-workers-1.log"))
     for name in ("baseline", "native", "workers-1", "workers-2"):
         shutil.rmtree(BENCH_DIR / f"decode-{name}.log", ignore_errors=True)
-    base_rate = baseline / baseline_s
     two_rate = two / two_s
+    one_rate = one / one_s
     if old:
         old["workers_2_vs_old_design"] = round(two_rate / old["old_design_workers_2_events_per_s"], 2)
         old["old_design_vs_workers_2_cpu_per_event"] = round(
             old["old_design_workers_2_cpu_us_per_event"] / _us_per_event("workers_2", two), 2
         )
-    one_rate = one / one_s
+    variants = [("workers_1", one), ("workers_2", two)]
+    singles: dict[str, Any] = {}
+    if not workers_only:
+        base_rate = baseline / baseline_s
+        variants = [("baseline", baseline), ("native", native), *variants]
+        singles = {
+            "baseline_single_process_fastavro_events_per_s": round(base_rate),
+            "single_process_native_events_per_s": round(native / native_s),
+            "workers_2_vs_baseline": round(two_rate / base_rate, 2),
+            "native_vs_baseline": round(native / native_s / base_rate, 2),
+        }
     report(
         "decode",
         {
-            "events": baseline,
+            "events": two,
             "partitions": 6,
             "cores": os.cpu_count(),
             # the machine is shared: what else ran while measuring (1-minute load average)
             "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
-            "baseline_single_process_fastavro_events_per_s": round(base_rate),
-            "single_process_native_events_per_s": round(native / native_s),
+            **singles,
             "workers_1_events_per_s": round(one_rate),
             "workers_2_events_per_s": round(two_rate),
-            "workers_2_vs_baseline": round(two_rate / base_rate, 2),
             "workers_2_vs_workers_1": round(two_rate / one_rate, 2),
-            "native_vs_baseline": round(native / native_s / base_rate, 2),
             "goal_two_workers_events_per_s": GOAL_TWO_WORKERS,
             "goal_ratio": round(two_rate / GOAL_TWO_WORKERS, 2),
             "goal_scaling": GOAL_SCALING,
             "stretch_events_per_s": STRETCH,
-            "all_equal_counts": baseline == native == one == two,
+            "all_equal_counts": len({events for _, events in variants}) == 1,
             # CPU per event (this process and the decoder processes; the broker's apart)
-            "cpu_us_per_event": {
-                name: _us_per_event(name, events)
-                for name, events in (
-                    ("baseline", baseline),
-                    ("native", native),
-                    ("workers_1", one),
-                    ("workers_2", two),
-                )
-            },
+            "cpu_us_per_event": {name: _us_per_event(name, events) for name, events in variants},
             "cpu_s": CPU,
             # partitions as the relay's key hashing filled them, and the halves the group gave
             "partition_events_and_value_bytes": {str(p): list(v) for p, v in sorted(sizes.items())},
