@@ -10,7 +10,8 @@ and where each worker run's time went: seconds per worker in consume, decode and
 and when each step ended (`*_at_s`, seconds after the workers were started: the process
 runs, subscribed, imported, ready, assigned, last batch; every partition at its end; all
 workers stopped). With `--old-design REV`, the decoder workers of that revision too, on
-the same topic.
+the same topic. With `--workers-only`, only the two worker runs (and their ratio): the part
+that needs a quiet machine, ~30 s of it instead of a minute and a half.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from common import BENCH_DIR, ROOT, arguments, kafka, prepared_ledger, report, timed
 
 from crm_cli import broker
@@ -99,10 +102,26 @@ def _broker_cpu(bootstrap: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds the whole machine has been busy and in all, so far (from /proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 def measured(name: str, bootstrap: str, work: Any) -> tuple[int, float]:
-    """Run `work`; its events and wall seconds, with the CPU it took recorded in CPU."""
+    """Run `work`; its events and wall seconds, with the CPU it took recorded in CPU.
+
+    Also records how busy the machine's cores were meanwhile (`{name}_machine_busy`, the
+    share of all cores' time) and the CPU seconds of everything else that ran on them
+    (`{name}_others_s`: other jobs, this machine's own services), which tell a run that
+    had the cores to itself from one that shared them.
+    """
     own, children, broker_before = time.process_time(), _children_cpu(), _broker_cpu(bootstrap)
+    busy_before, total_before = _machine_cpu()
     events, seconds = timed(work)
+    busy_after, total_after = _machine_cpu()
     # Decoder processes that said they stopped are still exiting (their memory freed: not
     # waited for, as by `project --workers`); their CPU counts once they are reaped.
     for child in multiprocessing.active_children():
@@ -110,8 +129,12 @@ def measured(name: str, bootstrap: str, work: Any) -> tuple[int, float]:
     CPU[f"{name}_process_s"] = round(time.process_time() - own, 2)
     CPU[f"{name}_workers_s"] = round(_children_cpu() - children, 2)
     broker_after = _broker_cpu(bootstrap)
+    ours = CPU[f"{name}_process_s"] + CPU[f"{name}_workers_s"]
     if broker_before is not None and broker_after is not None:
         CPU[f"{name}_broker_s"] = round(broker_after - broker_before, 2)
+        ours += CPU[f"{name}_broker_s"]
+    CPU[f"{name}_machine_busy"] = round((busy_after - busy_before) / max(total_after - total_before, 1e-9), 2)
+    CPU[f"{name}_others_s"] = round(max(0.0, busy_after - busy_before - ours), 2)
     return int(events), seconds
 
 
@@ -120,19 +143,46 @@ def _us_per_event(name: str, events: int) -> float:
     return round(spent / events * 1e6, 2)
 
 
+#: The partitions each worker held in the run with that many workers (see `held`).
+HELD: dict[int, dict[int, list[int]]] = {}
+
+
 def with_workers(bootstrap: str, topic: str, count: int) -> int:
     log = fresh_log(f"workers-{count}")
     config = WorkerConfig(bootstrap, topic, f"bench-{uuid.uuid4().hex[:8]}", Path(log.path))
     pool = DecoderPool(count, config)
     events, _, _ = supervise(pool, set(range(6)))
     TIMINGS.update({f"{count}_workers_{k}": round(v, 2) for k, v in pool.timings.items()})
+    HELD[count] = {worker: sorted(partitions) for worker, partitions in pool.ended.items()}
     return events
+
+
+def partition_sizes(log: DecodedLog) -> dict[int, tuple[int, int]]:
+    """Events and value bytes per partition of a decoded log."""
+    rows = log.dataset().to_table(columns=["partition", "value"])
+    lengths = pa.table(
+        {"partition": rows.column("partition"), "bytes": pc.binary_length(rows.column("value"))}
+    )
+    sizes = lengths.group_by("partition").aggregate([("bytes", "count"), ("bytes", "sum")]).to_pylist()
+    return {int(row["partition"]): (int(row["bytes_count"]), int(row["bytes_sum"])) for row in sizes}
+
+
+def held(count: int, sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
+    """Which partitions each worker held, and their events and value bytes."""
+    return {
+        f"worker_{worker}": {
+            "partitions": partitions,
+            "events": sum(sizes[p][0] for p in partitions),
+            "value_bytes": sum(sizes[p][1] for p in partitions),
+        }
+        for worker, partitions in sorted(HELD.get(count, {}).items())
+    }
 
 
 #: Run inside a clean export of an earlier revision: its decoder workers, 1 then 2, on the
 #: same topic; prints "workers events seconds cpu_seconds" per run.
 _OLD_WORKERS = """
-import resource, sys, time, uuid
+import multiprocessing, resource, sys, time, uuid
 from pathlib import Path
 from projections.decoder_process import WorkerConfig
 from projections.log import DecodedLog
@@ -147,6 +197,8 @@ for count in (1, 2):
     config = WorkerConfig(bootstrap, topic, f"old-{uuid.uuid4().hex[:8]}", path)
     events, _, _ = supervise(DecoderPool(count, config), set(range(6)))
     seconds = time.perf_counter() - started
+    for child in multiprocessing.active_children():
+        child.join()  # a child's CPU counts once it is reaped
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(count, events, seconds, usage.ru_utime + usage.ru_stime - cpu, flush=True)
 """
@@ -175,7 +227,15 @@ def old_design_workers(rev: str, bootstrap: str, topic: str) -> dict[str, float]
     return figures
 
 
+#: Skip the two single-process variants and measure only 1 and 2 workers (their ratio is
+#: still measured in one run): the whole bench needs a quiet minute, this part ~30 s.
+WORKERS_ONLY = "--workers-only"
+
+
 def main() -> None:
+    workers_only = WORKERS_ONLY in sys.argv
+    if workers_only:
+        sys.argv.remove(WORKERS_ONLY)
     args = arguments(__doc__ or "", 1_000_000)
     load_before = os.getloadavg()[0]
     app = prepared_ledger(args.events, args.seed)
@@ -188,59 +248,67 @@ def main() -> None:
         def source() -> KafkaSource:
             return KafkaSource(bootstrap, topic, group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_size=50_000)
 
-        baseline, baseline_s = measured(
-            "baseline",
-            bootstrap,
-            lambda: single_process(FastavroAppender(fresh_log("baseline"), source(), app.codec)),
-        )
-        native, native_s = measured(
-            "native", bootstrap, lambda: single_process(LogAppender(fresh_log("native"), source(), app.codec))
-        )
+        baseline = native = 0
+        baseline_s = native_s = 0.0
+        if not workers_only:
+            baseline, baseline_s = measured(
+                "baseline",
+                bootstrap,
+                lambda: single_process(FastavroAppender(fresh_log("baseline"), source(), app.codec)),
+            )
+            native, native_s = measured(
+                "native",
+                bootstrap,
+                lambda: single_process(LogAppender(fresh_log("native"), source(), app.codec)),
+            )
         one, one_s = measured("workers_1", bootstrap, lambda: with_workers(bootstrap, topic, 1))
         two, two_s = measured("workers_2", bootstrap, lambda: with_workers(bootstrap, topic, 2))
         old = old_design_workers(args.old_design, bootstrap, topic) if args.old_design else {}
         delete_topics(bootstrap, [topic])
+    sizes = partition_sizes(DecodedLog(BENCH_DIR / "decode-workers-1.log"))
     for name in ("baseline", "native", "workers-1", "workers-2"):
         shutil.rmtree(BENCH_DIR / f"decode-{name}.log", ignore_errors=True)
-    base_rate = baseline / baseline_s
     two_rate = two / two_s
+    one_rate = one / one_s
     if old:
         old["workers_2_vs_old_design"] = round(two_rate / old["old_design_workers_2_events_per_s"], 2)
         old["old_design_vs_workers_2_cpu_per_event"] = round(
             old["old_design_workers_2_cpu_us_per_event"] / _us_per_event("workers_2", two), 2
         )
-    one_rate = one / one_s
+    variants = [("workers_1", one), ("workers_2", two)]
+    singles: dict[str, Any] = {}
+    if not workers_only:
+        base_rate = baseline / baseline_s
+        variants = [("baseline", baseline), ("native", native), *variants]
+        singles = {
+            "baseline_single_process_fastavro_events_per_s": round(base_rate),
+            "single_process_native_events_per_s": round(native / native_s),
+            "workers_2_vs_baseline": round(two_rate / base_rate, 2),
+            "native_vs_baseline": round(native / native_s / base_rate, 2),
+        }
     report(
         "decode",
         {
-            "events": baseline,
+            "events": two,
             "partitions": 6,
             "cores": os.cpu_count(),
             # the machine is shared: what else ran while measuring (1-minute load average)
             "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
-            "baseline_single_process_fastavro_events_per_s": round(base_rate),
-            "single_process_native_events_per_s": round(native / native_s),
+            **singles,
             "workers_1_events_per_s": round(one_rate),
             "workers_2_events_per_s": round(two_rate),
-            "workers_2_vs_baseline": round(two_rate / base_rate, 2),
             "workers_2_vs_workers_1": round(two_rate / one_rate, 2),
-            "native_vs_baseline": round(native / native_s / base_rate, 2),
             "goal_two_workers_events_per_s": GOAL_TWO_WORKERS,
             "goal_ratio": round(two_rate / GOAL_TWO_WORKERS, 2),
             "goal_scaling": GOAL_SCALING,
             "stretch_events_per_s": STRETCH,
-            "all_equal_counts": baseline == native == one == two,
+            "all_equal_counts": len({events for _, events in variants}) == 1,
             # CPU per event (this process and the decoder processes; the broker's apart)
-            "cpu_us_per_event": {
-                name: _us_per_event(name, events)
-                for name, events in (
-                    ("baseline", baseline),
-                    ("native", native),
-                    ("workers_1", one),
-                    ("workers_2", two),
-                )
-            },
+            "cpu_us_per_event": {name: _us_per_event(name, events) for name, events in variants},
             "cpu_s": CPU,
+            # partitions as the relay's key hashing filled them, and the halves the group gave
+            "partition_events_and_value_bytes": {str(p): list(v) for p, v in sorted(sizes.items())},
+            "workers_2_held": held(2, sizes),
             **old,
             "time_per_step_s": TIMINGS,
         },

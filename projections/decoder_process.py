@@ -41,6 +41,16 @@ FAST_CONSUMER = {
     "queued.min.messages": 1_000_000,
     "fetch.wait.max.ms": 50,
 }
+#: The allocator settings of polars' and delta-rs's own jemalloc (each reads this variable
+#: when it starts): keep freed pages for reuse instead of returning them to the kernel.
+#: Every batch allocates and frees the same few hundred MB; with the decay polars sets for
+#: both (0.5 s) their background thread handed them back and the next batch faulted them in
+#: again.
+#: Measured over 1,059,131 events in one worker: the Parquet writer's page faults fell from
+#: ~370,000 to ~90,000 and its CPU from 3.0 to 2.3 s, the background thread's from 0.24 to
+#: 0.07 s; the worker's peak memory grew by ~4% (1.39 to 1.45 GB).
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+JEMALLOC_CONF_VARIABLE = "_RJEM_MALLOC_CONF"
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,16 @@ class WorkerConfig:
     topic: str
     group_id: str
     log_path: Path
-    #: messages per `consume` call
-    batch_size: int = 50_000
-    #: consume calls gathered into one decode and one Delta commit, while they come back full
-    #: (the broker has more ready): fewer, larger commits and fewer Arrow calls per row
-    batches_per_commit: int = 3
+    #: messages decoded together and committed to the log in one Delta commit, at most:
+    #: gathered while the consume calls come back full (the broker has more ready), so
+    #: fewer, larger commits and fewer Arrow calls per row
+    batch_size: int = 150_000
+    #: messages per `consume` call. Small calls, each call's message objects freed before
+    #: the next: Python reuses their memory instead of returning it to the kernel and
+    #: faulting it in again, and each pass over the messages stays in the CPU's cache.
+    #: Measured over 1,059,131 events in one worker: consume calls of 10,000 instead of
+    #: 50,000 took the main thread from 6.4 to 5.4 s of CPU (page faults 420,000 to 190,000).
+    consume_size: int = 10_000
     broker_timeout_s: float = 60.0
     session_timeout_ms: int = 10_000
     #: the members the group starts with (set by the pool): see `settle_s`
@@ -87,7 +102,8 @@ class WorkerReport:
     retries: int = 0
     #: when the worker's start-up steps ended (wall clock, `time.time()`), sent once: entered
     #: (the process runs), subscribed, imported, ready (decoder and log opened), assigned
-    #: (its first assignment it reads, after the group settled)
+    #: (its first assignment it reads, after the group settled), first_messages (the first
+    #: consumed messages arrived: the partitions' first fetches came back)
     marks: tuple[tuple[str, float], ...] = ()
     #: the worker's last word: it left the group and everything it did is in the log
     stopped: bool = False
@@ -165,6 +181,11 @@ def process_main(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> 
     except Exception:  # noqa: BLE001 - the worker joins again itself and reports what fails
         member = None
     marks["subscribed"] = time.time()
+    # Set before polars and delta-rs load. The variable usually holds polars' own short decay
+    # already (importing polars in the main process put it there, and this process inherited
+    # it); in jemalloc's option string the last setting of an option wins.
+    inherited = os.environ.get(JEMALLOC_CONF_VARIABLE)
+    os.environ[JEMALLOC_CONF_VARIABLE] = f"{inherited},{JEMALLOC_CONF}" if inherited else JEMALLOC_CONF
     # Imported here, on purpose after the join: the group forms while these load (see above).
     from projections.decoders import run_worker  # noqa: PLC0415
 

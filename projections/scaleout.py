@@ -75,13 +75,16 @@ class DecoderPool:
         #: where the workers' time went, summed over their reports (see `count`), and when
         #: each step of the run ended, in seconds after `start`
         self.timings: dict[str, float] = {}
+        #: the partitions each worker read to their end (for benchmarks: who held what)
+        self.ended: dict[int, list[int]] = {}
         self.started_at = 0.0
 
     def count(self, report: WorkerReport) -> None:
-        """Add a report's timings to `timings` (seconds and retries per worker and step)."""
-        for step in ("consume_s", "decode_s", "commit_s", "retries"):
+        """Add a report's figures to `timings` (events, seconds and retries per worker and step)."""
+        for step in ("events", "consume_s", "decode_s", "commit_s", "retries"):
             key = f"worker_{report.worker}_{step}"
             self.timings[key] = self.timings.get(key, 0) + getattr(report, step)
+        self.ended.setdefault(report.worker, []).extend(report.at_end)
         for name, at in report.marks:
             self.mark(f"worker_{report.worker}_{name}", at)
         if report.events or report.dead_letters or report.at_end:
@@ -157,7 +160,7 @@ def project_with_workers(
     should_stop: Callable[[], bool] = lambda: False,
     refresh_interval_s: float = 5.0,
     on_refresh: Callable[[ProjectionDB], None] | None = None,
-    batch_size: int = 50_000,
+    batch_size: int = 150_000,
 ) -> str:
     """Decode the events topic with `workers` processes and maintain the promoted version."""
     reporter = reporter or SilentReporter()
@@ -259,6 +262,7 @@ def supervise(
     events = dead_letters = 0
     at_end: set[int] = set()
     workers.timings.clear()
+    workers.ended.clear()
     workers.start()
     try:
         while True:

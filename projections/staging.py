@@ -32,6 +32,7 @@ from deltalake import PostCommitHookProperties, write_deltalake
 from deltalake.transaction import AddAction
 
 from crm_ledger.errors import CrmLedgerError
+from projections.log import writer_properties
 
 #: Where the workers' staging tables live inside a log's directory (Delta readers never
 #: list directories: they read the files the log names).
@@ -62,6 +63,7 @@ class Stager:
             str(self.path),
             table,
             mode="append",
+            writer_properties=writer_properties(),
             post_commithook_properties=PostCommitHookProperties(
                 create_checkpoint=False, cleanup_expired_logs=False
             ),

@@ -10,6 +10,7 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
+from projections.log import writer_properties
 from projections.staging import STAGING_DIR, Stager, remove_abandoned
 
 
@@ -29,7 +30,7 @@ def test_a_staged_file_commits_with_the_statistics_of_a_direct_write(tmp_path: P
     direct, staged = tmp_path / "direct", tmp_path / "staged"
     write_deltalake(str(direct), rows.slice(0, 0))
     write_deltalake(str(staged), rows.slice(0, 0))
-    write_deltalake(str(direct), rows, mode="append")
+    write_deltalake(str(direct), rows, mode="append", writer_properties=writer_properties())
     stager = Stager(staged)
     actions = stager.stage(rows)
     snapshot = DeltaTable(str(staged))
