@@ -4,10 +4,12 @@ Parsing and checking a record (JSON, strict types, the schema's and the domain's
 is the largest cost of an import and needs no ledger state, so large files are parsed by a
 pool of forked workers. The main process reads the physical lines (line numbers and the size
 limit stay exactly as in `ledger.ingest.read_jsonl`), hands them over in chunks, and gets back
-per line only plain tuples: the fact's type, id, time and fields, or a reject's shown text and
-error. It keeps the lines themselves, so an accepted record travels once and a rejects entry
-is redacted from its line only if the ledger later refuses it. Chunks come back in input
-order and only a few are in flight, so memory stays bounded whatever the file size.
+per line only plain data: a fact's time and the fact (type, id, time, fields) pickled by the
+worker, which the main process sorts and spills as bytes and unpickles only when it judges
+the fact (`ledger.ingest.PendingRecord`), or a reject's shown text and error. It keeps the
+lines themselves, so an accepted record travels once and a rejects entry is redacted from
+its line only if the ledger later refuses it. Chunks come back in input order and only a
+few are in flight, so memory stays bounded whatever the file size.
 Each worker also prepares the fact's Avro message and size bound (`ledger.prepared`), so
 the main process, which alone can judge and write, has that much less to do.
 
@@ -18,6 +20,7 @@ The records are the ones `read_jsonl` yields for the same file, field for field
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,17 +29,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, _Line, _lines, _too_large, damaged_input, parse_json_line
+from ledger.ingest import (
+    AnyRecord,
+    PendingRecord,
+    SourceRecord,
+    _Line,
+    _lines,
+    _too_large,
+    damaged_input,
+    parse_json_line,
+)
 from ledger.inputs import open_input
 from ledger.prepared import Preparer
-from ledger.records import Fact, RecordParser
+from ledger.records import RecordParser
 from schemas.codec import AvroCodec
 
 #: Lines per chunk handed to a worker, and chunks in flight per worker.
 CHUNK_LINES = 2000
 IN_FLIGHT_PER_WORKER = 4
 
-#: (event type, event id, occurred_at, fields, prepared message or None) of a fact;
+#: (occurred_at, pickle of (event type, event id, occurred_at, fields, prepared message)) of
+#: a fact: the main process unpickles it only when it judges the fact (`PendingRecord`);
 #: (None, shown, error class, field, reason) of a reject; None for a blank line.
 Parsed = tuple[Any, ...] | None
 
@@ -60,7 +73,8 @@ def _parse_chunk(lines: list[tuple[int, bytes]]) -> list[Parsed]:
         record = parse_json_line(name, number, data, parser, limit)
         if record.fact is not None:
             fact = record.fact
-            out.append((fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact)))
+            packed = (fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact))
+            out.append((fact.occurred_at, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)))
         elif record.error is not None:
             error = record.error
             out.append((None, record.raw, type(error), error.field, error.reason))
@@ -71,7 +85,7 @@ def _parse_chunk(lines: list[tuple[int, bytes]]) -> list[Parsed]:
 
 def read_jsonl_in_workers(
     path: Path, parser: RecordParser, max_record_bytes: int, workers: int
-) -> Iterator[SourceRecord]:
+) -> Iterator[AnyRecord]:
     """The records of `read_jsonl(path, parser, max_record_bytes)`, parsed by `workers` processes."""
     name = path.name
     with open_input(path) as handle:
@@ -137,7 +151,7 @@ def _sent(chunk: list[_Line]) -> list[tuple[int, bytes]]:
     return [(line.number, line.data) for line in chunk if line.data is not None]
 
 
-def _records(name: str, limit: int, chunk: list[_Line], results: list[Parsed]) -> Iterator[SourceRecord]:
+def _records(name: str, limit: int, chunk: list[_Line], results: list[Parsed]) -> Iterator[AnyRecord]:
     parsed = iter(results)
     for line in chunk:
         location = f"{name}:{line.number}"
@@ -147,10 +161,9 @@ def _records(name: str, limit: int, chunk: list[_Line], results: list[Parsed]) -
         item = next(parsed)
         if item is None:
             yield SourceRecord(location, "", None, None, line.size)
-        elif item[0] is None:
+        elif len(item) == 2:
+            yield PendingRecord(location, line.size, line.data, item[0], item[1])
+        else:
             _, shown, error_class, field, reason = item
             error: ValidationError = error_class(field, reason)
             yield SourceRecord(location, shown, None, error, line.size)
-        else:
-            fact = Fact(item[0], item[1], item[2], item[3])
-            yield SourceRecord(location, None, fact, None, line.size, line=line.data, prepared=item[4])

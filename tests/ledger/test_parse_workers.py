@@ -9,13 +9,14 @@ import pytest
 
 from importers.generator import GeneratorConfig, write_history
 from ledger import parse_workers
-from ledger.ingest import SourceRecord, read_jsonl
+from ledger.ingest import AnyRecord, read_jsonl
 from ledger.records import RecordParser
 from schemas.registry import SchemaRegistry
 from tests.factory import rec
 
 
-def _view(record: SourceRecord) -> tuple[object, ...]:
+def _view(given: AnyRecord) -> tuple[object, ...]:
+    record = given.as_source()
     error = None if record.error is None else (type(record.error), str(record.error))
     return (record.location, record.fact, error, record.bytes_read, record.shown(), record.sort_time)
 
