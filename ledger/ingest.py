@@ -323,9 +323,14 @@ def parse_json_line(
     line: bytes,
     parser: RecordParser,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    *,
+    size: int | None = None,
 ) -> SourceRecord:
-    """One JSONL line into a SourceRecord (blank lines carry neither fact nor error)."""
-    size = len(line)
+    """One JSONL line into a SourceRecord (blank lines carry neither fact nor error).
+
+    `size` is the line's size with its line end when `line` comes without it.
+    """
+    size = len(line) if size is None else size
     location = f"{name}:{number}"
     if size > max_record_bytes:
         return SourceRecord(location, None, None, _too_large(size, max_record_bytes), size)
