@@ -488,7 +488,9 @@ class LedgerApplication(Application[UUID]):
             else:
                 work.record(aggregate, checked)
         except ValidationError as error:
-            return Outcome("rejected", error)
+            # Without its traceback: its frames' callers hold the batch's outcomes, which would
+            # hold this error, a cycle keeping the whole batch alive until a full collection.
+            return Outcome("rejected", error.with_traceback(None))
         work.batch_facts[fact.event_id] = fact
         return _ACCEPTED
 

@@ -21,6 +21,7 @@ from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication, Outcome
 from ledger.bulk import BulkWriter
+from ledger.deciding_collector import DecidingCollector
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.inputs import data_suffix, input_damage, input_size, open_input
@@ -729,6 +730,7 @@ def ingest_records(
     facts: list[Fact] = []
     ready: list[Prepared | None] = []
     writer = BulkWriter(app) if bulk else None
+    collector = DecidingCollector()
 
     def report(done: list[AnyRecord], outcomes: list[Outcome]) -> None:
         for record, outcome in zip(done, outcomes, strict=True):
@@ -748,9 +750,12 @@ def ingest_records(
     def flush() -> None:
         nonlocal batch, facts, ready
         if writer is not None:
+            # Valid records come once the run is read and sorted: the deciding phase.
+            collector.start()
             # Decided now, written while the next batch is decided: reported once committed.
             for done, outcomes in writer.submit(facts, ready, batch):
                 report(done, outcomes)
+            collector.decided(len(facts))
         else:
             report(batch, app.record(facts))
         batch, facts, ready = [], [], []
@@ -786,6 +791,7 @@ def ingest_records(
                 for done, outcomes in writer.finish():
                     report(done, outcomes)
     finally:
+        collector.stop()
         if writer is not None:
             writer.close()
     return summary
