@@ -126,7 +126,8 @@ class BulkUnitOfWork:
         unknown: set[Ref] = set()
         add = unknown.add
         for fact, ready in zip(facts, prepared, strict=True):
-            for ref in ready[3] if ready is not None else named_references(fact):
+            named = ready[3] if ready is not None else None
+            for ref in named if named is not None else named_references(fact):
                 if ref not in cache:
                     add(ref)
         # A one-off fact's aggregate is keyed by its own event id, and every stored event is

@@ -20,8 +20,9 @@ from schemas.codec import AvroCodec
 from schemas.errors import EncodeError
 
 #: (message before `recorded_at`, message after it, the fact's encoded size bound, the
-#: aggregates it names); the message parts are None when the ledger must encode the fact itself.
-Prepared = tuple[bytes | None, bytes | None, int, tuple[tuple[str, str], ...]]
+#: aggregates it names); the message parts are None when the ledger must encode the fact itself,
+#: the aggregates None when they are left to the writer to find.
+Prepared = tuple[bytes | None, bytes | None, int, tuple[tuple[str, str], ...] | None]
 _ENVELOPE = ("event_id", "occurred_at", "recorded_at")
 
 
@@ -44,8 +45,12 @@ def varint_size(value: int) -> int:
 class Preparer:
     """Encodes facts ahead of judgement (in a worker process)."""
 
-    def __init__(self, codec: AvroCodec) -> None:
+    def __init__(self, codec: AvroCodec, *, named: bool = True) -> None:
         self._codec = codec
+        #: Whether the aggregates each fact names are found here: where the prepared facts
+        #: are held as objects while a run is sorted (not as the worker's bytes), they cost
+        #: more memory than finding them again when the fact is judged.
+        self._named = named
         # Only types whose schema starts with the envelope can be split around recorded_at.
         self._splittable = {
             event_type
@@ -62,7 +67,7 @@ class Preparer:
         """The fact's size bound, its message split around `recorded_at` (when it can be) and
         the aggregates it names."""
         bound = encoded_size_bound(fact)
-        named = named_references(fact)
+        named = named_references(fact) if self._named else None
         if fact.event_type not in self._splittable:
             return None, None, bound, named
         if any(fact.data.get(name) is None for name in self._filled.get(fact.event_type, ())):

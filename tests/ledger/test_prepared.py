@@ -26,6 +26,7 @@ def test_prepared_messages_are_the_encoded_records(tmp_path: Path, registry: Sch
         head, tail, bound, named = preparer.prepare(fact)
         assert bound == encoded_size_bound(fact)
         assert [("occurrence", fact.event_id), *named] == _references(fact)
+        assert Preparer(codec, named=False).prepare(fact) == (head, tail, bound, None)
         if head is None or tail is None:
             left_to_the_ledger.add(fact.event_type)
             continue
