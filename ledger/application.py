@@ -113,7 +113,13 @@ _REFERENCE_FIELDS = frozenset(_REFERENCE_KIND_OF)
 
 def _references(fact: Fact) -> list[tuple[str, str]]:
     """(aggregate kind, key) of every aggregate a fact may read or write (in no particular order)."""
-    refs = [(Occurrence.KIND, fact.event_id)]
+    return [(Occurrence.KIND, fact.event_id), *named_references(fact)]
+
+
+def named_references(fact: Fact) -> tuple[tuple[str, str], ...]:
+    """(aggregate kind, key) of every aggregate a fact names in its fields (not its own one-off
+    aggregate, keyed by its event id: see `_references`)."""
+    refs = []
     data = fact.data
     kind_of = _REFERENCE_KIND_OF
     # The fact's reference fields found by one set operation (in C), not a loop over its fields.
@@ -128,7 +134,7 @@ def _references(fact: Fact) -> list[tuple[str, str]]:
     agreed = data.get("agreed_by")
     if agreed:
         refs.extend([(Employee.KIND, e) for e in agreed])
-    return refs
+    return tuple(refs)
 
 
 #: Fields the ledger fills in when a client leaves them out (never compared when absent).
@@ -218,6 +224,11 @@ class Outcome:
 
     status: Status
     error: ValidationError | None = None
+
+
+#: Shared (outcomes are immutable): one object per accepted fact cost ~0.5 µs each.
+_ACCEPTED = Outcome("accepted")
+_DUPLICATE = Outcome("duplicate")
 
 
 class UnitOfWork(Protocol):
@@ -477,9 +488,11 @@ class LedgerApplication(Application[UUID]):
             else:
                 work.record(aggregate, checked)
         except ValidationError as error:
-            return Outcome("rejected", error)
+            # Without its traceback: its frames' callers hold the batch's outcomes, which would
+            # hold this error, a cycle keeping the whole batch alive until a full collection.
+            return Outcome("rejected", error.with_traceback(None))
         work.batch_facts[fact.event_id] = fact
-        return Outcome("accepted")
+        return _ACCEPTED
 
     def _stored_fact(self, state: bytes) -> Fact:
         """The fact a stored message holds, personal fields decrypted."""
@@ -516,7 +529,7 @@ class LedgerApplication(Application[UUID]):
             elif stored != value:
                 differing.append(f"{name} (ledger {_short(stored)}, given {_short(value)})")
         if not differing:
-            return Outcome("duplicate")
+            return _DUPLICATE
         return Outcome(
             "conflict",
             ConflictError(

@@ -35,10 +35,10 @@ from crm_ledger.errors import CrmLedgerError
 from ledger.application import (
     LedgerApplication,
     Outcome,
-    _references,
     check_rejections_not_raced,
     decided_again_on_contention,
     encoded_size_bound,
+    named_references,
 )
 from ledger.batch_rows import BatchRows, EventRow, encoded, write_batch
 from ledger.domain import EVENT_OWNERS, LedgerAggregate, Occurrence, aggregate_hex
@@ -99,12 +99,16 @@ class BulkUnitOfWork:
         self.new_keys: dict[str, bytes] = {}
         self.interactions: list[tuple[str, str | None]] = []
 
-    def prefetch(self, facts: Sequence[Fact]) -> None:
-        """Ask the store once which ids it holds: the event-id index and uncached aggregates."""
+    def prefetch(self, facts: Sequence[Fact], prepared: Sequence[Prepared | None]) -> None:
+        """Ask the store once which ids it holds: the event-id index and uncached aggregates.
+
+        The aggregates each fact names come with its prepared message where a worker
+        prepared one (`ledger.prepared`), else they are found here.
+        """
         app = self._writer.app
         behind = self._writer.behind
         ids = {f.event_id for f in facts}
-        if behind.forgets_any({f.data["customer_id"] for f in facts if "customer_id" in f.data}):
+        if behind.forgets_any({f.data.get("customer_id") for f in facts} if behind.forgetting else ()):
             # Their keys must be gone from the store before this batch asks it for keys.
             behind.settle()
         elif behind.encodes_any(ids):
@@ -117,18 +121,27 @@ class BulkUnitOfWork:
         asked = ids.difference(in_flight)
         self.stored_ids = {} if self._writer.fresh_store else indexed_events(app.recorder, asked)
         self.stored_ids.update((i, in_flight[i]) for i in ids.intersection(in_flight))
-        own = {(Occurrence.KIND, f.event_id) for f in facts}
-        refs = {ref for fact in facts for ref in _references(fact)}
+        # The named aggregates that are not cached, in one pass (no set of every reference).
+        cache = self._cache
+        unknown: set[Ref] = set()
+        add = unknown.add
+        for fact, ready in zip(facts, prepared, strict=True):
+            named = ready[3] if ready is not None else None
+            for ref in named if named is not None else named_references(fact):
+                if ref not in cache:
+                    add(ref)
         # A one-off fact's aggregate is keyed by its own event id, and every stored event is
         # in the index (same transaction): an id the index lacks has no aggregate either.
-        unknown = {r for r in refs - own if r not in self._cache}
+        own = {(Occurrence.KIND, f.event_id) for f in facts}
+        unknown -= own
         by_id = {aggregate_hex(kind, key): (kind, key) for kind, key in unknown}
         # Aggregates the batch in flight writes exist (mostly interactions that surveys of
         # this batch name); their state is read from the store, after its commit, if needed.
         written = behind.in_flight.originators.intersection(by_id) if behind.in_flight is not None else set()
         present = {by_id[found] for found in existing_ids(app.recorder, by_id.keys() - written)}
         present.update(by_id[found] for found in written)
-        self._absent = (unknown - present) | {r for r in own if r[1] not in self.stored_ids}
+        stored = self.stored_ids
+        self._absent = (unknown - present) | ({r for r in own if r[1] not in stored} if stored else own)
         app.vault.prefetch(f.data["customer_id"] for f in facts if f.event_type in PERSONAL_FIELDS)
 
     def judging(self, fact: Fact, prepared: Prepared | None) -> None:
@@ -362,7 +375,7 @@ class BulkWriter:
         app = self.app
         work = BulkUnitOfWork(self, datetime.now(tz=UTC))
         try:
-            work.prefetch(facts)
+            work.prefetch(facts, prepared)
             outcomes = []
             for fact, ready in zip(facts, prepared, strict=True):
                 work.judging(fact, ready)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication, Outcome
 from ledger.bulk import BulkWriter
+from ledger.deciding_collector import DecidingCollector
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.inputs import data_suffix, input_damage, input_size, open_input
@@ -87,6 +89,10 @@ class SourceRecord:
         """When the fact happened (None for rejects): the order facts are applied in."""
         return self.fact.occurred_at if self.fact is not None else None
 
+    def as_source(self) -> SourceRecord:
+        """This record (see `PendingRecord.as_source`)."""
+        return self
+
     def packed(self) -> tuple[Any, ...]:
         """A parsed record as a plain tuple, cheap to spill to disk while sorting (`unpacked`)."""
         fact = self.fact
@@ -109,6 +115,63 @@ class SourceRecord:
         location, size, source, line, prepared, event_type, event_id, occurred_at, data = packed
         fact = Fact(event_type, event_id, occurred_at, data)
         return SourceRecord(location, None, fact, None, size, source, line, prepared)
+
+
+class PendingRecord:
+    """A valid record parsed in a worker process, its fact still in the worker's pickled form.
+
+    The main process sorts every record of a run, and spills most of them to disk, before it
+    judges them: kept as the worker's bytes until then, a record costs the main process no
+    dict, `Fact` or `SourceRecord` to unpickle, build, spill, read back and build again.
+    `unpickled` gives the fact when it is judged; `as_source` the `SourceRecord` it stands for.
+    """
+
+    __slots__ = ("blob", "bytes_read", "line", "location", "sort_time")
+    error: None = None
+
+    def __init__(self, location: str, bytes_read: int, line: bytes, sort_time: int, blob: bytes) -> None:
+        self.location = location
+        self.bytes_read = bytes_read
+        #: The JSON line (redacted from only if the ledger refuses the record).
+        self.line = line
+        self.sort_time = sort_time
+        #: pickle of (event type, event id, occurred_at, fields, prepared message).
+        self.blob = blob
+
+    def unpickled(self) -> tuple[Fact, Prepared | None]:
+        """The fact and its prepared message."""
+        event_type, event_id, occurred_at, data, prepared = pickle.loads(self.blob)
+        return Fact(event_type, event_id, occurred_at, data), prepared
+
+    def shown(self) -> str | None:
+        """The input as the rejects file shows it (personal fields redacted)."""
+        return redacted_json(load_json_object(_decode(self.line).strip()))
+
+    def packed(self) -> tuple[Any, ...]:
+        """Plain data to spill (`unpacked_record` reads it back)."""
+        return (self.location, self.bytes_read, self.line, self.sort_time, self.blob)
+
+    def as_source(self) -> SourceRecord:
+        """The record with its fact unpickled."""
+        fact, prepared = self.unpickled()
+        size = self.bytes_read
+        return SourceRecord(self.location, None, fact, None, size, line=self.line, prepared=prepared)
+
+
+#: What the readers yield: records, and worker-parsed valid records still pickled.
+AnyRecord = SourceRecord | PendingRecord
+
+
+def packed_record(record: AnyRecord) -> tuple[Any, ...]:
+    """A record as plain data to spill while sorting (`unpacked_record` reads it back)."""
+    return record.packed()
+
+
+def unpacked_record(packed: tuple[Any, ...]) -> AnyRecord:
+    """The record a `packed_record` tuple stands for."""
+    if len(packed) == 5:
+        return PendingRecord(*packed)
+    return SourceRecord.unpacked(packed)
 
 
 @dataclass
@@ -261,9 +324,14 @@ def parse_json_line(
     line: bytes,
     parser: RecordParser,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    *,
+    size: int | None = None,
 ) -> SourceRecord:
-    """One JSONL line into a SourceRecord (blank lines carry neither fact nor error)."""
-    size = len(line)
+    """One JSONL line into a SourceRecord (blank lines carry neither fact nor error).
+
+    `size` is the line's size with its line end when `line` comes without it.
+    """
+    size = len(line) if size is None else size
     location = f"{name}:{number}"
     if size > max_record_bytes:
         return SourceRecord(location, None, None, _too_large(size, max_record_bytes), size)
@@ -294,11 +362,12 @@ def read_jsonl(
     parser: RecordParser,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     workers: int | None = None,
-) -> Iterator[SourceRecord]:
+) -> Iterator[AnyRecord]:
     """Parse a JSON-lines file record by record (a UTF-8 byte-order mark is accepted).
 
     Large files are parsed by `workers` processes (by default one per core, see
-    `parse_workers_for`); the records are the same either way.
+    `parse_workers_for`); the records are the same either way (valid ones from the workers
+    come as `PendingRecord`s: `as_source` gives the `SourceRecord`).
     """
     workers = parse_workers_for(path) if workers is None else workers
     if workers > 0:
@@ -542,7 +611,7 @@ def row_cells(
 
 def read_file(
     path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-) -> Iterator[SourceRecord]:
+) -> Iterator[AnyRecord]:
     """Records of a JSONL (.jsonl, .ndjson, .json) or CSV (.csv) file, plain or compressed.
 
     Compressed files (.zip of one file, .gz, .bz2, .xz) are read as a stream (`ledger.inputs`).
@@ -639,7 +708,7 @@ class RejectSink:
 
 def ingest_records(
     app: LedgerApplication,
-    records: Iterable[SourceRecord],
+    records: Iterable[AnyRecord],
     rejects: RejectSink,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -656,10 +725,14 @@ def ingest_records(
     """
     reporter = reporter or SilentReporter()
     summary = IngestSummary()
-    batch: list[SourceRecord] = []
+    # The batch's records (for their location and shown input), facts and prepared messages.
+    batch: list[AnyRecord] = []
+    facts: list[Fact] = []
+    ready: list[Prepared | None] = []
     writer = BulkWriter(app) if bulk else None
+    collector = DecidingCollector()
 
-    def report(done: list[SourceRecord], outcomes: list[Outcome]) -> None:
+    def report(done: list[AnyRecord], outcomes: list[Outcome]) -> None:
         for record, outcome in zip(done, outcomes, strict=True):
             if outcome.status == "accepted":
                 summary.accepted += 1
@@ -675,15 +748,17 @@ def ingest_records(
         reporter.advance(0, events=len(done))
 
     def flush() -> None:
-        nonlocal batch
-        facts = [r.fact for r in batch if r.fact is not None]
+        nonlocal batch, facts, ready
         if writer is not None:
+            # Valid records come once the run is read and sorted: the deciding phase.
+            collector.start()
             # Decided now, written while the next batch is decided: reported once committed.
-            for done, outcomes in writer.submit(facts, [r.prepared for r in batch], batch):
+            for done, outcomes in writer.submit(facts, ready, batch):
                 report(done, outcomes)
+            collector.decided(len(facts))
         else:
             report(batch, app.record(facts))
-        batch = []
+        batch, facts, ready = [], [], []
 
     try:
         with fewer_collections():
@@ -691,17 +766,23 @@ def ingest_records(
             ordered = in_time_order(
                 _counted(records, reporter, large),
                 run_size=SORT_RUN_SIZE,
-                pack=SourceRecord.packed,
-                unpack=SourceRecord.unpacked,
+                pack=packed_record,
+                unpack=unpacked_record,
             )
             for source in ordered:
                 if source.error is not None:
                     summary.rejected += 1
                     rejects.reject(source.location, source.error, source.shown())
                     continue
-                if source.fact is None:
+                if isinstance(source, PendingRecord):
+                    fact, prepared = source.unpickled()
+                elif source.fact is None:
                     continue
+                else:
+                    fact, prepared = source.fact, source.prepared
                 batch.append(source)
+                facts.append(fact)
+                ready.append(prepared)
                 if len(batch) >= batch_size:
                     flush()
             if batch:
@@ -710,14 +791,15 @@ def ingest_records(
                 for done, outcomes in writer.finish():
                     report(done, outcomes)
     finally:
+        collector.stop()
         if writer is not None:
             writer.close()
     return summary
 
 
 def _counted(
-    records: Iterable[SourceRecord], reporter: Reporter, large: Callable[[], None] | None = None
-) -> Iterator[SourceRecord]:
+    records: Iterable[AnyRecord], reporter: Reporter, large: Callable[[], None] | None = None
+) -> Iterator[AnyRecord]:
     """Report bytes read as the records are read (the bar measures input consumed); call
     `large` once the run has read `WRITE_PROCESS_RECORDS` records."""
     pending = 0

@@ -4,10 +4,12 @@ Parsing and checking a record (JSON, strict types, the schema's and the domain's
 is the largest cost of an import and needs no ledger state, so large files are parsed by a
 pool of forked workers. The main process reads the physical lines (line numbers and the size
 limit stay exactly as in `ledger.ingest.read_jsonl`), hands them over in chunks, and gets back
-per line only plain tuples: the fact's type, id, time and fields, or a reject's shown text and
-error. It keeps the lines themselves, so an accepted record travels once and a rejects entry
-is redacted from its line only if the ledger later refuses it. Chunks come back in input
-order and only a few are in flight, so memory stays bounded whatever the file size.
+per line only plain data: a fact's time and the fact (type, id, time, fields) pickled by the
+worker, which the main process sorts and spills as bytes and unpickles only when it judges
+the fact (`ledger.ingest.PendingRecord`), or a reject's shown text and error. It keeps the
+lines themselves, so an accepted record travels once and a rejects entry is redacted from
+its line only if the ledger later refuses it. Chunks come back in input order and only a
+few are in flight, so memory stays bounded whatever the file size.
 Each worker also prepares the fact's Avro message and size bound (`ledger.prepared`), so
 the main process, which alone can judge and write, has that much less to do.
 
@@ -18,27 +20,41 @@ The records are the ones `read_jsonl` yields for the same file, field for field
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import AsyncResult
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, _Line, _lines, _too_large, damaged_input, parse_json_line
+from ledger.ingest import (
+    _BOM,
+    AnyRecord,
+    PendingRecord,
+    SourceRecord,
+    _too_large,
+    damaged_input,
+    parse_json_line,
+)
 from ledger.inputs import open_input
 from ledger.prepared import Preparer
-from ledger.records import Fact, RecordParser
+from ledger.records import RecordParser
 from schemas.codec import AvroCodec
 
-#: Lines per chunk handed to a worker, and chunks in flight per worker.
-CHUNK_LINES = 2000
+#: Bytes of whole lines per block handed to a worker, and blocks in flight per worker.
+BLOCK_BYTES = 512 * 1024
 IN_FLIGHT_PER_WORKER = 4
 
-#: (event type, event id, occurred_at, fields, prepared message or None) of a fact;
-#: (None, shown, error class, field, reason) of a reject; None for a blank line.
-Parsed = tuple[Any, ...] | None
+#: Per line of a block, in order: the line's size (a blank line); (occurred_at, size, line,
+#: pickle of (event type, event id, occurred_at, fields, prepared message)) of a fact, which
+#: the main process unpickles only when it judges the fact (`PendingRecord`); (None, size,
+#: shown, error class, field, reason) of a reject.
+Parsed = int | tuple[Any, ...]
+#: (number of the block's first line, its whole lines, the number and size of an over-long
+#: line right after them or None): what the main process reads (`_blocks`).
+Block = tuple[int, bytes, tuple[int, int] | None]
 
 # One parser per worker process, set by the pool's initializer (state of that process only).
 _worker: dict[str, Any] = {}
@@ -52,39 +68,87 @@ def _start_worker(parser: RecordParser, name: str, max_record_bytes: int) -> Non
     _worker.update(parser=parser, name=name, limit=max_record_bytes, prepare=preparer.prepare)
 
 
-def _parse_chunk(lines: list[tuple[int, bytes]]) -> list[Parsed]:
+def _parse_block(sent: tuple[int, bytes]) -> list[Parsed]:
+    """Every line of a block parsed, as `read_jsonl` parses a line (`parse_json_line`)."""
     parser, name, limit = _worker["parser"], _worker["name"], _worker["limit"]
     prepare = _worker["prepare"]
+    number, block = sent
+    lines = block.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the block ends with a line end, as all but a file's last one do
+        last = -1
+    else:
+        last = len(lines) - 1  # the file's last line, without a line end
     out: list[Parsed] = []
-    for number, data in lines:
-        record = parse_json_line(name, number, data, parser, limit)
+    for index, data in enumerate(lines, start=number):
+        size = len(data) if index - number == last else len(data) + 1
+        record = parse_json_line(name, index, data, parser, limit, size=size)
         if record.fact is not None:
             fact = record.fact
-            out.append((fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact)))
+            packed = (fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact))
+            out.append((fact.occurred_at, size, data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)))
         elif record.error is not None:
             error = record.error
-            out.append((None, record.raw, type(error), error.field, error.reason))
+            out.append((None, size, record.raw, type(error), error.field, error.reason))
         else:
-            out.append(None)
+            out.append(size)
     return out
+
+
+def _blocks(handle: IO[bytes], limit: int) -> Iterator[Block]:
+    """The input in blocks of whole lines, numbered as `ledger.ingest._lines` numbers them.
+
+    The main process only finds the last line end of each block (in C) and counts its line
+    ends; the workers split it into lines. A line longer than any record (more than `limit`
+    bytes without its line end) that does not fit a block is skipped here, counted but never
+    held in memory, and reported as the over-long line after the block before it.
+    """
+    number = 1
+    pending = handle.read(BLOCK_BYTES)
+    if pending.startswith(_BOM):
+        pending = pending[len(_BOM) :]
+    while True:
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            block, pending = pending[:cut], pending[cut:]
+            yield number, block, None
+            number += block.count(b"\n")
+        elif len(pending) > limit + 1:
+            size = len(pending)
+            while True:
+                data = handle.read(BLOCK_BYTES)
+                end = data.find(b"\n") + 1
+                if end or not data:
+                    size += end or len(data)
+                    pending = data[end:]
+                    break
+                size += len(data)
+            yield number, b"", (number, size)
+            number += 1
+            continue
+        data = handle.read(BLOCK_BYTES)
+        if not data:
+            if pending:
+                yield number, pending, None
+            return
+        pending += data
 
 
 def read_jsonl_in_workers(
     path: Path, parser: RecordParser, max_record_bytes: int, workers: int
-) -> Iterator[SourceRecord]:
+) -> Iterator[AnyRecord]:
     """The records of `read_jsonl(path, parser, max_record_bytes)`, parsed by `workers` processes."""
     name = path.name
     with open_input(path) as handle:
-        chunks = chunked(_lines(handle, max_record_bytes), CHUNK_LINES)
-        for chunk, parsed in in_workers(
-            chunks,
+        for block, parsed in in_workers(
+            _blocks(handle, max_record_bytes),
             _sent,
-            _parse_chunk,
+            _parse_block,
             workers=workers,
             initializer=_start_worker,
             initargs=(parser, name, max_record_bytes),
         ):
-            yield from _records(name, max_record_bytes, chunk, parsed)
+            yield from _records(name, max_record_bytes, block, parsed)
         yield from damaged_input(name, handle)
 
 
@@ -133,24 +197,23 @@ def in_workers(
             yield done, result.get()
 
 
-def _sent(chunk: list[_Line]) -> list[tuple[int, bytes]]:
-    return [(line.number, line.data) for line in chunk if line.data is not None]
+def _sent(block: Block) -> tuple[int, bytes]:
+    return block[0], block[1]
 
 
-def _records(name: str, limit: int, chunk: list[_Line], results: list[Parsed]) -> Iterator[SourceRecord]:
-    parsed = iter(results)
-    for line in chunk:
-        location = f"{name}:{line.number}"
-        if line.data is None:
-            yield SourceRecord(location, None, None, _too_large(line.size, limit), line.size)
-            continue
-        item = next(parsed)
-        if item is None:
-            yield SourceRecord(location, "", None, None, line.size)
-        elif item[0] is None:
-            _, shown, error_class, field, reason = item
-            error: ValidationError = error_class(field, reason)
-            yield SourceRecord(location, shown, None, error, line.size)
+def _records(name: str, limit: int, block: Block, results: list[Parsed]) -> Iterator[AnyRecord]:
+    number = block[0]
+    for item in results:
+        location = f"{name}:{number}"
+        number += 1
+        if isinstance(item, int):
+            yield SourceRecord(location, "", None, None, item)
+        elif item[0] is not None:
+            yield PendingRecord(location, item[1], item[2], item[0], item[3])
         else:
-            fact = Fact(item[0], item[1], item[2], item[3])
-            yield SourceRecord(location, None, fact, None, line.size, line=line.data, prepared=item[4])
+            _, size, shown, error_class, field, reason = item
+            error: ValidationError = error_class(field, reason)
+            yield SourceRecord(location, shown, None, error, size)
+    if block[2] is not None:
+        number, size = block[2]
+        yield SourceRecord(f"{name}:{number}", None, None, _too_large(size, limit), size)

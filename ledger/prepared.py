@@ -8,19 +8,21 @@ the message back split around that one byte; the writer puts the batch's `record
 in between, which gives exactly the bytes that encoding the finished record would give.
 When the ledger changed the fact's fields (a filled-in customer, an encrypted name) the
 writer encodes it itself. The fact's size bound (`encoded_size_bound`) travels with it, so
-the writer need not compute it either.
+the writer need not compute it either, nor the aggregates the fact names (`named_references`),
+which the writer asks the store about once per batch.
 """
 
 from __future__ import annotations
 
-from ledger.application import encoded_size_bound
+from ledger.application import encoded_size_bound, named_references
 from ledger.records import ENRICHED_FIELDS, Fact
 from schemas.codec import AvroCodec
 from schemas.errors import EncodeError
 
-#: (message before `recorded_at`, message after it, the fact's encoded size bound); the
-#: message parts are None when the ledger must encode the fact itself.
-Prepared = tuple[bytes | None, bytes | None, int]
+#: (message before `recorded_at`, message after it, the fact's encoded size bound, the
+#: aggregates it names); the message parts are None when the ledger must encode the fact itself,
+#: the aggregates None when they are left to the writer to find.
+Prepared = tuple[bytes | None, bytes | None, int, tuple[tuple[str, str], ...] | None]
 _ENVELOPE = ("event_id", "occurred_at", "recorded_at")
 
 
@@ -43,8 +45,12 @@ def varint_size(value: int) -> int:
 class Preparer:
     """Encodes facts ahead of judgement (in a worker process)."""
 
-    def __init__(self, codec: AvroCodec) -> None:
+    def __init__(self, codec: AvroCodec, *, named: bool = True) -> None:
         self._codec = codec
+        #: Whether the aggregates each fact names are found here: where the prepared facts
+        #: are held as objects while a run is sorted (not as the worker's bytes), they cost
+        #: more memory than finding them again when the fact is judged.
+        self._named = named
         # Only types whose schema starts with the envelope can be split around recorded_at.
         self._splittable = {
             event_type
@@ -58,12 +64,14 @@ class Preparer:
             self._filled[event_type] = (*self._filled.get(event_type, ()), name)
 
     def prepare(self, fact: Fact) -> Prepared:
-        """The fact's size bound and its message split around `recorded_at` (when it can be)."""
+        """The fact's size bound, its message split around `recorded_at` (when it can be) and
+        the aggregates it names."""
         bound = encoded_size_bound(fact)
+        named = named_references(fact) if self._named else None
         if fact.event_type not in self._splittable:
-            return None, None, bound
+            return None, None, bound, named
         if any(fact.data.get(name) is None for name in self._filled.get(fact.event_type, ())):
-            return None, None, bound
+            return None, None, bound, named
         record = dict(fact.data)
         record["event_id"] = fact.event_id
         record["occurred_at"] = fact.occurred_at
@@ -71,13 +79,13 @@ class Preparer:
         try:
             message = self._codec.encode(fact.event_type, record)
         except EncodeError:
-            return None, None, bound  # the writer encodes it again and reports the problem
+            return None, None, bound, named  # the writer encodes it again and reports the problem
         event_id = fact.event_id.encode("utf-8")
         # 5-byte header, the event id as length + bytes, occurred_at: then recorded_at's byte.
         at = 5 + varint_size(len(event_id)) + len(event_id) + varint_size(fact.occurred_at)
         if message[at] != 0:
-            return None, None, bound
-        return message[:at], message[at + 1 :], bound
+            return None, None, bound, named
+        return message[:at], message[at + 1 :], bound, named
 
 
 def finish(head: bytes, tail: bytes, recorded_at: bytes) -> bytes:

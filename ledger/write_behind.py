@@ -125,7 +125,13 @@ class WriteBehind:
         batch = self.in_flight
         return batch is not None and not batch.settled and not batch.encoding.isdisjoint(event_ids)
 
-    def forgets_any(self, customer_ids: Collection[str]) -> bool:
+    @property
+    def forgetting(self) -> bool:
+        """Whether the batch in flight, not yet settled, deletes any customer's key."""
+        batch = self.in_flight
+        return batch is not None and not batch.settled and bool(batch.forgotten)
+
+    def forgets_any(self, customer_ids: Collection[str | None]) -> bool:
         """Whether the batch in flight deletes the key of any of these customers."""
         batch = self.in_flight
         return batch is not None and not batch.settled and not batch.forgotten.isdisjoint(customer_ids)

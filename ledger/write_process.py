@@ -21,6 +21,7 @@ is rolled back whole, never half-written.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -33,6 +34,7 @@ from typing import Any
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.utils import Environment
 
+from crm_ledger.collector import RUN_THRESHOLDS
 from ledger.batch_rows import BatchRows, Encode, encoded, write_batch
 from ledger.errors import WriteProcessError
 from ledger.vault import PersonalDataVault
@@ -140,6 +142,10 @@ def _serve(out: Connection, given: Connection, parent: int) -> None:
     # Ctrl-C reaches the whole process group; the deciding process handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     name, env, registry = pickle.loads(given.recv_bytes())
+    # Each batch's rows are freed by reference counting: the collector need not walk them
+    # (or the interpreter's start-up objects, set aside for good) every 700 new objects.
+    gc.freeze()
+    gc.set_threshold(*RUN_THRESHOLDS)
     codec = AvroCodec(registry, epoch_millis=True)
     environment = Environment(name, env)
     factory = InfrastructureFactory.construct(environment)

@@ -248,7 +248,7 @@ def test_bulk_and_eventsourcing_paths_store_the_same_ledger(
                 # processes, sorted in runs spilled to disk.
                 patch.setattr(ingest, "PARALLEL_PARSE_BYTES", 0)
                 patch.setattr(ingest, "SORT_RUN_SIZE", 97)
-                patch.setattr(parse_workers, "CHUNK_LINES", 41)
+                patch.setattr(parse_workers, "BLOCK_BYTES", 4096)
             if name == "bulk-process":
                 # Every batch written by the writing process, as a large run's are.
                 patch.setattr(ingest, "WRITE_PROCESS_RECORDS", 0)

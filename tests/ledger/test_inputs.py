@@ -15,7 +15,7 @@ import pytest
 from importers.cfpb import read_cfpb
 from importers.generator import GeneratorConfig, write_history
 from ledger.errors import ValidationError
-from ledger.ingest import SourceRecord, read_file, read_jsonl
+from ledger.ingest import AnyRecord, read_file, read_jsonl
 from ledger.inputs import data_suffix, input_size, open_input
 from ledger.records import RecordParser
 from schemas.registry import SchemaRegistry
@@ -24,7 +24,8 @@ DATA = Path(__file__).parent.parent / "data"
 NOW_MS = 1_900_000_000_000
 
 
-def _seen(record: SourceRecord) -> tuple[Any, ...]:
+def _seen(given: AnyRecord) -> tuple[Any, ...]:
+    record = given.as_source()
     error = None if record.error is None else (type(record.error), record.error.field, record.error.reason)
     fact = (
         None

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from importers.generator import GeneratorConfig, write_history
-from ledger.application import encoded_size_bound
+from ledger.application import _references, encoded_size_bound
 from ledger.prepared import Preparer, finish, zigzag_varint
 from ledger.records import RecordParser
 from schemas.codec import AvroCodec
@@ -23,8 +23,10 @@ def test_prepared_messages_are_the_encoded_records(tmp_path: Path, registry: Sch
     prepared_types, left_to_the_ledger = set(), set()
     for line in history.read_text().splitlines():
         fact = parser.parse(json.loads(line), strict=True)
-        head, tail, bound = preparer.prepare(fact)
+        head, tail, bound, named = preparer.prepare(fact)
         assert bound == encoded_size_bound(fact)
+        assert [("occurrence", fact.event_id), *named] == _references(fact)
+        assert Preparer(codec, named=False).prepare(fact) == (head, tail, bound, None)
         if head is None or tail is None:
             left_to_the_ledger.add(fact.event_type)
             continue
