@@ -33,13 +33,18 @@ MONTHS = 6
 EVENTS_PER_CUSTOMER_MONTH = 3.0
 
 
-def arguments(description: str, default_events: int) -> argparse.Namespace:
+def arguments(
+    description: str, default_events: int, flags: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """The options every benchmark takes, plus its own on/off `flags` (name: help)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--events", type=int, default=default_events, help="approximate event count")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--old-design", default=None, help="git revision of an earlier design to measure as a baseline too"
     )
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     return parser.parse_args()
 
 
