@@ -404,8 +404,15 @@ class RecordParser:
             )
         if strict:
             return Fact(str(event_type), event_id, occurred_at, self._strict_fields(event_type, raw))
+        data = self._converted_fields(event_type, raw, strict=False)
+        return Fact(str(event_type), event_id, occurred_at, data)
+
+    def _converted_fields(self, event_type: str, raw: Mapping[str, Any], *, strict: bool) -> dict[str, Any]:
+        """The fields of a record, each through its field's general rule: CSV cells converted
+        (`strict=False`), or JSON values refused unless of the field's JSON type (`strict=True`,
+        the reference `_strict_fields` must equal: the tests compare the two)."""
         data: dict[str, Any] = {}
-        for rule, check, is_id in rules:
+        for rule, check, is_id in self._checks[event_type]:
             value = raw.get(rule.name)
             if _blank(value):
                 if rule.required:
@@ -421,7 +428,7 @@ class RecordParser:
             if problem:
                 raise ValidationError(rule.name, problem)
             data[rule.name] = value
-        return Fact(str(event_type), event_id, occurred_at, data)
+        return data
 
     def _strict_fields(self, event_type: str, raw: Mapping[str, Any]) -> dict[str, Any]:
         """The fields of a JSON record: the general loop of `parse`, text values checked in line.

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import ValidationError
-from ledger.records import RecordParser, _blank, _non_blank, format_timestamp, parse_timestamp
+from ledger.records import RecordParser, format_timestamp, parse_timestamp
 from tests.factory import rec
 
 
@@ -86,29 +86,6 @@ def test_timestamps() -> None:
     assert parse_timestamp("1700000000000") == 1_700_000_000_000
 
 
-def _general_strict_fields(parser: RecordParser, event_type: str, raw: dict[str, Any]) -> dict[str, Any]:
-    """The general per-field loop of `RecordParser.parse` with the JSON rules, as it was
-    before text fields were checked in line: the reference the fast loop must equal."""
-    data: dict[str, Any] = {}
-    for rule, check, is_id in parser._checks[event_type]:
-        value = raw.get(rule.name)
-        if _blank(value):
-            if rule.required:
-                raise ValidationError(rule.name, "is required")
-            data[rule.name] = rule.default
-            continue
-        value = rule.strict(value, rule.name)
-        if isinstance(value, str):
-            value = value.strip()
-        problem = check(value) if check else None
-        if problem is None and is_id and isinstance(value, str):
-            problem = _non_blank(value)
-        if problem:
-            raise ValidationError(rule.name, problem)
-        data[rule.name] = value
-    return data
-
-
 def _outcome(call: Callable[[], dict[str, Any]]) -> object:
     try:
         return ("ok", call())
@@ -131,10 +108,11 @@ _JSON_VALUES = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_json_fields_checked_in_line_match_the_general_rules(parser: RecordParser, data: st.DataObject) -> None:
-    """Any JSON value in any field of any type: the same fields, or the same first refusal."""
+    """Any JSON value in any field of any type: the in-line checks give the same fields, or the
+    same first refusal, as each field's general JSON rule."""
     event_type = data.draw(st.sampled_from(parser.event_types))
     names = [rule.name for rule, _, _ in parser._checks[event_type]]
     raw = {name: data.draw(_JSON_VALUES, label=name) for name in names if data.draw(st.booleans())}
     assert _outcome(lambda: parser._strict_fields(event_type, raw)) == _outcome(
-        lambda: _general_strict_fields(parser, event_type, raw)
+        lambda: parser._converted_fields(event_type, raw, strict=True)
     )

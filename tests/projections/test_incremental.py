@@ -201,6 +201,28 @@ def _has_table(db: ProjectionDB, schema: str, table: str) -> bool:
 _CONTRACT_TOPICS = {f"crm.ledger.{t}" for t in ("ContractStarted", "ContractRenewed", "ContractEnded")}
 
 
+def _move_team_midway(
+    app: LedgerApplication, tmp_path: Path, history: list[dict[str, Any]], employee: str, event_id: str
+) -> None:
+    """Record, late, that `employee` moved to another team halfway through their events."""
+    teams = {r["employee_id"]: r["team_id"] for r in history if r["type"] == "EmployeeJoined"}
+    moments = sorted(r["occurred_at"] for r in history if r.get("employee_id") == employee)
+    other = next((t for t in sorted(set(teams.values())) if t != teams[employee]), "team-moved")
+    late = tmp_path / "move.jsonl"
+    move = {
+        "type": "EmployeeMovedTeam",
+        "event_id": event_id,
+        "occurred_at": moments[len(moments) // 2],
+        "employee_id": employee,
+        "team_id": other,
+    }
+    late.write_text(json.dumps(move) + "\n")
+    summary = ingest_records(
+        app, read_file(late, RecordParser(app.registry)), RejectSink(None, echo=sys.stderr)
+    )
+    assert summary.accepted == 1
+
+
 def _assert_equals_a_full_rebuild(
     live: ProjectionDB, version: VersionInfo, rebuilt_path: Path, step: int
 ) -> None:
@@ -436,25 +458,7 @@ def test_a_late_team_move_and_other_thresholds_equal_a_full_rebuild(tmp_path: Pa
     teams = {r["employee_id"]: r["team_id"] for r in history if r["type"] == "EmployeeJoined"}
     resolved = [r for r in history if r["type"] == "CaseResolved" and r.get("employee_id") in teams]
     employee = max(sorted(teams), key=lambda e: sum(r["employee_id"] == e for r in resolved))
-    moments = sorted(r["occurred_at"] for r in history if r.get("employee_id") == employee)
-    other = next((t for t in sorted(set(teams.values())) if t != teams[employee]), "team-moved")
-    late = tmp_path / "move.jsonl"
-    late.write_text(
-        json.dumps(
-            {
-                "type": "EmployeeMovedTeam",
-                "event_id": "00000000-0000-4000-8000-000000000004",
-                "occurred_at": moments[len(moments) // 2],
-                "employee_id": employee,
-                "team_id": other,
-            }
-        )
-        + "\n"
-    )
-    summary = ingest_records(
-        app, read_file(late, RecordParser(app.registry)), RejectSink(None, echo=sys.stderr)
-    )
-    assert summary.accepted == 1
+    _move_team_midway(app, tmp_path, history, employee, "00000000-0000-4000-8000-000000000004")
     messages = [(n.id, n.state) for n in app.read_notifications(1, 1_000_000)]
     third = (len(messages) - 1) // 3
     sizes = [third, third, len(messages) - 1 - 2 * third, 1]
@@ -552,22 +556,7 @@ def test_a_follower_holding_the_file_equals_a_full_rebuild(tmp_path: Path) -> No
     history = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
     teams = {r["employee_id"]: r["team_id"] for r in history if r["type"] == "EmployeeJoined"}
     employee = sorted(teams)[0]
-    moments = sorted(r["occurred_at"] for r in history if r.get("employee_id") == employee)
-    other = next((t for t in sorted(set(teams.values())) if t != teams[employee]), "team-moved")
-    late = tmp_path / "move.jsonl"
-    late.write_text(
-        json.dumps(
-            {
-                "type": "EmployeeMovedTeam",
-                "event_id": "00000000-0000-4000-8000-000000000005",
-                "occurred_at": moments[len(moments) // 2],
-                "employee_id": employee,
-                "team_id": other,
-            }
-        )
-        + "\n"
-    )
-    ingest_records(app, read_file(late, RecordParser(app.registry)), RejectSink(None, echo=sys.stderr))
+    _move_team_midway(app, tmp_path, history, employee, "00000000-0000-4000-8000-000000000005")
     messages = _shuffled(app, random.Random(17), 0.1)
     size = len(messages) // 6 + 1
     live = ProjectionDB(tmp_path / "live.duckdb")
