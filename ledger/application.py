@@ -150,10 +150,17 @@ def _same_customer(given: str | None, case: Case) -> str:
     return case.customer_id
 
 
+#: Words of a store error that mean another writer was in the way. PostgreSQL's "pipeline
+#: aborted" says an earlier statement of the same pipelined insert failed (under concurrent
+#: runs: a unique key another run took first) and psycopg reported that one instead: the whole
+#: transaction was rolled back, so deciding again on fresh state is safe.
+_CONTENTION_WORDS = ("locked", "busy", "deadlock", "serializ", "concurrent", "pipeline aborted")
+
+
 def _contended(error: Exception) -> bool:
     """Whether a store error means another writer was in the way (worth deciding again)."""
     text = str(error).lower()
-    return any(word in text for word in ("locked", "busy", "deadlock", "serializ", "concurrent"))
+    return any(word in text for word in _CONTENTION_WORDS)
 
 
 def decided_again_on_contention(attempt: Callable[[], T], forget: Callable[[], None]) -> T:

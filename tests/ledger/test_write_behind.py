@@ -22,7 +22,7 @@ from eventsourcing.persistence import OperationalError
 
 from crm_ledger.settings import Settings
 from ledger import ingest, write_process
-from ledger.application import LedgerApplication
+from ledger.application import LedgerApplication, decided_again_on_contention
 from ledger.ingest import IngestSummary, RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.vault import FORGOTTEN, PersonalDataVault
@@ -226,3 +226,32 @@ def test_a_first_import_that_repeats_a_fact_batches_later_counts_it_like_the_agg
     assert ledger_content(app) == ledger_content(aggregates)
     assert (tmp_path / "run.rejects").read_text() == (tmp_path / "aggregates.rejects").read_text()
     aggregates.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "again"),
+    [
+        ("database is locked", True),
+        ("pipeline aborted", True),  # PostgreSQL: an earlier statement of the insert lost a race
+        ("could not serialize access due to concurrent update", True),
+        ("database or disk is full", False),
+        ("attempt to write a readonly database", False),
+    ],
+)
+def test_a_batch_is_decided_again_only_when_another_writer_was_in_the_way(message: str, again: bool) -> None:
+    attempts: list[int] = []
+    forgotten: list[int] = []
+
+    def attempt() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OperationalError(message)
+        return "written"
+
+    if again:
+        assert decided_again_on_contention(attempt, lambda: forgotten.append(1)) == "written"
+        assert (len(attempts), len(forgotten)) == (2, 1)
+    else:
+        with pytest.raises(OperationalError, match=message):
+            decided_again_on_contention(attempt, lambda: forgotten.append(1))
+        assert (len(attempts), len(forgotten)) == (1, 0)
