@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from crm_ledger.collector import fewer_collections
+from crm_ledger.collector import DecidingCollector, fewer_collections
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.application import LedgerApplication, Outcome
 from ledger.bulk import BulkWriter
-from ledger.deciding_collector import DecidingCollector
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.inputs import data_suffix, input_damage, input_size, open_input
@@ -81,7 +80,7 @@ class SourceRecord:
         if self.source is not None:
             return redacted_json(self.source)
         if self.line is not None:
-            return redacted_json(load_json_object(_decode(self.line).strip()))
+            return _shown_line(self.line)
         return self.raw
 
     @property
@@ -145,7 +144,7 @@ class PendingRecord:
 
     def shown(self) -> str | None:
         """The input as the rejects file shows it (personal fields redacted)."""
-        return redacted_json(load_json_object(_decode(self.line).strip()))
+        return _shown_line(self.line)
 
     def packed(self) -> tuple[Any, ...]:
         """Plain data to spill (`unpacked_record` reads it back)."""
@@ -156,6 +155,11 @@ class PendingRecord:
         fact, prepared = self.unpickled()
         size = self.bytes_read
         return SourceRecord(self.location, None, fact, None, size, line=self.line, prepared=prepared)
+
+
+def _shown_line(line: bytes) -> str | None:
+    """A JSON line as the rejects file shows it (personal fields redacted)."""
+    return redacted_json(load_json_object(_decode(line).strip()))
 
 
 #: What the readers yield: records, and worker-parsed valid records still pickled.

@@ -1,5 +1,5 @@
-"""The collector while an import decides (`ledger.deciding_collector`): off, scheduled, restored,
-and deciding leaves no cycles for it to find."""
+"""The collector while an import decides (`crm_ledger.collector.DecidingCollector`): off,
+scheduled, restored, and deciding leaves no cycles for it to find."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger import deciding_collector
+from crm_ledger.collector import DecidingCollector
 from ledger.application import LedgerApplication
-from ledger.deciding_collector import DecidingCollector
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from tests.factory import basics, rec
@@ -51,7 +50,7 @@ def test_an_import_restores_the_collector_and_leaves_no_cycles(
 ) -> None:
     """Rejected facts among accepted ones, batches of 3: after the run nothing is left for the
     collector (a reject's traceback used to tie its batch into a cycle)."""
-    monkeypatch.setattr(deciding_collector, "COLLECT_EVERY", 10**9)
+    monkeypatch.setattr("crm_ledger.collector.COLLECT_EVERY", 10**9)
     records = [
         *basics(),
         rec("SurveyAnswered", "2026-01-09T00:00:00Z", customer_id="c1", case_id="nope", csat=4),
