@@ -54,6 +54,12 @@ _SEQ = [zigzag_varint(n) for n in range(65_536)]
 _SEQ_ARRAY = pa.array(_SEQ, pa.binary())
 #: Below this many messages, a block polars fails on is decoded by fastavro.
 _SMALLEST_SPLIT = 16
+#: Below this many messages, a whole batch is decoded by fastavro. The native path costs
+#: ~1-2 ms per writer schema in the batch whatever its size (a container, a polars read,
+#: Arrow kernels per column), so a follower's small batches decode faster one by one.
+#: Measured on 1M-event ledger batches: 1,000 messages 44 ms native against 15 ms fastavro,
+#: 5,000 messages 63 against 57 ms, 10,000 messages 66 against 100 ms.
+FASTAVRO_BELOW = 4_000
 
 
 def _strip(raw: Any) -> Any:
@@ -264,8 +270,9 @@ def _json_values(field: _Field, column: pa.Array) -> pa.Array:
 class NativeBatchBuilder:
     """Decodes a raw batch into the log's rows: natively per schema, fastavro where it must."""
 
-    def __init__(self, codec: AvroCodec) -> None:
+    def __init__(self, codec: AvroCodec, fastavro_below: int = FASTAVRO_BELOW) -> None:
         self.codec = codec
+        self.fastavro_below = fastavro_below
         self.fallback = LogBatchBuilder(codec.registry)
         registry = codec.registry
         self._plans: dict[int, _Plan] = {}
@@ -282,6 +289,8 @@ class NativeBatchBuilder:
         """The batch's rows in the log's schema, and how many are dead letters."""
         if not len(batch):
             return LOG_SCHEMA.empty_table(), 0
+        if len(batch) < self.fastavro_below:
+            return self._fastavro(batch, seen_at)
         envelope = _envelope(batch)
         values = envelope["value"]
         # Group by the 5-byte header (magic byte + schema id) without a loop over messages.
@@ -304,14 +313,17 @@ class NativeBatchBuilder:
         dead = 0
         if slow:
             slow.sort()
-            sub = _select(batch, slow)
-            groups, errors = self.codec.decode_groups(sub.values)
-            fallback = self.fallback.build(sub, groups, errors, seen_at)
+            fallback, dead = self._fastavro(_select(batch, slow), seen_at)
             tables.append(fallback)
-            dead = len(fallback) - fallback.column("dead_letter").null_count
         if not tables:
             return LOG_SCHEMA.empty_table(), 0
         return pa.concat_tables(tables), dead
+
+    def _fastavro(self, batch: RawBatch, seen_at: datetime) -> tuple[pa.Table, int]:
+        """The batch's rows decoded by fastavro, and how many are dead letters."""
+        groups, errors = self.codec.decode_groups(batch.values)
+        table = self.fallback.build(batch, groups, errors, seen_at)
+        return table, len(table) - table.column("dead_letter").null_count
 
     def _read(self, plan: _Plan, values: pa.Array) -> dict[str, pa.Array] | None:
         """One container block of the bodies, each followed by its sequence number.

@@ -99,6 +99,10 @@ def _batch(messages: list[bytes]) -> RawBatch:
     return batch
 
 
+#: The native path for batches of every size (a small batch is decoded by fastavro anyway).
+NATIVE = NativeBatchBuilder(CODEC, fastavro_below=0)
+
+
 def _fastavro_rows(batch: RawBatch) -> pa.Table:
     groups, errors = CODEC.decode_groups(batch.values)
     return LogBatchBuilder(REGISTRY).build(batch, groups, errors, SEEN_AT)
@@ -117,7 +121,7 @@ def _rows(table: pa.Table) -> pa.Table:
 def test_every_schema_version_decodes_natively_to_the_same_rows(seed: int) -> None:
     rng = random.Random(seed)
     batch = _batch(_messages(rng, 25))
-    native, dead = NativeBatchBuilder(CODEC).build(batch, SEEN_AT)
+    native, dead = NATIVE.build(batch, SEEN_AT)
     expected = _fastavro_rows(batch)
     assert dead == 0
     assert _rows(native).equals(_rows(expected))
@@ -131,7 +135,7 @@ def test_damaged_messages_become_the_same_dead_letters(seed: int) -> None:
     messages = good + _damaged(good, rng)
     rng.shuffle(messages)
     batch = _batch(messages)
-    native, dead = NativeBatchBuilder(CODEC).build(batch, SEEN_AT)
+    native, dead = NATIVE.build(batch, SEEN_AT)
     expected = _fastavro_rows(batch)
     assert _rows(native).equals(_rows(expected))
     assert dead == expected.column("dead_letter").drop_null().length() > 100
@@ -147,7 +151,7 @@ def test_ledger_batches_keep_their_notification_positions() -> None:
         batch.partitions.append(None)
         batch.offsets.append(None)
         batch.chains.append(f"{nid:064x}")
-    native, _ = NativeBatchBuilder(CODEC).build(batch, SEEN_AT)
+    native, _ = NATIVE.build(batch, SEEN_AT)
     assert _rows(native).equals(_rows(_fastavro_rows(batch)))
 
 
@@ -169,11 +173,23 @@ def test_an_int_beyond_32_bits_is_a_dead_letter_not_a_crash() -> None:
     bad = CODEC.encode_with(version, {**record, name: 2**40})
     batch = _batch([good, bad, good])
     expected = _fastavro_rows(batch)
-    native, dead = NativeBatchBuilder(CODEC).build(batch, SEEN_AT)
+    native, dead = NATIVE.build(batch, SEEN_AT)
     assert dead == 1
     assert _rows(native).equals(_rows(expected))
     letters = expected.column("dead_letter").drop_null().to_pylist()
     assert len(letters) == 1 and "does not fit" in letters[0]
+
+
+def test_a_small_batch_is_decoded_by_fastavro_with_the_same_rows() -> None:
+    rng = random.Random(8)
+    good = _messages(rng, 2)
+    batch = _batch(good + _damaged(good, rng)[:5])
+    builder = NativeBatchBuilder(CODEC)
+    assert len(batch) < builder.fastavro_below
+    small, dead = builder.build(batch, SEEN_AT)
+    native, native_dead = NATIVE.build(batch, SEEN_AT)
+    assert (dead, _rows(small)) == (native_dead, _rows(native))
+    assert dead > 0
 
 
 def test_a_column_needs_escaping_when_any_string_holds_what_json_escapes() -> None:
