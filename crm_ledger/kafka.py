@@ -21,7 +21,9 @@ _LIBRDKAFKA_LOG.propagate = False
 DEFAULT_BROKER_TIMEOUT_S = 60.0
 UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 #: How long after the broker is back a failure while it listens counts as part of the same outage.
-RESTART_SETTLING_S = 30.0
+#: A failure while nothing listens is always told as a new outage, so a long window hides
+#: nothing real; with 30 s, one restart on a crowded machine was once told as two outages.
+RESTART_SETTLING_S = 120.0
 
 
 class BrokerWatch:
