@@ -459,7 +459,7 @@ def import_group() -> None:
 @_load_options
 @click.pass_context
 def import_cfpb(ctx: click.Context, /, files: tuple[Path, ...], **options: Any) -> None:
-    """Import CFPB Consumer Complaint Database CSV exports (columns matched by name)."""
+    """Import CFPB Consumer Complaint Database exports: CSV (columns matched by name) or the JSON download."""
     from importers.cfpb import read_cfpb
 
     _ingest_files(_settings(ctx), files, read_cfpb, **options)

@@ -1,4 +1,4 @@
-"""Import the public CFPB Consumer Complaint Database export (CSV) as ledger events.
+"""Import the public CFPB Consumer Complaint Database export (CSV or JSON) as ledger events.
 
 Each complaint becomes, deterministically, a consumer (CustomerRegistered), a complaint
 case (CaseOpened) routed to the company as the responsible team (CaseAccepted by the
@@ -21,8 +21,11 @@ from typing import Any
 
 from ledger.errors import ValidationError
 from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, parse_workers_for, read_row_mapped
+from ledger.inputs import data_suffix
 from ledger.records import RecordParser, format_timestamp
 
+#: The suffixes of the JSON download (inside any compression).
+JSON_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
 _NAMESPACE = uuid.UUID("0c8f6c1e-5b0e-4f7e-9a3c-1f0d5e2b7a11")
 DESK_JOINED = "1970-01-01T00:00:00Z"  # before any complaint, however old the export
 CHANNELS = {
@@ -225,9 +228,15 @@ def read_cfpb(
 ) -> Iterator[SourceRecord]:
     """Stream a CFPB export: one SourceRecord per ledger event, or one per rejected row.
 
-    Large exports are mapped by `workers` processes (by default one per core, see
-    `parse_workers_for`); the records are the same either way.
+    A `.json` (`.jsonl`, `.ndjson`) file, zipped or not, is the JSON download
+    (`importers.cfpb_json`), read in this process. Large CSV exports are mapped by
+    `workers` processes (by default one per core, see `parse_workers_for`); the records
+    are the same either way.
     """
+    if data_suffix(path) in JSON_SUFFIXES:
+        from importers.cfpb_json import read_cfpb_json  # noqa: PLC0415 - it imports this module
+
+        return read_cfpb_json(path, parser, max_record_bytes)
     workers = parse_workers_for(path) if workers is None else workers
     if workers > 0:
         from importers.cfpb_workers import read_cfpb_in_workers  # noqa: PLC0415 - it imports this module

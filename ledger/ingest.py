@@ -7,6 +7,7 @@ that is killed and started again ends with exactly the ledger of an uninterrupte
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import pickle
@@ -578,18 +579,37 @@ def read_row_mapped(
             if isinstance(cells, SourceRecord):
                 yield cells
                 continue
-            try:
-                records = to_records(cells)
-                facts = [parser.parse(r) for r in records]
-            except ValidationError as error:
-                yield SourceRecord(location, redact_columns(cells, personal_columns), None, error, row.size)
-                continue
-            if taken is not None:
-                taken(records)
-            for index, (record, fact) in enumerate(zip(records, facts, strict=True)):
-                # The ledger record, not the (possibly long) row: it is held until applied.
-                yield SourceRecord(location, None, fact, None, row.size if index == 0 else 0, record)
+            shown = functools.partial(redact_columns, cells, personal_columns)
+            yield from mapped_records(location, cells, row.size, parser, to_records, shown=shown, taken=taken)
         yield from damaged_input(path.name, handle)
+
+
+def mapped_records(
+    location: str,
+    row: dict[str, str],
+    size: int,
+    parser: RecordParser,
+    to_records: Callable[[dict[str, str]], list[dict[str, Any]]],
+    *,
+    shown: Callable[[], str],
+    taken: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> Iterator[SourceRecord]:
+    """The ledger records one source row maps to, or the row's one reject (all or nothing).
+
+    `shown` makes the row's text for the rejects file; `taken` hears the records of a row
+    whose records all parsed.
+    """
+    try:
+        records = to_records(row)
+        facts = [parser.parse(r) for r in records]
+    except ValidationError as error:
+        yield SourceRecord(location, shown(), None, error, size)
+        return
+    if taken is not None:
+        taken(records)
+    for index, (record, fact) in enumerate(zip(records, facts, strict=True)):
+        # The ledger record, not the (possibly long) row: it is held until applied.
+        yield SourceRecord(location, None, fact, None, size if index == 0 else 0, record)
 
 
 def row_cells(

@@ -1,0 +1,169 @@
+"""The CFPB JSON download: the same complaints give the same events as the CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import importers.json_items as json_items_module
+from importers.cfpb import canonical_header, read_cfpb
+from importers.cfpb_json import JSON_FIELDS
+from importers.json_items import json_items
+from ledger.ingest import SourceRecord
+from ledger.records import RecordParser
+from tests.helpers import run_cli
+
+DATA = Path(__file__).parent.parent / "data"
+CSV_EXPORTS = (DATA / "cfpb_current.csv", DATA / "cfpb_2014.csv")
+_API_NAMES = {column: key for key, column in JSON_FIELDS.items()}
+
+
+def _as_api_objects(export: Path) -> list[dict[str, Any]]:
+    """The export's rows as the JSON download's objects (API field names, ISO timestamps)."""
+    with export.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    objects = []
+    for row in rows:
+        item: dict[str, Any] = {
+            _API_NAMES.get(canonical_header(column), column): value or None for column, value in row.items()
+        }
+        for key in ("date_received", "date_sent_to_company"):
+            text = item.get(key) or ""
+            if len(text) == 10 and text[4] == "-":
+                item[key] = f"{text}T12:00:00-05:00"
+        item["has_narrative"] = bool(item.get("complaint_what_happened"))
+        objects.append(item)
+    return objects
+
+
+def _outcomes(records: list[SourceRecord]) -> list[tuple[Any, ...]]:
+    """What an import would store or reject, without where each record came from."""
+    return [
+        (r.fact.event_type, r.fact.event_id, r.fact.occurred_at, r.fact.data)
+        if r.fact is not None
+        else ("rejected", r.error.field if r.error else None)
+        for r in records
+        if r.fact is not None or r.error is not None
+    ]
+
+
+@pytest.mark.parametrize("export", CSV_EXPORTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("layout", ["array", "indented", "lines", "zipped"])
+def test_the_json_download_gives_the_csv_exports_events(
+    export: Path, layout: str, parser: RecordParser, tmp_path: Path
+) -> None:
+    objects = _as_api_objects(export)
+    if layout == "lines":
+        path = tmp_path / "complaints.jsonl"
+        path.write_text("".join(json.dumps(o) + "\n" for o in objects))
+    else:
+        text = json.dumps(objects, indent=2 if layout == "indented" else None)
+        path = tmp_path / "complaints.json"
+        path.write_text(text)
+        if layout == "zipped":
+            zipped = tmp_path / "complaints.json.zip"
+            with zipfile.ZipFile(zipped, "w") as archive:
+                archive.write(path, "complaints.json")
+            path = zipped
+    from_csv = list(read_cfpb(export, parser, workers=0))
+    from_json = list(read_cfpb(path, parser))
+    assert _outcomes(from_json) == _outcomes(from_csv)
+    rejected = [r.location for r in from_json if r.error is not None]
+    assert all(location.startswith("complaints.json") for location in rejected)
+
+
+def _items(data: bytes, limit: int = 10_000) -> list[Any]:
+    return list(json_items("f.json", io.BytesIO(data), limit))
+
+
+def test_items_are_found_across_chunk_boundaries_and_inside_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(json_items_module, "CHUNK_BYTES", 2)
+    tricky = {"a": 'quote " and ] } [ { brackets', "b": "back\\slash\\", "c": [1, {"d": "\u00e9"}]}
+    data = b"\xef\xbb\xbf " + json.dumps([tricky, 7, "s", tricky]).encode() + b"\n"
+    items = _items(data)
+    assert [i.location for i in items] == ["f.json[0]", "f.json[1]", "f.json[2]", "f.json[3]"]
+    assert [json.loads(i.text) for i in items] == [tricky, 7, "s", tricky]
+
+
+def test_json_lines_are_located_by_line_and_a_large_item_is_skipped_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(json_items_module, "CHUNK_BYTES", 16)
+    big = json.dumps({"x": "y" * 200, "z": "multi\nline"}, indent=1)
+    data = f'{{"n": 1}}\n\n{big}\n{{"n": 2}}\n'.encode()
+    items = _items(data, limit=100)
+    assert [(i.location, i.text is None) for i in items] == [("f.json:1", False), ("f.json:3", True), ("f.json:7", False)]
+    assert items[1].error is not None and "larger than 100 bytes" in items[1].error.reason
+    assert json.loads(items[2].text) == {"n": 2}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'[{"a": 1}, {"a": ', "ends inside this item"),
+        (b'[{"a": 1}, {"a": 2}', "before the array is closed"),
+        (b'[{"a": 1}] {"a": 2}', "text after the array"),
+        (b'[{"a": 1}, "unterminated', "ends inside this item"),
+    ],
+)
+def test_a_broken_structure_keeps_what_came_before(data: bytes, reason: str) -> None:
+    *good, broken = _items(data)
+    assert [json.loads(i.text) for i in good] in ([{"a": 1}], [{"a": 1}, {"a": 2}])
+    assert broken.text is None and broken.error is not None and reason in broken.error.reason
+
+
+def test_an_empty_file_has_no_items() -> None:
+    assert _items(b"") == [] and _items(b" \n") == [] and _items(b"[]") == []
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(_VALUES, max_size=8),
+    indent=st.sampled_from([None, 0, 2]),
+    lines=st.booleans(),
+    chunk=st.integers(min_value=1, max_value=64),
+)
+def test_any_json_values_come_back_as_they_were(values: list[Any], indent: int | None, lines: bool, chunk: int) -> None:
+    if lines:  # JSON lines of objects (a file that starts with "[" is an array)
+        values = [{"v": v} for v in values]
+        data = "".join(json.dumps(v) + "\n" for v in values).encode()
+    else:
+        data = json.dumps(values, indent=indent).encode()
+    original = json_items_module.CHUNK_BYTES
+    json_items_module.CHUNK_BYTES = chunk
+    try:
+        items = _items(data, limit=1 << 20)
+    finally:
+        json_items_module.CHUNK_BYTES = original
+    assert [json.loads(i.text) for i in items] == values
+
+
+def test_cli_imports_the_json_download(tmp_path: Path) -> None:
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps(_as_api_objects(CSV_EXPORTS[0])))
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    result = run_cli("import", "cfpb", str(path), "--rejects", str(tmp_path / "r.jsonl"), env=env)
+    assert "accepted 28, duplicates skipped 0, rejected 2" in result.stderr + result.stdout
+    assert "complaints.json[6]: field 'Date received'" in result.stderr
+    not_cfpb = tmp_path / "other.json"
+    not_cfpb.write_text('[{"type": "CaseOpened"}]')
+    refused = run_cli("import", "cfpb", str(not_cfpb), env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: field 'Complaint ID': other.json: the first item has no such field (is this a CFPB export?)"
+    ]
