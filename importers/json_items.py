@@ -23,12 +23,12 @@ CHUNK_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 #: What moves the scanner: a string's opening quote or a bracket.
 _NEXT = re.compile(rb'["\[\]{}]')
-#: The rest of a string after its opening quote (escapes skipped); no match: not in the buffer yet.
-_STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.S)
+#: A string's characters up to its closing quote or the buffer's end (escapes skipped whole).
+_STRING_PART = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.S)
 #: What separates items: white space, and commas in an array.
 _BETWEEN = re.compile(rb"[ \t\r\n,]*")
 #: A bare value at the top (a number, true, false, null, or garbage) up to the next separator.
-_BARE = re.compile(rb'[^ \t\r\n,\[\]{}"]+')
+_BARE = re.compile(rb'[^ \t\r\n,\[\]{}"]*')
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,15 @@ class JsonItem:
 
 
 class _Buffer:
-    """The file's bytes from the current item on, read in chunks as the scanner needs them."""
+    """The file's bytes from the current item on, read in chunks as the scanner needs them,
+    with the line number of any position in them (counted once, as the scanner goes)."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self.handle = handle
         self.data = b""
         self.at_end = False
+        self._line = 1  # the line of position `_counted`
+        self._counted = 0
 
     def more(self) -> bool:
         """Read another chunk; False at the end of the file."""
@@ -62,7 +65,16 @@ class _Buffer:
         return True
 
     def drop(self, count: int) -> None:
+        """Forget the first `count` bytes (positions shift down by as much)."""
+        self.line_of(count)
         self.data = self.data[count:]
+        self._counted = 0
+
+    def line_of(self, position: int) -> int:
+        """The line `position` is on; positions asked for must not go back."""
+        self._line += self.data.count(b"\n", self._counted, position)
+        self._counted = position
+        return self._line
 
 
 def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[JsonItem]:
@@ -83,7 +95,7 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
     in_array = buffer.data[position : position + 1] == b"["
     if in_array:
         position += 1
-    line, counted, index = 1, 0, 0
+    index = 0
     while True:
         position = _skip(buffer, position)
         if position is None:
@@ -95,8 +107,7 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
             if rest is not None:
                 yield _broken(name, index, "text after the array's closing ]")
             return
-        line += buffer.data.count(b"\n", counted, position)
-        location = f"{name}[{index}]" if in_array else f"{name}:{line}"
+        location = f"{name}[{index}]" if in_array else f"{name}:{buffer.line_of(position)}"
         extent = _item_end(buffer, position, max_record_bytes)
         if extent.end is None:
             error = ValidationError("(record)", "the file ends inside this item")
@@ -107,12 +118,11 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
             yield JsonItem(location, None, extent.size, error)
         else:
             yield JsonItem(location, buffer.data[extent.begin : extent.end], extent.size)
-        line += extent.lines_dropped + buffer.data.count(b"\n", extent.begin, extent.end)
-        position = counted = extent.end
+        position = extent.end
         index += 1
         if position > CHUNK_BYTES:
             buffer.drop(position)
-            position = counted = 0
+            position = 0
 
 
 def _broken(name: str, index: int, reason: str) -> JsonItem:
@@ -122,66 +132,76 @@ def _broken(name: str, index: int, reason: str) -> JsonItem:
 def _skip(buffer: _Buffer, position: int) -> int | None:
     """The position of the next thing after separators, or None at the end of the file."""
     while True:
-        match = _BETWEEN.match(buffer.data, position)
-        position = match.end() if match else position
+        position = _matched_end(_BETWEEN, buffer.data, position)
         if position < len(buffer.data):
             return position
+        buffer.drop(position)  # only separators so far: a file of white space costs no memory
+        position = 0
         if not buffer.more():
             return None
 
 
 @dataclass(frozen=True)
 class _Extent:
-    """Where an item lies in the buffer: `begin` to `end` (None: the file ended first), its
-    whole size, and the lines of the part of it dropped from the buffer (a too-large item)."""
+    """Where an item lies in the buffer, `begin` to `end` (None: the file ended first), and
+    its whole size (more than `end - begin` when a too-large item was dropped on the way)."""
 
     begin: int
     end: int | None
     size: int
-    lines_dropped: int = 0
+
+
+def _matched_end(pattern: re.Pattern[bytes], data: bytes, position: int) -> int:
+    """Where a match of `pattern` (which matches the empty string too) at `position` ends."""
+    match = pattern.match(data, position)
+    return match.end() if match else position
 
 
 def _item_end(buffer: _Buffer, start: int, limit: int) -> _Extent:
     """The extent of the item starting at `start`.
 
-    An item beyond `limit` is scanned on with the buffer emptied behind the scanner, so a
-    huge item costs no memory; its extent is then in the shortened buffer.
+    The scan resumes where it stopped when more of the file is read (a long string or bare
+    value is not scanned again), and an item beyond `limit` is scanned on with the buffer
+    emptied behind the scanner, so a huge item costs neither time nor memory; its extent is
+    then in the shortened buffer.
     """
-    data = buffer.data
-    first = data[start : start + 1]
-    if first not in (b"{", b"[", b'"'):
-        while True:
-            match = _BARE.match(buffer.data, start)
-            end = match.end() if match else start + 1
-            if end < len(buffer.data) or not buffer.more():
-                return _Extent(start, end, end - start)
-    depth, scan, dropped, lines = 0, start, 0, 0
+    bare = buffer.data[start : start + 1] not in (b"{", b"[", b'"')
+    depth, scan, dropped, in_string = 0, start, 0, False
     while True:
         data = buffer.data
-        match = _NEXT.search(data, scan)
-        if match is None:
-            scan = len(data)
+        if bare:
+            scan = _matched_end(_BARE, data, scan)
+            if scan < len(data):
+                end = max(scan, start + 1) if dropped == 0 else scan
+                return _Extent(start, end, dropped + end - start)
+        elif in_string:
+            scan = _matched_end(_STRING_PART, data, scan)
+            if scan < len(data) and data[scan : scan + 1] == b'"':
+                scan += 1
+                in_string = False
+                if depth == 0:
+                    return _Extent(start, scan, dropped + scan - start)
+                continue
         else:
-            token = match.group()
-            if token == b'"':
-                rest = _STRING_REST.match(data, match.end())
-                if rest is not None:
-                    scan = rest.end()
-                    if depth == 0:
-                        return _Extent(start, scan, dropped + scan - start, lines)
-                    continue
-                scan = match.start()  # the string goes on past the buffer
-            else:
+            match = _NEXT.search(data, scan)
+            if match is not None:
+                token = match.group()
                 scan = match.end()
+                if token == b'"':
+                    in_string = True
+                    continue
                 depth += 1 if token in (b"{", b"[") else -1
                 if depth == 0:
-                    return _Extent(start, scan, dropped + scan - start, lines)
+                    return _Extent(start, scan, dropped + scan - start)
                 continue
+            scan = len(data)
+        # The buffer is scanned to `scan` (a string's dangling backslash is left for the next read).
         if dropped + scan - start > limit:
             # Too large: forget what was scanned; only the end is looked for.
             dropped += scan - start
-            lines += data.count(b"\n", start, scan)
             buffer.drop(scan)
             start = scan = 0
         if not buffer.more():
-            return _Extent(start, None, dropped + len(buffer.data) - start, lines)
+            if bare:
+                return _Extent(start, scan, dropped + scan - start)
+            return _Extent(start, None, dropped + len(buffer.data) - start)

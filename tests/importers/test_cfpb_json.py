@@ -151,6 +151,8 @@ def test_any_json_values_come_back_as_they_were(values: list[Any], indent: int |
     finally:
         json_items_module.CHUNK_BYTES = original
     assert [json.loads(i.text) for i in items] == values
+    if lines:
+        assert [i.location for i in items] == [f"f.json:{n}" for n in range(1, len(values) + 1)]
 
 
 def test_cli_imports_the_json_download(tmp_path: Path) -> None:
@@ -167,3 +169,39 @@ def test_cli_imports_the_json_download(tmp_path: Path) -> None:
     assert refused.stderr.strip().splitlines() == [
         "error: field 'Complaint ID': other.json: the first item has no such field (is this a CFPB export?)"
     ]
+
+
+def test_a_huge_item_is_skipped_in_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(json_items_module, "CHUNK_BYTES", 1 << 16)
+    largest = 0
+    more = json_items_module._Buffer.more
+
+    def watched(buffer: Any) -> bool:
+        nonlocal largest
+        largest = max(largest, len(buffer.data))
+        return bool(more(buffer))
+
+    monkeypatch.setattr(json_items_module._Buffer, "more", watched)
+    huge_string = b'{"a": "' + b"x\\\"" * 2_000_000 + b'"}'
+    huge_bare = b"7" * 6_000_000
+    data = b"[" + huge_string + b", " + huge_bare + b"," + b" " * 5_000_000 + b'{"n": 1}]'
+    items = _items(data, limit=1000)
+    assert [(i.location, i.size, i.text) for i in items] == [
+        ("f.json[0]", len(huge_string), None),
+        ("f.json[1]", len(huge_bare), None),
+        ("f.json[2]", 8, b'{"n": 1}'),
+    ]
+    assert largest < 3 * (1 << 16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200), chunk=st.integers(min_value=1, max_value=16))
+def test_any_bytes_give_items_or_rejects_never_a_crash(data: bytes, chunk: int) -> None:
+    original = json_items_module.CHUNK_BYTES
+    json_items_module.CHUNK_BYTES = chunk
+    try:
+        items = _items(data, limit=50)
+    finally:
+        json_items_module.CHUNK_BYTES = original
+    assert all((i.text is None) == (i.error is not None) for i in items)
+    assert sum(i.size for i in items) <= len(data)
