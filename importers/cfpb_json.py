@@ -95,14 +95,14 @@ def read_cfpb_json(path: Path, parser: RecordParser, max_record_bytes: int) -> I
             if isinstance(row, SourceRecord):
                 yield row
                 continue
-            shown = item.text.decode("utf-8", "replace") if item.text is not None else ""
             yield from mapped_records(
                 item.location,
                 row,
                 item.size,
                 parser,
                 desks.records,
-                shown=functools.partial(str, shown),
+                # Only a rejected item is shown: its text is decoded then (it is valid UTF-8).
+                shown=functools.partial(bytes.decode, item.text or b""),
                 taken=desks.taken,
             )
         yield from damaged_input(path.name, handle)
