@@ -2,13 +2,14 @@
 
 The JSON download is one array of complaint objects whose keys are the API's field names
 (`complaint_id`, `date_received`, `company_response`, ...); JSON lines of such objects are
-read too, and so are objects keyed by the CSV's column names. Each object is mapped to the
-CSV export's columns and then to ledger records exactly as a CSV row is
-(`importers.cfpb.complaint_parts`), so the same complaint gives the same events from
-either download. Dates given as timestamps (`2019-09-24T12:00:00-05:00`, as the API writes
-them) count by their date, as the CSV's dates do. An object that is not a complaint, a
-value that is an object or a list, or an item the scanner cannot read is rejected alone,
-with its location (`complaints.json[12]`) and field.
+read too, and so are objects keyed by the CSV's column names and the API's search results
+(`format=json`: each hit's complaint is its `_source`). Each complaint is mapped to the CSV
+export's columns and then to ledger records exactly as a CSV row is
+(`importers.cfpb.complaint_parts`), so the same complaint gives the same events from either
+download. Dates given as timestamps (`2019-09-24T12:00:00-05:00`, as the API writes them)
+count by their date, as the CSV's dates do. An object that is not a complaint, a value that
+is an object or a list, or an item the scanner cannot read is rejected alone, with its
+location (`complaints.json[12]`) and field.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def _row(item: JsonItem) -> dict[str, str] | SourceRecord:
         problem = ValidationError("(record)", "not a JSON object")
         return SourceRecord(item.location, text, None, problem, item.size)
     try:
-        return json_row(load_json_object(text))
+        raw = load_json_object(text)
+        # The API's search results wrap each complaint as a hit: its fields are its `_source`.
+        source = raw.get("_source")
+        return json_row(source if isinstance(source, dict) else raw)
     except ValidationError as error:
         return SourceRecord(item.location, text, None, error, item.size)

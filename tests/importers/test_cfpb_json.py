@@ -56,11 +56,13 @@ def _outcomes(records: list[SourceRecord]) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("export", CSV_EXPORTS, ids=lambda p: p.name)
-@pytest.mark.parametrize("layout", ["array", "indented", "lines", "zipped"])
+@pytest.mark.parametrize("layout", ["array", "indented", "lines", "zipped", "hits"])
 def test_the_json_download_gives_the_csv_exports_events(
     export: Path, layout: str, parser: RecordParser, tmp_path: Path
 ) -> None:
     objects = _as_api_objects(export)
+    if layout == "hits":  # the API's search results
+        objects = [{"_index": "complaint-public", "_id": o["complaint_id"], "_source": o} for o in objects]
     if layout == "lines":
         path = tmp_path / "complaints.jsonl"
         path.write_text("".join(json.dumps(o) + "\n" for o in objects))
