@@ -229,15 +229,14 @@ def read_cfpb(
     """Stream a CFPB export: one SourceRecord per ledger event, or one per rejected row.
 
     A `.json` (`.jsonl`, `.ndjson`) file, zipped or not, is the JSON download
-    (`importers.cfpb_json`), read in this process. Large CSV exports are mapped by
-    `workers` processes (by default one per core, see `parse_workers_for`); the records
-    are the same either way.
+    (`importers.cfpb_json`). Large exports are mapped by `workers` processes (by default one
+    per core, see `parse_workers_for`); the records are the same either way.
     """
+    workers = parse_workers_for(path) if workers is None else workers
     if data_suffix(path) in JSON_SUFFIXES:
         from importers.cfpb_json import read_cfpb_json  # noqa: PLC0415 - it imports this module
 
-        return read_cfpb_json(path, parser, max_record_bytes)
-    workers = parse_workers_for(path) if workers is None else workers
+        return read_cfpb_json(path, parser, max_record_bytes, workers)
     if workers > 0:
         from importers.cfpb_workers import read_cfpb_in_workers  # noqa: PLC0415 - it imports this module
 

@@ -15,12 +15,13 @@ location (`complaints.json[12]`) and field.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from importers.cfpb import REQUIRED, DeskJoins, canonical_header
+from importers.cfpb import KNOWN_COLUMNS, REQUIRED, DeskJoins, canonical_header
 from importers.json_items import JsonItem, json_items
 from ledger.errors import ValidationError
 from ledger.ingest import SourceRecord, damaged_input, load_json_object, mapped_records, refuse_damaged
@@ -49,23 +50,31 @@ JSON_FIELDS = {
     "complaint_id": "Complaint ID",
 }
 _DATES = frozenset({"Date received", "Date sent to company"})
+_KNOWN = frozenset(KNOWN_COLUMNS)
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T")
 
 
 def json_row(raw: dict[str, Any]) -> dict[str, str]:
     """A complaint object as a CSV export's row: its known fields as text, by column name.
 
-    Unknown keys are ignored, as unknown CSV columns are (`has_narrative`, say). Raises
-    ValidationError naming the field whose value is not a text, number, boolean or null.
+    Unknown keys are ignored whatever they hold, as unknown CSV columns are (`has_narrative`,
+    say). Raises ValidationError naming the field whose value is not a text, number, boolean
+    or null, or is text with an unpaired surrogate escape.
     """
     row: dict[str, str] = {}
     for key, value in raw.items():
         column = JSON_FIELDS.get(key) or canonical_header(key)
+        if column not in _KNOWN:
+            continue  # whatever it holds, as an unknown CSV column
         if value is None:
             text = ""
         elif isinstance(value, bool):
             text = "Yes" if value else "No"
-        elif isinstance(value, str | int | float):
+        elif isinstance(value, str):
+            if not value.isascii() and not _is_unicode(value):
+                raise ValidationError(key, "holds an unpaired surrogate escape (\\ud800-\\udfff), not text")
+            text = value
+        elif isinstance(value, int | float):
             text = str(value)
         else:
             raise ValidationError(key, f"is a JSON {type(value).__name__}, not a value")
@@ -75,26 +84,85 @@ def json_row(raw: dict[str, Any]) -> dict[str, str]:
     return row
 
 
-def read_cfpb_json(path: Path, parser: RecordParser, max_record_bytes: int) -> Iterator[SourceRecord]:
+def _is_unicode(value: str) -> bool:
+    """Whether a string is Unicode text (JSON's escapes can make lone surrogates, which are not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def complaint_row(text: bytes) -> dict[str, str]:
+    """An item's text as a CSV export's row (raises ValidationError)."""
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValidationError("(record)", f"not UTF-8 at byte {error.start}") from None
+    if not decoded.startswith("{"):
+        raise ValidationError("(record)", "not a JSON object")
+    raw = load_json_object(decoded)
+    # The API's search results wrap each complaint as a hit: its fields are its `_source`.
+    source = raw.get("_source")
+    return json_row(source if isinstance(source, dict) else raw)
+
+
+def shown(text: bytes | None) -> str | None:
+    """An item as the rejects file shows it."""
+    return None if text is None else text.decode("utf-8", "replace")
+
+
+#: How many items are looked at for the first complaint, to refuse a file that is no export.
+PEEK_ITEMS = 1000
+
+
+def export_items(path: Path, handle: IO[bytes], max_record_bytes: int) -> Iterator[JsonItem]:
+    """The file's items, once its first readable complaint shows it is a CFPB export.
+
+    Raises ValidationError, as for a CSV without the export's columns, when that complaint
+    has none of the fields a complaint needs.
+    """
+    items = json_items(path.name, handle, max_record_bytes)
+    head = list(itertools.islice(items, PEEK_ITEMS))
+    for item in head:
+        try:
+            row = complaint_row(item.text) if item.text is not None else None
+        except ValidationError:
+            continue
+        if row is None:
+            continue
+        if not any(column in row for column in REQUIRED):
+            refuse_damaged(path.name, handle)
+            raise ValidationError(
+                REQUIRED[0], f"{path.name}: the first item has no such field (is this a CFPB export?)"
+            )
+        break
+    return itertools.chain(head, items)
+
+
+def read_cfpb_json(
+    path: Path, parser: RecordParser, max_record_bytes: int, workers: int = 0
+) -> Iterator[SourceRecord]:
     """Stream a CFPB JSON download: one SourceRecord per ledger event, or one per rejected item.
 
-    Refuses the whole file, as a CSV without the export's columns, when its first object has
-    none of the columns a complaint needs.
+    With `workers`, items are mapped by that many processes (`importers.cfpb_workers`); the
+    records are the same either way.
     """
+    if workers > 0:
+        from importers.cfpb_workers import read_cfpb_json_in_workers  # noqa: PLC0415 - it imports this module
+
+        yield from read_cfpb_json_in_workers(path, parser, max_record_bytes, workers)
+        return
     desks = DeskJoins()
     with open_input(path) as handle:
-        first = True
-        for item in json_items(path.name, handle, max_record_bytes):
-            row = _row(item)
-            if first and isinstance(row, dict):
-                first = False
-                if not any(column in row for column in REQUIRED):
-                    refuse_damaged(path.name, handle)
-                    raise ValidationError(
-                        REQUIRED[0], f"{path.name}: the first item has no such field (is this a CFPB export?)"
-                    )
-            if isinstance(row, SourceRecord):
-                yield row
+        for item in export_items(path, handle, max_record_bytes):
+            if item.text is None:
+                yield SourceRecord(item.location, None, None, item.error, item.size)
+                continue
+            try:
+                row = complaint_row(item.text)
+            except ValidationError as error:
+                yield SourceRecord(item.location, shown(item.text), None, error, item.size)
                 continue
             yield from mapped_records(
                 item.location,
@@ -102,29 +170,8 @@ def read_cfpb_json(path: Path, parser: RecordParser, max_record_bytes: int) -> I
                 item.size,
                 parser,
                 desks.records,
-                # Only a rejected item is shown: its text is decoded then (it is valid UTF-8).
-                shown=functools.partial(bytes.decode, item.text or b""),
+                # Only a rejected item is shown: its text is decoded then.
+                shown=functools.partial(bytes.decode, item.text, "utf-8", "replace"),
                 taken=desks.taken,
             )
         yield from damaged_input(path.name, handle)
-
-
-def _row(item: JsonItem) -> dict[str, str] | SourceRecord:
-    """The item as a CSV row, or its reject."""
-    if item.text is None:
-        return SourceRecord(item.location, None, None, item.error, item.size)
-    try:
-        text = item.text.decode("utf-8")
-    except UnicodeDecodeError as error:
-        problem = ValidationError("(record)", f"not UTF-8 at byte {error.start}")
-        return SourceRecord(item.location, None, None, problem, item.size)
-    if not text.startswith("{"):
-        problem = ValidationError("(record)", "not a JSON object")
-        return SourceRecord(item.location, text, None, problem, item.size)
-    try:
-        raw = load_json_object(text)
-        # The API's search results wrap each complaint as a hit: its fields are its `_source`.
-        source = raw.get("_source")
-        return json_row(source if isinstance(source, dict) else raw)
-    except ValidationError as error:
-        return SourceRecord(item.location, text, None, error, item.size)

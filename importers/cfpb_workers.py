@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from importers.cfpb import REQUIRED, canonical_header, complaint_parts
+from importers.cfpb_json import complaint_row, export_items, shown
+from importers.json_items import JsonItem
 from ledger.errors import ValidationError
 from ledger.ingest import (
     CsvRow,
@@ -85,16 +87,37 @@ def _map_rows(rows: list[UnsplitRow]) -> list[tuple[Any, ...]]:
             else:
                 out.append(("reject", cells.raw, type(cells.error), cells.error.field, cells.error.reason))
             continue
+        out.append(_map_cells(cells))
+    return out
+
+
+def _map_cells(cells: dict[str, str]) -> tuple[Any, ...]:
+    """One complaint row: ("reject", shown, error class, field, reason) or
+    ("row", company, desk's checked record, the complaint's checked records, shown)."""
+    try:
+        company, desk, records = complaint_parts(cells)
+    except ValidationError as error:
+        return ("reject", redact_columns(cells, frozenset()), type(error), error.field, error.reason)
+    joined, checked = _checked([desk]), _checked(records)
+    # Shown only if refused; the cells are not sent back otherwise.
+    refused = isinstance(joined, tuple) or isinstance(checked, tuple)
+    shown = redact_columns(cells, frozenset()) if refused else None
+    return ("row", company, joined, checked, shown)
+
+
+def _map_items(texts: list[bytes]) -> list[tuple[Any, ...]]:
+    """Per JSON item, as `_map_cells`; a reject's or a refused row's item is shown by the
+    main process, which has its text (so None here)."""
+    out: list[tuple[Any, ...]] = []
+    for text in texts:
         try:
-            company, desk, records = complaint_parts(cells)
+            cells = complaint_row(text)
         except ValidationError as error:
-            out.append(("reject", redact_columns(cells, frozenset()), type(error), error.field, error.reason))
+            out.append(("reject", None, type(error), error.field, error.reason))
             continue
-        joined, checked = _checked([desk]), _checked(records)
-        # Shown only if refused; the cells are not sent back otherwise.
-        refused = isinstance(joined, tuple) or isinstance(checked, tuple)
-        shown = redact_columns(cells, frozenset()) if refused else None
-        out.append(("row", company, joined, checked, shown))
+        mapped = _map_cells(cells)
+        # The row's cells are not sent back: the main process shows the item's own text.
+        out.append((*mapped[:-1], None) if mapped[0] == "row" else ("reject", None, *mapped[2:]))
     return out
 
 
@@ -134,6 +157,46 @@ def read_cfpb_in_workers(
                     continue
                 yield from _records(f"{name}:{row[0]}", row[2], next(results), seen_companies)
         yield from damaged_input(name, handle)
+
+
+def read_cfpb_json_in_workers(
+    path: Path, parser: RecordParser, max_record_bytes: int, workers: int
+) -> Iterator[SourceRecord]:
+    """The records of `read_cfpb_json(path, parser, max_record_bytes)`, items mapped by
+    `workers` processes (the main process only finds where each item ends)."""
+    seen_companies: set[str] = set()
+    with open_input(path) as handle:
+        chunks = chunked(export_items(path, handle, max_record_bytes), CHUNK_ROWS)
+        for chunk, mapped in in_workers(
+            chunks,
+            _texts,
+            _map_items,
+            workers=workers,
+            initializer=_start_worker,
+            initargs=(parser, [], max_record_bytes),
+        ):
+            results = iter(mapped)
+            for item in chunk:
+                if item.text is None:
+                    yield SourceRecord(item.location, None, None, item.error, item.size)
+                    continue
+                result = _item_shown(next(results), item.text)
+                yield from _records(item.location, item.size, result, seen_companies)
+        yield from damaged_input(path.name, handle)
+
+
+def _item_shown(result: tuple[Any, ...], text: bytes) -> tuple[Any, ...]:
+    """A worker's result for a JSON item, with the item's text as what a refusal shows
+    (decoded only for a reject or a row with a refused record)."""
+    if result[0] == "reject":
+        return ("reject", shown(text), *result[2:])
+    if isinstance(result[2], tuple) or isinstance(result[3], tuple):
+        return (*result[:-1], shown(text))
+    return result
+
+
+def _texts(chunk: list[JsonItem]) -> list[bytes]:
+    return [item.text for item in chunk if item.text is not None]
 
 
 def _unsplit(chunk: list[CsvRow | UnsplitRow]) -> list[UnsplitRow]:

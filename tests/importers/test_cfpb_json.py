@@ -57,8 +57,9 @@ def _outcomes(records: list[SourceRecord]) -> list[tuple[Any, ...]]:
 
 @pytest.mark.parametrize("export", CSV_EXPORTS, ids=lambda p: p.name)
 @pytest.mark.parametrize("layout", ["array", "indented", "lines", "zipped", "hits"])
+@pytest.mark.parametrize("workers", [0, 2])
 def test_the_json_download_gives_the_csv_exports_events(
-    export: Path, layout: str, parser: RecordParser, tmp_path: Path
+    export: Path, layout: str, workers: int, parser: RecordParser, tmp_path: Path
 ) -> None:
     objects = _as_api_objects(export)
     if layout == "hits":  # the API's search results
@@ -76,10 +77,61 @@ def test_the_json_download_gives_the_csv_exports_events(
                 archive.write(path, "complaints.json")
             path = zipped
     from_csv = list(read_cfpb(export, parser, workers=0))
-    from_json = list(read_cfpb(path, parser))
+    from_json = list(read_cfpb(path, parser, workers=workers))
     assert _outcomes(from_json) == _outcomes(from_csv)
     rejected = [r.location for r in from_json if r.error is not None]
     assert all(location.startswith("complaints.json") for location in rejected)
+
+
+def _everything(records: list[SourceRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r.location,
+            r.shown(),
+            r.bytes_read,
+            r.fact,
+            None if r.error is None else (type(r.error), r.error.field, r.error.reason),
+        )
+        for r in records
+    ]
+
+
+def test_worker_processes_give_the_same_records_and_rejects(
+    parser: RecordParser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("importers.cfpb_workers.CHUNK_ROWS", 3)
+    good = _as_api_objects(CSV_EXPORTS[0])
+    refused_first = {**good[0], "complaint_id": "900", "company": "NEW CO", "date_sent_to_company": "13/45/2020"}
+    later = {**good[0], "complaint_id": "901", "company": "NEW CO"}
+    texts = [
+        json.dumps(refused_first),
+        json.dumps(later),
+        '{"complaint_id": "902", "company": ["A"], "date_received": "2020-01-01"}',
+        '{"complaint_id": "903" "company": "A"}',
+        "42",
+        '"text"',
+        json.dumps({"complaint_id": "904", "company": "B", "date_received": "2020-01-01", "x": "y" * 3000}),
+        # Unknown keys are ignored whatever they hold.
+        json.dumps({"complaint_id": "906", "company": "B", "date_received": "2020-01-01", "extra": {"a": [1]}}),
+        r'{"complaint_id": "905", "company": "\u00e9\ud800", "date_received": "2020-01-01", "x": "\udfff"}',
+        *map(json.dumps, good),
+    ]
+    path = tmp_path / "complaints.json"
+    path.write_bytes(b"[" + b",\n".join(t.encode() for t in texts) + b"\xff]")
+    one = list(read_cfpb(path, parser, max_record_bytes=2000, workers=0))
+    two = list(read_cfpb(path, parser, max_record_bytes=2000, workers=2))
+    assert _everything(two) == _everything(one)
+    rejected = {r.location: r.error.field for r in one if r.error is not None}
+    assert {k: rejected[k] for k in ("complaints.json[0]", "complaints.json[2]", "complaints.json[6]")} == {
+        "complaints.json[0]": "Date sent to company",
+        "complaints.json[2]": "company",
+        "complaints.json[6]": "(record)",
+    }
+    assert rejected["complaints.json[8]"] == "company"  # an unpaired surrogate escape
+    assert "complaints.json[7]" not in rejected
+    # NEW CO's desk joins with its first complaint whose records are all valid.
+    desks = [r.location for r in one if r.fact is not None and r.fact.event_type == "EmployeeJoined"]
+    assert "complaints.json[1]" in desks
 
 
 def _items(data: bytes, limit: int = 10_000) -> list[Any]:
