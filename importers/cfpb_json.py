@@ -26,7 +26,7 @@ from importers.json_items import JsonItem, json_items
 from ledger.errors import ValidationError
 from ledger.ingest import SourceRecord, damaged_input, load_json_object, mapped_records, refuse_damaged
 from ledger.inputs import open_input
-from ledger.records import RecordParser
+from ledger.records import RecordParser, is_unicode_text
 
 #: The API's (and the JSON download's) field names, as the CSV export's columns.
 JSON_FIELDS = {
@@ -71,8 +71,8 @@ def json_row(raw: dict[str, Any]) -> dict[str, str]:
         elif isinstance(value, bool):
             text = "Yes" if value else "No"
         elif isinstance(value, str):
-            if not value.isascii() and not _is_unicode(value):
-                raise ValidationError(key, "holds an unpaired surrogate escape (\\ud800-\\udfff), not text")
+            if not value.isascii() and not is_unicode_text(value):
+                raise ValidationError(key, "is not valid Unicode text")
             text = value
         elif isinstance(value, int | float):
             text = str(value)
@@ -82,15 +82,6 @@ def json_row(raw: dict[str, Any]) -> dict[str, str]:
             text = text[:10]
         row[column] = text
     return row
-
-
-def _is_unicode(value: str) -> bool:
-    """Whether a string is Unicode text (JSON's escapes can make lone surrogates, which are not)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def complaint_row(text: bytes) -> dict[str, str]:

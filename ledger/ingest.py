@@ -27,7 +27,7 @@ from ledger.errors import ValidationError
 from ledger.inputs import data_suffix, input_damage, input_size, open_input
 from ledger.ordering import in_time_order
 from ledger.prepared import Prepared
-from ledger.records import Fact, RecordParser
+from ledger.records import Fact, RecordParser, is_unicode_text
 from ledger.vault import PERSONAL_FIELDS
 
 EVENT_TYPES = frozenset(EVENT_OWNERS)
@@ -716,7 +716,12 @@ class RejectSink:
                 "reason": error.reason,
                 "raw": raw,
             }
-            self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            line = json.dumps(entry, ensure_ascii=False)
+            if not line.isascii() and not is_unicode_text(line):
+                # JSON input can hold unpaired surrogate escapes ("\ud800"), which no UTF-8
+                # file can: the entry keeps them as escapes, which read back the same.
+                line = json.dumps(entry)
+            self._handle.write(line + "\n")
             self._handle.flush()
         if self._echo is not None:
             if self.count <= self._echo_limit:

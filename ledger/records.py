@@ -90,12 +90,20 @@ def format_timestamp(epoch_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
+def is_unicode_text(value: str) -> bool:
+    """Whether a string can be stored and written as UTF-8: JSON's escapes can make unpaired
+    surrogates ("\\ud800"), which are not text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(value: Any, field: str) -> str:
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(field, "is not valid Unicode text") from None
+        if not is_unicode_text(value):
+            raise ValidationError(field, "is not valid Unicode text")
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)

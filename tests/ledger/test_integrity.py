@@ -204,6 +204,21 @@ def test_rejects_never_show_personal_fields_and_rejects_make_no_keys(tmp_path: P
     app.close()
 
 
+def test_unpaired_surrogate_escapes_are_rejected_and_kept_as_escapes_in_the_rejects(tmp_path: Path) -> None:
+    app = _fresh(tmp_path, "surrogates")
+    path = tmp_path / "f.jsonl"
+    lone = rec("CustomerRegistered", customer_id="c1", segment="smb", region="north")
+    lines = [json.dumps(lone).replace('"c1"', '"c\\ud800"'), json.dumps(lone).replace('"smb"', '"smb\\udfff"')]
+    path.write_text("\n".join(lines) + "\n")
+    rejects = tmp_path / "rejects.jsonl"
+    summary = _ingest(app, path, rejects=rejects)
+    assert (summary.accepted, summary.rejected) == (0, 2)
+    entries = [json.loads(line) for line in rejects.read_text(encoding="utf-8").splitlines()]
+    assert [(e["record"], e["field"]) for e in entries] == [("f.jsonl:1", "customer_id"), ("f.jsonl:2", "segment")]
+    assert "c\ud800" in entries[0]["raw"]
+    app.close()
+
+
 def test_a_forgotten_customer_stays_forgotten_whatever_is_ingested_again(tmp_path: Path) -> None:
     app = _fresh(tmp_path, "forget")
     registered = rec("CustomerRegistered", "2026-01-02T00:00:00Z", customer_id="c9", segment="smb", region="n", name="Cy", email="cy@example.com")
