@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from importers.cfpb import KNOWN_COLUMNS, REQUIRED, DeskJoins, canonical_header
-from importers.json_items import JsonItem, json_items
 from ledger.errors import ValidationError
 from ledger.ingest import SourceRecord, damaged_input, load_json_object, mapped_records, refuse_damaged
 from ledger.inputs import open_input
+from ledger.json_items import JsonItem, json_items
 from ledger.records import RecordParser, is_unicode_text
 
 #: The API's (and the JSON download's) field names, as the CSV export's columns.

@@ -21,7 +21,6 @@ from typing import Any
 
 from importers.cfpb import REQUIRED, canonical_header, complaint_parts
 from importers.cfpb_json import complaint_row, export_items, shown
-from importers.json_items import JsonItem
 from ledger.errors import ValidationError
 from ledger.ingest import (
     CsvRow,
@@ -35,6 +34,7 @@ from ledger.ingest import (
     split_csv_row,
 )
 from ledger.inputs import open_input
+from ledger.json_items import JsonItem
 from ledger.parse_workers import chunked, in_workers
 from ledger.prepared import Preparer
 from ledger.records import Fact, RecordParser

@@ -25,6 +25,7 @@ from ledger.bulk import BulkWriter
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.inputs import data_suffix, input_damage, input_size, open_input
+from ledger.json_items import json_items
 from ledger.ordering import in_time_order
 from ledger.prepared import Prepared
 from ledger.records import Fact, RecordParser, is_unicode_text
@@ -314,7 +315,7 @@ def load_json_object(text: str) -> dict[str, Any]:
     except ValueError as error:  # e.g. an integer literal with thousands of digits
         raise ValidationError("(record)", f"invalid JSON number: {str(error)[:80]}") from None
     if not isinstance(raw, dict):
-        raise ValidationError("(record)", "each line must be a JSON object")
+        raise ValidationError("(record)", "each record must be a JSON object")
     # A flat object (the usual record) is one level deep: skip the walk. (The value types as
     # one set, built in C: a generator over the values cost ~5% of parsing a line.)
     kinds = set(map(type, raw.values()))
@@ -336,8 +337,19 @@ def parse_json_line(
 
     `size` is the line's size with its line end when `line` comes without it.
     """
+    return parse_json_record(f"{name}:{number}", line, parser, max_record_bytes, size=size)
+
+
+def parse_json_record(
+    location: str,
+    line: bytes,
+    parser: RecordParser,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    *,
+    size: int | None = None,
+) -> SourceRecord:
+    """One JSON record (a JSONL line, or an item of a JSON array) into a SourceRecord."""
     size = len(line) if size is None else size
-    location = f"{name}:{number}"
     if size > max_record_bytes:
         return SourceRecord(location, None, None, _too_large(size, max_record_bytes), size)
     raw: dict[str, Any] | None = None
@@ -638,11 +650,15 @@ def read_file(
 ) -> Iterator[AnyRecord]:
     """Records of a JSONL (.jsonl, .ndjson, .json) or CSV (.csv) file, plain or compressed.
 
+    A .json file that holds one JSON array of records is read as such (`read_json_array`).
+
     Compressed files (.zip of one file, .gz, .bz2, .xz) are read as a stream (`ledger.inputs`).
     """
     if not path.exists():
         raise CrmLedgerError(f"{path}: no such file")
     suffix = data_suffix(path)
+    if suffix == ".json" and _holds_an_array(path):
+        return read_json_array(path, parser, max_record_bytes)
     if suffix in {".jsonl", ".ndjson", ".json"}:
         return read_jsonl(path, parser, max_record_bytes)
     if suffix == ".csv":
@@ -650,6 +666,30 @@ def read_file(
     raise CrmLedgerError(
         f"{path}: unknown format {suffix!r} (use .jsonl or .csv, plain or as .zip, .gz, .bz2, .xz)"
     )
+
+
+def _holds_an_array(path: Path) -> bool:
+    """Whether a .json file is one JSON array (else it is read as JSON lines)."""
+    with open_input(path) as handle:
+        start = handle.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    return start.startswith(b"[")
+
+
+def read_json_array(
+    path: Path, parser: RecordParser, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[SourceRecord]:
+    """The records of a file holding one JSON array of them, each located as `name[index]`.
+
+    The array streams (`ledger.json_items`): a bad item is rejected alone, and only a broken
+    structure (a file cut short, text after the array) ends the reading, with one reject.
+    """
+    with open_input(path) as handle:
+        for item in json_items(path.name, handle, max_record_bytes):
+            if item.text is None:
+                yield SourceRecord(item.location, None, None, item.error, item.size)
+            else:
+                yield parse_json_record(item.location, item.text, parser, max_record_bytes, size=item.size)
+        yield from damaged_input(path.name, handle)
 
 
 # -- personal data in rejects ----------------------------------------------------------------

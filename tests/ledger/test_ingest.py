@@ -116,6 +116,28 @@ def test_csv_input(app: LedgerApplication, parser: RecordParser, tmp_path: Path)
     assert opened["summary"] == "late, again"
 
 
+def test_a_json_array_gives_the_events_of_the_same_records_as_json_lines(
+    parser: RecordParser, tmp_path: Path
+) -> None:
+    lines = tmp_path / "h.jsonl"
+    with lines.open("w") as handle:
+        write_history(GeneratorConfig(customers=40, employees=6, months=1, seed=5), handle)
+    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    array = tmp_path / "h.json"
+    array.write_text(json.dumps([*records[:3], 7, {"type": "Nope"}, *records[3:]], indent=1))
+    contents, rejected = [], []
+    for path in (lines, array):
+        app = LedgerApplication(Settings(store=str(tmp_path / f"{path.suffix[1:]}.sqlite")).eventsourcing_env())
+        rejects = tmp_path / f"{path.suffix[1:]}-rejects.jsonl"
+        summary = ingest(app, parser, path, rejects=rejects, batch_size=50)
+        contents.append(ledger_content(app))
+        rejected.append([(e["record"], e["field"]) for e in map(json.loads, rejects.read_text().splitlines())] if rejects.exists() else [])
+        assert summary.accepted == len(records)
+        app.close()
+    assert contents[0] == contents[1]
+    assert rejected == [[], [("h.json[3]", "(record)"), ("h.json[4]", "type")]]
+
+
 def test_generated_history_lands_completely(
     app: LedgerApplication, parser: RecordParser, tmp_path: Path
 ) -> None:
