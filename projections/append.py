@@ -41,6 +41,9 @@ class LogAppender:
         self.source = source
         self.codec = codec
         self.builder = NativeBatchBuilder(codec)
+        #: each stream's position in the log as this appender last knew it: a commit is made
+        #: only while the log is still there (`DecodedLog.append`)
+        self.expected: dict[str, int | None] = {}
 
     def positions(self) -> dict[str, Position]:
         """Where the log stands for each of the source's streams."""
@@ -53,8 +56,17 @@ class LogAppender:
         return PreparedBatch(table, list(batch.positions.values()), len(batch), dead_letters)
 
     def commit(self, prepared: PreparedBatch) -> int:
-        """Append the rows and their positions in one Delta commit; returns the log version."""
-        return self.log.append(prepared.table, prepared.positions)
+        """Append the rows and their positions in one Delta commit; returns the log version.
+
+        Raises StaleBatchError when another process appended the same source meanwhile.
+        """
+        for position in prepared.positions:
+            if position.stream not in self.expected:  # not read through `batches` (a new stream)
+                last = self.log.table().transaction_version(position.stream)
+                self.expected[position.stream] = None if last is None else int(last)
+        version = self.log.append(prepared.table, prepared.positions, self.expected)
+        self.expected.update({p.stream: p.offset for p in prepared.positions})
+        return version
 
     def batches(self, *, follow: bool, positions: dict[str, Position] | None = None) -> _Prefetcher:
         """Prepared batches after the log's positions, decoded on a thread ahead of the caller.
@@ -63,6 +75,7 @@ class LogAppender:
         finds the ledger's chain head in the Delta files (~7-14 ms at 1M events).
         """
         start = self.positions() if positions is None else positions
+        self.expected = {s: start[s].offset if s in start else None for s in self.source.streams()}
         return _Prefetcher(self.prepare, self.source.batches(start, follow=follow))
 
 

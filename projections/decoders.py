@@ -47,15 +47,13 @@ from crm_ledger.kafka import UNREACHABLE, BrokerWatch
 from projections.columns import LOG_SCHEMA
 from projections.decoder_process import Member, WorkerConfig, WorkerReport, join_group
 from projections.errors import StaleBatchError
-from projections.log import DecodedLog
+from projections.log import COMMIT_ATTEMPTS, DecodedLog
 from projections.native import NativeBatchBuilder
 from projections.sources import Position, RawBatch, kafka_stream
 from projections.staging import Stager
 from schemas.codec import AvroCodec
 from schemas.registry import SchemaRegistry
 
-#: How often a commit that lost the race to another commit is tried again.
-COMMIT_ATTEMPTS = 50
 #: How long a consume call waits for messages when none are ready: also how long a worker
 #: may take to notice that it is told to stop (the end of every run without --follow).
 IDLE_WAIT_S = 0.05

@@ -33,8 +33,11 @@ from deltalake import (
     WriterProperties,
     write_deltalake,
 )
+from deltalake.exceptions import CommitFailedError
 
+from crm_ledger.errors import CrmLedgerError
 from projections.columns import LOG_SCHEMA
+from projections.errors import StaleBatchError
 from projections.sources import LEDGER_STREAM, Position
 
 if TYPE_CHECKING:
@@ -104,6 +107,10 @@ class Snapshot:
     positions: dict[str, Position]
 
 
+#: How often a commit that lost the race to another process's commit is tried again.
+COMMIT_ATTEMPTS = 50
+
+
 class DecodedLog:
     """A source's decoded log (a Delta table at `path`)."""
 
@@ -154,23 +161,55 @@ class DecodedLog:
         )
         return None if rows.num_rows == 0 else str(rows.column(0)[0].as_py())
 
-    def append(self, table: pa.Table, positions: Sequence[Position]) -> int:
+    def append(
+        self,
+        table: pa.Table,
+        positions: Sequence[Position],
+        expected: Mapping[str, int | None] | None = None,
+    ) -> int:
         """Commit rows with the new stream positions, atomically; returns the log version.
 
         Writes through the table handle kept between commits, brought up to date by reading
         only the commits since its last look: given a path, delta-rs loads the whole table
         state again for every commit (at 1M events 2-3x the time of the whole append).
+
+        With `expected` (each stream's position in the log when its rows were read), the
+        commit is made only while every stream is still there: committed against the checked
+        snapshot with no automatic retry, so a commit of another process in between is seen
+        and the check made again. A stream another process moved on raises StaleBatchError:
+        two appenders of one source never both commit the same rows.
         """
-        write_deltalake(
-            self.table(),
-            table,
-            mode="append",
-            writer_properties=writer_properties(),
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(p.stream, p.offset) for p in positions]
-            ),
-        )
-        return self.version()
+        for _ in range(COMMIT_ATTEMPTS):
+            snapshot = self.table()
+            if expected is not None:
+                moved = [
+                    p.stream
+                    for p in positions
+                    if snapshot.transaction_version(p.stream) != expected.get(p.stream)
+                ]
+                if moved:
+                    raise StaleBatchError(
+                        f"{', '.join(moved)} moved on in the decoded log since this run read it: another "
+                        "process is appending the same source (a second `project`?); nothing was "
+                        "written twice: run the command again to go on from where the log ends"
+                    )
+            try:
+                write_deltalake(
+                    snapshot,
+                    table,
+                    mode="append",
+                    writer_properties=writer_properties(),
+                    commit_properties=CommitProperties(
+                        app_transactions=[Transaction(p.stream, p.offset) for p in positions],
+                        max_commit_retries=None if expected is None else 0,
+                    ),
+                )
+            except CommitFailedError:
+                if expected is None:
+                    raise
+                continue  # another commit came first: the positions are checked again
+            return self.version()
+        raise CrmLedgerError(f"the decoded log refused {COMMIT_ATTEMPTS} commits in a row")
 
     def dataset(self, version: int | None = None, after: Mapping[str, int] | None = None) -> Any:
         """A snapshot as an Arrow dataset (many readers, while appends go on).

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
@@ -13,6 +14,7 @@ from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.append import LogAppender
+from projections.errors import StaleBatchError
 from projections.log import DecodedLog, register_log
 from projections.sources import LedgerSource
 
@@ -52,6 +54,23 @@ def test_a_restarted_appender_resumes_without_loss_or_duplicates(tmp_path: Path)
     chains = dict(zip(ids, rows.column("chain").to_pylist(), strict=True))
     expected = fresh.dataset().to_table(columns=["notification_id", "chain"]).to_pylist()
     assert all(chains[r["notification_id"]] == r["chain"] for r in expected)
+
+
+def test_two_appenders_of_one_source_never_commit_the_same_rows(tmp_path: Path) -> None:
+    app = _ledger(tmp_path)
+    notifications = [n.id for n in app.read_notifications(1, 1_000_000)]
+    first = LogAppender(DecodedLog(tmp_path / "log"), LedgerSource(app, batch_size=97), app.codec)
+    second = LogAppender(DecodedLog(tmp_path / "log"), LedgerSource(app, batch_size=97), app.codec)
+    with first.batches(follow=False) as ours, second.batches(follow=False) as theirs:
+        batch = next(ours)
+        first.commit(batch)
+        # The second read the log's start too: its first batch holds the same rows.
+        with pytest.raises(StaleBatchError, match="moved on in the decoded log"):
+            second.commit(next(theirs))
+        for batch in ours:
+            first.commit(batch)
+    ids = DecodedLog(tmp_path / "log").dataset().to_table(columns=["notification_id"]).column(0).to_pylist()
+    assert sorted(ids) == notifications
 
 
 def test_readers_see_whole_commits_while_the_log_is_appended(tmp_path: Path) -> None:
