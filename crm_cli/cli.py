@@ -428,15 +428,21 @@ def _ingest_files(
 
     paths = [Path(p) for p in files]
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise CrmLedgerError(f"{path}: no such file")
+        if not path.is_file():
+            raise CrmLedgerError(f"{path}: not a regular file (a pipe or device cannot be read twice)")
+    rejects_file = rejects or settings.rejects_file
+    if rejects_file.exists() and any(rejects_file.samefile(path) for path in paths):
+        # Its own rejects would be read back as records, and the file would grow without end.
+        raise CrmLedgerError(f"{rejects_file}: the rejects file is one of the input files; name another")
     from rewards.goals import spec_components
 
     limit = max_record_bytes or settings.max_record_bytes
     app = open_ledger(settings, spec_components(settings.projections_db))
     app.max_event_bytes = limit
     parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
-    sink = RejectSink(rejects or settings.rejects_file)
+    sink = RejectSink(rejects_file)
     records = itertools.chain.from_iterable(read(path, parser, limit) for path in paths)
     name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
     try:
@@ -446,7 +452,7 @@ def _ingest_files(
         sink.close()
     click.echo(total.line())
     if total.refused:
-        click.echo(f"rejects written to {rejects or settings.rejects_file}", err=True)
+        click.echo(f"rejects written to {rejects_file}", err=True)
         raise SystemExit(1)
 
 

@@ -212,3 +212,14 @@ def test_hostile_input_is_rejected_never_crashes(
     )
     summary = ingest(app, parser, csv_path)  # Python's csv reads NUL bytes as text
     assert (summary.accepted, summary.rejected) == (2, 0)
+
+
+def test_the_rejects_file_cannot_be_an_input_and_a_device_is_refused(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "v.jsonl", [], ['{"a": 1}'])
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite")}
+    same = run_cli("ingest", str(path), "--rejects", str(path), env=env)
+    assert same.returncode == 1
+    assert same.stderr.strip().splitlines() == [f"error: {path}: the rejects file is one of the input files; name another"]
+    assert path.read_text() == '{"a": 1}\n'
+    device = run_cli("ingest", "/dev/null", env=env)
+    assert device.returncode == 1 and "not a regular file" in device.stderr
