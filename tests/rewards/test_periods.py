@@ -156,6 +156,9 @@ def test_bad_input_is_refused_and_nothing_written(ledger: LedgerApplication, set
         (["period", "adjust", PERIOD], "not closed"),
         (["period", "close", "2025-2"], "expected YYYY-MM"),
         (["period", "close", "2999-01"], "has not ended"),
+        (["period", "close", "0000-01"], "is outside 1970-01 to 9998-12"),
+        (["period", "close", "0001-01"], "is outside 1970-01 to 9998-12"),
+        (["period", "close", "9999-12"], "is outside 1970-01 to 9998-12"),
         (["statement", "--employee", "emp-0001", "--period", PERIOD], "not closed"),
     ):
         result = run_cli(*args, env=env)
