@@ -725,6 +725,16 @@ def redact_columns(cells: Mapping[str, str], personal: frozenset[str]) -> str:
     )
 
 
+#: A reason quotes the value it refuses: longer ones are cut (the record itself is in `raw`).
+MAX_REASON_CHARS = 300
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= MAX_REASON_CHARS:
+        return text
+    return f"{text[:MAX_REASON_CHARS]}… ({len(text):,} characters)"
+
+
 class RejectSink:
     """Writes each refused record to the rejects file (JSON lines) and to stderr.
 
@@ -753,7 +763,7 @@ class RejectSink:
                 "record": location,
                 "kind": kind,
                 "field": error.field,
-                "reason": error.reason,
+                "reason": _shortened(error.reason),
                 "raw": raw,
             }
             line = json.dumps(entry, ensure_ascii=False)
@@ -765,7 +775,8 @@ class RejectSink:
             self._handle.flush()
         if self._echo is not None:
             if self.count <= self._echo_limit:
-                self._echo.write(f"{kind} {location}: field {error.field!r}: {error.reason}\n")
+                field, reason = _shortened(error.field), _shortened(error.reason)
+                self._echo.write(f"{kind} {location}: field {field!r}: {reason}\n")
             elif self.count == self._echo_limit + 1:
                 self._echo.write("... more rejects: see the rejects file\n")
 

@@ -143,3 +143,15 @@ def test_cli_imports_the_json_download(tmp_path: Path) -> None:
     assert refused.stderr.strip().splitlines() == [
         "error: field 'Complaint ID': other.json: the first item has no such field (is this a CFPB export?)"
     ]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_row_with_an_overlong_cell_is_refused_whole(workers: int, parser: RecordParser, tmp_path: Path) -> None:
+    objects = _as_api_objects(CSV_EXPORTS[0])
+    objects[2]["company"] = "A" * 200_000
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps(objects))
+    records = list(read_cfpb(path, parser, workers=workers))
+    third = [r for r in records if r.location == "complaints.json[2]"]
+    assert len(third) == 1 and third[0].fact is None and third[0].error is not None
+    assert (third[0].error.field, third[0].error.reason) == ("Company", "longer than 2,000 characters")
