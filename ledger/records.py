@@ -283,6 +283,17 @@ def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else f"must not be negative, got {value}"
 
 
+#: The largest money amount a record may carry: the read models add amounts up as
+#: DECIMAL(38, 6), which holds less than 10**32 (a quadrillion leaves room for any total).
+MAX_AMOUNT = 10**15
+
+
+def _amount(value: Any) -> str | None:
+    if value < 0:
+        return f"must not be negative, got {value}"
+    return None if value <= MAX_AMOUNT else f"must be at most {MAX_AMOUNT:,}, got {value}"
+
+
 def _non_blank(value: Any) -> str | None:
     return None if value.strip() else "must not be blank"
 
@@ -306,8 +317,8 @@ _DOMAIN_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("InteractionRecorded", "duration_s"): _non_negative,
     ("CaseEscalated", "level"): _in_range(1, 99),
     ("ContractEnded", "reason"): _one_of(CONTRACT_END_REASONS),
-    ("ContractStarted", "annual_value"): _non_negative,
-    ("ContractRenewed", "annual_value"): _non_negative,
+    ("ContractStarted", "annual_value"): _amount,
+    ("ContractRenewed", "annual_value"): _amount,
     ("ContractStarted", "currency"): _currency,
     **{("ContractStarted", f"sla_hours_{s}"): _in_range(1, 8760) for s in SLA_SEVERITIES},
 }
