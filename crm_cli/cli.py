@@ -1259,8 +1259,10 @@ def audit_verify(
     """Recompute the hash chain from each copy and report the first gap, duplicate or alteration."""
     from audit.run import VerifyRequest, run_verify
     from ledger.checkpoints import parse_checkpoint
+    from ledger.connect import require_existing_store
 
     settings = _settings(ctx)
+    require_existing_store(settings)
     request = VerifyRequest(sources, checkpoints, tuple(parse_checkpoint(g) for g in given), statements)
     with progress_bar("audit", None) as reporter:
         outcome = run_verify(settings, request, reporter)
@@ -1288,8 +1290,11 @@ def audit_verify(
 def audit_head(ctx: click.Context, publish: bool) -> None:
     """Print the chain head recomputed from the store: keep it outside the ledger (print, mail)."""
     from audit.run import head
+    from ledger.connect import require_existing_store
 
-    checkpoint, topic = head(_settings(ctx), publish=publish)
+    settings = _settings(ctx)
+    require_existing_store(settings)
+    checkpoint, topic = head(settings, publish=publish)
     click.echo(checkpoint.line())
     if topic:
         click.echo(f"published to {topic}", err=True)

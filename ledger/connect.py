@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterable
+from pathlib import Path
 
-from crm_ledger.errors import ConfigurationError
+from crm_ledger.errors import ConfigurationError, CrmLedgerError
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 
@@ -22,3 +23,14 @@ def open_ledger(settings: Settings, goal_components: Iterable[str] = ()) -> Ledg
             "a postgresql:// store needs the PostgreSQL extra: pip install 'crm-ledger[postgres]'"
         )
     return LedgerApplication(env, goal_components=goal_components)
+
+
+def require_existing_store(settings: Settings) -> None:
+    """Refuse a SQLite store that does not exist yet: commands that only read the ledger
+    (audits) would otherwise create an empty one and report on that."""
+    if settings.store.startswith(("postgresql://", "postgres://")):
+        return
+    if not Path(settings.store).is_file():
+        raise CrmLedgerError(
+            f"{settings.store}: no such ledger store (CRM_LEDGER_STORE or --store names the one to read)"
+        )

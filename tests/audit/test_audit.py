@@ -281,3 +281,13 @@ def test_altered_payload_column_is_found(audited: LedgerApplication, settings: S
     result = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
     assert result.returncode == 1 and "column payload: stored" in result.stdout
     assert "decoded columns: " in result.stdout
+
+
+def test_an_audit_of_a_store_that_does_not_exist_is_refused_and_creates_none(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.sqlite"
+    env = {"CRM_LEDGER_STORE": str(missing), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    for command in (["audit", "verify"], ["audit", "head"]):
+        result = run_cli(*command, env=env)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [f"error: {missing}: no such ledger store (CRM_LEDGER_STORE or --store names the one to read)"]
+    assert not missing.exists()
