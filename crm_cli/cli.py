@@ -629,6 +629,10 @@ def project(
             on_refresh=on_refresh,
         )
     click.echo(result)
+    if stop.stopped and not follow:
+        # Ctrl-C is how a follower ends; a one-shot run it cuts short has not caught up.
+        click.echo("interrupted: the version may lag the log; run `crm-ledger project` again", err=True)
+        raise SystemExit(130)
 
 
 def _run_on_spark(title: str, run: Callable[..., Any]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +291,21 @@ def test_project_service_creates_and_promotes_default(
     with reader(settings.projections_db) as con:
         assert con.execute("SELECT count(*) FROM reward_score").fetchone()[0] > 0
         assert con.execute("SELECT count(*) FROM ledger_events").fetchone()[0] == app.max_position()
+
+
+def test_a_one_shot_project_cut_short_by_ctrl_c_says_so_and_exits_130(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=1500, employees=20, months=4, seed=4), handle)
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    run_cli("ingest", str(history), env=env, check=True)
+    process = start_cli("project", env=env)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    again = run_cli("project", env=env)
+    assert again.returncode == 0, again.stderr
+    count = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=env)
+    assert count.stdout.split() == ["n", str(len(history.read_text().splitlines()))]
