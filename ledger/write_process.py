@@ -77,6 +77,9 @@ class WriteProcess:
                 [sys.executable, "-c", launch, str(from_parent), str(to_parent), str(parent)],
                 pass_fds=(from_parent, to_parent),
                 stdin=subprocess.DEVNULL,
+                # A process group of its own: a Ctrl-C sent to the command's group while this
+                # interpreter was still starting (before it ignores the signal) printed a traceback.
+                process_group=0,
             )
         os.close(from_parent)
         os.close(to_parent)
