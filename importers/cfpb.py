@@ -13,6 +13,7 @@ ID, an unparseable date or no Company is rejected with its line and field.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -96,6 +97,24 @@ def parse_date(value: str, field: str) -> int:
     raise ValidationError(field, f"not a date: {value!r}")
 
 
+#: A Complaint ID as exports write it: digits, or digits with a zero fraction (a
+#: spreadsheet's "3384392.0").
+_COMPLAINT_ID = re.compile(r"(\d{1,20})(?:\.0+)?", re.ASCII)
+
+
+def _complaint_id(text: str) -> str:
+    """The complaint's number in one spelling ("3384392", whatever zeros or fraction it came
+    with), so that the same complaint always gets the same ids."""
+    if not text:
+        raise ValidationError("Complaint ID", "is missing")
+    match = _COMPLAINT_ID.fullmatch(text)
+    if match is None:
+        raise ValidationError(
+            "Complaint ID", f"expected a complaint number such as 3384392, got {text[:40]!r}"
+        )
+    return str(int(match.group(1)))
+
+
 def _yes_no(value: str | None) -> bool | None:
     text = (value or "").strip().lower()
     if text in {"yes", "y", "true"}:
@@ -138,9 +157,7 @@ def complaint_parts(row: dict[str, str]) -> tuple[str, dict[str, Any], list[dict
             # Refused here, with the whole row: a record made too large by it would be refused
             # alone later, and the row's other records would land without it.
             raise ValidationError(column, f"longer than {MAX_CELL_CHARS:,} characters")
-    complaint = cells.get("Complaint ID", "")
-    if not complaint:
-        raise ValidationError("Complaint ID", "is missing")
+    complaint = _complaint_id(cells.get("Complaint ID", ""))
     if not cells.get("Date received"):
         raise ValidationError("Date received", "is missing")
     received = parse_date(cells["Date received"], "Date received")

@@ -155,3 +155,19 @@ def test_a_row_with_an_overlong_cell_is_refused_whole(workers: int, parser: Reco
     third = [r for r in records if r.location == "complaints.json[2]"]
     assert len(third) == 1 and third[0].fact is None and third[0].error is not None
     assert (third[0].error.field, third[0].error.reason) == ("Company", "longer than 2,000 characters")
+
+
+def test_a_complaint_id_has_one_spelling_and_anything_else_is_refused(parser: RecordParser, tmp_path: Path) -> None:
+    base = _as_api_objects(CSV_EXPORTS[0])[0]
+    spellings: list[Any] = ["9000043", 9000043, 9000043.0, "09000043", "9000043.00"]
+    hostile: list[Any] = ["abc/../x", "-1", "0x10", "１２３", 1e999, 10**400, "9000043.5", ""]
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps([{**base, "complaint_id": c} for c in [*spellings, *hostile]]))
+    records = list(read_cfpb(path, parser, workers=0))
+    cases = {r.fact.data["case_id"] for r in records if r.fact is not None and r.fact.event_type == "CaseOpened"}
+    assert cases == {"cfpb:9000043"}
+    refused = {r.location: r.error.field for r in records if r.error is not None}
+    expected = {f"complaints.json[{i}]" for i in range(len(spellings), len(spellings) + len(hostile))}
+    assert set(refused) == expected
+    # Infinity is refused as JSON already; every other one for its Complaint ID.
+    assert sorted(refused.values()) == ["(record)", *["Complaint ID"] * (len(hostile) - 1)]
