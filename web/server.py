@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,17 @@ def run_server(
         raise WebError(f"{db}: no projection database yet (run `crm-ledger project` or `crm-ledger demo`)")
     users = Users.load(users_file) if users_file is not None else None
     app = create_app(db, users)
+    # Bound here, not by uvicorn: a port in use is one line of ours (uvicorn logs its own
+    # error and exits), and with port 0 the port the system chose is the one announced.
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        raise WebError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    port = listening.getsockname()[1]
     who = f"users from {users_file}" if users_file else "no sign-in: every team is shown"
     echo(f"serving {db} read-only on http://{host}:{port}/ ({who}); Ctrl-C stops")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+    uvicorn.Server(config).run(sockets=[listening])

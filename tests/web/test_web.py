@@ -283,3 +283,15 @@ def test_complaints_page_lists_the_complaint_kpis(browser: Any, site: dict[str, 
     lead = _page(browser, site, "ada")
     lead.goto(f"{site['base']}/complaints")
     assert lead.locator("#complaint-kpis tbody tr").count() == 0
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "p.duckdb"
+    duckdb.connect(str(db)).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--db", str(db), "serve", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
