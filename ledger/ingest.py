@@ -307,7 +307,9 @@ def load_json_object(text: str) -> dict[str, Any]:
     try:
         raw = _DECODER.decode(text)
     except json.JSONDecodeError as error:
-        raise ValidationError("(record)", f"invalid JSON: {error.msg} at column {error.colno}") from None
+        # Some of json's messages end in "at" already ("Invalid control character at").
+        message = error.msg.removesuffix(" at")
+        raise ValidationError("(record)", f"invalid JSON: {message} at column {error.colno}") from None
     except RecursionError:
         raise ValidationError("(record)", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValidationError:

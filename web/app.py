@@ -216,9 +216,11 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
 
     routes = [
         Route("/", page(index), methods=["GET"]),
-        Route("/team/{team_id}", page(team), methods=["GET"]),
-        Route("/employee/{employee_id}", page(employee), methods=["GET"]),
-        Route("/employee/{employee_id}/statement/{period}", page(statement), methods=["GET"]),
+        # Ids may hold "/" (a CFPB company name is a team id): matched as paths, the
+        # statement's longer pattern first.
+        Route("/team/{team_id:path}", page(team), methods=["GET"]),
+        Route("/employee/{employee_id:path}/statement/{period}", page(statement), methods=["GET"]),
+        Route("/employee/{employee_id:path}", page(employee), methods=["GET"]),
         Route("/versions", page(versions_page), methods=["GET"]),
         Route("/complaints", page(complaints), methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),

@@ -171,3 +171,20 @@ def test_a_complaint_id_has_one_spelling_and_anything_else_is_refused(parser: Re
     assert set(refused) == expected
     # Infinity is refused as JSON already; every other one for its Complaint ID.
     assert sorted(refused.values()) == ["(record)", *["Complaint ID"] * (len(hostile) - 1)]
+
+
+def test_dates_out_of_range_name_their_column(parser: RecordParser, tmp_path: Path) -> None:
+    base = {"complaint_id": "1", "company": "A", "date_received": "2020-01-01"}
+    items = [
+        {**base, "date_received": "0001-01-01"},
+        {**base, "complaint_id": "2", "date_sent_to_company": "0005-01-01"},
+        {**base, "complaint_id": "3", "date_received": "9999-12-31T23:59:59"},
+    ]
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps(items))
+    refused = [(r.location, r.error.field) for r in read_cfpb(path, parser) if r.error is not None]
+    assert refused == [
+        ("complaints.json[0]", "Date received"),
+        ("complaints.json[1]", "Date sent to company"),
+        ("complaints.json[2]", "Date received"),
+    ]
