@@ -244,6 +244,9 @@ class ProjectionDB:
 
     def find_version(self, reference: str) -> VersionInfo:
         """A version by id, unique id prefix, or name (the newest of that name)."""
+        if not reference.strip().removeprefix("v_"):
+            # An empty prefix matches every version (a shell variable that was not set).
+            raise ProjectionError("no version named: give a version id, id prefix or name")
         versions = self.versions()
         exact = [v for v in versions if v.version in {reference, f"v_{reference}"}]
         if exact:

@@ -281,6 +281,9 @@ def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: 
         result = run_cli(*args, env=env)
         assert result.returncode == 1, args
         assert "unknown version 'v_nope'" in result.stderr
+    for args in (["promote", ""], ["drop", " "], ["diff", "", "default"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1 and "no version named" in result.stderr, args
     promoted = run_cli("versions", "--format", "json", env=env)
     current = next(v["version"] for v in json.loads(promoted.stdout) if v["promoted"])
     refused = run_cli("drop", current, env=env)
