@@ -35,6 +35,8 @@ from ledger.vault import PERSONAL_FIELDS
 
 _NAMESPACE = uuid.UUID("3f9a7b1c-2d4e-4a5b-8c6d-7e8f9a0b1c2d")
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+#: The keys an [[events]] table may have.
+_EVENT_KEYS = frozenset({"type", "when", "id", "occurred_at", "fields"})
 
 
 
@@ -60,6 +62,13 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
     mappings = []
     for number, event in enumerate(events, start=1):
         where = f"{path}: events #{number}"
+        if not isinstance(event, dict):
+            raise MappingError(f"{where}: must be a table")
+        unknown = sorted(set(event) - _EVENT_KEYS)
+        if unknown:
+            # A typo ("wehn") would otherwise be ignored, and the event mapped unconditionally.
+            known = ", ".join(sorted(_EVENT_KEYS))
+            raise MappingError(f"{where}: {unknown[0]}: unknown key (known: {known})")
         if event.get("type") not in parser.event_types:
             raise MappingError(f"{where}: type: unknown event type {event.get('type')!r}")
         for key in ("id", "occurred_at"):
@@ -68,6 +77,10 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
         fields = event.get("fields", {})
         if not isinstance(fields, dict):
             raise MappingError(f"{where}: fields: must be a table")
+        for key, spec in {"id": event["id"], "occurred_at": event["occurred_at"], **fields}.items():
+            rest = _PLACEHOLDER.sub("", spec) if isinstance(spec, str) else ""
+            if "{" in rest or "}" in rest:
+                raise MappingError(f"{where}: {key}: unbalanced brace in {spec!r} (write {{Column}})")
         mappings.append(
             EventMapping(event["type"], event.get("when"), str(event["id"]), event["occurred_at"], fields)
         )
@@ -112,6 +125,21 @@ def row_records(row: Mapping[str, str], mappings: list[EventMapping]) -> list[di
     return records
 
 
+def referenced_columns(mappings: list[EventMapping]) -> tuple[str, ...]:
+    """Every column the mappings read (templates, column specs and `when`), in first-use order."""
+    columns: dict[str, None] = {}
+    for mapping in mappings:
+        specs = [mapping.id_template, mapping.occurred_at, *mapping.fields.values()]
+        for spec in specs:
+            if isinstance(spec, dict):
+                columns[str(spec.get("column"))] = None
+            elif isinstance(spec, str):
+                columns.update(dict.fromkeys(_PLACEHOLDER.findall(spec)))
+        if mapping.when:
+            columns[mapping.when] = None
+    return tuple(columns)
+
+
 def personal_columns(mappings: list[EventMapping]) -> frozenset[str]:
     """Columns that feed customers' personal fields: redacted in the rejects file."""
     columns: set[str] = set()
@@ -135,6 +163,9 @@ def read_mapped_csv(
         path,
         parser,
         lambda row: row_records(row, mappings),
+        # Checked against the header once, before any row: a misspelt column refuses the file.
+        required=referenced_columns(mappings),
+        kind=f"file {mapping_path.name} describes",
         personal_columns=personal_columns(mappings),
         max_record_bytes=max_record_bytes,
     )

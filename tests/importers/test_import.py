@@ -245,3 +245,20 @@ def test_mapped_csv_contracts_and_installed_base(app: LedgerApplication, parser:
     assert ended == {"SC-0003": ("churned", None), "SC-0004": ("replaced", "SC-0005")}
     removed = [(r["serial"], r["customer_id"]) for t, r in records if t == "ProductRemoved"]
     assert removed == [("OL-RT-0092", "account:ACC-101"), ("LP-HP-7781", "account:ACC-102")]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("{Ticket ID}", "{No Such Column}"), "column missing from the header"),
+        (("{Ticket ID}", "{Ticket ID"), "unbalanced brace"),
+        (('type = "', 'wehn = "x"\ntype = "'), "wehn: unknown key"),
+    ],
+)
+def test_a_mapping_mistake_refuses_the_file_before_any_row(
+    parser: RecordParser, tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    mapping = tmp_path / "m.toml"
+    mapping.write_text((EXAMPLES / "helpdesk-mapping.toml").read_text().replace(*edit, 1))
+    with pytest.raises(Exception, match=message):
+        list(read_mapped_csv(EXAMPLES / "helpdesk-tickets.csv", mapping, parser))
