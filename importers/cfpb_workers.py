@@ -26,10 +26,10 @@ from ledger.ingest import (
     CsvRow,
     SourceRecord,
     UnsplitRow,
+    check_header,
     csv_unsplit_rows,
     damaged_input,
     redact_columns,
-    refuse_damaged,
     row_cells,
     split_csv_row,
 )
@@ -132,12 +132,7 @@ def read_cfpb_in_workers(
         if isinstance(first, tuple):
             first = split_csv_row(first, max_record_bytes)
         names = [canonical_header(h) for h in (first.cells or [])] if first is not None else []
-        missing = [c for c in REQUIRED if c not in names]
-        if missing:
-            refuse_damaged(path.name, handle)
-            raise ValidationError(
-                missing[0], f"{path.name}: column missing from the header (is this a CFPB export?)"
-            )
+        check_header(path.name, handle, names, REQUIRED, "CFPB export")
         seen_companies: set[str] = set()
         chunks = chunked(rows, CHUNK_ROWS)
         for chunk, mapped in in_workers(

@@ -538,6 +538,7 @@ def csv_records(
             yield SourceRecord(f"{name}:{row.line}", None, None, header_missing, row.size)
         return
     header = [h.strip() for h in first.cells]
+    check_header(name, handle, header, (), "CSV")
     for row in rows:
         location = f"{name}:{row.line}"
         if row.cells is None:
@@ -581,12 +582,7 @@ def read_row_mapped(
         rows = csv_rows(handle, max_record_bytes)
         first = next(rows, None)
         names = [header(h) for h in (first.cells or [])] if first is not None else []
-        missing = [c for c in required if c not in names]
-        if missing:
-            refuse_damaged(path.name, handle)
-            raise ValidationError(
-                missing[0], f"{path.name}: column missing from the header (is this a {kind}?)"
-            )
+        check_header(path.name, handle, names, required, kind)
         for row in rows:
             location = f"{path.name}:{row.line}"
             cells = row_cells(location, row, names, personal_columns)
@@ -596,6 +592,22 @@ def read_row_mapped(
             shown = functools.partial(redact_columns, cells, personal_columns)
             yield from mapped_records(location, cells, row.size, parser, to_records, shown=shown, taken=taken)
         yield from damaged_input(path.name, handle)
+
+
+def check_header(name: str, handle: IO[bytes], names: list[str], required: Iterable[str], kind: str) -> None:
+    """Refuse a CSV whose header lacks a `required` column or names a column twice.
+
+    A column named twice would let the later one win unseen, whichever the reader meant.
+    """
+    missing = [c for c in required if c not in names]
+    if missing:
+        refuse_damaged(name, handle)
+        raise ValidationError(missing[0], f"{name}: column missing from the header (is this a {kind}?)")
+    seen: set[str] = set()
+    for column in names:
+        if column and column in seen:
+            raise ValidationError(column, f"{name}: column named twice in the header")
+        seen.add(column)
 
 
 def mapped_records(

@@ -223,3 +223,14 @@ def test_the_rejects_file_cannot_be_an_input_and_a_device_is_refused(tmp_path: P
     assert path.read_text() == '{"a": 1}\n'
     device = run_cli("ingest", "/dev/null", env=env)
     assert device.returncode == 1 and "not a regular file" in device.stderr
+
+
+def test_a_csv_header_naming_a_column_twice_refuses_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "dup.csv"
+    path.write_text(
+        "type,event_id,occurred_at,customer_id,segment,region,segment\n"
+        "CustomerRegistered,6f1c2b1e-0000-4000-8000-000000000009,2024-01-01T00:00:00Z,c9,smb,eu,ent\n"
+    )
+    result = run_cli("ingest", str(path), env={"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite")})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: field 'segment': dup.csv: column named twice in the header"]
