@@ -292,7 +292,12 @@ def register_logs(
     """Register the latest snapshot of each source's log; returns the logs by source."""
     logs = {}
     for source in sources:
-        log = DecodedLog(root / log_slug(source))
+        path = root / log_slug(source)
+        if not (path / "_delta_log").is_dir():
+            # Readers never write: a log not made yet (or not copied with the database) is
+            # not created here; queries on it say the relation is missing.
+            continue
+        log = DecodedLog(path)
         register_log(connection, source, log)
         logs[source] = log
     return logs
