@@ -264,8 +264,12 @@ def read_cfpb(
     (`importers.cfpb_json`). Large exports are mapped by `workers` processes (by default one
     per core, see `parse_workers_for`); the records are the same either way.
     """
+    suffix = data_suffix(path)
+    if suffix != ".csv" and suffix not in JSON_SUFFIXES:
+        known = "a CFPB export is .csv or .json, plain or zipped"
+        raise ValidationError("(file)", f"{path.name}: unknown format {suffix!r} ({known})")
     workers = parse_workers_for(path) if workers is None else workers
-    if data_suffix(path) in JSON_SUFFIXES:
+    if suffix in JSON_SUFFIXES:
         from importers.cfpb_json import read_cfpb_json  # noqa: PLC0415 - it imports this module
 
         return read_cfpb_json(path, parser, max_record_bytes, workers)
