@@ -103,32 +103,45 @@ def shown(text: bytes | None) -> str | None:
     return None if text is None else text.decode("utf-8", "replace")
 
 
-#: How many items are looked at for the first complaint, to refuse a file that is no export.
+#: How far (items, bytes) the first complaint is looked for, to refuse a file that is no export.
 PEEK_ITEMS = 1000
+PEEK_BYTES = 8 << 20
 
 
 def export_items(path: Path, handle: IO[bytes], max_record_bytes: int) -> Iterator[JsonItem]:
     """The file's items, once its first readable complaint shows it is a CFPB export.
 
     Raises ValidationError, as for a CSV without the export's columns, when that complaint
-    has none of the fields a complaint needs.
+    has none of the fields a complaint needs. The items before it are held meanwhile (a
+    bounded number and size of them: beyond that no file-wide check is made).
     """
     items = json_items(path.name, handle, max_record_bytes)
-    head = list(itertools.islice(items, PEEK_ITEMS))
-    for item in head:
-        try:
-            row = complaint_row(item.text) if item.text is not None else None
-        except ValidationError:
-            continue
-        if row is None:
-            continue
-        if not any(column in row for column in REQUIRED):
-            refuse_damaged(path.name, handle)
-            raise ValidationError(
-                REQUIRED[0], f"{path.name}: the first item has no such field (is this a CFPB export?)"
-            )
-        break
+    head: list[JsonItem] = []
+    held = 0
+    for item in items:
+        head.append(item)
+        held += item.size
+        row = _readable(item)
+        if row is not None:
+            if not any(column in row for column in REQUIRED):
+                refuse_damaged(path.name, handle)
+                raise ValidationError(
+                    REQUIRED[0], f"{path.name}: the first item has no such field (is this a CFPB export?)"
+                )
+            break
+        if len(head) >= PEEK_ITEMS or held >= PEEK_BYTES:
+            break
     return itertools.chain(head, items)
+
+
+def _readable(item: JsonItem) -> dict[str, str] | None:
+    """The item's row, or None when it is no readable complaint."""
+    if item.text is None:
+        return None
+    try:
+        return complaint_row(item.text)
+    except ValidationError:
+        return None
 
 
 def read_cfpb_json(
