@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from crm_ledger.progress import Reporter, SilentReporter
 from ledger.records import parse_timestamp
 from projections.append import LogAppender
+from projections.errors import StaleBatchError
 from projections.maintain import Maintainer
 from projections.sources import LogSource, RawBatch
 from projections.store import ProjectionDB, VersionInfo
@@ -100,33 +101,45 @@ class Projector:
             # Appending needs no DuckDB: let go of the file so that other commands get their turn.
             self.db.release()
         reporter.total(lag)
-        with appender.batches(follow=follow, positions=positions) as prepared_batches:
-            for prepared in prepared_batches:
-                if should_stop():
-                    break
-                if prepared.size:
-                    appender.commit(prepared)
-                    stats.applied += prepared.size - prepared.dead_letters
-                    stats.dead_letters += prepared.dead_letters
-                    stats.batches += 1
-                    dirty = True
-                    note = f"{stats.dead_letters} dead letters" if stats.dead_letters else ""
-                    reporter.advance(prepared.size, events=prepared.size, note=note)
-                    if stop_after_batches is not None and stats.batches >= stop_after_batches:
+        while True:
+            overtaken = False
+            with appender.batches(follow=follow, positions=positions) as prepared_batches:
+                for prepared in prepared_batches:
+                    if should_stop():
                         break
-                caught_up = not prepared.size
-                if follow and caught_up and dirty is None:
-                    dirty = self.needs_refresh()
-                if follow and dirty and (caught_up or time.monotonic() - last_refresh >= refresh_interval_s):
-                    self.refresh()
-                    stats.refreshed = True
-                    dirty = False
-                    last_refresh = time.monotonic()
-                    if on_refresh is not None:
-                        on_refresh()
-                if follow and caught_up and not dirty:
-                    # Idle: let go of the file so that other commands get their turn.
-                    self.db.release()
+                    if prepared.size:
+                        try:
+                            appender.commit(prepared)
+                        except StaleBatchError:
+                            # Another process appended the same source meanwhile (nothing was
+                            # written twice): go on from where the log ends now.
+                            overtaken = dirty = True
+                            break
+                        stats.applied += prepared.size - prepared.dead_letters
+                        stats.dead_letters += prepared.dead_letters
+                        stats.batches += 1
+                        dirty = True
+                        note = f"{stats.dead_letters} dead letters" if stats.dead_letters else ""
+                        reporter.advance(prepared.size, events=prepared.size, note=note)
+                        if stop_after_batches is not None and stats.batches >= stop_after_batches:
+                            break
+                    caught_up = not prepared.size
+                    if follow and caught_up and dirty is None:
+                        dirty = self.needs_refresh()
+                    due = caught_up or time.monotonic() - last_refresh >= refresh_interval_s
+                    if follow and dirty and due:
+                        self.refresh()
+                        stats.refreshed = True
+                        dirty = False
+                        last_refresh = time.monotonic()
+                        if on_refresh is not None:
+                            on_refresh()
+                    if follow and caught_up and not dirty:
+                        # Idle: let go of the file so that other commands get their turn.
+                        self.db.release()
+            if not overtaken:
+                break
+            positions = appender.positions()
         if dirty is None and not should_stop() and stop_after_batches is None:
             dirty = self.needs_refresh()
         if dirty and not should_stop() and stop_after_batches is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import duckdb
@@ -14,9 +15,12 @@ from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.append import LogAppender
+from projections.engine import Projector
 from projections.errors import StaleBatchError
 from projections.log import DecodedLog, register_log
-from projections.sources import LedgerSource
+from projections.sources import LedgerSource, Position, RawBatch
+from projections.spec import DEFAULT_SPEC, load_spec
+from projections.store import ProjectionDB
 
 
 def _ledger(tmp_path: Path) -> LedgerApplication:
@@ -71,6 +75,34 @@ def test_two_appenders_of_one_source_never_commit_the_same_rows(tmp_path: Path) 
             first.commit(batch)
     ids = DecodedLog(tmp_path / "log").dataset().to_table(columns=["notification_id"]).column(0).to_pylist()
     assert sorted(ids) == notifications
+
+
+class _Overtaken(LedgerSource):
+    """A ledger source whose first batches are read only after another process appended them all."""
+
+    def __init__(self, app: LedgerApplication, other: Callable[[], None]) -> None:
+        super().__init__(app, batch_size=97)
+        self.other: Callable[[], None] | None = other
+
+    def batches(self, positions: Mapping[str, Position], *, follow: bool) -> Iterator[RawBatch]:
+        if self.other is not None:
+            other, self.other = self.other, None
+            other()
+        yield from super().batches(positions, follow=follow)
+
+
+def test_a_projector_overtaken_by_another_appender_goes_on_from_the_log(tmp_path: Path) -> None:
+    app = _ledger(tmp_path)
+    notifications = [n.id for n in app.read_notifications(1, 1_000_000)]
+    db = ProjectionDB(tmp_path / "p.duckdb")
+    version = db.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_SPEC.read_text(), "ledger")
+    path = db.log("ledger").path
+    stats = Projector(db, version, _Overtaken(app, lambda: _append(DecodedLog(path), app)), app.codec).run()
+    assert stats.applied == 0  # the other appended everything; nothing was written twice
+    ids = DecodedLog(path).dataset().to_table(columns=["notification_id"]).column(0).to_pylist()
+    assert sorted(ids) == notifications
+    assert db.find_version(version.version).events == len(notifications)
+    db.close()
 
 
 def test_readers_see_whole_commits_while_the_log_is_appended(tmp_path: Path) -> None:
