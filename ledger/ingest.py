@@ -24,7 +24,7 @@ from ledger.application import LedgerApplication, Outcome
 from ledger.bulk import BulkWriter
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
-from ledger.inputs import data_suffix, input_damage, input_size, open_input
+from ledger.inputs import data_suffix, input_damage, input_size, open_input, refuse_other_encodings
 from ledger.json_items import json_items
 from ledger.ordering import in_time_order
 from ledger.prepared import Prepared
@@ -670,6 +670,7 @@ def read_file(
     """
     if not path.exists():
         raise CrmLedgerError(f"{path}: no such file")
+    refuse_other_encodings(path)
     suffix = data_suffix(path)
     if suffix == ".json" and _holds_an_array(path):
         return read_json_array(path, parser, max_record_bytes)

@@ -179,3 +179,26 @@ def input_damage(handle: IO[bytes]) -> tuple[int, ValidationError] | None:
     if isinstance(raw, InputStream) and raw.damage is not None:
         return raw.damaged_line, raw.damage
     return None
+
+
+#: Byte-order marks of text that is not UTF-8 (UTF-32's little-endian mark starts as UTF-16's:
+#: it is looked for first).
+_NOT_UTF8 = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def refuse_other_encodings(path: Path) -> None:
+    """Refuse a file that says it is UTF-16 or UTF-32 text, naming it, before any record is read.
+
+    Read as UTF-8 such a file gives one confusing reject per line (NUL bytes everywhere);
+    spreadsheets save "Unicode text" this way.
+    """
+    with open_input(path) as handle:
+        start = handle.read(4)
+    for mark, encoding in _NOT_UTF8:
+        if start.startswith(mark):
+            raise ValidationError("(file)", f"{path.name}: {encoding} text; save it as UTF-8 and try again")

@@ -155,3 +155,18 @@ def test_the_name_decides_never_the_first_bytes(registry: SchemaRegistry, tmp_pa
     (only,) = list(read_file(misnamed, parser))
     assert only.error is not None and only.error.field == "(file)"
     assert "compressed data damaged after 0 bytes" in only.error.reason
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("name", ["h.jsonl", "h.csv", "h.jsonl.gz", "cfpb.csv"])
+def test_utf16_and_utf32_text_is_refused_naming_the_encoding(
+    parser: RecordParser, tmp_path: Path, encoding: str, name: str
+) -> None:
+    text = '{"type": "CustomerRegistered"}\n' if "jsonl" in name else "a,b\n1,2\n"
+    mark = {"utf-16-be": "\ufeff"}.get(encoding, "")  # Python writes the mark itself for the others
+    data = (mark + text).encode(encoding)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    read = read_cfpb if name.startswith("cfpb") else read_file
+    with pytest.raises(ValidationError, match=f"{name}: UTF-{encoding[4:6]} text; save it as UTF-8"):
+        list(read(path, parser))
