@@ -38,7 +38,6 @@ from typing import Any
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from deltalake import CommitProperties, DeltaTable, Transaction
-from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import AddAction
 
 from crm_ledger.collector import collections_paused
@@ -47,7 +46,7 @@ from crm_ledger.kafka import UNREACHABLE, BrokerWatch
 from projections.columns import LOG_SCHEMA
 from projections.decoder_process import Member, WorkerConfig, WorkerReport, join_group
 from projections.errors import StaleBatchError
-from projections.log import COMMIT_ATTEMPTS, DecodedLog
+from projections.log import DecodedLog
 from projections.native import NativeBatchBuilder
 from projections.sources import Position, RawBatch, kafka_stream
 from projections.staging import Stager
@@ -86,28 +85,18 @@ class PartitionAppender:
 
         The rows are written once; each attempt commits only their files (projections.staging).
         """
+        # A stream this worker no longer owns (revoked while its batch was gathered) is stale
+        # as well: its new owner resumes it from the log.
+        lost = [p.stream for p in positions if p.stream not in self.expected]
+        if lost:
+            raise StaleBatchError(f"{', '.join(lost)} no longer owned by this worker")
         actions = self.stager.stage(table)
-        for _ in range(COMMIT_ATTEMPTS):
-            snapshot = self.log.table()
-            # A stream this worker no longer owns (revoked while its batch was gathered) is
-            # stale as well: its new owner resumes it from the log.
-            stale = [
-                p.stream
-                for p in positions
-                if p.stream not in self.expected
-                or snapshot.transaction_version(p.stream) != self.expected[p.stream]
-            ]
-            if stale:
-                raise StaleBatchError(f"{', '.join(stale)} moved on in the log")
-            try:
-                _commit(snapshot, actions, positions)
-            except CommitFailedError:
-                self.retries += 1
-                continue  # another commit came first; the positions are checked again
-            for position in positions:
-                self.expected[position.stream] = position.offset
-            return len(table)
-        raise CrmLedgerError(f"the decoded log refused {COMMIT_ATTEMPTS} commits in a row")
+        self.retries += self.log.commit_checked(
+            positions, self.expected, lambda snapshot: _commit(snapshot, actions, positions)
+        )
+        for position in positions:
+            self.expected[position.stream] = position.offset
+        return len(table)
 
 
 def _commit(snapshot: DeltaTable, actions: list[AddAction], positions: list[Position]) -> None:

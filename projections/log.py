@@ -17,6 +17,7 @@ snapshot) and `register_log()` (the same, as a relation named on a DuckDB connec
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -174,41 +175,58 @@ class DecodedLog:
         state again for every commit (at 1M events 2-3x the time of the whole append).
 
         With `expected` (each stream's position in the log when its rows were read), the
-        commit is made only while every stream is still there: committed against the checked
-        snapshot with no automatic retry, so a commit of another process in between is seen
-        and the check made again. A stream another process moved on raises StaleBatchError:
-        two appenders of one source never both commit the same rows.
+        commit is made only while every stream is still there (`commit_checked`): two
+        appenders of one source never both commit the same rows.
         """
-        for _ in range(COMMIT_ATTEMPTS):
+
+        def write(snapshot: DeltaTable, retries: int | None = None) -> None:
+            write_deltalake(
+                snapshot,
+                table,
+                mode="append",
+                writer_properties=writer_properties(),
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(p.stream, p.offset) for p in positions],
+                    max_commit_retries=retries,
+                ),
+            )
+
+        if expected is None:
+            write(self.table())
+        else:
+            self.commit_checked(positions, expected, functools.partial(write, retries=0))
+        return self.version()
+
+    def commit_checked(
+        self,
+        positions: Sequence[Position],
+        expected: Mapping[str, int | None],
+        commit: Callable[[DeltaTable], None],
+    ) -> int:
+        """Run `commit` against a snapshot in which every stream is at its `expected` position.
+
+        `commit` must commit against the snapshot it is given with no automatic retry: a
+        commit of another process in between makes it fail, and the check is made again on
+        the newer snapshot. A stream another process moved on raises StaleBatchError.
+        Returns how many attempts lost such a race before the commit was made.
+        """
+        for attempt in range(COMMIT_ATTEMPTS):
             snapshot = self.table()
-            if expected is not None:
-                moved = [
-                    p.stream
-                    for p in positions
-                    if snapshot.transaction_version(p.stream) != expected.get(p.stream)
-                ]
-                if moved:
-                    raise StaleBatchError(
-                        f"{', '.join(moved)} moved on in the decoded log since this run read it: another "
-                        "process is appending the same source (a second `project`?); nothing was "
-                        "written twice: run the command again to go on from where the log ends"
-                    )
-            try:
-                write_deltalake(
-                    snapshot,
-                    table,
-                    mode="append",
-                    writer_properties=writer_properties(),
-                    commit_properties=CommitProperties(
-                        app_transactions=[Transaction(p.stream, p.offset) for p in positions],
-                        max_commit_retries=None if expected is None else 0,
-                    ),
+            moved = [
+                p.stream
+                for p in positions
+                if snapshot.transaction_version(p.stream) != expected.get(p.stream)
+            ]
+            if moved:
+                raise StaleBatchError(
+                    f"{', '.join(moved)} moved on in the decoded log since it was read: another process "
+                    "appended the same source (nothing was written twice)"
                 )
+            try:
+                commit(snapshot)
             except CommitFailedError:
-                if expected is None:
-                    raise
                 continue  # another commit came first: the positions are checked again
-            return self.version()
+            return attempt
         raise CrmLedgerError(f"the decoded log refused {COMMIT_ATTEMPTS} commits in a row")
 
     def dataset(self, version: int | None = None, after: Mapping[str, int] | None = None) -> Any:
