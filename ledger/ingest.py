@@ -24,7 +24,14 @@ from ledger.application import LedgerApplication, Outcome
 from ledger.bulk import BulkWriter
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
-from ledger.inputs import data_suffix, input_damage, input_size, open_input, refuse_other_encodings
+from ledger.inputs import (
+    data_suffix,
+    input_damage,
+    input_size,
+    leading_bytes,
+    open_input,
+    refuse_other_encodings,
+)
 from ledger.json_items import json_items
 from ledger.ordering import in_time_order
 from ledger.prepared import Prepared
@@ -670,9 +677,10 @@ def read_file(
     """
     if not path.exists():
         raise CrmLedgerError(f"{path}: no such file")
-    refuse_other_encodings(path)
+    start = leading_bytes(path, 1 << 16)
+    refuse_other_encodings(path.name, start)
     suffix = data_suffix(path)
-    if suffix == ".json" and _holds_an_array(path):
+    if suffix == ".json" and _holds_an_array(start):
         return read_json_array(path, parser, max_record_bytes)
     if suffix in {".jsonl", ".ndjson", ".json"}:
         return read_jsonl(path, parser, max_record_bytes)
@@ -683,11 +691,9 @@ def read_file(
     )
 
 
-def _holds_an_array(path: Path) -> bool:
-    """Whether a .json file is one JSON array (else it is read as JSON lines)."""
-    with open_input(path) as handle:
-        start = handle.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-    return start.startswith(b"[")
+def _holds_an_array(start: bytes) -> bool:
+    """Whether a .json file starting with `start` is one JSON array (else it is JSON lines)."""
+    return start.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"[")
 
 
 def read_json_array(

@@ -191,14 +191,19 @@ _NOT_UTF8 = (
 )
 
 
-def refuse_other_encodings(path: Path) -> None:
-    """Refuse a file that says it is UTF-16 or UTF-32 text, naming it, before any record is read.
+def leading_bytes(path: Path, count: int = 4) -> bytes:
+    """The first `count` bytes of the data in `path` (decompressed)."""
+    with open_input(path) as handle:
+        return handle.read(count)
+
+
+def refuse_other_encodings(name: str, start: bytes) -> None:
+    """Refuse a file that says it is UTF-16 or UTF-32 text (`start`: its first bytes), naming
+    it, before any record is read.
 
     Read as UTF-8 such a file gives one confusing reject per line (NUL bytes everywhere);
     spreadsheets save "Unicode text" this way.
     """
-    with open_input(path) as handle:
-        start = handle.read(4)
     for mark, encoding in _NOT_UTF8:
         if start.startswith(mark):
-            raise ValidationError("(file)", f"{path.name}: {encoding} text; save it as UTF-8 and try again")
+            raise ValidationError("(file)", f"{name}: {encoding} text; save it as UTF-8 and try again")
