@@ -223,6 +223,16 @@ def _move_team_midway(
     assert summary.accepted == 1
 
 
+def _follower(
+    root: Path, app: LedgerApplication, messages: list[tuple[int, bytes]], size: int
+) -> tuple[ProjectionDB, VersionInfo, Projector]:
+    """A live database with the default version, and one Projector following `messages` in
+    chunks of `size`, as `project --follow` keeps one."""
+    live = ProjectionDB(root / "live.duckdb")
+    version = live.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)
+    return live, version, Projector(live, version, ShuffledSource(messages, [size]), app.codec)
+
+
 def _assert_equals_a_full_rebuild(
     live: ProjectionDB, version: VersionInfo, rebuilt_path: Path, step: int
 ) -> None:
@@ -420,9 +430,7 @@ def test_one_follower_over_many_chunks_equals_a_full_rebuild(tmp_path: Path) -> 
     app = _ledger(tmp_path, 3, 40, 4)
     messages = _shuffled(app, random.Random(3), 0.2)
     size = len(messages) // 7 + 1
-    live = ProjectionDB(tmp_path / "live.duckdb")
-    version = live.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)
-    follower = Projector(live, version, ShuffledSource(messages, [size]), app.codec)
+    live, version, follower = _follower(tmp_path, app, messages, size)
     step = 0
     while live.find_version(version.version).events < len(messages):
         if step == 2:
@@ -515,9 +523,7 @@ def test_an_update_failing_after_the_index_sync_is_made_good_by_the_next(
     app = _ledger(tmp_path, 13, 40, 4)
     messages = _shuffled(app, random.Random(13), 0.3)
     size = len(messages) // 5 + 1
-    live = ProjectionDB(tmp_path / "live.duckdb")
-    version = live.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)
-    follower = Projector(live, version, ShuffledSource(messages, [size]), app.codec)
+    live, version, follower = _follower(tmp_path, app, messages, size)
     failing = Maintainer._log_tables
 
     def fail(self: Maintainer, s: str) -> int:
@@ -559,9 +565,7 @@ def test_a_follower_holding_the_file_equals_a_full_rebuild(tmp_path: Path) -> No
     _move_team_midway(app, tmp_path, history, employee, "00000000-0000-4000-8000-000000000005")
     messages = _shuffled(app, random.Random(17), 0.1)
     size = len(messages) // 6 + 1
-    live = ProjectionDB(tmp_path / "live.duckdb")
-    version = live.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)
-    follower = Projector(live, version, ShuffledSource(messages, [size]), app.codec)
+    live, version, follower = _follower(tmp_path, app, messages, size)
     connection = live.connection
     step = 0
     while live.find_version(version.version).events < len(messages):
