@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from importers.errors import MappingError
-from ledger.errors import ValidationError
 from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, read_row_mapped
 from ledger.inputs import leading_bytes, refuse_other_encodings
 from ledger.records import RecordParser
@@ -88,20 +87,15 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
     return mappings
 
 
-def _render(spec: Any, row: Mapping[str, str], field: str) -> Any:
+def _render(spec: Any, row: Mapping[str, str]) -> Any:
+    # Every column a spec reads is in the row: the header was checked for them first.
     if isinstance(spec, dict):
-        column = str(spec.get("column"))
-        if column not in row:
-            raise ValidationError(field, f"column {column!r} is not in the file")
-        value: Any = (row[column] or "").strip()
+        value: Any = (row[str(spec.get("column"))] or "").strip()
         table = spec.get("map")
         if isinstance(table, dict):
             value = table.get(value, spec.get("default", value))
         return value if value != "" else spec.get("default")
     if isinstance(spec, str):
-        missing = [c for c in _PLACEHOLDER.findall(spec) if c not in row]
-        if missing:
-            raise ValidationError(field, f"column {missing[0]!r} is not in the file")
         return _PLACEHOLDER.sub(lambda m: (row[m.group(1)] or "").strip(), spec)
     return spec
 
@@ -112,14 +106,14 @@ def row_records(row: Mapping[str, str], mappings: list[EventMapping]) -> list[di
     for mapping in mappings:
         if mapping.when and not (row.get(mapping.when) or "").strip():
             continue
-        key = _render(mapping.id_template, row, "id")
+        key = _render(mapping.id_template, row)
         record: dict[str, Any] = {
             "type": mapping.type,
             "event_id": str(uuid.uuid5(_NAMESPACE, key)),
-            "occurred_at": _render(mapping.occurred_at, row, "occurred_at"),
+            "occurred_at": _render(mapping.occurred_at, row),
         }
         for name, spec in mapping.fields.items():
-            value = _render(spec, row, name)
+            value = _render(spec, row)
             if value not in (None, ""):
                 record[name] = value
         records.append(record)
@@ -130,12 +124,8 @@ def referenced_columns(mappings: list[EventMapping]) -> tuple[str, ...]:
     """Every column the mappings read (templates, column specs and `when`), in first-use order."""
     columns: dict[str, None] = {}
     for mapping in mappings:
-        specs = [mapping.id_template, mapping.occurred_at, *mapping.fields.values()]
-        for spec in specs:
-            if isinstance(spec, dict):
-                columns[str(spec.get("column"))] = None
-            elif isinstance(spec, str):
-                columns.update(dict.fromkeys(_PLACEHOLDER.findall(spec)))
+        for spec in (mapping.id_template, mapping.occurred_at, *mapping.fields.values()):
+            columns.update(dict.fromkeys(_columns_of(spec)))
         if mapping.when:
             columns[mapping.when] = None
     return tuple(columns)
@@ -146,13 +136,18 @@ def personal_columns(mappings: list[EventMapping]) -> frozenset[str]:
     columns: set[str] = set()
     for mapping in mappings:
         for name, spec in mapping.fields.items():
-            if name not in PERSONAL_FIELDS.get(mapping.type, ()):
-                continue
-            if isinstance(spec, dict):
-                columns.add(str(spec.get("column")))
-            elif isinstance(spec, str):
-                columns.update(_PLACEHOLDER.findall(spec))
+            if name in PERSONAL_FIELDS.get(mapping.type, ()):
+                columns.update(_columns_of(spec))
     return frozenset(columns)
+
+
+def _columns_of(spec: Any) -> list[str]:
+    """The columns one field spec reads: a table's `column`, or a template's placeholders."""
+    if isinstance(spec, dict):
+        return [str(spec.get("column"))]
+    if isinstance(spec, str):
+        return _PLACEHOLDER.findall(spec)
+    return []
 
 
 def read_mapped_csv(
