@@ -756,11 +756,13 @@ def replay(
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def versions(ctx: click.Context, fmt: str) -> None:
-    """List the versions of the read models (name, hash, built, events, position, promoted)."""
-    from projections.store import ProjectionDB
+    """List the versions of the read models (name, hash, built, events, position, promoted).
 
-    with ProjectionDB(_settings(ctx).projections_db) as db:
-        rows = db.versions()
+    Read-only: it works on a copy an auditor may not write, and never creates a database.
+    """
+    from projections.readonly import list_versions
+
+    rows = list_versions(_settings(ctx).projections_db)
     if fmt == "json":
         click.echo(json.dumps([_version_row(v) for v in rows], indent=2, default=str))
         return

@@ -30,7 +30,7 @@ from ledger.inputs import (
     input_size,
     leading_bytes,
     open_input,
-    refuse_other_encodings,
+    refuse_unreadable_text,
 )
 from ledger.json_items import json_items
 from ledger.ordering import in_time_order
@@ -677,8 +677,8 @@ def read_file(
     """
     if not path.exists():
         raise CrmLedgerError(f"{path}: no such file")
-    start = leading_bytes(path, 1 << 16)
-    refuse_other_encodings(path.name, start)
+    start = leading_bytes(path)
+    refuse_unreadable_text(path.name, start)
     suffix = data_suffix(path)
     if suffix == ".json" and _holds_an_array(start):
         return read_json_array(path, parser, max_record_bytes)

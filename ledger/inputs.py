@@ -191,19 +191,32 @@ _NOT_UTF8 = (
 )
 
 
-def leading_bytes(path: Path, count: int = 4) -> bytes:
+#: How much of a file's start is looked at for its encoding and line endings.
+LEADING_BYTES = 1 << 16
+
+
+def leading_bytes(path: Path, count: int = LEADING_BYTES) -> bytes:
     """The first `count` bytes of the data in `path` (decompressed)."""
     with open_input(path) as handle:
         return handle.read(count)
 
 
-def refuse_other_encodings(name: str, start: bytes) -> None:
-    """Refuse a file that says it is UTF-16 or UTF-32 text (`start`: its first bytes), naming
-    it, before any record is read.
+def refuse_unreadable_text(name: str, start: bytes) -> None:
+    """Refuse, naming it, a file whose text every record would be misread from (`start`: its
+    first bytes), before any record is read.
 
-    Read as UTF-8 such a file gives one confusing reject per line (NUL bytes everywhere);
-    spreadsheets save "Unicode text" this way.
+    - UTF-16 or UTF-32 text (spreadsheets save "Unicode text" this way): read as UTF-8 it
+      gives one confusing reject per line, NUL bytes everywhere.
+    - Lines ended by a carriage return alone (classic Mac, a spreadsheet's "CSV
+      (Macintosh)"): the whole file reads as one line, a CSV's header as every row's.
     """
     for mark, encoding in _NOT_UTF8:
         if start.startswith(mark):
             raise ValidationError("(file)", f"{name}: {encoding} text; save it as UTF-8 and try again")
+    first_break = start.find(b"\r")
+    if b"\n" not in start and first_break >= 0 and start[first_break + 1 :].strip():
+        raise ValidationError(
+            "(file)",
+            f"{name}: lines end with a carriage return alone (classic Mac text); save it with "
+            "LF or CRLF line endings (e.g. `tr '\\r' '\\n'`) and try again",
+        )

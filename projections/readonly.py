@@ -1,4 +1,4 @@
-"""Read-only access for auditors and downstream readers: `query`, `explain`, `export`.
+"""Read-only access for auditors and downstream readers: `query`, `explain`, `export`, `versions`.
 
 Connections are opened with DuckDB's `read_only` flag and with external access switched
 off, so neither SQL nor ATTACH nor COPY can change the database or write files; this is
@@ -23,7 +23,7 @@ from crm_ledger.errors import CrmLedgerError
 from projections.errors import ProjectionError, QueryRefusedError, QueryStoppedError
 from projections.log import log_root, register_logs
 from projections.models import STABLE_VIEWS
-from projections.store import connect
+from projections.store import VersionInfo, connect, versions_of
 
 T = TypeVar("T")
 DEFAULT_QUERY_TIMEOUT_S = 300.0
@@ -73,6 +73,15 @@ def reader(path: Path, wait_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnecti
         connection.execute("SET enable_external_access = false")
         connection.execute("SET lock_configuration = true")
         yield connection
+    finally:
+        connection.close()
+
+
+def list_versions(path: Path, wait_s: float = 60.0) -> list[VersionInfo]:
+    """The versions in the database at `path`, read through a read-only connection."""
+    connection = connect(path, read_only=True, wait_s=wait_s)
+    try:
+        return versions_of(connection)
     finally:
         connection.close()
 

@@ -182,6 +182,21 @@ def connect(path: Path, *, read_only: bool = False, wait_s: float = 30.0) -> duc
             time.sleep(0.1)
 
 
+def versions_of(connection: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
+    """Every version in the database on `connection` (none in a database without a catalog)."""
+    try:
+        row = connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
+        rows = connection.execute(
+            "SELECT version, name, spec_hash, kpi_hash, spec_text, as_of, source, state, created_at, "
+            "built_at, events, position, built_from FROM main.crm_versions ORDER BY created_at, version"
+        ).fetchall()
+    except duckdb.CatalogException:
+        return []
+    promoted = None if row is None else row[0]
+    names = [f.name for f in fields(VersionInfo) if f.name != "promoted"]
+    return [VersionInfo(**dict(zip(names, r, strict=True)), promoted=r[0] == promoted) for r in rows]
+
+
 class ProjectionDB:
     """A writer's handle on the projection database."""
 
@@ -232,15 +247,7 @@ class ProjectionDB:
 
     # -- versions -----------------------------------------------------------------------
     def versions(self) -> list[VersionInfo]:
-        promoted = self.promoted_version()
-        rows = self.connection.execute(
-            "SELECT version, name, spec_hash, kpi_hash, spec_text, as_of, source, state, created_at, "
-            "built_at, events, position, built_from FROM main.crm_versions ORDER BY created_at, version"
-        ).fetchall()
-        names = [f.name for f in fields(VersionInfo) if f.name != "promoted"]
-        return [
-            VersionInfo(**dict(zip(names, row, strict=True)), promoted=row[0] == promoted) for row in rows
-        ]
+        return versions_of(self.connection)
 
     def find_version(self, reference: str) -> VersionInfo:
         """A version by id, unique id prefix, or name (the newest of that name)."""

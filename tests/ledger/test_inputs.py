@@ -170,3 +170,21 @@ def test_utf16_and_utf32_text_is_refused_naming_the_encoding(
     read = read_cfpb if name.startswith("cfpb") else read_file
     with pytest.raises(ValidationError, match=f"{name}: UTF-{encoding[4:6]} text; save it as UTF-8"):
         list(read(path, parser))
+
+
+@pytest.mark.parametrize("name", ["h.jsonl", "h.csv", "h.csv.gz", "cfpb.csv"])
+def test_classic_mac_line_endings_are_refused(parser: RecordParser, tmp_path: Path, name: str) -> None:
+    """A file whose lines end with CR alone reads as one line: refused in one line instead."""
+    text = '{"type": "CustomerRegistered"}\r{"type": "x"}\r' if "jsonl" in name else "a,b\r1,2\r3,4\r"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    read = read_cfpb if name.startswith("cfpb") else read_file
+    with pytest.raises(ValidationError, match=f"{name}: lines end with a carriage return alone"):
+        list(read(path, parser))
+
+
+def test_a_lone_trailing_carriage_return_is_not_classic_mac_text(parser: RecordParser, tmp_path: Path) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(b'{"type": "x"}\r')
+    (only,) = list(read_file(path, parser))
+    assert only.error is not None and only.error.field != "(file)"

@@ -290,6 +290,19 @@ def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: 
     assert refused.returncode == 1 and "is promoted" in refused.stderr
 
 
+def test_versions_reads_without_writing(ledger: LedgerApplication, settings: Settings, tmp_path: Path) -> None:
+    """`versions` is an auditor's command: it neither changes a database nor creates one."""
+    db = settings.projections_db
+    before = db.read_bytes()
+    listed = run_cli("versions", "--format", "json", env={"CRM_LEDGER_DB": str(db)})
+    assert listed.returncode == 0 and json.loads(listed.stdout)
+    assert db.read_bytes() == before
+    missing = tmp_path / "elsewhere" / "none.duckdb"
+    refused = run_cli("versions", env={"CRM_LEDGER_DB": str(missing)})
+    assert refused.returncode == 1 and "no projection database yet" in refused.stderr
+    assert not missing.parent.exists()
+
+
 @pytest.mark.kafka
 def test_v1_events_replay_under_the_v2_reader(
     kafka_bootstrap: str, topic: str, settings: Settings, tmp_path: Path, registry: Any
