@@ -236,8 +236,8 @@ def _lines(handle: IO[bytes], limit: int) -> Iterator[_Line]:
     number = 0
     while True:
         data = handle.readline(limit + 1)
-        if not data:
-            return
+        if not data or (not data.endswith(b"\n") and input_damage(handle) is not None):
+            return  # a line the damage cut short: the damage's own reject stands for it
         number += 1
         if number == 1 and data.startswith(_BOM):
             data = data[len(_BOM) :]

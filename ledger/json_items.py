@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from ledger.errors import ValidationError
+from ledger.inputs import input_damage
 
 #: Read this much at a time.
 CHUNK_BYTES = 1 << 20
@@ -99,7 +100,8 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
     while True:
         position = _skip(buffer, position)
         if position is None:
-            if in_array:
+            # A damaged stream ends early: its own reject says so, once.
+            if in_array and input_damage(handle) is None:
                 yield _broken(name, index, "the file ends before the array is closed (cut short?)")
             return
         if in_array and buffer.data[position : position + 1] == b"]":
@@ -110,8 +112,9 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
         location = f"{name}[{index}]" if in_array else f"{name}:{buffer.line_of(position)}"
         extent = _item_end(buffer, position, max_record_bytes)
         if extent.end is None:
-            error = ValidationError("(record)", "the file ends inside this item")
-            yield JsonItem(location, None, extent.size, error)
+            if input_damage(handle) is None:
+                error = ValidationError("(record)", "the file ends inside this item")
+                yield JsonItem(location, None, extent.size, error)
             return
         if extent.size > max_record_bytes:
             error = ValidationError("(record)", f"larger than {max_record_bytes} bytes ({extent.size})")

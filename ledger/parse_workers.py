@@ -38,7 +38,7 @@ from ledger.ingest import (
     damaged_input,
     parse_json_line,
 )
-from ledger.inputs import open_input
+from ledger.inputs import input_damage, open_input
 from ledger.prepared import Preparer
 from ledger.records import RecordParser
 from schemas.codec import AvroCodec
@@ -128,7 +128,8 @@ def _blocks(handle: IO[bytes], limit: int) -> Iterator[Block]:
             continue
         data = handle.read(BLOCK_BYTES)
         if not data:
-            if pending:
+            # A last line the damage cut short is left to the damage's own reject.
+            if pending and input_damage(handle) is None:
                 yield number, pending, None
             return
         pending += data

@@ -32,7 +32,9 @@ def _seen(given: AnyRecord) -> tuple[Any, ...]:
         if record.fact is None
         else (record.fact.event_type, record.fact.event_id, dict(record.fact.data))
     )
-    return (record.location.split(":", 1)[1], record.bytes_read, fact, error)
+    # The location without the file's name: `:line` or `[index]`.
+    where = record.location[min(i for i in (record.location.find(":"), record.location.find("[")) if i >= 0) :]
+    return (where, record.bytes_read, fact, error)
 
 
 def _compressed(plain: Path, kind: str) -> Path:
@@ -103,9 +105,36 @@ def test_damaged_data_ends_the_file_with_one_reject(
     assert "compressed data damaged" in last.error.reason
     plain = [_seen(r) for r in read_jsonl(big, parser, workers=0)]
     read = [_seen(r) for r in before]
-    # Every record before the damage is read as in the whole file; only the line cut short differs.
+    # Every record before the damage is read as in the whole file; the line the damage cut
+    # short is not rejected by itself besides the damage.
     assert len(read) > 100
-    assert read[:-1] == plain[: len(read) - 1]
+    assert read == plain[: len(read)]
+
+
+@pytest.mark.parametrize("name", ["cut.csv.gz", "cut.json.gz"])
+def test_damage_in_a_csv_or_a_json_array_is_one_reject(
+    history: Path, registry: SchemaRegistry, tmp_path: Path, name: str
+) -> None:
+    parser = RecordParser(registry, now_ms=NOW_MS)
+    lines = history.read_text().splitlines() * 20
+    if name.startswith("cut.csv"):
+        text = "type,event_id,occurred_at\n" + "".join(
+            f"CustomerNoted,{i:032x},2025-01-01T00:00:00Z\n" for i in range(len(lines))
+        )
+    else:
+        text = "[" + ",\n".join(lines) + "]"
+    whole = tmp_path / name.removesuffix(".gz")
+    whole.write_text(text)
+    packed = gzip.compress(text.encode(), compresslevel=1)
+    cut = tmp_path / name
+    cut.write_bytes(packed[: len(packed) // 2])
+    *before, last = list(read_file(cut, parser))
+    assert last.error is not None and last.error.field == "(file)"
+    assert "compressed data damaged" in last.error.reason
+    # The records before the damage are the whole file's first ones: the item cut short is
+    # not rejected by itself besides the damage.
+    assert len(before) > 100
+    assert [_seen(r) for r in before] == [_seen(r) for r in read_file(whole, parser)][: len(before)]
 
 
 def test_an_archive_of_several_files_is_refused_by_name(tmp_path: Path) -> None:
