@@ -47,11 +47,11 @@ from schemas.codec import AvroCodec
 BLOCK_BYTES = 512 * 1024
 IN_FLIGHT_PER_WORKER = 4
 
-#: Per line of a block, in order: the line's size (a blank line); (occurred_at, size, line,
-#: pickle of (event type, event id, occurred_at, fields, prepared message)) of a fact, which
-#: the main process unpickles only when it judges the fact (`PendingRecord`); (None, size,
-#: shown, error class, field, reason) of a reject.
-Parsed = int | tuple[Any, ...]
+#: Per line of a block, in order: (occurred_at, size, line, pickle of (event type, event id,
+#: occurred_at, fields, prepared message)) of a fact, which the main process unpickles only
+#: when it judges the fact (`PendingRecord`); (None, size, shown, error class, field, reason)
+#: of a reject; and (lines, size) for each run of blank lines.
+Parsed = tuple[Any, ...]
 #: (number of the block's first line, its whole lines, the number and size of an over-long
 #: line right after them or None): what the main process reads (`_blocks`).
 Block = tuple[int, bytes, tuple[int, int] | None]
@@ -82,16 +82,20 @@ def _parse_block(sent: tuple[int, bytes]) -> list[Parsed]:
     out: list[Parsed] = []
     for index, data in enumerate(lines, start=number):
         size = len(data) if index - number == last else len(data) + 1
-        record = parse_json_line(name, index, data, parser, limit, size=size)
-        if record.fact is not None:
+        # A blank line (ASCII white space) within the size limit is known without parsing it.
+        blank = size <= limit and not data.strip()
+        record = None if blank else parse_json_line(name, index, data, parser, limit, size=size)
+        if record is not None and record.fact is not None:
             fact = record.fact
             packed = (fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact))
             out.append((fact.occurred_at, size, data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)))
-        elif record.error is not None:
+        elif record is not None and record.error is not None:
             error = record.error
             out.append((None, size, record.raw, type(error), error.field, error.reason))
+        elif out and len(out[-1]) == 2:
+            out[-1] = (out[-1][0] + 1, out[-1][1] + size)
         else:
-            out.append(size)
+            out.append((1, size))
     return out
 
 
@@ -207,8 +211,9 @@ def _records(name: str, limit: int, block: Block, results: list[Parsed]) -> Iter
     for item in results:
         location = f"{name}:{number}"
         number += 1
-        if isinstance(item, int):
-            yield SourceRecord(location, "", None, None, item)
+        if len(item) == 2:
+            yield SourceRecord(location, "", None, None, item[1])
+            number += item[0] - 1
         elif item[0] is not None:
             yield PendingRecord(location, item[1], item[2], item[0], item[3])
         else:

@@ -217,3 +217,23 @@ def test_a_lone_trailing_carriage_return_is_not_classic_mac_text(parser: RecordP
     path.write_bytes(b'{"type": "x"}\r')
     (only,) = list(read_file(path, parser))
     assert only.error is not None and only.error.field != "(file)"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_runs_of_blank_lines_are_one_record_each(
+    history: Path, registry: SchemaRegistry, tmp_path: Path, workers: int
+) -> None:
+    """A run of blank lines is one record (millions of them, a few KB of gzip, cost minutes
+    as a record each); the other records keep their locations, in both readers."""
+    parser = RecordParser(registry, now_ms=NOW_MS)
+    lines = history.read_bytes().splitlines(keepends=True)
+    padded = tmp_path / "padded.jsonl.gz"
+    padded.write_bytes(gzip.compress(b"\n" * 600_000 + b"".join(lines[:5]) + b" \t\n" * 200_000 + lines[5]))
+    records = list(read_jsonl(padded, parser, workers=workers))
+    blank = [r for r in records if r.as_source().fact is None and r.error is None]
+    assert [r.location for r in blank] == ["padded.jsonl.gz:1", "padded.jsonl.gz:600006"]
+    assert [r.bytes_read for r in blank] == [600_000, 600_000]
+    assert [r.location for r in records if r not in blank] == [
+        *(f"padded.jsonl.gz:{n}" for n in range(600_001, 600_006)),
+        "padded.jsonl.gz:800006",
+    ]
