@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from crm_ledger.kpis import GOAL_KPIS
 from ledger.goals import COMPONENT_PREFIX, SCORE
+from projections.ranks import average_rank
 
 GOAL_TABLES = (
     "team_goal",
@@ -206,10 +207,7 @@ def team_evidence_correlation_sql(v: str) -> str:
         for o in OUTCOMES
     )
     # Average ranks for ties, then Pearson on the ranks: Spearman's rho, as `diff` computes it.
-    rank = (
-        "rank() OVER (PARTITION BY scope, practice, outcome ORDER BY {c}) "
-        "+ (count(*) OVER (PARTITION BY scope, practice, outcome, {c}) - 1) / 2.0"
-    )
+    partition = "scope, practice, outcome"
     return f"""
 CREATE OR REPLACE TABLE {v}.team_evidence_correlation AS
 WITH pairs AS (
@@ -221,7 +219,9 @@ scoped AS (
     SELECT '(all)', practice, outcome, x, y FROM pairs
 ),
 ranked AS (
-    SELECT scope, practice, outcome, {rank.format(c="x")} AS rx, {rank.format(c="y")} AS ry FROM scoped
+    SELECT scope, practice, outcome,
+        {average_rank(partition, "x")} AS rx, {average_rank(partition, "y")} AS ry
+    FROM scoped
 )
 SELECT scope AS team_id, practice, outcome,
     CASE WHEN count(*) >= 3 THEN {_exact_corr("rx", "ry")} END AS spearman, count(*) AS n

@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 
 from crm_ledger.kpis import COMPARED_COLUMNS
+from projections.ranks import average_rank
 from projections.store import VersionInfo
 
 #: The KPIs compared between versions (crm_ledger.kpis).
@@ -91,8 +92,7 @@ def _ranked(schema: str) -> str:
     return (
         f"SELECT employee_id, period, score, "
         f"rank() OVER (PARTITION BY period ORDER BY score DESC) AS rnk, "
-        f"rank() OVER (PARTITION BY period ORDER BY score DESC) "
-        f"+ (count(*) OVER (PARTITION BY period, score) - 1) / 2.0 AS mid_rnk "
+        f"{average_rank('period', 'score DESC')} AS mid_rnk "
         f"FROM {schema}.reward_score"
     )
 
