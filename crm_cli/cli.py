@@ -25,7 +25,7 @@ from crm_cli import broker, registry_server
 from crm_cli.runtime import graceful_stop
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.progress import progress_bar
-from crm_ledger.settings import Settings
+from crm_ledger.settings import RECORD_BYTES_RANGE, Settings
 from ledger.connect import open_ledger
 
 #: Exit code of a temporary failure (a busy store or database, an unreachable broker): the same
@@ -367,7 +367,7 @@ def _load_options(command: Any) -> Any:
         click.option("--batch-size", type=click.IntRange(1, 100_000), default=25_000, show_default=True),
         click.option(
             "--max-record-bytes",
-            type=click.IntRange(1024, 900_000),
+            type=click.IntRange(*RECORD_BYTES_RANGE),
             default=None,
             help="Largest record accepted, as input and encoded (default 524288; at most 900000, so "
             "that every accepted event fits in one Kafka message). [env CRM_LEDGER_MAX_RECORD_BYTES]",

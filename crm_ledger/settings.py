@@ -15,9 +15,20 @@ EVENTS_TOPIC = "crm.ledger.events"
 CHECKPOINTS_TOPIC = "crm.ledger.checkpoints"
 
 
+#: The largest record ingest may be told to accept stays under one Kafka message (1 MB by default).
+RECORD_BYTES_RANGE = (1024, 900_000)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _record_bytes(text: str) -> int:
+    value = int(text)
+    if not RECORD_BYTES_RANGE[0] <= value <= RECORD_BYTES_RANGE[1]:
         raise ValueError(text)
     return value
 
@@ -59,7 +70,7 @@ class Settings:
             "TRANSACTIONAL_ID": ("transactional_id", str),
             "REGISTRY_URL": ("schema_registry_url", str),
             "KAFKA_DATA": ("kafka_data", Path),
-            "MAX_RECORD_BYTES": ("max_record_bytes", int),
+            "MAX_RECORD_BYTES": ("max_record_bytes", _record_bytes),
             "BROKER_TIMEOUT": ("broker_timeout_s", float),
             "KEY_STORE": ("key_store", Path),
             "CHECKPOINTS_TOPIC": ("checkpoints_topic", str),

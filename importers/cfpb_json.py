@@ -51,7 +51,7 @@ JSON_FIELDS = {
 }
 _DATES = frozenset({"Date received", "Date sent to company"})
 _KNOWN = frozenset(KNOWN_COLUMNS)
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T")
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T")
 
 
 def json_row(raw: dict[str, Any]) -> dict[str, str]:

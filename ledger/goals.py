@@ -21,7 +21,8 @@ COMPARISONS = frozenset({"at_least", "at_most"})
 OUTCOMES = frozenset({"achieved", "missed", "withdrawn"})
 #: The longest goal: a goal is gauged monthly and revised; beyond two years it is a strategy.
 MAX_GOAL_MONTHS = 24
-_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+#: ASCII digits only (`\d` also matches other scripts' digits, which int() accepts).
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 
 
 def goal_metrics(components: Iterable[str]) -> frozenset[str]:
@@ -31,7 +32,7 @@ def goal_metrics(components: Iterable[str]) -> frozenset[str]:
 
 def month_index(period: str, field: str) -> int:
     """`YYYY-MM` as a month count (year * 12 + month - 1); a `ValidationError` otherwise."""
-    match = _MONTH.match(period)
+    match = _MONTH.fullmatch(period)
     if match is None:
         raise ValidationError(field, f"must be a month YYYY-MM, got {period!r}")
     return int(match.group(1)) * 12 + int(match.group(2)) - 1

@@ -49,7 +49,6 @@ DEFAULT_BATCH_SIZE = 25_000
 #: event must fit in one Kafka message (the broker's default limit is ~1 MB), or the relay
 #: could never send it.
 DEFAULT_MAX_RECORD_BYTES = 512 * 1024
-MAX_RECORD_BYTES_LIMIT = 900_000
 #: Nesting deeper than this is no ledger record (and could exhaust the parser's stack).
 MAX_JSON_DEPTH = 32
 #: Files from this size on are parsed in worker processes (below, starting them costs more).

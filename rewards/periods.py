@@ -38,7 +38,8 @@ FIRST_YEAR, LAST_YEAR = 1970, 9998
 
 def parse_period(text: str) -> str:
     """A YYYY-MM period, or a PeriodError naming the problem."""
-    if not re.fullmatch(r"\d{4}-\d{2}", text or "") or not 1 <= int(text[5:]) <= 12:
+    # ASCII digits only: `\d` and int() also take other scripts' digits (fullwidth, Arabic-Indic).
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}", text or "") or not 1 <= int(text[5:]) <= 12:
         raise PeriodError(f"period: expected YYYY-MM (e.g. 2026-03), got {text!r}")
     if not FIRST_YEAR <= int(text[:4]) <= LAST_YEAR:
         # Event times are milliseconds since 1970; a period beyond has no events to close

@@ -83,6 +83,7 @@ def test_a_goal_is_set_revised_and_closed_once(team_app: LedgerApplication) -> N
         ({"comparison": "about"}, "comparison", "must be one of"),
         ({"from_period": "2026-04"}, "to_period", "before from_period"),
         ({"from_period": "2026-13"}, "from_period", "YYYY-MM"),
+        ({"from_period": "\uff12\uff10\uff12\uff16-\uff10\uff13"}, "from_period", "YYYY-MM"),
         ({"to_period": "2028-12"}, "to_period", "at most 24 months"),
         ({"from_period": "2025-01", "to_period": "2025-12"}, "to_period", "ended before"),
         ({"agreed_by": []}, "agreed_by", "at least one member"),

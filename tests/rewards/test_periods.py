@@ -155,6 +155,9 @@ def test_bad_input_is_refused_and_nothing_written(ledger: LedgerApplication, set
     for args, text in (
         (["period", "adjust", PERIOD], "not closed"),
         (["period", "close", "2025-2"], "expected YYYY-MM"),
+        # Other scripts' digits (int() takes them) are not a period.
+        (["period", "close", "\uff12\uff10\uff12\uff15-\uff10\uff11"], "expected YYYY-MM"),
+        (["period", "status", "\u0662\u0660\u0661\u0666-\u0660\u0661"], "expected YYYY-MM"),
         (["period", "close", "2999-01"], "has not ended"),
         (["period", "close", "0000-01"], "is outside 1970-01 to 9998-12"),
         (["period", "close", "0001-01"], "is outside 1970-01 to 9998-12"),
