@@ -143,3 +143,9 @@ def test_hostile_file_through_the_cli(tmp_path: Path) -> None:
     app = LedgerApplication(Settings(store=str(tmp_path / "l.sqlite")).eventsourcing_env())
     assert app.max_position() == len(valid)
     app.close()
+    # The environment variable holds to the option's range: a record over one Kafka message
+    # could never be relayed, and a limit below any record refuses everything.
+    for value in ("5000000", "-5", "1023", "abc"):
+        refused = run_cli("ingest", str(path), env={**env, "CRM_LEDGER_MAX_RECORD_BYTES": value})
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, (value, refused.stderr)
+        assert f"CRM_LEDGER_MAX_RECORD_BYTES={value!r} is not valid" in refused.stderr, refused.stderr
