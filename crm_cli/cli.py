@@ -1450,7 +1450,7 @@ def export(ctx: click.Context, folder: Path) -> None:
     type=click.Path(path_type=Path, file_okay=False),
     default=Path(".crm-ledger/demo"),
     show_default=True,
-    help="Demo folder (recreated).",
+    help="Demo folder (recreated: a new or empty folder, or an earlier demo's).",
 )
 @click.option("--customers", type=click.IntRange(1), default=800, show_default=True)
 @click.option("--employees", type=click.IntRange(1), default=30, show_default=True)

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from crm_ledger.errors import CrmLedgerError
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
@@ -148,11 +149,42 @@ SHOWCASE: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
-def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None]) -> Settings:
-    """Generate a history, ingest it, project it, and print a few rows of each read model."""
-    if folder.exists():
-        shutil.rmtree(folder)
+#: What a demo folder holds: a folder holding anything else is not recreated.
+_DEMO_NAMES = ("history.jsonl", "rejects.jsonl", "projections.log")
+_DEMO_PREFIXES = ("ledger.sqlite", "projections.duckdb")
+
+
+def _recreate(folder: Path) -> None:
+    """Empty `folder` for a new demo, refusing a folder that is not one: the folder being
+    worked in (or one above it), or one holding anything a demo does not write."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        return
+    resolved = folder.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise CrmLedgerError(f"{folder}: the demo recreates its folder; give one below this one")
+    if not folder.is_dir():
+        raise CrmLedgerError(f"{folder}: not a folder")
+    foreign = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in _DEMO_NAMES and not p.name.startswith(_DEMO_PREFIXES)
+    )
+    if foreign:
+        raise CrmLedgerError(
+            f"{folder}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which a demo "
+            "did not write: the demo recreates its folder, so give a new or empty one"
+        )
+    shutil.rmtree(folder)
     folder.mkdir(parents=True)
+
+
+def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None]) -> Settings:
+    """Generate a history, ingest it, project it, and print a few rows of each read model.
+
+    The folder is recreated: only a new one, an empty one or an earlier demo's is accepted.
+    """
+    _recreate(folder)
     settings = Settings(store=str(folder / "ledger.sqlite"), projections_db=folder / "projections.duckdb")
     history = folder / "history.jsonl"
     with history.open("w", encoding="utf-8") as handle:
