@@ -27,6 +27,7 @@ from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import RECORD_BYTES_RANGE, Settings
 from ledger.connect import open_ledger
+from ledger.records import is_unicode_text
 
 #: Exit code of a temporary failure (a busy store or database, an unreachable broker): the same
 #: command can simply be run again later (sysexits' EX_TEMPFAIL).
@@ -1426,13 +1427,21 @@ def _promoted(connection: Any) -> str:
     return str(row[0])
 
 
+def _given_path(value: str) -> Path:
+    """A path option's value; an empty one (an unset shell variable) is not the current folder."""
+    if not value.strip():
+        raise click.BadParameter("is empty: give a folder or file name")
+    return Path(value)
+
+
 @cli.command()
 @click.option(
     "--parquet",
     "folder",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(file_okay=False),
     required=True,
     help="Folder for one Parquet file per read model.",
+    callback=lambda _ctx, _param, value: _given_path(value),
 )
 @click.pass_context
 def export(ctx: click.Context, folder: Path) -> None:
@@ -1482,8 +1491,16 @@ def main(argv: list[str] | None = None) -> int:
     from crm_cli.faults import describe
 
     context: list[click.Context] = []
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    for number, argument in enumerate(arguments, start=1):
+        if not is_unicode_text(argument):
+            # Bytes that are not UTF-8 reach Python as lone surrogates, which no store,
+            # encoder or terminal takes.
+            message = f"error: argument {number} is not valid UTF-8: {argument!r}"
+            err.print(message, highlight=False, markup=False)
+            return 2
     try:
-        with cli.make_context("crm-ledger", list(sys.argv[1:] if argv is None else argv)) as ctx:
+        with cli.make_context("crm-ledger", arguments) as ctx:
             context.append(ctx)
             cli.invoke(ctx)
     except click.exceptions.Exit as done:
@@ -1509,6 +1526,9 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted")
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence
+        if _interrupted_query(error):
+            err.print("interrupted")
+            return 130
         settings = context[0].obj if context and isinstance(context[0].obj, Settings) else None
         line = describe(error, settings)
         if line is not None:
@@ -1517,6 +1537,14 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return 3
     return 0
+
+
+def _interrupted_query(error: Exception) -> bool:
+    """A DuckDB query that Ctrl-C stopped: DuckDB turns the signal into an error of its own."""
+    text = str(error).lower()
+    return type(error).__name__ == "InterruptException" or (
+        isinstance(error, RuntimeError) and "interrupted" in text and "query" in text
+    )
 
 
 def _run() -> None:

@@ -36,24 +36,26 @@ def within(connection: duckdb.DuckDBPyConnection, work: Callable[[], T], timeout
     main thread, which receives Ctrl-C, interrupts the connection when time is up.
     """
     outcome: dict[str, object] = {}
+    # Its own flag, not the thread's: a join that Ctrl-C interrupts can leave the thread
+    # marked as stopped while it still runs (CPython 3.11).
+    done = threading.Event()
 
     def target() -> None:
         try:
             outcome["value"] = work()
         except BaseException as error:  # noqa: BLE001 - handed to the calling thread
             outcome["error"] = error
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=target, name="query", daemon=True)
-    thread.start()
+    threading.Thread(target=target, name="query", daemon=True).start()
     try:
-        thread.join(timeout_s)
+        done.wait(timeout_s)
     except KeyboardInterrupt:
-        connection.interrupt()
-        thread.join(5)
-        raise QueryStoppedError("query interrupted (Ctrl-C); the database was not changed") from None
-    if thread.is_alive():
-        connection.interrupt()
-        thread.join(5)
+        _stop(connection, done)
+        raise
+    if not done.is_set():
+        _stop(connection, done)
         raise QueryStoppedError(f"query stopped after {timeout_s:g} s (raise it with --timeout)")
     error = outcome.get("error")
     if isinstance(error, duckdb.Error):
@@ -61,6 +63,21 @@ def within(connection: duckdb.DuckDBPyConnection, work: Callable[[], T], timeout
     if isinstance(error, BaseException):
         raise error
     return outcome["value"]  # type: ignore[return-value]
+
+
+def _stop(connection: duckdb.DuckDBPyConnection, done: threading.Event) -> None:
+    """Interrupt the connection until the work using it has returned (`done`).
+
+    An interrupt reaches only a statement DuckDB is running: the thread may be between two
+    (fetching rows, building the table), so it is repeated. Closing the connection, or leaving
+    the process, while the thread still uses it fails ("connection is busy") or aborts.
+    """
+    while not done.is_set():
+        try:
+            connection.interrupt()
+            done.wait(0.05)
+        except KeyboardInterrupt:
+            continue  # a second Ctrl-C: still stopping
 
 
 @contextmanager
@@ -133,22 +150,30 @@ def render(relation: duckdb.DuckDBPyRelation, fmt: str, out: Path | None) -> str
     return text
 
 
-def export_parquet(path: Path, folder: Path) -> list[Path]:
-    """Every stable read model as `<folder>/<name>.parquet`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+def export_parquet(path: Path, folder: Path) -> Iterator[Path]:
+    """Every stable read model of the promoted version as `<folder>/<name>.parquet`, yielded
+    as each is written.
+
+    Each file is written beside its name and renamed into place: an export cut short (Ctrl-C,
+    a full disk) leaves whole files of this export and older ones, never a torn file.
+    """
     with reader(path) as connection:
+        if not any(v.promoted for v in versions_of(connection)):
+            raise ProjectionError(f"{path}: no version promoted yet (run `crm-ledger project` or `promote`)")
+        folder.mkdir(parents=True, exist_ok=True)
         existing = {
             r[0]
             for r in connection.execute(
                 "SELECT view_name FROM duckdb_views() WHERE schema_name = 'main'"
             ).fetchall()
         }
-        if not existing:
-            raise ProjectionError(f"{path}: no promoted version yet (run `crm-ledger project`)")
         for view in STABLE_VIEWS:
             if view in existing:
                 target = folder / f"{view}.parquet"
-                pq.write_table(connection.sql(f"SELECT * FROM {view}").to_arrow_table(), target)
-                written.append(target)
-    return written
+                partial = folder / f".{view}.parquet.partial"
+                try:
+                    pq.write_table(connection.sql(f"SELECT * FROM {view}").to_arrow_table(), partial)
+                    partial.replace(target)
+                finally:
+                    partial.unlink(missing_ok=True)
+                yield target

@@ -23,6 +23,7 @@ from projections.errors import QueryRefusedError
 from projections.log import DecodedLog, log_root
 from projections.readonly import reader, run_query
 from projections.service import project_promoted
+from projections.store import ProjectionDB
 from tests.helpers import run_cli, start_cli, wait_for
 
 
@@ -128,6 +129,19 @@ def test_query_is_read_only_by_construction(
         ).stdout
     )
     assert rows == [{"n": audited.max_position()}]
+    # export: every stable read model, each file whole; nothing but files it names.
+    folder = tmp_path / "export"
+    exported = run_cli("export", "--parquet", str(folder), env=env_of(settings))
+    assert exported.returncode == 0, exported.stderr
+    written = sorted(line.removeprefix("wrote ") for line in exported.stdout.splitlines())
+    assert written == sorted(str(p) for p in folder.iterdir()) and str(folder / "reward_score.parquet") in written
+    empty = run_cli("export", "--parquet", "", env=env_of(settings))
+    assert empty.returncode == 2 and "is empty" in empty.stderr
+    unpromoted = tmp_path / "unpromoted.duckdb"
+    ProjectionDB(unpromoted).close()
+    refused = run_cli("export", "--parquet", str(tmp_path / "none"), env={"CRM_LEDGER_DB": str(unpromoted)})
+    assert refused.returncode == 1 and "no version promoted yet" in refused.stderr
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,17 @@ def test_failing_sql_is_one_line(tmp_path: Path) -> None:
     _one_line_error(run_cli("query", "SELECT * FROM no_such_table", env=env), "query")
     slow = "SELECT count(*) FROM range(100000000000) a"
     _one_line_error(run_cli("query", slow, "--timeout", "0.5", env=env), "stopped after 0.5 s")
+    # Ctrl-C while the query runs, then again while it stops: one line and 130, every time.
+    for second_signal in (False, True):
+        running = subprocess.Popen(
+            [*CLI, "query", slow], stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+        )
+        time.sleep(4)
+        running.send_signal(signal.SIGINT)
+        if second_signal:
+            running.send_signal(signal.SIGINT)
+        _, stderr = running.communicate(timeout=60)
+        assert running.returncode == 130 and stderr.strip() == "interrupted", (running.returncode, stderr)
 
 
 def test_a_read_only_store_is_one_line(tmp_path: Path) -> None:
@@ -89,3 +102,16 @@ def test_a_read_only_store_is_one_line(tmp_path: Path) -> None:
         _one_line_error(run_cli("ingest", str(more), env=env), "event store", "read-only")
     finally:
         subprocess.run(["chattr", "-i", str(store)], check=False)
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 (a file name from another system) reach Python as lone
+    surrogates, which no store or encoder takes: refused before any command runs."""
+    name = os.fsdecode(b"a\xffb")
+    for args in (["goal", "close", name, "--outcome", "met"], ["customer", "show", name], ["export", "--parquet", name]):
+        result = subprocess.run(
+            [*CLI, *args], capture_output=True, text=True, env={**os.environ, **_env(tmp_path)}, check=False
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error: argument") and "is not valid UTF-8" in result.stderr
+    assert not any(tmp_path.iterdir())
