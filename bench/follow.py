@@ -29,9 +29,9 @@ from typing import Any
 
 from common import BENCH_DIR, ROOT, arguments, prepared_ledger, report, timed
 
+from crm_ledger.settings import log_root
 from ledger.application import LedgerApplication
 from projections.engine import Projector
-from projections.log import log_root
 from projections.maintain import Maintainer
 from projections.sources import LedgerSource
 from projections.spec import DEFAULT_SPEC, load_spec

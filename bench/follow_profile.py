@@ -21,9 +21,9 @@ from typing import Any
 from common import BENCH_DIR, arguments, prepared_ledger, report
 from follow import NEW_EVENTS, ROUNDS, CappedLedger
 
+from crm_ledger.settings import log_root
 from ledger.application import LedgerApplication
 from projections.engine import Projector
-from projections.log import log_root
 from projections.sources import LedgerSource
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB

@@ -9,9 +9,9 @@ import duckdb
 from common import BENCH_DIR, arguments, kafka, prepared_ledger, report, timed
 
 from crm_ledger.kafka import delete_topics
+from crm_ledger.settings import log_root
 from ledger.relay import Relay, RelayConfig
 from projections.engine import Projector
-from projections.log import log_root
 from projections.sources import KafkaSource, Position, RawBatch
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from common import BENCH_DIR, ROOT, arguments, prepared_ledger, report, timed
 
-from crm_ledger.settings import Settings
-from projections.log import log_root
+from crm_ledger.settings import Settings, log_root
 from projections.service import rebuild_log
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB

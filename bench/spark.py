@@ -23,11 +23,10 @@ import duckdb
 from common import BENCH_DIR, arguments, prepared_ledger, report, timed
 
 from crm_cli.demo import run_demo
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from engines.compare import compare_tables
 from engines.replay import replay_on_spark
 from importers.generator import GeneratorConfig
-from projections.log import log_root
 from projections.models import MODEL_TABLES
 from projections.service import rebuild_log
 from projections.spec import DEFAULT_SPEC

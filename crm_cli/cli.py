@@ -24,6 +24,7 @@ from rich.table import Table
 from crm_cli import broker, registry_server
 from crm_cli.runtime import graceful_stop
 from crm_ledger.errors import CrmLedgerError, TransientError
+from crm_ledger.outputs import replaced_whole
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import RECORD_BYTES_RANGE, Settings
 from ledger.connect import open_ledger
@@ -45,6 +46,12 @@ DEMO_DB = Path(".crm-ledger/demo/projections.duckdb")
 def _settings(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
+
+
+def _refuse_own_file(path: Path | None, option: str) -> None:
+    """Refuse an output path that is one of the files the ledger or its read models live in."""
+    if path is not None and str(path) != "-" and _settings(click.get_current_context()).holds(path):
+        raise CrmLedgerError(f"{path}: {option} would overwrite the ledger's own files; name another")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -341,11 +348,12 @@ def generate(
     if not _valid_month(start):
         raise click.BadParameter("must be YYYY-MM", param_hint="--start")
     config = GeneratorConfig(customers, employees, months, seed, start, invalid_rate)
+    _refuse_own_file(out_path, "--out")
     if str(out_path) == "-":
         count = write_history(config, sys.stdout)
     else:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        with out_path.open("w", encoding="utf-8") as handle:
+        with replaced_whole(out_path) as partial, partial.open("w", encoding="utf-8") as handle:
             count = write_history(config, handle)
     err.print(f"generated {count} records into {out_path}")
 
@@ -434,6 +442,7 @@ def _ingest_files(
         if not path.is_file():
             raise CrmLedgerError(f"{path}: not a regular file (a pipe or device cannot be read twice)")
     rejects_file = rejects or settings.rejects_file
+    _refuse_own_file(rejects_file, "--rejects")
     if rejects_file.exists() and any(rejects_file.samefile(path) for path in paths):
         # Its own rejects would be read back as records, and the file would grow without end.
         raise CrmLedgerError(f"{rejects_file}: the rejects file is one of the input files; name another")
@@ -1212,12 +1221,14 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     """What an employee was told for a closed period and why, with adjustments since."""
     from rewards.statement import build_statement
 
+    _refuse_own_file(out, "--out")
     result = build_statement(open_ledger(_settings(ctx)), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
     if out is None:
         click.echo(text, nl=False)
     else:
-        out.write_text(text, encoding="utf-8")
+        with replaced_whole(out) as partial:
+            partial.write_text(text, encoding="utf-8")
         click.echo(f"wrote {out}")
 
 
@@ -1363,6 +1374,7 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
     """Run read-only SQL against the projection database (writes are refused by DuckDB)."""
     from projections.readonly import reader, render, run_query, within
 
+    _refuse_own_file(out, "--out")
     with reader(_settings(ctx).projections_db) as connection:
 
         def run() -> tuple[Any, str | None]:
@@ -1448,6 +1460,7 @@ def export(ctx: click.Context, folder: Path) -> None:
     """Write every read model of the promoted version as Parquet."""
     from projections.readonly import export_parquet
 
+    _refuse_own_file(folder, "--parquet")
     for path in export_parquet(_settings(ctx).projections_db, folder):
         click.echo(f"wrote {path}")
 

@@ -33,6 +33,11 @@ def _record_bytes(text: str) -> int:
     return value
 
 
+def log_root(projections_db: Path) -> Path:
+    """Where the decoded logs of a projection database live: `<db stem>.log/` beside it."""
+    return projections_db.parent / f"{projections_db.stem}.log"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the ledger, the projections and the broker are."""
@@ -92,6 +97,20 @@ class Settings:
         if self.checkpoints_topic:
             return self.checkpoints_topic
         return CHECKPOINTS_TOPIC if self.events_topic == EVENTS_TOPIC else f"{self.events_topic}.checkpoints"
+
+    def holds(self, path: Path) -> bool:
+        """Whether writing `path` would overwrite the event store, the key store or the
+        projection database (with their journals and the decoded logs beside it)."""
+        target = path.resolve()
+        files = [self.projections_db, *([self.key_store] if self.key_store else [])]
+        if not self.store.startswith(("postgresql://", "postgres://")):
+            files.append(Path(self.store))
+        for held in (f.resolve() for f in files):
+            # SQLite's -wal/-shm/-journal and DuckDB's .wal sit beside the file, by its name.
+            if target.parent == held.parent and target.name.startswith(held.name):
+                return True
+        logs = log_root(self.projections_db.resolve())
+        return target == logs or logs in target.parents
 
     @property
     def rejects_file(self) -> Path:

@@ -16,12 +16,12 @@ from datetime import datetime
 from pathlib import Path
 
 from crm_ledger.progress import Reporter, SilentReporter
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from engines.load import load_version
 from engines.spark_build import build_on_spark
 from engines.spark_session import LOCAL_MASTER, spark_session
 from ledger.connect import open_ledger
-from projections.log import DecodedLog, log_root, log_slug
+from projections.log import DecodedLog, log_slug
 from projections.service import append_source, check_can_follow, source_label
 from projections.spec import DEFAULT_SPEC, MetricSpec, load_spec
 from projections.store import ProjectionDB, version_id

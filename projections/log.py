@@ -85,11 +85,6 @@ DEAD_LETTER_COLUMNS = (
 )
 
 
-def log_root(projections_db: Path) -> Path:
-    """Where the logs of a projection database live: `<db stem>.log/` beside it."""
-    return projections_db.parent / f"{projections_db.stem}.log"
-
-
 def log_slug(source: str) -> str:
     """A directory name for a source label (`ledger`, `kafka:crm.ledger.events`, a topic)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", source)

@@ -18,7 +18,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from projections.log import log_root, register_logs
+from crm_ledger.settings import log_root
+from projections.log import register_logs
 
 #: The stable view of the promoted version's mirror.
 PROMOTED = "ledger_events"

@@ -20,8 +20,10 @@ import duckdb
 import pyarrow.parquet as pq
 
 from crm_ledger.errors import CrmLedgerError
+from crm_ledger.outputs import replaced_whole
+from crm_ledger.settings import log_root
 from projections.errors import ProjectionError, QueryRefusedError, QueryStoppedError
-from projections.log import log_root, register_logs
+from projections.log import register_logs
 from projections.models import STABLE_VIEWS
 from projections.store import VersionInfo, connect, versions_of
 
@@ -128,7 +130,8 @@ def render(relation: duckdb.DuckDBPyRelation, fmt: str, out: Path | None) -> str
     if fmt == "parquet":
         if out is None:
             raise CrmLedgerError("--format parquet needs --out FILE")
-        pq.write_table(relation.to_arrow_table(), out)
+        with replaced_whole(out) as partial:
+            pq.write_table(relation.to_arrow_table(), partial)
         return None
     columns = list(relation.columns)
     rows = relation.fetchall()
@@ -145,7 +148,8 @@ def render(relation: duckdb.DuckDBPyRelation, fmt: str, out: Path | None) -> str
     else:
         return None
     if out is not None:
-        out.write_text(text)
+        with replaced_whole(out) as partial:
+            partial.write_text(text)
         return ""
     return text
 
@@ -154,8 +158,8 @@ def export_parquet(path: Path, folder: Path) -> Iterator[Path]:
     """Every stable read model of the promoted version as `<folder>/<name>.parquet`, yielded
     as each is written.
 
-    Each file is written beside its name and renamed into place: an export cut short (Ctrl-C,
-    a full disk) leaves whole files of this export and older ones, never a torn file.
+    Each file is written whole (`replaced_whole`): an export cut short (Ctrl-C, a full disk)
+    leaves whole files of this export and older ones, never a torn file.
     """
     with reader(path) as connection:
         if not any(v.promoted for v in versions_of(connection)):
@@ -170,10 +174,6 @@ def export_parquet(path: Path, folder: Path) -> Iterator[Path]:
         for view in STABLE_VIEWS:
             if view in existing:
                 target = folder / f"{view}.parquet"
-                partial = folder / f".{view}.parquet.partial"
-                try:
+                with replaced_whole(target) as partial:
                     pq.write_table(connection.sql(f"SELECT * FROM {view}").to_arrow_table(), partial)
-                    partial.replace(target)
-                finally:
-                    partial.unlink(missing_ok=True)
                 yield target

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crm_ledger.progress import Reporter
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from ledger.application import LedgerApplication
 from ledger.connect import open_ledger
 from projections.append import LogAppender
 from projections.engine import Projector, ProjectStats
 from projections.errors import ProjectionError
-from projections.log import DecodedLog, log_root, log_slug
+from projections.log import DecodedLog, log_slug
 from projections.sources import open_source
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB, VersionInfo

@@ -26,12 +26,12 @@ from typing import Any
 
 import duckdb
 
+from crm_ledger.settings import log_root
 from projections.errors import DatabaseBusyError, ProjectionError
 from projections.log import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
     DecodedLog,
-    log_root,
     log_slug,
     register_log,
     relation_name,

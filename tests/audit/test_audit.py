@@ -13,14 +13,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from audit.verify import kafka_entries, mirror_entries, store_entries, verify
 from crm_ledger.kafka import consumer_config
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
 from projections.errors import QueryRefusedError
-from projections.log import DecodedLog, log_root
+from projections.log import DecodedLog
 from projections.readonly import reader, run_query
 from projections.service import project_promoted
 from projections.store import ProjectionDB

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.checkpoints import CADENCE, PERIOD_CLOSE, chain_at, read_published
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
-from projections.log import log_root
 from projections.service import project_promoted
 from rewards.periods import close_period
 from tests.helpers import run_cli

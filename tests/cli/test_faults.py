@@ -115,3 +115,25 @@ def test_an_argument_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("error: argument") and "is not valid UTF-8" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_outputs_never_overwrite_the_ledger_and_are_whole_or_absent(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    history = _history(tmp_path)
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    own = [env["CRM_LEDGER_STORE"], env["CRM_LEDGER_STORE"] + "-wal", env["CRM_LEDGER_DB"], str(tmp_path / "p.log" / "x")]
+    for path in own:
+        for args in (
+            ["query", "SELECT 1", "--format", "csv", "--out", path],
+            ["generate", "--customers", "1", "--out", path],
+            ["ingest", str(history), "--rejects", path],
+        ):
+            _one_line_error(run_cli(*args, env=env), "would overwrite the ledger's own files")
+    assert run_cli("query", "SELECT count(*) FROM ledger_events", env=env).returncode == 0
+    # A write cut short (here by a file-size limit) leaves the previous file as it was.
+    keep = tmp_path / "keep.csv"
+    keep.write_text("earlier\n")
+    big = "SELECT range AS r, repeat('x', 100) AS s FROM range(20000)"
+    _one_line_error(_run_limited(["query", big, "--format", "csv", "--out", str(keep)], env, 100_000))
+    assert keep.read_text() == "earlier\n" and [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []

@@ -23,14 +23,14 @@ import duckdb
 import pytest
 
 from crm_cli.demo import run_demo
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from engines.compare import compare_tables
 from engines.load import load_version
 from engines.replay import project_on_spark
 from engines.spark_build import SparkBuild, build_on_spark
 from engines.spark_session import java_missing, spark_session
 from importers.generator import GeneratorConfig
-from projections.log import DecodedLog, log_root, log_slug
+from projections.log import DecodedLog, log_slug
 from projections.maintain import Maintainer
 from projections.models import MODEL_TABLES
 from projections.spec import DEFAULT_SPEC, load_spec

@@ -17,10 +17,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from ledger.application import LedgerApplication
 from ledger.relay import Relay, RelayConfig
-from projections.log import DecodedLog, log_root
+from projections.log import DecodedLog
 from projections.readonly import reader
 from projections.scaleout import project_with_workers
 from projections.service import project_promoted

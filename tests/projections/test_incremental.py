@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crm_cli.demo import set_demo_goals
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from importers.cfpb import read_cfpb
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
@@ -32,7 +32,7 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.engine import Projector
 from projections.kpi_days import DAYS
-from projections.log import log_root, log_slug
+from projections.log import log_slug
 from projections.maintain import Maintainer
 from projections.models import MODEL_TABLES
 from projections.profile_state import CASES, PARTIALS

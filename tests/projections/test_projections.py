@@ -14,14 +14,14 @@ import duckdb
 import pytest
 from confluent_kafka import Producer
 
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
 from projections.engine import Projector
-from projections.log import DecodedLog, log_root
+from projections.log import DecodedLog
 from projections.readonly import reader
 from projections.service import project_promoted
 from projections.sources import KafkaSource, LedgerSource

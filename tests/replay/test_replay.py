@@ -10,13 +10,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser, parse_timestamp
 from projections.errors import SpecError
-from projections.log import log_root
 from projections.readonly import reader
 from projections.service import project_promoted
 from projections.spec import DEFAULT_SPEC

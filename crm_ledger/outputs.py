@@ -1,0 +1,31 @@
+"""Files the commands write for people (`--out`, exports): whole or not at all.
+
+A write cut short (Ctrl-C, a full disk, a file-size limit) used to leave a torn file where
+the previous one was. The data goes to a hidden file beside the target, which is renamed
+over it once complete; on failure the hidden file is removed and the old target stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def replaced_whole(target: Path) -> Iterator[Path]:
+    """A path to write instead of `target`; it becomes `target` when the block ends without error.
+
+    A target that is not a regular file (a device such as /dev/stdout or /dev/null, a pipe)
+    is written directly: it cannot be renamed over, and nothing of it can be torn.
+    """
+    if target.exists() and not target.is_file():
+        yield target
+        return
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        yield partial
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
