@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from crm_ledger.kpis import BAYESIAN_KPIS, COUNT_KPIS, RATE_KPIS
 from projections.errors import SpecError
@@ -93,6 +93,12 @@ def _line_of(text: str, section: str | None, key: str) -> int | None:
     return _section_line(text, section) if section is not None else None
 
 
+#: More components than anyone weighs by hand; the score's SQL nests one level per component.
+MAX_COMPONENTS = 50
+#: The largest `min_sample` (a count of answers or cases in one period).
+MAX_SAMPLE = 1_000_000_000
+
+
 def _section_line(text: str, section: str) -> int | None:
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip() == f"[{section}]":
@@ -104,9 +110,13 @@ def load_spec(path: Path) -> MetricSpec:
     """Read and validate a spec file; raises SpecError naming file, line and key."""
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # A byte-order mark (editors on some systems write one) is not part of the TOML.
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as error:
         raise SpecError(name, "(file)", f"cannot be read: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        reason = f"not UTF-8 text (byte {error.start + 1}); save it as UTF-8"
+        raise SpecError(name, "(file)", reason) from None
     return parse_spec(text, name)
 
 
@@ -145,6 +155,8 @@ def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
     raw_components = data.get("components")
     if not isinstance(raw_components, dict) or not raw_components:
         raise fail(None, "components", "at least one [components.NAME] table is required")
+    if len(raw_components) > MAX_COMPONENTS:
+        raise fail(None, "components", f"at most {MAX_COMPONENTS} components, got {len(raw_components)}")
     components = []
     for component_name, body in raw_components.items():
         section = f"components.{component_name}"
@@ -169,6 +181,11 @@ def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
     )
 
 
+def _is_number(value: object) -> TypeGuard[float]:
+    """A finite number (TOML reads `nan` and `inf` as floats; in the scores' SQL they are no number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _component(component_name: str, body: dict[str, Any], section: str, fail: Any) -> Component:
     allowed = {"kind", "kpi", "weight", "cap", "min_sample", "prior_strength", "invert"}
     for key in body:
@@ -186,21 +203,22 @@ def _component(component_name: str, body: dict[str, Any], section: str, fail: An
             f"unknown KPI {kpi!r} for kind {kind!r} (known: {', '.join(sorted(valid))})",
         )
     weight = body.get("weight")
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
+    if not _is_number(weight):
         raise fail(section, "weight", f"must be a number, got {weight!r}")
     if weight < 0:
         raise fail(section, "weight", f"must not be negative, got {weight}")
     cap = body.get("cap")
     if kind == "count":
-        if not isinstance(cap, (int, float)) or isinstance(cap, bool) or not math.isfinite(cap) or cap <= 0:
+        if not _is_number(cap) or cap <= 0:
             raise fail(section, "cap", f"a count component needs a positive cap, got {cap!r}")
     elif cap is not None:
         raise fail(section, "cap", f"only count components take a cap (this one is {kind!r})")
     min_sample = body.get("min_sample", 0)
-    if not isinstance(min_sample, int) or isinstance(min_sample, bool) or min_sample < 0:
-        raise fail(section, "min_sample", f"must be a whole number >= 0, got {min_sample!r}")
+    if not isinstance(min_sample, int) or isinstance(min_sample, bool) or not 0 <= min_sample <= MAX_SAMPLE:
+        reason = f"must be a whole number from 0 to {MAX_SAMPLE:,}, got {min_sample!r}"
+        raise fail(section, "min_sample", reason)
     prior = body.get("prior_strength", 20)
-    if not isinstance(prior, (int, float)) or isinstance(prior, bool) or prior < 0:
+    if not _is_number(prior) or prior < 0:
         raise fail(section, "prior_strength", f"must be a number >= 0, got {prior!r}")
     invert = body.get("invert", kpi == "reopen_rate")
     if not isinstance(invert, bool):

@@ -18,7 +18,7 @@ from ledger.records import RecordParser, parse_timestamp
 from projections.errors import SpecError
 from projections.readonly import reader
 from projections.service import project_promoted
-from projections.spec import DEFAULT_SPEC
+from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB
 from replay.build import replay
 from replay.diff import diff_versions
@@ -256,6 +256,15 @@ def test_replay_killed_and_resumed_equals_uninterrupted(settings: Settings, tmp_
         (DEFAULT_TEXT.replace("weight = 0.05", "weight = 0.5"), "weights must sum to 1"),
         (DEFAULT_TEXT.replace("cap = 3", "cap = 0"), ":46: components.compliments.cap"),
         (DEFAULT_TEXT + "\n[broken\n", "invalid TOML"),
+        # Numbers the scores' SQL cannot hold, and more components than it can nest.
+        (DEFAULT_TEXT.replace("prior_strength = 20", "prior_strength = nan", 1), "prior_strength: must be a number"),
+        (DEFAULT_TEXT.replace("prior_strength = 20", "prior_strength = inf", 1), "prior_strength: must be a number"),
+        (DEFAULT_TEXT.replace("min_sample = 5", "min_sample = 99999999999999999", 1), "min_sample: must be"),
+        (
+            DEFAULT_TEXT
+            + "".join(f'\n[components.c{i}]\nkind = "count"\nkpi = "shares"\nweight = 0\ncap = 1\n' for i in range(60)),
+            "components: at most 50 components",
+        ),
     ],
 )
 def test_bad_specs_fail_before_any_work(
@@ -397,3 +406,13 @@ def test_a_follower_moves_on_to_a_newly_promoted_version(
     finally:
         follower.terminate()
         follower.wait(timeout=30)
+
+
+def test_a_spec_file_with_a_byte_order_mark_reads_and_one_in_utf16_is_refused(tmp_path: Path) -> None:
+    marked = tmp_path / "marked.toml"
+    marked.write_bytes(b"\xef\xbb\xbf" + DEFAULT_TEXT.encode())
+    assert load_spec(marked).content_hash == load_spec(DEFAULT_SPEC).content_hash
+    wide = tmp_path / "wide.toml"
+    wide.write_text(DEFAULT_TEXT, encoding="utf-16")
+    with pytest.raises(SpecError, match=r"wide\.toml.*not UTF-8 text"):
+        load_spec(wide)
