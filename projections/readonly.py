@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -142,9 +143,8 @@ def render(relation: duckdb.DuckDBPyRelation, fmt: str, out: Path | None) -> str
         writer.writerows(rows)
         text = buffer.getvalue()
     elif fmt == "json":
-        text = (
-            json.dumps([dict(zip(columns, row, strict=True)) for row in rows], indent=2, default=str) + "\n"
-        )
+        records = [{c: _json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+        text = json.dumps(records, indent=2, default=str, allow_nan=False) + "\n"
     else:
         return None
     if out is not None:
@@ -152,6 +152,11 @@ def render(relation: duckdb.DuckDBPyRelation, fmt: str, out: Path | None) -> str
             partial.write_text(text)
         return ""
     return text
+
+
+def _json_value(value: object) -> object:
+    """NaN and infinities are no JSON: they are null, as a missing number is."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def export_parquet(path: Path, folder: Path) -> Iterator[Path]:

@@ -129,6 +129,10 @@ def test_query_is_read_only_by_construction(
         ).stdout
     )
     assert rows == [{"n": audited.max_position()}]
+    odd = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, 2.5::DOUBLE AS c"
+    shown = run_cli("query", odd, "--format", "json", env=env_of(settings)).stdout
+    # Valid JSON: no NaN or Infinity (json.loads would take them; parse_constant sees them).
+    assert json.loads(shown, parse_constant=pytest.fail) == [{"a": None, "b": None, "c": 2.5}]
     # export: every stable read model, each file whole; nothing but files it names.
     folder = tmp_path / "export"
     exported = run_cli("export", "--parquet", str(folder), env=env_of(settings))
