@@ -1131,8 +1131,9 @@ def goal_revise(
     if target is None and comparison is None and to_period is None:
         raise click.UsageError("give at least one of --target, --comparison, --to")
     fields = (("target", target), ("comparison", comparison), ("to_period", to_period))
-    revise_goal(_settings(ctx), _goal_change(goal_id, at, fields), agreed_by=_ids(agreed_by), reason=reason)
-    out.print(f"goal {goal_id}: revised")
+    change = _goal_change(goal_id, at, fields)
+    status = revise_goal(_settings(ctx), change, agreed_by=_ids(agreed_by), reason=reason)
+    out.print(f"goal {goal_id}: {'revised' if status == 'accepted' else 'already revised so'}")
 
 
 @goal.command("close")

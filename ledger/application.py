@@ -501,6 +501,11 @@ class LedgerApplication(Application[UUID]):
         work.batch_facts[fact.event_id] = fact
         return _ACCEPTED
 
+    def recorded_fact(self, event_id: str) -> Fact | None:
+        """The fact the ledger holds under `event_id`, if it holds one."""
+        state = indexed_events(self.recorder, [event_id]).get(event_id)
+        return None if state is None else self._stored_fact(state)
+
     def _stored_fact(self, state: bytes) -> Fact:
         """The fact a stored message holds, personal fields decrypted."""
         event_type, record = self.codec.decode(state)

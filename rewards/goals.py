@@ -8,6 +8,7 @@ the same command twice records the fact once.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +60,17 @@ def _at(moment: datetime | None) -> str:
     return format_timestamp(int((moment or datetime.now(tz=UTC)).timestamp() * 1000))
 
 
-def _record(app: LedgerApplication, raw: dict[str, Any]) -> str:
+def _record(app: LedgerApplication, raw: dict[str, Any], given_at: datetime | None = None) -> str:
+    """Record one goal fact; `given_at` is the moment the user gave (None: now).
+
+    A goal's setting and closing have one event id each: without a moment of its own, a
+    second run means the same agreement, recorded when it first was, so it is a duplicate
+    when everything else agrees (not a conflict over the clock).
+    """
+    if given_at is None:
+        held = app.recorded_fact(raw["event_id"])
+        if held is not None:
+            raw = {**raw, "occurred_at": format_timestamp(held.occurred_at)}
     fact = RecordParser(app.registry).parse(raw, strict=True)
     outcome = app.record([fact], atomic=True)[0]
     return outcome.status
@@ -96,22 +107,28 @@ def set_goal(
             "agreed_by": list(agreed_by),
             "note": note,
         },
+        change.occurred_at,
     )
 
 
 def revise_goal(settings: Settings, change: GoalChange, *, agreed_by: Sequence[str], reason: str) -> str:
-    """Record `TeamGoalRevised` with the changed fields (target, comparison, to_period)."""
+    """Record `TeamGoalRevised` with the changed fields (target, comparison, to_period).
+
+    A revision given its moment (`--at`) is one event whatever the number of runs; without
+    one, each run is a revision of its own (the same terms may well be agreed again later).
+    """
     app = open_ledger(settings, spec_components(settings.projections_db))
     raw: dict[str, Any] = {
         "type": "TeamGoalRevised",
-        "event_id": str(uuid.uuid4()),
         "occurred_at": _at(change.occurred_at),
         "goal_id": change.goal_id,
         "agreed_by": list(agreed_by),
         "reason": reason,
     }
     raw.update({k: v for k, v in change.fields if v is not None})
-    return _record(app, raw)
+    identity = json.dumps(raw, sort_keys=True)
+    raw["event_id"] = str(uuid.uuid5(_NAMESPACE, identity) if change.occurred_at else uuid.uuid4())
+    return _record(app, raw, change.occurred_at or datetime.now(tz=UTC))
 
 
 def close_goal(settings: Settings, change: GoalChange, *, outcome: str, note: str | None) -> str:
@@ -127,6 +144,7 @@ def close_goal(settings: Settings, change: GoalChange, *, outcome: str, note: st
             "outcome": outcome,
             "note": note,
         },
+        change.occurred_at,
     )
 
 

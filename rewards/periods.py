@@ -20,6 +20,7 @@ from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.checkpoints import chain_at
 from ledger.connect import open_ledger
+from ledger.errors import ConflictError
 from ledger.records import RecordParser, format_timestamp
 from projections.service import catch_up
 from projections.store import ProjectionDB, VersionInfo, rows_as_dicts
@@ -192,7 +193,13 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
                 "spec_name": version.name,
             }
         )
-    _record(app, raws)
+    try:
+        _record(app, raws)
+    except ConflictError:
+        # Its event id is the period's: another run closed it since the check above.
+        if open_ledger(settings).reward_period(period) is not None:
+            raise PeriodError(f"period {period} is already closed (by a run beside this one)") from None
+        raise
     return CloseResult(period, version.version, position, len(scores), head)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -282,11 +283,24 @@ def test_goal_commands_set_revise_close_and_list(settings: Settings) -> None:
         env=env,
         check=True,
     )
+    revised = run_cli("goal", "revise", "g1", "--to", "2026-04", "--agreed-by", "e1", "--reason", "shorter",
+                      "--at", "2026-02-01", env=env, check=True)
+    assert "already revised" in revised.stdout  # the same revision at the same moment: once
     run_cli("goal", "close", "g1", "--outcome", "achieved", "--at", "2026-04-30", env=env, check=True)
+    # Without --at, a second run of the same setting or closing is the same agreement: nothing more.
+    now = datetime.now(tz=UTC)
+    later = ["--from", f"{now:%Y-%m}", "--to", f"{now.year + 1}-{now:%m}", "--agreed-by", "e1,e2"]
+    fresh = ["goal", "set", "g-now", "--team", "t1", "--kpi", "fcr_rate", "--target", "0.7", *later]
+    assert run_cli(*fresh, env=env, check=True).stdout.startswith("goal g-now: set")
+    assert "already set" in run_cli(*fresh, env=env, check=True).stdout
+    for expected in ("closed", "already closed"):
+        closed = run_cli("goal", "close", "g-now", "--outcome", "withdrawn", env=env, check=True).stdout
+        assert closed.startswith(f"goal g-now: {expected}"), closed
     run_cli("project", env=env, check=True)
     listed = run_cli("goal", "list", "--format", "json", env=env, check=True).stdout
     assert (
         '"status": "closed"' in listed and '"to_period": "2026-04"' in listed and '"revisions": 1' in listed
+        and '"goal_id": "g-now"' in listed
     )
 
 
