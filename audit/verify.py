@@ -165,8 +165,25 @@ def verify(
             by_id[nid] = entry
         report.events[name] = count
         held[name] = by_id
+        # Past the copy's last notification it is behind (not yet projected or relayed), or
+        # its tail was removed: one finding saying which, not one "missing" per event.
+        copy_end = max(by_id, default=0)
+        after = [nid for nid in truth if nid > copy_end]
+        if after:
+            first = min(after)
+            findings.append(
+                Finding(
+                    "behind",
+                    name,
+                    first,
+                    truth[first].event_id,
+                    "-",
+                    f"this copy ends at notification {copy_end}, the ledger holds {len(after)} more: "
+                    "not yet projected or relayed (then run it and verify again), or removed",
+                )
+            )
         for nid in sorted(truth):
-            if nid not in by_id:
+            if nid not in by_id and nid <= copy_end:
                 findings.append(
                     Finding(
                         "missing",

@@ -24,6 +24,7 @@ from projections.log import DecodedLog
 from projections.readonly import reader, run_query
 from projections.service import project_promoted
 from projections.store import ProjectionDB
+from tests.factory import rec
 from tests.helpers import run_cli, start_cli, wait_for
 
 
@@ -73,6 +74,22 @@ def test_deleted_mirror_row_is_found(audited: LedgerApplication, settings: Setti
         report = verify(store_entries(audited), {"mirror": mirror_entries(con)})
     missing = [f for f in report.findings if f.kind == "missing"]
     assert [(f.copy, f.notification_id, f.event_id) for f in missing] == [("mirror", victim, event_id)]
+
+
+def test_a_mirror_behind_the_ledger_is_one_finding_that_says_so(
+    audited: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """Events ingested and not projected yet: the mirror is behind, not missing rows."""
+    late = [rec("CustomerRegistered", customer_id=f"late-{i}", segment="smb", region="north") for i in range(3)]
+    history = tmp_path / "late.jsonl"
+    history.write_text("".join(json.dumps(r) + "\n" for r in late))
+    assert run_cli("ingest", str(history), env=env_of(settings)).returncode == 0
+    checked = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
+    problems = [line for line in checked.stdout.splitlines() if line.startswith("PROBLEM")]
+    assert checked.returncode == 1 and len(problems) == 1, checked.stdout
+    assert problems[0].startswith("PROBLEM behind in mirror") and "the ledger holds 3 more" in problems[0]
+    run_cli("project", env=env_of(settings), check=True)
+    assert run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings)).returncode == 0
 
 
 @pytest.mark.kafka
