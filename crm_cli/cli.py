@@ -48,6 +48,16 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
+def _existing_store(ctx: click.Context) -> Settings:
+    """The settings of a command that reads an existing ledger: a store path that does not
+    exist (a typo) is refused, not created empty and reported on."""
+    from ledger.connect import require_existing_store
+
+    settings = _settings(ctx)
+    require_existing_store(settings)
+    return settings
+
+
 def _refuse_own_file(path: Path | None, option: str) -> None:
     """Refuse an output path that is one of the files the ledger or its read models live in."""
     if path is not None and str(path) != "-" and _settings(click.get_current_context()).holds(path):
@@ -951,7 +961,7 @@ def customer_show(ctx: click.Context, customer_id: str) -> None:
     from ledger.domain import Customer, aggregate_id
     from ledger.vault import PERSONAL_FIELDS
 
-    app = open_ledger(_settings(ctx))
+    app = open_ledger(_existing_store(ctx))
     events = list(app.events.get(aggregate_id(Customer.KIND, customer_id)))
     if not events:
         raise CrmLedgerError(f"unknown customer {customer_id!r}")
@@ -976,7 +986,7 @@ def period_close(ctx: click.Context, month: str) -> None:
     """Close MONTH (YYYY-MM): record the ledger position and issue one statement per employee."""
     from rewards.periods import close_period
 
-    result = close_period(_settings(ctx), month)
+    result = close_period(_existing_store(ctx), month)
     click.echo(
         f"closed {result.period} at ledger position {result.position} with version {result.version}: "
         f"{result.statements} statements issued"
@@ -995,7 +1005,7 @@ def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
     """Late events since the close and how far live scores drift from the statements."""
     from rewards.periods import period_status
 
-    status = period_status(_settings(ctx), month)
+    status = period_status(_existing_store(ctx), month)
     if fmt == "json":
         click.echo(status.to_json())
         return
@@ -1020,7 +1030,7 @@ def period_adjust(ctx: click.Context, month: str, dry_run: bool) -> None:
     """Issue adjustments where live scores differ from what was told (idempotent)."""
     from rewards.periods import adjust_period
 
-    adjustments = adjust_period(_settings(ctx), month, dry_run=dry_run)
+    adjustments = adjust_period(_existing_store(ctx), month, dry_run=dry_run)
     verb = "would issue" if dry_run else "issued"
     click.echo(f"{verb} {len(adjustments)} adjustment(s) for {month}")
     for a in adjustments:
@@ -1132,7 +1142,7 @@ def goal_revise(
         raise click.UsageError("give at least one of --target, --comparison, --to")
     fields = (("target", target), ("comparison", comparison), ("to_period", to_period))
     change = _goal_change(goal_id, at, fields)
-    status = revise_goal(_settings(ctx), change, agreed_by=_ids(agreed_by), reason=reason)
+    status = revise_goal(_existing_store(ctx), change, agreed_by=_ids(agreed_by), reason=reason)
     out.print(f"goal {goal_id}: {'revised' if status == 'accepted' else 'already revised so'}")
 
 
@@ -1146,7 +1156,7 @@ def goal_close(ctx: click.Context, goal_id: str, outcome: str, note: str | None,
     """Close a goal with its outcome (TeamGoalClosed); it is gauged no further."""
     from rewards.goals import close_goal
 
-    status = close_goal(_settings(ctx), _goal_change(goal_id, at), outcome=outcome, note=note)
+    status = close_goal(_existing_store(ctx), _goal_change(goal_id, at), outcome=outcome, note=note)
     out.print(f"goal {goal_id}: {'closed' if status == 'accepted' else 'already closed'} ({outcome})")
 
 
@@ -1223,7 +1233,7 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     from rewards.statement import build_statement
 
     _refuse_own_file(out, "--out")
-    result = build_statement(open_ledger(_settings(ctx)), employee, month)
+    result = build_statement(open_ledger(_existing_store(ctx)), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
     if out is None:
         click.echo(text, nl=False)
@@ -1278,10 +1288,8 @@ def audit_verify(
     """Recompute the hash chain from each copy and report the first gap, duplicate or alteration."""
     from audit.run import VerifyRequest, run_verify
     from ledger.checkpoints import parse_checkpoint
-    from ledger.connect import require_existing_store
 
-    settings = _settings(ctx)
-    require_existing_store(settings)
+    settings = _existing_store(ctx)
     request = VerifyRequest(sources, checkpoints, tuple(parse_checkpoint(g) for g in given), statements)
     with progress_bar("audit", None) as reporter:
         outcome = run_verify(settings, request, reporter)
@@ -1309,10 +1317,8 @@ def audit_verify(
 def audit_head(ctx: click.Context, publish: bool) -> None:
     """Print the chain head recomputed from the store: keep it outside the ledger (print, mail)."""
     from audit.run import head
-    from ledger.connect import require_existing_store
 
-    settings = _settings(ctx)
-    require_existing_store(settings)
+    settings = _existing_store(ctx)
     checkpoint, topic = head(settings, publish=publish)
     click.echo(checkpoint.line())
     if topic:

@@ -137,3 +137,21 @@ def test_outputs_never_overwrite_the_ledger_and_are_whole_or_absent(tmp_path: Pa
     big = "SELECT range AS r, repeat('x', 100) AS s FROM range(20000)"
     _one_line_error(_run_limited(["query", big, "--format", "csv", "--out", str(keep)], env, 100_000))
     assert keep.read_text() == "earlier\n" and [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_commands_that_read_the_ledger_refuse_a_store_that_does_not_exist(tmp_path: Path) -> None:
+    """A mistyped store path is refused in one line, never created empty and reported on."""
+    typo = tmp_path / "typo" / "sub" / "ledger.sqlite"
+    env = {"CRM_LEDGER_STORE": str(typo), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    for args in (
+        ["customer", "show", "cust-000001"],
+        ["statement", "--employee", "emp-0001", "--period", "2025-01"],
+        ["period", "status", "2025-01"],
+        ["period", "close", "2025-01"],
+        ["period", "adjust", "2025-01", "--dry-run"],
+        ["goal", "close", "g1", "--outcome", "achieved"],
+        ["goal", "revise", "g1", "--target", "1", "--agreed-by", "e1", "--reason", "r"],
+        ["audit", "head"],
+    ):
+        _one_line_error(run_cli(*args, env=env), "no such ledger store")
+    assert not (tmp_path / "typo").exists()
