@@ -98,6 +98,10 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 return render(request, "error.html", user, 404, title="Not found", message=str(error))
             except CrmLedgerError as error:  # a missing or busy database, a bad version
                 return render(request, "error.html", user, 503, title="Not available", message=str(error))
+            except duckdb.IOException as error:
+                # The file was replaced or damaged after the start-up check.
+                message = f"the projection database cannot be read: {str(error).splitlines()[0]}"
+                return render(request, "error.html", user, 503, title="Not available", message=message)
             except duckdb.CatalogException as error:
                 # A version promoted before a read model existed has no stable name for it yet.
                 message = (

@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 
 from projections.readonly import reader
-from projections.store import VersionInfo, rows_as_dicts
+from projections.store import VersionInfo, is_lock_error, rows_as_dicts
 from web.errors import NotFoundError, WebError
 
 _SCHEMA = re.compile(r"^v_[0-9a-f]{6,64}$")
@@ -63,6 +63,26 @@ class Reader:
             raise WebError(f"{self.path}: no projection database yet (run `crm-ledger project`)")
         with reader(self.path, wait_s=30.0) as connection:
             yield connection
+
+
+def check_database(path: Path) -> None:
+    """Refuse, in one line, a `path` that is not a DuckDB database the pages can open read-only.
+
+    Checked once before serving: otherwise every page but the health check would fail with
+    a traceback in the log while the server looked healthy.
+    """
+    if not path.exists():
+        raise WebError(f"{path}: no projection database yet (run `crm-ledger project` or `crm-ledger demo`)")
+    if not path.is_file():
+        raise WebError(f"{path}: not a file; --db names the projection database file (projections.duckdb)")
+    try:
+        duckdb.connect(str(path), read_only=True).close()
+    except duckdb.Error as error:
+        if is_lock_error(error):
+            # A projector is writing it right now: each request waits for its turn.
+            return
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WebError(f"{path}: not a DuckDB database that can be opened read-only ({first})") from None
 
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from crm_cli.demo import run_demo
 from importers.generator import GeneratorConfig
 from projections.readonly import reader
 from projections.spec import DEFAULT_SPEC
-from tests.helpers import run_cli, start_cli, wait_for
+from tests.helpers import CLI, run_cli, start_cli, wait_for
 from web.pages import fmt_number, fmt_rate
 from web.users import hash_password
 
@@ -295,3 +295,43 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
         result = run_cli("--db", str(db), "serve", "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: p.mkdir(), "not a file"),
+        (lambda p: p.write_text("not a database\n"), "not a DuckDB database that can be opened read-only"),
+        (lambda p: p.write_bytes(b""), "not a DuckDB database that can be opened read-only"),
+        (lambda p: None, "no projection database yet"),
+    ],
+    ids=["folder", "text-file", "empty-file", "missing"],
+)
+def test_serve_refuses_what_is_not_a_duckdb_database_in_one_line(
+    tmp_path: Path, make: Any, words: str
+) -> None:
+    db = tmp_path / "projections.duckdb"
+    make(db)
+    result = subprocess.run(
+        [*CLI, "--db", str(db), "serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "serving" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {db}: ") and words in lines[0], result.stderr
+
+
+def test_serve_starts_while_a_projector_holds_the_database(tmp_path: Path) -> None:
+    db = tmp_path / "projections.duckdb"
+    with duckdb.connect(str(db)):  # a writer in another process, as `project --follow` is
+        server = start_cli("--db", str(db), "serve", "--port", "0")
+        try:
+            assert server.stdout is not None
+            assert server.stdout.readline().startswith(f"serving {db} read-only on http://127.0.0.1:")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
