@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from starlette.routing import Route
 
 from crm_ledger.errors import CrmLedgerError
 from replay.diff import diff_versions
+from rewards.errors import PeriodError
+from rewards.periods import parse_period
 from web import data, pages
-from web.errors import ForbiddenError, NotFoundError, WebError
+from web.errors import BadRequestError, ForbiddenError, NotFoundError, WebError
 from web.statements import statement_from_events
 from web.users import LOCAL_USER, User, Users
 
@@ -41,6 +44,40 @@ SECURITY_HEADERS = {
 
 class _UnauthorizedError(WebError):
     """No or wrong credentials (HTTP 401)."""
+
+
+#: Reward scores run from 0 to 100 (100 times the weighted sum of components in 0..1, weights summing to 1).
+SCORE_MIN, SCORE_MAX = 0.0, 100.0
+DEFAULT_THRESHOLD = 50.0
+
+
+def _shown(text: str) -> str:
+    """A parameter as quoted in an error message, cut short: the page must not echo a megabyte."""
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def score_threshold(text: str | None) -> float:
+    """The `threshold` parameter: a score from 0 to 100, 50 when absent or empty."""
+    if not text:
+        return DEFAULT_THRESHOLD
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    # NaN and the infinities fail the range check too: no comparison with them means anything.
+    if not SCORE_MIN <= value <= SCORE_MAX:
+        raise BadRequestError(
+            f"threshold must be a score from {SCORE_MIN:g} to {SCORE_MAX:g}, got {_shown(text)}"
+        )
+    return value
+
+
+def month_parameter(text: str, name: str) -> str:
+    """A `YYYY-MM` month from the request, or a 400 naming the parameter."""
+    try:
+        return parse_period(text)
+    except PeriodError:
+        raise BadRequestError(f"{name} must be a month YYYY-MM (e.g. 2025-01), got {_shown(text)}") from None
 
 
 def _templates() -> Environment:
@@ -92,6 +129,8 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 )
             try:
                 return handler(request, user)
+            except BadRequestError as error:
+                return render(request, "error.html", user, 400, title="Bad request", message=str(error))
             except ForbiddenError as error:
                 return render(request, "error.html", user, 403, title="Not yours to see", message=str(error))
             except NotFoundError as error:
@@ -151,7 +190,8 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 raise ForbiddenError(f"employee {employee_id!r} was never in one of your teams")
             scores = data.employee_scores(con, view, employee_id)
             periods = [s["period"] for s in scores]
-            period = request.query_params.get("period") or (periods[-1] if periods else "")
+            asked = request.query_params.get("period")
+            period = month_parameter(asked, "period") if asked else (periods[-1] if periods else "")
             if period and period not in periods:
                 raise NotFoundError(f"employee {employee_id!r} has no score for {period!r}")
             context = pages.employee_page(
@@ -168,7 +208,8 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
         return render(request, "employee.html", user, view=view, versions=known, **context)
 
     def statement(request: Request, user: User) -> Response:
-        employee_id, period = request.path_params["employee_id"], request.path_params["period"]
+        employee_id = request.path_params["employee_id"]
+        period = month_parameter(request.path_params["period"], "the statement's month")
         with source.connect() as con:
             view = data.resolve(con, None)
             teams = data.employee_teams(con, view, employee_id)
@@ -179,6 +220,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
         return HTMLResponse(html, headers=SECURITY_HEADERS)
 
     def versions_page(request: Request, user: User) -> Response:
+        threshold = score_threshold(request.query_params.get("threshold"))
         with source.connect() as con:
             known = data.versions(con)
             ready = [v for v in known if v.built_at is not None]
@@ -191,7 +233,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 old, new = data.find_version(con, old_ref), data.find_version(con, new_ref)
                 if old.built_at is None or new.built_at is None:
                     raise NotFoundError("both versions must be built before they can be compared")
-                report = diff_versions(con, old, new, float(request.query_params.get("threshold") or 50.0))
+                report = diff_versions(con, old, new, threshold)
                 new_view = data.resolve(con, new.version)
                 old_view = data.resolve(con, old.version)
                 for v in (old_view, new_view):

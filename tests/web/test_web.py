@@ -335,3 +335,54 @@ def test_serve_starts_while_a_projector_holds_the_database(tmp_path: Path) -> No
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def _get(url: str, user: str = "rita") -> tuple[int, str]:
+    """Status and body of a GET as `user`, errors included."""
+    request = urllib.request.Request(url)
+    secret = base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
+    request.add_header("Authorization", "Basic " + secret)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+def _promoted_and_cap(site: dict[str, Any]) -> tuple[str, str]:
+    old = _read(site, "SELECT version FROM crm_promoted")[0][0]
+    new = _read(site, "SELECT version FROM crm_versions WHERE name = 'cap'")[0][0]
+    return str(old), str(new)
+
+
+@pytest.mark.parametrize(
+    "threshold", ["abc", "nan", "NaN", "inf", "-inf", "1e400", "-1", "100.5", "1e308", "5" * 5000]
+)
+def test_a_threshold_that_is_not_a_score_is_a_bad_request(site: dict[str, Any], threshold: str) -> None:
+    old, new = _promoted_and_cap(site)
+    status, body = _get(f"{site['base']}/versions?old={old}&new={new}&threshold={threshold}")
+    assert status == 400
+    assert "threshold must be a score from 0 to 100" in body and "Traceback" not in body
+    assert len(body) < 5000, "the page does not echo the whole parameter"
+
+
+def test_a_threshold_in_range_is_used(site: dict[str, Any]) -> None:
+    old, new = _promoted_and_cap(site)
+    for threshold, shown in (("", "50"), ("0", "0"), ("100", "100"), ("12.5", "12")):
+        status, body = _get(f"{site['base']}/versions?old={old}&new={new}&threshold={threshold}")
+        assert status == 200 and f"crossed {shown} upwards" in body, threshold
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/employee/emp-0001?period=abc",
+        "/employee/emp-0001?period=2025-13",
+        "/employee/emp-0001?period=99999999999-01",
+        "/employee/emp-0001/statement/abc",
+        "/employee/emp-0001/statement/2025-1",
+    ],
+)
+def test_a_month_that_is_not_a_month_is_a_bad_request(site: dict[str, Any], path: str) -> None:
+    status, body = _get(site["base"] + path)
+    assert status == 400 and "must be a month YYYY-MM" in body, (path, status)
