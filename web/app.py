@@ -213,6 +213,8 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
         with source.connect() as con:
             view = data.resolve(con, None)
             teams = data.employee_teams(con, view, employee_id)
+            if not teams:
+                raise NotFoundError(f"no employee {employee_id!r} in version {view.name}")
             if not any(user.can_see(t) for t in teams):
                 raise ForbiddenError(f"employee {employee_id!r} was never in one of your teams")
             events = data.statement_events(con, period)

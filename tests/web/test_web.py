@@ -386,3 +386,18 @@ def test_a_threshold_in_range_is_used(site: dict[str, Any]) -> None:
 def test_a_month_that_is_not_a_month_is_a_bad_request(site: dict[str, Any], path: str) -> None:
     status, body = _get(site["base"] + path)
     assert status == 400 and "must be a month YYYY-MM" in body, (path, status)
+
+
+def test_a_statement_of_no_employee_is_not_found_and_of_another_team_forbidden(site: dict[str, Any]) -> None:
+    for user in ("ada", "rita"):
+        status, body = _get(f"{site['base']}/employee/nobody/statement/2025-01", user)
+        assert status == 404 and "no employee &#39;nobody&#39;" in body, (user, status)
+    other = _read(
+        site,
+        "SELECT min(employee_id) FROM reward_statement WHERE period = '2025-01' "
+        "AND employee_id NOT IN (SELECT employee_id FROM kpi_employee_month WHERE team_id = 'team-01' "
+        "UNION SELECT employee_id FROM reward_score WHERE team_id = 'team-01')",
+    )[0][0]
+    assert other is not None
+    assert _get(f"{site['base']}/employee/{other}/statement/2025-01", "ada")[0] == 403
+    assert _get(f"{site['base']}/employee/{other}/statement/2025-01", "rita")[0] == 200
