@@ -84,6 +84,7 @@ def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     env.filters["num"] = pages.fmt_number
     env.filters["pct"] = pages.fmt_rate
+    env.filters["segment"] = pages.path_segment
     env.globals["kpi_label"] = pages.kpi_label
     return env
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 import socket
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +86,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         f'[users.ada]\npassword = "{hash_password(PASSWORDS["ada"])}"\nrole = "lead"\nteams = ["team-01"]\n\n'
         f'[users.rita]\npassword = "{hash_password(PASSWORDS["rita"])}"\nrole = "auditor"\n'
     )
+    with _served(settings.projections_db, "--users", str(users)) as base:
+        yield {"base": base, "db": settings.projections_db, "shots": tmp_path_factory.mktemp("screenshots")}
+
+
+@contextmanager
+def _served(db: Path, *options: str) -> Iterator[str]:
+    """`crm-ledger serve` over `db` on a free port, until the block ends; yields its address."""
     port = _free_port()
-    server = start_cli(
-        "--db", str(settings.projections_db), "serve", "--port", str(port), "--users", str(users)
-    )
+    server = start_cli("--db", str(db), "serve", "--port", str(port), *options)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -100,10 +107,39 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
     try:
         wait_for(up, 60, "crm-ledger serve")
-        yield {"base": base, "db": settings.projections_db, "shots": tmp_path_factory.mktemp("screenshots")}
+        yield base
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+#: Ids a browser would take apart if their "/" were left bare in a link ("." and ".." segments
+#: are resolved before the request), and one with the characters a URL gives meaning to.
+ODD_EMPLOYEE, ODD_TEAM, ODD_OTHER = "a/../b", "t/./u", "c?d#e%2Ff g"
+
+
+@pytest.fixture(scope="session")
+def odd_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A small history whose team and employees have such ids, with a closed month, served."""
+    folder = tmp_path_factory.mktemp("odd")
+    env = {
+        "CRM_LEDGER_STORE": str(folder / "ledger.sqlite"),
+        "CRM_LEDGER_DB": str(folder / "projections.duckdb"),
+    }
+    history = folder / "history.jsonl"
+    generate = ["--customers", "20", "--employees", "4", "--months", "2", "--seed", "3"]
+    run_cli("generate", *generate, "--out", str(history), check=True)
+    text = history.read_text()
+    for generated, odd in (("emp-0001", ODD_EMPLOYEE), ("emp-0002", ODD_OTHER), ("team-01", ODD_TEAM)):
+        assert json.dumps(generated) in text
+        text = text.replace(json.dumps(generated), json.dumps(odd))
+    history.write_text(text)
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    run_cli("period", "close", "2025-01", env=env, check=True)
+    run_cli("project", env=env, check=True)
+    with _served(folder / "projections.duckdb") as base:
+        yield {"base": base, "db": folder / "projections.duckdb"}
 
 
 @pytest.fixture(scope="session")
@@ -401,3 +437,25 @@ def test_a_statement_of_no_employee_is_not_found_and_of_another_team_forbidden(s
     assert other is not None
     assert _get(f"{site['base']}/employee/{other}/statement/2025-01", "ada")[0] == 403
     assert _get(f"{site['base']}/employee/{other}/statement/2025-01", "rita")[0] == 200
+
+
+def test_links_to_ids_with_slashes_and_dots_reach_their_pages(browser: Any, odd_site: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.goto(f"{odd_site['base']}/")
+    page.get_by_role("link", name=ODD_TEAM, exact=True).click()
+    expect(page.locator("h1")).to_have_text(f"Team {ODD_TEAM}")
+    assert page.url == f"{odd_site['base']}/team/t%2F.%2Fu"
+    for employee in (ODD_EMPLOYEE, ODD_OTHER):
+        page.locator("#members").get_by_role("link", name=employee, exact=True).click()
+        expect(page.locator("h1")).to_have_text(f"Employee {employee}")
+        page.locator("#statements").get_by_role("link", name="statement").first.click()
+        expect(page).to_have_title(f"Reward statement {employee} 2025-01")
+        page.go_back()
+        page.get_by_role("link", name=ODD_TEAM, exact=True).click()
+        expect(page.locator("h1")).to_have_text(f"Team {ODD_TEAM}")
+    (shown,) = _read(
+        odd_site, "SELECT count(DISTINCT employee_id) FROM reward_score WHERE team_id = ?", [ODD_TEAM]
+    )[0]
+    assert page.locator("#members tbody tr").count() == shown
