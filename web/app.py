@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class _UnauthorizedError(WebError):
 #: Reward scores run from 0 to 100 (100 times the weighted sum of components in 0..1, weights summing to 1).
 SCORE_MIN, SCORE_MAX = 0.0, 100.0
 DEFAULT_THRESHOLD = 50.0
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
 def _shown(text: str) -> str:
@@ -60,11 +62,9 @@ def score_threshold(text: str | None) -> float:
     """The `threshold` parameter: a score from 0 to 100, 50 when absent or empty."""
     if not text:
         return DEFAULT_THRESHOLD
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    # NaN and the infinities fail the range check too: no comparison with them means anything.
+    # Plain ASCII decimals only: float() would also take "1_0", "1e1" and digits of other scripts.
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    # Anything else is NaN ("nan", "inf" included), which fails the range check.
     if not SCORE_MIN <= value <= SCORE_MAX:
         raise BadRequestError(
             f"threshold must be a score from {SCORE_MIN:g} to {SCORE_MAX:g}, got {_shown(text)}"

@@ -392,7 +392,11 @@ def _promoted_and_cap(site: dict[str, Any]) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize(
-    "threshold", ["abc", "nan", "NaN", "inf", "-inf", "1e400", "-1", "100.5", "1e308", "5" * 5000]
+    "threshold",
+    [
+        *("abc", "nan", "NaN", "inf", "-inf", "1e400", "-1", "100.5", "1e308", "5" * 5000),
+        *("1_0", "1e1", "%2050", "%D9%A5%D9%A0", "0x10", "%00"),
+    ],
 )
 def test_a_threshold_that_is_not_a_score_is_a_bad_request(site: dict[str, Any], threshold: str) -> None:
     old, new = _promoted_and_cap(site)
@@ -404,7 +408,8 @@ def test_a_threshold_that_is_not_a_score_is_a_bad_request(site: dict[str, Any], 
 
 def test_a_threshold_in_range_is_used(site: dict[str, Any]) -> None:
     old, new = _promoted_and_cap(site)
-    for threshold, shown in (("", "50"), ("0", "0"), ("100", "100"), ("12.5", "12")):
+    given = (("", "50"), ("0", "0"), ("100", "100"), ("12.5", "12"), ("7.", "7"), (".5", "0"))
+    for threshold, shown in given:
         status, body = _get(f"{site['base']}/versions?old={old}&new={new}&threshold={threshold}")
         assert status == 200 and f"crossed {shown} upwards" in body, threshold
 
