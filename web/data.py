@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from projections.readonly import reader
-from projections.store import VersionInfo, is_lock_error, rows_as_dicts
+from projections.store import VersionInfo, is_lock_error, rows_as_dicts, versions_of
 from web.errors import NotFoundError, WebError
 
 _SCHEMA = re.compile(r"^v_[0-9a-f]{6,64}$")
@@ -90,18 +90,8 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -
 
 
 def versions(con: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
-    """The version catalog, oldest first, with the promoted one marked."""
-    names = [f.name for f in fields(VersionInfo) if f.name != "promoted"]
-    promoted = con.execute("SELECT version FROM crm_promoted WHERE id = 1").fetchone()
-    found = con.execute(
-        f"SELECT {', '.join(names)} FROM crm_versions ORDER BY created_at, version"
-    ).fetchall()
-    return [
-        VersionInfo(
-            **dict(zip(names, row, strict=True)), promoted=promoted is not None and row[0] == promoted[0]
-        )
-        for row in found
-    ]
+    """The version catalog, oldest first, with the promoted one marked (none before a projection)."""
+    return versions_of(con)
 
 
 def resolve(con: duckdb.DuckDBPyConnection, reference: str | None) -> View:

@@ -464,3 +464,19 @@ def test_links_to_ids_with_slashes_and_dots_reach_their_pages(browser: Any, odd_
         odd_site, "SELECT count(DISTINCT employee_id) FROM reward_score WHERE team_id = ?", [ODD_TEAM]
     )[0]
     assert page.locator("#members tbody tr").count() == shown
+
+
+def test_a_database_not_projected_yet_says_so_on_every_page(tmp_path: Path) -> None:
+    db = tmp_path / "projections.duckdb"
+    duckdb.connect(str(db)).close()
+    with _served(db) as base:
+        for path in ("/", "/team/t", "/employee/e", "/employee/e/statement/2025-01", "/complaints"):
+            try:
+                urllib.request.urlopen(base + path, timeout=30)
+            except urllib.error.HTTPError as error:
+                assert error.code == 503, path
+                assert "no version is promoted yet" in error.read().decode(), path
+            else:
+                raise AssertionError(f"{path} answered without a promoted version")
+        with urllib.request.urlopen(base + "/versions", timeout=30) as response:
+            assert response.status == 200
