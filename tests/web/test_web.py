@@ -480,3 +480,17 @@ def test_a_database_not_projected_yet_says_so_on_every_page(tmp_path: Path) -> N
                 raise AssertionError(f"{path} answered without a promoted version")
         with urllib.request.urlopen(base + "/versions", timeout=30) as response:
             assert response.status == 200
+
+
+def test_a_database_damaged_while_served_is_not_available_not_a_traceback(tmp_path: Path) -> None:
+    db = tmp_path / "projections.duckdb"
+    duckdb.connect(str(db)).close()
+    with _served(db) as base:
+        db.write_text("overwritten by mistake\n")
+        try:
+            urllib.request.urlopen(base + "/", timeout=30)
+        except urllib.error.HTTPError as error:
+            assert error.code == 503
+            assert "the projection database cannot be read" in error.read().decode()
+        else:
+            raise AssertionError("a damaged database was served")
