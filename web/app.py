@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -50,6 +51,8 @@ class _UnauthorizedError(WebError):
 #: Reward scores run from 0 to 100 (100 times the weighted sum of components in 0..1, weights summing to 1).
 SCORE_MIN, SCORE_MAX = 0.0, 100.0
 DEFAULT_THRESHOLD = 50.0
+#: The end of a statement's address, as sent (slashes of an id arrive encoded as %2F).
+_STATEMENT_TAIL = re.compile(r"/statement/([^/]+)\Z")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
@@ -180,8 +183,19 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
             known = data.versions(con)
         return render(request, "team.html", user, view=view, versions=known, **context)
 
-    def employee(request: Request, user: User) -> Response:
-        employee_id = request.path_params["employee_id"]
+    def employee_or_statement(request: Request, user: User) -> Response:
+        rest = request.path_params["rest"]
+        # Only a "/statement/MONTH" typed with bare slashes asks for a statement: an id that
+        # ends like that has its slashes encoded in links, which the decoded path forgets.
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        tail = _STATEMENT_TAIL.search(raw.decode("latin-1"))
+        if tail is not None:
+            suffix = f"/statement/{unquote(tail[1])}"
+            if rest.endswith(suffix) and len(rest) > len(suffix):
+                return statement(user, rest.removesuffix(suffix), unquote(tail[1]))
+        return employee(request, user, rest)
+
+    def employee(request: Request, user: User, employee_id: str) -> Response:
         with source.connect() as con:
             view = data.resolve(con, request.query_params.get("version"))
             teams = data.employee_teams(con, view, employee_id)
@@ -208,9 +222,8 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
             known = data.versions(con)
         return render(request, "employee.html", user, view=view, versions=known, **context)
 
-    def statement(request: Request, user: User) -> Response:
-        employee_id = request.path_params["employee_id"]
-        period = month_parameter(request.path_params["period"], "the statement's month")
+    def statement(user: User, employee_id: str, month: str) -> Response:
+        period = month_parameter(month, "the statement's month")
         with source.connect() as con:
             view = data.resolve(con, None)
             teams = data.employee_teams(con, view, employee_id)
@@ -265,11 +278,10 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
 
     routes = [
         Route("/", page(index), methods=["GET"]),
-        # Ids may hold "/" (a CFPB company name is a team id): matched as paths, the
-        # statement's longer pattern first.
+        # Ids may hold "/" (a CFPB company name is a team id): matched as paths; an
+        # employee's page and their statements share one route (see employee_or_statement).
         Route("/team/{team_id:path}", page(team), methods=["GET"]),
-        Route("/employee/{employee_id:path}/statement/{period}", page(statement), methods=["GET"]),
-        Route("/employee/{employee_id:path}", page(employee), methods=["GET"]),
+        Route("/employee/{rest:path}", page(employee_or_statement), methods=["GET"]),
         Route("/versions", page(versions_page), methods=["GET"]),
         Route("/complaints", page(complaints), methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),

@@ -114,8 +114,10 @@ def _served(db: Path, *options: str) -> Iterator[str]:
 
 
 #: Ids a browser would take apart if their "/" were left bare in a link ("." and ".." segments
-#: are resolved before the request), and one with the characters a URL gives meaning to.
+#: are resolved before the request), one with the characters a URL gives meaning to, and one
+#: that ends like the address of a statement.
 ODD_EMPLOYEE, ODD_TEAM, ODD_OTHER = "a/../b", "t/./u", "c?d#e%2Ff g"
+ODD_STATEMENT = "d/statement/2025-01"
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +132,13 @@ def odd_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     generate = ["--customers", "20", "--employees", "4", "--months", "2", "--seed", "3"]
     run_cli("generate", *generate, "--out", str(history), check=True)
     text = history.read_text()
-    for generated, odd in (("emp-0001", ODD_EMPLOYEE), ("emp-0002", ODD_OTHER), ("team-01", ODD_TEAM)):
+    renamed = {
+        "emp-0001": ODD_EMPLOYEE,
+        "emp-0002": ODD_OTHER,
+        "emp-0003": ODD_STATEMENT,
+        "team-01": ODD_TEAM,
+    }
+    for generated, odd in renamed.items():
         assert json.dumps(generated) in text
         text = text.replace(json.dumps(generated), json.dumps(odd))
     history.write_text(text)
@@ -452,7 +460,7 @@ def test_links_to_ids_with_slashes_and_dots_reach_their_pages(browser: Any, odd_
     page.get_by_role("link", name=ODD_TEAM, exact=True).click()
     expect(page.locator("h1")).to_have_text(f"Team {ODD_TEAM}")
     assert page.url == f"{odd_site['base']}/team/t%2F.%2Fu"
-    for employee in (ODD_EMPLOYEE, ODD_OTHER):
+    for employee in (ODD_EMPLOYEE, ODD_OTHER, ODD_STATEMENT):
         page.locator("#members").get_by_role("link", name=employee, exact=True).click()
         expect(page.locator("h1")).to_have_text(f"Employee {employee}")
         page.locator("#statements").get_by_role("link", name="statement").first.click()
@@ -494,3 +502,10 @@ def test_a_database_damaged_while_served_is_not_available_not_a_traceback(tmp_pa
             assert "the projection database cannot be read" in error.read().decode()
         else:
             raise AssertionError("a damaged database was served")
+
+
+def test_a_statement_typed_with_bare_slashes_is_still_a_statement(odd_site: dict[str, Any]) -> None:
+    with urllib.request.urlopen(f"{odd_site['base']}/employee/a/../b/statement/2025-01", timeout=30) as got:
+        assert f"<title>Reward statement {ODD_EMPLOYEE} 2025-01</title>" in got.read().decode()
+    with urllib.request.urlopen(f"{odd_site['base']}/employee/d%2Fstatement%2F2025-01", timeout=30) as got:
+        assert f"<h1>Employee {ODD_STATEMENT}</h1>" in got.read().decode()
