@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -23,8 +26,10 @@ from starlette.routing import Route
 
 from crm_ledger.errors import CrmLedgerError
 from replay.diff import diff_versions
+from rewards.errors import PeriodError
+from rewards.periods import parse_period
 from web import data, pages
-from web.errors import ForbiddenError, NotFoundError, WebError
+from web.errors import BadRequestError, ForbiddenError, NotFoundError, WebError
 from web.statements import statement_from_events
 from web.users import LOCAL_USER, User, Users
 
@@ -43,10 +48,46 @@ class _UnauthorizedError(WebError):
     """No or wrong credentials (HTTP 401)."""
 
 
+#: Reward scores run from 0 to 100 (100 times the weighted sum of components in 0..1, weights summing to 1).
+SCORE_MIN, SCORE_MAX = 0.0, 100.0
+DEFAULT_THRESHOLD = 50.0
+#: The end of a statement's address, as sent (slashes of an id arrive encoded as %2F).
+_STATEMENT_TAIL = re.compile(r"/statement/([^/]+)\Z")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+def _shown(text: str) -> str:
+    """A parameter as quoted in an error message, cut short: the page must not echo a megabyte."""
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def score_threshold(text: str | None) -> float:
+    """The `threshold` parameter: a score from 0 to 100, 50 when absent or empty."""
+    if not text:
+        return DEFAULT_THRESHOLD
+    # Plain ASCII decimals only: float() would also take "1_0", "1e1" and digits of other scripts.
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    # Anything else is NaN ("nan", "inf" included), which fails the range check.
+    if not SCORE_MIN <= value <= SCORE_MAX:
+        raise BadRequestError(
+            f"threshold must be a score from {SCORE_MIN:g} to {SCORE_MAX:g}, got {_shown(text)}"
+        )
+    return value
+
+
+def month_parameter(text: str, name: str) -> str:
+    """A `YYYY-MM` month from the request, or a 400 naming the parameter."""
+    try:
+        return parse_period(text)
+    except PeriodError:
+        raise BadRequestError(f"{name} must be a month YYYY-MM (e.g. 2025-01), got {_shown(text)}") from None
+
+
 def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     env.filters["num"] = pages.fmt_number
     env.filters["pct"] = pages.fmt_rate
+    env.filters["segment"] = pages.path_segment
     env.globals["kpi_label"] = pages.kpi_label
     return env
 
@@ -92,12 +133,18 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 )
             try:
                 return handler(request, user)
+            except BadRequestError as error:
+                return render(request, "error.html", user, 400, title="Bad request", message=str(error))
             except ForbiddenError as error:
                 return render(request, "error.html", user, 403, title="Not yours to see", message=str(error))
             except NotFoundError as error:
                 return render(request, "error.html", user, 404, title="Not found", message=str(error))
             except CrmLedgerError as error:  # a missing or busy database, a bad version
                 return render(request, "error.html", user, 503, title="Not available", message=str(error))
+            except duckdb.IOException as error:
+                # The file was replaced or damaged after the start-up check.
+                message = f"the projection database cannot be read: {str(error).splitlines()[0]}"
+                return render(request, "error.html", user, 503, title="Not available", message=message)
             except duckdb.CatalogException as error:
                 # A version promoted before a read model existed has no stable name for it yet.
                 message = (
@@ -136,8 +183,19 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
             known = data.versions(con)
         return render(request, "team.html", user, view=view, versions=known, **context)
 
-    def employee(request: Request, user: User) -> Response:
-        employee_id = request.path_params["employee_id"]
+    def employee_or_statement(request: Request, user: User) -> Response:
+        rest = request.path_params["rest"]
+        # Only a "/statement/MONTH" typed with bare slashes asks for a statement: an id that
+        # ends like that has its slashes encoded in links, which the decoded path forgets.
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        tail = _STATEMENT_TAIL.search(raw.decode("latin-1"))
+        if tail is not None:
+            suffix = f"/statement/{unquote(tail[1])}"
+            if rest.endswith(suffix) and len(rest) > len(suffix):
+                return statement(user, rest.removesuffix(suffix), unquote(tail[1]))
+        return employee(request, user, rest)
+
+    def employee(request: Request, user: User, employee_id: str) -> Response:
         with source.connect() as con:
             view = data.resolve(con, request.query_params.get("version"))
             teams = data.employee_teams(con, view, employee_id)
@@ -147,7 +205,8 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 raise ForbiddenError(f"employee {employee_id!r} was never in one of your teams")
             scores = data.employee_scores(con, view, employee_id)
             periods = [s["period"] for s in scores]
-            period = request.query_params.get("period") or (periods[-1] if periods else "")
+            asked = request.query_params.get("period")
+            period = month_parameter(asked, "period") if asked else (periods[-1] if periods else "")
             if period and period not in periods:
                 raise NotFoundError(f"employee {employee_id!r} has no score for {period!r}")
             context = pages.employee_page(
@@ -163,11 +222,13 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
             known = data.versions(con)
         return render(request, "employee.html", user, view=view, versions=known, **context)
 
-    def statement(request: Request, user: User) -> Response:
-        employee_id, period = request.path_params["employee_id"], request.path_params["period"]
+    def statement(user: User, employee_id: str, month: str) -> Response:
+        period = month_parameter(month, "the statement's month")
         with source.connect() as con:
             view = data.resolve(con, None)
             teams = data.employee_teams(con, view, employee_id)
+            if not teams:
+                raise NotFoundError(f"no employee {employee_id!r} in version {view.name}")
             if not any(user.can_see(t) for t in teams):
                 raise ForbiddenError(f"employee {employee_id!r} was never in one of your teams")
             events = data.statement_events(con, period)
@@ -175,6 +236,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
         return HTMLResponse(html, headers=SECURITY_HEADERS)
 
     def versions_page(request: Request, user: User) -> Response:
+        threshold = score_threshold(request.query_params.get("threshold"))
         with source.connect() as con:
             known = data.versions(con)
             ready = [v for v in known if v.built_at is not None]
@@ -187,7 +249,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 old, new = data.find_version(con, old_ref), data.find_version(con, new_ref)
                 if old.built_at is None or new.built_at is None:
                     raise NotFoundError("both versions must be built before they can be compared")
-                report = diff_versions(con, old, new, float(request.query_params.get("threshold") or 50.0))
+                report = diff_versions(con, old, new, threshold)
                 new_view = data.resolve(con, new.version)
                 old_view = data.resolve(con, old.version)
                 for v in (old_view, new_view):
@@ -216,11 +278,10 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
 
     routes = [
         Route("/", page(index), methods=["GET"]),
-        # Ids may hold "/" (a CFPB company name is a team id): matched as paths, the
-        # statement's longer pattern first.
+        # Ids may hold "/" (a CFPB company name is a team id): matched as paths; an
+        # employee's page and their statements share one route (see employee_or_statement).
         Route("/team/{team_id:path}", page(team), methods=["GET"]),
-        Route("/employee/{employee_id:path}/statement/{period}", page(statement), methods=["GET"]),
-        Route("/employee/{employee_id:path}", page(employee), methods=["GET"]),
+        Route("/employee/{rest:path}", page(employee_or_statement), methods=["GET"]),
         Route("/versions", page(versions_page), methods=["GET"]),
         Route("/complaints", page(complaints), methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),

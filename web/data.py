@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from projections.readonly import reader
-from projections.store import VersionInfo, rows_as_dicts
+from projections.store import VersionInfo, is_lock_error, rows_as_dicts, versions_of
 from web.errors import NotFoundError, WebError
 
 _SCHEMA = re.compile(r"^v_[0-9a-f]{6,64}$")
@@ -65,23 +65,33 @@ class Reader:
             yield connection
 
 
+def check_database(path: Path) -> None:
+    """Refuse, in one line, a `path` that is not a DuckDB database the pages can open read-only.
+
+    Checked once before serving: otherwise every page but the health check would fail with
+    a traceback in the log while the server looked healthy.
+    """
+    if not path.exists():
+        raise WebError(f"{path}: no projection database yet (run `crm-ledger project` or `crm-ledger demo`)")
+    if not path.is_file():
+        raise WebError(f"{path}: not a file; --db names the projection database file (projections.duckdb)")
+    try:
+        duckdb.connect(str(path), read_only=True).close()
+    except duckdb.Error as error:
+        if is_lock_error(error):
+            # A projector is writing it right now: each request waits for its turn.
+            return
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WebError(f"{path}: not a DuckDB database that can be opened read-only ({first})") from None
+
+
 def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     return rows_as_dicts(con.execute(sql, list(params)))
 
 
 def versions(con: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
-    """The version catalog, oldest first, with the promoted one marked."""
-    names = [f.name for f in fields(VersionInfo) if f.name != "promoted"]
-    promoted = con.execute("SELECT version FROM crm_promoted WHERE id = 1").fetchone()
-    found = con.execute(
-        f"SELECT {', '.join(names)} FROM crm_versions ORDER BY created_at, version"
-    ).fetchall()
-    return [
-        VersionInfo(
-            **dict(zip(names, row, strict=True)), promoted=promoted is not None and row[0] == promoted[0]
-        )
-        for row in found
-    ]
+    """The version catalog, oldest first, with the promoted one marked (none before a projection)."""
+    return versions_of(con)
 
 
 def resolve(con: duckdb.DuckDBPyConnection, reference: str | None) -> View:

@@ -15,3 +15,7 @@ class NotFoundError(WebError):
 
 class ForbiddenError(WebError):
     """The signed-in user may not see this team (HTTP 403)."""
+
+
+class BadRequestError(WebError):
+    """A query or path parameter that is not what the page takes (HTTP 400)."""

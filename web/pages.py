@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from markupsafe import Markup
 
@@ -43,6 +44,16 @@ def kpi_label(kpi: str) -> str:
         return "mean reward score"
     known = BY_NAME.get(kpi)
     return known.title if known is not None else kpi
+
+
+def path_segment(value: Any) -> str:
+    """An id as one URL path segment, "/" included: `a/../b` becomes `a%2F..%2Fb`.
+
+    Browsers resolve "." and ".." segments before sending a request, so an id whose "/" were
+    left bare would lead to another page; an encoded "/" separates nothing for them, and the
+    server decodes it before matching the routes' `{id:path}`.
+    """
+    return quote(str(value), safe="")
 
 
 def fmt_number(value: Any, digits: int = 2) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from web.app import create_app
+from web.data import check_database
 from web.errors import WebError
 from web.users import Users
 
@@ -17,8 +18,7 @@ def run_server(
     db: Path, host: str, port: int, users_file: Path | None, echo: Callable[[str], None] = print
 ) -> None:
     """Serve the pages over `db`; with `users_file`, only its users, each seeing their teams."""
-    if not db.exists():
-        raise WebError(f"{db}: no projection database yet (run `crm-ledger project` or `crm-ledger demo`)")
+    check_database(db)
     users = Users.load(users_file) if users_file is not None else None
     app = create_app(db, users)
     # Bound here, not by uvicorn: a port in use is one line of ours (uvicorn logs its own

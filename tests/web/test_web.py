@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 import socket
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from crm_cli.demo import run_demo
 from importers.generator import GeneratorConfig
 from projections.readonly import reader
 from projections.spec import DEFAULT_SPEC
-from tests.helpers import run_cli, start_cli, wait_for
+from tests.helpers import CLI, run_cli, start_cli, wait_for
 from web.pages import fmt_number, fmt_rate
 from web.users import hash_password
 
@@ -84,10 +86,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         f'[users.ada]\npassword = "{hash_password(PASSWORDS["ada"])}"\nrole = "lead"\nteams = ["team-01"]\n\n'
         f'[users.rita]\npassword = "{hash_password(PASSWORDS["rita"])}"\nrole = "auditor"\n'
     )
+    with _served(settings.projections_db, "--users", str(users)) as base:
+        yield {"base": base, "db": settings.projections_db, "shots": tmp_path_factory.mktemp("screenshots")}
+
+
+@contextmanager
+def _served(db: Path, *options: str) -> Iterator[str]:
+    """`crm-ledger serve` over `db` on a free port, until the block ends; yields its address."""
     port = _free_port()
-    server = start_cli(
-        "--db", str(settings.projections_db), "serve", "--port", str(port), "--users", str(users)
-    )
+    server = start_cli("--db", str(db), "serve", "--port", str(port), *options)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -100,10 +107,47 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
     try:
         wait_for(up, 60, "crm-ledger serve")
-        yield {"base": base, "db": settings.projections_db, "shots": tmp_path_factory.mktemp("screenshots")}
+        yield base
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+#: Ids a browser would take apart if their "/" were left bare in a link ("." and ".." segments
+#: are resolved before the request), one with the characters a URL gives meaning to, and one
+#: that ends like the address of a statement.
+ODD_EMPLOYEE, ODD_TEAM, ODD_OTHER = "a/../b", "t/./u", "c?d#e%2Ff g"
+ODD_STATEMENT = "d/statement/2025-01"
+
+
+@pytest.fixture(scope="session")
+def odd_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A small history whose team and employees have such ids, with a closed month, served."""
+    folder = tmp_path_factory.mktemp("odd")
+    env = {
+        "CRM_LEDGER_STORE": str(folder / "ledger.sqlite"),
+        "CRM_LEDGER_DB": str(folder / "projections.duckdb"),
+    }
+    history = folder / "history.jsonl"
+    generate = ["--customers", "20", "--employees", "4", "--months", "2", "--seed", "3"]
+    run_cli("generate", *generate, "--out", str(history), check=True)
+    text = history.read_text()
+    renamed = {
+        "emp-0001": ODD_EMPLOYEE,
+        "emp-0002": ODD_OTHER,
+        "emp-0003": ODD_STATEMENT,
+        "team-01": ODD_TEAM,
+    }
+    for generated, odd in renamed.items():
+        assert json.dumps(generated) in text
+        text = text.replace(json.dumps(generated), json.dumps(odd))
+    history.write_text(text)
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    run_cli("period", "close", "2025-01", env=env, check=True)
+    run_cli("project", env=env, check=True)
+    with _served(folder / "projections.duckdb") as base:
+        yield {"base": base, "db": folder / "projections.duckdb"}
 
 
 @pytest.fixture(scope="session")
@@ -295,3 +339,173 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
         result = run_cli("--db", str(db), "serve", "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: p.mkdir(), "not a file"),
+        (lambda p: p.write_text("not a database\n"), "not a DuckDB database that can be opened read-only"),
+        (lambda p: p.write_bytes(b""), "not a DuckDB database that can be opened read-only"),
+        (lambda p: None, "no projection database yet"),
+    ],
+    ids=["folder", "text-file", "empty-file", "missing"],
+)
+def test_serve_refuses_what_is_not_a_duckdb_database_in_one_line(
+    tmp_path: Path, make: Any, words: str
+) -> None:
+    db = tmp_path / "projections.duckdb"
+    make(db)
+    result = subprocess.run(
+        [*CLI, "--db", str(db), "serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "serving" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {db}: ") and words in lines[0], result.stderr
+
+
+def test_serve_starts_while_a_projector_holds_the_database(tmp_path: Path) -> None:
+    db = tmp_path / "projections.duckdb"
+    with duckdb.connect(str(db)):  # a writer in another process, as `project --follow` is
+        server = start_cli("--db", str(db), "serve", "--port", "0")
+        try:
+            assert server.stdout is not None
+            assert server.stdout.readline().startswith(f"serving {db} read-only on http://127.0.0.1:")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _get(url: str, user: str = "rita") -> tuple[int, str]:
+    """Status and body of a GET as `user`, errors included."""
+    request = urllib.request.Request(url)
+    secret = base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
+    request.add_header("Authorization", "Basic " + secret)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+def _promoted_and_cap(site: dict[str, Any]) -> tuple[str, str]:
+    old = _read(site, "SELECT version FROM crm_promoted")[0][0]
+    new = _read(site, "SELECT version FROM crm_versions WHERE name = 'cap'")[0][0]
+    return str(old), str(new)
+
+
+@pytest.mark.parametrize(
+    "threshold",
+    [
+        *("abc", "nan", "NaN", "inf", "-inf", "1e400", "-1", "100.5", "1e308", "5" * 5000),
+        *("1_0", "1e1", "%2050", "%D9%A5%D9%A0", "0x10", "%00"),
+    ],
+)
+def test_a_threshold_that_is_not_a_score_is_a_bad_request(site: dict[str, Any], threshold: str) -> None:
+    old, new = _promoted_and_cap(site)
+    status, body = _get(f"{site['base']}/versions?old={old}&new={new}&threshold={threshold}")
+    assert status == 400
+    assert "threshold must be a score from 0 to 100" in body and "Traceback" not in body
+    assert len(body) < 5000, "the page does not echo the whole parameter"
+
+
+def test_a_threshold_in_range_is_used(site: dict[str, Any]) -> None:
+    old, new = _promoted_and_cap(site)
+    given = (("", "50"), ("0", "0"), ("100", "100"), ("12.5", "12"), ("7.", "7"), (".5", "0"))
+    for threshold, shown in given:
+        status, body = _get(f"{site['base']}/versions?old={old}&new={new}&threshold={threshold}")
+        assert status == 200 and f"crossed {shown} upwards" in body, threshold
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/employee/emp-0001?period=abc",
+        "/employee/emp-0001?period=2025-13",
+        "/employee/emp-0001?period=99999999999-01",
+        "/employee/emp-0001/statement/abc",
+        "/employee/emp-0001/statement/2025-1",
+    ],
+)
+def test_a_month_that_is_not_a_month_is_a_bad_request(site: dict[str, Any], path: str) -> None:
+    status, body = _get(site["base"] + path)
+    assert status == 400 and "must be a month YYYY-MM" in body, (path, status)
+
+
+def test_a_statement_of_no_employee_is_not_found_and_of_another_team_forbidden(site: dict[str, Any]) -> None:
+    for user in ("ada", "rita"):
+        status, body = _get(f"{site['base']}/employee/nobody/statement/2025-01", user)
+        assert status == 404 and "no employee &#39;nobody&#39;" in body, (user, status)
+    other = _read(
+        site,
+        "SELECT min(employee_id) FROM reward_statement WHERE period = '2025-01' "
+        "AND employee_id NOT IN (SELECT employee_id FROM kpi_employee_month WHERE team_id = 'team-01' "
+        "UNION SELECT employee_id FROM reward_score WHERE team_id = 'team-01')",
+    )[0][0]
+    assert other is not None
+    assert _get(f"{site['base']}/employee/{other}/statement/2025-01", "ada")[0] == 403
+    assert _get(f"{site['base']}/employee/{other}/statement/2025-01", "rita")[0] == 200
+
+
+def test_links_to_ids_with_slashes_and_dots_reach_their_pages(browser: Any, odd_site: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.goto(f"{odd_site['base']}/")
+    page.get_by_role("link", name=ODD_TEAM, exact=True).click()
+    expect(page.locator("h1")).to_have_text(f"Team {ODD_TEAM}")
+    assert page.url == f"{odd_site['base']}/team/t%2F.%2Fu"
+    for employee in (ODD_EMPLOYEE, ODD_OTHER, ODD_STATEMENT):
+        page.locator("#members").get_by_role("link", name=employee, exact=True).click()
+        expect(page.locator("h1")).to_have_text(f"Employee {employee}")
+        page.locator("#statements").get_by_role("link", name="statement").first.click()
+        expect(page).to_have_title(f"Reward statement {employee} 2025-01")
+        page.go_back()
+        page.get_by_role("link", name=ODD_TEAM, exact=True).click()
+        expect(page.locator("h1")).to_have_text(f"Team {ODD_TEAM}")
+    (shown,) = _read(
+        odd_site, "SELECT count(DISTINCT employee_id) FROM reward_score WHERE team_id = ?", [ODD_TEAM]
+    )[0]
+    assert page.locator("#members tbody tr").count() == shown
+
+
+def test_a_database_not_projected_yet_says_so_on_every_page(tmp_path: Path) -> None:
+    db = tmp_path / "projections.duckdb"
+    duckdb.connect(str(db)).close()
+    with _served(db) as base:
+        for path in ("/", "/team/t", "/employee/e", "/employee/e/statement/2025-01", "/complaints"):
+            try:
+                urllib.request.urlopen(base + path, timeout=30)
+            except urllib.error.HTTPError as error:
+                assert error.code == 503, path
+                assert "no version is promoted yet" in error.read().decode(), path
+            else:
+                raise AssertionError(f"{path} answered without a promoted version")
+        with urllib.request.urlopen(base + "/versions", timeout=30) as response:
+            assert response.status == 200
+
+
+def test_a_database_damaged_while_served_is_not_available_not_a_traceback(tmp_path: Path) -> None:
+    db = tmp_path / "projections.duckdb"
+    duckdb.connect(str(db)).close()
+    with _served(db) as base:
+        db.write_text("overwritten by mistake\n")
+        try:
+            urllib.request.urlopen(base + "/", timeout=30)
+        except urllib.error.HTTPError as error:
+            assert error.code == 503
+            assert "the projection database cannot be read" in error.read().decode()
+        else:
+            raise AssertionError("a damaged database was served")
+
+
+def test_a_statement_typed_with_bare_slashes_is_still_a_statement(odd_site: dict[str, Any]) -> None:
+    with urllib.request.urlopen(f"{odd_site['base']}/employee/a/../b/statement/2025-01", timeout=30) as got:
+        assert f"<title>Reward statement {ODD_EMPLOYEE} 2025-01</title>" in got.read().decode()
+    with urllib.request.urlopen(f"{odd_site['base']}/employee/d%2Fstatement%2F2025-01", timeout=30) as got:
+        assert f"<h1>Employee {ODD_STATEMENT}</h1>" in got.read().decode()

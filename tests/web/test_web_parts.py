@@ -9,6 +9,7 @@ import pytest
 
 from web.charts import Series, Target, bar_chart, line_chart
 from web.errors import WebError
+from web.pages import path_segment
 from web.users import LOCAL_USER, Users, hash_password
 
 
@@ -65,3 +66,10 @@ def test_charts_are_inline_svg_with_gaps_and_target_steps() -> None:
     assert "<polyline" not in chart  # a gap between the only two points: no line drawn across it
     assert "No values" in str(line_chart(["2026-01"], [Series("x", (None,))], title="empty"))
     assert str(bar_chart(["a", "b"], [3.0, 1.0], title="bars")).count("<rect") == 2
+
+
+def test_an_id_in_a_link_is_one_path_segment() -> None:
+    assert path_segment("a/../b") == "a%2F..%2Fb"
+    assert path_segment("t/./u") == "t%2F.%2Fu"
+    assert path_segment("c?d#e%2Ff g") == "c%3Fd%23e%252Ff%20g"
+    assert path_segment("ä") == "%C3%A4"
