@@ -34,7 +34,7 @@ from deltalake import (
     WriterProperties,
     write_deltalake,
 )
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from crm_ledger.errors import CrmLedgerError
 from projections.columns import LOG_SCHEMA
@@ -128,10 +128,15 @@ class DecodedLog:
             if self._latest is not None and self._latest.version() == version:
                 return self._latest  # already loaded: loading a version reads the whole Delta log again
             return DeltaTable(str(self.path), version=version)
-        if self._latest is None:
-            self._latest = DeltaTable(str(self.path))
-        else:
-            self._latest.update_incremental()  # reads only the commits since the last look
+        if self._latest is not None:
+            try:
+                self._latest.update_incremental()  # reads only the commits since the last look
+                return self._latest
+            except DeltaError:
+                # The log was rebuilt beside this process (`replay --from-source`): its versions
+                # start anew, below the one held here. Read it again from the start.
+                self._latest = None
+        self._latest = DeltaTable(str(self.path))
         return self._latest
 
     def version(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -58,6 +59,19 @@ def test_a_restarted_appender_resumes_without_loss_or_duplicates(tmp_path: Path)
     chains = dict(zip(ids, rows.column("chain").to_pylist(), strict=True))
     expected = fresh.dataset().to_table(columns=["notification_id", "chain"]).to_pylist()
     assert all(chains[r["notification_id"]] == r["chain"] for r in expected)
+
+
+def test_a_handle_held_while_the_log_is_rebuilt_reads_the_new_log(tmp_path: Path) -> None:
+    """`replay --from-source` rebuilds the log beside a follower: its versions start anew, below
+    the one the follower's handle holds, and the handle reads the new log (it raised)."""
+    app = _ledger(tmp_path)
+    held = DecodedLog(tmp_path / "log")
+    _append(held, app, batches=4)
+    assert held.version() == 4
+    shutil.rmtree(tmp_path / "log")
+    _append(DecodedLog(tmp_path / "log"), app, batches=1)
+    assert held.version() == 1
+    assert held.positions(["ledger"])["ledger"].offset == [n.id for n in app.read_notifications(1, 97)][-1]
 
 
 def test_two_appenders_of_one_source_never_commit_the_same_rows(tmp_path: Path) -> None:
