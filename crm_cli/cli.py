@@ -459,10 +459,11 @@ def _ingest_files(
     from rewards.goals import spec_components
 
     limit = max_record_bytes or settings.max_record_bytes
+    sink = RejectSink(rejects_file)
+    sink.open()
     app = open_ledger(settings, spec_components(settings.projections_db))
     app.max_event_bytes = limit
     parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
-    sink = RejectSink(rejects_file)
     records = itertools.chain.from_iterable(read(path, parser, limit) for path in paths)
     name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
     try:

@@ -797,6 +797,8 @@ class RejectSink:
         self._echo = echo
         self._echo_limit = echo_limit
         self.count = 0
+        #: Whether `open` created the file (an empty one is not left behind).
+        self._made = False
 
     def reject(
         self, location: str, error: ValidationError, raw: str | None, *, kind: str = "rejected"
@@ -827,10 +829,22 @@ class RejectSink:
             elif self.count == self._echo_limit + 1:
                 self._echo.write("... more rejects: see the rejects file\n")
 
+    def open(self) -> None:
+        """Open the rejects file now, so that a file that cannot be written stops the run
+        before anything is recorded (not after, with the valid records in and no word of
+        the refused ones). A file made only by this and left empty is removed by `close`."""
+        if self._path is None or self._handle is not None:
+            return
+        self._made = not self._path.exists()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self._path.open("a", encoding="utf-8")
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+            if self.count == 0 and self._made and self._path is not None:
+                self._path.unlink(missing_ok=True)
 
 
 def ingest_records(

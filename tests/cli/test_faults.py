@@ -155,3 +155,18 @@ def test_commands_that_read_the_ledger_refuse_a_store_that_does_not_exist(tmp_pa
     ):
         _one_line_error(run_cli(*args, env=env), "no such ledger store")
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_rejects_file_that_cannot_be_written_stops_the_run_before_anything_lands(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    history = _history(tmp_path)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the rejects file's folder should be")
+    _one_line_error(run_cli("ingest", str(history), "--rejects", str(blocked / "r.jsonl"), env=env))
+    assert not (tmp_path / "l.sqlite").exists()
+    # Without rejects, the file the run opened early is not left behind empty.
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("\n".join(history.read_text().splitlines()[:20]) + "\n")
+    rejects = tmp_path / "rejects.jsonl"
+    done = run_cli("ingest", str(clean), "--rejects", str(rejects), env=env)
+    assert "rejected 0" in done.stdout and not rejects.exists(), done.stdout
