@@ -14,6 +14,7 @@ import pytest
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
+from projections.store import ProjectionDB
 from tests.helpers import CLI, ledger_content, run_cli
 
 
@@ -170,3 +171,13 @@ def test_a_rejects_file_that_cannot_be_written_stops_the_run_before_anything_lan
     rejects = tmp_path / "rejects.jsonl"
     done = run_cli("ingest", str(clean), "--rejects", str(rejects), env=env)
     assert "rejected 0" in done.stdout and not rejects.exists(), done.stdout
+
+
+def test_a_table_on_the_terminal_shows_the_first_thousand_rows_and_says_so(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+    shown = run_cli("query", "SELECT range AS r FROM range(5000)", env=env)
+    assert shown.returncode == 0 and "│ 999 " in shown.stdout and "│ 1000 " not in shown.stdout
+    assert "the first 1,000 rows" in shown.stderr
+    every = run_cli("query", "SELECT range AS r FROM range(5000)", "--format", "csv", env=env)
+    assert len(every.stdout.splitlines()) == 5001 and "first" not in every.stderr
