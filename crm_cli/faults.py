@@ -84,7 +84,8 @@ def _duckdb_fault(error: duckdb.Error, db: str) -> str:
         return f"projection database {db}: disk full: free some space; {_AGAIN}"
     if "could not set lock" in lowered or "conflicting lock" in lowered:
         return f"projection database {db} is in use by another process: wait for it, then run this again"
-    if "permission denied" in lowered or "read-only" in lowered or "readonly" in lowered:
+    # "Operation not permitted": an immutable file (chattr +i) or a read-only mount, as root too.
+    if any(w in lowered for w in ("permission denied", "operation not permitted", "read-only", "readonly")):
         return f"projection database {db} cannot be written: check the file's (and its folder's) permissions"
     if isinstance(error, (duckdb.SerializationException, duckdb.IOException)) or "not a valid" in lowered:
         return (

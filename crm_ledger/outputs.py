@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from crm_ledger.errors import CrmLedgerError
+
 
 @contextlib.contextmanager
 def replaced_whole(target: Path) -> Iterator[Path]:
@@ -23,9 +25,14 @@ def replaced_whole(target: Path) -> Iterator[Path]:
     if target.exists() and not target.is_file():
         yield target
         return
+    if not target.parent.is_dir():
+        raise CrmLedgerError(f"{target}: no folder {target.parent} to write it in")
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         yield partial
         partial.replace(target)
+    except OSError as error:
+        # Named by the file asked for, not by the hidden one written first.
+        raise OSError(error.errno, error.strerror, str(target)) from None
     finally:
         partial.unlink(missing_ok=True)
