@@ -160,6 +160,13 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
     with ProjectionDB(settings.projections_db) as db:
         version = _promoted_fresh(settings, app, db)
         scores = live_scores(db, version, period)
+        if not scores:
+            # A close is for good: a month without a score (a typo, data not yet ingested or
+            # projected) is not closed with nothing in it.
+            raise PeriodError(
+                f"period {period} has no scores in version {version.version} (no events in that month, or "
+                "not projected yet?): nothing to close"
+            )
         row = db.connection.execute(
             f"SELECT coalesce(max(notification_id), 0) FROM {version.schema}.events"
         ).fetchone()

@@ -162,6 +162,7 @@ def test_bad_input_is_refused_and_nothing_written(ledger: LedgerApplication, set
         (["period", "close", "0000-01"], "is outside 1970-01 to 9998-12"),
         (["period", "close", "0001-01"], "is outside 1970-01 to 9998-12"),
         (["period", "close", "9999-12"], "is outside 1970-01 to 9998-12"),
+        (["period", "close", "2015-01"], "has no scores"),  # a close is for good: not of an empty month
         (["statement", "--employee", "emp-0001", "--period", PERIOD], "not closed"),
     ):
         result = run_cli(*args, env=env)
