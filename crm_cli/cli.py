@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -47,6 +48,20 @@ DEMO_DB = Path(".crm-ledger/demo/projections.duckdb")
 def _settings(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
+
+
+def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """A number option's value; nan passes click's ranges (every comparison with it is false)."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number")
+    return value
+
+
+def _given_path(value: str) -> Path:
+    """A path option's value; an empty one (an unset shell variable) is not the current folder."""
+    if not value.strip():
+        raise click.BadParameter("is empty: give a folder or file name")
+    return Path(value)
 
 
 def _existing_store(ctx: click.Context) -> Settings:
@@ -332,6 +347,7 @@ def schemas_lock(folder: Path | None) -> None:
 @click.option(
     "--invalid-rate",
     type=click.FloatRange(0, 1),
+    callback=_finite,
     default=0.0,
     show_default=True,
     help="Share of deliberately invalid records.",
@@ -395,6 +411,7 @@ def _load_options(command: Any) -> Any:
         click.option(
             "--future-tolerance-hours",
             type=click.FloatRange(0),
+            callback=_finite,
             default=24.0,
             show_default=True,
             help="How far after now an occurred_at may lie (clock skew between systems).",
@@ -581,6 +598,7 @@ _source_option = click.option(
 @click.option(
     "--refresh-interval",
     type=click.FloatRange(0.1),
+    callback=_finite,
     default=5.0,
     show_default=True,
     help="Seconds between read-model refreshes when following.",
@@ -844,7 +862,8 @@ def _version_row(v: Any) -> dict[str, Any]:
 )
 @click.option(
     "--threshold",
-    type=float,
+    type=click.FloatRange(0, 100),  # the score scale
+    callback=_finite,
     default=50.0,
     show_default=True,
     help="Reward threshold whose crossings are listed.",
@@ -1374,6 +1393,7 @@ def audit_reproduce(ctx: click.Context, version: str | None) -> None:
 @click.option(
     "--timeout",
     type=click.FloatRange(0.1),
+    callback=_finite,
     default=300.0,
     show_default=True,
     help="Seconds before the query is interrupted (Ctrl-C interrupts it too).",
@@ -1382,6 +1402,9 @@ def audit_reproduce(ctx: click.Context, version: str | None) -> None:
 def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: float) -> None:
     """Run read-only SQL against the projection database (writes are refused by DuckDB)."""
     from projections.readonly import reader, render, run_query, within
+
+    if not sql.strip():
+        raise click.BadParameter("is empty: give a SELECT", param_hint="SQL")
 
     _refuse_own_file(out, "--out")
     with reader(_settings(ctx).projections_db) as connection:
@@ -1462,13 +1485,6 @@ def _promoted(connection: Any) -> str:
     if row is None:
         raise ProjectionError("no version is promoted yet (run `crm-ledger project`)")
     return str(row[0])
-
-
-def _given_path(value: str) -> Path:
-    """A path option's value; an empty one (an unset shell variable) is not the current folder."""
-    if not value.strip():
-        raise click.BadParameter("is empty: give a folder or file name")
-    return Path(value)
 
 
 @cli.command()

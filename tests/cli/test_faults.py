@@ -181,3 +181,17 @@ def test_a_table_on_the_terminal_shows_the_first_thousand_rows_and_says_so(tmp_p
     assert "the first 1,000 rows" in shown.stderr
     every = run_cli("query", "SELECT range AS r FROM range(5000)", "--format", "csv", env=env)
     assert len(every.stdout.splitlines()) == 5001 and "first" not in every.stderr
+
+
+def test_number_options_refuse_nan_and_query_refuses_empty_sql(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+    for args in (
+        ["query", "SELECT 1", "--timeout", "nan"],
+        ["diff", "a", "b", "--threshold", "nan"],
+        ["generate", "--customers", "1", "--invalid-rate", "nan", "--out", str(tmp_path / "h.jsonl")],
+        ["project", "--follow", "--refresh-interval", "nan"],
+        ["query", "  "],
+    ):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2 and "Invalid value" in result.stderr and "Traceback" not in result.stderr, args
