@@ -18,6 +18,9 @@ def run_server(
     db: Path, host: str, port: int, users_file: Path | None, echo: Callable[[str], None] = print
 ) -> None:
     """Serve the pages over `db`; with `users_file`, only its users, each seeing their teams."""
+    if not host.strip():
+        # An empty address binds every interface, which nobody typing "" meant.
+        raise WebError("--host is empty: give an address (127.0.0.1 for this machine, 0.0.0.0 for all)")
     check_database(db)
     users = Users.load(users_file) if users_file is not None else None
     app = create_app(db, users)

@@ -339,6 +339,9 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
         result = run_cli("--db", str(db), "serve", "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    # An empty address would bind every interface, announced as "http://:PORT/".
+    empty = run_cli("--db", str(db), "serve", "--host", "", "--port", "0")
+    assert empty.returncode == 1 and empty.stderr.startswith("error: --host is empty")
 
 
 @pytest.mark.parametrize(
