@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,14 @@ CHECKPOINTS_TOPIC = "crm.ledger.checkpoints"
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    # float() takes 'nan', 'inf' and negatives: a wait of nan seconds never ends.
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(text)
     return value
 
@@ -50,28 +59,30 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Settings from `CRM_LEDGER_*` variables, then explicit (non-None) overrides."""
         values: dict[str, Any] = {}
-        table: dict[str, tuple[str, Callable[[str], Any]]] = {
-            "STORE": ("store", str),
-            "DB": ("projections_db", Path),
-            "BOOTSTRAP": ("bootstrap", str),
-            "TOPIC": ("events_topic", str),
-            "PARTITIONS": ("partitions", int),
-            "TRANSACTIONAL_ID": ("transactional_id", str),
-            "REGISTRY_URL": ("schema_registry_url", str),
-            "KAFKA_DATA": ("kafka_data", Path),
-            "MAX_RECORD_BYTES": ("max_record_bytes", int),
-            "BROKER_TIMEOUT": ("broker_timeout_s", float),
-            "KEY_STORE": ("key_store", Path),
-            "CHECKPOINTS_TOPIC": ("checkpoints_topic", str),
-            "CHECKPOINT_EVERY": ("checkpoint_every", _positive),
+        # suffix -> (field, conversion, what a valid value is)
+        table: dict[str, tuple[str, Callable[[str], Any], str]] = {
+            "STORE": ("store", str, ""),
+            "DB": ("projections_db", Path, ""),
+            "BOOTSTRAP": ("bootstrap", str, ""),
+            "TOPIC": ("events_topic", str, ""),
+            "PARTITIONS": ("partitions", int, "a whole number"),
+            "TRANSACTIONAL_ID": ("transactional_id", str, ""),
+            "REGISTRY_URL": ("schema_registry_url", str, ""),
+            "KAFKA_DATA": ("kafka_data", Path, ""),
+            "MAX_RECORD_BYTES": ("max_record_bytes", int, "a whole number"),
+            "BROKER_TIMEOUT": ("broker_timeout_s", _seconds, "a positive, finite number of seconds"),
+            "KEY_STORE": ("key_store", Path, ""),
+            "CHECKPOINTS_TOPIC": ("checkpoints_topic", str, ""),
+            "CHECKPOINT_EVERY": ("checkpoint_every", _positive, "a whole number of at least 1"),
         }
-        for suffix, (name, convert) in table.items():
+        for suffix, (name, convert, expected) in table.items():
             raw = environ.get(ENV_PREFIX + suffix)
             if raw:
                 try:
                     values[name] = convert(raw)
                 except ValueError:
-                    raise ConfigurationError(f"{ENV_PREFIX}{suffix}={raw!r} is not valid") from None
+                    hint = f": expected {expected}" if expected else ""
+                    raise ConfigurationError(f"{ENV_PREFIX}{suffix}={raw!r} is not valid{hint}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
