@@ -1,6 +1,7 @@
 """The `crm-ledger` command line: one entry point, a subcommand per job.
 
-Exit codes: 0 ok, 1 user error (a one-line message, no traceback), 2 usage, 3 internal.
+Exit codes: 0 ok, 1 user error (a one-line message, no traceback), 2 usage, 3 internal,
+75 temporary failure (run the same command again later), 130 interrupted.
 Settings come from flags and CRM_LEDGER_* variables, read here and passed down.
 """
 
@@ -1510,10 +1511,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence
         settings = context[0].obj if context and isinstance(context[0].obj, Settings) else None
-        line = describe(error, settings)
-        if line is not None:
-            err.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
-            return 1
+        fault = describe(error, settings)
+        if fault is not None:
+            err.print(f"error: {fault.line}", highlight=False, markup=False, soft_wrap=True)
+            return EXIT_TRANSIENT if fault.temporary else 1
         traceback.print_exc()
         return 3
     return 0

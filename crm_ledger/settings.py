@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 from crm_ledger.errors import ConfigurationError
 
 ENV_PREFIX = "CRM_LEDGER_"
 EVENTS_TOPIC = "crm.ledger.events"
 CHECKPOINTS_TOPIC = "crm.ledger.checkpoints"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: the password in `scheme://user:password@host`, kept out of every message
+_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^/]*@", re.IGNORECASE)
 
 
 def _positive(text: str) -> int:
@@ -94,6 +98,11 @@ class Settings:
         return CHECKPOINTS_TOPIC if self.events_topic == EVENTS_TOPIC else f"{self.events_topic}.checkpoints"
 
     @property
+    def store_label(self) -> str:
+        """The store as messages name it: a PostgreSQL URL without its password."""
+        return _PASSWORD.sub(r"\1***@", self.store)
+
+    @property
     def rejects_file(self) -> Path:
         """Where ingest writes rejected records by default: beside the projection DB."""
         return self.projections_db.parent / "rejects.jsonl"
@@ -108,13 +117,13 @@ class Settings:
         if self.key_store is not None:
             self.key_store.parent.mkdir(parents=True, exist_ok=True)
             keys["KEY_STORE"] = str(self.key_store)
-        if self.store.startswith(("postgresql://", "postgres://")):
-            url = urlparse(self.store)
+        if self.store.startswith(POSTGRES_SCHEMES):
+            url, port = self._postgres_url()
             return keys | {
                 "PERSISTENCE_MODULE": "eventsourcing.postgres",
                 "POSTGRES_DBNAME": url.path.lstrip("/"),
                 "POSTGRES_HOST": url.hostname or "127.0.0.1",
-                "POSTGRES_PORT": str(url.port or 5432),
+                "POSTGRES_PORT": str(port or 5432),
                 "POSTGRES_USER": unquote(url.username or ""),
                 "POSTGRES_PASSWORD": unquote(url.password or ""),
             }
@@ -125,3 +134,15 @@ class Settings:
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": "30",
         }
+
+    def _postgres_url(self) -> tuple[ParseResult, int | None]:
+        """The parsed store URL and its port; a malformed one is a user error, not a crash."""
+        try:
+            url = urlparse(self.store)
+            return url, url.port  # the port is only checked when it is read
+        except ValueError as error:
+            reason = str(error)
+            raise ConfigurationError(
+                f"the store URL {self.store_label} is malformed ({reason[:1].lower()}{reason[1:]}): "
+                "fix --store or CRM_LEDGER_STORE"
+            ) from None
