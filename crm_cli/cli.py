@@ -658,7 +658,9 @@ def _publisher(settings: Settings, registry_url: str | None) -> Any:
     def publish(db: Any) -> None:
         schema = db.promoted_version()
         if schema is not None:
-            sent = publish_changes(db.connection, schema, settings.bootstrap, codec)
+            sent = publish_changes(
+                db.connection, schema, settings.bootstrap, codec, broker_timeout_s=settings.broker_timeout_s
+            )
             click.echo("published " + ", ".join(f"{n} to {t}" for t, n in sent.items()), err=True)
 
     return publish
