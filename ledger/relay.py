@@ -50,6 +50,8 @@ from schemas.peek import FieldPeek
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
 
+#: The brokers' default transaction.max.timeout.ms: a longer transaction timeout is refused.
+MAX_TRANSACTION_TIMEOUT_MS = 900_000
 #: Message key candidates, lowest rank first (declared `"crm.key": RANK` in the schemas).
 KEY_FIELDS = shipped().key_fields
 
@@ -183,6 +185,9 @@ class Relay:
     def _start_producer(self) -> Producer:
         ensure_topic(self.config.bootstrap, self.config.topic, self.config.partitions, INFINITE_RETENTION)
         timeout_ms = int(self.config.broker_timeout_s * 1000)
+        # A broker refuses a transaction timeout beyond its transaction.max.timeout.ms (15 min by
+        # default), which looked like an outage; librdkafka wants messages to time out no later.
+        transaction_ms = min(max(60_000, timeout_ms + 10_000), MAX_TRANSACTION_TIMEOUT_MS)
         if self.config.checkpoints_topic:
             ensure_checkpoint_topic(self.config.bootstrap, self.config.checkpoints_topic)
         producer = Producer(
@@ -193,8 +198,8 @@ class Relay:
                 "linger.ms": 5,
                 "batch.num.messages": 10000,
                 "compression.type": "lz4",
-                "transaction.timeout.ms": max(60_000, timeout_ms + 10_000),
-                "message.timeout.ms": max(1000, timeout_ms),
+                "transaction.timeout.ms": transaction_ms,
+                "message.timeout.ms": min(max(1000, timeout_ms), transaction_ms),
                 "log_level": 3,
                 **self.watch.client_config(),
             }
