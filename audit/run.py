@@ -26,7 +26,7 @@ from audit.verify import (
     kafka_entries,
     verify,
 )
-from crm_ledger.kafka import topic_exists
+from crm_ledger.kafka import await_broker, topic_exists
 from crm_ledger.progress import Reporter, SilentReporter
 from crm_ledger.settings import Settings
 from ledger.checkpoints import MANUAL, Checkpoint, chain_at, read_published
@@ -68,6 +68,9 @@ def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | 
             pinned.append(checkpoint)
         elif not found:
             notes.append(f"{path}: no chain head recorded (closed before chain heads were kept)")
+    if "kafka" in wanted:
+        # Asked for by name: wait for the broker as the relay does, then give up in one line.
+        await_broker(settings.bootstrap, settings.broker_timeout_s, "auditing")
     maybe_kafka = "kafka?" in wanted or request.checkpoints
     # Asked for checkpoints, a slow broker must not be mistaken for an absent one.
     patience = 15.0 if request.checkpoints else 3.0
@@ -128,5 +131,6 @@ def head(settings: Settings, *, publish: bool) -> tuple[Checkpoint, str | None]:
     checkpoint = Checkpoint(checkpoint.position, checkpoint.chain, checkpoint.published_at, MANUAL)
     if not publish:
         return checkpoint, None
+    await_broker(settings.bootstrap, settings.broker_timeout_s, "publishing the checkpoint")
     send(settings.bootstrap, settings.checkpoints, app.codec, checkpoint)
     return checkpoint, settings.checkpoints

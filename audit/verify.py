@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from crm_ledger.errors import CrmLedgerError
-from crm_ledger.kafka import consumer_config
+from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
+from crm_ledger.kafka import consumer_config, kafka_reason
 from ledger.chain import GENESIS, next_link
 from ledger.checkpoints import PERIOD_CLOSE, Checkpoint, cadence_gaps
 
@@ -392,37 +392,45 @@ def kafka_entries(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterat
     """Every committed record of the topic (read_committed), partition by partition."""
     consumer = Consumer(consumer_config(bootstrap, f"crm-ledger-audit-{uuid.uuid4().hex[:8]}"))
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise CrmLedgerError(f"topic {topic!r} does not exist at {bootstrap}")
-        partitions = sorted(metadata.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(partitions):
-            messages = consumer.consume(5000, timeout=0.5)
-            if not messages and time.monotonic() > deadline:
-                raise CrmLedgerError(f"timed out reading {topic!r}")
-            for message in messages:
-                partition = int(message.partition() or 0)
-                if message.error():
-                    done.add(partition)
-                    continue
-                deadline = time.monotonic() + timeout_s
-                headers = dict(message.headers() or [])
-                nid = headers.get("notification_id")
-                event_id = headers.get("event_id")
-                chain = headers.get("chain")
-                yield ChainEntry(
-                    int(nid) if nid is not None else None,
-                    event_id.decode() if isinstance(event_id, bytes) else event_id,
-                    message.value() or b"",
-                    chain.decode() if isinstance(chain, bytes) else chain,
-                    f"{topic}[{partition}]@{message.offset()}",
-                    stream=str(partition),
-                )
+        yield from _read_topic(consumer, bootstrap, topic, timeout_s)
+    except KafkaException as error:
+        raise KafkaUnavailableError(
+            f"reading {topic!r} from Kafka at {bootstrap} failed: {kafka_reason(error)}"
+        ) from error
     finally:
         consumer.close()
+
+
+def _read_topic(consumer: Consumer, bootstrap: str, topic: str, timeout_s: float) -> Iterator[ChainEntry]:
+    metadata = consumer.list_topics(topic, timeout=timeout_s)
+    if topic not in metadata.topics or metadata.topics[topic].error is not None:
+        raise CrmLedgerError(f"topic {topic!r} does not exist at {bootstrap}")
+    partitions = sorted(metadata.topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    done: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(partitions):
+        messages = consumer.consume(5000, timeout=0.5)
+        if not messages and time.monotonic() > deadline:
+            raise CrmLedgerError(f"timed out reading {topic!r}")
+        for message in messages:
+            partition = int(message.partition() or 0)
+            if message.error():
+                done.add(partition)
+                continue
+            deadline = time.monotonic() + timeout_s
+            headers = dict(message.headers() or [])
+            nid = headers.get("notification_id")
+            event_id = headers.get("event_id")
+            chain = headers.get("chain")
+            yield ChainEntry(
+                int(nid) if nid is not None else None,
+                event_id.decode() if isinstance(event_id, bytes) else event_id,
+                message.value() or b"",
+                chain.decode() if isinstance(chain, bytes) else chain,
+                f"{topic}[{partition}]@{message.offset()}",
+                stream=str(partition),
+            )
 
 
 def mirror_entries(

@@ -1,6 +1,7 @@
 """The `crm-ledger` command line: one entry point, a subcommand per job.
 
-Exit codes: 0 ok, 1 user error (a one-line message, no traceback), 2 usage, 3 internal.
+Exit codes: 0 ok, 1 user error (a one-line message, no traceback), 2 usage, 3 internal,
+75 temporary failure (run the same command again later), 130 interrupted.
 Settings come from flags and CRM_LEDGER_* variables, read here and passed down.
 """
 
@@ -697,7 +698,9 @@ def _publisher(settings: Settings, registry_url: str | None) -> Any:
     def publish(db: Any) -> None:
         schema = db.promoted_version()
         if schema is not None:
-            sent = publish_changes(db.connection, schema, settings.bootstrap, codec)
+            sent = publish_changes(
+                db.connection, schema, settings.bootstrap, codec, broker_timeout_s=settings.broker_timeout_s
+            )
             click.echo("published " + ", ".join(f"{n} to {t}" for t, n in sent.items()), err=True)
 
     return publish
@@ -1584,10 +1587,10 @@ def main(argv: list[str] | None = None) -> int:
             err.print("interrupted")
             return 130
         settings = context[0].obj if context and isinstance(context[0].obj, Settings) else None
-        line = describe(error, settings)
-        if line is not None:
-            err.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
-            return 1
+        fault = describe(error, settings)
+        if fault is not None:
+            err.print(f"error: {fault.line}", highlight=False, markup=False, soft_wrap=True)
+            return EXIT_TRANSIENT if fault.temporary else 1
         traceback.print_exc()
         return 3
     return 0

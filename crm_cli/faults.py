@@ -1,16 +1,18 @@
 """Faults of the machine and its files, told as one line that names the file and what to do.
 
 A full disk, a file-size limit, a read-only or truncated file, a permission problem or an
-unreachable store are not bugs: the CLI prints what `describe` says and exits 1, never a
-traceback. Every write the project makes is transactional (store batches, DuckDB
-transactions, Kafka transactions), so after any of these nothing was half-written and the
-same command can simply be run again.
+unreachable store are not bugs: the CLI prints what `describe` says and exits 1 (75 for a
+temporary one: an unreachable or busy store, a database in use), never a traceback. Every
+write the project makes is transactional (store batches, DuckDB transactions, Kafka
+transactions), so after any of these nothing was half-written and the same command can
+simply be run again.
 """
 
 from __future__ import annotations
 
 import errno
 import sqlite3
+from dataclasses import dataclass
 
 import duckdb
 from eventsourcing.persistence import PersistenceError
@@ -20,18 +22,26 @@ from crm_ledger.settings import Settings
 _AGAIN = "nothing was half-written; run the same command again"
 
 
-def describe(error: BaseException, settings: Settings | None) -> str | None:
+@dataclass(frozen=True)
+class Fault:
+    """What to tell the user, and whether running the same command later may simply work."""
+
+    line: str
+    temporary: bool = False
+
+
+def describe(error: BaseException, settings: Settings | None) -> Fault | None:
     """One line for a known fault, or None when `error` is not one (a bug keeps its traceback)."""
-    store = settings.store if settings is not None else "the event store"
+    store = settings.store_label if settings is not None else "the event store"
     db = str(settings.projections_db) if settings is not None else "the projection database"
     if isinstance(error, OSError) and error.errno is not None:
-        return _os_fault(error)
+        return Fault(_os_fault(error))
     if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
         return _store_fault(str(error), store)
     if isinstance(error, duckdb.Error):
         return _duckdb_fault(error, db)
     if isinstance(error, MemoryError):
-        return f"out of memory; {_AGAIN} with a smaller --batch-size, or on a larger machine"
+        return Fault(f"out of memory; {_AGAIN} with a smaller --batch-size, or on a larger machine")
     return None
 
 
@@ -55,44 +65,53 @@ def _os_fault(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
-def _store_fault(text: str, store: str) -> str:
+def _store_fault(text: str, store: str) -> Fault:
     lowered = text.lower()
     if "disk is full" in lowered or "no space" in lowered:
-        return f"event store {store}: disk full: free some space; {_AGAIN}"
+        return Fault(f"event store {store}: disk full: free some space; {_AGAIN}")
     if "disk i/o error" in lowered:
-        return (
+        return Fault(
             f"event store {store}: the disk refused a write (full, a file-size limit, or failing): "
             f"fix that; {_AGAIN}"
         )
     if "readonly" in lowered or "read-only" in lowered:
-        return f"event store {store} is read-only: check the file's (and its folder's) permissions"
+        return Fault(f"event store {store} is read-only: check the file's (and its folder's) permissions")
     if "not a database" in lowered or "malformed" in lowered:
-        return f"event store {store} is damaged ({_first_line(text)}): restore it from a backup"
+        return Fault(f"event store {store} is damaged ({_first_line(text)}): restore it from a backup")
     if "unable to open" in lowered:
-        return f"event store {store} cannot be opened: check that its folder exists and is writable"
+        return Fault(f"event store {store} cannot be opened: check that its folder exists and is writable")
     if "locked" in lowered or "busy" in lowered:
-        return f"event store {store} stayed busy (another writer); {_AGAIN}"
+        return Fault(f"event store {store} stayed busy (another writer); {_AGAIN}", temporary=True)
     if "connection" in lowered or "connect" in lowered:
-        return f"event store {store} is unreachable ({_first_line(text)}): start it or fix --store"
-    return f"event store {store}: {_first_line(text)}"
+        return Fault(
+            f"event store {store} is unreachable ({_first_line(text)}): start it or fix --store, "
+            "then run the same command again",
+            temporary=True,
+        )
+    return Fault(f"event store {store}: {_first_line(text)}")
 
 
-def _duckdb_fault(error: duckdb.Error, db: str) -> str:
+def _duckdb_fault(error: duckdb.Error, db: str) -> Fault:
     text = str(error)
     lowered = text.lower()
     if "no space" in lowered or "disk is full" in lowered:
-        return f"projection database {db}: disk full: free some space; {_AGAIN}"
+        return Fault(f"projection database {db}: disk full: free some space; {_AGAIN}")
     if "could not set lock" in lowered or "conflicting lock" in lowered:
-        return f"projection database {db} is in use by another process: wait for it, then run this again"
+        return Fault(
+            f"projection database {db} is in use by another process: wait for it, then run this again",
+            temporary=True,
+        )
     # "Operation not permitted": an immutable file (chattr +i) or a read-only mount, as root too.
     if any(w in lowered for w in ("permission denied", "operation not permitted", "read-only", "readonly")):
-        return f"projection database {db} cannot be written: check the file's (and its folder's) permissions"
+        return Fault(
+            f"projection database {db} cannot be written: check the file's (and its folder's) permissions"
+        )
     if isinstance(error, (duckdb.SerializationException, duckdb.IOException)) or "not a valid" in lowered:
-        return (
+        return Fault(
             f"projection database {db} is damaged or truncated ({_first_line(text)}): "
             "move it away and run `crm-ledger project` to rebuild it from the log"
         )
-    return f"projection database {db}: {_first_line(text)}"
+    return Fault(f"projection database {db}: {_first_line(text)}")
 
 
 def _is_psycopg(error: BaseException) -> bool:

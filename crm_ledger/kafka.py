@@ -19,6 +19,11 @@ _LIBRDKAFKA_LOG = logging.getLogger("crm_ledger.librdkafka")
 _LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 _LIBRDKAFKA_LOG.propagate = False
 DEFAULT_BROKER_TIMEOUT_S = 60.0
+
+def _never() -> bool:
+    return False
+
+
 UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 #: How long after the broker is back a failure while it listens counts as part of the same outage.
 #: A failure while nothing listens is always told as a new outage, so a long window hides
@@ -83,6 +88,21 @@ class BrokerWatch:
         else:
             self.give_up_if_too_long(what)
 
+    def wait_until_listening(
+        self, what: str, should_stop: Callable[[], bool] = _never, pause_s: float = 1.0
+    ) -> None:
+        """Return once the broker accepts connections; give up as `pause` does."""
+        while not broker_listens(self.bootstrap):
+            self.went_away()
+            self.pause(what, should_stop, pause_s)
+
+    def pause(self, what: str, should_stop: Callable[[], bool] = _never, pause_s: float = 1.0) -> None:
+        """Between two attempts to reach the broker: give up after the timeout or when told to stop."""
+        self.give_up_if_too_long(what)
+        if should_stop():
+            raise KafkaUnavailableError(f"stopped while waiting for Kafka at {self.bootstrap}")
+        time.sleep(pause_s)
+
     def give_up_if_too_long(self, what: str) -> None:
         """Raise `KafkaUnavailableError` once the broker has been away longer than the timeout."""
         if self.down_since is not None and time.monotonic() - self.down_since > self.timeout_s:
@@ -90,6 +110,23 @@ class BrokerWatch:
                 f"Kafka at {self.bootstrap} was unreachable for {self.timeout_s:g} s; gave up {what} "
                 "(set CRM_LEDGER_BROKER_TIMEOUT to wait longer); run the same command again when it is back"
             )
+
+
+def await_broker(bootstrap: str, timeout_s: float, what: str) -> None:
+    """Before a one-shot command talks to Kafka: wait until the broker listens, as the relay does.
+
+    Quiet while it waits; after `timeout_s` it gives up with the relay's one line (exit 75 at
+    the command line) instead of a client's raw error after its own, longer, time-outs.
+    """
+    BrokerWatch(bootstrap, lambda _: None, timeout_s).wait_until_listening(what)
+
+
+def kafka_reason(error: BaseException) -> str:
+    """What librdkafka says went wrong, without the `KafkaError{code=...}` wrapping."""
+    first = error.args[0] if isinstance(error, KafkaException) and error.args else error
+    if isinstance(first, KafkaError):
+        return str(first.str())
+    return str(first)
 
 
 def admin(bootstrap: str) -> AdminClient:
@@ -109,7 +146,7 @@ def ensure_topic(
     try:
         metadata = client.list_topics(timeout=timeout_s)
     except KafkaException as error:
-        raise KafkaUnavailableError(f"Kafka at {bootstrap} did not answer: {error}") from error
+        raise KafkaUnavailableError(f"Kafka at {bootstrap} did not answer: {kafka_reason(error)}") from error
     if topic in metadata.topics:
         return False
     futures = client.create_topics(
@@ -121,7 +158,7 @@ def ensure_topic(
     except KafkaException as error:
         if error.args and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return False
-        raise CrmLedgerError(f"creating topic {topic!r} failed: {error}") from error
+        raise CrmLedgerError(f"creating topic {topic!r} failed: {kafka_reason(error)}") from error
     return True
 
 
@@ -153,6 +190,13 @@ def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, An
         "log_level": 3,
         "logger": _LIBRDKAFKA_LOG,
     }
+    config.update(extra)
+    return config
+
+
+def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    """A producer whose librdkafka log lines stay off the terminal (see `_LIBRDKAFKA_LOG`)."""
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 3, "logger": _LIBRDKAFKA_LOG}
     config.update(extra)
     return config
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 from crm_ledger.errors import ConfigurationError
 
 ENV_PREFIX = "CRM_LEDGER_"
 EVENTS_TOPIC = "crm.ledger.events"
 CHECKPOINTS_TOPIC = "crm.ledger.checkpoints"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: the password in `scheme://user:password@host`, kept out of every message
+_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^/]*@", re.IGNORECASE)
 
 
 #: The largest record ingest may be told to accept stays under one Kafka message (1 MB by default).
@@ -29,6 +34,14 @@ def _positive(text: str) -> int:
 def _record_bytes(text: str) -> int:
     value = int(text)
     if not RECORD_BYTES_RANGE[0] <= value <= RECORD_BYTES_RANGE[1]:
+        raise ValueError(text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    # float() takes 'nan', 'inf' and negatives: a wait of nan seconds never ends.
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(text)
     return value
 
@@ -66,28 +79,30 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Settings from `CRM_LEDGER_*` variables, then explicit (non-None) overrides."""
         values: dict[str, Any] = {}
-        table: dict[str, tuple[str, Callable[[str], Any]]] = {
-            "STORE": ("store", str),
-            "DB": ("projections_db", Path),
-            "BOOTSTRAP": ("bootstrap", str),
-            "TOPIC": ("events_topic", str),
-            "PARTITIONS": ("partitions", int),
-            "TRANSACTIONAL_ID": ("transactional_id", str),
-            "REGISTRY_URL": ("schema_registry_url", str),
-            "KAFKA_DATA": ("kafka_data", Path),
-            "MAX_RECORD_BYTES": ("max_record_bytes", _record_bytes),
-            "BROKER_TIMEOUT": ("broker_timeout_s", float),
-            "KEY_STORE": ("key_store", Path),
-            "CHECKPOINTS_TOPIC": ("checkpoints_topic", str),
-            "CHECKPOINT_EVERY": ("checkpoint_every", _positive),
+        # suffix -> (field, conversion, what a valid value is)
+        table: dict[str, tuple[str, Callable[[str], Any], str]] = {
+            "STORE": ("store", str, ""),
+            "DB": ("projections_db", Path, ""),
+            "BOOTSTRAP": ("bootstrap", str, ""),
+            "TOPIC": ("events_topic", str, ""),
+            "PARTITIONS": ("partitions", int, "a whole number"),
+            "TRANSACTIONAL_ID": ("transactional_id", str, ""),
+            "REGISTRY_URL": ("schema_registry_url", str, ""),
+            "KAFKA_DATA": ("kafka_data", Path, ""),
+            "MAX_RECORD_BYTES": ("max_record_bytes", _record_bytes, "a whole number from 1024 to 900000"),
+            "BROKER_TIMEOUT": ("broker_timeout_s", _seconds, "a positive, finite number of seconds"),
+            "KEY_STORE": ("key_store", Path, ""),
+            "CHECKPOINTS_TOPIC": ("checkpoints_topic", str, ""),
+            "CHECKPOINT_EVERY": ("checkpoint_every", _positive, "a whole number of at least 1"),
         }
-        for suffix, (name, convert) in table.items():
+        for suffix, (name, convert, expected) in table.items():
             raw = environ.get(ENV_PREFIX + suffix)
             if raw:
                 try:
                     values[name] = convert(raw)
                 except ValueError:
-                    raise ConfigurationError(f"{ENV_PREFIX}{suffix}={raw!r} is not valid") from None
+                    hint = f": expected {expected}" if expected else ""
+                    raise ConfigurationError(f"{ENV_PREFIX}{suffix}={raw!r} is not valid{hint}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
@@ -113,6 +128,11 @@ class Settings:
         return target == logs or logs in target.parents
 
     @property
+    def store_label(self) -> str:
+        """The store as messages name it: a PostgreSQL URL without its password."""
+        return _PASSWORD.sub(r"\1***@", self.store)
+
+    @property
     def rejects_file(self) -> Path:
         """Where ingest writes rejected records by default: beside the projection DB."""
         return self.projections_db.parent / "rejects.jsonl"
@@ -127,13 +147,13 @@ class Settings:
         if self.key_store is not None:
             self.key_store.parent.mkdir(parents=True, exist_ok=True)
             keys["KEY_STORE"] = str(self.key_store)
-        if self.store.startswith(("postgresql://", "postgres://")):
-            url = urlparse(self.store)
+        if self.store.startswith(POSTGRES_SCHEMES):
+            url, port = self._postgres_url()
             return keys | {
                 "PERSISTENCE_MODULE": "eventsourcing.postgres",
                 "POSTGRES_DBNAME": url.path.lstrip("/"),
                 "POSTGRES_HOST": url.hostname or "127.0.0.1",
-                "POSTGRES_PORT": str(url.port or 5432),
+                "POSTGRES_PORT": str(port or 5432),
                 "POSTGRES_USER": unquote(url.username or ""),
                 "POSTGRES_PASSWORD": unquote(url.password or ""),
             }
@@ -144,3 +164,15 @@ class Settings:
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": "30",
         }
+
+    def _postgres_url(self) -> tuple[ParseResult, int | None]:
+        """The parsed store URL and its port; a malformed one is a user error, not a crash."""
+        try:
+            url = urlparse(self.store)
+            return url, url.port  # the port is only checked when it is read
+        except ValueError as error:
+            reason = str(error)
+            raise ConfigurationError(
+                f"the store URL {self.store_label} is malformed ({reason[:1].lower()}{reason[1:]}): "
+                "fix --store or CRM_LEDGER_STORE"
+            ) from None

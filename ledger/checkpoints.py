@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from crm_ledger.errors import KafkaUnavailableError
-from crm_ledger.kafka import COMPACTED, consumer_config, ensure_topic
+from crm_ledger.kafka import COMPACTED, consumer_config, ensure_topic, kafka_reason, producer_config
 from ledger.chain import GENESIS, next_link
 from ledger.errors import CheckpointError
 from schemas.codec import AvroCodec
@@ -126,7 +126,7 @@ def publish(bootstrap: str, topic: str, codec: AvroCodec, checkpoint: Checkpoint
     """Send one checkpoint (outside the relay: `audit head --publish`)."""
     ensure_checkpoint_topic(bootstrap, topic)
     key, value = encode(codec, checkpoint)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "log_level": 3})
+    producer = Producer(producer_config(bootstrap, **{"enable.idempotence": True}))
     producer.produce(topic, value=value, key=key)
     if producer.flush(30) != 0:
         raise KafkaUnavailableError(f"publishing a checkpoint to {topic!r} timed out")
@@ -170,7 +170,7 @@ def read_published(bootstrap: str, topic: str, codec: AvroCodec, timeout_s: floa
                 )
         return [c for c in found.values() if c is not None]
     except KafkaException as error:
-        raise KafkaUnavailableError(f"reading {topic!r} failed: {error}") from error
+        raise KafkaUnavailableError(f"reading {topic!r} failed: {kafka_reason(error)}") from error
     finally:
         consumer.close()
 

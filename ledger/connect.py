@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from crm_ledger.errors import ConfigurationError, CrmLedgerError
-from crm_ledger.settings import Settings
+from crm_ledger.settings import POSTGRES_SCHEMES, Settings
 from ledger.application import LedgerApplication
 
 
@@ -28,7 +28,7 @@ def open_ledger(settings: Settings, goal_components: Iterable[str] = ()) -> Ledg
 def require_existing_store(settings: Settings) -> None:
     """Refuse a SQLite store that does not exist yet: commands that only read the ledger
     (audits) would otherwise create an empty one and report on that."""
-    if settings.store.startswith(("postgresql://", "postgres://")):
+    if settings.store.startswith(POSTGRES_SCHEMES):
         return
     if not Path(settings.store).is_file():
         raise CrmLedgerError(

@@ -31,9 +31,9 @@ from crm_ledger.kafka import (
     DEFAULT_BROKER_TIMEOUT_S,
     INFINITE_RETENTION,
     BrokerWatch,
-    broker_listens,
     consumer_config,
     ensure_topic,
+    kafka_reason,
     produce,
     topic_exists,
 )
@@ -50,6 +50,8 @@ from schemas.peek import FieldPeek
 from schemas.remote import RemoteRegistry
 from schemas.sync import verify_registered
 
+#: The brokers' default transaction.max.timeout.ms: a longer transaction timeout is refused.
+MAX_TRANSACTION_TIMEOUT_MS = 900_000
 #: Message key candidates, lowest rank first (declared `"crm.key": RANK` in the schemas).
 KEY_FIELDS = shipped().key_fields
 
@@ -123,7 +125,7 @@ def recover_position(config: RelayConfig, timeout_s: float = 30.0) -> RelayPosit
             window *= 8
         return best
     except KafkaException as error:
-        raise KafkaUnavailableError(f"reading the relay position failed: {error}") from error
+        raise KafkaUnavailableError(f"reading the relay position failed: {kafka_reason(error)}") from error
     finally:
         consumer.close()
 
@@ -183,6 +185,9 @@ class Relay:
     def _start_producer(self) -> Producer:
         ensure_topic(self.config.bootstrap, self.config.topic, self.config.partitions, INFINITE_RETENTION)
         timeout_ms = int(self.config.broker_timeout_s * 1000)
+        # A broker refuses a transaction timeout beyond its transaction.max.timeout.ms (15 min by
+        # default), which looked like an outage; librdkafka wants messages to time out no later.
+        transaction_ms = min(max(60_000, timeout_ms + 10_000), MAX_TRANSACTION_TIMEOUT_MS)
         if self.config.checkpoints_topic:
             ensure_checkpoint_topic(self.config.bootstrap, self.config.checkpoints_topic)
         producer = Producer(
@@ -193,8 +198,8 @@ class Relay:
                 "linger.ms": 5,
                 "batch.num.messages": 10000,
                 "compression.type": "lz4",
-                "transaction.timeout.ms": max(60_000, timeout_ms + 10_000),
-                "message.timeout.ms": max(1000, timeout_ms),
+                "transaction.timeout.ms": transaction_ms,
+                "message.timeout.ms": min(max(1000, timeout_ms), transaction_ms),
                 "log_level": 3,
                 **self.watch.client_config(),
             }
@@ -203,7 +208,9 @@ class Relay:
             # Fences an earlier instance and aborts whatever it left open.
             producer.init_transactions(30)
         except KafkaException as error:
-            raise KafkaUnavailableError(f"initialising the transactional producer failed: {error}") from error
+            raise KafkaUnavailableError(
+                f"initialising the transactional producer failed: {kafka_reason(error)}"
+            ) from error
         return producer
 
     def run(
@@ -254,21 +261,16 @@ class Relay:
     def _connect(self, should_stop: Callable[[], bool]) -> tuple[Producer, RelayPosition]:
         """A fenced producer and the position Kafka holds, waiting for the broker if it is away."""
         while True:
-            if broker_listens(self.config.bootstrap):
-                try:
-                    producer = self._producer = self._start_producer()
-                    position = recover_position(self.config)
-                except KafkaUnavailableError:
-                    self.watch.went_away()
-                else:
-                    self.watch.is_back()
-                    return producer, position
-            else:
+            self.watch.wait_until_listening("relaying", should_stop)
+            try:
+                producer = self._producer = self._start_producer()
+                position = recover_position(self.config)
+            except KafkaUnavailableError:
                 self.watch.went_away()
-            self.watch.give_up_if_too_long("relaying")
-            if should_stop():
-                raise KafkaUnavailableError(f"stopped while waiting for Kafka at {self.config.bootstrap}")
-            time.sleep(1.0)
+                self.watch.pause("relaying", should_stop)
+            else:
+                self.watch.is_back()
+                return producer, position
 
     def _check_registry(self) -> None:
         """Fail before writing anything when consumers could not resolve an event schema's id."""
@@ -331,7 +333,8 @@ class Relay:
             reachable = topic_exists(self.config.bootstrap, self.config.topic)
             if self.watch.down_since is not None or not reachable:
                 raise _BrokerAwayError from error
-            raise CrmLedgerError(f"publishing to {self.config.topic!r} failed: {error}") from error
+            reason = kafka_reason(error)
+            raise CrmLedgerError(f"publishing to {self.config.topic!r} failed: {reason}") from error
         except BaseException:
             # Any other failure inside the transaction (a bad stored event, Ctrl-C) aborts it too.
             with contextlib.suppress(KafkaException):

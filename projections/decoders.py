@@ -158,7 +158,7 @@ def _without_errors(messages: list[Any], topic: str, watch: BrokerWatch, at_end:
         elif error.code() in UNREACHABLE:
             watch.went_away()
         else:
-            raise KafkaUnavailableError(f"consuming {topic!r} failed: {error}")
+            raise KafkaUnavailableError(f"consuming {topic!r} failed: {error.str()}")
     return kept
 
 

@@ -18,8 +18,16 @@ from typing import Any
 import duckdb
 from confluent_kafka import KafkaException, Producer
 
-from crm_ledger.errors import CrmLedgerError
-from crm_ledger.kafka import COMPACTED, ensure_topic, produce
+from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
+from crm_ledger.kafka import (
+    COMPACTED,
+    DEFAULT_BROKER_TIMEOUT_S,
+    await_broker,
+    ensure_topic,
+    kafka_reason,
+    produce,
+    producer_config,
+)
 from projections.readmodels import FEEDS as TOPICS
 from projections.transaction import transaction
 from schemas.codec import AvroCodec
@@ -97,21 +105,22 @@ def publish_changes(
     partitions: int = 3,
     *,
     registry_url: str | None = None,
+    broker_timeout_s: float = DEFAULT_BROKER_TIMEOUT_S,
 ) -> dict[str, int]:
     """Send what changed since the last publication; returns messages sent per topic.
 
     With `registry_url`, refuses before writing anything unless that schema registry serves
-    the schemas the feeds are written with.
+    the schemas the feeds are written with. An unreachable broker is waited for up to
+    `broker_timeout_s`, then `KafkaUnavailableError`.
     """
     if registry_url is not None:
         check_registry(registry_url, codec)
+    await_broker(bootstrap, broker_timeout_s, "publishing")
     connection.execute(
         f"CREATE TABLE IF NOT EXISTS {schema}.published (topic VARCHAR, key VARCHAR, hash VARCHAR, "
         "PRIMARY KEY (topic, key))"
     )
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "log_level": 3}
-    )
+    producer = Producer(producer_config(bootstrap, **{"enable.idempotence": True, "linger.ms": 20}))
     sent: dict[str, int] = {}
     for feed in FEEDS:
         ensure_topic(bootstrap, feed.topic, partitions, COMPACTED)
@@ -146,10 +155,11 @@ def publish_changes(
             for key in gone:
                 produce(producer, feed.topic, key=key.encode(), value=None)
         except KafkaException as error:
-            raise CrmLedgerError(f"publishing to {feed.topic!r} failed: {error}") from error
+            raise CrmLedgerError(f"publishing to {feed.topic!r} failed: {kafka_reason(error)}") from error
         if producer.flush(60) > 0:
-            raise CrmLedgerError(
-                f"publishing to {feed.topic!r} did not complete; nothing was marked published"
+            # Messages still in flight after a minute: the broker is away or overloaded.
+            raise KafkaUnavailableError(
+                f"publishing to {feed.topic!r} at {bootstrap} did not complete; nothing was marked published"
             )
         with transaction(connection):
             connection.execute(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from crm_ledger.errors import KafkaUnavailableError
+from crm_ledger.kafka import BrokerWatch
 from crm_ledger.progress import Reporter, SilentReporter
 from crm_ledger.settings import Settings
 from projections.decoder_process import WorkerConfig, WorkerReport, process_main
@@ -165,7 +166,8 @@ def project_with_workers(
     """Decode the events topic with `workers` processes and maintain the promoted version."""
     reporter = reporter or SilentReporter()
     label = source_label(settings, "kafka")
-    source = KafkaSource(settings.bootstrap, settings.events_topic)
+    watch = BrokerWatch(settings.bootstrap, lambda _: None, settings.broker_timeout_s)
+    source = KafkaSource(settings.bootstrap, settings.events_topic, watch=watch)
     try:
         partitions = {int(s.rsplit(":", 1)[1]) for s in source.streams()}
         with ProjectionDB(settings.projections_db) as db:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crm_ledger.errors import ConfigurationError, KafkaUnavailableError
-from crm_ledger.kafka import UNREACHABLE, BrokerWatch, consumer_config
+from crm_ledger.kafka import UNREACHABLE, BrokerWatch, await_broker, consumer_config, kafka_reason
 from crm_ledger.settings import Settings
 from ledger.chain import GENESIS, next_link
 
@@ -158,13 +158,26 @@ class KafkaSource:
         self.timeout_s = timeout_s
         # Says when the broker goes away and comes back, and gives up after its timeout.
         self.watch = watch or BrokerWatch(bootstrap, lambda _: None)
-        self._consumer = Consumer(consumer_config(bootstrap, group_id, **self.watch.client_config()))
+        self.group_id = group_id
+        # Made when first needed, once the broker listens: a consumer made while it is away
+        # would tell the outage through the watch besides the one line of giving up.
+        self._client: Consumer | None = None
+
+    @property
+    def _consumer(self) -> Consumer:
+        if self._client is None:
+            config = consumer_config(self.bootstrap, self.group_id, **self.watch.client_config())
+            self._client = Consumer(config)
+        return self._client
 
     def _partitions(self) -> list[int]:
+        # Quietly, as for every one-shot command: a broker away at the start is one line.
+        await_broker(self.bootstrap, self.watch.timeout_s, f"reading {self.topic!r}")
         try:
             metadata = self._consumer.list_topics(self.topic, timeout=self.timeout_s)
         except KafkaException as error:
-            raise KafkaUnavailableError(f"Kafka at {self.bootstrap} did not answer: {error}") from error
+            reason = kafka_reason(error)
+            raise KafkaUnavailableError(f"Kafka at {self.bootstrap} did not answer: {reason}") from error
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None:
             raise KafkaUnavailableError(f"topic {self.topic!r} does not exist (run `crm-ledger relay` first)")
@@ -195,7 +208,7 @@ class KafkaSource:
                     if error.code() in UNREACHABLE:
                         self.watch.went_away()
                         continue
-                    raise KafkaUnavailableError(f"consuming {self.topic!r} failed: {error}")
+                    raise KafkaUnavailableError(f"consuming {self.topic!r} failed: {error.str()}")
                 self.watch.is_back()
                 at_end.discard(partition)
                 offset = int(message.offset() or 0)
@@ -232,7 +245,8 @@ class KafkaSource:
         return total
 
     def close(self) -> None:
-        self._consumer.close()
+        if self._client is not None:
+            self._client.close()
 
 
 def _to_stderr(line: str) -> None:

@@ -28,6 +28,21 @@ def run_cli(
     return result
 
 
+def assert_gives_up_on_a_missing_broker(*args: str, env: dict[str, str], what: str) -> None:
+    """Run a command with nothing listening at the bootstrap address and a 2 s broker timeout:
+    it gives up after that timeout (not a client's own 30 s) with the relay's one line, exit 75."""
+    env = {**env, "CRM_LEDGER_BOOTSTRAP": "127.0.0.1:1", "CRM_LEDGER_BROKER_TIMEOUT": "2"}
+    started = time.monotonic()
+    result = run_cli(*args, env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 75, (args, result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [
+        f"error: Kafka at 127.0.0.1:1 was unreachable for 2 s; gave up {what} "
+        "(set CRM_LEDGER_BROKER_TIMEOUT to wait longer); run the same command again when it is back"
+    ], args
+    assert elapsed < 20, (args, elapsed)
+
+
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     merged = {**os.environ, **(env or {})}
     return subprocess.Popen(

@@ -25,7 +25,7 @@ from projections.readonly import reader, run_query
 from projections.service import project_promoted
 from projections.store import ProjectionDB
 from tests.factory import rec
-from tests.helpers import run_cli, start_cli, wait_for
+from tests.helpers import assert_gives_up_on_a_missing_broker, run_cli, start_cli, wait_for
 
 
 @pytest.fixture
@@ -47,6 +47,16 @@ def test_clean_ledger_verifies(audited: LedgerApplication, settings: Settings) -
     result = run_cli("audit", "verify", env=env_of(settings, CRM_LEDGER_BOOTSTRAP="127.0.0.1:1"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all copies agree" in result.stdout
+
+
+def test_an_unreachable_broker_asked_for_by_name_is_one_line(
+    audited: LedgerApplication, settings: Settings
+) -> None:
+    env = env_of(settings)
+    assert_gives_up_on_a_missing_broker("audit", "verify", "--source", "kafka", env=env, what="auditing")
+    assert_gives_up_on_a_missing_broker(
+        "audit", "head", "--publish", env=env, what="publishing the checkpoint"
+    )
 
 
 def test_altered_payload_in_the_store_is_found(audited: LedgerApplication, settings: Settings) -> None:

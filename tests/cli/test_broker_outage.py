@@ -128,6 +128,23 @@ def test_relay_gives_up_after_the_broker_timeout_with_one_line(tmp_path: Path) -
     assert lines[1].startswith("error:") and "gave up relaying" in lines[1]
 
 
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "abc", "0"])
+def test_a_broker_timeout_that_is_no_number_of_seconds_is_refused_in_one_line(
+    tmp_path: Path, value: str
+) -> None:
+    # 'nan' once made the relay wait forever ("retrying for up to nan s").
+    env = {
+        "CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"),
+        "CRM_LEDGER_BOOTSTRAP": "127.0.0.1:1",
+        "CRM_LEDGER_BROKER_TIMEOUT": value,
+    }
+    result = run_cli("relay", env=env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: CRM_LEDGER_BROKER_TIMEOUT={value!r} is not valid: expected a positive, finite number of seconds"
+    ]
+
+
 def test_follower_says_when_the_broker_goes_and_comes_back(
     tmp_path: Path, own_broker: tuple[broker.BrokerConfig, dict[str, str]]
 ) -> None:

@@ -22,8 +22,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
-    assert result.returncode == 1, (result.stdout, result.stderr)
+def _one_line_error(result: subprocess.CompletedProcess[str], *phrases: str, code: int = 1) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr
@@ -195,3 +195,28 @@ def test_number_options_refuse_nan_and_query_refuses_empty_sql(tmp_path: Path) -
     ):
         result = run_cli(*args, env=env)
         assert result.returncode == 2 and "Invalid value" in result.stderr and "Traceback" not in result.stderr, args
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("postgresql://u:secret@h:99999/x", "(port out of range 0-65535)"),
+        ("postgresql://[::1/x", "(invalid IPv6 URL)"),
+        ("postgres://u:secret@h:abc/x", "(port could not be cast to integer value as 'abc')"),
+    ],
+)
+def test_a_malformed_store_url_is_one_line_without_its_password(tmp_path: Path, url: str, why: str) -> None:
+    history = _history(tmp_path)
+    for args in (["--store", url, "audit", "head"], ["ingest", str(history)]):
+        result = run_cli(*args, env={**_env(tmp_path), "CRM_LEDGER_STORE": url})
+        _one_line_error(result, "the store URL", "is malformed " + why, "fix --store or CRM_LEDGER_STORE")
+        assert "secret" not in result.stderr
+
+
+@pytest.mark.slow
+def test_an_unreachable_postgresql_store_is_a_temporary_failure(tmp_path: Path) -> None:
+    # Nothing listens on port 1; the connection pool gives up after its own 30 s.
+    url = "postgresql://u:secret@127.0.0.1:1/x"
+    result = run_cli("--store", url, "audit", "head", env=_env(tmp_path))
+    _one_line_error(result, "event store postgresql://u:***@127.0.0.1:1/x is unreachable", code=75)
+    assert "secret" not in result.stderr

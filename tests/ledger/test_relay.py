@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,19 @@ def test_relay_publishes_every_event_once_with_headers_and_chain(
         assert key == expected_key.encode()
     position = recover_position(config)
     assert (position.notification_id, position.chain) == (app.max_position(), chain)
+
+
+def test_a_long_broker_timeout_still_relays(
+    kafka_bootstrap: str, topic: str, settings: Settings, tmp_path: Path
+) -> None:
+    # The transaction timeout followed the broker timeout past the broker's 15-minute limit:
+    # the broker refused the producer and the relay took it for an outage.
+    app = fill_ledger(settings, tmp_path, customers=20)
+    config = RelayConfig(
+        kafka_bootstrap, topic, partitions=1, transactional_id=f"relay-{topic}", broker_timeout_s=3600
+    )
+    deadline = time.monotonic() + 60  # a refused producer is waited for as an outage: bound that
+    assert Relay(app, config).run(should_stop=lambda: time.monotonic() > deadline) == app.max_position()
 
 
 @pytest.mark.slow

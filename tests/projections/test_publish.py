@@ -15,7 +15,7 @@ from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.publish import FEEDS
-from tests.helpers import run_cli
+from tests.helpers import assert_gives_up_on_a_missing_broker, run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -62,3 +62,14 @@ def test_project_publish_sends_changes_once(kafka_bootstrap: str, settings: Sett
     assert {
         k.decode(): app.codec.decode(v)[1]["score"] for k, v in published_scores.items() if v
     } == pytest.approx(dict(scores))
+
+
+def test_publish_without_a_broker_is_one_line(settings: Settings, tmp_path: Path) -> None:
+    # It once printed librdkafka's own log lines for 30 s, whatever the broker timeout.
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=20, employees=3, months=1, seed=5), handle)
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    assert_gives_up_on_a_missing_broker("publish", env=env, what="publishing")

@@ -23,7 +23,7 @@ from projections.store import ProjectionDB
 from replay.build import replay
 from replay.diff import diff_versions
 from tests.factory import basics, rec
-from tests.helpers import kill_hard, run_cli, start_cli, wait_for
+from tests.helpers import assert_gives_up_on_a_missing_broker, kill_hard, run_cli, start_cli, wait_for
 from tests.projections.test_projections import MODEL_TABLES, digest
 
 DEFAULT_TEXT = DEFAULT_SPEC.read_text()
@@ -281,6 +281,16 @@ def test_bad_specs_fail_before_any_work(
     assert cli.returncode == 1 and "Traceback" not in cli.stderr and "bad.toml" in cli.stderr
     with ProjectionDB(settings.projections_db) as db:
         assert [(v.version, v.state, v.promoted) for v in db.versions()] == before
+
+
+def test_a_replay_from_kafka_without_a_broker_is_one_line(ledger: LedgerApplication, settings: Settings) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    spec = str(DEFAULT_SPEC)
+    for extra in ([], ["--from-source"]):
+        assert_gives_up_on_a_missing_broker(
+            "replay", "--source", "kafka", "--metrics", spec, "--name", "k", *extra,
+            env=env, what="reading 'crm.ledger.events'",
+        )
 
 
 def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: Settings) -> None:
