@@ -107,8 +107,14 @@ class Users:
         return entry.user
 
 
+#: Shorter passwords are refused when hashed: a users file guards team members' scores.
+MIN_PASSWORD_CHARS = 8
+
+
 def hash_password(password: str) -> str:
     """An argon2id hash (argon2-cffi's recommended parameters) for a users file."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise WebError(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
     return PasswordHasher().hash(password)
 
 

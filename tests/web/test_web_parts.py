@@ -16,17 +16,21 @@ from web.users import LOCAL_USER, Users, hash_password
 def test_users_file_roles_teams_and_passwords(tmp_path: Path) -> None:
     path = tmp_path / "users.toml"
     path.write_text(
-        f'[users.ada]\npassword = "{hash_password("s3cret")}"\nrole = "lead"\nteams = ["t1"]\n'
-        f'[users.rita]\npassword = "{hash_password("audit")}"\nrole = "auditor"\n'
+        f'[users.ada]\npassword = "{hash_password("s3cret-pass")}"\nrole = "lead"\nteams = ["t1"]\n'
+        f'[users.rita]\npassword = "{hash_password("audit-pass")}"\nrole = "auditor"\n'
     )
     users = Users.load(path)
-    ada = users.authenticate("ada", "s3cret")
+    ada = users.authenticate("ada", "s3cret-pass")
     assert ada is not None and ada.can_see("t1") and not ada.can_see("t2") and not ada.can_see(None)
-    rita = users.authenticate("rita", "audit")
+    rita = users.authenticate("rita", "audit-pass")
     assert rita is not None and rita.can_see("t2") and rita.sees_everything
     assert users.authenticate("ada", "wrong") is None
-    assert users.authenticate("nobody", "s3cret") is None
+    assert users.authenticate("nobody", "s3cret-pass") is None
     assert LOCAL_USER.sees_everything
+    # An empty or short password is no guard for anyone's scores: refused when hashed.
+    for weak in ("", "1234567"):
+        with pytest.raises(WebError, match="at least 8 characters"):
+            hash_password(weak)
 
 
 @pytest.mark.parametrize(
