@@ -409,11 +409,16 @@ def _jsonl_lines(path: Path, parser: RecordParser, max_record_bytes: int) -> Ite
             if line.data is None:
                 location = f"{path.name}:{line.number}"
                 yield SourceRecord(location, None, None, _too_large(line.size, max_record_bytes), line.size)
-            elif not line.data.strip():  # blank (ASCII white space): known without parsing it
+            elif is_blank(line.data):  # known without parsing it
                 yield SourceRecord(f"{path.name}:{line.number}", "", None, None, line.size)
             else:
                 yield parse_json_line(path.name, line.number, line.data, parser, max_record_bytes)
         yield from damaged_input(path.name, handle)
+
+
+def is_blank(line: bytes) -> bool:
+    """Empty or ASCII white space only (without copying the line, as strip() would)."""
+    return not line or line.isspace()
 
 
 def blank_runs(records: Iterable[AnyRecord]) -> Iterator[AnyRecord]:

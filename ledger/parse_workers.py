@@ -36,6 +36,7 @@ from ledger.ingest import (
     SourceRecord,
     _too_large,
     damaged_input,
+    is_blank,
     parse_json_line,
 )
 from ledger.inputs import input_damage, open_input
@@ -83,7 +84,7 @@ def _parse_block(sent: tuple[int, bytes]) -> list[Parsed]:
     for index, data in enumerate(lines, start=number):
         size = len(data) if index - number == last else len(data) + 1
         # A blank line (ASCII white space) within the size limit is known without parsing it.
-        blank = size <= limit and not data.strip()
+        blank = size <= limit and is_blank(data)
         record = None if blank else parse_json_line(name, index, data, parser, limit, size=size)
         if record is not None and record.fact is not None:
             fact = record.fact
