@@ -14,17 +14,16 @@ recomputed from the store must pass through each one, or the ledger was rewritte
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException
 
 from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
-from crm_ledger.kafka import consumer_config, kafka_reason
+from crm_ledger.kafka import consumer_config, kafka_reason, read_to_end, topic_partitions
 from ledger.chain import GENESIS, next_link
 from ledger.checkpoints import PERIOD_CLOSE, Checkpoint, cadence_gaps
 
@@ -402,35 +401,23 @@ def kafka_entries(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterat
 
 
 def _read_topic(consumer: Consumer, bootstrap: str, topic: str, timeout_s: float) -> Iterator[ChainEntry]:
-    metadata = consumer.list_topics(topic, timeout=timeout_s)
-    if topic not in metadata.topics or metadata.topics[topic].error is not None:
+    partitions = topic_partitions(consumer, topic, timeout_s)
+    if partitions is None:
         raise CrmLedgerError(f"topic {topic!r} does not exist at {bootstrap}")
-    partitions = sorted(metadata.topics[topic].partitions)
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    done: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    while len(done) < len(partitions):
-        messages = consumer.consume(5000, timeout=0.5)
-        if not messages and time.monotonic() > deadline:
-            raise CrmLedgerError(f"timed out reading {topic!r}")
-        for message in messages:
-            partition = int(message.partition() or 0)
-            if message.error():
-                done.add(partition)
-                continue
-            deadline = time.monotonic() + timeout_s
-            headers = dict(message.headers() or [])
-            nid = headers.get("notification_id")
-            event_id = headers.get("event_id")
-            chain = headers.get("chain")
-            yield ChainEntry(
-                int(nid) if nid is not None else None,
-                event_id.decode() if isinstance(event_id, bytes) else event_id,
-                message.value() or b"",
-                chain.decode() if isinstance(chain, bytes) else chain,
-                f"{topic}[{partition}]@{message.offset()}",
-                stream=str(partition),
-            )
+    for message in read_to_end(consumer, topic, partitions, timeout_s):
+        partition = int(message.partition() or 0)
+        headers = dict(message.headers() or [])
+        nid = headers.get("notification_id")
+        event_id = headers.get("event_id")
+        chain = headers.get("chain")
+        yield ChainEntry(
+            int(nid) if nid is not None else None,
+            event_id.decode() if isinstance(event_id, bytes) else event_id,
+            message.value() or b"",
+            chain.decode() if isinstance(chain, bytes) else chain,
+            f"{topic}[{partition}]@{message.offset()}",
+            stream=str(partition),
+        )
 
 
 def mirror_entries(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
@@ -192,6 +192,35 @@ def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, An
     }
     config.update(extra)
     return config
+
+
+def topic_partitions(consumer: Any, topic: str, timeout_s: float) -> list[int] | None:
+    """The partitions of `topic` (None when the broker has no such topic)."""
+    metadata = consumer.list_topics(topic, timeout=timeout_s)
+    if topic not in metadata.topics or metadata.topics[topic].error is not None:
+        return None
+    return sorted(metadata.topics[topic].partitions)
+
+
+def read_to_end(consumer: Any, topic: str, partitions: list[int], timeout_s: float) -> Iterator[Any]:
+    """Every record of the partitions, from their first offset to their end when read.
+
+    `consumer` comes from `consumer_config`, which reports each partition's end. No record
+    for `timeout_s` before every end is reached is a broker that went away.
+    """
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    done: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(partitions):
+        messages = consumer.consume(5000, timeout=0.2)
+        if not messages and time.monotonic() > deadline:
+            raise KafkaUnavailableError(f"timed out reading {topic!r}")
+        for message in messages:
+            if message.error():
+                done.add(int(message.partition() or 0))
+                continue
+            deadline = time.monotonic() + timeout_s
+            yield message
 
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:

@@ -21,10 +21,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from crm_ledger.errors import KafkaUnavailableError
-from crm_ledger.kafka import COMPACTED, consumer_config, ensure_topic, kafka_reason, producer_config
+from crm_ledger.kafka import (
+    COMPACTED,
+    consumer_config,
+    ensure_topic,
+    kafka_reason,
+    producer_config,
+    read_to_end,
+    topic_partitions,
+)
 from ledger.chain import GENESIS, next_link
 from ledger.errors import CheckpointError
 from schemas.codec import AvroCodec
@@ -136,38 +144,26 @@ def read_published(bootstrap: str, topic: str, codec: AvroCodec, timeout_s: floa
     """Every checkpoint on the topic (the newest record per key; tombstones remove a key)."""
     consumer = Consumer(consumer_config(bootstrap, f"crm-ledger-checkpoints-{uuid.uuid4().hex[:8]}"))
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+        partitions = topic_partitions(consumer, topic, timeout_s)
+        if partitions is None:
             return []
-        partitions = sorted(metadata.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         found: dict[bytes, Checkpoint | None] = {}
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(done) < len(partitions):
-            messages = consumer.consume(1000, timeout=0.2)
-            if not messages and time.monotonic() > deadline:
-                raise KafkaUnavailableError(f"timed out reading {topic!r}")
-            for message in messages:
-                if message.error():
-                    done.add(int(message.partition() or 0))
-                    continue
-                deadline = time.monotonic() + timeout_s
-                key = message.key() or b""
-                value = message.value()
-                if value is None:
-                    found[key] = None
-                    continue
-                _, record = codec.decode(value)
-                found[key] = Checkpoint(
-                    int(record["position"]),
-                    str(record["chain"]),
-                    _millis(record["published_at"]),
-                    str(record["reason"]),
-                    record.get("period"),
-                    record.get("every"),
-                    origin=f"{topic}[{message.partition()}]@{message.offset()}",
-                )
+        for message in read_to_end(consumer, topic, partitions, timeout_s):
+            key = message.key() or b""
+            value = message.value()
+            if value is None:
+                found[key] = None
+                continue
+            _, record = codec.decode(value)
+            found[key] = Checkpoint(
+                int(record["position"]),
+                str(record["chain"]),
+                _millis(record["published_at"]),
+                str(record["reason"]),
+                record.get("period"),
+                record.get("every"),
+                origin=f"{topic}[{message.partition()}]@{message.offset()}",
+            )
         return [c for c in found.values() if c is not None]
     except KafkaException as error:
         raise KafkaUnavailableError(f"reading {topic!r} failed: {kafka_reason(error)}") from error
