@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import traceback
@@ -23,6 +24,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from crm_cli import broker, registry_server
 from crm_cli.runtime import graceful_stop
@@ -823,7 +825,8 @@ def versions(ctx: click.Context, fmt: str) -> None:
     )
     for v in rows:
         state = v.state + (f" (shares {v.built_from})" if v.built_from else "")
-        table.add_row(
+        _add_row(
+            table,
             v.version,
             v.name,
             v.spec_hash[:12],
@@ -905,7 +908,8 @@ def _print_diff(report: Any, limit: int) -> None:
         title=f"{report.old} -> {report.new}",
     )
     for r in report.rows[:limit]:
-        table.add_row(
+        _add_row(
+            table,
             r.employee_id,
             r.period,
             num(r.old_score),
@@ -1198,16 +1202,8 @@ def goal_list(ctx: click.Context, team: str | None, fmt: str) -> None:
         return
     table = Table(*(rows[0].keys() if rows else ["goal_id"]))
     for row in rows:
-        table.add_row(
-            *("" if v is None else f"{v:g}" if isinstance(v, float) else str(v) for v in row.values())
-        )
+        _add_row(table, *(f"{v:g}" if isinstance(v, float) else v for v in row.values()))
     _print_table(table)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # -- web ---------------------------------------------------------------------------------------
@@ -1428,9 +1424,26 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
         if shown.cut:
             err.print(f"(the first {TABLE_ROWS:,} rows: --format csv or json gives every row)")
     elif text:
-        click.echo(text, nl=False)
+        # As it is: click.echo strips escape sequences from data when not on a terminal.
+        sys.stdout.write(text)
     elif out is not None:
         click.echo(f"wrote {out}", err=True)
+
+
+#: C0 and C1 control characters other than tab and line feed: written to a terminal they
+#: are commands (an id like "\x1b]0;..." retitles the window, "\x1b[2J" clears it).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _cell(value: object) -> Text:
+    """A table cell showing `value` as it is: no rich markup ("[/x]" in data broke the
+    table), control characters as visible escapes."""
+    text = "" if value is None else str(value)
+    return Text(_CONTROLS.sub(lambda m: repr(m.group())[1:-1], text))
+
+
+def _add_row(table: Table, *values: object) -> None:
+    table.add_row(*(_cell(v) for v in values))
 
 
 def _print_table(table: Table) -> None:
@@ -1454,7 +1467,7 @@ def _relation_table(relation: Any) -> _Shown:
     rows = relation.limit(TABLE_ROWS + 1).fetchall()
     table = Table(*relation.columns)
     for row in rows[:TABLE_ROWS]:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        _add_row(table, *row)
     return _Shown(table, len(rows) > TABLE_ROWS)
 
 

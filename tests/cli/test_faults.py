@@ -220,3 +220,16 @@ def test_an_unreachable_postgresql_store_is_a_temporary_failure(tmp_path: Path) 
     result = run_cli("--store", url, "audit", "head", env=_env(tmp_path))
     _one_line_error(result, "event store postgresql://u:***@127.0.0.1:1/x is unreachable", code=75)
     assert "secret" not in result.stderr
+
+
+def test_data_is_shown_as_it_is_never_as_markup_or_terminal_commands(tmp_path: Path) -> None:
+    """A value like "[/x]" broke the table (rich read it as markup); an escape sequence in
+    data reached the terminal as a command; csv dropped it when not on a terminal."""
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+    sql = "SELECT '[/x] [bold]b' AS a, chr(27) || ']0;title' || chr(7) AS b"
+    shown = run_cli("query", sql, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "[/x] [bold]b" in shown.stdout and "\\x1b]0;title\\x07" in shown.stdout and "\x1b" not in shown.stdout
+    exact = run_cli("query", sql, "--format", "csv", env=env)
+    assert exact.stdout.splitlines()[1] == "[/x] [bold]b,\x1b]0;title\x07"
