@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -39,9 +40,11 @@ from ledger.records import is_unicode_text
 #: command can simply be run again later (sysexits' EX_TEMPFAIL).
 EXIT_TRANSIENT = 75
 
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# Without markup: messages hold data (ids, names, paths), and "[/x]" in one was read as a
+# closing tag (an error); the few styled lines ask for markup themselves.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 # Tables stay readable when piped: no wrapping at 80 columns outside a terminal.
-out = Console(width=None if sys.stdout.isatty() else 200)
+out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
 
 
 #: Where `crm-ledger demo` (and `make demo`) writes its projection database.
@@ -289,7 +292,7 @@ def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | N
     url = _registry_url(ctx, registry_url)
     problems = check_folder(folder or SCHEMA_DIR)
     for problem in problems:
-        err.print(f"[red]incompatible[/red] {problem}", highlight=False)
+        err.print(f"[red]incompatible[/red] {escape(str(problem))}", highlight=False, markup=True)
     if problems:
         raise SystemExit(1)
     out.print("schemas check: all versions compatible, lock file matches")
@@ -297,7 +300,7 @@ def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | N
         return
     differences = compare(SchemaRegistry.load(folder or SCHEMA_DIR), RemoteRegistry(url))
     for difference in differences:
-        err.print(f"[red]registry differs[/red] {difference}", highlight=False)
+        err.print(f"[red]registry differs[/red] {escape(str(difference))}", highlight=False, markup=True)
     if differences:
         raise SystemExit(1)
     out.print(f"schemas check: the registry at {url} matches", highlight=False)
@@ -1139,9 +1142,8 @@ def goal_set(
         agreed_by=_ids(agreed_by),
         note=note,
     )
-    out.print(
-        f"goal {goal_id}: {'set' if status == 'accepted' else 'already set'} (run `crm-ledger project`)"
-    )
+    done = "set" if status == "accepted" else "already set"
+    out.print(f"goal {_visible(goal_id)}: {done} (run `crm-ledger project`)")
 
 
 @goal.command("revise")
@@ -1171,7 +1173,7 @@ def goal_revise(
     fields = (("target", target), ("comparison", comparison), ("to_period", to_period))
     change = _goal_change(goal_id, at, fields)
     status = revise_goal(_existing_store(ctx), change, agreed_by=_ids(agreed_by), reason=reason)
-    out.print(f"goal {goal_id}: {'revised' if status == 'accepted' else 'already revised so'}")
+    out.print(f"goal {_visible(goal_id)}: {'revised' if status == 'accepted' else 'already revised so'}")
 
 
 @goal.command("close")
@@ -1185,7 +1187,8 @@ def goal_close(ctx: click.Context, goal_id: str, outcome: str, note: str | None,
     from rewards.goals import close_goal
 
     status = close_goal(_existing_store(ctx), _goal_change(goal_id, at), outcome=outcome, note=note)
-    out.print(f"goal {goal_id}: {'closed' if status == 'accepted' else 'already closed'} ({outcome})")
+    done = "closed" if status == "accepted" else "already closed"
+    out.print(f"goal {_visible(goal_id)}: {done} ({outcome})")
 
 
 @goal.command("list")
@@ -1435,11 +1438,15 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def _visible(text: str) -> str:
+    """`text` with its control characters as visible escapes, for a terminal."""
+    return _CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def _cell(value: object) -> Text:
     """A table cell showing `value` as it is: no rich markup ("[/x]" in data broke the
     table), control characters as visible escapes."""
-    text = "" if value is None else str(value)
-    return Text(_CONTROLS.sub(lambda m: repr(m.group())[1:-1], text))
+    return Text(_visible("" if value is None else str(value)))
 
 
 def _add_row(table: Table, *values: object) -> None:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -72,5 +73,6 @@ def progress_bar(description: str, total: float | None, console: Console | None 
         TextColumn("{task.fields[note]}"),
     )
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task(description, total=total, rate="", note="")
+        # Escaped: the description holds file names, and "[/x]" in one is a closing tag.
+        task = progress.add_task(escape(description), total=total, rate="", note="")
         yield _RichReporter(progress, task)

@@ -233,3 +233,13 @@ def test_data_is_shown_as_it_is_never_as_markup_or_terminal_commands(tmp_path: P
     assert "[/x] [bold]b" in shown.stdout and "\\x1b]0;title\\x07" in shown.stdout and "\x1b" not in shown.stdout
     exact = run_cli("query", sql, "--format", "csv", env=env)
     assert exact.stdout.splitlines()[1] == "[/x] [bold]b,\x1b]0;title\x07"
+
+
+def test_messages_that_hold_data_are_not_read_as_markup(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    history = _history(tmp_path)
+    odd = tmp_path / "[bold]x[red].jsonl"
+    odd.write_text(history.read_text())
+    done = run_cli("ingest", str(odd), env=env)
+    assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
+    _one_line_error(run_cli("goal", "close", "[/x]", "--outcome", "achieved", env=env), "[/x]")
