@@ -1486,17 +1486,15 @@ def _relation_table(relation: Any) -> _Shown:
 @click.pass_context
 def explain(ctx: click.Context, employee: str, period: str, version: str | None, fmt: str) -> None:
     """Explain a reward score: components, weights, caps, KPI values and the events behind them."""
-    from projections.errors import ProjectionError
     from projections.explain import explain as build_explanation
     from projections.readonly import reader
+    from projections.store import find_version, versions_of
 
     if not _valid_month(period):
         raise click.BadParameter("must be YYYY-MM", param_hint="--period")
     with reader(_settings(ctx).projections_db) as connection:
-        schema = version or _promoted(connection)
-        known = {r[0] for r in connection.execute("SELECT version FROM crm_versions").fetchall()}
-        if schema not in known:
-            raise ProjectionError(f"unknown version {schema!r}; known versions: {', '.join(sorted(known))}")
+        # An id, a unique id prefix or a name, as promote, drop and diff take.
+        schema = find_version(versions_of(connection), version).version if version else _promoted(connection)
         result = build_explanation(connection, schema, employee, period)
     click.echo(result.to_json() if fmt == "json" else result.to_text())
 

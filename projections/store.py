@@ -197,6 +197,29 @@ def versions_of(connection: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
     return [VersionInfo(**dict(zip(names, r, strict=True)), promoted=r[0] == promoted) for r in rows]
 
 
+def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
+    """A version of `versions` by id, unique id prefix, or name (the only one of that name)."""
+    if not reference.strip().removeprefix("v_"):
+        # An empty prefix matches every version (a shell variable that was not set).
+        raise ProjectionError("no version named: give a version id, id prefix or name")
+    exact = [v for v in versions if v.version in {reference, f"v_{reference}"}]
+    if exact:
+        return exact[0]
+    by_prefix = [v for v in versions if v.version.removeprefix("v_").startswith(reference.removeprefix("v_"))]
+    if len(by_prefix) == 1:
+        return by_prefix[0]
+    by_name = [v for v in versions if v.name == reference]
+    if len(by_name) == 1:
+        return by_name[0]
+    if by_name:
+        raise ProjectionError(
+            f"version name {reference!r} is ambiguous ({', '.join(v.version for v in by_name)}): "
+            "use the version id, or give replays distinct --name values"
+        )
+    known = ", ".join(f"{v.version} ({v.name})" for v in versions) or "none"
+    raise ProjectionError(f"unknown version {reference!r}; known versions: {known}")
+
+
 class ProjectionDB:
     """A writer's handle on the projection database."""
 
@@ -250,29 +273,8 @@ class ProjectionDB:
         return versions_of(self.connection)
 
     def find_version(self, reference: str) -> VersionInfo:
-        """A version by id, unique id prefix, or name (the newest of that name)."""
-        if not reference.strip().removeprefix("v_"):
-            # An empty prefix matches every version (a shell variable that was not set).
-            raise ProjectionError("no version named: give a version id, id prefix or name")
-        versions = self.versions()
-        exact = [v for v in versions if v.version in {reference, f"v_{reference}"}]
-        if exact:
-            return exact[0]
-        by_prefix = [
-            v for v in versions if v.version.removeprefix("v_").startswith(reference.removeprefix("v_"))
-        ]
-        if len(by_prefix) == 1:
-            return by_prefix[0]
-        by_name = [v for v in versions if v.name == reference]
-        if len(by_name) == 1:
-            return by_name[0]
-        if by_name:
-            raise ProjectionError(
-                f"version name {reference!r} is ambiguous ({', '.join(v.version for v in by_name)}): "
-                "use the version id, or give replays distinct --name values"
-            )
-        known = ", ".join(f"{v.version} ({v.name})" for v in versions) or "none"
-        raise ProjectionError(f"unknown version {reference!r}; known versions: {known}")
+        """A version by id, unique id prefix, or name (see `find_version`)."""
+        return find_version(self.versions(), reference)
 
     def promoted_version(self) -> str | None:
         row = self.connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()

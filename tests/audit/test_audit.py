@@ -213,6 +213,18 @@ def test_explain_totals_equal_the_score(audited: LedgerApplication, settings: Se
     assert unknown.returncode == 1 and "nobody" in unknown.stderr
     bad = run_cli("explain", "--employee", "emp-0001", "--period", "January", env=env_of(settings))
     assert bad.returncode == 2
+    # --version takes what promote, drop and diff take: an id, a unique id prefix or a name.
+    employee, period, _ = rows[0]
+    with reader(settings.projections_db) as con:
+        promoted = "SELECT v.version, v.name FROM crm_versions v JOIN crm_promoted p USING (version)"
+        version, name = con.execute(promoted).fetchone()
+    asked = ["explain", "--employee", employee, "--period", period, "--format", "json", "--version"]
+    for reference in (version, version.removeprefix("v_")[:6], name):
+        named = run_cli(*asked, reference, env=env_of(settings))
+        assert named.returncode == 0, named.stderr
+        assert json.loads(named.stdout)["score"] == pytest.approx(rows[0][2], abs=1e-9)
+    nope = run_cli(*asked, "nope", env=env_of(settings))
+    assert nope.returncode == 1 and "unknown version 'nope'" in nope.stderr
 
 
 @pytest.mark.kafka
