@@ -116,6 +116,9 @@ def _sources(connection: duckdb.DuckDBPyConnection) -> list[str]:
 
 def run_query(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBPyRelation | None:
     try:
+        # One statement: DuckDB runs them all and shows the last, so the others' results were lost.
+        if len(connection.extract_statements(sql)) > 1:
+            raise QueryRefusedError("query not run: give one statement (this holds several)")
         return connection.sql(sql)
     except duckdb.Error as error:
         text = str(error)

@@ -233,6 +233,9 @@ def test_data_is_shown_as_it_is_never_as_markup_or_terminal_commands(tmp_path: P
     assert "[/x] [bold]b" in shown.stdout and "\\x1b]0;title\\x07" in shown.stdout and "\x1b" not in shown.stdout
     exact = run_cli("query", sql, "--format", "csv", env=env)
     assert exact.stdout.splitlines()[1] == "[/x] [bold]b,\x1b]0;title\x07"
+    # One statement at a time: DuckDB ran them all and showed only the last one's rows.
+    _one_line_error(run_cli("query", "SELECT 1; SELECT 2", env=env), "give one statement")
+    assert run_cli("query", "SELECT 'a;b' AS x;", env=env).returncode == 0
 
 
 def test_messages_that_hold_data_are_not_read_as_markup(tmp_path: Path) -> None:
