@@ -63,7 +63,7 @@ def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float
     return value
 
 
-def _given_path(value: str) -> Path:
+def _given_path(_ctx: click.Context, _param: click.Parameter, value: str) -> Path:
     """A path option's value; an empty one (an unset shell variable) is not the current folder."""
     if not value.strip():
         raise click.BadParameter("is empty: give a folder or file name")
@@ -392,8 +392,15 @@ def generate(
 
 
 def _valid_month(text: str) -> bool:
-    parts = text.split("-")
-    return len(parts) == 2 and all(p.isdigit() for p in parts) and 1 <= int(parts[1]) <= 12
+    """A month as `period` commands take it (`rewards.periods.parse_period`: ASCII digits)."""
+    from rewards.errors import PeriodError
+    from rewards.periods import parse_period
+
+    try:
+        parse_period(text)
+    except PeriodError:
+        return False
+    return True
 
 
 def _load_options(command: Any) -> Any:
@@ -1515,7 +1522,7 @@ def _promoted(connection: Any) -> str:
     type=click.Path(file_okay=False),
     required=True,
     help="Folder for one Parquet file per read model.",
-    callback=lambda _ctx, _param, value: _given_path(value),
+    callback=_given_path,
 )
 @click.pass_context
 def export(ctx: click.Context, folder: Path) -> None:

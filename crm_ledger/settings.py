@@ -118,7 +118,7 @@ class Settings:
         projection database (with their journals and the decoded logs beside it)."""
         target = path.resolve()
         files = [self.projections_db, *([self.key_store] if self.key_store else [])]
-        if not self.store.startswith(("postgresql://", "postgres://")):
+        if not self.store.startswith(POSTGRES_SCHEMES):
             files.append(Path(self.store))
         for held in (f.resolve() for f in files):
             # SQLite's -wal/-shm/-journal and DuckDB's .wal sit beside the file, by its name.

@@ -107,11 +107,7 @@ def list_versions(path: Path, wait_s: float = 60.0) -> list[VersionInfo]:
 
 
 def _sources(connection: duckdb.DuckDBPyConnection) -> list[str]:
-    try:
-        rows = connection.execute("SELECT DISTINCT source FROM main.crm_versions").fetchall()
-    except duckdb.CatalogException:
-        return []
-    return [str(r[0]) for r in rows]
+    return sorted({v.source for v in versions_of(connection)})
 
 
 def run_query(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBPyRelation | None:

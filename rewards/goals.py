@@ -128,7 +128,7 @@ def revise_goal(settings: Settings, change: GoalChange, *, agreed_by: Sequence[s
     raw.update({k: v for k, v in change.fields if v is not None})
     identity = json.dumps(raw, sort_keys=True)
     raw["event_id"] = str(uuid.uuid5(_NAMESPACE, identity) if change.occurred_at else uuid.uuid4())
-    return _record(app, raw, change.occurred_at or datetime.now(tz=UTC))
+    return _record(app, raw, change.occurred_at)
 
 
 def close_goal(settings: Settings, change: GoalChange, *, outcome: str, note: str | None) -> str:

@@ -204,7 +204,8 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
         _record(app, raws)
     except ConflictError:
         # Its event id is the period's: another run closed it since the check above.
-        if open_ledger(settings).reward_period(period) is not None:
+        app.reset_cached_aggregates()
+        if app.reward_period(period) is not None:
             raise PeriodError(f"period {period} is already closed (by a run beside this one)") from None
         raise
     return CloseResult(period, version.version, position, len(scores), head)
