@@ -22,7 +22,7 @@ from typing import Any
 
 from ledger.errors import ValidationError
 from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, parse_workers_for, read_row_mapped
-from ledger.inputs import data_suffix, leading_bytes, refuse_unreadable_text
+from ledger.inputs import data_suffix, readable_start
 from ledger.records import EARLIEST_MS, LATEST_MS, RecordParser, format_timestamp
 
 #: The suffixes of the JSON download (inside any compression).
@@ -264,7 +264,7 @@ def read_cfpb(
     (`importers.cfpb_json`). Large exports are mapped by `workers` processes (by default one
     per core, see `parse_workers_for`); the records are the same either way.
     """
-    refuse_unreadable_text(path.name, leading_bytes(path))
+    readable_start(path)
     suffix = data_suffix(path)
     if suffix != ".csv" and suffix not in JSON_SUFFIXES:
         known = "a CFPB export is .csv or .json, plain or zipped"

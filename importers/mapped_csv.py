@@ -29,7 +29,7 @@ from typing import Any
 
 from importers.errors import MappingError
 from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, read_row_mapped
-from ledger.inputs import leading_bytes, refuse_unreadable_text
+from ledger.inputs import readable_start
 from ledger.records import RecordParser
 from ledger.vault import PERSONAL_FIELDS
 
@@ -155,7 +155,7 @@ def read_mapped_csv(
 ) -> Iterator[SourceRecord]:
     """Stream a CSV export through a mapping: one SourceRecord per event or per rejected row."""
     mappings = load_mapping(mapping_path, parser)
-    refuse_unreadable_text(path.name, leading_bytes(path))
+    readable_start(path)
     return read_row_mapped(
         path,
         parser,

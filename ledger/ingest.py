@@ -28,9 +28,8 @@ from ledger.inputs import (
     data_suffix,
     input_damage,
     input_size,
-    leading_bytes,
     open_input,
-    refuse_unreadable_text,
+    readable_start,
 )
 from ledger.json_items import json_items
 from ledger.ordering import in_time_order
@@ -708,8 +707,7 @@ def read_file(
     """
     if not path.exists():
         raise CrmLedgerError(f"{path}: no such file")
-    start = leading_bytes(path)
-    refuse_unreadable_text(path.name, start)
+    start = readable_start(path)
     suffix = data_suffix(path)
     if suffix == ".json" and _holds_an_array(start):
         return read_json_array(path, parser, max_record_bytes)

@@ -220,3 +220,11 @@ def refuse_unreadable_text(name: str, start: bytes) -> None:
             f"{name}: lines end with a carriage return alone (classic Mac text); save it with "
             "LF or CRLF line endings (e.g. `tr '\\r' '\\n'`) and try again",
         )
+
+
+def readable_start(path: Path) -> bytes:
+    """The first bytes of the data in `path`, once `refuse_unreadable_text` accepts them: what
+    every reader of records checks before its first record."""
+    start = leading_bytes(path)
+    refuse_unreadable_text(path.name, start)
+    return start
