@@ -98,7 +98,7 @@ def main() -> None:
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "crm_cli.cli", "--db", str(db_path), "serve", "--port", str(port)],
+        [sys.executable, "-m", "crm_cli", "--db", str(db_path), "serve", "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -7,12 +7,10 @@ Settings come from flags and CRM_LEDGER_* variables, read here and passed down.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crm_cli import broker, registry_server
+from crm_cli.exit_codes import EXIT_INTERRUPTED, EXIT_TRANSIENT
 from crm_cli.runtime import graceful_stop
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import replaced_whole
@@ -35,10 +34,6 @@ from crm_ledger.progress import progress_bar
 from crm_ledger.settings import RECORD_BYTES_RANGE, Settings
 from ledger.connect import open_ledger
 from ledger.records import is_unicode_text
-
-#: Exit code of a temporary failure (a busy store or database, an unreachable broker): the same
-#: command can simply be run again later (sysexits' EX_TEMPFAIL).
-EXIT_TRANSIENT = 75
 
 # Without markup: messages hold data (ids, names, paths), and "[/x]" in one was read as a
 # closing tag (an error); the few styled lines ask for markup themselves.
@@ -685,7 +680,7 @@ def project(
     if stop.stopped and not follow:
         # Ctrl-C is how a follower ends; a one-shot run it cuts short has not caught up.
         click.echo("interrupted: the version may lag the log; run `crm-ledger project` again", err=True)
-        raise SystemExit(130)
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 def _run_on_spark(title: str, run: Callable[..., Any]) -> None:
@@ -694,7 +689,7 @@ def _run_on_spark(title: str, run: Callable[..., Any]) -> None:
         result = run(reporter=reporter, should_stop=stop)
     click.echo(result.message())
     if result.interrupted:
-        raise SystemExit(130)
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 def _publisher(settings: Settings, registry_url: str | None) -> Any:
@@ -804,7 +799,7 @@ def replay(
         )
     click.echo(result.message())
     if result.mode == "interrupted":
-        raise SystemExit(130)
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 @cli.command()
@@ -1595,7 +1590,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except click.Abort:
         err.print("aborted")
-        return 130
+        return EXIT_INTERRUPTED
     except TransientError as error:
         err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_TRANSIENT
@@ -1606,11 +1601,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(done.code or 0) if not isinstance(done.code, str) else 1
     except KeyboardInterrupt:
         err.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - the last line of defence
         if _interrupted_query(error):
             err.print("interrupted")
-            return 130
+            return EXIT_INTERRUPTED
         settings = context[0].obj if context and isinstance(context[0].obj, Settings) else None
         fault = describe(error, settings)
         if fault is not None:
@@ -1627,16 +1622,3 @@ def _interrupted_query(error: Exception) -> bool:
     return type(error).__name__ == "InterruptException" or (
         isinstance(error, RuntimeError) and "interrupted" in text and "query" in text
     )
-
-
-def _run() -> None:
-    # Past a file-size limit, writes fail with EFBIG (a clear error) instead of a silent kill.
-    with contextlib.suppress(AttributeError, ValueError):
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    _run()
-
-__all__: list[Any] = ["cli", "main"]

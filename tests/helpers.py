@@ -15,7 +15,7 @@ from typing import Any
 from ledger.application import LedgerApplication
 from ledger.vault import PERSONAL_FIELDS
 
-CLI = [sys.executable, "-m", "crm_cli.cli"]
+CLI = [sys.executable, "-m", "crm_cli"]
 
 
 def run_cli(

@@ -1,0 +1,33 @@
+"""`python -m crm_cli` and the `crm-ledger` script: the command line behind a light entry point.
+
+The command line imports DuckDB, Delta Lake and the Kafka client, which takes a noticeable
+moment: Ctrl-C pressed during it must end as any other interruption does (one line, exit
+130), not with a traceback of an import. So nothing heavy is imported before the guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+
+from crm_cli.exit_codes import EXIT_INTERRUPTED
+
+
+def run() -> None:
+    """Run the command line; an interruption at any moment is one line and exit 130."""
+    # Past a file-size limit, writes fail with EFBIG (a clear error) instead of a silent kill.
+    with contextlib.suppress(AttributeError, ValueError):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        from crm_cli.cli import main  # noqa: PLC0415 - after the guard, on purpose
+
+        code = main()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
