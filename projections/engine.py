@@ -38,6 +38,8 @@ class ProjectStats:
     batches: int = 0
     refreshed: bool = False
     seconds: float = 0.0
+    #: of `seconds`, the time spent bringing the read models to the log (the rest appends)
+    refresh_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -128,8 +130,7 @@ class Projector:
                         dirty = self.needs_refresh()
                     due = caught_up or time.monotonic() - last_refresh >= refresh_interval_s
                     if follow and dirty and due:
-                        self.refresh()
-                        stats.refreshed = True
+                        self._timed_refresh(stats)
                         dirty = False
                         last_refresh = time.monotonic()
                         if on_refresh is not None:
@@ -143,12 +144,17 @@ class Projector:
         if dirty is None and not should_stop() and stop_after_batches is None:
             dirty = self.needs_refresh()
         if dirty and not should_stop() and stop_after_batches is None:
-            self.refresh()
-            stats.refreshed = True
+            self._timed_refresh(stats)
             if on_refresh is not None:
                 on_refresh()
         stats.seconds = time.monotonic() - started
         return stats
+
+    def _timed_refresh(self, stats: ProjectStats) -> None:
+        started = time.monotonic()
+        self.refresh()
+        stats.refreshed = True
+        stats.refresh_seconds += time.monotonic() - started
 
 
 def parse_as_of(text: str | None) -> datetime | None:
