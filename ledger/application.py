@@ -633,7 +633,7 @@ class LedgerApplication(Application[UUID]):
         if event_type == "FieldVisitScheduled":
             data["customer_id"] = self._visit_case(work, data, at)
         if event_type == "SurveyAnswered":
-            data["employee_id"] = self._survey_employee(work, data)
+            data["employee_id"] = self._survey_employee(work, data, at)
             if all(data.get(k) is None for k in ("csat", "nps", "ces")):
                 raise ValidationError("csat", "a survey answer needs at least one of csat, nps, ces")
         # Not dataclasses.replace: this runs for every fact of an import, and replace is slower.
@@ -688,7 +688,7 @@ class LedgerApplication(Application[UUID]):
         for event_id, _ in interactions:
             self._handlers.pop(event_id, None)
 
-    def _survey_employee(self, work: UnitOfWork, data: Mapping[str, Any]) -> str | None:
+    def _survey_employee(self, work: UnitOfWork, data: Mapping[str, Any], at: int) -> str | None:
         case_id, interaction_id = data.get("case_id"), data.get("interaction_id")
         if not case_id and not interaction_id:
             raise ValidationError("case_id", "a survey answer must name a case_id or interaction_id")
@@ -703,7 +703,7 @@ class LedgerApplication(Application[UUID]):
         if case_id:
             case = self._case(work, case_id, "case_id")
             _same_customer(data.get("customer_id"), case)
-            handler = case.resolver_id or case.owner_id or handler
+            handler = case.attributed_at(at) or handler
         given: str | None = data.get("employee_id")
         return given or handler
 

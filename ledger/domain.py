@@ -199,6 +199,15 @@ class Employee(LedgerAggregate):
             )
 
 
+def _latest(steps: list[tuple[int, str | None]] | list[tuple[int, str]], at: int) -> str | None:
+    """The employee of the latest step at or before `at` (steps dated alike: the later recorded)."""
+    found: tuple[int, str | None] | None = None
+    for step in steps:
+        if step[0] <= at and (found is None or step[0] >= found[0]):
+            found = step
+    return None if found is None else found[1]
+
+
 #: Case lifecycle: which states each step may follow.
 CASE_TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
     "CaseAccepted": (frozenset({"opened", "escalated", "reopened"}), "accepted"),
@@ -219,8 +228,11 @@ class Case(LedgerAggregate):
         self.customer_id: str = ""
         self.opened_at: int = 0
         self.state: str = ""
-        self.owner_id: str | None = None
-        self.resolver_id: str | None = None
+        #: (occurred_at, employee) of each step that gave the case an owner (opening,
+        #: acceptance, escalation to someone) or a resolver, in ledger order: a survey answer
+        #: synced late is attributed as things stood at its own time, not as they stand now.
+        self.owners: list[tuple[int, str | None]] = []
+        self.resolvers: list[tuple[int, str]] = []
 
     def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
         if event_type == "CaseOpened":
@@ -228,16 +240,27 @@ class Case(LedgerAggregate):
             self.customer_id = data["customer_id"]
             self.opened_at = occurred_at
             self.state = "opened"
-            self.owner_id = data.get("employee_id")
-            self.resolver_id = None
+            self.owners = [(occurred_at, data.get("employee_id"))]
+            self.resolvers = []
             return
         self.state = CASE_TRANSITIONS[event_type][1]
         if event_type == "CaseAccepted":
-            self.owner_id = data["employee_id"]
+            self.owners.append((occurred_at, data["employee_id"]))
         elif event_type == "CaseEscalated" and data.get("to_employee_id"):
-            self.owner_id = data["to_employee_id"]
+            self.owners.append((occurred_at, data["to_employee_id"]))
         elif event_type == "CaseResolved":
-            self.resolver_id = data["employee_id"]
+            self.resolvers.append((occurred_at, data["employee_id"]))
+
+    def attributed_at(self, occurred_at: int) -> str | None:
+        """Whose work a survey answer given at `occurred_at` rates: the case's latest resolver by
+        then, else its owner by then (before the opening, a clock skew: the owner at opening).
+
+        Within one run facts are applied in time order, so this is the state the answer meets;
+        across runs it is the same answer, whatever was recorded about the case since.
+        """
+        return _latest(self.resolvers, occurred_at) or _latest(self.owners, occurred_at) or (
+            self.owners[0][1] if self.owners and occurred_at < self.owners[0][0] else None
+        )
 
     def check(self, fact: Fact) -> None:
         """The state machine: an illegal step is an error, never an event."""

@@ -349,3 +349,60 @@ def test_a_rejection_caused_by_a_concurrent_run_saving_the_same_facts_is_decided
         check_rejections_not_raced(app.recorder, [unseen, stored], [Outcome("accepted"), rejected])
     # A rejection of a fact nobody stored stands.
     check_rejections_not_raced(app.recorder, [unseen, stored], [rejected, Outcome("duplicate")])
+
+
+# -- survey answers synced late ---------------------------------------------------------------
+def _late_survey_history() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Cases worked by e1 and later by e2 (another team), and surveys dated while e1 had them."""
+    setup = basics("2025-12-01T00:00:00Z")
+    cases = [
+        rec("CaseOpened", "2026-01-04T00:00:00Z", case_id="k10", customer_id="c1", kind="complaint", severity="low", channel="phone"),
+        rec("CaseAccepted", "2026-01-04T00:10:00Z", case_id="k10", employee_id="e1"),
+        rec("CaseResolved", "2026-01-05T00:00:00Z", case_id="k10", employee_id="e1", resolution_code="fixed", first_contact=True),
+        rec("CaseReopened", "2026-01-07T00:00:00Z", case_id="k10", reason="again"),
+        rec("CaseAccepted", "2026-01-07T01:00:00Z", case_id="k10", employee_id="e3"),
+        rec("CaseResolved", "2026-01-08T00:00:00Z", case_id="k10", employee_id="e3", resolution_code="fixed", first_contact=False),
+        rec("CaseOpened", "2026-01-04T00:00:00Z", case_id="k11", customer_id="c1", kind="complaint", severity="low", channel="phone"),
+        rec("CaseAccepted", "2026-01-04T00:10:00Z", case_id="k11", employee_id="e1"),
+        rec("CaseEscalated", "2026-01-25T00:00:00Z", case_id="k11", employee_id="e1", level=2, to_employee_id="e3", reason="expert"),
+        rec("CaseResolved", "2026-02-03T00:00:00Z", case_id="k11", employee_id="e3", resolution_code="fixed", first_contact=False),
+    ]
+    surveys = [
+        rec("SurveyAnswered", "2026-01-06T00:00:00Z", customer_id="c1", case_id="k10", csat=5),
+        rec("SurveyAnswered", "2026-01-20T00:00:00Z", customer_id="c1", case_id="k11", csat=1),
+        rec("SurveyAnswered", "2026-01-30T00:00:00Z", customer_id="c1", case_id="k11", csat=3),
+    ]
+    return setup + cases, surveys
+
+
+def _surveyed(app: LedgerApplication) -> list[tuple[str, str | None]]:
+    return [(r["event_id"], r.get("employee_id")) for t, r in ledger_content(app) if t == "SurveyAnswered"]
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "aggregates"])
+def test_a_survey_synced_in_a_later_run_rates_whoever_had_the_case_at_its_time(tmp_path: Path, bulk: bool) -> None:
+    work, surveys = _late_survey_history()
+    both = _write(tmp_path / "all.jsonl", work + surveys)
+    one_run = _fresh(tmp_path, "one")
+    _ingest_with(one_run, [both], bulk=bulk)
+    split = _fresh(tmp_path, "split")
+    _ingest_with(split, [_write(tmp_path / "work.jsonl", work)], bulk=bulk)
+    _ingest_with(split, [_write(tmp_path / "surveys.jsonl", surveys)], bulk=bulk)
+    # e1 had resolved k10 (its later resolver e3 came after the answer); e1 owned k11 on the
+    # 20th, and e3 (escalated to on the 25th) owned it on the 30th.
+    expected = [(surveys[0]["event_id"], "e1"), (surveys[1]["event_id"], "e1"), (surveys[2]["event_id"], "e3")]
+    assert sorted(_surveyed(one_run)) == sorted(expected)
+    assert sorted(_surveyed(split)) == sorted(expected)
+    one_run.close()
+    split.close()
+
+
+def _ingest_with(app: LedgerApplication, paths: list[Path], *, bulk: bool) -> None:
+    parser = RecordParser(app.registry)
+    sink = RejectSink(None, echo=None)
+    try:
+        records = (record for path in paths for record in read_file(path, parser))
+        summary = ingest_records(app, records, sink, batch_size=2000, bulk=bulk)
+    finally:
+        sink.close()
+    assert summary.rejected == 0, summary
