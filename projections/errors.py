@@ -33,5 +33,9 @@ class DatabaseBusyError(TransientError):
     """Another process held the projection database longer than the wait allowed."""
 
 
+class LogMismatchError(ProjectionError):
+    """The decoded log does not continue the source it is asked to read on from."""
+
+
 class StaleBatchError(CrmLedgerError):
     """A partition moved on in the decoded log since a decoder worker read it: not committed."""

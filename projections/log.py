@@ -149,18 +149,23 @@ class DecodedLog:
         for stream in streams:
             last = table.transaction_version(stream)
             if last is not None:
-                positions[stream] = Position(stream, int(last), self._chain_at(table, stream, int(last)))
+                positions[stream] = self._head_at(table, stream, int(last))
         return positions
 
     @staticmethod
-    def _chain_at(table: DeltaTable, stream: str, position: int) -> str | None:
+    def _head_at(table: DeltaTable, stream: str, position: int) -> Position:
+        """The stream's position with the chain and message held there (the ledger's stream only:
+        Kafka carries the chain in each record, and a partition's offsets name its messages)."""
         if stream != LEDGER_STREAM:
-            return None  # Kafka carries the chain in each record; only the ledger's is computed
+            return Position(stream, position)
         uris = _files_where(table, lambda f: _may_hold(f, stream, position, position))
         rows = ds.dataset(uris, schema=LOG_SCHEMA, format="parquet").to_table(
-            columns=["chain"], filter=(ds.field("stream") == stream) & (ds.field("position") == position)
+            columns=["chain", "value"],
+            filter=(ds.field("stream") == stream) & (ds.field("position") == position),
         )
-        return None if rows.num_rows == 0 else str(rows.column(0)[0].as_py())
+        if rows.num_rows == 0:
+            return Position(stream, position)
+        return Position(stream, position, str(rows.column(0)[0].as_py()), rows.column(1)[0].as_py())
 
     def append(
         self,

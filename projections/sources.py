@@ -21,6 +21,7 @@ from crm_ledger.errors import ConfigurationError, KafkaUnavailableError
 from crm_ledger.kafka import UNREACHABLE, BrokerWatch, await_broker, consumer_config, kafka_reason
 from crm_ledger.settings import Settings
 from ledger.chain import GENESIS, next_link
+from projections.errors import LogMismatchError
 
 if TYPE_CHECKING:
     # The write model (eventsourcing, the aggregates: ~0.1 s to import) is needed only to
@@ -37,6 +38,10 @@ class Position:
     stream: str
     offset: int
     chain: str | None = None
+    #: The message at `offset` as the decoded log holds it (the ledger's stream only): reading
+    #: on checks that the source still holds the same one, so a log is never continued from
+    #: another ledger than the one it was built from.
+    value: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -101,6 +106,8 @@ class LedgerSource:
     def batches(self, positions: Mapping[str, Position], *, follow: bool) -> Iterator[RawBatch]:
         start = positions.get(LEDGER_STREAM)
         last = start.offset if start else 0
+        if start is not None and start.value is not None:
+            self._check_continues(start.offset, start.value)
         chain = bytes.fromhex(start.chain) if start and start.chain else GENESIS
         while True:
             notifications = list(self.app.read_notifications(last + 1, self.batch_size))
@@ -125,6 +132,18 @@ class LedgerSource:
 
     def streams(self) -> list[str]:
         return [LEDGER_STREAM]
+
+    def _check_continues(self, offset: int, value: bytes) -> None:
+        """The log's last event is this ledger's event at that position, byte for byte."""
+        held = next(iter(self.app.read_notifications(offset, 1, stop=offset)), None)
+        if held is None or held.id != offset or bytes(held.state) != value:
+            ends = self.app.max_position()
+            found = "ends before it" if ends < offset else "holds another event there"
+            raise LogMismatchError(
+                f"the decoded log was built from another ledger: it goes on from notification "
+                f"{offset}, and this ledger {found} ({ends} events). Use the projection database "
+                "made with this ledger, or rebuild the log from it: crm-ledger replay --from-source"
+            )
 
     def lag(self, positions: Mapping[str, Position]) -> int:
         start = positions.get(LEDGER_STREAM)

@@ -22,6 +22,7 @@ from projections.log import DecodedLog, register_log
 from projections.sources import LedgerSource, Position, RawBatch
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB
+from tests.helpers import run_cli
 
 
 def _ledger(tmp_path: Path) -> LedgerApplication:
@@ -142,3 +143,36 @@ def test_readers_see_whole_commits_while_the_log_is_appended(tmp_path: Path) -> 
     writer.join()
     assert seen == sorted(seen) and seen[-1] == total
     assert log.version() >= 1
+
+
+def test_a_log_is_never_continued_from_another_ledger(tmp_path: Path) -> None:
+    """A projection database (and its log) kept while the ledger was replaced: `project` says so
+    in one line instead of reading on from the old ledger's position; `replay --from-source`
+    rebuilds the log from the ledger at hand."""
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    for path, seed in ((first, 3), (second, 4)):
+        with path.open("w") as handle:
+            write_history(GeneratorConfig(customers=120, employees=5, months=2, seed=seed), handle)
+    db = tmp_path / "p.duckdb"
+    old = {"CRM_LEDGER_STORE": str(tmp_path / "old.sqlite"), "CRM_LEDGER_DB": str(db)}
+    new = {**old, "CRM_LEDGER_STORE": str(tmp_path / "new.sqlite")}
+    run_cli("ingest", str(first), env=old, check=True)
+    run_cli("project", env=old, check=True)
+    run_cli("ingest", str(second), env=new, check=True)
+    for command in (["project"], ["replay", "--metrics", str(DEFAULT_SPEC), "--name", "again"]):
+        refused = run_cli(*command, env=new)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert "the decoded log was built from another ledger" in refused.stderr
+        assert "replay --from-source" in refused.stderr
+    # The same ledger reads on as before.
+    assert run_cli("project", env=old).returncode == 0
+    rebuilt = run_cli("replay", "--from-source", "--metrics", str(DEFAULT_SPEC), "--name", "rebuilt", env=new)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    app = LedgerApplication(Settings(store=new["CRM_LEDGER_STORE"]).eventsourcing_env())
+    try:
+        ids = [n.id for n in app.read_notifications(1, 1_000_000)]
+    finally:
+        app.close()
+    counted = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=new, check=True)
+    assert counted.stdout.split() == ["n", str(len(ids))]
