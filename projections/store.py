@@ -27,7 +27,12 @@ from typing import Any
 import duckdb
 
 from crm_ledger.settings import log_root
-from projections.errors import DatabaseBusyError, ProjectionError
+from projections.errors import (
+    AmbiguousVersionError,
+    DatabaseBusyError,
+    ProjectionError,
+    UnknownVersionError,
+)
 from projections.log import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
@@ -201,7 +206,7 @@ def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
     """A version of `versions` by id, unique id prefix, or name (the only one of that name)."""
     if not reference.strip().removeprefix("v_"):
         # An empty prefix matches every version (a shell variable that was not set).
-        raise ProjectionError("no version named: give a version id, id prefix or name")
+        raise AmbiguousVersionError("no version named: give a version id, id prefix or name")
     exact = [v for v in versions if v.version in {reference, f"v_{reference}"}]
     if exact:
         return exact[0]
@@ -212,12 +217,12 @@ def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
     if len(by_name) == 1:
         return by_name[0]
     if by_name:
-        raise ProjectionError(
+        raise AmbiguousVersionError(
             f"version name {reference!r} is ambiguous ({', '.join(v.version for v in by_name)}): "
             "use the version id, or give replays distinct --name values"
         )
     known = ", ".join(f"{v.version} ({v.name})" for v in versions) or "none"
-    raise ProjectionError(f"unknown version {reference!r}; known versions: {known}")
+    raise UnknownVersionError(f"unknown version {reference!r}; known versions: {known}")
 
 
 class ProjectionDB:
