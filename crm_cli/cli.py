@@ -972,8 +972,11 @@ def promote(ctx: click.Context, version: str) -> None:
 @_version_arg
 @click.pass_context
 def drop(ctx: click.Context, version: str) -> None:
-    """Delete a version (never the promoted one)."""
-    _on_version(ctx, version, "drop", "dropped")
+    """Delete a version (never the promoted one, nor one a closed period's statements name)."""
+    from rewards.periods import drop_version
+
+    target = drop_version(_settings(ctx), version)
+    click.echo(f"dropped {target.version} ({target.name})")
 
 
 def _on_version(ctx: click.Context, version: str, action: str, done: str) -> None:

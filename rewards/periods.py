@@ -14,20 +14,21 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from crm_ledger.settings import Settings
+from crm_ledger.settings import POSTGRES_SCHEMES, Settings
 from ledger.application import LedgerApplication
 from ledger.checkpoints import chain_at
 from ledger.connect import open_ledger
 from ledger.errors import ConflictError
 from ledger.records import RecordParser, format_timestamp
 from projections.service import catch_up
-from projections.store import ProjectionDB, VersionInfo, rows_as_dicts
+from projections.store import REWARD_FACTS, ProjectionDB, VersionInfo, rows_as_dicts
 from rewards.errors import PeriodError
 
 _NAMESPACE = uuid.UUID("a4c2e8f0-6b1d-4e3a-9f5c-2d7b8e0a1c3f")
-REWARD_EVENTS = ("RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued")
+REWARD_EVENTS = REWARD_FACTS
 SCORE_DIGITS = 6
 
 
@@ -332,3 +333,29 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
             ],
         )
     return adjustments
+
+
+def drop_version(settings: Settings, reference: str) -> VersionInfo:
+    """Drop a version (id, prefix or name) unless it is promoted or a reward period's
+    statements name it: in the decoded logs, or in the ledger beyond them (a period closed
+    since the last projection)."""
+    with ProjectionDB(settings.projections_db) as db:
+        target = db.find_version(reference)
+        beyond: set[str] = set()
+        if settings.store.startswith(POSTGRES_SCHEMES) or Path(settings.store).is_file():
+            beyond = _periods_naming(open_ledger(settings), target.version, db.logged_position())
+        db.drop(target, beyond)
+    return target
+
+
+def _periods_naming(app: LedgerApplication, version: str, after: int) -> set[str]:
+    """The periods whose reward facts after notification `after` name `version`."""
+    periods: set[str] = set()
+    start = after + 1
+    while batch := list(app.read_notifications(start, 5_000)):
+        for notification in batch:
+            event_type, record = app.codec.decode(notification.state)
+            if event_type in REWARD_FACTS and version in (record.get("version"), record.get("new_version")):
+                periods.add(str(record["period"]))
+        start = batch[-1].id + 1
+    return periods

@@ -13,6 +13,7 @@ from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
+from projections.errors import ProjectionError
 from projections.service import project_promoted
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB
@@ -126,6 +127,43 @@ def test_rule_change_after_close_adjusts_what_diff_reports(
     assert {a.employee_id: a.delta for a in issued} == pytest.approx(changed, abs=1e-6)
     assert all(a.new_version == new.version and a.old_version == old.version for a in issued)
     assert adjust_period(settings, PERIOD) == []
+
+
+def _one_line(result: object, text: str) -> None:
+    stderr = getattr(result, "stderr", "")
+    assert getattr(result, "returncode", None) == 1, stderr
+    assert stderr.strip().splitlines() == [text], stderr
+
+
+def test_a_version_a_closed_periods_statements_name_is_not_dropped(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    spec = tmp_path / "caps.toml"
+    spec.write_text(DEFAULT_SPEC.read_text().replace("cap = 10\n", "cap = 4\n"))
+    caps = replay(settings, spec, "ledger", name="caps")
+    closed = close_period(settings, PERIOD).version
+    run_cli("promote", caps.version, env=env, check=True)
+    refusal = (
+        f"error: version {closed} is named by the statements of closed reward period(s) {PERIOD}: "
+        "it is kept for as long as they point at it"
+    )
+    # The close is in the ledger only (nothing projected since): the ledger beyond the log says so.
+    _one_line(run_cli("drop", closed, env=env), refusal)
+    # Projected, the decoded log says so too, without the ledger.
+    run_cli("project", env=env, check=True)
+    _one_line(run_cli("drop", closed, env={**env, "CRM_LEDGER_STORE": str(tmp_path / "elsewhere.sqlite")}), refusal)
+    assert not (tmp_path / "elsewhere.sqlite").exists()
+    with ProjectionDB(settings.projections_db) as db:
+        assert closed in {v.version for v in db.versions()}
+        with pytest.raises(ProjectionError, match="named by the statements of closed reward period"):
+            db.drop(db.find_version(closed))
+    # A version no statement names is dropped as before.
+    spare = tmp_path / "spare.toml"
+    spare.write_text(DEFAULT_SPEC.read_text().replace("cap = 10\n", "cap = 6\n"))
+    other = replay(settings, spare, "ledger", name="spare")
+    dropped = run_cli("drop", "spare", env=env)
+    assert dropped.returncode == 0 and dropped.stdout.strip() == f"dropped {other.version} (spare)"
 
 
 def test_statements_survive_a_full_replay(
