@@ -889,12 +889,17 @@ def _version_row(v: Any) -> dict[str, Any]:
 )
 @click.pass_context
 def diff(ctx: click.Context, old: str, new: str, fmt: str, threshold: float, limit: int) -> None:
-    """Compare two versions: score and rank changes per employee-period, KPI changes, summary."""
-    from projections.store import ProjectionDB
+    """Compare two versions: score and rank changes per employee-period, KPI changes, summary.
+
+    Read only: it never changes the projection database, nor creates one.
+    """
+    from projections.readonly import reader
+    from projections.store import find_version, versions_of
     from replay.diff import diff_versions
 
-    with ProjectionDB(_settings(ctx).projections_db) as db:
-        report = diff_versions(db.connection, db.find_version(old), db.find_version(new), threshold)
+    with reader(_settings(ctx).projections_db) as connection:
+        known = versions_of(connection)
+        report = diff_versions(connection, find_version(known, old), find_version(known, new), threshold)
     if fmt == "json":
         click.echo(report.to_json())
     elif fmt == "csv":
