@@ -31,7 +31,6 @@ from projections.store import REWARD_FACTS, ProjectionDB, VersionInfo, rows_as_d
 from rewards.errors import PeriodError
 
 _NAMESPACE = uuid.UUID("a4c2e8f0-6b1d-4e3a-9f5c-2d7b8e0a1c3f")
-REWARD_EVENTS = REWARD_FACTS
 SCORE_DIGITS = 6
 
 
@@ -133,7 +132,7 @@ def live_scores(con: duckdb.DuckDBPyConnection, version: VersionInfo, period: st
 def _late_events(con: duckdb.DuckDBPyConnection, version: VersionInfo, period: str, position: int) -> int:
     start = datetime.strptime(period, "%Y-%m")
     end = period_end(period).replace(tzinfo=None)
-    types = ", ".join(f"'{t}'" for t in REWARD_EVENTS)
+    types = ", ".join(f"'{t}'" for t in REWARD_FACTS)
     row = con.execute(
         f"SELECT count(*) FROM {version.schema}.events WHERE occurred_at >= ? AND occurred_at < ? "
         f"AND notification_id > ? AND event_type NOT IN ({types})",
