@@ -884,12 +884,17 @@ def _version_row(v: Any) -> dict[str, Any]:
 )
 @click.pass_context
 def diff(ctx: click.Context, old: str, new: str, fmt: str, threshold: float, limit: int) -> None:
-    """Compare two versions: score and rank changes per employee-period, KPI changes, summary."""
-    from projections.store import ProjectionDB
+    """Compare two versions: score and rank changes per employee-period, KPI changes, summary.
+
+    Read only: it never changes the projection database, nor creates one.
+    """
+    from projections.readonly import reader
+    from projections.store import find_version, versions_of
     from replay.diff import diff_versions
 
-    with ProjectionDB(_settings(ctx).projections_db) as db:
-        report = diff_versions(db.connection, db.find_version(old), db.find_version(new), threshold)
+    with reader(_settings(ctx).projections_db) as connection:
+        known = versions_of(connection)
+        report = diff_versions(connection, find_version(known, old), find_version(known, new), threshold)
     if fmt == "json":
         click.echo(report.to_json())
     elif fmt == "csv":
@@ -967,8 +972,11 @@ def promote(ctx: click.Context, version: str) -> None:
 @_version_arg
 @click.pass_context
 def drop(ctx: click.Context, version: str) -> None:
-    """Delete a version (never the promoted one)."""
-    _on_version(ctx, version, "drop", "dropped")
+    """Delete a version (never the promoted one, nor one a closed period's statements name)."""
+    from rewards.periods import drop_version
+
+    target = drop_version(_settings(ctx), version)
+    click.echo(f"dropped {target.version} ({target.name})")
 
 
 def _on_version(ctx: click.Context, version: str, action: str, done: str) -> None:
@@ -1035,10 +1043,15 @@ def period_close(ctx: click.Context, month: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
 def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
-    """Late events since the close and how far live scores drift from the statements."""
+    """Late events since the close and how far live scores drift from the statements.
+
+    Read only: it answers from what the promoted version holds, and says how many events it
+    is behind the ledger (`crm-ledger project` catches it up).
+    """
     from rewards.periods import period_status
 
     status = period_status(_existing_store(ctx), month)
+    _say_behind(status)
     if fmt == "json":
         click.echo(status.to_json())
         return
@@ -1057,17 +1070,36 @@ def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
 
 @period.command("adjust")
 @click.argument("month")
-@click.option("--dry-run", is_flag=True, help="Show the adjustments without issuing them.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show the adjustments without issuing them (read only: from what the projection holds).",
+)
 @click.pass_context
 def period_adjust(ctx: click.Context, month: str, dry_run: bool) -> None:
-    """Issue adjustments where live scores differ from what was told (idempotent)."""
-    from rewards.periods import adjust_period
+    """Issue adjustments where live scores differ from what was told (idempotent).
 
-    adjustments = adjust_period(_existing_store(ctx), month, dry_run=dry_run)
+    The promoted version is caught up with the ledger first, except with --dry-run.
+    """
+    from rewards.periods import adjust_period, period_status, planned_adjustments
+
+    settings = _existing_store(ctx)
+    if dry_run:
+        status = period_status(settings, month)
+        _say_behind(status)
+        adjustments = planned_adjustments(status)
+    else:
+        adjustments = adjust_period(settings, month)
     verb = "would issue" if dry_run else "issued"
     click.echo(f"{verb} {len(adjustments)} adjustment(s) for {month}")
     for a in adjustments:
         click.echo(f"  {a.employee_id}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}")
+
+
+def _say_behind(status: Any) -> None:
+    """The one line of a period's read command whose projection lags the ledger (on stderr)."""
+    if status.behind_line is not None:
+        err.print(status.behind_line, highlight=False, soft_wrap=True)
 
 
 # -- team goals ------------------------------------------------------------------------------

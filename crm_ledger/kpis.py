@@ -2,19 +2,56 @@
 
 A descriptor says what a KPI column of the `kpi_*` tables is: the measure it reads (see
 projections.models.measures_sql), its aggregate over those measure rows or its expression
-over other KPIs (a rate is numerator / denominator), its kind, and whether the spec's
-`[kpis]` thresholds change it. This one list drives the KPI SQL, spec validation (which
-KPIs a component may use), `explain` (which KPIs a measure feeds) and `diff` (which KPIs
-are compared), so a new KPI is added here and nowhere else.
+over other KPIs (a rate is numerator / denominator), its kind, the values it can take, and
+whether the spec's `[kpis]` thresholds change it. This one list drives the KPI SQL, spec
+validation (which KPIs a component may use), `explain` (which KPIs a measure feeds), `diff`
+(which KPIs are compared) and the targets a team goal may set, so a new KPI is added here
+and nowhere else.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["count", "rate", "statistic", "score", "time"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a KPI (or a score) can take: from `low` to `high`, None where unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def holds(self, value: float) -> bool:
+        """Whether `value` is a finite number inside the range (NaN and infinities never are)."""
+        return (
+            math.isfinite(value)
+            and (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
+        )
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"from {self.low:g} to {self.high:g}"
+        if self.low is not None:
+            return f"{self.low:g} or more"
+        if self.high is not None:
+            return f"{self.high:g} or less"
+        return "any finite number"
+
+
+#: Counts and durations are never negative; a rate is a share from 0 to 1.
+COUNT_RANGE = Range(0.0, None)
+RATE_RANGE = Range(0.0, 1.0)
+PERCENT_RANGE = Range(0.0, 100.0)
+#: A reward score is 100 x the weighted sum of components in 0..1, weights summing to 1.
+SCORE_RANGE = PERCENT_RANGE
+#: A reward component's value (a capped count, a rate, a smoothed rate).
+COMPONENT_RANGE = RATE_RANGE
 
 
 @dataclass(frozen=True)
@@ -44,6 +81,8 @@ class Kpi:
     label: str | None = None
     #: whether a fall is the improvement (times to resolve, escalations, reopens)
     lower_is_better: bool = False
+    #: the values it can take (what a team goal's target must lie in)
+    values: Range = Range()
 
     @property
     def title(self) -> str:
@@ -81,6 +120,7 @@ def _count(
         rewardable=rewardable,
         label=label,
         lower_is_better=lower_is_better,
+        values=COUNT_RANGE,
     )
 
 
@@ -102,13 +142,21 @@ def _rate(
         additive=additive,
         label=label,
         lower_is_better=lower_is_better,
+        values=RATE_RANGE,
     )
 
 
 def _quantile(name: str, q: float, label: str) -> Kpi:
     aggregate = f"quantile_cont(value, {q}) FILTER (WHERE measure = 'solved')"
     return Kpi(
-        name, "statistic", "solved", aggregate=aggregate, additive=False, label=label, lower_is_better=True
+        name,
+        "statistic",
+        "solved",
+        aggregate=aggregate,
+        additive=False,
+        label=label,
+        lower_is_better=True,
+        values=COUNT_RANGE,  # hours: a duration
     )
 
 
@@ -125,6 +173,7 @@ KPIS: tuple[Kpi, ...] = (
         expression="100.0 * csat_satisfied / nullif(csat_n, 0)",
         threshold=True,
         label="CSAT % satisfied",
+        values=PERCENT_RANGE,
     ),
     _count("nps_n", "nps", rewardable=False, label="NPS answers"),
     _count("nps_promoters", "nps", "value >= {nps_promoter_min}", threshold=True, compared=False),
@@ -138,6 +187,7 @@ KPIS: tuple[Kpi, ...] = (
         expression="100.0 * (nps_promoters - nps_detractors) / nullif(nps_n, 0)",
         threshold=True,
         label="NPS",
+        values=Range(-100.0, 100.0),  # % promoters minus % detractors
     ),
     _count("problems_solved", "solved", label="problems solved"),
     _count("fcr_n", "solved", "fcr", compared=False),
@@ -152,6 +202,7 @@ KPIS: tuple[Kpi, ...] = (
         aggregate="count(DISTINCT ref) FILTER (WHERE measure = 'handled')",
         additive=False,
         compared=False,
+        values=COUNT_RANGE,
     ),
     _rate(
         "escalation_rate",

@@ -68,6 +68,9 @@ class Settings:
     max_record_bytes: int = 512 * 1024
     #: How long the relay and the follower wait for an unreachable broker before giving up.
     broker_timeout_s: float = 60.0
+    #: How long a command waits for a connection to a PostgreSQL store before giving up (the
+    #: connection pool's own wait is 30 s, long for a store that is simply not there).
+    store_timeout_s: float = 10.0
     #: a separate SQLite file for the personal-data keys (None: the event store's database)
     key_store: Path | None = None
     #: None: `crm.ledger.checkpoints` beside the default events topic, else `<events topic>.checkpoints`
@@ -91,6 +94,7 @@ class Settings:
             "KAFKA_DATA": ("kafka_data", Path, ""),
             "MAX_RECORD_BYTES": ("max_record_bytes", _record_bytes, "a whole number from 1024 to 900000"),
             "BROKER_TIMEOUT": ("broker_timeout_s", _seconds, "a positive, finite number of seconds"),
+            "STORE_TIMEOUT": ("store_timeout_s", _seconds, "a positive, finite number of seconds"),
             "KEY_STORE": ("key_store", Path, ""),
             "CHECKPOINTS_TOPIC": ("checkpoints_topic", str, ""),
             "CHECKPOINT_EVERY": ("checkpoint_every", _positive, "a whole number of at least 1"),
@@ -156,6 +160,8 @@ class Settings:
                 "POSTGRES_PORT": str(port or 5432),
                 "POSTGRES_USER": unquote(url.username or ""),
                 "POSTGRES_PASSWORD": unquote(url.password or ""),
+                # eventsourcing takes whole seconds: the pool's wait for a connection.
+                "POSTGRES_CONNECT_TIMEOUT": str(math.ceil(self.store_timeout_s)),
             }
         path = Path(self.store)
         path.parent.mkdir(parents=True, exist_ok=True)

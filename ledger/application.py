@@ -47,6 +47,7 @@ from ledger.goals import (
     check_choice,
     check_metric,
     check_range,
+    check_target,
     goal_metrics,
     month_of,
 )
@@ -643,6 +644,7 @@ class LedgerApplication(Application[UUID]):
         """A goal gauges a known metric over a sane range, agreed by members of its team."""
         if event_type == "TeamGoalSet":
             check_metric(data["kpi"], self.goal_metrics)
+            check_target(data["kpi"], data["target"])
             check_choice(data["comparison"], COMPARISONS, "comparison")
             check_range(data["from_period"], data["to_period"], month_of(at))
             team_id = data["team_id"]
@@ -658,6 +660,8 @@ class LedgerApplication(Application[UUID]):
                 check_choice(data["outcome"], OUTCOMES, "outcome")
                 return
             check_choice(data.get("comparison"), COMPARISONS, "comparison")
+            if data.get("target") is not None:
+                check_target(goal.kpi, data["target"])
             if data.get("to_period"):
                 check_range(goal.from_period, data["to_period"], month_of(at))
         agreed = data.get("agreed_by") or []

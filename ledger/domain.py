@@ -412,6 +412,8 @@ class TeamGoal(LedgerAggregate):
         super().__init__()
         self.goal_id: str = ""
         self.team_id: str = ""
+        #: what the goal gauges: a revision's target is checked against its range
+        self.kpi: str = ""
         self.from_period: str = ""
         self.to_period: str = ""
         self.set_at: int = 0
@@ -421,6 +423,7 @@ class TeamGoal(LedgerAggregate):
         if event_type == "TeamGoalSet":
             self.goal_id = data["goal_id"]
             self.team_id = data["team_id"]
+            self.kpi = data["kpi"]
             self.from_period = data["from_period"]
             self.to_period = data["to_period"]
             self.set_at = occurred_at

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from crm_ledger.kpis import GOAL_KPIS
+from crm_ledger.kpis import BY_NAME, COMPONENT_RANGE, GOAL_KPIS, SCORE_RANGE, Range
 from ledger.errors import ValidationError
 
 SCORE = "score"
@@ -72,3 +72,21 @@ def check_metric(kpi: str, known: frozenset[str]) -> None:
 def check_choice(value: str | None, allowed: frozenset[str], field: str) -> None:
     if value is not None and value not in allowed:
         raise ValidationError(field, f"must be one of {', '.join(sorted(allowed))}, got {value!r}")
+
+
+def target_range(kpi: str) -> Range:
+    """The values a goal on `kpi` can be measured at: the KPI descriptor's, or the score's
+    (0 to 100), or a reward component's (0 to 1)."""
+    if kpi == SCORE:
+        return SCORE_RANGE
+    if kpi.startswith(COMPONENT_PREFIX):
+        return COMPONENT_RANGE
+    known = BY_NAME.get(kpi)
+    return known.values if known is not None else Range()
+
+
+def check_target(kpi: str, target: float) -> None:
+    """A target the goal's KPI can reach: a CSAT of 101 % or a negative count is never met."""
+    allowed = target_range(kpi)
+    if not allowed.holds(target):
+        raise ValidationError("target", f"{target:g} is outside the range of {kpi} ({allowed})")

@@ -21,6 +21,14 @@ class ProjectionError(CrmLedgerError):
     """A projection database problem a user can act on (locked, unknown version...)."""
 
 
+class UnknownVersionError(ProjectionError):
+    """A version reference that names no version of the database."""
+
+
+class AmbiguousVersionError(ProjectionError):
+    """A version reference (a name) that more than one version answers to."""
+
+
 class QueryRefusedError(CrmLedgerError):
     """The SQL tried to change something, or is not valid."""
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import duckdb
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.outputs import replaced_whole
 from crm_ledger.settings import log_root
 from projections.errors import ProjectionError, QueryRefusedError, QueryStoppedError
-from projections.log import register_logs
+from projections.log import DecodedLog, log_slug, register_logs
 from projections.models import STABLE_VIEWS
 from projections.store import VersionInfo, connect, versions_of
 
@@ -104,6 +105,21 @@ def list_versions(path: Path, wait_s: float = 60.0) -> list[VersionInfo]:
         return versions_of(connection)
     finally:
         connection.close()
+
+
+def reflected_position(path: Path, version: VersionInfo) -> int:
+    """The highest ledger notification id among the events `version`'s tables reflect (0 for
+    none): read from the decoded log as it was at the log version they were built at.
+
+    Reads only: the log of a version that was never built is not created.
+    """
+    built_at = json.loads(version.position or "{}").get("log_version")
+    folder = log_root(path) / log_slug(version.source)
+    if built_at is None or not (folder / "_delta_log").exists():
+        return 0
+    ids = DecodedLog(folder).dataset(int(built_at)).to_table(columns=["notification_id"]).column(0)
+    highest = pc.max(ids).as_py()
+    return 0 if highest is None else int(highest)
 
 
 def _sources(connection: duckdb.DuckDBPyConnection) -> list[str]:

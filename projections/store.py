@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,12 @@ from typing import Any
 import duckdb
 
 from crm_ledger.settings import log_root
-from projections.errors import DatabaseBusyError, ProjectionError
+from projections.errors import (
+    AmbiguousVersionError,
+    DatabaseBusyError,
+    ProjectionError,
+    UnknownVersionError,
+)
 from projections.log import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
@@ -41,6 +47,9 @@ from projections.spec import MetricSpec, parse_spec
 from projections.tracking import DuckDBTrackingRecorder
 from projections.transaction import transaction
 
+#: The ledger facts of a reward period that name a version (`version`, or `new_version` of an
+#: adjustment): what a statement, and the audit of it, points at.
+REWARD_FACTS = ("RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued")
 #: The tracking stream that holds the log version a version's tables reflect.
 LOG_STREAM = "@log"
 #: What a version built from another one reads from it instead of holding its own: a
@@ -201,7 +210,7 @@ def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
     """A version of `versions` by id, unique id prefix, or name (the only one of that name)."""
     if not reference.strip().removeprefix("v_"):
         # An empty prefix matches every version (a shell variable that was not set).
-        raise ProjectionError("no version named: give a version id, id prefix or name")
+        raise AmbiguousVersionError("no version named: give a version id, id prefix or name")
     exact = [v for v in versions if v.version in {reference, f"v_{reference}"}]
     if exact:
         return exact[0]
@@ -212,12 +221,12 @@ def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
     if len(by_name) == 1:
         return by_name[0]
     if by_name:
-        raise ProjectionError(
+        raise AmbiguousVersionError(
             f"version name {reference!r} is ambiguous ({', '.join(v.version for v in by_name)}): "
             "use the version id, or give replays distinct --name values"
         )
     known = ", ".join(f"{v.version} ({v.name})" for v in versions) or "none"
-    raise ProjectionError(f"unknown version {reference!r}; known versions: {known}")
+    raise UnknownVersionError(f"unknown version {reference!r}; known versions: {known}")
 
 
 class ProjectionDB:
@@ -402,11 +411,44 @@ class ProjectionDB:
             )
             con.execute("INSERT INTO main.crm_promotions VALUES (?, ?)", [version.version, _now()])
 
-    def drop(self, version: VersionInfo) -> None:
-        """Remove a version's schema and catalog row (never the promoted one)."""
+    def reward_periods_naming(self, version: VersionInfo) -> set[str]:
+        """The reward periods whose close, statements or adjustments name `version`, as the
+        decoded logs hold them."""
+        periods: set[str] = set()
+        for source in sorted({v.source for v in self.versions()}):
+            periods.update(
+                str(row[0])
+                for row in self.connection.execute(
+                    f"SELECT DISTINCT period FROM {relation_name(source)} WHERE dead_letter IS NULL "
+                    f"AND event_type IN ({', '.join(repr(t) for t in REWARD_FACTS)}) "
+                    "AND ? IN (payload::JSON ->> 'version', payload::JSON ->> 'new_version')",
+                    [version.version],
+                ).fetchall()
+            )
+        return periods
+
+    def logged_position(self) -> int:
+        """The highest ledger notification id the decoded logs hold (0 when they hold none)."""
+        highest = 0
+        for source in sorted({v.source for v in self.versions()}):
+            relation = relation_name(source)
+            row = self.connection.execute(f"SELECT max(notification_id) FROM {relation}").fetchone()
+            highest = max(highest, int(row[0]) if row and row[0] is not None else 0)
+        return highest
+
+    def drop(self, version: VersionInfo, closed_periods: Iterable[str] = ()) -> None:
+        """Remove a version's schema and catalog row: never the promoted one, nor one that a
+        reward period's statements name (those in the decoded logs, and `closed_periods`
+        the caller found beyond them), for those would then point at nothing."""
         if version.version == self.promoted_version():
             raise ProjectionError(
                 f"version {version.version} is promoted: promote another version before dropping it"
+            )
+        named = sorted(self.reward_periods_naming(version) | set(closed_periods))
+        if named:
+            raise ProjectionError(
+                f"version {version.version} is named by the statements of closed reward period(s) "
+                f"{', '.join(named)}: it is kept for as long as they point at it"
             )
         dependants = [v.version for v in self.versions() if v.built_from == version.version]
         if dependants:

@@ -14,20 +14,23 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from crm_ledger.settings import Settings
+import duckdb
+
+from crm_ledger.settings import POSTGRES_SCHEMES, Settings
 from ledger.application import LedgerApplication
 from ledger.checkpoints import chain_at
 from ledger.connect import open_ledger
 from ledger.errors import ConflictError
 from ledger.records import RecordParser, format_timestamp
+from projections.readonly import reader, reflected_position
 from projections.service import catch_up
-from projections.store import ProjectionDB, VersionInfo, rows_as_dicts
+from projections.store import REWARD_FACTS, ProjectionDB, VersionInfo, rows_as_dicts, versions_of
 from rewards.errors import PeriodError
 
 _NAMESPACE = uuid.UUID("a4c2e8f0-6b1d-4e3a-9f5c-2d7b8e0a1c3f")
-REWARD_EVENTS = ("RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued")
 SCORE_DIGITS = 6
 
 
@@ -66,6 +69,14 @@ def _source_kind(version: VersionInfo) -> str:
     return "ledger" if version.source == "ledger" else "kafka"
 
 
+def _promoted(versions: list[VersionInfo]) -> VersionInfo:
+    """The promoted version among `versions`, or a PeriodError saying how to make one."""
+    promoted = next((v for v in versions if v.promoted), None)
+    if promoted is None:
+        raise PeriodError("no version is promoted: run `crm-ledger project` (or promote a version) first")
+    return promoted
+
+
 def _promoted_fresh(settings: Settings, app: LedgerApplication, db: ProjectionDB) -> VersionInfo:
     """The promoted version, caught up with the log first so scores include every event."""
     promoted = db.promoted_version()
@@ -76,9 +87,8 @@ def _promoted_fresh(settings: Settings, app: LedgerApplication, db: ProjectionDB
     return db.find_version(promoted)
 
 
-def live_scores(db: ProjectionDB, version: VersionInfo, period: str) -> dict[str, LiveScore]:
+def live_scores(con: duckdb.DuckDBPyConnection, version: VersionInfo, period: str) -> dict[str, LiveScore]:
     """Scores of `version` for the period, with components and KPI rows for the statement."""
-    con = db.connection
     schema = version.schema
     components: dict[str, list[dict[str, Any]]] = {}
     for row in rows_as_dicts(
@@ -119,11 +129,11 @@ def live_scores(db: ProjectionDB, version: VersionInfo, period: str) -> dict[str
     return scores
 
 
-def _late_events(db: ProjectionDB, version: VersionInfo, period: str, position: int) -> int:
+def _late_events(con: duckdb.DuckDBPyConnection, version: VersionInfo, period: str, position: int) -> int:
     start = datetime.strptime(period, "%Y-%m")
     end = period_end(period).replace(tzinfo=None)
-    types = ", ".join(f"'{t}'" for t in REWARD_EVENTS)
-    row = db.connection.execute(
+    types = ", ".join(f"'{t}'" for t in REWARD_FACTS)
+    row = con.execute(
         f"SELECT count(*) FROM {version.schema}.events WHERE occurred_at >= ? AND occurred_at < ? "
         f"AND notification_id > ? AND event_type NOT IN ({types})",
         [start, end, position],
@@ -159,7 +169,7 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
         raise PeriodError(f"period {period} is already closed")
     with ProjectionDB(settings.projections_db) as db:
         version = _promoted_fresh(settings, app, db)
-        scores = live_scores(db, version, period)
+        scores = live_scores(db.connection, version, period)
         if not scores:
             # A close is for good: a month without a score (a typo, data not yet ingested or
             # projected) is not closed with nothing in it.
@@ -234,6 +244,26 @@ class PeriodStatus:
     adjustments: int = 0
     late_events: int = 0
     drifts: list[Drift] = field(default_factory=list)
+    #: ledger events the promoted version's tables do not reflect yet (status reads, never
+    #: catches up: live scores and late events are what the projection holds)
+    behind: int = 0
+    #: the source the promoted version is fed from ("ledger", or a Kafka label)
+    source: str = "ledger"
+
+    @property
+    def behind_line(self) -> str | None:
+        """One line saying how far the projection lags the ledger and what catches it up."""
+        if not self.behind:
+            return None
+        catch_up = (
+            "`crm-ledger project`"
+            if self.source == "ledger"
+            else "`crm-ledger relay`, then `crm-ledger project --source kafka`"
+        )
+        return (
+            f"note: the promoted version {self.promoted} is {self.behind} event(s) behind the ledger, "
+            f"so live scores and late events leave those out; {catch_up} catches it up"
+        )
 
     def to_json(self) -> str:
         payload = {k: v for k, v in self.__dict__.items() if k != "drifts"}
@@ -242,7 +272,8 @@ class PeriodStatus:
 
 
 def period_status(settings: Settings, period: str, app: LedgerApplication | None = None) -> PeriodStatus:
-    """Late events since the close and how far live scores drift from what was told."""
+    """Late events since the close and how far live scores drift from what was told, as the
+    promoted version holds them (read only: `behind` says how far it lags the ledger)."""
     period = parse_period(period)
     app = app or open_ledger(settings)
     closed = app.reward_period(period)
@@ -257,11 +288,13 @@ def period_status(settings: Settings, period: str, app: LedgerApplication | None
         statements=sum(1 for f in facts if f.event_type == "RewardStatementIssued"),
         adjustments=sum(1 for f in facts if f.event_type == "RewardAdjustmentIssued"),
     )
-    with ProjectionDB(settings.projections_db) as db:
-        version = _promoted_fresh(settings, app, db)
+    with reader(settings.projections_db) as con:
+        version = _promoted(versions_of(con))
         status.promoted = version.version
-        status.late_events = _late_events(db, version, period, closed.ledger_position)
-        live = live_scores(db, version, period)
+        status.source = version.source
+        status.late_events = _late_events(con, version, period, closed.ledger_position)
+        live = live_scores(con, version, period)
+    status.behind = max(0, app.max_position() - reflected_position(settings.projections_db, version))
     for employee in sorted(set(live) | set(closed.told)):
         told = closed.told.get(employee, 0.0)
         now = live[employee].score if employee in live else 0.0
@@ -284,10 +317,8 @@ class Adjustment:
         return round(self.new_score - self.old_score, SCORE_DIGITS)
 
 
-def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> list[Adjustment]:
-    """Issue (or with `dry_run` only compute) the adjustments that bring statements to live scores."""
-    app = open_ledger(settings)
-    status = period_status(settings, period, app)
+def planned_adjustments(status: PeriodStatus) -> list[Adjustment]:
+    """The adjustments that would bring the statements to the live scores of `status`."""
     adjustments = []
     for drift in status.drifts:
         reasons = []
@@ -305,7 +336,22 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
                 "; ".join(reasons) or "recomputed",
             )
         )
-    if adjustments and not dry_run:
+    return adjustments
+
+
+def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> list[Adjustment]:
+    """Issue the adjustments that bring statements to live scores, after catching the promoted
+    version up with the log; with `dry_run`, only compute them from what the projection
+    holds (read only, as `period_status`)."""
+    app = open_ledger(settings)
+    if dry_run:
+        return planned_adjustments(period_status(settings, period, app))
+    parse_period(period)
+    if app.reward_period(period) is not None:
+        with ProjectionDB(settings.projections_db) as db:
+            _promoted_fresh(settings, app, db)
+    adjustments = planned_adjustments(period_status(settings, period, app))
+    if adjustments:
         at = format_timestamp(int(datetime.now(tz=UTC).timestamp() * 1000))
         _record(
             app,
@@ -332,3 +378,29 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
             ],
         )
     return adjustments
+
+
+def drop_version(settings: Settings, reference: str) -> VersionInfo:
+    """Drop a version (id, prefix or name) unless it is promoted or a reward period's
+    statements name it: in the decoded logs, or in the ledger beyond them (a period closed
+    since the last projection)."""
+    with ProjectionDB(settings.projections_db) as db:
+        target = db.find_version(reference)
+        beyond: set[str] = set()
+        if settings.store.startswith(POSTGRES_SCHEMES) or Path(settings.store).is_file():
+            beyond = _periods_naming(open_ledger(settings), target.version, db.logged_position())
+        db.drop(target, beyond)
+    return target
+
+
+def _periods_naming(app: LedgerApplication, version: str, after: int) -> set[str]:
+    """The periods whose reward facts after notification `after` name `version`."""
+    periods: set[str] = set()
+    start = after + 1
+    while batch := list(app.read_notifications(start, 5_000)):
+        for notification in batch:
+            event_type, record = app.codec.decode(notification.state)
+            if event_type in REWARD_FACTS and version in (record.get("version"), record.get("new_version")):
+                periods.add(str(record["period"]))
+        start = batch[-1].id + 1
+    return periods

@@ -75,6 +75,14 @@ def score_threshold(text: str | None) -> float:
     return value
 
 
+def _query_id(request: Request, route: str) -> str:
+    """The `id` parameter of a page addressed as `/ROUTE/?id=ID` (see `pages.page_link`)."""
+    given = request.query_params.get("id")
+    if not given:
+        raise BadRequestError(f"give the {route}'s id: /{route}/ID or /{route}/?id=ID")
+    return given
+
+
 def month_parameter(text: str, name: str) -> str:
     """A `YYYY-MM` month from the request, or a 400 naming the parameter."""
     try:
@@ -87,8 +95,10 @@ def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     env.filters["num"] = pages.fmt_number
     env.filters["pct"] = pages.fmt_rate
-    env.filters["segment"] = pages.path_segment
     env.globals["kpi_label"] = pages.kpi_label
+    env.globals["link"] = pages.page_link
+    env.globals["id_fields"] = pages.id_fields
+    env.globals["statement_link"] = pages.statement_link
     return env
 
 
@@ -164,7 +174,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
         return render(request, "index.html", user, view=view, teams=shown, versions=known)
 
     def team(request: Request, user: User) -> Response:
-        team_id = request.path_params["team_id"]
+        team_id = request.path_params["team_id"] or _query_id(request, "team")
         if not user.can_see(team_id):
             raise ForbiddenError(f"team {team_id!r} is not among your teams")
         with source.connect() as con:
@@ -185,6 +195,13 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
 
     def employee_or_statement(request: Request, user: User) -> Response:
         rest = request.path_params["rest"]
+        if not rest:
+            # The query-string form (`/employee/?id=..`): ids no path segment can carry.
+            employee_id = _query_id(request, "employee")
+            month = request.query_params.get("statement")
+            if month is not None:
+                return statement(user, employee_id, month)
+            return employee(request, user, employee_id)
         # Only a "/statement/MONTH" typed with bare slashes asks for a statement: an id that
         # ends like that has its slashes encoded in links, which the decoded path forgets.
         raw = request.scope.get("raw_path") or request.url.path.encode()
@@ -247,6 +264,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
             scope: dict[str, str | None] = {}
             if old_ref and new_ref:
                 old, new = data.find_version(con, old_ref), data.find_version(con, new_ref)
+                old_ref, new_ref = old.version, new.version  # a prefix or name, shown as what it found
                 if old.built_at is None or new.built_at is None:
                     raise NotFoundError("both versions must be built before they can be compared")
                 report = diff_versions(con, old, new, threshold)

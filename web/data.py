@@ -18,9 +18,11 @@ from typing import Any
 
 import duckdb
 
+from projections.errors import AmbiguousVersionError, UnknownVersionError
 from projections.readonly import reader
 from projections.store import VersionInfo, is_lock_error, rows_as_dicts, versions_of
-from web.errors import NotFoundError, WebError
+from projections.store import find_version as store_find_version
+from web.errors import BadRequestError, NotFoundError, WebError
 
 _SCHEMA = re.compile(r"^v_[0-9a-f]{6,64}$")
 #: Team KPIs the team page charts and tabulates.
@@ -95,17 +97,14 @@ def versions(con: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
 
 
 def resolve(con: duckdb.DuckDBPyConnection, reference: str | None) -> View:
-    """The promoted version (no reference), or a ready version by id or name."""
+    """The promoted version (no reference), or a built version by id, unique id prefix or name."""
     known = versions(con)
     promoted = next((v for v in known if v.promoted), None)
     if promoted is None:
         raise WebError("no version is promoted yet (run `crm-ledger project`)")
     if not reference:
         return View(promoted.version, promoted.name, "main", True)
-    matches = [v for v in known if reference in (v.version, v.name)]
-    if not matches:
-        raise NotFoundError(f"unknown version {reference!r}")
-    chosen = matches[-1]
+    chosen = find_version(con, reference, known)
     if chosen.promoted:
         return View(chosen.version, chosen.name, "main", True)
     if chosen.built_at is None or not _SCHEMA.match(chosen.version):
@@ -113,11 +112,17 @@ def resolve(con: duckdb.DuckDBPyConnection, reference: str | None) -> View:
     return View(chosen.version, chosen.name, chosen.version, False)
 
 
-def find_version(con: duckdb.DuckDBPyConnection, reference: str) -> VersionInfo:
-    for version in versions(con):
-        if reference in (version.version, version.name):
-            return version
-    raise NotFoundError(f"unknown version {reference!r}")
+def find_version(
+    con: duckdb.DuckDBPyConnection, reference: str, known: list[VersionInfo] | None = None
+) -> VersionInfo:
+    """A version by id, unique id prefix or name, as the command line finds it
+    (`projections.store.find_version`): 404 when none answers, 400 when several do."""
+    try:
+        return store_find_version(versions(con) if known is None else known, reference)
+    except UnknownVersionError as error:
+        raise NotFoundError(str(error)) from None
+    except AmbiguousVersionError as error:
+        raise BadRequestError(str(error)) from None
 
 
 def teams(con: duckdb.DuckDBPyConnection, view: View) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from markupsafe import Markup
 
@@ -54,6 +54,38 @@ def path_segment(value: Any) -> str:
     server decodes it before matching the routes' `{id:path}`.
     """
     return quote(str(value), safe="")
+
+
+#: Path segments every URL parser (browsers, WHATWG) resolves away, encoded (`%2e`) or not.
+DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def page_link(route: str, item_id: Any, **query: Any) -> str:
+    """The address of the `route` page ("employee", "team") of `item_id`, with `query`
+    parameters (None ones left out).
+
+    An id is one path segment (`path_segment`), except "." and "..": no encoding keeps
+    those from being resolved away, so they travel in the query string of the same route
+    (`/employee/?id=..`), which the route answers as it answers the path.
+    """
+    given = {k: str(v) for k, v in query.items() if v is not None and v != ""}
+    text = str(item_id)
+    if text in DOT_SEGMENTS:
+        return f"/{route}/?{urlencode({'id': text, **given})}"
+    return f"/{route}/{path_segment(text)}" + (f"?{urlencode(given)}" if given else "")
+
+
+def statement_link(employee_id: Any, period: str) -> str:
+    """The address of an employee's statement of `period` (see `page_link` for "." and "..")."""
+    if str(employee_id) in DOT_SEGMENTS:
+        return page_link("employee", employee_id, statement=period)
+    return f"{page_link('employee', employee_id)}/statement/{quote(period, safe='')}"
+
+
+def id_fields(item_id: Any, **fields: Any) -> dict[str, Any]:
+    """The hidden fields of a form (the version picker) on the page of `item_id`: `fields`,
+    and the id itself where the page's address carries it in the query string."""
+    return ({"id": str(item_id)} if str(item_id) in DOT_SEGMENTS else {}) | fields
 
 
 def fmt_number(value: Any, digits: int = 2) -> str:

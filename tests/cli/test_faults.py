@@ -216,13 +216,26 @@ def test_a_malformed_store_url_is_one_line_without_its_password(tmp_path: Path, 
         assert "secret" not in result.stderr
 
 
-@pytest.mark.slow
-def test_an_unreachable_postgresql_store_is_a_temporary_failure(tmp_path: Path) -> None:
-    # Nothing listens on port 1; the connection pool gives up after its own 30 s.
+def test_an_unreachable_postgresql_store_is_a_temporary_failure_after_the_store_timeout(
+    tmp_path: Path,
+) -> None:
+    # Nothing listens on port 1; the connection pool alone would wait its own 30 s.
     url = "postgresql://u:secret@127.0.0.1:1/x"
-    result = run_cli("--store", url, "audit", "head", env=_env(tmp_path))
+    env = {**_env(tmp_path), "CRM_LEDGER_STORE_TIMEOUT": "2"}
+    started = time.monotonic()
+    result = run_cli("--store", url, "audit", "head", env=env)
+    elapsed = time.monotonic() - started
     _one_line_error(result, "event store postgresql://u:***@127.0.0.1:1/x is unreachable", code=75)
+    assert "after 2.00 sec" in result.stderr
     assert "secret" not in result.stderr
+    assert elapsed < 25, elapsed  # generous: the point is not waiting the pool's 30 s
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_store_timeout_that_is_not_a_positive_number_is_one_line(tmp_path: Path, value: str) -> None:
+    env = {**_env(tmp_path), "CRM_LEDGER_STORE_TIMEOUT": value}
+    result = run_cli("--store", "postgresql://u:p@127.0.0.1:1/x", "audit", "head", env=env)
+    _one_line_error(result, f"CRM_LEDGER_STORE_TIMEOUT={value!r} is not valid")
 
 
 def test_data_is_shown_as_it_is_never_as_markup_or_terminal_commands(tmp_path: Path) -> None:

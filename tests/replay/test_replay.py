@@ -308,17 +308,23 @@ def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: 
     assert refused.returncode == 1 and "is promoted" in refused.stderr
 
 
-def test_versions_reads_without_writing(ledger: LedgerApplication, settings: Settings, tmp_path: Path) -> None:
-    """`versions` is an auditor's command: it neither changes a database nor creates one."""
+def test_versions_and_diff_read_without_writing(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """`versions` and `diff` are auditors' commands: they neither change a database nor create one."""
     db = settings.projections_db
     before = db.read_bytes()
     listed = run_cli("versions", "--format", "json", env={"CRM_LEDGER_DB": str(db)})
     assert listed.returncode == 0 and json.loads(listed.stdout)
+    current = next(v["version"] for v in json.loads(listed.stdout) if v["promoted"])
+    compared = run_cli("diff", current, current, "--format", "json", env={"CRM_LEDGER_DB": str(db)})
+    assert compared.returncode == 0 and json.loads(compared.stdout)["summary"]["rows_changed"] == 0
     assert db.read_bytes() == before
     missing = tmp_path / "elsewhere" / "none.duckdb"
-    refused = run_cli("versions", env={"CRM_LEDGER_DB": str(missing)})
-    assert refused.returncode == 1 and "no projection database yet" in refused.stderr
-    assert not missing.parent.exists()
+    for args in (["versions"], ["diff", "a", "b"]):
+        refused = run_cli(*args, env={"CRM_LEDGER_DB": str(missing)})
+        assert refused.returncode == 1 and "no projection database yet" in refused.stderr, args
+        assert not missing.parent.exists(), args
 
 
 @pytest.mark.kafka

@@ -92,6 +92,14 @@ def test_a_goal_is_set_revised_and_closed_once(team_app: LedgerApplication) -> N
         ({"agreed_by": ["e1", "e3"]}, "agreed_by", "in team 't2', not 't1'"),
         ({"agreed_by": ["e9"]}, "agreed_by", "unknown employee"),
         ({"team_id": "t9", "agreed_by": ["e1"]}, "agreed_by", "not 't9'"),
+        # A target the KPI can never take (its range comes from the KPI's descriptor).
+        ({"target": 101.0}, "target", "101 is outside the range of csat_pct (from 0 to 100)"),
+        ({"target": -0.5}, "target", "-0.5 is outside the range of csat_pct (from 0 to 100)"),
+        ({"kpi": "problems_solved", "target": -1.0}, "target", "range of problems_solved (0 or more)"),
+        ({"kpi": "ttr_median_h", "target": -2.0}, "target", "range of ttr_median_h (0 or more)"),
+        ({"kpi": "fcr_rate", "target": 1.5}, "target", "1.5 is outside the range of fcr_rate (from 0 to 1)"),
+        ({"kpi": "nps", "target": -101.0}, "target", "range of nps (from -100 to 100)"),
+        ({"kpi": "score", "target": 100.5}, "target", "range of score (from 0 to 100)"),
     ],
 )
 def test_a_goal_that_breaks_a_rule_is_rejected(
@@ -111,6 +119,29 @@ def test_a_goal_may_gauge_every_kpi_diff_compares_and_nothing_internal() -> None
 
 def test_a_goal_on_a_service_rate_is_accepted(team_app: LedgerApplication) -> None:
     assert record(team_app, [goal(kpi="sla_met_rate", target=0.9)]) == ["accepted"]
+
+
+def test_a_target_at_either_end_of_its_range_is_accepted_and_a_revision_is_checked_too(
+    team_app: LedgerApplication,
+) -> None:
+    edges = [
+        goal("g-full", target=100.0),
+        goal("g-none", kpi="escalations", target=0.0, comparison="at_most"),
+        goal("g-nps", kpi="nps", target=-100.0),
+        goal("g-fcr", kpi="fcr_rate", target=1.0),
+    ]
+    assert record(team_app, edges) == ["accepted"] * 4
+
+    def revision(goal_id: str, target: float) -> dict[str, Any]:
+        at = "2026-02-01T09:00:00Z"
+        return rec("TeamGoalRevised", at, goal_id=goal_id, target=target, agreed_by=["e1"], reason="r")
+
+    # The write model refuses it against the goal's own KPI, as the setting is.
+    error = rejection(team_app, revision("g-fcr", 80.0))
+    assert error.field == "target" and "80 is outside the range of fcr_rate (from 0 to 1)" in str(error)
+    error = rejection(team_app, revision("g-none", -1.0))
+    assert error.field == "target" and "range of escalations (0 or more)" in str(error)
+    assert record(team_app, [revision("g-fcr", 0.0), revision("g-full", 50.0)]) == ["accepted", "accepted"]
 
 
 def test_agreement_is_checked_against_the_team_at_that_moment(team_app: LedgerApplication) -> None:
@@ -160,7 +191,7 @@ def history() -> list[dict[str, Any]]:
             "TeamGoalRevised",
             "2026-03-01T09:00:00Z",
             goal_id="g-csat",
-            target=101.0,
+            target=100.0,
             agreed_by=["e1"],
             reason="stretch",
         ),
@@ -222,7 +253,7 @@ def test_goals_are_gauged_every_month_from_the_read_models(projected: Settings) 
     # The revision applies from its own month on; earlier months keep the agreed target.
     assert progress[("g-csat", "2026-01")] == (75.0, kpi["2026-01"], False, None)
     assert progress[("g-csat", "2026-02")] == (75.0, kpi["2026-02"], True, kpi["2026-02"] - kpi["2026-01"])
-    assert progress[("g-csat", "2026-03")][:3] == (101.0, kpi["2026-03"], False)
+    assert progress[("g-csat", "2026-03")][:3] == (100.0, kpi["2026-03"], True)
     assert kpi["2026-01"] == 50.0 and kpi["2026-02"] == 100.0
     # A closed goal is gauged up to the month it was closed.
     assert sorted(p for g, p in progress if g == "g-ttr") == ["2026-01", "2026-02"]
@@ -230,7 +261,7 @@ def test_goals_are_gauged_every_month_from_the_read_models(projected: Settings) 
     # A component goal is the team's mean component value; months without data are not measured.
     assert progress[("g-score", "2026-02")][1] == pytest.approx(component["2026-02"])
     assert progress[("g-score", "2026-04")][1:3] == (None, None)
-    assert goals["g-csat"] == ("open", None, 101.0, 1)
+    assert goals["g-csat"] == ("open", None, 100.0, 1)
     assert goals["g-ttr"] == ("closed", "missed", 0.5, 0)
 
 
@@ -268,6 +299,20 @@ def test_goal_commands_set_revise_close_and_list(settings: Settings) -> None:
     assert "already set" in run_cli(*args, env=env, check=True).stdout
     bad = run_cli("goal", "set", "g2", *args[3:-2], "--at", "2025-12-01", "--kpi", "nope", env=env)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "unknown KPI" in bad.stderr
+    # A target out of the KPI's range: one line naming the KPI, the value and the range.
+    for kpi, target, words in (
+        ("csat_pct", "101", "101 is outside the range of csat_pct (from 0 to 100)"),
+        ("problems_solved", "-3", "-3 is outside the range of problems_solved (0 or more)"),
+        ("csat_pct", "nan", "must be a finite number, got nan"),
+    ):
+        given = ["--team", "t1", "--kpi", kpi, "--target", target, *args[9:]]
+        out_of_range = run_cli("goal", "set", "g3", *given, env=env)
+        assert out_of_range.returncode == 1 and out_of_range.stderr.count("\n") == 1, out_of_range.stderr
+        assert words in out_of_range.stderr and "Traceback" not in out_of_range.stderr, out_of_range.stderr
+    stretch = ["--target", "1.2", "--agreed-by", "e1", "--reason", "stretch", "--at", "2026-02-01"]
+    too_high = run_cli("goal", "revise", "g1", *stretch, env=env)
+    assert too_high.returncode == 1 and too_high.stderr.count("\n") == 1, too_high.stderr
+    assert "1.2 is outside the range of fcr_rate (from 0 to 1)" in too_high.stderr
     run_cli(
         "goal",
         "revise",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
+from projections.errors import ProjectionError
 from projections.service import project_promoted
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB
@@ -66,7 +68,7 @@ def test_close_issues_statements_equal_to_the_promoted_scores(
 def test_late_event_keeps_the_statement_and_adjust_issues_the_difference(
     ledger: LedgerApplication, settings: Settings, tmp_path: Path
 ) -> None:
-    close_period(settings, PERIOD)
+    closed = close_period(settings, PERIOD)
     before = promoted_scores(settings)
     employee = sorted(before)[0]
     late = [
@@ -86,7 +88,15 @@ def test_late_event_keeps_the_statement_and_adjust_issues_the_difference(
         ).accepted
         == 1
     )
-    status = period_status(settings, PERIOD)  # projects the late event first
+    # Read only: the projection has not taken the late event in yet, and says so.
+    held = period_status(settings, PERIOD)
+    # The close's own events and the late one.
+    assert (held.behind, held.late_events, held.drifts) == (ledger.max_position() - closed.position, 0, [])
+    assert held.behind_line is not None and f"{held.behind} event(s) behind" in held.behind_line
+    assert adjust_period(settings, PERIOD, dry_run=True) == []
+    project_promoted(settings, "ledger", None, follow=False)
+    status = period_status(settings, PERIOD)
+    assert status.behind == 0 and status.behind_line is None
     assert status.late_events == 1
     live = promoted_scores(settings)
     assert live[employee] != before[employee]
@@ -104,6 +114,59 @@ def test_late_event_keeps_the_statement_and_adjust_issues_the_difference(
     assert adjust_period(settings, PERIOD) == []  # idempotent
     assert period_status(settings, PERIOD).adjustments == 1
     assert build_statement(ledger, employee, PERIOD).current_score == pytest.approx(live[employee])
+
+
+def _files(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (the projection database, its WAL, the decoded log) by content."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.name.startswith("ledger.sqlite")
+    }
+
+
+def test_period_status_and_a_dry_run_read_the_projection_and_never_write_it(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    close_period(settings, PERIOD)
+    project_promoted(settings, "ledger", None, follow=False)
+    employee = sorted(promoted_scores(settings))[0]
+    late = rec(
+        "ComplimentReceived",
+        f"{PERIOD}-15T10:00:00Z",
+        employee_id=employee,
+        channel="email",
+        customer_id="cust-000001",
+    )
+    (tmp_path / "late.jsonl").write_text(json.dumps(late) + "\n")
+    rejects = str(tmp_path / "elsewhere" / "rejects.jsonl")
+    run_cli("ingest", str(tmp_path / "late.jsonl"), "--rejects", rejects, env=env, check=True)
+    with duckdb.connect(str(settings.projections_db), read_only=True) as con:
+        (promoted,) = con.execute("SELECT version FROM crm_promoted").fetchone() or ("",)
+    before = _files(settings.projections_db.parent)
+    behind = (
+        f"note: the promoted version {promoted} is 1 event(s) behind the ledger, so live scores and late "
+        "events leave those out; `crm-ledger project` catches it up"
+    )
+    for args in (
+        ["period", "status", PERIOD],
+        ["period", "status", PERIOD, "--format", "json"],
+        ["period", "adjust", PERIOD, "--dry-run"],
+    ):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip().splitlines() == [behind], (args, result.stderr)
+        assert _files(settings.projections_db.parent) == before, args
+    shown = json.loads(run_cli("period", "status", PERIOD, "--format", "json", env=env, check=True).stdout)
+    assert (shown["behind"], shown["late_events"], shown["drifts"]) == (1, 0, [])
+    assert "would issue 0 adjustment(s)" in run_cli("period", "adjust", PERIOD, "--dry-run", env=env).stdout
+    # The writer catches up first, as before.
+    issued = run_cli("period", "adjust", PERIOD, env=env, check=True)
+    assert "issued 1 adjustment(s)" in issued.stdout and issued.stderr == ""
+    after = run_cli("period", "status", PERIOD, env=env, check=True)
+    assert "late events since the close: 1" in after.stdout and "1 adjustments" in after.stdout
+    assert after.stderr.strip().splitlines() == [behind]  # the adjustment itself, not projected yet
 
 
 def test_rule_change_after_close_adjusts_what_diff_reports(
@@ -126,6 +189,43 @@ def test_rule_change_after_close_adjusts_what_diff_reports(
     assert {a.employee_id: a.delta for a in issued} == pytest.approx(changed, abs=1e-6)
     assert all(a.new_version == new.version and a.old_version == old.version for a in issued)
     assert adjust_period(settings, PERIOD) == []
+
+
+def _one_line(result: object, text: str) -> None:
+    stderr = getattr(result, "stderr", "")
+    assert getattr(result, "returncode", None) == 1, stderr
+    assert stderr.strip().splitlines() == [text], stderr
+
+
+def test_a_version_a_closed_periods_statements_name_is_not_dropped(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    spec = tmp_path / "caps.toml"
+    spec.write_text(DEFAULT_SPEC.read_text().replace("cap = 10\n", "cap = 4\n"))
+    caps = replay(settings, spec, "ledger", name="caps")
+    closed = close_period(settings, PERIOD).version
+    run_cli("promote", caps.version, env=env, check=True)
+    refusal = (
+        f"error: version {closed} is named by the statements of closed reward period(s) {PERIOD}: "
+        "it is kept for as long as they point at it"
+    )
+    # The close is in the ledger only (nothing projected since): the ledger beyond the log says so.
+    _one_line(run_cli("drop", closed, env=env), refusal)
+    # Projected, the decoded log says so too, without the ledger.
+    run_cli("project", env=env, check=True)
+    _one_line(run_cli("drop", closed, env={**env, "CRM_LEDGER_STORE": str(tmp_path / "elsewhere.sqlite")}), refusal)
+    assert not (tmp_path / "elsewhere.sqlite").exists()
+    with ProjectionDB(settings.projections_db) as db:
+        assert closed in {v.version for v in db.versions()}
+        with pytest.raises(ProjectionError, match="named by the statements of closed reward period"):
+            db.drop(db.find_version(closed))
+    # A version no statement names is dropped as before.
+    spare = tmp_path / "spare.toml"
+    spare.write_text(DEFAULT_SPEC.read_text().replace("cap = 10\n", "cap = 6\n"))
+    other = replay(settings, spare, "ledger", name="spare")
+    dropped = run_cli("drop", "spare", env=env)
+    assert dropped.returncode == 0 and dropped.stdout.strip() == f"dropped {other.version} (spare)"
 
 
 def test_statements_survive_a_full_replay(

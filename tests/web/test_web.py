@@ -118,25 +118,34 @@ def _served(db: Path, *options: str) -> Iterator[str]:
 #: that ends like the address of a statement.
 ODD_EMPLOYEE, ODD_TEAM, ODD_OTHER = "a/../b", "t/./u", "c?d#e%2Ff g"
 ODD_STATEMENT = "d/statement/2025-01"
+#: Ids that are whole dot segments: no encoding keeps a browser from resolving them away.
+DOT, DOT_DOT = ".", ".."
+#: The name two versions of the odd site share (a name `find_version` cannot choose by).
+TWIN = "twin"
 
 
 @pytest.fixture(scope="session")
 def odd_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A small history whose team and employees have such ids, with a closed month, served."""
+    """A small history whose teams and employees have such ids, with a closed month and two
+    more versions of one name, served."""
     folder = tmp_path_factory.mktemp("odd")
     env = {
         "CRM_LEDGER_STORE": str(folder / "ledger.sqlite"),
         "CRM_LEDGER_DB": str(folder / "projections.duckdb"),
     }
     history = folder / "history.jsonl"
-    generate = ["--customers", "20", "--employees", "4", "--months", "2", "--seed", "3"]
+    # Two teams; the renamed employees are in team-01 with a score in the closed month.
+    generate = ["--customers", "40", "--employees", "12", "--months", "2", "--seed", "3"]
     run_cli("generate", *generate, "--out", str(history), check=True)
     text = history.read_text()
     renamed = {
         "emp-0001": ODD_EMPLOYEE,
-        "emp-0002": ODD_OTHER,
-        "emp-0003": ODD_STATEMENT,
+        "emp-0003": ODD_OTHER,
+        "emp-0007": ODD_STATEMENT,
+        "emp-0009": DOT,
+        "emp-0011": DOT_DOT,
         "team-01": ODD_TEAM,
+        "team-02": DOT,
     }
     for generated, odd in renamed.items():
         assert json.dumps(generated) in text
@@ -146,6 +155,12 @@ def odd_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     run_cli("project", env=env, check=True)
     run_cli("period", "close", "2025-01", env=env, check=True)
     run_cli("project", env=env, check=True)
+    text = DEFAULT_SPEC.read_text()
+    cap_at = text.index("cap = ", text.index('kpi = "problems_solved"'))
+    for cap in (4, 5):
+        spec = folder / f"cap{cap}.toml"
+        spec.write_text(text[:cap_at] + f"cap = {cap}" + text[text.index("\n", cap_at) :])
+        run_cli("replay", "--metrics", str(spec), "--name", TWIN, env=env, check=True)
     with _served(folder / "projections.duckdb") as base:
         yield {"base": base, "db": folder / "projections.duckdb"}
 
@@ -463,7 +478,7 @@ def test_links_to_ids_with_slashes_and_dots_reach_their_pages(browser: Any, odd_
     page.get_by_role("link", name=ODD_TEAM, exact=True).click()
     expect(page.locator("h1")).to_have_text(f"Team {ODD_TEAM}")
     assert page.url == f"{odd_site['base']}/team/t%2F.%2Fu"
-    for employee in (ODD_EMPLOYEE, ODD_OTHER, ODD_STATEMENT):
+    for employee in (ODD_EMPLOYEE, ODD_OTHER, ODD_STATEMENT, DOT, DOT_DOT):
         page.locator("#members").get_by_role("link", name=employee, exact=True).click()
         expect(page.locator("h1")).to_have_text(f"Employee {employee}")
         page.locator("#statements").get_by_role("link", name="statement").first.click()
@@ -475,6 +490,73 @@ def test_links_to_ids_with_slashes_and_dots_reach_their_pages(browser: Any, odd_
         odd_site, "SELECT count(DISTINCT employee_id) FROM reward_score WHERE team_id = ?", [ODD_TEAM]
     )[0]
     assert page.locator("#members tbody tr").count() == shown
+
+
+def test_links_to_dot_ids_reach_their_pages_and_keep_them(browser: Any, odd_site: dict[str, Any]) -> None:
+    """Ids "." and ".." are resolved away by the browser however they are encoded ("%2e" too):
+    their links carry the id in the query string of the same route, and every link and form
+    on their pages keeps it."""
+    from playwright.sync_api import expect
+
+    base = odd_site["base"]
+    page = browser.new_page()
+    page.goto(f"{base}/")
+    page.get_by_role("link", name=DOT, exact=True).click()
+    expect(page.locator("h1")).to_have_text(f"Team {DOT}")
+    assert page.url == f"{base}/team/?id=."
+    (members,) = _read(
+        odd_site, "SELECT count(DISTINCT employee_id) FROM reward_score WHERE team_id = ?", [DOT]
+    )[0]
+    assert members > 0 and page.locator("#members tbody tr").count() == members
+    twin = _read(odd_site, "SELECT version FROM crm_versions WHERE name = ? ORDER BY version", [TWIN])[0][0]
+    page.locator("select[name='version']").select_option(twin)
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(f"{base}/team/?version={twin}&id=.")
+    expect(page.locator("h1")).to_have_text(f"Team {DOT}")
+    page.goto(f"{base}/team/{ODD_TEAM.replace('/', '%2F')}")
+    for employee, address in ((DOT, "?id=."), (DOT_DOT, "?id=..")):
+        page.locator("#members").get_by_role("link", name=employee, exact=True).click()
+        expect(page).to_have_url(f"{base}/employee/{address}")
+        expect(page.locator("h1")).to_have_text(f"Employee {employee}")
+        page.locator("#scores").get_by_role("link", name="explain").first.click()
+        expect(page).to_have_url(f"{base}/employee/{address}&period=2025-01")
+        expect(page.locator("h1")).to_have_text(f"Employee {employee}")
+        assert page.locator("#components tbody tr").count() > 0
+        page.locator("select[name='version']").select_option(twin)
+        page.get_by_role("button", name="Show").click()
+        expect(page).to_have_url(f"{base}/employee/?version={twin}&{address[1:]}&period=2025-01")
+        expect(page.locator("h1")).to_have_text(f"Employee {employee}")
+        page.locator("#statements").get_by_role("link", name="statement").first.click()
+        expect(page).to_have_title(f"Reward statement {employee} 2025-01")
+        page.goto(f"{base}/team/{ODD_TEAM.replace('/', '%2F')}")
+    assert _get(f"{base}/employee/")[0] == 400 and _get(f"{base}/team/?id=")[0] == 400
+
+
+def test_pages_find_a_version_as_the_command_line_does(odd_site: dict[str, Any]) -> None:
+    """By id, unique id prefix or name: an unknown one is not found (404), a name two versions
+    share is a bad request (400) that says so, never the first of them."""
+    base = odd_site["base"]
+    known = [str(v) for (v,) in _read(odd_site, "SELECT version FROM crm_versions ORDER BY version")]
+    twins = [str(v) for (v,) in _read(odd_site, "SELECT version FROM crm_versions WHERE name = ?", [TWIN])]
+    (promoted,) = _read(odd_site, "SELECT version FROM crm_promoted")[0]
+    assert len(twins) == 2
+    for path in (f"/?version={TWIN}", f"/versions?old={promoted}&new={TWIN}", f"/team/x?version={TWIN}"):
+        status, body = _get(base + path)
+        assert status == 400, (path, status)
+        assert f"version name &#39;{TWIN}&#39; is ambiguous" in body and "use the version id" in body, path
+    for path in ("/?version=nope", "/versions?old=nope&new=" + twins[0]):
+        status, body = _get(base + path)
+        assert status == 404 and "unknown version &#39;nope&#39;" in body, (path, status)
+
+    def unique_prefix(version: str) -> str:
+        return next(p for n in range(6, 15) if sum(v.startswith(p := version[:n]) for v in known) == 1)
+
+    for twin in twins:
+        status, body = _get(f"{base}/?version={unique_prefix(twin).removeprefix('v_')}")
+        assert status == 200 and f'<option value="{twin}" selected>' in body, twin
+    status, body = _get(f"{base}/versions?old={unique_prefix(twins[0])}&new={unique_prefix(twins[1])}")
+    assert status == 200 and 'id="spearman"' in body
+    assert f'<option value="{twins[0]}" selected>' in body and f'<option value="{twins[1]}" selected>' in body
 
 
 def test_a_database_not_projected_yet_says_so_on_every_page(tmp_path: Path) -> None:

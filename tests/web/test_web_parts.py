@@ -9,7 +9,7 @@ import pytest
 
 from web.charts import Series, Target, bar_chart, line_chart
 from web.errors import WebError
-from web.pages import path_segment
+from web.pages import id_fields, page_link, path_segment, statement_link
 from web.users import LOCAL_USER, Users, hash_password
 
 
@@ -77,3 +77,17 @@ def test_an_id_in_a_link_is_one_path_segment() -> None:
     assert path_segment("t/./u") == "t%2F.%2Fu"
     assert path_segment("c?d#e%2Ff g") == "c%3Fd%23e%252Ff%20g"
     assert path_segment("ä") == "%C3%A4"
+
+
+def test_an_id_that_is_a_dot_segment_is_linked_through_the_query_string() -> None:
+    # Browsers resolve "." and ".." (and "%2e", "%2E") segments away: no encoding survives.
+    assert page_link("employee", ".") == "/employee/?id=."
+    assert page_link("employee", "..", period="2025-01", version=None) == "/employee/?id=..&period=2025-01"
+    assert page_link("team", ".", version="v_abc") == "/team/?id=.&version=v_abc"
+    assert statement_link("..", "2025-01") == "/employee/?id=..&statement=2025-01"
+    assert id_fields("..", period="2025-01") == {"id": "..", "period": "2025-01"}
+    # Every other id stays one path segment, as before.
+    assert page_link("employee", "...") == "/employee/..."
+    assert page_link("employee", "a/../b", period="2025-01") == "/employee/a%2F..%2Fb?period=2025-01"
+    assert statement_link("a/../b", "2025-01") == "/employee/a%2F..%2Fb/statement/2025-01"
+    assert id_fields("emp-1") == {}
