@@ -1654,3 +1654,5 @@ def _interrupted_query(error: Exception) -> bool:
     return type(error).__name__ == "InterruptException" or (
         isinstance(error, RuntimeError) and "interrupted" in text and "query" in text
     )
+
+__all__: list[Any] = ["cli", "main"]
