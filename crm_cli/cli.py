@@ -1655,4 +1655,5 @@ def _interrupted_query(error: Exception) -> bool:
         isinstance(error, RuntimeError) and "interrupted" in text and "query" in text
     )
 
+
 __all__: list[Any] = ["cli", "main"]
