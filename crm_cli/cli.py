@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -25,15 +25,18 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from crm_cli import broker, registry_server
 from crm_cli.exit_codes import EXIT_INTERRUPTED, EXIT_TRANSIENT
 from crm_cli.runtime import graceful_stop
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import replaced_whole
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import RECORD_BYTES_RANGE, Settings
-from ledger.connect import open_ledger
 from ledger.records import is_unicode_text
+
+if TYPE_CHECKING:
+    from crm_cli.broker import BrokerConfig
+    from crm_cli.registry_server import RegistryServerConfig
+    from ledger.application import LedgerApplication
 
 # Without markup: messages hold data (ids, names, paths), and "[/x]" in one was read as a
 # closing tag (an error); the few styled lines ask for markup themselves.
@@ -108,14 +111,23 @@ def cli(
     )
 
 
+def _open_ledger(settings: Settings, *args: Any) -> LedgerApplication:
+    """The ledger of `settings`; the write model is imported only by the commands that use it."""
+    from ledger.connect import open_ledger
+
+    return open_ledger(settings, *args)
+
+
 # -- kafka ---------------------------------------------------------------------------------
 @cli.group()
 def kafka() -> None:
     """Run a local single-node Apache Kafka broker (KRaft) for development."""
 
 
-def _broker_config(data: Path, port: int) -> broker.BrokerConfig:
-    return broker.BrokerConfig(data_dir=data.resolve(), port=port, controller_port=port + 1)
+def _broker_config(data: Path, port: int) -> BrokerConfig:
+    from crm_cli.broker import BrokerConfig
+
+    return BrokerConfig(data_dir=data.resolve(), port=port, controller_port=port + 1)
 
 
 _data_option = click.option(
@@ -139,6 +151,8 @@ _port_option = click.option(
 @_port_option
 def kafka_up(data: Path, port: int) -> None:
     """Start the broker in the background and wait until it answers."""
+    from crm_cli import broker
+
     config = _broker_config(data, port)
     broker.start(config)
     out.print(f"Kafka is up at {config.bootstrap} (data in {config.data_dir})")
@@ -149,6 +163,8 @@ def kafka_up(data: Path, port: int) -> None:
 @_port_option
 def kafka_down(data: Path, port: int) -> None:
     """Stop the broker started with `kafka up`."""
+    from crm_cli import broker
+
     config = _broker_config(data, port)
     out.print("Kafka stopped" if broker.stop(config) else "Kafka was not running")
 
@@ -158,6 +174,8 @@ def kafka_down(data: Path, port: int) -> None:
 @_port_option
 def kafka_status(data: Path, port: int) -> None:
     """Say whether the broker is running (exit 1 when it is not)."""
+    from crm_cli import broker
+
     config = _broker_config(data, port)
     if broker.is_running(config):
         out.print(f"Kafka is running at {config.bootstrap}")
@@ -184,8 +202,10 @@ _registry_port_option = click.option(
 )
 
 
-def _registry_config(data: Path, port: int) -> registry_server.RegistryServerConfig:
-    return registry_server.RegistryServerConfig(data_dir=data.resolve(), port=port)
+def _registry_config(data: Path, port: int) -> RegistryServerConfig:
+    from crm_cli.registry_server import RegistryServerConfig
+
+    return RegistryServerConfig(data_dir=data.resolve(), port=port)
 
 
 @registry_group.command("up")
@@ -193,6 +213,8 @@ def _registry_config(data: Path, port: int) -> registry_server.RegistryServerCon
 @_registry_port_option
 def registry_up(data: Path, port: int) -> None:
     """Start the registry in the background (fetching it on first use) and wait until it answers."""
+    from crm_cli import registry_server
+
     config = _registry_config(data, port)
     registry_server.start(config)
     out.print(f"Schema registry is up at {config.url} (data in {config.data_dir})", highlight=False)
@@ -203,6 +225,8 @@ def registry_up(data: Path, port: int) -> None:
 @_registry_port_option
 def registry_down(data: Path, port: int) -> None:
     """Stop the registry started with `registry up` (its schemas stay in the data folder)."""
+    from crm_cli import registry_server
+
     config = _registry_config(data, port)
     out.print(
         "Schema registry stopped" if registry_server.stop(config) else "Schema registry was not running"
@@ -214,6 +238,8 @@ def registry_down(data: Path, port: int) -> None:
 @_registry_port_option
 def registry_status(data: Path, port: int) -> None:
     """Say whether the registry is running (exit 1 when it is not)."""
+    from crm_cli import registry_server
+
     config = _registry_config(data, port)
     if registry_server.is_running(config):
         out.print(f"Schema registry is running at {config.url}", highlight=False)
@@ -487,7 +513,7 @@ def _ingest_files(
     limit = max_record_bytes or settings.max_record_bytes
     sink = RejectSink(rejects_file)
     sink.open()
-    app = open_ledger(settings, spec_components(settings.projections_db))
+    app = _open_ledger(settings, spec_components(settings.projections_db))
     app.max_event_bytes = limit
     parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
     records = itertools.chain.from_iterable(read(path, parser, limit) for path in paths)
@@ -566,7 +592,7 @@ def relay(
     from ledger.relay import Relay, RelayConfig
 
     settings = _settings(ctx)
-    app = open_ledger(settings)
+    app = _open_ledger(settings)
     config = RelayConfig(
         bootstrap=settings.bootstrap,
         topic=settings.events_topic,
@@ -1002,7 +1028,7 @@ def customer_show(ctx: click.Context, customer_id: str) -> None:
     from ledger.domain import Customer, aggregate_id
     from ledger.vault import PERSONAL_FIELDS
 
-    app = open_ledger(_existing_store(ctx))
+    app = _open_ledger(_existing_store(ctx))
     events = list(app.events.get(aggregate_id(Customer.KIND, customer_id)))
     if not events:
         raise CrmLedgerError(f"unknown customer {customer_id!r}")
@@ -1290,7 +1316,7 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     from rewards.statement import build_statement
 
     _refuse_own_file(out, "--out")
-    result = build_statement(open_ledger(_existing_store(ctx)), employee, month)
+    result = build_statement(_open_ledger(_existing_store(ctx)), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
     if out is None:
         click.echo(text, nl=False)
