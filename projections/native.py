@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -344,6 +343,10 @@ class NativeBatchBuilder:
         container = b"".join(
             (plan.header, zigzag_varint(n), zigzag_varint(end - start), memoryview(block), _SYNC)
         )
+        # Imported here: polars takes ~0.1 s to import, which every command that merely reads
+        # the log would pay at start.
+        import polars as pl  # noqa: PLC0415
+
         try:
             with _quiet_stderr():
                 frame = pl.read_avro(io.BytesIO(container))
