@@ -148,6 +148,11 @@ class Maintainer:
         self._read_whole = False
         #: the version's "now" (its last event's moment) before and after an incremental update
         self._ends: tuple[datetime | None, datetime | None] = (None, None)
+        #: the positions this maintainer's last committed update recorded, and the version's
+        #: "now" there (a failed update leaves both as they were); `_reached` is the same of the
+        #: update under way, until it commits
+        self._end_at: tuple[dict[str, int], datetime | None] | None = None
+        self._reached: tuple[dict[str, int], datetime | None] | None = None
 
     def log_version_recorded(self) -> int | None:
         """The log version the shared tables reflect (None before the first build)."""
@@ -188,6 +193,7 @@ class Maintainer:
         # positions, not the index's.
         with transaction(con):
             self.index.sync(snapshot, self._dataset)
+        self._reached = self._end_at  # kept by an update with nothing new
         with transaction(con):
             self._drop_temps(con)
             self._read_whole = False
@@ -218,6 +224,7 @@ class Maintainer:
             self._temps_on = con
             if full or self._read_whole:
                 self._drop_temps(con)  # they hold the whole snapshot: not kept a moment longer
+        self._end_at = self._reached
         return UpdateResult(snapshot, new, full)
 
     def _drop_temps(self, con: Any) -> None:
@@ -272,11 +279,19 @@ class Maintainer:
             # then skip the row groups before the lowest recorded position.
             fresh = f"(position > {min(tracked.values())} AND {fresh})"
         run(f"CREATE OR REPLACE TEMP TABLE crm_fresh AS SELECT * FROM {index} WHERE {visible} AND {fresh}")
-        ends = run(
-            f"SELECT max(occurred_at) FILTER (WHERE NOT {fresh}), max(occurred_at) "
-            f"FROM {index} WHERE {visible}"
-        ).fetchone()
-        self._ends = (ends[0], ends[1]) if ends is not None else (None, None)
+        if self._end_at is not None and self._end_at[0] == tracked:
+            # The old "now" is a function of the rows up to the recorded positions, which this
+            # maintainer's last update ended at: it is kept, not found by a scan of every row.
+            old_end = self._end_at[1]
+            row = run("SELECT max(occurred_at) FROM crm_fresh").fetchone()
+            known = [t for t in (old_end, row[0] if row else None) if t is not None]
+            self._ends = (old_end, max(known, default=None))
+        else:
+            ends = run(
+                f"SELECT max(occurred_at) FILTER (WHERE NOT {fresh}), max(occurred_at) "
+                f"FROM {index} WHERE {visible}"
+            ).fetchone()
+            self._ends = (ends[0], ends[1]) if ends is not None else (None, None)
         moves = run(
             "SELECT count(*) FROM crm_fresh WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam')"
         ).fetchone()
@@ -452,6 +467,10 @@ class Maintainer:
         # (`replay --from-source`) starts its versions anew.
         con.execute(f"DELETE FROM {self.storage.schema}.tracking WHERE application_name = ?", [LOG_STREAM])
         tracking.record_positions([*positions, Position(LOG_STREAM, snapshot)])
+        # The positions the next update will find recorded, with the "now" this one reached
+        # (known only to an incremental update: a full one leaves the next to find it).
+        recorded = {k: p.offset for k, p in current.items()} | {p.stream: p.offset for p in positions}
+        self._reached = None if full else (recorded, self._ends[1])
 
     def _log_tables(self, s: str) -> int:
         """Delete and recompute the spec-independent rows of the keys the new events touch.
