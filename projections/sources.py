@@ -207,6 +207,8 @@ class KafkaSource:
         assignments = []
         for partition in partitions:
             known = positions.get(kafka_stream(self.topic, partition))
+            if known is not None:
+                self._check_continues(partition, known.offset)
             # Positions hold the last offset applied; resume at the next one.
             offset = known.offset + 1 if known else 0
             assignments.append(TopicPartition(self.topic, partition, offset))
@@ -249,6 +251,20 @@ class KafkaSource:
                 if not follow:
                     return
                 yield batch
+
+    def _check_continues(self, partition: int, offset: int) -> None:
+        """The partition still holds the offset the log goes on from (a topic deleted and made
+        anew starts its offsets again: reading on would skip its first messages)."""
+        _, high = self._consumer.get_watermark_offsets(
+            TopicPartition(self.topic, partition), timeout=self.timeout_s, cached=False
+        )
+        if high <= offset:
+            raise LogMismatchError(
+                f"the decoded log was built from another topic {self.topic!r}: it goes on from offset "
+                f"{offset} of partition {partition}, and the partition ends before it (at {high}; was the "
+                "topic made anew?). Rebuild the log from the topic: "
+                "crm-ledger replay --source kafka --from-source"
+            )
 
     def streams(self) -> list[str]:
         return [kafka_stream(self.topic, p) for p in self._partitions()]

@@ -19,6 +19,7 @@ from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
+from projections.errors import LogMismatchError
 from projections.sources import KafkaSource, LedgerSource, LogSource, Position
 
 
@@ -65,6 +66,20 @@ class LogSourceConformance:
         finally:
             source.close()
         assert sorted(values) == sorted(self._stored(ledger))
+
+    def test_refuses_to_go_on_from_a_position_it_does_not_hold(
+        self, ledger: LedgerApplication, request: pytest.FixtureRequest
+    ) -> None:
+        """A log built from another ledger or topic (one made anew) is never read on from."""
+        positions: dict[str, Position] = {}
+        source = self.make_source(ledger, request)
+        try:
+            _values(source, positions)
+            beyond = {s: Position(s, p.offset + 1000, p.chain, b"another ledger's") for s, p in positions.items()}
+            with pytest.raises(LogMismatchError, match="the decoded log was built from another"):
+                _values(source, beyond)
+        finally:
+            source.close()
 
     def test_positions_resume_exactly_where_reading_stopped(
         self, ledger: LedgerApplication, request: pytest.FixtureRequest
