@@ -34,7 +34,8 @@ PRACTICES = ("participation_rate", "citations", "relationship_attempts")
 OUTCOMES = ("csat_pct", "fcr_rate", "ttr_median_h")
 #: How many months before a goal's start form its "before" mean.
 BEFORE_MONTHS = 3
-_GOAL_EVENTS = "'TeamGoalSet', 'TeamGoalRevised', 'TeamGoalClosed'"
+#: The events a team goal is made of, as an SQL list.
+GOAL_EVENTS = "('TeamGoalSet', 'TeamGoalRevised', 'TeamGoalClosed')"
 
 
 def _month(expr: str) -> str:
@@ -52,7 +53,7 @@ WITH ev AS (
         payload ->> 'from_period' AS from_period, payload ->> 'to_period' AS to_period,
         from_json(payload -> 'agreed_by', '["VARCHAR"]') AS agreed_by,
         payload ->> 'note' AS note, payload ->> 'outcome' AS outcome
-    FROM {events or f"{v}.events"} WHERE event_type IN ({_GOAL_EVENTS})
+    FROM {events or f"{v}.events"} WHERE event_type IN {GOAL_EVENTS}
 ),
 set_ AS (
     SELECT * FROM ev WHERE event_type = 'TeamGoalSet'

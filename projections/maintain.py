@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from projections.catalog import table_names
+from projections.goals import GOAL_EVENTS, GOAL_TABLES
 from projections.kpi_days import DAYS, READS, build_sql, days_select, periods_select
 from projections.log import EVENT_COLUMNS, relation_name
 from projections.logindex import LogIndex, visible_sql
@@ -146,6 +147,8 @@ class Maintainer:
         self._temps_on: Any = None
         #: whether the update read the whole snapshot (a full build or a team move)
         self._read_whole = False
+        #: whether the update's new events set, revise or close a team goal
+        self._goals_changed = True
         #: the version's "now" (its last event's moment) before and after an incremental update
         self._ends: tuple[datetime | None, datetime | None] = (None, None)
         #: the positions this maintainer's last committed update recorded, and the version's
@@ -366,16 +369,23 @@ class Maintainer:
             return
         if not touched:
             return
+        present = table_names(self.db.connection, v)
         if owns_kpis:
-            self._kpis(v, spec)
+            self._kpis(v, spec, present)
         months = "period IN (SELECT period FROM crm_months)"
         run(f"DELETE FROM {v}.reward_components WHERE {months}")
         run(f"INSERT INTO {v}.reward_components {reward_components_select(v, spec, months)}")
         run(f"DELETE FROM {v}.reward_score WHERE {months}")
         run(f"INSERT INTO {v}.reward_score {reward_score_select(v, spec, version.version, months)}")
-        maintain_goals(self.db.connection, v, self.index.payloads, visible_sql(version.as_of))
+        maintain_goals(
+            self.db.connection,
+            v,
+            self.index.payloads,
+            visible_sql(version.as_of),
+            goals_changed=self._goals_changed or not set(GOAL_TABLES) <= present,
+        )
 
-    def _kpis(self, v: str, spec: MetricSpec) -> None:
+    def _kpis(self, v: str, spec: MetricSpec, present: set[str]) -> None:
         """KPI rows of the touched (employee, team, period) and (team, period), per grain.
 
         The per-day aggregates (`kpi_days`, projections.kpi_days) of the touched
@@ -393,7 +403,7 @@ class Maintainer:
             "greatest(date_trunc('month', max(occurred_at)) + INTERVAL 1 MONTH, "
             "date_trunc('week', max(occurred_at)) + INTERVAL 7 DAY) FROM crm_touched"
         ).fetchone() or (None, None, None, None)
-        if DAYS not in table_names(self.db.connection, v):
+        if DAYS not in present:
             # Built before the days were kept (or by another engine, or a replay): made once
             # from every measure row, this update's included.
             run(build_sql(v, f"{v}.measures", spec))
@@ -482,7 +492,12 @@ class Maintainer:
         # The new events are the index rows past the recorded positions, `crm_fresh`, with
         # the columns of EV (which holds them, among the earlier events of the cases read).
         run(f"CREATE OR REPLACE TEMP TABLE crm_new AS SELECT {_EV_COLUMNS} FROM crm_fresh")
-        new = int(run("SELECT count(*) FROM crm_new").fetchone()[0])  # type: ignore[index]
+        counted = run(
+            f"SELECT count(*), count(*) FILTER (WHERE event_type IN {GOAL_EVENTS}) FROM crm_new"
+        ).fetchone()
+        new, goals = (int(counted[0]), int(counted[1])) if counted else (0, 0)
+        # The goal tables' own rows are made from goal events alone (projections.goals).
+        self._goals_changed = goals > 0
         run(
             "CREATE OR REPLACE TEMP TABLE crm_emp AS SELECT DISTINCT employee_id FROM crm_new "
             "WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam') AND employee_id IS NOT NULL"

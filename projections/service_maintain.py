@@ -46,7 +46,7 @@ from typing import Any
 
 import duckdb
 
-from projections.goals import goal_model_sql
+from projections.goals import GOAL_EVENTS, GOAL_TABLES, goal_model_sql
 from projections.logindex import timestamp_sql
 from projections.service_models import (
     PROFILE_SERVICE_COLUMNS,
@@ -66,7 +66,6 @@ _SLA = ", ".join(f"'{m}'" for m in SLA_MEASURES)
 _VISIT = ", ".join(f"'{m}'" for m in VISIT_MEASURES)
 _CASE_STEPS = "('CaseOpened', 'CaseAccepted', 'CaseResolved')"
 _DETAILS = "('CustomerRegistered', 'CustomerDetailsChanged')"
-_GOAL_EVENTS = "('TeamGoalSet', 'TeamGoalRevised', 'TeamGoalClosed')"
 #: The columns of `events` each model's SQL reads.
 _CONTRACT_READS = ("event_type", "event_id", "notification_id", "occurred_at", "customer_id", "payload")
 _SLA_READS = (
@@ -454,19 +453,31 @@ class ServiceMaintenance:
             scratch.clear()
 
 
-def maintain_goals(connection: duckdb.DuckDBPyConnection, v: str, payloads: str, visible: str) -> None:
+def maintain_goals(
+    connection: duckdb.DuckDBPyConnection, v: str, payloads: str, visible: str, *, goals_changed: bool = True
+) -> None:
     """Rebuild a version's goal tables from the goal events of the index's payload events
     (`payloads`: projections.logindex), not from a scan of the log.
 
     The full-build statements run in the version's schema itself, reading the goal events
     from a temp table: the tables are small, and building them in a scratch schema and
-    copying them over cost ~25 more statements.
+    copying them over cost ~25 more statements. Unless `goals_changed` (new goal events, or
+    a goal table missing), `team_goal` is kept: it is made from the goal events alone. With
+    no goal at all, the progress and effect of goals are empty and kept so; the evidence
+    tables, made from the team KPIs, are rebuilt whatever the goals.
     """
     run = connection.execute
-    goals = f"{visible} AND event_type IN {_GOAL_EVENTS}"
-    run(
-        f"CREATE OR REPLACE TEMP TABLE {_GOAL_EV} AS SELECT {', '.join(_GOAL_READS)} "
-        f"FROM {payloads} WHERE {goals}"
-    )
-    for statement in goal_model_sql(v, _GOAL_EV):
-        run(statement)
+    keep: set[str] = set()
+    if not goals_changed:
+        keep.add("team_goal")
+        if run(f"SELECT count(*) FROM {v}.team_goal").fetchone() == (0,):
+            keep |= {"team_goal_progress", "team_goal_effect"}
+    if "team_goal_progress" not in keep:
+        goals = f"{visible} AND event_type IN {GOAL_EVENTS}"
+        run(
+            f"CREATE OR REPLACE TEMP TABLE {_GOAL_EV} AS SELECT {', '.join(_GOAL_READS)} "
+            f"FROM {payloads} WHERE {goals}"
+        )
+    for table, statement in zip(GOAL_TABLES, goal_model_sql(v, _GOAL_EV), strict=True):
+        if table not in keep:
+            run(statement)
