@@ -225,6 +225,11 @@ def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
             f"version name {reference!r} is ambiguous ({', '.join(v.version for v in by_name)}): "
             "use the version id, or give replays distinct --name values"
         )
+    if by_prefix:
+        raise AmbiguousVersionError(
+            f"version id prefix {reference!r} is ambiguous ({', '.join(v.version for v in by_prefix)}): "
+            "give more of the id"
+        )
     known = ", ".join(f"{v.version} ({v.name})" for v in versions) or "none"
     raise UnknownVersionError(f"unknown version {reference!r}; known versions: {known}")
 
