@@ -25,8 +25,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from crm_cli.exit_codes import EXIT_INTERRUPTED, EXIT_TRANSIENT
-from crm_cli.runtime import graceful_stop
+from crm_cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TRANSIENT
+from crm_cli.runtime import graceful_stop, silence_stdout
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import replaced_whole
 from crm_ledger.progress import progress_bar
@@ -76,6 +76,11 @@ def _existing_store(ctx: click.Context) -> Settings:
     settings = _settings(ctx)
     require_existing_store(settings)
     return settings
+
+
+def _source_settings(ctx: click.Context, source: str) -> Settings:
+    """The settings of a command that reads `source`: the ledger must exist when it is read."""
+    return _existing_store(ctx) if source == "ledger" else _settings(ctx)
 
 
 def _refuse_own_file(path: Path | None, option: str) -> None:
@@ -591,7 +596,7 @@ def relay(
     """Publish the ledger to Kafka exactly once, in order (position recovered from Kafka)."""
     from ledger.relay import Relay, RelayConfig
 
-    settings = _settings(ctx)
+    settings = _existing_store(ctx)
     app = _open_ledger(settings)
     config = RelayConfig(
         bootstrap=settings.bootstrap,
@@ -668,7 +673,7 @@ def project(
     """Build (and follow) the promoted version of the read models in DuckDB."""
     from projections.service import project_promoted
 
-    settings = _settings(ctx)
+    settings = _source_settings(ctx, source)
     if engine == "spark":
         if follow or workers is not None or publish:
             raise CrmLedgerError(
@@ -799,7 +804,7 @@ def replay(
     from projections.engine import parse_as_of
     from replay.build import replay as run_replay
 
-    settings = _settings(ctx)
+    settings = _source_settings(ctx, source)
     moment = parse_as_of(as_of)
     if engine == "spark":
         if from_source:
@@ -1001,7 +1006,7 @@ def drop(ctx: click.Context, version: str) -> None:
     """Delete a version (never the promoted one, nor one a closed period's statements name)."""
     from rewards.periods import drop_version
 
-    target = drop_version(_settings(ctx), version)
+    target = drop_version(_existing_store(ctx), version)
     click.echo(f"dropped {target.version} ({target.name})")
 
 
@@ -1660,6 +1665,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
     except Exception as error:  # noqa: BLE001 - the last line of defence
         if _interrupted_query(error):
             err.print("interrupted")

@@ -14,12 +14,11 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from crm_ledger.settings import POSTGRES_SCHEMES, Settings
+from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.checkpoints import chain_at
 from ledger.connect import open_ledger
@@ -262,7 +261,7 @@ class PeriodStatus:
         )
         return (
             f"note: the promoted version {self.promoted} is {self.behind} event(s) behind the ledger, "
-            f"so live scores and late events leave those out; {catch_up} catches it up"
+            f"so its live scores leave those out; {catch_up} catches it up"
         )
 
     def to_json(self) -> str:
@@ -386,9 +385,9 @@ def drop_version(settings: Settings, reference: str) -> VersionInfo:
     since the last projection)."""
     with ProjectionDB(settings.projections_db) as db:
         target = db.find_version(reference)
-        beyond: set[str] = set()
-        if settings.store.startswith(POSTGRES_SCHEMES) or Path(settings.store).is_file():
-            beyond = _periods_naming(open_ledger(settings), target.version, db.logged_position())
+        # The ledger is read (the caller made sure it exists): without it, a period closed
+        # since the last projection could not be seen.
+        beyond = _periods_naming(open_ledger(settings), target.version, db.logged_position())
         db.drop(target, beyond)
     return target
 

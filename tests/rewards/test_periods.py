@@ -146,8 +146,8 @@ def test_period_status_and_a_dry_run_read_the_projection_and_never_write_it(
         (promoted,) = con.execute("SELECT version FROM crm_promoted").fetchone() or ("",)
     before = _files(settings.projections_db.parent)
     behind = (
-        f"note: the promoted version {promoted} is 1 event(s) behind the ledger, so live scores and late "
-        "events leave those out; `crm-ledger project` catches it up"
+        f"note: the promoted version {promoted} is 1 event(s) behind the ledger, so its live scores "
+        "leave those out; `crm-ledger project` catches it up"
     )
     for args in (
         ["period", "status", PERIOD],
@@ -212,9 +212,13 @@ def test_a_version_a_closed_periods_statements_name_is_not_dropped(
     )
     # The close is in the ledger only (nothing projected since): the ledger beyond the log says so.
     _one_line(run_cli("drop", closed, env=env), refusal)
-    # Projected, the decoded log says so too, without the ledger.
+    # Projected, the decoded log says so too.
     run_cli("project", env=env, check=True)
-    _one_line(run_cli("drop", closed, env={**env, "CRM_LEDGER_STORE": str(tmp_path / "elsewhere.sqlite")}), refusal)
+    _one_line(run_cli("drop", closed, env=env), refusal)
+    # Without the ledger (a mistyped store), nothing is dropped: a period closed since the
+    # last projection could not be seen.
+    elsewhere = str(tmp_path / "elsewhere.sqlite")
+    _one_line(run_cli("drop", closed, env={**env, "CRM_LEDGER_STORE": elsewhere}), f"error: {elsewhere}: no such ledger store (CRM_LEDGER_STORE or --store names the one to read)")
     assert not (tmp_path / "elsewhere.sqlite").exists()
     with ProjectionDB(settings.projections_db) as db:
         assert closed in {v.version for v in db.versions()}
