@@ -38,10 +38,15 @@ def _record_bytes(text: str) -> int:
     return value
 
 
+#: The longest wait a timeout setting may ask for (a day): beyond it the connection pool's
+#: clock overflows, and a wait of weeks is a typo, not a plan.
+MAX_WAIT_S = 86_400.0
+
+
 def _seconds(text: str) -> float:
     # float() takes 'nan', 'inf' and negatives: a wait of nan seconds never ends.
     value = float(text)
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or not 0 < value <= MAX_WAIT_S:
         raise ValueError(text)
     return value
 
@@ -93,8 +98,8 @@ class Settings:
             "REGISTRY_URL": ("schema_registry_url", str, ""),
             "KAFKA_DATA": ("kafka_data", Path, ""),
             "MAX_RECORD_BYTES": ("max_record_bytes", _record_bytes, "a whole number from 1024 to 900000"),
-            "BROKER_TIMEOUT": ("broker_timeout_s", _seconds, "a positive, finite number of seconds"),
-            "STORE_TIMEOUT": ("store_timeout_s", _seconds, "a positive, finite number of seconds"),
+            "BROKER_TIMEOUT": ("broker_timeout_s", _seconds, "a positive number of seconds, at most 86400"),
+            "STORE_TIMEOUT": ("store_timeout_s", _seconds, "a positive number of seconds, at most 86400"),
             "KEY_STORE": ("key_store", Path, ""),
             "CHECKPOINTS_TOPIC": ("checkpoints_topic", str, ""),
             "CHECKPOINT_EVERY": ("checkpoint_every", _positive, "a whole number of at least 1"),
