@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import sys
 from dataclasses import dataclass
 
 import duckdb
 from eventsourcing.persistence import PersistenceError
 
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 
 _AGAIN = "nothing was half-written; run the same command again"
 
@@ -36,6 +37,9 @@ def describe(error: BaseException, settings: Settings | None) -> Fault | None:
     db = str(settings.projections_db) if settings is not None else "the projection database"
     if isinstance(error, OSError) and error.errno is not None:
         return Fault(_os_fault(error))
+    if _is_deltalake(error):
+        log = str(log_root(settings.projections_db)) if settings is not None else "the decoded log"
+        return _log_fault(str(error), log)
     if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
         return _store_fault(str(error), store)
     if isinstance(error, duckdb.Error):
@@ -112,6 +116,26 @@ def _duckdb_fault(error: duckdb.Error, db: str) -> Fault:
             "move it away and run `crm-ledger project` to rebuild it from the log"
         )
     return Fault(f"projection database {db}: {_first_line(text)}")
+
+
+def _log_fault(text: str, log: str) -> Fault:
+    """The decoded log's files (Delta Lake, written by delta-rs: its errors carry no errno)."""
+    lowered = text.lower()
+    if "no space" in lowered or "disk is full" in lowered or "os error 28" in lowered:
+        return Fault(f"decoded log {log}: disk full: free some space; {_AGAIN}")
+    if any(w in lowered for w in ("permission denied", "operation not permitted", "read-only file system")):
+        return Fault(f"decoded log {log} cannot be written: check its folders' and files' permissions")
+    return Fault(f"decoded log {log}: {_first_line(text)}")
+
+
+def _is_deltalake(error: BaseException) -> bool:
+    # delta-rs raises its own errors, and for file failures plain OSErrors without an errno
+    # that carry the OS's own code in their text. A process that never imported deltalake
+    # cannot have raised its errors (and need not pay for importing it here).
+    exceptions = sys.modules.get("deltalake.exceptions")
+    if exceptions is not None and isinstance(error, exceptions.DeltaError):
+        return True
+    return isinstance(error, OSError) and error.errno is None and "(os error " in str(error)
 
 
 def _is_psycopg(error: BaseException) -> bool:
