@@ -11,7 +11,8 @@ import contextlib
 import signal
 import sys
 
-from crm_cli.exit_codes import EXIT_INTERRUPTED
+from crm_cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
+from crm_cli.runtime import silence_stdout
 
 
 def run() -> None:
@@ -23,9 +24,17 @@ def run() -> None:
         from crm_cli.cli import main  # noqa: PLC0415 - after the guard, on purpose
 
         code = main()
+        sys.stdout.flush()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        silence_stdout()
+        code = EXIT_BROKEN_PIPE
+    # The command is done and `code` says how: a Ctrl-C from here on would only cut the
+    # interpreter's shutdown short and hide that (the process ended by the signal, silently).
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 

@@ -5,3 +5,6 @@
 EXIT_TRANSIENT = 75
 #: A run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
+#: The reader of the output went away (`crm-ledger ... | head`): 128 + SIGPIPE, as other tools
+#: end then, and without a message (what the reader read is all it wanted).
+EXIT_BROKEN_PIPE = 141

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from crm_cli.__main__ import run
+from tests.helpers import CLI
 
 
 class InterruptedImport:
@@ -46,3 +49,19 @@ def test_the_entry_point_runs_the_command_line(
         run()
     assert stopped.value.code == 0
     assert "Usage: crm-ledger" in capsys.readouterr().out
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`crm-ledger ... | head`: no error line (what the reader read is all it wanted), 141."""
+    process = subprocess.Popen(
+        [*CLI, "generate", "--customers", "3000", "--out", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    process.stdout.read(100)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141, stderr
+    assert stderr == b""
