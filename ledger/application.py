@@ -707,6 +707,10 @@ class LedgerApplication(Application[UUID]):
         if case_id:
             case = self._case(work, case_id, "case_id")
             _same_customer(data.get("customer_id"), case)
+            if at < case.opened_at:
+                # In one run such an answer meets no case yet ("unknown case"): refused in a
+                # later run too, whatever was recorded since.
+                raise ValidationError("occurred_at", f"is before case {case_id!r} was opened")
             handler = case.attributed_at(at) or handler
         given: str | None = data.get("employee_id")
         return given or handler

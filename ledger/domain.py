@@ -252,15 +252,15 @@ class Case(LedgerAggregate):
             self.resolvers.append((occurred_at, data["employee_id"]))
 
     def attributed_at(self, occurred_at: int) -> str | None:
-        """Whose work a survey answer given at `occurred_at` rates: the case's latest resolver by
-        then, else its owner by then (before the opening, a clock skew: the owner at opening).
+        """Whose work a survey answer given at `occurred_at` (not before the opening) rates: the
+        case's latest resolver by then, else its owner by then.
 
         Within one run facts are applied in time order, so this is the state the answer meets;
-        across runs it is the same answer, whatever was recorded about the case since.
+        across runs it is the same answer, whatever was recorded about the case since. (A step
+        at the answer's very instant counts as before it: one run applies such ties in input
+        order, which a later run cannot know.)
         """
-        return _latest(self.resolvers, occurred_at) or _latest(self.owners, occurred_at) or (
-            self.owners[0][1] if self.owners and occurred_at < self.owners[0][0] else None
-        )
+        return _latest(self.resolvers, occurred_at) or _latest(self.owners, occurred_at)
 
     def check(self, fact: Fact) -> None:
         """The state machine: an illegal step is an error, never an event."""

@@ -89,4 +89,10 @@ def check_target(kpi: str, target: float) -> None:
     """A target the goal's KPI can reach: a CSAT of 101 % or a negative count is never met."""
     allowed = target_range(kpi)
     if not allowed.holds(target):
-        raise ValidationError("target", f"{target:g} is outside the range of {kpi} ({allowed})")
+        raise ValidationError("target", f"{_exactly(target)} is outside the range of {kpi} ({allowed})")
+
+
+def _exactly(number: float) -> str:
+    """A number as short as it reads, but never rounded (100.0000001 is not shown as 100)."""
+    short = f"{number:.15g}"
+    return short if float(short) == number else repr(number)

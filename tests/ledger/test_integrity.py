@@ -406,3 +406,23 @@ def _ingest_with(app: LedgerApplication, paths: list[Path], *, bulk: bool) -> No
     finally:
         sink.close()
     assert summary.rejected == 0, summary
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "aggregates"])
+def test_a_survey_dated_before_its_case_opened_is_refused_in_any_run(tmp_path: Path, bulk: bool) -> None:
+    work, _ = _late_survey_history()
+    early = rec("SurveyAnswered", "2026-01-03T23:00:00Z", customer_id="c1", case_id="k10", csat=4)
+    one_run = _fresh(tmp_path, "one")
+    split = _fresh(tmp_path, "split")
+    try:
+        rejects = tmp_path / "one.jsonl"
+        summary = _ingest(one_run, _write(tmp_path / "all.jsonl", [*work, early]), rejects=rejects)
+        assert summary.rejected == 1 and "unknown case 'k10'" in rejects.read_text()
+        _ingest_with(split, [_write(tmp_path / "work.jsonl", work)], bulk=bulk)
+        rejects = tmp_path / "split.jsonl"
+        summary = _ingest(split, _write(tmp_path / "late.jsonl", [early]), rejects=rejects)
+        assert summary.rejected == 1 and "is before case 'k10' was opened" in rejects.read_text()
+        assert _surveyed(one_run) == _surveyed(split) == []
+    finally:
+        one_run.close()
+        split.close()

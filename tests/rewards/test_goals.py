@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -355,3 +356,12 @@ def test_goal_events_are_keyed_by_team_on_kafka() -> None:
     # No customer, employee, article or period: the team keeps a goal's facts in one partition.
     assert message_key({"goal_id": "g1", "team_id": "t1", "agreed_by": ["e1"]}) == b"t1"
     assert message_key({"employee_id": "e1", "team_id": "t1"}) == b"e1"
+
+
+def test_a_target_just_outside_its_range_is_shown_unrounded() -> None:
+    from ledger.errors import ValidationError
+    from ledger.goals import check_target
+
+    for kpi, target, shown in (("csat_pct", 100.0000001, "100.0000001"), ("fcr_rate", 1 + 2**-52, repr(1 + 2**-52))):
+        with pytest.raises(ValidationError, match=rf"^field 'target': {re.escape(shown)} is outside"):
+            check_target(kpi, target)
