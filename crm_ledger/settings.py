@@ -154,8 +154,7 @@ class Settings:
         """
         keys = {}
         if self.key_store is not None:
-            self.key_store.parent.mkdir(parents=True, exist_ok=True)
-            keys["KEY_STORE"] = str(self.key_store)
+            keys["KEY_STORE"] = str(self.key_store)  # its folder is made with it (ledger.vault)
         if self.store.startswith(POSTGRES_SCHEMES):
             url, port = self._postgres_url()
             return keys | {

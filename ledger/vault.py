@@ -22,6 +22,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -49,6 +50,8 @@ class PersonalDataVault:
         self._in_event_store = not key_store
         if key_store:
             _refuse_keys_left_in(recorder, key_store)
+            _refuse_a_missing_key_store(recorder, key_store)
+            Path(key_store).parent.mkdir(parents=True, exist_ok=True)
             self._datastore: Any = SQLiteDatastore(key_store, lock_timeout=30)
             self._sqlite = True
         else:
@@ -226,6 +229,20 @@ class PersonalDataVault:
             return AESGCM(key).decrypt(raw[:12], raw[12:], customer_id.encode()).decode()
         except InvalidTag:
             return "[unreadable]"
+
+
+def _refuse_a_missing_key_store(recorder: ApplicationRecorder, key_store: str) -> None:
+    """A key store that does not exist beside a ledger that holds events is a mistyped path:
+    made anew, it would show every customer's personal data as unreadable, and keep new keys
+    where the next run with the right path would not find them."""
+    if Path(key_store).exists():
+        return
+    events = recorder.max_notification_id() or 0
+    if events:
+        raise KeyStoreError(
+            f"{key_store}: no such key store, and the ledger already holds {events} events "
+            "(CRM_LEDGER_KEY_STORE or --key-store names the one made with it)"
+        )
 
 
 def _refuse_keys_left_in(recorder: ApplicationRecorder, key_store: str) -> None:

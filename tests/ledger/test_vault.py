@@ -135,3 +135,26 @@ def test_a_key_store_is_refused_once_the_event_store_holds_keys(settings: Settin
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_KEY_STORE": str(tmp_path / "keys.sqlite")}
     refused = run_cli("customer", "show", "c1", env=env)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
+
+
+def test_a_mistyped_key_store_beside_a_ledger_with_events_is_refused(tmp_path: Path) -> None:
+    """Made anew, it would show every customer as unreadable and keep new keys astray."""
+    key_file = tmp_path / "keys" / "customer-keys.sqlite"
+    settings = Settings(store=str(tmp_path / "l.sqlite"), projections_db=tmp_path / "p.duckdb", key_store=key_file)
+    app = LedgerApplication(settings.eventsourcing_env())
+    _register_customers(app, tmp_path)
+    app.close()
+    typo = tmp_path / "typo" / "keys.sqlite"
+    with pytest.raises(KeyStoreError, match="no such key store, and the ledger already holds"):
+        LedgerApplication(replace(settings, key_store=typo).eventsourcing_env())
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    more = tmp_path / "x.jsonl"
+    more.write_text("")
+    for args in (["customer", "show", "c1"], ["period", "status", "2026-01"], ["ingest", str(more)]):
+        refused = run_cli("--key-store", str(typo), *args, env=env)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "no such key store" in refused.stderr
+    assert not (tmp_path / "typo").exists()
+    # The right one still reads.
+    shown = run_cli("--key-store", str(key_file), "customer", "show", "c8", env=env)
+    assert shown.returncode == 0 and "Person 8" in shown.stdout, shown.stderr
