@@ -152,7 +152,13 @@ class BulkUnitOfWork:
 
     def size_bound(self, fact: Fact) -> int:
         if self._prepared is not None and fact is self._given:
-            return self._prepared[2]
+            bound = self._prepared[2]
+            if bound >= 0:
+                return bound
+            # An upper estimate (`ledger.prepared`): under the limit, the bound is too; over
+            # it, the bound itself decides and names the size in the reject.
+            if -bound <= self._writer.app.max_event_bytes:
+                return -bound
         return encoded_size_bound(fact)
 
     def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
