@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import marshal
 import os
 import pickle
 import sys
@@ -142,16 +141,12 @@ class PendingRecord:
         #: The JSON line (redacted from only if the ledger refuses the record).
         self.line = line
         self.sort_time = sort_time
-        #: (event type, event id, occurred_at, fields, prepared message) as `fact_blob` packs it.
+        #: pickle of (event type, event id, occurred_at, fields, prepared message).
         self.blob = blob
 
     def unpickled(self) -> tuple[Fact, Prepared | None]:
         """The fact and its prepared message."""
-        blob = self.blob
-        if blob[:1] == _MARSHALLED:
-            event_type, event_id, occurred_at, data, prepared = marshal.loads(memoryview(blob)[1:])
-        else:
-            event_type, event_id, occurred_at, data, prepared = pickle.loads(memoryview(blob)[1:])
+        event_type, event_id, occurred_at, data, prepared = pickle.loads(self.blob)
         return Fact(event_type, event_id, occurred_at, data), prepared
 
     def shown(self) -> str | None:
@@ -167,26 +162,6 @@ class PendingRecord:
         fact, prepared = self.unpickled()
         size = self.bytes_read
         return SourceRecord(self.location, None, fact, None, size, line=self.line, prepared=prepared)
-
-
-#: The first byte of a fact's blob: how the rest is serialised.
-_MARSHALLED, _PICKLED = b"M", b"P"
-
-
-def fact_blob(packed: tuple[Any, ...]) -> bytes:
-    """A worker's fact (type, id, time, fields, prepared message) as the bytes the main process
-    keeps until it judges the fact (`PendingRecord`).
-
-    With `marshal`, which packs these plain values (text, numbers, lists, bytes) ~1.5 times
-    faster than pickle (1.3 against 2.0 µs a fact in a parse worker) and reads them back a
-    little faster; the workers are forks of the main process, so both ends are the same
-    interpreter and marshal's version-bound format matches. Anything marshal refuses is
-    pickled.
-    """
-    try:
-        return _MARSHALLED + marshal.dumps(packed)
-    except ValueError:  # an object marshal cannot write
-        return _PICKLED + pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _shown_line(line: bytes) -> str | None:

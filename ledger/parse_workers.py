@@ -4,8 +4,8 @@ Parsing and checking a record (JSON, strict types, the schema's and the domain's
 is the largest cost of an import and needs no ledger state, so large files are parsed by a
 pool of forked workers. The main process reads the physical lines (line numbers and the size
 limit stay exactly as in `ledger.ingest.read_jsonl`), hands them over in chunks, and gets back
-per line only plain data: a fact's time and the fact (type, id, time, fields) packed by the
-worker (`fact_blob`), which the main process sorts and spills as bytes and unpacks only when it judges
+per line only plain data: a fact's time and the fact (type, id, time, fields) pickled by the
+worker, which the main process sorts and spills as bytes and unpickles only when it judges
 the fact (`ledger.ingest.PendingRecord`), or a reject's shown text and error. It keeps the
 lines themselves, so an accepted record travels once and a rejects entry is redacted from
 its line only if the ledger later refuses it. Chunks come back in input order and only a
@@ -20,6 +20,7 @@ The records are the ones `read_jsonl` yields for the same file, field for field
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +36,6 @@ from ledger.ingest import (
     SourceRecord,
     _too_large,
     damaged_input,
-    fact_blob,
     is_blank,
     parse_json_line,
 )
@@ -48,8 +48,8 @@ from schemas.codec import AvroCodec
 BLOCK_BYTES = 512 * 1024
 IN_FLIGHT_PER_WORKER = 4
 
-#: Per line of a block, in order: (occurred_at, size, line, `fact_blob` of (event type, event
-#: id, occurred_at, fields, prepared message)) of a fact, which the main process unpacks only
+#: Per line of a block, in order: (occurred_at, size, line, pickle of (event type, event id,
+#: occurred_at, fields, prepared message)) of a fact, which the main process unpickles only
 #: when it judges the fact (`PendingRecord`); (None, size, shown, error class, field, reason)
 #: of a reject; and (lines, size) for each run of blank lines.
 Parsed = tuple[Any, ...]
@@ -89,7 +89,7 @@ def _parse_block(sent: tuple[int, bytes]) -> list[Parsed]:
         if record is not None and record.fact is not None:
             fact = record.fact
             packed = (fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact))
-            out.append((fact.occurred_at, size, data, fact_blob(packed)))
+            out.append((fact.occurred_at, size, data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)))
         elif record is not None and record.error is not None:
             error = record.error
             out.append((None, size, record.raw, type(error), error.field, error.reason))

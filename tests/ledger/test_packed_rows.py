@@ -1,12 +1,10 @@
-"""What crosses between processes (a worker's fact, a batch for the writing process) reads back the same."""
+"""A batch handed to the writing process reads back as the same rows, however it was packed."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
 from ledger.batch_rows import BatchRows
-from ledger.ingest import PendingRecord, fact_blob
-from ledger.records import Fact
 from ledger.write_process import packed_rows, unpacked_rows
 
 
@@ -48,18 +46,3 @@ def test_rows_marshal_refuses_travel_pickled() -> None:
     message = packed_rows(rows)
     assert message[:1] == b"P"
     assert unpacked_rows(message) == rows
-
-
-def test_a_workers_fact_reads_back_as_packed_marshalled_or_pickled() -> None:
-    prepared = (b"\x00head", b"tail", 412, (("customer", "c1"), ("employee", "e1")))
-    for value, first in ((["a", "b"], b"M"), (Decimal("2.5"), b"P")):
-        data = {"customer_id": "c1", "channel": "chat", "duration_s": 60, "ok": False, "x": 0.5, "v": value}
-        blob = fact_blob(
-            ("InteractionRecorded", "8d6c0e0e-0b1a-4c53-9a52-000000000007", 1_767_520_800_000, data, prepared)
-        )
-        assert blob[:1] == first
-        fact, back = PendingRecord("f.jsonl:3", 120, b"{}", 1_767_520_800_000, blob).unpickled()
-        assert fact == Fact(
-            "InteractionRecorded", "8d6c0e0e-0b1a-4c53-9a52-000000000007", 1_767_520_800_000, data
-        )
-        assert back == prepared
