@@ -90,7 +90,9 @@ def import_once(export: Path, name: str, code: Path | None = None) -> dict[str, 
     if code is not None:
         # That tree's packages first on the path: its command line, same interpreter.
         env["PYTHONPATH"] = str(code)
-        command = [sys.executable, "-m", "crm_cli"]
+        # Its entry point: the package's __main__ where the tree has one, else the CLI module.
+        entry = "crm_cli" if (code / "crm_cli" / "__main__.py").exists() else "crm_cli.cli"
+        command = [sys.executable, "-m", entry]
     started = time.perf_counter()
     process = subprocess.Popen(
         [*command, "import", "cfpb", "--rejects", str(BENCH_DIR / f"{name}.rejects.jsonl"), str(export)],

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def ingest(
     main_cpu, children_cpu = (
         after - before for after, before in zip(_cpu_seconds(), cpu_before, strict=True)
     )
+    main_cpu -= children.own_seconds  # the sampler's thread is no part of the ingest
     writer_cpu = children.writer_seconds()
     CPU[bulk] = (
         main_cpu / summary.accepted * 1e6,
@@ -66,10 +68,17 @@ def ingest(
 
 class _ChildrenCpu:
     """Samples the CPU time of this process's children while a run lasts (from /proc), to tell
-    the writing process's CPU from the parse workers' (getrusage sums all children)."""
+    the writing process's CPU from the parse workers' (getrusage sums all children).
 
-    def __init__(self) -> None:
+    `parent`: sample that process's children instead (another revision's run).
+    """
+
+    def __init__(self, parent: int | None = None) -> None:
+        self._parent = os.getpid() if parent is None else parent
         self._seen: dict[int, tuple[str, float]] = {}
+        #: CPU seconds the sampling itself took (a scan of /proc every 0.2 s: ~3 ms each, about
+        #: 1 µs per event of a 1M-event run), taken out of the measured process's figure.
+        self.own_seconds = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -84,7 +93,7 @@ class _ChildrenCpu:
     def _sample(self) -> None:
         ticks = os.sysconf("SC_CLK_TCK")
         while True:
-            for pid in _children():
+            for pid in _children(self._parent):
                 try:
                     command = (
                         Path(f"/proc/{pid}/cmdline")
@@ -96,6 +105,7 @@ class _ChildrenCpu:
                 except (OSError, IndexError):
                     continue  # ended meanwhile
                 self._seen[pid] = (command, (int(fields[11]) + int(fields[12])) / ticks)
+            self.own_seconds = time.thread_time()
             if self._stop.wait(0.2):
                 return
 
@@ -104,10 +114,10 @@ class _ChildrenCpu:
         return sum(cpu for command, cpu in self._seen.values() if "ledger.write_process" in command)
 
 
-def _children() -> list[int]:
+def _children(parent: int) -> list[int]:
     # /proc/<pid>/task/<tid>/children needs a kernel option some machines lack: look for
-    # processes whose parent is this one instead.
-    me = str(os.getpid())
+    # processes whose parent is `parent` instead.
+    me = str(parent)
     pids: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -190,18 +200,34 @@ def old_design_run(history: Path, revision: str) -> dict[str, float]:
         for leftover in BENCH_DIR.glob("ingest-old-design.sqlite*"):
             leftover.unlink()
         env = {**os.environ, "PYTHONPATH": str(folder)}
-        run = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-c", _OLD_DESIGN_RUN, str(history), store],
             cwd=folder,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
             text=True,
-            check=True,
         )
-        result: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
+        with _ChildrenCpu(process.pid) as children:
+            output, _ = process.communicate()
+        if process.returncode != 0:
+            raise subprocess.CalledProcessError(process.returncode, "old design run")
+        result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+        # Its writing process, told apart from its parse workers (None where it has none).
+        result["writer_cpu"] = children.writer_seconds()
         return result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def first_lines(history: Path, lines: int) -> Path:
+    """The first `lines` lines of a history (cached beside it)."""
+    part = history.with_name(f"{history.stem}-first-{lines}.jsonl")
+    if not part.exists():
+        partial = part.with_suffix(".partial")
+        with history.open("rb") as source, partial.open("wb") as out:
+            out.writelines(itertools.islice(source, lines))
+        partial.rename(part)
+    return part
 
 
 def main() -> None:
@@ -213,8 +239,13 @@ def main() -> None:
     parser.add_argument(
         "--old-design", default=None, help="git revision whose bulk path runs over the same file too"
     )
+    parser.add_argument(
+        "--lines", type=int, default=None, help="only the first N lines of the history (a quicker A/B)"
+    )
     args = parser.parse_args()
     history = history_file(args.events, args.seed)
+    if args.lines:
+        history = first_lines(history, args.lines)
     global LOAD_AT_START  # noqa: PLW0603 - read once, reported with the figures
     LOAD_AT_START = os.getloadavg()[0]
 
@@ -261,7 +292,14 @@ def main() -> None:
         figures["old_design_batch_size"] = int(old["batch_size"])
         figures["old_design_bulk_events_per_s"] = round(old_rate)
         figures["old_design_main_cpu_us_per_event"] = round(old["main_cpu"] / old["events"] * 1e6, 1)
-        figures["old_design_workers_cpu_us_per_event"] = round(old["workers_cpu"] / old["events"] * 1e6, 1)
+        old_writer = old["writer_cpu"]
+        figures["old_design_workers_cpu_us_per_event"] = round(
+            (old["workers_cpu"] - old_writer) / old["events"] * 1e6, 1
+        )
+        figures["old_design_writer_process_cpu_us_per_event"] = round(old_writer / old["events"] * 1e6, 1)
+        figures["old_design_all_processes_cpu_us_per_event"] = round(
+            (old["main_cpu"] + old["workers_cpu"]) / old["events"] * 1e6, 1
+        )
         figures["speedup_vs_old_design"] = round(bulk / old_rate, 2)
     if args.postgres:
         rate = postgres_rate(history)

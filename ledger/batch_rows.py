@@ -84,10 +84,9 @@ def write_batch(
         # never readable).
         vault.commit_keys(new_keys)
         vault.delete_keys(forgotten)
-    index = [(event_id, hex_id, version) for hex_id, version, _, _, event_id in rows.events]
     sqlite = isinstance(recorder, SQLiteAggregateRecorder)
-    # SQLite takes the rows as they are (`bulk_rows`); eventsourcing's PostgreSQL recorder
-    # wants stored-event objects with UUIDs.
+    # SQLite takes the rows as they are (`bulk_rows`) and makes their index rows itself;
+    # eventsourcing's PostgreSQL recorder wants stored-event objects with UUIDs.
     stored = (
         []
         if sqlite
@@ -96,12 +95,12 @@ def write_batch(
             for h, version, topic, state, _ in rows.events
         ]
     )
-    given = [(h, version, topic, state) for h, version, topic, state, _ in rows.events] if sqlite else None
+    index = None if sqlite else [(event_id, h, version) for h, version, _, _, event_id in rows.events]
     recorder.insert_events(
         stored,
         event_index=index,
         bulk=True,
-        bulk_rows=given,
+        bulk_rows=rows.events if sqlite else None,
         before_events=keys if in_event_store and (new_keys or forgotten) else None,
     )
     committed()

@@ -59,12 +59,14 @@ Ref = tuple[str, str]
 class _State:
     """An aggregate as plain state and how many events it has (its version)."""
 
-    __slots__ = ("aggregate", "hex_id", "version")
+    __slots__ = ("aggregate", "hex_id", "used", "version")
 
-    def __init__(self, aggregate: LedgerAggregate, hex_id: str, version: int) -> None:
+    def __init__(self, aggregate: LedgerAggregate, hex_id: str, version: int, used: int = 0) -> None:
         self.aggregate = aggregate
         self.hex_id = hex_id
         self.version = version
+        #: The batch that last moved it to the cache's recent end (`BulkUnitOfWork.get`).
+        self.used = used
 
 
 def _blank(cls: type[LedgerAggregate]) -> LedgerAggregate:
@@ -80,6 +82,8 @@ class BulkUnitOfWork:
     def __init__(self, writer: BulkWriter, recorded_at: datetime) -> None:
         self._writer = writer
         self._cache = writer.cache
+        writer.batches += 1
+        self._batch = writer.batches
         self.recorded_at_ms = epoch_ms(recorded_at)
         self._absent: set[Ref] = set()
         #: This batch's new one-off facts (never cached across batches, like `record`).
@@ -152,7 +156,13 @@ class BulkUnitOfWork:
 
     def size_bound(self, fact: Fact) -> int:
         if self._prepared is not None and fact is self._given:
-            return self._prepared[2]
+            bound = self._prepared[2]
+            if bound >= 0:
+                return bound
+            # An upper estimate (`ledger.prepared`): under the limit, the bound is too; over
+            # it, the bound itself decides and names the size in the reject.
+            if -bound <= self._writer.app.max_event_bytes:
+                return -bound
         return encoded_size_bound(fact)
 
     def get(self, cls: type[LedgerAggregate], key: str) -> LedgerAggregate | None:
@@ -162,10 +172,14 @@ class BulkUnitOfWork:
             # Taken out and put back: the cache then evicts the least recently used first, so
             # a customer or employee active throughout a long history stays cached while
             # closed cases make way (evicting by first use read such entities back again
-            # and again once the history outgrew the cache).
-            state = self._cache.pop(ref, None)
-            if state is not None:
+            # and again once the history outgrew the cache). Once per batch is enough: the
+            # cache is trimmed only between batches, so the order of use within one does
+            # not matter (an employee is named by thousands of a batch's facts).
+            state = self._cache.get(ref)
+            if state is not None and state.used != self._batch:
+                del self._cache[ref]
                 self._cache[ref] = state
+                state.used = self._batch
         if state is None:
             if ref in self._absent:
                 return None
@@ -174,6 +188,7 @@ class BulkUnitOfWork:
                 self._absent.add(ref)
                 return None
             if cls is not Occurrence:
+                state.used = self._batch
                 self._cache[ref] = state
         aggregate = state.aggregate
         if not isinstance(aggregate, cls):
@@ -187,7 +202,7 @@ class BulkUnitOfWork:
         # A one-off fact's id is never asked for again: computed without the shared cache,
         # where a million of them would only push out the ids of customers and cases.
         hex_id = _uncached_hex(cls.KIND, key) if cls is Occurrence else aggregate_hex(cls.KIND, key)
-        state = _State(aggregate, hex_id, 0)
+        state = _State(aggregate, hex_id, 0, self._batch)
         self._states[id(aggregate)] = state
         if cls is Occurrence:
             self._occurrences[ref] = state
@@ -231,6 +246,8 @@ class BulkWriter:
     def __init__(self, app: LedgerApplication, cache_size: int | None = None) -> None:
         self.app = app
         self.cache: dict[Ref, _State] = {}
+        #: Batches decided so far (each `BulkUnitOfWork` numbers itself with it).
+        self.batches = 0
         self._cache_size = CACHED_AGGREGATES if cache_size is None else cache_size
         self._shareable = _shareable(app)
         #: Each event type's topic (the stored events' `topic` column).

@@ -11,7 +11,8 @@ The rows to index are passed to `insert_events` as the keyword argument `event_i
 (eventsourcing hands extra keyword arguments of `ProcessingEvent.saved_kwargs` through);
 `bulk=True` (from `ledger.bulk`, with originator ids already as hex text) inserts the events
 with one `executemany` and returns no notification ids (`bulk_rows` may hand them over as
-`(originator id, version, topic, state)` tuples instead of stored-event objects);
+`(originator id, version, topic, state, event id)` tuples instead of stored-event objects,
+and then their index rows are made from them unless `event_index` is given);
 `before_events`, a function of the cursor, writes other rows (new personal-data keys) in
 the same transaction first.
 The PostgreSQL twin is in `ledger.postgres_recorder` (psycopg is an optional extra).
@@ -41,6 +42,9 @@ IndexRow = tuple[str, str, int]
 
 #: A numbered event row's key in the events table: (originator id, version).
 _by_key = itemgetter(1, 2)
+#: ... its originator id alone, and an index row's event id.
+_by_originator = itemgetter(1)
+_by_event_id = itemgetter(0)
 
 
 class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
@@ -67,8 +71,6 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             # The bulk writer needs no notification ids back: one statement batch instead of a
             # statement per event (rowids are still assigned in the order given).
             given = kwargs.get("bulk_rows")
-            if given is None:
-                given = [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events]
             # Inserted in key order with the notification ids they would be given in batch
             # order (the next ids after the highest, in this write transaction): the key index
             # of (originator id, version) is then written page by page instead of at random,
@@ -76,7 +78,19 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             # 31 -> 26 µs, measured alone), and the table holds exactly the same rows.
             c.execute(f"SELECT MAX(rowid) FROM {self.events_table_name}")
             top = c.fetchone()[0] or 0
-            numbered = sorted(((top + n, *row) for n, row in enumerate(given, start=1)), key=_by_key)
+            if given is None:
+                numbered = [
+                    (top + n, s.originator_id, s.originator_version, s.topic, s.state)
+                    for n, s in enumerate(stored_events, start=1)
+                ]
+                numbered.sort(key=_by_key)
+            else:
+                # One tuple per row, sorted by originator alone: the sort is stable and the
+                # bulk writer numbers an aggregate's events in batch order, so this is key
+                # order without a key tuple per row (the writing process's Python work per
+                # event 3.0 -> 2.1 µs). The order only decides how pages fill, not the rows.
+                numbered = [(top + n, r[0], r[1], r[2], r[3]) for n, r in enumerate(given, start=1)]
+                numbered.sort(key=_by_originator)
             c.executemany(
                 f"INSERT INTO {self.events_table_name} "
                 "(rowid, originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?, ?)",
@@ -85,8 +99,11 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             returning = None
         else:
             returning = super()._insert_events(c, stored_events, **kwargs)
-        rows: list[IndexRow] = kwargs.get("event_index") or []
+        rows: list[IndexRow] | None = kwargs.get("event_index")
+        if rows is None and kwargs.get("bulk") and kwargs.get("bulk_rows"):
+            rows = [(r[4], r[0], r[1]) for r in kwargs["bulk_rows"]]
         if rows:
-            # In key order: the index's B-tree is then filled page by page, not at random.
-            c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?, ?)", sorted(rows))
+            # In key order (event ids are unique: the id alone is the key): the index's B-tree
+            # is then filled page by page, not at random.
+            c.executemany(f"INSERT INTO {INDEX_TABLE} VALUES (?, ?, ?)", sorted(rows, key=_by_event_id))
         return returning

@@ -22,6 +22,7 @@ is rolled back whole, never half-written.
 from __future__ import annotations
 
 import gc
+import marshal
 import os
 import pickle
 import signal
@@ -91,7 +92,7 @@ class WriteProcess:
     def send(self, rows: BatchRows) -> None:
         """Hand a batch over; `receive` gives its result."""
         assert not self._waiting, "receive the result of the batch in flight first"
-        self._send.send_bytes(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+        self._send.send_bytes(packed_rows(rows))
         self._waiting = True
 
     def receive(self) -> tuple[bool, BaseException | None]:
@@ -162,11 +163,42 @@ def _serve(out: Connection, given: Connection, parent: int) -> None:
             message = given.recv_bytes()
             if not message:
                 return
-            out.send_bytes(_written(recorder, vault, pickle.loads(message), codec.encode))
+            out.send_bytes(_written(recorder, vault, unpacked_rows(message), codec.encode))
     except (EOFError, OSError):
         return
     finally:
         factory.close()
+
+
+#: The first byte of a packed batch: how the rest is serialised.
+_MARSHAL, _PICKLE = b"M", b"P"
+
+
+def packed_rows(rows: BatchRows) -> bytes:
+    """A batch as bytes for the writing process (`unpacked_rows` reads them).
+
+    With `marshal` where the rows allow it (plain tuples, text, numbers, bytes and the
+    records' dicts: always, for parsed facts): it packs a batch of rows ~3.5 times faster than
+    pickle (0.33 against 1.18 µs per event of the deciding process's CPU, 25,000-event
+    batches of a generated history) and reads it back a little faster. Both ends are the
+    same interpreter (the writing process runs `sys.executable`), so marshal's format, which
+    is tied to the Python version, is the same at both ends. Anything marshal refuses goes
+    as a pickle.
+    """
+    try:
+        return _MARSHAL + marshal.dumps((rows.events, rows.new_keys, rows.forgotten))
+    except ValueError:  # an object marshal cannot write
+        return _PICKLE + pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpacked_rows(message: bytes) -> BatchRows:
+    """The batch `packed_rows` made `message` of."""
+    body = memoryview(message)[1:]
+    if message[:1] == _MARSHAL:
+        events, new_keys, forgotten = marshal.loads(body)
+        return BatchRows(events, new_keys, forgotten)
+    rows: BatchRows = pickle.loads(body)
+    return rows
 
 
 def _written(recorder: Any, vault: PersonalDataVault, rows: BatchRows, encode: Encode) -> bytes:
