@@ -26,3 +26,10 @@ def basics(at: str = "2026-01-01T00:00:00Z") -> list[dict[str, Any]]:
         rec("CustomerRegistered", at, customer_id="c1", segment="smb", region="north"),
         rec("CustomerRegistered", at, customer_id="c2", segment="consumer", region="south"),
     ]
+
+
+def chat(at: str = "2026-01-10T10:00:00Z", **fields: Any) -> dict[str, Any]:
+    """An inbound chat of customer c1 handled by e1 (of `basics`), with `fields` changed or added."""
+    return rec(
+        "InteractionRecorded", at, customer_id="c1", employee_id="e1", channel="chat", direction="inbound", **fields
+    )

@@ -14,7 +14,7 @@ from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
-from tests.factory import basics, rec
+from tests.factory import basics, chat, rec
 from tests.helpers import kill_hard, ledger_content, run_cli, start_cli, stored_rows, wait_for
 
 
@@ -41,13 +41,7 @@ def ingest(
 def test_mixed_file_exact_counts(app: LedgerApplication, parser: RecordParser, tmp_path: Path) -> None:
     good = [
         *basics(),
-        rec(
-            "InteractionRecorded",
-            customer_id="c1",
-            employee_id="e1",
-            channel="chat",
-            direction="inbound",
-        ),
+        chat(),
     ]
     duplicate = dict(good[-1])
     bad = [

@@ -12,7 +12,7 @@ from ledger.prepared import Preparer, finish, zigzag_varint
 from ledger.records import RecordParser
 from schemas.codec import AvroCodec
 from schemas.registry import SchemaRegistry
-from tests.factory import basics, rec
+from tests.factory import basics, chat
 
 
 def test_prepared_messages_are_the_encoded_records(tmp_path: Path, registry: SchemaRegistry) -> None:
@@ -53,20 +53,7 @@ def test_near_the_size_limit_the_bound_itself_decides(app: LedgerApplication, pa
     setup = [parser.parse(r) for r in basics()]
     app.record(setup)
     topic = "t" * 300
-    facts = [
-        parser.parse(
-            rec(
-                "InteractionRecorded",
-                customer_id="c1",
-                employee_id="e1",
-                channel="chat",
-                direction="inbound",
-                topic=topic,
-                duration_s=60,
-            )
-        )
-        for _ in range(2)
-    ]
+    facts = [parser.parse(chat(topic=topic, duration_s=60)) for _ in range(2)]
     exact = encoded_size_bound(facts[0])
     estimate = -preparer.prepare(facts[0])[2]
     assert estimate > exact
