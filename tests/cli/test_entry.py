@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +14,15 @@ import pytest
 
 from crm_cli.__main__ import run
 from tests.helpers import CLI
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_kept() -> Iterator[None]:
+    """`run` ends by ignoring Ctrl-C (its command is done): in this process it must not stay so,
+    or every command the later tests start would inherit an ignored SIGINT."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 class InterruptedImport:
