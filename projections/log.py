@@ -113,6 +113,10 @@ class DecodedLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._latest: DeltaTable | None = None
+        #: The positions this process last committed, at the log version its commit made:
+        #: while the log is still at that version, they are its heads (their chain and message
+        #: at hand, not read back from the Delta files: ~9 ms a follower's round at 1M events).
+        self._committed: tuple[int, dict[str, Position]] | None = None
         if not (path / "_delta_log").exists():
             path.mkdir(parents=True, exist_ok=True)
             # Several processes may race to create it; whoever loses finds it there.
@@ -145,10 +149,17 @@ class DecodedLog:
     def positions(self, streams: Sequence[str], version: int | None = None) -> dict[str, Position]:
         """The last committed position per stream (from Delta's application transactions)."""
         table = self.table(version)
+        committed = self._committed[1] if self._committed and self._committed[0] == table.version() else {}
         positions = {}
         for stream in streams:
             last = table.transaction_version(stream)
-            if last is not None:
+            if last is None:
+                continue
+            known = committed.get(stream)
+            # The ledger's head needs its message at hand (a batch read from the ledger has it).
+            if known is not None and known.offset == int(last) and (known.value or stream != LEDGER_STREAM):
+                positions[stream] = known
+            else:
                 positions[stream] = self._head_at(table, stream, int(last))
         return positions
 
@@ -200,7 +211,10 @@ class DecodedLog:
             write(self.table())
         else:
             self.commit_checked(positions, expected, functools.partial(write, retries=0))
-        return self.version()
+        # The handle a commit went through holds the version it made (delta-rs updates it).
+        version = self.version() if self._latest is None else int(self._latest.version())
+        self._committed = (version, {p.stream: p for p in positions})
+        return version
 
     def commit_checked(
         self,

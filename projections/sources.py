@@ -127,7 +127,10 @@ class LedgerSource:
                 batch.offsets.append(None)
                 batch.chains.append(chain.hex())
             last = notifications[-1].id
-            batch.positions[LEDGER_STREAM] = Position(LEDGER_STREAM, last, chain.hex())
+            # The last message rides along: the log's next reader of this appender's commit
+            # checks continuity against it without reading it back (DecodedLog.positions).
+            head = bytes(notifications[-1].state)
+            batch.positions[LEDGER_STREAM] = Position(LEDGER_STREAM, last, chain.hex(), head)
             yield batch
 
     def streams(self) -> list[str]:

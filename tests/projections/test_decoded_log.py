@@ -176,3 +176,22 @@ def test_a_log_is_never_continued_from_another_ledger(tmp_path: Path) -> None:
         app.close()
     counted = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=new, check=True)
     assert counted.stdout.split() == ["n", str(len(ids))]
+
+
+def test_the_heads_an_appender_committed_are_the_ones_the_log_holds(tmp_path: Path) -> None:
+    """An appender's next run starts from the positions it committed, kept at hand while the log
+    is still at the version its commit made: the same offset, chain and message that a reader
+    of the Delta files finds; once another process commits, the files are read again."""
+    app = _ledger(tmp_path)
+    log = DecodedLog(tmp_path / "log")
+    _append(log, app, batches=2)
+
+    def heads(of: DecodedLog) -> tuple[int, str | None, bytes | None]:
+        head = of.positions(["ledger"])["ledger"]
+        return head.offset, head.chain, head.value
+
+    kept = heads(log)
+    assert kept[2] is not None
+    assert kept == heads(DecodedLog(tmp_path / "log"))
+    _append(DecodedLog(tmp_path / "log"), app, batches=1)  # another process goes on
+    assert heads(log) == heads(DecodedLog(tmp_path / "log")) != kept
