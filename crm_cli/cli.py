@@ -828,7 +828,8 @@ def replay(
             reporter=reporter,
             should_stop=stop,
         )
-    click.echo(result.message())
+    # Cut short, the message is a note for the operator, not the command's outcome.
+    click.echo(result.message(), err=result.mode == "interrupted")
     if result.mode == "interrupted":
         raise SystemExit(EXIT_INTERRUPTED)
 

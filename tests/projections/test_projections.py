@@ -309,3 +309,10 @@ def test_a_one_shot_project_cut_short_by_ctrl_c_says_so_and_exits_130(tmp_path: 
     assert again.returncode == 0, again.stderr
     count = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=env)
     assert count.stdout.split() == ["n", str(len(history.read_text().splitlines()))]
+    # A replay that re-decodes the ledger, cut short: the note goes to stderr, stdout stays empty.
+    process = start_cli("replay", "--from-source", "--metrics", str(DEFAULT_SPEC), "--name", "again", env=env)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout + stderr
+    assert stdout == "" and "Traceback" not in stderr and "interrupted" in stderr, (stdout, stderr)
