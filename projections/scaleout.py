@@ -173,7 +173,10 @@ def project_with_workers(
         with ProjectionDB(settings.projections_db) as db:
             version = _version(db, label, metrics)
             log = db.log(label)
-            reporter.total(source.lag(log.positions(source.streams())))
+            positions = log.positions(source.streams())
+            # The workers resume at these positions: a topic made anew must not be read on from.
+            source.check_continues(positions)
+            reporter.total(source.lag(positions))
             db.release()  # appending needs no DuckDB
             config = WorkerConfig(
                 settings.bootstrap,

@@ -255,6 +255,13 @@ class KafkaSource:
                     return
                 yield batch
 
+    def check_continues(self, positions: Mapping[str, Position]) -> None:
+        """Refuse a log that goes on from an offset one of the topic's partitions does not hold."""
+        for partition in self._partitions():
+            known = positions.get(kafka_stream(self.topic, partition))
+            if known is not None:
+                self._check_continues(partition, known.offset)
+
     def _check_continues(self, partition: int, offset: int) -> None:
         """The partition still holds the offset the log goes on from (a topic deleted and made
         anew starts its offsets again: reading on would skip its first messages)."""

@@ -20,11 +20,12 @@ import pytest
 from crm_ledger.settings import Settings, log_root
 from ledger.application import LedgerApplication
 from ledger.relay import Relay, RelayConfig
+from projections.errors import LogMismatchError
 from projections.log import DecodedLog
 from projections.readonly import reader
 from projections.scaleout import project_with_workers
 from projections.service import project_promoted
-from projections.sources import LedgerSource
+from projections.sources import LedgerSource, Position
 from projections.staging import STAGING_DIR
 from tests.helpers import CLI, kill_hard, run_cli, wait_for
 from tests.projections.test_projections import MODEL_TABLES, build, digest, load, make_history
@@ -181,3 +182,23 @@ def test_ctrl_c_stops_the_workers_and_the_command_with_one_line(
     assert "Traceback" not in stderr
     assert len(stdout.strip().splitlines()) == 1 and "stopped after" in stdout
     assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite"])  # a check of the log and the topic alone
+def test_workers_never_read_on_from_a_topic_made_anew(
+    app: LedgerApplication, tmp_path: Path, kafka_bootstrap: str, topic: str
+) -> None:
+    """A log that goes on from offsets the topic's partitions no longer hold (the topic deleted
+    and made anew) is refused before any worker starts, as the single-process source does."""
+    _relayed(app, tmp_path, kafka_bootstrap, topic, customers=40, months=1)
+    settings = _settings(tmp_path, "w", kafka_bootstrap, topic)
+    project_with_workers(settings, 1, None, follow=False)
+    (path,) = [p for p in log_root(settings.projections_db).iterdir() if (p / "_delta_log").exists()]
+    log = DecodedLog(path)
+    held = {f"{topic}:{p}": log.table().transaction_version(f"{topic}:{p}") for p in range(6)}
+    # What a topic made anew looks like from the log: it goes on past every partition's end.
+    beyond = [Position(stream, int(last) + 1000) for stream, last in held.items() if last is not None]
+    assert beyond
+    log.append(DecodedLog(path).dataset().to_table().slice(0, 0), beyond)
+    with pytest.raises(LogMismatchError, match="the decoded log was built from another topic"):
+        project_with_workers(settings, 2, None, follow=False)
