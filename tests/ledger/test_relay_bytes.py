@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from crm_ledger.kafka import consumer_config, delete_topics
 from crm_ledger.settings import Settings
@@ -77,6 +80,42 @@ def test_peek_refuses_what_it_cannot_read(registry: SchemaRegistry) -> None:
     for bad in (b"\x00\x00", b"\x01" + good[1:], HEADER.pack(0, 4242) + good[5:], good[:20]):
         with pytest.raises(DecodeError):
             peek.peek(bad)
+
+
+@pytest.fixture(scope="module")
+def stored_messages(tmp_path_factory: pytest.TempPathFactory) -> tuple[FieldPeek, list[bytes]]:
+    """The relay's peek and the stored messages of a small generated ledger (every event type
+    it makes)."""
+    folder = tmp_path_factory.mktemp("peek")
+    app = _filled(Settings(store=str(folder / "l.sqlite")), folder)
+    try:
+        peek = FieldPeek(app.codec, ("event_id", *KEY_FIELDS))
+        return peek, [state for _, state in read_stored(app.recorder, 1, 1_000_000)]
+    finally:
+        app.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_cut_or_damaged_message_is_read_whole_or_refused(
+    stored_messages: tuple[FieldPeek, list[bytes]], data: st.DataObject
+) -> None:
+    """A message cut short gives what the whole one gives (when its wanted fields are all
+    there) or a DecodeError; a damaged one gives fields or a DecodeError, nothing else."""
+    peek, messages = stored_messages
+    message = data.draw(st.sampled_from(messages))
+    whole = peek.peek(message)
+    cut = message[: data.draw(st.integers(0, len(message)))]
+    with contextlib.suppress(DecodeError):
+        assert peek.peek(cut) == whole
+    at = data.draw(st.integers(0, len(message) - 1))
+    damaged = message[:at] + bytes([data.draw(st.integers(0, 255))]) + message[at + 1 :]
+    try:
+        event_type, fields = peek.peek(damaged)
+    except DecodeError:
+        return
+    assert isinstance(event_type, str)
+    assert all(value is None or isinstance(value, bytes) for value in fields.values())
 
 
 def _committed(
