@@ -22,7 +22,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
@@ -56,9 +56,16 @@ MAX_TRANSACTION_TIMEOUT_MS = 900_000
 KEY_FIELDS = shipped().key_fields
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """One notification as the relay sends it: the stored bytes, their key and header values."""
+#: The event whose relaying publishes a period-close checkpoint.
+_CLOSE = b"RewardPeriodClosed"
+
+
+class Outgoing(NamedTuple):
+    """One notification as the relay sends it: the stored bytes, their key and header values.
+
+    A named tuple, not a frozen dataclass: one is made per event relayed, and a frozen
+    dataclass's constructor cost ~0.8 µs of the relay's ~12 µs an event.
+    """
 
     notification_id: int
     state: bytes
@@ -305,6 +312,7 @@ class Relay:
         versions = self._versions
         topic = self.config.topic
         previous = position.notification_id
+        checkpoints, every = bool(self.config.checkpoints_topic), self.config.checkpoint_every
         try:
             # SQLite rowids can skip after a rolled-back insert; the chain covers whatever
             # ids exist, in order, so a gap is recorded, not an error.
@@ -324,8 +332,11 @@ class Relay:
                         ("chain", chain.hex().encode()),
                     ],
                 )
-                self._checkpoints(producer, outgoing, previous, chain)
-                previous = outgoing.notification_id
+                nid = outgoing.notification_id
+                # A checkpoint is due at every `every`-th id and after a period close only.
+                if checkpoints and (nid // every > previous // every or outgoing.event_type == _CLOSE):
+                    self._checkpoints(producer, outgoing, previous, chain)
+                previous = nid
             producer.commit_transaction(self.config.broker_timeout_s)
         except KafkaException as error:
             with contextlib.suppress(KafkaException):
@@ -356,7 +367,7 @@ class Relay:
         due = []
         if nid // every > previous // every:
             due.append(Checkpoint(nid, chain.hex(), now_ms(), CADENCE, every=every))
-        if outgoing.event_type == b"RewardPeriodClosed":
+        if outgoing.event_type == _CLOSE:
             _, record = self.codec.decode(outgoing.state)
             if record.get("chain_head"):
                 due.append(
