@@ -30,7 +30,7 @@ from crm_cli.runtime import graceful_stop, silence_stdout
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import replaced_whole
 from crm_ledger.progress import progress_bar
-from crm_ledger.settings import RECORD_BYTES_RANGE, Settings
+from crm_ledger.settings import MAX_WAIT_S, RECORD_BYTES_RANGE, Settings
 from ledger.records import is_unicode_text
 
 if TYPE_CHECKING:
@@ -1460,7 +1460,8 @@ def audit_reproduce(ctx: click.Context, version: str | None) -> None:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1),
+    # At most a day, as the store and broker timeouts: 1e300 s overflowed the wait's clock.
+    type=click.FloatRange(0.1, MAX_WAIT_S),
     callback=_finite,
     default=300.0,
     show_default=True,

@@ -219,6 +219,7 @@ def test_number_options_refuse_nan_and_query_refuses_empty_sql(tmp_path: Path) -
     ProjectionDB(tmp_path / "p.duckdb").close()
     for args in (
         ["query", "SELECT 1", "--timeout", "nan"],
+        ["query", "SELECT 1", "--timeout", "1e300"],  # overflowed the wait's clock: a traceback
         ["diff", "a", "b", "--threshold", "nan"],
         ["generate", "--customers", "1", "--invalid-rate", "nan", "--out", str(tmp_path / "h.jsonl")],
         ["project", "--follow", "--refresh-interval", "nan"],
