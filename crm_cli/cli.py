@@ -68,6 +68,21 @@ def _given_path(_ctx: click.Context, _param: click.Parameter, value: str) -> Pat
     return Path(value)
 
 
+def _given_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
+    """An output file option's value: a blank one (an unset shell variable) is refused, not
+    written as the current folder ("Is a directory") or as a file named by spaces."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("is empty: give a file name, or - for stdout")
+    return Path(value)
+
+
+def _to_stdout(path: Path | None) -> bool:
+    """Whether an output option names stdout: not given, or '-' as generate takes it."""
+    return path is None or str(path) == "-"
+
+
 def _existing_store(ctx: click.Context) -> Settings:
     """The settings of a command that reads an existing ledger: a store path that does not
     exist (a typo) is refused, not created empty and reported on."""
@@ -387,8 +402,9 @@ def schemas_lock(folder: Path | None) -> None:
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(dir_okay=False),
     required=True,
+    callback=_given_file,
     help="JSONL file to write ('-' for stdout).",
 )
 def generate(
@@ -1314,7 +1330,11 @@ def hash_password(password: str) -> None:
 @click.option("--period", "month", required=True, help="Period, YYYY-MM.")
 @click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]), default="md", show_default=True)
 @click.option(
-    "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write to this file."
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    callback=_given_file,
+    help="Write to this file ('-' for stdout).",
 )
 @click.pass_context
 def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path | None) -> None:
@@ -1324,7 +1344,7 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     _refuse_own_file(out, "--out")
     result = build_statement(_open_ledger(_existing_store(ctx)), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
-    if out is None:
+    if out is None or _to_stdout(out):
         click.echo(text, nl=False)
     else:
         with replaced_whole(out) as partial:
@@ -1454,9 +1474,10 @@ def audit_reproduce(ctx: click.Context, version: str | None) -> None:
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(dir_okay=False),
     default=None,
-    help="Write to this file (required for parquet).",
+    callback=_given_file,
+    help="Write to this file ('-' for stdout; a file is required for parquet, refused for table).",
 )
 @click.option(
     "--timeout",
@@ -1474,6 +1495,15 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
 
     if not sql.strip():
         raise click.BadParameter("is empty: give a SELECT", param_hint="SQL")
+    if fmt == "table" and not _to_stdout(out):
+        # The table is for a terminal: --out was dropped and nothing written, with exit 0.
+        raise click.BadParameter(
+            "the table format is shown, not written: add --format csv, json or parquet", param_hint="--out"
+        )
+    if fmt == "parquet" and _to_stdout(out):
+        raise click.BadParameter("--format parquet needs a file to write", param_hint="--out")
+    if _to_stdout(out):
+        out = None
 
     _refuse_own_file(out, "--out")
     with reader(_settings(ctx).projections_db) as connection:

@@ -294,3 +294,37 @@ def test_messages_that_hold_data_are_not_read_as_markup(tmp_path: Path) -> None:
     done = run_cli("ingest", str(odd), env=env)
     assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
     _one_line_error(run_cli("goal", "close", "[/x]", "--outcome", "achieved", env=env), "[/x]")
+
+
+def test_an_out_path_that_is_blank_or_a_dash_makes_no_file_of_that_name(tmp_path: Path) -> None:
+    """`--out ""` (an unset shell variable) was 'Is a directory (.)' and `--out " "` wrote a
+    file named by a space; `--out -` wrote a file named '-' (stdout, as generate takes it);
+    the table format dropped --out and wrote nothing, with exit 0."""
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        # In a folder of its own, to see what lands there; this tree's code, wherever it runs.
+        root = str(Path(__file__).resolve().parents[2])
+        merged = {**os.environ, **env, "PYTHONPATH": root}
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=merged, cwd=folder, check=False)
+
+    for blank in ("", "  "):
+        for args in (
+            ["query", "SELECT 1", "--format", "csv", "--out", blank],
+            ["statement", "--employee", "e1", "--period", "2025-01", "--out", blank],
+            ["generate", "--customers", "1", "--out", blank],
+        ):
+            result = run(*args)
+            assert result.returncode == 2 and "Invalid value for '--out'" in result.stderr, (args, result.stderr)
+    dashed = run("query", "SELECT 42 AS answer", "--format", "csv", "--out", "-")
+    assert dashed.returncode == 0 and dashed.stdout == "answer\n42\n", (dashed.stdout, dashed.stderr)
+    for args in (
+        ["query", "SELECT 1", "--format", "parquet", "--out", "-"],
+        ["query", "SELECT 1", "--out", "table.txt"],
+    ):
+        result = run(*args)
+        assert result.returncode == 2 and "--out" in result.stderr and "Traceback" not in result.stderr, args
+    assert sorted(p.name for p in folder.iterdir()) == []

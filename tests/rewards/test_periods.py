@@ -290,6 +290,11 @@ def test_bad_input_is_refused_and_nothing_written(ledger: LedgerApplication, set
     assert (
         html.returncode == 0 and "<svg" in html.stdout and "http" not in html.stdout.replace("http-equiv", "")
     )
+    # '-' is stdout, as generate takes it (it was written to a file named '-').
+    employee = sorted(promoted_scores(settings))[0]
+    dashed = run_cli("statement", "--employee", employee, "--period", PERIOD, "--out", "-", env=env)
+    assert dashed.returncode == 0 and dashed.stdout.startswith(f"# Reward statement: {employee}")
+    assert not Path("-").exists()
     assert ledger.max_position() > before
 
 
