@@ -977,27 +977,27 @@ def _print_diff(report: Any, limit: int) -> None:
             str(r.new_rank or ""),
         )
     out.print(table)
-    out.print(
+    _print_line(
         f"rows compared {report.rows_compared}, changed {report.rows_changed}, "
         f"Spearman rank correlation {num(report.spearman, 4)}"
     )
     for label, rows in (("largest gains", report.largest_gains), ("largest losses", report.largest_losses)):
-        out.print(
+        _print_line(
             f"{label}: " + (", ".join(f"{r.employee_id} {r.period} {r.change:+.2f}" for r in rows) or "none")
         )
     threshold = f"{report.threshold:g}"
-    out.print(
+    _print_line(
         f"crossed {threshold} upwards: "
         + (", ".join(f"{r.employee_id} {r.period}" for r in report.crossed_up) or "none")
     )
-    out.print(
+    _print_line(
         f"crossed {threshold} downwards: "
         + (", ".join(f"{r.employee_id} {r.period}" for r in report.crossed_down) or "none")
     )
-    out.print(
+    _print_line(
         "KPI values changed: " + (", ".join(f"{k} {v}" for k, v in report.kpi_changes.items()) or "none")
     )
-    out.print(
+    _print_line(
         "team goal outcomes changed: "
         + (
             ", ".join(
@@ -1059,7 +1059,7 @@ def customer_show(ctx: click.Context, customer_id: str) -> None:
         for name in PERSONAL_FIELDS.get(event.event_type, ()):  # type: ignore[attr-defined]
             data[name] = app.vault.reveal(customer_id, data.get(name))
         shown = ", ".join(f"{k}={v}" for k, v in data.items() if v is not None)
-        click.echo(f"{event.event_type}: {shown}")  # type: ignore[attr-defined]
+        click.echo(_visible(f"{event.event_type}: {shown}"))  # type: ignore[attr-defined]
 
 
 # -- reward periods ------------------------------------------------------------------------
@@ -1112,7 +1112,8 @@ def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
         click.echo("live scores equal what was told")
     for drift in status.drifts:
         click.echo(
-            f"  {drift.employee_id}: told {drift.told:.4f}, live {drift.live:.4f} ({drift.delta:+.4f})"
+            f"  {_visible(drift.employee_id)}: told {drift.told:.4f}, live {drift.live:.4f} "
+            f"({drift.delta:+.4f})"
         )
 
 
@@ -1141,7 +1142,9 @@ def period_adjust(ctx: click.Context, month: str, dry_run: bool) -> None:
     verb = "would issue" if dry_run else "issued"
     click.echo(f"{verb} {len(adjustments)} adjustment(s) for {month}")
     for a in adjustments:
-        click.echo(f"  {a.employee_id}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}")
+        click.echo(
+            f"  {_visible(a.employee_id)}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}"
+        )
 
 
 def _say_behind(status: Any) -> None:
@@ -1554,6 +1557,11 @@ def _print_table(table: Table) -> None:
     out.print(table)
 
 
+def _print_line(text: str) -> None:
+    """A line of text that holds data (ids): its control characters shown, not obeyed."""
+    out.print(_visible(text))
+
+
 #: Rows a table on the terminal shows; the other formats write every row.
 TABLE_ROWS = 1_000
 
@@ -1593,7 +1601,7 @@ def explain(ctx: click.Context, employee: str, period: str, version: str | None,
         # An id, a unique id prefix or a name, as promote, drop and diff take.
         schema = find_version(versions_of(connection), version).version if version else _promoted(connection)
         result = build_explanation(connection, schema, employee, period)
-    click.echo(result.to_json() if fmt == "json" else result.to_text())
+    click.echo(result.to_json() if fmt == "json" else _visible(result.to_text()))
 
 
 def _promoted(connection: Any) -> str:
