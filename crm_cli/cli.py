@@ -1031,7 +1031,7 @@ def _on_version(ctx: click.Context, version: str, action: str, done: str) -> Non
     """Find a version by id, prefix or name and apply a ProjectionDB action to it."""
     from projections.store import ProjectionDB
 
-    with ProjectionDB(_settings(ctx).projections_db) as db:
+    with ProjectionDB(_settings(ctx).projections_db, create=False) as db:
         target = db.find_version(version)
         getattr(db, action)(target)
     click.echo(f"{done} {target.version} ({target.name})")

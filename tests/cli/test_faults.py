@@ -7,6 +7,7 @@ import resource
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
+from ledger.records import RecordParser
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB
 from tests.helpers import CLI, ledger_content, run_cli
@@ -187,6 +189,23 @@ def test_commands_that_read_the_ledger_refuse_a_store_that_does_not_exist(tmp_pa
         _one_line_error(run_cli(*args, env=env), "no such ledger store")
     assert not (tmp_path / "typo").exists()
     assert not (tmp_path / "p.duckdb").exists()
+
+
+def test_commands_on_versions_refuse_a_projection_database_that_does_not_exist(tmp_path: Path) -> None:
+    """A mistyped --db was made anew (folders and an empty database) by promote, drop, period
+    close and period adjust, which then said 'unknown version' or 'no version is promoted'."""
+    store = tmp_path / "l.sqlite"
+    app = LedgerApplication(Settings(store=str(store)).eventsourcing_env())
+    # January closed (adjust reads the projection for a closed period only), February not.
+    closed = {"type": "RewardPeriodClosed", "event_id": str(uuid.uuid4()), "occurred_at": "2025-02-01T00:00:00Z"}
+    closed |= {"period": "2025-01", "ledger_position": 0, "version": "v_x", "spec_name": "default"}
+    app.record([RecordParser(app.registry, allow_internal=True).parse(closed)], atomic=True)
+    app.close()
+    typo = tmp_path / "typo" / "p.duckdb"
+    env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(typo)}
+    for args in (["promote", "v_x"], ["drop", "v_x"], ["period", "close", "2025-02"], ["period", "adjust", "2025-01"]):
+        _one_line_error(run_cli(*args, env=env), f"{typo}: no projection database yet")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_a_rejects_file_that_cannot_be_written_stops_the_run_before_anything_lands(tmp_path: Path) -> None:
