@@ -1216,7 +1216,8 @@ def goal_set(
     from rewards.goals import set_goal
 
     status = set_goal(
-        _settings(ctx),
+        # The members who agreed must be in the ledger: one made anew at a typo never has them.
+        _existing_store(ctx),
         _goal_change(goal_id, at),
         team_id=team,
         kpi=kpi,

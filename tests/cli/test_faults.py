@@ -177,6 +177,11 @@ def test_commands_that_read_the_ledger_refuse_a_store_that_does_not_exist(tmp_pa
         ["period", "adjust", "2025-01", "--dry-run"],
         ["goal", "close", "g1", "--outcome", "achieved"],
         ["goal", "revise", "g1", "--target", "1", "--agreed-by", "e1", "--reason", "r"],
+        # Its team's members must be in the ledger: an empty one made at a typo never has them.
+        [
+            *["goal", "set", "g1", "--team", "t1", "--kpi", "csat_pct", "--target", "80"],
+            *["--from", "2025-01", "--to", "2025-02", "--agreed-by", "e1", "--at", "2025-01-02"],
+        ],
         ["audit", "head"],
         # Those that append the ledger to the decoded log or publish it: an empty ledger made
         # at a typo would have been "projected" (or said to be another ledger than the log's).
