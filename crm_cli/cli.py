@@ -68,6 +68,14 @@ def _given_path(_ctx: click.Context, _param: click.Parameter, value: str) -> Pat
     return Path(value)
 
 
+def _given_text(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An optional text option's value: a blank one (an unset shell variable) is refused, not
+    taken as the option left out (every team's goals, the promoted version)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty: give a value or leave the option out")
+    return value
+
+
 def _given_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
     """An output file option's value: a blank one (an unset shell variable) is refused, not
     written as the current folder ("Is a directory") or as a file named by spaces."""
@@ -1278,7 +1286,7 @@ def goal_close(ctx: click.Context, goal_id: str, outcome: str, note: str | None,
 
 
 @goal.command("list")
-@click.option("--team", default=None, help="Only this team's goals.")
+@click.option("--team", default=None, callback=_given_text, help="Only this team's goals.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def goal_list(ctx: click.Context, team: str | None, fmt: str) -> None:
@@ -1587,7 +1595,7 @@ def _relation_table(relation: Any) -> _Shown:
 @cli.command()
 @click.option("--employee", required=True, help="Employee id.")
 @click.option("--period", required=True, help="Period, YYYY-MM.")
-@click.option("--version", default=None, help="Version (default: the promoted one).")
+@click.option("--version", default=None, callback=_given_text, help="Version (default: the promoted one).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
 def explain(ctx: click.Context, employee: str, period: str, version: str | None, fmt: str) -> None:

@@ -248,6 +248,9 @@ def test_number_options_refuse_nan_and_query_refuses_empty_sql(tmp_path: Path) -
         ["generate", "--customers", "1", "--invalid-rate", "nan", "--out", str(tmp_path / "h.jsonl")],
         ["project", "--follow", "--refresh-interval", "nan"],
         ["query", "  "],
+        # An empty value (an unset shell variable) is not "no filter" nor "the promoted one".
+        ["goal", "list", "--team", ""],
+        ["explain", "--employee", "e1", "--period", "2025-01", "--version", " "],
         # Months are ASCII digits, as period commands take them (isdigit() took fullwidth ones).
         ["generate", "--customers", "1", "--start", "\uff12\uff10\uff12\uff15-\uff10\uff12", "--out", str(tmp_path / "g.jsonl")],
         ["explain", "--employee", "e1", "--period", "\uff12\uff10\uff12\uff15-\uff10\uff12"],
