@@ -8,6 +8,7 @@ moment: Ctrl-C pressed during it must end as any other interruption does (one li
 from __future__ import annotations
 
 import contextlib
+import io
 import signal
 import sys
 
@@ -15,11 +16,27 @@ from crm_cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 from crm_cli.runtime import silence_stdout
 
 
+def _stdout_written_whole() -> None:
+    """Under PYTHONUNBUFFERED (python -u) stdout writes straight to its file, and a write the
+    reader cut short (`| head`) returns fewer bytes, which the text layer drops without an
+    error: the command ended 0 with its output silently cut. A buffered writer in between
+    writes every byte or raises (BrokenPipeError: 141); full lines still go out at once."""
+    stream = sys.stdout
+    if not isinstance(stream, io.TextIOWrapper) or not isinstance(stream.buffer, io.FileIO):
+        return
+    # closefd=False: the file descriptor stays sys.__stdout__'s too.
+    buffered = io.BufferedWriter(io.FileIO(stream.fileno(), "w", closefd=False))
+    sys.stdout = io.TextIOWrapper(
+        buffered, encoding=stream.encoding, errors=stream.errors, line_buffering=True
+    )
+
+
 def run() -> None:
     """Run the command line; an interruption at any moment is one line and exit 130."""
     # Past a file-size limit, writes fail with EFBIG (a clear error) instead of a silent kill.
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _stdout_written_whole()
     try:
         from crm_cli.cli import main  # noqa: PLC0415 - after the guard, on purpose
 

@@ -30,7 +30,7 @@ from crm_cli.runtime import graceful_stop, silence_stdout
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import replaced_whole
 from crm_ledger.progress import progress_bar
-from crm_ledger.settings import RECORD_BYTES_RANGE, Settings
+from crm_ledger.settings import MAX_WAIT_S, RECORD_BYTES_RANGE, Settings
 from ledger.records import is_unicode_text
 
 if TYPE_CHECKING:
@@ -66,6 +66,29 @@ def _given_path(_ctx: click.Context, _param: click.Parameter, value: str) -> Pat
     if not value.strip():
         raise click.BadParameter("is empty: give a folder or file name")
     return Path(value)
+
+
+def _given_text(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An optional text option's value: a blank one (an unset shell variable) is refused, not
+    taken as the option left out (every team's goals, the promoted version)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty: give a value or leave the option out")
+    return value
+
+
+def _given_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
+    """An output file option's value: a blank one (an unset shell variable) is refused, not
+    written as the current folder ("Is a directory") or as a file named by spaces."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("is empty: give a file name, or - for stdout")
+    return Path(value)
+
+
+def _to_stdout(path: Path | None) -> bool:
+    """Whether an output option names stdout: not given, or '-' as generate takes it."""
+    return path is None or str(path) == "-"
 
 
 def _existing_store(ctx: click.Context) -> Settings:
@@ -387,8 +410,9 @@ def schemas_lock(folder: Path | None) -> None:
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(dir_okay=False),
     required=True,
+    callback=_given_file,
     help="JSONL file to write ('-' for stdout).",
 )
 def generate(
@@ -961,27 +985,27 @@ def _print_diff(report: Any, limit: int) -> None:
             str(r.new_rank or ""),
         )
     out.print(table)
-    out.print(
+    _print_line(
         f"rows compared {report.rows_compared}, changed {report.rows_changed}, "
         f"Spearman rank correlation {num(report.spearman, 4)}"
     )
     for label, rows in (("largest gains", report.largest_gains), ("largest losses", report.largest_losses)):
-        out.print(
+        _print_line(
             f"{label}: " + (", ".join(f"{r.employee_id} {r.period} {r.change:+.2f}" for r in rows) or "none")
         )
     threshold = f"{report.threshold:g}"
-    out.print(
+    _print_line(
         f"crossed {threshold} upwards: "
         + (", ".join(f"{r.employee_id} {r.period}" for r in report.crossed_up) or "none")
     )
-    out.print(
+    _print_line(
         f"crossed {threshold} downwards: "
         + (", ".join(f"{r.employee_id} {r.period}" for r in report.crossed_down) or "none")
     )
-    out.print(
+    _print_line(
         "KPI values changed: " + (", ".join(f"{k} {v}" for k, v in report.kpi_changes.items()) or "none")
     )
-    out.print(
+    _print_line(
         "team goal outcomes changed: "
         + (
             ", ".join(
@@ -1015,7 +1039,7 @@ def _on_version(ctx: click.Context, version: str, action: str, done: str) -> Non
     """Find a version by id, prefix or name and apply a ProjectionDB action to it."""
     from projections.store import ProjectionDB
 
-    with ProjectionDB(_settings(ctx).projections_db) as db:
+    with ProjectionDB(_settings(ctx).projections_db, create=False) as db:
         target = db.find_version(version)
         getattr(db, action)(target)
     click.echo(f"{done} {target.version} ({target.name})")
@@ -1043,7 +1067,7 @@ def customer_show(ctx: click.Context, customer_id: str) -> None:
         for name in PERSONAL_FIELDS.get(event.event_type, ()):  # type: ignore[attr-defined]
             data[name] = app.vault.reveal(customer_id, data.get(name))
         shown = ", ".join(f"{k}={v}" for k, v in data.items() if v is not None)
-        click.echo(f"{event.event_type}: {shown}")  # type: ignore[attr-defined]
+        click.echo(_visible(f"{event.event_type}: {shown}"))  # type: ignore[attr-defined]
 
 
 # -- reward periods ------------------------------------------------------------------------
@@ -1096,7 +1120,8 @@ def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
         click.echo("live scores equal what was told")
     for drift in status.drifts:
         click.echo(
-            f"  {drift.employee_id}: told {drift.told:.4f}, live {drift.live:.4f} ({drift.delta:+.4f})"
+            f"  {_visible(drift.employee_id)}: told {drift.told:.4f}, live {drift.live:.4f} "
+            f"({drift.delta:+.4f})"
         )
 
 
@@ -1125,7 +1150,9 @@ def period_adjust(ctx: click.Context, month: str, dry_run: bool) -> None:
     verb = "would issue" if dry_run else "issued"
     click.echo(f"{verb} {len(adjustments)} adjustment(s) for {month}")
     for a in adjustments:
-        click.echo(f"  {a.employee_id}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}")
+        click.echo(
+            f"  {_visible(a.employee_id)}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}"
+        )
 
 
 def _say_behind(status: Any) -> None:
@@ -1197,7 +1224,8 @@ def goal_set(
     from rewards.goals import set_goal
 
     status = set_goal(
-        _settings(ctx),
+        # The members who agreed must be in the ledger: one made anew at a typo never has them.
+        _existing_store(ctx),
         _goal_change(goal_id, at),
         team_id=team,
         kpi=kpi,
@@ -1258,7 +1286,7 @@ def goal_close(ctx: click.Context, goal_id: str, outcome: str, note: str | None,
 
 
 @goal.command("list")
-@click.option("--team", default=None, help="Only this team's goals.")
+@click.option("--team", default=None, callback=_given_text, help="Only this team's goals.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def goal_list(ctx: click.Context, team: str | None, fmt: str) -> None:
@@ -1314,7 +1342,11 @@ def hash_password(password: str) -> None:
 @click.option("--period", "month", required=True, help="Period, YYYY-MM.")
 @click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]), default="md", show_default=True)
 @click.option(
-    "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write to this file."
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    callback=_given_file,
+    help="Write to this file ('-' for stdout).",
 )
 @click.pass_context
 def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path | None) -> None:
@@ -1324,7 +1356,7 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     _refuse_own_file(out, "--out")
     result = build_statement(_open_ledger(_existing_store(ctx)), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
-    if out is None:
+    if out is None or _to_stdout(out):
         click.echo(text, nl=False)
     else:
         with replaced_whole(out) as partial:
@@ -1454,13 +1486,15 @@ def audit_reproduce(ctx: click.Context, version: str | None) -> None:
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(dir_okay=False),
     default=None,
-    help="Write to this file (required for parquet).",
+    callback=_given_file,
+    help="Write to this file ('-' for stdout; a file is required for parquet, refused for table).",
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1),
+    # At most a day, as the store and broker timeouts: 1e300 s overflowed the wait's clock.
+    type=click.FloatRange(0.1, MAX_WAIT_S),
     callback=_finite,
     default=300.0,
     show_default=True,
@@ -1473,6 +1507,15 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
 
     if not sql.strip():
         raise click.BadParameter("is empty: give a SELECT", param_hint="SQL")
+    if fmt == "table" and not _to_stdout(out):
+        # The table is for a terminal: --out was dropped and nothing written, with exit 0.
+        raise click.BadParameter(
+            "the table format is shown, not written: add --format csv, json or parquet", param_hint="--out"
+        )
+    if fmt == "parquet" and _to_stdout(out):
+        raise click.BadParameter("--format parquet needs a file to write", param_hint="--out")
+    if _to_stdout(out):
+        out = None
 
     _refuse_own_file(out, "--out")
     with reader(_settings(ctx).projections_db) as connection:
@@ -1523,6 +1566,11 @@ def _print_table(table: Table) -> None:
     out.print(table)
 
 
+def _print_line(text: str) -> None:
+    """A line of text that holds data (ids): its control characters shown, not obeyed."""
+    out.print(_visible(text))
+
+
 #: Rows a table on the terminal shows; the other formats write every row.
 TABLE_ROWS = 1_000
 
@@ -1547,7 +1595,7 @@ def _relation_table(relation: Any) -> _Shown:
 @cli.command()
 @click.option("--employee", required=True, help="Employee id.")
 @click.option("--period", required=True, help="Period, YYYY-MM.")
-@click.option("--version", default=None, help="Version (default: the promoted one).")
+@click.option("--version", default=None, callback=_given_text, help="Version (default: the promoted one).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
 def explain(ctx: click.Context, employee: str, period: str, version: str | None, fmt: str) -> None:
@@ -1562,7 +1610,7 @@ def explain(ctx: click.Context, employee: str, period: str, version: str | None,
         # An id, a unique id prefix or a name, as promote, drop and diff take.
         schema = find_version(versions_of(connection), version).version if version else _promoted(connection)
         result = build_explanation(connection, schema, employee, period)
-    click.echo(result.to_json() if fmt == "json" else result.to_text())
+    click.echo(result.to_json() if fmt == "json" else _visible(result.to_text()))
 
 
 def _promoted(connection: Any) -> str:

@@ -87,7 +87,11 @@ def _timestamp(value: Any, field: str) -> int:
 def format_timestamp(epoch_ms: int) -> str:
     """ISO-8601 UTC text with milliseconds, the form every output uses."""
     moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    if moment.year < 1000:
+        # strftime's %Y writes year 999 as '999', which no parser takes as a timestamp.
+        text = f"{moment.year:04d}{text[text.index('-'):]}"
+    return text
 
 
 def is_unicode_text(value: str) -> bool:

@@ -238,7 +238,11 @@ def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
 class ProjectionDB:
     """A writer's handle on the projection database."""
 
-    def __init__(self, path: Path, wait_s: float = 30.0) -> None:
+    def __init__(self, path: Path, wait_s: float = 30.0, *, create: bool = True) -> None:
+        """With `create` False (work on versions that must exist: promote, drop, a period's
+        close), a database that does not exist is refused, not made anew at a mistyped path."""
+        if not create and not path.exists():
+            raise ProjectionError(f"{path}: no projection database yet (run `crm-ledger project`)")
         self.path = path
         self.wait_s = wait_s
         self._logs: dict[str, DecodedLog] = {}

@@ -166,7 +166,7 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
     app = open_ledger(settings)
     if app.reward_period(period) is not None:
         raise PeriodError(f"period {period} is already closed")
-    with ProjectionDB(settings.projections_db) as db:
+    with ProjectionDB(settings.projections_db, create=False) as db:
         version = _promoted_fresh(settings, app, db)
         scores = live_scores(db.connection, version, period)
         if not scores:
@@ -347,7 +347,7 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
         return planned_adjustments(period_status(settings, period, app))
     parse_period(period)
     if app.reward_period(period) is not None:
-        with ProjectionDB(settings.projections_db) as db:
+        with ProjectionDB(settings.projections_db, create=False) as db:
             _promoted_fresh(settings, app, db)
     adjustments = planned_adjustments(period_status(settings, period, app))
     if adjustments:
@@ -383,7 +383,7 @@ def drop_version(settings: Settings, reference: str) -> VersionInfo:
     """Drop a version (id, prefix or name) unless it is promoted or a reward period's
     statements name it: in the decoded logs, or in the ledger beyond them (a period closed
     since the last projection)."""
-    with ProjectionDB(settings.projections_db) as db:
+    with ProjectionDB(settings.projections_db, create=False) as db:
         target = db.find_version(reference)
         # The ledger is read (the caller made sure it exists): without it, a period closed
         # since the last projection could not be seen.

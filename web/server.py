@@ -21,6 +21,10 @@ def run_server(
     if not host.strip():
         # An empty address binds every interface, which nobody typing "" meant.
         raise WebError("--host is empty: give an address (127.0.0.1 for this machine, 0.0.0.0 for all)")
+    # An IPv6 address is bracketed in a URL ([::1]), and may be given so; bound without them.
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    shown = f"[{host}]" if ":" in host else host
     check_database(db)
     users = Users.load(users_file) if users_file is not None else None
     app = create_app(db, users)
@@ -32,9 +36,9 @@ def run_server(
         listening.bind((host, port))
     except OSError as error:
         listening.close()
-        raise WebError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+        raise WebError(f"cannot listen on {shown}:{port}: {error.strerror or error}") from None
     port = listening.getsockname()[1]
     who = f"users from {users_file}" if users_file else "no sign-in: every team is shown"
-    echo(f"serving {db} read-only on http://{host}:{port}/ ({who}); Ctrl-C stops")
+    echo(f"serving {db} read-only on http://{shown}:{port}/ ({who}); Ctrl-C stops")
     config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
     uvicorn.Server(config).run(sockets=[listening])

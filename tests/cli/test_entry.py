@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from crm_cli.__main__ import run
+from projections.store import ProjectionDB
 from tests.helpers import CLI
 
 
@@ -68,6 +70,32 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    process.stdout.read(100)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141, stderr
+    assert stderr == b""
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_reader_that_goes_away_from_one_large_write_ends_the_command_with_141(
+    tmp_path: Path, unbuffered: str
+) -> None:
+    """query writes its csv in one piece. Under PYTHONUNBUFFERED (python -u, as containers
+    often set) stdout wrote straight to the pipe: the write the reader cut short returned
+    fewer bytes, which Python's text layer dropped without an error, so `query ... | head`
+    ended 0, the rest of its output silently gone."""
+    db = tmp_path / "p.duckdb"
+    ProjectionDB(db).close()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env |= {"CRM_LEDGER_DB": str(db), **({"PYTHONUNBUFFERED": unbuffered} if unbuffered else {})}
+    process = subprocess.Popen(
+        [*CLI, "query", "SELECT * FROM range(300000)", "--format", "csv"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert process.stdout is not None
     process.stdout.read(100)

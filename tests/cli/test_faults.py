@@ -7,6 +7,7 @@ import resource
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
+from ledger.records import RecordParser
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB
 from tests.helpers import CLI, ledger_content, run_cli
@@ -175,6 +177,11 @@ def test_commands_that_read_the_ledger_refuse_a_store_that_does_not_exist(tmp_pa
         ["period", "adjust", "2025-01", "--dry-run"],
         ["goal", "close", "g1", "--outcome", "achieved"],
         ["goal", "revise", "g1", "--target", "1", "--agreed-by", "e1", "--reason", "r"],
+        # Its team's members must be in the ledger: an empty one made at a typo never has them.
+        [
+            *["goal", "set", "g1", "--team", "t1", "--kpi", "csat_pct", "--target", "80"],
+            *["--from", "2025-01", "--to", "2025-02", "--agreed-by", "e1", "--at", "2025-01-02"],
+        ],
         ["audit", "head"],
         # Those that append the ledger to the decoded log or publish it: an empty ledger made
         # at a typo would have been "projected" (or said to be another ledger than the log's).
@@ -187,6 +194,23 @@ def test_commands_that_read_the_ledger_refuse_a_store_that_does_not_exist(tmp_pa
         _one_line_error(run_cli(*args, env=env), "no such ledger store")
     assert not (tmp_path / "typo").exists()
     assert not (tmp_path / "p.duckdb").exists()
+
+
+def test_commands_on_versions_refuse_a_projection_database_that_does_not_exist(tmp_path: Path) -> None:
+    """A mistyped --db was made anew (folders and an empty database) by promote, drop, period
+    close and period adjust, which then said 'unknown version' or 'no version is promoted'."""
+    store = tmp_path / "l.sqlite"
+    app = LedgerApplication(Settings(store=str(store)).eventsourcing_env())
+    # January closed (adjust reads the projection for a closed period only), February not.
+    closed = {"type": "RewardPeriodClosed", "event_id": str(uuid.uuid4()), "occurred_at": "2025-02-01T00:00:00Z"}
+    closed |= {"period": "2025-01", "ledger_position": 0, "version": "v_x", "spec_name": "default"}
+    app.record([RecordParser(app.registry, allow_internal=True).parse(closed)], atomic=True)
+    app.close()
+    typo = tmp_path / "typo" / "p.duckdb"
+    env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(typo)}
+    for args in (["promote", "v_x"], ["drop", "v_x"], ["period", "close", "2025-02"], ["period", "adjust", "2025-01"]):
+        _one_line_error(run_cli(*args, env=env), f"{typo}: no projection database yet")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_a_rejects_file_that_cannot_be_written_stops_the_run_before_anything_lands(tmp_path: Path) -> None:
@@ -219,10 +243,14 @@ def test_number_options_refuse_nan_and_query_refuses_empty_sql(tmp_path: Path) -
     ProjectionDB(tmp_path / "p.duckdb").close()
     for args in (
         ["query", "SELECT 1", "--timeout", "nan"],
+        ["query", "SELECT 1", "--timeout", "1e300"],  # overflowed the wait's clock: a traceback
         ["diff", "a", "b", "--threshold", "nan"],
         ["generate", "--customers", "1", "--invalid-rate", "nan", "--out", str(tmp_path / "h.jsonl")],
         ["project", "--follow", "--refresh-interval", "nan"],
         ["query", "  "],
+        # An empty value (an unset shell variable) is not "no filter" nor "the promoted one".
+        ["goal", "list", "--team", ""],
+        ["explain", "--employee", "e1", "--period", "2025-01", "--version", " "],
         # Months are ASCII digits, as period commands take them (isdigit() took fullwidth ones).
         ["generate", "--customers", "1", "--start", "\uff12\uff10\uff12\uff15-\uff10\uff12", "--out", str(tmp_path / "g.jsonl")],
         ["explain", "--employee", "e1", "--period", "\uff12\uff10\uff12\uff15-\uff10\uff12"],
@@ -293,3 +321,37 @@ def test_messages_that_hold_data_are_not_read_as_markup(tmp_path: Path) -> None:
     done = run_cli("ingest", str(odd), env=env)
     assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
     _one_line_error(run_cli("goal", "close", "[/x]", "--outcome", "achieved", env=env), "[/x]")
+
+
+def test_an_out_path_that_is_blank_or_a_dash_makes_no_file_of_that_name(tmp_path: Path) -> None:
+    """`--out ""` (an unset shell variable) was 'Is a directory (.)' and `--out " "` wrote a
+    file named by a space; `--out -` wrote a file named '-' (stdout, as generate takes it);
+    the table format dropped --out and wrote nothing, with exit 0."""
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        # In a folder of its own, to see what lands there; this tree's code, wherever it runs.
+        root = str(Path(__file__).resolve().parents[2])
+        merged = {**os.environ, **env, "PYTHONPATH": root}
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=merged, cwd=folder, check=False)
+
+    for blank in ("", "  "):
+        for args in (
+            ["query", "SELECT 1", "--format", "csv", "--out", blank],
+            ["statement", "--employee", "e1", "--period", "2025-01", "--out", blank],
+            ["generate", "--customers", "1", "--out", blank],
+        ):
+            result = run(*args)
+            assert result.returncode == 2 and "Invalid value for '--out'" in result.stderr, (args, result.stderr)
+    dashed = run("query", "SELECT 42 AS answer", "--format", "csv", "--out", "-")
+    assert dashed.returncode == 0 and dashed.stdout == "answer\n42\n", (dashed.stdout, dashed.stderr)
+    for args in (
+        ["query", "SELECT 1", "--format", "parquet", "--out", "-"],
+        ["query", "SELECT 1", "--out", "table.txt"],
+    ):
+        result = run(*args)
+        assert result.returncode == 2 and "--out" in result.stderr and "Traceback" not in result.stderr, args
+    assert sorted(p.name for p in folder.iterdir()) == []

@@ -300,6 +300,10 @@ def test_goal_commands_set_revise_close_and_list(settings: Settings) -> None:
     assert "already set" in run_cli(*args, env=env, check=True).stdout
     bad = run_cli("goal", "set", "g2", *args[3:-2], "--at", "2025-12-01", "--kpi", "nope", env=env)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "unknown KPI" in bad.stderr
+    # A year before 1000 was written unpadded ('999-01-01...') and refused as no timestamp at all.
+    early = run_cli("goal", "set", "g2", *args[3:-2], "--at", "0999-01-01", env=env)
+    assert early.returncode == 1, early.stderr
+    assert "out of range (1900-01-01 to 2199-12-31): '0999-01-01T00:00:00.000Z'" in early.stderr, early.stderr
     # A target out of the KPI's range: one line naming the KPI, the value and the range.
     for kpi, target, words in (
         ("csat_pct", "101", "101 is outside the range of csat_pct (from 0 to 100)"),

@@ -290,6 +290,11 @@ def test_bad_input_is_refused_and_nothing_written(ledger: LedgerApplication, set
     assert (
         html.returncode == 0 and "<svg" in html.stdout and "http" not in html.stdout.replace("http-equiv", "")
     )
+    # '-' is stdout, as generate takes it (it was written to a file named '-').
+    employee = sorted(promoted_scores(settings))[0]
+    dashed = run_cli("statement", "--employee", employee, "--period", PERIOD, "--out", "-", env=env)
+    assert dashed.returncode == 0 and dashed.stdout.startswith(f"# Reward statement: {employee}")
+    assert not Path("-").exists()
     assert ledger.max_position() > before
 
 
@@ -317,3 +322,35 @@ def _rows(settings: Settings) -> int:
     from tests.helpers import stored_rows
 
     return stored_rows(Path(settings.store))
+
+
+def test_text_outputs_show_control_characters_in_data_as_escapes(settings: Settings, tmp_path: Path) -> None:
+    """Ids and names come from whoever fed the ledger: an escape sequence in one retitled or
+    cleared the terminal of whoever ran customer show, explain, diff, period status or adjust
+    (tables and goal lines already showed it as \\x1b)."""
+    evil = "emp-0001\x1b]0;pwned\x07"
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=60, employees=4, months=2, seed=31), handle)
+    text = history.read_text().replace('"emp-0001"', json.dumps(evil))
+    history.write_text(text.replace('"Customer 1"', json.dumps("Cust\x1b[2J")))
+    app = LedgerApplication(settings.eventsourcing_env())
+    ingest_records(app, read_file(history, RecordParser(app.registry)), RejectSink(None, echo=None))
+    project_promoted(settings, "ledger", None, follow=False)
+    close_period(settings, PERIOD)
+    spec = tmp_path / "caps.toml"
+    spec.write_text(DEFAULT_SPEC.read_text().replace("cap = 10\n", "cap = 1\n"))
+    new = replay(settings, spec, "ledger", name="caps")
+    with ProjectionDB(settings.projections_db) as db:
+        db.promote(db.find_version(new.version))
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    for args in (
+        ["customer", "show", "cust-000001"],
+        ["explain", "--employee", evil, "--period", PERIOD],
+        ["diff", "default", "caps", "--limit", "1"],
+        ["period", "status", PERIOD],
+        ["period", "adjust", PERIOD, "--dry-run"],
+    ):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "\x1b" not in result.stdout and "\\x1b" in result.stdout, (args, result.stdout)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
+import duckdb
 import pytest
 
+from tests.helpers import start_cli
 from web.charts import Series, Target, bar_chart, line_chart
 from web.errors import WebError
 from web.pages import id_fields, page_link, path_segment, statement_link
@@ -91,3 +94,26 @@ def test_an_id_that_is_a_dot_segment_is_linked_through_the_query_string() -> Non
     assert page_link("employee", "a/../b", period="2025-01") == "/employee/a%2F..%2Fb?period=2025-01"
     assert statement_link("a/../b", "2025-01") == "/employee/a%2F..%2Fb/statement/2025-01"
     assert id_fields("emp-1") == {}
+
+
+def test_serve_on_an_ipv6_address_announces_an_address_a_browser_takes(tmp_path: Path) -> None:
+    """`--host ::1` was announced as http://::1:PORT/ (no browser reads that), and the bracketed
+    form a URL takes, `--host [::1]`, was 'Name or service not known'."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    db = tmp_path / "p.duckdb"
+    duckdb.connect(str(db)).close()
+    for host in ("::1", "[::1]"):
+        server = start_cli("--db", str(db), "serve", "--host", host, "--port", "0")
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            assert re.search(r"on http://\[::1\]:[0-9]+/ ", line), (host, line, server.poll())
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
