@@ -9,7 +9,6 @@ the log is already ahead of the source (a replay, a second version), nothing is 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,7 +110,6 @@ class Projector:
                     if should_stop():
                         break
                     if prepared.size:
-                        opening = self._open_ahead(prepared.size)
                         try:
                             appender.commit(prepared)
                         except StaleBatchError:
@@ -119,9 +117,6 @@ class Projector:
                             # written twice): go on from where the log ends now.
                             overtaken = dirty = True
                             break
-                        finally:
-                            if opening is not None:
-                                opening.join()
                         stats.applied += prepared.size - prepared.dead_letters
                         stats.dead_letters += prepared.dead_letters
                         stats.batches += 1
@@ -154,20 +149,6 @@ class Projector:
                 on_refresh()
         stats.seconds = time.monotonic() - started
         return stats
-
-    def _open_ahead(self, batch_size: int) -> threading.Thread | None:
-        """Open the let-go database file on a thread while a small batch is committed to the log.
-
-        A refresh follows a small batch (the source is at or near its end). Opening the file
-        (its lock and catalog: 20-35 ms at 1M events) and the Delta commit both leave the
-        interpreter free, so they overlap instead of following each other in a follower's
-        round. A failure to open is left to the refresh, which opens the file and reports it.
-        """
-        if self.db.is_open or batch_size >= HOLD_FILE_BELOW:
-            return None
-        opening = threading.Thread(target=self.db.open_quietly, name="open-projection-db", daemon=True)
-        opening.start()
-        return opening
 
     def _timed_refresh(self, stats: ProjectStats) -> None:
         started = time.monotonic()

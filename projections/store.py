@@ -16,7 +16,6 @@ connection this module opens registers them, so the views over them resolve.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -257,16 +256,6 @@ class ProjectionDB:
             self._connection = connect(self.path, wait_s=max(self.wait_s, 3600.0))
             self._register_logs(self._connection)
         return self._connection
-
-    @property
-    def is_open(self) -> bool:
-        """Whether this handle holds the file now (`release` lets go of it)."""
-        return self._connection is not None
-
-    def open_quietly(self) -> None:
-        """Take the file ahead of its next use; a failure is left to that use to report."""
-        with contextlib.suppress(Exception):
-            self.connection  # noqa: B018 - opening is the point
 
     def log(self, source: str) -> DecodedLog:
         """The decoded log of a source (created empty when new)."""
