@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -63,20 +64,20 @@ def test_the_entry_point_runs_the_command_line(
     assert "Usage: crm-ledger" in capsys.readouterr().out
 
 
-def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
-    """`crm-ledger ... | head`: no error line (what the reader read is all it wanted), 141."""
-    process = subprocess.Popen(
-        [*CLI, "generate", "--customers", "3000", "--out", "-"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-    )
+def _read_a_little_and_go_away(command: list[str], **popen: Any) -> None:
+    """Run `command` as `... | head` would: read 100 bytes, close the pipe; the command ends
+    with 141 and no error line (what the reader read is all it wanted)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
     assert process.stdout is not None
     process.stdout.read(100)
     process.stdout.close()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 141, stderr
     assert stderr == b""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    _read_a_little_and_go_away([*CLI, "generate", "--customers", "3000", "--out", "-"], cwd=tmp_path)
 
 
 @pytest.mark.parametrize("unbuffered", ["", "1"])
@@ -91,15 +92,4 @@ def test_a_reader_that_goes_away_from_one_large_write_ends_the_command_with_141(
     ProjectionDB(db).close()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env |= {"CRM_LEDGER_DB": str(db), **({"PYTHONUNBUFFERED": unbuffered} if unbuffered else {})}
-    process = subprocess.Popen(
-        [*CLI, "query", "SELECT * FROM range(300000)", "--format", "csv"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    assert process.stdout is not None
-    process.stdout.read(100)
-    process.stdout.close()
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 141, stderr
-    assert stderr == b""
+    _read_a_little_and_go_away([*CLI, "query", "SELECT * FROM range(300000)", "--format", "csv"], env=env)
