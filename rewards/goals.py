@@ -152,6 +152,13 @@ def list_goals(db: Path, team_id: str | None = None) -> list[dict[str, Any]]:
     """Goals of the promoted version (`team_goal`), with the months met so far."""
     where = "WHERE g.team_id = ?" if team_id else ""
     with reader(db) as connection:
+        try:
+            promoted = connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
+        except duckdb.CatalogException:  # a database no version was ever built in
+            promoted = None
+        if promoted is None:
+            # The goal views are the promoted version's: without one, "no table team_goal".
+            raise CrmLedgerError("no version is promoted yet (run `crm-ledger project`)")
         return rows_as_dicts(
             connection.execute(
                 f"""SELECT g.goal_id, g.team_id, g.kpi, g.comparison, g.target, g.from_period, g.to_period,

@@ -369,3 +369,11 @@ def test_a_target_just_outside_its_range_is_shown_unrounded() -> None:
     for kpi, target, shown in (("csat_pct", 100.0000001, "100.0000001"), ("fcr_rate", 1 + 2**-52, repr(1 + 2**-52))):
         with pytest.raises(ValidationError, match=rf"^field 'target': {re.escape(shown)} is outside"):
             check_target(kpi, target)
+
+
+def test_goal_list_before_any_version_is_promoted_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "p.duckdb"
+    ProjectionDB(db).close()  # a database no version was built in yet
+    listed = run_cli("goal", "list", env={"CRM_LEDGER_DB": str(db)})
+    assert listed.returncode == 1, listed.stdout + listed.stderr
+    assert listed.stderr.strip() == "error: no version is promoted yet (run `crm-ledger project`)"
