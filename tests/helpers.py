@@ -60,6 +60,12 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, what: str =
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a running process has used so far (user and system, from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def kill_hard(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)

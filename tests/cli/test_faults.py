@@ -18,7 +18,7 @@ from ledger.application import LedgerApplication
 from ledger.records import RecordParser
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB
-from tests.helpers import CLI, ledger_content, run_cli
+from tests.helpers import CLI, cpu_seconds, ledger_content, run_cli, wait_for
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -86,7 +86,8 @@ def test_failing_sql_is_one_line(tmp_path: Path) -> None:
         running = subprocess.Popen(
             [*CLI, "query", slow], stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
         )
-        time.sleep(4)
+        # Starting takes well under a second of CPU; the query then burns it on every thread.
+        wait_for(lambda pid=running.pid: cpu_seconds(pid) >= 1.5, what="the query to run")
         running.send_signal(signal.SIGINT)
         if second_signal:
             running.send_signal(signal.SIGINT)
