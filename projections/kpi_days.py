@@ -136,8 +136,8 @@ def periods_select(days: str, touched: str) -> str:
     besides the KPI tables' columns. Each row is models.kpi_select's row of its group: a
     team's groups read all of the team's days of the period, an employee's groups their
     own; only the touched employees' groups are made (picked before aggregating: their
-    teammates' groups, made and dropped, cost ~10 ms a refresh at 1M events). The spec's thresholds are in the
-    days' counts already.
+    teammates' groups, made and dropped, cost ~10 ms a refresh at 1M events). The spec's
+    thresholds are in the days' counts already.
     """
     first_day = "CASE g.grain " + " ".join(f"WHEN '{g}' THEN {PERIOD_STARTS[g]}" for g in GRAINS) + " END"
     period = (
