@@ -37,6 +37,8 @@ _NAMESPACE = uuid.UUID("3f9a7b1c-2d4e-4a5b-8c6d-7e8f9a0b1c2d")
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 #: The keys an [[events]] table may have.
 _EVENT_KEYS = frozenset({"type", "when", "id", "occurred_at", "fields"})
+#: The keys a field's `{ column = ... }` table may have.
+_COLUMN_SPEC_KEYS = frozenset({"column", "map", "default"})
 
 
 
@@ -74,9 +76,17 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
         for key in ("id", "occurred_at"):
             if key not in event:
                 raise MappingError(f"{where}: {key}: is required")
+        # A list or number here would be rendered as its Python text: one id for every row.
+        if not isinstance(event["id"], str):
+            raise MappingError(f"{where}: id: must be a template (text such as \"ticket:{{Ticket ID}}\")")
+        if "when" in event and not isinstance(event["when"], str):
+            raise MappingError(f"{where}: when: must be a column name (text)")
         fields = event.get("fields", {})
         if not isinstance(fields, dict):
             raise MappingError(f"{where}: fields: must be a table")
+        for name, spec in fields.items():
+            if isinstance(spec, dict):
+                _check_column_spec(f"{where}: {name}", spec)
         for key, spec in {"id": event["id"], "occurred_at": event["occurred_at"], **fields}.items():
             rest = _PLACEHOLDER.sub("", spec) if isinstance(spec, str) else ""
             if "{" in rest or "}" in rest:
@@ -85,6 +95,18 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
             EventMapping(event["type"], event.get("when"), str(event["id"]), event["occurred_at"], fields)
         )
     return mappings
+
+
+def _check_column_spec(where: str, spec: Mapping[str, Any]) -> None:
+    # A misspelt `default` or `map` would otherwise be ignored and the cell passed on as it is.
+    unknown = sorted(set(spec) - _COLUMN_SPEC_KEYS)
+    if unknown:
+        known = ", ".join(sorted(_COLUMN_SPEC_KEYS))
+        raise MappingError(f"{where}: {unknown[0]}: unknown key (known: {known})")
+    if not isinstance(spec.get("column"), str):
+        raise MappingError(f"{where}: column: must be a column name (text)")
+    if "map" in spec and not isinstance(spec["map"], dict):
+        raise MappingError(f"{where}: map: must be a table of cell = value")
 
 
 def _render(spec: Any, row: Mapping[str, str]) -> Any:

@@ -253,6 +253,13 @@ def test_mapped_csv_contracts_and_installed_base(app: LedgerApplication, parser:
         (("{Ticket ID}", "{No Such Column}"), "column missing from the header"),
         (("{Ticket ID}", "{Ticket ID"), "unbalanced brace"),
         (('type = "', 'wehn = "x"\ntype = "'), "wehn: unknown key"),
+        (('type = "', 'when = ["Group"]\ntype = "'), "when: must be a column name"),
+        (('id = "helpdesk:agent:{Assignee ID}"', 'id = ["helpdesk:agent:{Assignee ID}"]'), "id: must be a template"),
+        (('default = "unknown"', 'defualt = "unknown"'), "region: defualt: unknown key"),
+        (('column = "Region"', 'colum = "Region"'), "region: colum: unknown key"),
+        (('column = "Region"', 'column = ["Region"]'), "region: column: must be a column name"),
+        (('map = { Gold', 'mapp = { Gold'), "segment: mapp: unknown key"),
+        (('map = { Gold = "enterprise", Silver = "smb", "" = "consumer" }', 'map = "Gold"'), "segment: map: must be a table"),
     ],
 )
 def test_a_mapping_mistake_refuses_the_file_before_any_row(
