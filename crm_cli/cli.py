@@ -112,6 +112,12 @@ def _refuse_own_file(path: Path | None, option: str) -> None:
         raise CrmLedgerError(f"{path}: {option} would overwrite the ledger's own files; name another")
 
 
+def _refuse_missing_folder(path: Path) -> None:
+    """Refuse an output whose folder does not exist: a mistyped folder is not made anew."""
+    if not path.parent.is_dir():
+        raise CrmLedgerError(f"{path}: no folder {path.parent} to write it in")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--store", help="Event store: a SQLite file path or a postgresql:// URL. [env CRM_LEDGER_STORE]"
@@ -435,7 +441,6 @@ def generate(
     if str(out_path) == "-":
         count = write_history(config, sys.stdout)
     else:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         with replaced_whole(out_path) as partial, partial.open("w", encoding="utf-8") as handle:
             count = write_history(config, handle)
     err.print(f"generated {count} records into {out_path}")
@@ -534,6 +539,9 @@ def _ingest_files(
             raise CrmLedgerError(f"{path}: not a regular file (a pipe or device cannot be read twice)")
     rejects_file = rejects or settings.rejects_file
     _refuse_own_file(rejects_file, "--rejects")
+    if rejects is not None:
+        # Only the default file's folder (.crm-ledger) is made when it is missing.
+        _refuse_missing_folder(rejects)
     if rejects_file.exists() and any(rejects_file.samefile(path) for path in paths):
         # Its own rejects would be read back as records, and the file would grow without end.
         raise CrmLedgerError(f"{rejects_file}: the rejects file is one of the input files; name another")
@@ -1637,6 +1645,8 @@ def export(ctx: click.Context, folder: Path) -> None:
     from projections.readonly import export_parquet
 
     _refuse_own_file(folder, "--parquet")
+    # The folder itself may be new, but not the folders it would be in.
+    _refuse_missing_folder(folder)
     for path in export_parquet(_settings(ctx).projections_db, folder):
         click.echo(f"wrote {path}")
 

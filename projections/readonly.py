@@ -184,7 +184,7 @@ def export_parquet(path: Path, folder: Path) -> Iterator[Path]:
     with reader(path) as connection:
         if not any(v.promoted for v in versions_of(connection)):
             raise ProjectionError(f"{path}: no version promoted yet (run `crm-ledger project` or `promote`)")
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
         existing = {
             r[0]
             for r in connection.execute(

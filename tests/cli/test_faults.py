@@ -356,3 +356,18 @@ def test_an_out_path_that_is_blank_or_a_dash_makes_no_file_of_that_name(tmp_path
         result = run(*args)
         assert result.returncode == 2 and "--out" in result.stderr and "Traceback" not in result.stderr, args
     assert sorted(p.name for p in folder.iterdir()) == []
+
+
+def test_an_output_in_a_folder_that_does_not_exist_is_refused_not_made(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    history = tmp_path / "h.jsonl"
+    history.write_text("")
+    missing = tmp_path / "typo"
+    for args in (
+        ["generate", "--customers", "1", "--out", str(missing / "h.jsonl")],
+        ["ingest", str(history), "--rejects", str(missing / "r.jsonl")],
+        ["export", "--parquet", str(missing / "parquet")],
+    ):
+        _one_line_error(run_cli(*args, env=env), f"no folder {missing}")
+        assert not missing.exists(), args
+    assert not (tmp_path / "l.sqlite").exists()
