@@ -167,6 +167,27 @@ def is_lock_error(error: Exception) -> bool:
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
 
 
+#: Where a DuckDB database file says what it is.
+_DUCKDB_MAGIC = (8, b"DUCK")
+
+
+def _refuse_other_file(path: Path) -> None:
+    """Refuse a file that is not a DuckDB database: DuckDB opens a JSON, CSV or Parquet file
+    given as one as an empty in-memory database, so a build into it would vanish unseen."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_DUCKDB_MAGIC[0] + len(_DUCKDB_MAGIC[1]))
+    except (FileNotFoundError, IsADirectoryError):
+        return  # made by DuckDB, or refused by it in its own words
+    except OSError:
+        return  # unreadable: DuckDB's own error names the permission problem
+    if head and head[_DUCKDB_MAGIC[0] :] != _DUCKDB_MAGIC[1]:
+        raise ProjectionError(
+            f"projection database {path} is not a DuckDB database file: name the right one "
+            "with --db or CRM_LEDGER_DB (or move this one away and run `crm-ledger project` to rebuild it)"
+        )
+
+
 def connect(path: Path, *, read_only: bool = False, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
     """Open the projection database, waiting up to `wait_s` while another process writes it.
 
@@ -175,6 +196,7 @@ def connect(path: Path, *, read_only: bool = False, wait_s: float = 30.0) -> duc
     """
     if read_only and not path.exists():
         raise ProjectionError(f"{path}: no projection database yet (run `crm-ledger project`)")
+    _refuse_other_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     while True:

@@ -371,3 +371,17 @@ def test_an_output_in_a_folder_that_does_not_exist_is_refused_not_made(tmp_path:
         _one_line_error(run_cli(*args, env=env), f"no folder {missing}")
         assert not missing.exists(), args
     assert not (tmp_path / "l.sqlite").exists()
+
+
+def test_a_projection_database_that_is_a_data_file_is_refused_not_read_as_one(tmp_path: Path) -> None:
+    # DuckDB opens a JSON, CSV or Parquet file given as a database as an empty in-memory
+    # one: `project` would report a build that vanished, read-only commands a permission problem.
+    env = _env(tmp_path)
+    history = tmp_path / "h.jsonl"
+    history.write_text(_history(tmp_path).read_text().splitlines()[0] + "\n")
+    run_cli("ingest", str(history), env=env, check=True)
+    before = history.read_bytes()
+    env["CRM_LEDGER_DB"] = str(history)
+    for args in (["project"], ["versions"]):
+        _one_line_error(run_cli(*args, env=env), f"{history}", "not a DuckDB database")
+    assert history.read_bytes() == before
