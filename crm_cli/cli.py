@@ -324,7 +324,8 @@ def schemas() -> None:
 _schema_dir_option = click.option(
     "--dir",
     "folder",
-    type=click.Path(path_type=Path, file_okay=False),
+    # A mistyped folder is refused, not checked as an empty one.
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
     help="Schema folder (default: the package's schemas/).",
 )

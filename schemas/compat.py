@@ -61,7 +61,7 @@ def check_folder(folder: Path) -> list[Problem]:
     try:
         files = schema_files(folder)
     except SchemaError as error:
-        return [Problem(str(folder), str(error))]
+        return [Problem(str(folder), str(error).removeprefix(f"{folder}: "))]
     parsed: dict[str, dict[int, tuple[Path, dict[str, Any], Any]]] = {}
     for event_type, version, path in files:
         try:

@@ -58,6 +58,9 @@ def schema_files(folder: Path) -> list[tuple[str, int, Path]]:
         if match is None:
             raise SchemaError(f"{path.name}: schema files must be named <Type>.v<N>.avsc")
         found.append((match["type"], int(match["version"]), path))
+    if not found:
+        # The wrong folder: checking nothing would pass, and locking it write an empty lock.
+        raise SchemaError(f"{folder}: no schema files (<Type>.v<N>.avsc) in it")
     return found
 
 

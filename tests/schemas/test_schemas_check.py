@@ -99,3 +99,13 @@ def test_the_declarations_drive_the_ledger() -> None:
     assert KEY_FIELDS == ("customer_id", "employee_id", "article_id", "period", "team_id")
     assert {"RewardPeriodClosed", "RewardStatementIssued", "RewardAdjustmentIssued"} == INTERNAL_TYPES
     assert ("CaseResolved", "customer_id") in ENRICHED_FIELDS
+
+
+def test_a_schema_folder_that_is_missing_or_holds_no_schema_is_refused(tmp_path: Path) -> None:
+    # A mistyped --dir used to pass `check` ("all versions compatible") and be `lock`ed empty.
+    assert main(["schemas", "check", "--dir", str(tmp_path / "typo")]) == 2
+    assert main(["schemas", "lock", "--dir", str(tmp_path / "typo")]) == 2
+    assert [p.message for p in check_folder(tmp_path)] == ["no schema files (<Type>.v<N>.avsc) in it"]
+    assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
+    assert main(["schemas", "lock", "--dir", str(tmp_path)]) == 1
+    assert list(tmp_path.iterdir()) == []
