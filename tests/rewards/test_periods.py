@@ -140,6 +140,7 @@ def test_period_status_and_a_dry_run_read_the_projection_and_never_write_it(
         customer_id="cust-000001",
     )
     (tmp_path / "late.jsonl").write_text(json.dumps(late) + "\n")
+    (tmp_path / "elsewhere").mkdir()  # an output's folder must exist: a mistyped one is refused
     rejects = str(tmp_path / "elsewhere" / "rejects.jsonl")
     run_cli("ingest", str(tmp_path / "late.jsonl"), "--rejects", rejects, env=env, check=True)
     with duckdb.connect(str(settings.projections_db), read_only=True) as con:
