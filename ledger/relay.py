@@ -334,8 +334,9 @@ class Relay:
                 )
                 nid = outgoing.notification_id
                 # A checkpoint is due at every `every`-th id and after a period close only.
-                if checkpoints and (nid // every > previous // every or outgoing.event_type == _CLOSE):
-                    self._checkpoints(producer, outgoing, previous, chain)
+                cadence, closed = nid // every > previous // every, outgoing.event_type == _CLOSE
+                if checkpoints and (cadence or closed):
+                    self._checkpoints(producer, outgoing, chain, cadence=cadence, closed=closed)
                 previous = nid
             producer.commit_transaction(self.config.broker_timeout_s)
         except KafkaException as error:
@@ -353,8 +354,11 @@ class Relay:
             raise
         return RelayPosition(notifications[-1].notification_id, chain)
 
-    def _checkpoints(self, producer: Producer, outgoing: Outgoing, previous: int, chain: bytes) -> None:
-        """Queue the checkpoints due after `outgoing` (inside the open transaction).
+    def _checkpoints(
+        self, producer: Producer, outgoing: Outgoing, chain: bytes, *, cadence: bool, closed: bool
+    ) -> None:
+        """Queue the checkpoints due after `outgoing` (inside the open transaction): the
+        cadence's when it crossed a multiple of `checkpoint_every`, the period's when it closed one.
 
         Only a period close is decoded in full (for the head it recorded); every other
         message is forwarded without decoding.
@@ -362,12 +366,11 @@ class Relay:
         topic = self.config.checkpoints_topic
         if not topic:
             return
-        nid = outgoing.notification_id
         every = self.config.checkpoint_every
         due = []
-        if nid // every > previous // every:
-            due.append(Checkpoint(nid, chain.hex(), now_ms(), CADENCE, every=every))
-        if outgoing.event_type == _CLOSE:
+        if cadence:
+            due.append(Checkpoint(outgoing.notification_id, chain.hex(), now_ms(), CADENCE, every=every))
+        if closed:
             _, record = self.codec.decode(outgoing.state)
             if record.get("chain_head"):
                 due.append(
