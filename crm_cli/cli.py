@@ -1365,7 +1365,7 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     _refuse_own_file(out, "--out")
     result = build_statement(_open_ledger(_existing_store(ctx)), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
-    if out is None or _to_stdout(out):
+    if out is None or _to_stdout(out):  # (None narrowed for the writer below)
         click.echo(text, nl=False)
     else:
         with replaced_whole(out) as partial:

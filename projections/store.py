@@ -188,14 +188,20 @@ def _refuse_other_file(path: Path) -> None:
         )
 
 
+def _refuse_missing(path: Path) -> None:
+    """Refuse a projection database that does not exist (a mistyped path is not made anew)."""
+    if not path.exists():
+        raise ProjectionError(f"{path}: no projection database yet (run `crm-ledger project`)")
+
+
 def connect(path: Path, *, read_only: bool = False, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
     """Open the projection database, waiting up to `wait_s` while another process writes it.
 
     DuckDB allows one writing process per file. A following projector releases the file
     whenever it is idle, so short commands (promote, query, period close) get their turn.
     """
-    if read_only and not path.exists():
-        raise ProjectionError(f"{path}: no projection database yet (run `crm-ledger project`)")
+    if read_only:
+        _refuse_missing(path)
     _refuse_other_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
@@ -262,8 +268,8 @@ class ProjectionDB:
     def __init__(self, path: Path, wait_s: float = 30.0, *, create: bool = True) -> None:
         """With `create` False (work on versions that must exist: promote, drop, a period's
         close), a database that does not exist is refused, not made anew at a mistyped path."""
-        if not create and not path.exists():
-            raise ProjectionError(f"{path}: no projection database yet (run `crm-ledger project`)")
+        if not create:
+            _refuse_missing(path)
         self.path = path
         self.wait_s = wait_s
         self._logs: dict[str, DecodedLog] = {}

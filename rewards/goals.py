@@ -25,7 +25,7 @@ from ledger.connect import open_ledger
 from ledger.records import RecordParser, format_timestamp
 from projections.readonly import reader
 from projections.spec import DEFAULT_SPEC, load_spec, parse_spec
-from projections.store import rows_as_dicts
+from projections.store import rows_as_dicts, versions_of
 
 _NAMESPACE = uuid.UUID("2b6f3a0e-7c1d-4e8a-9f35-5d0c8e1b7a42")
 
@@ -152,11 +152,7 @@ def list_goals(db: Path, team_id: str | None = None) -> list[dict[str, Any]]:
     """Goals of the promoted version (`team_goal`), with the months met so far."""
     where = "WHERE g.team_id = ?" if team_id else ""
     with reader(db) as connection:
-        try:
-            promoted = connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
-        except duckdb.CatalogException:  # a database no version was ever built in
-            promoted = None
-        if promoted is None:
+        if not any(v.promoted for v in versions_of(connection)):
             # The goal views are the promoted version's: without one, "no table team_goal".
             raise CrmLedgerError("no version is promoted yet (run `crm-ledger project`)")
         return rows_as_dicts(
