@@ -256,9 +256,9 @@ class Case(LedgerAggregate):
         case's latest resolver by then, else its owner by then.
 
         Within one run facts are applied in time order, so this is the state the answer meets;
-        across runs it is the same answer, whatever was recorded about the case since. (A step
-        at the answer's very instant counts as before it: one run applies such ties in input
-        order, which a later run cannot know.)
+        across runs it is the same answer, whatever was recorded about the case since. A step
+        at the answer's very instant counts as before it, in one run too: there an answer
+        comes after the other facts of its instant (`ledger.ordering.RATES_THE_INSTANT`).
         """
         return _latest(self.resolvers, occurred_at) or _latest(self.owners, occurred_at)
 

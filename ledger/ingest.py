@@ -32,7 +32,7 @@ from ledger.inputs import (
     readable_start,
 )
 from ledger.json_items import json_items
-from ledger.ordering import in_time_order
+from ledger.ordering import in_time_order, order_key
 from ledger.prepared import Prepared
 from ledger.records import Fact, RecordParser, is_unicode_text
 from ledger.vault import PERSONAL_FIELDS
@@ -92,8 +92,9 @@ class SourceRecord:
 
     @property
     def sort_time(self) -> int | None:
-        """When the fact happened (None for rejects): the order facts are applied in."""
-        return self.fact.occurred_at if self.fact is not None else None
+        """Where the fact goes in its run (`ordering.order_key`; None for rejects)."""
+        fact = self.fact
+        return order_key(fact.event_type, fact.occurred_at) if fact is not None else None
 
     def as_source(self) -> SourceRecord:
         """This record (see `PendingRecord.as_source`)."""

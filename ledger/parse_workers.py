@@ -40,6 +40,7 @@ from ledger.ingest import (
     parse_json_line,
 )
 from ledger.inputs import input_damage, open_input
+from ledger.ordering import order_key
 from ledger.prepared import Preparer
 from ledger.records import RecordParser
 from schemas.codec import AvroCodec
@@ -48,10 +49,10 @@ from schemas.codec import AvroCodec
 BLOCK_BYTES = 512 * 1024
 IN_FLIGHT_PER_WORKER = 4
 
-#: Per line of a block, in order: (occurred_at, size, line, pickle of (event type, event id,
-#: occurred_at, fields, prepared message)) of a fact, which the main process unpickles only
-#: when it judges the fact (`PendingRecord`); (None, size, shown, error class, field, reason)
-#: of a reject; and (lines, size) for each run of blank lines.
+#: Per line of a block, in order: (sort time (`ordering.order_key`), size, line, pickle of
+#: (event type, event id, occurred_at, fields, prepared message)) of a fact, which the main
+#: process unpickles only when it judges the fact (`PendingRecord`); (None, size, shown,
+#: error class, field, reason) of a reject; and (lines, size) for each run of blank lines.
 Parsed = tuple[Any, ...]
 #: (number of the block's first line, its whole lines, the number and size of an over-long
 #: line right after them or None): what the main process reads (`_blocks`).
@@ -89,7 +90,8 @@ def _parse_block(sent: tuple[int, bytes]) -> list[Parsed]:
         if record is not None and record.fact is not None:
             fact = record.fact
             packed = (fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact))
-            out.append((fact.occurred_at, size, data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)))
+            key = order_key(fact.event_type, fact.occurred_at)
+            out.append((key, size, data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)))
         elif record is not None and record.error is not None:
             error = record.error
             out.append((None, size, record.raw, type(error), error.field, error.reason))

@@ -15,7 +15,7 @@ from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.ingest import IngestSummary, RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
-from tests.factory import basics, rec
+from tests.factory import basics, chat, rec
 from tests.helpers import ledger_content, run_cli
 
 
@@ -426,3 +426,51 @@ def test_a_survey_dated_before_its_case_opened_is_refused_in_any_run(tmp_path: P
     finally:
         one_run.close()
         split.close()
+
+
+def _ratings_at_the_instant_of_what_they_rate() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Facts and the ratings dated at their very instant: (facts, ratings)."""
+    setup = basics("2025-12-01T00:00:00Z")
+    escalated_at, recorded_at, joined_at = "2026-01-06T09:00:00Z", "2026-01-07T09:00:00Z", "2026-01-08T09:00:00Z"
+    call = chat(recorded_at)
+    facts = [
+        rec("CaseOpened", "2026-01-04T00:00:00Z", case_id="k1", customer_id="c1", kind="complaint", severity="low", channel="phone"),
+        rec("CaseAccepted", "2026-01-04T00:10:00Z", case_id="k1", employee_id="e1"),
+        rec("CaseEscalated", escalated_at, case_id="k1", employee_id="e1", level=2, to_employee_id="e3", reason="expert"),
+        call,
+        rec("EmployeeJoined", joined_at, employee_id="e4", team_id="t2", role="agent"),
+    ]
+    ratings = [
+        rec("SurveyAnswered", escalated_at, customer_id="c1", case_id="k1", csat=2),
+        rec("SurveyAnswered", recorded_at, customer_id="c1", interaction_id=call["event_id"], csat=5),
+        rec("ComplimentReceived", joined_at, customer_id="c1", employee_id="e4", channel="email"),
+    ]
+    return setup + facts, ratings
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "aggregates"])
+def test_a_rating_at_the_instant_of_what_it_rates_is_judged_after_it_whatever_the_line_order(
+    tmp_path: Path, bulk: bool
+) -> None:
+    facts, ratings = _ratings_at_the_instant_of_what_they_rate()
+    contents = []
+    for name, lines in [("facts-first", facts + ratings), ("ratings-first", ratings + facts)]:
+        app = _fresh(tmp_path, name)
+        _ingest_with(app, [_write(tmp_path / f"{name}.jsonl", lines)], bulk=bulk)  # no rejects
+        contents.append(ledger_content(app))
+        # The escalation made e3 the case's owner at the answer's instant; e1 took the call.
+        assert sorted(_surveyed(app)) == sorted(
+            [(ratings[0]["event_id"], "e3"), (ratings[1]["event_id"], "e1")]
+        )
+        app.close()
+    assert contents[0] == contents[1]
+    # A later run meets the same state: the facts' run first, the ratings' after it.
+    split = _fresh(tmp_path, "split")
+    _ingest_with(split, [_write(tmp_path / "facts.jsonl", facts)], bulk=bulk)
+    _ingest_with(split, [_write(tmp_path / "ratings.jsonl", ratings)], bulk=bulk)
+    assert sorted(_surveyed(split)) == sorted(_surveyed_of(contents[0]))
+    split.close()
+
+
+def _surveyed_of(content: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str | None]]:
+    return [(r["event_id"], r.get("employee_id")) for t, r in content if t == "SurveyAnswered"]
