@@ -6,7 +6,9 @@ follows only strings and brackets, and the item is then parsed on its own: a bad
 rejected alone, and the file is never held in memory whole (a multi-GB array is one line).
 Only a break in the structure itself (a file that ends inside an item or before its array
 is closed, text after the array) ends the reading: the items before it are kept and the
-rest is one rejected record.
+rest is one rejected record. A comma out of place in an array (`[,{..}]`, `[{..},,{..}]`,
+`[{..},]`) is not JSON either: it is one reject where it stands, and the items around it
+are read.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, NamedTuple
 
 from ledger.errors import ValidationError
 from ledger.inputs import input_damage
@@ -90,7 +92,7 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
         pass
     if buffer.data.startswith(_BOM):
         buffer.drop(len(_BOM))
-    position = _skip(buffer, 0)
+    position = _skip(buffer, 0).end
     if position is None:
         return  # empty or white space only
     in_array = buffer.data[position : position + 1] == b"["
@@ -98,17 +100,26 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
         position += 1
     index = 0
     while True:
-        position = _skip(buffer, position)
+        gap = _skip(buffer, position)
+        position = gap.end
         if position is None:
             # A damaged stream ends early: its own reject says so, once.
             if in_array and input_damage(handle) is None:
                 yield _broken(name, index, "the file ends before the array is closed (cut short?)")
             return
         if in_array and buffer.data[position : position + 1] == b"]":
-            rest = _skip(buffer, position + 1)
+            if gap.commas:
+                yield _broken(name, index, "a comma before the array's closing ] (not JSON)")
+            rest = _skip(buffer, position + 1).end
             if rest is not None:
                 yield _broken(name, index, "text after the array's closing ]")
             return
+        holes = gap.commas - (1 if index else 0)
+        if in_array and holes > 0:
+            # Each comma beyond the one between items holds an empty item, as a lenient reader
+            # counts them, so the items after keep the index that reader gives them.
+            yield _empty_items(name, index, holes)
+            index += holes
         location = f"{name}[{index}]" if in_array else f"{name}:{buffer.line_of(position)}"
         extent = _item_end(buffer, position, max_record_bytes)
         if extent.end is None:
@@ -132,16 +143,36 @@ def _broken(name: str, index: int, reason: str) -> JsonItem:
     return JsonItem(f"{name}[{index}]", None, 0, ValidationError("(file)", reason))
 
 
-def _skip(buffer: _Buffer, position: int) -> int | None:
-    """The position of the next thing after separators, or None at the end of the file."""
+def _empty_items(name: str, index: int, count: int) -> JsonItem:
+    """The reject for `count` empty items from `index` on (`[,{..}]`, `[{..},,{..}]`)."""
+    what = "an empty item" if count == 1 else f"{count} empty items"
+    reason = f"{what}: a comma with no value before it (not JSON)"
+    return JsonItem(f"{name}[{index}]", None, 0, ValidationError("(record)", reason))
+
+
+# A tuple, not a dataclass: one is made per item on the bulk path, and a tuple is cheaper.
+class _Gap(NamedTuple):
+    """Where the separators after an item end (None: at the end of the file), and how many
+    commas they hold (an array wants one between items, none after `[` or before `]`)."""
+
+    end: int | None
+    commas: int
+
+
+def _skip(buffer: _Buffer, position: int) -> _Gap:
+    """The position of the next thing after separators, and the commas passed on the way."""
+    commas = 0
     while True:
+        start = position
         position = _matched_end(_BETWEEN, buffer.data, position)
+        # Counted per gap, not per byte: a well-formed gap is a few bytes (", " or ",\n  ").
+        commas += buffer.data.count(b",", start, position)
         if position < len(buffer.data):
-            return position
+            return _Gap(position, commas)
         buffer.drop(position)  # only separators so far: a file of white space costs no memory
         position = 0
         if not buffer.more():
-            return None
+            return _Gap(None, commas)
 
 
 @dataclass(frozen=True)

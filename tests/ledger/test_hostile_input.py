@@ -153,3 +153,24 @@ def test_hostile_file_through_the_cli(tmp_path: Path) -> None:
         refused = run_cli("ingest", str(path), env={**env, "CRM_LEDGER_MAX_RECORD_BYTES": value})
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, (value, refused.stderr)
         assert f"CRM_LEDGER_MAX_RECORD_BYTES={value!r} is not valid" in refused.stderr, refused.stderr
+
+
+def test_commas_out_of_place_in_a_json_array_are_rejects_through_the_cli(tmp_path: Path) -> None:
+    items = [json.dumps(r) for r in basics()]
+    path = tmp_path / "commas.json"
+    path.write_text("[," + ",,".join(items) + ",]")
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    rejects = tmp_path / "rejects.jsonl"
+    result = run_cli("ingest", str(path), "--rejects", str(rejects), env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    # An empty item before each record (the leading comma, then each doubled one), the record at
+    # the odd index after it, and the trailing comma after the last.
+    empty = len(items)
+    assert result.stdout.strip().endswith(f"accepted {len(items)}, duplicates skipped 0, rejected {empty + 1}, conflicts 0")
+    located = [(e["record"], e["field"]) for e in map(json.loads, rejects.read_text().splitlines())]
+    assert located == [
+        *[(f"commas.json[{2 * n}]", "(record)") for n in range(empty)],
+        (f"commas.json[{2 * len(items)}]", "(file)"),
+    ]
+    again = run_cli("ingest", str(path), "--rejects", str(rejects), env=env)
+    assert again.stdout.strip().endswith(f"accepted 0, duplicates skipped {len(items)}, rejected {empty + 1}, conflicts 0")
