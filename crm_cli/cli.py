@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -506,6 +506,20 @@ def _total_input(paths: list[Path]) -> int | None:
     return None if None in sizes else sum(size for size in sizes if size is not None)
 
 
+_NO_RECORD = object()
+
+
+def _noting_an_empty_input(path: Path, records: Iterable[Any], empty: list[Path]) -> Iterator[Any]:
+    """The records of `path`, as they come; `path` is added to `empty` when it held none."""
+    remaining = iter(records)
+    first = next(remaining, _NO_RECORD)
+    if first is _NO_RECORD:
+        empty.append(path)
+        return
+    yield first
+    yield from remaining  # delegated: on the bulk path, no Python step here per record
+
+
 def _ingest_files(
     settings: Settings,
     files: Any,
@@ -550,13 +564,19 @@ def _ingest_files(
         app = _open_ledger(settings, spec_components(settings.projections_db))
         app.max_event_bytes = limit
         parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
-        records = itertools.chain.from_iterable(read(path, parser, limit) for path in paths)
+        empty: list[Path] = []
+        records = itertools.chain.from_iterable(
+            _noting_an_empty_input(path, read(path, parser, limit), empty) for path in paths
+        )
         name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
         with progress_bar(f"ingest {name}", _total_input(paths)) as reporter:
             total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
     finally:
         sink.close()
     click.echo(total.line())
+    for path in empty:
+        # Not an error (an export can be empty), but a wrong file given by mistake looks so too.
+        click.echo(f"{path}: held no records (is it the file you meant?)", err=True)
     if total.refused:
         click.echo(f"rejects written to {rejects_file}", err=True)
         raise SystemExit(1)
