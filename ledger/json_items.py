@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import IO, NamedTuple
 
 from ledger.errors import ValidationError
-from ledger.inputs import input_damage
+from ledger.inputs import UTF8_BOM, input_damage
 
 #: Read this much at a time.
 CHUNK_BYTES = 1 << 20
-_BOM = b"\xef\xbb\xbf"
 #: What moves the scanner: a string's opening quote or a bracket.
 _NEXT = re.compile(rb'["\[\]{}]')
 #: A string's characters up to its closing quote or the buffer's end (escapes skipped whole).
@@ -88,10 +87,10 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
     with no text and an error, and the reading goes on after it.
     """
     buffer = _Buffer(handle)
-    while len(buffer.data) < len(_BOM) and buffer.more():
+    while len(buffer.data) < len(UTF8_BOM) and buffer.more():
         pass
-    if buffer.data.startswith(_BOM):
-        buffer.drop(len(_BOM))
+    if buffer.data.startswith(UTF8_BOM):
+        buffer.drop(len(UTF8_BOM))
     position = _skip(buffer, 0).end
     if position is None:
         return  # empty or white space only
