@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,7 +28,7 @@ from rich.text import Text
 from crm_cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TRANSIENT
 from crm_cli.runtime import graceful_stop, silence_stdout
 from crm_ledger.errors import CrmLedgerError, TransientError
-from crm_ledger.outputs import replaced_whole
+from crm_ledger.outputs import refuse_missing_folder, replaced_whole
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import MAX_WAIT_S, RECORD_BYTES_RANGE, Settings
 from ledger.records import is_unicode_text
@@ -110,12 +110,6 @@ def _refuse_own_file(path: Path | None, option: str) -> None:
     """Refuse an output path that is one of the files the ledger or its read models live in."""
     if path is not None and str(path) != "-" and _settings(click.get_current_context()).holds(path):
         raise CrmLedgerError(f"{path}: {option} would overwrite the ledger's own files; name another")
-
-
-def _refuse_missing_folder(path: Path) -> None:
-    """Refuse an output whose folder does not exist: a mistyped folder is not made anew."""
-    if not path.parent.is_dir():
-        raise CrmLedgerError(f"{path}: no folder {path.parent} to write it in")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -512,6 +506,20 @@ def _total_input(paths: list[Path]) -> int | None:
     return None if None in sizes else sum(size for size in sizes if size is not None)
 
 
+_NO_RECORD = object()
+
+
+def _noting_an_empty_input(path: Path, records: Iterable[Any], empty: list[Path]) -> Iterator[Any]:
+    """The records of `path`, as they come; `path` is added to `empty` when it held none."""
+    remaining = iter(records)
+    first = next(remaining, _NO_RECORD)
+    if first is _NO_RECORD:
+        empty.append(path)
+        return
+    yield first
+    yield from remaining  # delegated: on the bulk path, no Python step here per record
+
+
 def _ingest_files(
     settings: Settings,
     files: Any,
@@ -542,7 +550,7 @@ def _ingest_files(
     _refuse_own_file(rejects_file, "--rejects")
     if rejects is not None:
         # Only the default file's folder (.crm-ledger) is made when it is missing.
-        _refuse_missing_folder(rejects)
+        refuse_missing_folder(rejects)
     if rejects_file.exists() and any(rejects_file.samefile(path) for path in paths):
         # Its own rejects would be read back as records, and the file would grow without end.
         raise CrmLedgerError(f"{rejects_file}: the rejects file is one of the input files; name another")
@@ -551,17 +559,24 @@ def _ingest_files(
     limit = max_record_bytes or settings.max_record_bytes
     sink = RejectSink(rejects_file)
     sink.open()
-    app = _open_ledger(settings, spec_components(settings.projections_db))
-    app.max_event_bytes = limit
-    parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
-    records = itertools.chain.from_iterable(read(path, parser, limit) for path in paths)
-    name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
     try:
+        # Inside the try: a store that is refused (a mistyped folder) leaves no empty rejects file.
+        app = _open_ledger(settings, spec_components(settings.projections_db))
+        app.max_event_bytes = limit
+        parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
+        empty: list[Path] = []
+        records = itertools.chain.from_iterable(
+            _noting_an_empty_input(path, read(path, parser, limit), empty) for path in paths
+        )
+        name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
         with progress_bar(f"ingest {name}", _total_input(paths)) as reporter:
             total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
     finally:
         sink.close()
     click.echo(total.line())
+    for path in empty:
+        # Not an error (an export can be empty), but a wrong file given by mistake looks so too.
+        click.echo(f"{path}: held no records (is it the file you meant?)", err=True)
     if total.refused:
         click.echo(f"rejects written to {rejects_file}", err=True)
         raise SystemExit(1)
@@ -1647,7 +1662,7 @@ def export(ctx: click.Context, folder: Path) -> None:
 
     _refuse_own_file(folder, "--parquet")
     # The folder itself may be new, but not the folders it would be in.
-    _refuse_missing_folder(folder)
+    refuse_missing_folder(folder)
     for path in export_parquet(_settings(ctx).projections_db, folder):
         click.echo(f"wrote {path}")
 

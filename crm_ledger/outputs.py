@@ -15,6 +15,12 @@ from pathlib import Path
 from crm_ledger.errors import CrmLedgerError
 
 
+def refuse_missing_folder(path: Path) -> None:
+    """Refuse a file to be written whose folder does not exist: a mistyped folder is not made anew."""
+    if not path.parent.is_dir():
+        raise CrmLedgerError(f"{path}: no folder {path.parent} to write it in")
+
+
 @contextlib.contextmanager
 def replaced_whole(target: Path) -> Iterator[Path]:
     """A path to write instead of `target`; it becomes `target` when the block ends without error.
@@ -25,8 +31,7 @@ def replaced_whole(target: Path) -> Iterator[Path]:
     if target.exists() and not target.is_file():
         yield target
         return
-    if not target.parent.is_dir():
-        raise CrmLedgerError(f"{target}: no folder {target.parent} to write it in")
+    refuse_missing_folder(target)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         yield partial

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import ParseResult, unquote, urlparse
 
 from crm_ledger.errors import ConfigurationError
+from crm_ledger.outputs import refuse_missing_folder
 
 ENV_PREFIX = "CRM_LEDGER_"
 EVENTS_TOPIC = "crm.ledger.events"
@@ -56,11 +57,15 @@ def log_root(projections_db: Path) -> Path:
     return projections_db.parent / f"{projections_db.stem}.log"
 
 
+#: The event store when none is given: its folder is the one made on first use.
+DEFAULT_STORE = ".crm-ledger/ledger.sqlite"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the ledger, the projections and the broker are."""
 
-    store: str = ".crm-ledger/ledger.sqlite"
+    store: str = DEFAULT_STORE
     projections_db: Path = Path(".crm-ledger/projections.duckdb")
     bootstrap: str = "127.0.0.1:9092"
     events_topic: str = EVENTS_TOPIC
@@ -154,7 +159,7 @@ class Settings:
         """
         keys = {}
         if self.key_store is not None:
-            keys["KEY_STORE"] = str(self.key_store)  # its folder is made with it (ledger.vault)
+            keys["KEY_STORE"] = str(self.key_store)  # made with it, in a folder that exists (ledger.vault)
         if self.store.startswith(POSTGRES_SCHEMES):
             url, port = self._postgres_url()
             return keys | {
@@ -168,7 +173,12 @@ class Settings:
                 "POSTGRES_CONNECT_TIMEOUT": str(math.ceil(self.store_timeout_s)),
             }
         path = Path(self.store)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.store == DEFAULT_STORE:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            # A store given by name is made only in a folder that exists: a mistyped folder
+            # would otherwise hold a new, empty ledger that the next run does not find.
+            refuse_missing_folder(path)
         return keys | {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(path),

@@ -25,6 +25,7 @@ from ledger.bulk import BulkWriter
 from ledger.domain import EVENT_OWNERS
 from ledger.errors import ValidationError
 from ledger.inputs import (
+    UTF8_BOM,
     data_suffix,
     input_damage,
     input_size,
@@ -58,7 +59,6 @@ SORT_RUN_SIZE = 200_000
 #: `BulkWriter.expect_large_run`) while it reads on; a smaller run's batches are written by
 #: the writing thread (starting a process costs ~1 s of CPU).
 WRITE_PROCESS_RECORDS = 10_000
-_BOM = b"\xef\xbb\xbf"
 _csv_limit_raised = False
 
 
@@ -238,8 +238,8 @@ def _lines(handle: IO[bytes], limit: int) -> Iterator[_Line]:
         if not data or (not data.endswith(b"\n") and input_damage(handle) is not None):
             return  # a line the damage cut short: the damage's own reject stands for it
         number += 1
-        if number == 1 and data.startswith(_BOM):
-            data = data[len(_BOM) :]
+        if number == 1 and data.startswith(UTF8_BOM):
+            data = data[len(UTF8_BOM) :]
         if len(data) <= limit or data.endswith(b"\n"):
             yield _Line(number, data, len(data))
             continue
@@ -723,7 +723,7 @@ def read_file(
 
 def _holds_an_array(start: bytes) -> bool:
     """Whether a .json file starting with `start` is one JSON array (else it is JSON lines)."""
-    return start.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"[")
+    return start.removeprefix(UTF8_BOM).lstrip(b" \t\r\n").startswith(b"[")
 
 
 def read_json_array(

@@ -27,6 +27,8 @@ from typing import IO
 
 from ledger.errors import ValidationError
 
+#: A UTF-8 byte-order mark: accepted at a file's start, and dropped before its first record.
+UTF8_BOM = b"\xef\xbb\xbf"
 #: The compression each name ending stands for.
 _COMPRESSIONS = {".zip": "zip", ".gz": "gzip", ".gzip": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 #: Decompressed bytes asked for per read.
@@ -54,7 +56,19 @@ def _zip_member(archive: zipfile.ZipFile, path: Path) -> zipfile.ZipInfo:
 
 
 def input_size(path: Path) -> int | None:
-    """The bytes a reader of `path` will see (for progress), or None when the format does not say.
+    """The bytes a reader of `path` will count (for progress), or None when the format does not say.
+
+    A UTF-8 byte-order mark is left out: the readers drop it before their first record, so
+    a total that held it ended the bar short of 100%.
+    """
+    size = _data_size(path)
+    if size is not None and leading_bytes(path, len(UTF8_BOM)) == UTF8_BOM:
+        return size - len(UTF8_BOM)
+    return size
+
+
+def _data_size(path: Path) -> int | None:
+    """The bytes of data in `path` (decompressed), or None when the format does not say.
 
     A zip records its member's size; gzip records the size modulo 4 GiB, so the smallest
     value at least as large as the compressed file is taken (text compresses, it never grows).

@@ -6,7 +6,9 @@ follows only strings and brackets, and the item is then parsed on its own: a bad
 rejected alone, and the file is never held in memory whole (a multi-GB array is one line).
 Only a break in the structure itself (a file that ends inside an item or before its array
 is closed, text after the array) ends the reading: the items before it are kept and the
-rest is one rejected record.
+rest is one rejected record. A comma out of place in an array (`[,{..}]`, `[{..},,{..}]`,
+`[{..},]`) is not JSON either: it is one reject where it stands, and the items around it
+are read.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from dataclasses import dataclass
 from typing import IO
 
 from ledger.errors import ValidationError
-from ledger.inputs import input_damage
+from ledger.inputs import UTF8_BOM, input_damage
 
 #: Read this much at a time.
 CHUNK_BYTES = 1 << 20
-_BOM = b"\xef\xbb\xbf"
 #: What moves the scanner: a string's opening quote or a bracket.
 _NEXT = re.compile(rb'["\[\]{}]')
 #: A string's characters up to its closing quote or the buffer's end (escapes skipped whole).
 _STRING_PART = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.S)
 #: What separates items: white space, and commas in an array.
 _BETWEEN = re.compile(rb"[ \t\r\n,]*")
+#: The usual gap before an item, in one match: white space with at most one comma (group 1),
+#: then the item's first byte.
+_USUAL_GAP = re.compile(rb"[ \t\r\n]*(?:(,)[ \t\r\n]*)?(?=[^ \t\r\n,\]])")
 #: A bare value at the top (a number, true, false, null, or garbage) up to the next separator.
 _BARE = re.compile(rb'[^ \t\r\n,\[\]{}"]*')
 
@@ -86,11 +90,11 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
     with no text and an error, and the reading goes on after it.
     """
     buffer = _Buffer(handle)
-    while len(buffer.data) < len(_BOM) and buffer.more():
+    while len(buffer.data) < len(UTF8_BOM) and buffer.more():
         pass
-    if buffer.data.startswith(_BOM):
-        buffer.drop(len(_BOM))
-    position = _skip(buffer, 0)
+    if buffer.data.startswith(UTF8_BOM):
+        buffer.drop(len(UTF8_BOM))
+    position = _skip(buffer, 0)[0]
     if position is None:
         return  # empty or white space only
     in_array = buffer.data[position : position + 1] == b"["
@@ -98,17 +102,25 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
         position += 1
     index = 0
     while True:
-        position = _skip(buffer, position)
+        position, commas = _skip(buffer, position)
         if position is None:
             # A damaged stream ends early: its own reject says so, once.
             if in_array and input_damage(handle) is None:
                 yield _broken(name, index, "the file ends before the array is closed (cut short?)")
             return
         if in_array and buffer.data[position : position + 1] == b"]":
-            rest = _skip(buffer, position + 1)
+            if commas:
+                yield _broken(name, index, "a comma before the array's closing ] (not JSON)")
+            rest = _skip(buffer, position + 1)[0]
             if rest is not None:
                 yield _broken(name, index, "text after the array's closing ]")
             return
+        holes = commas - (1 if index else 0)
+        if in_array and holes > 0:
+            # Each comma beyond the one between items holds an empty item, as a lenient reader
+            # counts them, so the items after keep the index that reader gives them.
+            yield _empty_items(name, index, holes)
+            index += holes
         location = f"{name}[{index}]" if in_array else f"{name}:{buffer.line_of(position)}"
         extent = _item_end(buffer, position, max_record_bytes)
         if extent.end is None:
@@ -132,16 +144,31 @@ def _broken(name: str, index: int, reason: str) -> JsonItem:
     return JsonItem(f"{name}[{index}]", None, 0, ValidationError("(file)", reason))
 
 
-def _skip(buffer: _Buffer, position: int) -> int | None:
-    """The position of the next thing after separators, or None at the end of the file."""
+def _empty_items(name: str, index: int, count: int) -> JsonItem:
+    """The reject for `count` empty items from `index` on (`[,{..}]`, `[{..},,{..}]`)."""
+    what = "an empty item" if count == 1 else f"{count} empty items"
+    reason = f"{what}: a comma with no value before it (not JSON)"
+    return JsonItem(f"{name}[{index}]", None, 0, ValidationError("(record)", reason))
+
+
+def _skip(buffer: _Buffer, position: int) -> tuple[int | None, int]:
+    """The position of the next thing after separators (None at the end of the file), and
+    the commas passed on the way (an array wants one between items, none after `[` or
+    before `]`). A plain tuple: one is made per item on the bulk path, and it is the cheapest."""
+    usual = _USUAL_GAP.match(buffer.data, position)
+    if usual:
+        # The usual gap in one C call: counting commas costs well-formed input next to nothing.
+        return usual.end(), 1 if usual.lastindex else 0
+    commas = 0
     while True:
-        position = _matched_end(_BETWEEN, buffer.data, position)
-        if position < len(buffer.data):
-            return position
-        buffer.drop(position)  # only separators so far: a file of white space costs no memory
+        end = _matched_end(_BETWEEN, buffer.data, position)
+        commas += buffer.data.count(b",", position, end)
+        if end < len(buffer.data):
+            return end, commas
+        buffer.drop(end)  # only separators so far: a file of white space costs no memory
         position = 0
         if not buffer.more():
-            return None
+            return None, commas
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ from typing import IO, Any, TypeVar
 
 from ledger.errors import ValidationError
 from ledger.ingest import (
-    _BOM,
     AnyRecord,
     PendingRecord,
     SourceRecord,
@@ -39,7 +38,7 @@ from ledger.ingest import (
     is_blank,
     parse_json_line,
 )
-from ledger.inputs import input_damage, open_input
+from ledger.inputs import UTF8_BOM, input_damage, open_input
 from ledger.ordering import order_key
 from ledger.prepared import Preparer
 from ledger.records import RecordParser
@@ -112,8 +111,8 @@ def _blocks(handle: IO[bytes], limit: int) -> Iterator[Block]:
     """
     number = 1
     pending = handle.read(BLOCK_BYTES)
-    if pending.startswith(_BOM):
-        pending = pending[len(_BOM) :]
+    if pending.startswith(UTF8_BOM):
+        pending = pending[len(UTF8_BOM) :]
     while True:
         cut = pending.rfind(b"\n") + 1
         if cut:

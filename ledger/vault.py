@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 
+from crm_ledger.outputs import refuse_missing_folder
 from ledger.errors import KeyStoreError
 from schemas.metadata import shipped
 
@@ -51,7 +52,7 @@ class PersonalDataVault:
         if key_store:
             _refuse_keys_left_in(recorder, key_store)
             _refuse_a_missing_key_store(recorder, key_store)
-            Path(key_store).parent.mkdir(parents=True, exist_ok=True)
+            refuse_missing_folder(Path(key_store))
             self._datastore: Any = SQLiteDatastore(key_store, lock_timeout=30)
             self._sqlite = True
         else:

@@ -373,6 +373,38 @@ def test_an_output_in_a_folder_that_does_not_exist_is_refused_not_made(tmp_path:
     assert not (tmp_path / "l.sqlite").exists()
 
 
+def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_made(tmp_path: Path) -> None:
+    """A mistyped --store or --key-store folder made a new, empty ledger or key file there;
+    only the default store's folder (.crm-ledger) is made on first use."""
+    root = Path(__file__).resolve().parents[2]
+    history = tmp_path / "h.jsonl"
+    history.write_text("")
+    missing = tmp_path / "typo" / "sub"
+    mapping = ["--mapping", str(root / "examples/helpdesk-mapping.toml")]
+    writers = (
+        ["ingest", str(history)],
+        ["import", "cfpb", str(root / "tests/data/cfpb_current.csv")],
+        ["import", "csv", str(root / "examples/helpdesk-tickets.csv"), *mapping],
+    )
+    for args in writers:
+        _one_line_error(run_cli("--store", str(missing / "ledger.sqlite"), *args, env=_env(tmp_path)), f"no folder {missing}")
+        typo_env = {**_env(tmp_path), "CRM_LEDGER_STORE": str(missing / "ledger.sqlite")}
+        _one_line_error(run_cli(*args, env=typo_env), f"no folder {missing}")
+        _one_line_error(run_cli("--key-store", str(missing / "keys.sqlite"), *args, env=_env(tmp_path)), f"no folder {missing}")
+        assert not (tmp_path / "typo").exists(), args
+    # A store named in a folder that exists is made, and so is the default store's folder.
+    assert run_cli("--store", str(tmp_path / "new.sqlite"), "ingest", str(history), env=_env(tmp_path)).returncode == 0
+    assert (tmp_path / "new.sqlite").is_file()
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    default_env = {k: v for k, v in os.environ.items() if k not in ("CRM_LEDGER_STORE", "CRM_LEDGER_DB")}
+    made = subprocess.run(
+        [*CLI, "ingest", str(history)], capture_output=True, text=True, env={**default_env, "PYTHONPATH": str(root)}, cwd=folder, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    assert (folder / ".crm-ledger" / "ledger.sqlite").is_file()
+
+
 def test_a_projection_database_that_is_a_data_file_is_refused_not_read_as_one(tmp_path: Path) -> None:
     # DuckDB opens a JSON, CSV or Parquet file given as a database as an empty in-memory
     # one: `project` would report a build that vanished, read-only commands a permission problem.

@@ -153,3 +153,48 @@ def test_hostile_file_through_the_cli(tmp_path: Path) -> None:
         refused = run_cli("ingest", str(path), env={**env, "CRM_LEDGER_MAX_RECORD_BYTES": value})
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, (value, refused.stderr)
         assert f"CRM_LEDGER_MAX_RECORD_BYTES={value!r} is not valid" in refused.stderr, refused.stderr
+
+
+def test_commas_out_of_place_in_a_json_array_are_rejects_through_the_cli(tmp_path: Path) -> None:
+    items = [json.dumps(r) for r in basics()]
+    path = tmp_path / "commas.json"
+    path.write_text("[," + ",,".join(items) + ",]")
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    rejects = tmp_path / "rejects.jsonl"
+    result = run_cli("ingest", str(path), "--rejects", str(rejects), env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    # An empty item before each record (the leading comma, then each doubled one), the record at
+    # the odd index after it, and the trailing comma after the last.
+    empty = len(items)
+    assert result.stdout.strip().endswith(f"accepted {len(items)}, duplicates skipped 0, rejected {empty + 1}, conflicts 0")
+    located = [(e["record"], e["field"]) for e in map(json.loads, rejects.read_text().splitlines())]
+    assert located == [
+        *[(f"commas.json[{2 * n}]", "(record)") for n in range(empty)],
+        (f"commas.json[{2 * len(items)}]", "(file)"),
+    ]
+    again = run_cli("ingest", str(path), "--rejects", str(rejects), env=env)
+    assert again.stdout.strip().endswith(f"accepted 0, duplicates skipped {len(items)}, rejected {empty + 1}, conflicts 0")
+
+
+def test_an_input_without_records_is_named_on_stderr_and_still_succeeds(tmp_path: Path) -> None:
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    history = tmp_path / "h.jsonl"
+    history.write_text("".join(json.dumps(r) + "\n" for r in basics()))
+    alone = run_cli("ingest", str(history), env=env)
+    assert alone.returncode == 0 and "no records" not in alone.stderr, alone.stderr
+    empties = {"empty.jsonl": "", "header.csv": "type,event_id,occurred_at\n", "none.json": " [ ]\n"}
+    for name, text in empties.items():
+        (tmp_path / name).write_text(text)
+        result = run_cli("ingest", str(tmp_path / name), env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("accepted 0, duplicates skipped 0, rejected 0, conflicts 0")
+        assert result.stderr.splitlines()[-1] == f"{tmp_path / name}: held no records (is it the file you meant?)"
+    # Beside a file with records: only the empty one is named, and stdout is as without it.
+    together = run_cli("ingest", str(tmp_path / "empty.jsonl"), str(history), env=env)
+    assert together.returncode == 0
+    assert together.stdout.strip().splitlines()[-1] == alone.stdout.strip().splitlines()[-1].replace(
+        f"accepted {len(basics())}, duplicates skipped 0", f"accepted 0, duplicates skipped {len(basics())}"
+    )
+    assert [line for line in together.stderr.splitlines() if "no records" in line] == [
+        f"{tmp_path / 'empty.jsonl'}: held no records (is it the file you meant?)"
+    ]

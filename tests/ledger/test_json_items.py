@@ -54,6 +54,25 @@ def test_a_broken_structure_keeps_what_came_before(data: bytes, reason: str) -> 
     assert broken.text is None and broken.error is not None and reason in broken.error.reason
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'[{"a": 1},]', [("f.json[0]", '{"a": 1}'), ("f.json[1]", "a comma before the array's closing ]")]),
+        (b'[{"a": 1}, ,\n ,{"a": 2}]', [("f.json[0]", '{"a": 1}'), ("f.json[1]", "2 empty items"), ("f.json[3]", '{"a": 2}')]),
+        (b'[,{"a": 1}, {"a": 2}]', [("f.json[0]", "an empty item"), ("f.json[1]", '{"a": 1}'), ("f.json[2]", '{"a": 2}')]),
+        (b"[,]", [("f.json[0]", "a comma before the array's closing ]")]),
+    ],
+)
+def test_a_comma_out_of_place_in_an_array_is_a_reject_and_the_items_around_it_are_read(
+    data: bytes, expected: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(json_items_module, "CHUNK_BYTES", 3)  # commas split across reads are counted
+    items = _items(data)
+    shown = [(i.location, i.text.decode() if i.text is not None else i.error.reason) for i in items]
+    assert [location for location, _ in shown] == [location for location, _ in expected]
+    assert all(part in text for (_, text), (_, part) in zip(shown, expected, strict=True)), shown
+
+
 def test_an_empty_file_has_no_items() -> None:
     assert _items(b"") == [] and _items(b" \n") == [] and _items(b"[]") == []
 

@@ -108,6 +108,7 @@ def test_separate_key_store_beside_postgresql(
 
     url = create_database(postgres_server, f"ledger_{uuid.uuid4().hex[:12]}")
     key_file = tmp_path / "keys" / "customer-keys.sqlite"
+    key_file.parent.mkdir()  # a key store's folder is not made with it (a typo would be)
     settings = Settings(store=url, projections_db=tmp_path / "p.duckdb", key_store=key_file)
     app = LedgerApplication(settings.eventsourcing_env())
     _register_customers(app, tmp_path)
@@ -140,6 +141,7 @@ def test_a_key_store_is_refused_once_the_event_store_holds_keys(settings: Settin
 def test_a_mistyped_key_store_beside_a_ledger_with_events_is_refused(tmp_path: Path) -> None:
     """Made anew, it would show every customer as unreadable and keep new keys astray."""
     key_file = tmp_path / "keys" / "customer-keys.sqlite"
+    key_file.parent.mkdir()  # a key store's folder is not made with it (a typo would be)
     settings = Settings(store=str(tmp_path / "l.sqlite"), projections_db=tmp_path / "p.duckdb", key_store=key_file)
     app = LedgerApplication(settings.eventsourcing_env())
     _register_customers(app, tmp_path)
