@@ -95,6 +95,12 @@ def relation_name(source: str) -> str:
     return "crm_log_" + re.sub(r"[^A-Za-z0-9]+", "_", source).strip("_").lower()
 
 
+def failed_reading_log(error: BaseException) -> bool:
+    """Whether a DuckDB error is a log's relation failing to be read (a data file of the log
+    missing or damaged), not a fault of the query or of the database."""
+    return "registered as 'crm_log_" in str(error)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One committed version of the log and the stream positions it holds."""

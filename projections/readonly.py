@@ -25,7 +25,7 @@ from crm_ledger.errors import CrmLedgerError
 from crm_ledger.outputs import replaced_whole
 from crm_ledger.settings import log_root
 from projections.errors import ProjectionError, QueryRefusedError, QueryStoppedError
-from projections.log import DecodedLog, log_slug, register_logs
+from projections.log import DecodedLog, failed_reading_log, log_slug, register_logs
 from projections.models import STABLE_VIEWS
 from projections.store import VersionInfo, connect, versions_of
 
@@ -62,7 +62,7 @@ def within(connection: duckdb.DuckDBPyConnection, work: Callable[[], T], timeout
         _stop(connection, done)
         raise QueryStoppedError(f"query stopped after {timeout_s:g} s (raise it with --timeout)")
     error = outcome.get("error")
-    if isinstance(error, duckdb.Error):
+    if isinstance(error, duckdb.Error) and not failed_reading_log(error):
         raise QueryRefusedError(f"query failed: {str(error).splitlines()[0]}") from error
     if isinstance(error, BaseException):
         raise error

@@ -131,6 +131,26 @@ def test_a_decoded_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
     assert run_cli("project", env=env).returncode == 0
 
 
+def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the_source(tmp_path: Path) -> None:
+    history = _history(tmp_path)
+    env = _env(tmp_path)
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    counted = run_cli("query", "SELECT count(*) FROM ledger_events", "--format", "csv", env=env, check=True).stdout
+    (data,) = (tmp_path / "p.log" / "ledger").glob("*.parquet")
+    whole = data.read_bytes()
+    # Truncated (met by Arrow, and by DuckDB scanning the log), then gone.
+    data.write_bytes(whole[:1000])
+    for args in (["project"], ["query", "SELECT count(*) FROM ledger_events"], ["audit", "verify"]):
+        _one_line_error(run_cli(*args, env=env), "decoded log", "is damaged", "--from-source")
+    data.unlink()
+    for args in (["project"], ["query", "SELECT 1"]):
+        _one_line_error(run_cli(*args, env=env), "decoded log", "is damaged", str(data.name))
+    run_cli("replay", "--metrics", str(DEFAULT_SPEC), "--from-source", env=env, check=True)
+    again = run_cli("query", "SELECT count(*) FROM ledger_events", "--format", "csv", env=env, check=True).stdout
+    assert again == counted
+
+
 def test_an_argument_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 (a file name from another system) reach Python as lone
     surrogates, which no store or encoder takes: refused before any command runs."""
