@@ -140,6 +140,8 @@ def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
     spec_name = data.get("name", "unnamed")
     if not isinstance(spec_name, str) or not spec_name.strip():
         raise fail(None, "name", "must be non-empty text")
+    if not spec_name.isprintable():
+        raise fail(None, "name", f"{spec_name!r} holds control characters: give a printable name")
 
     kpis = dict(KPI_DEFAULTS)
     for key, value in (data.get("kpis") or {}).items():

@@ -256,6 +256,7 @@ def test_replay_killed_and_resumed_equals_uninterrupted(settings: Settings, tmp_
         (DEFAULT_TEXT.replace("weight = 0.05", "weight = 0.5"), "weights must sum to 1"),
         (DEFAULT_TEXT.replace("cap = 3", "cap = 0"), ":46: components.compliments.cap"),
         (DEFAULT_TEXT + "\n[broken\n", "invalid TOML"),
+        (DEFAULT_TEXT.replace('name = "default"', 'name = "de\\u001b[2Jfault"'), "name: 'de\\x1b[2Jfault' holds control"),
         # Numbers the scores' SQL cannot hold, and more components than it can nest.
         (DEFAULT_TEXT.replace("prior_strength = 20", "prior_strength = nan", 1), "prior_strength: must be a number"),
         (DEFAULT_TEXT.replace("prior_strength = 20", "prior_strength = inf", 1), "prior_strength: must be a number"),
@@ -306,6 +307,25 @@ def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: 
     current = next(v["version"] for v in json.loads(promoted.stdout) if v["promoted"])
     refused = run_cli("drop", current, env=env)
     assert refused.returncode == 1 and "is promoted" in refused.stderr
+
+
+def test_version_names_are_given_printable_and_shown_escaped(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """A name with an escape sequence reached the terminal as a command ("\\x1b[2J" cleared it)."""
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    spec = str(strict_csat(tmp_path))
+    for name, why in (("", "is empty"), ("  ", "is empty"), ("a\x1b[2Jb", "control characters"), ("a\nb", "control")):
+        refused = run_cli("replay", "--metrics", spec, "--name", name, env=env)
+        assert refused.returncode == 2 and why in refused.stderr and "\x1b" not in refused.stderr, (name, refused)
+    with ProjectionDB(settings.projections_db) as db:
+        assert [v.name for v in db.versions()] == ["default"]
+    # A name planted in the database (a copy from elsewhere) is shown, not obeyed.
+    with duckdb.connect(str(settings.projections_db)) as connection:
+        connection.execute("UPDATE main.crm_versions SET name = 'x' || chr(27) || '[2J'")
+    for args in (["promote", "x\x1b[2J"], ["promote", "nope"], ["project"]):
+        shown = run_cli(*args, env=env)
+        assert "\x1b" not in shown.stdout + shown.stderr and "x\\x1b[2J" in shown.stdout + shown.stderr, shown
 
 
 def test_versions_and_diff_read_without_writing(
