@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,12 @@ def test_replay_killed_and_resumed_equals_uninterrupted(settings: Settings, tmp_
         (DEFAULT_TEXT.replace("weight = 0.05", "weight = 0.5"), "weights must sum to 1"),
         (DEFAULT_TEXT.replace("cap = 3", "cap = 0"), ":46: components.compliments.cap"),
         (DEFAULT_TEXT + "\n[broken\n", "invalid TOML"),
+        # Values of the wrong type: each one line naming the key (a list or text was a traceback).
+        (re.sub(r"\n\[kpis\]\n[^[]*", '\nkpis = "strict"\n\n', DEFAULT_TEXT), ":7: kpis: must be a table"),
+        (re.sub(r"\n\[kpis\]\n[^[]*", "\nkpis = []\n\n", DEFAULT_TEXT), ":7: kpis: must be a table"),
+        (DEFAULT_TEXT.replace('kind = "bayesian"', 'kind = ["bayesian"]'), ":13: components.csat.kind: must be one of"),
+        (DEFAULT_TEXT.replace('kpi = "csat"', 'kpi = ["csat"]'), ":14: components.csat.kpi: unknown KPI"),
+        (DEFAULT_TEXT.replace("description = ", "description = 3 #"), ":5: description: must be text"),
         (DEFAULT_TEXT.replace('name = "default"', 'name = "de\\u001b[2Jfault"'), "name: 'de\\x1b[2Jfault' holds control"),
         # Numbers the scores' SQL cannot hold, and more components than it can nest.
         (DEFAULT_TEXT.replace("prior_strength = 20", "prior_strength = nan", 1), "prior_strength: must be a number"),
