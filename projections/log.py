@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -269,7 +270,7 @@ class DecodedLog:
         if "deletionVectors" in (table.protocol().writer_features or []):
             return table.to_pyarrow_dataset()
         if after is None:
-            return ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet")
+            return ds.dataset(_data_files(table), schema=LOG_SCHEMA, format="parquet")
         known = dict(after)
         return ds.dataset(
             _files_where(table, lambda f: not _read_before(f, known)), schema=LOG_SCHEMA, format="parquet"
@@ -280,9 +281,15 @@ class DecodedLog:
         return Snapshot(version, self.positions(streams, version))
 
 
+def _data_files(table: DeltaTable) -> list[str]:
+    """The snapshot's data files as paths Arrow opens: delta-rs gives a local table's files
+    percent-encoded (a folder "my logs" as "my%20logs"), which Arrow looked for as they are."""
+    return [uri if "://" in uri else unquote(uri) for uri in table.file_uris()]
+
+
 def _files_where(table: DeltaTable, keep: Callable[[Mapping[str, Any]], bool]) -> list[str]:
     """The snapshot's file URIs whose add action (path and column statistics) `keep` accepts."""
-    uris = table.file_uris()
+    uris = _data_files(table)
     by_name = {uri.rsplit("/", 1)[-1]: uri for uri in uris}
     kept = []
     actions = pa.table(table.get_add_actions(flatten=True))

@@ -178,6 +178,23 @@ def test_a_log_is_never_continued_from_another_ledger(tmp_path: Path) -> None:
     assert counted.stdout.split() == ["n", str(len(ids))]
 
 
+def test_a_log_in_a_folder_whose_name_has_spaces_or_accents_is_read(tmp_path: Path) -> None:
+    """delta-rs names a local table's files percent-encoded ("my%20data"): Arrow looked for them
+    as they were written, so every project and query in such a folder failed."""
+    app = _ledger(tmp_path)
+    log = DecodedLog(tmp_path / "my data ü" / "log")
+    _append(log, app, batches=2)
+    _append(DecodedLog(tmp_path / "my data ü" / "log"), app)  # resumes from the heads it reads back
+    notifications = [n.id for n in app.read_notifications(1, 1_000_000)]
+    ids = log.dataset().to_table(columns=["notification_id"]).column(0).to_pylist()
+    assert sorted(ids) == notifications
+    assert log.dataset(after={"ledger": notifications[-1]}).count_rows() == 0
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "my data ü" / "p q.duckdb")}
+    run_cli("project", env=env, check=True)
+    counted = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=env, check=True)
+    assert counted.stdout.split() == ["n", str(len(notifications))]
+
+
 def test_the_heads_an_appender_committed_are_the_ones_the_log_holds(tmp_path: Path) -> None:
     """An appender's next run starts from the positions it committed, kept at hand while the log
     is still at the version its commit made: the same offset, chain and message that a reader
