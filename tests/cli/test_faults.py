@@ -151,6 +151,17 @@ def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the
     assert again == counted
 
 
+def test_a_projection_database_named_like_its_own_log_folder_is_refused(tmp_path: Path) -> None:
+    """`--db x.log`: the decoded log of x.log is the folder x.log, the database file itself;
+    `project` made the database, then failed on "Not a directory"."""
+    store = str(tmp_path / "l.sqlite")
+    for db in (str(tmp_path / "x.log"), "", str(tmp_path / "..")):
+        _one_line_error(run_cli("--db", db, "project", env={"CRM_LEDGER_STORE": store}), "projection database")
+    named = {"CRM_LEDGER_STORE": store, "CRM_LEDGER_DB": str(tmp_path / "x.log")}
+    _one_line_error(run_cli("query", "SELECT 1", env=named), "x.log beside it")
+    assert not (tmp_path / "x.log").exists()
+
+
 def test_an_argument_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 (a file name from another system) reach Python as lone
     surrogates, which no store or encoder takes: refused before any command runs."""
