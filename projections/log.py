@@ -39,7 +39,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from crm_ledger.errors import CrmLedgerError
 from projections.columns import LOG_SCHEMA
-from projections.errors import StaleBatchError
+from projections.errors import LogMismatchError, StaleBatchError
 from projections.sources import LEDGER_STREAM, Position
 
 if TYPE_CHECKING:
@@ -182,7 +182,13 @@ class DecodedLog:
             filter=(ds.field("stream") == stream) & (ds.field("position") == position),
         )
         if rows.num_rows == 0:
-            return Position(stream, position)
+            # Every committed ledger position is a row of the same commit: its rows were taken out
+            # of the log's commits, and reading on would chain the next events from nothing.
+            raise LogMismatchError(
+                f"the decoded log holds the ledger up to notification {position} by its commits, but "
+                "no event there: its files were altered; rebuild it from the ledger: "
+                "crm-ledger replay --from-source"
+            )
         return Position(stream, position, str(rows.column(0)[0].as_py()), rows.column(1)[0].as_py())
 
     def append(

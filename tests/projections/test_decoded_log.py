@@ -17,7 +17,7 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.append import LogAppender
 from projections.engine import Projector
-from projections.errors import StaleBatchError
+from projections.errors import LogMismatchError, StaleBatchError
 from projections.log import DecodedLog, register_log
 from projections.sources import LedgerSource, Position, RawBatch
 from projections.spec import DEFAULT_SPEC, load_spec
@@ -193,6 +193,17 @@ def test_a_log_in_a_folder_whose_name_has_spaces_or_accents_is_read(tmp_path: Pa
     run_cli("project", env=env, check=True)
     counted = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=env, check=True)
     assert counted.stdout.split() == ["n", str(len(notifications))]
+
+
+def test_a_log_whose_last_rows_were_taken_out_of_its_commits_is_not_read_on(tmp_path: Path) -> None:
+    """A commit stripped of its files (its application transactions kept) read as a log holding
+    the ledger: `project` said "applied 0 events" and a rebuilt database lost those events."""
+    app = _ledger(tmp_path)
+    _append(DecodedLog(tmp_path / "log"), app)
+    last = sorted((tmp_path / "log" / "_delta_log").glob("*.json"))[-1]
+    last.write_text("".join(line for line in last.read_text().splitlines(True) if '"add"' not in line))
+    with pytest.raises(LogMismatchError, match="its files were altered"):
+        DecodedLog(tmp_path / "log").positions(["ledger"])
 
 
 def test_the_heads_an_appender_committed_are_the_ones_the_log_holds(tmp_path: Path) -> None:
