@@ -252,7 +252,7 @@ class DecodedLog:
             if moved:
                 raise StaleBatchError(
                     f"{', '.join(moved)} moved on in the decoded log since it was read: another process "
-                    "appended the same source (nothing was written twice)"
+                    "appended the same source (nothing was written twice); run the same command again"
                 )
             try:
                 commit(snapshot)

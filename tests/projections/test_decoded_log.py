@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from crm_ledger.errors import TransientError
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
@@ -84,12 +85,14 @@ def test_two_appenders_of_one_source_never_commit_the_same_rows(tmp_path: Path) 
         batch = next(ours)
         first.commit(batch)
         # The second read the log's start too: its first batch holds the same rows.
-        with pytest.raises(StaleBatchError, match="moved on in the decoded log"):
+        # A second `replay` or `project` started meanwhile: exit 75, the same command reads on.
+        with pytest.raises(StaleBatchError, match=r"moved on in the decoded log.*run the same command again"):
             second.commit(next(theirs))
         for batch in ours:
             first.commit(batch)
     ids = DecodedLog(tmp_path / "log").dataset().to_table(columns=["notification_id"]).column(0).to_pylist()
     assert sorted(ids) == notifications
+    assert issubclass(StaleBatchError, TransientError)
 
 
 class _Overtaken(LedgerSource):
