@@ -234,6 +234,12 @@ def versions_of(connection: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
     return [VersionInfo(**dict(zip(names, r, strict=True)), promoted=r[0] == promoted) for r in rows]
 
 
+def require_built(version: VersionInfo) -> None:
+    """Refuse a version whose first build has not finished (its read models are not there yet)."""
+    if version.built_at is None:
+        raise ProjectionError(f"version {version.version} is still building: finish its replay first")
+
+
 def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
     """A version of `versions` by id, unique id prefix, or name (the only one of that name)."""
     if not reference.strip().removeprefix("v_"):
@@ -422,8 +428,7 @@ class ProjectionDB:
 
     def promote(self, version: VersionInfo) -> None:
         """Point every stable view at `version`, in one transaction."""
-        if version.built_at is None:
-            raise ProjectionError(f"version {version.version} is still building: finish its replay first")
+        require_built(version)
         if version.as_of is not None:
             raise ProjectionError(
                 f"version {version.version} is frozen as of {version.as_of:%Y-%m-%d %H:%M:%S}: "

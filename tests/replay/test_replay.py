@@ -335,6 +335,21 @@ def test_version_names_are_given_printable_and_shown_escaped(
         assert "\x1b" not in shown.stdout + shown.stderr and "x\\x1b[2J" in shown.stdout + shown.stderr, shown
 
 
+def test_a_version_still_building_is_refused_by_diff_as_by_promote(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """A replay cut short: diff blamed the projection database ("Table ... does not exist")."""
+    built = replay(settings, strict_csat(tmp_path), "ledger", name="strict")
+    with duckdb.connect(str(settings.projections_db)) as connection:
+        connection.execute(
+            "UPDATE main.crm_versions SET built_at = NULL, state = 'building' WHERE version = ?", [built.version]
+        )
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    for args in (["diff", "default", "strict"], ["diff", "strict", "default"], ["promote", "strict"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1 and f"version {built.version} is still building" in result.stderr, result
+
+
 def test_versions_and_diff_read_without_writing(
     ledger: LedgerApplication, settings: Settings, tmp_path: Path
 ) -> None:
