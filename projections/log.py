@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -281,6 +281,13 @@ class DecodedLog:
         return ds.dataset(
             _files_where(table, lambda f: not _read_before(f, known)), schema=LOG_SCHEMA, format="parquet"
         )
+
+    def stream_ends(self, streams: Iterable[str], version: int | None = None) -> dict[str, int | None]:
+        """Each stream's last committed position at `version` (its application transaction),
+        without reading a row."""
+        table = self.table(version)
+        ends = {stream: table.transaction_version(stream) for stream in streams}
+        return {stream: None if end is None else int(end) for stream, end in ends.items()}
 
     def snapshot(self, streams: Sequence[str]) -> Snapshot:
         version = self.version()

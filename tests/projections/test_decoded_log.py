@@ -20,10 +20,12 @@ from projections.append import LogAppender
 from projections.engine import Projector
 from projections.errors import LogMismatchError, StaleBatchError
 from projections.log import DecodedLog, register_log
+from projections.readonly import reader
 from projections.sources import LedgerSource, Position, RawBatch
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB
 from tests.helpers import run_cli
+from tests.projections.test_projections import MODEL_TABLES, digest
 
 
 def _ledger(tmp_path: Path) -> LedgerApplication:
@@ -207,6 +209,31 @@ def test_a_log_whose_last_rows_were_taken_out_of_its_commits_is_not_read_on(tmp_
     last.write_text("".join(line for line in last.read_text().splitlines(True) if '"add"' not in line))
     with pytest.raises(LogMismatchError, match="its files were altered"):
         DecodedLog(tmp_path / "log").positions(["ledger"])
+
+
+def test_a_log_removed_and_decoded_anew_with_more_events_reaches_the_read_models(tmp_path: Path) -> None:
+    """The new log numbers its versions from 0 again: its version 1 holding more events than
+    the old version 1 the read models recorded, `project` took them as current (events lost)."""
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=150, employees=5, months=2, seed=6), handle)
+    lines = history.read_text().splitlines(True)
+    first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    first.write_text("".join(lines[: len(lines) * 3 // 4]))
+    rest.write_text("".join(lines[len(lines) * 3 // 4 :]))
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    run_cli("ingest", str(first), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    run_cli("ingest", str(rest), env=env, check=True)
+    shutil.rmtree(tmp_path / "p.log")
+    run_cli("project", env=env, check=True)
+    clean = {**env, "CRM_LEDGER_DB": str(tmp_path / "clean.duckdb")}
+    run_cli("project", env=clean, check=True)
+    digests = []
+    for db in (env["CRM_LEDGER_DB"], clean["CRM_LEDGER_DB"]):
+        with reader(Path(db)) as con:
+            digests.append([digest(con, table) for table in MODEL_TABLES])
+    assert digests[0] == digests[1]
 
 
 def test_the_heads_an_appender_committed_are_the_ones_the_log_holds(tmp_path: Path) -> None:
