@@ -42,6 +42,11 @@ def describe(error: BaseException, settings: Settings | None) -> Fault | None:
         return _log_fault(str(error), log)
     if _reads_damaged_log(error, log):
         return _log_fault(str(error), log, damaged=True)
+    if _reads_missing_log(error):
+        return Fault(
+            f"decoded log {log} is not there (moved, or not copied with the database): put it back beside "
+            "the database, or run `crm-ledger project` to decode the ledger into it again"
+        )
     if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
         return _store_fault(str(error), store)
     if isinstance(error, duckdb.Error):
@@ -149,6 +154,14 @@ def _reads_damaged_log(error: BaseException, log: str) -> bool:
     from projections.log import failed_reading_log  # noqa: PLC0415
 
     return failed_reading_log(error)
+
+
+def _reads_missing_log(error: BaseException) -> bool:
+    if not isinstance(error, duckdb.Error):
+        return False
+    from projections.log import missing_log  # noqa: PLC0415 - as in _reads_damaged_log
+
+    return missing_log(error)
 
 
 def _is_deltalake(error: BaseException) -> bool:

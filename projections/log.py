@@ -102,6 +102,13 @@ def failed_reading_log(error: BaseException) -> bool:
     return "registered as 'crm_log_" in str(error)
 
 
+def missing_log(error: BaseException) -> bool:
+    """Whether a DuckDB error is a log's relation not being there: readers never create a log,
+    and one moved away or not copied with the database is not registered."""
+    text = str(error)
+    return "name crm_log_" in text and "does not exist" in text
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One committed version of the log and the stream positions it holds."""

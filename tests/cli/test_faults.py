@@ -146,6 +146,11 @@ def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the
     data.unlink()
     for args in (["project"], ["query", "SELECT 1"]):
         _one_line_error(run_cli(*args, env=env), "decoded log", "is damaged", str(data.name))
+    # The whole folder moved away (or a database copied without it): readers never make it.
+    (tmp_path / "p.log").rename(tmp_path / "elsewhere")
+    for args in (["query", "SELECT count(*) FROM ledger_events"], ["audit", "verify"], ["audit", "reproduce"]):
+        _one_line_error(run_cli(*args, env=env), "decoded log", "is not there", "crm-ledger project")
+    assert run_cli("query", "SELECT count(*) FROM reward_score", env=env).returncode == 0
     run_cli("replay", "--metrics", str(DEFAULT_SPEC), "--from-source", env=env, check=True)
     again = run_cli("query", "SELECT count(*) FROM ledger_events", "--format", "csv", env=env, check=True).stdout
     assert again == counted
