@@ -132,7 +132,7 @@ def _log_fault(text: str, log: str, damaged: bool = False) -> Fault:
         return Fault(f"decoded log {log}: disk full: free some space; {_AGAIN}")
     if any(w in lowered for w in ("permission denied", "operation not permitted", "read-only file system")):
         return Fault(f"decoded log {log} cannot be written: check its folders' and files' permissions")
-    if damaged or "json error" in lowered:
+    if damaged or "json error" in lowered or "no table metadata or protocol" in lowered:
         return Fault(
             f"decoded log {log} is damaged ({_first_line(text)}): rebuild it from the source with "
             "`crm-ledger replay --metrics SPEC --from-source`"

@@ -151,6 +151,13 @@ def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the
     for args in (["query", "SELECT count(*) FROM ledger_events"], ["audit", "verify"], ["audit", "reproduce"]):
         _one_line_error(run_cli(*args, env=env), "decoded log", "is not there", "crm-ledger project")
     assert run_cli("query", "SELECT count(*) FROM reward_score", env=env).returncode == 0
+    # Back, with its first commit (the table's schema) emptied or garbled.
+    (tmp_path / "elsewhere").rename(tmp_path / "p.log")
+    first = tmp_path / "p.log" / "ledger" / "_delta_log" / f"{0:020d}.json"
+    for text in ("", "garbage{"):
+        first.write_text(text)
+        for args in (["project"], ["query", "SELECT count(*) FROM ledger_events"]):
+            _one_line_error(run_cli(*args, env=env), "decoded log", "is damaged", "--from-source")
     run_cli("replay", "--metrics", str(DEFAULT_SPEC), "--from-source", env=env, check=True)
     again = run_cli("query", "SELECT count(*) FROM ledger_events", "--format", "csv", env=env, check=True).stdout
     assert again == counted
