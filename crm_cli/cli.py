@@ -1634,11 +1634,12 @@ def explain(ctx: click.Context, employee: str, period: str, version: str | None,
 
 def _promoted(connection: Any) -> str:
     from projections.errors import ProjectionError
+    from projections.store import checked_id
 
     row = connection.execute("SELECT version FROM crm_promoted WHERE id = 1").fetchone()
     if row is None:
         raise ProjectionError("no version is promoted yet (run `crm-ledger project`)")
-    return str(row[0])
+    return checked_id(row[0])
 
 
 @cli.command()

@@ -335,6 +335,26 @@ def test_version_names_are_given_printable_and_shown_escaped(
         assert "\x1b" not in shown.stdout + shown.stderr and "x\\x1b[2J" in shown.stdout + shown.stderr, shown
 
 
+def test_a_version_id_planted_in_the_catalog_is_refused_not_run_as_sql(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """Version ids name schemas in the SQL of promote, project, drop...: one planted in the
+    catalog ran as statements of the writer's connection (a COPY wrote any file)."""
+    written = tmp_path / "written.csv"
+    with duckdb.connect(str(settings.projections_db)) as connection:
+        real = connection.execute("SELECT version FROM main.crm_versions").fetchone()[0]  # type: ignore[index]
+        evil = f"{real}.reward_score; COPY (SELECT 42) TO '{written}'; SELECT * FROM {real}"
+        columns = [r[0] for r in connection.execute("DESCRIBE main.crm_versions").fetchall()]
+        values = ", ".join({"version": "?", "name": "'evil'"}.get(c, c) for c in columns)
+        connection.execute(f"INSERT INTO main.crm_versions SELECT {values} FROM main.crm_versions", [evil])
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    for args in (["promote", "evil"], ["project"], ["versions"], ["diff", "evil", real], ["query", "SELECT 1"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1 and "which is no version id" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not written.exists()
+
+
 def test_a_version_still_building_is_refused_by_diff_as_by_promote(
     ledger: LedgerApplication, settings: Settings, tmp_path: Path
 ) -> None:
