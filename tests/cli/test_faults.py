@@ -64,6 +64,24 @@ def test_a_file_size_limit_mid_ingest_is_one_line_and_nothing_is_half_written(tm
         app.close()
 
 
+def test_output_past_a_file_size_limit_is_one_line(tmp_path: Path) -> None:
+    """stdout redirected to a file that reaches its limit: the command told it, then the last
+    flush of what was still buffered failed again with a traceback (exit 120)."""
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    for args in (["query", "SELECT * FROM range(200)"], ["query", "SELECT * FROM range(100000)", "--format", "csv"]):
+        with (tmp_path / "out.txt").open("w") as out:
+            result = subprocess.run(
+                [*CLI, *args], stdout=out, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, **env}, preexec_fn=limit, check=False,
+            )
+        _one_line_error(result, "file size limit")
+
+
 def test_a_truncated_projection_database_is_one_line(tmp_path: Path) -> None:
     env = _env(tmp_path)
     (tmp_path / "p.duckdb").write_bytes(b"DUCK" + b"\x00" * 100)
