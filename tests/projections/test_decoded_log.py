@@ -172,8 +172,11 @@ def test_a_log_is_never_continued_from_another_ledger(tmp_path: Path) -> None:
         assert "replay --from-source" in refused.stderr
     # The same ledger reads on as before.
     assert run_cli("project", env=old).returncode == 0
+    # What a rebuild stopped while removing the log it replaced leaves beside the log.
+    shutil.copytree(tmp_path / "p.log" / "ledger", tmp_path / "p.log" / "ledger.old")
     rebuilt = run_cli("replay", "--from-source", "--metrics", str(DEFAULT_SPEC), "--name", "rebuilt", env=new)
     assert rebuilt.returncode == 0, rebuilt.stderr
+    assert sorted(p.name for p in (tmp_path / "p.log").iterdir()) == ["ledger"]
     app = LedgerApplication(Settings(store=new["CRM_LEDGER_STORE"]).eventsourcing_env())
     try:
         ids = [n.id for n in app.read_notifications(1, 1_000_000)]
