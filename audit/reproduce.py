@@ -174,7 +174,8 @@ def reproduce(
 
 def _version(path: Path, live: duckdb.DuckDBPyConnection, reference: str | None) -> VersionInfo:
     rows = live.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchall()
-    reference = reference or (str(rows[0][0]) if rows else None)
+    if reference is None:  # a blank one (a shell variable not set) is refused, not the promoted one
+        reference = str(rows[0][0]) if rows else None
     if reference is None:
         raise ReproduceError("no version is promoted: name the version to reproduce")
     db = _CatalogReader(path, live)

@@ -37,6 +37,7 @@ def run() -> None:
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _stdout_written_whole()
+    code = 0
     try:
         from crm_cli.cli import main  # noqa: PLC0415 - after the guard, on purpose
 
@@ -48,6 +49,17 @@ def run() -> None:
     except BrokenPipeError:
         silence_stdout()
         code = EXIT_BROKEN_PIPE
+    except OSError as error:
+        # The output's last lines could not be written (a full disk, a file-size limit): told
+        # here unless the command told a failed write already; what is still buffered would
+        # only fail again when the interpreter ends.
+        silence_stdout()
+        if code == 0:
+            from crm_cli.faults import describe  # noqa: PLC0415 - only on this failure
+
+            fault = describe(error, None)
+            sys.stderr.write(f"error: {fault.line if fault else error}\n")
+            code = 1
     # The command is done and `code` says how: a Ctrl-C from here on would only cut the
     # interpreter's shutdown short and hide that (the process ended by the signal, silently).
     with contextlib.suppress(ValueError):

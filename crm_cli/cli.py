@@ -76,6 +76,14 @@ def _given_text(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
+def _given_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A name given to a version: not blank, and printable (it is typed again to `promote` or
+    `diff` it, and shown in every message about the version)."""
+    if _given_text(ctx, param, value) is not None and not str(value).isprintable():
+        raise click.BadParameter(f"{value!r} holds control characters: give a printable name")
+    return value
+
+
 def _given_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
     """An output file option's value: a blank one (an unset shell variable) is refused, not
     written as the current folder ("Is a directory") or as a file named by spaces."""
@@ -755,7 +763,7 @@ def project(
             refresh_interval_s=refresh_interval,
             on_refresh=on_refresh,
         )
-    click.echo(result)
+    click.echo(_visible(str(result)))
     if stop.stopped and not follow:
         # Ctrl-C is how a follower ends; a one-shot run it cuts short has not caught up.
         click.echo("interrupted: the version may lag the log; run `crm-ledger project` again", err=True)
@@ -766,7 +774,7 @@ def _run_on_spark(title: str, run: Callable[..., Any]) -> None:
     """Run a Spark build with progress and Ctrl-C handling; print its result (exit 130 if stopped)."""
     with graceful_stop() as stop, progress_bar(title, None) as reporter:
         result = run(reporter=reporter, should_stop=stop)
-    click.echo(result.message())
+    click.echo(_visible(result.message()))
     if result.interrupted:
         raise SystemExit(EXIT_INTERRUPTED)
 
@@ -823,7 +831,9 @@ _version_arg = click.argument("version")
     default=None,
     help="Only events with occurred_at <= this moment (ISO date or timestamp, UTC).",
 )
-@click.option("--name", default=None, help="Human name of the version (default: the spec's name).")
+@click.option(
+    "--name", default=None, callback=_given_name, help="Human name of the version (default: the spec's name)."
+)
 @click.option(
     "--full",
     is_flag=True,
@@ -877,7 +887,7 @@ def replay(
             should_stop=stop,
         )
     # Cut short, the message is a note for the operator, not the command's outcome.
-    click.echo(result.message(), err=result.mode == "interrupted")
+    click.echo(_visible(result.message()), err=result.mode == "interrupted")
     if result.mode == "interrupted":
         raise SystemExit(EXIT_INTERRUPTED)
 
@@ -1056,7 +1066,7 @@ def drop(ctx: click.Context, version: str) -> None:
     from rewards.periods import drop_version
 
     target = drop_version(_existing_store(ctx), version)
-    click.echo(f"dropped {target.version} ({target.name})")
+    click.echo(_visible(f"dropped {target.version} ({target.name})"))
 
 
 def _on_version(ctx: click.Context, version: str, action: str, done: str) -> None:
@@ -1066,7 +1076,7 @@ def _on_version(ctx: click.Context, version: str, action: str, done: str) -> Non
     with ProjectionDB(_settings(ctx).projections_db, create=False) as db:
         target = db.find_version(version)
         getattr(db, action)(target)
-    click.echo(f"{done} {target.version} ({target.name})")
+    click.echo(_visible(f"{done} {target.version} ({target.name})"))
 
 
 @cli.group()
@@ -1484,7 +1494,7 @@ def audit_reproduce(ctx: click.Context, version: str | None) -> None:
     codec = AvroCodec(SchemaRegistry.load(), epoch_millis=True)
     with progress_bar("reproduce", None) as reporter:
         report = reproduce(settings.projections_db, version, codec, reporter)
-    click.echo(f"{report.version} ({report.name}): rebuilt from {report.events} mirrored events")
+    click.echo(_visible(f"{report.version} ({report.name}): rebuilt from {report.events} mirrored events"))
     for table in report.tables:
         if table.ok:
             note = f" (floats within {REL_TOLERANCE:g} relative)" if table.within_tolerance else ""
@@ -1639,11 +1649,12 @@ def explain(ctx: click.Context, employee: str, period: str, version: str | None,
 
 def _promoted(connection: Any) -> str:
     from projections.errors import ProjectionError
+    from projections.store import checked_id
 
     row = connection.execute("SELECT version FROM crm_promoted WHERE id = 1").fetchone()
     if row is None:
         raise ProjectionError("no version is promoted yet (run `crm-ledger project`)")
-    return str(row[0])
+    return checked_id(row[0])
 
 
 @cli.command()
@@ -1730,10 +1741,10 @@ def main(argv: list[str] | None = None) -> int:
         err.print("aborted")
         return EXIT_INTERRUPTED
     except TransientError as error:
-        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"error: {_visible(str(error))}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_TRANSIENT
     except CrmLedgerError as error:
-        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"error: {_visible(str(error))}", highlight=False, markup=False, soft_wrap=True)
         return 1
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1

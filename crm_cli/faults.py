@@ -37,9 +37,16 @@ def describe(error: BaseException, settings: Settings | None) -> Fault | None:
     db = str(settings.projections_db) if settings is not None else "the projection database"
     if isinstance(error, OSError) and error.errno is not None:
         return Fault(_os_fault(error))
+    log = str(log_root(settings.projections_db)) if settings is not None else "the decoded log"
     if _is_deltalake(error):
-        log = str(log_root(settings.projections_db)) if settings is not None else "the decoded log"
         return _log_fault(str(error), log)
+    if _reads_damaged_log(error, log):
+        return _log_fault(str(error), log, damaged=True)
+    if _reads_missing_log(error):
+        return Fault(
+            f"decoded log {log} is not there (moved, or not copied with the database): put it back beside "
+            "the database, or run `crm-ledger project` to decode the ledger into it again"
+        )
     if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
         return _store_fault(str(error), store)
     if isinstance(error, duckdb.Error):
@@ -118,14 +125,43 @@ def _duckdb_fault(error: duckdb.Error, db: str) -> Fault:
     return Fault(f"projection database {db}: {_first_line(text)}")
 
 
-def _log_fault(text: str, log: str) -> Fault:
+def _log_fault(text: str, log: str, damaged: bool = False) -> Fault:
     """The decoded log's files (Delta Lake, written by delta-rs: its errors carry no errno)."""
     lowered = text.lower()
     if "no space" in lowered or "disk is full" in lowered or "os error 28" in lowered:
         return Fault(f"decoded log {log}: disk full: free some space; {_AGAIN}")
     if any(w in lowered for w in ("permission denied", "operation not permitted", "read-only file system")):
         return Fault(f"decoded log {log} cannot be written: check its folders' and files' permissions")
+    if damaged or "json error" in lowered or "no table metadata or protocol" in lowered:
+        return Fault(
+            f"decoded log {log} is damaged ({_first_line(text)}): rebuild it from the source with "
+            "`crm-ledger replay --metrics SPEC --from-source`"
+        )
     return Fault(f"decoded log {log}: {_first_line(text)}")
+
+
+def _reads_damaged_log(error: BaseException, log: str) -> bool:
+    """A data file of the decoded log missing or unreadable, met by Arrow directly (a FileNotFoundError
+    without an errno, an ArrowInvalid naming the file) or by DuckDB scanning the log's relation."""
+    pyarrow = sys.modules.get("pyarrow")
+    arrow = pyarrow is not None and isinstance(error, pyarrow.lib.ArrowException)
+    missing = isinstance(error, FileNotFoundError) and error.errno is None
+    if (arrow or missing) and log in str(error):
+        return True
+    if not isinstance(error, duckdb.Error):
+        return False
+    # Only a process that registered a log can fail so (and need not pay for loading it here).
+    from projections.log import failed_reading_log  # noqa: PLC0415
+
+    return failed_reading_log(error)
+
+
+def _reads_missing_log(error: BaseException) -> bool:
+    if not isinstance(error, duckdb.Error):
+        return False
+    from projections.log import missing_log  # noqa: PLC0415 - as in _reads_damaged_log
+
+    return missing_log(error)
 
 
 def _is_deltalake(error: BaseException) -> bool:

@@ -118,7 +118,18 @@ class Settings:
                     hint = f": expected {expected}" if expected else ""
                     raise ConfigurationError(f"{ENV_PREFIX}{suffix}={raw!r} is not valid{hint}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cls(), **values)
+        settings = replace(cls(), **values)
+        db = settings.projections_db
+        if db.name in ("", ".", ".."):
+            raise ConfigurationError(
+                f"projection database {str(db)!r} (--db, CRM_LEDGER_DB) is no file name: name a file"
+            )
+        if log_root(db) == db:
+            raise ConfigurationError(
+                f"projection database {db}: its decoded log is the folder {log_root(db).name} beside it, "
+                f"the same name: name the database otherwise (e.g. {db.with_suffix('.duckdb').name})"
+            )
+        return settings
 
     @property
     def checkpoints(self) -> str:

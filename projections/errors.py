@@ -45,5 +45,6 @@ class LogMismatchError(ProjectionError):
     """The decoded log does not continue the source it is asked to read on from."""
 
 
-class StaleBatchError(CrmLedgerError):
-    """A partition moved on in the decoded log since a decoder worker read it: not committed."""
+class StaleBatchError(TransientError):
+    """A stream moved on in the decoded log since it was read (another appender of the same
+    source, or a decoder worker that lost its partition): not committed; running again reads on."""

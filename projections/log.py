@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -38,7 +39,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from crm_ledger.errors import CrmLedgerError
 from projections.columns import LOG_SCHEMA
-from projections.errors import StaleBatchError
+from projections.errors import LogMismatchError, StaleBatchError
 from projections.sources import LEDGER_STREAM, Position
 
 if TYPE_CHECKING:
@@ -93,6 +94,19 @@ def log_slug(source: str) -> str:
 def relation_name(source: str) -> str:
     """The name a source's log has on a DuckDB connection (see `register_log`)."""
     return "crm_log_" + re.sub(r"[^A-Za-z0-9]+", "_", source).strip("_").lower()
+
+
+def failed_reading_log(error: BaseException) -> bool:
+    """Whether a DuckDB error is a log's relation failing to be read (a data file of the log
+    missing or damaged), not a fault of the query or of the database."""
+    return "registered as 'crm_log_" in str(error)
+
+
+def missing_log(error: BaseException) -> bool:
+    """Whether a DuckDB error is a log's relation not being there: readers never create a log,
+    and one moved away or not copied with the database is not registered."""
+    text = str(error)
+    return "name crm_log_" in text and "does not exist" in text
 
 
 @dataclass(frozen=True)
@@ -175,7 +189,13 @@ class DecodedLog:
             filter=(ds.field("stream") == stream) & (ds.field("position") == position),
         )
         if rows.num_rows == 0:
-            return Position(stream, position)
+            # Every committed ledger position is a row of the same commit: its rows were taken out
+            # of the log's commits, and reading on would chain the next events from nothing.
+            raise LogMismatchError(
+                f"the decoded log holds the ledger up to notification {position} by its commits, but "
+                "no event there: its files were altered; rebuild it from the ledger: "
+                "crm-ledger replay --from-source"
+            )
         return Position(stream, position, str(rows.column(0)[0].as_py()), rows.column(1)[0].as_py())
 
     def append(
@@ -239,7 +259,7 @@ class DecodedLog:
             if moved:
                 raise StaleBatchError(
                     f"{', '.join(moved)} moved on in the decoded log since it was read: another process "
-                    "appended the same source (nothing was written twice)"
+                    "appended the same source (nothing was written twice); run the same command again"
                 )
             try:
                 commit(snapshot)
@@ -263,20 +283,33 @@ class DecodedLog:
         if "deletionVectors" in (table.protocol().writer_features or []):
             return table.to_pyarrow_dataset()
         if after is None:
-            return ds.dataset(table.file_uris(), schema=LOG_SCHEMA, format="parquet")
+            return ds.dataset(_data_files(table), schema=LOG_SCHEMA, format="parquet")
         known = dict(after)
         return ds.dataset(
             _files_where(table, lambda f: not _read_before(f, known)), schema=LOG_SCHEMA, format="parquet"
         )
+
+    def stream_ends(self, streams: Iterable[str], version: int | None = None) -> dict[str, int | None]:
+        """Each stream's last committed position at `version` (its application transaction),
+        without reading a row."""
+        table = self.table(version)
+        ends = {stream: table.transaction_version(stream) for stream in streams}
+        return {stream: None if end is None else int(end) for stream, end in ends.items()}
 
     def snapshot(self, streams: Sequence[str]) -> Snapshot:
         version = self.version()
         return Snapshot(version, self.positions(streams, version))
 
 
+def _data_files(table: DeltaTable) -> list[str]:
+    """The snapshot's data files as paths Arrow opens: delta-rs gives a local table's files
+    percent-encoded (a folder "my logs" as "my%20logs"), which Arrow looked for as they are."""
+    return [uri if "://" in uri else unquote(uri) for uri in table.file_uris()]
+
+
 def _files_where(table: DeltaTable, keep: Callable[[Mapping[str, Any]], bool]) -> list[str]:
     """The snapshot's file URIs whose add action (path and column statistics) `keep` accepts."""
-    uris = table.file_uris()
+    uris = _data_files(table)
     by_name = {uri.rsplit("/", 1)[-1]: uri for uri in uris}
     kept = []
     actions = pa.table(table.get_add_actions(flatten=True))

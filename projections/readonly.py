@@ -25,7 +25,7 @@ from crm_ledger.errors import CrmLedgerError
 from crm_ledger.outputs import replaced_whole
 from crm_ledger.settings import log_root
 from projections.errors import ProjectionError, QueryRefusedError, QueryStoppedError
-from projections.log import DecodedLog, log_slug, register_logs
+from projections.log import DecodedLog, failed_reading_log, log_slug, missing_log, register_logs
 from projections.models import STABLE_VIEWS
 from projections.store import VersionInfo, connect, versions_of
 
@@ -62,7 +62,7 @@ def within(connection: duckdb.DuckDBPyConnection, work: Callable[[], T], timeout
         _stop(connection, done)
         raise QueryStoppedError(f"query stopped after {timeout_s:g} s (raise it with --timeout)")
     error = outcome.get("error")
-    if isinstance(error, duckdb.Error):
+    if isinstance(error, duckdb.Error) and not (failed_reading_log(error) or missing_log(error)):
         raise QueryRefusedError(f"query failed: {str(error).splitlines()[0]}") from error
     if isinstance(error, BaseException):
         raise error
@@ -133,6 +133,8 @@ def run_query(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBP
             raise QueryRefusedError("query not run: give one statement (this holds several)")
         return connection.sql(sql)
     except duckdb.Error as error:
+        if missing_log(error):
+            raise  # the decoded log's folder is not there: not a fault of the query (crm_cli.faults)
         text = str(error)
         if "read-only" in text or "read only" in text or "external access" in text.lower():
             raise QueryRefusedError(f"refused: queries are read-only ({text.splitlines()[0]})") from error

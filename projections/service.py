@@ -174,6 +174,9 @@ def rebuild_log(
     if not complete:
         return decoded
     retired = current.with_name(current.name + ".old")
+    if retired.exists():
+        # A log an earlier rebuild replaced and was stopped while removing: renaming onto it fails.
+        shutil.rmtree(retired)
     if current.exists():
         current.rename(retired)
     fresh.rename(current)

@@ -140,9 +140,18 @@ def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
     spec_name = data.get("name", "unnamed")
     if not isinstance(spec_name, str) or not spec_name.strip():
         raise fail(None, "name", "must be non-empty text")
+    if not spec_name.isprintable():
+        raise fail(None, "name", f"{spec_name!r} holds control characters: give a printable name")
 
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise fail(None, "description", f"must be text, got {description!r}")
+
+    raw_kpis = data.get("kpis", {})
+    if not isinstance(raw_kpis, dict):
+        raise fail(None, "kpis", f"must be a table ([kpis]), got {raw_kpis!r}")
     kpis = dict(KPI_DEFAULTS)
-    for key, value in (data.get("kpis") or {}).items():
+    for key, value in raw_kpis.items():
         if key not in KPI_PARAMETERS:
             raise fail("kpis", key, f"unknown KPI parameter (known: {', '.join(sorted(KPI_PARAMETERS))})")
         low, high = KPI_PARAMETERS[key]
@@ -174,7 +183,7 @@ def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
         )
     return MetricSpec(
         name=spec_name.strip(),
-        description=str(data.get("description", "")),
+        description=description,
         kpis=MappingProxyType(kpis),
         components=tuple(components),
         source=name,
@@ -192,11 +201,11 @@ def _component(component_name: str, body: dict[str, Any], section: str, fail: An
         if key not in allowed:
             raise fail(section, key, f"unknown key (expected one of {', '.join(sorted(allowed))})")
     kind = body.get("kind", "count")
-    if kind not in COMPONENT_KINDS:
+    if not isinstance(kind, str) or kind not in COMPONENT_KINDS:
         raise fail(section, "kind", f"must be one of {', '.join(sorted(COMPONENT_KINDS))}, got {kind!r}")
     kpi = body.get("kpi", component_name)
     valid = {"count": COUNT_KPIS, "rate": RATE_KPIS, "bayesian": BAYESIAN_KPIS}[kind]
-    if kpi not in valid:
+    if not isinstance(kpi, str) or kpi not in valid:
         raise fail(
             section,
             "kpi",

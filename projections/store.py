@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -219,6 +220,21 @@ def connect(path: Path, *, read_only: bool = False, wait_s: float = 30.0) -> duc
             time.sleep(0.1)
 
 
+#: What `version_id` makes: the only version ids (schema names, written into SQL) a catalog may hold.
+_VERSION_ID = re.compile(r"v_[0-9a-f]{12}")
+
+
+def checked_id(value: object) -> str:
+    """A version id read from the catalog, refused unless `version_id` could have made it: one
+    planted there (`x; COPY ... TO '...'`) would run as SQL where it names the version's schema."""
+    if not isinstance(value, str) or not _VERSION_ID.fullmatch(value):
+        raise ProjectionError(
+            f"the projection database's catalog names a version {value!r}, which is no version id "
+            "(v_ and 12 hex digits): it was altered; move it away and run `crm-ledger project` to rebuild it"
+        )
+    return value
+
+
 def versions_of(connection: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
     """Every version in the database on `connection` (none in a database without a catalog)."""
     try:
@@ -229,9 +245,19 @@ def versions_of(connection: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
         ).fetchall()
     except duckdb.CatalogException:
         return []
-    promoted = None if row is None else row[0]
+    promoted = None if row is None else checked_id(row[0])
+    for r in rows:
+        checked_id(r[0])
+        if r[-1] is not None:
+            checked_id(r[-1])
     names = [f.name for f in fields(VersionInfo) if f.name != "promoted"]
     return [VersionInfo(**dict(zip(names, r, strict=True)), promoted=r[0] == promoted) for r in rows]
+
+
+def require_built(version: VersionInfo) -> None:
+    """Refuse a version whose first build has not finished (its read models are not there yet)."""
+    if version.built_at is None:
+        raise ProjectionError(f"version {version.version} is still building: finish its replay first")
 
 
 def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
@@ -324,7 +350,7 @@ class ProjectionDB:
 
     def promoted_version(self) -> str | None:
         row = self.connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else checked_id(row[0])
 
     def ensure_version(
         self,
@@ -422,8 +448,7 @@ class ProjectionDB:
 
     def promote(self, version: VersionInfo) -> None:
         """Point every stable view at `version`, in one transaction."""
-        if version.built_at is None:
-            raise ProjectionError(f"version {version.version} is still building: finish its replay first")
+        require_built(version)
         if version.as_of is not None:
             raise ProjectionError(
                 f"version {version.version} is frozen as of {version.as_of:%Y-%m-%d %H:%M:%S}: "

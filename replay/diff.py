@@ -18,7 +18,7 @@ import duckdb
 
 from crm_ledger.kpis import COMPARED_COLUMNS
 from projections.ranks import average_rank
-from projections.store import VersionInfo
+from projections.store import VersionInfo, require_built
 
 #: The KPIs compared between versions (crm_ledger.kpis).
 KPI_COLUMNS = COMPARED_COLUMNS
@@ -101,6 +101,8 @@ def diff_versions(
     con: duckdb.DuckDBPyConnection, old: VersionInfo, new: VersionInfo, threshold: float = 50.0
 ) -> DiffReport:
     """Compare the reward scores and KPI values of two versions."""
+    require_built(old)
+    require_built(new)
     report = DiffReport(old.version, new.version, threshold)
     rows = con.execute(
         f"""

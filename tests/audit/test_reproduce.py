@@ -103,6 +103,9 @@ def test_a_version_still_building_is_refused(projected: LedgerApplication, setti
     assert result.returncode == 1 and "not yet in its read models" in result.stderr
     unknown = run_cli("audit", "reproduce", "nope", env=env_of(settings))
     assert unknown.returncode == 1 and "unknown version 'nope'" in unknown.stderr
+    for blank in ("", " "):
+        refused = run_cli("audit", "reproduce", blank, env=env_of(settings))
+        assert refused.returncode == 1 and "no version named" in refused.stderr, refused.stderr
 
 
 @pytest.mark.kafka

@@ -64,6 +64,24 @@ def test_a_file_size_limit_mid_ingest_is_one_line_and_nothing_is_half_written(tm
         app.close()
 
 
+def test_output_past_a_file_size_limit_is_one_line(tmp_path: Path) -> None:
+    """stdout redirected to a file that reaches its limit: the command told it, then the last
+    flush of what was still buffered failed again with a traceback (exit 120)."""
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    for args in (["query", "SELECT * FROM range(200)"], ["query", "SELECT * FROM range(100000)", "--format", "csv"]):
+        with (tmp_path / "out.txt").open("w") as out:
+            result = subprocess.run(
+                [*CLI, *args], stdout=out, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, **env}, preexec_fn=limit, check=False,
+            )
+        _one_line_error(result, "file size limit")
+
+
 def test_a_truncated_projection_database_is_one_line(tmp_path: Path) -> None:
     env = _env(tmp_path)
     (tmp_path / "p.duckdb").write_bytes(b"DUCK" + b"\x00" * 100)
@@ -129,6 +147,49 @@ def test_a_decoded_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
     finally:
         subprocess.run(["chattr", "-i", str(commits)], check=False)
     assert run_cli("project", env=env).returncode == 0
+
+
+def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the_source(tmp_path: Path) -> None:
+    history = _history(tmp_path)
+    env = _env(tmp_path)
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    counted = run_cli("query", "SELECT count(*) FROM ledger_events", "--format", "csv", env=env, check=True).stdout
+    (data,) = (tmp_path / "p.log" / "ledger").glob("*.parquet")
+    whole = data.read_bytes()
+    # Truncated (met by Arrow, and by DuckDB scanning the log), then gone.
+    data.write_bytes(whole[:1000])
+    for args in (["project"], ["query", "SELECT count(*) FROM ledger_events"], ["audit", "verify"]):
+        _one_line_error(run_cli(*args, env=env), "decoded log", "is damaged", "--from-source")
+    data.unlink()
+    for args in (["project"], ["query", "SELECT 1"]):
+        _one_line_error(run_cli(*args, env=env), "decoded log", "is damaged", str(data.name))
+    # The whole folder moved away (or a database copied without it): readers never make it.
+    (tmp_path / "p.log").rename(tmp_path / "elsewhere")
+    for args in (["query", "SELECT count(*) FROM ledger_events"], ["audit", "verify"], ["audit", "reproduce"]):
+        _one_line_error(run_cli(*args, env=env), "decoded log", "is not there", "crm-ledger project")
+    assert run_cli("query", "SELECT count(*) FROM reward_score", env=env).returncode == 0
+    # Back, with its first commit (the table's schema) emptied or garbled.
+    (tmp_path / "elsewhere").rename(tmp_path / "p.log")
+    first = tmp_path / "p.log" / "ledger" / "_delta_log" / f"{0:020d}.json"
+    for text in ("", "garbage{"):
+        first.write_text(text)
+        for args in (["project"], ["query", "SELECT count(*) FROM ledger_events"]):
+            _one_line_error(run_cli(*args, env=env), "decoded log", "is damaged", "--from-source")
+    run_cli("replay", "--metrics", str(DEFAULT_SPEC), "--from-source", env=env, check=True)
+    again = run_cli("query", "SELECT count(*) FROM ledger_events", "--format", "csv", env=env, check=True).stdout
+    assert again == counted
+
+
+def test_a_projection_database_named_like_its_own_log_folder_is_refused(tmp_path: Path) -> None:
+    """`--db x.log`: the decoded log of x.log is the folder x.log, the database file itself;
+    `project` made the database, then failed on "Not a directory"."""
+    store = str(tmp_path / "l.sqlite")
+    for db in (str(tmp_path / "x.log"), "", str(tmp_path / "..")):
+        _one_line_error(run_cli("--db", db, "project", env={"CRM_LEDGER_STORE": store}), "projection database")
+    named = {"CRM_LEDGER_STORE": store, "CRM_LEDGER_DB": str(tmp_path / "x.log")}
+    _one_line_error(run_cli("query", "SELECT 1", env=named), "x.log beside it")
+    assert not (tmp_path / "x.log").exists()
 
 
 def test_an_argument_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from crm_ledger.errors import TransientError
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
@@ -17,12 +18,14 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.append import LogAppender
 from projections.engine import Projector
-from projections.errors import StaleBatchError
+from projections.errors import LogMismatchError, StaleBatchError
 from projections.log import DecodedLog, register_log
+from projections.readonly import reader
 from projections.sources import LedgerSource, Position, RawBatch
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB
 from tests.helpers import run_cli
+from tests.projections.test_projections import MODEL_TABLES, digest
 
 
 def _ledger(tmp_path: Path) -> LedgerApplication:
@@ -84,12 +87,14 @@ def test_two_appenders_of_one_source_never_commit_the_same_rows(tmp_path: Path) 
         batch = next(ours)
         first.commit(batch)
         # The second read the log's start too: its first batch holds the same rows.
-        with pytest.raises(StaleBatchError, match="moved on in the decoded log"):
+        # A second `replay` or `project` started meanwhile: exit 75, the same command reads on.
+        with pytest.raises(StaleBatchError, match=r"moved on in the decoded log.*run the same command again"):
             second.commit(next(theirs))
         for batch in ours:
             first.commit(batch)
     ids = DecodedLog(tmp_path / "log").dataset().to_table(columns=["notification_id"]).column(0).to_pylist()
     assert sorted(ids) == notifications
+    assert issubclass(StaleBatchError, TransientError)
 
 
 class _Overtaken(LedgerSource):
@@ -167,8 +172,11 @@ def test_a_log_is_never_continued_from_another_ledger(tmp_path: Path) -> None:
         assert "replay --from-source" in refused.stderr
     # The same ledger reads on as before.
     assert run_cli("project", env=old).returncode == 0
+    # What a rebuild stopped while removing the log it replaced leaves beside the log.
+    shutil.copytree(tmp_path / "p.log" / "ledger", tmp_path / "p.log" / "ledger.old")
     rebuilt = run_cli("replay", "--from-source", "--metrics", str(DEFAULT_SPEC), "--name", "rebuilt", env=new)
     assert rebuilt.returncode == 0, rebuilt.stderr
+    assert sorted(p.name for p in (tmp_path / "p.log").iterdir()) == ["ledger"]
     app = LedgerApplication(Settings(store=new["CRM_LEDGER_STORE"]).eventsourcing_env())
     try:
         ids = [n.id for n in app.read_notifications(1, 1_000_000)]
@@ -176,6 +184,59 @@ def test_a_log_is_never_continued_from_another_ledger(tmp_path: Path) -> None:
         app.close()
     counted = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=new, check=True)
     assert counted.stdout.split() == ["n", str(len(ids))]
+
+
+def test_a_log_in_a_folder_whose_name_has_spaces_or_accents_is_read(tmp_path: Path) -> None:
+    """delta-rs names a local table's files percent-encoded ("my%20data"): Arrow looked for them
+    as they were written, so every project and query in such a folder failed."""
+    app = _ledger(tmp_path)
+    log = DecodedLog(tmp_path / "my data ü" / "log")
+    _append(log, app, batches=2)
+    _append(DecodedLog(tmp_path / "my data ü" / "log"), app)  # resumes from the heads it reads back
+    notifications = [n.id for n in app.read_notifications(1, 1_000_000)]
+    ids = log.dataset().to_table(columns=["notification_id"]).column(0).to_pylist()
+    assert sorted(ids) == notifications
+    assert log.dataset(after={"ledger": notifications[-1]}).count_rows() == 0
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "my data ü" / "p q.duckdb")}
+    run_cli("project", env=env, check=True)
+    counted = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=env, check=True)
+    assert counted.stdout.split() == ["n", str(len(notifications))]
+
+
+def test_a_log_whose_last_rows_were_taken_out_of_its_commits_is_not_read_on(tmp_path: Path) -> None:
+    """A commit stripped of its files (its application transactions kept) read as a log holding
+    the ledger: `project` said "applied 0 events" and a rebuilt database lost those events."""
+    app = _ledger(tmp_path)
+    _append(DecodedLog(tmp_path / "log"), app)
+    last = sorted((tmp_path / "log" / "_delta_log").glob("*.json"))[-1]
+    last.write_text("".join(line for line in last.read_text().splitlines(True) if '"add"' not in line))
+    with pytest.raises(LogMismatchError, match="its files were altered"):
+        DecodedLog(tmp_path / "log").positions(["ledger"])
+
+
+def test_a_log_removed_and_decoded_anew_with_more_events_reaches_the_read_models(tmp_path: Path) -> None:
+    """The new log numbers its versions from 0 again: its version 1 holding more events than
+    the old version 1 the read models recorded, `project` took them as current (events lost)."""
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=150, employees=5, months=2, seed=6), handle)
+    lines = history.read_text().splitlines(True)
+    first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    first.write_text("".join(lines[: len(lines) * 3 // 4]))
+    rest.write_text("".join(lines[len(lines) * 3 // 4 :]))
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    run_cli("ingest", str(first), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    run_cli("ingest", str(rest), env=env, check=True)
+    shutil.rmtree(tmp_path / "p.log")
+    run_cli("project", env=env, check=True)
+    clean = {**env, "CRM_LEDGER_DB": str(tmp_path / "clean.duckdb")}
+    run_cli("project", env=clean, check=True)
+    digests = []
+    for db in (env["CRM_LEDGER_DB"], clean["CRM_LEDGER_DB"]):
+        with reader(Path(db)) as con:
+            digests.append([digest(con, table) for table in MODEL_TABLES])
+    assert digests[0] == digests[1]
 
 
 def test_the_heads_an_appender_committed_are_the_ones_the_log_holds(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,13 @@ def test_replay_killed_and_resumed_equals_uninterrupted(settings: Settings, tmp_
         (DEFAULT_TEXT.replace("weight = 0.05", "weight = 0.5"), "weights must sum to 1"),
         (DEFAULT_TEXT.replace("cap = 3", "cap = 0"), ":46: components.compliments.cap"),
         (DEFAULT_TEXT + "\n[broken\n", "invalid TOML"),
+        # Values of the wrong type: each one line naming the key (a list or text was a traceback).
+        (re.sub(r"\n\[kpis\]\n[^[]*", '\nkpis = "strict"\n\n', DEFAULT_TEXT), ":7: kpis: must be a table"),
+        (re.sub(r"\n\[kpis\]\n[^[]*", "\nkpis = []\n\n", DEFAULT_TEXT), ":7: kpis: must be a table"),
+        (DEFAULT_TEXT.replace('kind = "bayesian"', 'kind = ["bayesian"]'), ":13: components.csat.kind: must be one of"),
+        (DEFAULT_TEXT.replace('kpi = "csat"', 'kpi = ["csat"]'), ":14: components.csat.kpi: unknown KPI"),
+        (DEFAULT_TEXT.replace("description = ", "description = 3 #"), ":5: description: must be text"),
+        (DEFAULT_TEXT.replace('name = "default"', 'name = "de\\u001b[2Jfault"'), "name: 'de\\x1b[2Jfault' holds control"),
         # Numbers the scores' SQL cannot hold, and more components than it can nest.
         (DEFAULT_TEXT.replace("prior_strength = 20", "prior_strength = nan", 1), "prior_strength: must be a number"),
         (DEFAULT_TEXT.replace("prior_strength = 20", "prior_strength = inf", 1), "prior_strength: must be a number"),
@@ -306,6 +314,60 @@ def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: 
     current = next(v["version"] for v in json.loads(promoted.stdout) if v["promoted"])
     refused = run_cli("drop", current, env=env)
     assert refused.returncode == 1 and "is promoted" in refused.stderr
+
+
+def test_version_names_are_given_printable_and_shown_escaped(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """A name with an escape sequence reached the terminal as a command ("\\x1b[2J" cleared it)."""
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    spec = str(strict_csat(tmp_path))
+    for name, why in (("", "is empty"), ("  ", "is empty"), ("a\x1b[2Jb", "control characters"), ("a\nb", "control")):
+        refused = run_cli("replay", "--metrics", spec, "--name", name, env=env)
+        assert refused.returncode == 2 and why in refused.stderr and "\x1b" not in refused.stderr, (name, refused)
+    with ProjectionDB(settings.projections_db) as db:
+        assert [v.name for v in db.versions()] == ["default"]
+    # A name planted in the database (a copy from elsewhere) is shown, not obeyed.
+    with duckdb.connect(str(settings.projections_db)) as connection:
+        connection.execute("UPDATE main.crm_versions SET name = 'x' || chr(27) || '[2J'")
+    for args in (["promote", "x\x1b[2J"], ["promote", "nope"], ["project"]):
+        shown = run_cli(*args, env=env)
+        assert "\x1b" not in shown.stdout + shown.stderr and "x\\x1b[2J" in shown.stdout + shown.stderr, shown
+
+
+def test_a_version_id_planted_in_the_catalog_is_refused_not_run_as_sql(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """Version ids name schemas in the SQL of promote, project, drop...: one planted in the
+    catalog ran as statements of the writer's connection (a COPY wrote any file)."""
+    written = tmp_path / "written.csv"
+    with duckdb.connect(str(settings.projections_db)) as connection:
+        real = connection.execute("SELECT version FROM main.crm_versions").fetchone()[0]  # type: ignore[index]
+        evil = f"{real}.reward_score; COPY (SELECT 42) TO '{written}'; SELECT * FROM {real}"
+        columns = [r[0] for r in connection.execute("DESCRIBE main.crm_versions").fetchall()]
+        values = ", ".join({"version": "?", "name": "'evil'"}.get(c, c) for c in columns)
+        connection.execute(f"INSERT INTO main.crm_versions SELECT {values} FROM main.crm_versions", [evil])
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    for args in (["promote", "evil"], ["project"], ["versions"], ["diff", "evil", real], ["query", "SELECT 1"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1 and "which is no version id" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not written.exists()
+
+
+def test_a_version_still_building_is_refused_by_diff_as_by_promote(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """A replay cut short: diff blamed the projection database ("Table ... does not exist")."""
+    built = replay(settings, strict_csat(tmp_path), "ledger", name="strict")
+    with duckdb.connect(str(settings.projections_db)) as connection:
+        connection.execute(
+            "UPDATE main.crm_versions SET built_at = NULL, state = 'building' WHERE version = ?", [built.version]
+        )
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    for args in (["diff", "default", "strict"], ["diff", "strict", "default"], ["promote", "strict"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1 and f"version {built.version} is still building" in result.stderr, result
 
 
 def test_versions_and_diff_read_without_writing(
