@@ -160,6 +160,11 @@ def test_query_is_read_only_by_construction(
     shown = run_cli("query", odd, "--format", "json", env=env_of(settings)).stdout
     # Valid JSON: no NaN or Infinity (json.loads would take them; parse_constant sees them).
     assert json.loads(shown, parse_constant=pytest.fail) == [{"a": None, "b": None, "c": 2.5}]
+    # A value with a time zone (no read model has one, a user's own SQL may) in every text format.
+    zoned = "SELECT TIMESTAMPTZ '2026-01-01 10:00:00+02' AS t, now() AS n"
+    for form in ("table", "csv", "json"):
+        shown_zoned = run_cli("query", zoned, "--format", form, env=env_of(settings))
+        assert shown_zoned.returncode == 0 and "2026-01-01 08:00:00" in shown_zoned.stdout, shown_zoned.stderr
     # export: every stable read model, each file whole; nothing but files it names.
     folder = tmp_path / "export"
     exported = run_cli("export", "--parquet", str(folder), env=env_of(settings))
