@@ -40,8 +40,14 @@ class ReplayResult:
     applied: int
     seconds: float
     based_on: str | None = None
+    #: What the replay did not do as asked, said after its line.
+    note: str | None = None
 
     def message(self) -> str:
+        line = self._line()
+        return line if self.note is None else f"{line}; {self.note}"
+
+    def _line(self) -> str:
         if self.mode == "scores-only":
             return (
                 f"{self.version} ({self.name}): KPI definitions unchanged, scores recomputed from the "
@@ -65,6 +71,15 @@ class ReplayResult:
             f"{self.version} ({self.name}): {verb} {self.applied} events "
             f"in {self.seconds:.1f}s ({rate:,.0f} ev/s)"
         )
+
+
+def _renaming_note(version: VersionInfo, name: str | None) -> str | None:
+    """The note for a replay named otherwise than the version its spec already is: a spec (as of
+    a moment, over a source) is one version, which keeps its first name."""
+    if name is None or name == version.name:
+        return None
+    already = f"this spec is version {version.version} already, named {version.name!r}"
+    return f"--name {name!r} not applied: {already}"
 
 
 def _shareable_base(db: ProjectionDB, kpi_hash: str | None, label: str) -> VersionInfo | None:
@@ -118,10 +133,13 @@ def replay(
         return ReplayResult(target, name or spec.name, "interrupted", appended, time.monotonic() - started)
     with ProjectionDB(settings.projections_db) as db:
         known = {v.version: v for v in db.versions()}
-        if target in known and from_source:
+        note = _renaming_note(known[target], name) if target in known else None
+        if target in known and full:
+            # Asked for again in full (or after re-decoding): its tables are made anew from the log.
             version = known[target]
             Projector(db, version, None, app.codec).refresh(full=True)
-            return ReplayResult(target, version.name, "full", rebuilt, time.monotonic() - started)
+            events = rebuilt if from_source else db.find_version(version.version).events
+            return ReplayResult(target, version.name, "full", events, time.monotonic() - started, note=note)
         if target in known:
             version = known[target]
             stats, _ = catch_up(
@@ -133,7 +151,9 @@ def replay(
                 reporter=reporter,
                 should_stop=should_stop,
             )
-            return ReplayResult(target, version.name, "caught-up", stats.applied, time.monotonic() - started)
+            return ReplayResult(
+                target, version.name, "caught-up", stats.applied, time.monotonic() - started, note=note
+            )
         base = None if full or as_of is not None else _shareable_base(db, spec.kpi_hash, label)
         if base is not None:
             derived = db.ensure_version(spec, spec_text, label, name=name, built_from=base.version)

@@ -335,6 +335,35 @@ def test_version_names_are_given_printable_and_shown_escaped(
         assert "\x1b" not in shown.stdout + shown.stderr and "x\\x1b[2J" in shown.stdout + shown.stderr, shown
 
 
+def test_a_spec_built_before_keeps_its_version_name_and_is_built_anew_when_asked_in_full(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    spec = str(strict_csat(tmp_path))
+    first = run_cli("replay", "--metrics", spec, "--name", "strict", env=env)
+    assert first.returncode == 0 and "not applied" not in first.stdout, first.stderr
+    with ProjectionDB(settings.projections_db) as db:
+        built = next(v for v in db.versions() if v.name == "strict")
+        before = _version_digests(db, built.schema)
+    again = run_cli("replay", "--metrics", spec, "--name", "v2", env=env)
+    assert again.returncode == 0 and "caught up" in again.stdout
+    assert f"--name 'v2' not applied: this spec is version {built.version} already, named 'strict'" in again.stdout
+    full = run_cli("replay", "--metrics", spec, "--full", env=env)
+    assert full.returncode == 0 and f"{built.version} (strict): replayed {ledger.max_position()} events" in full.stdout
+    with ProjectionDB(settings.projections_db) as db:
+        assert [v.name for v in db.versions()] == ["default", "strict"]
+        assert _version_digests(db, built.schema) == before
+
+
+def _version_digests(db: ProjectionDB, schema: str) -> dict[str, str]:
+    """Each table of a version's schema (its own read models) by its content."""
+    tables = db.connection.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = ? AND NOT temporary", [schema]
+    ).fetchall()
+    assert tables
+    return {name: digest(db.connection, f"{schema}.{name}") for (name,) in tables}
+
+
 def test_a_version_id_planted_in_the_catalog_is_refused_not_run_as_sql(
     ledger: LedgerApplication, settings: Settings, tmp_path: Path
 ) -> None:
