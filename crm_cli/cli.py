@@ -110,8 +110,11 @@ def _existing_store(ctx: click.Context) -> Settings:
 
 
 def _source_settings(ctx: click.Context, source: str) -> Settings:
-    """The settings of a command that reads `source`: the ledger must exist when it is read."""
-    return _existing_store(ctx) if source == "ledger" else _settings(ctx)
+    """The settings of a command that reads `source` into the projection database (made when
+    missing, in a folder that exists): the ledger must exist when it is read."""
+    settings = _existing_store(ctx) if source == "ledger" else _settings(ctx)
+    settings.refuse_missing_db_folder()
+    return settings
 
 
 def _refuse_own_file(path: Path | None, option: str) -> None:

@@ -59,6 +59,8 @@ def log_root(projections_db: Path) -> Path:
 
 #: The event store when none is given: its folder is the one made on first use.
 DEFAULT_STORE = ".crm-ledger/ledger.sqlite"
+#: The projection database when none is given (in the same folder).
+DEFAULT_DB = Path(".crm-ledger/projections.duckdb")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Settings:
     """Where the ledger, the projections and the broker are."""
 
     store: str = DEFAULT_STORE
-    projections_db: Path = Path(".crm-ledger/projections.duckdb")
+    projections_db: Path = DEFAULT_DB
     bootstrap: str = "127.0.0.1:9092"
     events_topic: str = EVENTS_TOPIC
     partitions: int = 6
@@ -130,6 +132,12 @@ class Settings:
                 f"the same name: name the database otherwise (e.g. {db.with_suffix('.duckdb').name})"
             )
         return settings
+
+    def refuse_missing_db_folder(self) -> None:
+        """Refuse to make a projection database named in a folder that does not exist (only the
+        default's folder is made): a mistyped folder would hold read models nobody finds."""
+        if self.projections_db != DEFAULT_DB and not self.projections_db.exists():
+            refuse_missing_folder(self.projections_db)
 
     @property
     def checkpoints(self) -> str:

@@ -466,6 +466,21 @@ def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_made(tmp_path: P
     assert (folder / ".crm-ledger" / "ledger.sqlite").is_file()
 
 
+def test_a_projection_database_in_a_folder_that_does_not_exist_is_refused_not_made(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    history = tmp_path / "h.jsonl"
+    history.write_text(_history(tmp_path).read_text().splitlines()[0] + "\n")
+    run_cli("ingest", str(history), env=env, check=True)
+    missing = tmp_path / "typo" / "sub"
+    spec = str(Path(__file__).resolve().parents[2] / "projections/metrics/default.toml")
+    for args in (["project"], ["replay", "--metrics", spec]):
+        _one_line_error(run_cli("--db", str(missing / "p.duckdb"), *args, env=env), f"no folder {missing}")
+        assert not (tmp_path / "typo").exists(), args
+    # In a folder that exists, the database (and its log beside it) is made.
+    assert run_cli("--db", str(tmp_path / "p.duckdb"), "project", env=env).returncode == 0
+    assert (tmp_path / "p.duckdb").is_file()
+
+
 def test_a_projection_database_that_is_a_data_file_is_refused_not_read_as_one(tmp_path: Path) -> None:
     # DuckDB opens a JSON, CSV or Parquet file given as a database as an empty in-memory
     # one: `project` would report a build that vanished, read-only commands a permission problem.
