@@ -77,9 +77,11 @@ def _given_text(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 def _given_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A name given to a version: not blank, and printable (it is typed again to `promote` or
-    `diff` it, and shown in every message about the version)."""
-    if _given_text(ctx, param, value) is not None and not str(value).isprintable():
+    """A name given to a version: not blank, and without control characters (it is typed again
+    to `promote` or `diff` it, and shown in every message about the version)."""
+    from projections.spec import has_controls
+
+    if _given_text(ctx, param, value) is not None and has_controls(str(value)):
         raise click.BadParameter(f"{value!r} holds control characters: give a printable name")
     return value
 

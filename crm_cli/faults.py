@@ -40,7 +40,9 @@ def describe(error: BaseException, settings: Settings | None) -> Fault | None:
     log = str(log_root(settings.projections_db)) if settings is not None else "the decoded log"
     if _is_deltalake(error):
         return _log_fault(str(error), log)
-    if _reads_damaged_log(error, log):
+    # Arrow names a file by the absolute path delta-rs gives (a --db with `..` or a link differs).
+    paths = (log, str(log_root(settings.projections_db).resolve())) if settings is not None else ()
+    if _reads_damaged_log(error, paths):
         return _log_fault(str(error), log, damaged=True)
     if _reads_missing_log(error):
         return Fault(
@@ -140,13 +142,14 @@ def _log_fault(text: str, log: str, damaged: bool = False) -> Fault:
     return Fault(f"decoded log {log}: {_first_line(text)}")
 
 
-def _reads_damaged_log(error: BaseException, log: str) -> bool:
-    """A data file of the decoded log missing or unreadable, met by Arrow directly (a FileNotFoundError
-    without an errno, an ArrowInvalid naming the file) or by DuckDB scanning the log's relation."""
+def _reads_damaged_log(error: BaseException, paths: tuple[str, ...]) -> bool:
+    """A data file of the decoded log (in a folder of `paths`) missing or unreadable, met by Arrow
+    directly (a FileNotFoundError without an errno, an ArrowInvalid naming the file) or by
+    DuckDB scanning the log's relation."""
     pyarrow = sys.modules.get("pyarrow")
     arrow = pyarrow is not None and isinstance(error, pyarrow.lib.ArrowException)
     missing = isinstance(error, FileNotFoundError) and error.errno is None
-    if (arrow or missing) and log in str(error):
+    if (arrow or missing) and any(path in str(error) for path in paths):
         return True
     if not isinstance(error, duckdb.Error):
         return False

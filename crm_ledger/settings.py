@@ -136,8 +136,9 @@ class Settings:
     def refuse_missing_db_folder(self) -> None:
         """Refuse to make a projection database named in a folder that does not exist (only the
         default's folder is made): a mistyped folder would hold read models nobody finds."""
-        if self.projections_db != DEFAULT_DB and not self.projections_db.exists():
-            refuse_missing_folder(self.projections_db)
+        db = self.projections_db
+        if db.resolve() != DEFAULT_DB.resolve() and not db.exists():
+            refuse_missing_folder(db)
 
     @property
     def checkpoints(self) -> str:
@@ -192,7 +193,7 @@ class Settings:
                 "POSTGRES_CONNECT_TIMEOUT": str(math.ceil(self.store_timeout_s)),
             }
         path = Path(self.store)
-        if self.store == DEFAULT_STORE:
+        if path.resolve() == Path(DEFAULT_STORE).resolve():
             path.parent.mkdir(parents=True, exist_ok=True)
         else:
             # A store given by name is made only in a folder that exists: a mistyped folder

@@ -96,17 +96,27 @@ def relation_name(source: str) -> str:
     return "crm_log_" + re.sub(r"[^A-Za-z0-9]+", "_", source).strip("_").lower()
 
 
+#: Failures of a scan that say nothing about the log's files.
+_NOT_THE_FILES = ("out of memory", "too many open files", "interrupt")
+_MISSING_RELATION = re.compile(r"name (crm_log_\w+) does not exist")
+
+
 def failed_reading_log(error: BaseException) -> bool:
     """Whether a DuckDB error is a log's relation failing to be read (a data file of the log
-    missing or damaged), not a fault of the query or of the database."""
-    return "registered as 'crm_log_" in str(error)
-
-
-def missing_log(error: BaseException) -> bool:
-    """Whether a DuckDB error is a log's relation not being there: readers never create a log,
-    and one moved away or not copied with the database is not registered."""
+    missing or damaged), not a fault of the query, of the database or of the machine."""
     text = str(error)
-    return "name crm_log_" in text and "does not exist" in text
+    return "registered as 'crm_log_" in text and not any(cause in text.lower() for cause in _NOT_THE_FILES)
+
+
+def missing_log(error: BaseException, sources: Iterable[str] | None = None) -> bool:
+    """Whether a DuckDB error is a log's relation not being there: readers never create a log,
+    and one moved away or not copied with the database is not registered. With `sources` (the
+    database's sources), only their logs' relations count: a query that mistyped the name of
+    one (`crm_log_ledgr`) is the query's fault."""
+    found = _MISSING_RELATION.search(str(error))
+    if found is None:
+        return False
+    return sources is None or found.group(1) in {relation_name(source) for source in sources}
 
 
 @dataclass(frozen=True)

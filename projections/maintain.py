@@ -161,15 +161,17 @@ class Maintainer:
         """The log version the shared tables reflect (None before the first build)."""
         return self.db.tracking(self.storage).max_tracking_id(LOG_STREAM)
 
-    def reflects(self, snapshot: int) -> bool:
-        """Whether the shared tables reflect log version `snapshot`: recorded at that version and
-        at the stream positions it holds. A log removed and decoded anew numbers its versions
-        from 0 again: the version recorded may be the same number holding more events."""
-        if self.log_version_recorded() != snapshot:
+    def reflects(self, snapshot: int, recorded: int | None) -> bool:
+        """Whether the shared tables, `recorded` at a log version, reflect log version `snapshot`:
+        the same version, and the stream positions it holds. A log removed and decoded anew
+        numbers its versions from 0 again: the version recorded may be the same number holding
+        more events, or events of a stream (a partition) the tables never read."""
+        if recorded != snapshot:
             return False
         tracked = self.db.tracking(self.storage).positions()
-        recorded = {k: p.offset for k, p in tracked.items() if k != LOG_STREAM}
-        return self.log.stream_ends(recorded, snapshot) == recorded
+        positions = {k: p.offset for k, p in tracked.items() if k != LOG_STREAM}
+        streams = {*positions, *self.index.positions()}
+        return self.log.stream_ends(streams, snapshot) == {s: positions.get(s) for s in streams}
 
     def is_current(self) -> bool:
         log_version = self.log.version()
@@ -179,7 +181,7 @@ class Maintainer:
             ).fetchone()
             if row is None or row[0] != "ready" or self.db.built_log_version(version) != log_version:
                 return False
-        return self.reflects(log_version)
+        return self.reflects(log_version, self.log_version_recorded())
 
     def update(self, *, full: bool = False, scores_only: bool = False) -> UpdateResult:
         """Bring the chain's tables to the log's latest snapshot, in one transaction.
@@ -214,7 +216,7 @@ class Maintainer:
             events = 0
             touched = False  # crm_touched holds the keys the new events touched
             new = 0
-            if full or not self.reflects(snapshot):
+            if full or not self.reflects(snapshot, recorded):
                 if full:
                     self._materialise(s, "TRUE")
                     for statement in [*spec_independent_sql(s, EV, f"{s}.events"), *state_sql(s, EV)]:

@@ -62,7 +62,7 @@ def within(connection: duckdb.DuckDBPyConnection, work: Callable[[], T], timeout
         _stop(connection, done)
         raise QueryStoppedError(f"query stopped after {timeout_s:g} s (raise it with --timeout)")
     error = outcome.get("error")
-    if isinstance(error, duckdb.Error) and not (failed_reading_log(error) or missing_log(error)):
+    if isinstance(error, duckdb.Error) and not (failed_reading_log(error) or _missing_log(connection, error)):
         raise QueryRefusedError(f"query failed: {str(error).splitlines()[0]}") from error
     if isinstance(error, BaseException):
         raise error
@@ -126,6 +126,17 @@ def _sources(connection: duckdb.DuckDBPyConnection) -> list[str]:
     return sorted({v.source for v in versions_of(connection)})
 
 
+def _missing_log(connection: duckdb.DuckDBPyConnection, error: duckdb.Error) -> bool:
+    """Whether `error` is the log of one of the database's sources not being there."""
+    if not missing_log(error):
+        return False
+    try:
+        sources = {version.source for version in versions_of(connection)}
+    except duckdb.Error:  # the connection is past use (an interrupted query): the error says enough
+        return True
+    return missing_log(error, sources)
+
+
 def run_query(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBPyRelation | None:
     try:
         # One statement: DuckDB runs them all and shows the last, so the others' results were lost.
@@ -133,7 +144,7 @@ def run_query(connection: duckdb.DuckDBPyConnection, sql: str) -> duckdb.DuckDBP
             raise QueryRefusedError("query not run: give one statement (this holds several)")
         return connection.sql(sql)
     except duckdb.Error as error:
-        if missing_log(error):
+        if _missing_log(connection, error):
             raise  # the decoded log's folder is not there: not a fault of the query (crm_cli.faults)
         text = str(error)
         if "read-only" in text or "read only" in text or "external access" in text.lower():

@@ -117,11 +117,25 @@ def load_spec(path: Path) -> MetricSpec:
     except UnicodeDecodeError as error:
         reason = f"not UTF-8 text (byte {error.start + 1}); save it as UTF-8"
         raise SpecError(name, "(file)", reason) from None
-    return parse_spec(text, name)
+    return parse_spec(text, name, given=True)
 
 
-def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
-    """Validate spec text (see `load_spec`)."""
+#: Control characters (C0 and C1): a name holding one could drive the terminal it is shown on.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_controls(text: str) -> bool:
+    """Whether a version's name holds a control character (other letters and signs are fine)."""
+    return _CONTROLS.search(text) is not None
+
+
+def parse_spec(text: str, name: str = "<spec>", *, given: bool = False) -> MetricSpec:
+    """Validate spec text (see `load_spec`).
+
+    A `given` spec (a file a user names) is held to the rules for new versions too: its name
+    holds no control characters and its description is text. A spec stored with a version
+    is read as it was accepted then (an older version's description may be a number).
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -140,11 +154,10 @@ def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
     spec_name = data.get("name", "unnamed")
     if not isinstance(spec_name, str) or not spec_name.strip():
         raise fail(None, "name", "must be non-empty text")
-    if not spec_name.isprintable():
-        raise fail(None, "name", f"{spec_name!r} holds control characters: give a printable name")
-
     description = data.get("description", "")
-    if not isinstance(description, str):
+    if given and has_controls(spec_name):
+        raise fail(None, "name", f"{spec_name!r} holds control characters: give a printable name")
+    if given and not isinstance(description, str):
         raise fail(None, "description", f"must be text, got {description!r}")
 
     raw_kpis = data.get("kpis", {})
@@ -183,7 +196,7 @@ def parse_spec(text: str, name: str = "<spec>") -> MetricSpec:
         )
     return MetricSpec(
         name=spec_name.strip(),
-        description=description,
+        description=str(description),
         kpis=MappingProxyType(kpis),
         components=tuple(components),
         source=name,

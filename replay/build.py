@@ -52,13 +52,14 @@ class ReplayResult:
             return (
                 f"{self.version} ({self.name}): KPI definitions unchanged, scores recomputed from the "
                 f"KPI tables of {self.based_on} without re-reading the log in {self.seconds:.2f}s "
-                "(use --full to force a log replay)"
+                "(for a replay of the log, drop it and replay with --full)"
             )
         if self.mode == "kpi-change":
             return (
                 f"{self.version} ({self.name}): KPI definitions changed, built from the decoded log "
                 f"sharing the spec-independent tables of {self.based_on}: {self.applied} events "
-                f"in {self.seconds:.2f}s (use --full for a build of its own, --from-source to re-decode)"
+                f"in {self.seconds:.2f}s (for a build of its own, drop it and replay with --full; "
+                "--from-source re-decodes)"
             )
         if self.mode == "interrupted":
             return (
@@ -73,13 +74,20 @@ class ReplayResult:
         )
 
 
-def _renaming_note(version: VersionInfo, name: str | None) -> str | None:
-    """The note for a replay named otherwise than the version its spec already is: a spec (as of
-    a moment, over a source) is one version, which keeps its first name."""
-    if name is None or name == version.name:
-        return None
-    already = f"this spec is version {version.version} already, named {version.name!r}"
-    return f"--name {name!r} not applied: {already}"
+def _known_note(version: VersionInfo, name: str | None, full: bool) -> str | None:
+    """What a replay of a spec that is `version` already does not do as asked: a spec (as of a
+    moment, over a source) is one version, which keeps its first name; one built from another
+    shares that one's tables, which `full` cannot undo."""
+    notes = []
+    if name is not None and name != version.name:
+        already = f"this spec is version {version.version} already, named {version.name!r}"
+        notes.append(f"--name {name!r} not applied: {already}")
+    if full:
+        notes.append(
+            f"--full not applied: it shares the tables of {version.built_from}; "
+            "drop it, then replay with --full for a build of its own"
+        )
+    return "; ".join(notes) or None
 
 
 def _shareable_base(db: ProjectionDB, kpi_hash: str | None, label: str) -> VersionInfo | None:
@@ -133,8 +141,10 @@ def replay(
         return ReplayResult(target, name or spec.name, "interrupted", appended, time.monotonic() - started)
     with ProjectionDB(settings.projections_db) as db:
         known = {v.version: v for v in db.versions()}
-        note = _renaming_note(known[target], name) if target in known else None
-        if target in known and full:
+        # A version built from another shares its tables: made anew they would still be shared.
+        rebuild = full and (from_source or target not in known or known[target].built_from is None)
+        note = _known_note(known[target], name, full and not rebuild) if target in known else None
+        if target in known and rebuild:
             # Asked for again in full (or after re-decoding): its tables are made anew from the log.
             version = known[target]
             Projector(db, version, None, app.codec).refresh(full=True)

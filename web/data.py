@@ -9,7 +9,6 @@ come from the version catalog, never from the request; every value is a bound pa
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from projections.store import VersionInfo, is_lock_error, rows_as_dicts, version
 from projections.store import find_version as store_find_version
 from web.errors import BadRequestError, NotFoundError, WebError
 
-_SCHEMA = re.compile(r"^v_[0-9a-f]{6,64}$")
 #: Team KPIs the team page charts and tabulates.
 TEAM_KPI_COLUMNS = (
     "csat_pct",
@@ -107,7 +105,8 @@ def resolve(con: duckdb.DuckDBPyConnection, reference: str | None) -> View:
     chosen = find_version(con, reference, known)
     if chosen.promoted:
         return View(chosen.version, chosen.name, "main", True)
-    if chosen.built_at is None or not _SCHEMA.match(chosen.version):
+    # Its id is a checked one (`versions_of`): it names the version's schema in the queries.
+    if chosen.built_at is None:
         raise NotFoundError(f"version {reference!r} is not built")
     return View(chosen.version, chosen.name, chosen.version, False)
 

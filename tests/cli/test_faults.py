@@ -155,6 +155,8 @@ def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the
     run_cli("ingest", str(history), env=env, check=True)
     run_cli("project", env=env, check=True)
     counted = run_cli("query", "SELECT count(*) FROM ledger_events", "--format", "csv", env=env, check=True).stdout
+    # A query naming a log's relation wrongly is the query's fault, not a missing log.
+    _one_line_error(run_cli("query", "SELECT * FROM crm_log_ledgr", env=env), "query not run", "crm_log_ledgr")
     (data,) = (tmp_path / "p.log" / "ledger").glob("*.parquet")
     whole = data.read_bytes()
     # Truncated (met by Arrow, and by DuckDB scanning the log), then gone.
@@ -164,6 +166,10 @@ def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the
     data.unlink()
     for args in (["project"], ["query", "SELECT 1"]):
         _one_line_error(run_cli(*args, env=env), "decoded log", "is damaged", str(data.name))
+    # The same database by a path through `..` (Arrow names the file by its absolute path).
+    (tmp_path / "sub").mkdir()
+    roundabout = {**env, "CRM_LEDGER_DB": str(tmp_path / "sub" / ".." / "p.duckdb")}
+    _one_line_error(run_cli("project", env=roundabout), "decoded log", "is damaged", str(data.name))
     # The whole folder moved away (or a database copied without it): readers never make it.
     (tmp_path / "p.log").rename(tmp_path / "elsewhere")
     for args in (["query", "SELECT count(*) FROM ledger_events"], ["audit", "verify"], ["audit", "reproduce"]):

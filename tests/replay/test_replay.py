@@ -19,7 +19,7 @@ from ledger.records import RecordParser, parse_timestamp
 from projections.errors import SpecError
 from projections.readonly import reader
 from projections.service import project_promoted
-from projections.spec import DEFAULT_SPEC, load_spec
+from projections.spec import DEFAULT_SPEC, load_spec, parse_spec
 from projections.store import ProjectionDB
 from replay.build import replay
 from replay.diff import diff_versions
@@ -291,6 +291,16 @@ def test_bad_specs_fail_before_any_work(
         assert [(v.version, v.state, v.promoted) for v in db.versions()] == before
 
 
+def test_a_spec_stored_with_an_older_version_is_read_as_it_was_accepted() -> None:
+    """A number as description (accepted then, refused in a spec file now) and a tab in the
+    name: the version's stored spec is re-read on every refresh and must keep working."""
+    text = DEFAULT_TEXT.replace("description = ", "description = 2026 #").replace(
+        'name = "default"', 'name = "old\tname"'
+    )
+    stored = parse_spec(text, "<spec of v_x>")
+    assert stored.description == "2026" and stored.name == "old\tname"
+
+
 def test_a_replay_from_kafka_without_a_broker_is_one_line(ledger: LedgerApplication, settings: Settings) -> None:
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
     spec = str(DEFAULT_SPEC)
@@ -343,15 +353,22 @@ def test_a_spec_built_before_keeps_its_version_name_and_is_built_anew_when_asked
     first = run_cli("replay", "--metrics", spec, "--name", "strict", env=env)
     assert first.returncode == 0 and "not applied" not in first.stdout, first.stderr
     with ProjectionDB(settings.projections_db) as db:
-        built = next(v for v in db.versions() if v.name == "strict")
-        before = _version_digests(db, built.schema)
-    again = run_cli("replay", "--metrics", spec, "--name", "v2", env=env)
+        shared = next(v for v in db.versions() if v.name == "strict")
+    again = run_cli("replay", "--metrics", spec, "--name", "v2", "--full", env=env)
     assert again.returncode == 0 and "caught up" in again.stdout
-    assert f"--name 'v2' not applied: this spec is version {built.version} already, named 'strict'" in again.stdout
-    full = run_cli("replay", "--metrics", spec, "--full", env=env)
-    assert full.returncode == 0 and f"{built.version} (strict): replayed {ledger.max_position()} events" in full.stdout
+    assert f"--name 'v2' not applied: this spec is version {shared.version} already, named 'strict'" in again.stdout
+    # Built from the promoted version, it shares that one's tables: --full cannot make it its own.
+    assert f"--full not applied: it shares the tables of {shared.built_from}" in again.stdout
+    # A version of its own is made anew from the log when asked again in full.
+    own = str(weights_only(tmp_path))
+    assert run_cli("replay", "--metrics", own, "--full", "--name", "own", env=env).returncode == 0
     with ProjectionDB(settings.projections_db) as db:
-        assert [v.name for v in db.versions()] == ["default", "strict"]
+        built = next(v for v in db.versions() if v.name == "own")
+        before = _version_digests(db, built.schema)
+    full = run_cli("replay", "--metrics", own, "--full", env=env)
+    assert full.returncode == 0 and f"{built.version} (own): replayed {ledger.max_position()} events" in full.stdout
+    with ProjectionDB(settings.projections_db) as db:
+        assert sorted(v.name for v in db.versions()) == ["default", "own", "strict"]
         assert _version_digests(db, built.schema) == before
 
 
