@@ -590,6 +590,28 @@ def test_a_database_damaged_while_served_is_not_available_not_a_traceback(tmp_pa
             raise AssertionError("a damaged database was served")
 
 
+def test_a_decoded_log_moved_away_while_served_is_named_not_blamed_on_the_version(tmp_path: Path) -> None:
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "ledger.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    history = tmp_path / "history.jsonl"
+    generate = ["--customers", "20", "--employees", "6", "--months", "2", "--seed", "5"]
+    run_cli("generate", *generate, "--out", str(history), check=True)
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    run_cli("period", "close", "2025-01", env=env, check=True)
+    run_cli("project", env=env, check=True)
+    with _served(tmp_path / "p.duckdb") as base:
+        (tmp_path / "p.log").rename(tmp_path / "elsewhere")
+        try:
+            # A closed month's statement is read from the ledger's events, in the decoded log.
+            urllib.request.urlopen(f"{base}/employee/emp-0001/statement/2025-01", timeout=30)
+        except urllib.error.HTTPError as error:
+            assert error.code == 503
+            body = error.read().decode()
+            assert "the decoded log is not there" in body and "predates" not in body
+        else:
+            raise AssertionError("a statement was served without the decoded log")
+
+
 def test_a_statement_typed_with_bare_slashes_is_still_a_statement(odd_site: dict[str, Any]) -> None:
     with urllib.request.urlopen(f"{odd_site['base']}/employee/a/../b/statement/2025-01", timeout=30) as got:
         assert f"<title>Reward statement {ODD_EMPLOYEE} 2025-01</title>" in got.read().decode()
