@@ -86,6 +86,21 @@ def _given_name(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
+def _given_moment(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A moment option's value: an ISO-8601 date or timestamp, refused as the option's own
+    usage error before any work (not as a record's field)."""
+    if value is None:
+        return None
+    from ledger.errors import ValidationError
+    from ledger.records import parse_timestamp
+
+    try:
+        parse_timestamp(value, "as_of")
+    except ValidationError as error:
+        raise click.BadParameter(error.reason) from None
+    return value
+
+
 def _given_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
     """An output file option's value: a blank one (an unset shell variable) is refused, not
     written as the current folder ("Is a directory") or as a file named by spaces."""
@@ -834,6 +849,7 @@ _version_arg = click.argument("version")
     "--as-of",
     "as_of",
     default=None,
+    callback=_given_moment,
     help="Only events with occurred_at <= this moment (ISO date or timestamp, UTC).",
 )
 @click.option(

@@ -325,6 +325,9 @@ def test_number_options_refuse_nan_and_query_refuses_empty_sql(tmp_path: Path) -
     ):
         result = run_cli(*args, env=env)
         assert result.returncode == 2 and "Invalid value" in result.stderr and "Traceback" not in result.stderr, args
+    # A moment is the option's usage error (it was "field 'as_of'", as if a record's).
+    moment = run_cli("replay", "--metrics", str(DEFAULT_SPEC), "--as-of", "garbage", env=env)
+    assert moment.returncode == 2 and "Invalid value for '--as-of': not an ISO-8601" in moment.stderr
 
 
 @pytest.mark.parametrize(
