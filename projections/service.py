@@ -80,10 +80,16 @@ def project_promoted(
                 db.promote(db.find_version(version.version))
                 if on_refresh is not None:
                     on_refresh(db)  # the first build is only promoted now: publish it too
-            messages.append(
+            line = (
                 f"{version.version} ({version.name}): applied {stats.applied} events"
                 f" in {stats.seconds:.1f}s ({stats.rate:,.0f} ev/s), {stats.dead_letters} dead letters"
             )
+            if stats.refreshed and not stats.applied:
+                # Events another process decoded into the log (a replay, the workers) reached
+                # the read models all the same: "applied 0" alone read as nothing done.
+                events = db.find_version(version.version).events
+                line += f"; the read models brought up to the log ({events} events)"
+            messages.append(line)
             if not (follow and switched[0] and not should_stop()):
                 return "\n".join(messages)
 

@@ -256,3 +256,26 @@ def test_the_heads_an_appender_committed_are_the_ones_the_log_holds(tmp_path: Pa
     assert kept == heads(DecodedLog(tmp_path / "log"))
     _append(DecodedLog(tmp_path / "log"), app, batches=1)  # another process goes on
     assert heads(log) == heads(DecodedLog(tmp_path / "log")) != kept
+
+
+def test_project_says_so_when_another_run_decoded_the_events_it_brings_the_tables_to(tmp_path: Path) -> None:
+    """A replay of another spec decodes the new events into the shared log; `project` then
+    decodes none itself but brings the promoted version to them ("applied 0 events" alone)."""
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=60, employees=4, months=1, seed=4), handle)
+    lines = history.read_text().splitlines(True)
+    first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    first.write_text("".join(lines[: len(lines) // 2]))
+    rest.write_text("".join(lines[len(lines) // 2 :]))
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    run_cli("ingest", str(first), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    run_cli("ingest", str(rest), env=env, check=True)
+    strict = tmp_path / "strict.toml"
+    strict.write_text(DEFAULT_SPEC.read_text().replace("csat_satisfied_min = 4", "csat_satisfied_min = 5"))
+    # A version of its own (a shared one would bring its base, the promoted version, along).
+    run_cli("replay", "--metrics", str(strict), "--full", env=env, check=True)
+    projected = run_cli("project", env=env, check=True)
+    assert "applied 0 events" in projected.stdout
+    assert f"the read models brought up to the log ({len(lines)} events)" in projected.stdout
