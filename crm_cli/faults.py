@@ -37,18 +37,20 @@ def describe(error: BaseException, settings: Settings | None) -> Fault | None:
     db = str(settings.projections_db) if settings is not None else "the projection database"
     if isinstance(error, OSError) and error.errno is not None:
         return Fault(_os_fault(error))
-    log = str(log_root(settings.projections_db)) if settings is not None else "the decoded log"
+    folder = log_root(settings.projections_db) if settings is not None else None
+    log = str(folder) if folder is not None else "the decoded log"
     if _is_deltalake(error):
         return _log_fault(str(error), log)
     # Arrow names a file by the absolute path delta-rs gives (a --db with `..` or a link differs).
-    paths = (log, str(log_root(settings.projections_db).resolve())) if settings is not None else ()
+    paths = (log, str(folder.resolve())) if folder is not None else ()
     if _reads_damaged_log(error, paths):
         return _log_fault(str(error), log, damaged=True)
-    if _reads_missing_log(error):
-        return Fault(
-            f"decoded log {log} is not there (moved, or not copied with the database): put it back beside "
-            "the database, or run `crm-ledger project` to decode the ledger into it again"
-        )
+    if isinstance(error, duckdb.Error):
+        # Only a process that registered a log can fail so (and need not pay for loading it here).
+        from projections.log import missing_log, missing_log_advice  # noqa: PLC0415
+
+        if missing_log(error):
+            return Fault(missing_log_advice(settings.projections_db if settings is not None else None))
     if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
         return _store_fault(str(error), store)
     if isinstance(error, duckdb.Error):
@@ -157,14 +159,6 @@ def _reads_damaged_log(error: BaseException, paths: tuple[str, ...]) -> bool:
     from projections.log import failed_reading_log  # noqa: PLC0415
 
     return failed_reading_log(error)
-
-
-def _reads_missing_log(error: BaseException) -> bool:
-    if not isinstance(error, duckdb.Error):
-        return False
-    from projections.log import missing_log  # noqa: PLC0415 - as in _reads_damaged_log
-
-    return missing_log(error)
 
 
 def _is_deltalake(error: BaseException) -> bool:

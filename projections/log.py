@@ -119,6 +119,15 @@ def missing_log(error: BaseException, sources: Iterable[str] | None = None) -> b
     return sources is None or found.group(1) in {relation_name(source) for source in sources}
 
 
+def missing_log_advice(db: Path | None) -> str:
+    """What to tell about a database whose decoded log is not there (`missing_log`)."""
+    place = "the projection database" if db is None else f"the projection database {db}"
+    return (
+        f"the decoded log is not there beside {place} (moved, or not copied with it): put it back, "
+        "or run `crm-ledger project` to decode the ledger into it again"
+    )
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One committed version of the log and the stream positions it holds."""

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from crm_ledger.errors import CrmLedgerError
-from projections.log import missing_log
+from projections.log import missing_log, missing_log_advice
 from replay.diff import diff_versions
 from rewards.errors import PeriodError
 from rewards.periods import parse_period
@@ -158,10 +158,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
                 return render(request, "error.html", user, 503, title="Not available", message=message)
             except duckdb.CatalogException as error:
                 if missing_log(error):
-                    message = (
-                        "the decoded log is not there beside the projection database (moved, or not "
-                        "copied with it): put it back, or run `crm-ledger project`"
-                    )
+                    message = missing_log_advice(db)
                     return render(request, "error.html", user, 503, title="Not available", message=message)
                 # A version promoted before a read model existed has no stable name for it yet.
                 message = (
