@@ -63,6 +63,13 @@ DEFAULT_STORE = ".crm-ledger/ledger.sqlite"
 DEFAULT_DB = Path(".crm-ledger/projections.duckdb")
 
 
+def _refuse_mistyped_folder(path: Path, default: Path) -> None:
+    """Refuse a file to be made in a folder that does not exist, unless it is `default` (by any
+    path to it), whose folder is made on first use."""
+    if path.resolve() != default.resolve():
+        refuse_missing_folder(path)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the ledger, the projections and the broker are."""
@@ -136,9 +143,7 @@ class Settings:
     def refuse_missing_db_folder(self) -> None:
         """Refuse to make a projection database named in a folder that does not exist (only the
         default's folder is made): a mistyped folder would hold read models nobody finds."""
-        db = self.projections_db
-        if db.resolve() != DEFAULT_DB.resolve() and not db.exists():
-            refuse_missing_folder(db)
+        _refuse_mistyped_folder(self.projections_db, DEFAULT_DB)
 
     @property
     def checkpoints(self) -> str:
@@ -193,12 +198,9 @@ class Settings:
                 "POSTGRES_CONNECT_TIMEOUT": str(math.ceil(self.store_timeout_s)),
             }
         path = Path(self.store)
-        if path.resolve() == Path(DEFAULT_STORE).resolve():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        else:
-            # A store given by name is made only in a folder that exists: a mistyped folder
-            # would otherwise hold a new, empty ledger that the next run does not find.
-            refuse_missing_folder(path)
+        # A mistyped folder would otherwise hold a new, empty ledger that the next run does not find.
+        _refuse_mistyped_folder(path, Path(DEFAULT_STORE))
+        path.parent.mkdir(parents=True, exist_ok=True)
         return keys | {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(path),
