@@ -74,6 +74,10 @@ def writer_properties() -> WriterProperties:
     return WriterProperties(compression="SNAPPY", column_properties=columns)
 
 
+#: The largest commit whose rows `DecodedLog.appended` keeps (a follower's batches are small;
+#: a catch-up's large batches are read back from the files, not held in memory).
+KEEP_APPENDED_ROWS = 20_000
+
 #: The columns of `dead_letters`.
 DEAD_LETTER_COLUMNS = (
     "source",
@@ -150,6 +154,10 @@ class DecodedLog:
         #: while the log is still at that version, they are its heads (their chain and message
         #: at hand, not read back from the Delta files: ~9 ms a follower's round at 1M events).
         self._committed: tuple[int, dict[str, Position]] | None = None
+        #: The rows of this process's last commit, with the versions before and after it: a
+        #: follower's index reads its new rows from here instead of finding the newest file
+        #: by every file's statistics and reading it back (~10 ms a round at 1M events).
+        self._appended: tuple[str, int, int, pa.Table] | None = None
         if not (path / "_delta_log").exists():
             path.mkdir(parents=True, exist_ok=True)
             # Several processes may race to create it; whoever loses finds it there.
@@ -234,7 +242,10 @@ class DecodedLog:
         appenders of one source never both commit the same rows.
         """
 
+        based_on: list[int] = []
+
         def write(snapshot: DeltaTable, retries: int | None = None) -> None:
+            based_on.append(int(snapshot.version()))
             write_deltalake(
                 snapshot,
                 table,
@@ -253,7 +264,22 @@ class DecodedLog:
         # The handle a commit went through holds the version it made (delta-rs updates it).
         version = self.version() if self._latest is None else int(self._latest.version())
         self._committed = (version, {p.stream: p for p in positions})
+        kept = table.num_rows <= KEEP_APPENDED_ROWS and table.schema.equals(LOG_SCHEMA)
+        if kept and based_on and self._latest is not None:
+            self._appended = (str(self._latest.metadata().id), based_on[-1], version, table)
+        else:
+            self._appended = None
         return version
+
+    def appended(self, table_id: str, since: int, version: int) -> pa.Table | None:
+        """The rows committed between versions `since` and `version` of the Delta table
+        `table_id`, when they are exactly this process's last commit (made on `since`, giving
+        `version`); None otherwise."""
+        if self._appended is None or version != since + 1:
+            return None
+        if self._appended[:3] != (table_id, since, version):
+            return None
+        return self._appended[3]
 
     def commit_checked(
         self,

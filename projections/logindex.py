@@ -131,7 +131,8 @@ class LogIndex:
         """Bring the index to `snapshot` (`dataset` is that snapshot), inside the caller's transaction.
 
         Only the rows after the index's last position per stream are read from the log:
-        file statistics skip the files that hold none of them.
+        file statistics skip the files that hold none of them. When those rows are exactly
+        this process's last commit (a follower's round), they are taken from it instead.
         """
         run = self.connect().execute
         run(
@@ -155,9 +156,14 @@ class LogIndex:
             wanted = ~pds.field("stream").isin(pa.array(list(known), pa.string()))
             for stream, position in known.items():
                 wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
-            # Only the files that may hold rows past the index (file statistics), then the rows.
-            newer = self.log.dataset(snapshot, after=known)
-            rows = newer.to_table(columns=[*INDEX_COLUMNS, "payload"], filter=wanted)
+            columns = [*INDEX_COLUMNS, "payload"]
+            appended = self.log.appended(table_id, int(row[1]), snapshot)
+            if appended is not None:
+                rows = appended.select(columns).filter(wanted)
+            else:
+                # Only the files that may hold rows past the index (file statistics), then the rows.
+                newer = self.log.dataset(snapshot, after=known)
+                rows = newer.to_table(columns=columns, filter=wanted)
             if rows.num_rows:
                 self._insert(rows, replace=False)
                 last = rows.group_by("stream").aggregate([("position", "max")]).to_pylist()

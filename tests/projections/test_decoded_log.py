@@ -258,6 +258,26 @@ def test_the_heads_an_appender_committed_are_the_ones_the_log_holds(tmp_path: Pa
     assert heads(log) == heads(DecodedLog(tmp_path / "log")) != kept
 
 
+def test_the_rows_of_a_commit_are_kept_only_as_that_commit(tmp_path: Path) -> None:
+    """The rows an appender committed are what the log gained from the version it committed on
+    to the one it made (the index of a follower reads them from here): the same rows a reader of
+    the Delta files finds; asked for any other pair of versions, or after another process
+    committed, the log answers None and the files are read."""
+    app = _ledger(tmp_path)
+    log = DecodedLog(tmp_path / "log")
+    _append(log, app, batches=2)
+    table_id = str(log.table().metadata().id)
+    version = log.version()
+    kept = log.appended(table_id, version - 1, version)
+    assert kept is not None and kept.num_rows == 97
+    in_files = log.dataset(version).to_table().sort_by("position").slice(97)
+    assert kept.select(["position", "chain", "value"]).equals(in_files.select(["position", "chain", "value"]))
+    assert log.appended(table_id, version - 2, version) is None
+    assert log.appended("another table", version - 1, version) is None
+    _append(DecodedLog(tmp_path / "log"), app, batches=1)  # another process goes on
+    assert log.appended(table_id, version, version + 1) is None
+
+
 def test_project_says_so_when_another_run_decoded_the_events_it_brings_the_tables_to(tmp_path: Path) -> None:
     """A replay of another spec decodes the new events into the shared log; `project` then
     decodes none itself but brings the promoted version to them ("applied 0 events" alone)."""
