@@ -8,7 +8,8 @@ Only a break in the structure itself (a file that ends inside an item or before 
 is closed, text after the array) ends the reading: the items before it are kept and the
 rest is one rejected record. A comma out of place in an array (`[,{..}]`, `[{..},,{..}]`,
 `[{..},]`) is not JSON either: it is one reject where it stands, and the items around it
-are read.
+are read. An item with no comma before it (`[{..} {..}]`) is rejected: whether the file
+meant two items or lost text between them, it is not JSON.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ def json_items(name: str, handle: IO[bytes], max_record_bytes: int) -> Iterator[
             return
         if extent.size > max_record_bytes:
             error = ValidationError("(record)", f"larger than {max_record_bytes} bytes ({extent.size})")
+            yield JsonItem(location, None, extent.size, error)
+        elif in_array and index and not commas:
+            error = ValidationError("(record)", "no comma between this item and the one before it (not JSON)")
             yield JsonItem(location, None, extent.size, error)
         else:
             yield JsonItem(location, buffer.data[extent.begin : extent.end], extent.size)

@@ -61,6 +61,11 @@ def test_a_broken_structure_keeps_what_came_before(data: bytes, reason: str) -> 
         (b'[{"a": 1}, ,\n ,{"a": 2}]', [("f.json[0]", '{"a": 1}'), ("f.json[1]", "2 empty items"), ("f.json[3]", '{"a": 2}')]),
         (b'[,{"a": 1}, {"a": 2}]', [("f.json[0]", "an empty item"), ("f.json[1]", '{"a": 1}'), ("f.json[2]", '{"a": 2}')]),
         (b"[,]", [("f.json[0]", "a comma before the array's closing ]")]),
+        (
+            b'[{"a": 1} {"a": 2}, {"a": 3}]',
+            [("f.json[0]", '{"a": 1}'), ("f.json[1]", "no comma between"), ("f.json[2]", '{"a": 3}')],
+        ),
+        (b'[{"a": 1}\n\n"x"]', [("f.json[0]", '{"a": 1}'), ("f.json[1]", "no comma between")]),
     ],
 )
 def test_a_comma_out_of_place_in_an_array_is_a_reject_and_the_items_around_it_are_read(
