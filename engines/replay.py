@@ -20,9 +20,8 @@ from crm_ledger.settings import Settings, log_root
 from engines.load import load_version
 from engines.spark_build import build_on_spark
 from engines.spark_session import LOCAL_MASTER, spark_session
-from ledger.connect import open_ledger
 from projections.log import DecodedLog, log_slug
-from projections.service import append_source, check_can_follow, source_label
+from projections.service import append_source, check_can_follow, ledger_for, source_label
 from projections.spec import DEFAULT_SPEC, MetricSpec, load_spec
 from projections.store import ProjectionDB, version_id
 
@@ -135,7 +134,7 @@ def _build_and_load(
     label = source_label(settings, source)
     target = version_id(spec, as_of, label)
     started = time.monotonic()
-    app = open_ledger(settings)
+    app = ledger_for(settings, source)
     append_source(settings, source, label, app, reporter=reporter, should_stop=should_stop)
     if should_stop():
         return SparkReplayResult(target, name or spec.name, master, -1, 0, 0.0, 0.0, interrupted=True)

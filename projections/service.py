@@ -17,10 +17,24 @@ from projections.log import DecodedLog, log_slug
 from projections.sources import open_source
 from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB, VersionInfo
+from schemas.codec import AvroCodec
+from schemas.registry import SchemaRegistry
 
 
 def source_label(settings: Settings, source: str) -> str:
     return "ledger" if source == "ledger" else f"kafka:{settings.events_topic}"
+
+
+def ledger_for(settings: Settings, source: str) -> LedgerApplication | None:
+    """The ledger, when `source` is the ledger. A Kafka source needs no event store: a
+    consumer on another host has none, and opening one would make an empty store file (or
+    fail on an unreachable PostgreSQL) for nothing."""
+    return open_ledger(settings) if source == "ledger" else None
+
+
+def codec_of(app: LedgerApplication | None) -> AvroCodec:
+    """The codec events are decoded with: the ledger's, or the same one made from the schemas."""
+    return app.codec if app is not None else AvroCodec(SchemaRegistry.load(), epoch_millis=True)
 
 
 def project_promoted(
@@ -39,7 +53,7 @@ def project_promoted(
     When following, a promotion made by another command is noticed at the next refresh and
     the follower moves on to the newly promoted version.
     """
-    app = open_ledger(settings)
+    app = ledger_for(settings, source)
     label = source_label(settings, source)
     messages: list[str] = []
     with ProjectionDB(settings.projections_db) as db:
@@ -64,7 +78,7 @@ def project_promoted(
                     on_refresh(db)
                 switched[0] = current != version.version
 
-            projector = Projector(db, version, open_source(settings, source, app), app.codec)
+            projector = Projector(db, version, open_source(settings, source, app), codec_of(app))
             try:
                 stats = projector.run(
                     follow=follow,
@@ -100,12 +114,12 @@ def catch_up(
     *,
     settings: Settings,
     source: str,
-    app: LedgerApplication,
+    app: LedgerApplication | None,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[ProjectStats, Projector]:
     """Bring `version` up to date with `source` once (no following); closes the source."""
-    projector = Projector(db, version, open_source(settings, source, app), app.codec)
+    projector = Projector(db, version, open_source(settings, source, app), codec_of(app))
     try:
         return projector.run(reporter=reporter, should_stop=should_stop), projector
     finally:
@@ -117,7 +131,7 @@ def append_source(
     settings: Settings,
     source: str,
     label: str,
-    app: LedgerApplication,
+    app: LedgerApplication | None,
     *,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
@@ -132,13 +146,13 @@ def _append_all(
     log: DecodedLog,
     settings: Settings,
     source: str,
-    app: LedgerApplication,
+    app: LedgerApplication | None,
     *,
     reporter: Reporter | None,
     should_stop: Callable[[], bool],
 ) -> tuple[int, bool]:
     """Append what `source` holds beyond `log`; (events appended, whether it reached the end)."""
-    appender = LogAppender(log, open_source(settings, source, app), app.codec)
+    appender = LogAppender(log, open_source(settings, source, app), codec_of(app))
     appended = 0
     try:
         if reporter is not None:
@@ -160,7 +174,7 @@ def rebuild_log(
     settings: Settings,
     source: str,
     label: str,
-    app: LedgerApplication,
+    app: LedgerApplication | None,
     *,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,

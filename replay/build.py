@@ -21,9 +21,8 @@ from typing import Literal
 
 from crm_ledger.progress import Reporter
 from crm_ledger.settings import Settings
-from ledger.connect import open_ledger
 from projections.engine import Projector
-from projections.service import append_source, catch_up, rebuild_log, source_label
+from projections.service import append_source, catch_up, codec_of, ledger_for, rebuild_log, source_label
 from projections.spec import load_spec
 from projections.store import ProjectionDB, VersionInfo, version_id
 
@@ -127,7 +126,8 @@ def replay(
     label = source_label(settings, source)
     target = version_id(spec, as_of, label)
     started = time.monotonic()
-    app = open_ledger(settings)
+    app = ledger_for(settings, source)
+    codec = codec_of(app)
 
     rebuilt = 0
     if from_source:
@@ -147,7 +147,7 @@ def replay(
         if target in known and rebuild:
             # Asked for again in full (or after re-decoding): its tables are made anew from the log.
             version = known[target]
-            Projector(db, version, None, app.codec).refresh(full=True)
+            Projector(db, version, None, codec).refresh(full=True)
             events = rebuilt if from_source else db.find_version(version.version).events
             return ReplayResult(target, version.name, "full", events, time.monotonic() - started, note=note)
         if target in known:
@@ -167,7 +167,7 @@ def replay(
         base = None if full or as_of is not None else _shareable_base(db, spec.kpi_hash, label)
         if base is not None:
             derived = db.ensure_version(spec, spec_text, label, name=name, built_from=base.version)
-            Projector(db, derived, None, app.codec).refresh(scores_only=True)
+            Projector(db, derived, None, codec).refresh(scores_only=True)
             return ReplayResult(
                 target, derived.name, "scores-only", 0, time.monotonic() - started, based_on=base.version
             )
@@ -175,7 +175,7 @@ def replay(
         if base is not None:
             # Another threshold: the new KPI columns are recounted from the shared measures.
             derived = db.ensure_version(spec, spec_text, label, name=name, built_from=base.version)
-            Projector(db, derived, None, app.codec).refresh()
+            Projector(db, derived, None, codec).refresh()
             events = db.find_version(derived.version).events
             return ReplayResult(
                 target, derived.name, "kpi-change", events, time.monotonic() - started, based_on=base.version
@@ -183,6 +183,6 @@ def replay(
 
     with ProjectionDB(settings.projections_db, wait_s=600) as db:
         version = db.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
-        Projector(db, version, None, app.codec).refresh(full=True)
+        Projector(db, version, None, codec).refresh(full=True)
         events = db.find_version(version.version).events
     return ReplayResult(target, version.name, "full", events, time.monotonic() - started)

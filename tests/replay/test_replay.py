@@ -311,6 +311,17 @@ def test_a_replay_from_kafka_without_a_broker_is_one_line(ledger: LedgerApplicat
         )
 
 
+def test_reading_kafka_needs_no_event_store(tmp_path: Path) -> None:
+    """A Kafka consumer on another host has no ledger: `replay` and `project` from Kafka never
+    make an event store (they made an empty one, or failed on an unreachable PostgreSQL)."""
+    store = tmp_path / "nowhere" / "ledger.sqlite"
+    env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    what = "reading 'crm.ledger.events'"
+    assert_gives_up_on_a_missing_broker("replay", "--source", "kafka", "--metrics", str(DEFAULT_SPEC), env=env, what=what)
+    assert_gives_up_on_a_missing_broker("project", "--source", "kafka", env=env, what=what)
+    assert not store.parent.exists()
+
+
 def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: Settings) -> None:
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
     for args in (["promote", "v_nope"], ["diff", "v_nope", "default"], ["drop", "v_nope"]):
