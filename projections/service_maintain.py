@@ -21,7 +21,7 @@ events of an update:
 - the service rows of `measures`: the SLA rows of the cases whose SLA was recomputed and
   the visit rows of the cases whose visits were (every service measure row belongs to a
   case and comes from one `sla_case` or `field_visit` row), made from those new rows; the
-  keys of the rows deleted and inserted pass on to the KPI tables.
+  keys of the rows that differ, old against new, pass on to the KPI tables.
 - `retention_month`, by month: the months the changed contracts' terms (before and after,
   and the terms they replaced) come up for renewal in, and those of the terms of customers
   whose details changed; segment and region from the just updated profiles.
@@ -366,13 +366,17 @@ class ServiceMaintenance:
                     "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r FROM "
                     f"{s}.measures WHERE (measure IN ({_SLA}) AND {sla}) OR (measure IN ({_VISIT}) AND {fv})"
                 )
-                # The keys of the old and the new rows pass on, as the other measures' do: the
-                # KPI tables recompute a touched day from its per-day aggregates cheaply, while
-                # telling the changed rows apart needed every column of the old rows.
+                # Only the keys of the rows that differ (old against new, as multisets) pass on.
+                # Most of these rows are made again the same (the cases of a customer whose
+                # terms changed, opened months ago): passing on every key made the KPI tables
+                # recompute, and the scores rewrite, every month those cases lie in.
+                # A row counted +1 as old and -1 as new: those whose counts do not cancel differ
+                # (one grouping, ~3 times cheaper than two EXCEPT ALL).
                 run(
                     "INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM "
+                    "(SELECT * EXCLUDE (side), sum(side) AS n FROM (SELECT *, 1 AS side FROM "
                     f"{s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows) "
-                    "UNION ALL SELECT employee_id, team_id, occurred_at FROM crm_sv_service"
+                    "UNION ALL SELECT *, -1 AS side FROM crm_sv_service) GROUP BY ALL) WHERE n <> 0"
                 )
                 run(f"DELETE FROM {s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows)")
                 run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")
