@@ -519,10 +519,14 @@ class Maintainer:
             f"AND event_type IN {_CASE_CHANGING} "
             "UNION SELECT source_case_id FROM crm_new WHERE source_case_id IS NOT NULL"
         )
-        # Team history, then the measures it attributes.
-        emp = "employee_id IN (SELECT employee_id FROM crm_emp)"
-        run(f"DELETE FROM {s}.team_history WHERE {emp}")
-        run(f"INSERT INTO {s}.team_history {team_history_sql(s, EV, emp)}")
+        moved = run("SELECT count(*) FROM crm_emp").fetchone() != (0,)
+        # Team history, then the measures it attributes. Without a join or move (nearly every
+        # update), no employee's history changes: the conditions on them are left out (each
+        # was a join over every measure row, and the history's statements wrote nothing).
+        emp = "employee_id IN (SELECT employee_id FROM crm_emp)" if moved else "FALSE"
+        if moved:
+            run(f"DELETE FROM {s}.team_history WHERE {emp}")
+            run(f"INSERT INTO {s}.team_history {team_history_sql(s, EV, emp)}")
         cases = ", ".join(f"'{m}'" for m in CASE_MEASURES)
         old_scope = (
             f"measure NOT IN ({_SERVICE}) AND "
@@ -538,15 +542,15 @@ class Maintainer:
             f"FROM {s}.measures WHERE {old_rows}"
         )
         run(f"DELETE FROM {s}.measures WHERE {old_rows}")
+        new_emp = "raw.employee_id IN (SELECT employee_id FROM crm_emp)" if moved else "FALSE"
         new_scope = (
-            "raw.employee_id IN (SELECT employee_id FROM crm_emp)"
+            f"{new_emp}"
             f" OR (raw.measure IN ({cases}) AND raw.case_id IN (SELECT case_id FROM crm_case))"
             f" OR (raw.measure NOT IN ({cases}) AND raw.event_id IN (SELECT event_id FROM crm_new))"
         )
         run(f"CREATE OR REPLACE TEMP TABLE crm_measures AS {measures_sql(s, EV, new_scope)}")
         run(f"INSERT INTO {s}.measures SELECT * FROM crm_measures")
         run("INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM crm_measures")
-        moved = run("SELECT count(*) FROM crm_emp").fetchone() != (0,)
         service = ServiceMaintenance(
             self.db.connection,
             s,

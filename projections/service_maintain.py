@@ -233,12 +233,15 @@ class ServiceMaintenance:
             return self._rows(_SLA_READS, f"{sla} AND {steps}", with_end=True)
         events, cases = self.at_hand
         run = self.run
-        # The far cases' rows, read once (the three steps below each read them).
+        # The far cases' rows, read once (the three steps below each read them); found by
+        # their key column first, then fetched by row id (filtering a scan of every column
+        # read every row of them: twice the time).
         run(
             "CREATE OR REPLACE TEMP TABLE crm_sv_far AS SELECT opened_at, accepted_at, resolved_at, "
             f"resolved_event_id, resolver_id, customer_id, case_id, severity, kind FROM {self.s}.sla_case "
+            f"WHERE rowid IN (SELECT rowid FROM {self.s}.sla_case "
             "WHERE case_id IN (SELECT case_id FROM crm_sv_sla) "
-            f"AND case_id NOT IN (SELECT case_id FROM {cases} WHERE case_id IS NOT NULL)"
+            f"AND case_id NOT IN (SELECT case_id FROM {cases} WHERE case_id IS NOT NULL))"
         )
         near = (
             f"SELECT {', '.join(_SLA_READS)} FROM {events} WHERE {steps} AND {sla} "
