@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from projections.catalog import table_names
+from projections.catalog import tables_by_schema
 from projections.goals import GOAL_EVENTS, GOAL_TABLES
 from projections.kpi_days import DAYS, READS, build_sql, days_select, periods_select
 from projections.log import EVENT_COLUMNS, relation_name
@@ -143,6 +143,8 @@ class Maintainer:
         self.index = LogIndex(lambda: db.connection, version.source, self.log)
         self.visible = visible_sql(version.as_of)
         self._dataset: Any = None
+        #: the database's tables by schema, as an update found them when it began
+        self._tables: dict[str, set[str]] = {}
         #: the connection whose temp tables an update left to drop (see _drop_temps)
         self._temps_on: Any = None
         #: whether the update read the whole snapshot (a full build or a team move)
@@ -206,8 +208,11 @@ class Maintainer:
         # ahead of the version's tables (an update that failed after the sync) is what the
         # next update syncs to anyway, and the new events are found by the version's own
         # positions, not the index's.
+        # The catalog, looked up once for the whole update: what it holds is only asked about
+        # tables the update itself makes when they are missing (CREATE OR REPLACE).
+        self._tables = tables_by_schema(con)
         with transaction(con):
-            self.index.sync(snapshot, self._dataset)
+            self.index.sync(snapshot, self._dataset, self._tables.get("main", set()))
         self._reached = self._end_at  # kept by an update with nothing new
         with transaction(con):
             self._drop_temps(con)
@@ -381,7 +386,7 @@ class Maintainer:
             return
         if not touched:
             return
-        present = table_names(self.db.connection, v)
+        present = self._tables.get(v, set())
         if owns_kpis:
             self._kpis(v, spec, present)
         months = "period IN (SELECT period FROM crm_months)"
@@ -576,7 +581,7 @@ class Maintainer:
         run(f"DELETE FROM {s}.customer_profile WHERE {customers}")
         # By name: the service columns stay NULL until the widening recomputes them all.
         merged: str | None = None
-        if {PARTIALS, CASES} <= table_names(self.db.connection, s):
+        if {PARTIALS, CASES} <= self._tables.get(s, set()):
             for statement in merge_sql(s, "crm_new"):
                 run(statement)
             merged = MERGED
