@@ -158,6 +158,8 @@ class DecodedLog:
         #: follower's index reads its new rows from here instead of finding the newest file
         #: by every file's statistics and reading it back (~10 ms a round at 1M events).
         self._appended: tuple[str, int, int, pa.Table] | None = None
+        #: the dataset of a whole snapshot, by the table handle and version it was made from
+        self._whole: tuple[DeltaTable, int, Any] | None = None
         if not (path / "_delta_log").exists():
             path.mkdir(parents=True, exist_ok=True)
             # Several processes may race to create it; whoever loses finds it there.
@@ -328,7 +330,12 @@ class DecodedLog:
         if "deletionVectors" in (table.protocol().writer_features or []):
             return table.to_pyarrow_dataset()
         if after is None:
-            return ds.dataset(_data_files(table), schema=LOG_SCHEMA, format="parquet")
+            # A version's files never change: the dataset of the snapshot last asked for is
+            # kept (a follower's round asks twice: registering the log, then updating).
+            at = int(table.version())
+            if self._whole is None or self._whole[0] is not table or self._whole[1] != at:
+                self._whole = (table, at, ds.dataset(_data_files(table), schema=LOG_SCHEMA, format="parquet"))
+            return self._whole[2]
         known = dict(after)
         return ds.dataset(
             _files_where(table, lambda f: not _read_before(f, known)), schema=LOG_SCHEMA, format="parquet"
