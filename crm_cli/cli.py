@@ -1670,12 +1670,12 @@ def explain(ctx: click.Context, employee: str, period: str, version: str | None,
 
 def _promoted(connection: Any) -> str:
     from projections.errors import ProjectionError
-    from projections.store import checked_id
+    from projections.store import promoted_of
 
-    row = connection.execute("SELECT version FROM crm_promoted WHERE id = 1").fetchone()
-    if row is None:
+    promoted = promoted_of(connection)
+    if promoted is None:
         raise ProjectionError("no version is promoted yet (run `crm-ledger project`)")
-    return checked_id(row[0])
+    return promoted
 
 
 @cli.command()

@@ -235,6 +235,16 @@ def checked_id(value: object) -> str:
     return value
 
 
+def promoted_of(connection: duckdb.DuckDBPyConnection) -> str | None:
+    """The promoted version's id, or None: none promoted yet, or a DuckDB file without the
+    catalog at all (another program's, or an empty one), which promotes nothing either."""
+    try:
+        row = connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return None if row is None else checked_id(row[0])
+
+
 def versions_of(connection: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
     """Every version in the database on `connection` (none in a database without a catalog)."""
     try:
@@ -349,8 +359,7 @@ class ProjectionDB:
         return find_version(self.versions(), reference)
 
     def promoted_version(self) -> str | None:
-        row = self.connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
-        return None if row is None else checked_id(row[0])
+        return promoted_of(self.connection)
 
     def ensure_version(
         self,

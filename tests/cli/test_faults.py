@@ -502,3 +502,22 @@ def test_a_projection_database_that_is_a_data_file_is_refused_not_read_as_one(tm
     for args in (["project"], ["versions"]):
         _one_line_error(run_cli(*args, env=env), f"{history}", "not a DuckDB database")
     assert history.read_bytes() == before
+
+
+def test_a_duckdb_file_of_another_program_says_no_version_is_promoted(tmp_path: Path) -> None:
+    """A DuckDB file without the catalog (another program's, or an empty one) has no promoted
+    version: explain and audit reproduce said "Catalog Error: Table with name crm_promoted
+    does not exist!", where goal list and export say what to do."""
+    import duckdb
+
+    env = _env(tmp_path)
+    duckdb.connect(str(tmp_path / "p.duckdb")).close()
+    for args in (
+        ["explain", "--employee", "emp-0001", "--period", "2025-01"],
+        ["audit", "reproduce"],
+        ["goal", "list"],
+        ["export", "--parquet", str(tmp_path / "out")],
+    ):
+        result = run_cli(*args, env=env)
+        _one_line_error(result, "promoted")
+        assert "Catalog Error" not in result.stderr, (args, result.stderr)
