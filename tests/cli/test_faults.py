@@ -521,3 +521,38 @@ def test_a_duckdb_file_of_another_program_says_no_version_is_promoted(tmp_path: 
         result = run_cli(*args, env=env)
         _one_line_error(result, "promoted")
         assert "Catalog Error" not in result.stderr, (args, result.stderr)
+
+
+def test_a_sqlite_file_that_holds_no_ledger_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """A store path naming another program's SQLite database, or an empty file, had the ledger's
+    tables made in it by every command, reading ones too, which then reported on no events
+    ('unknown customer', 'not closed')."""
+    import sqlite3
+
+    foreign = tmp_path / "other.sqlite"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    connection.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    history = _history(tmp_path)
+    reading = (
+        ["customer", "show", "cust-000001"],
+        ["statement", "--employee", "emp-0001", "--period", "2025-01"],
+        ["period", "status", "2025-01"],
+        ["audit", "verify"],
+        ["audit", "head"],
+    )
+    for store, phrase, commands in (
+        (foreign, "not a ledger store", (*reading, ["ingest", str(history)], ["project"])),
+        (empty, "holds no ledger", reading),
+    ):
+        before = store.read_bytes()
+        env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+        for args in commands:
+            _one_line_error(run_cli(*args, env=env), str(store), phrase)
+        assert store.read_bytes() == before, store
+    # A new store is still made by ingest, in a new file or an empty one.
+    for store in (tmp_path / "new.sqlite", empty):
+        env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+        assert "accepted" in run_cli("ingest", str(history), env=env, check=True).stdout
