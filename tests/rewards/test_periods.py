@@ -257,21 +257,22 @@ def test_statements_survive_a_full_replay(
 def test_bad_input_is_refused_and_nothing_written(ledger: LedgerApplication, settings: Settings) -> None:
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
     before = ledger.max_position()
-    for args, text in (
-        (["period", "adjust", PERIOD], "not closed"),
-        (["period", "close", "2025-2"], "expected YYYY-MM"),
+    for args, text, code in (
+        (["period", "adjust", PERIOD], "not closed", 1),
+        # A month that is none is the argument's usage error (2), as explain's --period is.
+        (["period", "close", "2025-2"], "expected YYYY-MM", 2),
         # Other scripts' digits (int() takes them) are not a period.
-        (["period", "close", "\uff12\uff10\uff12\uff15-\uff10\uff11"], "expected YYYY-MM"),
-        (["period", "status", "\u0662\u0660\u0661\u0666-\u0660\u0661"], "expected YYYY-MM"),
-        (["period", "close", "2999-01"], "has not ended"),
-        (["period", "close", "0000-01"], "is outside 1970-01 to 9998-12"),
-        (["period", "close", "0001-01"], "is outside 1970-01 to 9998-12"),
-        (["period", "close", "9999-12"], "is outside 1970-01 to 9998-12"),
-        (["period", "close", "2015-01"], "has no scores"),  # a close is for good: not of an empty month
-        (["statement", "--employee", "emp-0001", "--period", PERIOD], "not closed"),
+        (["period", "close", "\uff12\uff10\uff12\uff15-\uff10\uff11"], "expected YYYY-MM", 2),
+        (["period", "status", "\u0662\u0660\u0661\u0666-\u0660\u0661"], "expected YYYY-MM", 2),
+        (["period", "close", "2999-01"], "has not ended", 1),
+        (["period", "close", "0000-01"], "is outside 1970-01 to 9998-12", 2),
+        (["period", "close", "0001-01"], "is outside 1970-01 to 9998-12", 2),
+        (["period", "close", "9999-12"], "is outside 1970-01 to 9998-12", 2),
+        (["period", "close", "2015-01"], "has no scores", 1),  # a close is for good: not of an empty month
+        (["statement", "--employee", "emp-0001", "--period", PERIOD], "not closed", 1),
     ):
         result = run_cli(*args, env=env)
-        assert result.returncode == 1 and text in result.stderr and "Traceback" not in result.stderr, (
+        assert result.returncode == code and text in result.stderr and "Traceback" not in result.stderr, (
             args,
             result.stderr,
         )
@@ -355,3 +356,32 @@ def test_text_outputs_show_control_characters_in_data_as_escapes(settings: Setti
         result = run_cli(*args, env=env)
         assert result.returncode == 0, (args, result.stderr)
         assert "\x1b" not in result.stdout and "\\x1b" in result.stdout, (args, result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["period", "close", "2024-13"], "'MONTH'"),
+        (["period", "status", "2024-1"], "'MONTH'"),
+        (["period", "adjust", " ", "--dry-run"], "'MONTH'"),
+        (["statement", "--employee", "emp-0001", "--period", "2024-13"], "'--period'"),
+        (["explain", "--employee", "emp-0001", "--period", "0000-01"], "'--period'"),
+        (
+            [
+                *["goal", "set", "g1", "--team", "t1", "--kpi", "csat_pct", "--target", "80"],
+                *["--from", "2024-13", "--to", "2025-02", "--agreed-by", "e1"],
+            ],
+            "'--from'",
+        ),
+        (["goal", "revise", "g1", "--to", "9999-12", "--agreed-by", "e1", "--reason", "r"], "'--to'"),
+    ],
+)
+def test_a_month_that_is_none_is_a_usage_error_naming_its_option(
+    settings: Settings, args: list[str], option: str
+) -> None:
+    """Each command took a malformed month its own way: explain as a usage error (2), the
+    period commands and statement as a user error (1), goals as a record's field (1)."""
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2, (args, result.stderr)
+    assert f"Invalid value for {option}" in result.stderr and "Traceback" not in result.stderr, result.stderr
