@@ -61,11 +61,21 @@ def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float
     return value
 
 
-def _given_path(_ctx: click.Context, _param: click.Parameter, value: str) -> Path:
+def _given_path(ctx: click.Context, param: click.Parameter, value: str) -> Path:
     """A path option's value; an empty one (an unset shell variable) is not the current folder."""
     if not value.strip():
         raise click.BadParameter("is empty: give a folder or file name")
-    return Path(value)
+    path = Path(value)
+    _not_stdout(ctx, param, path)
+    return path
+
+
+def _not_stdout(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """An output that cannot be stdout: '-' names stdout wherever an output is named, and is
+    refused here rather than made a file or folder named '-' in the current folder."""
+    if value is not None and str(value) == "-":
+        raise click.BadParameter("'-' is stdout, which this output cannot be: give a folder or file name")
+    return value
 
 
 def _given_text(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -491,6 +501,7 @@ def _load_options(command: Any) -> Any:
             "--rejects",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
+            callback=_not_stdout,
             help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl",
         ),
         click.option("--batch-size", type=click.IntRange(1, 100_000), default=25_000, show_default=True),

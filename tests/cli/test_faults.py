@@ -556,3 +556,31 @@ def test_a_sqlite_file_that_holds_no_ledger_is_refused_and_left_as_it_was(tmp_pa
     for store in (tmp_path / "new.sqlite", empty):
         env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
         assert "accepted" in run_cli("ingest", str(history), env=env, check=True).stdout
+
+
+def test_a_dash_where_stdout_cannot_be_written_is_refused_not_made_a_file(tmp_path: Path) -> None:
+    """'-' is stdout wherever an output is named (generate, query, statement): export made a
+    folder named '-' and ingest a rejects file named '-' in the current folder."""
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+    history = tmp_path / "h.jsonl"
+    history.write_text('{"type": "Bogus"}\n')
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    root = str(Path(__file__).resolve().parents[2])
+    for args, option in (
+        (["export", "--parquet", "-"], "'--parquet'"),
+        (["ingest", str(history), "--rejects", "-"], "'--rejects'"),
+    ):
+        result = subprocess.run(
+            [*CLI, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env, "PYTHONPATH": root},
+            cwd=folder,
+            check=False,
+        )
+        assert result.returncode == 2 and f"Invalid value for {option}" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == []
+    assert not (tmp_path / "l.sqlite").exists()
