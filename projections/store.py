@@ -175,11 +175,18 @@ _DUCKDB_MAGIC = (8, b"DUCK")
 def _refuse_other_file(path: Path) -> None:
     """Refuse a file that is not a DuckDB database: DuckDB opens a JSON, CSV or Parquet file
     given as one as an empty in-memory database, so a build into it would vanish unseen."""
+    if path.is_dir():
+        # DuckDB's own words ("Could not read ... Is a directory") read as a damaged file, whose
+        # advice, to move it away, would move a folder such as the ledger's own.
+        raise ProjectionError(
+            f"projection database {path} is a folder, not a DuckDB file: name the database file "
+            "in it with --db or CRM_LEDGER_DB"
+        )
     try:
         with path.open("rb") as handle:
             head = handle.read(_DUCKDB_MAGIC[0] + len(_DUCKDB_MAGIC[1]))
-    except (FileNotFoundError, IsADirectoryError):
-        return  # made by DuckDB, or refused by it in its own words
+    except FileNotFoundError:
+        return  # made by DuckDB
     except OSError:
         return  # unreadable: DuckDB's own error names the permission problem
     if head and head[_DUCKDB_MAGIC[0] :] != _DUCKDB_MAGIC[1]:

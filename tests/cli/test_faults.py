@@ -584,3 +584,23 @@ def test_a_dash_where_stdout_cannot_be_written_is_refused_not_made_a_file(tmp_pa
         assert "Traceback" not in result.stderr
     assert sorted(p.name for p in folder.iterdir()) == []
     assert not (tmp_path / "l.sqlite").exists()
+
+
+def test_a_projection_database_that_is_a_folder_is_named_so_not_called_damaged(tmp_path: Path) -> None:
+    """`--db .crm-ledger` (the folder for the file in it) was 'damaged or truncated: move it
+    away and run project to rebuild it': advice that would have moved the ledger's folder."""
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    env["CRM_LEDGER_DB"] = str(tmp_path)
+    for args in (
+        ["project"],
+        ["versions"],
+        ["goal", "list"],
+        ["explain", "--employee", "emp-0001", "--period", "2025-01"],
+        ["export", "--parquet", str(tmp_path / "out")],
+        ["period", "close", "2025-01"],
+    ):
+        result = run_cli(*args, env=env)
+        _one_line_error(result, str(tmp_path), "is a folder")
+        assert "damaged" not in result.stderr and "move it away" not in result.stderr, (args, result.stderr)
+    assert (tmp_path / "l.sqlite").is_file()
