@@ -604,3 +604,32 @@ def test_a_projection_database_that_is_a_folder_is_named_so_not_called_damaged(t
         _one_line_error(result, str(tmp_path), "is a folder")
         assert "damaged" not in result.stderr and "move it away" not in result.stderr, (args, result.stderr)
     assert (tmp_path / "l.sqlite").is_file()
+
+
+def test_an_export_that_fails_part_way_replaces_no_file_of_the_earlier_one(tmp_path: Path) -> None:
+    """An export that failed at its last read model (a damaged decoded log) had replaced the
+    files before it: the folder held this export's files beside the earlier one's, a set
+    from two moments, and a new folder a part of an export."""
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    folder = tmp_path / "export"
+    run_cli("export", "--parquet", str(folder), env=env, check=True)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert "reward_score.parquet" in before and "ledger_events.parquet" in before
+    # Newer events, then a data file of the decoded log cut short (ledger_events reads it).
+    later = tmp_path / "later.jsonl"
+    later.write_text(
+        '{"type": "ComplimentReceived", "event_id": "0b9d2434-e465-4150-bd9c-66b3ad3c0003", '
+        '"occurred_at": "2025-01-10T00:00:00Z", "employee_id": "emp-0001", "channel": "email", '
+        '"customer_id": "cust-000001"}\n'
+    )
+    run_cli("ingest", str(later), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    for data in (tmp_path / "p.log").rglob("*.parquet"):
+        data.write_bytes(data.read_bytes()[:100])
+    fresh = tmp_path / "fresh"
+    for target in (folder, fresh):
+        _one_line_error(run_cli("export", "--parquet", str(target), env=env), "decoded log")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not fresh.exists() or list(fresh.iterdir()) == []
