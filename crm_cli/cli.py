@@ -1425,7 +1425,9 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     result = build_statement(_open_ledger(_existing_store(ctx)), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
     if out is None or _to_stdout(out):  # (None narrowed for the writer below)
-        click.echo(text, nl=False)
+        # Ids come from whoever fed the ledger: on a terminal an escape sequence in one was a
+        # command, and click.echo dropped it from a pipe. JSON holds none; a file, as it is.
+        click.echo(_visible(text), nl=False)
     else:
         with replaced_whole(out) as partial:
             partial.write_text(text, encoding="utf-8")

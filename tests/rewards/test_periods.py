@@ -352,10 +352,16 @@ def test_text_outputs_show_control_characters_in_data_as_escapes(settings: Setti
         ["diff", "default", "caps", "--limit", "1"],
         ["period", "status", PERIOD],
         ["period", "adjust", PERIOD, "--dry-run"],
+        # The statement's documents on stdout too (a file written with --out holds the id as it is).
+        ["statement", "--employee", evil, "--period", PERIOD],
+        ["statement", "--employee", evil, "--period", PERIOD, "--format", "html"],
     ):
         result = run_cli(*args, env=env)
         assert result.returncode == 0, (args, result.stderr)
         assert "\x1b" not in result.stdout and "\\x1b" in result.stdout, (args, result.stdout)
+    kept = tmp_path / "statement.md"
+    run_cli("statement", "--employee", evil, "--period", PERIOD, "--out", str(kept), env=env, check=True)
+    assert evil in kept.read_text()
 
 
 @pytest.mark.parametrize(
