@@ -72,24 +72,45 @@ def sqlite_tables(path: Path) -> set[str] | None:
     """The tables of the SQLite file at `path`, read without writing to it; None when it
     cannot be read as one (no file, another kind of file, locked): whoever opens it then
     tells that."""
-    if not path.is_file():
-        return None
     try:
-        # mode=ro: a look must not make the file a database, nor add a journal to it.
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
-        try:
-            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        finally:
-            connection.close()
+        return _read_tables(path)
     except sqlite3.Error:
         return None
+
+
+def _read_tables(path: Path) -> set[str] | None:
+    # Only through SQLite: a plain open and close of the file would drop the locks this
+    # process's SQLite connections hold on it (POSIX locks are per process), and another
+    # process could then delete the write-ahead log's index under them.
+    if not path.is_file():
+        return None
+    # mode=ro: a look must not make the file a database, nor add a journal to it.
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+    try:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    finally:
+        connection.close()
     return {str(name) for (name,) in rows}
 
 
 def _refuse_foreign_database(path: Path) -> None:
-    """Refuse a SQLite file that holds tables but not the ledger's: another program's database
-    (a mistyped path), in which every command would have made the ledger's tables."""
-    tables = sqlite_tables(path)
+    """Refuse a file that is no SQLite database (a history file, the projection database),
+    which was told as a damaged store to restore from a backup; and a SQLite file that holds
+    tables but not the ledger's: another program's database (a mistyped path), in which
+    every command would have made the ledger's tables."""
+    try:
+        tables = _read_tables(path)
+    except sqlite3.DatabaseError as error:
+        # SQLite's words for a file whose header is not its own; a damaged one ("malformed")
+        # is told as such when the store is opened.
+        if str(error) != "file is not a database":
+            return
+        raise ConfigurationError(
+            f"{path}: not a SQLite database file, so not a ledger store: name the ledger's file "
+            "with --store or CRM_LEDGER_STORE"
+        ) from None
+    except sqlite3.Error:
+        return  # locked, unreadable: the store's own opening tells that
     if tables and LEDGER_TABLE not in tables:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise ConfigurationError(

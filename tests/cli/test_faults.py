@@ -633,3 +633,25 @@ def test_an_export_that_fails_part_way_replaces_no_file_of_the_earlier_one(tmp_p
         _one_line_error(run_cli("export", "--parquet", str(target), env=env), "decoded log")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert not fresh.exists() or list(fresh.iterdir()) == []
+
+
+def test_a_store_path_naming_another_kind_of_file_is_named_so_not_called_damaged(tmp_path: Path) -> None:
+    """`--store history.jsonl` or the projection database's path (swapped with --db) was 'event
+    store is damaged (file is not a database): restore it from a backup'."""
+    env = _env(tmp_path)
+    history = _history(tmp_path)
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    for other in (history, tmp_path / "p.duckdb"):
+        before = other.read_bytes()
+        env_other = {**env, "CRM_LEDGER_STORE": str(other)}
+        for args in (["customer", "show", "cust-000001"], ["period", "status", "2025-01"], ["ingest", str(history)]):
+            result = run_cli(*args, env=env_other)
+            _one_line_error(result, str(other), "not a SQLite database file")
+            assert "damaged" not in result.stderr and "backup" not in result.stderr, (args, result.stderr)
+        assert other.read_bytes() == before
+    # A ledger cut short is still told as damaged.
+    store = tmp_path / "l.sqlite"
+    cut = tmp_path / "cut.sqlite"
+    cut.write_bytes(store.read_bytes()[:8192])
+    _one_line_error(run_cli("customer", "show", "cust-000001", env={**env, "CRM_LEDGER_STORE": str(cut)}), "damaged")
