@@ -391,3 +391,31 @@ def test_a_month_that_is_none_is_a_usage_error_naming_its_option(
     result = run_cli(*args, env=env)
     assert result.returncode == 2, (args, result.stderr)
     assert f"Invalid value for {option}" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_two_adjust_runs_at_once_issue_each_adjustment_once_and_both_succeed(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `period adjust` runs at once plan the same adjustments (the same event ids) and
+    issue them at their own moments: the second failed with "field 'occurred_at': event_id
+    already recorded with different content", exit 1, where running it again says 0 issued."""
+    from rewards import periods
+
+    close_period(settings, PERIOD)
+    employee = sorted(promoted_scores(settings))[0]
+    late = rec(
+        "ComplimentReceived",
+        f"{PERIOD}-15T10:00:00Z",
+        employee_id=employee,
+        channel="email",
+        customer_id="cust-000001",
+    )
+    path = tmp_path / "late.jsonl"
+    path.write_text(json.dumps(late) + "\n")
+    ingest_records(ledger, read_file(path, RecordParser(ledger.registry)), RejectSink(None, echo=None))
+    first = adjust_period(settings, PERIOD)
+    assert [a.employee_id for a in first] == [employee]
+    # The other run planned before the first one recorded: the same adjustments, later.
+    monkeypatch.setattr(periods, "planned_adjustments", lambda _status: first)
+    assert adjust_period(settings, PERIOD) == []
+    assert period_status(settings, PERIOD).adjustments == 1
