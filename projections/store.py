@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -170,6 +171,9 @@ def is_lock_error(error: Exception) -> bool:
 
 #: Where a DuckDB database file says what it is.
 _DUCKDB_MAGIC = (8, b"DUCK")
+#: The database files whose header this process has looked at (`_refuse_other_file`).
+_LOOKED: set[str] = set()
+_LOOKING = threading.Lock()
 
 
 def _refuse_other_file(path: Path) -> None:
@@ -182,18 +186,25 @@ def _refuse_other_file(path: Path) -> None:
             f"projection database {path} is a folder, not a DuckDB file: name the database file "
             "in it with --db or CRM_LEDGER_DB"
         )
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(_DUCKDB_MAGIC[0] + len(_DUCKDB_MAGIC[1]))
-    except FileNotFoundError:
-        return  # made by DuckDB
-    except OSError:
-        return  # unreadable: DuckDB's own error names the permission problem
-    if head and head[_DUCKDB_MAGIC[0] :] != _DUCKDB_MAGIC[1]:
-        raise ProjectionError(
-            f"projection database {path} is not a DuckDB database file: name the right one "
-            "with --db or CRM_LEDGER_DB (or move this one away and run `crm-ledger project` to rebuild it)"
-        )
+    # Once per file and process, before its first connection: closing a file drops every
+    # POSIX lock the process holds on it, so a look while a connection of this process is
+    # open (the web pages' requests) would let another process write under that connection.
+    key = str(path.resolve())
+    with _LOOKING:
+        if key in _LOOKED:
+            return
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(_DUCKDB_MAGIC[0] + len(_DUCKDB_MAGIC[1]))
+        except OSError:
+            # Missing: made by DuckDB; unreadable: DuckDB's own error names the permission problem.
+            head = b""
+        if head and head[_DUCKDB_MAGIC[0] :] != _DUCKDB_MAGIC[1]:
+            raise ProjectionError(
+                f"projection database {path} is not a DuckDB database file: name the right one with "
+                "--db or CRM_LEDGER_DB (or move this one away and run `crm-ledger project` to rebuild it)"
+            )
+        _LOOKED.add(key)
 
 
 def _refuse_missing(path: Path) -> None:

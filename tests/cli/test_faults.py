@@ -655,3 +655,28 @@ def test_a_store_path_naming_another_kind_of_file_is_named_so_not_called_damaged
     cut = tmp_path / "cut.sqlite"
     cut.write_bytes(store.read_bytes()[:8192])
     _one_line_error(run_cli("customer", "show", "cust-000001", env={**env, "CRM_LEDGER_STORE": str(cut)}), "damaged")
+
+
+def test_looking_at_a_projection_database_keeps_the_locks_of_its_open_connections(tmp_path: Path) -> None:
+    """Every connection first read the file's header to refuse a data file given as a database:
+    a plain open and close of the file drops the POSIX locks this process's DuckDB connections
+    hold on it, so a second connection in one process (the web pages' requests) let another
+    process open the database for writing under the first."""
+    import sys
+
+    from projections.store import connect
+
+    path = tmp_path / "p.duckdb"
+    ProjectionDB(path).close()
+    held = connect(path, read_only=True)
+    try:
+        connect(path, read_only=True).close()
+        other = subprocess.run(
+            [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).close()"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert other.returncode != 0 and "lock" in other.stderr, other.stderr
+    finally:
+        held.close()
