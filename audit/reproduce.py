@@ -33,7 +33,7 @@ from projections.engine import Projector
 from projections.mirror import mirror_batches, open_mirror
 from projections.models import MODEL_TABLES
 from projections.sources import LEDGER_STREAM, Position, RawBatch, kafka_stream
-from projections.store import ProjectionDB, VersionInfo, connect
+from projections.store import ProjectionDB, VersionInfo, connect, promoted_of
 from schemas.codec import AvroCodec
 
 #: Floats are equal when |a - b| <= REL_TOLERANCE * max(1, |a|, |b|).
@@ -173,9 +173,8 @@ def reproduce(
 
 
 def _version(path: Path, live: duckdb.DuckDBPyConnection, reference: str | None) -> VersionInfo:
-    rows = live.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchall()
     if reference is None:  # a blank one (a shell variable not set) is refused, not the promoted one
-        reference = str(rows[0][0]) if rows else None
+        reference = promoted_of(live)
     if reference is None:
         raise ReproduceError("no version is promoted: name the version to reproduce")
     db = _CatalogReader(path, live)

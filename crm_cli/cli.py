@@ -61,11 +61,21 @@ def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float
     return value
 
 
-def _given_path(_ctx: click.Context, _param: click.Parameter, value: str) -> Path:
+def _given_path(ctx: click.Context, param: click.Parameter, value: str) -> Path:
     """A path option's value; an empty one (an unset shell variable) is not the current folder."""
     if not value.strip():
         raise click.BadParameter("is empty: give a folder or file name")
-    return Path(value)
+    path = Path(value)
+    _not_stdout(ctx, param, path)
+    return path
+
+
+def _not_stdout(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """An output that cannot be stdout: '-' names stdout wherever an output is named, and is
+    refused here rather than made a file or folder named '-' in the current folder."""
+    if value is not None and str(value) == "-":
+        raise click.BadParameter("'-' is stdout, which this output cannot be: give a folder or file name")
+    return value
 
 
 def _given_text(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -99,6 +109,20 @@ def _given_moment(_ctx: click.Context, _param: click.Parameter, value: str | Non
     except ValidationError as error:
         raise click.BadParameter(error.reason) from None
     return value
+
+
+def _given_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A month option's or argument's value, as `rewards.periods.parse_period` takes it: one
+    that is none is the option's usage error before any work, in every command alike."""
+    if value is None:
+        return None
+    from rewards.errors import PeriodError
+    from rewards.periods import parse_period
+
+    try:
+        return parse_period(value)
+    except PeriodError as error:
+        raise click.BadParameter(str(error).removeprefix("period: ")) from None
 
 
 def _given_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
@@ -427,7 +451,9 @@ def schemas_lock(folder: Path | None) -> None:
 @click.option("--employees", type=click.IntRange(1), default=40, show_default=True)
 @click.option("--months", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--start", default="2025-01", show_default=True, help="First month, YYYY-MM.")
+@click.option(
+    "--start", default="2025-01", show_default=True, callback=_given_month, help="First month, YYYY-MM."
+)
 @click.option(
     "--invalid-rate",
     type=click.FloatRange(0, 1),
@@ -457,8 +483,6 @@ def generate(
     """Write a realistic, deterministic history (same seed = same bytes) as JSONL."""
     from importers.generator import GeneratorConfig, write_history
 
-    if not _valid_month(start):
-        raise click.BadParameter("must be YYYY-MM", param_hint="--start")
     config = GeneratorConfig(customers, employees, months, seed, start, invalid_rate)
     _refuse_own_file(out_path, "--out")
     if str(out_path) == "-":
@@ -469,18 +493,6 @@ def generate(
     err.print(f"generated {count} records into {out_path}")
 
 
-def _valid_month(text: str) -> bool:
-    """A month as `period` commands take it (`rewards.periods.parse_period`: ASCII digits)."""
-    from rewards.errors import PeriodError
-    from rewards.periods import parse_period
-
-    try:
-        parse_period(text)
-    except PeriodError:
-        return False
-    return True
-
-
 def _load_options(command: Any) -> Any:
     """The options every command that loads records shares (ingest, import cfpb, import csv)."""
     options = [
@@ -489,6 +501,7 @@ def _load_options(command: Any) -> Any:
             "--rejects",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
+            callback=_not_stdout,
             help="Rejects file (JSONL). Default: .crm-ledger/rejects.jsonl",
         ),
         click.option("--batch-size", type=click.IntRange(1, 100_000), default=25_000, show_default=True),
@@ -1132,7 +1145,7 @@ def period() -> None:
 
 
 @period.command("close")
-@click.argument("month")
+@click.argument("month", callback=_given_month)
 @click.pass_context
 def period_close(ctx: click.Context, month: str) -> None:
     """Close MONTH (YYYY-MM): record the ledger position and issue one statement per employee."""
@@ -1150,7 +1163,7 @@ def period_close(ctx: click.Context, month: str) -> None:
 
 
 @period.command("status")
-@click.argument("month")
+@click.argument("month", callback=_given_month)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
 def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
@@ -1181,7 +1194,7 @@ def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
 
 
 @period.command("adjust")
-@click.argument("month")
+@click.argument("month", callback=_given_month)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -1256,8 +1269,8 @@ def _ids(text: str) -> list[str]:
 @click.option(
     "--comparison", type=click.Choice(["at_least", "at_most"]), default="at_least", show_default=True
 )
-@click.option("--from", "from_period", required=True, help="First month, YYYY-MM.")
-@click.option("--to", "to_period", required=True, help="Last month, YYYY-MM.")
+@click.option("--from", "from_period", required=True, callback=_given_month, help="First month, YYYY-MM.")
+@click.option("--to", "to_period", required=True, callback=_given_month, help="Last month, YYYY-MM.")
 @_agreed_by
 @click.option("--note", default=None)
 @_goal_at
@@ -1299,7 +1312,7 @@ def goal_set(
 @click.argument("goal_id")
 @click.option("--target", type=float, default=None)
 @click.option("--comparison", type=click.Choice(["at_least", "at_most"]), default=None)
-@click.option("--to", "to_period", default=None, help="New last month, YYYY-MM.")
+@click.option("--to", "to_period", default=None, callback=_given_month, help="New last month, YYYY-MM.")
 @_agreed_by
 @click.option("--reason", required=True)
 @_goal_at
@@ -1394,7 +1407,7 @@ def hash_password(password: str) -> None:
 
 @cli.command()
 @click.option("--employee", required=True, help="Employee id.")
-@click.option("--period", "month", required=True, help="Period, YYYY-MM.")
+@click.option("--period", "month", required=True, callback=_given_month, help="Period, YYYY-MM.")
 @click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]), default="md", show_default=True)
 @click.option(
     "--out",
@@ -1412,7 +1425,9 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     result = build_statement(_open_ledger(_existing_store(ctx)), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
     if out is None or _to_stdout(out):  # (None narrowed for the writer below)
-        click.echo(text, nl=False)
+        # Ids come from whoever fed the ledger: on a terminal an escape sequence in one was a
+        # command, and click.echo dropped it from a pipe. JSON holds none; a file, as it is.
+        click.echo(_visible(text), nl=False)
     else:
         with replaced_whole(out) as partial:
             partial.write_text(text, encoding="utf-8")
@@ -1649,7 +1664,7 @@ def _relation_table(relation: Any) -> _Shown:
 
 @cli.command()
 @click.option("--employee", required=True, help="Employee id.")
-@click.option("--period", required=True, help="Period, YYYY-MM.")
+@click.option("--period", required=True, callback=_given_month, help="Period, YYYY-MM.")
 @click.option("--version", default=None, callback=_given_text, help="Version (default: the promoted one).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
@@ -1659,8 +1674,6 @@ def explain(ctx: click.Context, employee: str, period: str, version: str | None,
     from projections.readonly import reader
     from projections.store import find_version, versions_of
 
-    if not _valid_month(period):
-        raise click.BadParameter("must be YYYY-MM", param_hint="--period")
     with reader(_settings(ctx).projections_db) as connection:
         # An id, a unique id prefix or a name, as promote, drop and diff take.
         schema = find_version(versions_of(connection), version).version if version else _promoted(connection)
@@ -1670,12 +1683,12 @@ def explain(ctx: click.Context, employee: str, period: str, version: str | None,
 
 def _promoted(connection: Any) -> str:
     from projections.errors import ProjectionError
-    from projections.store import checked_id
+    from projections.store import promoted_of
 
-    row = connection.execute("SELECT version FROM crm_promoted WHERE id = 1").fetchone()
-    if row is None:
+    promoted = promoted_of(connection)
+    if promoted is None:
         raise ProjectionError("no version is promoted yet (run `crm-ledger project`)")
-    return checked_id(row[0])
+    return promoted
 
 
 @cli.command()

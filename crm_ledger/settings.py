@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,6 +62,61 @@ def log_root(projections_db: Path) -> Path:
 DEFAULT_STORE = ".crm-ledger/ledger.sqlite"
 #: The projection database when none is given (in the same folder).
 DEFAULT_DB = Path(".crm-ledger/projections.duckdb")
+
+
+#: The table every SQLite ledger has (eventsourcing's), from the first time it is opened on.
+LEDGER_TABLE = "stored_events"
+
+
+def sqlite_tables(path: Path) -> set[str] | None:
+    """The tables of the SQLite file at `path`, read without writing to it; None when it
+    cannot be read as one (no file, another kind of file, locked): whoever opens it then
+    tells that."""
+    try:
+        return _read_tables(path)
+    except sqlite3.Error:
+        return None
+
+
+def _read_tables(path: Path) -> set[str] | None:
+    # Only through SQLite: a plain open and close of the file would drop the locks this
+    # process's SQLite connections hold on it (POSIX locks are per process), and another
+    # process could then delete the write-ahead log's index under them.
+    if not path.is_file():
+        return None
+    # mode=ro: a look must not make the file a database, nor add a journal to it.
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+    try:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    finally:
+        connection.close()
+    return {str(name) for (name,) in rows}
+
+
+def _refuse_foreign_database(path: Path) -> None:
+    """Refuse a file that is no SQLite database (a history file, the projection database),
+    which was told as a damaged store to restore from a backup; and a SQLite file that holds
+    tables but not the ledger's: another program's database (a mistyped path), in which
+    every command would have made the ledger's tables."""
+    try:
+        tables = _read_tables(path)
+    except sqlite3.DatabaseError as error:
+        # SQLite's words for a file whose header is not its own; a damaged one ("malformed")
+        # is told as such when the store is opened.
+        if str(error) != "file is not a database":
+            return
+        raise ConfigurationError(
+            f"{path}: not a SQLite database file, so not a ledger store: name the ledger's file "
+            "with --store or CRM_LEDGER_STORE"
+        ) from None
+    except sqlite3.Error:
+        return  # locked, unreadable: the store's own opening tells that
+    if tables and LEDGER_TABLE not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ConfigurationError(
+            f"{path}: not a ledger store: it holds another database's tables ({shown}) and not the "
+            "ledger's; name the ledger's file with --store or CRM_LEDGER_STORE"
+        )
 
 
 def _refuse_mistyped_folder(path: Path, default: Path) -> None:
@@ -200,6 +256,7 @@ class Settings:
         path = Path(self.store)
         # A mistyped folder would otherwise hold a new, empty ledger that the next run does not find.
         _refuse_mistyped_folder(path, Path(DEFAULT_STORE))
+        _refuse_foreign_database(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return keys | {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from crm_ledger.errors import ConfigurationError, CrmLedgerError
-from crm_ledger.settings import POSTGRES_SCHEMES, Settings
+from crm_ledger.settings import POSTGRES_SCHEMES, Settings, sqlite_tables
 from ledger.application import LedgerApplication
 
 
@@ -33,4 +33,12 @@ def require_existing_store(settings: Settings) -> None:
     if not Path(settings.store).is_file():
         raise CrmLedgerError(
             f"{settings.store}: no such ledger store (CRM_LEDGER_STORE or --store names the one to read)"
+        )
+    # An empty file (or a database without tables) has no ledger to read either: it was made
+    # one, and the command reported on no events.
+    tables = sqlite_tables(Path(settings.store))
+    if tables is not None and not tables:
+        raise CrmLedgerError(
+            f"{settings.store}: holds no ledger, it is empty "
+            "(CRM_LEDGER_STORE or --store names the one to read)"
         )

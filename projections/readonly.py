@@ -7,6 +7,7 @@ enforced by DuckDB, not by inspecting the SQL text.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -189,14 +190,17 @@ def _json_value(value: object) -> object:
 
 def export_parquet(path: Path, folder: Path) -> Iterator[Path]:
     """Every stable read model of the promoted version as `<folder>/<name>.parquet`, yielded
-    as each is written.
+    once all are written.
 
-    Each file is written whole (`replaced_whole`): an export cut short (Ctrl-C, a full disk)
-    leaves whole files of this export and older ones, never a torn file.
+    The files are one set, read in one transaction: each is written beside its target
+    (`replaced_whole`) and all replace theirs only when every one is written. An export cut
+    short (Ctrl-C, a full disk, a damaged log) leaves the earlier export's files as they were,
+    not a folder of files from two moments.
     """
     with reader(path) as connection:
         if not any(v.promoted for v in versions_of(connection)):
             raise ProjectionError(f"{path}: no version promoted yet (run `crm-ledger project` or `promote`)")
+        made = not folder.exists()
         folder.mkdir(exist_ok=True)
         existing = {
             r[0]
@@ -204,9 +208,17 @@ def export_parquet(path: Path, folder: Path) -> Iterator[Path]:
                 "SELECT view_name FROM duckdb_views() WHERE schema_name = 'main'"
             ).fetchall()
         }
-        for view in STABLE_VIEWS:
-            if view in existing:
-                target = folder / f"{view}.parquet"
-                with replaced_whole(target) as partial:
-                    pq.write_table(connection.sql(f"SELECT * FROM {view}").to_arrow_table(), partial)
-                yield target
+        targets = [folder / f"{view}.parquet" for view in STABLE_VIEWS if view in existing]
+        try:
+            # Each block renames its file when the stack closes without an error; an error
+            # in any removes every one written so far.
+            with contextlib.ExitStack() as stack:
+                for target in targets:
+                    partial = stack.enter_context(replaced_whole(target))
+                    pq.write_table(connection.sql(f"SELECT * FROM {target.stem}").to_arrow_table(), partial)
+        except BaseException:
+            if made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # the folder this export made, empty again
+            raise
+    yield from targets

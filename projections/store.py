@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -170,23 +171,40 @@ def is_lock_error(error: Exception) -> bool:
 
 #: Where a DuckDB database file says what it is.
 _DUCKDB_MAGIC = (8, b"DUCK")
+#: The database files whose header this process has looked at (`_refuse_other_file`).
+_LOOKED: set[str] = set()
+_LOOKING = threading.Lock()
 
 
 def _refuse_other_file(path: Path) -> None:
     """Refuse a file that is not a DuckDB database: DuckDB opens a JSON, CSV or Parquet file
     given as one as an empty in-memory database, so a build into it would vanish unseen."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(_DUCKDB_MAGIC[0] + len(_DUCKDB_MAGIC[1]))
-    except (FileNotFoundError, IsADirectoryError):
-        return  # made by DuckDB, or refused by it in its own words
-    except OSError:
-        return  # unreadable: DuckDB's own error names the permission problem
-    if head and head[_DUCKDB_MAGIC[0] :] != _DUCKDB_MAGIC[1]:
+    if path.is_dir():
+        # DuckDB's own words ("Could not read ... Is a directory") read as a damaged file, whose
+        # advice, to move it away, would move a folder such as the ledger's own.
         raise ProjectionError(
-            f"projection database {path} is not a DuckDB database file: name the right one "
-            "with --db or CRM_LEDGER_DB (or move this one away and run `crm-ledger project` to rebuild it)"
+            f"projection database {path} is a folder, not a DuckDB file: name the database file "
+            "in it with --db or CRM_LEDGER_DB"
         )
+    # Once per file and process, before its first connection: closing a file drops every
+    # POSIX lock the process holds on it, so a look while a connection of this process is
+    # open (the web pages' requests) would let another process write under that connection.
+    key = str(path.resolve())
+    with _LOOKING:
+        if key in _LOOKED:
+            return
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(_DUCKDB_MAGIC[0] + len(_DUCKDB_MAGIC[1]))
+        except OSError:
+            # Missing: made by DuckDB; unreadable: DuckDB's own error names the permission problem.
+            head = b""
+        if head and head[_DUCKDB_MAGIC[0] :] != _DUCKDB_MAGIC[1]:
+            raise ProjectionError(
+                f"projection database {path} is not a DuckDB database file: name the right one with "
+                "--db or CRM_LEDGER_DB (or move this one away and run `crm-ledger project` to rebuild it)"
+            )
+        _LOOKED.add(key)
 
 
 def _refuse_missing(path: Path) -> None:
@@ -233,6 +251,16 @@ def checked_id(value: object) -> str:
             "(v_ and 12 hex digits): it was altered; move it away and run `crm-ledger project` to rebuild it"
         )
     return value
+
+
+def promoted_of(connection: duckdb.DuckDBPyConnection) -> str | None:
+    """The promoted version's id, or None: none promoted yet, or a DuckDB file without the
+    catalog at all (another program's, or an empty one), which promotes nothing either."""
+    try:
+        row = connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return None if row is None else checked_id(row[0])
 
 
 def versions_of(connection: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
@@ -349,8 +377,7 @@ class ProjectionDB:
         return find_version(self.versions(), reference)
 
     def promoted_version(self) -> str | None:
-        row = self.connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
-        return None if row is None else checked_id(row[0])
+        return promoted_of(self.connection)
 
     def ensure_version(
         self,

@@ -22,6 +22,7 @@ from crm_ledger.errors import CrmLedgerError
 from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.connect import open_ledger
+from ledger.errors import ConflictError
 from ledger.records import RecordParser, format_timestamp
 from projections.readonly import reader
 from projections.spec import DEFAULT_SPEC, load_spec, parse_spec
@@ -67,13 +68,22 @@ def _record(app: LedgerApplication, raw: dict[str, Any], given_at: datetime | No
     second run means the same agreement, recorded when it first was, so it is a duplicate
     when everything else agrees (not a conflict over the clock).
     """
-    if given_at is None:
-        held = app.recorded_fact(raw["event_id"])
-        if held is not None:
-            raw = {**raw, "occurred_at": format_timestamp(held.occurred_at)}
+    if given_at is not None:
+        return _record_at(app, raw, as_held=False)
+    try:
+        return _record_at(app, raw, as_held=True)
+    except ConflictError:
+        # Another run at the same time recorded it between this one's look and its recording.
+        return _record_at(app, raw, as_held=True)
+
+
+def _record_at(app: LedgerApplication, raw: dict[str, Any], *, as_held: bool) -> str:
+    """Record `raw`; `as_held`: at the moment the ledger holds it at, if it holds it."""
+    held = app.recorded_fact(raw["event_id"]) if as_held else None
+    if held is not None:
+        raw = {**raw, "occurred_at": format_timestamp(held.occurred_at)}
     fact = RecordParser(app.registry).parse(raw, strict=True)
-    outcome = app.record([fact], atomic=True)[0]
-    return outcome.status
+    return app.record([fact], atomic=True)[0].status
 
 
 def set_goal(

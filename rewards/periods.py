@@ -350,33 +350,48 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
         with ProjectionDB(settings.projections_db, create=False) as db:
             _promoted_fresh(settings, app, db)
     adjustments = planned_adjustments(period_status(settings, period, app))
-    if adjustments:
-        at = format_timestamp(int(datetime.now(tz=UTC).timestamp() * 1000))
-        _record(
-            app,
-            [
-                {
-                    "type": "RewardAdjustmentIssued",
-                    "event_id": str(
-                        uuid.uuid5(
-                            _NAMESPACE,
-                            f"{period}:{a.employee_id}:{a.old_score!r}->{a.new_score!r}@{a.new_version}",
-                        )
-                    ),
-                    "occurred_at": at,
-                    "period": period,
-                    "employee_id": a.employee_id,
-                    "old_score": a.old_score,
-                    "new_score": a.new_score,
-                    "delta": a.delta,
-                    "old_version": a.old_version,
-                    "new_version": a.new_version,
-                    "reason": a.reason,
-                }
-                for a in adjustments
-            ],
+    at = format_timestamp(int(datetime.now(tz=UTC).timestamp() * 1000))
+    planned = [
+        (
+            a,
+            {
+                "type": "RewardAdjustmentIssued",
+                "event_id": str(
+                    uuid.uuid5(
+                        _NAMESPACE,
+                        f"{period}:{a.employee_id}:{a.old_score!r}->{a.new_score!r}@{a.new_version}",
+                    )
+                ),
+                "occurred_at": at,
+                "period": period,
+                "employee_id": a.employee_id,
+                "old_score": a.old_score,
+                "new_score": a.new_score,
+                "delta": a.delta,
+                "old_version": a.old_version,
+                "new_version": a.new_version,
+                "reason": a.reason,
+            },
         )
-    return adjustments
+        for a in adjustments
+    ]
+    try:
+        return _issue_new(app, planned)
+    except ConflictError:
+        # Another run recorded between this one's look and its recording: look again.
+        return _issue_new(app, planned)
+
+
+def _issue_new(app: LedgerApplication, planned: list[tuple[Adjustment, dict[str, Any]]]) -> list[Adjustment]:
+    """Record the planned adjustments the ledger does not hold yet, and return them.
+
+    Another run at the same time plans the same adjustments (the same event ids) and issues
+    them at its own moment: those it issued are issued, not a conflict over the clock.
+    """
+    fresh = [(a, raw) for a, raw in planned if app.recorded_fact(raw["event_id"]) is None]
+    if fresh:
+        _record(app, [raw for _, raw in fresh])
+    return [a for a, _ in fresh]
 
 
 def drop_version(settings: Settings, reference: str) -> VersionInfo:

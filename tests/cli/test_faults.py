@@ -502,3 +502,181 @@ def test_a_projection_database_that_is_a_data_file_is_refused_not_read_as_one(tm
     for args in (["project"], ["versions"]):
         _one_line_error(run_cli(*args, env=env), f"{history}", "not a DuckDB database")
     assert history.read_bytes() == before
+
+
+def test_a_duckdb_file_of_another_program_says_no_version_is_promoted(tmp_path: Path) -> None:
+    """A DuckDB file without the catalog (another program's, or an empty one) has no promoted
+    version: explain and audit reproduce said "Catalog Error: Table with name crm_promoted
+    does not exist!", where goal list and export say what to do."""
+    import duckdb
+
+    env = _env(tmp_path)
+    duckdb.connect(str(tmp_path / "p.duckdb")).close()
+    for args in (
+        ["explain", "--employee", "emp-0001", "--period", "2025-01"],
+        ["audit", "reproduce"],
+        ["goal", "list"],
+        ["export", "--parquet", str(tmp_path / "out")],
+    ):
+        result = run_cli(*args, env=env)
+        _one_line_error(result, "promoted")
+        assert "Catalog Error" not in result.stderr, (args, result.stderr)
+
+
+def test_a_sqlite_file_that_holds_no_ledger_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """A store path naming another program's SQLite database, or an empty file, had the ledger's
+    tables made in it by every command, reading ones too, which then reported on no events
+    ('unknown customer', 'not closed')."""
+    import sqlite3
+
+    foreign = tmp_path / "other.sqlite"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    connection.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    history = _history(tmp_path)
+    reading = (
+        ["customer", "show", "cust-000001"],
+        ["statement", "--employee", "emp-0001", "--period", "2025-01"],
+        ["period", "status", "2025-01"],
+        ["audit", "verify"],
+        ["audit", "head"],
+    )
+    for store, phrase, commands in (
+        (foreign, "not a ledger store", (*reading, ["ingest", str(history)], ["project"])),
+        (empty, "holds no ledger", reading),
+    ):
+        before = store.read_bytes()
+        env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+        for args in commands:
+            _one_line_error(run_cli(*args, env=env), str(store), phrase)
+        assert store.read_bytes() == before, store
+    # A new store is still made by ingest, in a new file or an empty one.
+    for store in (tmp_path / "new.sqlite", empty):
+        env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+        assert "accepted" in run_cli("ingest", str(history), env=env, check=True).stdout
+
+
+def test_a_dash_where_stdout_cannot_be_written_is_refused_not_made_a_file(tmp_path: Path) -> None:
+    """'-' is stdout wherever an output is named (generate, query, statement): export made a
+    folder named '-' and ingest a rejects file named '-' in the current folder."""
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+    history = tmp_path / "h.jsonl"
+    history.write_text('{"type": "Bogus"}\n')
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    root = str(Path(__file__).resolve().parents[2])
+    for args, option in (
+        (["export", "--parquet", "-"], "'--parquet'"),
+        (["ingest", str(history), "--rejects", "-"], "'--rejects'"),
+    ):
+        result = subprocess.run(
+            [*CLI, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env, "PYTHONPATH": root},
+            cwd=folder,
+            check=False,
+        )
+        assert result.returncode == 2 and f"Invalid value for {option}" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == []
+    assert not (tmp_path / "l.sqlite").exists()
+
+
+def test_a_projection_database_that_is_a_folder_is_named_so_not_called_damaged(tmp_path: Path) -> None:
+    """`--db .crm-ledger` (the folder for the file in it) was 'damaged or truncated: move it
+    away and run project to rebuild it': advice that would have moved the ledger's folder."""
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    env["CRM_LEDGER_DB"] = str(tmp_path)
+    for args in (
+        ["project"],
+        ["versions"],
+        ["goal", "list"],
+        ["explain", "--employee", "emp-0001", "--period", "2025-01"],
+        ["export", "--parquet", str(tmp_path / "out")],
+        ["period", "close", "2025-01"],
+    ):
+        result = run_cli(*args, env=env)
+        _one_line_error(result, str(tmp_path), "is a folder")
+        assert "damaged" not in result.stderr and "move it away" not in result.stderr, (args, result.stderr)
+    assert (tmp_path / "l.sqlite").is_file()
+
+
+def test_an_export_that_fails_part_way_replaces_no_file_of_the_earlier_one(tmp_path: Path) -> None:
+    """An export that failed at its last read model (a damaged decoded log) had replaced the
+    files before it: the folder held this export's files beside the earlier one's, a set
+    from two moments, and a new folder a part of an export."""
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    folder = tmp_path / "export"
+    run_cli("export", "--parquet", str(folder), env=env, check=True)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert "reward_score.parquet" in before and "ledger_events.parquet" in before
+    # Newer events, then a data file of the decoded log cut short (ledger_events reads it).
+    later = tmp_path / "later.jsonl"
+    later.write_text(
+        '{"type": "ComplimentReceived", "event_id": "0b9d2434-e465-4150-bd9c-66b3ad3c0003", '
+        '"occurred_at": "2025-01-10T00:00:00Z", "employee_id": "emp-0001", "channel": "email", '
+        '"customer_id": "cust-000001"}\n'
+    )
+    run_cli("ingest", str(later), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    for data in (tmp_path / "p.log").rglob("*.parquet"):
+        data.write_bytes(data.read_bytes()[:100])
+    fresh = tmp_path / "fresh"
+    for target in (folder, fresh):
+        _one_line_error(run_cli("export", "--parquet", str(target), env=env), "decoded log")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not fresh.exists() or list(fresh.iterdir()) == []
+
+
+def test_a_store_path_naming_another_kind_of_file_is_named_so_not_called_damaged(tmp_path: Path) -> None:
+    """`--store history.jsonl` or the projection database's path (swapped with --db) was 'event
+    store is damaged (file is not a database): restore it from a backup'."""
+    env = _env(tmp_path)
+    history = _history(tmp_path)
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    for other in (history, tmp_path / "p.duckdb"):
+        before = other.read_bytes()
+        env_other = {**env, "CRM_LEDGER_STORE": str(other)}
+        for args in (["customer", "show", "cust-000001"], ["period", "status", "2025-01"], ["ingest", str(history)]):
+            result = run_cli(*args, env=env_other)
+            _one_line_error(result, str(other), "not a SQLite database file")
+            assert "damaged" not in result.stderr and "backup" not in result.stderr, (args, result.stderr)
+        assert other.read_bytes() == before
+    # A ledger cut short is still told as damaged.
+    store = tmp_path / "l.sqlite"
+    cut = tmp_path / "cut.sqlite"
+    cut.write_bytes(store.read_bytes()[:8192])
+    _one_line_error(run_cli("customer", "show", "cust-000001", env={**env, "CRM_LEDGER_STORE": str(cut)}), "damaged")
+
+
+def test_looking_at_a_projection_database_keeps_the_locks_of_its_open_connections(tmp_path: Path) -> None:
+    """Every connection first read the file's header to refuse a data file given as a database:
+    a plain open and close of the file drops the POSIX locks this process's DuckDB connections
+    hold on it, so a second connection in one process (the web pages' requests) let another
+    process open the database for writing under the first."""
+    import sys
+
+    from projections.store import connect
+
+    path = tmp_path / "p.duckdb"
+    ProjectionDB(path).close()
+    held = connect(path, read_only=True)
+    try:
+        connect(path, read_only=True).close()
+        other = subprocess.run(
+            [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).close()"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert other.returncode != 0 and "lock" in other.stderr, other.stderr
+    finally:
+        held.close()

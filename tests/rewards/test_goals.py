@@ -377,3 +377,42 @@ def test_goal_list_before_any_version_is_promoted_says_so(tmp_path: Path) -> Non
     listed = run_cli("goal", "list", env={"CRM_LEDGER_DB": str(db)})
     assert listed.returncode == 1, listed.stdout + listed.stderr
     assert listed.stderr.strip() == "error: no version is promoted yet (run `crm-ledger project`)"
+
+
+def test_two_runs_of_the_same_goal_command_at_once_both_succeed(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --at, a goal's setting or closing is recorded at the first run's moment; two runs
+    at once both looked before either recorded, and the second failed with "field
+    'occurred_at': event_id already recorded with different content", exit 1."""
+    import time
+
+    from rewards.goals import GoalChange, close_goal, set_goal
+
+    app = LedgerApplication(settings.eventsourcing_env())
+    assert set(record(app, basics())) == {"accepted"}
+    now = datetime.now(tz=UTC)
+    terms: dict[str, Any] = {
+        "team_id": "t1",
+        "kpi": "fcr_rate",
+        "target": 0.7,
+        "comparison": "at_least",
+        "from_period": f"{now:%Y-%m}",
+        "to_period": f"{now.year + 1}-{now:%m}",
+        "agreed_by": ["e1"],
+        "note": None,
+    }
+    assert set_goal(settings, GoalChange("g1", None), **terms) == "accepted"
+    assert close_goal(settings, GoalChange("g1", None), outcome="withdrawn", note=None) == "accepted"
+    time.sleep(0.01)
+    # The other run of each looked before the first one recorded, and records a moment later.
+    real = LedgerApplication.recorded_fact
+    looks: list[str] = []
+
+    def looked_too_early(self: LedgerApplication, event_id: str) -> Any:
+        looks.append(event_id)
+        return None if looks.count(event_id) == 1 else real(self, event_id)
+
+    monkeypatch.setattr(LedgerApplication, "recorded_fact", looked_too_early)
+    assert set_goal(settings, GoalChange("g1", None), **terms) == "duplicate"
+    assert close_goal(settings, GoalChange("g1", None), outcome="withdrawn", note=None) == "duplicate"

@@ -257,21 +257,22 @@ def test_statements_survive_a_full_replay(
 def test_bad_input_is_refused_and_nothing_written(ledger: LedgerApplication, settings: Settings) -> None:
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
     before = ledger.max_position()
-    for args, text in (
-        (["period", "adjust", PERIOD], "not closed"),
-        (["period", "close", "2025-2"], "expected YYYY-MM"),
+    for args, text, code in (
+        (["period", "adjust", PERIOD], "not closed", 1),
+        # A month that is none is the argument's usage error (2), as explain's --period is.
+        (["period", "close", "2025-2"], "expected YYYY-MM", 2),
         # Other scripts' digits (int() takes them) are not a period.
-        (["period", "close", "\uff12\uff10\uff12\uff15-\uff10\uff11"], "expected YYYY-MM"),
-        (["period", "status", "\u0662\u0660\u0661\u0666-\u0660\u0661"], "expected YYYY-MM"),
-        (["period", "close", "2999-01"], "has not ended"),
-        (["period", "close", "0000-01"], "is outside 1970-01 to 9998-12"),
-        (["period", "close", "0001-01"], "is outside 1970-01 to 9998-12"),
-        (["period", "close", "9999-12"], "is outside 1970-01 to 9998-12"),
-        (["period", "close", "2015-01"], "has no scores"),  # a close is for good: not of an empty month
-        (["statement", "--employee", "emp-0001", "--period", PERIOD], "not closed"),
+        (["period", "close", "\uff12\uff10\uff12\uff15-\uff10\uff11"], "expected YYYY-MM", 2),
+        (["period", "status", "\u0662\u0660\u0661\u0666-\u0660\u0661"], "expected YYYY-MM", 2),
+        (["period", "close", "2999-01"], "has not ended", 1),
+        (["period", "close", "0000-01"], "is outside 1970-01 to 9998-12", 2),
+        (["period", "close", "0001-01"], "is outside 1970-01 to 9998-12", 2),
+        (["period", "close", "9999-12"], "is outside 1970-01 to 9998-12", 2),
+        (["period", "close", "2015-01"], "has no scores", 1),  # a close is for good: not of an empty month
+        (["statement", "--employee", "emp-0001", "--period", PERIOD], "not closed", 1),
     ):
         result = run_cli(*args, env=env)
-        assert result.returncode == 1 and text in result.stderr and "Traceback" not in result.stderr, (
+        assert result.returncode == code and text in result.stderr and "Traceback" not in result.stderr, (
             args,
             result.stderr,
         )
@@ -351,7 +352,70 @@ def test_text_outputs_show_control_characters_in_data_as_escapes(settings: Setti
         ["diff", "default", "caps", "--limit", "1"],
         ["period", "status", PERIOD],
         ["period", "adjust", PERIOD, "--dry-run"],
+        # The statement's documents on stdout too (a file written with --out holds the id as it is).
+        ["statement", "--employee", evil, "--period", PERIOD],
+        ["statement", "--employee", evil, "--period", PERIOD, "--format", "html"],
     ):
         result = run_cli(*args, env=env)
         assert result.returncode == 0, (args, result.stderr)
         assert "\x1b" not in result.stdout and "\\x1b" in result.stdout, (args, result.stdout)
+    kept = tmp_path / "statement.md"
+    run_cli("statement", "--employee", evil, "--period", PERIOD, "--out", str(kept), env=env, check=True)
+    assert evil in kept.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["period", "close", "2024-13"], "'MONTH'"),
+        (["period", "status", "2024-1"], "'MONTH'"),
+        (["period", "adjust", " ", "--dry-run"], "'MONTH'"),
+        (["statement", "--employee", "emp-0001", "--period", "2024-13"], "'--period'"),
+        (["explain", "--employee", "emp-0001", "--period", "0000-01"], "'--period'"),
+        (
+            [
+                *["goal", "set", "g1", "--team", "t1", "--kpi", "csat_pct", "--target", "80"],
+                *["--from", "2024-13", "--to", "2025-02", "--agreed-by", "e1"],
+            ],
+            "'--from'",
+        ),
+        (["goal", "revise", "g1", "--to", "9999-12", "--agreed-by", "e1", "--reason", "r"], "'--to'"),
+    ],
+)
+def test_a_month_that_is_none_is_a_usage_error_naming_its_option(
+    settings: Settings, args: list[str], option: str
+) -> None:
+    """Each command took a malformed month its own way: explain as a usage error (2), the
+    period commands and statement as a user error (1), goals as a record's field (1)."""
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2, (args, result.stderr)
+    assert f"Invalid value for {option}" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_two_adjust_runs_at_once_issue_each_adjustment_once_and_both_succeed(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `period adjust` runs at once plan the same adjustments (the same event ids) and
+    issue them at their own moments: the second failed with "field 'occurred_at': event_id
+    already recorded with different content", exit 1, where running it again says 0 issued."""
+    from rewards import periods
+
+    close_period(settings, PERIOD)
+    employee = sorted(promoted_scores(settings))[0]
+    late = rec(
+        "ComplimentReceived",
+        f"{PERIOD}-15T10:00:00Z",
+        employee_id=employee,
+        channel="email",
+        customer_id="cust-000001",
+    )
+    path = tmp_path / "late.jsonl"
+    path.write_text(json.dumps(late) + "\n")
+    ingest_records(ledger, read_file(path, RecordParser(ledger.registry)), RejectSink(None, echo=None))
+    first = adjust_period(settings, PERIOD)
+    assert [a.employee_id for a in first] == [employee]
+    # The other run planned before the first one recorded: the same adjustments, later.
+    monkeypatch.setattr(periods, "planned_adjustments", lambda _status: first)
+    assert adjust_period(settings, PERIOD) == []
+    assert period_status(settings, PERIOD).adjustments == 1
