@@ -177,8 +177,10 @@ _LOOKING = threading.Lock()
 
 
 def _refuse_other_file(path: Path) -> None:
-    """Refuse a file that is not a DuckDB database: DuckDB opens a JSON, CSV or Parquet file
-    given as one as an empty in-memory database, so a build into it would vanish unseen."""
+    """Refuse a file that is not a DuckDB database (a history, a Parquet export named by
+    mistake) in words that say so: DuckDB refuses it too, but as "not a valid DuckDB database
+    file", which reads as a damaged database to move away and rebuild. Checked once per file
+    and process (below); a file replaced later is still refused by DuckDB itself."""
     if path.is_dir():
         # DuckDB's own words ("Could not read ... Is a directory") read as a damaged file, whose
         # advice, to move it away, would move a folder such as the ledger's own.
