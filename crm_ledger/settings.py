@@ -93,11 +93,11 @@ def _read_tables(path: Path) -> set[str] | None:
     return {str(name) for (name,) in rows}
 
 
-def _refuse_foreign_database(path: Path) -> None:
+def refuse_foreign_database(path: Path, own_table: str, what: str, option: str) -> None:
     """Refuse a file that is no SQLite database (a history file, the projection database),
-    which was told as a damaged store to restore from a backup; and a SQLite file that holds
-    tables but not the ledger's: another program's database (a mistyped path), in which
-    every command would have made the ledger's tables."""
+    which was told as a damaged `what` to restore from a backup; and a SQLite file that holds
+    tables but not `own_table`: another program's database (a mistyped path), in which every
+    command would have made this one's tables. `option` names where the right file is given."""
     try:
         tables = _read_tables(path)
     except sqlite3.DatabaseError as error:
@@ -106,16 +106,15 @@ def _refuse_foreign_database(path: Path) -> None:
         if str(error) != "file is not a database":
             return
         raise ConfigurationError(
-            f"{path}: not a SQLite database file, so not a ledger store: name the ledger's file "
-            "with --store or CRM_LEDGER_STORE"
+            f"{path}: not a SQLite database file, so not a {what}: name the right file with {option}"
         ) from None
     except sqlite3.Error:
         return  # locked, unreadable: the store's own opening tells that
-    if tables and LEDGER_TABLE not in tables:
+    if tables and own_table not in tables:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise ConfigurationError(
-            f"{path}: not a ledger store: it holds another database's tables ({shown}) and not the "
-            "ledger's; name the ledger's file with --store or CRM_LEDGER_STORE"
+            f"{path}: not a {what}: it holds another database's tables ({shown}) and not the "
+            f"{what}'s; name the right file with {option}"
         )
 
 
@@ -256,7 +255,7 @@ class Settings:
         path = Path(self.store)
         # A mistyped folder would otherwise hold a new, empty ledger that the next run does not find.
         _refuse_mistyped_folder(path, Path(DEFAULT_STORE))
-        _refuse_foreign_database(path)
+        refuse_foreign_database(path, LEDGER_TABLE, "ledger store", "--store or CRM_LEDGER_STORE")
         path.parent.mkdir(parents=True, exist_ok=True)
         return keys | {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",

@@ -31,6 +31,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 
 from crm_ledger.outputs import refuse_missing_folder
+from crm_ledger.settings import refuse_foreign_database
 from ledger.errors import KeyStoreError
 from schemas.metadata import shipped
 
@@ -53,6 +54,8 @@ class PersonalDataVault:
             _refuse_keys_left_in(recorder, key_store)
             _refuse_a_missing_key_store(recorder, key_store)
             refuse_missing_folder(Path(key_store))
+            option = "--key-store or CRM_LEDGER_KEY_STORE"
+            refuse_foreign_database(Path(key_store), _TABLE, "key store", option)
             self._datastore: Any = SQLiteDatastore(key_store, lock_timeout=30)
             self._sqlite = True
         else:

@@ -556,6 +556,15 @@ def test_a_sqlite_file_that_holds_no_ledger_is_refused_and_left_as_it_was(tmp_pa
     for store in (tmp_path / "new.sqlite", empty):
         env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
         assert "accepted" in run_cli("ingest", str(history), env=env, check=True).stdout
+    # The same for a separate key store: another program's database is not made one.
+    before = foreign.read_bytes()
+    env = {
+        "CRM_LEDGER_STORE": str(tmp_path / "keyed.sqlite"),
+        "CRM_LEDGER_KEY_STORE": str(foreign),
+        "CRM_LEDGER_DB": str(tmp_path / "p.duckdb"),
+    }
+    _one_line_error(run_cli("ingest", str(history), env=env), str(foreign), "not a key store")
+    assert foreign.read_bytes() == before
 
 
 def test_a_dash_where_stdout_cannot_be_written_is_refused_not_made_a_file(tmp_path: Path) -> None:
