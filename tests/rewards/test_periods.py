@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -27,6 +28,17 @@ from tests.factory import rec
 from tests.helpers import kill_hard, run_cli, start_cli, wait_for
 
 PERIOD = "2025-02"
+
+
+def _late_compliment(employee: str) -> dict[str, Any]:
+    """A compliment for `employee` in the closed period, recorded after it was closed."""
+    return rec(
+        "ComplimentReceived",
+        f"{PERIOD}-15T10:00:00Z",
+        employee_id=employee,
+        channel="email",
+        customer_id="cust-000001",
+    )
 
 
 @pytest.fixture
@@ -71,15 +83,7 @@ def test_late_event_keeps_the_statement_and_adjust_issues_the_difference(
     closed = close_period(settings, PERIOD)
     before = promoted_scores(settings)
     employee = sorted(before)[0]
-    late = [
-        rec(
-            "ComplimentReceived",
-            f"{PERIOD}-15T10:00:00Z",
-            employee_id=employee,
-            channel="email",
-            customer_id="cust-000001",
-        )
-    ]
+    late = [_late_compliment(employee)]
     path = tmp_path / "late.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in late) + "\n")
     assert (
@@ -132,13 +136,7 @@ def test_period_status_and_a_dry_run_read_the_projection_and_never_write_it(
     close_period(settings, PERIOD)
     project_promoted(settings, "ledger", None, follow=False)
     employee = sorted(promoted_scores(settings))[0]
-    late = rec(
-        "ComplimentReceived",
-        f"{PERIOD}-15T10:00:00Z",
-        employee_id=employee,
-        channel="email",
-        customer_id="cust-000001",
-    )
+    late = _late_compliment(employee)
     (tmp_path / "late.jsonl").write_text(json.dumps(late) + "\n")
     (tmp_path / "elsewhere").mkdir()  # an output's folder must exist: a mistyped one is refused
     rejects = str(tmp_path / "elsewhere" / "rejects.jsonl")
@@ -403,13 +401,7 @@ def test_two_adjust_runs_at_once_issue_each_adjustment_once_and_both_succeed(
 
     close_period(settings, PERIOD)
     employee = sorted(promoted_scores(settings))[0]
-    late = rec(
-        "ComplimentReceived",
-        f"{PERIOD}-15T10:00:00Z",
-        employee_id=employee,
-        channel="email",
-        customer_id="cust-000001",
-    )
+    late = _late_compliment(employee)
     path = tmp_path / "late.jsonl"
     path.write_text(json.dumps(late) + "\n")
     ingest_records(ledger, read_file(path, RecordParser(ledger.registry)), RejectSink(None, echo=None))
