@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+import duckdb
 
 
 def table_names(connection: Any, schema: str) -> set[str]:
@@ -15,17 +18,19 @@ def table_names(connection: Any, schema: str) -> set[str]:
     return {str(row[0]) for row in rows}
 
 
-def tables_by_schema(connection: Any) -> dict[str, set[str]]:
-    """The names of the (non-temporary) tables of every schema of the connection's database.
+def existing_tables(connection: Any, names: Iterable[str]) -> dict[str, set[str]]:
+    """Which of the tables `names` (`schema.table`) exist, by schema.
 
-    One look at the catalog: the first one on a connection costs ~8 ms at 1M events (it loads
-    every table's entry), the later ones ~2 ms each.
+    Each is looked up alone (~0.3 ms): listing the catalog loads every table's entry first,
+    ~8 ms on a reopened file at 1M events. A lookup of a missing table fails, which aborts a
+    transaction: call this outside one.
     """
-    rows = connection.execute(
-        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND NOT temporary"
-    ).fetchall()
-    tables: dict[str, set[str]] = {}
-    for schema, table in rows:
-        tables.setdefault(str(schema), set()).add(str(table))
-    return tables
+    found: dict[str, set[str]] = {}
+    for name in names:
+        try:
+            connection.execute(f"SELECT 1 FROM {name} LIMIT 0")
+        except duckdb.CatalogException:
+            continue
+        schema, table = name.split(".", 1)
+        found.setdefault(schema, set()).add(table)
+    return found

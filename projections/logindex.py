@@ -155,14 +155,16 @@ class LogIndex:
             self._known = None
         else:
             known = self._cached(table_id, int(row[1])) or self._scan()
-            wanted = ~pds.field("stream").isin(pa.array(list(known), pa.string()))
-            for stream, position in known.items():
-                wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
             columns = [*INDEX_COLUMNS, "payload"]
             appended = self.log.appended(table_id, int(row[1]), snapshot)
             if appended is not None:
-                rows = appended.select(columns).filter(wanted)
+                # Committed on the version the index holds: every row of it is past the index
+                # (each stream's positions were checked at the commit), so none is filtered.
+                rows = appended.select(columns)
             else:
+                wanted = ~pds.field("stream").isin(pa.array(list(known), pa.string()))
+                for stream, position in known.items():
+                    wanted = wanted | ((pds.field("stream") == stream) & (pds.field("position") > position))
                 # Only the files that may hold rows past the index (file statistics), then the rows.
                 newer = self.log.dataset(snapshot, after=known)
                 rows = newer.to_table(columns=columns, filter=wanted)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from projections.catalog import tables_by_schema
+from projections.catalog import existing_tables
 from projections.goals import GOAL_EVENTS, GOAL_TABLES
 from projections.kpi_days import DAYS, READS, build_sql, days_select, periods_select
 from projections.log import EVENT_COLUMNS, relation_name
@@ -200,6 +200,11 @@ class Maintainer:
         recorded = self.log_version_recorded()
         s = self.storage.schema
         chain = self.db.chain(self.version)
+        # The tables the update makes when they are missing, looked up once for the whole
+        # update (before its transactions: a lookup of a missing one fails).
+        wanted = [self.index.table, self.index.payloads, f"{s}.{PARTIALS}", f"{s}.{CASES}"]
+        wanted += [f"{v.schema}.{t}" for v in chain for t in (DAYS, *GOAL_TABLES)]
+        self._tables = existing_tables(con, wanted)
         # The index is synced and committed first, in a transaction of its own: DuckDB reads
         # the rows a transaction has appended to a table (its local storage) far more slowly
         # than committed ones, and fetching the touched cases' rows by row id from an index
@@ -208,9 +213,6 @@ class Maintainer:
         # ahead of the version's tables (an update that failed after the sync) is what the
         # next update syncs to anyway, and the new events are found by the version's own
         # positions, not the index's.
-        # The catalog, looked up once for the whole update: what it holds is only asked about
-        # tables the update itself makes when they are missing (CREATE OR REPLACE).
-        self._tables = tables_by_schema(con)
         with transaction(con):
             self.index.sync(snapshot, self._dataset, self._tables.get("main", set()))
         self._reached = self._end_at  # kept by an update with nothing new
