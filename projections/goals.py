@@ -201,11 +201,15 @@ def _exact_corr(x: str, y: str) -> str:
 
 
 def team_evidence_correlation_sql(v: str) -> str:
-    pairs = "\n    UNION ALL\n    ".join(
-        f"SELECT team_id, '{p}' AS practice, '{o}' AS outcome, d_{p} AS x, d_{o} AS y "
-        f"FROM {v}.team_evidence_month WHERE d_{p} IS NOT NULL AND d_{o} IS NOT NULL"
-        for p in PRACTICES
-        for o in OUTCOMES
+    # Every (practice, outcome) pair of a row in one scan of the months: a union of one
+    # scan per pair cost ~3-6 ms more a refresh, for the same rows.
+    values = ", ".join(f"('{p}', '{o}')" for p in PRACTICES for o in OUTCOMES)
+    x = "CASE k.practice " + " ".join(f"WHEN '{p}' THEN t.d_{p}" for p in PRACTICES) + " END"
+    y = "CASE k.outcome " + " ".join(f"WHEN '{o}' THEN t.d_{o}" for o in OUTCOMES) + " END"
+    pairs = (
+        f"SELECT * FROM (SELECT t.team_id, k.practice, k.outcome, {x} AS x, {y} AS y\n"
+        f"    FROM {v}.team_evidence_month t CROSS JOIN (VALUES {values}) k(practice, outcome))\n"
+        "    WHERE x IS NOT NULL AND y IS NOT NULL"
     )
     # Average ranks for ties, then Pearson on the ranks: Spearman's rho, as `diff` computes it.
     partition = "scope, practice, outcome"
