@@ -37,6 +37,8 @@ def replaced_whole(target: Path) -> Iterator[Path]:
         yield partial
         partial.replace(target)
     except OSError as error:
+        if error.filename not in (None, str(partial), partial):
+            raise  # another file's (an inner block's, in a set of files written together)
         # Named by the file asked for, not by the hidden one written first.
         raise OSError(error.errno, error.strerror, str(target)) from None
     finally:

@@ -373,6 +373,7 @@ class RewardPeriod(LedgerAggregate):
         self.chain_head: str | None = None
         self.told: dict[str, float] = {}  # employee id -> score last told
         self.told_version: dict[str, str] = {}  # employee id -> version of that score
+        self.told_times: dict[str, int] = {}  # employee id -> statements and adjustments issued
 
     def when(self, event_type: str, occurred_at: int, data: Mapping[str, Any]) -> None:
         if event_type == "RewardPeriodClosed":
@@ -383,9 +384,11 @@ class RewardPeriod(LedgerAggregate):
         elif event_type == "RewardStatementIssued":
             self.told[data["employee_id"]] = data["score"]
             self.told_version[data["employee_id"]] = data["version"]
+            self.told_times[data["employee_id"]] = self.told_times.get(data["employee_id"], 0) + 1
         elif event_type == "RewardAdjustmentIssued":
             self.told[data["employee_id"]] = data["new_score"]
             self.told_version[data["employee_id"]] = data["new_version"]
+            self.told_times[data["employee_id"]] = self.told_times.get(data["employee_id"], 0) + 1
 
     def check(self, fact: Fact) -> None:
         """A period closes once; each employee gets one statement, then only adjustments."""

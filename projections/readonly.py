@@ -194,8 +194,9 @@ def export_parquet(path: Path, folder: Path) -> Iterator[Path]:
 
     The files are one set, read in one transaction: each is written beside its target
     (`replaced_whole`) and all replace theirs only when every one is written. An export cut
-    short (Ctrl-C, a full disk, a damaged log) leaves the earlier export's files as they were,
-    not a folder of files from two moments.
+    short (Ctrl-C, a full disk, a damaged log) while writing leaves the earlier export's files
+    as they were, not a folder of files from two moments. The renames come last, one file after
+    another: only a rename failing among them (a target made a folder meanwhile) leaves a mix.
     """
     with reader(path) as connection:
         if not any(v.promoted for v in versions_of(connection)):

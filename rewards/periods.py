@@ -22,7 +22,7 @@ from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.checkpoints import chain_at
 from ledger.connect import open_ledger
-from ledger.errors import ConflictError
+from ledger.errors import ConflictError, ValidationError
 from ledger.records import RecordParser, format_timestamp
 from projections.readonly import reader, reflected_position
 from projections.service import catch_up
@@ -349,9 +349,28 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
     if app.reward_period(period) is not None:
         with ProjectionDB(settings.projections_db, create=False) as db:
             _promoted_fresh(settings, app, db)
+    try:
+        return _issue_new(app, _planned(settings, app, period))
+    except (ConflictError, ValidationError):
+        # Another run recorded between this one's look and its recording (the same adjustment,
+        # or one that moved what was told): plan again from what the ledger holds now.
+        return _issue_new(app, _planned(settings, app, period))
+
+
+def _planned(
+    settings: Settings, app: LedgerApplication, period: str
+) -> list[tuple[Adjustment, dict[str, Any]]]:
+    """The adjustments to issue now, each with its record.
+
+    How many times each employee was told so far is read before the plan and is part of an
+    adjustment's id: two runs at once planning the same move make one fact, while the same
+    move made again later (a score back and forth under one version) is a fact of its own.
+    """
+    closed = app.reward_period(period)
+    told_times = dict(closed.told_times) if closed is not None else {}
     adjustments = planned_adjustments(period_status(settings, period, app))
     at = format_timestamp(int(datetime.now(tz=UTC).timestamp() * 1000))
-    planned = [
+    return [
         (
             a,
             {
@@ -359,7 +378,8 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
                 "event_id": str(
                     uuid.uuid5(
                         _NAMESPACE,
-                        f"{period}:{a.employee_id}:{a.old_score!r}->{a.new_score!r}@{a.new_version}",
+                        f"{period}:{a.employee_id}:{told_times.get(a.employee_id, 0)}:"
+                        f"{a.old_score!r}->{a.new_score!r}@{a.new_version}",
                     )
                 ),
                 "occurred_at": at,
@@ -375,11 +395,6 @@ def adjust_period(settings: Settings, period: str, *, dry_run: bool = False) -> 
         )
         for a in adjustments
     ]
-    try:
-        return _issue_new(app, planned)
-    except ConflictError:
-        # Another run recorded between this one's look and its recording: look again.
-        return _issue_new(app, planned)
 
 
 def _issue_new(app: LedgerApplication, planned: list[tuple[Adjustment, dict[str, Any]]]) -> list[Adjustment]:

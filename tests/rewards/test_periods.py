@@ -391,6 +391,31 @@ def test_a_month_that_is_none_is_a_usage_error_naming_its_option(
     assert f"Invalid value for {option}" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+def test_a_score_moved_back_and_forth_is_adjusted_each_time(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same move made again (a score back and forth under one version) is a fact of its own:
+    with the move alone in its id it was taken for the first one, recorded already, and the
+    drift stayed unadjusted."""
+    import dataclasses
+
+    from rewards import periods
+
+    close_period(settings, PERIOD)
+    employee = sorted(promoted_scores(settings))[0]
+    path = tmp_path / "late.jsonl"
+    path.write_text(json.dumps(_late_compliment(employee)) + "\n")
+    ingest_records(ledger, read_file(path, RecordParser(ledger.registry)), RejectSink(None, echo=None))
+    [up] = adjust_period(settings, PERIOD)
+    down = dataclasses.replace(up, old_score=up.new_score, new_score=up.old_score)
+    monkeypatch.setattr(periods, "planned_adjustments", lambda _status: [down])
+    assert adjust_period(settings, PERIOD) == [down]
+    monkeypatch.undo()
+    assert adjust_period(settings, PERIOD) == [up]  # the same move as the first, made again
+    status = period_status(settings, PERIOD)
+    assert status.adjustments == 3 and status.drifts == []
+
+
 def test_two_adjust_runs_at_once_issue_each_adjustment_once_and_both_succeed(
     ledger: LedgerApplication, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,7 +432,10 @@ def test_two_adjust_runs_at_once_issue_each_adjustment_once_and_both_succeed(
     ingest_records(ledger, read_file(path, RecordParser(ledger.registry)), RejectSink(None, echo=None))
     first = adjust_period(settings, PERIOD)
     assert [a.employee_id for a in first] == [employee]
-    # The other run planned before the first one recorded: the same adjustments, later.
-    monkeypatch.setattr(periods, "planned_adjustments", lambda _status: first)
+    # The other run planned before the first one recorded: the same adjustments, later; it
+    # then plans again from what the ledger holds.
+    plans = iter([first])
+    real = periods.planned_adjustments
+    monkeypatch.setattr(periods, "planned_adjustments", lambda status: next(plans, None) or real(status))
     assert adjust_period(settings, PERIOD) == []
     assert period_status(settings, PERIOD).adjustments == 1
