@@ -6,7 +6,6 @@ import contextlib
 import json
 import math
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
 from projections.engine import Projector
-from projections.log import DecodedLog
+from projections.log import DecodedLog, log_slug
 from projections.readonly import reader
 from projections.service import project_promoted
 from projections.sources import KafkaSource, LedgerSource
@@ -300,7 +299,9 @@ def test_a_one_shot_project_cut_short_by_ctrl_c_says_so_and_exits_130(tmp_path: 
     env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
     run_cli("ingest", str(history), env=env, check=True)
     process = start_cli("project", env=env)
-    time.sleep(0.5)
+    # Once it works (the database is made under the stop handler; a Ctrl-C in the interpreter's
+    # first moments, while it imports, is another matter).
+    wait_for((tmp_path / "p.duckdb").exists, what="project to start")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -311,7 +312,8 @@ def test_a_one_shot_project_cut_short_by_ctrl_c_says_so_and_exits_130(tmp_path: 
     assert count.stdout.split() == ["n", str(len(history.read_text().splitlines()))]
     # A replay that re-decodes the ledger, cut short: the note goes to stderr, stdout stays empty.
     process = start_cli("replay", "--from-source", "--metrics", str(DEFAULT_SPEC), "--name", "again", env=env)
-    time.sleep(0.5)
+    rebuilding = log_root(tmp_path / "p.duckdb") / f"{log_slug('ledger')}.rebuild"
+    wait_for(rebuilding.exists, what="the log's rebuild to start")
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stdout + stderr
