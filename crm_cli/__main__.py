@@ -13,7 +13,7 @@ import signal
 import sys
 
 from crm_cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
-from crm_cli.runtime import silence_stdout
+from crm_cli.runtime import interrupt_after, silence_stdout
 
 
 def _stdout_written_whole() -> None:
@@ -39,7 +39,8 @@ def run() -> None:
     _stdout_written_whole()
     code = 0
     try:
-        from crm_cli.cli import main  # noqa: PLC0415 - after the guard, on purpose
+        with interrupt_after():  # see there: an interrupt inside an extension's import
+            from crm_cli.cli import main  # noqa: PLC0415 - after the guard, on purpose
 
         code = main()
         sys.stdout.flush()

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crm_cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TRANSIENT
-from crm_cli.runtime import graceful_stop, silence_stdout
+from crm_cli.runtime import graceful_stop, interrupt_after, silence_stdout
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import refuse_missing_folder, replaced_whole
 from crm_ledger.progress import progress_bar
@@ -683,7 +683,8 @@ def relay(
     ctx: click.Context, follow: bool, partitions: int | None, batch_size: int, registry_url: str | None
 ) -> None:
     """Publish the ledger to Kafka exactly once, in order (position recovered from Kafka)."""
-    from ledger.relay import Relay, RelayConfig
+    with interrupt_after():
+        from ledger.relay import Relay, RelayConfig
 
     settings = _existing_store(ctx)
     app = _open_ledger(settings)
@@ -760,7 +761,8 @@ def project(
     registry_url: str | None,
 ) -> None:
     """Build (and follow) the promoted version of the read models in DuckDB."""
-    from projections.service import project_promoted
+    with interrupt_after():
+        from projections.service import project_promoted
 
     settings = _source_settings(ctx, source)
     if engine == "spark":
@@ -893,8 +895,9 @@ def replay(
     spark_master: str,
 ) -> None:
     """Build a new version of the read models side by side with the live one (resumable)."""
-    from projections.engine import parse_as_of
-    from replay.build import replay as run_replay
+    with interrupt_after():
+        from projections.engine import parse_as_of
+        from replay.build import replay as run_replay
 
     settings = _source_settings(ctx, source)
     moment = parse_as_of(as_of)
@@ -1748,7 +1751,8 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map outcomes to exit codes."""
-    from crm_cli.faults import describe
+    with interrupt_after():  # it imports DuckDB, whose initialisation a Ctrl-C aborted (SIGABRT)
+        from crm_cli.faults import describe
 
     context: list[click.Context] = []
     arguments = list(sys.argv[1:] if argv is None else argv)

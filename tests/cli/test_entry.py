@@ -93,3 +93,20 @@ def test_a_reader_that_goes_away_from_one_large_write_ends_the_command_with_141(
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env |= {"CRM_LEDGER_DB": str(db), **({"PYTHONUNBUFFERED": unbuffered} if unbuffered else {})}
     _read_a_little_and_go_away([*CLI, "query", "SELECT * FROM range(300000)", "--format", "csv"], env=env)
+
+
+def test_a_ctrl_c_while_heavy_modules_import_is_raised_once_they_are_loaded() -> None:
+    """Raised inside an extension module's initialisation, a KeyboardInterrupt was swallowed
+    there (the command ran on), aborted the process (DuckDB's), or made the interpreter end by
+    the signal: during the block it is only held."""
+    from crm_cli.runtime import interrupt_after
+
+    before = signal.getsignal(signal.SIGINT)
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt), interrupt_after():
+        os.kill(os.getpid(), signal.SIGINT)
+        reached_the_end = True
+    assert reached_the_end
+    assert signal.getsignal(signal.SIGINT) is before
+    with interrupt_after():
+        pass  # nothing held: nothing raised
