@@ -8,16 +8,6 @@ from typing import Any
 import duckdb
 
 
-def table_names(connection: Any, schema: str) -> set[str]:
-    """The names of the (non-temporary) tables of `schema` in the connection's database."""
-    rows = connection.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = ? AND NOT temporary",
-        [schema],
-    ).fetchall()
-    return {str(row[0]) for row in rows}
-
-
 def existing_tables(connection: Any, names: Iterable[str]) -> dict[str, set[str]]:
     """Which of the tables `names` (`schema.table`) exist, by schema.
 

@@ -34,7 +34,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pds
 
-from projections.catalog import table_names
 from projections.log import EVENT_COLUMNS, DecodedLog
 
 #: The state of each source's index: the Delta table and the log version it reflects.
@@ -127,10 +126,11 @@ class LogIndex:
         #: (an update rolled back leaves the row, and the index, as they were).
         self._known: tuple[str, int, dict[str, int]] | None = None
 
-    def sync(self, snapshot: int, dataset: Any, tables: set[str] | None = None) -> None:
+    def sync(self, snapshot: int, dataset: Any, tables: set[str]) -> None:
         """Bring the index to `snapshot` (`dataset` is that snapshot), inside the caller's transaction.
 
-        `tables` names the tables of schema `main` when the caller has just looked them up.
+        `tables` names the tables of schema `main` (the caller looks them up before its
+        transactions: projections.catalog.existing_tables).
 
         Only the rows after the index's last position per stream are read from the log:
         file statistics skip the files that hold none of them. When those rows are exactly
@@ -144,8 +144,6 @@ class LogIndex:
         row = run(f"SELECT table_id, log_version FROM {STATE} WHERE source = ?", [self.source]).fetchone()
         # The table handle at `snapshot` (the one the caller just read: no look at newer commits).
         table_id = str(self.log.table(snapshot).metadata().id)
-        if tables is None:
-            tables = table_names(self.connect(), "main")
         exists = {self.table.removeprefix("main."), self.payloads.removeprefix("main.")} <= tables
         if row is not None and exists and row[0] == table_id and int(row[1]) == snapshot:
             return

@@ -267,15 +267,14 @@ def promoted_of(connection: duckdb.DuckDBPyConnection) -> str | None:
 
 def versions_of(connection: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
     """Every version in the database on `connection` (none in a database without a catalog)."""
+    promoted = promoted_of(connection)
     try:
-        row = connection.execute("SELECT version FROM main.crm_promoted WHERE id = 1").fetchone()
         rows = connection.execute(
             "SELECT version, name, spec_hash, kpi_hash, spec_text, as_of, source, state, created_at, "
             "built_at, events, position, built_from FROM main.crm_versions ORDER BY created_at, version"
         ).fetchall()
     except duckdb.CatalogException:
         return []
-    promoted = None if row is None else checked_id(row[0])
     for r in rows:
         checked_id(r[0])
         if r[-1] is not None:
