@@ -56,7 +56,7 @@ from projections.models import (
 )
 from projections.profile_state import CASES, MERGED, PARTIALS, merge_sql, profile_select, state_sql
 from projections.profile_state import TEMPS as PROFILE_TEMPS
-from projections.service_maintain import KEY_TABLES, ServiceMaintenance, maintain_goals
+from projections.service_maintain import KEY_TABLES, ServiceMaintenance, differing_keys_select, maintain_goals
 from projections.service_models import (
     SERVICE_MEASURES,
     profile_service_sql,
@@ -549,10 +549,9 @@ class Maintainer:
             f"FROM {s}.measures WHERE {old_rows}"
         )
         run(f"DELETE FROM {s}.measures WHERE {old_rows}")
-        new_emp = "raw.employee_id IN (SELECT employee_id FROM crm_emp)" if moved else "FALSE"
+        new_emp = f"raw.{emp}" if moved else emp
         new_scope = (
-            f"{new_emp}"
-            f" OR (raw.measure IN ({cases}) AND raw.case_id IN (SELECT case_id FROM crm_case))"
+            f"{new_emp} OR (raw.measure IN ({cases}) AND raw.case_id IN (SELECT case_id FROM crm_case))"
             f" OR (raw.measure NOT IN ({cases}) AND raw.event_id IN (SELECT event_id FROM crm_new))"
         )
         run(f"CREATE OR REPLACE TEMP TABLE crm_measures AS {measures_sql(s, EV, new_scope)}")
@@ -631,12 +630,7 @@ class Maintainer:
             run(statement)
         run(f"CREATE OR REPLACE TEMP TABLE crm_service AS {service_measures_select(s)}")
         old = f"SELECT * FROM {s}.measures WHERE measure IN ({_SERVICE})"
-        run(
-            "INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM "
-            f"(({old}) EXCEPT ALL (SELECT * FROM crm_service)) "
-            f"UNION ALL SELECT employee_id, team_id, occurred_at FROM "
-            f"((SELECT * FROM crm_service) EXCEPT ALL ({old}))"
-        )
+        run(f"INSERT INTO crm_touched {differing_keys_select(old, 'SELECT * FROM crm_service')}")
         run(f"DELETE FROM {s}.measures WHERE measure IN ({_SERVICE})")
         run(f"INSERT INTO {s}.measures SELECT * FROM crm_service")
 

@@ -110,6 +110,20 @@ KEY_TABLES = (
 _GOAL_EV = "crm_goal_events"
 
 
+def differing_keys_select(old: str, new: str) -> str:
+    """The (employee_id, team_id, occurred_at) of the measure rows that differ between the
+    queries `old` and `new` (rows of `measures`), as multisets.
+
+    Each row is counted +1 as old and -1 as new, and the rows whose counts do not cancel
+    differ: one grouping, ~3 times cheaper than two EXCEPT ALL.
+    """
+    return (
+        "SELECT employee_id, team_id, occurred_at FROM (SELECT * EXCLUDE (side), sum(side) AS n FROM "
+        f"(SELECT *, 1 AS side FROM ({old}) UNION ALL SELECT *, -1 AS side FROM ({new})) GROUP BY ALL) "
+        "WHERE n <> 0"
+    )
+
+
 class Scratch:
     """The scratch schema: inputs as tables or views, emptied between steps.
 
@@ -369,18 +383,12 @@ class ServiceMaintenance:
                     "CREATE OR REPLACE TEMP TABLE crm_sv_old_rows AS SELECT rowid AS r FROM "
                     f"{s}.measures WHERE (measure IN ({_SLA}) AND {sla}) OR (measure IN ({_VISIT}) AND {fv})"
                 )
-                # Only the keys of the rows that differ (old against new, as multisets) pass on.
-                # Most of these rows are made again the same (the cases of a customer whose
-                # terms changed, opened months ago): passing on every key made the KPI tables
-                # recompute, and the scores rewrite, every month those cases lie in.
-                # A row counted +1 as old and -1 as new: those whose counts do not cancel differ
-                # (one grouping, ~3 times cheaper than two EXCEPT ALL).
-                run(
-                    "INSERT INTO crm_touched SELECT employee_id, team_id, occurred_at FROM "
-                    "(SELECT * EXCLUDE (side), sum(side) AS n FROM (SELECT *, 1 AS side FROM "
-                    f"{s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows) "
-                    "UNION ALL SELECT *, -1 AS side FROM crm_sv_service) GROUP BY ALL) WHERE n <> 0"
-                )
+                # Only the keys of the rows that differ pass on. Most of these rows are made
+                # again the same (the cases of a customer whose terms changed, opened months
+                # ago): passing on every key made the KPI tables recompute, and the scores
+                # rewrite, every month those cases lie in.
+                old = f"SELECT * FROM {s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows)"
+                run(f"INSERT INTO crm_touched {differing_keys_select(old, 'SELECT * FROM crm_sv_service')}")
                 run(f"DELETE FROM {s}.measures WHERE rowid IN (SELECT r FROM crm_sv_old_rows)")
                 run(f"INSERT INTO {s}.measures SELECT * FROM crm_sv_service")
 
