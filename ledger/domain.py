@@ -381,14 +381,13 @@ class RewardPeriod(LedgerAggregate):
             self.ledger_position = data["ledger_position"]
             self.projection_version = data["version"]
             self.chain_head = data.get("chain_head")
-        elif event_type == "RewardStatementIssued":
-            self.told[data["employee_id"]] = data["score"]
-            self.told_version[data["employee_id"]] = data["version"]
-            self.told_times[data["employee_id"]] = self.told_times.get(data["employee_id"], 0) + 1
-        elif event_type == "RewardAdjustmentIssued":
-            self.told[data["employee_id"]] = data["new_score"]
-            self.told_version[data["employee_id"]] = data["new_version"]
-            self.told_times[data["employee_id"]] = self.told_times.get(data["employee_id"], 0) + 1
+        elif event_type in ("RewardStatementIssued", "RewardAdjustmentIssued"):
+            # What the employee is told now, by a statement or an adjustment.
+            employee = data["employee_id"]
+            statement = event_type == "RewardStatementIssued"
+            self.told[employee] = data["score"] if statement else data["new_score"]
+            self.told_version[employee] = data["version"] if statement else data["new_version"]
+            self.told_times[employee] = self.told_times.get(employee, 0) + 1
 
     def check(self, fact: Fact) -> None:
         """A period closes once; each employee gets one statement, then only adjustments."""
