@@ -31,17 +31,6 @@ _ENVELOPE = ("event_id", "occurred_at", "recorded_at")
 _PER_FIELD = 50 + len(PREFIX)
 
 
-def zigzag_varint(value: int) -> bytes:
-    """Avro's encoding of a long: zig-zag, then 7 bits per byte, low bits first."""
-    number = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while number & ~0x7F:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
 def varint_size(value: int) -> int:
     """How many bytes `zigzag_varint(value)` has (without building them)."""
     return max(1, (((value << 1) ^ (value >> 63)).bit_length() + 6) // 7)

@@ -37,7 +37,8 @@ import pyarrow.compute as pc
 
 from projections.columns import AVRO_TO_ARROW, LOG_SCHEMA, RECORD_COLUMNS, LogBatchBuilder, stream_of
 from projections.sources import RawBatch
-from schemas.codec import HEADER, MAGIC_BYTE, AvroCodec, zigzag_varint
+from schemas.codec import HEADER, MAGIC_BYTE, AvroCodec
+from schemas.fast_encoder import zigzag_varint
 from schemas.registry import SchemaVersion
 
 _SYNC = bytes(16)

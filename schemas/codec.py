@@ -18,6 +18,7 @@ from fastavro.types import Schema
 from fastavro.validation import validate
 
 from schemas.errors import DecodeError, EncodeError
+from schemas.fast_encoder import Encoder, compile_encoder, zigzag_varint
 from schemas.registry import SchemaRegistry, SchemaVersion
 
 MAGIC_BYTE = 0
@@ -63,6 +64,11 @@ class AvroCodec:
             version.schema_id: fastavro.parse_schema(copy.deepcopy(dict(version.raw)))
             for version in registry.all_versions()
         }
+        #: Each version's compiled encoder (`schemas.fast_encoder`), where it has one.
+        self._compiled: dict[int, Encoder | None] = {
+            version.schema_id: compile_encoder(version.schema_id, version.raw)
+            for version in registry.all_versions()
+        }
         for version in registry.all_versions():
             writer_raw = self._reader_form(version, epoch_millis)
             latest = registry.latest(version.event_type)
@@ -92,6 +98,11 @@ class AvroCodec:
 
     def encode_with(self, version: SchemaVersion, record: Mapping[str, Any]) -> bytes:
         """Frame and encode a record with one specific schema version."""
+        compiled = self._compiled.get(version.schema_id)
+        if compiled is not None:
+            message = compiled(record)
+            if message is not None:
+                return message
         buffer = io.BytesIO()
         buffer.write(HEADER.pack(MAGIC_BYTE, version.schema_id))
         try:
@@ -210,14 +221,3 @@ class AvroCodec:
         if len(records) != len(messages):
             return None
         return records
-
-
-def zigzag_varint(value: int) -> bytes:
-    """Avro's zig-zag variable-length encoding of a long."""
-    encoded = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while encoded > 0x7F:
-        out.append((encoded & 0x7F) | 0x80)
-        encoded >>= 7
-    out.append(encoded)
-    return bytes(out)

@@ -8,9 +8,10 @@ from pathlib import Path
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication, _references, encoded_size_bound
 from ledger.bulk import BulkWriter
-from ledger.prepared import Preparer, finish, zigzag_varint
+from ledger.prepared import Preparer, finish
 from ledger.records import RecordParser
 from schemas.codec import AvroCodec
+from schemas.fast_encoder import zigzag_varint
 from schemas.registry import SchemaRegistry
 from tests.factory import basics, chat
 
