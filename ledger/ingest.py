@@ -10,7 +10,6 @@ import csv
 import functools
 import json
 import os
-import pickle
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ledger.inputs import (
 )
 from ledger.json_items import json_items
 from ledger.ordering import in_time_order, order_key
+from ledger.plain_bytes import from_bytes
 from ledger.prepared import Prepared
 from ledger.records import Fact, RecordParser, is_unicode_text
 from ledger.vault import PERSONAL_FIELDS
@@ -125,12 +125,12 @@ class SourceRecord:
 
 
 class PendingRecord:
-    """A valid record parsed in a worker process, its fact still in the worker's pickled form.
+    """A valid record parsed in a worker process, its fact still in the worker's packed form.
 
     The main process sorts every record of a run, and spills most of them to disk, before it
     judges them: kept as the worker's bytes until then, a record costs the main process no
-    dict, `Fact` or `SourceRecord` to unpickle, build, spill, read back and build again.
-    `unpickled` gives the fact when it is judged; `as_source` the `SourceRecord` it stands for.
+    dict, `Fact` or `SourceRecord` to unpack, build, spill, read back and build again.
+    `as_fact` gives the fact when it is judged; `as_source` the `SourceRecord` it stands for.
     """
 
     __slots__ = ("blob", "bytes_read", "line", "location", "sort_time")
@@ -142,12 +142,12 @@ class PendingRecord:
         #: The JSON line (redacted from only if the ledger refuses the record).
         self.line = line
         self.sort_time = sort_time
-        #: pickle of (event type, event id, occurred_at, fields, prepared message).
+        #: `ledger.plain_bytes` of (event type, event id, occurred_at, fields, prepared message).
         self.blob = blob
 
-    def unpickled(self) -> tuple[Fact, Prepared | None]:
+    def as_fact(self) -> tuple[Fact, Prepared | None]:
         """The fact and its prepared message."""
-        event_type, event_id, occurred_at, data, prepared = pickle.loads(self.blob)
+        event_type, event_id, occurred_at, data, prepared = from_bytes(self.blob)
         return Fact(event_type, event_id, occurred_at, data), prepared
 
     def shown(self) -> str | None:
@@ -159,8 +159,8 @@ class PendingRecord:
         return (self.location, self.bytes_read, self.line, self.sort_time, self.blob)
 
     def as_source(self) -> SourceRecord:
-        """The record with its fact unpickled."""
-        fact, prepared = self.unpickled()
+        """The record with its fact unpacked."""
+        fact, prepared = self.as_fact()
         size = self.bytes_read
         return SourceRecord(self.location, None, fact, None, size, line=self.line, prepared=prepared)
 
@@ -170,7 +170,7 @@ def _shown_line(line: bytes) -> str | None:
     return redacted_json(load_json_object(_decode(line).strip()))
 
 
-#: What the readers yield: records, and worker-parsed valid records still pickled.
+#: What the readers yield: records, and worker-parsed valid records still packed.
 AnyRecord = SourceRecord | PendingRecord
 
 
@@ -920,7 +920,7 @@ def ingest_records(
                     rejects.reject(source.location, source.error, source.shown())
                     continue
                 if isinstance(source, PendingRecord):
-                    fact, prepared = source.unpickled()
+                    fact, prepared = source.as_fact()
                 elif source.fact is None:
                     continue
                 else:

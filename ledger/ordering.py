@@ -12,18 +12,20 @@ Records that could not be parsed are passed through at once, in input order: the
 rejects, whatever their time. Valid records are sorted in runs of `run_size` in memory;
 larger inputs spill sorted runs to temporary files and are merged, so multi-gigabyte
 exports sort in constant memory. What is spilled is what `pack` makes of a record (plain
-tuples of text, numbers and bytes pickle several times faster than objects) and `unpack`
-makes it a record again when the runs are merged.
+tuples of text, numbers and bytes, which `ledger.plain_bytes` writes several times faster
+than objects) and `unpack` makes it a record again when the runs are merged.
 """
 
 from __future__ import annotations
 
 import heapq
-import pickle
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
+
+from ledger.plain_bytes import from_bytes, to_bytes
 
 DEFAULT_RUN_SIZE = 200_000
 #: Facts that rate work done up to their instant. At the same `occurred_at` they come after
@@ -32,9 +34,11 @@ DEFAULT_RUN_SIZE = 200_000
 #: a later run meets them: `Case.attributed_at` counts a step at the answer's instant as
 #: before it). Nothing refers to a rating, so nothing can be missing for it to come last.
 RATES_THE_INSTANT = frozenset({"SurveyAnswered", "ComplimentReceived"})
-#: Records per pickled chunk of a spilled run. Merging holds one chunk of every run in
+#: Records per chunk of a spilled run. Merging holds one chunk of every run in
 #: memory, so this (not the run size) sets how memory grows with the number of runs.
 SPILL_CHUNK = 512
+#: A spilled chunk's length, before its bytes.
+_LENGTH = struct.Struct("<I")
 
 
 class _Timed(Protocol):
@@ -101,11 +105,11 @@ def _spill(buffer: list[tuple[int, int, T]], spill_dir: Path | None, pack: Calla
     buffer.sort()
     # Deleted on close (and by the OS if the process dies): nothing is left behind.
     handle = tempfile.TemporaryFile(prefix="crm-ledger-sort-", dir=spill_dir)  # noqa: SIM115 - returned open
-    pickler = pickle.Pickler(handle, protocol=pickle.HIGHEST_PROTOCOL)
     for start in range(0, len(buffer), SPILL_CHUNK):
-        chunk = buffer[start : start + SPILL_CHUNK]
-        pickler.dump([(at, sequence, pack(record)) for at, sequence, record in chunk])
-        pickler.clear_memo()
+        part = buffer[start : start + SPILL_CHUNK]
+        chunk = to_bytes([(at, sequence, pack(record)) for at, sequence, record in part])
+        handle.write(_LENGTH.pack(len(chunk)))
+        handle.write(chunk)
     handle.flush()
     handle.seek(0)
     return handle
@@ -113,9 +117,9 @@ def _spill(buffer: list[tuple[int, int, T]], spill_dir: Path | None, pack: Calla
 
 def _read_run(handle: IO[bytes], unpack: Callable[[Any], T]) -> Iterator[tuple[int, int, T]]:
     while True:
-        try:
-            chunk: list[tuple[int, int, Any]] = pickle.load(handle)
-        except EOFError:
+        length = handle.read(_LENGTH.size)
+        if not length:
             return
+        chunk: list[tuple[int, int, Any]] = from_bytes(handle.read(_LENGTH.unpack(length)[0]))
         for at, sequence, packed in chunk:
             yield at, sequence, unpack(packed)

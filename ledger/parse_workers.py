@@ -1,15 +1,16 @@
 """Parse JSON lines in worker processes while the main process sorts and writes.
 
-Parsing and checking a record (JSON, strict types, the schema's and the domain's field rules)
-is the largest cost of an import and needs no ledger state, so large files are parsed by a
-pool of forked workers. The main process reads the physical lines (line numbers and the size
-limit stay exactly as in `ledger.ingest.read_jsonl`), hands them over in chunks, and gets back
-per line only plain data: a fact's time and the fact (type, id, time, fields) pickled by the
-worker, which the main process sorts and spills as bytes and unpickles only when it judges
-the fact (`ledger.ingest.PendingRecord`), or a reject's shown text and error. It keeps the
-lines themselves, so an accepted record travels once and a rejects entry is redacted from
-its line only if the ledger later refuses it. Chunks come back in input order and only a
-few are in flight, so memory stays bounded whatever the file size.
+Parsing and checking a record (JSON, strict types, the schema's and the domain's field
+rules) is the largest cost of an import and needs no ledger state, so large files are parsed
+by a pool of forked workers. The main process reads the physical lines (line numbers and the
+size limit stay exactly as in `ledger.ingest.read_jsonl`), hands them over in chunks, and
+gets back per line only plain data: a fact's time and the fact (type, id, time, fields)
+packed by the worker (`ledger.plain_bytes`), which the main process sorts and spills as
+bytes and unpacks only when it judges the fact (`ledger.ingest.PendingRecord`), or a
+reject's shown text and error. It keeps the lines themselves, so an accepted record travels
+once and a rejects entry is redacted from its line only if the ledger later refuses it.
+Chunks come back in input order and only a few are in flight, so memory stays bounded
+whatever the file size.
 Each worker also prepares the fact's Avro message and size bound (`ledger.prepared`), so
 the main process, which alone can judge and write, has that much less to do.
 
@@ -20,7 +21,6 @@ The records are the ones `read_jsonl` yields for the same file, field for field
 from __future__ import annotations
 
 import multiprocessing
-import pickle
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +40,7 @@ from ledger.ingest import (
 )
 from ledger.inputs import UTF8_BOM, input_damage, open_input
 from ledger.ordering import order_key
+from ledger.plain_bytes import to_bytes
 from ledger.prepared import Preparer
 from ledger.records import RecordParser
 from schemas.codec import AvroCodec
@@ -48,9 +49,9 @@ from schemas.codec import AvroCodec
 BLOCK_BYTES = 512 * 1024
 IN_FLIGHT_PER_WORKER = 4
 
-#: Per line of a block, in order: (sort time (`ordering.order_key`), size, line, pickle of
+#: Per line of a block, in order: (sort time (`ordering.order_key`), size, line, `to_bytes` of
 #: (event type, event id, occurred_at, fields, prepared message)) of a fact, which the main
-#: process unpickles only when it judges the fact (`PendingRecord`); (None, size, shown,
+#: process unpacks only when it judges the fact (`PendingRecord`); (None, size, shown,
 #: error class, field, reason) of a reject; and (lines, size) for each run of blank lines.
 Parsed = tuple[Any, ...]
 #: (number of the block's first line, its whole lines, the number and size of an over-long
@@ -90,7 +91,7 @@ def _parse_block(sent: tuple[int, bytes]) -> list[Parsed]:
             fact = record.fact
             packed = (fact.event_type, fact.event_id, fact.occurred_at, fact.data, prepare(fact))
             key = order_key(fact.event_type, fact.occurred_at)
-            out.append((key, size, data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)))
+            out.append((key, size, data, to_bytes(packed)))
         elif record is not None and record.error is not None:
             error = record.error
             out.append((None, size, record.raw, type(error), error.field, error.reason))

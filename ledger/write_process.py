@@ -3,13 +3,13 @@
 Writing a large batch is mostly the store's own work (SQLite's B-trees and its log, or
 PostgreSQL's round trips). In a thread of the deciding process that work still costs the
 deciding process its CPU (~21 µs per event at 1M events, about a third of it). A writing
-process takes it to the other core: the main process only pickles each batch's rows
-(`ledger.batch_rows.BatchRows`, plain tuples) and sends them through a pipe; this process
-encodes the records whose message the parse workers could not prepare (fields the ledger
-filled in or encrypted: about four in ten events of a generated history), and writes
-them with the same `write_batch` the writing thread uses, through a recorder and key vault
-of its own on the same store, and answers with whether the batch was committed and the
-error, if any.
+process takes it to the other core: the main process only packs each batch's rows
+(`ledger.batch_rows.BatchRows`, plain tuples: `ledger.plain_bytes`) and sends them through a
+pipe; this process encodes the records whose message the parse workers could not prepare
+(fields the ledger filled in or encrypted: about four in ten events of a generated history),
+and writes them with the same `write_batch` the writing thread uses, through a recorder and
+key vault of its own on the same store, and answers with whether the batch was committed and
+the error, if any.
 
 It is started for a run's first large batch and serves the whole run, as a fresh
 interpreter running this module (never a copy of the deciding process's memory, and
@@ -22,7 +22,6 @@ is rolled back whole, never half-written.
 from __future__ import annotations
 
 import gc
-import marshal
 import os
 import pickle
 import signal
@@ -38,6 +37,7 @@ from eventsourcing.utils import Environment
 from crm_ledger.collector import RUN_THRESHOLDS
 from ledger.batch_rows import BatchRows, Encode, encoded, write_batch
 from ledger.errors import WriteProcessError
+from ledger.plain_bytes import from_bytes, to_bytes
 from ledger.vault import PersonalDataVault
 from schemas.codec import AvroCodec
 from schemas.registry import SchemaRegistry
@@ -171,34 +171,21 @@ def _serve(out: Connection, given: Connection, parent: int) -> None:
 
 
 #: The first byte of a packed batch: how the rest is serialised.
-_MARSHAL, _PICKLE = b"M", b"P"
-
-
 def packed_rows(rows: BatchRows) -> bytes:
     """A batch as bytes for the writing process (`unpacked_rows` reads them).
 
-    With `marshal` where the rows allow it (plain tuples, text, numbers, bytes and the
-    records' dicts: always, for parsed facts): it packs a batch of rows ~3.5 times faster than
-    pickle (0.33 against 1.18 µs per event of the deciding process's CPU, 25,000-event
-    batches of a generated history) and reads it back a little faster. Both ends are the
-    same interpreter (the writing process runs `sys.executable`), so marshal's format, which
-    is tied to the Python version, is the same at both ends. Anything marshal refuses goes
-    as a pickle.
+    Marshalled where the rows allow it (`ledger.plain_bytes`: plain tuples, text, numbers,
+    bytes and the records' dicts, always for parsed facts), which packs a batch of rows ~3.5
+    times faster than pickle (0.33 against 1.18 µs per event of the deciding process's CPU,
+    25,000-event batches of a generated history) and reads it back a little faster.
     """
-    try:
-        return _MARSHAL + marshal.dumps((rows.events, rows.new_keys, rows.forgotten))
-    except ValueError:  # an object marshal cannot write
-        return _PICKLE + pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+    return to_bytes((rows.events, rows.new_keys, rows.forgotten))
 
 
 def unpacked_rows(message: bytes) -> BatchRows:
     """The batch `packed_rows` made `message` of."""
-    body = memoryview(message)[1:]
-    if message[:1] == _MARSHAL:
-        events, new_keys, forgotten = marshal.loads(body)
-        return BatchRows(events, new_keys, forgotten)
-    rows: BatchRows = pickle.loads(body)
-    return rows
+    events, new_keys, forgotten = from_bytes(message)
+    return BatchRows(events, new_keys, forgotten)
 
 
 def _written(recorder: Any, vault: PersonalDataVault, rows: BatchRows, encode: Encode) -> bytes:
