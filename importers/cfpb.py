@@ -23,7 +23,7 @@ from typing import Any
 from ledger.errors import ValidationError
 from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, parse_workers_for, read_row_mapped
 from ledger.inputs import data_suffix, readable_start
-from ledger.records import EARLIEST_MS, LATEST_MS, RecordParser, format_timestamp
+from ledger.records import EARLIEST_MS, LATEST_MS, RecordParser, epoch_ms, format_timestamp
 
 #: The suffixes of the JSON download (inside any compression).
 JSON_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
@@ -93,7 +93,7 @@ def parse_date(value: str, field: str) -> int:
             moment = datetime.strptime(text, pattern).replace(tzinfo=UTC)
         except ValueError:
             continue
-        millis = int(moment.timestamp() * 1000)
+        millis = epoch_ms(moment)
         if not EARLIEST_MS <= millis < LATEST_MS:
             # Refused here, naming the column: the ledger's own check would name occurred_at.
             raise ValidationError(field, f"out of range (1900-01-01 to 2199-12-31): {value!r}")

@@ -43,9 +43,8 @@ from ledger.application import (
 from ledger.batch_rows import BatchRows, EventRow, encoded, write_batch
 from ledger.domain import EVENT_OWNERS, LedgerAggregate, Occurrence, aggregate_hex
 from ledger.existence import existing_ids, index_is_empty, indexed_events
-from ledger.mapper import epoch_ms
 from ledger.prepared import Prepared, finish
-from ledger.records import Fact
+from ledger.records import Fact, epoch_ms
 from ledger.vault import PERSONAL_FIELDS
 from ledger.write_behind import InFlight, WriteBehind
 from schemas.fast_encoder import zigzag_varint

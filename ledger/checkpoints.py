@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -35,6 +36,7 @@ from crm_ledger.kafka import (
 )
 from ledger.chain import GENESIS, next_link
 from ledger.errors import CheckpointError
+from ledger.records import epoch_ms
 from schemas.codec import AvroCodec
 
 if TYPE_CHECKING:
@@ -172,7 +174,7 @@ def read_published(bootstrap: str, topic: str, codec: AvroCodec, timeout_s: floa
 
 
 def _millis(value: Any) -> int:
-    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
+    return epoch_ms(value) if isinstance(value, datetime) else int(value)
 
 
 def cadence_gaps(published: Iterable[Checkpoint], relayed_up_to: int) -> Iterator[int]:

@@ -16,16 +16,12 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import get_topic
 
 from ledger.domain import EVENT_OWNERS, LedgerAggregate
+from ledger.records import epoch_ms
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.registry import NAMESPACE
 
 _ENVELOPE = frozenset({"event_id", "occurred_at", "recorded_at"})
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch of an aware datetime."""
-    return int(moment.timestamp() * 1000)
 
 
 class AvroMapper(Mapper[UUID]):

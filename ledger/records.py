@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.errors import ValidationError
@@ -79,9 +79,22 @@ def _timestamp(value: Any, field: str) -> int:
             raise ValidationError(field, f"not an ISO-8601 timestamp: {value!r}") from None
     else:
         raise ValidationError(field, f"expected a timestamp, got {value!r}")
+    return epoch_ms(moment)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, floored; a naive datetime is taken as UTC.
+
+    In integers: float seconds times 1000 can land a millisecond off, truncates toward
+    zero before 1970, and `timestamp()` takes a naive datetime as local time.
+    """
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return (moment - _EPOCH) // _MILLISECOND
 
 
 def format_timestamp(epoch_ms: int) -> str:

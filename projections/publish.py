@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -28,6 +28,7 @@ from crm_ledger.kafka import (
     produce,
     producer_config,
 )
+from ledger.records import epoch_ms
 from projections.readmodels import FEEDS as TOPICS
 from projections.transaction import transaction
 from schemas.codec import AvroCodec
@@ -47,18 +48,14 @@ class Feed:
 
 
 def _epoch_ms(value: Any) -> Any:
-    return None if value is None else int(value.timestamp() * 1000) if hasattr(value, "timestamp") else value
+    return epoch_ms(value) if isinstance(value, datetime) else value
 
 
 def _profile(row: dict[str, Any]) -> dict[str, Any]:
     record = dict(row)
     for name in ("registered_at", "first_contact_at", "last_contact_at"):
-        record[name] = _epoch_ms(_as_utc(record[name]))
+        record[name] = _epoch_ms(record[name])
     return record
-
-
-def _as_utc(value: Any) -> Any:
-    return value.replace(tzinfo=UTC) if value is not None and getattr(value, "tzinfo", 1) is None else value
 
 
 FIXED_SCORE_COLUMNS = ("employee_id", "period", "team_id", "score", "spec_version", "spec_name")
@@ -74,7 +71,7 @@ def _score(row: dict[str, Any]) -> dict[str, Any]:
 
 def _statement(row: dict[str, Any]) -> dict[str, Any]:
     record = dict(row)
-    record["issued_at"] = _epoch_ms(_as_utc(record["issued_at"]))
+    record["issued_at"] = _epoch_ms(record["issued_at"])
     return record
 
 

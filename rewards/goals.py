@@ -23,7 +23,7 @@ from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.connect import open_ledger
 from ledger.errors import ConflictError
-from ledger.records import RecordParser, format_timestamp
+from ledger.records import RecordParser, epoch_ms, format_timestamp
 from projections.readonly import reader
 from projections.spec import DEFAULT_SPEC, load_spec, parse_spec
 from projections.store import rows_as_dicts, versions_of
@@ -58,7 +58,7 @@ def spec_components(db: Path) -> list[str]:
 
 
 def _at(moment: datetime | None) -> str:
-    return format_timestamp(int((moment or datetime.now(tz=UTC)).timestamp() * 1000))
+    return format_timestamp(epoch_ms(moment or datetime.now(tz=UTC)))
 
 
 def _record(app: LedgerApplication, raw: dict[str, Any], given_at: datetime | None = None) -> str:

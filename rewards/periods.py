@@ -23,7 +23,7 @@ from ledger.application import LedgerApplication
 from ledger.checkpoints import chain_at
 from ledger.connect import open_ledger
 from ledger.errors import ConflictError, ValidationError
-from ledger.records import RecordParser, format_timestamp
+from ledger.records import RecordParser, epoch_ms, format_timestamp
 from projections.readonly import reader, reflected_position
 from projections.service import catch_up
 from projections.store import REWARD_FACTS, ProjectionDB, VersionInfo, rows_as_dicts, versions_of
@@ -182,7 +182,7 @@ def close_period(settings: Settings, period: str, now: datetime | None = None) -
         position = int(row[0]) if row else 0
     # From the store itself (the source of truth), not from the projection's copy.
     head = chain_at(app, position).chain
-    at = format_timestamp(int(now.timestamp() * 1000))
+    at = format_timestamp(epoch_ms(now))
     raws: list[dict[str, Any]] = [
         {
             "type": "RewardPeriodClosed",
@@ -369,7 +369,7 @@ def _planned(
     closed = app.reward_period(period)
     told_times = dict(closed.told_times) if closed is not None else {}
     adjustments = planned_adjustments(period_status(settings, period, app))
-    at = format_timestamp(int(datetime.now(tz=UTC).timestamp() * 1000))
+    at = format_timestamp(epoch_ms(datetime.now(tz=UTC)))
     return [
         (
             a,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from ledger.records import format_timestamp
+from ledger.records import epoch_ms, format_timestamp
 from rewards.statement import Statement
 from web.errors import NotFoundError
 
@@ -22,7 +23,7 @@ def _payload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _millis(moment: Any) -> int:
-    return int(moment.timestamp() * 1000) if hasattr(moment, "timestamp") else int(moment)
+    return epoch_ms(moment) if isinstance(moment, datetime) else int(moment)
 
 
 def statement_from_events(events: Sequence[dict[str, Any]], employee_id: str, period: str) -> Statement:

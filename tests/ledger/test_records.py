@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import ValidationError
-from ledger.records import RecordParser, format_timestamp, parse_timestamp
+from ledger.records import RecordParser, epoch_ms, format_timestamp, parse_timestamp
 from tests.factory import rec
 
 
@@ -116,3 +117,16 @@ def test_json_fields_checked_in_line_match_the_general_rules(parser: RecordParse
     assert _outcome(lambda: parser._strict_fields(event_type, raw)) == _outcome(
         lambda: parser._converted_fields(event_type, raw, strict=True)
     )
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2199, 12, 31), timezones=st.just(UTC)))
+def test_epoch_ms_is_the_floored_millisecond(moment: datetime) -> None:
+    micros = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert epoch_ms(moment) == micros // 1000  # floored, also before 1970
+    assert epoch_ms(moment.replace(tzinfo=None)) == epoch_ms(moment)  # naive is UTC
+
+
+def test_a_timestamp_before_1970_with_microseconds_is_floored() -> None:
+    assert parse_timestamp("1969-12-31T23:59:59.9995Z") == -1
+    assert parse_timestamp("1955-06-01T12:00:00.123456Z") == -460_295_999_877
+    assert parse_timestamp("2024-01-01T00:00:00.123999Z") == 1_704_067_200_123
