@@ -1609,8 +1609,10 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
         if shown.cut:
             err.print(f"(the first {TABLE_ROWS:,} rows: --format csv or json gives every row)")
     elif text:
-        # As it is: click.echo strips escape sequences from data when not on a terminal.
-        sys.stdout.write(text)
+        # As it is for a pipe (click.echo strips escape sequences from data when not on a
+        # terminal); on a terminal an escape sequence in a value would be obeyed, so it is
+        # shown, and CSV's line ends (\r\n) stay line ends rather than showing as "\r".
+        sys.stdout.write(_visible(text.replace("\r\n", "\n")) if sys.stdout.isatty() else text)
     elif out is not None:
         click.echo(f"wrote {out}", err=True)
 
@@ -1659,7 +1661,9 @@ class _Shown:
 def _relation_table(relation: Any) -> _Shown:
     """The first TABLE_ROWS rows as a table (drawing 300,000 rows took 20 s and 400 MB)."""
     rows = relation.limit(TABLE_ROWS + 1).fetchall()
-    table = Table(*relation.columns)
+    table = Table()
+    for column in relation.columns:  # a column's name is data too (`AS "..."`)
+        table.add_column(_cell(column))
     for row in rows[:TABLE_ROWS]:
         _add_row(table, *row)
     return _Shown(table, len(rows) > TABLE_ROWS)
