@@ -86,6 +86,14 @@ def _given_text(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
+def _given_reason(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A required free-text option's value (why a goal changed): a blank one says nothing,
+    and is refused as the option's usage error rather than as the event's field."""
+    if not value.strip():
+        raise click.BadParameter("is empty: say why in a few words")
+    return value
+
+
 def _given_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A name given to a version: not blank, and without control characters (it is typed again
     to `promote` or `diff` it, and shown in every message about the version)."""
@@ -1275,7 +1283,7 @@ def _ids(text: str) -> list[str]:
 @click.option("--from", "from_period", required=True, callback=_given_month, help="First month, YYYY-MM.")
 @click.option("--to", "to_period", required=True, callback=_given_month, help="Last month, YYYY-MM.")
 @_agreed_by
-@click.option("--note", default=None)
+@click.option("--note", default=None, callback=_given_text, help="A note kept with the event (not blank).")
 @_goal_at
 @click.pass_context
 def goal_set(
@@ -1317,7 +1325,7 @@ def goal_set(
 @click.option("--comparison", type=click.Choice(["at_least", "at_most"]), default=None)
 @click.option("--to", "to_period", default=None, callback=_given_month, help="New last month, YYYY-MM.")
 @_agreed_by
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, callback=_given_reason, help="Why the terms change.")
 @_goal_at
 @click.pass_context
 def goal_revise(
@@ -1344,7 +1352,7 @@ def goal_revise(
 @goal.command("close")
 @click.argument("goal_id")
 @click.option("--outcome", type=click.Choice(["achieved", "missed", "withdrawn"]), required=True)
-@click.option("--note", default=None)
+@click.option("--note", default=None, callback=_given_text, help="A note kept with the event (not blank).")
 @_goal_at
 @click.pass_context
 def goal_close(ctx: click.Context, goal_id: str, outcome: str, note: str | None, at: Any) -> None:
