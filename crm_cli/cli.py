@@ -34,6 +34,8 @@ from crm_ledger.settings import MAX_WAIT_S, RECORD_BYTES_RANGE, Settings
 from ledger.records import is_unicode_text
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from crm_cli.broker import BrokerConfig
     from crm_cli.registry_server import RegistryServerConfig
     from ledger.application import LedgerApplication
@@ -770,9 +772,33 @@ def project(
 ) -> None:
     """Build (and follow) the promoted version of the read models in DuckDB."""
     with interrupt_after():
-        from projections.service import project_promoted
+        from projections.leftovers import removed_if_nothing_decoded
+        from projections.service import source_label
 
     settings = _source_settings(ctx, source)
+    with removed_if_nothing_decoded(settings.projections_db, source_label(settings, source)):
+        _project(
+            ctx, settings, source, follow, metrics, refresh_interval, publish, workers, engine, spark_master,
+            registry_url,
+        )
+
+
+def _project(
+    ctx: click.Context,
+    settings: Settings,
+    source: str,
+    follow: bool,
+    metrics: Path | None,
+    refresh_interval: float,
+    publish: bool,
+    workers: int | None,
+    engine: str,
+    spark_master: str,
+    registry_url: str | None,
+) -> None:
+    with interrupt_after():
+        from projections.service import project_promoted
+
     if engine == "spark":
         if follow or workers is not None or publish:
             raise CrmLedgerError(
@@ -905,10 +931,29 @@ def replay(
     """Build a new version of the read models side by side with the live one (resumable)."""
     with interrupt_after():
         from projections.engine import parse_as_of
-        from replay.build import replay as run_replay
+        from projections.leftovers import removed_if_nothing_decoded
+        from projections.service import source_label
 
     settings = _source_settings(ctx, source)
     moment = parse_as_of(as_of)
+    with removed_if_nothing_decoded(settings.projections_db, source_label(settings, source)):
+        _replay(settings, metrics, source, moment, name, full, from_source, engine, spark_master)
+
+
+def _replay(
+    settings: Settings,
+    metrics: Path,
+    source: str,
+    moment: datetime | None,
+    name: str | None,
+    full: bool,
+    from_source: bool,
+    engine: str,
+    spark_master: str,
+) -> None:
+    with interrupt_after():
+        from replay.build import replay as run_replay
+
     if engine == "spark":
         if from_source:
             raise CrmLedgerError("--from-source re-decodes the log: run it without --engine spark first")
