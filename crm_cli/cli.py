@@ -30,7 +30,13 @@ from crm_cli.runtime import graceful_stop, interrupt_after, silence_stdout
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import refuse_missing_folder, replaced_whole
 from crm_ledger.progress import progress_bar
-from crm_ledger.settings import MAX_WAIT_S, RECORD_BYTES_RANGE, Settings
+from crm_ledger.settings import (
+    MAX_WAIT_S,
+    RECORD_BYTES_RANGE,
+    Settings,
+    delta_unsafe_advice,
+    delta_unsafe_part,
+)
 from ledger.records import is_unicode_text
 
 if TYPE_CHECKING:
@@ -165,6 +171,9 @@ def _source_settings(ctx: click.Context, source: str) -> Settings:
     missing, in a folder that exists): the ledger must exist when it is read."""
     settings = _existing_store(ctx) if source == "ledger" else _settings(ctx)
     settings.refuse_missing_db_folder()
+    unsafe = delta_unsafe_part(settings.projections_db)
+    if unsafe is not None:  # refused before the database is made: its log could never be read
+        raise click.UsageError(delta_unsafe_advice(f"projection database {settings.projections_db}", unsafe))
     return settings
 
 

@@ -58,6 +58,30 @@ def log_root(projections_db: Path) -> Path:
     return projections_db.parent / f"{projections_db.stem}.log"
 
 
+#: What the Delta library (delta-rs) reads in a local path as something else: "%41" is
+#: decoded (to "A") when it reads a table but not when it writes one, whatever the path's
+#: form (a file:// URL with "%25" is decoded once more on reading too), and a backslash is
+#: taken for a folder separator. A decoded log under such a folder is written and never found.
+_DELTA_UNSAFE = re.compile(r"%[0-9A-Fa-f]{2}|\\")
+
+
+def delta_unsafe_part(path: Path) -> str | None:
+    """What in `path`, made absolute (the current folder counts too), the decoded log's Delta
+    library would read as something else; None when nothing."""
+    found = _DELTA_UNSAFE.search(str(path.absolute()))
+    return found.group() if found else None
+
+
+def delta_unsafe_advice(what: str, part: str) -> str:
+    """The one line refusing `what` (the projection database, a decoded log) whose path holds `part`."""
+    return (
+        f"{what}: its path holds {part!r}, which the Delta library reads as "
+        f"{'an escape' if part.startswith('%') else 'a folder separator'}, so the decoded log would "
+        "be looked for in another folder: put the projection database (--db, CRM_LEDGER_DB) in a folder "
+        "without it"
+    )
+
+
 #: The event store when none is given: its folder is the one made on first use.
 DEFAULT_STORE = ".crm-ledger/ledger.sqlite"
 #: The projection database when none is given (in the same folder).
