@@ -57,7 +57,7 @@ class VerifyOutcome:
 def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | None = None) -> VerifyOutcome:
     """Read every copy once and check it all; see the module docstring."""
     reporter = reporter or SilentReporter()
-    app = open_ledger(settings)
+    app = open_ledger(settings, read_only=True)
     wanted = set(request.sources) or {"ledger", "mirror", "kafka?"}
     notes: list[str] = []
     extra: list[Finding] = []
@@ -131,7 +131,7 @@ def _counting(entries: Iterator[ChainEntry], reporter: Reporter) -> Iterator[Cha
 
 def head(settings: Settings, *, publish: bool) -> tuple[Checkpoint, str | None]:
     """The chain head recomputed from the store; published to the checkpoints topic when asked."""
-    app = open_ledger(settings)
+    app = open_ledger(settings, read_only=True)
     checkpoint = chain_at(app)
     checkpoint = Checkpoint(checkpoint.position, checkpoint.chain, checkpoint.published_at, MANUAL)
     if not publish:

@@ -210,11 +210,11 @@ def cli(
     )
 
 
-def _open_ledger(settings: Settings, *args: Any) -> LedgerApplication:
+def _open_ledger(settings: Settings, *args: Any, read_only: bool = False) -> LedgerApplication:
     """The ledger of `settings`; the write model is imported only by the commands that use it."""
     from ledger.connect import open_ledger
 
-    return open_ledger(settings, *args)
+    return open_ledger(settings, *args, read_only=read_only)
 
 
 # -- kafka ---------------------------------------------------------------------------------
@@ -1191,7 +1191,7 @@ def customer_show(ctx: click.Context, customer_id: str) -> None:
     from ledger.domain import Customer, aggregate_id
     from ledger.vault import PERSONAL_FIELDS
 
-    app = _open_ledger(_existing_store(ctx))
+    app = _open_ledger(_existing_store(ctx), read_only=True)
     events = list(app.events.get(aggregate_id(Customer.KIND, customer_id)))
     if not events:
         raise CrmLedgerError(f"unknown customer {customer_id!r}")
@@ -1487,7 +1487,7 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     from rewards.statement import build_statement
 
     _refuse_own_file(out, "--out")
-    result = build_statement(_open_ledger(_existing_store(ctx)), employee, month)
+    result = build_statement(_open_ledger(_existing_store(ctx), read_only=True), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
     if out is None or _to_stdout(out):  # (None narrowed for the writer below)
         # Ids come from whoever fed the ledger: on a terminal an escape sequence in one was a
