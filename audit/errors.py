@@ -11,3 +11,7 @@ class StatementFileError(CrmLedgerError):
 
 class ReproduceError(CrmLedgerError):
     """The version cannot be reproduced as it stands (still building, unknown...)."""
+
+
+class CheckpointsUnreadError(CrmLedgerError):
+    """`audit verify --checkpoints` could not read the checkpoints topic: nothing was confirmed."""

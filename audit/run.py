@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audit.decoded import DecodedColumnsCheck
+from audit.errors import CheckpointsUnreadError
 from audit.statements import verify_statement
 from audit.verify import (
     AuditReport,
@@ -26,7 +27,7 @@ from audit.verify import (
     kafka_entries,
     verify,
 )
-from crm_ledger.kafka import await_broker, topic_exists
+from crm_ledger.kafka import await_broker, topic_exists, unreachable_reason
 from crm_ledger.progress import Reporter, SilentReporter
 from crm_ledger.settings import Settings
 from ledger.checkpoints import MANUAL, Checkpoint, chain_at, read_published
@@ -56,7 +57,7 @@ class VerifyOutcome:
 def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | None = None) -> VerifyOutcome:
     """Read every copy once and check it all; see the module docstring."""
     reporter = reporter or SilentReporter()
-    app = open_ledger(settings)
+    app = open_ledger(settings, read_only=True)
     wanted = set(request.sources) or {"ledger", "mirror", "kafka?"}
     notes: list[str] = []
     extra: list[Finding] = []
@@ -71,6 +72,15 @@ def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | 
     if "kafka" in wanted:
         # Asked for by name: wait for the broker as the relay does, then give up in one line.
         await_broker(settings.bootstrap, settings.broker_timeout_s, "auditing")
+    elif request.checkpoints:
+        # Asked for, the topic's checkpoints are part of the verdict: without them "all
+        # copies agree" would claim what was never checked.
+        reason = unreachable_reason(settings.bootstrap, timeout_s=5.0)
+        if reason is not None:
+            raise CheckpointsUnreadError(
+                f"the checkpoints topic {settings.checkpoints} could not be read: Kafka at "
+                f"{settings.bootstrap} is not reachable ({reason}); start it, or leave out --checkpoints"
+            )
     maybe_kafka = "kafka?" in wanted or request.checkpoints
     # Asked for checkpoints, a slow broker must not be mistaken for an absent one.
     patience = 15.0 if request.checkpoints else 3.0
@@ -90,14 +100,9 @@ def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | 
         if kafka_up and ("kafka" in wanted or "kafka?" in wanted):
             copies["kafka"] = kafka_entries(settings.bootstrap, settings.events_topic)
         if request.checkpoints:
-            if kafka_up:
-                published = read_published(settings.bootstrap, settings.checkpoints, app.codec)
-                notes.append(f"{len(published)} checkpoints read from {settings.checkpoints}")
-            else:
-                notes.append(
-                    f"Kafka at {settings.bootstrap} not reachable: checked the period closes' chain heads "
-                    f"and the given checkpoints only, not {settings.checkpoints}"
-                )
+            # The broker listens (checked above): a topic it does not have holds no checkpoints.
+            published = read_published(settings.bootstrap, settings.checkpoints, app.codec)
+            notes.append(f"{len(published)} checkpoints read from {settings.checkpoints}")
         closes = store.period_closes() if request.checkpoints else iter(())
         reporter.total(app.max_position())
         report = verify(
@@ -126,7 +131,7 @@ def _counting(entries: Iterator[ChainEntry], reporter: Reporter) -> Iterator[Cha
 
 def head(settings: Settings, *, publish: bool) -> tuple[Checkpoint, str | None]:
     """The chain head recomputed from the store; published to the checkpoints topic when asked."""
-    app = open_ledger(settings)
+    app = open_ledger(settings, read_only=True)
     checkpoint = chain_at(app)
     checkpoint = Checkpoint(checkpoint.position, checkpoint.chain, checkpoint.published_at, MANUAL)
     if not publish:

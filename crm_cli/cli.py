@@ -30,10 +30,18 @@ from crm_cli.runtime import graceful_stop, interrupt_after, silence_stdout
 from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import refuse_missing_folder, replaced_whole
 from crm_ledger.progress import progress_bar
-from crm_ledger.settings import MAX_WAIT_S, RECORD_BYTES_RANGE, Settings
+from crm_ledger.settings import (
+    MAX_WAIT_S,
+    RECORD_BYTES_RANGE,
+    Settings,
+    delta_unsafe_advice,
+    delta_unsafe_part,
+)
 from ledger.records import is_unicode_text
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from crm_cli.broker import BrokerConfig
     from crm_cli.registry_server import RegistryServerConfig
     from ledger.application import LedgerApplication
@@ -83,6 +91,14 @@ def _given_text(_ctx: click.Context, _param: click.Parameter, value: str | None)
     taken as the option left out (every team's goals, the promoted version)."""
     if value is not None and not value.strip():
         raise click.BadParameter("is empty: give a value or leave the option out")
+    return value
+
+
+def _given_reason(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A required free-text option's value (why a goal changed): a blank one says nothing,
+    and is refused as the option's usage error rather than as the event's field."""
+    if not value.strip():
+        raise click.BadParameter("is empty: say why in a few words")
     return value
 
 
@@ -155,6 +171,9 @@ def _source_settings(ctx: click.Context, source: str) -> Settings:
     missing, in a folder that exists): the ledger must exist when it is read."""
     settings = _existing_store(ctx) if source == "ledger" else _settings(ctx)
     settings.refuse_missing_db_folder()
+    unsafe = delta_unsafe_part(settings.projections_db)
+    if unsafe is not None:  # refused before the database is made: its log could never be read
+        raise click.UsageError(delta_unsafe_advice(f"projection database {settings.projections_db}", unsafe))
     return settings
 
 
@@ -191,11 +210,11 @@ def cli(
     )
 
 
-def _open_ledger(settings: Settings, *args: Any) -> LedgerApplication:
+def _open_ledger(settings: Settings, *args: Any, read_only: bool = False) -> LedgerApplication:
     """The ledger of `settings`; the write model is imported only by the commands that use it."""
     from ledger.connect import open_ledger
 
-    return open_ledger(settings, *args)
+    return open_ledger(settings, *args, read_only=read_only)
 
 
 # -- kafka ---------------------------------------------------------------------------------
@@ -762,9 +781,33 @@ def project(
 ) -> None:
     """Build (and follow) the promoted version of the read models in DuckDB."""
     with interrupt_after():
-        from projections.service import project_promoted
+        from projections.leftovers import removed_if_nothing_decoded
+        from projections.service import source_label
 
     settings = _source_settings(ctx, source)
+    with removed_if_nothing_decoded(settings.projections_db, source_label(settings, source)):
+        _project(
+            ctx, settings, source, follow, metrics, refresh_interval, publish, workers, engine, spark_master,
+            registry_url,
+        )
+
+
+def _project(
+    ctx: click.Context,
+    settings: Settings,
+    source: str,
+    follow: bool,
+    metrics: Path | None,
+    refresh_interval: float,
+    publish: bool,
+    workers: int | None,
+    engine: str,
+    spark_master: str,
+    registry_url: str | None,
+) -> None:
+    with interrupt_after():
+        from projections.service import project_promoted
+
     if engine == "spark":
         if follow or workers is not None or publish:
             raise CrmLedgerError(
@@ -897,10 +940,29 @@ def replay(
     """Build a new version of the read models side by side with the live one (resumable)."""
     with interrupt_after():
         from projections.engine import parse_as_of
-        from replay.build import replay as run_replay
+        from projections.leftovers import removed_if_nothing_decoded
+        from projections.service import source_label
 
     settings = _source_settings(ctx, source)
     moment = parse_as_of(as_of)
+    with removed_if_nothing_decoded(settings.projections_db, source_label(settings, source)):
+        _replay(settings, metrics, source, moment, name, full, from_source, engine, spark_master)
+
+
+def _replay(
+    settings: Settings,
+    metrics: Path,
+    source: str,
+    moment: datetime | None,
+    name: str | None,
+    full: bool,
+    from_source: bool,
+    engine: str,
+    spark_master: str,
+) -> None:
+    with interrupt_after():
+        from replay.build import replay as run_replay
+
     if engine == "spark":
         if from_source:
             raise CrmLedgerError("--from-source re-decodes the log: run it without --engine spark first")
@@ -1129,7 +1191,7 @@ def customer_show(ctx: click.Context, customer_id: str) -> None:
     from ledger.domain import Customer, aggregate_id
     from ledger.vault import PERSONAL_FIELDS
 
-    app = _open_ledger(_existing_store(ctx))
+    app = _open_ledger(_existing_store(ctx), read_only=True)
     events = list(app.events.get(aggregate_id(Customer.KIND, customer_id)))
     if not events:
         raise CrmLedgerError(f"unknown customer {customer_id!r}")
@@ -1275,7 +1337,7 @@ def _ids(text: str) -> list[str]:
 @click.option("--from", "from_period", required=True, callback=_given_month, help="First month, YYYY-MM.")
 @click.option("--to", "to_period", required=True, callback=_given_month, help="Last month, YYYY-MM.")
 @_agreed_by
-@click.option("--note", default=None)
+@click.option("--note", default=None, callback=_given_text, help="A note kept with the event (not blank).")
 @_goal_at
 @click.pass_context
 def goal_set(
@@ -1317,7 +1379,7 @@ def goal_set(
 @click.option("--comparison", type=click.Choice(["at_least", "at_most"]), default=None)
 @click.option("--to", "to_period", default=None, callback=_given_month, help="New last month, YYYY-MM.")
 @_agreed_by
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, callback=_given_reason, help="Why the terms change.")
 @_goal_at
 @click.pass_context
 def goal_revise(
@@ -1344,7 +1406,7 @@ def goal_revise(
 @goal.command("close")
 @click.argument("goal_id")
 @click.option("--outcome", type=click.Choice(["achieved", "missed", "withdrawn"]), required=True)
-@click.option("--note", default=None)
+@click.option("--note", default=None, callback=_given_text, help="A note kept with the event (not blank).")
 @_goal_at
 @click.pass_context
 def goal_close(ctx: click.Context, goal_id: str, outcome: str, note: str | None, at: Any) -> None:
@@ -1425,7 +1487,7 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     from rewards.statement import build_statement
 
     _refuse_own_file(out, "--out")
-    result = build_statement(_open_ledger(_existing_store(ctx)), employee, month)
+    result = build_statement(_open_ledger(_existing_store(ctx), read_only=True), employee, month)
     text = {"md": result.to_markdown, "html": result.to_html, "json": result.to_json}[fmt]()
     if out is None or _to_stdout(out):  # (None narrowed for the writer below)
         # Ids come from whoever fed the ledger: on a terminal an escape sequence in one was a
@@ -1609,8 +1671,10 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
         if shown.cut:
             err.print(f"(the first {TABLE_ROWS:,} rows: --format csv or json gives every row)")
     elif text:
-        # As it is: click.echo strips escape sequences from data when not on a terminal.
-        sys.stdout.write(text)
+        # As it is for a pipe (click.echo strips escape sequences from data when not on a
+        # terminal); on a terminal an escape sequence in a value would be obeyed, so it is
+        # shown, and CSV's line ends (\r\n) stay line ends rather than showing as "\r".
+        sys.stdout.write(_visible(text.replace("\r\n", "\n")) if sys.stdout.isatty() else text)
     elif out is not None:
         click.echo(f"wrote {out}", err=True)
 
@@ -1659,7 +1723,9 @@ class _Shown:
 def _relation_table(relation: Any) -> _Shown:
     """The first TABLE_ROWS rows as a table (drawing 300,000 rows took 20 s and 400 MB)."""
     rows = relation.limit(TABLE_ROWS + 1).fetchall()
-    table = Table(*relation.columns)
+    table = Table()
+    for column in relation.columns:  # a column's name is data too (`AS "..."`)
+        table.add_column(_cell(column))
     for row in rows[:TABLE_ROWS]:
         _add_row(table, *row)
     return _Shown(table, len(rows) > TABLE_ROWS)

@@ -240,14 +240,23 @@ COMPACTED = {
 
 def broker_listens(bootstrap: str, timeout_s: float = 2.0) -> bool:
     """Whether any bootstrap address accepts a connection (no Kafka client, no log lines)."""
+    return unreachable_reason(bootstrap, timeout_s) is None
+
+
+def unreachable_reason(bootstrap: str, timeout_s: float = 2.0) -> str | None:
+    """None when any bootstrap address accepts a connection, else why the last one did not
+    ("Connection refused", "timed out"), for a message that has to say why."""
+    reason = "no address given"
     for address in bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:
             with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
+                return None
+        except ValueError:
+            reason = f"{address.strip()!r} is not HOST:PORT"
+        except OSError as error:
+            reason = error.strerror or str(error) or type(error).__name__
+    return reason
 
 
 def topic_exists(bootstrap: str, topic: str, timeout_s: float = 3.0) -> bool:

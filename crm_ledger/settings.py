@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -58,6 +59,30 @@ def log_root(projections_db: Path) -> Path:
     return projections_db.parent / f"{projections_db.stem}.log"
 
 
+#: What the Delta library (delta-rs) reads in a local path as something else: "%41" is
+#: decoded (to "A") when it reads a table but not when it writes one, whatever the path's
+#: form (a file:// URL with "%25" is decoded once more on reading too), and a backslash is
+#: taken for a folder separator. A decoded log under such a folder is written and never found.
+_DELTA_UNSAFE = re.compile(r"%[0-9A-Fa-f]{2}|\\")
+
+
+def delta_unsafe_part(path: Path) -> str | None:
+    """What in `path`, made absolute (the current folder counts too), the decoded log's Delta
+    library would read as something else; None when nothing."""
+    found = _DELTA_UNSAFE.search(str(path.absolute()))
+    return found.group() if found else None
+
+
+def delta_unsafe_advice(what: str, part: str) -> str:
+    """The one line refusing `what` (the projection database, a decoded log) whose path holds `part`."""
+    return (
+        f"{what}: its path holds {part!r}, which the Delta library reads as "
+        f"{'an escape' if part.startswith('%') else 'a folder separator'}, so the decoded log would "
+        "be looked for in another folder: put the projection database (--db, CRM_LEDGER_DB) in a folder "
+        "without it"
+    )
+
+
 #: The event store when none is given: its folder is the one made on first use.
 DEFAULT_STORE = ".crm-ledger/ledger.sqlite"
 #: The projection database when none is given (in the same folder).
@@ -85,12 +110,33 @@ def _read_tables(path: Path) -> set[str] | None:
     if not path.is_file():
         return None
     # mode=ro: a look must not make the file a database, nor add a journal to it.
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+    connection = sqlite3.connect(sqlite_read_only_uri(path), uri=True, timeout=1)
     try:
         rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     finally:
         connection.close()
     return {str(name) for (name,) in rows}
+
+
+def sqlite_read_only_uri(path: Path) -> str:
+    """The URI that opens the SQLite file at `path` for reading only, in a folder that may be
+    read-only too (an auditor's copy).
+
+    `mode=ro` changes nothing in the database, yet SQLite still makes the -wal and -shm files
+    of a WAL-mode database beside it, which a read-only folder refuses. `immutable=1` reads
+    without them, but also without locks or noticing changes: safe only while nobody writes
+    the file. It is added only when the folder cannot be written, where no SQLite writer can
+    commit either (every journal it keeps, -wal or -journal, is a file in that folder). A
+    -wal file already there may hold committed transactions that immutable would skip: then
+    it is not added, and SQLite reads them if it can.
+    """
+    resolved = path.resolve()
+    uri = f"{resolved.as_uri()}?mode=ro"
+    wal = resolved.with_name(resolved.name + "-wal")
+    unwritten_wal = not wal.exists() or wal.stat().st_size == 0
+    if unwritten_wal and not os.access(resolved.parent, os.W_OK):
+        uri += "&immutable=1"
+    return uri
 
 
 def refuse_foreign_database(path: Path, own_table: str, what: str, option: str) -> None:
@@ -231,11 +277,13 @@ class Settings:
         """Where ingest writes rejected records by default: beside the projection DB."""
         return self.projections_db.parent / "rejects.jsonl"
 
-    def eventsourcing_env(self) -> dict[str, str]:
+    def eventsourcing_env(self, *, read_only: bool = False) -> dict[str, str]:
         """The eventsourcing persistence settings for the configured event store.
 
         A path means eventsourcing's SQLite module; a postgresql:// URL its PostgreSQL module.
         `KEY_STORE` (read by the ledger application) is the separate key file, when set.
+        `read_only` (commands that only read an existing ledger) opens a SQLite store so that
+        it works in a read-only folder too (`sqlite_read_only_uri`), making no tables.
         """
         keys = {}
         if self.key_store is not None:
@@ -256,6 +304,13 @@ class Settings:
         # A mistyped folder would otherwise hold a new, empty ledger that the next run does not find.
         _refuse_mistyped_folder(path, Path(DEFAULT_STORE))
         refuse_foreign_database(path, LEDGER_TABLE, "ledger store", "--store or CRM_LEDGER_STORE")
+        if read_only:
+            return keys | {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": sqlite_read_only_uri(path),
+                "SQLITE_LOCK_TIMEOUT": "30",
+                "CREATE_TABLE": "false",
+            }
         path.parent.mkdir(parents=True, exist_ok=True)
         return keys | {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",

@@ -11,13 +11,17 @@ from crm_ledger.settings import POSTGRES_SCHEMES, Settings, sqlite_tables
 from ledger.application import LedgerApplication
 
 
-def open_ledger(settings: Settings, goal_components: Iterable[str] = ()) -> LedgerApplication:
+def open_ledger(
+    settings: Settings, goal_components: Iterable[str] = (), *, read_only: bool = False
+) -> LedgerApplication:
     """The ledger application on the configured event store (SQLite file or PostgreSQL).
 
     Team goals may gauge the team KPIs, the score, and the reward components named in
-    `goal_components` (the command line passes the metric spec's).
+    `goal_components` (the command line passes the metric spec's). `read_only` is for
+    commands that only read an existing ledger: a SQLite store is then read also from a
+    read-only folder (an auditor's copy).
     """
-    env = settings.eventsourcing_env()
+    env = settings.eventsourcing_env(read_only=read_only)
     if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres" and importlib.util.find_spec("psycopg") is None:
         raise ConfigurationError(
             "a postgresql:// store needs the PostgreSQL extra: pip install 'crm-ledger[postgres]'"

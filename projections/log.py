@@ -38,8 +38,9 @@ from deltalake import (
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from crm_ledger.errors import CrmLedgerError
+from crm_ledger.settings import delta_unsafe_advice, delta_unsafe_part
 from projections.columns import LOG_SCHEMA
-from projections.errors import LogMismatchError, StaleBatchError
+from projections.errors import LogMismatchError, ProjectionError, StaleBatchError
 from projections.sources import LEDGER_STREAM, Position
 
 if TYPE_CHECKING:
@@ -160,6 +161,9 @@ class DecodedLog:
         self._appended: tuple[str, int, int, pa.Table] | None = None
         #: the dataset of a whole snapshot, by the table handle and version it was made from
         self._whole: tuple[DeltaTable, int, Any] | None = None
+        unsafe = delta_unsafe_part(path)
+        if unsafe is not None:
+            raise ProjectionError(delta_unsafe_advice(f"decoded log {path}", unsafe))
         if not (path / "_delta_log").exists():
             path.mkdir(parents=True, exist_ok=True)
             # Several processes may race to create it; whoever loses finds it there.

@@ -188,9 +188,14 @@ def rebuild_log(
     fresh = current.with_name(current.name + ".rebuild")
     if fresh.exists():
         shutil.rmtree(fresh)
-    decoded, complete = _append_all(
-        DecodedLog(fresh), settings, source, app, reporter=reporter, should_stop=should_stop
-    )
+    try:
+        decoded, complete = _append_all(
+            DecodedLog(fresh), settings, source, app, reporter=reporter, should_stop=should_stop
+        )
+    except BaseException:
+        # Half a log beside the shared one (a broker gone mid-read): this run's, of no use to any.
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     if not complete:
         return decoded
     retired = current.with_name(current.name + ".old")

@@ -274,7 +274,7 @@ def period_status(settings: Settings, period: str, app: LedgerApplication | None
     """Late events since the close and how far live scores drift from what was told, as the
     promoted version holds them (read only: `behind` says how far it lags the ledger)."""
     period = parse_period(period)
-    app = app or open_ledger(settings)
+    app = app or open_ledger(settings, read_only=True)
     closed = app.reward_period(period)
     if closed is None:
         raise PeriodError(f"period {period} is not closed (close it with `crm-ledger period close {period}`)")

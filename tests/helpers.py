@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import sqlite3
 import subprocess
@@ -26,6 +27,26 @@ def run_cli(
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def run_cli_on_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """Run the CLI with its stdout on a pseudo-terminal (as a user at a terminal sees it):
+    its exit code and the bytes the terminal received."""
+    merged = {**os.environ, **(env or {})}
+    parent, child = pty.openpty()
+    process = subprocess.Popen([*CLI, *args], stdout=child, stderr=subprocess.DEVNULL, env=merged)
+    os.close(child)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(parent, 65536)
+        except OSError:  # the child's side closed (EIO on Linux)
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(parent)
+    return process.wait(timeout=60), received
 
 
 def assert_gives_up_on_a_missing_broker(*args: str, env: dict[str, str], what: str) -> None:

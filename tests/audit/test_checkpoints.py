@@ -19,6 +19,7 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.service import project_promoted
 from rewards.periods import close_period
+from tests.factory import basics
 from tests.helpers import run_cli
 
 PERIOD = "2025-01"
@@ -108,6 +109,24 @@ def test_a_given_checkpoint_the_ledger_does_not_reach_is_found(
     assert beyond.returncode == 1 and "the ledger ends at notification" in beyond.stdout
     malformed = run_cli("audit", "verify", "--checkpoint", "12:xyz", env=env_of(settings))
     assert malformed.returncode == 1 and "POSITION:CHAIN" in malformed.stderr
+
+
+def test_checkpoints_that_cannot_be_read_fail_the_audit(settings: Settings) -> None:
+    """With no broker listening, `--checkpoints` checked only the period closes, said so in a
+    note and ended "all copies agree" with exit 0: the topic's checkpoints were never read."""
+    app = LedgerApplication(settings.eventsourcing_env())
+    parser = RecordParser(app.registry, now_ms=1_900_000_000_000)
+    assert {o.status for o in app.record([parser.parse(r, strict=True) for r in basics()])} == {"accepted"}
+    env = env_of(settings, CRM_LEDGER_BOOTSTRAP="127.0.0.1:1")
+    result = run_cli("audit", "verify", "--checkpoints", env=env)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "all copies agree" not in result.stdout and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: the checkpoints topic crm.ledger.checkpoints could not be read: Kafka at 127.0.0.1:1 is not "
+        "reachable (Connection refused); start it, or leave out --checkpoints"
+    ]
+    # Without --checkpoints the broker is optional, as before.
+    assert run_cli("audit", "verify", env=env).returncode == 0
 
 
 def _kafka_env(settings: Settings, bootstrap: str, events: str, checkpoints: str) -> dict[str, str]:

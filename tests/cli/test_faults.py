@@ -18,7 +18,7 @@ from ledger.application import LedgerApplication
 from ledger.records import RecordParser
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB
-from tests.helpers import CLI, cpu_seconds, ledger_content, run_cli, wait_for
+from tests.helpers import CLI, cpu_seconds, ledger_content, run_cli, run_cli_on_terminal, wait_for
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -382,6 +382,24 @@ def test_data_is_shown_as_it_is_never_as_markup_or_terminal_commands(tmp_path: P
     # One statement at a time: DuckDB ran them all and showed only the last one's rows.
     _one_line_error(run_cli("query", "SELECT 1; SELECT 2", env=env), "give one statement")
     assert run_cli("query", "SELECT 'a;b' AS x;", env=env).returncode == 0
+
+
+def test_query_on_a_terminal_shows_control_characters_and_a_pipe_gets_them_as_they_are(tmp_path: Path) -> None:
+    """A column's name reached the terminal's table as it was, and csv went to a terminal as
+    it was: an escape sequence in either was obeyed ("\x1b[2J" cleared the screen)."""
+    env = _env(tmp_path)
+    ProjectionDB(tmp_path / "p.duckdb").close()
+    sql = "SELECT chr(27) || ']0;title' || chr(7) AS \"h\x1b[2Jd\""
+    for fmt in ("table", "csv", "json"):
+        code, seen = run_cli_on_terminal("query", sql, "--format", fmt, env=env)
+        assert code == 0, (fmt, seen)
+        # The table's own styling is escape sequences: only those of the data must not be there.
+        assert b"\x1b]0;" not in seen and b"\x1b[2J" not in seen and b"\x07" not in seen, (fmt, seen)
+        if fmt != "json":  # JSON writes them as \u001b, which a terminal does not obey
+            assert b"\\x1b]0;title\\x07" in seen and b"h\\x1b[2Jd" in seen, (fmt, seen)
+    assert b"\r\r" not in run_cli_on_terminal("query", sql, "--format", "csv", env=env)[1]
+    piped = run_cli("query", sql, "--format", "csv", env=env)
+    assert piped.stdout.splitlines() == ["h\x1b[2Jd", "\x1b]0;title\x07"]
 
 
 def test_messages_that_hold_data_are_not_read_as_markup(tmp_path: Path) -> None:

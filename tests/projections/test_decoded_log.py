@@ -18,7 +18,7 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from projections.append import LogAppender
 from projections.engine import Projector
-from projections.errors import LogMismatchError, StaleBatchError
+from projections.errors import LogMismatchError, ProjectionError, StaleBatchError
 from projections.log import DecodedLog, register_log
 from projections.readonly import reader
 from projections.sources import LedgerSource, Position, RawBatch
@@ -201,6 +201,34 @@ def test_a_log_in_a_folder_whose_name_has_spaces_or_accents_is_read(tmp_path: Pa
     run_cli("project", env=env, check=True)
     counted = run_cli("query", "SELECT count(*) AS n FROM ledger_events", "--format", "csv", env=env, check=True)
     assert counted.stdout.split() == ["n", str(len(notifications))]
+
+
+@pytest.mark.parametrize("folder", ["a%41b", "x%2Fy", "b\\c"])
+def test_a_log_in_a_folder_that_delta_reads_as_another_is_refused_before_anything_is_made(
+    tmp_path: Path, folder: str
+) -> None:
+    """delta-rs wrote a log under "a%41b" and read it back from "aAb" (a file:// URL with the
+    "%" as "%25" is decoded once more on reading too): no form of the path works, so it is
+    refused in one line naming it, before the log or the database is made."""
+    (tmp_path / folder).mkdir()
+    with pytest.raises(ProjectionError, match="Delta library reads as"):
+        DecodedLog(tmp_path / folder / "log")
+    _ledger(tmp_path)
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / folder / "p.duckdb")}
+    for args in (["project"], ["replay", "--metrics", str(DEFAULT_SPEC)]):
+        refused = run_cli(*args, env=env)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"projection database {tmp_path / folder / 'p.duckdb'}: its path holds" in refused.stderr
+    assert not any((tmp_path / folder).iterdir())
+
+
+def test_a_percent_sign_that_is_no_escape_is_a_folder_name_like_any_other(tmp_path: Path) -> None:
+    app = _ledger(tmp_path)
+    folder = tmp_path / "100% %zz %4"
+    _append(DecodedLog(folder / "log"), app)
+    notifications = [n.id for n in app.read_notifications(1, 1_000_000)]
+    ids = DecodedLog(folder / "log").dataset().to_table(columns=["notification_id"]).column(0).to_pylist()
+    assert sorted(ids) == notifications and (folder / "log" / "_delta_log").is_dir()
 
 
 def test_a_log_whose_last_rows_were_taken_out_of_its_commits_is_not_read_on(tmp_path: Path) -> None:

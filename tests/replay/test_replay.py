@@ -322,6 +322,28 @@ def test_reading_kafka_needs_no_event_store(tmp_path: Path) -> None:
     assert not store.parent.exists()
 
 
+def test_a_build_from_kafka_without_a_broker_leaves_nothing_behind(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path
+) -> None:
+    """Each left an empty decoded log (a valid Delta table of no events, read as a complete
+    log) and `project` a new projection database; what was there before stays as it was."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    spec = str(DEFAULT_SPEC)
+    what = "reading 'crm.ledger.events'"
+    builds = (["project"], ["project", "--workers", "2"], ["replay", "--metrics", spec],
+              ["replay", "--metrics", spec, "--from-source"])
+    for db in (fresh / "p.duckdb", settings.projections_db):
+        env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(db)}
+        before = sorted(db.parent.rglob("*"))
+        for command, *extra in builds:
+            if db.exists() and command == "project":
+                continue  # the promoted version reads the ledger: refused before any reading
+            assert_gives_up_on_a_missing_broker(command, "--source", "kafka", *extra, env=env, what=what)
+            assert sorted(db.parent.rglob("*")) == before, (command, extra)
+    assert not any(fresh.iterdir())
+
+
 def test_unknown_versions_are_clear_errors(ledger: LedgerApplication, settings: Settings) -> None:
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
     for args in (["promote", "v_nope"], ["diff", "v_nope", "default"], ["drop", "v_nope"]):

@@ -22,7 +22,7 @@ from projections.store import ProjectionDB
 from replay.build import replay
 from replay.diff import diff_versions
 from tests.factory import basics, rec
-from tests.helpers import run_cli
+from tests.helpers import run_cli, stored_rows
 
 
 def goal(goal_id: str = "g1", at: str = "2026-01-05T09:00:00Z", **fields: Any) -> dict[str, Any]:
@@ -352,6 +352,31 @@ def test_goal_commands_set_revise_close_and_list(settings: Settings) -> None:
         '"status": "closed"' in listed and '"to_period": "2026-04"' in listed and '"revisions": 1' in listed
         and '"goal_id": "g-now"' in listed
     )
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "\t"])
+def test_a_blank_note_or_reason_is_a_usage_error_and_records_nothing(settings: Settings, blank: str) -> None:
+    """`--note ""` (an unset shell variable) was recorded as the goal's note; `--reason " "`
+    was the event's field error (exit 1), not the option's."""
+    app = LedgerApplication(settings.eventsourcing_env())
+    assert set(record(app, basics())) == {"accepted"}
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    before = stored_rows(Path(settings.store))
+    agreed = ["--agreed-by", "e1", "--at", "2026-01-05"]
+    commands = {
+        "--note": [
+            ["goal", "set", "g1", "--team", "t1", "--kpi", "fcr_rate", "--target", "0.7", "--from", "2026-01",
+             "--to", "2026-06", *agreed, "--note", blank],
+            ["goal", "close", "g1", "--outcome", "achieved", "--note", blank],
+        ],
+        "--reason": [["goal", "revise", "g1", "--target", "0.6", *agreed, "--reason", blank]],
+    }
+    for option, runs in commands.items():
+        for args in runs:
+            refused = run_cli(*args, env=env)
+            assert refused.returncode == 2, (args, refused.stderr)
+            assert f"'{option}': is empty" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert stored_rows(Path(settings.store)) == before
 
 
 def test_goal_events_are_keyed_by_team_on_kafka() -> None:

@@ -1,0 +1,90 @@
+"""Auditors get read-only copies: the read commands work on a ledger in a read-only folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from crm_ledger.settings import Settings, sqlite_read_only_uri
+from ledger.application import LedgerApplication
+from ledger.records import RecordParser
+from tests.factory import basics
+from tests.helpers import CLI, run_cli
+
+#: Makes the folder ($0) a read-only bind mount of itself, in a mount namespace of its own.
+_READ_ONLY_MOUNT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && ! touch "$0/.probe" 2>/dev/null'
+
+
+def _run_in_read_only_folder(folder: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the CLI while `folder` cannot be written: by its mode, or (for root, whom modes do
+    not stop) by a read-only bind mount; skipped where neither can be had."""
+    merged = {**os.environ, **env}
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return subprocess.run([*CLI, *args], capture_output=True, text=True, env=merged, check=False)
+        finally:
+            folder.chmod(0o755)
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare: no folder can be made read-only")
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", _READ_ONLY_MOUNT, str(folder)], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no read-only bind mount here: {probe.stderr.strip()}")
+    command = ["unshare", "-m", "sh", "-c", f'{_READ_ONLY_MOUNT} && exec "$@"', str(folder), *CLI, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=merged, check=False)
+
+
+@pytest.fixture
+def copy(settings: Settings, tmp_path: Path) -> Path:
+    """A ledger's copy, alone in a folder of its own (as handed to an auditor)."""
+    app = LedgerApplication(settings.eventsourcing_env())
+    parser = RecordParser(app.registry, now_ms=1_900_000_000_000)
+    assert {o.status for o in app.record([parser.parse(r, strict=True) for r in basics()])} == {"accepted"}
+    del app
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    source, target = sqlite3.connect(settings.store), sqlite3.connect(folder / "ledger.sqlite")
+    try:
+        source.backup(target)  # one file, its write-ahead log merged in
+    finally:
+        source.close()
+        target.close()
+    return folder / "ledger.sqlite"
+
+
+def test_the_read_commands_read_a_ledger_in_a_read_only_folder(copy: Path, tmp_path: Path) -> None:
+    """SQLite made the -wal and -shm files beside the store even to read it, so every read
+    command failed on a copy in a read-only folder ("check that its folder ... is writable")."""
+    env = {"CRM_LEDGER_STORE": str(copy), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    for args in (["audit", "verify", "--source", "ledger"], ["audit", "head"], ["customer", "show", "c1"]):
+        expected = run_cli(*args, env={**env, "CRM_LEDGER_STORE": str(tmp_path / "ledger.sqlite")})
+        assert expected.returncode == 0, (args, expected.stderr)
+        result = _run_in_read_only_folder(copy.parent, *args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.split("(")[0] == expected.stdout.split("(")[0], args  # (head: when it was read)
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["ledger.sqlite"]
+    # A command that writes still says in one line that it cannot.
+    refused = _run_in_read_only_folder(copy.parent, "goal", "close", "g1", "--outcome", "achieved", env=env)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+
+
+def test_immutable_is_asked_for_only_where_nobody_can_write(
+    copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """immutable=1 reads without locks or the -wal: only safe in a folder no writer can use,
+    and never while a -wal beside the file may hold committed transactions."""
+    assert sqlite_read_only_uri(copy) == f"{copy.resolve().as_uri()}?mode=ro"
+    monkeypatch.setattr(os, "access", lambda _path, _mode: False)  # the folder cannot be written
+    assert sqlite_read_only_uri(copy) == f"{copy.resolve().as_uri()}?mode=ro&immutable=1"
+    wal = copy.with_name(copy.name + "-wal")
+    wal.write_bytes(b"")
+    assert sqlite_read_only_uri(copy).endswith("&immutable=1")  # an empty one holds nothing
+    wal.write_bytes(b"\0" * 32)
+    assert sqlite_read_only_uri(copy) == f"{copy.resolve().as_uri()}?mode=ro"
