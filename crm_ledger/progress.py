@@ -29,6 +29,9 @@ class Reporter(Protocol):
     def total(self, total: float | None) -> None:
         """Set or change the expected total."""
 
+    def complete(self) -> None:
+        """All of the total is done (units no step advanced by, such as a CSV header's bytes)."""
+
 
 class SilentReporter:
     """Reports nothing (library use, tests)."""
@@ -37,6 +40,9 @@ class SilentReporter:
         return None
 
     def total(self, total: float | None) -> None:
+        return None
+
+    def complete(self) -> None:
         return None
 
 
@@ -55,6 +61,11 @@ class _RichReporter:
 
     def total(self, total: float | None) -> None:
         self._progress.update(self._task, total=total)
+
+    def complete(self) -> None:
+        total = self._progress.tasks[self._task].total
+        if total is not None:
+            self._progress.update(self._task, completed=total)
 
 
 @contextmanager

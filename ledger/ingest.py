@@ -946,7 +946,9 @@ def _counted(
     records: Iterable[AnyRecord], reporter: Reporter, large: Callable[[], None] | None = None
 ) -> Iterator[AnyRecord]:
     """Report bytes read as the records are read (the bar measures input consumed); call
-    `large` once the run has read `WRITE_PROCESS_RECORDS` records."""
+    `large` once the run has read `WRITE_PROCESS_RECORDS` records. Once every record is
+    read, the bar is complete: a CSV header's or a JSON array's brackets' bytes belong to
+    no record, and the bar stopped short of its total."""
     pending = 0
     for count, record in enumerate(records):
         if count == WRITE_PROCESS_RECORDS and large is not None:
@@ -957,3 +959,4 @@ def _counted(
             pending = 0
         yield record
     reporter.advance(pending)
+    reporter.complete()

@@ -228,3 +228,41 @@ def test_a_csv_header_naming_a_column_twice_refuses_the_file(tmp_path: Path) -> 
     result = run_cli("ingest", str(path), env={"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite")})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: field 'segment': dup.csv: column named twice in the header"]
+
+
+class _Bar:
+    """A reporter that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.advanced = 0.0
+        self.completed = False
+
+    def advance(self, done: float, *, events: int = 0, note: str = "") -> None:
+        self.advanced += done
+
+    def total(self, total: float | None) -> None:
+        return None
+
+    def complete(self) -> None:
+        self.completed = True
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_the_progress_is_complete_once_every_record_is_read(
+    app: LedgerApplication, parser: RecordParser, tmp_path: Path, suffix: str
+) -> None:
+    """A CSV header's bytes, or a JSON array's brackets, belong to no record: the bar is
+    told it is complete once the last record is read, not left short of its total."""
+    rows = basics()
+    path = tmp_path / f"events{suffix}"
+    if suffix == ".csv":
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=sorted({k for r in rows for k in r}))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text(json.dumps(rows))
+    bar = _Bar()
+    ingest_records(app, read_file(path, parser), RejectSink(None, echo=None), reporter=bar)
+    assert bar.advanced < path.stat().st_size
+    assert bar.completed
