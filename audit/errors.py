@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crm_ledger.errors import CrmLedgerError
+from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
 
 
 class StatementFileError(CrmLedgerError):
@@ -13,5 +13,7 @@ class ReproduceError(CrmLedgerError):
     """The version cannot be reproduced as it stands (still building, unknown...)."""
 
 
-class CheckpointsUnreadError(CrmLedgerError):
-    """`audit verify --checkpoints` could not read the checkpoints topic: nothing was confirmed."""
+class CheckpointsUnreadError(KafkaUnavailableError):
+    """`audit verify --checkpoints` could not read the checkpoints topic: nothing was confirmed.
+
+    Transient, as every unreachable broker is (exit 75: run it again once Kafka is up)."""

@@ -119,7 +119,7 @@ def test_checkpoints_that_cannot_be_read_fail_the_audit(settings: Settings) -> N
     assert {o.status for o in app.record([parser.parse(r, strict=True) for r in basics()])} == {"accepted"}
     env = env_of(settings, CRM_LEDGER_BOOTSTRAP="127.0.0.1:1")
     result = run_cli("audit", "verify", "--checkpoints", env=env)
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.returncode == 75, (result.stdout, result.stderr)  # transient, as every unreachable broker
     assert "all copies agree" not in result.stdout and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: the checkpoints topic crm.ledger.checkpoints could not be read: Kafka at 127.0.0.1:1 is not "
