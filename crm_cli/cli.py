@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +124,34 @@ def _given_month(_ctx: click.Context, _param: click.Parameter, value: str | None
         return parse_period(value)
     except PeriodError as error:
         raise click.BadParameter(str(error).removeprefix("period: ")) from None
+
+
+def _generated_size(_ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """`--customers` or `--employees` of a generated history: no more than it makes room for
+    before the history starts (`importers.generator`); more would join after their first events."""
+    from importers.generator import MAX_CUSTOMERS, MAX_EMPLOYEES
+
+    limit = MAX_CUSTOMERS if param.name == "customers" else MAX_EMPLOYEES
+    if value > limit:
+        raise click.BadParameter(f"{value} is more than a generated history takes (at most {limit:,})")
+    return value
+
+
+def _history_fits(start: str, months: int, *, until: str | None = None) -> None:
+    """Refuse, as `--months`'s usage error, a generated history from `start` that would end
+    after the last month a period can be (its end was no date: a traceback), or after the
+    month `until` (YYYY-MM)."""
+    from importers.generator import last_month
+    from rewards.periods import LAST_YEAR
+
+    last, limit = last_month(start, months), until or f"{LAST_YEAR}-12"
+    # Zero-padded months of four-digit years (or more) compare as numbers do by length first.
+    if (len(last), last) > (len(limit), limit):
+        raise click.BadParameter(
+            f"{months} months from {start} end in {last}, after {limit}" + (" (this month)" if until else ""),
+            ctx=click.get_current_context(),
+            param_hint="'--months'",
+        )
 
 
 def _given_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
@@ -447,8 +476,10 @@ def schemas_lock(folder: Path | None) -> None:
 
 # -- ledger --------------------------------------------------------------------------------
 @cli.command()
-@click.option("--customers", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--employees", type=click.IntRange(1), default=40, show_default=True)
+@click.option(
+    "--customers", type=click.IntRange(1), default=1000, show_default=True, callback=_generated_size
+)
+@click.option("--employees", type=click.IntRange(1), default=40, show_default=True, callback=_generated_size)
 @click.option("--months", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
@@ -483,6 +514,7 @@ def generate(
     """Write a realistic, deterministic history (same seed = same bytes) as JSONL."""
     from importers.generator import GeneratorConfig, write_history
 
+    _history_fits(start, months)
     config = GeneratorConfig(customers, employees, months, seed, start, invalid_rate)
     _refuse_own_file(out_path, "--out")
     if str(out_path) == "-":
@@ -1724,9 +1756,17 @@ def export(ctx: click.Context, folder: Path) -> None:
     show_default=True,
     help="Demo folder (recreated: a new or empty folder, or an earlier demo's).",
 )
-@click.option("--customers", type=click.IntRange(1), default=800, show_default=True)
-@click.option("--employees", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--months", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--customers", type=click.IntRange(1), default=800, show_default=True, callback=_generated_size)
+@click.option("--employees", type=click.IntRange(1), default=30, show_default=True, callback=_generated_size)
+@click.option(
+    "--months",
+    # The demo's team goals span its months, and a goal spans at most MAX_GOAL_MONTHS (24):
+    # more failed half way, with the history already ingested.
+    type=click.IntRange(1, 24),
+    default=3,
+    show_default=True,
+    help="Months of history (the demo's team goals span them: at most 24).",
+)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--serve", "serve_after", is_flag=True, help="Then serve the web pages on 127.0.0.1.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -1737,7 +1777,11 @@ def demo(
     from crm_cli.demo import run_demo
     from importers.generator import GeneratorConfig
 
-    settings = run_demo(folder, GeneratorConfig(customers, employees, months, seed), click.echo)
+    # Its history starts in a fixed month and its goals are agreed in its months: one running
+    # into the future had its events refused, then its goal changes, half way through.
+    config = GeneratorConfig(customers, employees, months, seed)
+    _history_fits(config.start, months, until=datetime.now(UTC).strftime("%Y-%m"))
+    settings = run_demo(folder, config, click.echo)
     click.echo(
         f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "
         'query "SELECT * FROM reward_score ORDER BY score DESC LIMIT 10"'

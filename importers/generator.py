@@ -73,6 +73,25 @@ class _Article:
 
 
 
+#: Every employee joins a minute apart in the 30 days before the history starts: more would
+#: join after it started, behind events already written (the output is in time order).
+MAX_EMPLOYEES = 30 * DAY_MS // 60_000
+#: Most of the customers register a second apart in those 30 days (after their first hour):
+#: more would register after the history started.
+MAX_CUSTOMERS = 3_000_000
+
+
+def last_month(start: str, months: int) -> str:
+    """The last month (YYYY-MM) of a history of `months` months from `start` (YYYY-MM).
+
+    Its year may be past 9999: the caller checks it as it checks any month (`parse_period`),
+    since the history's end, the month after, must still be a date.
+    """
+    year, month = (int(p) for p in start.split("-"))
+    index = year * 12 + month - 1 + months - 1
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
 def _month_start(start: str, offset: int) -> int:
     year, month = (int(p) for p in start.split("-"))
     month += offset

@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import click
 import pytest
 
 from crm_ledger.settings import Settings
@@ -328,6 +329,32 @@ def test_number_options_refuse_nan_and_query_refuses_empty_sql(tmp_path: Path) -
     # A moment is the option's usage error (it was "field 'as_of'", as if a record's).
     moment = run_cli("replay", "--metrics", str(DEFAULT_SPEC), "--as-of", "garbage", env=env)
     assert moment.returncode == 2 and "Invalid value for '--as-of': not an ISO-8601" in moment.stderr
+
+
+def test_generate_and_demo_refuse_histories_they_cannot_make(tmp_path: Path) -> None:
+    """A history ending past 9998-12 was a traceback (its end no date); more employees than
+    join before it starts joined after their first cases; a demo running past its 24 months
+    of goals, or into the future, failed half way, its history already ingested."""
+    out = str(tmp_path / "h.jsonl")
+    for args, phrase in (
+        (["generate", "--months", "100000", "--out", out], "100000 months from 2025-01 end in 10358-04, after 9998-12"),
+        (["generate", "--start", "9998-12", "--months", "2", "--out", out], "end in 9999-01, after 9998-12"),
+        (["generate", "--employees", "43201", "--out", out], "'--employees': 43201 is more than"),
+        (["generate", "--customers", "3000001", "--out", out], "'--customers': 3000001 is more than"),
+        (["demo", "--dir", str(tmp_path / "d"), "--months", "25"], "25 is not in the range 1<=x<=24"),
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2 and phrase in result.stderr and "Traceback" not in result.stderr, args
+    assert not (tmp_path / "h.jsonl").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_demo_history_that_would_run_into_the_future_is_refused() -> None:
+    from crm_cli.cli import _history_fits
+
+    with click.Context(click.Command("demo")), pytest.raises(click.BadParameter, match=r"after 2026-11 \(this month\)"):
+        _history_fits("2025-01", 24, until="2026-11")
+    with click.Context(click.Command("demo")):
+        _history_fits("2025-01", 23, until="2026-11")
 
 
 @pytest.mark.parametrize(
