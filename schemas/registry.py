@@ -67,7 +67,10 @@ def schema_files(folder: Path) -> list[tuple[str, int, Path]]:
 def load_schema_file(path: Path, event_type: str) -> tuple[dict[str, Any], Schema]:
     """Read and parse one .avsc file; any defect names the file."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        # A binary file, or text saved in another encoding: it was a traceback.
+        raise SchemaError(f"{path.name}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     except (OSError, json.JSONDecodeError) as error:
         raise SchemaError(f"{path.name}: not valid JSON: {error}") from error
     if not isinstance(raw, dict) or raw.get("type") != "record":
@@ -89,9 +92,10 @@ def read_lock(folder: Path) -> dict[str, dict[str, int]]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         return {s: {str(v): int(i) for v, i in vs.items()} for s, vs in data["subjects"].items()}
-    except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as error:
+    # UnicodeDecodeError is a ValueError; OSError: the lock is a folder or unreadable.
+    except (OSError, json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as error:
         raise SchemaError(f"{LOCK_FILE_NAME}: malformed: {error}") from error
 
 

@@ -109,3 +109,25 @@ def test_a_schema_folder_that_is_missing_or_holds_no_schema_is_refused(tmp_path:
     assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
     assert main(["schemas", "lock", "--dir", str(tmp_path)]) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_schema_file_that_is_not_utf8_and_a_broken_lock_are_one_problem_each(tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 were a traceback; a malformed lock added "not in
+    # schemas.lock.json" for every schema file besides its own line.
+    for name in ("CaseClosed.v1.avsc", "CaseOpened.v1.avsc"):
+        shutil.copy(SCHEMA_DIR / name, tmp_path)
+    assign_ids(tmp_path)
+    (tmp_path / "CaseOpened.v1.avsc").write_bytes(b"\xff\xfe{}")
+    assert [(p.where, p.message) for p in check_folder(tmp_path)] == [
+        ("CaseOpened.v1.avsc", "not UTF-8 text (invalid start byte at byte 0)")
+    ]
+    assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
+    shutil.copy(SCHEMA_DIR / "CaseOpened.v1.avsc", tmp_path)
+    (tmp_path / "schemas.lock.json").write_text("{")
+    problems = check_folder(tmp_path)
+    assert [p.where for p in problems] == ["schemas.lock.json"]
+    assert problems[0].message.startswith("malformed: Expecting property name")
+    (tmp_path / "schemas.lock.json").unlink()
+    (tmp_path / "schemas.lock.json").mkdir()
+    assert [p.where for p in check_folder(tmp_path)] == ["schemas.lock.json"]
+    assert main(["schemas", "lock", "--dir", str(tmp_path)]) == 1
