@@ -21,6 +21,21 @@ APICURIO_CCOMPAT_PATH = "/apis/ccompat/v7"
 _JSON = "application/vnd.schemaregistry.v1+json"
 
 
+def _check_url(url: str) -> None:
+    """Refuse a registry URL that is not http(s)://HOST[:PORT]/...: urllib's own refusals
+    ("unknown url type", a port that is no number) were tracebacks at the first call."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsed on access: a port that is no number raises here
+    except ValueError as error:
+        raise RegistryError(f"schema registry URL {url!r} is not usable: {error}") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise RegistryError(
+            f"schema registry URL {url!r} is not an http:// or https:// address with a host "
+            f"(e.g. http://127.0.0.1:8081{APICURIO_CCOMPAT_PATH})"
+        )
+
+
 @dataclass(frozen=True)
 class RegisteredVersion:
     """One subject version as the registry holds it."""
@@ -35,6 +50,7 @@ class RemoteRegistry:
     """The schema registry at `url` (Confluent API); every call raises RegistryError on failure."""
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        _check_url(url)
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
 
@@ -66,6 +82,8 @@ class RemoteRegistry:
             raise RegistryError(f"schema registry {method} {path}: HTTP {error.code}: {detail}") from None
         except (OSError, urllib.error.URLError) as error:
             raise RegistryError(f"schema registry at {self.url} is not reachable: {error}") from None
+        except ValueError as error:  # http.client.InvalidURL: a URL the check let through
+            raise RegistryError(f"schema registry URL {self.url!r} is not usable: {error}") from None
         return json.loads(text) if text else None
 
     @staticmethod

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from crm_cli.cli import main
 from schemas.compat import check_folder
+from schemas.errors import RegistryError
 from schemas.registry import SCHEMA_DIR, assign_ids
+from schemas.remote import RemoteRegistry
 
 
 def _folder_with_v2(tmp_path: Path, new_field: dict[str, object]) -> Path:
@@ -131,3 +136,23 @@ def test_a_schema_file_that_is_not_utf8_and_a_broken_lock_are_one_problem_each(t
     (tmp_path / "schemas.lock.json").mkdir()
     assert [p.where for p in check_folder(tmp_path)] == ["schemas.lock.json"]
     assert main(["schemas", "lock", "--dir", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("127.0.0.1:8081", "is not an http:// or https:// address with a host"),
+        ("ftp://h/x", "is not an http:// or https:// address with a host"),
+        ("http://", "is not an http:// or https:// address with a host"),
+        ("http://h:abc/x", "is not usable: Port could not be cast to integer value as 'abc'"),
+        ("http://[::1/x", "is not usable: Invalid IPv6 URL"),
+    ],
+)
+def test_a_registry_url_that_is_no_http_address_is_one_line(
+    url: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # urllib's "unknown url type" and a port that is no number were tracebacks (exit 3).
+    with pytest.raises(RegistryError, match=re.escape(f"schema registry URL {url!r} {says}")):
+        RemoteRegistry(url)
+    assert main(["schemas", "push", "--registry", url]) == 1
+    assert capsys.readouterr().err.startswith(f"error: schema registry URL {url!r}")
