@@ -875,7 +875,8 @@ def publish(ctx: click.Context, registry_url: str | None) -> None:
     from projections.store import ProjectionDB
 
     settings = _settings(ctx)
-    with ProjectionDB(settings.projections_db) as db:
+    # Not created when missing: a mistyped --db left an empty database behind.
+    with ProjectionDB(settings.projections_db, create=False) as db:
         if db.promoted_version() is None:
             raise CrmLedgerError("no version is promoted yet (run `crm-ledger project`)")
         _publisher(settings, _registry_url(ctx, registry_url))(db)

@@ -348,6 +348,13 @@ def test_generate_and_demo_refuse_histories_they_cannot_make(tmp_path: Path) -> 
     assert not (tmp_path / "h.jsonl").exists() and not (tmp_path / "d").exists()
 
 
+def test_publish_never_creates_a_missing_projection_database(tmp_path: Path) -> None:
+    # It made an empty database at a mistyped --db, then said no version was promoted.
+    result = run_cli("--db", str(tmp_path / "typo.duckdb"), "publish", env=_env(tmp_path))
+    _one_line_error(result, "typo.duckdb: no projection database yet")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_demo_history_that_would_run_into_the_future_is_refused() -> None:
     from crm_cli.cli import _history_fits
 
