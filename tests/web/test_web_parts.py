@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
+import sqlite3
 from pathlib import Path
 
 import duckdb
@@ -11,6 +13,7 @@ import pytest
 
 from tests.helpers import start_cli
 from web.charts import Series, Target, bar_chart, line_chart
+from web.data import check_database
 from web.errors import WebError
 from web.pages import id_fields, page_link, path_segment, statement_link
 from web.users import LOCAL_USER, Users, hash_password
@@ -117,3 +120,16 @@ def test_serve_on_an_ipv6_address_announces_an_address_a_browser_takes(tmp_path:
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_serve_refuses_another_programs_database_without_asking_duckdb(tmp_path: Path) -> None:
+    # DuckDB took an SQLite file (the ledger named by --db by mistake) for one of its
+    # extensions' and went to download that extension before refusing it.
+    store = tmp_path / "ledger.sqlite"
+    with contextlib.closing(sqlite3.connect(store)) as con:
+        con.execute("CREATE TABLE t (x)")
+        con.commit()
+    with pytest.raises(WebError, match=r"ledger\.sqlite: not a DuckDB database that can be opened read-only \(another"):
+        check_database(store)
+    duckdb.connect(str(tmp_path / "p.duckdb")).close()
+    check_database(tmp_path / "p.duckdb")
