@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from web.errors import WebError
@@ -89,6 +89,20 @@ class Users:
                 raise WebError(f"{path}: users.{name}.teams: expected a list of team ids")
             if role == "lead" and not teams:
                 raise WebError(f"{path}: users.{name}.teams: a lead needs at least one team")
+            if not name or not name.isprintable() or ":" in name:
+                # HTTP Basic sends "name:password": a name with a colon could never sign in,
+                # and an empty one is anybody who leaves the name blank.
+                raise WebError(
+                    f"{path}: users.{name!r}: a user name is printable text without ':' (HTTP Basic)"
+                )
+            try:
+                extract_parameters(password)
+            except InvalidHashError:
+                # Such a user could never sign in, and the refusal, at once, would tell that
+                # the name exists (other wrong passwords cost a hash's time).
+                raise WebError(
+                    f"{path}: users.{name}.password: not a whole argon2 hash (crm-ledger hash-password)"
+                ) from None
             entries[name] = _Entry(User(name, role, frozenset(teams)), password)
         return cls(entries)
 

@@ -39,6 +39,9 @@ def test_users_file_roles_teams_and_passwords(tmp_path: Path) -> None:
             hash_password(weak)
 
 
+_HASH = hash_password("a-long-password")
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [
@@ -48,6 +51,10 @@ def test_users_file_roles_teams_and_passwords(tmp_path: Path) -> None:
         ('[users.a]\npassword = "$argon2id$x"\nteams = "t1"\n', "expected a list of team ids"),
         ("nothing = 1\n", "no [users.NAME] tables"),
         ("[users\n", "cannot read the users file"),
+        # A user who could never sign in (a broken hash, a name HTTP Basic cannot carry).
+        ('[users.a]\npassword = "$argon2id$x"\nrole = "auditor"\n', "users.a.password: not a whole argon2 hash"),
+        (f'[users."a:b"]\npassword = "{_HASH}"\nrole = "auditor"\n', "users.'a:b': a user name is printable"),
+        (f'[users.""]\npassword = "{_HASH}"\nrole = "auditor"\n', "users.'': a user name is printable"),
     ],
 )
 def test_a_bad_users_file_is_one_clear_error(tmp_path: Path, text: str, words: str) -> None:
