@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
 
 from tests.helpers import start_cli
+from web import data
+from web.app import SECURITY_HEADERS, create_app
 from web.charts import Series, Target, bar_chart, line_chart
 from web.data import check_database
 from web.errors import WebError
@@ -140,3 +144,39 @@ def test_serve_refuses_another_programs_database_without_asking_duckdb(tmp_path:
         check_database(store)
     duckdb.connect(str(tmp_path / "p.duckdb")).close()
     check_database(tmp_path / "p.duckdb")
+
+
+def _asgi(app: Any, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request to the application, without a server (the status, headers and body sent)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+        "headers": [], "http_version": "1.1", "scheme": "http", "server": ("test", 80),
+        "client": ("test", 1), "root_path": "",
+    }
+    with contextlib.suppress(RuntimeError):  # a 500 is sent, then its error raised again
+        asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_every_answer_carries_the_pages_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The router's 404 and 405 went out without them (cacheable, no Content-Security-Policy).
+    db = tmp_path / "p.duckdb"
+    duckdb.connect(str(db)).close()
+    app = create_app(db)
+    monkeypatch.setattr(data, "versions", lambda _con: (_ for _ in ()).throw(RuntimeError("boom")))
+    for method, path, status in (("GET", "/nope", 404), ("POST", "/", 405), ("GET", "/", 500)):
+        got, headers, body = _asgi(app, method, path)
+        assert got == status, (method, path, got)
+        assert {k.lower(): v for k, v in SECURITY_HEADERS.items()}.items() <= headers.items(), (method, path)
+        assert b"Traceback" not in body and b"boom" not in body
+    assert _asgi(app, "POST", "/")[1]["allow"] == "HEAD, GET"
