@@ -106,7 +106,8 @@ def fetch_jars(config: BrokerConfig) -> None:
 
 
 def _read_pid(config: BrokerConfig) -> int | None:
-    return read_pid(config.pid_file)
+    # The broker's command line ends with its settings file, which is in its data folder.
+    return read_pid(config.pid_file, str(config.properties_file))
 
 
 def is_running(config: BrokerConfig) -> bool:
@@ -206,4 +207,4 @@ def wait_until_ready(
 
 def stop(config: BrokerConfig, timeout_s: float = 30.0) -> bool:
     """Stop the broker (SIGTERM, then SIGKILL); returns False when none was running."""
-    return stop_process(config.pid_file, timeout_s)
+    return stop_process(config.pid_file, str(config.properties_file), timeout_s)

@@ -1,0 +1,31 @@
+"""The development services' pid files: only the process a folder's `up` started is theirs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crm_cli import broker, registry_server
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="no /proc to read command lines from")
+def test_a_stale_pid_file_never_stops_the_process_that_now_has_its_pid(tmp_path: Path) -> None:
+    # After a crash or a restart the recorded pid goes to some other process: `down` sent it
+    # SIGTERM (then SIGKILL), and `status` said the service was running.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        registry = registry_server.RegistryServerConfig(data_dir=tmp_path / "registry")
+        kafka = broker.BrokerConfig(data_dir=tmp_path / "kafka", port=19_999, controller_port=20_000)
+        for config in (registry, kafka):
+            config.data_dir.mkdir()
+            config.pid_file.write_text(str(other.pid))
+        assert not registry_server.is_running(registry) and not registry_server.stop(registry, timeout_s=1)
+        assert not broker.is_running(kafka) and not broker.stop(kafka, timeout_s=1)
+        assert other.poll() is None  # still running, untouched
+        assert not registry.pid_file.exists() and not kafka.pid_file.exists()
+    finally:
+        other.kill()
+        other.wait()
