@@ -248,7 +248,9 @@ _data_option = click.option(
 )
 _port_option = click.option(
     "--port",
-    type=int,
+    # A port the system cannot bind: 0 would be one Kafka picks, which nothing here could find,
+    # and the controller's, port+1, must be one too.
+    type=click.IntRange(1, 65534),
     default=9092,
     show_default=True,
     help="Client port on 127.0.0.1 (controller: port+1).",
@@ -307,7 +309,8 @@ _registry_data_option = click.option(
     help="Folder for the registry's database, pid and log.",
 )
 _registry_port_option = click.option(
-    "--port", type=int, default=8081, show_default=True, help="HTTP port on 127.0.0.1."
+    # Not 0: the registry would pick a port, and `up` wait 120 s for an answer on port 0.
+    "--port", type=click.IntRange(1, 65535), default=8081, show_default=True, help="HTTP port on 127.0.0.1."
 )
 
 

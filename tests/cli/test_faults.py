@@ -348,6 +348,15 @@ def test_generate_and_demo_refuse_histories_they_cannot_make(tmp_path: Path) -> 
     assert not (tmp_path / "h.jsonl").exists() and not (tmp_path / "d").exists()
 
 
+def test_service_ports_are_ports_they_can_be_found_on(tmp_path: Path) -> None:
+    # Port 0 had `registry up` wait its 120 s for an answer on port 0; 99999 was handed to Java;
+    # Kafka's controller listens on port+1.
+    for args in (["registry", "up", "--port", "0"], ["registry", "status", "--port", "99999"], ["kafka", "up", "--port", "65535"]):
+        result = run_cli(*args, "--data", str(tmp_path / "data"))
+        assert result.returncode == 2 and "Invalid value for '--port'" in result.stderr, args
+    assert not (tmp_path / "data").exists()
+
+
 def test_publish_never_creates_a_missing_projection_database(tmp_path: Path) -> None:
     # It made an empty database at a mistyped --db, then said no version was promoted.
     result = run_cli("--db", str(tmp_path / "typo.duckdb"), "publish", env=_env(tmp_path))
