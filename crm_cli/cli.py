@@ -1823,7 +1823,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as error:
         error.show()
         return 1
-    except click.Abort:
+    except click.Abort as error:
+        if isinstance(error.__context__, EOFError):
+            # A prompt (hash-password's) met the end of its input, no Ctrl-C: a script that
+            # piped nothing, or one line where the confirmation needs a second.
+            # On a line of its own: the prompt ("Password: ") was left unanswered on stderr.
+            err.print("\nerror: the input ended before the prompt was answered (pipe every line it asks for)")
+            return 1
         err.print("aborted")
         return EXIT_INTERRUPTED
     except TransientError as error:

@@ -357,6 +357,17 @@ def test_service_ports_are_ports_they_can_be_found_on(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+def test_hash_password_without_an_answer_is_a_failure_not_an_interruption() -> None:
+    # The end of its input was "aborted", exit 130, as if Ctrl-C had been pressed.
+    for given in ("", "a-long-password\n"):  # nothing; no second line for the confirmation
+        result = subprocess.run([*CLI, "hash-password"], input=given, capture_output=True, text=True, check=False)
+        _one_line_error(result, "the input ended before the prompt was answered")
+    both = subprocess.run(
+        [*CLI, "hash-password"], input="a-long-password\n" * 2, capture_output=True, text=True, check=False
+    )
+    assert both.returncode == 0 and both.stdout.startswith("$argon2id$")
+
+
 def test_publish_never_creates_a_missing_projection_database(tmp_path: Path) -> None:
     # It made an empty database at a mistyped --db, then said no version was promoted.
     result = run_cli("--db", str(tmp_path / "typo.duckdb"), "publish", env=_env(tmp_path))
