@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,38 @@ def test_a_registry_url_that_is_no_http_address_is_one_line(
         RemoteRegistry(url)
     assert main(["schemas", "push", "--registry", url]) == 1
     assert capsys.readouterr().err.startswith(f"error: schema registry URL {url!r}")
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b"<html>a web page</html>", "the answer to GET /subjects/"),
+        (b'{"a": 1}', "its answer (version)"),
+        (b"[1, 2]", "its answer (version)"),
+        (b'{"id": "x", "version": "y", "schema": null}', "its answer (version)"),
+    ],
+)
+def test_a_url_that_answers_something_other_than_the_registry_api_is_one_line(
+    answer: bytes, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A web page (the registry's root, not its Confluent-compatible API) or JSON of another
+    # shape was a traceback: JSONDecodeError, KeyError, TypeError, ValueError.
+    class Always(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Always)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/x"
+        assert main(["schemas", "check", "--registry", url]) == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and says in lines[0] and "is not what the Confluent-compatible API" in lines[0]
+    finally:
+        server.shutdown()
+        server.server_close()
