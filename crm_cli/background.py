@@ -58,7 +58,16 @@ def run_fetch_script(script: Path, what: str) -> None:
         raise ConfigurationError(f"{what} is missing and mvn was not found: Maven fetches it")
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise ConfigurationError(f"fetching {what} failed:\n{result.stderr[-2000:]}")
+        verdict = first_error(result.stderr + "\n" + result.stdout)
+        raise ConfigurationError(f"fetching {what} with {script.name} failed: {verdict}")
+
+
+def first_error(output: str) -> str:
+    """The line of a failed tool's output that says why, for a one-line error: its first
+    error line (the script's `error:`, Maven's `[ERROR]`; later ones are advice), else its last."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith(("error", "[error]"))]
+    return (errors or lines or ["it said nothing"])[0 if errors else -1]
 
 
 def stop_process(pid_file: Path, marker: str, timeout_s: float = 30.0) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from crm_cli.background import read_pid, run_fetch_script, stop_process
+from crm_cli.background import first_error, read_pid, run_fetch_script, stop_process
 from crm_cli.errors import BrokerError
 from crm_ledger.errors import ConfigurationError
 
@@ -149,7 +149,8 @@ def format_storage(config: BrokerConfig) -> None:
         check=False,
     )
     if result.returncode != 0:
-        raise BrokerError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+        verdict = first_error(result.stderr + "\n" + result.stdout)
+        raise BrokerError(f"formatting Kafka storage failed: {verdict}")
 
 
 def start(config: BrokerConfig, timeout_s: float = 90.0) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from crm_cli import broker, registry_server
+from crm_cli.background import first_error, run_fetch_script
+from crm_ledger.errors import ConfigurationError
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="no /proc to read command lines from")
@@ -29,3 +31,20 @@ def test_a_stale_pid_file_never_stops_the_process_that_now_has_its_pid(tmp_path:
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_failed_fetch_is_one_line_naming_why(tmp_path: Path) -> None:
+    # It was "fetching ... failed:" and the last 2,000 characters of the script's output.
+    script = tmp_path / "fetch.sh"
+    script.write_text(
+        "echo 'fetching the thing ...' >&2\n"
+        "echo '[ERROR] Failed to execute goal: Could not resolve io.example:thing:1.0'\n"
+        "echo '[ERROR] -> [Help 1]'\n"
+        "exit 1\n"
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        run_fetch_script(script, "the thing")
+    assert str(caught.value) == (
+        "fetching the thing with fetch.sh failed: [ERROR] Failed to execute goal: Could not resolve io.example:thing:1.0"
+    )
+    assert first_error("") == "it said nothing" and first_error("a\nb\n") == "b"
