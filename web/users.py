@@ -18,6 +18,7 @@ interface by default) and show every team.
 from __future__ import annotations
 
 import contextlib
+import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ class User:
         return self.role == "auditor"
 
 
+#: Password checks run at once at most (argon2id takes 64 MiB each, with the recommended parameters).
+MAX_CONCURRENT_CHECKS = 4
+
 #: The user of a server started without a users file (on the loopback interface by default).
 LOCAL_USER = User("local", "auditor", frozenset())
 
@@ -63,6 +67,9 @@ class Users:
     def __init__(self, entries: Mapping[str, _Entry]) -> None:
         self._entries = dict(entries)
         self._hasher = PasswordHasher()
+        # Each check takes argon2's 64 MiB: every request thread checking at once (a burst of
+        # wrong passwords) took gigabytes; the others wait their turn.
+        self._checking = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 
     @classmethod
     def load(cls, path: Path) -> Users:
@@ -109,15 +116,16 @@ class Users:
     def authenticate(self, name: str, password: str) -> User | None:
         """The user when the password matches its hash; None otherwise (unknown name alike)."""
         entry = self._entries.get(name)
-        if entry is None:
-            # Spend the same effort for unknown names: timing does not tell who exists.
-            with contextlib.suppress(VerificationError):
-                self._hasher.verify(_DUMMY_HASH, password)
-            return None
-        try:
-            self._hasher.verify(entry.password_hash, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return None
+        with self._checking:
+            if entry is None:
+                # Spend the same effort for unknown names: timing does not tell who exists.
+                with contextlib.suppress(VerificationError):
+                    self._hasher.verify(_DUMMY_HASH, password)
+                return None
+            try:
+                self._hasher.verify(entry.password_hash, password)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return None
         return entry.user
 
 

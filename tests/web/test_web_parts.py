@@ -7,6 +7,7 @@ import contextlib
 import re
 import socket
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from web.charts import Series, Target, bar_chart, line_chart
 from web.data import check_database
 from web.errors import WebError
 from web.pages import id_fields, page_link, path_segment, statement_link
-from web.users import LOCAL_USER, Users, hash_password
+from web.users import LOCAL_USER, MAX_CONCURRENT_CHECKS, Users, hash_password
 
 
 def test_users_file_roles_teams_and_passwords(tmp_path: Path) -> None:
@@ -180,3 +181,36 @@ def test_every_answer_carries_the_pages_headers(tmp_path: Path, monkeypatch: pyt
         assert {k.lower(): v for k, v in SECURITY_HEADERS.items()}.items() <= headers.items(), (method, path)
         assert b"Traceback" not in body and b"boom" not in body
     assert _asgi(app, "POST", "/")[1]["allow"] == "HEAD, GET"
+
+
+def test_password_checks_run_a_few_at_a_time(tmp_path: Path) -> None:
+    # Every request thread hashed at once: 60 wrong passwords in a burst took 1.3 GB.
+    path = tmp_path / "users.toml"
+    path.write_text(f'[users.rita]\npassword = "{_HASH}"\nrole = "auditor"\n')
+    users = Users.load(path)
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = users._hasher
+
+    class Counting:
+        def verify(self, hash_: str, password: str) -> bool:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            try:
+                return real.verify(hash_, password)
+            finally:
+                with lock:
+                    running -= 1
+
+    users._hasher = Counting()  # type: ignore[assignment]
+    threads = [
+        threading.Thread(target=users.authenticate, args=(name, "wrong-password")) for name in ["rita", "x"] * 8
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == MAX_CONCURRENT_CHECKS
+    assert users.authenticate("rita", "a-long-password") is not None
