@@ -17,6 +17,7 @@ from typing import Any
 import fastavro
 from fastavro.types import Schema
 
+from crm_ledger.outputs import replaced_whole
 from schemas.errors import SchemaError
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -102,7 +103,10 @@ def read_lock(folder: Path) -> dict[str, dict[str, int]]:
 def write_lock(folder: Path, lock: Mapping[str, Mapping[str, int]]) -> None:
     """Write the lock file in a stable, diff-friendly order."""
     ordered = {s: dict(sorted(lock[s].items(), key=lambda kv: int(kv[0]))) for s in sorted(lock)}
-    (folder / LOCK_FILE_NAME).write_text(json.dumps({"subjects": ordered}, indent=2) + "\n")
+    # Whole or not at all: written in place, a full disk or a Ctrl-C left it empty or torn,
+    # and the ids it held (which never change) were lost.
+    with replaced_whole(folder / LOCK_FILE_NAME) as partial:
+        partial.write_text(json.dumps({"subjects": ordered}, indent=2) + "\n", encoding="utf-8")
 
 
 def assign_ids(folder: Path) -> dict[str, dict[str, int]]:

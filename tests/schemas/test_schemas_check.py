@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.server
 import json
 import re
@@ -193,3 +194,24 @@ def test_a_url_that_answers_something_other_than_the_registry_api_is_one_line(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_lock_written_when_the_disk_is_full_keeps_the_ids_it_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written in place, the lock was truncated first: a failed write left it empty, its ids lost.
+    shutil.copy(SCHEMA_DIR / "CaseClosed.v1.avsc", tmp_path)
+    assign_ids(tmp_path)
+    before = (tmp_path / "schemas.lock.json").read_text()
+    shutil.copy(SCHEMA_DIR / "CaseOpened.v1.avsc", tmp_path)
+
+    def full(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        with self.open("w") as handle:
+            handle.write(text[:10])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert main(["schemas", "lock", "--dir", str(tmp_path)]) == 1
+    monkeypatch.undo()
+    assert (tmp_path / "schemas.lock.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CaseClosed.v1.avsc", "CaseOpened.v1.avsc", "schemas.lock.json"]
