@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from argon2 import PasswordHasher, extract_parameters
+from argon2 import Parameters, PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from web.errors import WebError
@@ -67,6 +67,7 @@ class Users:
     def __init__(self, entries: Mapping[str, _Entry]) -> None:
         self._entries = dict(entries)
         self._hasher = PasswordHasher()
+        self._dummy_hash = _dummy_hash([e.password_hash for e in self._entries.values()])
         # Each check takes argon2's 64 MiB: every request thread checking at once (a burst of
         # wrong passwords) took gigabytes; the others wait their turn.
         self._checking = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
@@ -120,7 +121,7 @@ class Users:
             if entry is None:
                 # Spend the same effort for unknown names: timing does not tell who exists.
                 with contextlib.suppress(VerificationError):
-                    self._hasher.verify(_DUMMY_HASH, password)
+                    self._hasher.verify(self._dummy_hash, password)
                 return None
             try:
                 self._hasher.verify(entry.password_hash, password)
@@ -140,4 +141,18 @@ def hash_password(password: str) -> str:
     return PasswordHasher().hash(password)
 
 
-_DUMMY_HASH = PasswordHasher().hash("not a password anyone has")
+def _dummy_hash(hashes: list[str]) -> str:
+    """A hash to check the passwords of unknown names against, made with the parameters most
+    of the file's hashes have (memory, time, lanes): made with the library's defaults, it cost
+    another time than the users' own hashes from elsewhere, which told whether a name exists."""
+    known = [p for p in map(_parameters, hashes) if p is not None]  # (Parameters is unhashable)
+    common = max(known, key=known.count, default=None)
+    hasher = PasswordHasher() if common is None else PasswordHasher.from_parameters(common)
+    return hasher.hash("not a password anyone has")
+
+
+def _parameters(password_hash: str) -> Parameters | None:
+    try:
+        return extract_parameters(password_hash)
+    except InvalidHashError:
+        return None

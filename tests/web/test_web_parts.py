@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from argon2 import PasswordHasher, extract_parameters
 
 from tests.helpers import start_cli
 from web import data
@@ -213,4 +214,16 @@ def test_password_checks_run_a_few_at_a_time(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert most == MAX_CONCURRENT_CHECKS
+    assert users.authenticate("rita", "a-long-password") is not None
+
+
+def test_unknown_names_cost_what_the_files_own_hashes_cost(tmp_path: Path) -> None:
+    # The stand-in for unknown names was made with the library's defaults: against a file's
+    # hashes made elsewhere, with other costs, the time of a refusal told whether a name exists.
+    costlier = PasswordHasher(time_cost=6, memory_cost=32_768, parallelism=2).hash("a-long-password")
+    path = tmp_path / "users.toml"
+    path.write_text(f'[users.rita]\npassword = "{costlier}"\nrole = "auditor"\n')
+    users = Users.load(path)
+    assert extract_parameters(users._dummy_hash) == extract_parameters(costlier)
+    assert users.authenticate("nobody", "a-long-password") is None
     assert users.authenticate("rita", "a-long-password") is not None
