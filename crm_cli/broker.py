@@ -182,7 +182,9 @@ def start(config: BrokerConfig, timeout_s: float = 90.0) -> None:
     config.pid_file.write_text(str(process.pid))
     try:
         wait_until_ready(config.bootstrap, timeout_s, process=process)
-    except BrokerError:
+    except (BrokerError, KeyboardInterrupt):
+        # Ctrl-C while it starts stops it too: it went on starting in the background, the
+        # command having said "interrupted".
         stop(config)
         raise
 

@@ -120,7 +120,9 @@ def start(config: RegistryServerConfig, timeout_s: float = 120.0) -> None:
     config.pid_file.write_text(str(process.pid))
     try:
         wait_until_ready(config.root_url, timeout_s, process=process)
-    except RegistryServerError:
+    except (RegistryServerError, KeyboardInterrupt):
+        # Ctrl-C while it starts stops it too: it went on starting in the background, the
+        # command having said "interrupted".
         stop(config)
         raise
 

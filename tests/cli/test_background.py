@@ -48,3 +48,22 @@ def test_a_failed_fetch_is_one_line_naming_why(tmp_path: Path) -> None:
         "fetching the thing with fetch.sh failed: [ERROR] Failed to execute goal: Could not resolve io.example:thing:1.0"
     )
     assert first_error("") == "it said nothing" and first_error("a\nb\n") == "b"
+
+
+def test_ctrl_c_while_a_service_starts_stops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It went on starting in the background, the command having said "interrupted".
+    java = tmp_path / "java"
+    java.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    java.chmod(0o755)
+    monkeypatch.setattr(registry_server.shutil, "which", lambda _name: str(java))
+    config = registry_server.RegistryServerConfig(data_dir=tmp_path / "data", port=19_998, dist_dir=tmp_path)
+    config.runner_jar.write_text("")
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        assert registry_server.is_running(config)  # started, and found by its pid file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry_server, "wait_until_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        registry_server.start(config)
+    assert not registry_server.is_running(config) and not config.pid_file.exists()
