@@ -426,7 +426,8 @@ def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | N
     url = _registry_url(ctx, registry_url)
     problems = check_folder(folder or SCHEMA_DIR)
     for problem in problems:
-        err.print(f"[red]incompatible[/red] {escape(str(problem))}", highlight=False, markup=True)
+        # Control characters shown, not obeyed: a file's name or a registry's answer holds them.
+        err.print(f"[red]incompatible[/red] {escape(_visible(str(problem)))}", highlight=False, markup=True)
     if problems:
         raise SystemExit(1)
     out.print("schemas check: all versions compatible, lock file matches")
@@ -434,7 +435,9 @@ def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | N
         return
     differences = compare(SchemaRegistry.load(folder or SCHEMA_DIR), RemoteRegistry(url))
     for difference in differences:
-        err.print(f"[red]registry differs[/red] {escape(str(difference))}", highlight=False, markup=True)
+        err.print(
+            f"[red]registry differs[/red] {escape(_visible(str(difference)))}", highlight=False, markup=True
+        )
     if differences:
         raise SystemExit(1)
     out.print(f"schemas check: the registry at {url} matches", highlight=False)

@@ -215,3 +215,33 @@ def test_a_lock_written_when_the_disk_is_full_keeps_the_ids_it_held(
     monkeypatch.undo()
     assert (tmp_path / "schemas.lock.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CaseClosed.v1.avsc", "CaseOpened.v1.avsc", "schemas.lock.json"]
+
+
+def test_what_a_registry_answers_is_shown_not_obeyed_by_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    # A compatibility level with escape sequences reached the terminal raw (colours, its title).
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if "/config/" in self.path:
+                body = json.dumps({"compatibilityLevel": "\x1b]0;owned\x07FULL"}).encode()
+            elif self.path.endswith("/versions"):
+                body = b"[]"
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert main(["schemas", "check", "--registry", f"http://127.0.0.1:{server.server_address[1]}/x"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "compatibility \\x1b]0;owned\\x07FULL" in err
