@@ -1097,7 +1097,7 @@ def _print_diff(report: Any, limit: int) -> None:
     out.print(table)
     _print_line(
         f"rows compared {report.rows_compared}, changed {report.rows_changed}, "
-        f"Spearman rank correlation {num(report.spearman, 4)}"
+        f"Spearman rank correlation {num(report.spearman, 4) or 'undefined (the ranks do not vary)'}"
     )
     for label, rows in (("largest gains", report.largest_gains), ("largest losses", report.largest_losses)):
         _print_line(
