@@ -32,6 +32,7 @@ from crm_ledger.errors import CrmLedgerError, TransientError
 from crm_ledger.outputs import refuse_missing_folder, replaced_whole
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import MAX_WAIT_S, RECORD_BYTES_RANGE, Settings
+from importers.sizes import MAX_CUSTOMERS, MAX_EMPLOYEES
 from ledger.records import is_unicode_text
 
 if TYPE_CHECKING:
@@ -129,8 +130,6 @@ def _given_month(_ctx: click.Context, _param: click.Parameter, value: str | None
 def _generated_size(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     """`--customers` or `--employees` of a generated history: no more than it makes room for
     before the history starts (`importers.generator`); more would join after their first events."""
-    from importers.generator import MAX_CUSTOMERS, MAX_EMPLOYEES
-
     limit = MAX_CUSTOMERS if param.name == "customers" else MAX_EMPLOYEES
     if value > limit:
         raise click.BadParameter(f"{value} is more than a generated history takes (at most {limit:,})")
@@ -483,9 +482,13 @@ def schemas_lock(folder: Path | None) -> None:
 # -- ledger --------------------------------------------------------------------------------
 @cli.command()
 @click.option(
-    "--customers", type=click.IntRange(1), default=1000, show_default=True, callback=_generated_size
+    "--customers", type=click.IntRange(1), default=1000, show_default=True, callback=_generated_size,
+    help=f"At most {MAX_CUSTOMERS:,}.",
 )
-@click.option("--employees", type=click.IntRange(1), default=40, show_default=True, callback=_generated_size)
+@click.option(
+    "--employees", type=click.IntRange(1), default=40, show_default=True, callback=_generated_size,
+    help=f"At most {MAX_EMPLOYEES:,}.",
+)
 @click.option("--months", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
@@ -1763,8 +1766,14 @@ def export(ctx: click.Context, folder: Path) -> None:
     show_default=True,
     help="Demo folder (recreated: a new or empty folder, or an earlier demo's).",
 )
-@click.option("--customers", type=click.IntRange(1), default=800, show_default=True, callback=_generated_size)
-@click.option("--employees", type=click.IntRange(1), default=30, show_default=True, callback=_generated_size)
+@click.option(
+    "--customers", type=click.IntRange(1), default=800, show_default=True, callback=_generated_size,
+    help=f"At most {MAX_CUSTOMERS:,}.",
+)
+@click.option(
+    "--employees", type=click.IntRange(1), default=30, show_default=True, callback=_generated_size,
+    help=f"At most {MAX_EMPLOYEES:,}.",
+)
 @click.option(
     "--months",
     # The demo's team goals span its months, and a goal spans at most MAX_GOAL_MONTHS (24):

@@ -73,14 +73,6 @@ class _Article:
 
 
 
-#: Every employee joins a minute apart in the 30 days before the history starts: more would
-#: join after it started, behind events already written (the output is in time order).
-MAX_EMPLOYEES = 30 * DAY_MS // 60_000
-#: Most of the customers register a second apart in those 30 days (after their first hour):
-#: more would register after the history started.
-MAX_CUSTOMERS = 3_000_000
-
-
 def last_month(start: str, months: int) -> str:
     """The last month (YYYY-MM) of a history of `months` months from `start` (YYYY-MM).
 

@@ -121,7 +121,8 @@ def _skills(**kwargs: object) -> dict[str, float]:
 
 
 def test_the_last_month_and_the_size_limits_keep_the_history_in_time_order() -> None:
-    from importers.generator import MAX_EMPLOYEES, last_month
+    from importers.generator import last_month
+    from importers.sizes import MAX_EMPLOYEES
 
     assert last_month("2025-01", 1) == "2025-01" and last_month("2025-11", 3) == "2026-01"
     assert last_month("2025-01", 100_000) == "10358-04"  # past 9999: the caller refuses it
