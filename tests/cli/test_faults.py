@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socketserver
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -366,6 +368,29 @@ def test_hash_password_without_an_answer_is_a_failure_not_an_interruption() -> N
         [*CLI, "hash-password"], input="a-long-password\n" * 2, capture_output=True, text=True, check=False
     )
     assert both.returncode == 0 and both.stdout.startswith("$argon2id$")
+
+
+def test_publish_to_a_port_that_answers_no_kafka_gives_up_at_the_broker_timeout(tmp_path: Path) -> None:
+    # A bootstrap address naming another service (a web server, the registry's port) took the
+    # Kafka client's own 30 s whatever CRM_LEDGER_BROKER_TIMEOUT said.
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    run_cli("project", env=env, check=True)
+
+    class NoKafka(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.recv(1024)
+            self.request.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), NoKafka) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        bootstrap = f"127.0.0.1:{server.server_address[1]}"
+        started = time.monotonic()
+        result = run_cli("publish", env={**env, "CRM_LEDGER_BOOTSTRAP": bootstrap, "CRM_LEDGER_BROKER_TIMEOUT": "2"})
+        took = time.monotonic() - started
+        server.shutdown()
+    _one_line_error(result, f"Kafka at {bootstrap} did not answer", code=75)
+    assert took < 15, took
 
 
 def test_publish_never_creates_a_missing_projection_database(tmp_path: Path) -> None:
