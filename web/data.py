@@ -17,9 +17,9 @@ from typing import Any
 
 import duckdb
 
-from projections.errors import AmbiguousVersionError, DatabaseBusyError, ProjectionError, UnknownVersionError
+from projections.errors import AmbiguousVersionError, ProjectionError, UnknownVersionError
 from projections.readonly import reader
-from projections.store import VersionInfo, connect, rows_as_dicts, versions_of
+from projections.store import VersionInfo, is_lock_error, refuse_other_header, rows_as_dicts, versions_of
 from projections.store import find_version as store_find_version
 from web.errors import BadRequestError, NotFoundError, WebError
 
@@ -76,19 +76,22 @@ def check_database(path: Path) -> None:
     if not path.is_file():
         raise WebError(f"{path}: not a file; --db names the projection database file (projections.duckdb)")
     try:
-        # Through the store's connect, which reads the file's header first: DuckDB itself took
-        # another program's file for its own (an SQLite ledger named by mistake) and went to
-        # download an extension to read it.
-        connect(path, read_only=True, wait_s=0.0).close()
-    except DatabaseBusyError:
-        # A projector is writing it right now: each request waits for its turn.
-        return
+        # The header first: DuckDB itself took another program's file for its own (an SQLite
+        # ledger named by mistake) and went to download an extension to read it. Not through
+        # the store's connect, which looks once per process: a file replaced while served is
+        # looked at by the first page that opens it.
+        refuse_other_header(path)
     except ProjectionError:
         raise WebError(
             f"{path}: not a DuckDB database that can be opened read-only (another program's file: "
             "--db names the projection database, projections.duckdb)"
         ) from None
+    try:
+        duckdb.connect(str(path), read_only=True).close()
     except duckdb.Error as error:
+        if is_lock_error(error):
+            # A projector is writing it right now: each request waits for its turn.
+            return
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WebError(f"{path}: not a DuckDB database that can be opened read-only ({first})") from None
 
