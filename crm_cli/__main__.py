@@ -8,7 +8,9 @@ moment: Ctrl-C pressed during it must end as any other interruption does (one li
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import os
 import signal
 import sys
 
@@ -31,8 +33,33 @@ def _stdout_written_whole() -> None:
     )
 
 
+class _ClosedOutput(io.TextIOBase):
+    """Standing for a standard stream the process was started without (`>&-`): Python makes
+    it None, which the first use of it (the command line's own set-up) fails on with a
+    traceback. Writing to it fails as writing to a closed file does (EBADF), in one line."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        raise OSError(errno.EBADF, f"{self._name} is closed")
+
+
+def _closed_streams_stand_in() -> None:
+    """Give a closed stdout an object that refuses writes; a closed stderr one that drops them
+    (nowhere is left to say anything)."""
+    if sys.stdout is None:
+        sys.stdout = _ClosedOutput("standard output")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process's life
+
+
 def run() -> None:
     """Run the command line; an interruption at any moment is one line and exit 130."""
+    _closed_streams_stand_in()
     # Past a file-size limit, writes fail with EFBIG (a clear error) instead of a silent kill.
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from crm_cli.background import read_pid, run_fetch_script, stop_process
+from crm_cli.background import first_error, read_pid, run_fetch_script, stop_process
 from crm_cli.errors import BrokerError
 from crm_ledger.errors import ConfigurationError
 
@@ -106,7 +106,8 @@ def fetch_jars(config: BrokerConfig) -> None:
 
 
 def _read_pid(config: BrokerConfig) -> int | None:
-    return read_pid(config.pid_file)
+    # The broker's command line ends with its settings file, which is in its data folder.
+    return read_pid(config.pid_file, str(config.properties_file))
 
 
 def is_running(config: BrokerConfig) -> bool:
@@ -148,7 +149,8 @@ def format_storage(config: BrokerConfig) -> None:
         check=False,
     )
     if result.returncode != 0:
-        raise BrokerError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+        verdict = first_error(result.stderr + "\n" + result.stdout)
+        raise BrokerError(f"formatting Kafka storage failed: {verdict}")
 
 
 def start(config: BrokerConfig, timeout_s: float = 90.0) -> None:
@@ -180,7 +182,9 @@ def start(config: BrokerConfig, timeout_s: float = 90.0) -> None:
     config.pid_file.write_text(str(process.pid))
     try:
         wait_until_ready(config.bootstrap, timeout_s, process=process)
-    except BrokerError:
+    except (BrokerError, KeyboardInterrupt):
+        # Ctrl-C while it starts stops it too: it went on starting in the background, the
+        # command having said "interrupted".
         stop(config)
         raise
 
@@ -206,4 +210,4 @@ def wait_until_ready(
 
 def stop(config: BrokerConfig, timeout_s: float = 30.0) -> bool:
     """Stop the broker (SIGTERM, then SIGKILL); returns False when none was running."""
-    return stop_process(config.pid_file, timeout_s)
+    return stop_process(config.pid_file, str(config.properties_file), timeout_s)

@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from crm_ledger.settings import (
     delta_unsafe_advice,
     delta_unsafe_part,
 )
+from importers.sizes import MAX_CUSTOMERS, MAX_EMPLOYEES
 from ledger.records import is_unicode_text
 
 if TYPE_CHECKING:
@@ -141,6 +143,32 @@ def _given_month(_ctx: click.Context, _param: click.Parameter, value: str | None
         raise click.BadParameter(str(error).removeprefix("period: ")) from None
 
 
+def _generated_size(_ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """`--customers` or `--employees` of a generated history: no more than it makes room for
+    before the history starts (`importers.generator`); more would join after their first events."""
+    limit = MAX_CUSTOMERS if param.name == "customers" else MAX_EMPLOYEES
+    if value > limit:
+        raise click.BadParameter(f"{value} is more than a generated history takes (at most {limit:,})")
+    return value
+
+
+def _history_fits(start: str, months: int, *, until: str | None = None) -> None:
+    """Refuse, as `--months`'s usage error, a generated history from `start` that would end
+    after the last month a period can be (its end was no date: a traceback), or after the
+    month `until` (YYYY-MM)."""
+    from importers.generator import last_month
+    from rewards.periods import LAST_YEAR
+
+    last, limit = last_month(start, months), until or f"{LAST_YEAR}-12"
+    # Zero-padded months of four-digit years (or more) compare as numbers do by length first.
+    if (len(last), last) > (len(limit), limit):
+        raise click.BadParameter(
+            f"{months} months from {start} end in {last}, after {limit}" + (" (this month)" if until else ""),
+            ctx=click.get_current_context(),
+            param_hint="'--months'",
+        )
+
+
 def _given_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
     """An output file option's value: a blank one (an unset shell variable) is refused, not
     written as the current folder ("Is a directory") or as a file named by spaces."""
@@ -238,7 +266,9 @@ _data_option = click.option(
 )
 _port_option = click.option(
     "--port",
-    type=int,
+    # A port the system cannot bind: 0 would be one Kafka picks, which nothing here could find,
+    # and the controller's, port+1, must be one too.
+    type=click.IntRange(1, 65534),
     default=9092,
     show_default=True,
     help="Client port on 127.0.0.1 (controller: port+1).",
@@ -297,7 +327,8 @@ _registry_data_option = click.option(
     help="Folder for the registry's database, pid and log.",
 )
 _registry_port_option = click.option(
-    "--port", type=int, default=8081, show_default=True, help="HTTP port on 127.0.0.1."
+    # Not 0: the registry would pick a port, and `up` wait 120 s for an answer on port 0.
+    "--port", type=click.IntRange(1, 65535), default=8081, show_default=True, help="HTTP port on 127.0.0.1."
 )
 
 
@@ -413,7 +444,8 @@ def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | N
     url = _registry_url(ctx, registry_url)
     problems = check_folder(folder or SCHEMA_DIR)
     for problem in problems:
-        err.print(f"[red]incompatible[/red] {escape(str(problem))}", highlight=False, markup=True)
+        # Control characters shown, not obeyed: a file's name or a registry's answer holds them.
+        err.print(f"[red]incompatible[/red] {escape(_visible(str(problem)))}", highlight=False, markup=True)
     if problems:
         raise SystemExit(1)
     out.print("schemas check: all versions compatible, lock file matches")
@@ -421,7 +453,9 @@ def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | N
         return
     differences = compare(SchemaRegistry.load(folder or SCHEMA_DIR), RemoteRegistry(url))
     for difference in differences:
-        err.print(f"[red]registry differs[/red] {escape(str(difference))}", highlight=False, markup=True)
+        err.print(
+            f"[red]registry differs[/red] {escape(_visible(str(difference)))}", highlight=False, markup=True
+        )
     if differences:
         raise SystemExit(1)
     out.print(f"schemas check: the registry at {url} matches", highlight=False)
@@ -466,8 +500,14 @@ def schemas_lock(folder: Path | None) -> None:
 
 # -- ledger --------------------------------------------------------------------------------
 @cli.command()
-@click.option("--customers", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--employees", type=click.IntRange(1), default=40, show_default=True)
+@click.option(
+    "--customers", type=click.IntRange(1), default=1000, show_default=True, callback=_generated_size,
+    help=f"At most {MAX_CUSTOMERS:,}.",
+)
+@click.option(
+    "--employees", type=click.IntRange(1), default=40, show_default=True, callback=_generated_size,
+    help=f"At most {MAX_EMPLOYEES:,}.",
+)
 @click.option("--months", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
@@ -502,6 +542,7 @@ def generate(
     """Write a realistic, deterministic history (same seed = same bytes) as JSONL."""
     from importers.generator import GeneratorConfig, write_history
 
+    _history_fits(start, months)
     config = GeneratorConfig(customers, employees, months, seed, start, invalid_rate)
     _refuse_own_file(out_path, "--out")
     if str(out_path) == "-":
@@ -886,7 +927,8 @@ def publish(ctx: click.Context, registry_url: str | None) -> None:
     from projections.store import ProjectionDB
 
     settings = _settings(ctx)
-    with ProjectionDB(settings.projections_db) as db:
+    # Not created when missing: a mistyped --db left an empty database behind.
+    with ProjectionDB(settings.projections_db, create=False) as db:
         if db.promoted_version() is None:
             raise CrmLedgerError("no version is promoted yet (run `crm-ledger project`)")
         _publisher(settings, _registry_url(ctx, registry_url))(db)
@@ -1120,7 +1162,7 @@ def _print_diff(report: Any, limit: int) -> None:
     out.print(table)
     _print_line(
         f"rows compared {report.rows_compared}, changed {report.rows_changed}, "
-        f"Spearman rank correlation {num(report.spearman, 4)}"
+        f"Spearman rank correlation {num(report.spearman, 4) or 'undefined (the ranks do not vary)'}"
     )
     for label, rows in (("largest gains", report.largest_gains), ("largest losses", report.largest_losses)):
         _print_line(
@@ -1790,9 +1832,23 @@ def export(ctx: click.Context, folder: Path) -> None:
     show_default=True,
     help="Demo folder (recreated: a new or empty folder, or an earlier demo's).",
 )
-@click.option("--customers", type=click.IntRange(1), default=800, show_default=True)
-@click.option("--employees", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--months", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--customers", type=click.IntRange(1), default=800, show_default=True, callback=_generated_size,
+    help=f"At most {MAX_CUSTOMERS:,}.",
+)
+@click.option(
+    "--employees", type=click.IntRange(1), default=30, show_default=True, callback=_generated_size,
+    help=f"At most {MAX_EMPLOYEES:,}.",
+)
+@click.option(
+    "--months",
+    # The demo's team goals span its months, and a goal spans at most MAX_GOAL_MONTHS (24):
+    # more failed half way, with the history already ingested.
+    type=click.IntRange(1, 24),
+    default=3,
+    show_default=True,
+    help="Months of history (the demo's team goals span them: at most 24).",
+)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--serve", "serve_after", is_flag=True, help="Then serve the web pages on 127.0.0.1.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -1803,7 +1859,11 @@ def demo(
     from crm_cli.demo import run_demo
     from importers.generator import GeneratorConfig
 
-    settings = run_demo(folder, GeneratorConfig(customers, employees, months, seed), click.echo)
+    # Its history starts in a fixed month and its goals are agreed in its months: one running
+    # into the future had its events refused, then its goal changes, half way through.
+    config = GeneratorConfig(customers, employees, months, seed)
+    _history_fits(config.start, months, until=datetime.now(UTC).strftime("%Y-%m"))
+    settings = run_demo(folder, config, click.echo)
     click.echo(
         f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "
         'query "SELECT * FROM reward_score ORDER BY score DESC LIMIT 10"'
@@ -1841,7 +1901,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as error:
         error.show()
         return 1
-    except click.Abort:
+    except click.Abort as error:
+        if isinstance(error.__context__, EOFError):
+            # A prompt (hash-password's) met the end of its input, no Ctrl-C: a script that
+            # piped nothing, or one line where the confirmation needs a second.
+            # On a line of its own: the prompt ("Password: ") was left unanswered on stderr.
+            err.print("\nerror: the input ended before the prompt was answered (pipe every line it asks for)")
+            return 1
         err.print("aborted")
         return EXIT_INTERRUPTED
     except TransientError as error:

@@ -149,16 +149,19 @@ SHOWCASE: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
+#: The file that marks a folder as a demo's, written first into every folder a demo makes.
+DEMO_MARK = ".crm-ledger-demo"
 #: What a demo folder holds: a folder holding anything else is not recreated.
-_DEMO_NAMES = ("history.jsonl", "rejects.jsonl", "projections.log")
+_DEMO_NAMES = (DEMO_MARK, "history.jsonl", "rejects.jsonl", "projections.log")
 _DEMO_PREFIXES = ("ledger.sqlite", "projections.duckdb")
 
 
 def _recreate(folder: Path) -> None:
     """Empty `folder` for a new demo, refusing a folder that is not one: the folder being
-    worked in (or one above it), or one holding anything a demo does not write."""
+    worked in (or one above it), one holding anything a demo does not write, or one without
+    the demo's mark (nor, from demos before the mark, its history)."""
     if not folder.exists():
-        folder.mkdir(parents=True)
+        _made(folder)
         return
     resolved = folder.resolve()
     if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
@@ -175,8 +178,22 @@ def _recreate(folder: Path) -> None:
             f"{folder}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which a demo "
             "did not write: the demo recreates its folder, so give a new or empty one"
         )
+    marked = (folder / DEMO_MARK).exists() or (folder / "history.jsonl").exists()
+    if not marked and any(folder.iterdir()):
+        # A ledger's own folder (.crm-ledger) holds only names a demo writes too: it was
+        # emptied, its ledger lost, by `demo --dir .crm-ledger`.
+        raise CrmLedgerError(
+            f"{folder}: holds a ledger or projection database no demo made: the demo recreates its "
+            "folder, so give a new or empty one"
+        )
     shutil.rmtree(folder)
+    _made(folder)
+
+
+def _made(folder: Path) -> None:
+    """Make the demo's folder and mark it as the demo's: only a marked one is recreated."""
     folder.mkdir(parents=True)
+    (folder / DEMO_MARK).write_text("made by crm-ledger demo: recreated by the next one\n", encoding="utf-8")
 
 
 def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None]) -> Settings:

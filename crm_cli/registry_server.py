@@ -71,8 +71,13 @@ def fetch_distribution(config: RegistryServerConfig) -> None:
     run_fetch_script(FETCH_SCRIPT, "the schema registry")
 
 
+def _marker(config: RegistryServerConfig) -> str:
+    """What the command line of the registry started for `config` holds: its database's place."""
+    return f"-Dapicurio.datasource.url=jdbc:h2:file:{config.data_dir.resolve() / 'registry'}"
+
+
 def _read_pid(config: RegistryServerConfig) -> int | None:
-    return read_pid(config.pid_file)
+    return read_pid(config.pid_file, _marker(config))
 
 
 def is_running(config: RegistryServerConfig) -> bool:
@@ -90,7 +95,6 @@ def start(config: RegistryServerConfig, timeout_s: float = 120.0) -> None:
         raise ConfigurationError("java was not found on PATH: the schema registry needs Java 17 or newer")
     fetch_distribution(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    database = config.data_dir.resolve() / "registry"
     log = config.log_file.open("ab")
     process = subprocess.Popen(
         [
@@ -102,7 +106,7 @@ def start(config: RegistryServerConfig, timeout_s: float = 120.0) -> None:
             "-Djava.awt.headless=true",
             "-Dquarkus.http.host=127.0.0.1",
             f"-Dquarkus.http.port={config.port}",
-            f"-Dapicurio.datasource.url=jdbc:h2:file:{database}",
+            _marker(config),
             "-Dquarkus.log.console.color=false",
             "-jar",
             str(config.runner_jar),
@@ -116,7 +120,9 @@ def start(config: RegistryServerConfig, timeout_s: float = 120.0) -> None:
     config.pid_file.write_text(str(process.pid))
     try:
         wait_until_ready(config.root_url, timeout_s, process=process)
-    except RegistryServerError:
+    except (RegistryServerError, KeyboardInterrupt):
+        # Ctrl-C while it starts stops it too: it went on starting in the background, the
+        # command having said "interrupted".
         stop(config)
         raise
 
@@ -151,4 +157,4 @@ def wait_until_ready(root_url: str, timeout_s: float, process: subprocess.Popen[
 
 def stop(config: RegistryServerConfig, timeout_s: float = 30.0) -> bool:
     """Stop the registry (SIGTERM, then SIGKILL); returns False when none was running."""
-    return stop_process(config.pid_file, timeout_s)
+    return stop_process(config.pid_file, _marker(config), timeout_s)

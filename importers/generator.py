@@ -73,6 +73,17 @@ class _Article:
 
 
 
+def last_month(start: str, months: int) -> str:
+    """The last month (YYYY-MM) of a history of `months` months from `start` (YYYY-MM).
+
+    Its year may be past 9999: the caller checks it as it checks any month (`parse_period`),
+    since the history's end, the month after, must still be a date.
+    """
+    year, month = (int(p) for p in start.split("-"))
+    index = year * 12 + month - 1 + months - 1
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
 def _month_start(start: str, offset: int) -> int:
     year, month = (int(p) for p in start.split("-"))
     month += offset

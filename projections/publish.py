@@ -120,7 +120,9 @@ def publish_changes(
     producer = Producer(producer_config(bootstrap, **{"enable.idempotence": True, "linger.ms": 20}))
     sent: dict[str, int] = {}
     for feed in FEEDS:
-        ensure_topic(bootstrap, feed.topic, partitions, COMPACTED)
+        # As long as an unreachable broker is waited for: a port that accepts connections but
+        # answers no Kafka (another service's, named by mistake) took the client's own 30 s.
+        ensure_topic(bootstrap, feed.topic, partitions, COMPACTED, timeout_s=broker_timeout_s)
         changed = connection.execute(
             f"""
             WITH current AS (

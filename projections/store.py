@@ -195,18 +195,24 @@ def _refuse_other_file(path: Path) -> None:
     with _LOOKING:
         if key in _LOOKED:
             return
-        try:
-            with path.open("rb") as handle:
-                head = handle.read(_DUCKDB_MAGIC[0] + len(_DUCKDB_MAGIC[1]))
-        except OSError:
-            # Missing: made by DuckDB; unreadable: DuckDB's own error names the permission problem.
-            head = b""
-        if head and head[_DUCKDB_MAGIC[0] :] != _DUCKDB_MAGIC[1]:
-            raise ProjectionError(
-                f"projection database {path} is not a DuckDB database file: name the right one with "
-                "--db or CRM_LEDGER_DB (or move this one away and run `crm-ledger project` to rebuild it)"
-            )
+        refuse_other_header(path)
         _LOOKED.add(key)
+
+
+def refuse_other_header(path: Path) -> None:
+    """Refuse a file whose header is not a DuckDB database's, each time it is called: only
+    while this process holds no connection to it (a look drops the process's locks on it)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_DUCKDB_MAGIC[0] + len(_DUCKDB_MAGIC[1]))
+    except OSError:
+        # Missing: made by DuckDB; unreadable: DuckDB's own error names the permission problem.
+        head = b""
+    if head and head[_DUCKDB_MAGIC[0] :] != _DUCKDB_MAGIC[1]:
+        raise ProjectionError(
+            f"projection database {path} is not a DuckDB database file: name the right one with "
+            "--db or CRM_LEDGER_DB (or move this one away and run `crm-ledger project` to rebuild it)"
+        )
 
 
 def _refuse_missing(path: Path) -> None:

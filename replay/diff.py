@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -136,7 +137,10 @@ def diff_versions(
         JOIN ({_ranked(new.schema)}) b ON a.employee_id = b.employee_id AND a.period = b.period
         """
     ).fetchone()
-    report.spearman = None if row is None or row[0] is None else float(row[0])
+    # Undefined (DuckDB's NaN) when the ranks do not vary, one employee a month: None, which
+    # JSON can carry (NaN made `--format json` output no JSON parser takes) and pages show as such.
+    value = None if row is None or row[0] is None else float(row[0])
+    report.spearman = value if value is not None and math.isfinite(value) else None
     checks = ", ".join(f"count(*) FILTER (WHERE a.{c} IS DISTINCT FROM b.{c}) AS {c}" for c in KPI_COLUMNS)
     kpi_row = con.execute(
         f"""

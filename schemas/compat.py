@@ -72,12 +72,13 @@ def check_folder(folder: Path) -> list[Problem]:
         parsed.setdefault(event_type, {})[version] = (path, raw, schema)
 
     try:
-        lock = read_lock(folder)
+        lock: dict[str, dict[str, int]] | None = read_lock(folder)
     except SchemaError as error:
-        problems.append(Problem(LOCK_FILE_NAME, str(error)))
-        lock = {}
+        problems.append(Problem(LOCK_FILE_NAME, str(error).removeprefix(f"{LOCK_FILE_NAME}: ")))
+        # Not "every file is missing from the lock" as well: one line says what is wrong.
+        lock = None
     seen_ids: dict[int, str] = {}
-    for subject, locked in lock.items():
+    for subject, locked in (lock or {}).items():
         for locked_version, schema_id in locked.items():
             label = f"{subject} v{locked_version}"
             if schema_id in seen_ids:
@@ -92,7 +93,7 @@ def check_folder(folder: Path) -> list[Problem]:
             if not any(t == event_type and v == int(locked_version) for t, v, _ in files):
                 problems.append(Problem(LOCK_FILE_NAME, f"{label} has no schema file"))
     for event_type, version, path in files:
-        if str(version) not in lock.get(f"{NAMESPACE}.{event_type}", {}):
+        if lock is not None and str(version) not in lock.get(f"{NAMESPACE}.{event_type}", {}):
             problems.append(Problem(path.name, f"not in {LOCK_FILE_NAME}: run `crm-ledger schemas lock`"))
 
     declared = {path.name: raw for by_version in parsed.values() for path, raw, _ in by_version.values()}

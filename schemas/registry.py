@@ -17,6 +17,7 @@ from typing import Any
 import fastavro
 from fastavro.types import Schema
 
+from crm_ledger.outputs import replaced_whole
 from schemas.errors import SchemaError
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -67,7 +68,10 @@ def schema_files(folder: Path) -> list[tuple[str, int, Path]]:
 def load_schema_file(path: Path, event_type: str) -> tuple[dict[str, Any], Schema]:
     """Read and parse one .avsc file; any defect names the file."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        # A binary file, or text saved in another encoding: it was a traceback.
+        raise SchemaError(f"{path.name}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     except (OSError, json.JSONDecodeError) as error:
         raise SchemaError(f"{path.name}: not valid JSON: {error}") from error
     if not isinstance(raw, dict) or raw.get("type") != "record":
@@ -89,16 +93,20 @@ def read_lock(folder: Path) -> dict[str, dict[str, int]]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         return {s: {str(v): int(i) for v, i in vs.items()} for s, vs in data["subjects"].items()}
-    except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as error:
+    # UnicodeDecodeError is a ValueError; OSError: the lock is a folder or unreadable.
+    except (OSError, json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as error:
         raise SchemaError(f"{LOCK_FILE_NAME}: malformed: {error}") from error
 
 
 def write_lock(folder: Path, lock: Mapping[str, Mapping[str, int]]) -> None:
     """Write the lock file in a stable, diff-friendly order."""
     ordered = {s: dict(sorted(lock[s].items(), key=lambda kv: int(kv[0]))) for s in sorted(lock)}
-    (folder / LOCK_FILE_NAME).write_text(json.dumps({"subjects": ordered}, indent=2) + "\n")
+    # Whole or not at all: written in place, a full disk or a Ctrl-C left it empty or torn,
+    # and the ids it held (which never change) were lost.
+    with replaced_whole(folder / LOCK_FILE_NAME) as partial:
+        partial.write_text(json.dumps({"subjects": ordered}, indent=2) + "\n", encoding="utf-8")
 
 
 def assign_ids(folder: Path) -> dict[str, dict[str, int]]:

@@ -8,17 +8,57 @@ consumers put in `schema.registry.url`; for Apicurio that is `<root>/apis/ccompa
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from schemas.errors import RegistryError
 
 APICURIO_CCOMPAT_PATH = "/apis/ccompat/v7"
 _JSON = "application/vnd.schemaregistry.v1+json"
+
+
+#: What an answer that is no JSON, or JSON of another shape, says about the URL.
+_NOT_THE_API = (
+    "is not what the Confluent-compatible API answers: is the URL that API "
+    f"(Apicurio's is <root>{APICURIO_CCOMPAT_PATH})?"
+)
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _answered(method: _Method) -> _Method:
+    """Turn an answer of another shape than the API's (a field missing, of another type) into
+    RegistryError: it was a traceback (KeyError, TypeError, ValueError) wherever it was read."""
+
+    @functools.wraps(method)
+    def reading(self: RemoteRegistry, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            answer = f"its answer ({method.__name__})"
+            raise RegistryError(f"schema registry at {self.url}: {answer} {_NOT_THE_API}") from None
+
+    return cast(_Method, reading)
+
+
+def _check_url(url: str) -> None:
+    """Refuse a registry URL that is not http(s)://HOST[:PORT]/...: urllib's own refusals
+    ("unknown url type", a port that is no number) were tracebacks at the first call."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsed on access: a port that is no number raises here
+    except ValueError as error:
+        raise RegistryError(f"schema registry URL {url!r} is not usable: {error}") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise RegistryError(
+            f"schema registry URL {url!r} is not an http:// or https:// address with a host "
+            f"(e.g. http://127.0.0.1:8081{APICURIO_CCOMPAT_PATH})"
+        )
 
 
 @dataclass(frozen=True)
@@ -35,6 +75,7 @@ class RemoteRegistry:
     """The schema registry at `url` (Confluent API); every call raises RegistryError on failure."""
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        _check_url(url)
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
 
@@ -66,36 +107,48 @@ class RemoteRegistry:
             raise RegistryError(f"schema registry {method} {path}: HTTP {error.code}: {detail}") from None
         except (OSError, urllib.error.URLError) as error:
             raise RegistryError(f"schema registry at {self.url} is not reachable: {error}") from None
-        return json.loads(text) if text else None
+        except ValueError as error:  # http.client.InvalidURL: a URL the check let through
+            raise RegistryError(f"schema registry URL {self.url!r} is not usable: {error}") from None
+        try:
+            return json.loads(text) if text else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            answer = f"the answer to {method} {path}"
+            raise RegistryError(f"schema registry at {self.url}: {answer} {_NOT_THE_API}") from None
 
     @staticmethod
     def _quote(subject: str) -> str:
         return urllib.parse.quote(subject, safe="")
 
     # -- reading --------------------------------------------------------------------------
+    @_answered
     def schema_by_id(self, schema_id: int) -> str | None:
         """The schema text registered under an id, or None."""
         found = self._request("GET", f"/schemas/ids/{schema_id}")
         return None if found is None else str(found["schema"])
 
+    @_answered
     def subjects(self) -> list[str]:
         return [str(s) for s in self._request("GET", "/subjects") or []]
 
+    @_answered
     def versions(self, subject: str) -> list[int]:
         """Version numbers of a subject (empty when the subject does not exist)."""
         return [int(v) for v in self._request("GET", f"/subjects/{self._quote(subject)}/versions") or []]
 
+    @_answered
     def version(self, subject: str, version: int) -> RegisteredVersion | None:
         found = self._request("GET", f"/subjects/{self._quote(subject)}/versions/{version}")
         if found is None:
             return None
         return RegisteredVersion(subject, int(found["version"]), int(found["id"]), str(found["schema"]))
 
+    @_answered
     def compatibility(self, subject: str) -> str | None:
         """The subject's own compatibility level (None when it has none of its own)."""
         found = self._request("GET", f"/config/{self._quote(subject)}")
         return None if found is None else str(found.get("compatibilityLevel") or found.get("compatibility"))
 
+    @_answered
     def is_compatible(self, subject: str, schema: str) -> bool:
         """Whether the registry would accept `schema` as the subject's next version."""
         found = self._request(
@@ -114,6 +167,7 @@ class RemoteRegistry:
     def set_compatibility(self, subject: str, level: str) -> None:
         self._request("PUT", f"/config/{self._quote(subject)}", {"compatibility": level})
 
+    @_answered
     def register(
         self, subject: str, schema: str, *, schema_id: int | None = None, version: int | None = None
     ) -> int:
@@ -147,7 +201,7 @@ class RemoteRegistry:
             info = self._request("GET", "/apis/registry/v3/system/info", base=root)
         except RegistryError:
             return None
-        return root if info is not None and str(info.get("name", "")).startswith("Apicurio") else None
+        return root if isinstance(info, dict) and str(info.get("name", "")).startswith("Apicurio") else None
 
     def apicurio_import(self, archive: bytes) -> None:
         """Apicurio's admin import of an export-format zip into a possibly non-empty registry."""

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import duckdb
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -308,4 +309,22 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
         Route("/complaints", page(complaints), methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _plain_error, 500: _internal_error},
+    )
+
+
+def _plain_error(request: Request, error: Exception) -> Response:
+    """The router's own answers (no such page: 404, a method other than GET: 405) with the
+    pages' headers: they went out without them (cacheable, no Content-Security-Policy)."""
+    if not isinstance(error, HTTPException):  # registered for HTTPException only
+        raise error
+    headers = {**SECURITY_HEADERS, **(error.headers or {})}
+    return PlainTextResponse(error.detail, status_code=error.status_code, headers=headers)
+
+
+def _internal_error(request: Request, error: Exception) -> Response:
+    """A fault no page expected: one line for the browser (the server's log has the rest)."""
+    message = "internal error: see the server's log"
+    return PlainTextResponse(message, status_code=500, headers=SECURITY_HEADERS)

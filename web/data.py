@@ -17,9 +17,9 @@ from typing import Any
 
 import duckdb
 
-from projections.errors import AmbiguousVersionError, UnknownVersionError
+from projections.errors import AmbiguousVersionError, ProjectionError, UnknownVersionError
 from projections.readonly import reader
-from projections.store import VersionInfo, is_lock_error, rows_as_dicts, versions_of
+from projections.store import VersionInfo, is_lock_error, refuse_other_header, rows_as_dicts, versions_of
 from projections.store import find_version as store_find_version
 from web.errors import BadRequestError, NotFoundError, WebError
 
@@ -75,6 +75,17 @@ def check_database(path: Path) -> None:
         raise WebError(f"{path}: no projection database yet (run `crm-ledger project` or `crm-ledger demo`)")
     if not path.is_file():
         raise WebError(f"{path}: not a file; --db names the projection database file (projections.duckdb)")
+    try:
+        # The header first: DuckDB itself took another program's file for its own (an SQLite
+        # ledger named by mistake) and went to download an extension to read it. Not through
+        # the store's connect, which looks once per process: a file replaced while served is
+        # looked at by the first page that opens it.
+        refuse_other_header(path)
+    except ProjectionError:
+        raise WebError(
+            f"{path}: not a DuckDB database that can be opened read-only (another program's file: "
+            "--db names the projection database, projections.duckdb)"
+        ) from None
     try:
         duckdb.connect(str(path), read_only=True).close()
     except duckdb.Error as error:

@@ -18,12 +18,13 @@ interface by default) and show every team.
 from __future__ import annotations
 
 import contextlib
+import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from argon2 import PasswordHasher
+from argon2 import Parameters, PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from web.errors import WebError
@@ -47,6 +48,9 @@ class User:
         return self.role == "auditor"
 
 
+#: Password checks run at once at most (argon2id takes 64 MiB each, with the recommended parameters).
+MAX_CONCURRENT_CHECKS = 4
+
 #: The user of a server started without a users file (on the loopback interface by default).
 LOCAL_USER = User("local", "auditor", frozenset())
 
@@ -63,6 +67,10 @@ class Users:
     def __init__(self, entries: Mapping[str, _Entry]) -> None:
         self._entries = dict(entries)
         self._hasher = PasswordHasher()
+        self._dummy_hash = _dummy_hash([e.password_hash for e in self._entries.values()])
+        # Each check takes argon2's 64 MiB: every request thread checking at once (a burst of
+        # wrong passwords) took gigabytes; the others wait their turn.
+        self._checking = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 
     @classmethod
     def load(cls, path: Path) -> Users:
@@ -89,21 +97,36 @@ class Users:
                 raise WebError(f"{path}: users.{name}.teams: expected a list of team ids")
             if role == "lead" and not teams:
                 raise WebError(f"{path}: users.{name}.teams: a lead needs at least one team")
+            if not name or not name.isprintable() or ":" in name:
+                # HTTP Basic sends "name:password": a name with a colon could never sign in,
+                # and an empty one is anybody who leaves the name blank.
+                raise WebError(
+                    f"{path}: users.{name!r}: a user name is printable text without ':' (HTTP Basic)"
+                )
+            try:
+                extract_parameters(password)
+            except InvalidHashError:
+                # Such a user could never sign in, and the refusal, at once, would tell that
+                # the name exists (other wrong passwords cost a hash's time).
+                raise WebError(
+                    f"{path}: users.{name}.password: not a whole argon2 hash (crm-ledger hash-password)"
+                ) from None
             entries[name] = _Entry(User(name, role, frozenset(teams)), password)
         return cls(entries)
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user when the password matches its hash; None otherwise (unknown name alike)."""
         entry = self._entries.get(name)
-        if entry is None:
-            # Spend the same effort for unknown names: timing does not tell who exists.
-            with contextlib.suppress(VerificationError):
-                self._hasher.verify(_DUMMY_HASH, password)
-            return None
-        try:
-            self._hasher.verify(entry.password_hash, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return None
+        with self._checking:
+            if entry is None:
+                # Spend the same effort for unknown names: timing does not tell who exists.
+                with contextlib.suppress(VerificationError):
+                    self._hasher.verify(self._dummy_hash, password)
+                return None
+            try:
+                self._hasher.verify(entry.password_hash, password)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return None
         return entry.user
 
 
@@ -118,4 +141,18 @@ def hash_password(password: str) -> str:
     return PasswordHasher().hash(password)
 
 
-_DUMMY_HASH = PasswordHasher().hash("not a password anyone has")
+def _dummy_hash(hashes: list[str]) -> str:
+    """A hash to check the passwords of unknown names against, made with the parameters most
+    of the file's hashes have (memory, time, lanes): made with the library's defaults, it cost
+    another time than the users' own hashes from elsewhere, which told whether a name exists."""
+    known = [p for p in map(_parameters, hashes) if p is not None]  # (Parameters is unhashable)
+    common = max(known, key=known.count, default=None)
+    hasher = PasswordHasher() if common is None else PasswordHasher.from_parameters(common)
+    return hasher.hash("not a password anyone has")
+
+
+def _parameters(password_hash: str) -> Parameters | None:
+    try:
+        return extract_parameters(password_hash)
+    except InvalidHashError:
+        return None

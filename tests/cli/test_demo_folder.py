@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_cli.demo import _recreate
+from crm_cli.demo import DEMO_MARK, _recreate
 from crm_ledger.errors import CrmLedgerError
 
 
@@ -42,6 +42,25 @@ def test_an_earlier_demo_folder_is_recreated_empty(tmp_path: Path) -> None:
     for name in ("history.jsonl", "rejects.jsonl", "ledger.sqlite", "ledger.sqlite-wal", "projections.duckdb"):
         (folder / name).write_text("x")
     _recreate(folder)
-    assert folder.is_dir() and not any(folder.iterdir())
+    assert folder.is_dir() and [p.name for p in folder.iterdir()] == [DEMO_MARK]
     _recreate(tmp_path / "new" / "demo")
-    assert (tmp_path / "new" / "demo").is_dir()
+    assert (tmp_path / "new" / "demo" / DEMO_MARK).is_file()
+
+
+def test_a_ledgers_own_folder_is_never_taken_for_a_demos(tmp_path: Path) -> None:
+    # `.crm-ledger` holds only names a demo writes too: `demo --dir .crm-ledger` emptied it,
+    # the ledger (the facts every read model is built from) lost.
+    folder = tmp_path / ".crm-ledger"
+    (folder / "projections.log" / "ledger").mkdir(parents=True)
+    for name in ("ledger.sqlite", "projections.duckdb", "rejects.jsonl"):
+        (folder / name).write_text("the ledger's")
+    with pytest.raises(CrmLedgerError, match="holds a ledger or projection database no demo made"):
+        _recreate(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ledger.sqlite", "projections.duckdb", "projections.log", "rejects.jsonl"
+    ]
+    # A demo's own folder is marked, and recreated.
+    _recreate(tmp_path / "demo")
+    (tmp_path / "demo" / "ledger.sqlite").write_text("a demo's")
+    _recreate(tmp_path / "demo")
+    assert [p.name for p in (tmp_path / "demo").iterdir()] == [DEMO_MARK]

@@ -110,3 +110,23 @@ def test_a_ctrl_c_while_heavy_modules_import_is_raised_once_they_are_loaded() ->
     assert signal.getsignal(signal.SIGINT) is before
     with interrupt_after():
         pass  # nothing held: nothing raised
+
+
+def test_a_closed_standard_output_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # Python makes a stream the process was started without None: the command line's set-up
+    # (`sys.stdout.isatty()`) failed on it with a traceback, whatever the command.
+    def closed(stream: int) -> Any:
+        return lambda: os.close(stream)
+
+    shown = subprocess.run(
+        [*CLI, "generate", "--customers", "1", "--out", "-"], preexec_fn=closed(1), capture_output=False,
+        stderr=subprocess.PIPE, text=True, check=False,
+    )
+    assert shown.returncode == 1 and shown.stderr == "error: standard output is closed\n", shown.stderr
+    # Written to a file, a command needs no standard output; nor one to tell it anything.
+    out = tmp_path / "h.jsonl"
+    for stream in (1, 2):
+        quiet = subprocess.run(
+            [*CLI, "generate", "--customers", "1", "--out", str(out)], preexec_fn=closed(stream), check=False
+        )
+        assert quiet.returncode == 0 and out.stat().st_size > 0, stream

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socketserver
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
 
+import click
 import pytest
 
 from crm_ledger.settings import Settings
@@ -328,6 +331,82 @@ def test_number_options_refuse_nan_and_query_refuses_empty_sql(tmp_path: Path) -
     # A moment is the option's usage error (it was "field 'as_of'", as if a record's).
     moment = run_cli("replay", "--metrics", str(DEFAULT_SPEC), "--as-of", "garbage", env=env)
     assert moment.returncode == 2 and "Invalid value for '--as-of': not an ISO-8601" in moment.stderr
+
+
+def test_generate_and_demo_refuse_histories_they_cannot_make(tmp_path: Path) -> None:
+    """A history ending past 9998-12 was a traceback (its end no date); more employees than
+    join before it starts joined after their first cases; a demo running past its 24 months
+    of goals, or into the future, failed half way, its history already ingested."""
+    out = str(tmp_path / "h.jsonl")
+    for args, phrase in (
+        (["generate", "--months", "100000", "--out", out], "100000 months from 2025-01 end in 10358-04, after 9998-12"),
+        (["generate", "--start", "9998-12", "--months", "2", "--out", out], "end in 9999-01, after 9998-12"),
+        (["generate", "--employees", "43201", "--out", out], "'--employees': 43201 is more than"),
+        (["generate", "--customers", "3000001", "--out", out], "'--customers': 3000001 is more than"),
+        (["demo", "--dir", str(tmp_path / "d"), "--months", "25"], "25 is not in the range 1<=x<=24"),
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2 and phrase in result.stderr and "Traceback" not in result.stderr, args
+    assert not (tmp_path / "h.jsonl").exists() and not (tmp_path / "d").exists()
+
+
+def test_service_ports_are_ports_they_can_be_found_on(tmp_path: Path) -> None:
+    # Port 0 had `registry up` wait its 120 s for an answer on port 0; 99999 was handed to Java;
+    # Kafka's controller listens on port+1.
+    for args in (["registry", "up", "--port", "0"], ["registry", "status", "--port", "99999"], ["kafka", "up", "--port", "65535"]):
+        result = run_cli(*args, "--data", str(tmp_path / "data"))
+        assert result.returncode == 2 and "Invalid value for '--port'" in result.stderr, args
+    assert not (tmp_path / "data").exists()
+
+
+def test_hash_password_without_an_answer_is_a_failure_not_an_interruption() -> None:
+    # The end of its input was "aborted", exit 130, as if Ctrl-C had been pressed.
+    for given in ("", "a-long-password\n"):  # nothing; no second line for the confirmation
+        result = subprocess.run([*CLI, "hash-password"], input=given, capture_output=True, text=True, check=False)
+        _one_line_error(result, "the input ended before the prompt was answered")
+    both = subprocess.run(
+        [*CLI, "hash-password"], input="a-long-password\n" * 2, capture_output=True, text=True, check=False
+    )
+    assert both.returncode == 0 and both.stdout.startswith("$argon2id$")
+
+
+def test_publish_to_a_port_that_answers_no_kafka_gives_up_at_the_broker_timeout(tmp_path: Path) -> None:
+    # A bootstrap address naming another service (a web server, the registry's port) took the
+    # Kafka client's own 30 s whatever CRM_LEDGER_BROKER_TIMEOUT said.
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    run_cli("project", env=env, check=True)
+
+    class NoKafka(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.recv(1024)
+            self.request.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), NoKafka) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        bootstrap = f"127.0.0.1:{server.server_address[1]}"
+        started = time.monotonic()
+        result = run_cli("publish", env={**env, "CRM_LEDGER_BOOTSTRAP": bootstrap, "CRM_LEDGER_BROKER_TIMEOUT": "2"})
+        took = time.monotonic() - started
+        server.shutdown()
+    _one_line_error(result, f"Kafka at {bootstrap} did not answer", code=75)
+    assert took < 15, took
+
+
+def test_publish_never_creates_a_missing_projection_database(tmp_path: Path) -> None:
+    # It made an empty database at a mistyped --db, then said no version was promoted.
+    result = run_cli("--db", str(tmp_path / "typo.duckdb"), "publish", env=_env(tmp_path))
+    _one_line_error(result, "typo.duckdb: no projection database yet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_demo_history_that_would_run_into_the_future_is_refused() -> None:
+    from crm_cli.cli import _history_fits
+
+    with click.Context(click.Command("demo")), pytest.raises(click.BadParameter, match=r"after 2026-11 \(this month\)"):
+        _history_fits("2025-01", 24, until="2026-11")
+    with click.Context(click.Command("demo")):
+        _history_fits("2025-01", 23, until="2026-11")
 
 
 @pytest.mark.parametrize(

@@ -118,3 +118,15 @@ def _skills(**kwargs: object) -> dict[str, float]:
     for _ in generator.events():
         pass
     return {e.employee_id: e.skill for e in generator.employees}
+
+
+def test_the_last_month_and_the_size_limits_keep_the_history_in_time_order() -> None:
+    from importers.generator import last_month
+    from importers.sizes import MAX_EMPLOYEES
+
+    assert last_month("2025-01", 1) == "2025-01" and last_month("2025-11", 3) == "2026-01"
+    assert last_month("2025-01", 100_000) == "10358-04"  # past 9999: the caller refuses it
+    # The last of the most employees still joins before the history's first day.
+    lines = _generate(customers=1, employees=MAX_EMPLOYEES, months=1, seed=1).splitlines()
+    joined = [json.loads(line)["occurred_at"] for line in lines if '"EmployeeJoined"' in line]
+    assert len(joined) == MAX_EMPLOYEES and max(joined) < "2025-01-01"

@@ -573,3 +573,21 @@ def test_a_spec_file_with_a_byte_order_mark_reads_and_one_in_utf16_is_refused(tm
     wide.write_text(DEFAULT_TEXT, encoding="utf-16")
     with pytest.raises(SpecError, match=r"wide\.toml.*not UTF-8 text"):
         load_spec(wide)
+
+
+def test_a_rank_correlation_that_is_undefined_is_null_in_json_and_said_in_the_table(tmp_path: Path) -> None:
+    # One employee a month: the ranks do not vary, DuckDB's corr() is NaN, and `--format json`
+    # wrote NaN, which no strict JSON parser (jq, a browser's) takes; the table said "nan".
+    folder = tmp_path / "demo"
+    run_cli("demo", "--dir", str(folder), "--customers", "3", "--employees", "1", "--months", "1", check=True)
+    env = {"CRM_LEDGER_STORE": str(folder / "ledger.sqlite"), "CRM_LEDGER_DB": str(folder / "projections.duckdb")}
+    run_cli("replay", "--metrics", str(weights_only(tmp_path)), "--name", "weights", env=env, check=True)
+    shown = run_cli("diff", "default", "weights", "--format", "json", env=env, check=True)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is no JSON")
+
+    summary = json.loads(shown.stdout, parse_constant=refuse)["summary"]
+    assert summary["rows_compared"] == 1 and summary["spearman_rank_correlation"] is None
+    table = run_cli("diff", "default", "weights", env=env, check=True)
+    assert "Spearman rank correlation undefined (the ranks do not vary)" in table.stdout

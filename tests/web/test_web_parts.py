@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import socket
+import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
+from argon2 import PasswordHasher, extract_parameters
 
 from tests.helpers import start_cli
+from web import data
+from web.app import SECURITY_HEADERS, create_app
 from web.charts import Series, Target, bar_chart, line_chart
+from web.data import check_database
 from web.errors import WebError
 from web.pages import id_fields, page_link, path_segment, statement_link
-from web.users import LOCAL_USER, Users, hash_password
+from web.users import LOCAL_USER, MAX_CONCURRENT_CHECKS, Users, hash_password
 
 
 def test_users_file_roles_teams_and_passwords(tmp_path: Path) -> None:
@@ -36,6 +45,9 @@ def test_users_file_roles_teams_and_passwords(tmp_path: Path) -> None:
             hash_password(weak)
 
 
+_HASH = hash_password("a-long-password")
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [
@@ -45,6 +57,10 @@ def test_users_file_roles_teams_and_passwords(tmp_path: Path) -> None:
         ('[users.a]\npassword = "$argon2id$x"\nteams = "t1"\n', "expected a list of team ids"),
         ("nothing = 1\n", "no [users.NAME] tables"),
         ("[users\n", "cannot read the users file"),
+        # A user who could never sign in (a broken hash, a name HTTP Basic cannot carry).
+        ('[users.a]\npassword = "$argon2id$x"\nrole = "auditor"\n', "users.a.password: not a whole argon2 hash"),
+        (f'[users."a:b"]\npassword = "{_HASH}"\nrole = "auditor"\n', "users.'a:b': a user name is printable"),
+        (f'[users.""]\npassword = "{_HASH}"\nrole = "auditor"\n', "users.'': a user name is printable"),
     ],
 )
 def test_a_bad_users_file_is_one_clear_error(tmp_path: Path, text: str, words: str) -> None:
@@ -117,3 +133,97 @@ def test_serve_on_an_ipv6_address_announces_an_address_a_browser_takes(tmp_path:
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_serve_refuses_another_programs_database_without_asking_duckdb(tmp_path: Path) -> None:
+    # DuckDB took an SQLite file (the ledger named by --db by mistake) for one of its
+    # extensions' and went to download that extension before refusing it.
+    store = tmp_path / "ledger.sqlite"
+    with contextlib.closing(sqlite3.connect(store)) as con:
+        con.execute("CREATE TABLE t (x)")
+        con.commit()
+    with pytest.raises(WebError, match=r"ledger\.sqlite: not a DuckDB database that can be opened read-only \(another"):
+        check_database(store)
+    duckdb.connect(str(tmp_path / "p.duckdb")).close()
+    check_database(tmp_path / "p.duckdb")
+
+
+def _asgi(app: Any, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request to the application, without a server (the status, headers and body sent)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+        "headers": [], "http_version": "1.1", "scheme": "http", "server": ("test", 80),
+        "client": ("test", 1), "root_path": "",
+    }
+    with contextlib.suppress(RuntimeError):  # a 500 is sent, then its error raised again
+        asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_every_answer_carries_the_pages_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The router's 404 and 405 went out without them (cacheable, no Content-Security-Policy).
+    db = tmp_path / "p.duckdb"
+    duckdb.connect(str(db)).close()
+    app = create_app(db)
+    monkeypatch.setattr(data, "versions", lambda _con: (_ for _ in ()).throw(RuntimeError("boom")))
+    for method, path, status in (("GET", "/nope", 404), ("POST", "/", 405), ("GET", "/", 500)):
+        got, headers, body = _asgi(app, method, path)
+        assert got == status, (method, path, got)
+        assert {k.lower(): v for k, v in SECURITY_HEADERS.items()}.items() <= headers.items(), (method, path)
+        assert b"Traceback" not in body and b"boom" not in body
+    assert set(_asgi(app, "POST", "/")[1]["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_password_checks_run_a_few_at_a_time(tmp_path: Path) -> None:
+    # Every request thread hashed at once: 60 wrong passwords in a burst took 1.3 GB.
+    path = tmp_path / "users.toml"
+    path.write_text(f'[users.rita]\npassword = "{_HASH}"\nrole = "auditor"\n')
+    users = Users.load(path)
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = users._hasher
+
+    class Counting:
+        def verify(self, hash_: str, password: str) -> bool:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            try:
+                return real.verify(hash_, password)
+            finally:
+                with lock:
+                    running -= 1
+
+    users._hasher = Counting()  # type: ignore[assignment]
+    threads = [
+        threading.Thread(target=users.authenticate, args=(name, "wrong-password")) for name in ["rita", "x"] * 8
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == MAX_CONCURRENT_CHECKS
+    assert users.authenticate("rita", "a-long-password") is not None
+
+
+def test_unknown_names_cost_what_the_files_own_hashes_cost(tmp_path: Path) -> None:
+    # The stand-in for unknown names was made with the library's defaults: against a file's
+    # hashes made elsewhere, with other costs, the time of a refusal told whether a name exists.
+    costlier = PasswordHasher(time_cost=6, memory_cost=32_768, parallelism=2).hash("a-long-password")
+    path = tmp_path / "users.toml"
+    path.write_text(f'[users.rita]\npassword = "{costlier}"\nrole = "auditor"\n')
+    users = Users.load(path)
+    assert extract_parameters(users._dummy_hash) == extract_parameters(costlier)
+    assert users.authenticate("nobody", "a-long-password") is None
+    assert users.authenticate("rita", "a-long-password") is not None
