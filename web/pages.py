@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -89,8 +90,12 @@ def id_fields(item_id: Any, **fields: Any) -> dict[str, Any]:
 
 
 def fmt_number(value: Any, digits: int = 2) -> str:
-    """A number for a table: a dash when missing, no trailing noise."""
-    if value is None:
+    """A number for a table: a dash when missing or undefined, no trailing noise.
+
+    Undefined is a NaN: a rank correlation over values that never change has none (the read
+    model holds NaN, as DuckDB's `corr` gives); "nan" means nothing to a reader.
+    """
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -102,8 +107,8 @@ def fmt_number(value: Any, digits: int = 2) -> str:
 
 
 def fmt_rate(value: Any) -> str:
-    """A 0..1 share as a percentage."""
-    if value is None:
+    """A 0..1 share as a percentage (a dash when missing or undefined)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{100 * float(value):.1f}%"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import socket
 import sqlite3
@@ -21,7 +22,7 @@ from web.app import SECURITY_HEADERS, create_app
 from web.charts import Series, Target, bar_chart, line_chart
 from web.data import check_database
 from web.errors import WebError
-from web.pages import id_fields, page_link, path_segment, statement_link
+from web.pages import fmt_number, fmt_rate, id_fields, page_link, path_segment, statement_link
 from web.users import LOCAL_USER, MAX_CONCURRENT_CHECKS, Users, hash_password
 
 
@@ -227,3 +228,9 @@ def test_unknown_names_cost_what_the_files_own_hashes_cost(tmp_path: Path) -> No
     assert extract_parameters(users._dummy_hash) == extract_parameters(costlier)
     assert users.authenticate("nobody", "a-long-password") is None
     assert users.authenticate("rita", "a-long-password") is not None
+
+
+def test_an_undefined_number_is_a_dash_not_nan() -> None:
+    """A rank correlation over values that never change is NaN in the read model."""
+    assert [fmt_number(v) for v in (math.nan, math.inf, None, 0.5, 3)] == ["–", "–", "–", "0.50", "3"]
+    assert [fmt_rate(v) for v in (math.nan, None, 0.25)] == ["–", "–", "25.0%"]
