@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crm_ledger.errors import CrmLedgerError
+from crm_ledger.errors import CrmLedgerError, TransientError
 
 
 class SchemaError(CrmLedgerError):
@@ -25,6 +25,11 @@ class EncodeError(CrmLedgerError):
 
 class RegistryError(CrmLedgerError):
     """A schema registry could not be reached or answered with an unexpected error."""
+
+
+class RegistryUnavailableError(RegistryError, TransientError):
+    """The schema registry did not answer: worth running again once it is up (exit 75, as an
+    unreachable broker or store)."""
 
 
 class RegistryMismatchError(RegistryError):

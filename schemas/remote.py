@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from schemas.errors import RegistryError
+from schemas.errors import RegistryError, RegistryUnavailableError
 
 APICURIO_CCOMPAT_PATH = "/apis/ccompat/v7"
 _JSON = "application/vnd.schemaregistry.v1+json"
@@ -106,7 +106,8 @@ class RemoteRegistry:
             detail = error.read().decode(errors="replace")[:500]
             raise RegistryError(f"schema registry {method} {path}: HTTP {error.code}: {detail}") from None
         except (OSError, urllib.error.URLError) as error:
-            raise RegistryError(f"schema registry at {self.url} is not reachable: {error}") from None
+            unreachable = f"schema registry at {self.url} is not reachable: {error}"
+            raise RegistryUnavailableError(unreachable) from None
         except ValueError as error:  # http.client.InvalidURL: a URL the check let through
             raise RegistryError(f"schema registry URL {self.url!r} is not usable: {error}") from None
         try:

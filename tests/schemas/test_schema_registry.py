@@ -133,7 +133,7 @@ def test_id_taken_by_another_schema_is_a_conflict(pushed_registry_url: str, tmp_
 
 def test_unreachable_registry_is_a_one_line_error() -> None:
     result = run_cli("schemas", "check", "--registry", "http://127.0.0.1:9/apis/ccompat/v7")
-    assert result.returncode == 1
+    assert result.returncode == 75  # transient, as an unreachable broker
     assert (
         result.stderr.startswith("error: schema registry at http://127.0.0.1:9")
         and "Traceback" not in result.stderr
