@@ -631,6 +631,10 @@ def _ingest_files(
         name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
         with progress_bar(f"ingest {name}", _total_input(paths)) as reporter:
             total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
+    except BaseException:
+        # The run is to be made again (a full disk, Ctrl-C): it writes its rejects again then.
+        sink.discard()
+        raise
     finally:
         sink.close()
     click.echo(total.line())

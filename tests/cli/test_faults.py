@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -18,7 +19,15 @@ from ledger.application import LedgerApplication
 from ledger.records import RecordParser
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB
-from tests.helpers import CLI, cpu_seconds, ledger_content, run_cli, run_cli_on_terminal, wait_for
+from tests.helpers import (
+    CLI,
+    cpu_seconds,
+    ledger_content,
+    run_cli,
+    run_cli_on_full_disk,
+    run_cli_on_terminal,
+    wait_for,
+)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -294,6 +303,33 @@ def test_a_rejects_file_that_cannot_be_written_stops_the_run_before_anything_lan
     rejects = tmp_path / "rejects.jsonl"
     done = run_cli("ingest", str(clean), "--rejects", str(rejects), env=env)
     assert "rejected 0" in done.stdout and not rejects.exists(), done.stdout
+
+
+def test_a_full_disk_under_the_rejects_file_leaves_it_as_it_was_and_a_rerun_writes_each_reject_once(
+    tmp_path: Path,
+) -> None:
+    """A full disk cut the rejects file's last line short, the error named no file, and the
+    run made again appended all its rejects after the lines the failed run had left: a broken
+    line, and the first rejects twice."""
+    env = _env(tmp_path)
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=200, employees=6, months=2, seed=4, invalid_rate=0.1), handle)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    rejects = disk / "rejects.jsonl"
+    earlier = '{"record": "an earlier run"}\n'
+    rejects.write_text(earlier)
+    full = run_cli_on_full_disk(disk, 16_384, "ingest", str(history), "--rejects", str(rejects), env=env)
+    _one_line_error(full, "disk full", str(rejects), "run the same command again")
+    assert rejects.read_text() == earlier
+    done = run_cli("ingest", str(history), "--rejects", str(rejects), env=env)
+    assert done.returncode == 1 and "rejected 0" not in done.stdout, (done.stdout, done.stderr)
+    refused = int(done.stdout.split("rejected ")[1].split(",")[0])
+    lines = rejects.read_text().splitlines()
+    assert lines[0] == earlier.strip()
+    entries = [json.loads(line)["record"] for line in lines[1:]]
+    assert len(entries) == len(set(entries)) == refused > 40
 
 
 def test_a_table_on_the_terminal_shows_the_first_thousand_rows_and_says_so(tmp_path: Path) -> None:
