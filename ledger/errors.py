@@ -36,5 +36,9 @@ class CheckpointError(CrmLedgerError):
     """A checkpoint given by hand cannot be read."""
 
 
+class SpillError(CrmLedgerError):
+    """A large run's sorted records could not be spilled to the temporary folder (TMPDIR)."""
+
+
 class WriteProcessError(CrmLedgerError):
     """The process that writes an ingest's batches failed in a way its own error cannot tell."""
