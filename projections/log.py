@@ -17,9 +17,13 @@ snapshot) and `register_log()` (the same, as a relation named on a DuckDB connec
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +93,71 @@ DEAD_LETTER_COLUMNS = (
     "value",
     "seen_at",
 )
+
+
+#: The first line of a Rust panic's report ("thread 'tokio-rt-worker' (123) panicked at ...").
+_PANIC = re.compile(rb"^thread '[^'\n]*' (?:\(\d+\) )?panicked at ", re.MULTILINE)
+#: The line that ends a panic's report ("note: run with `RUST_BACKTRACE=1` ...").
+_NOTE = re.compile(rb"^note: [^\n]*(?:\n|$)", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def native_panics_hidden() -> Iterator[None]:
+    """Keep delta-rs' panic reports off stderr while a write of the log runs and fails.
+
+    A write that fails (a full disk) makes a background task of delta-rs panic too ("Already
+    shut down", in object_store's buffered writer): Rust prints that report straight to file
+    descriptor 2, lines before the write's own error, which the CLI tells in one line. So
+    descriptor 2 goes to a pipe for the write; when the write raised, the panic reports are
+    dropped (the report is printed before the write returns); anything else written there
+    meanwhile is passed on afterwards, as it came.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    reading, writing = os.pipe()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while data := os.read(reading, 1 << 16):
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, name="native-stderr", daemon=True)
+    reader.start()
+    os.dup2(writing, 2)
+    os.close(writing)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        os.dup2(saved, 2)  # the pipe's last writer closed: the reader sees its end
+        os.close(saved)
+        # Unless a process started meanwhile holds it as its stderr: not waited for then.
+        reader.join(timeout=2.0)
+        if not reader.is_alive():
+            os.close(reading)
+        text = b"".join(chunks)
+        if failed:
+            text = _without_panics(text)
+        if text:
+            with contextlib.suppress(OSError):
+                os.write(2, text)
+
+
+def _without_panics(text: bytes) -> bytes:
+    """`text` without Rust panic reports: each from its "thread '...' panicked at" line (and
+    the blank line Rust puts before it) to its closing "note: ..." line, or to the end."""
+    while (found := _PANIC.search(text)) is not None:
+        before = text[: found.start()]
+        blank = before == b"\n" or before.endswith(b"\n\n")
+        start = found.start() - 1 if blank else found.start()
+        note = _NOTE.search(text, found.end())
+        end = note.end() if note is not None else len(text)
+        text = text[:start] + text[end:]
+    return text
 
 
 def log_slug(source: str) -> str:
@@ -252,16 +321,17 @@ class DecodedLog:
 
         def write(snapshot: DeltaTable, retries: int | None = None) -> None:
             based_on.append(int(snapshot.version()))
-            write_deltalake(
-                snapshot,
-                table,
-                mode="append",
-                writer_properties=writer_properties(),
-                commit_properties=CommitProperties(
-                    app_transactions=[Transaction(p.stream, p.offset) for p in positions],
-                    max_commit_retries=retries,
-                ),
-            )
+            with native_panics_hidden():
+                write_deltalake(
+                    snapshot,
+                    table,
+                    mode="append",
+                    writer_properties=writer_properties(),
+                    commit_properties=CommitProperties(
+                        app_transactions=[Transaction(p.stream, p.offset) for p in positions],
+                        max_commit_retries=retries,
+                    ),
+                )
 
         if expected is None:
             write(self.table())

@@ -158,6 +158,27 @@ def test_a_decoded_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
     assert run_cli("project", env=env).returncode == 0
 
 
+def test_a_full_disk_under_the_decoded_log_is_one_line_and_the_rerun_builds_it_whole(tmp_path: Path) -> None:
+    """A write of the decoded log that met a full disk made a background task of delta-rs
+    panic too, and Rust's report of it (a thread, a path in a crate's source, and with
+    RUST_BACKTRACE a backtrace) came before the error line."""
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    on_disk = {**env, "CRM_LEDGER_DB": str(disk / "p.duckdb")}
+    for backtrace in ("0", "1"):
+        full = run_cli_on_full_disk(disk, 100_000, "project", env={**on_disk, "RUST_BACKTRACE": backtrace})
+        _one_line_error(full, "decoded log", "disk full", "run the same command again")
+        assert len(full.stderr.strip().splitlines()) == 1, full.stderr
+    run_cli("project", env=on_disk, check=True)
+    counts = "SELECT (SELECT count(*) FROM customer_profile), (SELECT count(*) FROM reward_score), " \
+        "(SELECT count(*) FROM ledger_events)"
+    expected = run_cli("query", "--format", "csv", counts, env=env, check=True).stdout
+    assert run_cli("query", "--format", "csv", counts, env=on_disk, check=True).stdout == expected
+
+
 def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the_source(tmp_path: Path) -> None:
     history = _history(tmp_path)
     env = _env(tmp_path)
