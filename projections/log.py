@@ -233,13 +233,13 @@ class DecodedLog:
         unsafe = delta_unsafe_part(path)
         if unsafe is not None:
             raise ProjectionError(delta_unsafe_advice(f"decoded log {path}", unsafe))
-        if not (path / "_delta_log").exists():
+        if not _created(path):
             path.mkdir(parents=True, exist_ok=True)
             # Several processes may race to create it; whoever loses finds it there.
             try:
                 DeltaTable.create(str(path), LOG_SCHEMA, mode="ignore")
             except Exception:
-                if not (path / "_delta_log").exists():
+                if not _created(path):
                     raise
 
     def table(self, version: int | None = None) -> DeltaTable:
@@ -427,6 +427,15 @@ class DecodedLog:
         return Snapshot(version, self.positions(streams, version))
 
 
+def _created(path: Path) -> bool:
+    """Whether the Delta table at `path` has its first commit. Its folder `_delta_log` alone is
+    not enough: a creation that failed (a full disk) leaves it empty, and that error is then
+    the one to tell, not "No files in log segment" from every later look at it."""
+    commits = path / "_delta_log"
+    # Any commit or checkpoint (the first commit's file goes once a checkpoint outlives it).
+    return commits.is_dir() and any(entry.name.endswith((".json", ".parquet")) for entry in commits.iterdir())
+
+
 def _data_files(table: DeltaTable) -> list[str]:
     """The snapshot's data files as paths Arrow opens: delta-rs gives a local table's files
     percent-encoded (a folder "my logs" as "my%20logs"), which Arrow looked for as they are."""
@@ -489,9 +498,9 @@ def register_logs(
     logs = {}
     for source in sources:
         path = root / log_slug(source)
-        if not (path / "_delta_log").is_dir():
-            # Readers never write: a log not made yet (or not copied with the database) is
-            # not created here; queries on it say the relation is missing.
+        if not _created(path):
+            # Readers never write: a log not made yet (or not copied with the database, or
+            # whose making failed) is not created here; queries on it say the relation is missing.
             continue
         log = DecodedLog(path)
         register_log(connection, source, log)

@@ -21,7 +21,7 @@ from ledger.records import RecordParser
 from projections.append import LogAppender
 from projections.engine import Projector
 from projections.errors import LogMismatchError, ProjectionError, StaleBatchError
-from projections.log import DecodedLog, native_panics_hidden, register_log
+from projections.log import DecodedLog, native_panics_hidden, register_log, register_logs
 from projections.readonly import reader
 from projections.sources import LedgerSource, Position, RawBatch
 from projections.spec import DEFAULT_SPEC, load_spec
@@ -345,3 +345,14 @@ def test_only_the_panic_reports_of_a_failed_write_are_kept_off_stderr(capfd: pyt
     with native_panics_hidden():
         os.write(2, panic)
     assert capfd.readouterr().err == panic.decode()
+
+
+def test_a_log_whose_making_failed_is_made_again_and_readers_leave_it_alone(tmp_path: Path) -> None:
+    """A full disk while the log was made left its `_delta_log` folder empty: every later
+    look took the log as made and failed with "No files in log segment"."""
+    path = tmp_path / "p.log" / "ledger"
+    (path / "_delta_log").mkdir(parents=True)
+    with duckdb.connect() as connection:
+        assert register_logs(connection, tmp_path / "p.log", ["ledger"]) == {}
+    assert list((path / "_delta_log").iterdir()) == []
+    assert DecodedLog(path).version() == 0
