@@ -19,6 +19,7 @@ import duckdb
 from eventsourcing.persistence import PersistenceError
 
 from crm_ledger.settings import Settings, log_root
+from ledger.errors import key_store_of
 
 _AGAIN = "nothing was half-written; run the same command again"
 
@@ -52,7 +53,8 @@ def describe(error: BaseException, settings: Settings | None) -> Fault | None:
         if missing_log(error):
             return Fault(missing_log_advice(settings.projections_db if settings is not None else None))
     if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
-        return _store_fault(str(error), store)
+        keys = key_store_of(error)
+        return _store_fault(str(error), f"key store {keys}" if keys is not None else f"event store {store}")
     if isinstance(error, duckdb.Error):
         return _duckdb_fault(error, db)
     if isinstance(error, MemoryError):
@@ -80,30 +82,31 @@ def _os_fault(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
-def _store_fault(text: str, store: str) -> Fault:
+def _store_fault(text: str, what: str) -> Fault:
+    """`what`: the store at fault, named ("event store PATH", "key store PATH")."""
     lowered = text.lower()
     if "disk is full" in lowered or "no space" in lowered:
-        return Fault(f"event store {store}: disk full: free some space; {_AGAIN}")
+        return Fault(f"{what}: disk full: free some space; {_AGAIN}")
     if "disk i/o error" in lowered:
         return Fault(
-            f"event store {store}: the disk refused a write (full, a file-size limit, or failing): "
+            f"{what}: the disk refused a write (full, a file-size limit, or failing): "
             f"fix that; {_AGAIN}"
         )
     if "readonly" in lowered or "read-only" in lowered:
-        return Fault(f"event store {store} is read-only: check the file's (and its folder's) permissions")
+        return Fault(f"{what} is read-only: check the file's (and its folder's) permissions")
     if "not a database" in lowered or "malformed" in lowered:
-        return Fault(f"event store {store} is damaged ({_first_line(text)}): restore it from a backup")
+        return Fault(f"{what} is damaged ({_first_line(text)}): restore it from a backup")
     if "unable to open" in lowered:
-        return Fault(f"event store {store} cannot be opened: check that its folder exists and is writable")
+        return Fault(f"{what} cannot be opened: check that its folder exists and is writable")
     if "locked" in lowered or "busy" in lowered:
-        return Fault(f"event store {store} stayed busy (another writer); {_AGAIN}", temporary=True)
+        return Fault(f"{what} stayed busy (another writer); {_AGAIN}", temporary=True)
     if "connection" in lowered or "connect" in lowered:
         return Fault(
-            f"event store {store} is unreachable ({_first_line(text)}): start it or fix --store, "
+            f"{what} is unreachable ({_first_line(text)}): start it or fix --store, "
             "then run the same command again",
             temporary=True,
         )
-    return Fault(f"event store {store}: {_first_line(text)}")
+    return Fault(f"{what}: {_first_line(text)}")
 
 
 def _duckdb_fault(error: duckdb.Error, db: str) -> Fault:

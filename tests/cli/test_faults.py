@@ -354,6 +354,20 @@ def test_a_full_disk_under_the_rejects_file_leaves_it_as_it_was_and_a_rerun_writ
     assert len(entries) == len(set(entries)) == refused > 40
 
 
+def test_a_full_disk_under_a_separate_key_store_names_the_key_store(tmp_path: Path) -> None:
+    """The key store's errors were told as the event store's: "event store l.sqlite: disk
+    full" while the event store's disk had room and the key store's had none."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {**_env(tmp_path), "CRM_LEDGER_KEY_STORE": str(disk / "keys.sqlite")}
+    history = _history(tmp_path)
+    full = run_cli_on_full_disk(disk, 0, "ingest", str(history), env=env)
+    _one_line_error(full, f"key store {disk / 'keys.sqlite'}", "disk full", "run the same command again")
+    assert "event store" not in full.stderr
+    run_cli("ingest", str(history), env=env, check=True)
+    assert "chain intact" in run_cli("audit", "verify", env=env, check=True).stdout
+
+
 def test_a_table_on_the_terminal_shows_the_first_thousand_rows_and_says_so(tmp_path: Path) -> None:
     env = _env(tmp_path)
     ProjectionDB(tmp_path / "p.duckdb").close()
