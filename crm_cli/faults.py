@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import duckdb
 from eventsourcing.persistence import PersistenceError
 
+from crm_cli.runtime import STANDARD_OUTPUT
 from crm_ledger.settings import Settings, log_root
 from ledger.errors import key_store_of
 
 _AGAIN = "nothing was half-written; run the same command again"
+_OUTPUT_CUT = "the output is cut short; run the same command again"
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,13 @@ def _first_line(text: str) -> str:
 
 def _os_fault(error: OSError) -> str:
     where = f" ({error.filename})" if error.filename else ""
+    # What went to stdout (`> file`) up to the failure stays there: it is not taken back.
+    again = _OUTPUT_CUT if error.filename == STANDARD_OUTPUT else _AGAIN
     code = error.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return f"disk full{where}: free some space; {_AGAIN}"
+        return f"disk full{where}: free some space; {again}"
     if code == errno.EFBIG:
-        return f"file size limit reached{where} (ulimit -f): raise the limit; {_AGAIN}"
+        return f"file size limit reached{where} (ulimit -f): raise the limit; {again}"
     if code in (errno.EACCES, errno.EPERM):
         return f"permission denied{where}: check the file's owner and mode"
     if code == errno.EROFS:

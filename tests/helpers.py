@@ -81,7 +81,7 @@ cp -a "$under/." "$folder/"
 room=$(( $(stat -f -c '%a * %S' "$folder") - free ))
 if [ "$room" -gt 0 ]; then fallocate -l "$room" "$folder/.filler" || exit 97; fi
 set +e
-"$@"
+if [ -n "$CRM_TEST_STDOUT" ]; then "$@" > "$CRM_TEST_STDOUT"; else "$@"; fi
 code=$?
 rm -f "$folder/.filler"
 find "$under" -mindepth 1 -delete
@@ -91,11 +91,12 @@ exit $code
 
 
 def run_cli_on_full_disk(
-    folder: Path, free: int, *args: str, env: dict[str, str] | None = None
+    folder: Path, free: int, *args: str, env: dict[str, str] | None = None, stdout: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI while `folder` is on a disk (a tmpfs) with only `free` bytes left: real
     ENOSPC, not a file-size limit. The folder's files are on that disk during the run and
-    back in the folder after it. Skipped where a mount namespace cannot be had."""
+    back in the folder after it; `stdout` (a file in it) takes the CLI's stdout. Skipped
+    where a mount namespace cannot be had."""
     if shutil.which("unshare") is None or shutil.which("fallocate") is None:
         pytest.skip("no unshare or fallocate here: no small disk can be mounted")
     merged = {**os.environ, **(env or {})}
@@ -107,6 +108,7 @@ def run_cli_on_full_disk(
     )
     if probe.returncode != 0:
         pytest.skip(f"no small disk can be mounted here: {probe.stderr.strip()}")
+    merged["CRM_TEST_STDOUT"] = str(stdout) if stdout is not None else ""
     return subprocess.run(
         [*unshare, "sh", "-c", _FULL_DISK, "sh", str(folder), str(free), *CLI, *args],
         capture_output=True, text=True, env=merged, check=False,

@@ -91,6 +91,20 @@ def test_output_past_a_file_size_limit_is_one_line(tmp_path: Path) -> None:
         _one_line_error(result, "file size limit")
 
 
+def test_output_onto_a_full_disk_names_standard_output_and_says_it_is_cut_short(tmp_path: Path) -> None:
+    """stdout redirected onto a full disk was "disk full: ...; nothing was half-written":
+    no name, and the file the output went to held its first part."""
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    for args in (["query", "SELECT * FROM range(100000)", "--format", "csv"], ["versions"]):
+        full = run_cli_on_full_disk(disk, 0, *args, env=env, stdout=disk / "out.txt")
+        _one_line_error(full, "disk full (standard output)", "the output is cut short", "run the same command again")
+        assert "half-written" not in full.stderr
+
+
 def test_a_truncated_projection_database_is_one_line(tmp_path: Path) -> None:
     env = _env(tmp_path)
     (tmp_path / "p.duckdb").write_bytes(b"DUCK" + b"\x00" * 100)
