@@ -1804,9 +1804,11 @@ def demo(
     folder: Path, customers: int, employees: int, months: int, seed: int, serve_after: bool, port: int
 ) -> None:
     """The main job on the embedded default: generate, ingest, set goals, project, show read models."""
-    from crm_cli.demo import run_demo
+    from crm_cli.demo import demo_settings, run_demo
     from importers.generator import GeneratorConfig
 
+    # A fault names the demo's own store and database, not the ones --store and --db name.
+    click.get_current_context().find_root().obj = demo_settings(folder)
     settings = run_demo(folder, GeneratorConfig(customers, employees, months, seed), click.echo)
     click.echo(
         f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "
