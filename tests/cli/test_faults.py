@@ -382,6 +382,20 @@ def test_a_full_disk_under_a_separate_key_store_names_the_key_store(tmp_path: Pa
     assert "chain intact" in run_cli("audit", "verify", env=env, check=True).stdout
 
 
+def test_a_store_on_a_full_disk_is_called_full_when_sqlite_says_disk_i_o_error(tmp_path: Path) -> None:
+    """SQLite tells ENOSPC as "disk I/O error" where it grows its shared-memory file (a reader
+    too): on a full disk, every command on the store said "the disk refused a write (full,
+    a file-size limit, or failing)", though its disk had no room at all."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {**_env(tmp_path), "CRM_LEDGER_STORE": str(disk / "l.sqlite")}
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    for args in (["audit", "verify", "--source", "ledger"], ["ingest", str(_history(tmp_path))]):
+        full = run_cli_on_full_disk(disk, 0, *args, env=env)
+        _one_line_error(full, f"event store {disk / 'l.sqlite'}: disk full", "run the same command again")
+    assert "chain intact" in run_cli("audit", "verify", "--source", "ledger", env=env, check=True).stdout
+
+
 def test_a_table_on_the_terminal_shows_the_first_thousand_rows_and_says_so(tmp_path: Path) -> None:
     env = _env(tmp_path)
     ProjectionDB(tmp_path / "p.duckdb").close()
