@@ -97,6 +97,8 @@ DEAD_LETTER_COLUMNS = (
 
 #: The first line of a Rust panic's report ("thread 'tokio-rt-worker' (123) panicked at ...").
 _PANIC = re.compile(rb"^thread '[^'\n]*' (?:\(\d+\) )?panicked at ", re.MULTILINE)
+#: Held while descriptor 2 is redirected (`native_panics_hidden`).
+_STDERR_TURNS = threading.RLock()
 #: The line that ends a panic's report ("note: run with `RUST_BACKTRACE=1` ...").
 _NOTE = re.compile(rb"^note: [^\n]*(?:\n|$)", re.MULTILINE)
 
@@ -112,6 +114,13 @@ def native_panics_hidden() -> Iterator[None]:
     dropped (the report is printed before the write returns); anything else written there
     meanwhile is passed on afterwards, as it came.
     """
+    # Descriptor 2 is the process's: writes of two threads take turns, so that one never
+    # saves (and later puts back) the other's pipe.
+    with _STDERR_TURNS:
+        yield from _panics_hidden()
+
+
+def _panics_hidden() -> Iterator[None]:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         sys.stderr.flush()
     saved = os.dup(2)
