@@ -15,21 +15,35 @@ import signal
 import sys
 
 from crm_cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
-from crm_cli.runtime import interrupt_after, silence_stdout
+from crm_cli.runtime import NamedStdout, interrupt_after, silence_stdout
 
 
 def _stdout_written_whole() -> None:
-    """Under PYTHONUNBUFFERED (python -u) stdout writes straight to its file, and a write the
+    """Give stdout a buffered writer of its own over its file descriptor.
+
+    Under PYTHONUNBUFFERED (python -u) stdout writes straight to its file, and a write the
     reader cut short (`| head`) returns fewer bytes, which the text layer drops without an
     error: the command ended 0 with its output silently cut. A buffered writer in between
-    writes every byte or raises (BrokenPipeError: 141); full lines still go out at once."""
+    writes every byte or raises (BrokenPipeError: 141); full lines still go out at once.
+    And a write that fails (a full disk under `> file`) names no file: this writer's failures
+    name standard output, so the error line says where and that the output is cut short.
+    """
     stream = sys.stdout
-    if not isinstance(stream, io.TextIOWrapper) or not isinstance(stream.buffer, io.FileIO):
+    if not isinstance(stream, io.TextIOWrapper):
         return
+    buffer = stream.buffer
+    raw = buffer.raw if isinstance(buffer, io.BufferedWriter) else buffer
+    if not isinstance(raw, io.FileIO):
+        return  # not a file descriptor's stream (a test's capture): left as it is
+    stream.flush()
+    unbuffered = isinstance(buffer, io.FileIO)
     # closefd=False: the file descriptor stays sys.__stdout__'s too.
-    buffered = io.BufferedWriter(io.FileIO(stream.fileno(), "w", closefd=False))
+    buffered = NamedStdout(io.FileIO(stream.fileno(), "w", closefd=False))
     sys.stdout = io.TextIOWrapper(
-        buffered, encoding=stream.encoding, errors=stream.errors, line_buffering=True
+        buffered,
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=unbuffered or stream.line_buffering,
     )
 
 

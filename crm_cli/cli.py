@@ -672,6 +672,10 @@ def _ingest_files(
         name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
         with progress_bar(f"ingest {name}", _total_input(paths)) as reporter:
             total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
+    except BaseException:
+        # The run is to be made again (a full disk, Ctrl-C): it writes its rejects again then.
+        sink.discard()
+        raise
     finally:
         sink.close()
     click.echo(total.line())
@@ -1856,13 +1860,15 @@ def demo(
     folder: Path, customers: int, employees: int, months: int, seed: int, serve_after: bool, port: int
 ) -> None:
     """The main job on the embedded default: generate, ingest, set goals, project, show read models."""
-    from crm_cli.demo import run_demo
+    from crm_cli.demo import demo_settings, run_demo
     from importers.generator import GeneratorConfig
 
     # Its history starts in a fixed month and its goals are agreed in its months: one running
     # into the future had its events refused, then its goal changes, half way through.
     config = GeneratorConfig(customers, employees, months, seed)
     _history_fits(config.start, months, until=datetime.now(UTC).strftime("%Y-%m"))
+    # A fault names the demo's own store and database, not the ones --store and --db name.
+    click.get_current_context().find_root().obj = demo_settings(folder)
     settings = run_demo(folder, config, click.echo)
     click.echo(
         f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "

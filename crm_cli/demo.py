@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crm_ledger.errors import CrmLedgerError
+from crm_ledger.outputs import replaced_whole
 from crm_ledger.progress import progress_bar
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
@@ -193,7 +194,14 @@ def _recreate(folder: Path) -> None:
 def _made(folder: Path) -> None:
     """Make the demo's folder and mark it as the demo's: only a marked one is recreated."""
     folder.mkdir(parents=True)
-    (folder / DEMO_MARK).write_text("made by crm-ledger demo: recreated by the next one\n", encoding="utf-8")
+    # Whole or absent, and a write that fails (a full disk) names the file.
+    with replaced_whole(folder / DEMO_MARK) as partial:
+        partial.write_text("made by crm-ledger demo: recreated by the next one\n", encoding="utf-8")
+
+
+def demo_settings(folder: Path) -> Settings:
+    """The demo's own store and projection database, in `folder`."""
+    return Settings(store=str(folder / "ledger.sqlite"), projections_db=folder / "projections.duckdb")
 
 
 def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None]) -> Settings:
@@ -202,9 +210,10 @@ def run_demo(folder: Path, config: GeneratorConfig, echo: Callable[[str], None])
     The folder is recreated: only a new one, an empty one or an earlier demo's is accepted.
     """
     _recreate(folder)
-    settings = Settings(store=str(folder / "ledger.sqlite"), projections_db=folder / "projections.duckdb")
+    settings = demo_settings(folder)
     history = folder / "history.jsonl"
-    with history.open("w", encoding="utf-8") as handle:
+    # Whole or absent, and a write that fails (a full disk) names the file.
+    with replaced_whole(history) as partial, partial.open("w", encoding="utf-8") as handle:
         count = write_history(config, handle)
     shape = f"{config.customers} customers, {config.employees} employees, {config.months} months"
     echo(f"1/3 generated {count} records ({shape}) -> {history}")

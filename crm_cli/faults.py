@@ -11,16 +11,23 @@ simply be run again.
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 from eventsourcing.persistence import PersistenceError
 
-from crm_ledger.settings import Settings, log_root
+from crm_cli.runtime import STANDARD_OUTPUT
+from crm_ledger.settings import POSTGRES_SCHEMES, Settings, log_root
+from ledger.errors import key_store_of
 
 _AGAIN = "nothing was half-written; run the same command again"
+_OUTPUT_CUT = "the output is cut short; run the same command again"
+#: Less room than this under a SQLite file that reports a disk I/O error: a full disk.
+_NEARLY_FULL = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,11 @@ def describe(error: BaseException, settings: Settings | None) -> Fault | None:
         if missing_log(error):
             return Fault(missing_log_advice(settings.projections_db if settings is not None else None))
     if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
-        return _store_fault(str(error), store)
+        keys = key_store_of(error)
+        local = keys if keys is not None else settings.store if settings is not None else None
+        full = local is not None and not local.startswith(POSTGRES_SCHEMES) and _nearly_full(Path(local))
+        what = f"key store {keys}" if keys is not None else f"event store {store}"
+        return _store_fault(str(error), what, full=full)
     if isinstance(error, duckdb.Error):
         return _duckdb_fault(error, db)
     if isinstance(error, MemoryError):
@@ -66,11 +77,13 @@ def _first_line(text: str) -> str:
 
 def _os_fault(error: OSError) -> str:
     where = f" ({error.filename})" if error.filename else ""
+    # What went to stdout (`> file`) up to the failure stays there: it is not taken back.
+    again = _OUTPUT_CUT if error.filename == STANDARD_OUTPUT else _AGAIN
     code = error.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return f"disk full{where}: free some space; {_AGAIN}"
+        return f"disk full{where}: free some space; {again}"
     if code == errno.EFBIG:
-        return f"file size limit reached{where} (ulimit -f): raise the limit; {_AGAIN}"
+        return f"file size limit reached{where} (ulimit -f): raise the limit; {again}"
     if code in (errno.EACCES, errno.EPERM):
         return f"permission denied{where}: check the file's owner and mode"
     if code == errno.EROFS:
@@ -80,30 +93,43 @@ def _os_fault(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
-def _store_fault(text: str, store: str) -> Fault:
+def _store_fault(text: str, what: str, *, full: bool = False) -> Fault:
+    """`what`: the store at fault, named ("event store PATH", "key store PATH"); `full`: its
+    disk has next to no room left (`_nearly_full`)."""
     lowered = text.lower()
-    if "disk is full" in lowered or "no space" in lowered:
-        return Fault(f"event store {store}: disk full: free some space; {_AGAIN}")
+    if "disk is full" in lowered or "no space" in lowered or (full and "disk i/o error" in lowered):
+        return Fault(f"{what}: disk full: free some space; {_AGAIN}")
     if "disk i/o error" in lowered:
         return Fault(
-            f"event store {store}: the disk refused a write (full, a file-size limit, or failing): "
+            f"{what}: the disk refused a write (full, a file-size limit, or failing): "
             f"fix that; {_AGAIN}"
         )
     if "readonly" in lowered or "read-only" in lowered:
-        return Fault(f"event store {store} is read-only: check the file's (and its folder's) permissions")
+        return Fault(f"{what} is read-only: check the file's (and its folder's) permissions")
     if "not a database" in lowered or "malformed" in lowered:
-        return Fault(f"event store {store} is damaged ({_first_line(text)}): restore it from a backup")
+        return Fault(f"{what} is damaged ({_first_line(text)}): restore it from a backup")
     if "unable to open" in lowered:
-        return Fault(f"event store {store} cannot be opened: check that its folder exists and is writable")
+        return Fault(f"{what} cannot be opened: check that its folder exists and is writable")
     if "locked" in lowered or "busy" in lowered:
-        return Fault(f"event store {store} stayed busy (another writer); {_AGAIN}", temporary=True)
+        return Fault(f"{what} stayed busy (another writer); {_AGAIN}", temporary=True)
     if "connection" in lowered or "connect" in lowered:
         return Fault(
-            f"event store {store} is unreachable ({_first_line(text)}): start it or fix --store, "
+            f"{what} is unreachable ({_first_line(text)}): start it or fix --store, "
             "then run the same command again",
             temporary=True,
         )
-    return Fault(f"event store {store}: {_first_line(text)}")
+    return Fault(f"{what}: {_first_line(text)}")
+
+
+def _nearly_full(store: Path) -> bool:
+    """Whether the disk under a SQLite file has less than `_NEARLY_FULL` bytes left for its
+    user. SQLite tells ENOSPC as "disk I/O error" where it grows its shared-memory file (as
+    a mere reader too) and in some writes: on a full disk that is the likely cause."""
+    try:
+        stats = os.statvfs(store.parent)
+    except (OSError, ValueError):
+        return False
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
 
 
 def _duckdb_fault(error: duckdb.Error, db: str) -> Fault:

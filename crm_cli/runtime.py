@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 
 class StopFlag:
@@ -69,3 +71,32 @@ def silence_stdout() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
 
+
+
+#: How an error of a write to stdout names it (an `OSError`'s filename).
+STANDARD_OUTPUT = "standard output"
+
+
+class NamedStdout(io.BufferedWriter):
+    """stdout's buffered writer: a write that fails names standard output (the OS error names
+    no file), so that a full disk under `> file` is told as that, not as a store's file."""
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except OSError as error:
+            _raise_named(error)
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as error:
+            _raise_named(error)
+            raise
+
+
+def _raise_named(error: OSError) -> None:
+    # A reader gone away stays what it is (BrokenPipeError: exit 141, no message).
+    if error.filename is None and not isinstance(error, BrokenPipeError):
+        raise OSError(error.errno, error.strerror, STANDARD_OUTPUT) from error

@@ -32,8 +32,26 @@ class KeyStoreError(CrmLedgerError):
     """The personal-data key store cannot be used as configured."""
 
 
+#: Starts the note (PEP 678) that an error of a separate key store carries, followed by its
+#: path: the error keeps its type (a lock is still contention, a duplicate key still a race),
+#: and the CLI names the key store instead of the event store.
+KEY_STORE_NOTE = "in the key store "
+
+
+def key_store_of(error: BaseException) -> str | None:
+    """The separate key store `error` came from (by its note), or None."""
+    for note in getattr(error, "__notes__", ()):
+        if isinstance(note, str) and note.startswith(KEY_STORE_NOTE):
+            return note[len(KEY_STORE_NOTE) :]
+    return None
+
+
 class CheckpointError(CrmLedgerError):
     """A checkpoint given by hand cannot be read."""
+
+
+class SpillError(CrmLedgerError):
+    """A large run's sorted records could not be spilled to the temporary folder (TMPDIR)."""
 
 
 class WriteProcessError(CrmLedgerError):

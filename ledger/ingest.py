@@ -6,6 +6,7 @@ that is killed and started again ends with exactly the ledger of an uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -791,8 +792,10 @@ class RejectSink:
 
     An entry is `{"record": "file:line", "kind": "rejected" | "conflict", "field", "reason",
     "raw"}`; `raw` has customers' personal fields redacted (null when the input could not be
-    parsed and might hold them). Entries are flushed as they are written, so an interrupted
-    run leaves whole lines.
+    parsed and might hold them). Entries are flushed as they are written. A run that fails
+    calls `discard`: the file goes back to what it held before the run, so the run made again
+    writes each of its rejects once (a full disk cut its last line short, and every line it
+    did write would have been written again after it).
     """
 
     def __init__(self, path: Path | None, echo: IO[str] | None = sys.stderr, echo_limit: int = 50) -> None:
@@ -801,8 +804,10 @@ class RejectSink:
         self._echo = echo
         self._echo_limit = echo_limit
         self.count = 0
-        #: Whether `open` created the file (an empty one is not left behind).
+        #: Whether this sink created the file (an empty one is not left behind).
         self._made = False
+        #: The file's size before this run's first line: what `discard` cuts it back to.
+        self._start = 0
 
     def reject(
         self, location: str, error: ValidationError, raw: str | None, *, kind: str = "rejected"
@@ -810,8 +815,8 @@ class RejectSink:
         self.count += 1
         if self._path is not None:
             if self._handle is None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                self._handle = self._path.open("a", encoding="utf-8")
+                self.open()
+            assert self._handle is not None
             entry = {
                 "record": location,
                 "kind": kind,
@@ -824,8 +829,12 @@ class RejectSink:
                 # JSON input can hold unpaired surrogate escapes ("\ud800"), which no UTF-8
                 # file can: the entry keeps them as escapes, which read back the same.
                 line = json.dumps(entry)
-            self._handle.write(line + "\n")
-            self._handle.flush()
+            try:
+                self._handle.write(line + "\n")
+                self._handle.flush()
+            except OSError as failed:
+                # A failed write names no file: the error line must say which one is full.
+                raise OSError(failed.errno, failed.strerror, str(self._path)) from failed
         if self._echo is not None:
             if self.count <= self._echo_limit:
                 field, reason = _shortened(error.field), _shortened(error.reason)
@@ -842,6 +851,23 @@ class RejectSink:
         self._made = not self._path.exists()
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self._path.open("a", encoding="utf-8")
+        self._start = self._handle.tell()
+
+    def discard(self) -> None:
+        """Take back this run's lines (the run failed and is to be made again): the file is cut
+        back to its size before the run, or removed if the run made it. Best effort: a
+        failure here must not hide the run's own error."""
+        if self._path is None or self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        # What is still buffered fails to be written again on a full disk; it is dropped anyway.
+        with contextlib.suppress(OSError):
+            handle.close()
+        with contextlib.suppress(OSError):
+            if self._made:
+                self._path.unlink(missing_ok=True)
+            else:
+                os.truncate(self._path, self._start)
 
     def close(self) -> None:
         if self._handle is not None:

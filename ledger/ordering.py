@@ -18,6 +18,7 @@ than objects) and `unpack` makes it a record again when the runs are merged.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import struct
 import tempfile
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
+from ledger.errors import SpillError
 from ledger.plain_bytes import from_bytes, to_bytes
 
 DEFAULT_RUN_SIZE = 200_000
@@ -103,16 +105,35 @@ def in_time_order(
 
 def _spill(buffer: list[tuple[int, int, T]], spill_dir: Path | None, pack: Callable[[T], Any]) -> IO[bytes]:
     buffer.sort()
-    # Deleted on close (and by the OS if the process dies): nothing is left behind.
-    handle = tempfile.TemporaryFile(prefix="crm-ledger-sort-", dir=spill_dir)  # noqa: SIM115 - returned open
-    for start in range(0, len(buffer), SPILL_CHUNK):
-        part = buffer[start : start + SPILL_CHUNK]
-        chunk = to_bytes([(at, sequence, pack(record)) for at, sequence, record in part])
-        handle.write(_LENGTH.pack(len(chunk)))
-        handle.write(chunk)
-    handle.flush()
-    handle.seek(0)
+    try:
+        # Deleted on close (and by the OS if the process dies): nothing is left behind.
+        handle = tempfile.TemporaryFile(prefix="crm-ledger-sort-", dir=spill_dir)  # noqa: SIM115 - returned open
+    except OSError as error:
+        raise SpillError(_spill_fault(error, spill_dir)) from error
+    try:
+        for start in range(0, len(buffer), SPILL_CHUNK):
+            part = buffer[start : start + SPILL_CHUNK]
+            chunk = to_bytes([(at, sequence, pack(record)) for at, sequence, record in part])
+            handle.write(_LENGTH.pack(len(chunk)))
+            handle.write(chunk)
+        handle.flush()
+        handle.seek(0)
+    except OSError as error:
+        handle.close()
+        raise SpillError(_spill_fault(error, spill_dir)) from error
     return handle
+
+
+def _spill_fault(error: OSError, spill_dir: Path | None) -> str:
+    """What to say when a sorted run cannot be spilled: the file has no name of its own (it is
+    deleted at once), so the line names the folder, and TMPDIR, which chooses it."""
+    folder = spill_dir if spill_dir is not None else tempfile.gettempdir()
+    where = f"the temporary folder {folder} (TMPDIR), where a large run sorts its records,"
+    # The spill comes while the run is read, before any batch is written.
+    again = "nothing was written to the ledger; run the same command again"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where} is full: free space there or set TMPDIR to a folder with room; {again}"
+    return f"{where} cannot be written ({error.strerror or error}): set TMPDIR to a writable folder; {again}"
 
 
 def _read_run(handle: IO[bytes], unpack: Callable[[Any], T]) -> Iterator[tuple[int, int, T]]:

@@ -32,7 +32,7 @@ from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 
 from crm_ledger.outputs import refuse_missing_folder
 from crm_ledger.settings import refuse_foreign_database
-from ledger.errors import KeyStoreError
+from ledger.errors import KEY_STORE_NOTE, KeyStoreError, key_store_of
 from schemas.metadata import shipped
 
 #: Event type -> its personal fields (declared `"crm.personal": true` in the schemas).
@@ -61,6 +61,8 @@ class PersonalDataVault:
         else:
             self._datastore = recorder.datastore  # type: ignore[attr-defined]
             self._sqlite = isinstance(recorder, SQLiteAggregateRecorder)
+        #: The separate key store's path, which its errors are noted with (`_noted`).
+        self._key_store = key_store or None
         self._mark = "?" if self._sqlite else "%s"
         blob = "BLOB" if self._sqlite else "BYTEA"
         with self._transaction() as cursor:
@@ -150,7 +152,7 @@ class PersonalDataVault:
 
     def _load(self, customer_ids: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
-        with self._datastore.transaction(commit=False) as cursor:
+        with self._noted(), self._datastore.transaction(commit=False) as cursor:
             for start in range(0, len(customer_ids), 500):
                 chunk = customer_ids[start : start + 500]
                 marks = ", ".join([self._mark] * len(chunk))
@@ -195,16 +197,27 @@ class PersonalDataVault:
         if self._sqlite:
             # The deleted rows are zeroed in the new WAL frames, but older frames still hold
             # the keys until the log is checkpointed: copy it back and truncate it now.
-            with self._datastore.get_connection(commit=True) as connection:
+            with self._noted(), self._datastore.get_connection(commit=True) as connection:
                 connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         """A committing transaction; on SQLite with deleted content overwritten by zeros."""
-        with self._datastore.transaction(commit=True) as cursor:
+        with self._noted(), self._datastore.transaction(commit=True) as cursor:
             if self._sqlite:
                 cursor.execute("PRAGMA secure_delete = ON")
             yield cursor
+
+    @contextmanager
+    def _noted(self) -> Iterator[None]:
+        """An error of a separate key store says which file it is (a full disk under the key
+        store was told as the event store's): a note, so that its type still decides."""
+        try:
+            yield
+        except Exception as error:
+            if self._key_store is not None and key_store_of(error) is None:
+                error.add_note(f"{KEY_STORE_NOTE}{self._key_store}")
+            raise
 
     def _key(self, customer_id: str) -> bytes | None:
         key = self._cache.get(customer_id)

@@ -17,9 +17,13 @@ snapshot) and `register_log()` (the same, as a relation named on a DuckDB connec
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +93,80 @@ DEAD_LETTER_COLUMNS = (
     "value",
     "seen_at",
 )
+
+
+#: The first line of a Rust panic's report ("thread 'tokio-rt-worker' (123) panicked at ...").
+_PANIC = re.compile(rb"^thread '[^'\n]*' (?:\(\d+\) )?panicked at ", re.MULTILINE)
+#: Held while descriptor 2 is redirected (`native_panics_hidden`).
+_STDERR_TURNS = threading.RLock()
+#: The line that ends a panic's report ("note: run with `RUST_BACKTRACE=1` ...").
+_NOTE = re.compile(rb"^note: [^\n]*(?:\n|$)", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def native_panics_hidden() -> Iterator[None]:
+    """Keep delta-rs' panic reports off stderr while a write of the log runs and fails.
+
+    A write that fails (a full disk) makes a background task of delta-rs panic too ("Already
+    shut down", in object_store's buffered writer): Rust prints that report straight to file
+    descriptor 2, lines before the write's own error, which the CLI tells in one line. So
+    descriptor 2 goes to a pipe for the write; when the write raised, the panic reports are
+    dropped (the report is printed before the write returns); anything else written there
+    meanwhile is passed on afterwards, as it came.
+    """
+    # Descriptor 2 is the process's: writes of two threads take turns, so that one never
+    # saves (and later puts back) the other's pipe.
+    with _STDERR_TURNS:
+        yield from _panics_hidden()
+
+
+def _panics_hidden() -> Iterator[None]:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    reading, writing = os.pipe()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while data := os.read(reading, 1 << 16):
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, name="native-stderr", daemon=True)
+    reader.start()
+    os.dup2(writing, 2)
+    os.close(writing)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        os.dup2(saved, 2)  # the pipe's last writer closed: the reader sees its end
+        os.close(saved)
+        # Unless a process started meanwhile holds it as its stderr: not waited for then.
+        reader.join(timeout=2.0)
+        if not reader.is_alive():
+            os.close(reading)
+        text = b"".join(chunks)
+        if failed:
+            text = _without_panics(text)
+        if text:
+            with contextlib.suppress(OSError):
+                os.write(2, text)
+
+
+def _without_panics(text: bytes) -> bytes:
+    """`text` without Rust panic reports: each from its "thread '...' panicked at" line (and
+    the blank line Rust puts before it) to its closing "note: ..." line, or to the end."""
+    while (found := _PANIC.search(text)) is not None:
+        before = text[: found.start()]
+        blank = before == b"\n" or before.endswith(b"\n\n")
+        start = found.start() - 1 if blank else found.start()
+        note = _NOTE.search(text, found.end())
+        end = note.end() if note is not None else len(text)
+        text = text[:start] + text[end:]
+    return text
 
 
 def log_slug(source: str) -> str:
@@ -164,13 +242,13 @@ class DecodedLog:
         unsafe = delta_unsafe_part(path)
         if unsafe is not None:
             raise ProjectionError(delta_unsafe_advice(f"decoded log {path}", unsafe))
-        if not (path / "_delta_log").exists():
+        if not _created(path):
             path.mkdir(parents=True, exist_ok=True)
             # Several processes may race to create it; whoever loses finds it there.
             try:
                 DeltaTable.create(str(path), LOG_SCHEMA, mode="ignore")
             except Exception:
-                if not (path / "_delta_log").exists():
+                if not _created(path):
                     raise
 
     def table(self, version: int | None = None) -> DeltaTable:
@@ -252,16 +330,17 @@ class DecodedLog:
 
         def write(snapshot: DeltaTable, retries: int | None = None) -> None:
             based_on.append(int(snapshot.version()))
-            write_deltalake(
-                snapshot,
-                table,
-                mode="append",
-                writer_properties=writer_properties(),
-                commit_properties=CommitProperties(
-                    app_transactions=[Transaction(p.stream, p.offset) for p in positions],
-                    max_commit_retries=retries,
-                ),
-            )
+            with native_panics_hidden():
+                write_deltalake(
+                    snapshot,
+                    table,
+                    mode="append",
+                    writer_properties=writer_properties(),
+                    commit_properties=CommitProperties(
+                        app_transactions=[Transaction(p.stream, p.offset) for p in positions],
+                        max_commit_retries=retries,
+                    ),
+                )
 
         if expected is None:
             write(self.table())
@@ -357,6 +436,15 @@ class DecodedLog:
         return Snapshot(version, self.positions(streams, version))
 
 
+def _created(path: Path) -> bool:
+    """Whether the Delta table at `path` has its first commit. Its folder `_delta_log` alone is
+    not enough: a creation that failed (a full disk) leaves it empty, and that error is then
+    the one to tell, not "No files in log segment" from every later look at it."""
+    commits = path / "_delta_log"
+    # Any commit or checkpoint (the first commit's file goes once a checkpoint outlives it).
+    return commits.is_dir() and any(entry.name.endswith((".json", ".parquet")) for entry in commits.iterdir())
+
+
 def _data_files(table: DeltaTable) -> list[str]:
     """The snapshot's data files as paths Arrow opens: delta-rs gives a local table's files
     percent-encoded (a folder "my logs" as "my%20logs"), which Arrow looked for as they are."""
@@ -419,9 +507,9 @@ def register_logs(
     logs = {}
     for source in sources:
         path = root / log_slug(source)
-        if not (path / "_delta_log").is_dir():
-            # Readers never write: a log not made yet (or not copied with the database) is
-            # not created here; queries on it say the relation is missing.
+        if not _created(path):
+            # Readers never write: a log not made yet (or not copied with the database, or
+            # whose making failed) is not created here; queries on it say the relation is missing.
             continue
         log = DecodedLog(path)
         register_log(connection, source, log)

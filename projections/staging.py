@@ -32,7 +32,7 @@ from deltalake import PostCommitHookProperties, write_deltalake
 from deltalake.transaction import AddAction
 
 from crm_ledger.errors import CrmLedgerError
-from projections.log import writer_properties
+from projections.log import native_panics_hidden, writer_properties
 
 #: Where the workers' staging tables live inside a log's directory (Delta readers never
 #: list directories: they read the files the log names).
@@ -59,15 +59,16 @@ class Stager:
 
     def stage(self, table: pa.Table) -> list[AddAction]:
         """Write the rows once; the add actions that commit their files to the log."""
-        write_deltalake(
-            str(self.path),
-            table,
-            mode="append",
-            writer_properties=writer_properties(),
-            post_commithook_properties=PostCommitHookProperties(
-                create_checkpoint=False, cleanup_expired_logs=False
-            ),
-        )
+        with native_panics_hidden():
+            write_deltalake(
+                str(self.path),
+                table,
+                mode="append",
+                writer_properties=writer_properties(),
+                post_commithook_properties=PostCommitHookProperties(
+                    create_checkpoint=False, cleanup_expired_logs=False
+                ),
+            )
         self._version += 1
         entry = self.path / "_delta_log" / f"{self._version:020d}.json"
         if not entry.exists():

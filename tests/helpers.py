@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from ledger.application import LedgerApplication
 from ledger.vault import PERSONAL_FIELDS
@@ -62,6 +65,54 @@ def assert_gives_up_on_a_missing_broker(*args: str, env: dict[str, str], what: s
         "(set CRM_LEDGER_BROKER_TIMEOUT to wait longer); run the same command again when it is back"
     ], args
     assert elapsed < 20, (args, elapsed)
+
+
+#: Makes the folder $1 a small tmpfs holding its own files and only $2 bytes free, runs the rest
+#: of the arguments there, and puts the folder's files (without the filler) back in the real
+#: folder, so that a test reads what the command left. Exit 97: no such disk can be had here.
+_FULL_DISK = r"""
+set -e
+folder=$1; free=$2; shift 2
+under=$(mktemp -d)
+mount --bind "$folder" "$under" || exit 97
+size=$(( $(du -sk "$folder" | cut -f1) + free / 1024 + 1024 ))
+mount -t tmpfs -o size=${size}k tmpfs "$folder" || exit 97
+cp -a "$under/." "$folder/"
+room=$(( $(stat -f -c '%a * %S' "$folder") - free ))
+if [ "$room" -gt 0 ]; then fallocate -l "$room" "$folder/.filler" || exit 97; fi
+set +e
+if [ -n "$CRM_TEST_STDOUT" ]; then "$@" > "$CRM_TEST_STDOUT"; else "$@"; fi
+code=$?
+rm -f "$folder/.filler"
+find "$under" -mindepth 1 -delete
+cp -a "$folder/." "$under/"
+exit $code
+"""
+
+
+def run_cli_on_full_disk(
+    folder: Path, free: int, *args: str, env: dict[str, str] | None = None, stdout: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI while `folder` is on a disk (a tmpfs) with only `free` bytes left: real
+    ENOSPC, not a file-size limit. The folder's files are on that disk during the run and
+    back in the folder after it; `stdout` (a file in it) takes the CLI's stdout. Skipped
+    where a mount namespace cannot be had."""
+    if shutil.which("unshare") is None or shutil.which("fallocate") is None:
+        pytest.skip("no unshare or fallocate here: no small disk can be mounted")
+    merged = {**os.environ, **(env or {})}
+    unshare = ["unshare", "-m", "--propagation", "private"]
+    if os.geteuid() != 0:
+        unshare.insert(1, "-r")  # a user namespace of its own may mount a tmpfs
+    probe = subprocess.run(
+        [*unshare, "sh", "-c", _FULL_DISK, "sh", str(folder), "0", "true"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no small disk can be mounted here: {probe.stderr.strip()}")
+    merged["CRM_TEST_STDOUT"] = str(stdout) if stdout is not None else ""
+    return subprocess.run(
+        [*unshare, "sh", "-c", _FULL_DISK, "sh", str(folder), str(free), *CLI, *args],
+        capture_output=True, text=True, env=merged, check=False,
+    )
 
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

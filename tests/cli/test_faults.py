@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -21,7 +22,15 @@ from ledger.application import LedgerApplication
 from ledger.records import RecordParser
 from projections.spec import DEFAULT_SPEC
 from projections.store import ProjectionDB
-from tests.helpers import CLI, cpu_seconds, ledger_content, run_cli, run_cli_on_terminal, wait_for
+from tests.helpers import (
+    CLI,
+    cpu_seconds,
+    ledger_content,
+    run_cli,
+    run_cli_on_full_disk,
+    run_cli_on_terminal,
+    wait_for,
+)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -83,6 +92,20 @@ def test_output_past_a_file_size_limit_is_one_line(tmp_path: Path) -> None:
                 env={**os.environ, **env}, preexec_fn=limit, check=False,
             )
         _one_line_error(result, "file size limit")
+
+
+def test_output_onto_a_full_disk_names_standard_output_and_says_it_is_cut_short(tmp_path: Path) -> None:
+    """stdout redirected onto a full disk was "disk full: ...; nothing was half-written":
+    no name, and the file the output went to held its first part."""
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    for args in (["query", "SELECT * FROM range(100000)", "--format", "csv"], ["versions"]):
+        full = run_cli_on_full_disk(disk, 0, *args, env=env, stdout=disk / "out.txt")
+        _one_line_error(full, "disk full (standard output)", "the output is cut short", "run the same command again")
+        assert "half-written" not in full.stderr
 
 
 def test_a_truncated_projection_database_is_one_line(tmp_path: Path) -> None:
@@ -150,6 +173,28 @@ def test_a_decoded_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
     finally:
         subprocess.run(["chattr", "-i", str(commits)], check=False)
     assert run_cli("project", env=env).returncode == 0
+
+
+def test_a_full_disk_under_the_decoded_log_is_one_line_and_the_rerun_builds_it_whole(tmp_path: Path) -> None:
+    """A write of the decoded log that met a full disk made a background task of delta-rs
+    panic too, and Rust's report of it (a thread, a path in a crate's source, and with
+    RUST_BACKTRACE a backtrace) came before the error line."""
+    env = _env(tmp_path)
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    on_disk = {**env, "CRM_LEDGER_DB": str(disk / "p.duckdb")}
+    # With room for the database's first pages only, the log's own making fails.
+    for free, backtrace in ((100_000, "0"), (100_000, "1"), (20_000, "0")):
+        full = run_cli_on_full_disk(disk, free, "project", env={**on_disk, "RUST_BACKTRACE": backtrace})
+        _one_line_error(full, "decoded log", "disk full", "run the same command again")
+        assert len(full.stderr.strip().splitlines()) == 1, full.stderr
+    run_cli("project", env=on_disk, check=True)
+    counts = "SELECT (SELECT count(*) FROM customer_profile), (SELECT count(*) FROM reward_score), " \
+        "(SELECT count(*) FROM ledger_events)"
+    expected = run_cli("query", "--format", "csv", counts, env=env, check=True).stdout
+    assert run_cli("query", "--format", "csv", counts, env=on_disk, check=True).stdout == expected
 
 
 def test_a_damaged_data_file_of_the_decoded_log_is_one_line_and_rebuilt_from_the_source(tmp_path: Path) -> None:
@@ -297,6 +342,61 @@ def test_a_rejects_file_that_cannot_be_written_stops_the_run_before_anything_lan
     rejects = tmp_path / "rejects.jsonl"
     done = run_cli("ingest", str(clean), "--rejects", str(rejects), env=env)
     assert "rejected 0" in done.stdout and not rejects.exists(), done.stdout
+
+
+def test_a_full_disk_under_the_rejects_file_leaves_it_as_it_was_and_a_rerun_writes_each_reject_once(
+    tmp_path: Path,
+) -> None:
+    """A full disk cut the rejects file's last line short, the error named no file, and the
+    run made again appended all its rejects after the lines the failed run had left: a broken
+    line, and the first rejects twice."""
+    env = _env(tmp_path)
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=200, employees=6, months=2, seed=4, invalid_rate=0.1), handle)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    rejects = disk / "rejects.jsonl"
+    earlier = '{"record": "an earlier run"}\n'
+    rejects.write_text(earlier)
+    full = run_cli_on_full_disk(disk, 16_384, "ingest", str(history), "--rejects", str(rejects), env=env)
+    _one_line_error(full, "disk full", str(rejects), "run the same command again")
+    assert rejects.read_text() == earlier
+    done = run_cli("ingest", str(history), "--rejects", str(rejects), env=env)
+    assert done.returncode == 1 and "rejected 0" not in done.stdout, (done.stdout, done.stderr)
+    refused = int(done.stdout.split("rejected ")[1].split(",")[0])
+    lines = rejects.read_text().splitlines()
+    assert lines[0] == earlier.strip()
+    entries = [json.loads(line)["record"] for line in lines[1:]]
+    assert len(entries) == len(set(entries)) == refused > 40
+
+
+def test_a_full_disk_under_a_separate_key_store_names_the_key_store(tmp_path: Path) -> None:
+    """The key store's errors were told as the event store's: "event store l.sqlite: disk
+    full" while the event store's disk had room and the key store's had none."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {**_env(tmp_path), "CRM_LEDGER_KEY_STORE": str(disk / "keys.sqlite")}
+    history = _history(tmp_path)
+    full = run_cli_on_full_disk(disk, 0, "ingest", str(history), env=env)
+    _one_line_error(full, f"key store {disk / 'keys.sqlite'}", "disk full", "run the same command again")
+    assert "event store" not in full.stderr
+    run_cli("ingest", str(history), env=env, check=True)
+    assert "chain intact" in run_cli("audit", "verify", env=env, check=True).stdout
+
+
+def test_a_store_on_a_full_disk_is_called_full_when_sqlite_says_disk_i_o_error(tmp_path: Path) -> None:
+    """SQLite tells ENOSPC as "disk I/O error" where it grows its shared-memory file (a reader
+    too): on a full disk, every command on the store said "the disk refused a write (full,
+    a file-size limit, or failing)", though its disk had no room at all."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {**_env(tmp_path), "CRM_LEDGER_STORE": str(disk / "l.sqlite")}
+    run_cli("ingest", str(_history(tmp_path)), env=env, check=True)
+    for args in (["audit", "verify", "--source", "ledger"], ["ingest", str(_history(tmp_path))]):
+        full = run_cli_on_full_disk(disk, 0, *args, env=env)
+        _one_line_error(full, f"event store {disk / 'l.sqlite'}: disk full", "run the same command again")
+    assert "chain intact" in run_cli("audit", "verify", "--source", "ledger", env=env, check=True).stdout
 
 
 def test_a_table_on_the_terminal_shows_the_first_thousand_rows_and_says_so(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +21,7 @@ from ledger.records import RecordParser
 from projections.append import LogAppender
 from projections.engine import Projector
 from projections.errors import LogMismatchError, ProjectionError, StaleBatchError
-from projections.log import DecodedLog, register_log
+from projections.log import DecodedLog, native_panics_hidden, register_log, register_logs
 from projections.readonly import reader
 from projections.sources import LedgerSource, Position, RawBatch
 from projections.spec import DEFAULT_SPEC, load_spec
@@ -327,3 +329,30 @@ def test_project_says_so_when_another_run_decoded_the_events_it_brings_the_table
     projected = run_cli("project", env=env, check=True)
     assert "applied 0 events" in projected.stdout
     assert f"the read models brought up to the log ({len(lines)} events)" in projected.stdout
+
+
+def test_only_the_panic_reports_of_a_failed_write_are_kept_off_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    """What delta-rs' background task prints when a write fails (a full disk) is dropped; any
+    other output of the same moment, and a panic of a write that did not fail, are kept."""
+    panic = (
+        b"\nthread 'tokio-rt-worker' (7) panicked at src/buffered.rs:369:41:\nAlready shut down\n"
+        b"stack backtrace:\n   0: frame\nnote: Some details are omitted\n"
+    )
+    with pytest.raises(OSError), native_panics_hidden():
+        os.write(2, b"before\n" + panic + b"after\n")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert capfd.readouterr().err == "before\nafter\n"
+    with native_panics_hidden():
+        os.write(2, panic)
+    assert capfd.readouterr().err == panic.decode()
+
+
+def test_a_log_whose_making_failed_is_made_again_and_readers_leave_it_alone(tmp_path: Path) -> None:
+    """A full disk while the log was made left its `_delta_log` folder empty: every later
+    look took the log as made and failed with "No files in log segment"."""
+    path = tmp_path / "p.log" / "ledger"
+    (path / "_delta_log").mkdir(parents=True)
+    with duckdb.connect() as connection:
+        assert register_logs(connection, tmp_path / "p.log", ["ledger"]) == {}
+    assert list((path / "_delta_log").iterdir()) == []
+    assert DecodedLog(path).version() == 0
