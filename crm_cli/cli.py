@@ -827,70 +827,48 @@ def project(
     """Build (and follow) the promoted version of the read models in DuckDB."""
     with interrupt_after():
         from projections.leftovers import removed_if_nothing_decoded
-        from projections.service import source_label
+        from projections.service import project_promoted, source_label
 
     settings = _source_settings(ctx, source)
     with removed_if_nothing_decoded(settings.projections_db, source_label(settings, source)):
-        _project(
-            ctx, settings, source, follow, metrics, refresh_interval, publish, workers, engine, spark_master,
-            registry_url,
-        )
+        if engine == "spark":
+            if follow or workers is not None or publish:
+                raise CrmLedgerError(
+                    "--engine spark is a one-shot build of the promoted version: "
+                    "use it without --follow, --workers and --publish"
+                )
+            from engines.replay import project_on_spark
 
-
-def _project(
-    ctx: click.Context,
-    settings: Settings,
-    source: str,
-    follow: bool,
-    metrics: Path | None,
-    refresh_interval: float,
-    publish: bool,
-    workers: int | None,
-    engine: str,
-    spark_master: str,
-    registry_url: str | None,
-) -> None:
-    with interrupt_after():
-        from projections.service import project_promoted
-
-    if engine == "spark":
-        if follow or workers is not None or publish:
-            raise CrmLedgerError(
-                "--engine spark is a one-shot build of the promoted version: "
-                "use it without --follow, --workers and --publish"
+            _run_on_spark(
+                f"project on Spark ({spark_master})",
+                partial(project_on_spark, settings, source, metrics, master=spark_master),
             )
-        from engines.replay import project_on_spark
+            return
+        on_refresh = _publisher(settings, _registry_url(ctx, registry_url)) if publish else None
+        run: Callable[..., str]
+        if workers is None:
+            run = partial(project_promoted, settings, source, metrics)
+            title = f"project from {source}"
+        elif source == "kafka":
+            from projections.scaleout import project_with_workers
 
-        _run_on_spark(
-            f"project on Spark ({spark_master})",
-            partial(project_on_spark, settings, source, metrics, master=spark_master),
-        )
-        return
-    on_refresh = _publisher(settings, _registry_url(ctx, registry_url)) if publish else None
-    run: Callable[..., str]
-    if workers is None:
-        run = partial(project_promoted, settings, source, metrics)
-        title = f"project from {source}"
-    elif source == "kafka":
-        from projections.scaleout import project_with_workers
-
-        run = partial(project_with_workers, settings, workers, metrics)
-        title = f"project from kafka with {workers} workers"
-    else:
-        raise CrmLedgerError("--workers decodes a Kafka topic: use it with --source kafka")
-    with graceful_stop() as stop, progress_bar(title, None) as reporter:
-        result = run(
-            follow=follow,
-            reporter=reporter,
-            should_stop=stop,
-            refresh_interval_s=refresh_interval,
-            on_refresh=on_refresh,
-        )
-    click.echo(_visible(str(result)))
-    if stop.stopped and not follow:
-        # Ctrl-C is how a follower ends; a one-shot run it cuts short has not caught up.
-        click.echo("interrupted: the version may lag the log; run `crm-ledger project` again", err=True)
-        raise SystemExit(EXIT_INTERRUPTED)
+            run = partial(project_with_workers, settings, workers, metrics)
+            title = f"project from kafka with {workers} workers"
+        else:
+            raise CrmLedgerError("--workers decodes a Kafka topic: use it with --source kafka")
+        with graceful_stop() as stop, progress_bar(title, None) as reporter:
+            result = run(
+                follow=follow,
+                reporter=reporter,
+                should_stop=stop,
+                refresh_interval_s=refresh_interval,
+                on_refresh=on_refresh,
+            )
+        click.echo(_visible(str(result)))
+        if stop.stopped and not follow:
+            # Ctrl-C is how a follower ends; a one-shot run it cuts short has not caught up.
+            click.echo("interrupted: the version may lag the log; run `crm-ledger project` again", err=True)
+            raise SystemExit(EXIT_INTERRUPTED)
 
 
 def _run_on_spark(title: str, run: Callable[..., Any]) -> None:
