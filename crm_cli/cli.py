@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +37,7 @@ from crm_ledger.settings import (
     delta_unsafe_advice,
     delta_unsafe_part,
 )
+from crm_ledger.visible import visible
 from importers.sizes import MAX_CUSTOMERS, MAX_EMPLOYEES
 from ledger.records import is_unicode_text
 
@@ -1705,12 +1705,9 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
 
 #: C0 and C1 control characters other than tab and line feed: written to a terminal they
 #: are commands (an id like "\x1b]0;..." retitles the window, "\x1b[2J" clears it).
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
 def _visible(text: str) -> str:
-    """`text` with its control characters as visible escapes, for a terminal."""
-    return _CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
+    """`text` with its control and bidirectional characters as visible escapes, for a terminal."""
+    return visible(text)
 
 
 def _cell(value: object) -> Text:

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 import duckdb
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,6 +27,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from crm_ledger.errors import CrmLedgerError
+from crm_ledger.visible import visible
 from projections.log import missing_log, missing_log_advice
 from replay.diff import diff_versions
 from rewards.errors import PeriodError
@@ -93,8 +95,18 @@ def month_parameter(text: str, name: str) -> str:
         raise BadRequestError(f"{name} must be a month YYYY-MM (e.g. 2025-01), got {_shown(text)}") from None
 
 
+def _displayed(value: Any) -> Any:
+    """Every value a page shows, with the characters that would act on it (a right-to-left
+    override that makes one id read as another) as visible escapes (`crm_ledger.visible`)."""
+    if isinstance(value, Markup):
+        return Markup(visible(value))
+    return visible(value) if isinstance(value, str) else value
+
+
 def _templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]), finalize=_displayed
+    )
     env.filters["num"] = pages.fmt_number
     env.filters["pct"] = pages.fmt_rate
     env.globals["kpi_label"] = pages.kpi_label

@@ -16,6 +16,7 @@ import duckdb
 import pytest
 from argon2 import PasswordHasher, extract_parameters
 
+from crm_ledger.visible import visible
 from tests.helpers import start_cli
 from web import data
 from web.app import SECURITY_HEADERS, create_app
@@ -234,3 +235,17 @@ def test_an_undefined_number_is_a_dash_not_nan() -> None:
     """A rank correlation over values that never change is NaN in the read model."""
     assert [fmt_number(v) for v in (math.nan, math.inf, None, 0.5, 3)] == ["–", "–", "–", "0.50", "3"]
     assert [fmt_rate(v) for v in (math.nan, None, 0.25)] == ["–", "–", "25.0%"]
+
+
+def test_characters_that_would_act_on_a_page_are_shown_as_escapes() -> None:
+    """An id holding U+202E (right-to-left override) read as another id on the page; a link's
+    address keeps the id itself (percent-encoded), its text shows the escape."""
+    from web.app import _templates
+
+    spoof = "emp-1\u202egnp.exe"
+    page = _templates().from_string("<p>{{ name }}</p><a href=\"{{ link('employee', name) }}\">{{ name }}</a>")
+    html = page.render(name=spoof)
+    assert "\u202e" not in html
+    assert html.count("emp-1\\u202egnp.exe") == 2
+    assert 'href="/employee/emp-1%E2%80%AEgnp.exe"' in html
+    assert visible("tab\tand\nline\x1b[2J\u2066") == "tab\tand\nline\\x1b[2J\\u2066"
