@@ -1844,16 +1844,25 @@ def demo(
     _history_fits(config.start, months, until=datetime.now(UTC).strftime("%Y-%m"))
     # A fault names the demo's own store and database, not the ones --store and --db name.
     click.get_current_context().find_root().obj = demo_settings(folder)
-    settings = run_demo(folder, config, click.echo)
+    listening = None
+    if serve_after:
+        from web.server import listening_socket, run_server
+
+        # Bound first: a port in use is told before the demo is built, not after.
+        listening = listening_socket("127.0.0.1", port)
+    try:
+        settings = run_demo(folder, config, click.echo)
+    except BaseException:
+        if listening is not None:
+            listening.close()
+        raise
     click.echo(
         f"\nDone. Explore it: crm-ledger --store {settings.store} --db {settings.projections_db} "
         'query "SELECT * FROM reward_score ORDER BY score DESC LIMIT 10"'
     )
     click.echo(f"Web pages: crm-ledger --db {settings.projections_db} serve (or `make serve-demo`)")
-    if serve_after:
-        from web.server import run_server
-
-        run_server(settings.projections_db, "127.0.0.1", port, None, echo=click.echo)
+    if listening is not None:
+        run_server(settings.projections_db, "127.0.0.1", port, None, echo=click.echo, listening=listening)
 
 
 def main(argv: list[str] | None = None) -> int:

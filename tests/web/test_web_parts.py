@@ -17,7 +17,7 @@ import pytest
 from argon2 import PasswordHasher, extract_parameters
 
 from crm_ledger.visible import visible
-from tests.helpers import start_cli
+from tests.helpers import run_cli, start_cli
 from web import data
 from web.app import SECURITY_HEADERS, create_app
 from web.charts import Series, Target, bar_chart, line_chart
@@ -249,3 +249,15 @@ def test_characters_that_would_act_on_a_page_are_shown_as_escapes() -> None:
     assert html.count("emp-1\\u202egnp.exe") == 2
     assert 'href="/employee/emp-1%E2%80%AEgnp.exe"' in html
     assert visible("tab\tand\nline\x1b[2J\u2066") == "tab\tand\nline\\x1b[2J\\u2066"
+
+
+def test_demo_serve_on_a_port_in_use_says_so_before_building_the_demo(tmp_path: Path) -> None:
+    """The port was found taken only after the demo was generated, ingested and projected."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("demo", "--dir", str(tmp_path / "demo"), "--serve", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert not (tmp_path / "demo").exists()
