@@ -288,6 +288,8 @@ class Settings:
         keys = {}
         if self.key_store is not None:
             keys["KEY_STORE"] = str(self.key_store)  # made with it, in a folder that exists (ledger.vault)
+            if read_only:
+                keys["KEY_STORE_READ_ONLY"] = "true"  # read as the store is (`sqlite_read_only_uri`)
         if self.store.startswith(POSTGRES_SCHEMES):
             url, port = self._postgres_url()
             return keys | {

@@ -390,7 +390,9 @@ class LedgerApplication(Application[UUID]):
         self.goal_metrics = goal_metrics(goal_components)
         self.codec = AvroCodec(self.registry, epoch_millis=True)
         super().__init__(env=dict(persistence))
-        self.vault = PersonalDataVault(self.recorder, self.env.get("KEY_STORE"))
+        self.vault = PersonalDataVault(
+            self.recorder, self.env.get("KEY_STORE"), read_only=self.env.get("KEY_STORE_READ_ONLY") == "true"
+        )
         self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES
         if index_is_empty(self.recorder) and self.max_position() > 0:
             self._backfill_index()

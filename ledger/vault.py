@@ -31,7 +31,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 
 from crm_ledger.outputs import refuse_missing_folder
-from crm_ledger.settings import refuse_foreign_database
+from crm_ledger.settings import refuse_foreign_database, sqlite_read_only_uri
 from ledger.errors import KEY_STORE_NOTE, KeyStoreError, key_store_of
 from schemas.metadata import shipped
 
@@ -48,7 +48,11 @@ class PersonalDataVault:
     """Per-customer keys in the event store's database (SQLite or PostgreSQL), or in a
     separate SQLite key file when `key_store` is given."""
 
-    def __init__(self, recorder: ApplicationRecorder, key_store: str | None = None) -> None:
+    def __init__(
+        self, recorder: ApplicationRecorder, key_store: str | None = None, *, read_only: bool = False
+    ) -> None:
+        """`read_only` (commands that only read) opens a separate key store as the event store
+        is then opened: readable in a read-only folder too, and no table made."""
         self._in_event_store = not key_store
         if key_store:
             _refuse_keys_left_in(recorder, key_store)
@@ -56,7 +60,8 @@ class PersonalDataVault:
             refuse_missing_folder(Path(key_store))
             option = "--key-store or CRM_LEDGER_KEY_STORE"
             refuse_foreign_database(Path(key_store), _TABLE, "key store", option)
-            self._datastore: Any = SQLiteDatastore(key_store, lock_timeout=30)
+            name = sqlite_read_only_uri(Path(key_store)) if read_only else key_store
+            self._datastore: Any = SQLiteDatastore(name, lock_timeout=30)
             self._sqlite = True
         else:
             self._datastore = recorder.datastore  # type: ignore[attr-defined]
@@ -64,6 +69,14 @@ class PersonalDataVault:
         #: The separate key store's path, which its errors are noted with (`_noted`).
         self._key_store = key_store or None
         self._mark = "?" if self._sqlite else "%s"
+        if not (read_only and key_store):
+            self._create_table()
+        # Bounded, so that importing millions of customers keeps memory constant.
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        #: Customers found without a key by the last `prefetch` (valid for one batch).
+        self._keyless: set[str] = set()
+
+    def _create_table(self) -> None:
         blob = "BLOB" if self._sqlite else "BYTEA"
         with self._transaction() as cursor:
             if not self._sqlite:
@@ -73,10 +86,6 @@ class PersonalDataVault:
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {_TABLE} (customer_id TEXT PRIMARY KEY, key {blob} NOT NULL)"
             )
-        # Bounded, so that importing millions of customers keeps memory constant.
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
-        #: Customers found without a key by the last `prefetch` (valid for one batch).
-        self._keyless: set[str] = set()
 
     def key_for_new_fact(self, customer_id: str, pending: dict[str, bytes]) -> bytes:
         """The customer's key, or a new one held in `pending` until `store_new_keys`.

@@ -88,3 +88,38 @@ def test_immutable_is_asked_for_only_where_nobody_can_write(
     assert sqlite_read_only_uri(copy).endswith("&immutable=1")  # an empty one holds nothing
     wal.write_bytes(b"\0" * 32)
     assert sqlite_read_only_uri(copy) == f"{copy.resolve().as_uri()}?mode=ro"
+
+
+def test_a_separate_key_store_is_read_in_a_read_only_folder_too(tmp_path: Path) -> None:
+    """The ledger was opened read-only there, its separate key store (--key-store) for writing,
+    so `customer show` still failed on the auditor's copy."""
+    made = tmp_path / "made"
+    made.mkdir()
+    settings = Settings(store=str(made / "ledger.sqlite"), key_store=made / "keys.sqlite")
+    app = LedgerApplication(settings.eventsourcing_env())
+    parser = RecordParser(app.registry, now_ms=1_900_000_000_000)
+    assert {o.status for o in app.record([parser.parse(r, strict=True) for r in basics()])} == {"accepted"}
+    del app
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in ("ledger.sqlite", "keys.sqlite"):
+        source, target = sqlite3.connect(made / name), sqlite3.connect(folder / name)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+    env = {
+        "CRM_LEDGER_STORE": str(folder / "ledger.sqlite"),
+        "CRM_LEDGER_KEY_STORE": str(folder / "keys.sqlite"),
+        "CRM_LEDGER_DB": str(tmp_path / "p.duckdb"),
+    }
+    expected = run_cli(
+        "customer", "show", "c1",
+        env={**env, "CRM_LEDGER_STORE": str(made / "ledger.sqlite"), "CRM_LEDGER_KEY_STORE": str(made / "keys.sqlite")},
+    )
+    assert expected.returncode == 0, expected.stderr
+    result = _run_in_read_only_folder(folder, "customer", "show", "c1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["keys.sqlite", "ledger.sqlite"]
