@@ -44,19 +44,29 @@ def _run_in_read_only_folder(folder: Path, *args: str, env: dict[str, str]) -> s
 @pytest.fixture
 def copy(settings: Settings, tmp_path: Path) -> Path:
     """A ledger's copy, alone in a folder of its own (as handed to an auditor)."""
+    _recorded(settings)
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    _copied(Path(settings.store), folder / "ledger.sqlite")
+    return folder / "ledger.sqlite"
+
+
+def _recorded(settings: Settings) -> None:
+    """The basic facts recorded in the ledger `settings` name."""
     app = LedgerApplication(settings.eventsourcing_env())
     parser = RecordParser(app.registry, now_ms=1_900_000_000_000)
     assert {o.status for o in app.record([parser.parse(r, strict=True) for r in basics()])} == {"accepted"}
-    del app
-    folder = tmp_path / "copy"
-    folder.mkdir()
-    source, target = sqlite3.connect(settings.store), sqlite3.connect(folder / "ledger.sqlite")
+    app.close()
+
+
+def _copied(source: Path, target: Path) -> None:
+    """A SQLite file copied whole: one file, its write-ahead log merged in."""
+    reading, writing = sqlite3.connect(source), sqlite3.connect(target)
     try:
-        source.backup(target)  # one file, its write-ahead log merged in
+        reading.backup(writing)
     finally:
-        source.close()
-        target.close()
-    return folder / "ledger.sqlite"
+        reading.close()
+        writing.close()
 
 
 def test_the_read_commands_read_a_ledger_in_a_read_only_folder(copy: Path, tmp_path: Path) -> None:
@@ -95,20 +105,11 @@ def test_a_separate_key_store_is_read_in_a_read_only_folder_too(tmp_path: Path) 
     so `customer show` still failed on the auditor's copy."""
     made = tmp_path / "made"
     made.mkdir()
-    settings = Settings(store=str(made / "ledger.sqlite"), key_store=made / "keys.sqlite")
-    app = LedgerApplication(settings.eventsourcing_env())
-    parser = RecordParser(app.registry, now_ms=1_900_000_000_000)
-    assert {o.status for o in app.record([parser.parse(r, strict=True) for r in basics()])} == {"accepted"}
-    del app
+    _recorded(Settings(store=str(made / "ledger.sqlite"), key_store=made / "keys.sqlite"))
     folder = tmp_path / "copy"
     folder.mkdir()
     for name in ("ledger.sqlite", "keys.sqlite"):
-        source, target = sqlite3.connect(made / name), sqlite3.connect(folder / name)
-        try:
-            source.backup(target)
-        finally:
-            source.close()
-            target.close()
+        _copied(made / name, folder / name)
     env = {
         "CRM_LEDGER_STORE": str(folder / "ledger.sqlite"),
         "CRM_LEDGER_KEY_STORE": str(folder / "keys.sqlite"),
