@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 
 #: C0 controls but tab and line feed, DEL and the C1 controls; the bidirectional embeddings,
-#: overrides and isolates, and the implicit direction marks.
-_ACTING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: overrides and isolates. (Not the direction marks U+200E, U+200F and U+061C: Hebrew and
+#: Arabic text holds them, and they reorder nothing beyond a neighbouring character.)
+_ACTING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def visible(text: str) -> str:

@@ -101,7 +101,10 @@ class AvroCodec:
         except KeyError:
             compiled = self._compiled[version.schema_id] = compile_encoder(version.schema_id, version.raw)
         if compiled is not None:
-            message = compiled(record)
+            try:
+                message = compiled(record)
+            except Exception:  # noqa: BLE001 - fastavro below encodes it, or words the refusal
+                message = None
             if message is not None:
                 return message
         buffer = io.BytesIO()

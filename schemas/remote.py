@@ -107,7 +107,12 @@ class RemoteRegistry:
             raise RegistryError(f"schema registry {method} {path}: HTTP {error.code}: {detail}") from None
         except (OSError, urllib.error.URLError) as error:
             unreachable = f"schema registry at {self.url} is not reachable: {error}"
-            raise RegistryUnavailableError(unreachable) from None
+            # Refused, reset or timed out: worth running again once it is up. A certificate
+            # it refused or a name that does not resolve is not (exit 1).
+            cause = error.reason if isinstance(error, urllib.error.URLError) else error
+            if isinstance(cause, (ConnectionError, TimeoutError)):
+                raise RegistryUnavailableError(unreachable) from None
+            raise RegistryError(unreachable) from None
         except ValueError as error:  # http.client.InvalidURL: a URL the check let through
             raise RegistryError(f"schema registry URL {self.url!r} is not usable: {error}") from None
         try:

@@ -13,6 +13,9 @@ from web.data import check_database
 from web.errors import WebError
 from web.users import Users
 
+#: Connections waiting to be accepted (uvicorn's own default).
+_BACKLOG = 2048
+
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to `host`:`port` for `run_server`, or a `WebError` saying why not.
@@ -31,6 +34,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listening.bind((host, port))
+        # Listening at once: a socket only bound does not keep the port from another that
+        # binds it too (with SO_REUSEADDR), and then this one could no longer listen.
+        listening.listen(_BACKLOG)
     except OSError as error:
         listening.close()
         raise WebError(f"cannot listen on {_shown(host)}:{port}: {error.strerror or error}") from None
@@ -57,16 +63,13 @@ def run_server(
     """
     if listening is None:
         listening = listening_socket(host, port)
-    try:
+    with listening:
         check_database(db)
         users = Users.load(users_file) if users_file is not None else None
         app = create_app(db, users)
-    except BaseException:
-        listening.close()
-        raise
-    address = listening.getsockname()
-    shown, port = _shown(str(address[0])), int(address[1])
-    who = f"users from {users_file}" if users_file else "no sign-in: every team is shown"
-    echo(f"serving {db} read-only on http://{shown}:{port}/ ({who}); Ctrl-C stops")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
-    uvicorn.Server(config).run(sockets=[listening])
+        address = listening.getsockname()
+        shown, port = _shown(str(address[0])), int(address[1])
+        who = f"users from {users_file}" if users_file else "no sign-in: every team is shown"
+        echo(f"serving {db} read-only on http://{shown}:{port}/ ({who}); Ctrl-C stops")
+        config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+        uvicorn.Server(config).run(sockets=[listening])

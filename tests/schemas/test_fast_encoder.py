@@ -130,3 +130,11 @@ def test_zigzag_varint_is_avros_long(value: int) -> None:
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, "long", value)
     assert zigzag_varint(value) == buffer.getvalue()
+
+
+def test_what_the_compiled_encoder_cannot_encode_is_refused_as_fastavro_refuses_it() -> None:
+    """A lone surrogate raised UnicodeEncodeError from the compiled code, past the codec's
+    EncodeError (which callers catch)."""
+    record = {"event_id": "e", "occurred_at": 1, "recorded_at": 2, "customer_id": "\ud800"}
+    with pytest.raises(EncodeError, match="surrogates not allowed"):
+        CODEC.encode("CustomerForgotten", record)

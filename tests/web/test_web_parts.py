@@ -24,6 +24,7 @@ from web.charts import Series, Target, bar_chart, line_chart
 from web.data import check_database
 from web.errors import WebError
 from web.pages import fmt_number, fmt_rate, id_fields, page_link, path_segment, statement_link
+from web.server import listening_socket
 from web.users import LOCAL_USER, MAX_CONCURRENT_CHECKS, Users, hash_password
 
 
@@ -270,3 +271,11 @@ def test_demo_serve_on_a_port_in_use_says_so_before_building_the_demo(tmp_path: 
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_port_bound_for_serving_is_held_until_it_is_served() -> None:
+    """Bound but not listening, the port was not held: another server bound it too while the
+    demo was built, and the demo could then not listen."""
+    first = listening_socket("127.0.0.1", 0)
+    with first, pytest.raises(WebError, match="Address already in use"):
+        listening_socket("127.0.0.1", first.getsockname()[1])
