@@ -11,6 +11,7 @@ import pytest
 from crm_cli import broker, registry_server
 from crm_cli.background import first_error, run_fetch_script
 from crm_ledger.errors import ConfigurationError
+from tests.helpers import wait_for
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="no /proc to read command lines from")
@@ -60,7 +61,9 @@ def test_ctrl_c_while_a_service_starts_stops_it(tmp_path: Path, monkeypatch: pyt
     config.runner_jar.write_text("")
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
-        assert registry_server.is_running(config)  # started, and found by its pid file
+        # Started, and found by its pid file once it runs its own command line (right after
+        # the fork, it still shows this process's).
+        wait_for(lambda: registry_server.is_running(config), 10.0, "the started service")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(registry_server, "wait_until_ready", interrupted)
