@@ -42,8 +42,6 @@ from importers.sizes import MAX_CUSTOMERS, MAX_EMPLOYEES
 from ledger.records import is_unicode_text
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from crm_cli.broker import BrokerConfig
     from crm_cli.registry_server import RegistryServerConfig
     from ledger.application import LedgerApplication
@@ -445,7 +443,7 @@ def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | N
     problems = check_folder(folder or SCHEMA_DIR)
     for problem in problems:
         # Control characters shown, not obeyed: a file's name or a registry's answer holds them.
-        err.print(f"[red]incompatible[/red] {escape(_visible(str(problem)))}", highlight=False, markup=True)
+        err.print(f"[red]incompatible[/red] {escape(visible(str(problem)))}", highlight=False, markup=True)
     if problems:
         raise SystemExit(1)
     out.print("schemas check: all versions compatible, lock file matches")
@@ -454,7 +452,7 @@ def schemas_check(ctx: click.Context, folder: Path | None, registry_url: str | N
     differences = compare(SchemaRegistry.load(folder or SCHEMA_DIR), RemoteRegistry(url))
     for difference in differences:
         err.print(
-            f"[red]registry differs[/red] {escape(_visible(str(difference)))}", highlight=False, markup=True
+            f"[red]registry differs[/red] {escape(visible(str(difference)))}", highlight=False, markup=True
         )
     if differences:
         raise SystemExit(1)
@@ -864,7 +862,7 @@ def project(
                 refresh_interval_s=refresh_interval,
                 on_refresh=on_refresh,
             )
-        click.echo(_visible(str(result)))
+        click.echo(visible(str(result)))
         if stop.stopped and not follow:
             # Ctrl-C is how a follower ends; a one-shot run it cuts short has not caught up.
             click.echo("interrupted: the version may lag the log; run `crm-ledger project` again", err=True)
@@ -875,7 +873,7 @@ def _run_on_spark(title: str, run: Callable[..., Any]) -> None:
     """Run a Spark build with progress and Ctrl-C handling; print its result (exit 130 if stopped)."""
     with graceful_stop() as stop, progress_bar(title, None) as reporter:
         result = run(reporter=reporter, should_stop=stop)
-    click.echo(_visible(result.message()))
+    click.echo(visible(result.message()))
     if result.interrupted:
         raise SystemExit(EXIT_INTERRUPTED)
 
@@ -966,53 +964,39 @@ def replay(
         from projections.engine import parse_as_of
         from projections.leftovers import removed_if_nothing_decoded
         from projections.service import source_label
+        from replay.build import replay as run_replay
 
     settings = _source_settings(ctx, source)
     moment = parse_as_of(as_of)
     with removed_if_nothing_decoded(settings.projections_db, source_label(settings, source)):
-        _replay(settings, metrics, source, moment, name, full, from_source, engine, spark_master)
+        if engine == "spark":
+            if from_source:
+                raise CrmLedgerError("--from-source re-decodes the log: run it without --engine spark first")
+            from engines.replay import replay_on_spark
 
-
-def _replay(
-    settings: Settings,
-    metrics: Path,
-    source: str,
-    moment: datetime | None,
-    name: str | None,
-    full: bool,
-    from_source: bool,
-    engine: str,
-    spark_master: str,
-) -> None:
-    with interrupt_after():
-        from replay.build import replay as run_replay
-
-    if engine == "spark":
-        if from_source:
-            raise CrmLedgerError("--from-source re-decodes the log: run it without --engine spark first")
-        from engines.replay import replay_on_spark
-
-        _run_on_spark(
-            f"replay on Spark ({spark_master})",
-            partial(replay_on_spark, settings, metrics, source, as_of=moment, name=name, master=spark_master),
-        )
-        return
-    with graceful_stop() as stop, progress_bar("replay", None) as reporter:
-        result = run_replay(
-            settings,
-            metrics,
-            source,
-            as_of=moment,
-            name=name,
-            full=full,
-            from_source=from_source,
-            reporter=reporter,
-            should_stop=stop,
-        )
-    # Cut short, the message is a note for the operator, not the command's outcome.
-    click.echo(_visible(result.message()), err=result.mode == "interrupted")
-    if result.mode == "interrupted":
-        raise SystemExit(EXIT_INTERRUPTED)
+            _run_on_spark(
+                f"replay on Spark ({spark_master})",
+                partial(
+                    replay_on_spark, settings, metrics, source, as_of=moment, name=name, master=spark_master
+                ),
+            )
+            return
+        with graceful_stop() as stop, progress_bar("replay", None) as reporter:
+            result = run_replay(
+                settings,
+                metrics,
+                source,
+                as_of=moment,
+                name=name,
+                full=full,
+                from_source=from_source,
+                reporter=reporter,
+                should_stop=stop,
+            )
+        # Cut short, the message is a note for the operator, not the command's outcome.
+        click.echo(visible(result.message()), err=result.mode == "interrupted")
+        if result.mode == "interrupted":
+            raise SystemExit(EXIT_INTERRUPTED)
 
 
 @cli.command()
@@ -1189,7 +1173,7 @@ def drop(ctx: click.Context, version: str) -> None:
     from rewards.periods import drop_version
 
     target = drop_version(_existing_store(ctx), version)
-    click.echo(_visible(f"dropped {target.version} ({target.name})"))
+    click.echo(visible(f"dropped {target.version} ({target.name})"))
 
 
 def _on_version(ctx: click.Context, version: str, action: str, done: str) -> None:
@@ -1199,7 +1183,7 @@ def _on_version(ctx: click.Context, version: str, action: str, done: str) -> Non
     with ProjectionDB(_settings(ctx).projections_db, create=False) as db:
         target = db.find_version(version)
         getattr(db, action)(target)
-    click.echo(_visible(f"{done} {target.version} ({target.name})"))
+    click.echo(visible(f"{done} {target.version} ({target.name})"))
 
 
 @cli.group()
@@ -1224,7 +1208,7 @@ def customer_show(ctx: click.Context, customer_id: str) -> None:
         for name in PERSONAL_FIELDS.get(event.event_type, ()):  # type: ignore[attr-defined]
             data[name] = app.vault.reveal(customer_id, data.get(name))
         shown = ", ".join(f"{k}={v}" for k, v in data.items() if v is not None)
-        click.echo(_visible(f"{event.event_type}: {shown}"))  # type: ignore[attr-defined]
+        click.echo(visible(f"{event.event_type}: {shown}"))  # type: ignore[attr-defined]
 
 
 # -- reward periods ------------------------------------------------------------------------
@@ -1277,7 +1261,7 @@ def period_status_command(ctx: click.Context, month: str, fmt: str) -> None:
         click.echo("live scores equal what was told")
     for drift in status.drifts:
         click.echo(
-            f"  {_visible(drift.employee_id)}: told {drift.told:.4f}, live {drift.live:.4f} "
+            f"  {visible(drift.employee_id)}: told {drift.told:.4f}, live {drift.live:.4f} "
             f"({drift.delta:+.4f})"
         )
 
@@ -1308,7 +1292,7 @@ def period_adjust(ctx: click.Context, month: str, dry_run: bool) -> None:
     click.echo(f"{verb} {len(adjustments)} adjustment(s) for {month}")
     for a in adjustments:
         click.echo(
-            f"  {_visible(a.employee_id)}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}"
+            f"  {visible(a.employee_id)}: {a.old_score:.4f} -> {a.new_score:.4f} ({a.delta:+.4f}) {a.reason}"
         )
 
 
@@ -1339,8 +1323,6 @@ _agreed_by = click.option(
 
 
 def _goal_change(goal_id: str, at: Any, fields: tuple[tuple[str, Any], ...] = ()) -> Any:
-    from datetime import UTC
-
     from rewards.goals import GoalChange
 
     return GoalChange(goal_id, at.replace(tzinfo=UTC) if at else None, fields)
@@ -1394,7 +1376,7 @@ def goal_set(
         note=note,
     )
     done = "set" if status == "accepted" else "already set"
-    out.print(f"goal {_visible(goal_id)}: {done} (run `crm-ledger project`)")
+    out.print(f"goal {visible(goal_id)}: {done} (run `crm-ledger project`)")
 
 
 @goal.command("revise")
@@ -1424,7 +1406,7 @@ def goal_revise(
     fields = (("target", target), ("comparison", comparison), ("to_period", to_period))
     change = _goal_change(goal_id, at, fields)
     status = revise_goal(_existing_store(ctx), change, agreed_by=_ids(agreed_by), reason=reason)
-    out.print(f"goal {_visible(goal_id)}: {'revised' if status == 'accepted' else 'already revised so'}")
+    out.print(f"goal {visible(goal_id)}: {'revised' if status == 'accepted' else 'already revised so'}")
 
 
 @goal.command("close")
@@ -1439,7 +1421,7 @@ def goal_close(ctx: click.Context, goal_id: str, outcome: str, note: str | None,
 
     status = close_goal(_existing_store(ctx), _goal_change(goal_id, at), outcome=outcome, note=note)
     done = "closed" if status == "accepted" else "already closed"
-    out.print(f"goal {_visible(goal_id)}: {done} ({outcome})")
+    out.print(f"goal {visible(goal_id)}: {done} ({outcome})")
 
 
 @goal.command("list")
@@ -1516,7 +1498,7 @@ def statement(ctx: click.Context, employee: str, month: str, fmt: str, out: Path
     if out is None or _to_stdout(out):  # (None narrowed for the writer below)
         # Ids come from whoever fed the ledger: on a terminal an escape sequence in one was a
         # command, and click.echo dropped it from a pipe. JSON holds none; a file, as it is.
-        click.echo(_visible(text), nl=False)
+        click.echo(visible(text), nl=False)
     else:
         with replaced_whole(out) as partial:
             partial.write_text(text, encoding="utf-8")
@@ -1619,7 +1601,7 @@ def audit_reproduce(ctx: click.Context, version: str | None) -> None:
     codec = AvroCodec(SchemaRegistry.load(), epoch_millis=True)
     with progress_bar("reproduce", None) as reporter:
         report = reproduce(settings.projections_db, version, codec, reporter)
-    click.echo(_visible(f"{report.version} ({report.name}): rebuilt from {report.events} mirrored events"))
+    click.echo(visible(f"{report.version} ({report.name}): rebuilt from {report.events} mirrored events"))
     for table in report.tables:
         if table.ok:
             note = f" (floats within {REL_TOLERANCE:g} relative)" if table.within_tolerance else ""
@@ -1698,22 +1680,15 @@ def query(ctx: click.Context, sql: str, fmt: str, out: Path | None, timeout: flo
         # As it is for a pipe (click.echo strips escape sequences from data when not on a
         # terminal); on a terminal an escape sequence in a value would be obeyed, so it is
         # shown, and CSV's line ends (\r\n) stay line ends rather than showing as "\r".
-        sys.stdout.write(_visible(text.replace("\r\n", "\n")) if sys.stdout.isatty() else text)
+        sys.stdout.write(visible(text.replace("\r\n", "\n")) if sys.stdout.isatty() else text)
     elif out is not None:
         click.echo(f"wrote {out}", err=True)
-
-
-#: C0 and C1 control characters other than tab and line feed: written to a terminal they
-#: are commands (an id like "\x1b]0;..." retitles the window, "\x1b[2J" clears it).
-def _visible(text: str) -> str:
-    """`text` with its control and bidirectional characters as visible escapes, for a terminal."""
-    return visible(text)
 
 
 def _cell(value: object) -> Text:
     """A table cell showing `value` as it is: no rich markup ("[/x]" in data broke the
     table), control characters as visible escapes."""
-    return Text(_visible("" if value is None else str(value)))
+    return Text(visible("" if value is None else str(value)))
 
 
 def _add_row(table: Table, *values: object) -> None:
@@ -1726,7 +1701,7 @@ def _print_table(table: Table) -> None:
 
 def _print_line(text: str) -> None:
     """A line of text that holds data (ids): its control characters shown, not obeyed."""
-    out.print(_visible(text))
+    out.print(visible(text))
 
 
 #: Rows a table on the terminal shows; the other formats write every row.
@@ -1768,7 +1743,7 @@ def explain(ctx: click.Context, employee: str, period: str, version: str | None,
         # An id, a unique id prefix or a name, as promote, drop and diff take.
         schema = find_version(versions_of(connection), version).version if version else _promoted(connection)
         result = build_explanation(connection, schema, employee, period)
-    click.echo(result.to_json() if fmt == "json" else _visible(result.to_text()))
+    click.echo(result.to_json() if fmt == "json" else visible(result.to_text()))
 
 
 def _promoted(connection: Any) -> str:
@@ -1901,10 +1876,10 @@ def main(argv: list[str] | None = None) -> int:
         err.print("aborted")
         return EXIT_INTERRUPTED
     except TransientError as error:
-        err.print(f"error: {_visible(str(error))}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"error: {visible(str(error))}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_TRANSIENT
     except CrmLedgerError as error:
-        err.print(f"error: {_visible(str(error))}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"error: {visible(str(error))}", highlight=False, markup=False, soft_wrap=True)
         return 1
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1

@@ -72,7 +72,6 @@ def silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-
 #: How an error of a write to stdout names it (an `OSError`'s filename).
 STANDARD_OUTPUT = "standard output"
 
