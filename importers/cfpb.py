@@ -23,7 +23,7 @@ from typing import Any
 from ledger.errors import ValidationError
 from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, parse_workers_for, read_row_mapped
 from ledger.inputs import data_suffix, readable_start
-from ledger.records import EARLIEST_MS, LATEST_MS, RecordParser, epoch_ms, format_timestamp
+from ledger.records import EARLIEST_MS, LATEST_MS, NUL_IN_TEXT, RecordParser, epoch_ms, format_timestamp
 
 #: The suffixes of the JSON download (inside any compression).
 JSON_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
@@ -161,6 +161,10 @@ def complaint_parts(row: dict[str, str]) -> tuple[str, dict[str, Any], list[dict
             # Refused here, with the whole row: a record made too large by it would be refused
             # alone later, and the row's other records would land without it.
             raise ValidationError(column, f"longer than {MAX_CELL_CHARS:,} characters")
+        if "\x00" in cells.get(column, ""):
+            # Named by its column here: the ledger field it lands in (a desk's employee id
+            # made from the company, say) would not tell the user which cell to fix.
+            raise ValidationError(column, NUL_IN_TEXT)
     complaint = _complaint_id(cells.get("Complaint ID", ""))
     if not cells.get("Date received"):
         raise ValidationError("Date received", "is missing")

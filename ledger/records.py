@@ -117,10 +117,18 @@ def is_unicode_text(value: str) -> bool:
     return True
 
 
+#: What a text field holding U+0000 is told. PostgreSQL's text cannot hold it, so one such
+#: record failed a whole import into a PostgreSQL store while SQLite kept it: refused on every
+#: store, as the record's own reject.
+NUL_IN_TEXT = "contains a NUL character (U+0000), which no text field may hold"
+
+
 def _text(value: Any, field: str) -> str:
     if isinstance(value, str):
         if not is_unicode_text(value):
             raise ValidationError(field, "is not valid Unicode text")
+        if "\x00" in value:
+            raise ValidationError(field, NUL_IN_TEXT)
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
@@ -179,7 +187,7 @@ def _string_list(value: Any, field: str) -> list[str]:
     if isinstance(value, str):
         # CSV cells carry lists as ';' or '|' separated text.
         parts = value.replace("|", ";").split(";")
-        return [part.strip() for part in parts if part.strip()]
+        return [_text(part.strip(), field) for part in parts if part.strip()]
     raise ValidationError(field, f"expected a list of ids, got {type(value).__name__}")
 
 
@@ -482,8 +490,8 @@ class RecordParser:
                         raise ValidationError(name, "is required")
                     data[name] = default
                     continue
-                if not value.isascii():
-                    _text(value, name)  # refuses text that is not valid Unicode
+                if not value.isascii() or "\x00" in value:
+                    _text(value, name)  # refuses text that is not valid Unicode, or holds NUL
                 value = stripped
             else:
                 if _blank(value):

@@ -188,3 +188,18 @@ def test_dates_out_of_range_name_their_column(parser: RecordParser, tmp_path: Pa
         ("complaints.json[1]", "Date sent to company"),
         ("complaints.json[2]", "Date received"),
     ]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_nul_character_in_a_cell_is_refused_by_its_column(workers: int, parser: RecordParser, tmp_path: Path) -> None:
+    """Named by the CFPB column, not by the ledger field it would land in (the company becomes
+    the desk's employee id, which the user never wrote)."""
+    objects = _as_api_objects(CSV_EXPORTS[0])
+    objects[1]["company"] = "Bank\u0000 of X"
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps(objects))
+    records = list(read_cfpb(path, parser, workers=workers))
+    second = [r for r in records if r.location == "complaints.json[1]"]
+    assert len(second) == 1 and second[0].fact is None and second[0].error is not None
+    assert second[0].error.field == "Company" and "NUL character" in second[0].error.reason
+    assert {r.location for r in records if r.error is None} >= {"complaints.json[0]", "complaints.json[2]"}

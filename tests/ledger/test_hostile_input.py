@@ -198,3 +198,44 @@ def test_an_input_without_records_is_named_on_stderr_and_still_succeeds(tmp_path
     assert [line for line in together.stderr.splitlines() if "no records" in line] == [
         f"{tmp_path / 'empty.jsonl'}: held no records (is it the file you meant?)"
     ]
+
+
+def test_a_nul_character_in_any_text_is_the_record_s_own_reject() -> None:
+    interaction = rec("InteractionRecorded", customer_id="c1", channel="chat", direction="inbound")
+    cases = {
+        "customer_id": {**interaction, "customer_id": "c\u00001"},
+        "topic": {**interaction, "topic": "billing\u0000"},
+        "article_ids": {**rec("CaseResolved", case_id="k1", employee_id="e1", resolution_code="fixed"), "article_ids": ["a1", "a\u00002"]},
+    }
+    for field, record in cases.items():
+        parsed = parse_json_line("f.jsonl", 1, json.dumps(record).encode(), PARSER)
+        assert parsed.error is not None and parsed.error.field == field, (field, parsed.error)
+        assert "NUL character (U+0000)" in str(parsed.error)
+    cells = "type,event_id,occurred_at,case_id,employee_id,resolution_code,article_ids\n"
+    row = rec("CaseResolved", case_id="k1", employee_id="e1", resolution_code="fixed")
+    text = cells + f"CaseResolved,{row['event_id']},{row['occurred_at']},k1,e1,fixed,a1;a\x002\n"
+    [record] = list(csv_records(io.BytesIO(text.encode()), "f.csv", PARSER.parse))
+    assert record.error is not None and record.error.field == "article_ids", record.error
+
+
+def test_a_nul_character_is_refused_alike_on_every_store_and_the_rest_lands(
+    tmp_path: Path, settings: Any, store_kind: str
+) -> None:
+    """PostgreSQL's text cannot hold U+0000: one such record failed the whole import there
+    (and nothing landed) while SQLite kept it."""
+    valid = basics()
+    hostile = {**rec("CustomerRegistered", customer_id="c\u00009", segment="smb", region="west"), "name": "N"}
+    path = tmp_path / "nul.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [valid[0], hostile, *valid[1:]]) + "\n")
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    result = run_cli("ingest", str(path), "--rejects", str(tmp_path / "rejects.jsonl"), env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip().endswith(f"accepted {len(valid)}, duplicates skipped 0, rejected 1, conflicts 0")
+    assert "nul.jsonl:2: field 'customer_id': contains a NUL character (U+0000)" in result.stderr
+    from ledger.application import LedgerApplication
+
+    app = LedgerApplication(settings.eventsourcing_env())
+    try:
+        assert app.max_position() == len(valid)
+    finally:
+        app.close()
