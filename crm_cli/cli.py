@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from crm_cli import take_over_interrupts
 from crm_cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TRANSIENT
 from crm_cli.runtime import graceful_stop, interrupt_after, silence_stdout
 from crm_ledger.errors import CrmLedgerError, TransientError
@@ -1842,6 +1843,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map outcomes to exit codes."""
+    take_over_interrupts()  # from here a Ctrl-C is a KeyboardInterrupt, handled below
     with interrupt_after():  # it imports DuckDB, whose initialisation a Ctrl-C aborted (SIGABRT)
         from crm_cli.faults import describe
 

@@ -130,3 +130,67 @@ def test_a_closed_standard_output_is_one_line_not_a_traceback(tmp_path: Path) ->
             [*CLI, "generate", "--customers", "1", "--out", str(out)], preexec_fn=closed(stream), check=False
         )
         assert quiet.returncode == 0 and out.stat().st_size > 0, stream
+
+
+#: Installed as the started command's sitecustomize: a real Ctrl-C, sent to itself at the
+#: moment the named module is looked up (a timed signal from outside cannot hit it reliably).
+_CTRL_C_AT_AN_IMPORT = '''
+import os, signal, sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["CTRL_C_AT"]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+'''
+
+
+def _started_with_ctrl_c_at(tmp_path: Path, module: str, entry: list[str]) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_AN_IMPORT, encoding="utf-8")
+    paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "CTRL_C_AT": module}
+    command = [*entry, "generate", "--customers", "3", "--out", os.devnull]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "crm_cli.__main__",  # runpy looking up the entry point, right after the package
+        "crm_cli.exit_codes",  # the entry point's own first imports
+        "crm_cli.runtime",
+        "click",  # the command line's heavy imports, under the entry point's guard
+        "importers.generator",  # the command's own import, once main handles Ctrl-C itself
+    ],
+)
+def test_ctrl_c_at_any_import_of_the_start_is_one_line_and_exit_130(tmp_path: Path, module: str) -> None:
+    """Between the package's import and the entry point's guard, Ctrl-C was a traceback of
+    whichever module was being imported (exit 1, or -2: the interpreter ended by the signal)."""
+    started = _started_with_ctrl_c_at(tmp_path, module, CLI)
+    assert (started.returncode, started.stderr) == (130, "interrupted\n")
+
+
+def test_ctrl_c_while_the_script_starts_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """The `crm-ledger` script (as the installer writes it) imports the entry point itself."""
+    script = tmp_path / "bin" / "crm-ledger"
+    script.parent.mkdir()
+    script.write_text(
+        "import re\nimport sys\nfrom crm_cli.__main__ import run\nif __name__ == '__main__':\n"
+        "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n    sys.exit(run())\n",
+        encoding="utf-8",
+    )
+    started = _started_with_ctrl_c_at(tmp_path, "crm_cli.runtime", [sys.executable, str(script)])
+    assert (started.returncode, started.stderr) == (130, "interrupted\n")
+
+
+def test_importing_the_package_elsewhere_leaves_ctrl_c_alone() -> None:
+    """Only the command's own start quiets Ctrl-C: a program importing the package keeps
+    Python's KeyboardInterrupt."""
+    shown = subprocess.run(
+        [sys.executable, "-c", "import signal, crm_cli.cli; print(signal.getsignal(signal.SIGINT).__name__)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert shown.stdout.strip() == "default_int_handler"
