@@ -295,8 +295,21 @@ def require_built(version: VersionInfo) -> None:
         raise ProjectionError(f"version {version.version} is still building: finish its replay first")
 
 
+#: How much of a version reference an error message quotes: a reference is anything a user or a
+#: page address gives (a web page echoed a megabyte `?version=` whole).
+MAX_QUOTED_REFERENCE = 80
+
+
+def quoted_reference(reference: str) -> str:
+    """`reference` quoted for an error message, cut to `MAX_QUOTED_REFERENCE` characters."""
+    if len(reference) <= MAX_QUOTED_REFERENCE:
+        return repr(reference)
+    return repr(reference[:MAX_QUOTED_REFERENCE] + "…")
+
+
 def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
     """A version of `versions` by id, unique id prefix, or name (the only one of that name)."""
+    quoted = quoted_reference(reference)
     if not reference.strip().removeprefix("v_"):
         # An empty prefix matches every version (a shell variable that was not set).
         raise AmbiguousVersionError("no version named: give a version id, id prefix or name")
@@ -311,16 +324,16 @@ def find_version(versions: list[VersionInfo], reference: str) -> VersionInfo:
         return by_name[0]
     if by_name:
         raise AmbiguousVersionError(
-            f"version name {reference!r} is ambiguous ({', '.join(v.version for v in by_name)}): "
+            f"version name {quoted} is ambiguous ({', '.join(v.version for v in by_name)}): "
             "use the version id, or give replays distinct --name values"
         )
     if by_prefix:
         raise AmbiguousVersionError(
-            f"version id prefix {reference!r} is ambiguous ({', '.join(v.version for v in by_prefix)}): "
+            f"version id prefix {quoted} is ambiguous ({', '.join(v.version for v in by_prefix)}): "
             "give more of the id"
         )
     known = ", ".join(f"{v.version} ({v.name})" for v in versions) or "none"
-    raise UnknownVersionError(f"unknown version {reference!r}; known versions: {known}")
+    raise UnknownVersionError(f"unknown version {quoted}; known versions: {known}")
 
 
 class ProjectionDB:

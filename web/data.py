@@ -19,7 +19,14 @@ import duckdb
 
 from projections.errors import AmbiguousVersionError, ProjectionError, UnknownVersionError
 from projections.readonly import reader
-from projections.store import VersionInfo, is_lock_error, refuse_other_header, rows_as_dicts, versions_of
+from projections.store import (
+    VersionInfo,
+    is_lock_error,
+    quoted_reference,
+    refuse_other_header,
+    rows_as_dicts,
+    versions_of,
+)
 from projections.store import find_version as store_find_version
 from web.errors import BadRequestError, NotFoundError, WebError
 
@@ -118,7 +125,7 @@ def resolve(con: duckdb.DuckDBPyConnection, reference: str | None) -> View:
         return View(chosen.version, chosen.name, "main", True)
     # Its id is a checked one (`versions_of`): it names the version's schema in the queries.
     if chosen.built_at is None:
-        raise NotFoundError(f"version {reference!r} is not built")
+        raise NotFoundError(f"version {quoted_reference(reference)} is not built")
     return View(chosen.version, chosen.name, chosen.version, False)
 
 

@@ -9,14 +9,17 @@ import re
 import socket
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import duckdb
 import pytest
 from argon2 import PasswordHasher, extract_parameters
 
 from crm_ledger.visible import visible
+from projections.store import MAX_QUOTED_REFERENCE, VersionInfo
 from tests.helpers import run_cli, start_cli
 from web import data
 from web.app import SECURITY_HEADERS, create_app
@@ -161,8 +164,9 @@ def _asgi(app: Any, method: str, path: str) -> tuple[int, dict[str, str], bytes]
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
+    path, _, query = path.partition("?")
     scope = {
-        "type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+        "type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": query.encode(),
         "headers": [], "http_version": "1.1", "scheme": "http", "server": ("test", 80),
         "client": ("test", 1), "root_path": "",
     }
@@ -194,6 +198,27 @@ def test_every_answer_carries_the_pages_headers(tmp_path: Path, monkeypatch: pyt
         assert {k.lower(): v for k, v in SECURITY_HEADERS.items()}.items() <= headers.items(), (method, path)
         assert b"Traceback" not in body and b"boom" not in body
     assert set(_asgi(app, "POST", "/")[1]["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_an_unknown_version_is_echoed_cut_short_and_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `?version=` of a hundred thousand characters came back whole on the 404 page."""
+    db = tmp_path / "p.duckdb"
+    duckdb.connect(str(db)).close()
+    made = datetime(2025, 1, 1, tzinfo=UTC)
+    promoted = VersionInfo(
+        "v_0123456789ab", "main", "s", "k", "", None, "ledger", "ready", made, made, 0, None, None, promoted=True
+    )
+    monkeypatch.setattr(data, "versions", lambda _con: [promoted])
+    app = create_app(db)
+    given = "<b>\u202e" + "x" * 100_000
+    status, _, body = _asgi(app, "GET", "/?version=" + quote(given))
+    page = body.decode()
+    assert status == 404
+    shown = "&lt;b&gt;\\u202e" + "x" * (MAX_QUOTED_REFERENCE - 4) + "…"
+    assert f"unknown version &#39;{shown}&#39;; known versions: v_0123456789ab (main)" in page, page[:2000]
+    assert "x" * (MAX_QUOTED_REFERENCE - 3) not in page and len(body) < 20_000
 
 
 def test_password_checks_run_a_few_at_a_time(tmp_path: Path) -> None:
