@@ -51,7 +51,8 @@ class CheckpointError(CrmLedgerError):
 
 
 class SpillError(CrmLedgerError):
-    """A large run's sorted records could not be spilled to the temporary folder (TMPDIR)."""
+    """A large run's sorted records could not be spilled to the temporary folder (TMPDIR), or
+    were damaged there before they were read back."""
 
 
 class WriteProcessError(CrmLedgerError):

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import errno
 import heapq
+import pickle
 import struct
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -39,8 +41,9 @@ RATES_THE_INSTANT = frozenset({"SurveyAnswered", "ComplimentReceived"})
 #: Records per chunk of a spilled run. Merging holds one chunk of every run in
 #: memory, so this (not the run size) sets how memory grows with the number of runs.
 SPILL_CHUNK = 512
-#: A spilled chunk's length, before its bytes.
-_LENGTH = struct.Struct("<I")
+#: A spilled chunk's length and CRC-32, before its bytes: a chunk the disk damaged is told as
+#: that (marshal would read some damage as other values, and say "bad marshal data" of the rest).
+_FRAME = struct.Struct("<II")
 
 
 class _Timed(Protocol):
@@ -94,7 +97,7 @@ def in_time_order(
             for _, _, record in buffer:
                 yield record
             return
-        runs: list[Iterable[tuple[int, int, R]]] = [_read_run(handle, unpack) for handle in spills]
+        runs: list[Iterable[tuple[int, int, R]]] = [_read_run(handle, unpack, spill_dir) for handle in spills]
         runs.append(buffer)
         for _, _, record in heapq.merge(*runs):
             yield record
@@ -114,7 +117,7 @@ def _spill(buffer: list[tuple[int, int, T]], spill_dir: Path | None, pack: Calla
         for start in range(0, len(buffer), SPILL_CHUNK):
             part = buffer[start : start + SPILL_CHUNK]
             chunk = to_bytes([(at, sequence, pack(record)) for at, sequence, record in part])
-            handle.write(_LENGTH.pack(len(chunk)))
+            handle.write(_FRAME.pack(len(chunk), zlib.crc32(chunk)))
             handle.write(chunk)
         handle.flush()
         handle.seek(0)
@@ -127,8 +130,7 @@ def _spill(buffer: list[tuple[int, int, T]], spill_dir: Path | None, pack: Calla
 def _spill_fault(error: OSError, spill_dir: Path | None) -> str:
     """What to say when a sorted run cannot be spilled: the file has no name of its own (it is
     deleted at once), so the line names the folder, and TMPDIR, which chooses it."""
-    folder = spill_dir if spill_dir is not None else tempfile.gettempdir()
-    where = f"the temporary folder {folder} (TMPDIR), where a large run sorts its records,"
+    where = f"the temporary folder {_folder(spill_dir)} (TMPDIR), where a large run sorts its records,"
     # The spill comes while the run is read, before any batch is written.
     again = "nothing was written to the ledger; run the same command again"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -136,11 +138,52 @@ def _spill_fault(error: OSError, spill_dir: Path | None) -> str:
     return f"{where} cannot be written ({error.strerror or error}): set TMPDIR to a writable folder; {again}"
 
 
-def _read_run(handle: IO[bytes], unpack: Callable[[Any], T]) -> Iterator[tuple[int, int, T]]:
+def _folder(spill_dir: Path | None) -> Path | str:
+    return spill_dir if spill_dir is not None else tempfile.gettempdir()
+
+
+def _read_run(
+    handle: IO[bytes], unpack: Callable[[Any], T], spill_dir: Path | None
+) -> Iterator[tuple[int, int, T]]:
     while True:
-        length = handle.read(_LENGTH.size)
-        if not length:
+        chunk = _read_chunk(handle, spill_dir)
+        if chunk is None:
             return
-        chunk: list[tuple[int, int, Any]] = from_bytes(handle.read(_LENGTH.unpack(length)[0]))
         for at, sequence, packed in chunk:
             yield at, sequence, unpack(packed)
+
+
+def _read_chunk(handle: IO[bytes], spill_dir: Path | None) -> list[tuple[int, int, Any]] | None:
+    """The next chunk of a spilled run, None at its end; SpillError when the file is damaged."""
+    try:
+        frame = handle.read(_FRAME.size)
+        if not frame:
+            return None
+        if len(frame) < _FRAME.size:
+            raise SpillError(_damaged(spill_dir, "it ends inside a chunk's header"))
+        size, crc = _FRAME.unpack(frame)
+        data = handle.read(size)
+    except OSError as error:
+        raise SpillError(_damaged(spill_dir, f"it cannot be read: {error.strerror or error}")) from error
+    if len(data) < size:
+        raise SpillError(_damaged(spill_dir, f"it ends {size - len(data):,} bytes short of a chunk's end"))
+    if zlib.crc32(data) != crc:
+        raise SpillError(_damaged(spill_dir, "a chunk's bytes changed"))
+    try:
+        chunk: list[tuple[int, int, Any]] = from_bytes(data)
+    except (EOFError, ValueError, TypeError, IndexError, pickle.UnpicklingError) as error:
+        # Bytes that match their checksum yet do not decode: damaged before they were summed.
+        raise SpillError(_damaged(spill_dir, f"a chunk cannot be decoded: {error}")) from error
+    return chunk
+
+
+def _damaged(spill_dir: Path | None, what: str) -> str:
+    """What to say when a spilled run reads back other than it was written. The file has no
+    name of its own (it is deleted at once): the line names the folder it was in."""
+    # Merging feeds the batches as it reads: batches before the damage may be written (each
+    # whole, one transaction); the same command run again finds them and records the rest.
+    return (
+        f"a sorted run spilled to the temporary folder {_folder(spill_dir)} (TMPDIR) was damaged "
+        f"on the disk ({what}): it is temporary data, not the ledger, and nothing was half-written; "
+        "check that disk or set TMPDIR to another folder, and run the same command again"
+    )

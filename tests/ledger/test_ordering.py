@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import random
 import re
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,3 +76,54 @@ def test_a_spill_that_cannot_be_written_names_the_temporary_folder_and_tmpdir(
 class _FullDisk(io.BytesIO):
     def write(self, data: Any) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _spill_files(folder: Path) -> list[int]:
+    """This process's open spill files in `folder` (they have no names: deleted on creation)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(f"{folder}/"):
+                found.append(int(fd))
+    return found
+
+
+def _damaging_at_the_end(records: list[_Record], folder: Path, damage: Callable[[int], None]) -> Iterator[_Record]:
+    """`records`, then, once every run is spilled and before any is read back, `damage` done
+    to each spill file."""
+    yield from records
+    files = _spill_files(folder)
+    assert files, "nothing was spilled"
+    for fd in files:
+        damage(fd)
+
+
+def _first_chunk_size(fd: int) -> int:
+    return int(struct.unpack("<I", os.pread(fd, 4, 0))[0])
+
+
+@pytest.mark.parametrize(
+    ("damage", "told"),
+    [
+        # A short read: the file ends inside the last chunk, or inside a chunk's header.
+        (lambda fd: os.truncate(fd, os.fstat(fd).st_size - 10), "bytes short of a chunk's end"),
+        (lambda fd: os.truncate(fd, 8 + _first_chunk_size(fd) + 3), "ends inside a chunk's header"),
+        # A changed byte, which marshal would have read as another value or as "bad marshal data".
+        (lambda fd: os.pwrite(fd, bytes([os.pread(fd, 1, 20)[0] ^ 0x55]), 20), "a chunk's bytes changed"),
+        (lambda fd: os.pwrite(fd, b"\xff", 8), "a chunk's bytes changed"),
+    ],
+)
+def test_a_spilled_run_the_disk_damaged_is_a_spill_error_that_says_so(
+    tmp_path: Path, damage: Callable[[int], None], told: str
+) -> None:
+    """A spill file read back short or changed gave marshal's own "bad marshal data" or
+    EOFError (a traceback), or records other than those spilled."""
+    records = [_Record(i % 97, f"r{i}" * 20) for i in range(3000)]
+    ordered = in_time_order(
+        _damaging_at_the_end(records, tmp_path, damage), run_size=1000, spill_dir=tmp_path, pack=_pack, unpack=_unpack
+    )
+    with pytest.raises(SpillError) as raised:
+        list(ordered)
+    message = str(raised.value)
+    assert f"spilled to the temporary folder {tmp_path} (TMPDIR) was damaged" in message, message
+    assert told in message and "run the same command again" in message and "\n" not in message
