@@ -286,6 +286,10 @@ class Settings:
         it works in a read-only folder too (`sqlite_read_only_uri`), making no tables.
         """
         keys = {}
+        if read_only:
+            # The ledger then changes nothing in it, not even to index a store written before
+            # its event-id index (`ledger.application`).
+            keys["LEDGER_READ_ONLY"] = "true"
         if self.key_store is not None:
             keys["KEY_STORE"] = str(self.key_store)  # made with it, in a folder that exists (ledger.vault)
             if read_only:

@@ -7,10 +7,11 @@ the ledger already holds, and saves everything valid in one store transaction.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
@@ -65,6 +66,9 @@ Status = Literal["accepted", "duplicate", "rejected", "conflict"]
 WRITE_ATTEMPTS = 12
 #: The largest encoded event (bytes): what one Kafka message can always carry.
 DEFAULT_MAX_EVENT_BYTES = 512 * 1024
+#: Stored events read (and, indexing a store written before the event-id index, indexed in
+#: one transaction) at a time.
+_BACKFILL_BATCH = 5000
 
 #: Which field holds the key of the aggregate that owns each kind of event.
 _KEY_FIELD: dict[type[LedgerAggregate], str] = {
@@ -394,8 +398,16 @@ class LedgerApplication(Application[UUID]):
             self.recorder, self.env.get("KEY_STORE"), read_only=self.env.get("KEY_STORE_READ_ONLY") == "true"
         )
         self.max_event_bytes = DEFAULT_MAX_EVENT_BYTES
+        #: A store written before the event-id index, opened read-only (an auditor's copy, which
+        #: refuses the index's writes): its event ids are found in memory instead, built when
+        #: first asked (`recorded_fact`); the read commands never ask.
+        self._index_in_memory = False
+        self._positions: dict[str, int] | None = None  # event id -> notification id, when built
         if index_is_empty(self.recorder) and self.max_position() > 0:
-            self._backfill_index()
+            if self.env.get("LEDGER_READ_ONLY") == "true":
+                self._index_in_memory = True
+            else:
+                self._backfill_index()
         # Who handled recent interactions: survey answers name them, usually days later.
         self._handlers: OrderedDict[str, str | None] = OrderedDict()
 
@@ -506,8 +518,21 @@ class LedgerApplication(Application[UUID]):
 
     def recorded_fact(self, event_id: str) -> Fact | None:
         """The fact the ledger holds under `event_id`, if it holds one."""
-        state = indexed_events(self.recorder, [event_id]).get(event_id)
+        if self._index_in_memory:
+            state = self._unindexed_state(event_id)
+        else:
+            state = indexed_events(self.recorder, [event_id]).get(event_id)
         return None if state is None else self._stored_fact(state)
+
+    def _unindexed_state(self, event_id: str) -> bytes | None:
+        """The stored message of `event_id` in a read-only store without the event-id index."""
+        if self._positions is None:
+            self._positions = {found: position for found, _, _, position in self._index_rows()}
+        position = self._positions.get(event_id)
+        if position is None:
+            return None
+        (notification,) = self.read_notifications(position, 1)
+        return bytes(notification.state)
 
     def _stored_fact(self, state: bytes) -> Fact:
         """The fact a stored message holds, personal fields decrypted."""
@@ -565,22 +590,27 @@ class LedgerApplication(Application[UUID]):
 
     def _backfill_index(self) -> None:
         """Index every stored event id (a store written before the index existed)."""
+        rows = self._index_rows()
+        while batch := [row[:3] for row in itertools.islice(rows, _BACKFILL_BATCH)]:
+            with self.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+                mark = "?" if isinstance(self.recorder, SQLiteAggregateRecorder) else "%s"
+                cursor.executemany(
+                    f"INSERT INTO {INDEX_TABLE} VALUES ({mark}, {mark}, {mark}) ON CONFLICT DO NOTHING", batch
+                )
+
+    def _index_rows(self) -> Iterator[tuple[str, str, int, int]]:
+        """(event id, originator id as hex, originator version, notification id) of every
+        stored event, in notification order."""
         start = 1
         while True:
-            batch = list(self.read_notifications(start, 5000))
+            batch = list(self.read_notifications(start, _BACKFILL_BATCH))
             if not batch:
                 return
-            rows = []
             for notification in batch:
                 _, record = self.codec.decode(notification.state)
                 originator = notification.originator_id
                 hex_id = originator.hex if isinstance(originator, UUID) else UUID(str(originator)).hex
-                rows.append((record["event_id"], hex_id, notification.originator_version))
-            with self.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
-                mark = "?" if isinstance(self.recorder, SQLiteAggregateRecorder) else "%s"
-                cursor.executemany(
-                    f"INSERT INTO {INDEX_TABLE} VALUES ({mark}, {mark}, {mark}) ON CONFLICT DO NOTHING", rows
-                )
+                yield record["event_id"], hex_id, notification.originator_version, notification.id
             start = batch[-1].id + 1
 
     def _check_references(self, fact: Fact, work: UnitOfWork) -> Fact:

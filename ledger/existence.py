@@ -94,7 +94,14 @@ def indexed_events(recorder: ApplicationRecorder, event_ids: Collection[str]) ->
 
 
 def index_is_empty(recorder: ApplicationRecorder) -> bool:
-    """Whether the event-id index has no row (a store written before the index existed)."""
+    """Whether the event-id index has no row (a store written before the index existed).
+
+    Opened read-only, such a store may not even have the index's table: nothing made it.
+    """
     with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        if isinstance(recorder, SQLiteAggregateRecorder):
+            cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (INDEX_TABLE,))
+            if not cursor.fetchall():
+                return True
         cursor.execute(f"SELECT event_id FROM {INDEX_TABLE} LIMIT 1")
         return not cursor.fetchall()

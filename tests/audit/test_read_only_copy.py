@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -12,6 +13,7 @@ import pytest
 
 from crm_ledger.settings import Settings, sqlite_read_only_uri
 from ledger.application import LedgerApplication
+from ledger.connect import open_ledger
 from ledger.records import RecordParser
 from tests.factory import basics
 from tests.helpers import CLI, run_cli
@@ -124,3 +126,66 @@ def test_a_separate_key_store_is_read_in_a_read_only_folder_too(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["keys.sqlite", "ledger.sqlite"]
+
+
+#: A store written before the event-id index: without its table (as an old store opened
+#: read-only is, nothing having made it), or with the table and no rows.
+_WITHOUT_THE_INDEX = {"no table": "DROP TABLE crm_event_ids", "no rows": "DELETE FROM crm_event_ids"}
+
+
+def _index_rows(store: Path) -> int | None:
+    """Rows of the store's event-id index; None without its table. (Read as the file is: no
+    -wal or -shm made beside it, and no writer is at work.)"""
+    with contextlib.closing(sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro&immutable=1", uri=True)) as con:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'crm_event_ids'").fetchall():
+            return None
+        return int(con.execute("SELECT count(*) FROM crm_event_ids").fetchone()[0])
+
+
+@pytest.mark.parametrize("old", _WITHOUT_THE_INDEX.values(), ids=_WITHOUT_THE_INDEX.keys())
+def test_a_copy_written_before_the_event_id_index_is_read_without_indexing_it(
+    copy: Path, tmp_path: Path, old: str
+) -> None:
+    """Opening such a ledger indexed it first, which a read-only copy refused: every read
+    command failed ("no such table: crm_event_ids", or "is read-only")."""
+    env = {"CRM_LEDGER_STORE": str(copy), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    expected = {
+        args: run_cli(*args, env={**env, "CRM_LEDGER_STORE": str(tmp_path / "ledger.sqlite")})
+        for args in (("audit", "verify", "--source", "ledger"), ("audit", "head"), ("customer", "show", "c1"))
+    }
+    with contextlib.closing(sqlite3.connect(copy)) as con:
+        con.execute(old)
+        con.commit()
+    before = _index_rows(copy)
+    for args, shown in expected.items():
+        assert shown.returncode == 0, (args, shown.stderr)
+        result = _run_in_read_only_folder(copy.parent, *args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.split("(")[0] == shown.stdout.split("(")[0], args  # (head: when it was read)
+    assert _index_rows(copy) == before
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["ledger.sqlite"]
+
+
+@pytest.mark.parametrize("old", _WITHOUT_THE_INDEX.values(), ids=_WITHOUT_THE_INDEX.keys())
+def test_a_read_only_ledger_without_the_index_finds_its_facts_by_event_id(
+    copy: Path, settings: Settings, old: str
+) -> None:
+    with contextlib.closing(sqlite3.connect(settings.store)) as con:
+        held_ids = [str(event_id) for (event_id,) in con.execute("SELECT event_id FROM crm_event_ids")]
+    with contextlib.closing(sqlite3.connect(copy)) as con:
+        con.execute(old)
+        con.commit()
+    before = _index_rows(copy)
+    # Opened as the read commands open it: SQLite's mode=ro refuses every write.
+    app = open_ledger(Settings(store=str(copy)), read_only=True)
+    try:
+        for event_id in held_ids:
+            held = app.recorded_fact(event_id)
+            assert held is not None and held.event_id == event_id
+        assert app.recorded_fact("no-such-event") is None
+    finally:
+        app.close()
+    assert _index_rows(copy) == before
+    # Opened for writing, it is indexed as before.
+    LedgerApplication(Settings(store=str(copy)).eventsourcing_env()).close()
+    assert _index_rows(copy) == len(held_ids) == 5
