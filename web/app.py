@@ -29,6 +29,7 @@ from starlette.routing import Route
 from crm_ledger.errors import CrmLedgerError
 from crm_ledger.visible import visible
 from projections.log import missing_log, missing_log_advice
+from projections.store import quoted_reference
 from replay.diff import diff_versions
 from rewards.errors import PeriodError
 from rewards.periods import parse_period
@@ -197,7 +198,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
         with source.connect() as con:
             view = data.resolve(con, request.query_params.get("version"))
             if not data.team_exists(con, view, team_id):
-                raise NotFoundError(f"no team {team_id!r} in version {view.name}")
+                raise NotFoundError(f"no team {quoted_reference(team_id)} in version {view.name}")
             context = pages.team_page(
                 view,
                 team_id,
@@ -234,7 +235,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
             view = data.resolve(con, request.query_params.get("version"))
             teams = data.employee_teams(con, view, employee_id)
             if not teams:
-                raise NotFoundError(f"no employee {employee_id!r} in version {view.name}")
+                raise NotFoundError(f"no employee {quoted_reference(employee_id)} in version {view.name}")
             if not any(user.can_see(t) for t in teams):
                 raise ForbiddenError(f"employee {employee_id!r} was never in one of your teams")
             scores = data.employee_scores(con, view, employee_id)
@@ -242,7 +243,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
             asked = request.query_params.get("period")
             period = month_parameter(asked, "period") if asked else (periods[-1] if periods else "")
             if period and period not in periods:
-                raise NotFoundError(f"employee {employee_id!r} has no score for {period!r}")
+                raise NotFoundError(f"employee {quoted_reference(employee_id)} has no score for {period!r}")
             context = pages.employee_page(
                 view,
                 employee_id,
@@ -262,7 +263,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
             view = data.resolve(con, None)
             teams = data.employee_teams(con, view, employee_id)
             if not teams:
-                raise NotFoundError(f"no employee {employee_id!r} in version {view.name}")
+                raise NotFoundError(f"no employee {quoted_reference(employee_id)} in version {view.name}")
             if not any(user.can_see(t) for t in teams):
                 raise ForbiddenError(f"employee {employee_id!r} was never in one of your teams")
             events = data.statement_events(con, period)

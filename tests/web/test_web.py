@@ -617,3 +617,11 @@ def test_a_statement_typed_with_bare_slashes_is_still_a_statement(odd_site: dict
         assert f"<title>Reward statement {ODD_EMPLOYEE} 2025-01</title>" in got.read().decode()
     with urllib.request.urlopen(f"{odd_site['base']}/employee/d%2Fstatement%2F2025-01", timeout=30) as got:
         assert f"<h1>Employee {ODD_STATEMENT}</h1>" in got.read().decode()
+
+
+def test_a_long_team_or_employee_id_is_echoed_cut_short_on_the_404_page(site: dict[str, Any]) -> None:
+    long_id = "x" * 5000
+    for path in (f"/team/{long_id}", f"/employee/{long_id}", f"/employee/{long_id}/statement/2025-01"):
+        status, body = _get(site["base"] + path)
+        assert status == 404, (path[:40], status)
+        assert "x" * 80 + "…" in body and "x" * 81 not in body, path[:40]
