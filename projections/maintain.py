@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from projections.asof_loop import small_asof_joins
 from projections.catalog import existing_tables
 from projections.goals import GOAL_EVENTS, GOAL_TABLES
 from projections.kpi_days import DAYS, READS, build_sql, days_select, periods_select
@@ -67,6 +68,7 @@ from projections.sources import Position
 from projections.spec import MetricSpec
 from projections.store import LOG_STREAM, ProjectionDB, VersionInfo
 from projections.transaction import transaction
+from projections.written import rows_written
 
 #: The typed events of the snapshot, materialised once per update (many scans follow).
 EV = "crm_ev"
@@ -232,7 +234,8 @@ class Maintainer:
                     events = new
                 else:
                     self._materialise_touched(s)
-                    new = self._log_tables(s)
+                    with small_asof_joins(con, f"{s}.team_history"):
+                        new = self._log_tables(s)
                     events = self.db.find_version(self.storage.version).events + new
                     touched = True
                 self._record(snapshot, full)
@@ -517,16 +520,16 @@ class Maintainer:
         new, goals = (int(counted[0]), int(counted[1])) if counted else (0, 0)
         # The goal tables' own rows are made from goal events alone (projections.goals).
         self._goals_changed = goals > 0
-        run(
+        moved = rows_written(
+            self.db.connection,
             "CREATE OR REPLACE TEMP TABLE crm_emp AS SELECT DISTINCT employee_id FROM crm_new "
-            "WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam') AND employee_id IS NOT NULL"
-        )
+            "WHERE event_type IN ('EmployeeJoined', 'EmployeeMovedTeam') AND employee_id IS NOT NULL",
+        ) > 0
         run(
             "CREATE OR REPLACE TEMP TABLE crm_case AS SELECT case_id FROM crm_new WHERE case_id IS NOT NULL "
             f"AND event_type IN {_CASE_CHANGING} "
             "UNION SELECT source_case_id FROM crm_new WHERE source_case_id IS NOT NULL"
         )
-        moved = run("SELECT count(*) FROM crm_emp").fetchone() != (0,)
         # Team history, then the measures it attributes. Without a join or move (nearly every
         # update), no employee's history changes: the conditions on them are left out (each
         # was a join over every measure row, and the history's statements wrote nothing).
@@ -598,22 +601,24 @@ class Maintainer:
             service.retention()
             service.profile("SELECT customer_id FROM crm_new WHERE customer_id IS NOT NULL")
         # Complaint months of every opening of a touched case (the old first opening among them).
-        run(
+        complaints = rows_written(
+            self.db.connection,
             "CREATE OR REPLACE TEMP TABLE crm_complaints AS SELECT DISTINCT team_id, "
             f"strftime(occurred_at, '%Y-%m') AS period FROM {EV} WHERE event_type = 'CaseOpened' "
-            "AND team_id IS NOT NULL AND case_id IN (SELECT case_id FROM crm_case)"
+            "AND team_id IS NOT NULL AND case_id IN (SELECT case_id FROM crm_case)",
         )
         pairs = "(team_id, period) IN (SELECT team_id, period FROM crm_complaints)"
-        if run("SELECT count(*) FROM crm_complaints").fetchone() != (0,):
+        if complaints:
             run(f"DELETE FROM {s}.complaint_kpi_month WHERE {pairs}")
             run(f"INSERT INTO {s}.complaint_kpi_month {complaint_kpi_select(EV, pairs)}")
         # Statements and adjustments of the employee-months they were issued for.
-        run(
+        statements = rows_written(
+            self.db.connection,
             "CREATE OR REPLACE TEMP TABLE crm_statements AS SELECT DISTINCT employee_id, period "
-            f"FROM crm_new WHERE event_type IN {_STATEMENTS}"
+            f"FROM crm_new WHERE event_type IN {_STATEMENTS}",
         )
         stmts = "(employee_id, period) IN (SELECT employee_id, period FROM crm_statements)"
-        if run("SELECT count(*) FROM crm_statements").fetchone() != (0,):
+        if statements:
             # Statements are rare; their payload is read from the log only when there are some.
             run(f"DELETE FROM {s}.reward_statement WHERE {stmts}")
             run(f"INSERT INTO {s}.reward_statement {reward_statement_select(f'{s}.events', stmts)}")

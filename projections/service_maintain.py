@@ -59,6 +59,7 @@ from projections.service_models import (
     service_measures_select,
     sla_case_sql,
 )
+from projections.written import rows_written
 
 #: The scratch schema the full-build SQL runs in (created and dropped inside the update's transaction).
 SCRATCH = "crm_inc"
@@ -246,22 +247,22 @@ class ServiceMaintenance:
         if self.at_hand is None:
             return self._rows(_SLA_READS, f"{sla} AND {steps}", with_end=True)
         events, cases = self.at_hand
-        run = self.run
         # The far cases' rows, read once (the three steps below each read them); found by
         # their key column first, then fetched by row id (filtering a scan of every column
         # read every row of them: twice the time).
-        run(
+        far_cases = rows_written(
+            self.connection,
             "CREATE OR REPLACE TEMP TABLE crm_sv_far AS SELECT opened_at, accepted_at, resolved_at, "
             f"resolved_event_id, resolver_id, customer_id, case_id, severity, kind FROM {self.s}.sla_case "
             f"WHERE rowid IN (SELECT rowid FROM {self.s}.sla_case "
             "WHERE case_id IN (SELECT case_id FROM crm_sv_sla) "
-            f"AND case_id NOT IN (SELECT case_id FROM {cases} WHERE case_id IS NOT NULL))"
+            f"AND case_id NOT IN (SELECT case_id FROM {cases} WHERE case_id IS NOT NULL))",
         )
         near = (
             f"SELECT {', '.join(_SLA_READS)} FROM {events} WHERE {steps} AND {sla} "
             f"AND case_id IN (SELECT case_id FROM {cases})"
         )
-        if self._count("crm_sv_far"):
+        if far_cases:
             far = "FROM crm_sv_far WHERE TRUE"
             near += (
                 " UNION ALL BY NAME SELECT 'CaseOpened' AS event_type, opened_at AS occurred_at, "
@@ -285,14 +286,15 @@ class ServiceMaintenance:
         s, run = self.s, self.run
         with Scratch(self.connection) as scratch:
             # Contract terms, by contract.
-            run(
+            any_contracts = rows_written(
+                self.connection,
                 "CREATE OR REPLACE TEMP TABLE crm_sv_contracts AS SELECT DISTINCT contract_id "
-                "FROM crm_fresh WHERE contract_id IS NOT NULL"
+                "FROM crm_fresh WHERE contract_id IS NOT NULL",
             )
             run("CREATE OR REPLACE TEMP TABLE crm_sv_cov (customer_id VARCHAR)")
             run(f"CREATE OR REPLACE TEMP TABLE {_PERIODS} (period VARCHAR)")
             contracts = "contract_id IN (SELECT contract_id FROM crm_sv_contracts)"
-            if self._count("crm_sv_contracts"):
+            if any_contracts:
                 scratch.events(self._rows(_CONTRACT_READS, contracts, payloads=True))
                 scratch.build(contract_terms_sql(SCRATCH))
                 run(
@@ -314,12 +316,13 @@ class ServiceMaintenance:
             # log's last event) has passed since the last update change, and only in
             # `breached`: NULL (within the SLA) becomes true, as sla_case_sql gives when the
             # log's end lies past `due_at`; such a case has no measure rows (it is unresolved).
-            run(
+            any_sla = rows_written(
+                self.connection,
                 "CREATE OR REPLACE TEMP TABLE crm_sv_sla AS SELECT case_id FROM crm_fresh "
                 f"WHERE case_id IS NOT NULL AND event_type IN {_CASE_STEPS} "
                 f"UNION SELECT case_id FROM {s}.sla_case "
-                "WHERE customer_id IN (SELECT customer_id FROM crm_sv_cov) AND case_id IS NOT NULL"
-            )
+                "WHERE customer_id IN (SELECT customer_id FROM crm_sv_cov) AND case_id IS NOT NULL",
+            ) > 0
             run(
                 f"UPDATE {s}.sla_case SET breached = true WHERE breached IS NULL AND resolved_at IS NULL "
                 f"AND due_at < {timestamp_sql(self.new_end)} "
@@ -327,7 +330,6 @@ class ServiceMaintenance:
             )
             sla = "case_id IN (SELECT case_id FROM crm_sv_sla)"
             # The new rows of the recomputed cases are kept for their measure rows.
-            any_sla = self._count("crm_sv_sla") > 0
             if any_sla:
                 scratch.events(self._sla_events(sla))
                 scratch.view("contract_terms", f"SELECT * FROM {s}.contract_terms")
@@ -343,14 +345,14 @@ class ServiceMaintenance:
                 "CREATE OR REPLACE TEMP TABLE crm_sv_visits_new AS SELECT DISTINCT visit_id FROM crm_fresh "
                 "WHERE visit_id IS NOT NULL"
             )
-            run(
+            any_fv = rows_written(
+                self.connection,
                 "CREATE OR REPLACE TEMP TABLE crm_sv_fv AS SELECT DISTINCT case_id FROM "
                 f"{self.payloads} WHERE {self.visible} AND event_type = 'FieldVisitScheduled' "
-                "AND visit_id IN (SELECT visit_id FROM crm_sv_visits_new)"
-            )
+                "AND visit_id IN (SELECT visit_id FROM crm_sv_visits_new)",
+            ) > 0
             fv = "case_id IN (SELECT case_id FROM crm_sv_fv)"
             run("CREATE OR REPLACE TEMP TABLE crm_sv_fv_customers (customer_id VARCHAR)")
-            any_fv = self._count("crm_sv_fv") > 0
             if any_fv:
                 run(
                     "CREATE OR REPLACE TEMP TABLE crm_sv_visits AS SELECT DISTINCT visit_id FROM "
@@ -423,9 +425,10 @@ class ServiceMaintenance:
         recomputed, with the service columns NULL).
         """
         s, run = self.s, self.run
-        run(
+        customers_found = rows_written(
+            self.connection,
             f"CREATE OR REPLACE TEMP TABLE crm_sv_customers AS {named} "
-            "UNION SELECT customer_id FROM crm_sv_cov UNION SELECT customer_id FROM crm_sv_fv_customers"
+            "UNION SELECT customer_id FROM crm_sv_cov UNION SELECT customer_id FROM crm_sv_fv_customers",
         )
         if self.old_end != self.new_end:
             # "Now" moved: the terms whose start, end or due moment it passed change coverage
@@ -437,8 +440,11 @@ class ServiceMaintenance:
                 moved = " OR ".join(
                     f"{c} BETWEEN {low} AND {high}" for c in ("starts_on", "final_ends_on", "covered_until")
                 )
-            run(f"INSERT INTO crm_sv_customers SELECT customer_id FROM {s}.contract_terms WHERE {moved}")
-        if not self._count("crm_sv_customers"):
+            customers_found += rows_written(
+                self.connection,
+                f"INSERT INTO crm_sv_customers SELECT customer_id FROM {s}.contract_terms WHERE {moved}",
+            )
+        if not customers_found:
             return
         customers = "customer_id IN (SELECT customer_id FROM crm_sv_customers)"
         with Scratch(self.connection) as scratch:
