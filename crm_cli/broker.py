@@ -8,6 +8,7 @@ the broker answers metadata requests, and stops it again.
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 import time
@@ -22,7 +23,9 @@ from crm_cli.errors import BrokerError
 from crm_ledger.errors import ConfigurationError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
+#: Less room than this in the broker's log folder: a full disk is why it could not start
+#: (Kafka takes a log folder that refused a write offline, and stops with its last one).
+_NEARLY_FULL = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -182,11 +185,26 @@ def start(config: BrokerConfig, timeout_s: float = 90.0) -> None:
     config.pid_file.write_text(str(process.pid))
     try:
         wait_until_ready(config.bootstrap, timeout_s, process=process)
-    except (BrokerError, KeyboardInterrupt):
+    except (BrokerError, KeyboardInterrupt) as error:
         # Ctrl-C while it starts stops it too: it went on starting in the background, the
         # command having said "interrupted".
         stop(config)
+        if isinstance(error, BrokerError) and process.poll() is not None:
+            raise BrokerError(f"{error}: {why_it_exited(config)}") from error
         raise
+
+
+def why_it_exited(config: BrokerConfig) -> str:
+    """What to do about a broker that exited while starting. A full log folder is named: the
+    broker's own log then shows only a fault in reading its memory-mapped index files."""
+    logs = config.data_dir / "logs"
+    try:
+        stats = os.statvfs(logs)
+    except OSError:
+        stats = None
+    if stats is not None and stats.f_bavail * stats.f_frsize < _NEARLY_FULL:
+        return f"its log folder {logs} is full: free some space there, then run the same command again"
+    return f"see its log {config.log_file}"
 
 
 def wait_until_ready(
