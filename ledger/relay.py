@@ -24,13 +24,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
 from crm_ledger.kafka import (
     DEFAULT_BROKER_TIMEOUT_S,
     INFINITE_RETENTION,
     BrokerWatch,
+    broker_listens,
     consumer_config,
     ensure_topic,
     kafka_reason,
@@ -52,6 +53,11 @@ from schemas.sync import verify_registered
 
 #: The brokers' default transaction.max.timeout.ms: a longer transaction timeout is refused.
 MAX_TRANSACTION_TIMEOUT_MS = 900_000
+#: The longest the producer's start waits for a listening broker's transaction coordinator
+#: (the first use of transactions creates the broker's transaction log: seconds).
+INIT_TIMEOUT_S = 30.0
+#: How long one attempt at it blocks before the relay checks that the broker still listens.
+_INIT_STEP_S = 1.0
 #: Message key candidates, lowest rank first (declared `"crm.key": RANK` in the schemas).
 KEY_FIELDS = shipped().key_fields
 
@@ -211,14 +217,32 @@ class Relay:
                 **self.watch.client_config(),
             }
         )
-        try:
-            # Fences an earlier instance and aborts whatever it left open.
-            producer.init_transactions(30)
-        except KafkaException as error:
-            raise KafkaUnavailableError(
-                f"initialising the transactional producer failed: {kafka_reason(error)}"
-            ) from error
+        self._init_transactions(producer)
         return producer
+
+    def _init_transactions(self, producer: Producer) -> None:
+        """Fence an earlier instance and abort whatever it left open.
+
+        In short steps, not one long call: librdkafka serves no error callback while it
+        waits, so a broker that died meanwhile (its log folder full, say) went unnoticed for
+        the whole call, and the relay sat silent for 30 s before its broker timeout even began.
+        """
+        deadline = time.monotonic() + INIT_TIMEOUT_S
+        while True:
+            try:
+                producer.init_transactions(_INIT_STEP_S)
+                return
+            except KafkaException as error:
+                first = error.args[0] if error.args else None
+                pending = isinstance(first, KafkaError) and (
+                    first.code() == KafkaError._TIMED_OUT or first.retriable()
+                )
+                # A timed-out call resumes where it stopped when made again.
+                if pending and time.monotonic() < deadline and broker_listens(self.config.bootstrap):
+                    continue
+                raise KafkaUnavailableError(
+                    f"initialising the transactional producer failed: {kafka_reason(error)}"
+                ) from error
 
     def run(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +119,19 @@ def test_a_log_folder_that_fills_up_mid_relay_is_one_line_and_the_rerun_relays_e
     _gives_up_in_one_line(result, kafka.config.bootstrap)
     _back_with_room_then_everything_once(kafka, len(lines))
 
+
+def test_a_full_log_folder_before_the_first_transaction_is_noticed_at_once_not_after_30_s(
+    tmp_path: Path, broker_on_small_disk: _Broker
+) -> None:
+    # The broker dies creating its transaction log; a relay blocked in starting its producer
+    # once noticed only after 30 s, and then waited its broker timeout on top.
+    kafka = broker_on_small_disk
+    lines = _history(tmp_path)
+    _ingest(tmp_path, lines, kafka.env)
+    kafka.disk.fill(leave=48 * 1024)
+    started = time.monotonic()
+    result = run_cli("relay", env=kafka.env)
+    elapsed = time.monotonic() - started
+    _gives_up_in_one_line(result, kafka.config.bootstrap)
+    assert elapsed < BROKER_TIMEOUT_S + 15, elapsed
+    _back_with_room_then_everything_once(kafka, len(lines))
