@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +36,30 @@ def _binary(name: str) -> str | None:
     return None
 
 
-def _as_owner(command: list[str], owner: str | None) -> list[str]:
+def _as_owner(command: list[str], owner: str | None, prefix: Sequence[str] = ()) -> list[str]:
     if owner is None:
-        return command
-    return ["runuser", "-u", owner, "--", *command]
+        return [*prefix, *command]
+    return [*prefix, "runuser", "-u", owner, "--", *command]
 
 
-def start(base: Path) -> tuple[PostgresServer, subprocess.Popen[bytes]] | None:
-    """Initialise and start a server on a free loopback port; None when PostgreSQL is absent."""
-    initdb, postgres = _binary("initdb"), _binary("postgres")
-    if initdb is None or postgres is None:
+def owner_ids() -> tuple[int, int] | None:
+    """The uid and gid the server runs as (the `postgres` user under root); None: no such user."""
+    if os.getuid() != 0:
+        return os.getuid(), os.getgid()
+    try:
+        entry = pwd.getpwnam("postgres")
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def start(base: Path, prefix: Sequence[str] = ()) -> tuple[PostgresServer, subprocess.Popen[bytes]] | None:
+    """Initialise and start a server on a free loopback port; None when PostgreSQL is absent.
+
+    `prefix` runs initdb and the server through another command (`nsenter`, for a server
+    whose folder is a disk mounted in a namespace of its own)."""
+    initdb = _binary("initdb")
+    if initdb is None or _binary("postgres") is None:
         return None
     owner = None
     user = pwd.getpwuid(os.getuid()).pw_name
@@ -59,40 +74,51 @@ def start(base: Path) -> tuple[PostgresServer, subprocess.Popen[bytes]] | None:
         os.chmod(base, 0o700)
     data = base / "data"
     subprocess.run(
-        _as_owner([initdb, "-D", str(data), "-A", "trust", "-U", user, "--no-sync"], owner),
+        _as_owner([initdb, "-D", str(data), "-A", "trust", "-U", user, "--no-sync"], owner, prefix),
         check=True,
         capture_output=True,
     )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    server = PostgresServer(data, port, user)
+    process = serve(server, prefix)
+    return (server, process) if process is not None else None
+
+
+def serve(server: PostgresServer, prefix: Sequence[str] = ()) -> subprocess.Popen[bytes] | None:
+    """Start the server on its initialised folder (again, after it stopped) and wait until it
+    takes connections; None when it did not come up."""
+    postgres = _binary("postgres")
+    assert postgres is not None
+    owner = server.user if os.getuid() == 0 else None
     process = subprocess.Popen(
         _as_owner(
             [
                 postgres,
                 "-D",
-                str(data),
+                str(server.data),
                 "-p",
-                str(port),
+                str(server.port),
                 "-h",
                 "127.0.0.1",
                 "-k",
-                str(base),
+                str(server.data.parent),
                 "-c",
                 "fsync=off",
                 "-c",
                 "max_connections=200",
             ],
             owner,
+            prefix,
         ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    server = PostgresServer(data, port, user)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=1):
                 break
         except OSError:
             if process.poll() is not None:
@@ -103,7 +129,7 @@ def start(base: Path) -> tuple[PostgresServer, subprocess.Popen[bytes]] | None:
     while time.monotonic() < deadline:
         try:
             psycopg.connect(server.url("postgres"), connect_timeout=2).close()
-            return server, process
+            return process
         except psycopg.OperationalError:
             time.sleep(0.1)
     process.terminate()
