@@ -48,7 +48,7 @@ def _imported_by_the_entry_point() -> bool:
     # The script installed for [project.scripts]: its first statement imports the entry point.
     script = os.path.basename(sys.argv[0]) if sys.argv else ""
     at_top = frame.f_back is None and frame.f_globals.get("__name__") == "__main__"
-    return at_top and script.startswith("crm-ledger")
+    return at_top and script == "crm-ledger"
 
 
 def take_over_interrupts() -> None:

@@ -64,6 +64,11 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
     def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         before = kwargs.get("before_events")
         if before is not None:
+            # The table is locked first (the insert's own lock is then already held): under
+            # REPEATABLE READ the transaction's first statement fixes its snapshot, and the
+            # next notification id must be read from a snapshot taken after the lock, or a
+            # writer that committed in between has its ids handed out again.
+            self._lock_table(curs)
             with curs.connection.cursor() as before_cursor:
                 before(before_cursor)
         super()._insert_stored_events(curs, stored_events, **kwargs)

@@ -218,7 +218,9 @@ class Maintainer:
         with transaction(con):
             self.index.sync(snapshot, self._dataset, self._tables.get("main", set()))
         self._reached = self._end_at  # kept by an update with nothing new
-        with transaction(con):
+        # Small ASOF joins loop (projections.asof_loop): set outside the transaction, which a
+        # failed statement aborts.
+        with small_asof_joins(con, f"{s}.team_history"), transaction(con):
             self._drop_temps(con)
             self._read_whole = False
             full = full or recorded is None
@@ -234,8 +236,7 @@ class Maintainer:
                     events = new
                 else:
                     self._materialise_touched(s)
-                    with small_asof_joins(con, f"{s}.team_history"):
-                        new = self._log_tables(s)
+                    new = self._log_tables(s)
                     events = self.db.find_version(self.storage.version).events + new
                     touched = True
                 self._record(snapshot, full)

@@ -194,7 +194,7 @@ def create_app(db: Path, users: Users | None = None) -> Starlette:
     def team(request: Request, user: User) -> Response:
         team_id = request.path_params["team_id"] or _query_id(request, "team")
         if not user.can_see(team_id):
-            raise ForbiddenError(f"team {team_id!r} is not among your teams")
+            raise ForbiddenError(f"team {quoted_reference(team_id)} is not among your teams")
         with source.connect() as con:
             view = data.resolve(con, request.query_params.get("version"))
             if not data.team_exists(con, view, team_id):

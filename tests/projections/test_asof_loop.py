@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projections.asof_loop import DUCKDB_DEFAULT, LOOP_COMPARISONS, small_asof_joins
+from projections.transaction import transaction
 
 _JOIN = (
     "SELECT m.employee_id, m.occurred_at, h.team_id FROM measures m ASOF LEFT JOIN history h "
@@ -33,6 +34,23 @@ def test_the_threshold_is_raised_within_the_bound_and_put_back_even_on_an_error(
     connection.execute("CREATE TABLE large AS SELECT range AS valid_from FROM range(2 * 1000 * 1000)")
     with small_asof_joins(connection, "large"):
         assert _threshold(connection) == DUCKDB_DEFAULT  # a loop would cost more than the sort
+    with small_asof_joins(connection, "main.no_history_yet"):  # before a first build
+        assert _threshold(connection) == DUCKDB_DEFAULT
+
+
+def test_a_statement_that_fails_in_the_update_s_transaction_keeps_its_own_error() -> None:
+    """Reset inside the aborted transaction, the setting's own reset failed ("Current
+    transaction is aborted") and hid the statement's error (a full disk, Ctrl-C)."""
+    connection = duckdb.connect()
+    connection.execute("CREATE TABLE history AS SELECT range AS valid_from FROM range(400)")
+    with (
+        pytest.raises(duckdb.CatalogException, match="no_such_table"),
+        small_asof_joins(connection, "history"),
+        transaction(connection),
+    ):
+        connection.execute("SELECT * FROM no_such_table")
+    assert _threshold(connection) == DUCKDB_DEFAULT
+    connection.execute("SELECT 1")  # the connection goes on working
 
 
 _rows = st.lists(

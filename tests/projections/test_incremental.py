@@ -576,3 +576,29 @@ def test_a_follower_holding_the_file_equals_a_full_rebuild(tmp_path: Path) -> No
     assert step >= 5
     live.close()
     app.close()
+
+
+def test_a_statement_that_fails_in_an_incremental_update_is_told_as_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The looped ASOF joins' setting was put back inside the update's transaction: after a
+    failed statement that reset failed too ("Current transaction is aborted") and hid the
+    statement's own error (a full disk's, Ctrl-C's), and the setting stayed raised."""
+    app = _ledger(tmp_path, 5, 12, 3)
+    messages = [(n.id, n.state) for n in app.read_notifications(1, 1_000_000)]
+    live = ProjectionDB(tmp_path / "live.duckdb")
+    version = live.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_TEXT, TOPIC)
+    half = len(messages) // 2
+    Projector(live, version, ShuffledSource(messages, [half]), app.codec).run()
+
+    def failing(self: Maintainer, s: str) -> int:
+        self.db.connection.execute("SELECT * FROM crm_no_such_table")
+        return 0
+
+    monkeypatch.setattr(Maintainer, "_log_tables", failing)
+    with pytest.raises(Exception, match="crm_no_such_table"):
+        Projector(live, version, ShuffledSource(messages, [len(messages)]), app.codec).run()
+    setting = live.connection.execute("SELECT current_setting('asof_loop_join_threshold')").fetchone()
+    assert setting == (64,)
+    live.close()
+    app.close()

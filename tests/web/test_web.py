@@ -625,3 +625,6 @@ def test_a_long_team_or_employee_id_is_echoed_cut_short_on_the_404_page(site: di
         status, body = _get(site["base"] + path)
         assert status == 404, (path[:40], status)
         assert "x" * 80 + "…" in body and "x" * 81 not in body, path[:40]
+    # A team lead is refused another team before it is looked up: the 403 quotes it cut short too.
+    status, body = _get(site["base"] + f"/team/{long_id}", "ada")
+    assert status == 403 and "x" * 80 + "…" in body and "x" * 81 not in body, status
