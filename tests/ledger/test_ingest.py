@@ -204,8 +204,10 @@ def test_hostile_input_is_rejected_never_crashes(
         b"CustomerRegistered,00000000-0000-4000-8000-0000000000aa,2026-01-01,c7,smb,x\x00y\n"
         b"CustomerRegistered,00000000-0000-4000-8000-0000000000ab,2026-01-01,c8,smb,north\n"
     )
-    summary = ingest(app, parser, csv_path)  # Python's csv reads NUL bytes as text
-    assert (summary.accepted, summary.rejected) == (2, 0)
+    # Python's csv reads NUL bytes as text; the record holding one is refused on every store
+    # (PostgreSQL's text cannot hold it), and the other lands.
+    summary = ingest(app, parser, csv_path)
+    assert (summary.accepted, summary.rejected) == (1, 1)
 
 
 def test_the_rejects_file_cannot_be_an_input_and_a_device_is_refused(tmp_path: Path) -> None:
