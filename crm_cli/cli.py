@@ -544,11 +544,12 @@ def generate(
     _history_fits(start, months)
     config = GeneratorConfig(customers, employees, months, seed, start, invalid_rate)
     _refuse_own_file(out_path, "--out")
-    if str(out_path) == "-":
-        count = write_history(config, sys.stdout)
-    else:
-        with replaced_whole(out_path) as partial, partial.open("w", encoding="utf-8") as handle:
-            count = write_history(config, handle)
+    with graceful_stop() as stop:
+        if str(out_path) == "-":
+            count = write_history(config, sys.stdout, should_stop=stop)
+        else:
+            with replaced_whole(out_path) as partial, partial.open("w", encoding="utf-8") as handle:
+                count = write_history(config, handle, should_stop=stop)
     err.print(f"generated {count} records into {out_path}")
 
 

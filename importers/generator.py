@@ -615,8 +615,15 @@ def _ignore(event: dict[str, Any]) -> None:
     """Observes nothing (the service simulation is off)."""
 
 
-def write_history(config: GeneratorConfig, out: IO[str]) -> int:
-    """Write the history as JSON lines; returns the number of records written."""
+def write_history(
+    config: GeneratorConfig, out: IO[str], should_stop: Callable[[], bool] = lambda: False
+) -> int:
+    """Write the history as JSON lines; returns the number of records written.
+
+    `should_stop` is asked between blocks of lines; when it answers yes the writing ends
+    with KeyboardInterrupt (a Ctrl-C taken as a flag: raised by Python in the middle of a
+    block, it could land in a finalizer, where Python drops it, and the run went on).
+    """
     count = 0
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     generator = HistoryGenerator(config)
@@ -627,6 +634,8 @@ def write_history(config: GeneratorConfig, out: IO[str]) -> int:
         if len(buffer) >= 4096:
             out.write("\n".join(buffer) + "\n")
             buffer.clear()
+            if should_stop():
+                raise KeyboardInterrupt
     if buffer:
         out.write("\n".join(buffer) + "\n")
     return count
