@@ -37,6 +37,12 @@ class BrokerConfig:
     controller_port: int = 9093
     lib_dir: Path = PROJECT_ROOT / ".kafka" / "lib"
     heap: str = "512m"
+    #: More log folders besides `data_dir/logs` (Kafka's JBOD: one folder per disk). Kafka
+    #: spreads partitions over them and, when one fails (its disk full, say), takes only that
+    #: one offline and stays up; `data_dir/logs` comes first, so it keeps the cluster metadata,
+    #: without which the broker stops. Given from the first start: the storage is formatted
+    #: once, and a folder added later is not.
+    extra_log_dirs: tuple[Path, ...] = ()
 
     @property
     def bootstrap(self) -> str:
@@ -57,7 +63,7 @@ class BrokerConfig:
 
 def server_properties(config: BrokerConfig) -> str:
     """The broker's configuration: one node acting as broker and controller."""
-    logs = config.data_dir / "logs"
+    logs = ",".join(str(folder) for folder in (config.data_dir / "logs", *config.extra_log_dirs))
     return "\n".join(
         [
             "process.roles=broker,controller",
