@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -268,6 +268,42 @@ def topic_exists(bootstrap: str, topic: str, timeout_s: float = 3.0) -> bool:
     except KafkaException:
         return False
     return topic in metadata.topics
+
+
+#: Kafka's own topic holding the transaction coordinators' state.
+TRANSACTION_LOG = "__transaction_state"
+
+
+def offline_partitions(bootstrap: str, topics: Iterable[str], timeout_s: float = 3.0) -> dict[str, list[int]]:
+    """The partitions of `topics` that have no leader to write to, by topic.
+
+    A broker whose log folder failed (its disk full, say) stays up and answers, but the
+    partitions kept there have no leader until it is restarted with the folder writable
+    (on a cluster, until a replica elsewhere takes over): producing to them times out and
+    reading them says "unknown partition", which looked like a broker that went away.
+    Empty when all have a leader, and when the broker does not answer (that is an outage).
+    """
+    if not broker_listens(bootstrap, timeout_s):
+        return {}  # at once, not after the client's time-out: a broker that went away is told as such
+    try:
+        metadata = admin(bootstrap).list_topics(timeout=timeout_s)
+    except KafkaException:
+        return {}
+    found: dict[str, list[int]] = {}
+    for name in topics:
+        topic = metadata.topics.get(name)
+        if topic is None:
+            continue
+        down = sorted(p for p, part in topic.partitions.items() if part.leader < 0 or part.error is not None)
+        if down:
+            found[name] = down
+    return found
+
+
+def describe_offline(bootstrap: str, offline: Mapping[str, list[int]]) -> str:
+    """Which partitions are offline, as one clause ("partitions 1, 3 of 'x' are offline")."""
+    parts = [f"{', '.join(map(str, numbers))} of {topic!r}" for topic, numbers in offline.items()]
+    return f"Kafka at {bootstrap} answers, but partitions {'; '.join(parts)} are offline"
 
 
 def produce(

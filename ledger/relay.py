@@ -30,11 +30,14 @@ from crm_ledger.errors import CrmLedgerError, KafkaUnavailableError
 from crm_ledger.kafka import (
     DEFAULT_BROKER_TIMEOUT_S,
     INFINITE_RETENTION,
+    TRANSACTION_LOG,
     BrokerWatch,
     broker_listens,
     consumer_config,
+    describe_offline,
     ensure_topic,
     kafka_reason,
+    offline_partitions,
     produce,
     topic_exists,
 )
@@ -186,7 +189,12 @@ class Relay:
     ) -> None:
         self.app = app
         self.config = config
+        self._say = say
         self.watch = BrokerWatch(config.bootstrap, say, config.broker_timeout_s)
+        #: Since when partitions the relay writes to have had no leader (None: all have one),
+        #: and whether that was said.
+        self._offline_since: float | None = None
+        self._offline_told = False
         self.codec: AvroCodec = app.codec
         self._producer: Producer | None = None
         self._peek = FieldPeek(self.codec, ("event_id", *KEY_FIELDS))
@@ -237,8 +245,12 @@ class Relay:
                 pending = isinstance(first, KafkaError) and (
                     first.code() == KafkaError._TIMED_OUT or first.retriable()
                 )
-                # A timed-out call resumes where it stopped when made again.
-                if pending and time.monotonic() < deadline and broker_listens(self.config.bootstrap):
+                # A timed-out call resumes where it stopped when made again. A coordinator
+                # whose partition is offline (or which cannot finish aborting a transaction on
+                # one) answers "try again" forever: the relay sat silent for 30 s, twice, then
+                # gave up as if the broker had gone away; `_connect` tells that case instead.
+                waiting = pending and time.monotonic() < deadline
+                if waiting and broker_listens(self.config.bootstrap) and not self._offline():
                     continue
                 raise KafkaUnavailableError(
                     f"initialising the transactional producer failed: {kafka_reason(error)}"
@@ -281,6 +293,10 @@ class Relay:
                 self.watch.went_away()
                 producer, position = self._connect(should_stop)
                 continue
+            except _PartitionsOfflineError as error:
+                self._wait_for_partitions(error.offline, should_stop)
+                producer, position = self._connect(should_stop)
+                continue
             self.watch.is_back()
             sent += len(notifications)
             batches += 1
@@ -297,11 +313,61 @@ class Relay:
                 producer = self._producer = self._start_producer()
                 position = recover_position(self.config)
             except KafkaUnavailableError:
+                # While the broker is away or restarting, leaderless partitions are part of that
+                # outage (its partitions load after it listens), told as such.
+                offline = self._offline() if self.watch.down_since is None else {}
+                if offline:
+                    self._wait_for_partitions(offline, should_stop)
+                    continue
                 self.watch.went_away()
                 self.watch.pause("relaying", should_stop)
             else:
                 self.watch.is_back()
+                self._partitions_back()
                 return producer, position
+
+    def _offline(self) -> dict[str, list[int]]:
+        """The partitions the relay writes to (its topics, Kafka's transaction log) without a leader."""
+        topics = [self.config.topic, TRANSACTION_LOG]
+        if self.config.checkpoints_topic:
+            topics.append(self.config.checkpoints_topic)
+        return offline_partitions(self.config.bootstrap, topics)
+
+    def _wait_for_partitions(self, offline: dict[str, list[int]], should_stop: Callable[[], bool]) -> None:
+        """Between two attempts while partitions are offline on a broker that answers.
+
+        Told apart from an unreachable broker: "unreachable" sent the user to a broker that
+        was running, and the failure inside a transaction was exit 1 with "N message(s) failed
+        delivery". One line when it outlasts a first attempt; after the broker timeout (on a
+        cluster a replica elsewhere takes over within it) a give-up line, exit 75, saying what
+        to do.
+        """
+        now = time.monotonic()
+        what = describe_offline(self.config.bootstrap, offline)
+        timeout = self.config.broker_timeout_s
+        if self._offline_since is None:
+            # A moment without a leader (an election, a topic just created) is no news: said
+            # only when it lasts to the next attempt.
+            self._offline_since = now
+        elif now - self._offline_since > timeout:
+            raise KafkaUnavailableError(
+                f"{what}: gave up relaying after {timeout:g} s (set CRM_LEDGER_BROKER_TIMEOUT to wait "
+                "longer); a log folder of the broker failed (its disk full, say): make room there and "
+                "restart the broker, then run the same command again"
+            )
+        elif not self._offline_told:
+            self._offline_told = True
+            self._say(f"{what}; retrying for up to {timeout:g} s")
+        if should_stop():
+            bootstrap = self.config.bootstrap
+            raise KafkaUnavailableError(f"stopped while waiting for partitions of Kafka at {bootstrap}")
+        time.sleep(1.0)
+
+    def _partitions_back(self) -> None:
+        """Forget an offline spell once the relay is connected again, saying so if it was told."""
+        if self._offline_told:
+            self._say(f"Kafka at {self.config.bootstrap}: the partitions are back online")
+        self._offline_since, self._offline_told = None, False
 
     def _check_registry(self) -> None:
         """Fail before writing anything when consumers could not resolve an event schema's id."""
@@ -369,6 +435,9 @@ class Relay:
             reachable = topic_exists(self.config.bootstrap, self.config.topic)
             if self.watch.down_since is not None or not reachable:
                 raise _BrokerAwayError from error
+            offline = self._offline()
+            if offline:
+                raise _PartitionsOfflineError(offline) from error
             reason = kafka_reason(error)
             raise CrmLedgerError(f"publishing to {self.config.topic!r} failed: {reason}") from error
         except BaseException:
@@ -413,3 +482,11 @@ class Relay:
 
 class _BrokerAwayError(Exception):
     """The broker went away during a transaction (internal: the relay reconnects)."""
+
+
+class _PartitionsOfflineError(Exception):
+    """Partitions had no leader during a transaction (internal: the relay waits, then reconnects)."""
+
+    def __init__(self, offline: dict[str, list[int]]) -> None:
+        super().__init__(offline)
+        self.offline = offline
