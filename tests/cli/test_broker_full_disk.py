@@ -76,6 +76,16 @@ def _ingest(tmp_path: Path, lines: list[str], env: dict[str, str]) -> None:
     run_cli("ingest", str(part), env=env, check=True)
 
 
+def relayed_in_part(tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """A generated history all in the ledger, its first 300 events relayed (the topic exists);
+    returns its lines."""
+    lines = _history(tmp_path)
+    _ingest(tmp_path, lines[:300], env)
+    run_cli("relay", env=env, check=True)
+    _ingest(tmp_path, lines, env)  # the rest (the first 300 are duplicates)
+    return lines
+
+
 def _gives_up_in_one_line(result: subprocess.CompletedProcess[str], bootstrap: str) -> None:
     """The relay's outage line, then its give-up line; exit 75 (run it again when the broker is back)."""
     assert result.returncode == 75, (result.stdout, result.stderr)
@@ -109,10 +119,7 @@ def test_a_log_folder_that_fills_up_mid_relay_is_one_line_and_the_rerun_relays_e
     tmp_path: Path, broker_on_small_disk: _Broker
 ) -> None:
     kafka = broker_on_small_disk
-    lines = _history(tmp_path)
-    _ingest(tmp_path, lines[:300], kafka.env)
-    run_cli("relay", env=kafka.env, check=True)
-    _ingest(tmp_path, lines, kafka.env)  # the rest (the first 300 are duplicates)
+    lines = relayed_in_part(tmp_path, kafka.env)
     # Room for a few batches, not for all: the broker fails in the middle of a transaction.
     kafka.disk.fill(leave=100 * 1024)
     result = run_cli("relay", "--batch-size", "200", env=kafka.env)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from crm_cli import broker
-from tests.cli.test_broker_full_disk import _history, _ingest
+from tests.cli.test_broker_full_disk import relayed_in_part
 from tests.cli.test_broker_outage import TOPIC, _notification_ids
 from tests.conftest import _free_port_pair
 from tests.full_disk import SmallDisk, small_disk
@@ -110,12 +110,9 @@ def test_a_full_log_folder_of_two_is_named_with_its_partitions_and_the_rerun_rel
     tmp_path: Path, two_log_folders: _TwoFolders
 ) -> None:
     kafka = two_log_folders
-    lines = _history(tmp_path)
-    _ingest(tmp_path, lines[:300], kafka.env)
-    run_cli("relay", env=kafka.env, check=True)  # creates the topic: its partitions are spread
+    lines = relayed_in_part(tmp_path, kafka.env)  # the relay made the topic: its partitions are spread
     offline = kafka.on_small_disk(TOPIC)
     assert offline, "no partition of the relay's topic on the small disk: the fault would not matter"
-    _ingest(tmp_path, lines, kafka.env)  # the rest (the first 300 are duplicates)
     kafka.disk.fill(leave=20 * 1024)  # too little for the rest: the folder fails mid-transaction
 
     started = time.monotonic()
