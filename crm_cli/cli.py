@@ -142,13 +142,31 @@ def _given_month(_ctx: click.Context, _param: click.Parameter, value: str | None
         raise click.BadParameter(str(error).removeprefix("period: ")) from None
 
 
+#: The most customers and employees a generated history makes room for (`importers.generator`).
+_GENERATED_LIMITS = {"customers": MAX_CUSTOMERS, "employees": MAX_EMPLOYEES}
+
+
 def _generated_size(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     """`--customers` or `--employees` of a generated history: no more than it makes room for
     before the history starts (`importers.generator`); more would join after their first events."""
-    limit = MAX_CUSTOMERS if param.name == "customers" else MAX_EMPLOYEES
+    limit = _GENERATED_LIMITS[str(param.name)]
     if value > limit:
         raise click.BadParameter(f"{value} is more than a generated history takes (at most {limit:,})")
     return value
+
+
+def _generated_size_option(name: str, default: int) -> Callable[..., Any]:
+    """`--customers` or `--employees` of a generated history (`generate`, `demo`), checked by
+    `_generated_size` against the most the generator makes room for."""
+    limit = _GENERATED_LIMITS[name]
+    return click.option(
+        f"--{name}",
+        type=click.IntRange(1),
+        default=default,
+        show_default=True,
+        callback=_generated_size,
+        help=f"At most {limit:,}.",
+    )
 
 
 def _history_fits(start: str, months: int, *, until: str | None = None) -> None:
@@ -499,14 +517,8 @@ def schemas_lock(folder: Path | None) -> None:
 
 # -- ledger --------------------------------------------------------------------------------
 @cli.command()
-@click.option(
-    "--customers", type=click.IntRange(1), default=1000, show_default=True, callback=_generated_size,
-    help=f"At most {MAX_CUSTOMERS:,}.",
-)
-@click.option(
-    "--employees", type=click.IntRange(1), default=40, show_default=True, callback=_generated_size,
-    help=f"At most {MAX_EMPLOYEES:,}.",
-)
+@_generated_size_option("customers", 1000)
+@_generated_size_option("employees", 40)
 @click.option("--months", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
@@ -1788,14 +1800,8 @@ def export(ctx: click.Context, folder: Path) -> None:
     show_default=True,
     help="Demo folder (recreated: a new or empty folder, or an earlier demo's).",
 )
-@click.option(
-    "--customers", type=click.IntRange(1), default=800, show_default=True, callback=_generated_size,
-    help=f"At most {MAX_CUSTOMERS:,}.",
-)
-@click.option(
-    "--employees", type=click.IntRange(1), default=30, show_default=True, callback=_generated_size,
-    help=f"At most {MAX_EMPLOYEES:,}.",
-)
+@_generated_size_option("customers", 800)
+@_generated_size_option("employees", 30)
 @click.option(
     "--months",
     # The demo's team goals span its months, and a goal spans at most MAX_GOAL_MONTHS (24):
