@@ -8,7 +8,6 @@ the broker answers metadata requests, and stops it again.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import subprocess
 import time
@@ -19,13 +18,11 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from crm_cli.background import first_error, read_pid, run_fetch_script, stop_process
+from crm_cli.disk_room import nearly_full
 from crm_cli.errors import BrokerError
 from crm_ledger.errors import ConfigurationError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-#: Less room than this in the broker's log folder: a full disk is why it could not start
-#: (Kafka takes a log folder that refused a write offline, and stops with its last one).
-_NEARLY_FULL = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -204,11 +201,7 @@ def why_it_exited(config: BrokerConfig) -> str:
     """What to do about a broker that exited while starting. A full log folder is named: the
     broker's own log then shows only a fault in reading its memory-mapped index files."""
     logs = config.data_dir / "logs"
-    try:
-        stats = os.statvfs(logs)
-    except OSError:
-        stats = None
-    if stats is not None and stats.f_bavail * stats.f_frsize < _NEARLY_FULL:
+    if nearly_full(logs):
         return f"its log folder {logs} is full: free some space there, then run the same command again"
     return f"see its log {config.log_file}"
 

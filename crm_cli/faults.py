@@ -11,7 +11,6 @@ simply be run again.
 from __future__ import annotations
 
 import errno
-import os
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -20,14 +19,13 @@ from pathlib import Path
 import duckdb
 from eventsourcing.persistence import PersistenceError
 
+from crm_cli.disk_room import nearly_full
 from crm_cli.runtime import STANDARD_OUTPUT
 from crm_ledger.settings import POSTGRES_SCHEMES, Settings, log_root
 from ledger.errors import key_store_of
 
 _AGAIN = "nothing was half-written; run the same command again"
 _OUTPUT_CUT = "the output is cut short; run the same command again"
-#: Less room than this under a SQLite file that reports a disk I/O error: a full disk.
-_NEARLY_FULL = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,9 @@ def describe(error: BaseException, settings: Settings | None) -> Fault | None:
     if isinstance(error, (sqlite3.Error, PersistenceError)) or _is_psycopg(error):
         keys = key_store_of(error)
         local = keys if keys is not None else settings.store if settings is not None else None
-        full = local is not None and not local.startswith(POSTGRES_SCHEMES) and _nearly_full(Path(local))
+        full = False
+        if local is not None and not local.startswith(POSTGRES_SCHEMES):
+            full = nearly_full(Path(local).parent)
         what = f"key store {keys}" if keys is not None else f"event store {store}"
         return _store_fault(str(error), what, full=full)
     if isinstance(error, duckdb.Error):
@@ -95,7 +95,8 @@ def _os_fault(error: OSError) -> str:
 
 def _store_fault(text: str, what: str, *, full: bool = False) -> Fault:
     """`what`: the store at fault, named ("event store PATH", "key store PATH"); `full`: its
-    disk has next to no room left (`_nearly_full`)."""
+    disk has next to no room left (`crm_cli.disk_room`): SQLite tells ENOSPC as "disk I/O
+    error" where it grows its shared-memory file (as a mere reader too) and in some writes."""
     lowered = text.lower()
     if "disk is full" in lowered or "no space" in lowered or (full and "disk i/o error" in lowered):
         return Fault(f"{what}: disk full: free some space; {_AGAIN}")
@@ -119,17 +120,6 @@ def _store_fault(text: str, what: str, *, full: bool = False) -> Fault:
             temporary=True,
         )
     return Fault(f"{what}: {_first_line(text)}")
-
-
-def _nearly_full(store: Path) -> bool:
-    """Whether the disk under a SQLite file has less than `_NEARLY_FULL` bytes left for its
-    user. SQLite tells ENOSPC as "disk I/O error" where it grows its shared-memory file (as
-    a mere reader too) and in some writes: on a full disk that is the likely cause."""
-    try:
-        stats = os.statvfs(store.parent)
-    except (OSError, ValueError):
-        return False
-    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
 
 
 def _duckdb_fault(error: duckdb.Error, db: str) -> Fault:
