@@ -1,12 +1,12 @@
 """Incremental maintenance of the service tables, the profile's service columns and the goals.
 
 The full-build SQL of projections.service_models and projections.goals reads `{v}.events`
-and earlier tables of schema `v`. Here the same functions run against a scratch schema
-(the connection's temporary objects) whose `events` holds only the index rows of the touched keys (projections.logindex) and
-whose other inputs are views of the version's tables; their results replace the touched
-keys' rows. Events with a payload (contracts, visits, installed products, goals) are looked
-up in the index's table of payload events, a tenth of its rows. Touched keys, for the new
-events of an update:
+and earlier tables of schema `v`. Here the same functions run against a scratch schema (the
+connection's temporary objects) whose `events` holds only the index rows of the touched
+keys (projections.logindex) and whose other inputs are views of the version's tables; their
+results replace the touched keys' rows. Events with a payload (contracts, visits, installed
+products, goals) are looked up in the index's table of payload events, a tenth of its rows.
+Touched keys, for the new events of an update:
 
 - `contract_terms`, by contract: the contracts named by new contract events (a term
   depends on its contract's events only).
