@@ -182,7 +182,15 @@ def test_an_input_without_records_is_named_on_stderr_and_still_succeeds(tmp_path
     history.write_text("".join(json.dumps(r) + "\n" for r in basics()))
     alone = run_cli("ingest", str(history), env=env)
     assert alone.returncode == 0 and "no records" not in alone.stderr, alone.stderr
-    empties = {"empty.jsonl": "", "header.csv": "type,event_id,occurred_at\n", "none.json": " [ ]\n"}
+    empties = {
+        "empty.jsonl": "",
+        "header.csv": "type,event_id,occurred_at\n",
+        "none.json": " [ ]\n",
+        # Blank lines are no records either: such a file is as empty as an empty one.
+        "blank.jsonl": "\ufeff\n \n\r\n\n",
+        "blank.json": "  \n",
+        "header-and-blank.csv": "type,event_id,occurred_at\n\n\n",
+    }
     for name, text in empties.items():
         (tmp_path / name).write_text(text)
         result = run_cli("ingest", str(tmp_path / name), env=env)
