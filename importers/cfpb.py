@@ -85,10 +85,26 @@ def event_id(complaint_id: str, step: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{complaint_id}:{step}"))
 
 
+#: A date written as a timestamp: `2019-09-24T12:00:00-05:00` (the API's form),
+#: `2019-09-24 12:00:00` (a spreadsheet's).
+_TIMESTAMP = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]", re.ASCII)
+
+
 def parse_date(value: str, field: str) -> int:
-    """CFPB dates: YYYY-MM-DD (current exports) or MM/DD/YYYY (older ones), as epoch ms."""
+    """CFPB dates: YYYY-MM-DD (current exports) or MM/DD/YYYY (older ones), as epoch ms.
+
+    A timestamp counts by the date it is written with, its time and zone dropped, in the
+    CSV export as in the JSON download: a complaint gives the same events from either.
+    """
     text = value.strip()
-    for pattern in ("%Y-%m-%d", "%m/%d/%Y", "%Y-%m-%dT%H:%M:%S", "%m/%d/%y"):
+    stamped = _TIMESTAMP.match(text)
+    if stamped is not None:
+        try:
+            datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValidationError(field, f"not a date: {value!r}") from None
+        text = stamped.group(1)
+    for pattern in ("%Y-%m-%d", "%m/%d/%Y", "%m/%d/%y"):
         try:
             moment = datetime.strptime(text, pattern).replace(tzinfo=UTC)
         except ValueError:

@@ -203,3 +203,34 @@ def test_a_nul_character_in_a_cell_is_refused_by_its_column(workers: int, parser
     assert len(second) == 1 and second[0].fact is None and second[0].error is not None
     assert second[0].error.field == "Company" and "NUL character" in second[0].error.reason
     assert {r.location for r in records if r.error is None} >= {"complaints.json[0]", "complaints.json[2]"}
+
+
+def test_a_date_written_as_a_timestamp_counts_by_its_date_in_either_download(
+    parser: RecordParser, tmp_path: Path
+) -> None:
+    """The CSV export kept a timestamp's time (and refused one with a zone) while the JSON
+    download counted it by its date: importing both downloads gave conflicts."""
+    stamps = ["2019-09-24T12:00:00", "2019-09-24T12:00:00-05:00", "2019-09-24T23:30:00Z", "2019-09-24 12:00:00"]
+    header = "Complaint ID,Date received,Company,Date sent to company,Company response to consumer"
+    csv_path = tmp_path / "complaints.csv"
+    csv_path.write_text(
+        "\n".join([header, *(f"{n},{s},ACME,{s},Closed with explanation" for n, s in enumerate(stamps, 1))]) + "\n"
+    )
+    json_path = tmp_path / "complaints.json"
+    json_path.write_text(
+        json.dumps(
+            [
+                {"complaint_id": n, "date_received": s, "company": "ACME", "date_sent_to_company": s,
+                 "company_response": "Closed with explanation"}
+                for n, s in enumerate(stamps, 1)
+            ]
+        )
+    )
+    from_csv = _outcomes(list(read_cfpb(csv_path, parser, workers=0)))
+    assert from_csv == _outcomes(list(read_cfpb(json_path, parser, workers=0)))
+    day = 1_569_283_200_000  # 2019-09-24T00:00:00Z
+    assert {outcome[2] for outcome in from_csv} - {0} == {day}  # the desk joins at the epoch
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"{header}\n9,2019-09-24T25:00:00,ACME,,\n")
+    [refused] = [r for r in read_cfpb(bad, parser, workers=0) if r.error is not None]
+    assert (refused.error.field, refused.error.reason) == ("Date received", "not a date: '2019-09-24T25:00:00'")
