@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from importers.errors import MappingError
+from ledger.errors import ValidationError
 from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, read_row_mapped
 from ledger.inputs import readable_start
 from ledger.records import RecordParser
@@ -122,13 +123,27 @@ def _render(spec: Any, row: Mapping[str, str]) -> Any:
     return spec
 
 
+def _event_key(template: str, row: Mapping[str, str]) -> str:
+    """The rendered `id` template of one event (its idempotency key).
+
+    Raises ValidationError naming a column the template reads whose cell is empty: every
+    such row would render the same key (`helpdesk:agent:` for each unassigned ticket), so
+    unrelated rows would become one fact, duplicates or conflicts. A `when` on that column
+    skips the event instead.
+    """
+    for column in _PLACEHOLDER.findall(template):
+        if not (row[column] or "").strip():
+            raise ValidationError(column, f"is empty, and the event id {template!r} needs it")
+    return str(_render(template, row))
+
+
 def row_records(row: Mapping[str, str], mappings: list[EventMapping]) -> list[dict[str, Any]]:
-    """The raw ledger records one CSV row maps to."""
+    """The raw ledger records one CSV row maps to (raises ValidationError on a bad row)."""
     records = []
     for mapping in mappings:
         if mapping.when and not (row.get(mapping.when) or "").strip():
             continue
-        key = _render(mapping.id_template, row)
+        key = _event_key(mapping.id_template, row)
         record: dict[str, Any] = {
             "type": mapping.type,
             "event_id": str(uuid.uuid5(_NAMESPACE, key)),
