@@ -56,13 +56,20 @@ def json_row(raw: dict[str, Any]) -> dict[str, str]:
 
     Unknown keys are ignored whatever they hold, as unknown CSV columns are (`has_narrative`,
     say). Raises ValidationError naming the field whose value is not a text, number, boolean
-    or null, or is text with an unpaired surrogate escape.
+    or null, or is text with an unpaired surrogate escape, or a second key for one field
+    (`complaint_id` beside `Complaint ID`).
     """
     row: dict[str, str] = {}
+    keys: dict[str, str] = {}  # each column's key in the object
     for key, value in raw.items():
         column = JSON_FIELDS.get(key) or canonical_header(key)
         if column not in _KNOWN:
             continue  # whatever it holds, as an unknown CSV column
+        if column in keys:
+            # `complaint_id` and `Complaint ID` in one object: neither is known to be the one
+            # meant, and taking the last would import another complaint than the first names.
+            raise ValidationError(column, f"given twice, as {keys[column]!r} and {key!r}")
+        keys[column] = key
         if value is None:
             text = ""
         elif isinstance(value, bool):

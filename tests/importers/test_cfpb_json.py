@@ -234,3 +234,18 @@ def test_a_date_written_as_a_timestamp_counts_by_its_date_in_either_download(
     bad.write_text(f"{header}\n9,2019-09-24T25:00:00,ACME,,\n")
     [refused] = [r for r in read_cfpb(bad, parser, workers=0) if r.error is not None]
     assert (refused.error.field, refused.error.reason) == ("Date received", "not a date: '2019-09-24T25:00:00'")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_keys_for_one_field_refuse_the_item(workers: int, parser: RecordParser, tmp_path: Path) -> None:
+    """`complaint_id` beside `Complaint ID` imported whichever came last, silently."""
+    base = {"complaint_id": "21", "company": "ACME", "date_received": "2020-01-01"}
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps([base, {**base, "Complaint ID": "22"}, {**base, "complaint_id": "23", "Company ": "B"}]))
+    records = list(read_cfpb(path, parser, workers=workers))
+    refused = [(r.location, r.error.field, r.error.reason) for r in records if r.error is not None]
+    assert refused == [
+        ("complaints.json[1]", "Complaint ID", "given twice, as 'complaint_id' and 'Complaint ID'"),
+        ("complaints.json[2]", "Company", "given twice, as 'company' and 'Company '"),
+    ]
+    assert {r.location for r in records if r.fact is not None} == {"complaints.json[0]"}
