@@ -577,7 +577,10 @@ def csv_records(
             yield SourceRecord(f"{name}:{row.line}", None, None, header_missing, row.size)
         return
     header = [h.strip() for h in first.cells]
-    check_header(name, handle, header, (), "CSV")
+    # Every record needs these columns: without one (a misspelt " Type", a file separated by
+    # ';') every row would be refused alike, one reject per row; the file is refused instead.
+    required = ("event_id", "occurred_at") if "event_type" in header else ("type", "event_id", "occurred_at")
+    check_header(name, handle, header, required, "CSV of ledger records")
     for row in rows:
         location = f"{name}:{row.line}"
         if row.cells is None:
@@ -641,7 +644,11 @@ def check_header(name: str, handle: IO[bytes], names: list[str], required: Itera
     missing = [c for c in required if c not in names]
     if missing:
         refuse_damaged(name, handle)
-        raise ValidationError(missing[0], f"{name}: column missing from the header (is this a {kind}?)")
+        hint = f"is this a {kind}?"
+        if len(names) == 1 and ";" in names[0]:
+            # A spreadsheet's CSV in a locale whose list separator is ';': one column.
+            hint = "its columns are separated by ';': save it with commas"
+        raise ValidationError(missing[0], f"{name}: column missing from the header ({hint})")
     seen: set[str] = set()
     for column in names:
         if column and column in seen:
