@@ -68,7 +68,7 @@ KNOWN_COLUMNS = (
     "Complaint ID",
 )
 #: The columns the mapping reads (the narrative and public response are not imported).
-_READ_COLUMNS = tuple(
+READ_COLUMNS = tuple(
     c for c in KNOWN_COLUMNS if c not in {"Consumer complaint narrative", "Company public response"}
 )
 #: The longest cell the mapping takes (company names, products and issues are far shorter).
@@ -172,7 +172,7 @@ def complaint_parts(row: dict[str, str]) -> tuple[str, dict[str, Any], list[dict
     ValidationError on a bad row.
     """
     cells = {k: (v or "").strip() for k, v in row.items() if k}
-    for column in _READ_COLUMNS:
+    for column in READ_COLUMNS:
         if len(cells.get(column, "")) > MAX_CELL_CHARS:
             # Refused here, with the whole row: a record made too large by it would be refused
             # alone later, and the row's other records would land without it.

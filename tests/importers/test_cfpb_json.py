@@ -249,3 +249,23 @@ def test_two_keys_for_one_field_refuse_the_item(workers: int, parser: RecordPars
         ("complaints.json[2]", "Company", "given twice, as 'company' and 'Company '"),
     ]
     assert {r.location for r in records if r.fact is not None} == {"complaints.json[0]"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_text_that_is_not_imported_is_not_checked(workers: int, parser: RecordParser, tmp_path: Path) -> None:
+    """An unpaired surrogate (an emoji cut in two) in a narrative or public response, which
+    are not imported, refused the whole complaint; a NUL character there never did."""
+    base = {"company": "ACME", "date_received": "2020-01-01"}
+    items = [
+        {**base, "complaint_id": "41", "complaint_what_happened": "cut emoji \ud83d"},
+        {**base, "complaint_id": "42", "company_public_response": "\udc00"},
+        {**base, "complaint_id": "43", "complaint_what_happened": {"text": "an object"}},
+        {**base, "complaint_id": "44", "company": "ACME \ud800"},
+    ]
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps(items))  # ASCII escapes: "\ud83d" stays a lone surrogate
+    records = list(read_cfpb(path, parser, workers=workers))
+    refused = [(r.location, r.error.field, r.error.reason) for r in records if r.error is not None]
+    assert refused == [("complaints.json[3]", "company", "is not valid Unicode text")]
+    opened = sorted(r.fact.data["case_id"] for r in records if r.fact is not None and r.fact.event_type == "CaseOpened")
+    assert opened == ["cfpb:41", "cfpb:42", "cfpb:43"]
