@@ -162,7 +162,7 @@ def read_cfpb_json(
 
         yield from read_cfpb_json_in_workers(path, parser, max_record_bytes, workers)
         return
-    desks = DeskJoins()
+    desks = DeskJoins(parser.latest_ms)
     with open_input(path) as handle:
         for item in export_items(path, handle, max_record_bytes):
             if item.text is None:

@@ -95,7 +95,7 @@ def _map_cells(cells: dict[str, str]) -> tuple[Any, ...]:
     """One complaint row: ("reject", shown, error class, field, reason) or
     ("row", company, desk's checked record, the complaint's checked records, shown)."""
     try:
-        company, desk, records = complaint_parts(cells)
+        company, desk, records = complaint_parts(cells, _worker["parser"].latest_ms)
     except ValidationError as error:
         return ("reject", redact_columns(cells, frozenset()), type(error), error.field, error.reason)
     joined, checked = _checked([desk]), _checked(records)

@@ -430,6 +430,11 @@ class RecordParser:
         }
 
     @property
+    def latest_ms(self) -> int:
+        """The latest `occurred_at` accepted: now plus the future tolerance."""
+        return self._latest_ms
+
+    @property
     def event_types(self) -> list[str]:
         return sorted(self._rules)
 

@@ -269,3 +269,32 @@ def test_text_that_is_not_imported_is_not_checked(workers: int, parser: RecordPa
     assert refused == [("complaints.json[3]", "company", "is not valid Unicode text")]
     opened = sorted(r.fact.data["case_id"] for r in records if r.fact is not None and r.fact.event_type == "CaseOpened")
     assert opened == ["cfpb:41", "cfpb:42", "cfpb:43"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_a_date_in_the_future_names_its_column(workers: int, suffix: str, registry: Any, tmp_path: Path) -> None:
+    """The ledger's own check named `occurred_at`, a field the export has no column of, so
+    the user could not tell which of the row's dates was wrong."""
+    parser = RecordParser(registry, now_ms=1_700_000_000_000)  # 2023-11-14
+    rows = [
+        ("61", "2030-01-01", ""),
+        ("62", "2020-01-01", "2030-01-02"),
+        ("63", "01/02/68", ""),  # a two-digit year is read as 2068
+        ("64", "2023-11-14", "2023-11-15"),  # within the day's tolerance
+    ]
+    path = tmp_path / f"complaints{suffix}"
+    if suffix == ".csv":
+        header = "Complaint ID,Date received,Date sent to company,Company,Company response to consumer"
+        path.write_text("\n".join([header, *(f"{n},{r},{s},ACME,Closed" for n, r, s in rows)]) + "\n")
+    else:
+        keys = ("complaint_id", "date_received", "date_sent_to_company")
+        path.write_text(json.dumps([{**dict(zip(keys, row, strict=True)), "company": "ACME", "company_response": "Closed"} for row in rows]))
+    records = list(read_cfpb(path, parser, workers=workers))
+    refused = [(r.error.field, r.error.reason.split(" (")[0]) for r in records if r.error is not None]
+    assert refused == [
+        ("Date received", "is in the future: '2030-01-01'"),
+        ("Date sent to company", "is in the future: '2030-01-02'"),
+        ("Date received", "is in the future: '01/02/68'"),
+    ]
+    assert {r.fact.data["case_id"] for r in records if r.fact is not None and r.fact.event_type == "CaseResolved"} == {"cfpb:64"}
