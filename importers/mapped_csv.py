@@ -24,6 +24,7 @@ import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,8 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
         fields = event.get("fields", {})
         if not isinstance(fields, dict):
             raise MappingError(f"{where}: fields: must be a table")
+        occurred_at = _literal(f"{where}: occurred_at", event["occurred_at"])
+        fields = {name: _literal(f"{where}: {name}", spec) for name, spec in fields.items()}
         for name, spec in fields.items():
             if isinstance(spec, dict):
                 _check_column_spec(f"{where}: {name}", spec)
@@ -93,9 +96,20 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
             if "{" in rest or "}" in rest:
                 raise MappingError(f"{where}: {key}: unbalanced brace in {spec!r} (write {{Column}})")
         mappings.append(
-            EventMapping(event["type"], event.get("when"), str(event["id"]), event["occurred_at"], fields)
+            EventMapping(event["type"], event.get("when"), str(event["id"]), occurred_at, fields)
         )
     return mappings
+
+
+def _literal(where: str, spec: Any) -> Any:
+    """A spec with TOML's own dates and times (`occurred_at = 2026-01-01`, unquoted) as the
+    ISO-8601 text a cell would hold: the ledger takes text or epoch milliseconds, so every row
+    was refused for the date. A time of day alone names no moment and refuses the mapping."""
+    if isinstance(spec, datetime | date):
+        return spec.isoformat()
+    if isinstance(spec, time):
+        raise MappingError(f"{where}: a time of day alone is no timestamp (write a date and time)")
+    return spec
 
 
 def _check_column_spec(where: str, spec: Mapping[str, Any]) -> None:

@@ -251,6 +251,22 @@ def test_an_empty_cell_in_an_event_id_refuses_the_row_by_its_column(parser: Reco
     assert landed == [("CustomerRegistered", "tickets.csv:5"), ("CaseOpened", "tickets.csv:5")]
 
 
+@pytest.mark.parametrize("written", ["2000-01-01", "2000-01-01T00:00:00Z", "2000-01-01T00:00:00", "2000-01-01 00:00:00Z"])
+def test_a_toml_date_in_a_mapping_is_the_moment_it_names(parser: RecordParser, tmp_path: Path, written: str) -> None:
+    """Unquoted, TOML reads `occurred_at = 2000-01-01` as its own date value, which the ledger
+    refused in every row ("expected a timestamp, got datetime.date(2000, 1, 1)")."""
+    quoted = 'occurred_at = "2000-01-01T00:00:00Z"'
+    text = (EXAMPLES / "helpdesk-mapping.toml").read_text()
+    tickets = EXAMPLES / "helpdesk-tickets.csv"
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(text.replace(quoted, f"occurred_at = {written}"))
+    expected = [(r.location, r.fact, str(r.error)) for r in read_mapped_csv(tickets, EXAMPLES / "helpdesk-mapping.toml", parser)]
+    assert [(r.location, r.fact, str(r.error)) for r in read_mapped_csv(tickets, mapping, parser)] == expected
+    mapping.write_text(text.replace(quoted, "occurred_at = 10:00:00"))
+    with pytest.raises(Exception, match="occurred_at: a time of day alone is no timestamp"):
+        read_mapped_csv(tickets, mapping, parser)
+
+
 def test_mapped_csv_contracts_and_installed_base(app: LedgerApplication, parser: RecordParser) -> None:
     contracts = run(
         app, read_mapped_csv(EXAMPLES / "crm-contracts.csv", EXAMPLES / "crm-contracts-mapping.toml", parser)
