@@ -29,6 +29,7 @@ from ledger.ingest import (
     check_header,
     csv_unsplit_rows,
     damaged_input,
+    header_row,
     redact_columns,
     row_cells,
     split_csv_row,
@@ -128,9 +129,7 @@ def read_cfpb_in_workers(
     name = path.name
     with open_input(path) as handle:
         rows = csv_unsplit_rows(handle, max_record_bytes)
-        first = next(rows, None)
-        if isinstance(first, tuple):
-            first = split_csv_row(first, max_record_bytes)
+        first = header_row(rows, max_record_bytes)
         names = [canonical_header(h) for h in (first.cells or [])] if first is not None else []
         check_header(path.name, handle, names, REQUIRED, "CFPB export")
         seen_companies: set[str] = set()

@@ -532,6 +532,19 @@ def _unbalanced(limit: int) -> ValidationError:
     )
 
 
+def header_row(rows: Iterator[CsvRow | UnsplitRow], limit: int) -> CsvRow | None:
+    """A CSV's header: its first row that is not blank (None for a file of blank lines).
+
+    Blank lines before the header are skipped: read as the header, they refused the file
+    (or every row), though the header follows them.
+    """
+    for row in rows:
+        split = split_csv_row(row, limit) if isinstance(row, tuple) else row
+        if split.cells is None or any(cell.strip() for cell in split.cells):
+            return split
+    return None
+
+
 def split_csv_row(row: UnsplitRow, limit: int) -> CsvRow:
     """A logical record of `csv_unsplit_rows` decoded and split into cells."""
     number, data, size = row
@@ -565,7 +578,7 @@ def csv_records(
 ) -> Iterator[SourceRecord]:
     """Records of a CSV byte stream, parsed with `parse`; errors are located by line."""
     rows = csv_rows(handle, max_record_bytes)
-    first = next(rows, None)
+    first = header_row(rows, max_record_bytes)
     if first is None:
         return
     if first.cells is None:
@@ -622,7 +635,7 @@ def read_row_mapped(
     """
     with open_input(path) as handle:
         rows = csv_rows(handle, max_record_bytes)
-        first = next(rows, None)
+        first = header_row(rows, max_record_bytes)
         names = [header(h) for h in (first.cells or [])] if first is not None else []
         check_header(path.name, handle, names, required, kind)
         for row in rows:

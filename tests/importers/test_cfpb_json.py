@@ -298,3 +298,14 @@ def test_a_date_in_the_future_names_its_column(workers: int, suffix: str, regist
         ("Date received", "is in the future: '01/02/68'"),
     ]
     assert {r.fact.data["case_id"] for r in records if r.fact is not None and r.fact.event_type == "CaseResolved"} == {"cfpb:64"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_blank_lines_before_the_header_are_skipped(workers: int, parser: RecordParser, tmp_path: Path) -> None:
+    """Read as the header, a blank first line refused the whole export."""
+    export = CSV_EXPORTS[0]
+    path = tmp_path / "complaints.csv"
+    path.write_bytes(b"\xef\xbb\xbf\r\n \r\n" + export.read_bytes())
+    records = list(read_cfpb(path, parser, workers=workers))
+    assert _outcomes(records) == _outcomes(list(read_cfpb(export, parser, workers=workers)))
+    assert records[0].location == "complaints.csv:4"  # lines are the file's own

@@ -245,6 +245,11 @@ def test_a_csv_header_without_a_record_s_columns_refuses_the_file_in_one_line(tm
         assert result.stderr.strip().splitlines() == [
             f"error: field '{field}': {name}: column missing from the header ({hint})"
         ]
+    # Blank lines before the header are no header.
+    path = tmp_path / "late_header.csv"
+    path.write_text("\n \n" + ",".join(columns) + "\n" + ",".join(str(row[c]) for c in columns) + "\n")
+    [record] = list(read_csv(path, PARSER))
+    assert record.fact is not None and record.location == "late_header.csv:4"
     # `event_type` names the type as well as `type` does.
     path = tmp_path / "event_type.csv"
     columns = ["event_type", "event_id", "occurred_at", "employee_id", "team_id", "role"]
