@@ -68,7 +68,7 @@ KNOWN_COLUMNS = (
     "Complaint ID",
 )
 #: The columns the mapping reads (the narrative and public response are not imported).
-_READ_COLUMNS = tuple(
+READ_COLUMNS = tuple(
     c for c in KNOWN_COLUMNS if c not in {"Consumer complaint narrative", "Company public response"}
 )
 #: The longest cell the mapping takes (company names, products and issues are far shorter).
@@ -85,10 +85,29 @@ def event_id(complaint_id: str, step: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{complaint_id}:{step}"))
 
 
-def parse_date(value: str, field: str) -> int:
-    """CFPB dates: YYYY-MM-DD (current exports) or MM/DD/YYYY (older ones), as epoch ms."""
+#: A date written as a timestamp: `2019-09-24T12:00:00-05:00` (the API's form),
+#: `2019-09-24 12:00:00` (a spreadsheet's).
+_TIMESTAMP = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]", re.ASCII)
+
+
+def parse_date(value: str, field: str, latest_ms: int = LATEST_MS) -> int:
+    """CFPB dates: YYYY-MM-DD (current exports) or MM/DD/YYYY (older ones), as epoch ms.
+
+    A date after `latest_ms` (the parser's `latest_ms`) is refused here, naming the column:
+    the ledger's own check would name `occurred_at`, which the export has no column of.
+
+    A timestamp counts by the date it is written with, its time and zone dropped, in the
+    CSV export as in the JSON download: a complaint gives the same events from either.
+    """
     text = value.strip()
-    for pattern in ("%Y-%m-%d", "%m/%d/%Y", "%Y-%m-%dT%H:%M:%S", "%m/%d/%y"):
+    stamped = _TIMESTAMP.match(text)
+    if stamped is not None:
+        try:
+            datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValidationError(field, f"not a date: {value!r}") from None
+        text = stamped.group(1)
+    for pattern in ("%Y-%m-%d", "%m/%d/%Y", "%m/%d/%y"):
         try:
             moment = datetime.strptime(text, pattern).replace(tzinfo=UTC)
         except ValueError:
@@ -97,6 +116,10 @@ def parse_date(value: str, field: str) -> int:
         if not EARLIEST_MS <= millis < LATEST_MS:
             # Refused here, naming the column: the ledger's own check would name occurred_at.
             raise ValidationError(field, f"out of range (1900-01-01 to 2199-12-31): {value!r}")
+        if millis > latest_ms:
+            raise ValidationError(
+                field, f"is in the future: {value!r} (tolerance until {format_timestamp(latest_ms)})"
+            )
         return millis
     raise ValidationError(field, f"not a date: {value!r}")
 
@@ -133,12 +156,14 @@ class DeskJoins:
     complaint row whose records are all valid (a refused row joins nothing, so the company's
     later complaints are not refused for want of a desk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, latest_ms: int = LATEST_MS) -> None:
         self.joined: set[str] = set()
+        #: The latest date a complaint may carry (`RecordParser.latest_ms`).
+        self.latest_ms = latest_ms
 
     def records(self, row: dict[str, str]) -> list[dict[str, Any]]:
         """The ledger records for one complaint row, the desk's first (raises ValidationError)."""
-        company, desk, records = complaint_parts(row)
+        company, desk, records = complaint_parts(row, self.latest_ms)
         return records if company in self.joined else [desk, *records]
 
     def taken(self, records: list[dict[str, Any]]) -> None:
@@ -148,15 +173,19 @@ class DeskJoins:
             self.joined.add(first["team_id"])
 
 
-def complaint_parts(row: dict[str, str]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+def complaint_parts(
+    row: dict[str, str], latest_ms: int = LATEST_MS
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     """One complaint row's company, its desk's EmployeeJoined record and the complaint's records.
+
+    Its dates may lie up to `latest_ms` (the parser's `latest_ms`).
 
     Needs no state, so worker processes can run it; whether the desk record is the company's
     first is decided where rows are taken in file order (`DeskJoins`). Raises
     ValidationError on a bad row.
     """
     cells = {k: (v or "").strip() for k, v in row.items() if k}
-    for column in _READ_COLUMNS:
+    for column in READ_COLUMNS:
         if len(cells.get(column, "")) > MAX_CELL_CHARS:
             # Refused here, with the whole row: a record made too large by it would be refused
             # alone later, and the row's other records would land without it.
@@ -168,12 +197,12 @@ def complaint_parts(row: dict[str, str]) -> tuple[str, dict[str, Any], list[dict
     complaint = _complaint_id(cells.get("Complaint ID", ""))
     if not cells.get("Date received"):
         raise ValidationError("Date received", "is missing")
-    received = parse_date(cells["Date received"], "Date received")
+    received = parse_date(cells["Date received"], "Date received", latest_ms)
     company = cells.get("Company", "")
     if not company:
         raise ValidationError("Company", "is missing")
     sent = (
-        parse_date(cells["Date sent to company"], "Date sent to company")
+        parse_date(cells["Date sent to company"], "Date sent to company", latest_ms)
         if cells.get("Date sent to company")
         else None
     )
@@ -282,7 +311,7 @@ def read_cfpb(
         from importers.cfpb_workers import read_cfpb_in_workers  # noqa: PLC0415 - it imports this module
 
         return read_cfpb_in_workers(path, parser, max_record_bytes, workers)
-    desks = DeskJoins()
+    desks = DeskJoins(parser.latest_ms)
     return read_row_mapped(
         path,
         parser,

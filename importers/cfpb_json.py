@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from importers.cfpb import KNOWN_COLUMNS, REQUIRED, DeskJoins, canonical_header
+from importers.cfpb import READ_COLUMNS, REQUIRED, DeskJoins, canonical_header
 from ledger.errors import ValidationError
 from ledger.ingest import SourceRecord, damaged_input, load_json_object, mapped_records, refuse_damaged
 from ledger.inputs import open_input
@@ -49,23 +48,31 @@ JSON_FIELDS = {
     "consumer_disputed": "Consumer disputed?",
     "complaint_id": "Complaint ID",
 }
-_DATES = frozenset({"Date received", "Date sent to company"})
-_KNOWN = frozenset(KNOWN_COLUMNS)
-_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T")
+#: The columns the mapping reads: the narrative and public response, free text that is not
+#: imported, are skipped unchecked, as a CSV export's are.
+_READ = frozenset(READ_COLUMNS)
 
 
 def json_row(raw: dict[str, Any]) -> dict[str, str]:
-    """A complaint object as a CSV export's row: its known fields as text, by column name.
+    """A complaint object as a CSV export's row: the fields it maps as text, by column name.
 
     Unknown keys are ignored whatever they hold, as unknown CSV columns are (`has_narrative`,
-    say). Raises ValidationError naming the field whose value is not a text, number, boolean
-    or null, or is text with an unpaired surrogate escape.
+    say), and so are the fields that are not imported (the narrative, the public response).
+    Raises ValidationError naming the field whose value is not a text, number, boolean or
+    null, or is text with an unpaired surrogate escape, or a second key for one field
+    (`complaint_id` beside `Complaint ID`).
     """
     row: dict[str, str] = {}
+    keys: dict[str, str] = {}  # each column's key in the object
     for key, value in raw.items():
         column = JSON_FIELDS.get(key) or canonical_header(key)
-        if column not in _KNOWN:
-            continue  # whatever it holds, as an unknown CSV column
+        if column not in _READ:
+            continue  # whatever it holds, as an unknown or unread CSV column
+        if column in keys:
+            # `complaint_id` and `Complaint ID` in one object: neither is known to be the one
+            # meant, and taking the last would import another complaint than the first names.
+            raise ValidationError(column, f"given twice, as {keys[column]!r} and {key!r}")
+        keys[column] = key
         if value is None:
             text = ""
         elif isinstance(value, bool):
@@ -78,9 +85,7 @@ def json_row(raw: dict[str, Any]) -> dict[str, str]:
             text = str(value)
         else:
             raise ValidationError(key, f"is a JSON {type(value).__name__}, not a value")
-        if column in _DATES and _TIMESTAMP.match(text):
-            text = text[:10]
-        row[column] = text
+        row[column] = text  # a date written as a timestamp counts by its date (`parse_date`)
     return row
 
 
@@ -157,7 +162,7 @@ def read_cfpb_json(
 
         yield from read_cfpb_json_in_workers(path, parser, max_record_bytes, workers)
         return
-    desks = DeskJoins()
+    desks = DeskJoins(parser.latest_ms)
     with open_input(path) as handle:
         for item in export_items(path, handle, max_record_bytes):
             if item.text is None:

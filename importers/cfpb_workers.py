@@ -29,6 +29,7 @@ from ledger.ingest import (
     check_header,
     csv_unsplit_rows,
     damaged_input,
+    header_row,
     redact_columns,
     row_cells,
     split_csv_row,
@@ -95,7 +96,7 @@ def _map_cells(cells: dict[str, str]) -> tuple[Any, ...]:
     """One complaint row: ("reject", shown, error class, field, reason) or
     ("row", company, desk's checked record, the complaint's checked records, shown)."""
     try:
-        company, desk, records = complaint_parts(cells)
+        company, desk, records = complaint_parts(cells, _worker["parser"].latest_ms)
     except ValidationError as error:
         return ("reject", redact_columns(cells, frozenset()), type(error), error.field, error.reason)
     joined, checked = _checked([desk]), _checked(records)
@@ -128,9 +129,7 @@ def read_cfpb_in_workers(
     name = path.name
     with open_input(path) as handle:
         rows = csv_unsplit_rows(handle, max_record_bytes)
-        first = next(rows, None)
-        if isinstance(first, tuple):
-            first = split_csv_row(first, max_record_bytes)
+        first = header_row(rows, max_record_bytes)
         names = [canonical_header(h) for h in (first.cells or [])] if first is not None else []
         check_header(path.name, handle, names, REQUIRED, "CFPB export")
         seen_companies: set[str] = set()

@@ -24,10 +24,12 @@ import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
 from importers.errors import MappingError
+from ledger.errors import ValidationError
 from ledger.ingest import DEFAULT_MAX_RECORD_BYTES, SourceRecord, read_row_mapped
 from ledger.inputs import readable_start
 from ledger.records import RecordParser
@@ -84,6 +86,8 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
         fields = event.get("fields", {})
         if not isinstance(fields, dict):
             raise MappingError(f"{where}: fields: must be a table")
+        occurred_at = _literal(f"{where}: occurred_at", event["occurred_at"])
+        fields = {name: _literal(f"{where}: {name}", spec) for name, spec in fields.items()}
         for name, spec in fields.items():
             if isinstance(spec, dict):
                 _check_column_spec(f"{where}: {name}", spec)
@@ -92,9 +96,20 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
             if "{" in rest or "}" in rest:
                 raise MappingError(f"{where}: {key}: unbalanced brace in {spec!r} (write {{Column}})")
         mappings.append(
-            EventMapping(event["type"], event.get("when"), str(event["id"]), event["occurred_at"], fields)
+            EventMapping(event["type"], event.get("when"), str(event["id"]), occurred_at, fields)
         )
     return mappings
+
+
+def _literal(where: str, spec: Any) -> Any:
+    """A spec with TOML's own dates and times (`occurred_at = 2026-01-01`, unquoted) as the
+    ISO-8601 text a cell would hold: the ledger takes text or epoch milliseconds, so every row
+    was refused for the date. A time of day alone names no moment and refuses the mapping."""
+    if isinstance(spec, datetime | date):
+        return spec.isoformat()
+    if isinstance(spec, time):
+        raise MappingError(f"{where}: a time of day alone is no timestamp (write a date and time)")
+    return spec
 
 
 def _check_column_spec(where: str, spec: Mapping[str, Any]) -> None:
@@ -122,13 +137,27 @@ def _render(spec: Any, row: Mapping[str, str]) -> Any:
     return spec
 
 
+def _event_key(template: str, row: Mapping[str, str]) -> str:
+    """The rendered `id` template of one event (its idempotency key).
+
+    Raises ValidationError naming a column the template reads whose cell is empty: every
+    such row would render the same key (`helpdesk:agent:` for each unassigned ticket), so
+    unrelated rows would become one fact, duplicates or conflicts. A `when` on that column
+    skips the event instead.
+    """
+    for column in _PLACEHOLDER.findall(template):
+        if not (row[column] or "").strip():
+            raise ValidationError(column, f"is empty, and the event id {template!r} needs it")
+    return str(_render(template, row))
+
+
 def row_records(row: Mapping[str, str], mappings: list[EventMapping]) -> list[dict[str, Any]]:
-    """The raw ledger records one CSV row maps to."""
+    """The raw ledger records one CSV row maps to (raises ValidationError on a bad row)."""
     records = []
     for mapping in mappings:
         if mapping.when and not (row.get(mapping.when) or "").strip():
             continue
-        key = _render(mapping.id_template, row)
+        key = _event_key(mapping.id_template, row)
         record: dict[str, Any] = {
             "type": mapping.type,
             "event_id": str(uuid.uuid5(_NAMESPACE, key)),

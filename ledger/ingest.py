@@ -532,6 +532,19 @@ def _unbalanced(limit: int) -> ValidationError:
     )
 
 
+def header_row(rows: Iterator[CsvRow | UnsplitRow], limit: int) -> CsvRow | None:
+    """A CSV's header: its first row that is not blank (None for a file of blank lines).
+
+    Blank lines before the header are skipped: read as the header, they refused the file
+    (or every row), though the header follows them.
+    """
+    for row in rows:
+        split = split_csv_row(row, limit) if isinstance(row, tuple) else row
+        if split.cells is None or any(cell.strip() for cell in split.cells):
+            return split
+    return None
+
+
 def split_csv_row(row: UnsplitRow, limit: int) -> CsvRow:
     """A logical record of `csv_unsplit_rows` decoded and split into cells."""
     number, data, size = row
@@ -565,7 +578,7 @@ def csv_records(
 ) -> Iterator[SourceRecord]:
     """Records of a CSV byte stream, parsed with `parse`; errors are located by line."""
     rows = csv_rows(handle, max_record_bytes)
-    first = next(rows, None)
+    first = header_row(rows, max_record_bytes)
     if first is None:
         return
     if first.cells is None:
@@ -577,7 +590,10 @@ def csv_records(
             yield SourceRecord(f"{name}:{row.line}", None, None, header_missing, row.size)
         return
     header = [h.strip() for h in first.cells]
-    check_header(name, handle, header, (), "CSV")
+    # Every record needs these columns: without one (a misspelt " Type", a file separated by
+    # ';') every row would be refused alike, one reject per row; the file is refused instead.
+    required = ("event_id", "occurred_at") if "event_type" in header else ("type", "event_id", "occurred_at")
+    check_header(name, handle, header, required, "CSV of ledger records")
     for row in rows:
         location = f"{name}:{row.line}"
         if row.cells is None:
@@ -619,7 +635,7 @@ def read_row_mapped(
     """
     with open_input(path) as handle:
         rows = csv_rows(handle, max_record_bytes)
-        first = next(rows, None)
+        first = header_row(rows, max_record_bytes)
         names = [header(h) for h in (first.cells or [])] if first is not None else []
         check_header(path.name, handle, names, required, kind)
         for row in rows:
@@ -641,7 +657,11 @@ def check_header(name: str, handle: IO[bytes], names: list[str], required: Itera
     missing = [c for c in required if c not in names]
     if missing:
         refuse_damaged(name, handle)
-        raise ValidationError(missing[0], f"{name}: column missing from the header (is this a {kind}?)")
+        hint = f"is this a {kind}?"
+        if len(names) == 1 and ";" in names[0]:
+            # A spreadsheet's CSV in a locale whose list separator is ';': one column.
+            hint = "its columns are separated by ';': save it with commas"
+        raise ValidationError(missing[0], f"{name}: column missing from the header ({hint})")
     seen: set[str] = set()
     for column in names:
         if column and column in seen:

@@ -135,6 +135,12 @@ def _text(value: Any, field: str) -> str:
     raise ValidationError(field, f"expected text, got {type(value).__name__}")
 
 
+#: An integer as text: ASCII digits, with a zero fraction as a spreadsheet or pandas writes an
+#: integer column that has empty cells ("8.0"), as JSON's 8.0 is taken. Python's int() also
+#: takes "1_0" and other scripts' digits ("٨"), which no export means as a number.
+_INTEGER_TEXT = re.compile(r"([+-]?[0-9]+)(?:\.0*)?", re.ASCII)
+
+
 def _integer(value: Any, field: str) -> int:
     if isinstance(value, bool):
         raise ValidationError(field, f"expected an integer, got {value!r}")
@@ -143,16 +149,21 @@ def _integer(value: Any, field: str) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
+        match = _INTEGER_TEXT.fullmatch(value.strip())
+        if match is not None:
+            try:
+                return int(match.group(1))
+            except ValueError:  # more digits than int() converts
+                pass
     raise ValidationError(field, f"expected an integer, got {_short(value)}")
 
 
 def _double(value: Any, field: str) -> float:
     if isinstance(value, bool):
         raise ValidationError(field, f"expected a number, got {value!r}")
+    if isinstance(value, str) and (not value.strip().isascii() or "_" in value):
+        # float() takes "1_000" and other scripts' digits ("٣"), which no export means as a number.
+        raise ValidationError(field, f"expected a number, got {_short(value)}")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -417,6 +428,11 @@ class RecordParser:
             ]
             for t, checks in self._checks.items()
         }
+
+    @property
+    def latest_ms(self) -> int:
+        """The latest `occurred_at` accepted: now plus the future tolerance."""
+        return self._latest_ms
 
     @property
     def event_types(self) -> list[str]:

@@ -203,3 +203,109 @@ def test_a_nul_character_in_a_cell_is_refused_by_its_column(workers: int, parser
     assert len(second) == 1 and second[0].fact is None and second[0].error is not None
     assert second[0].error.field == "Company" and "NUL character" in second[0].error.reason
     assert {r.location for r in records if r.error is None} >= {"complaints.json[0]", "complaints.json[2]"}
+
+
+def test_a_date_written_as_a_timestamp_counts_by_its_date_in_either_download(
+    parser: RecordParser, tmp_path: Path
+) -> None:
+    """The CSV export kept a timestamp's time (and refused one with a zone) while the JSON
+    download counted it by its date: importing both downloads gave conflicts."""
+    stamps = ["2019-09-24T12:00:00", "2019-09-24T12:00:00-05:00", "2019-09-24T23:30:00Z", "2019-09-24 12:00:00"]
+    header = "Complaint ID,Date received,Company,Date sent to company,Company response to consumer"
+    csv_path = tmp_path / "complaints.csv"
+    csv_path.write_text(
+        "\n".join([header, *(f"{n},{s},ACME,{s},Closed with explanation" for n, s in enumerate(stamps, 1))]) + "\n"
+    )
+    json_path = tmp_path / "complaints.json"
+    json_path.write_text(
+        json.dumps(
+            [
+                {"complaint_id": n, "date_received": s, "company": "ACME", "date_sent_to_company": s,
+                 "company_response": "Closed with explanation"}
+                for n, s in enumerate(stamps, 1)
+            ]
+        )
+    )
+    from_csv = _outcomes(list(read_cfpb(csv_path, parser, workers=0)))
+    assert from_csv == _outcomes(list(read_cfpb(json_path, parser, workers=0)))
+    day = 1_569_283_200_000  # 2019-09-24T00:00:00Z
+    assert {outcome[2] for outcome in from_csv} - {0} == {day}  # the desk joins at the epoch
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"{header}\n9,2019-09-24T25:00:00,ACME,,\n")
+    [refused] = [r for r in read_cfpb(bad, parser, workers=0) if r.error is not None]
+    assert (refused.error.field, refused.error.reason) == ("Date received", "not a date: '2019-09-24T25:00:00'")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_keys_for_one_field_refuse_the_item(workers: int, parser: RecordParser, tmp_path: Path) -> None:
+    """`complaint_id` beside `Complaint ID` imported whichever came last, silently."""
+    base = {"complaint_id": "21", "company": "ACME", "date_received": "2020-01-01"}
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps([base, {**base, "Complaint ID": "22"}, {**base, "complaint_id": "23", "Company ": "B"}]))
+    records = list(read_cfpb(path, parser, workers=workers))
+    refused = [(r.location, r.error.field, r.error.reason) for r in records if r.error is not None]
+    assert refused == [
+        ("complaints.json[1]", "Complaint ID", "given twice, as 'complaint_id' and 'Complaint ID'"),
+        ("complaints.json[2]", "Company", "given twice, as 'company' and 'Company '"),
+    ]
+    assert {r.location for r in records if r.fact is not None} == {"complaints.json[0]"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_text_that_is_not_imported_is_not_checked(workers: int, parser: RecordParser, tmp_path: Path) -> None:
+    """An unpaired surrogate (an emoji cut in two) in a narrative or public response, which
+    are not imported, refused the whole complaint; a NUL character there never did."""
+    base = {"company": "ACME", "date_received": "2020-01-01"}
+    items = [
+        {**base, "complaint_id": "41", "complaint_what_happened": "cut emoji \ud83d"},
+        {**base, "complaint_id": "42", "company_public_response": "\udc00"},
+        {**base, "complaint_id": "43", "complaint_what_happened": {"text": "an object"}},
+        {**base, "complaint_id": "44", "company": "ACME \ud800"},
+    ]
+    path = tmp_path / "complaints.json"
+    path.write_text(json.dumps(items))  # ASCII escapes: "\ud83d" stays a lone surrogate
+    records = list(read_cfpb(path, parser, workers=workers))
+    refused = [(r.location, r.error.field, r.error.reason) for r in records if r.error is not None]
+    assert refused == [("complaints.json[3]", "company", "is not valid Unicode text")]
+    opened = sorted(r.fact.data["case_id"] for r in records if r.fact is not None and r.fact.event_type == "CaseOpened")
+    assert opened == ["cfpb:41", "cfpb:42", "cfpb:43"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_a_date_in_the_future_names_its_column(workers: int, suffix: str, registry: Any, tmp_path: Path) -> None:
+    """The ledger's own check named `occurred_at`, a field the export has no column of, so
+    the user could not tell which of the row's dates was wrong."""
+    parser = RecordParser(registry, now_ms=1_700_000_000_000)  # 2023-11-14
+    rows = [
+        ("61", "2030-01-01", ""),
+        ("62", "2020-01-01", "2030-01-02"),
+        ("63", "01/02/68", ""),  # a two-digit year is read as 2068
+        ("64", "2023-11-14", "2023-11-15"),  # within the day's tolerance
+    ]
+    path = tmp_path / f"complaints{suffix}"
+    if suffix == ".csv":
+        header = "Complaint ID,Date received,Date sent to company,Company,Company response to consumer"
+        path.write_text("\n".join([header, *(f"{n},{r},{s},ACME,Closed" for n, r, s in rows)]) + "\n")
+    else:
+        keys = ("complaint_id", "date_received", "date_sent_to_company")
+        path.write_text(json.dumps([{**dict(zip(keys, row, strict=True)), "company": "ACME", "company_response": "Closed"} for row in rows]))
+    records = list(read_cfpb(path, parser, workers=workers))
+    refused = [(r.error.field, r.error.reason.split(" (")[0]) for r in records if r.error is not None]
+    assert refused == [
+        ("Date received", "is in the future: '2030-01-01'"),
+        ("Date sent to company", "is in the future: '2030-01-02'"),
+        ("Date received", "is in the future: '01/02/68'"),
+    ]
+    assert {r.fact.data["case_id"] for r in records if r.fact is not None and r.fact.event_type == "CaseResolved"} == {"cfpb:64"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_blank_lines_before_the_header_are_skipped(workers: int, parser: RecordParser, tmp_path: Path) -> None:
+    """Read as the header, a blank first line refused the whole export."""
+    export = CSV_EXPORTS[0]
+    path = tmp_path / "complaints.csv"
+    path.write_bytes(b"\xef\xbb\xbf\r\n \r\n" + export.read_bytes())
+    records = list(read_cfpb(path, parser, workers=workers))
+    assert _outcomes(records) == _outcomes(list(read_cfpb(export, parser, workers=workers)))
+    assert records[0].location == "complaints.csv:4"  # lines are the file's own

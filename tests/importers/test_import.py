@@ -220,6 +220,53 @@ def test_mapped_csv_import(app: LedgerApplication, parser: RecordParser, tmp_pat
     ]
 
 
+def test_an_empty_cell_in_an_event_id_refuses_the_row_by_its_column(parser: RecordParser, tmp_path: Path) -> None:
+    """Each row with an empty id cell rendered the same key ('helpdesk::opened'): the first
+    one became a case 'ticket:' and the others its duplicates or conflicts."""
+    mapping = EXAMPLES / "helpdesk-mapping.toml"
+    header, first, *_ = (EXAMPLES / "helpdesk-tickets.csv").read_text().splitlines()
+    columns = header.split(",")
+
+    def row(**cells: str) -> str:
+        values = dict(zip(columns, csv.reader([first]).__next__(), strict=True))
+        return ",".join(f'"{v}"' for v in {**values, **cells}.values())
+
+    path = tmp_path / "tickets.csv"
+    lines = [
+        row(**{"Ticket ID": "", "Subject": "a"}),
+        row(**{"Ticket ID": " ", "Subject": "b"}),
+        row(**{"Ticket ID": "7", "Requester ID": ""}),
+        # Unassigned: the agent's event has a `when` on the column, so the ticket still lands.
+        row(**{"Ticket ID": "8", "Assignee ID": "", "Assigned at": "", "Solved at": "", "Satisfaction score": ""}),
+    ]
+    path.write_text("\n".join([header, *lines]) + "\n")
+    records = list(read_mapped_csv(path, mapping, parser))
+    refused = [(r.location, r.error.field, r.error.reason) for r in records if r.error is not None]
+    assert refused == [
+        ("tickets.csv:2", "Ticket ID", "is empty, and the event id 'helpdesk:{Ticket ID}:opened' needs it"),
+        ("tickets.csv:3", "Ticket ID", "is empty, and the event id 'helpdesk:{Ticket ID}:opened' needs it"),
+        ("tickets.csv:4", "Requester ID", "is empty, and the event id 'helpdesk:requester:{Requester ID}' needs it"),
+    ]
+    landed = [(r.fact.event_type, r.location) for r in records if r.fact is not None]
+    assert landed == [("CustomerRegistered", "tickets.csv:5"), ("CaseOpened", "tickets.csv:5")]
+
+
+@pytest.mark.parametrize("written", ["2000-01-01", "2000-01-01T00:00:00Z", "2000-01-01T00:00:00", "2000-01-01 00:00:00Z"])
+def test_a_toml_date_in_a_mapping_is_the_moment_it_names(parser: RecordParser, tmp_path: Path, written: str) -> None:
+    """Unquoted, TOML reads `occurred_at = 2000-01-01` as its own date value, which the ledger
+    refused in every row ("expected a timestamp, got datetime.date(2000, 1, 1)")."""
+    quoted = 'occurred_at = "2000-01-01T00:00:00Z"'
+    text = (EXAMPLES / "helpdesk-mapping.toml").read_text()
+    tickets = EXAMPLES / "helpdesk-tickets.csv"
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(text.replace(quoted, f"occurred_at = {written}"))
+    expected = [(r.location, r.fact, str(r.error)) for r in read_mapped_csv(tickets, EXAMPLES / "helpdesk-mapping.toml", parser)]
+    assert [(r.location, r.fact, str(r.error)) for r in read_mapped_csv(tickets, mapping, parser)] == expected
+    mapping.write_text(text.replace(quoted, "occurred_at = 10:00:00"))
+    with pytest.raises(Exception, match="occurred_at: a time of day alone is no timestamp"):
+        read_mapped_csv(tickets, mapping, parser)
+
+
 def test_mapped_csv_contracts_and_installed_base(app: LedgerApplication, parser: RecordParser) -> None:
     contracts = run(
         app, read_mapped_csv(EXAMPLES / "crm-contracts.csv", EXAMPLES / "crm-contracts-mapping.toml", parser)
@@ -253,7 +300,7 @@ def test_mapped_csv_contracts_and_installed_base(app: LedgerApplication, parser:
         (("{Ticket ID}", "{No Such Column}"), "column missing from the header"),
         (("{Ticket ID}", "{Ticket ID"), "unbalanced brace"),
         (('type = "', 'wehn = "x"\ntype = "'), "wehn: unknown key"),
-        (('type = "', 'when = ["Group"]\ntype = "'), "when: must be a column name"),
+        (('when = "Assignee ID"', 'when = ["Assignee ID"]'), "when: must be a column name"),
         (('id = "helpdesk:agent:{Assignee ID}"', 'id = ["helpdesk:agent:{Assignee ID}"]'), "id: must be a template"),
         (('default = "unknown"', 'defualt = "unknown"'), "region: defualt: unknown key"),
         (('column = "Region"', 'colum = "Region"'), "region: colum: unknown key"),

@@ -182,7 +182,15 @@ def test_an_input_without_records_is_named_on_stderr_and_still_succeeds(tmp_path
     history.write_text("".join(json.dumps(r) + "\n" for r in basics()))
     alone = run_cli("ingest", str(history), env=env)
     assert alone.returncode == 0 and "no records" not in alone.stderr, alone.stderr
-    empties = {"empty.jsonl": "", "header.csv": "type,event_id,occurred_at\n", "none.json": " [ ]\n"}
+    empties = {
+        "empty.jsonl": "",
+        "header.csv": "type,event_id,occurred_at\n",
+        "none.json": " [ ]\n",
+        # Blank lines are no records either: such a file is as empty as an empty one.
+        "blank.jsonl": "\ufeff\n \n\r\n\n",
+        "blank.json": "  \n",
+        "header-and-blank.csv": "type,event_id,occurred_at\n\n\n",
+    }
     for name, text in empties.items():
         (tmp_path / name).write_text(text)
         result = run_cli("ingest", str(tmp_path / name), env=env)
@@ -216,6 +224,39 @@ def test_a_nul_character_in_any_text_is_the_record_s_own_reject() -> None:
     text = cells + f"CaseResolved,{row['event_id']},{row['occurred_at']},k1,e1,fixed,a1;a\x002\n"
     [record] = list(csv_records(io.BytesIO(text.encode()), "f.csv", PARSER.parse))
     assert record.error is not None and record.error.field == "article_ids", record.error
+
+
+def test_a_csv_header_without_a_record_s_columns_refuses_the_file_in_one_line(tmp_path: Path) -> None:
+    """Each row of such a file was refused alike ("field 'type': is missing"), one reject per
+    row of what is no ledger CSV at all, or one saved with ';' between its columns."""
+    row = basics()[0]
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    files = {
+        "semicolons.csv": ("type", "its columns are separated by ';': save it with commas", ";"),
+        "spelt.csv": ("type", "is this a CSV of ledger records?", ","),
+    }
+    for name, (field, hint, separator) in files.items():
+        columns = ["type", "event_id", "occurred_at", "employee_id", "team_id", "role"]
+        header = [" Type " if name == "spelt.csv" else c for c in columns]
+        path = tmp_path / name
+        path.write_text(separator.join(header) + "\n" + separator.join(str(row[c]) for c in columns) + "\n")
+        result = run_cli("ingest", str(path), env=env)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"error: field '{field}': {name}: column missing from the header ({hint})"
+        ]
+    # Blank lines before the header are no header.
+    path = tmp_path / "late_header.csv"
+    path.write_text("\n \n" + ",".join(columns) + "\n" + ",".join(str(row[c]) for c in columns) + "\n")
+    [record] = list(read_csv(path, PARSER))
+    assert record.fact is not None and record.location == "late_header.csv:4"
+    # `event_type` names the type as well as `type` does.
+    path = tmp_path / "event_type.csv"
+    columns = ["event_type", "event_id", "occurred_at", "employee_id", "team_id", "role"]
+    values = [str(row[c]) for c in ["type", *columns[1:]]]
+    path.write_text(",".join(columns) + "\n" + ",".join(values) + "\n")
+    [record] = list(read_csv(path, PARSER))
+    assert record.fact is not None and record.fact.event_type == "EmployeeJoined"
 
 
 def test_a_nul_character_is_refused_alike_on_every_store_and_the_rest_lands(

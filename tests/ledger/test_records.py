@@ -57,6 +57,35 @@ def test_csv_text_is_coerced(parser: RecordParser) -> None:
     assert fact.data["customer_id"] is None
 
 
+@pytest.mark.parametrize(
+    ("cell", "number"),
+    [("4", 4), (" 4 ", 4), ("+4", 4), ("4.0", 4), ("4.", 4), ("4\u00a0", 4), ("4.5", None), ("4e0", None),
+     ("1_0", None), ("\u0664", None), ("\uff14", None), ("0x4", None), ("9" * 5000, None)],
+)
+def test_csv_integer_cells(parser: RecordParser, cell: str, number: int | None) -> None:
+    """A spreadsheet's "4.0" is the integer 4, as JSON's 4.0 is; Python's own spellings
+    ("1_0", other scripts' digits), which int() takes, are no export's integers."""
+    raw = rec("SurveyAnswered", customer_id="c1", case_id="k1", csat=cell)
+    if number is None:
+        with pytest.raises(ValidationError) as caught:
+            parser.parse(raw)
+        assert (caught.value.field, caught.value.reason[:20]) == ("csat", "expected an integer,")
+    else:
+        assert parser.parse(raw).data["csat"] == number
+
+
+@pytest.mark.parametrize("cell", ["1_000", "\u0663", "\uff13.5"])
+def test_csv_number_cells_in_python_s_own_spellings_are_refused(parser: RecordParser, cell: str) -> None:
+    raw = rec(
+        "ContractStarted", contract_id="SC-1", customer_id="c1", plan="basic", annual_value=cell, currency="EUR",
+        starts_on="2026-01-01", ends_on="2027-01-01",
+    )
+    with pytest.raises(ValidationError) as caught:
+        parser.parse(raw)
+    assert caught.value.field == "annual_value" and caught.value.reason == f"expected a number, got {cell!r}"
+    assert parser.parse({**raw, "annual_value": " 1000.50\u00a0"}).data["annual_value"] == 1000.5
+
+
 def test_channel_and_kind_rules(parser: RecordParser) -> None:
     with pytest.raises(ValidationError, match="channel"):
         parser.parse(rec("CaseOpened", case_id="k", customer_id="c", kind="complaint", channel="pigeon"))
