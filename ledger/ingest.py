@@ -255,7 +255,13 @@ def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValidationError("(record)", f"invalid UTF-8 at byte {error.start + 1}") from None
+        # Most often a file a spreadsheet saved in its own encoding: say how to get UTF-8 back
+        # (a byte taken as Windows-1252 could be the wrong letter: nothing is guessed here).
+        raise ValidationError(
+            "(record)",
+            f"invalid UTF-8 at byte {error.start + 1} (a file saved in another encoding, "
+            "Windows-1252 say? save it as UTF-8: 'CSV UTF-8' in a spreadsheet, or iconv)",
+        ) from None
 
 
 def _too_large(size: int, limit: int) -> ValidationError:

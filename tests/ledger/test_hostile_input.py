@@ -104,6 +104,7 @@ def test_json_edge_cases_are_rejects_with_reasons() -> None:
         assert record.error is not None and reason in str(record.error), (text[:60], record.error)
     invalid_utf8 = parse_json_line("f.jsonl", 1, b'{"type": "\xff"}', PARSER)
     assert invalid_utf8.error is not None and "invalid UTF-8 at byte 11" in str(invalid_utf8.error)
+    assert "save it as UTF-8" in str(invalid_utf8.error)  # the way out for a spreadsheet's file
 
 
 def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
