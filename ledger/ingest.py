@@ -780,8 +780,11 @@ def redacted_json(raw: Mapping[str, Any]) -> str:
 
     Redacted when the record is a customer record, or when its type is unknown (it might be).
     """
-    kind = raw.get("type") or raw.get("event_type")
-    personal = not isinstance(kind, str) or kind in PERSONAL_FIELDS or kind not in EVENT_TYPES
+    # Both spellings are looked at: a record may name two types (and is refused for it).
+    kinds = [kind for kind in (raw.get("type"), raw.get("event_type")) if kind] or [None]
+    personal = any(
+        not isinstance(kind, str) or kind in PERSONAL_FIELDS or kind not in EVENT_TYPES for kind in kinds
+    )
     shown = {
         key: (REDACTED if personal and key in _PERSONAL_NAMES and value not in (None, "") else value)
         for key, value in raw.items()

@@ -447,6 +447,12 @@ class RecordParser:
         event_type = raw.get("type") or raw.get("event_type")
         if not event_type:
             raise ValidationError("type", "is missing")
+        alias = raw.get("event_type")
+        if alias and alias != event_type:
+            # Both spellings, naming two types: neither is known to be the one meant.
+            raise ValidationError(
+                "type", f"given twice, as {_short(event_type)} and event_type {_short(alias)}"
+            )
         if not isinstance(event_type, str):
             raise ValidationError("type", f"expected text, got {_short(event_type)}")
         rules = self._checks.get(event_type)

@@ -281,3 +281,19 @@ def test_a_nul_character_is_refused_alike_on_every_store_and_the_rest_lands(
         assert app.max_position() == len(valid)
     finally:
         app.close()
+
+
+def test_a_record_naming_two_types_is_refused_and_its_personal_fields_stay_hidden() -> None:
+    """`type` and `event_type` naming two types: neither is known to be the one meant (the
+    first used to win unseen), and the rejects file shows it as the customer record it may be."""
+    record = {
+        **rec("InteractionRecorded", customer_id="c1", channel="web", direction="inbound"),
+        "event_type": "CustomerRegistered",
+        "email": "ada@example.com",
+    }
+    rejected = parse_json_line("f.jsonl", 1, json.dumps(record).encode(), PARSER)
+    assert rejected.error is not None and rejected.error.field == "type"
+    assert "given twice" in rejected.error.reason
+    assert rejected.raw is not None and "ada@example.com" not in rejected.raw
+    same = {**basics()[3], "event_type": "CustomerRegistered"}
+    assert parse_json_line("f.jsonl", 2, json.dumps(same).encode(), PARSER).error is None
