@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 
 from crm_cli.__main__ import run
+from importers.generator import GeneratorConfig, write_history
+from ledger.ingest import PARALLEL_PARSE_BYTES
 from projections.store import ProjectionDB
-from tests.helpers import CLI
+from tests.helpers import CLI, run_cli, stored_rows, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -194,3 +197,37 @@ def test_importing_the_package_elsewhere_leaves_ctrl_c_alone() -> None:
         capture_output=True, text=True, check=True,
     )
     assert shown.stdout.strip() == "default_int_handler"
+
+
+def _forked_children(pid: int) -> list[int]:
+    """The command's children forked without a new program (parse workers, not the writing
+    process or multiprocessing's resource tracker)."""
+    own = Path(f"/proc/{pid}/cmdline").read_bytes()
+    found = []
+    for child in map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split()):
+        with contextlib.suppress(FileNotFoundError):
+            if Path(f"/proc/{child}/cmdline").read_bytes() == own:
+                found.append(child)
+    return found
+
+
+def test_sigterm_while_ingest_parses_in_workers_is_a_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM (`kill`, a service manager) ends a command as Ctrl-C does: one line, exit 130,
+    and the run's workers stop without a traceback each; the same ingest then lands the rest."""
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:  # past PARALLEL_PARSE_BYTES: parsed by forked workers
+        records = write_history(GeneratorConfig(customers=2500, employees=8, months=6, seed=4), handle)
+    assert history.stat().st_size > PARALLEL_PARSE_BYTES
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite")}
+    args = ["ingest", "--rejects", str(tmp_path / "rejects.jsonl"), str(history)]
+    running = subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+    )
+    wait_for(lambda: len(_forked_children(running.pid)) >= 2 or running.poll() is not None, what="the workers")
+    running.send_signal(signal.SIGTERM)
+    _, stderr = running.communicate(timeout=60)
+    assert (running.returncode, stderr) == (130, "interrupted\n")
+    assert stored_rows(tmp_path / "l.sqlite") < records
+    run_cli(*args, env=env, check=True)
+    assert stored_rows(tmp_path / "l.sqlite") == records
+    assert run_cli("audit", "verify", env=env).returncode == 0
