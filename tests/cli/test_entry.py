@@ -151,11 +151,16 @@ sys.meta_path.insert(0, CtrlC())
 '''
 
 
-def _started_with_ctrl_c_at(tmp_path: Path, module: str, entry: list[str]) -> subprocess.CompletedProcess[str]:
+def _started_with_ctrl_c_at(
+    tmp_path: Path,
+    module: str,
+    entry: list[str],
+    args: Sequence[str] = ("generate", "--customers", "3", "--out", os.devnull),
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_AN_IMPORT, encoding="utf-8")
     paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "CTRL_C_AT": module}
-    command = [*entry, "generate", "--customers", "3", "--out", os.devnull]
+    command = [*entry, *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
@@ -174,6 +179,22 @@ def test_ctrl_c_at_any_import_of_the_start_is_one_line_and_exit_130(tmp_path: Pa
     whichever module was being imported (exit 1, or -2: the interpreter ended by the signal)."""
     started = _started_with_ctrl_c_at(tmp_path, module, CLI)
     assert (started.returncode, started.stderr) == (130, "interrupted\n")
+
+
+@pytest.mark.parametrize("command", [["ingest"], ["import", "cfpb"]])
+def test_ctrl_c_while_a_load_imports_its_modules_stops_it(tmp_path: Path, command: list[str]) -> None:
+    """A Ctrl-C while `ingest` or `import` loaded its modules (pandas, which a library
+    tries to import and gives up on whatever fails) was lost: the run went on to its end."""
+    store = tmp_path / "l.sqlite"
+    source = Path(__file__).parents[1] / "data" / "cfpb_current.csv"
+    if command == ["ingest"]:
+        source = tmp_path / "h.jsonl"
+        with source.open("w") as handle:
+            write_history(GeneratorConfig(customers=3, employees=2, months=1, seed=4), handle)
+    args = ["--store", str(store), *command, "--rejects", str(tmp_path / "rejects.jsonl"), str(source)]
+    started = _started_with_ctrl_c_at(tmp_path, "pandas", CLI, args)
+    assert (started.returncode, started.stderr) == (130, "interrupted\n")
+    assert stored_rows(store) == 0
 
 
 def test_ctrl_c_while_the_script_starts_is_one_line_and_exit_130(tmp_path: Path) -> None:
