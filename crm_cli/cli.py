@@ -785,6 +785,11 @@ def relay(
         relay = Relay(app, config, say=lambda line: err.print(line, highlight=False, soft_wrap=True))
         sent = relay.run(follow=follow, reporter=reporter, should_stop=stop)
     click.echo(f"relayed {sent} events to {config.topic}")
+    if stop.stopped and not follow:
+        # As `project`: Ctrl-C is how a follower ends; a one-shot run it cuts short ended 0,
+        # and a script went on with the topic short of the ledger.
+        click.echo("interrupted: the topic may lag the ledger; run `crm-ledger relay` again", err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 # -- projections ---------------------------------------------------------------------------
