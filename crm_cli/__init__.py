@@ -53,9 +53,18 @@ def _imported_by_the_entry_point() -> bool:
 
 def take_over_interrupts() -> None:
     """Give Ctrl-C back to Python (KeyboardInterrupt) if the start-up's quiet exit still
-    holds it: from here on the command line handles an interruption itself."""
+    holds it: from here on the command line handles an interruption itself.
+
+    SIGTERM (`kill`, a service manager, a container stopping) is taken as a Ctrl-C from here
+    on. By default it ended the process on the spot: no "interrupted", exit -15, and the
+    workers forked by `ingest` and `import`, left writing to a closed pipe, each printed a
+    traceback. As Ctrl-C, only in the command's own process (a program or test running
+    `main` keeps its handlers), and only a SIGTERM nothing else handles.
+    """
     if _signal.getsignal(_signal.SIGINT) is _quiet_exit:
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
+            _signal.signal(_signal.SIGTERM, _signal.default_int_handler)
 
 
 if _imported_by_the_entry_point() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:

@@ -606,7 +606,8 @@ def ingest(ctx: click.Context, /, files: tuple[Path, ...], **options: Any) -> No
 
     The files of one command line are one run: their facts are applied in time order.
     """
-    from ledger.ingest import read_file
+    with interrupt_after():  # see there: Ctrl-C in an extension's import
+        from ledger.ingest import read_file
 
     _ingest_files(_settings(ctx), files, read_file, **options)
 
@@ -664,8 +665,13 @@ def _ingest_files(
     """
     import itertools
 
-    from ledger.ingest import RejectSink, ingest_records
-    from ledger.records import RecordParser
+    # rewards.goals loads pyarrow and the Kafka client (it reads the projection database): a
+    # Ctrl-C inside an extension's import was lost (the run went on to its end) or ended the
+    # command by the signal (exit -2), not with "interrupted" and 130.
+    with interrupt_after():
+        from ledger.ingest import RejectSink, ingest_records
+        from ledger.records import RecordParser
+        from rewards.goals import spec_components
 
     paths = [Path(p) for p in files]
     for path in paths:
@@ -681,8 +687,6 @@ def _ingest_files(
     if rejects_file.exists() and any(rejects_file.samefile(path) for path in paths):
         # Its own rejects would be read back as records, and the file would grow without end.
         raise CrmLedgerError(f"{rejects_file}: the rejects file is one of the input files; name another")
-    from rewards.goals import spec_components
-
     limit = max_record_bytes or settings.max_record_bytes
     sink = RejectSink(rejects_file)
     sink.open()
@@ -723,7 +727,8 @@ def import_group() -> None:
 @click.pass_context
 def import_cfpb(ctx: click.Context, /, files: tuple[Path, ...], **options: Any) -> None:
     """Import CFPB Consumer Complaint Database exports: CSV (columns matched by name) or the JSON download."""
-    from importers.cfpb import read_cfpb
+    with interrupt_after():
+        from importers.cfpb import read_cfpb
 
     _ingest_files(_settings(ctx), files, read_cfpb, **options)
 
@@ -739,9 +744,10 @@ def import_cfpb(ctx: click.Context, /, files: tuple[Path, ...], **options: Any) 
 @click.pass_context
 def import_csv(ctx: click.Context, /, files: tuple[Path, ...], mapping: Path, **options: Any) -> None:
     """Import a CSV export of another system through a column mapping."""
-    from importers.mapped_csv import load_mapping, read_mapped_csv
-    from ledger.records import RecordParser
-    from schemas.registry import SchemaRegistry
+    with interrupt_after():
+        from importers.mapped_csv import load_mapping, read_mapped_csv
+        from ledger.records import RecordParser
+        from schemas.registry import SchemaRegistry
 
     load_mapping(mapping, RecordParser(SchemaRegistry.load()))  # a bad mapping fails before any work
     _ingest_files(
@@ -793,6 +799,11 @@ def relay(
         relay = Relay(app, config, say=lambda line: err.print(line, highlight=False, soft_wrap=True))
         sent = relay.run(follow=follow, reporter=reporter, should_stop=stop)
     click.echo(f"relayed {sent} events to {config.topic}")
+    if stop.stopped and not follow:
+        # As `project`: Ctrl-C is how a follower ends; a one-shot run it cuts short ended 0,
+        # and a script went on with the topic short of the ledger.
+        click.echo("interrupted: the topic may lag the ledger; run `crm-ledger relay` again", err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 # -- projections ---------------------------------------------------------------------------

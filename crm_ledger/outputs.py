@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
 from crm_ledger.errors import CrmLedgerError
@@ -32,6 +33,7 @@ def replaced_whole(target: Path) -> Iterator[Path]:
         yield target
         return
     refuse_missing_folder(target)
+    _remove_stale_partials(target)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         yield partial
@@ -43,3 +45,28 @@ def replaced_whole(target: Path) -> Iterator[Path]:
         raise OSError(error.errno, error.strerror, str(target)) from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Remove the hidden files of earlier writes of `target` whose process is gone.
+
+    A write killed with kill -9 (or by the machine stopping) cleans nothing up: its hidden
+    file stayed beside the target for good, as large as the write had got. One whose process
+    still runs (another write of the same file) is left to it.
+    """
+    prefix = f".{target.name}.partial-"
+    for leftover in target.parent.glob(f"{glob_escape(prefix)}*"):
+        pid = leftover.name[len(prefix) :]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: it exists
+    return True

@@ -56,6 +56,8 @@ _worker: dict[str, Any] = {}
 def _start_worker(parser: RecordParser, names: list[str], max_record_bytes: int) -> None:
     # Ctrl-C reaches the whole process group: the main process stops the run (and the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The pool stops its workers by SIGTERM: the default's, not the command's (a Ctrl-C).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # The facts come back as objects and are held so while the run is sorted: the aggregates
     # they name are found when they are judged instead (less memory per held fact).
     preparer = Preparer(AvroCodec(parser.registry), named=False)

@@ -66,6 +66,9 @@ def _start_worker(parser: RecordParser, name: str, max_record_bytes: int) -> Non
     # Ctrl-C reaches the whole process group: the main process stops the run (and the pool);
     # a worker interrupted on its own would only print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The pool stops its workers by SIGTERM, which the command took over as a Ctrl-C: a
+    # worker that inherited that would stop with a traceback instead.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     preparer = Preparer(AvroCodec(parser.registry))
     _worker.update(parser=parser, name=name, limit=max_record_bytes, prepare=preparer.prepare)
 

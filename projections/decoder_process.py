@@ -165,6 +165,22 @@ def join_group(config: WorkerConfig) -> Member:
     return Member(consumer, rebalance, watch)
 
 
+class _StopOrOrphaned:
+    """The pool's stop event, taken as set once the main process is gone.
+
+    A main process killed with kill -9 never sets the event: its workers went on consuming
+    (idle once the topic was read) for good, members of the group that the next run's
+    workers then shared the partitions with.
+    """
+
+    def __init__(self, stop: Any, parent: int) -> None:
+        self._stop = stop
+        self._parent = parent
+
+    def is_set(self) -> bool:
+        return bool(self._stop.is_set()) or os.getppid() != self._parent
+
+
 def process_main(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> None:
     """A decoder process: join the group, import the decoder, work, flush reports, exit at once.
 
@@ -174,6 +190,7 @@ def process_main(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> 
     ~0.3 s) would only make the main process wait longer at the end of every run.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
     marks = {"entered": time.time()}
     member: Member | None
     try:
@@ -190,7 +207,9 @@ def process_main(worker: int, config: WorkerConfig, stop: Any, reports: Any) -> 
     from projections.decoders import run_worker  # noqa: PLC0415
 
     marks["imported"] = time.time()
-    run_worker(worker, config, stop, reports, member=member, marks=marks)
+    run_worker(worker, config, _StopOrOrphaned(stop, parent), reports, member=member, marks=marks)
+    if os.getppid() != parent:
+        os._exit(0)  # no one is left to read a report (and a full pipe would block its flush)
     reports.put(WorkerReport(worker, stopped=True))
     reports.close()
     reports.join_thread()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 
 from crm_cli.__main__ import run
+from importers.generator import GeneratorConfig, write_history
+from ledger.ingest import PARALLEL_PARSE_BYTES
 from projections.store import ProjectionDB
-from tests.helpers import CLI
+from tests.helpers import CLI, run_cli, stored_rows, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -148,11 +151,16 @@ sys.meta_path.insert(0, CtrlC())
 '''
 
 
-def _started_with_ctrl_c_at(tmp_path: Path, module: str, entry: list[str]) -> subprocess.CompletedProcess[str]:
+def _started_with_ctrl_c_at(
+    tmp_path: Path,
+    module: str,
+    entry: list[str],
+    args: Sequence[str] = ("generate", "--customers", "3", "--out", os.devnull),
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_AN_IMPORT, encoding="utf-8")
     paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "CTRL_C_AT": module}
-    command = [*entry, "generate", "--customers", "3", "--out", os.devnull]
+    command = [*entry, *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
@@ -171,6 +179,22 @@ def test_ctrl_c_at_any_import_of_the_start_is_one_line_and_exit_130(tmp_path: Pa
     whichever module was being imported (exit 1, or -2: the interpreter ended by the signal)."""
     started = _started_with_ctrl_c_at(tmp_path, module, CLI)
     assert (started.returncode, started.stderr) == (130, "interrupted\n")
+
+
+@pytest.mark.parametrize("command", [["ingest"], ["import", "cfpb"]])
+def test_ctrl_c_while_a_load_imports_its_modules_stops_it(tmp_path: Path, command: list[str]) -> None:
+    """A Ctrl-C while `ingest` or `import` loaded its modules (pandas, which a library
+    tries to import and gives up on whatever fails) was lost: the run went on to its end."""
+    store = tmp_path / "l.sqlite"
+    source = Path(__file__).parents[1] / "data" / "cfpb_current.csv"
+    if command == ["ingest"]:
+        source = tmp_path / "h.jsonl"
+        with source.open("w") as handle:
+            write_history(GeneratorConfig(customers=3, employees=2, months=1, seed=4), handle)
+    args = ["--store", str(store), *command, "--rejects", str(tmp_path / "rejects.jsonl"), str(source)]
+    started = _started_with_ctrl_c_at(tmp_path, "pandas", CLI, args)
+    assert (started.returncode, started.stderr) == (130, "interrupted\n")
+    assert stored_rows(store) == 0
 
 
 def test_ctrl_c_while_the_script_starts_is_one_line_and_exit_130(tmp_path: Path) -> None:
@@ -194,3 +218,37 @@ def test_importing_the_package_elsewhere_leaves_ctrl_c_alone() -> None:
         capture_output=True, text=True, check=True,
     )
     assert shown.stdout.strip() == "default_int_handler"
+
+
+def _forked_children(pid: int) -> list[int]:
+    """The command's children forked without a new program (parse workers, not the writing
+    process or multiprocessing's resource tracker)."""
+    own = Path(f"/proc/{pid}/cmdline").read_bytes()
+    found = []
+    for child in map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split()):
+        with contextlib.suppress(FileNotFoundError):
+            if Path(f"/proc/{child}/cmdline").read_bytes() == own:
+                found.append(child)
+    return found
+
+
+def test_sigterm_while_ingest_parses_in_workers_is_a_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM (`kill`, a service manager) ends a command as Ctrl-C does: one line, exit 130,
+    and the run's workers stop without a traceback each; the same ingest then lands the rest."""
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:  # past PARALLEL_PARSE_BYTES: parsed by forked workers
+        records = write_history(GeneratorConfig(customers=2500, employees=8, months=6, seed=4), handle)
+    assert history.stat().st_size > PARALLEL_PARSE_BYTES
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite")}
+    args = ["ingest", "--rejects", str(tmp_path / "rejects.jsonl"), str(history)]
+    running = subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+    )
+    wait_for(lambda: len(_forked_children(running.pid)) >= 2 or running.poll() is not None, what="the workers")
+    running.send_signal(signal.SIGTERM)
+    _, stderr = running.communicate(timeout=60)
+    assert (running.returncode, stderr) == (130, "interrupted\n")
+    assert stored_rows(tmp_path / "l.sqlite") < records
+    run_cli(*args, env=env, check=True)
+    assert stored_rows(tmp_path / "l.sqlite") == records
+    assert run_cli("audit", "verify", env=env).returncode == 0

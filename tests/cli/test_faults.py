@@ -25,6 +25,7 @@ from projections.store import ProjectionDB
 from tests.helpers import (
     CLI,
     cpu_seconds,
+    kill_hard,
     ledger_content,
     run_cli,
     run_cli_on_full_disk,
@@ -901,6 +902,21 @@ def test_ctrl_c_while_generating_is_one_line_and_leaves_no_file(tmp_path: Path) 
     _, stderr = running.communicate(timeout=60)
     assert running.returncode == 130 and stderr.strip() == "interrupted", (running.returncode, stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_killed_with_kill_9_leaves_nothing_once_written_again(tmp_path: Path) -> None:
+    """kill -9 cleans nothing up: the hidden file of the write stayed beside the target for
+    good, as large as the write had got. The next write of that file removes it; the one of a
+    write still running (here: this process's) is left alone."""
+    out = tmp_path / "h.jsonl"
+    running = subprocess.Popen([*CLI, "generate", "--customers", "50000", "--out", str(out)], text=True)
+    wait_for(lambda: any(tmp_path.glob(".h.jsonl.partial-*")), what="the generator to write")
+    kill_hard(running)
+    assert [p.name for p in tmp_path.iterdir()] == [f".h.jsonl.partial-{running.pid}"]
+    running_write = tmp_path / f".h.jsonl.partial-{os.getpid()}"
+    running_write.write_text("")
+    run_cli("generate", "--customers", "3", "--out", str(out), check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, running_write.name])
 
 
 def test_the_generator_stops_between_blocks_of_whole_lines(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -126,3 +127,29 @@ def _committed_max(bootstrap: str, topic: str) -> int:
         return recover_position(RelayConfig(bootstrap, topic)).notification_id
     except Exception:  # noqa: BLE001 - topic not created yet
         return 0
+
+
+def test_a_relay_cut_short_by_ctrl_c_says_so_and_ends_130(
+    kafka_bootstrap: str, topic: str, settings: Settings, tmp_path: Path
+) -> None:
+    """A one-shot relay stopped before the end ended 0 with only "relayed N events": a script
+    went on with the topic short of the ledger. The same relay then completes it."""
+    app = fill_ledger(settings, tmp_path, customers=400)
+    total = app.max_position()
+    env = {
+        "CRM_LEDGER_STORE": settings.store,
+        "CRM_LEDGER_BOOTSTRAP": kafka_bootstrap,
+        "CRM_LEDGER_TOPIC": topic,
+        "CRM_LEDGER_TRANSACTIONAL_ID": f"relay-{topic}",
+    }
+    process = start_cli("relay", "--batch-size", "10", env=env)
+    wait_for(lambda: _committed_max(kafka_bootstrap, topic) > 0, timeout_s=90, what="relay progress")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert _committed_max(kafka_bootstrap, topic) < total, "the relay ended before the Ctrl-C"
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["interrupted: the topic may lag the ledger; run `crm-ledger relay` again"]
+    finished = run_cli("relay", "--batch-size", "300", env=env)
+    assert finished.returncode == 0, finished.stderr
+    ids = [r[0] for r in committed_records(kafka_bootstrap, topic)]
+    assert sorted(ids) == list(range(1, total + 1)), "every notification exactly once"

@@ -202,3 +202,34 @@ def test_workers_never_read_on_from_a_topic_made_anew(
     log.append(DecodedLog(path).dataset().to_table().slice(0, 0), beyond)
     with pytest.raises(LogMismatchError, match="the decoded log was built from another topic"):
         project_with_workers(settings, 2, None, follow=False)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for its new parent is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_of_a_command_killed_with_kill_9_leave_and_the_rerun_lands_everything_once(
+    app: LedgerApplication, tmp_path: Path, kafka_bootstrap: str, topic: str
+) -> None:
+    """The main process killed, its workers went on for good (idle members of the group)."""
+    total = _relayed(app, tmp_path, kafka_bootstrap, topic, customers=200, months=2)
+    db_path = tmp_path / "p.duckdb"
+    env = _env(tmp_path, db_path, kafka_bootstrap, topic)
+    process = _follow_with_two_workers(env)
+    try:
+        wait_for(lambda: _rows_in(db_path) > 0, timeout_s=120, what="a first commit")
+        workers = _workers_of(process.pid)
+        assert len(workers) == 2
+    finally:
+        kill_hard(process)
+    wait_for(lambda: not any(map(_running, workers)), timeout_s=30, what="the workers to leave")
+    finished = run_cli("project", "--source", "kafka", "--workers", "2", env=env)
+    assert finished.returncode == 0, finished.stderr
+    rows = _log_rows(db_path)
+    assert rows.num_rows == total
+    assert len(set(rows.column("notification_id").to_pylist())) == total
