@@ -359,6 +359,11 @@ class ProjectionDB:
             self._register_logs(self._connection)
         return self._connection
 
+    def open_connection(self) -> duckdb.DuckDBPyConnection | None:
+        """The connection if the file is open now, else None (never opens it: another thread
+        may ask, to interrupt what runs on it)."""
+        return self._connection
+
     def log(self, source: str) -> DecodedLog:
         """The decoded log of a source (created empty when new)."""
         if source not in self._logs:

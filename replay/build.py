@@ -12,6 +12,7 @@ fresh log first, for when someone doubts the log.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import duckdb
+
 from crm_ledger.progress import Reporter
 from crm_ledger.settings import Settings
 from projections.engine import Projector
+from projections.interrupts import statements_interrupted_on_stop
 from projections.service import append_source, catch_up, codec_of, ledger_for, rebuild_log, source_label
 from projections.spec import load_spec
 from projections.store import ProjectionDB, VersionInfo, version_id
@@ -139,50 +143,61 @@ def replay(
     appended = append_source(settings, source, label, app, reporter=reporter, should_stop=should_stop)
     if should_stop():
         return ReplayResult(target, name or spec.name, "interrupted", appended, time.monotonic() - started)
-    with ProjectionDB(settings.projections_db) as db:
-        known = {v.version: v for v in db.versions()}
-        # A version built from another shares its tables: made anew they would still be shared.
-        rebuild = full and (from_source or target not in known or known[target].built_from is None)
-        note = _known_note(known[target], name, full and not rebuild) if target in known else None
-        if target in known and rebuild:
-            # Asked for again in full (or after re-decoding): its tables are made anew from the log.
-            version = known[target]
-            Projector(db, version, None, codec).refresh(full=True)
-            events = rebuilt if from_source else db.find_version(version.version).events
-            return ReplayResult(target, version.name, "full", events, time.monotonic() - started, note=note)
-        if target in known:
-            version = known[target]
-            stats, _ = catch_up(
-                db,
-                version,
-                settings=settings,
-                source=source,
-                app=app,
-                reporter=reporter,
-                should_stop=should_stop,
-            )
-            return ReplayResult(
-                target, version.name, "caught-up", stats.applied, time.monotonic() - started, note=note
-            )
-        base = None if full or as_of is not None else _shareable_base(db, spec.kpi_hash, label)
-        if base is not None:
-            derived = db.ensure_version(spec, spec_text, label, name=name, built_from=base.version)
-            Projector(db, derived, None, codec).refresh(scores_only=True)
-            return ReplayResult(
-                target, derived.name, "scores-only", 0, time.monotonic() - started, based_on=base.version
-            )
-        base = None if full or as_of is not None else _shareable_base(db, None, label)
-        if base is not None:
-            # Another threshold: the new KPI columns are recounted from the shared measures.
-            derived = db.ensure_version(spec, spec_text, label, name=name, built_from=base.version)
-            Projector(db, derived, None, codec).refresh()
-            events = db.find_version(derived.version).events
-            return ReplayResult(
-                target, derived.name, "kpi-change", events, time.monotonic() - started, based_on=base.version
-            )
+    try:
+        with ProjectionDB(settings.projections_db) as db, _stoppable(db, should_stop):
+            known = {v.version: v for v in db.versions()}
+            # A version built from another shares its tables: made anew they would still be shared.
+            rebuild = full and (from_source or target not in known or known[target].built_from is None)
+            note = _known_note(known[target], name, full and not rebuild) if target in known else None
+            if target in known and rebuild:
+                # Asked for again in full (or after re-decoding): its tables are made anew from the log.
+                version = known[target]
+                Projector(db, version, None, codec).refresh(full=True)
+                events = rebuilt if from_source else db.find_version(version.version).events
+                seconds = time.monotonic() - started
+                return ReplayResult(target, version.name, "full", events, seconds, note=note)
+            if target in known:
+                version = known[target]
+                stats, _ = catch_up(
+                    db,
+                    version,
+                    settings=settings,
+                    source=source,
+                    app=app,
+                    reporter=reporter,
+                    should_stop=should_stop,
+                )
+                return ReplayResult(
+                    target, version.name, "caught-up", stats.applied, time.monotonic() - started, note=note
+                )
+            base = None if full or as_of is not None else _shareable_base(db, spec.kpi_hash, label)
+            if base is not None:
+                derived = db.ensure_version(spec, spec_text, label, name=name, built_from=base.version)
+                Projector(db, derived, None, codec).refresh(scores_only=True)
+                return ReplayResult(
+                    target, derived.name, "scores-only", 0, time.monotonic() - started, based_on=base.version
+                )
+            base = None if full or as_of is not None else _shareable_base(db, None, label)
+            if base is not None:
+                # Another threshold: the new KPI columns are recounted from the shared measures.
+                derived = db.ensure_version(spec, spec_text, label, name=name, built_from=base.version)
+                Projector(db, derived, None, codec).refresh()
+                events = db.find_version(derived.version).events
+                seconds, based_on = time.monotonic() - started, base.version
+                return ReplayResult(target, derived.name, "kpi-change", events, seconds, based_on=based_on)
 
-    with ProjectionDB(settings.projections_db, wait_s=600) as db:
-        version = db.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
-        Projector(db, version, None, codec).refresh(full=True)
-        events = db.find_version(version.version).events
+        with ProjectionDB(settings.projections_db, wait_s=600) as db, _stoppable(db, should_stop):
+            version = db.ensure_version(spec, spec_text, label, as_of=as_of, name=name)
+            Projector(db, version, None, codec).refresh(full=True)
+            events = db.find_version(version.version).events
+    except duckdb.InterruptException:
+        if not should_stop():
+            raise
+        # Stopped inside a build: its transaction rolled back, the version stays as it was.
+        return ReplayResult(target, name or spec.name, "interrupted", appended, time.monotonic() - started)
     return ReplayResult(target, version.name, "full", events, time.monotonic() - started)
+
+
+def _stoppable(db: ProjectionDB, should_stop: Callable[[], bool]) -> contextlib.AbstractContextManager[None]:
+    """A Ctrl-C during one of the build's long statements stops it (projections.interrupts)."""
+    return statements_interrupted_on_stop(db.open_connection, should_stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -591,3 +592,28 @@ def test_a_rank_correlation_that_is_undefined_is_null_in_json_and_said_in_the_ta
     assert summary["rows_compared"] == 1 and summary["spearman_rank_correlation"] is None
     table = run_cli("diff", "default", "weights", env=env, check=True)
     assert "Spearman rank correlation undefined (the ranks do not vary)" in table.stdout
+
+
+def test_a_stop_during_a_full_build_interrupts_it_and_a_rerun_builds_it(
+    ledger: LedgerApplication, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a build (one long transaction, no batch boundary) stops it there: the
+    replay says "interrupted" instead of finishing as if never asked, and the rerun builds it."""
+    from projections.maintain import Maintainer
+
+    asked = threading.Event()
+    update = Maintainer.update
+
+    def asked_during_the_build(self: Maintainer, **kwargs: Any) -> Any:
+        asked.set()  # as a Ctrl-C while the build's statements run
+        return update(self, **kwargs)
+
+    monkeypatch.setattr(Maintainer, "update", asked_during_the_build)
+    stopped = replay(settings, strict_csat(tmp_path), "ledger", full=True, should_stop=asked.is_set)
+    assert stopped.mode == "interrupted"
+    assert "run the same command again" in stopped.message()
+    with ProjectionDB(settings.projections_db) as db:
+        assert db.find_version(stopped.version).built_at is None  # nothing of the build committed
+    monkeypatch.setattr(Maintainer, "update", update)
+    rerun = replay(settings, strict_csat(tmp_path), "ledger", full=True)
+    assert (rerun.mode, rerun.version) == ("full", stopped.version)
