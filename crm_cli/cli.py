@@ -670,6 +670,7 @@ def _ingest_files(
     # command by the signal (exit -2), not with "interrupted" and 130.
     with interrupt_after():
         from ledger.ingest import RejectSink, ingest_records
+        from ledger.load_lock import one_load_at_a_time
         from ledger.records import RecordParser
         from rewards.goals import spec_components
 
@@ -700,7 +701,14 @@ def _ingest_files(
             _noting_an_empty_input(path, read(path, parser, limit), empty) for path in paths
         )
         name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
-        with progress_bar(f"ingest {name}", _total_input(paths)) as reporter:
+
+        def waiting() -> None:
+            click.echo("another ingest or import is loading into this ledger: waiting for its end", err=True)
+
+        with (
+            one_load_at_a_time(settings.store, app.recorder, waiting),
+            progress_bar(f"ingest {name}", _total_input(paths)) as reporter,
+        ):
             total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
     except BaseException:
         # The run is to be made again (a full disk, Ctrl-C): it writes its rejects again then.

@@ -285,6 +285,29 @@ def test_concurrent_ingests_end_with_the_ledger_of_a_sequential_run(
     sequential.close()
 
 
+def test_a_second_load_waits_for_the_one_under_way_and_says_so(
+    settings: Settings, store_kind: str, tmp_path: Path
+) -> None:
+    """Loads take turns (ledger.load_lock): one that finds another under way says so and
+    writes nothing until it ends, then lands its file whole."""
+    from ledger.load_lock import one_load_at_a_time
+    from tests.helpers import start_cli
+
+    lines = _history(tmp_path / "h.jsonl")
+    env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
+    app = LedgerApplication(settings.eventsourcing_env())
+    told: list[bool] = []
+    with one_load_at_a_time(settings.store, app.recorder, lambda: told.append(True)):
+        second = start_cli("ingest", str(tmp_path / "h.jsonl"), "--rejects", str(tmp_path / "r"), env=env)
+        assert second.stderr is not None
+        assert "another ingest or import is loading into this ledger" in second.stderr.readline()
+        assert not told and not app.recorder.max_notification_id()
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, (out, err)
+    assert app.recorder.max_notification_id() == len(lines)
+    app.close()
+
+
 # -- 8. a first follow is queryable ----------------------------------------------------------
 @pytest.mark.slow
 def test_a_first_follow_is_queryable_before_it_stops(tmp_path: Path) -> None:
