@@ -9,8 +9,7 @@ let go of between rounds (an idle follower releases it for other commands: closi
 checkpoints it, outside the latency; the next refresh opens it again, inside it). Baseline
 in the same run: a full rebuild of the version from the same log; with `--old-design REV`,
 also this benchmark as it is at that revision (a clean export, the same cached ledger),
-run right after. The rebuild is timed three times before the rounds, and the median is the
-baseline. Each round's CPU time (this process, all its threads) is reported too:
+run right after. Each round's CPU time (this process, all its threads) is reported too:
 other jobs on the same cores move it far less than the latency.
 """
 
@@ -39,7 +38,6 @@ from projections.spec import DEFAULT_SPEC, load_spec
 from projections.store import ProjectionDB
 
 ROUNDS = 12
-REBUILDS = 3
 NEW_EVENTS = 1_000
 GOAL_LATENCY_S = 1.0
 GOAL_SHARE_OF_FULL = 0.10
@@ -94,14 +92,9 @@ def main() -> None:
     version = db.ensure_version(load_spec(DEFAULT_SPEC), DEFAULT_SPEC.read_text(), "ledger")
     source = LedgerSource(ledger)  # type: ignore[arg-type]
     Projector(db, version, source, app.codec).run()
-    # The baseline is the median of a few rebuilds: one alone moved by ±30% from run to run
-    # on a shared machine, and the share with it.
-    rebuilds, rebuild_cpus = [], []
-    for _ in range(REBUILDS):
-        started_cpu = time.process_time()
-        rebuilds.append(timed(lambda: Maintainer(db, version).update(full=True))[1])
-        rebuild_cpus.append(time.process_time() - started_cpu)
-    full_s, full_cpu = statistics.median(rebuilds), statistics.median(rebuild_cpus)
+    full_cpu = time.process_time()
+    _, full_s = timed(lambda: Maintainer(db, version).update(full=True))
+    full_cpu = time.process_time() - full_cpu
     latencies, refreshes, releases, cpu = [], [], [], []
     projector = Projector(db, version, source, app.codec)
     db.release()
@@ -145,7 +138,6 @@ def main() -> None:
             "latency_p50_s": round(p50, 3),
             "latency_p95_s": round(p95, 3),
             "baseline_full_rebuild_s": round(full_s, 2),
-            "full_rebuilds_s": [round(s, 2) for s in rebuilds],
             "incremental_share_of_full_rebuild": round(p50 / full_s, 3),
             # The refresh alone (the maintainer's update, as the rebuild is): the latency above
             # also holds reading the new events from the ledger, decoding them and committing
