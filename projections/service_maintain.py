@@ -1,12 +1,12 @@
 """Incremental maintenance of the service tables, the profile's service columns and the goals.
 
 The full-build SQL of projections.service_models and projections.goals reads `{v}.events`
-and earlier tables of schema `v`. Here the same functions run against a scratch schema (the
-connection's temporary objects) whose `events` holds only the index rows of the touched
-keys (projections.logindex) and whose other inputs are views of the version's tables; their
-results replace the touched keys' rows. Events with a payload (contracts, visits, installed
-products, goals) are looked up in the index's table of payload events, a tenth of its rows.
-Touched keys, for the new events of an update:
+and earlier tables of schema `v`. Here the same functions run against a scratch schema
+whose `events` holds only the index rows of the touched keys (projections.logindex) and
+whose other inputs are views of the version's tables; their results replace the touched
+keys' rows. Events with a payload (contracts, visits, installed products, goals) are looked
+up in the index's table of payload events, a tenth of its rows. Touched keys, for the new
+events of an update:
 
 - `contract_terms`, by contract: the contracts named by new contract events (a term
   depends on its contract's events only).
@@ -61,12 +61,8 @@ from projections.service_models import (
 )
 from projections.written import rows_written
 
-#: Where the full-build SQL runs: the connection's temporary objects (made and dropped inside
-#: the update's transaction). Temporary objects cost no catalog change of the database file:
-#: a scratch schema in the file cost ~6 more statements and ~25-35 ms a refresh. DuckDB's
-#: temporary catalog has one schema (`main`) and takes only TEMP tables and views; an
-#: attached in-memory database is no way out, since one transaction writes one database.
-SCRATCH = "temp.main"
+#: The scratch schema the full-build SQL runs in (created and dropped inside the update's transaction).
+SCRATCH = "crm_inc"
 _SLA = ", ".join(f"'{m}'" for m in SLA_MEASURES)
 _VISIT = ", ".join(f"'{m}'" for m in VISIT_MEASURES)
 _CASE_STEPS = "('CaseOpened', 'CaseAccepted', 'CaseResolved')"
@@ -143,11 +139,13 @@ class Scratch:
         self._made: dict[str, str] = {}
 
     def __enter__(self) -> Scratch:
+        self.run(f"CREATE SCHEMA IF NOT EXISTS {SCRATCH}")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.clear()
+            self.run(f"DROP SCHEMA {SCRATCH}")
 
     def clear(self) -> None:
         """Drop every object made in the scratch schema (one by one: DuckDB cannot commit a
@@ -157,9 +155,8 @@ class Scratch:
         self._made.clear()
 
     def build(self, statement: str) -> None:
-        """Run a model's statement, which creates its table in the scratch schema (as a
-        temporary table: the statement is written for a schema of the file)."""
-        self.run(statement.replace(f"TABLE {SCRATCH}.", f"TEMP TABLE {SCRATCH}."))
+        """Run a model's statement, which creates its table in the scratch schema."""
+        self.run(statement)
         for name in _CREATED.findall(statement):
             self._made[name] = "TABLE"
 
@@ -167,16 +164,16 @@ class Scratch:
         self.table("events", select)
 
     def view(self, name: str, select: str) -> None:
-        self.run(f"CREATE TEMP VIEW {SCRATCH}.{name} AS {select}")
+        self.run(f"CREATE VIEW {SCRATCH}.{name} AS {select}")
         self._made[name] = "VIEW"
 
     def table(self, name: str, select: str) -> None:
-        self.run(f"CREATE TEMP TABLE {SCRATCH}.{name} AS {select}")
+        self.run(f"CREATE TABLE {SCRATCH}.{name} AS {select}")
         self._made[name] = "TABLE"
 
 
 #: The tables a model statement creates in the scratch schema.
-_CREATED = re.compile(rf"CREATE (?:OR REPLACE )?TABLE {re.escape(SCRATCH)}\.(\w+)")
+_CREATED = re.compile(rf"CREATE (?:OR REPLACE )?TABLE {SCRATCH}\.(\w+)")
 
 
 class ServiceMaintenance:
