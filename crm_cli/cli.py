@@ -1054,7 +1054,8 @@ def versions(ctx: click.Context, fmt: str) -> None:
 
     Read-only: it works on a copy an auditor may not write, and never creates a database.
     """
-    from projections.readonly import list_versions
+    with interrupt_after():  # see there: Ctrl-C in an extension's import (DuckDB, pyarrow)
+        from projections.readonly import list_versions
 
     rows = list_versions(_settings(ctx).projections_db)
     if fmt == "json":
@@ -1132,9 +1133,10 @@ def diff(ctx: click.Context, old: str, new: str, fmt: str, threshold: float, lim
 
     Read only: it never changes the projection database, nor creates one.
     """
-    from projections.readonly import reader
-    from projections.store import find_version, versions_of
-    from replay.diff import diff_versions
+    with interrupt_after():
+        from projections.readonly import reader
+        from projections.store import find_version, versions_of
+        from replay.diff import diff_versions
 
     with reader(_settings(ctx).projections_db) as connection:
         known = versions_of(connection)
@@ -1225,7 +1227,8 @@ def drop(ctx: click.Context, version: str) -> None:
 
 def _on_version(ctx: click.Context, version: str, action: str, done: str) -> None:
     """Find a version by id, prefix or name and apply a ProjectionDB action to it."""
-    from projections.store import ProjectionDB
+    with interrupt_after():
+        from projections.store import ProjectionDB
 
     with ProjectionDB(_settings(ctx).projections_db, create=False) as db:
         target = db.find_version(version)
@@ -1595,8 +1598,9 @@ def audit_verify(
     statements: tuple[Path, ...],
 ) -> None:
     """Recompute the hash chain from each copy and report the first gap, duplicate or alteration."""
-    from audit.run import VerifyRequest, run_verify
-    from ledger.checkpoints import parse_checkpoint
+    with interrupt_after():
+        from audit.run import VerifyRequest, run_verify
+        from ledger.checkpoints import parse_checkpoint
 
     settings = _existing_store(ctx)
     request = VerifyRequest(sources, checkpoints, tuple(parse_checkpoint(g) for g in given), statements)
@@ -1625,7 +1629,8 @@ def audit_verify(
 @click.pass_context
 def audit_head(ctx: click.Context, publish: bool) -> None:
     """Print the chain head recomputed from the store: keep it outside the ledger (print, mail)."""
-    from audit.run import head
+    with interrupt_after():
+        from audit.run import head
 
     settings = _existing_store(ctx)
     checkpoint, topic = head(settings, publish=publish)
@@ -1782,9 +1787,10 @@ def _relation_table(relation: Any) -> _Shown:
 @click.pass_context
 def explain(ctx: click.Context, employee: str, period: str, version: str | None, fmt: str) -> None:
     """Explain a reward score: components, weights, caps, KPI values and the events behind them."""
-    from projections.explain import explain as build_explanation
-    from projections.readonly import reader
-    from projections.store import find_version, versions_of
+    with interrupt_after():
+        from projections.explain import explain as build_explanation
+        from projections.readonly import reader
+        from projections.store import find_version, versions_of
 
     with reader(_settings(ctx).projections_db) as connection:
         # An id, a unique id prefix or a name, as promote, drop and diff take.

@@ -252,3 +252,18 @@ def test_sigterm_while_ingest_parses_in_workers_is_a_ctrl_c(tmp_path: Path) -> N
     run_cli(*args, env=env, check=True)
     assert stored_rows(tmp_path / "l.sqlite") == records
     assert run_cli("audit", "verify", env=env).returncode == 0
+
+
+@pytest.mark.parametrize("command", [["versions"], ["audit", "head"]])
+def test_ctrl_c_while_a_reading_command_imports_its_modules_stops_it(tmp_path: Path, command: list[str]) -> None:
+    """The same for the commands that read: a Ctrl-C while they loaded pyarrow was lost there
+    (the command ran to its end)."""
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:
+        write_history(GeneratorConfig(customers=3, employees=2, months=1, seed=4), handle)
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    run_cli("ingest", str(history), env=env, check=True)
+    run_cli("project", env=env, check=True)
+    stores = ["--store", env["CRM_LEDGER_STORE"], "--db", env["CRM_LEDGER_DB"]]
+    started = _started_with_ctrl_c_at(tmp_path, "pandas", CLI, [*stores, *command])
+    assert (started.returncode, started.stderr) == (130, "interrupted\n")
