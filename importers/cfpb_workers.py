@@ -14,11 +14,11 @@ records, their locations and the rejects are those of `read_cfpb` in one process
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from crm_ledger.pool_worker import become_pool_worker
 from importers.cfpb import REQUIRED, canonical_header, complaint_parts
 from importers.cfpb_json import complaint_row, export_items, shown
 from ledger.errors import ValidationError
@@ -54,10 +54,7 @@ _worker: dict[str, Any] = {}
 
 
 def _start_worker(parser: RecordParser, names: list[str], max_record_bytes: int) -> None:
-    # Ctrl-C reaches the whole process group: the main process stops the run (and the pool).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The pool stops its workers by SIGTERM: the default's, not the command's (a Ctrl-C).
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    become_pool_worker()
     # The facts come back as objects and are held so while the run is sorted: the aggregates
     # they name are found when they are judged instead (less memory per held fact).
     preparer = Preparer(AvroCodec(parser.registry), named=False)

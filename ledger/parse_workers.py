@@ -21,13 +21,13 @@ The records are the ones `read_jsonl` yields for the same file, field for field
 from __future__ import annotations
 
 import multiprocessing
-import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from crm_ledger.pool_worker import become_pool_worker
 from ledger.errors import ValidationError
 from ledger.ingest import (
     AnyRecord,
@@ -63,12 +63,7 @@ _worker: dict[str, Any] = {}
 
 
 def _start_worker(parser: RecordParser, name: str, max_record_bytes: int) -> None:
-    # Ctrl-C reaches the whole process group: the main process stops the run (and the pool);
-    # a worker interrupted on its own would only print a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The pool stops its workers by SIGTERM, which the command took over as a Ctrl-C: a
-    # worker that inherited that would stop with a traceback instead.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    become_pool_worker()
     preparer = Preparer(AvroCodec(parser.registry))
     _worker.update(parser=parser, name=name, limit=max_record_bytes, prepare=preparer.prepare)
 

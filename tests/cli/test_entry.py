@@ -239,7 +239,7 @@ def test_sigterm_while_ingest_parses_in_workers_is_a_ctrl_c(tmp_path: Path) -> N
     with history.open("w") as handle:  # past PARALLEL_PARSE_BYTES: parsed by forked workers
         records = write_history(GeneratorConfig(customers=2500, employees=8, months=6, seed=4), handle)
     assert history.stat().st_size > PARALLEL_PARSE_BYTES
-    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite")}
+    env = {"CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
     args = ["ingest", "--rejects", str(tmp_path / "rejects.jsonl"), str(history)]
     running = subprocess.Popen(
         [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
@@ -267,3 +267,22 @@ def test_ctrl_c_while_a_reading_command_imports_its_modules_stops_it(tmp_path: P
     stores = ["--store", env["CRM_LEDGER_STORE"], "--db", env["CRM_LEDGER_DB"]]
     started = _started_with_ctrl_c_at(tmp_path, "pandas", CLI, [*stores, *command])
     assert (started.returncode, started.stderr) == (130, "interrupted\n")
+
+
+def test_workers_end_with_an_ingest_killed_hard_and_print_nothing(tmp_path: Path) -> None:
+    """kill -9 of the command left its parse workers writing results to a closed pipe, each
+    printing a traceback on the terminal; the kernel now ends them with their parent."""
+    history = tmp_path / "h.jsonl"
+    with history.open("w") as handle:  # past PARALLEL_PARSE_BYTES: parsed by forked workers
+        write_history(GeneratorConfig(customers=2500, employees=8, months=6, seed=4), handle)
+    env = {**os.environ, "CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    running = subprocess.Popen(
+        [*CLI, "ingest", "--rejects", str(tmp_path / "r.jsonl"), str(history)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    wait_for(lambda: len(_forked_children(running.pid)) >= 2 or running.poll() is not None, what="the workers")
+    workers = _forked_children(running.pid)
+    running.kill()
+    _, stderr = running.communicate(timeout=60)  # returns once every holder of the pipe is gone
+    assert "Traceback" not in stderr
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "the workers' end")
