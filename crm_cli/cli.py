@@ -689,33 +689,34 @@ def _ingest_files(
         # Its own rejects would be read back as records, and the file would grow without end.
         raise CrmLedgerError(f"{rejects_file}: the rejects file is one of the input files; name another")
     limit = max_record_bytes or settings.max_record_bytes
-    sink = RejectSink(rejects_file)
-    sink.open()
-    try:
-        # Inside the try: a store that is refused (a mistyped folder) leaves no empty rejects file.
-        app = _open_ledger(settings, spec_components(settings.projections_db))
-        app.max_event_bytes = limit
-        parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
-        empty: list[Path] = []
-        records = itertools.chain.from_iterable(
-            _noting_an_empty_input(path, read(path, parser, limit), empty) for path in paths
-        )
-        name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
+    # The ledger first: a store that is refused (a mistyped folder) leaves no rejects file.
+    app = _open_ledger(settings, spec_components(settings.projections_db))
+    app.max_event_bytes = limit
 
-        def waiting() -> None:
-            click.echo("another ingest or import is loading into this ledger: waiting for its end", err=True)
+    def waiting() -> None:
+        click.echo("another ingest or import is loading into this ledger: waiting for its end", err=True)
 
-        with (
-            one_load_at_a_time(settings.store, app.recorder, waiting),
-            progress_bar(f"ingest {name}", _total_input(paths)) as reporter,
-        ):
-            total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
-    except BaseException:
-        # The run is to be made again (a full disk, Ctrl-C): it writes its rejects again then.
-        sink.discard()
-        raise
-    finally:
-        sink.close()
+    # The turn before the rejects file: a load waiting for its turn must not note the file's
+    # size while the one under way writes to it (its Ctrl-C would cut that run's rejects
+    # off), and its "now" (the future tolerance) is taken when it starts.
+    with one_load_at_a_time(settings.store, app.recorder, waiting):
+        sink = RejectSink(rejects_file)
+        sink.open()
+        try:
+            parser = RecordParser(app.registry, future_tolerance_ms=int(future_tolerance_hours * 3_600_000))
+            empty: list[Path] = []
+            records = itertools.chain.from_iterable(
+                _noting_an_empty_input(path, read(path, parser, limit), empty) for path in paths
+            )
+            name = paths[0].name if len(paths) == 1 else f"{len(paths)} files"
+            with progress_bar(f"ingest {name}", _total_input(paths)) as reporter:
+                total = ingest_records(app, records, sink, batch_size=batch_size, reporter=reporter)
+        except BaseException:
+            # The run is to be made again (a full disk, Ctrl-C): it writes its rejects again then.
+            sink.discard()
+            raise
+        finally:
+            sink.close()
     click.echo(total.line())
     for path in empty:
         # Not an error (an export can be empty), but a wrong file given by mistake looks so too.

@@ -104,11 +104,19 @@ def load_mapping(path: Path, parser: RecordParser) -> list[EventMapping]:
 def _literal(where: str, spec: Any) -> Any:
     """A spec with TOML's own dates and times (`occurred_at = 2026-01-01`, unquoted) as the
     ISO-8601 text a cell would hold: the ledger takes text or epoch milliseconds, so every row
-    was refused for the date. A time of day alone names no moment and refuses the mapping."""
+    was refused for the date. A time of day alone names no moment and refuses the mapping.
+    A column's table is looked into: its `default` and the values of its `map` are such specs."""
     if isinstance(spec, datetime | date):
         return spec.isoformat()
     if isinstance(spec, time):
         raise MappingError(f"{where}: a time of day alone is no timestamp (write a date and time)")
+    if isinstance(spec, dict):
+        given = dict(spec)
+        if "default" in given:
+            given["default"] = _literal(f"{where}: default", given["default"])
+        if isinstance(given.get("map"), dict):
+            given["map"] = {cell: _literal(f"{where}: map: {cell}", v) for cell, v in given["map"].items()}
+        return given
     return spec
 
 

@@ -56,10 +56,15 @@ def _sqlite_turn(path: Path, waiting: Callable[[], None]) -> Iterator[None]:
     try:
         handle = path.open("a")
     except OSError:
-        # A folder this process cannot write in: the store's own writes fail there with their
-        # own clear message; no turn is needed for a load that cannot write.
-        yield
-        return
+        try:
+            # Made by another user, who may write the store too: flock works on a read-only
+            # descriptor, and the turn is still taken.
+            handle = path.open("r")
+        except OSError:
+            # None, in a folder this process cannot write in: the store's own writes fail there
+            # with their own clear message; no turn is needed for a load that cannot write.
+            yield
+            return
     with handle:
         told = False
         while True:

@@ -136,9 +136,10 @@ def _text(value: Any, field: str) -> str:
 
 
 #: An integer as text: ASCII digits, with a zero fraction as a spreadsheet or pandas writes an
-#: integer column that has empty cells ("8.0"), as JSON's 8.0 is taken. Python's int() also
-#: takes "1_0" and other scripts' digits ("٨"), which no export means as a number.
-_INTEGER_TEXT = re.compile(r"([+-]?[0-9]+)(?:\.0*)?", re.ASCII)
+#: integer column that has empty cells ("8.0", "8.00"), as JSON's 8.0 is taken. Python's int()
+#: also takes "1_0" and other scripts' digits ("٨"), which no export means as a number; "1.000"
+#: is a thousand where "." separates thousands, and is refused.
+_INTEGER_TEXT = re.compile(r"([+-]?[0-9]+)(?:\.0{1,2})?", re.ASCII)
 
 
 def _integer(value: Any, field: str) -> int:

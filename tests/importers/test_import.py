@@ -265,6 +265,14 @@ def test_a_toml_date_in_a_mapping_is_the_moment_it_names(parser: RecordParser, t
     mapping.write_text(text.replace(quoted, "occurred_at = 10:00:00"))
     with pytest.raises(Exception, match="occurred_at: a time of day alone is no timestamp"):
         read_mapped_csv(tickets, mapping, parser)
+    # In a column's table too: its default, and the values of its map.
+    for spec in (f'{{ column = "Nowhere", default = {written} }}', f'{{ column = "Nowhere", map = {{ "" = {written} }} }}'):
+        mapping.write_text(text.replace(quoted, f"occurred_at = {spec}"))
+        tickets_without = tmp_path / "t.csv"
+        lines = tickets.read_text().splitlines()
+        tickets_without.write_text("\n".join([lines[0] + ",Nowhere", *(line + "," for line in lines[1:])]) + "\n")
+        got = [(r.location.split(":")[1], r.fact, str(r.error)) for r in read_mapped_csv(tickets_without, mapping, parser)]
+        assert got == [(location.split(":")[1], fact, error) for location, fact, error in expected], spec
 
 
 def test_mapped_csv_contracts_and_installed_base(app: LedgerApplication, parser: RecordParser) -> None:

@@ -290,6 +290,8 @@ def test_a_second_load_waits_for_the_one_under_way_and_says_so(
 ) -> None:
     """Loads take turns (ledger.load_lock): one that finds another under way says so and
     writes nothing until it ends, then lands its file whole."""
+    import signal
+
     from ledger.load_lock import one_load_at_a_time
     from tests.helpers import start_cli
 
@@ -297,8 +299,20 @@ def test_a_second_load_waits_for_the_one_under_way_and_says_so(
     env = {"CRM_LEDGER_STORE": settings.store, "CRM_LEDGER_DB": str(settings.projections_db)}
     app = LedgerApplication(settings.eventsourcing_env())
     told: list[bool] = []
+    rejects = tmp_path / "rejects.jsonl"  # shared, as the default one is
+    rejects.write_text("a line of the load under way\n")
+    load = ("ingest", str(tmp_path / "h.jsonl"), "--rejects", str(rejects))
     with one_load_at_a_time(settings.store, app.recorder, lambda: told.append(True)):
-        second = start_cli("ingest", str(tmp_path / "h.jsonl"), "--rejects", str(tmp_path / "r"), env=env)
+        # Stopped while it waits: the rejects file of the load under way is left alone.
+        stopped = start_cli(*load, env=env)
+        assert stopped.stderr is not None
+        assert "another ingest or import is loading into this ledger" in stopped.stderr.readline()
+        with rejects.open("a") as running:  # the load under way goes on rejecting meanwhile
+            running.write("another\n")
+        stopped.send_signal(signal.SIGINT)
+        assert stopped.communicate(timeout=60)[1] == "interrupted\n" and stopped.returncode == 130
+        assert rejects.read_text() == "a line of the load under way\nanother\n"
+        second = start_cli(*load, env=env)
         assert second.stderr is not None
         assert "another ingest or import is loading into this ledger" in second.stderr.readline()
         assert not told and not app.recorder.max_notification_id()

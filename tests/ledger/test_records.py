@@ -59,12 +59,14 @@ def test_csv_text_is_coerced(parser: RecordParser) -> None:
 
 @pytest.mark.parametrize(
     ("cell", "number"),
-    [("4", 4), (" 4 ", 4), ("+4", 4), ("4.0", 4), ("4.", 4), ("4\u00a0", 4), ("4.5", None), ("4e0", None),
-     ("1_0", None), ("\u0664", None), ("\uff14", None), ("0x4", None), ("9" * 5000, None)],
+    [("4", 4), (" 4 ", 4), ("+4", 4), ("4.0", 4), ("4.00", 4), ("4.", None), ("1.000", None), ("4\u00a0", 4),
+     ("4.5", None), ("4e0", None), ("1_0", None), ("\u0664", None), ("\uff14", None), ("0x4", None),
+     ("9" * 5000, None)],
 )
 def test_csv_integer_cells(parser: RecordParser, cell: str, number: int | None) -> None:
     """A spreadsheet's "4.0" is the integer 4, as JSON's 4.0 is; Python's own spellings
-    ("1_0", other scripts' digits), which int() takes, are no export's integers."""
+    ("1_0", other scripts' digits), which int() takes, are no export's integers, nor is "1.000"
+    (a thousand where "." separates thousands)."""
     raw = rec("SurveyAnswered", customer_id="c1", case_id="k1", csat=cell)
     if number is None:
         with pytest.raises(ValidationError) as caught:
