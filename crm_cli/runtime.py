@@ -54,12 +54,18 @@ def interrupt_after() -> Iterator[None]:
     in the first second of `project`.
     """
     held: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    # SIGTERM too, where the command takes it as a Ctrl-C (crm_cli.take_over_interrupts).
+    signals = [signal.SIGINT]
+    if signal.getsignal(signal.SIGTERM) is signal.default_int_handler:
+        signals.append(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, lambda signum, _frame: held.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if held:
         raise KeyboardInterrupt
 

@@ -144,7 +144,7 @@ class CtrlC:
     def find_spec(self, name, path=None, target=None):
         if name == os.environ["CTRL_C_AT"]:
             sys.meta_path.remove(self)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, os.environ.get("CTRL_C_SIGNAL", "SIGINT")))
         return None
 
 sys.meta_path.insert(0, CtrlC())
@@ -156,10 +156,11 @@ def _started_with_ctrl_c_at(
     module: str,
     entry: list[str],
     args: Sequence[str] = ("generate", "--customers", "3", "--out", os.devnull),
+    sent: str = "SIGINT",
 ) -> subprocess.CompletedProcess[str]:
     (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_AN_IMPORT, encoding="utf-8")
     paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "CTRL_C_AT": module}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "CTRL_C_AT": module, "CTRL_C_SIGNAL": sent}
     command = [*entry, *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
 
@@ -181,10 +182,12 @@ def test_ctrl_c_at_any_import_of_the_start_is_one_line_and_exit_130(tmp_path: Pa
     assert (started.returncode, started.stderr) == (130, "interrupted\n")
 
 
+@pytest.mark.parametrize("sent", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("command", [["ingest"], ["import", "cfpb"]])
-def test_ctrl_c_while_a_load_imports_its_modules_stops_it(tmp_path: Path, command: list[str]) -> None:
-    """A Ctrl-C while `ingest` or `import` loaded its modules (pandas, which a library
-    tries to import and gives up on whatever fails) was lost: the run went on to its end."""
+def test_ctrl_c_while_a_load_imports_its_modules_stops_it(tmp_path: Path, command: list[str], sent: str) -> None:
+    """A Ctrl-C (or a SIGTERM, taken as one) while `ingest` or `import` loaded its modules
+    (pandas, which a library tries to import and gives up on whatever fails) was lost: the
+    run went on to its end."""
     store = tmp_path / "l.sqlite"
     source = Path(__file__).parents[1] / "data" / "cfpb_current.csv"
     if command == ["ingest"]:
@@ -192,7 +195,7 @@ def test_ctrl_c_while_a_load_imports_its_modules_stops_it(tmp_path: Path, comman
         with source.open("w") as handle:
             write_history(GeneratorConfig(customers=3, employees=2, months=1, seed=4), handle)
     args = ["--store", str(store), *command, "--rejects", str(tmp_path / "rejects.jsonl"), str(source)]
-    started = _started_with_ctrl_c_at(tmp_path, "pandas", CLI, args)
+    started = _started_with_ctrl_c_at(tmp_path, "pandas", CLI, args, sent)
     assert (started.returncode, started.stderr) == (130, "interrupted\n")
     assert stored_rows(store) == 0
 
