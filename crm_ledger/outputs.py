@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from glob import escape as glob_escape
 from pathlib import Path
@@ -34,7 +35,7 @@ def replaced_whole(target: Path) -> Iterator[Path]:
         return
     refuse_missing_folder(target)
     _remove_stale_partials(target)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    partial = target.with_name(f"{_partial_prefix(target)}{os.getpid()}")
     try:
         yield partial
         partial.replace(target)
@@ -47,14 +48,21 @@ def replaced_whole(target: Path) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
+def _partial_prefix(target: Path) -> str:
+    """The hidden file's name but the writing process's id: the machine's name is in it, so
+    that a folder shared between machines (or containers) has each clean up its own only."""
+    host = socket.gethostname().replace("/", "_") or "host"
+    return f".{target.name}.partial-{host}-"
+
+
 def _remove_stale_partials(target: Path) -> None:
-    """Remove the hidden files of earlier writes of `target` whose process is gone.
+    """Remove the hidden files of earlier writes of `target` on this machine whose process is gone.
 
     A write killed with kill -9 (or by the machine stopping) cleans nothing up: its hidden
     file stayed beside the target for good, as large as the write had got. One whose process
-    still runs (another write of the same file) is left to it.
+    still runs (another write of the same file), or that another machine writes, is left to it.
     """
-    prefix = f".{target.name}.partial-"
+    prefix = _partial_prefix(target)
     for leftover in target.parent.glob(f"{glob_escape(prefix)}*"):
         pid = leftover.name[len(prefix) :]
         if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):

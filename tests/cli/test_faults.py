@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import socketserver
 import subprocess
 import threading
@@ -912,11 +913,15 @@ def test_a_write_killed_with_kill_9_leaves_nothing_once_written_again(tmp_path: 
     running = subprocess.Popen([*CLI, "generate", "--customers", "50000", "--out", str(out)], text=True)
     wait_for(lambda: any(tmp_path.glob(".h.jsonl.partial-*")), what="the generator to write")
     kill_hard(running)
-    assert [p.name for p in tmp_path.iterdir()] == [f".h.jsonl.partial-{running.pid}"]
-    running_write = tmp_path / f".h.jsonl.partial-{os.getpid()}"
+    host = socket.gethostname()
+    assert [p.name for p in tmp_path.iterdir()] == [f".h.jsonl.partial-{host}-{running.pid}"]
+    running_write = tmp_path / f".h.jsonl.partial-{host}-{os.getpid()}"
     running_write.write_text("")
+    # Another machine's write, in a shared folder: its process ids are not this machine's.
+    other_machine = tmp_path / f".h.jsonl.partial-elsewhere-{running.pid}"
+    other_machine.write_text("")
     run_cli("generate", "--customers", "3", "--out", str(out), check=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, running_write.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, running_write.name, other_machine.name])
 
 
 def test_the_generator_stops_between_blocks_of_whole_lines(tmp_path: Path) -> None:
