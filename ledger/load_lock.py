@@ -65,17 +65,15 @@ def _sqlite_turn(path: Path, waiting: Callable[[], None]) -> Iterator[None]:
             # with their own clear message; no turn is needed for a load that cannot write.
             yield
             return
+    def taken() -> bool:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     with handle:
-        told = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told:
-                    waiting()
-                    told = True
-                time.sleep(POLL_S)
+        _wait_for(taken, waiting)
         try:
             yield
         finally:
@@ -87,16 +85,20 @@ def _postgres_turn(datastore: Any, waiting: Callable[[], None]) -> Iterator[None
     # Asked again and again without waiting in the server: a blocking pg_advisory_lock would
     # be cut off by the session's lock_timeout, and would not hear a Ctrl-C.
     keys = (_LOCK_KEY, datastore.schema or "public")
+    take = "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS taken"  # rows are dicts there
     with datastore.get_connection() as connection:  # autocommit: the lock is the session's
-        told = False
-        take = "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS taken"  # rows are dicts there
-        while not connection.execute(take, keys).fetchone()["taken"]:
-            if not told:
-                waiting()
-                told = True
-            time.sleep(POLL_S)
+        _wait_for(lambda: bool(connection.execute(take, keys).fetchone()["taken"]), waiting)
         try:
             yield
         finally:
             with contextlib.suppress(Exception):  # a connection gone releases the lock itself
                 connection.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", keys)
+
+
+def _wait_for(taken: Callable[[], bool], waiting: Callable[[], None]) -> None:
+    """Ask `taken()` until it is true, every POLL_S; say `waiting()` once, if it was not at once."""
+    if taken():
+        return
+    waiting()
+    while not taken():
+        time.sleep(POLL_S)
