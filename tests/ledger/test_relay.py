@@ -101,12 +101,7 @@ def test_relay_kill_and_resume_is_exactly_once(
 ) -> None:
     app = fill_ledger(settings, tmp_path, customers=1500)
     total = app.max_position()
-    env = {
-        "CRM_LEDGER_STORE": settings.store,
-        "CRM_LEDGER_BOOTSTRAP": kafka_bootstrap,
-        "CRM_LEDGER_TOPIC": topic,
-        "CRM_LEDGER_TRANSACTIONAL_ID": f"relay-{topic}",
-    }
+    env = _relay_env(settings, kafka_bootstrap, topic)
     for round_number in range(3):
         goal = round_number * total // 4
         process = start_cli("relay", "--batch-size", "300", env=env)
@@ -120,6 +115,16 @@ def test_relay_kill_and_resume_is_exactly_once(
     assert finished.returncode == 0, finished.stderr
     ids = [r[0] for r in committed_records(kafka_bootstrap, topic)]
     assert sorted(ids) == list(range(1, total + 1)), "every notification exactly once"
+
+
+def _relay_env(settings: Settings, bootstrap: str, topic: str) -> dict[str, str]:
+    """The settings of a `relay` command onto `topic`."""
+    return {
+        "CRM_LEDGER_STORE": settings.store,
+        "CRM_LEDGER_BOOTSTRAP": bootstrap,
+        "CRM_LEDGER_TOPIC": topic,
+        "CRM_LEDGER_TRANSACTIONAL_ID": f"relay-{topic}",
+    }
 
 
 def _committed_max(bootstrap: str, topic: str) -> int:
@@ -136,12 +141,7 @@ def test_a_relay_cut_short_by_ctrl_c_says_so_and_ends_130(
     went on with the topic short of the ledger. The same relay then completes it."""
     app = fill_ledger(settings, tmp_path, customers=400)
     total = app.max_position()
-    env = {
-        "CRM_LEDGER_STORE": settings.store,
-        "CRM_LEDGER_BOOTSTRAP": kafka_bootstrap,
-        "CRM_LEDGER_TOPIC": topic,
-        "CRM_LEDGER_TRANSACTIONAL_ID": f"relay-{topic}",
-    }
+    env = _relay_env(settings, kafka_bootstrap, topic)
     process = start_cli("relay", "--batch-size", "10", env=env)
     wait_for(lambda: _committed_max(kafka_bootstrap, topic) > 0, timeout_s=90, what="relay progress")
     process.send_signal(signal.SIGINT)
