@@ -97,6 +97,7 @@ def verify(
         assert entry.notification_id is not None
         truth[entry.notification_id] = entry
     report.events[STORE] = len(truth)
+    findings.extend(_repeated_event_ids(STORE, truth))
     last = max(truth, default=0)
     for nid in range(1, last + 1):
         if nid not in truth:
@@ -164,6 +165,7 @@ def verify(
             by_id[nid] = entry
         report.events[name] = count
         held[name] = by_id
+        findings.extend(_repeated_event_ids(name, by_id))
         # Past the copy's last notification it is behind (not yet projected or relayed), or
         # its tail was removed: one finding saying which, not one "missing" per event.
         copy_end = max(by_id, default=0)
@@ -246,6 +248,27 @@ def verify(
     findings.extend(_check_checkpoints(truth, held, pinned))
     report.findings = _first_of_each(findings)
     return report
+
+
+def _repeated_event_ids(copy: str, by_id: Mapping[int, ChainEntry]) -> list[Finding]:
+    """Events held under a second notification id with an event id seen before.
+
+    One event id names one fact in the whole ledger (the event-id index refuses a second
+    one), so a repeat is a row copied in behind the ledger's back: its bytes are valid and
+    the chain recomputed over them is consistent, so only this check sees it (and a read
+    model that counts events may count the fact twice).
+    """
+    first: dict[str, int] = {}
+    findings = []
+    for nid in sorted(by_id):
+        entry = by_id[nid]
+        if entry.event_id is None:
+            continue
+        earlier = first.setdefault(entry.event_id, nid)
+        if earlier != nid:
+            detail = f"event id already held at notification {earlier}: one fact recorded twice"
+            findings.append(Finding("duplicate", copy, nid, entry.event_id, entry.where, detail))
+    return findings
 
 
 def _check_checkpoints(

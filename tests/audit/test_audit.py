@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from audit.verify import kafka_entries, mirror_entries, store_entries, verify
+from audit.verify import ChainEntry, kafka_entries, mirror_entries, store_entries, verify
 from crm_ledger.kafka import consumer_config
 from crm_ledger.settings import Settings, log_root
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
+from ledger.chain import GENESIS, next_link
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
@@ -353,3 +354,41 @@ def test_an_audit_of_a_store_that_does_not_exist_is_refused_and_creates_none(tmp
         assert result.returncode == 1
         assert result.stderr.strip().splitlines() == [f"error: {missing}: no such ledger store (CRM_LEDGER_STORE or --store names the one to read)"]
     assert not missing.exists()
+
+
+def test_an_event_copied_under_a_new_notification_is_a_duplicate_in_every_copy() -> None:
+    """The same event id at two notifications: each copy's chain is consistent, yet one fact is twice."""
+    store = [ChainEntry(1, "e-1", b"one", None, "row 1"), ChainEntry(2, "e-2", b"two", None, "row 2")]
+    store.append(ChainEntry(3, "e-1", b"one", None, "row 3"))
+    chain = GENESIS
+    mirror = []
+    for entry in store:
+        chain = next_link(chain, entry.value)
+        mirror.append(ChainEntry(entry.notification_id, entry.event_id, entry.value, chain.hex(), "mirror"))
+    report = verify(store, {"mirror": mirror})
+    assert [(f.kind, f.copy, f.notification_id, f.event_id) for f in report.findings] == [
+        ("duplicate", "ledger", 3, "e-1"),
+        ("duplicate", "mirror", 3, "e-1"),
+    ]
+    assert "already held at notification 1" in report.findings[0].detail
+
+
+def test_a_stored_event_copied_in_behind_the_ledger_is_found_after_projecting(
+    audited: LedgerApplication, settings: Settings
+) -> None:
+    """A row copied into the store (and projected) passes the chain checks; the repeated event id does not."""
+    with sqlite3.connect(settings.store) as con:
+        con.execute(
+            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+            "SELECT originator_id, originator_version + 1000, topic, state FROM stored_events WHERE rowid = 30"
+        )
+        copied = con.execute("SELECT max(rowid) FROM stored_events").fetchone()[0]
+    run_cli("project", env=env_of(settings), check=True)
+    checked = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
+    problems = [line for line in checked.stdout.splitlines() if line.startswith("PROBLEM")]
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert [p.split(":")[0] for p in problems] == [
+        "PROBLEM duplicate in ledger",
+        "PROBLEM duplicate in mirror",
+    ]
+    assert all(f"notification {copied}," in p and "already held at notification 30" in p for p in problems)
