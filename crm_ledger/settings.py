@@ -128,14 +128,25 @@ def sqlite_read_only_uri(path: Path) -> str:
     the file. It is added only when the folder cannot be written, where no SQLite writer can
     commit either (every journal it keeps, -wal or -journal, is a file in that folder). A
     -wal file already there may hold committed transactions that immutable would skip: then
-    it is not added, and SQLite reads them if it can.
+    it is not added, and SQLite reads them if it can: only with the -shm file beside it, which
+    it cannot make there, so such a copy without one is refused in one line saying so.
     """
     resolved = path.resolve()
     uri = f"{resolved.as_uri()}?mode=ro"
     wal = resolved.with_name(resolved.name + "-wal")
     unwritten_wal = not wal.exists() or wal.stat().st_size == 0
-    if unwritten_wal and not os.access(resolved.parent, os.W_OK):
-        uri += "&immutable=1"
+    if os.access(resolved.parent, os.W_OK):
+        return uri
+    if unwritten_wal:
+        return uri + "&immutable=1"
+    shm = resolved.with_name(resolved.name + "-shm")
+    if not shm.exists():
+        # SQLite says only "unable to open database file", which reads as a missing file.
+        raise ConfigurationError(
+            f"{path}: its {wal.name} holds transactions not yet in the file, and SQLite reads them "
+            f"only with a {shm.name} file, which it cannot make in this read-only folder: copy the "
+            "store with `sqlite3 FILE '.backup COPY'` (one file), or into a folder that can be written"
+        )
     return uri
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,7 @@ def test_immutable_is_asked_for_only_where_nobody_can_write(
     wal.write_bytes(b"")
     assert sqlite_read_only_uri(copy).endswith("&immutable=1")  # an empty one holds nothing
     wal.write_bytes(b"\0" * 32)
+    copy.with_name(copy.name + "-shm").write_bytes(b"")  # copied with the store (see below without)
     assert sqlite_read_only_uri(copy) == f"{copy.resolve().as_uri()}?mode=ro"
 
 
@@ -189,3 +191,32 @@ def test_a_read_only_ledger_without_the_index_finds_its_facts_by_event_id(
     # Opened for writing, it is indexed as before.
     LedgerApplication(Settings(store=str(copy)).eventsourcing_env()).close()
     assert _index_rows(copy) == len(held_ids) == 5
+
+
+def test_a_copy_with_a_write_ahead_log_and_no_index_file_is_refused_in_one_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A copy taken as files while a writer was at work: its -wal holds committed transactions,
+    and without its -shm file SQLite can read them only by making one, which a read-only folder
+    refuses. It said "cannot be opened: check that its folder exists and is writable"."""
+    _recorded(settings)
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    store = folder / "ledger.sqlite"
+    _copied(Path(settings.store), store)
+    # A committed transaction left in the -wal (no checkpoint at close), as a file copy finds it.
+    script = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "c.execute('PRAGMA user_version = 7')\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(store)], check=True)
+    store.with_name(store.name + "-shm").unlink()
+    assert store.with_name(store.name + "-wal").stat().st_size > 0
+    env = {"CRM_LEDGER_STORE": str(store), "CRM_LEDGER_DB": str(tmp_path / "p.duckdb")}
+    result = _run_in_read_only_folder(folder, "audit", "verify", "--source", "ledger", env=env)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "ledger.sqlite-wal holds transactions not yet in the file" in result.stderr
+    assert "Traceback" not in result.stderr
