@@ -18,6 +18,7 @@ from audit.decoded import DecodedColumnsCheck
 from audit.errors import CheckpointsUnreadError
 from audit.statements import verify_statement
 from audit.verify import (
+    STORE,
     AuditReport,
     ChainEntry,
     Finding,
@@ -33,6 +34,7 @@ from crm_ledger.settings import Settings
 from ledger.checkpoints import MANUAL, Checkpoint, chain_at, read_published
 from ledger.checkpoints import publish as send
 from ledger.connect import open_ledger
+from ledger.existence import index_disagreements
 from ledger.relay import RelayConfig, recover_position
 from projections.mirror import mirror_batches
 from projections.readonly import reader
@@ -118,6 +120,11 @@ def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | 
             f"decoded columns: {result.rows} mirrored values decoded again, {len(result.columns)} columns "
             f"compared, {result.differences} difference(s)"
         )
+    # The store is always read; its event-id index, outside the chain, is checked with it.
+    report.findings.extend(
+        Finding("index", STORE, nid, event_id, "crm_event_ids", detail)
+        for nid, event_id, detail in index_disagreements(app.recorder)
+    )
     report.findings.extend(extra)
     return VerifyOutcome(report, notes)
 

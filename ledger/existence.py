@@ -105,3 +105,46 @@ def index_is_empty(recorder: ApplicationRecorder) -> bool:
                 return True
         cursor.execute(f"SELECT event_id FROM {INDEX_TABLE} LIMIT 1")
         return not cursor.fetchall()
+
+
+def index_disagreements(recorder: ApplicationRecorder) -> list[tuple[int | None, str | None, str]]:
+    """Where the event-id index and the stored events disagree: (notification id, event id, what).
+
+    The index is not covered by the hash chain, yet it decides what a later ingest takes for
+    "already recorded": a row removed lets a fact in twice (and makes a re-import of the same
+    file fail on the events' own unique key), a row added under another id refuses a genuine
+    fact as a duplicate. Each kind is told once, at its first place, with how many there are.
+    SQLite only (the store an auditor's copy is); a store written before the index existed
+    (no table, or no row) has nothing to compare.
+    """
+    if not isinstance(recorder, SQLiteAggregateRecorder) or index_is_empty(recorder):
+        return []
+    events = recorder.events_table_name
+    same_event = "i.originator_id = e.originator_id AND i.originator_version = e.originator_version"
+    found: list[tuple[int | None, str | None, str]] = []
+    with recorder.datastore.transaction(commit=False) as cursor:
+        cursor.execute(
+            f"SELECT count(*), min(e.rowid) FROM {events} e "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {INDEX_TABLE} i WHERE {same_event})"
+        )
+        count, first = cursor.fetchone()
+        if count:
+            found.append((int(first), None, f"{count} stored event(s) missing from the event-id index"))
+        cursor.execute(
+            f"SELECT count(*), min(i.event_id) FROM {INDEX_TABLE} i "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {events} e WHERE {same_event})"
+        )
+        count, first = cursor.fetchone()
+        if count:
+            found.append((None, str(first), f"{count} event-id index row(s) naming no stored event"))
+        cursor.execute(
+            f"SELECT count(*), min(e.rowid), min(i.event_id) FROM {INDEX_TABLE} i "
+            f"JOIN {events} e ON {same_event} "
+            f"WHERE EXISTS (SELECT 1 FROM {INDEX_TABLE} j WHERE j.originator_id = i.originator_id "
+            "AND j.originator_version = i.originator_version AND j.event_id <> i.event_id)"
+        )
+        count, nid, first = cursor.fetchone()
+        if count:
+            detail = f"{count} event-id index row(s) naming a stored event another row names too"
+            found.append((int(nid), str(first), detail))
+    return found

@@ -390,5 +390,37 @@ def test_a_stored_event_copied_in_behind_the_ledger_is_found_after_projecting(
     assert [p.split(":")[0] for p in problems] == [
         "PROBLEM duplicate in ledger",
         "PROBLEM duplicate in mirror",
+        "PROBLEM index in ledger",  # the copied row has no index row of its own
     ]
-    assert all(f"notification {copied}," in p and "already held at notification 30" in p for p in problems)
+    assert all(f"notification {copied}," in p for p in problems)
+    assert all("already held at notification 30" in p for p in problems[:2])
+
+
+def test_an_event_id_index_that_disagrees_with_the_stored_events_is_found(
+    audited: LedgerApplication, settings: Settings
+) -> None:
+    """The index decides what an ingest takes for "already recorded" and the chain does not
+    cover it: a row removed, or one added under another id for a stored event, passed."""
+    with sqlite3.connect(settings.store) as con:
+        oid, version = con.execute(
+            "SELECT originator_id, originator_version FROM stored_events WHERE rowid = 25"
+        ).fetchone()
+        con.execute(
+            "DELETE FROM crm_event_ids WHERE originator_id = ? AND originator_version = ?", [oid, version]
+        )
+        oid, version = con.execute(
+            "SELECT originator_id, originator_version FROM stored_events WHERE rowid = 40"
+        ).fetchone()
+        con.execute("INSERT INTO crm_event_ids VALUES ('alias-of-40', ?, ?)", [oid, version])
+        con.execute("INSERT INTO crm_event_ids VALUES ('nowhere', ?, 999)", [oid])
+    checked = run_cli("audit", "verify", "--source", "ledger", env=env_of(settings))
+    problems = [line for line in checked.stdout.splitlines() if line.startswith("PROBLEM")]
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert all(p.startswith("PROBLEM index in ledger:") for p in problems), problems
+    assert [p.split("(crm_event_ids): ")[1] for p in problems] == [
+        "1 stored event(s) missing from the event-id index",
+        "1 event-id index row(s) naming no stored event",
+        "2 event-id index row(s) naming a stored event another row names too",
+    ]
+    assert "notification 25," in problems[0] and "event nowhere" in problems[1]
+    assert "notification 40," in problems[2]
