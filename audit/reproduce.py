@@ -10,7 +10,7 @@ exactly, and where that fails row by row, floats equal when within a relative 1e
 order of a parallel floating-point sum can move the last bits). The first differing row
 of each table is reported.
 
-The two seams: `projections.mirror.mirror_batches` reads the mirrored rows, and
+The two seams: `projections.mirror.defined_batches` reads the mirrored rows, and
 `rebuild` feeds them through `projections.engine.Projector`.
 """
 
@@ -30,7 +30,7 @@ import pyarrow as pa
 from audit.errors import ReproduceError
 from crm_ledger.progress import Reporter
 from projections.engine import Projector
-from projections.mirror import mirror_batches, open_mirror
+from projections.mirror import defined_batches, open_mirror
 from projections.models import MODEL_TABLES
 from projections.sources import LEDGER_STREAM, Position, RawBatch, kafka_stream
 from projections.store import ProjectionDB, VersionInfo, connect, promoted_of
@@ -144,7 +144,9 @@ def rebuild(
                 f"version {version.version} does not match its own spec and settings (rebuilt as "
                 f"{rebuilt.version}): its catalog row was changed"
             )
-        source = MirrorSource(mirror_batches(live, version.version))
+        # Through the view's definition, not the view stored in the live file (which could
+        # have been narrowed along with the tables): see `defined_batches`.
+        source = MirrorSource(defined_batches(live, version.source, as_of))
         Projector(db, rebuilt, source, codec).run(reporter=reporter)
         return source.events
 

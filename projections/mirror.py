@@ -13,6 +13,7 @@ log's storage changes. Each batch has the envelope (`notification_id`, `source`,
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -20,6 +21,7 @@ import pyarrow as pa
 
 from crm_ledger.settings import log_root
 from projections.log import register_logs
+from projections.store import events_select_sql
 
 #: The stable view of the promoted version's mirror.
 PROMOTED = "ledger_events"
@@ -44,3 +46,20 @@ def mirror_batches(
     """
     table = PROMOTED if version is None else f"{version}.events"
     yield from connection.sql(f"SELECT * FROM {table} ORDER BY notification_id").to_arrow_reader(batch_rows)
+
+
+def defined_batches(
+    connection: duckdb.DuckDBPyConnection, source: str, as_of: datetime | None, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """The rows a version of `source` as of `as_of` is built from, in notification order,
+    read through the definition of its `events` view rather than the view stored in the file.
+
+    The stored view is part of the database file, so whoever can write the file can narrow
+    it (leave out an event) and build tables that agree with it; its definition follows
+    from the version's source and as-of moment alone. A temporary view on `connection`
+    (which may be read-only) holds it.
+    """
+    defined = events_select_sql(source, as_of)
+    connection.execute(f"CREATE OR REPLACE TEMP VIEW crm_defined_events AS {defined}")
+    sql = "SELECT * FROM crm_defined_events ORDER BY notification_id"
+    yield from connection.sql(sql).to_arrow_reader(batch_rows)

@@ -72,6 +72,11 @@ def _quoted(column: str) -> str:
 
 def events_view_sql(schema: str, source: str, as_of: datetime | None) -> str:
     """A version's `events`: the decoded events of its source's log (up to `as_of`)."""
+    return f"CREATE OR REPLACE VIEW {schema}.events AS {events_select_sql(source, as_of)}"
+
+
+def events_select_sql(source: str, as_of: datetime | None) -> str:
+    """The query behind a version's `events` view (`events_view_sql`)."""
     columns = ", ".join(
         "payload::JSON AS payload" if c == "payload" else _quoted(c)
         for c in ("stream", "position", *EVENT_COLUMNS)
@@ -79,10 +84,7 @@ def events_view_sql(schema: str, source: str, as_of: datetime | None) -> str:
     where = "dead_letter IS NULL"
     if as_of is not None:
         where += f" AND occurred_at <= TIMESTAMP '{as_of.replace(tzinfo=None).isoformat(sep=' ')}'"
-    return (
-        f"CREATE OR REPLACE VIEW {schema}.events AS SELECT {columns} FROM {relation_name(source)} "
-        f"WHERE {where}"
-    )
+    return f"SELECT {columns} FROM {relation_name(source)} WHERE {where}"
 
 
 def mirror_view_sql(schema: str, source: str) -> str:

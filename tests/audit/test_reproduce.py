@@ -7,15 +7,17 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from crm_ledger.settings import Settings
+from crm_ledger.settings import Settings, log_root
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
 from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
 from projections.engine import parse_as_of
+from projections.log import register_logs
 from projections.service import project_promoted
 from projections.spec import DEFAULT_SPEC
+from projections.store import events_view_sql
 from replay.build import replay
 from rewards.periods import close_period
 from tests.helpers import run_cli
@@ -119,3 +121,18 @@ def test_a_kafka_fed_version_reproduces(
     result = run_cli("audit", "reproduce", "from-kafka", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every read model follows from the log" in result.stdout
+
+
+def test_the_rebuild_reads_the_log_through_the_views_definition_not_the_stored_view(
+    projected: LedgerApplication, settings: Settings
+) -> None:
+    """The version's `events` view is stored in the live file: narrowed there (survey answers
+    left out), the rebuild followed it, so tables rebuilt to match it would have passed."""
+    with duckdb.connect(str(settings.projections_db)) as con:
+        register_logs(con, log_root(settings.projections_db), ["ledger"])
+        schema = con.execute("SELECT version FROM crm_promoted").fetchone()[0]
+        everything = con.execute(f"SELECT count(*) FROM {schema}.events").fetchone()[0]
+        con.execute(f"{events_view_sql(schema, 'ledger', None)} AND event_type <> 'SurveyAnswered'")
+        assert con.execute(f"SELECT count(*) FROM {schema}.events").fetchone()[0] < everything
+    out = _reproduce(settings)
+    assert f"rebuilt from {everything} mirrored events" in out
