@@ -36,7 +36,7 @@ from ledger.checkpoints import publish as send
 from ledger.connect import open_ledger
 from ledger.existence import index_disagreements
 from ledger.relay import RelayConfig, recover_position
-from projections.mirror import mirror_batches
+from projections.mirror import promoted_mirror_batches
 from projections.readonly import reader
 
 
@@ -98,7 +98,7 @@ def run_verify(settings: Settings, request: VerifyRequest, reporter: Reporter | 
             connection = stack.enter_context(reader(settings.projections_db))
             decoded = DecodedColumnsCheck(app.codec)
             stack.callback(decoded.close)
-            copies["mirror"] = batch_entries(decoded.watch(mirror_batches(connection)))
+            copies["mirror"] = batch_entries(decoded.watch(promoted_mirror_batches(connection)))
         if kafka_up and ("kafka" in wanted or "kafka?" in wanted):
             copies["kafka"] = kafka_entries(settings.bootstrap, settings.events_topic)
         if request.checkpoints:

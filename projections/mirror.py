@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from crm_ledger.settings import log_root
 from projections.log import register_logs
-from projections.store import events_select_sql
+from projections.store import events_select_sql, mirror_select_sql
 
 #: The stable view of the promoted version's mirror.
 PROMOTED = "ledger_events"
@@ -46,6 +46,32 @@ def mirror_batches(
     """
     table = PROMOTED if version is None else f"{version}.events"
     yield from connection.sql(f"SELECT * FROM {table} ORDER BY notification_id").to_arrow_reader(batch_rows)
+
+
+def promoted_mirror_batches(
+    connection: duckdb.DuckDBPyConnection, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """`mirror_batches` of the promoted mirror, read through the definition of `ledger_events`
+    rather than the view stored in the file (see `defined_batches`: a stored view rewritten
+    to show other values than its log holds would hide an altered log from the checks)."""
+    source = _promoted_source(connection)
+    if source is None:  # nothing promoted: the stored view (if any) is all there is
+        yield from mirror_batches(connection, batch_rows=batch_rows)
+        return
+    connection.execute(f"CREATE OR REPLACE TEMP VIEW crm_defined_mirror AS {mirror_select_sql(source)}")
+    sql = "SELECT * FROM crm_defined_mirror ORDER BY notification_id"
+    yield from connection.sql(sql).to_arrow_reader(batch_rows)
+
+
+def _promoted_source(connection: duckdb.DuckDBPyConnection) -> str | None:
+    try:
+        row = connection.execute(
+            "SELECT v.source FROM main.crm_promoted p JOIN main.crm_versions v ON v.version = p.version "
+            "WHERE p.id = 1"
+        ).fetchone()
+    except duckdb.CatalogException:
+        return None
+    return None if row is None else str(row[0])
 
 
 def defined_batches(

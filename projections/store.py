@@ -89,11 +89,13 @@ def events_select_sql(source: str, as_of: datetime | None) -> str:
 
 def mirror_view_sql(schema: str, source: str) -> str:
     """The auditors' `ledger_events`: every decoded event of the source's log."""
+    return f"CREATE OR REPLACE VIEW {schema}.ledger_events AS {mirror_select_sql(source)}"
+
+
+def mirror_select_sql(source: str) -> str:
+    """The query behind `ledger_events` (`mirror_view_sql`)."""
     columns = ", ".join("payload::JSON AS payload" if c == "payload" else _quoted(c) for c in EVENT_COLUMNS)
-    return (
-        f"CREATE OR REPLACE VIEW {schema}.ledger_events AS SELECT {columns} FROM {relation_name(source)} "
-        "WHERE dead_letter IS NULL"
-    )
+    return f"SELECT {columns} FROM {relation_name(source)} WHERE dead_letter IS NULL"
 
 
 def dead_letters_view_sql(schema: str, source: str) -> str:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -21,7 +22,7 @@ from ledger.ingest import RejectSink, ingest_records, read_file
 from ledger.records import RecordParser
 from ledger.relay import Relay, RelayConfig
 from projections.errors import QueryRefusedError
-from projections.log import DecodedLog
+from projections.log import DecodedLog, register_logs
 from projections.readonly import reader, run_query
 from projections.service import project_promoted
 from projections.store import ProjectionDB
@@ -424,3 +425,28 @@ def test_an_event_id_index_that_disagrees_with_the_stored_events_is_found(
     ]
     assert "notification 25," in problems[0] and "event nowhere" in problems[1]
     assert "notification 40," in problems[2]
+
+
+def test_an_altered_log_hidden_behind_a_rewritten_stored_view_is_found(
+    audited: LedgerApplication, settings: Settings
+) -> None:
+    """`ledger_events` is a view stored in the projection file: rewritten there to show the
+    original CSAT of an answer altered in the log, the decoded-column check read the view and
+    passed, while the read models are built from the log."""
+    with reader(settings.projections_db) as con:
+        nid, csat = con.execute(
+            "SELECT notification_id, csat FROM ledger_events "
+            "WHERE event_type = 'SurveyAnswered' AND csat < 5 ORDER BY notification_id LIMIT 1"
+        ).fetchone()
+    _tamper(settings, nid, {"csat": 5})
+    with duckdb.connect(str(settings.projections_db)) as con:
+        register_logs(con, log_root(settings.projections_db), ["ledger"])
+        view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'ledger_events'").fetchone()[0]
+        hiding = f", CASE WHEN notification_id = {nid} THEN {csat} ELSE csat END AS csat,"
+        con.execute(view.replace("CREATE VIEW", "CREATE OR REPLACE VIEW").replace(", csat,", hiding))
+        shown = con.execute(f"SELECT csat FROM ledger_events WHERE notification_id = {nid}").fetchone()
+        assert shown == (csat,)
+    result = run_cli("audit", "verify", "--source", "ledger", "--source", "mirror", env=env_of(settings))
+    assert result.returncode == 1, result.stdout
+    assert f"PROBLEM decoded in mirror: notification {nid}," in result.stdout
+    assert f"column csat: stored '5', decoded from value '{csat}'" in result.stdout
