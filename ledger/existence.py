@@ -8,7 +8,8 @@ query for any other recorder.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder
@@ -116,35 +117,74 @@ def index_disagreements(recorder: ApplicationRecorder) -> list[tuple[int | None,
     fact as a duplicate. Each kind is told once, at its first place, with how many there are.
     SQLite only (the store an auditor's copy is); a store written before the index existed
     (no table, or no row) has nothing to compare.
+
+    Both tables are read once in (originator id, version) order and merged: the index has no
+    index on those columns, and a lookup per stored event scanned it whole (hours at 1M).
     """
     if not isinstance(recorder, SQLiteAggregateRecorder) or index_is_empty(recorder):
         return []
-    events = recorder.events_table_name
-    same_event = "i.originator_id = e.originator_id AND i.originator_version = e.originator_version"
+    unindexed, unmatched, doubled = _Count(), _Count(), _Count()
+    with recorder.datastore.transaction(commit=False) as wrapped:
+        # Two cursors of one connection (one snapshot), read side by side in batches.
+        cursor = wrapped.sqlite_cursor
+        rows = cursor.connection.cursor()
+        rows.execute(
+            f"SELECT originator_id, originator_version, rowid FROM {recorder.events_table_name} "
+            "ORDER BY originator_id, originator_version"
+        )
+        cursor.execute(
+            f"SELECT originator_id, originator_version, event_id FROM {INDEX_TABLE} "
+            "ORDER BY originator_id, originator_version, event_id"
+        )
+        stored, named = _rows(rows), _rows(cursor)
+        event, entry = next(stored, None), next(named, None)
+        while event is not None or entry is not None:
+            if entry is None or (event is not None and event[:2] < entry[:2]):
+                assert event is not None
+                unindexed.add(int(event[2]), None)
+                event = next(stored, None)
+            elif event is None or entry[:2] < event[:2]:
+                unmatched.add(None, str(entry[2]))
+                entry = next(named, None)
+            else:
+                group = [entry]
+                entry = next(named, None)
+                while entry is not None and entry[:2] == group[0][:2]:
+                    group.append(entry)
+                    entry = next(named, None)
+                if len(group) > 1:
+                    for held in group:
+                        doubled.add(int(event[2]), str(held[2]))
+                event = next(stored, None)
     found: list[tuple[int | None, str | None, str]] = []
-    with recorder.datastore.transaction(commit=False) as cursor:
-        cursor.execute(
-            f"SELECT count(*), min(e.rowid) FROM {events} e "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {INDEX_TABLE} i WHERE {same_event})"
-        )
-        count, first = cursor.fetchone()
-        if count:
-            found.append((int(first), None, f"{count} stored event(s) missing from the event-id index"))
-        cursor.execute(
-            f"SELECT count(*), min(i.event_id) FROM {INDEX_TABLE} i "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {events} e WHERE {same_event})"
-        )
-        count, first = cursor.fetchone()
-        if count:
-            found.append((None, str(first), f"{count} event-id index row(s) naming no stored event"))
-        cursor.execute(
-            f"SELECT count(*), min(e.rowid), min(i.event_id) FROM {INDEX_TABLE} i "
-            f"JOIN {events} e ON {same_event} "
-            f"WHERE EXISTS (SELECT 1 FROM {INDEX_TABLE} j WHERE j.originator_id = i.originator_id "
-            "AND j.originator_version = i.originator_version AND j.event_id <> i.event_id)"
-        )
-        count, nid, first = cursor.fetchone()
-        if count:
-            detail = f"{count} event-id index row(s) naming a stored event another row names too"
-            found.append((int(nid), str(first), detail))
+    if unindexed.count:
+        detail = f"{unindexed.count} stored event(s) missing from the event-id index"
+        found.append((unindexed.nid, None, detail))
+    if unmatched.count:
+        detail = f"{unmatched.count} event-id index row(s) naming no stored event"
+        found.append((None, unmatched.event_id, detail))
+    if doubled.count:
+        detail = f"{doubled.count} event-id index row(s) naming a stored event another row names too"
+        found.append((doubled.nid, doubled.event_id, detail))
     return found
+
+
+class _Count:
+    """How many rows of one kind, and the least notification id and event id among them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.nid: int | None = None
+        self.event_id: str | None = None
+
+    def add(self, nid: int | None, event_id: str | None) -> None:
+        self.count += 1
+        if nid is not None and (self.nid is None or nid < self.nid):
+            self.nid = nid
+        if event_id is not None and (self.event_id is None or event_id < self.event_id):
+            self.event_id = event_id
+
+
+def _rows(cursor: Any) -> Iterator[tuple[Any, ...]]:
+    while batch := cursor.fetchmany(10_000):
+        yield from (tuple(row) for row in batch)
