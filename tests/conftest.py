@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,24 +17,9 @@ from crm_ledger.settings import Settings
 from ledger.application import LedgerApplication
 from ledger.records import RecordParser
 from schemas.registry import SchemaRegistry
+from tests.ports import free_port, free_port_pair
 from tests.postgres_server import PostgresServer, create_database
 from tests.postgres_server import start as postgres_start
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-        if port > 65000:
-            continue
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return int(port)
-    raise RuntimeError("no free port pair")
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +29,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    port = _free_port_pair()
+    port = free_port_pair()
     config = broker.BrokerConfig(
         data_dir=tmp_path_factory.mktemp("kafka"), port=port, controller_port=port + 1
     )
@@ -66,9 +50,7 @@ def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     if existing:
         yield existing
         return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     config = registry_server.RegistryServerConfig(data_dir=tmp_path_factory.mktemp("registry"), port=port)
     registry_server.start(config, timeout_s=180)
     try:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.ports import free_port
+
 
 @dataclass(frozen=True)
 class PostgresServer:
@@ -78,10 +80,7 @@ def start(base: Path, prefix: Sequence[str] = ()) -> tuple[PostgresServer, subpr
         check=True,
         capture_output=True,
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = PostgresServer(data, port, user)
+    server = PostgresServer(data, free_port(), user)
     process = serve(server, prefix)
     return (server, process) if process is not None else None
 

@@ -17,9 +17,9 @@ import pytest
 from crm_cli import broker
 from importers.generator import GeneratorConfig, write_history
 from tests.cli.test_broker_outage import _notification_ids
-from tests.conftest import _free_port_pair
 from tests.full_disk import SmallDisk, small_disk
 from tests.helpers import CLI, run_cli
+from tests.ports import free_port_pair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 BROKER_TIMEOUT_S = 5
@@ -45,7 +45,7 @@ class _Broker:
 
 @pytest.fixture
 def broker_on_small_disk(tmp_path: Path) -> Iterator[_Broker]:
-    port = _free_port_pair()
+    port = free_port_pair()
     config = broker.BrokerConfig(data_dir=tmp_path / "kafka", port=port, controller_port=port + 1)
     env = {
         "CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"),

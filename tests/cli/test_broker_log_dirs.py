@@ -23,9 +23,9 @@ import pytest
 from crm_cli import broker
 from tests.cli.test_broker_full_disk import relayed_in_part
 from tests.cli.test_broker_outage import TOPIC, _notification_ids
-from tests.conftest import _free_port_pair
 from tests.full_disk import SmallDisk, small_disk
 from tests.helpers import run_cli
+from tests.ports import free_port_pair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 BROKER_TIMEOUT_S = 5
@@ -64,7 +64,7 @@ class _TwoFolders:
 
 @pytest.fixture
 def two_log_folders(tmp_path: Path) -> Iterator[_TwoFolders]:
-    port = _free_port_pair()
+    port = free_port_pair()
     data = tmp_path / "kafka"
     # The ordinary folder comes first: it keeps the cluster metadata, whose loss stops the broker.
     config = broker.BrokerConfig(

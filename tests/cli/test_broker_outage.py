@@ -15,8 +15,8 @@ from crm_ledger.kafka import consumer_config
 from crm_ledger.settings import Settings
 from importers.generator import GeneratorConfig, write_history
 from ledger.application import LedgerApplication
-from tests.conftest import _free_port_pair
 from tests.helpers import run_cli, start_cli, wait_for
+from tests.ports import free_port_pair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 TOPIC = "crm.ledger.events"
@@ -68,7 +68,7 @@ class _Lines:
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[tuple[broker.BrokerConfig, dict[str, str]]]:
     """A broker of the test's own (it is stopped and started again), always stopped at the end."""
-    port = _free_port_pair()
+    port = free_port_pair()
     config = broker.BrokerConfig(data_dir=tmp_path / "kafka", port=port, controller_port=port + 1)
     broker.start(config, timeout_s=120)
     env = {
@@ -115,7 +115,7 @@ def test_relay_survives_a_broker_outage_exactly_once(
 
 
 def test_relay_gives_up_after_the_broker_timeout_with_one_line(tmp_path: Path) -> None:
-    port = _free_port_pair()  # nothing listens there
+    port = free_port_pair()  # nothing listens there
     env = {
         "CRM_LEDGER_STORE": str(tmp_path / "l.sqlite"),
         "CRM_LEDGER_DB": str(tmp_path / "p.duckdb"),

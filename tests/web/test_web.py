@@ -29,6 +29,7 @@ from importers.generator import GeneratorConfig
 from projections.readonly import reader
 from projections.spec import DEFAULT_SPEC
 from tests.helpers import CLI, run_cli, start_cli, wait_for
+from tests.ports import free_port
 from web.pages import fmt_number, fmt_rate
 from web.users import hash_password
 
@@ -53,12 +54,6 @@ def _chromium() -> str:
     found = shutil.which("chromium")
     assert found, "scripts/ensure-chromium.sh ran but chromium is not on PATH"
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +88,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 @contextmanager
 def _served(db: Path, *options: str) -> Iterator[str]:
     """`crm-ledger serve` over `db` on a free port, until the block ends; yields its address."""
-    port = _free_port()
+    port = free_port()
     server = start_cli("--db", str(db), "serve", "--port", str(port), *options)
     base = f"http://127.0.0.1:{port}"
 
