@@ -251,10 +251,10 @@ def test_sigterm_while_ingest_parses_in_workers_is_a_ctrl_c(tmp_path: Path) -> N
     running.send_signal(signal.SIGTERM)
     _, stderr = running.communicate(timeout=60)
     if running.returncode == 0:
-        # Known and rare (about one run in 30 here): the interrupt, raised as KeyboardInterrupt,
-        # landed in a finalizer, where Python drops it ("Exception ignored in"); the run then
-        # went on to its end, and every record landed once. Only a stop flag checked between
-        # batches (as `generate` has) would close this.
+        # Known and rare (seen in one clean run of the suite of four): the interrupt, raised as
+        # KeyboardInterrupt, landed in a finalizer, where Python drops it ("Exception ignored
+        # in"); the run then went on to its end, and every record landed once. Only a stop flag
+        # checked between batches (as `generate` has) would close this.
         assert "Exception ignored" in stderr, stderr
         assert stored_rows(tmp_path / "l.sqlite") == records
         return
