@@ -623,22 +623,17 @@ def _total_input(paths: list[Path]) -> int | None:
 _NO_RECORD = object()
 
 
-def _is_blank_record(record: Any) -> bool:
-    """Whether `record` stands for blank lines only: read (its bytes count), nothing decided."""
-    from ledger.ingest import SourceRecord
-
-    return isinstance(record, SourceRecord) and record.fact is None and record.error is None
-
-
 def _noting_an_empty_input(path: Path, records: Iterable[Any], empty: list[Path]) -> Iterator[Any]:
     """The records of `path`, as they come; `path` is added to `empty` when it held none.
 
     Blank lines are no records: a file of only blank lines (or a CSV header followed by
     them) is as empty as an empty file, and is named too.
     """
+    from ledger.ingest import is_blank_record
+
     remaining = iter(records)
     first = next(remaining, _NO_RECORD)
-    while first is not _NO_RECORD and _is_blank_record(first):
+    while first is not _NO_RECORD and is_blank_record(first):
         yield first  # its bytes still count on the progress bar
         first = next(remaining, _NO_RECORD)
     if first is _NO_RECORD:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from crm_ledger.collector import DecidingCollector, fewer_collections
 from crm_ledger.errors import CrmLedgerError
@@ -428,6 +428,11 @@ def is_blank(line: bytes) -> bool:
     return not line or line.isspace()
 
 
+def is_blank_record(record: object) -> TypeGuard[SourceRecord]:
+    """Whether `record` stands for blank lines only: read (its bytes count), nothing decided."""
+    return isinstance(record, SourceRecord) and record.fact is None and record.error is None
+
+
 def blank_runs(records: Iterable[AnyRecord]) -> Iterator[AnyRecord]:
     """`records` with each run of blank lines as one record (the first line's location, the
     run's bytes).
@@ -437,7 +442,7 @@ def blank_runs(records: Iterable[AnyRecord]) -> Iterator[AnyRecord]:
     """
     location, size = None, 0
     for record in records:
-        if isinstance(record, SourceRecord) and record.fact is None and record.error is None:
+        if is_blank_record(record):
             location = location or record.location
             size += record.bytes_read
             continue
