@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from crm_ledger.settings import log_root
 from projections.log import register_logs
-from projections.store import events_select_sql, mirror_select_sql
+from projections.store import events_select_sql, mirror_select_sql, versions_of
 
 #: The stable view of the promoted version's mirror.
 PROMOTED = "ledger_events"
@@ -54,24 +54,11 @@ def promoted_mirror_batches(
     """`mirror_batches` of the promoted mirror, read through the definition of `ledger_events`
     rather than the view stored in the file (see `defined_batches`: a stored view rewritten
     to show other values than its log holds would hide an altered log from the checks)."""
-    source = _promoted_source(connection)
-    if source is None:  # nothing promoted: the stored view (if any) is all there is
+    promoted = next((v for v in versions_of(connection) if v.promoted), None)
+    if promoted is None:  # nothing promoted: the stored view (if any) is all there is
         yield from mirror_batches(connection, batch_rows=batch_rows)
         return
-    connection.execute(f"CREATE OR REPLACE TEMP VIEW crm_defined_mirror AS {mirror_select_sql(source)}")
-    sql = "SELECT * FROM crm_defined_mirror ORDER BY notification_id"
-    yield from connection.sql(sql).to_arrow_reader(batch_rows)
-
-
-def _promoted_source(connection: duckdb.DuckDBPyConnection) -> str | None:
-    try:
-        row = connection.execute(
-            "SELECT v.source FROM main.crm_promoted p JOIN main.crm_versions v ON v.version = p.version "
-            "WHERE p.id = 1"
-        ).fetchone()
-    except duckdb.CatalogException:
-        return None
-    return None if row is None else str(row[0])
+    yield from _through(connection, "crm_defined_mirror", mirror_select_sql(promoted.source), batch_rows)
 
 
 def defined_batches(
@@ -82,10 +69,15 @@ def defined_batches(
 
     The stored view is part of the database file, so whoever can write the file can narrow
     it (leave out an event) and build tables that agree with it; its definition follows
-    from the version's source and as-of moment alone. A temporary view on `connection`
-    (which may be read-only) holds it.
+    from the version's source and as-of moment alone.
     """
-    defined = events_select_sql(source, as_of)
-    connection.execute(f"CREATE OR REPLACE TEMP VIEW crm_defined_events AS {defined}")
-    sql = "SELECT * FROM crm_defined_events ORDER BY notification_id"
-    yield from connection.sql(sql).to_arrow_reader(batch_rows)
+    yield from _through(connection, "crm_defined_events", events_select_sql(source, as_of), batch_rows)
+
+
+def _through(
+    connection: duckdb.DuckDBPyConnection, view: str, select: str, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The rows of `select` in notification order, through a temporary view named `view` on
+    `connection` (which may be read-only)."""
+    connection.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {select}")
+    yield from connection.sql(f"SELECT * FROM {view} ORDER BY notification_id").to_arrow_reader(batch_rows)
