@@ -65,6 +65,7 @@ def _sqlite_turn(path: Path, waiting: Callable[[], None]) -> Iterator[None]:
             # with their own clear message; no turn is needed for a load that cannot write.
             yield
             return
+
     def taken() -> bool:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
